@@ -1,0 +1,126 @@
+//! Appliance-level routes: health, status, the ledger and `db verify`.
+
+use crate::api::dto;
+use crate::api::extract::Auth;
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::state::AppState;
+use crate::auth::Scope;
+use crate::clock::rfc3339;
+use crate::store::schema::{SCHEMA_VERSION, read};
+use crate::store::verify;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Liveness, readiness and queue depth; unauthenticated so that probes need no secret.
+pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<dto::Health>) {
+    let store_ok = state.store.read().is_ok();
+    let writer_ok = state.writer.stats().alive();
+    let ready = store_ok && writer_ok;
+    let health = dto::Health {
+        status: if ready { "ok" } else { "degraded" }.to_owned(),
+        live: true,
+        ready,
+        checks: dto::HealthChecks {
+            store: store_ok,
+            writer: writer_ok,
+        },
+        queue_depth: queue_depth(&state),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(health))
+}
+
+/// Work waiting to be written. The durable job queue is not built yet, so this is the writer's
+/// backlog of commands — the only work that can wait today.
+fn queue_depth(state: &AppState) -> u64 {
+    state.writer.backlog() as u64
+}
+
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+) -> ApiResult<Json<dto::Status>> {
+    auth.require(Scope::Read)?;
+    let txn = state.store.read()?;
+    let (height, head_hash) = read::ledger_head(&txn)?;
+    let stats = state.writer.stats();
+    Ok(Json(dto::Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        appliance_id: read::appliance_id(&txn)?,
+        dev: state.dev,
+        started_at: rfc3339(state.started_ms),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        store: dto::StoreStatus {
+            path: state.store.path().display().to_string(),
+            size_bytes: state.store.file_size(),
+            schema_version: SCHEMA_VERSION,
+        },
+        ledger: dto::LedgerStatus { height, head_hash },
+        writer: dto::WriterStatus {
+            alive: stats.alive(),
+            commits: stats.commits(),
+            commands: stats.commands.load(std::sync::atomic::Ordering::Relaxed),
+            backlog: state.writer.backlog() as u64,
+        },
+        queue_depth: queue_depth(&state),
+        listeners: state.listeners.clone(),
+    }))
+}
+
+pub async fn db_verify(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+) -> ApiResult<Json<dto::DbVerify>> {
+    if !(auth.0.has(Scope::Admin) || auth.0.has(Scope::Audit))
+        || auth.0.tenant.is_some() && !auth.0.has(Scope::Admin)
+    {
+        return Err(Problem::forbidden());
+    }
+    let store = state.store.clone();
+    let report =
+        tokio::task::spawn_blocking(move || store.read().and_then(|txn| verify::verify(&txn)))
+            .await
+            .map_err(Problem::internal)??;
+    Ok(Json(report.into()))
+}
+
+/// Ledger pages are bounded; a client pages with `after`.
+const LEDGER_PAGE_MAX: usize = 1_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Ledger entries after a sequence. A tenant's auditor sees only its tenant's entries.
+pub async fn ledger(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Query(q): Query<LedgerQuery>,
+) -> ApiResult<Json<dto::LedgerPage>> {
+    let principal = auth.require(Scope::Audit)?;
+    let limit = q.limit.unwrap_or(LEDGER_PAGE_MAX).clamp(1, LEDGER_PAGE_MAX);
+    let txn = state.store.read()?;
+    let page = read::ledger_after(&txn, q.after.unwrap_or(0), limit)?;
+    let next_after = (page.len() == limit)
+        .then(|| page.last().map(|e| e.seq))
+        .flatten();
+    let entries = page
+        .into_iter()
+        .filter(|e| principal.sees(&e.tenant))
+        .collect();
+    Ok(Json(dto::LedgerPage {
+        entries,
+        next_after,
+    }))
+}

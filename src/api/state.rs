@@ -1,0 +1,22 @@
+//! What every handler shares: the store (reads), the writer handle (mutations), the clock and
+//! the configuration. Read-mostly; the only mutable state is behind the writer.
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::store::{Store, WriterHandle};
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub writer: WriterHandle,
+    pub clock: SharedClock,
+    pub config: Config,
+    pub started: Instant,
+    pub started_ms: i64,
+    /// Human descriptions of the bound listeners, for `orch status`.
+    pub listeners: Vec<String>,
+    pub dev: bool,
+    /// This process's effective uid: peers on the Unix socket with it (or root) are admin.
+    pub owner_uid: u32,
+}

@@ -1,0 +1,623 @@
+//! The command tree. It holds every command the runbooks name, with their words and flags, plus
+//! stella's own. What a command does lives in `dispatch`; this file is only the grammar.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stella",
+    version,
+    about = "The sealed orchestrator appliance: daemon and CLI",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Top,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Use the appliance laid out under DIR (its config, socket and dev token) instead of /.
+    #[arg(long, global = true, env = "STELLA_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Config file [default: <root>/etc/stella/orchestrator.toml].
+    #[arg(long, global = true, env = "STELLA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Talk to the daemon over HTTPS at URL instead of its Unix socket.
+    #[arg(long, global = true, env = "STELLA_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token (required with --server unless --state-dir has a dev token).
+    #[arg(
+        long,
+        global = true,
+        env = "STELLA_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the daemon's certificate (with --server).
+    #[arg(long, global = true, env = "STELLA_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Top {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// API tokens.
+    #[command(subcommand)]
+    Auth(AuthCmd),
+    /// Orchestrator operations: runs, queue, locks, config, environments, store.
+    #[command(subcommand)]
+    Orch(OrchCmd),
+    /// Release promotions.
+    #[command(subcommand)]
+    Promotion(PromotionCmd),
+    /// Rollbacks.
+    #[command(subcommand)]
+    Rollback(RollbackCmd),
+    /// Deploy an artifact to an environment.
+    Deploy(DeployArgs),
+    /// The artifact registry.
+    #[command(subcommand)]
+    Registry(RegistryCmd),
+    /// Run a named diagnostic check.
+    Doctor(DoctorArgs),
+    /// Manage the appliance's system service.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Signed bundles.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+    /// Signing keys and the trust store.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Export ledger, logs, metrics and traces as a signed pack.
+    Export(ExportArgs),
+    /// Verify and query exported packs, offline.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Back up and restore the store.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// The local secret store.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
+    /// Man pages and shell completions.
+    #[command(subcommand)]
+    Generate(GenerateCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Development mode: local state dir (default ./stella-dev), generated keys, certificate and admin token.
+    #[arg(long)]
+    pub dev: bool,
+    /// HTTPS listen address, overriding server.listen ("" disables TCP).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCmd {
+    /// Create, list, show and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; its secret is printed once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: orchestrator:read, operate, approve, admin, audit.
+        #[arg(long)]
+        scopes: String,
+        /// Lifetime such as 30d or 12h; default: no expiry.
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Show one token.
+    Show { id: String },
+    /// Revoke a token; it stops working at once.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrchCmd {
+    /// Daemon status: version, uptime, store, ledger, queue, listeners.
+    Status,
+    /// DAG runs.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// The durable job queue.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// The dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+    /// Named locks.
+    #[command(subcommand)]
+    Locks(LocksCmd),
+    /// Runtime configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Environments.
+    #[command(subcommand)]
+    Env(EnvCmd),
+    /// Deployments.
+    #[command(subcommand)]
+    Deployments(DeploymentsCmd),
+    /// Artifacts.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCmd),
+    /// Workers and agents.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// DAG versions.
+    #[command(subcommand)]
+    Dag(DagCmd),
+    /// Cron schedules.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+    /// Check connectivity to a deployment target.
+    Connectivity {
+        #[arg(long)]
+        target: String,
+    },
+    /// Deployment-target credentials.
+    #[command(subcommand)]
+    Credentials(CredentialsCmd),
+    /// The store.
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// The ledger, page by page.
+    Ledger {
+        /// Entries after this sequence.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Repair projections from the ledger.
+    Repair {
+        #[arg(long)]
+        deployment: Option<String>,
+    },
+    /// Health-check an environment.
+    HealthCheck {
+        #[arg(long)]
+        env: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCmd {
+    /// Start a run of a DAG.
+    Start {
+        dag: String,
+        #[arg(long = "input", value_name = "K=V")]
+        inputs: Vec<String>,
+        #[arg(long = "inputs", value_name = "FILE")]
+        inputs_file: Option<PathBuf>,
+        /// Idempotency token (`runToken`); named --run-token because --token is the bearer token.
+        #[arg(long)]
+        run_token: Option<String>,
+    },
+    /// Cancel a run.
+    Cancel { run: String },
+    /// Stream run events.
+    Stream { run: Option<String> },
+    /// A run's status.
+    Status { run: String },
+    /// A run's trace.
+    Trace {
+        run: String,
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Retry the last failed step.
+    Retry {
+        run: String,
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Skip the last failed step.
+    Skip {
+        run: String,
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Abort a failed run.
+    Abort { run: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCmd {
+    /// Depth per type and state, oldest age, leased, DLQ depth.
+    Status,
+    /// Stop dispatching a job type.
+    Pause { job_type: String },
+    /// Resume dispatching a job type.
+    Resume { job_type: String },
+    /// Rate-limit budgets.
+    #[command(subcommand)]
+    Budget(BudgetCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCmd {
+    /// Set a budget for a job type.
+    Set {
+        job_type: String,
+        #[arg(long)]
+        rate: String,
+        #[arg(long)]
+        burst: Option<u32>,
+        #[arg(long = "for")]
+        for_: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCmd {
+    List,
+    Show {
+        id: String,
+    },
+    Replay {
+        id: Option<String>,
+        #[arg(long = "type")]
+        job_type: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    Purge {
+        #[arg(long, value_name = "FILE")]
+        snapshot: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocksCmd {
+    /// Locks with holder, age, expiry and waiters.
+    List {
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Release a lock (by id, or every lock of an environment).
+    Release {
+        id: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    Set { key: String, value: String },
+    Get { key: String },
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCmd {
+    Status {
+        env: Option<String>,
+        #[arg(long)]
+        detailed: bool,
+    },
+    #[command(subcommand)]
+    Config(EnvConfigCmd),
+    Reset {
+        env: String,
+        #[arg(long)]
+        to_baseline: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvConfigCmd {
+    Diff { env: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCmd {
+    List {
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        last: Option<usize>,
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Current {
+        #[arg(long)]
+        env: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCmd {
+    List {
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    Get {
+        artifact: String,
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    Status {
+        #[arg(long)]
+        env: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DagCmd {
+    List,
+    Show { dag: String },
+    Disable { dag: String },
+    Enable { dag: String },
+    Rollback { dag: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCmd {
+    List,
+    Pause { dag: String },
+    Clear { dag: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCmd {
+    Verify {
+        #[arg(long)]
+        target: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCmd {
+    /// Check the ledger chain and replay it against the tables. Asks the daemon if it runs,
+    /// otherwise opens the stopped store read-only.
+    Verify {
+        /// Never ask the daemon; open the store file read-only.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PromotionCmd {
+    Status,
+    Trace {
+        #[arg(long)]
+        verbose: bool,
+    },
+    Gates,
+    #[command(subcommand)]
+    Gate(GateCmd),
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        older_than: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GateCmd {
+    Skip {
+        gate: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RollbackCmd {
+    Status,
+    Trace {
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[arg(long)]
+    pub env: String,
+    #[arg(long)]
+    pub artifact: String,
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCmd {
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+    Restore {
+        #[arg(long)]
+        artifact: String,
+        #[arg(long)]
+        from: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCmd {
+    Show,
+    Set {
+        #[arg(long)]
+        min_versions: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check id, e.g. check.orchestrator.job-health.
+    #[arg(long)]
+    pub check: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Restart a service through systemd (`orchestrator` is stella.service).
+    Restart { service: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCmd {
+    Build {
+        dir: PathBuf,
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(short = 'o', long)]
+        out: PathBuf,
+    },
+    Verify {
+        file: Option<PathBuf>,
+        #[arg(long)]
+        signers: Option<PathBuf>,
+        #[arg(long)]
+        installed: bool,
+    },
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+    List,
+    Show {
+        id: String,
+    },
+    Remove {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    #[command(subcommand)]
+    Trust(TrustCmd),
+    Revoke {
+        fingerprint: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCmd {
+    Add {
+        pubkey: PathBuf,
+        #[arg(long)]
+        principal: String,
+        #[arg(long)]
+        namespaces: String,
+        #[arg(long)]
+        valid_before: Option<String>,
+    },
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub from: Option<String>,
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub signals: Option<String>,
+    #[arg(long)]
+    pub tar: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    Verify {
+        pack: PathBuf,
+        #[arg(long)]
+        signers: Option<PathBuf>,
+    },
+    Import {
+        packs: Vec<PathBuf>,
+    },
+    Runs,
+    Ledger,
+    Report,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    Create {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    Restore {
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCmd {
+    /// Store a secret read from standard input.
+    Set { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCmd {
+    /// Man pages (roff) into DIR.
+    Man {
+        #[arg(long, default_value = "man")]
+        out: PathBuf,
+    },
+    /// Shell completions on standard output.
+    Completions { shell: clap_complete::Shell },
+}

@@ -1,0 +1,353 @@
+//! What each command does. Commands whose capability exists talk to the daemon (or, for the
+//! offline ones, to files); the others answer "not available yet: <what>" with exit code 3 and
+//! never print fake output.
+
+use crate::cli::args::*;
+use crate::cli::output::{self, s, table};
+use crate::cli::target;
+use crate::config::Layout;
+use crate::exit::CliError;
+use crate::serve;
+use crate::store;
+use serde_json::json;
+
+fn na(what: &str) -> Result<(), CliError> {
+    Err(CliError::NotAvailable(what.to_owned()))
+}
+
+const QUEUE: &str = "the durable queue, leases and dead-letter queue (issue: durable queue, leases, locks, runtime config)";
+const LOCKS: &str = "named locks (issue: durable queue, leases, locks, runtime config)";
+const CONFIG: &str = "runtime config (issue: durable queue, leases, locks, runtime config)";
+const RUNS: &str = "DAG runs and the engine (issue: DAG runs)";
+const BUNDLES: &str = "signed bundles and the trust store (issue: signed bundles)";
+const EXPORT: &str = "export and the audit pack (issue: telemetry and the offline audit pack)";
+const RELEASE: &str =
+    "release promotions, environments, deployments and artifacts (no issue filed yet)";
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let g = cli.global;
+    match cli.command {
+        Top::Serve(a) => serve_cmd(&g, a),
+        Top::Generate(cmd) => generate(cmd),
+        Top::Service(ServiceCmd::Restart { service }) => service_restart(&service),
+        Top::Orch(OrchCmd::Db(DbCmd::Verify { offline: true })) => db_verify_offline(&g),
+        other => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CliError::Other(format!("start async runtime: {e}")))?;
+            runtime.block_on(client_command(&g, other))
+        }
+    }
+}
+
+fn serve_cmd(g: &Global, a: ServeArgs) -> Result<(), CliError> {
+    let layout = match (&g.state_dir, a.dev) {
+        (Some(dir), _) => Layout::under(dir),
+        (None, true) => Layout::under("stella-dev"),
+        (None, false) => Layout::production(),
+    };
+    serve::run(serve::ServeOptions {
+        layout,
+        config_path: g.config.clone(),
+        dev: a.dev,
+        listen: a.listen,
+    })
+}
+
+async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
+    match cmd {
+        Top::Auth(AuthCmd::Token(t)) => token(g, t).await,
+        Top::Orch(o) => orch(g, o).await,
+        Top::Promotion(_) | Top::Rollback(_) | Top::Deploy(_) | Top::Registry(_) => na(RELEASE),
+        Top::Doctor(_) => {
+            na("doctor checks (they need the queue, runs and releases they diagnose)")
+        }
+        Top::Bundle(_) | Top::Keys(_) => na(BUNDLES),
+        Top::Export(_) | Top::Audit(_) => na(EXPORT),
+        Top::Backup(_) => na("store backup and restore (no issue filed yet)"),
+        Top::Secrets(_) => na("the local secret store (issue: DAG runs)"),
+        Top::Serve(_) | Top::Generate(_) | Top::Service(_) => {
+            unreachable!("handled before the runtime starts")
+        }
+    }
+}
+
+async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
+    match cmd {
+        OrchCmd::Status => status(g).await,
+        OrchCmd::Db(DbCmd::Verify { .. }) => db_verify(g).await,
+        OrchCmd::Ledger { after, limit } => ledger(g, after, limit).await,
+        OrchCmd::Run(_) | OrchCmd::Dag(_) | OrchCmd::Schedule(_) => na(RUNS),
+        OrchCmd::Queue(_) | OrchCmd::Dlq(_) | OrchCmd::Agent(_) => na(QUEUE),
+        OrchCmd::Locks(_) => na(LOCKS),
+        OrchCmd::Config(_) => na(CONFIG),
+        OrchCmd::Env(_)
+        | OrchCmd::Deployments(_)
+        | OrchCmd::Artifacts(_)
+        | OrchCmd::Connectivity { .. }
+        | OrchCmd::Credentials(_)
+        | OrchCmd::HealthCheck { .. } => na(RELEASE),
+        OrchCmd::Repair { .. } => {
+            na("projection repair from the ledger (db verify finds the damage today)")
+        }
+    }
+}
+
+async fn status(g: &Global) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let v = client
+        .get("/api/v1/orchestrator/status")
+        .await?
+        .ok()?
+        .json()?;
+    output::print(g.format, &v, |v| {
+        format!(
+            "stella {} ({})\nappliance:   {}\nuptime:      {}s (since {})\nstore:       {} ({} bytes, schema {})\nledger:      height {} head {}\nwriter:      {} commands in {} commits, backlog {}\nqueue depth: {}\nlisteners:   {}\n",
+            s(&v["version"]),
+            if v["dev"].as_bool() == Some(true) {
+                "dev"
+            } else {
+                "production"
+            },
+            s(&v["applianceId"]),
+            s(&v["uptimeSeconds"]),
+            s(&v["startedAt"]),
+            s(&v["store"]["path"]),
+            s(&v["store"]["sizeBytes"]),
+            s(&v["store"]["schemaVersion"]),
+            s(&v["ledger"]["height"]),
+            s(&v["ledger"]["headHash"]),
+            s(&v["writer"]["commands"]),
+            s(&v["writer"]["commits"]),
+            s(&v["writer"]["backlog"]),
+            s(&v["queueDepth"]),
+            v["listeners"]
+                .as_array()
+                .map(|l| l.iter().map(s).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+        )
+    });
+    Ok(())
+}
+
+/// Asks the daemon; if none answers on the socket, verifies the stopped store read-only.
+async fn db_verify(g: &Global) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    match client.get("/api/v1/orchestrator/admin/db/verify").await {
+        Ok(reply) => report_verify(g, reply.ok()?.json()?),
+        Err(CliError::Unreachable(_)) if g.server.is_none() => db_verify_offline(g),
+        Err(e) => Err(e),
+    }
+}
+
+fn db_verify_offline(g: &Global) -> Result<(), CliError> {
+    let path = target::config(g)?.store_path(&target::layout(g));
+    let db = store::schema::open_read_only(&path)?;
+    let txn = redb::ReadableDatabase::begin_read(&db)
+        .map_err(|e| CliError::Store(format!("store {}: {e}", path.display())))?;
+    let report = store::verify::verify(&txn)?;
+    let dto: crate::api::dto::DbVerify = report.into();
+    report_verify(g, serde_json::to_value(dto).expect("json"))
+}
+
+fn report_verify(g: &Global, v: serde_json::Value) -> Result<(), CliError> {
+    let ok = v["ok"].as_bool() == Some(true);
+    output::print(g.format, &v, |v| {
+        if ok {
+            format!(
+                "ok: {} ledger entries verified, head {} {}; tables match the replay: {}\n",
+                s(&v["entries"]),
+                s(&v["headSeq"]),
+                s(&v["headHash"]),
+                v["tables"]
+                    .as_array()
+                    .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            )
+        } else {
+            String::new()
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::VerifyFailed(s(&v["problem"])))
+    }
+}
+
+async fn ledger(g: &Global, after: u64, limit: usize) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let v = client
+        .get(&format!(
+            "/api/v1/orchestrator/ledger?after={after}&limit={limit}"
+        ))
+        .await?
+        .ok()?
+        .json()?;
+    output::print(g.format, &v, |v| {
+        let rows: Vec<Vec<String>> = v["entries"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .map(|e| {
+                        vec![
+                            s(&e["seq"]),
+                            crate::clock::rfc3339(e["time"].as_i64().unwrap_or(0)),
+                            s(&e["tenant"]),
+                            s(&e["actor"]),
+                            s(&e["kind"]),
+                            e["subjects"]
+                                .as_array()
+                                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(
+            &["SEQ", "TIME", "TENANT", "ACTOR", "KIND", "SUBJECTS"],
+            &rows,
+        )
+    });
+    Ok(())
+}
+
+async fn token(g: &Global, cmd: TokenCmd) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    match cmd {
+        TokenCmd::Create {
+            tenant,
+            scopes,
+            expires,
+            description,
+        } => {
+            let scopes: Vec<&str> = scopes
+                .split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .collect();
+            let body = json!({ "tenant": tenant, "scopes": scopes, "expires": expires, "description": description });
+            let v = client
+                .post("/api/v1/orchestrator/auth/tokens", &body)
+                .await?
+                .ok()?
+                .json()?;
+            output::print(g.format, &v, |v| {
+                format!(
+                    "created {} for tenant {} with {}; expires {}\n{}\n(the token is shown only this once)\n",
+                    s(&v["id"]),
+                    s(&v["tenant"]),
+                    v["scopes"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default(),
+                    s(&v["expiresAt"]),
+                    s(&v["token"])
+                )
+            });
+        }
+        TokenCmd::List => {
+            let v = client
+                .get("/api/v1/orchestrator/auth/tokens")
+                .await?
+                .ok()?
+                .json()?;
+            output::print(g.format, &v, |v| {
+                let rows: Vec<Vec<String>> = v["tokens"]
+                    .as_array()
+                    .map(|ts| {
+                        ts.iter()
+                            .map(|t| {
+                                vec![
+                                    s(&t["id"]),
+                                    s(&t["tenant"]),
+                                    s(&t["state"]),
+                                    t["scopes"]
+                                        .as_array()
+                                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                                        .unwrap_or_default(),
+                                    s(&t["expiresAt"]),
+                                    s(&t["description"]),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(
+                    &["ID", "TENANT", "STATE", "SCOPES", "EXPIRES", "DESCRIPTION"],
+                    &rows,
+                )
+            });
+        }
+        TokenCmd::Show { id } => {
+            let v = client
+                .get(&format!("/api/v1/orchestrator/auth/tokens/{id}"))
+                .await?
+                .ok()?
+                .json()?;
+            output::print(g.format, &v, |v| {
+                serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+            });
+        }
+        TokenCmd::Revoke { id, reason } => {
+            let v = client
+                .post(
+                    &format!("/api/v1/orchestrator/auth/tokens/{id}/revoke"),
+                    &json!({ "reason": reason }),
+                )
+                .await?
+                .ok()?
+                .json()?;
+            output::print(g.format, &v, |v| {
+                format!("{} is {}\n", s(&v["id"]), s(&v["state"]))
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `stella service restart orchestrator`: the daemon runs as `stella.service` under systemd.
+fn service_restart(service: &str) -> Result<(), CliError> {
+    if service != "orchestrator" {
+        return Err(CliError::Invalid(format!(
+            "unknown service {service:?}; the only service is \"orchestrator\""
+        )));
+    }
+    let status = std::process::Command::new("systemctl")
+        .args(["restart", "stella.service"])
+        .status()
+        .map_err(|e| {
+            CliError::Other(format!(
+                "run systemctl: {e} (is this host running systemd?)"
+            ))
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(CliError::Other(format!(
+            "systemctl restart stella.service failed ({status})"
+        )))
+    }
+}
+
+fn generate(cmd: GenerateCmd) -> Result<(), CliError> {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    match cmd {
+        GenerateCmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut command, "stella", &mut std::io::stdout());
+            Ok(())
+        }
+        GenerateCmd::Man { out } => {
+            std::fs::create_dir_all(&out)
+                .map_err(|e| CliError::Other(format!("create {}: {e}", out.display())))?;
+            clap_mangen::generate_to(command, &out).map_err(|e| {
+                CliError::Other(format!("write man pages to {}: {e}", out.display()))
+            })?;
+            println!("man pages written to {}", out.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The command-line interface: grammar in `args`, behaviour in `dispatch`, rendering in
+//! `output`, and the resolution of which daemon to talk to in `target`.
+
+pub mod args;
+pub mod dispatch;
+pub mod output;
+pub mod target;
+
+pub use args::Cli;
+pub use dispatch::run;

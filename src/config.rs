@@ -1,0 +1,290 @@
+//! The appliance's configuration (`/etc/stella/orchestrator.toml`) and its file layout.
+//!
+//! Every key has a default (see `docs/operator-guide.md`); unknown keys are refused so that a
+//! typo never silently falls back to a default. The [`Layout`] maps the production paths
+//! (`/etc/stella`, `/var/lib/stella`, `/var/log/stella`, `/run/stella`) under a root, which is
+//! `/` in production and the `--state-dir` in development and tests.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the appliance's files live. All paths derive from one root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn production() -> Self {
+        Self {
+            root: PathBuf::from("/"),
+        }
+    }
+
+    pub fn under(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn etc(&self) -> PathBuf {
+        self.root.join("etc/stella")
+    }
+    pub fn lib(&self) -> PathBuf {
+        self.root.join("var/lib/stella")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.root.join("var/log/stella")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run/stella")
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.etc().join("orchestrator.toml")
+    }
+    pub fn trust_dir(&self) -> PathBuf {
+        self.etc().join("keys")
+    }
+    pub fn default_socket(&self) -> PathBuf {
+        self.run().join("orchestrator.sock")
+    }
+    pub fn default_store(&self) -> PathBuf {
+        self.lib().join("stella.redb")
+    }
+    pub fn default_tls_cert(&self) -> PathBuf {
+        self.etc().join("tls/cert.pem")
+    }
+    pub fn default_tls_key(&self) -> PathBuf {
+        self.etc().join("tls/key.pem")
+    }
+    /// The appliance's own signing key (OpenSSH Ed25519), used for exports.
+    pub fn appliance_key(&self) -> PathBuf {
+        self.lib().join("keys/appliance_ed25519")
+    }
+    /// The admin token `serve --dev` creates, readable only by its owner.
+    pub fn dev_token(&self) -> PathBuf {
+        self.lib().join("dev-admin.token")
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub tenants: TenantsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Unix socket path; empty means `<run>/orchestrator.sock`.
+    pub socket: Option<PathBuf>,
+    /// TCP address for HTTPS, e.g. `127.0.0.1:8443`; absent means no TCP listener.
+    pub listen: Option<String>,
+    /// PEM certificate chain and PKCS#8 key for the HTTPS listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// A client must send its whole request head within this time.
+    pub header_read_timeout_ms: u64,
+    /// A TLS client must finish its handshake within this time.
+    pub tls_handshake_timeout_ms: u64,
+    /// A request must produce its response head within this time.
+    pub request_timeout_ms: u64,
+    pub body_limit_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    /// Concurrent connections per listener; more wait in the kernel backlog.
+    pub max_connections: usize,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            header_read_timeout_ms: 10_000,
+            tls_handshake_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            body_limit_bytes: 1024 * 1024,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            max_connections: 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The redb file; empty means `<lib>/stella.redb`.
+    pub path: Option<PathBuf>,
+    /// Commands waiting for the writer; senders wait when it is full.
+    pub writer_queue: usize,
+    /// Commands applied in one write transaction at most.
+    pub batch_max: usize,
+    /// Committed ledger entries buffered per event subscriber.
+    pub event_buffer: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            writer_queue: 4096,
+            batch_max: 1024,
+            event_buffer: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// Tenants that may hold tokens and own objects. A token of a tenant removed from this list
+    /// stops working at once.
+    pub allowed: Vec<String>,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        Self {
+            allowed: vec!["default".to_owned()],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Loads `path`; a missing file gives the defaults only when `missing_ok`.
+    pub fn load(path: &Path, missing_ok: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing_ok => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.server;
+        let positive = [
+            (
+                "server.header_read_timeout_ms",
+                s.header_read_timeout_ms as usize,
+            ),
+            (
+                "server.tls_handshake_timeout_ms",
+                s.tls_handshake_timeout_ms as usize,
+            ),
+            ("server.request_timeout_ms", s.request_timeout_ms as usize),
+            ("server.body_limit_bytes", s.body_limit_bytes),
+            ("server.max_headers", s.max_headers),
+            ("server.max_header_bytes", s.max_header_bytes),
+            ("server.max_connections", s.max_connections),
+            ("store.writer_queue", self.store.writer_queue),
+            ("store.batch_max", self.store.batch_max),
+            ("store.event_buffer", self.store.event_buffer),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{key} must be greater than 0"));
+        }
+        if self.tenants.allowed.is_empty() {
+            return Err("tenants.allowed must name at least one tenant".to_owned());
+        }
+        if let Some(bad) = self.tenants.allowed.iter().find(|t| !valid_name(t)) {
+            return Err(format!(
+                "tenants.allowed: {bad:?} is not a valid tenant name (1-64 of a-z, 0-9, '-', '_')"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn socket_path(&self, layout: &Layout) -> PathBuf {
+        self.server
+            .socket
+            .clone()
+            .unwrap_or_else(|| layout.default_socket())
+    }
+
+    pub fn store_path(&self, layout: &Layout) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| layout.default_store())
+    }
+
+    /// The defaults `serve --dev` writes: TCP on loopback with the generated certificate.
+    pub fn dev(layout: &Layout) -> Self {
+        let mut config = Self::default();
+        config.server.listen = Some("127.0.0.1:8443".to_owned());
+        config.server.tls_cert = Some(layout.default_tls_cert());
+        config.server.tls_key = Some(layout.default_tls_key());
+        config
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+/// Names of tenants (and other operator-chosen identifiers): short, lowercase, shell-safe.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nlisten_addr = \"x\"\n").unwrap();
+        let err = Config::load(&path, false).unwrap_err().to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn dev_config_round_trips() {
+        let layout = Layout::under("/tmp/x");
+        let config = Config::dev(&layout);
+        let back: Config = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+    }
+}

@@ -1,0 +1,137 @@
+//! `serve --dev`: a working appliance in one command. Creates the production layout under a
+//! local directory and, where absent, a config with dev defaults, the appliance's Ed25519 key,
+//! a self-signed TLS certificate for loopback, and (once the store is open) an admin token.
+//! Existing files are kept, so restarting a dev appliance keeps its keys, store and token.
+
+use crate::config::{Config, Layout};
+use ssh_key::{HashAlg, LineEnding, PrivateKey};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// What `prepare` did, for the start banner.
+#[derive(Debug, Default)]
+pub struct DevNotes {
+    pub lines: Vec<String>,
+}
+
+/// Writes `bytes` to `path` with `mode`, through a temporary file and a rename, so a crash never
+/// leaves a half-written key or token.
+pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
+    std::fs::create_dir_all(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))
+}
+
+/// Creates the layout and the dev material that is missing.
+pub fn prepare(layout: &Layout) -> Result<DevNotes, String> {
+    let mut notes = DevNotes::default();
+    mkdir(&layout.etc(), 0o755)?;
+    mkdir(&layout.trust_dir(), 0o755)?;
+    mkdir(&layout.lib(), 0o700)?;
+    mkdir(&layout.log(), 0o750)?;
+    mkdir(&layout.run(), 0o755)?;
+    let config_path = layout.config_file();
+    if !config_path.exists() {
+        let text = format!(
+            "# Written by `stella serve --dev` with development defaults; see docs/operator-guide.md.\n{}",
+            Config::dev(layout).to_toml()
+        );
+        write_file_atomic(&config_path, text.as_bytes(), 0o644)
+            .map_err(|e| format!("write {}: {e}", config_path.display()))?;
+        notes.lines.push(format!(
+            "config:        {} (written with dev defaults)",
+            config_path.display()
+        ));
+    } else {
+        notes
+            .lines
+            .push(format!("config:        {}", config_path.display()));
+    }
+    let key = layout.appliance_key();
+    let fingerprint = ensure_appliance_key(&key)?;
+    notes
+        .lines
+        .push(format!("appliance key: {} ({fingerprint})", key.display()));
+    let (cert, tls_key) = (layout.default_tls_cert(), layout.default_tls_key());
+    if !cert.exists() || !tls_key.exists() {
+        generate_certificate(&cert, &tls_key)?;
+        notes.lines.push(format!(
+            "tls:           {} (self-signed for localhost, 127.0.0.1, ::1; generated)",
+            cert.display()
+        ));
+    } else {
+        notes
+            .lines
+            .push(format!("tls:           {}", cert.display()));
+    }
+    Ok(notes)
+}
+
+/// Generates the appliance's OpenSSH Ed25519 key if absent; returns its SHA256 fingerprint.
+pub fn ensure_appliance_key(path: &Path) -> Result<String, String> {
+    if path.exists() {
+        let key = PrivateKey::read_openssh_file(path)
+            .map_err(|e| format!("read appliance key {}: {e}", path.display()))?;
+        return Ok(key.fingerprint(HashAlg::Sha256).to_string());
+    }
+    let mut seed = [0u8; 32];
+    crate::ids::fill_random(&mut seed);
+    let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+    let mut key = PrivateKey::from(pair);
+    key.set_comment("stella-appliance");
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| format!("encode appliance key: {e}"))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| format!("encode appliance public key: {e}"))?;
+    write_file_atomic(path, private.as_bytes(), 0o600)
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+    let pub_path = PathBuf::from(format!("{}.pub", path.display()));
+    write_file_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)
+        .map_err(|e| format!("write {}: {e}", pub_path.display()))?;
+    Ok(key.fingerprint(HashAlg::Sha256).to_string())
+}
+
+/// The appliance key's fingerprint, if the key exists and reads.
+pub fn appliance_fingerprint(path: &Path) -> Option<String> {
+    let key = PrivateKey::read_openssh_file(path).ok()?;
+    Some(key.fingerprint(HashAlg::Sha256).to_string())
+}
+
+fn generate_certificate(cert: &Path, key: &Path) -> Result<(), String> {
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("generate tls certificate: {e}"))?;
+    write_file_atomic(key, generated.signing_key.serialize_pem().as_bytes(), 0o600)
+        .map_err(|e| format!("write {}: {e}", key.display()))?;
+    write_file_atomic(cert, generated.cert.pem().as_bytes(), 0o644)
+        .map_err(|e| format!("write {}: {e}", cert.display()))
+}

@@ -1,0 +1,18 @@
+//! stella: the sealed orchestrator appliance, as a library that the `stella` binary, the
+//! integration tests and the benchmarks share. The binary is only argument parsing and exit codes;
+//! everything with behaviour lives here. See `docs/ARCHITECTURE.md` for the codemap.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod dev;
+pub mod duration;
+pub mod exit;
+pub mod ids;
+pub mod ledger;
+pub mod serve;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,326 @@
+//! `stella serve`: start-up and shutdown of the daemon.
+//!
+//! Order matters and is the contract with systemd (`Type=notify`): configuration, store open
+//! (refusing a newer schema), writer start, appliance identity, listeners bound — and only then
+//! `READY=1`. On SIGTERM or SIGINT: stop accepting, drain in-flight requests, let the writer
+//! commit what it holds, remove the socket, exit 0.
+
+use crate::api::{self, AppState, server};
+use crate::auth::{self, Scope};
+use crate::clock::{self, SharedClock};
+use crate::config::{Config, Layout};
+use crate::dev;
+use crate::exit::CliError;
+use crate::store::command::Actor;
+use crate::store::schema::read;
+use crate::store::{Command, Store, WriterHandle, writer};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub layout: Layout,
+    pub config_path: Option<PathBuf>,
+    pub dev: bool,
+    /// Overrides `server.listen`; `Some("")` disables TCP.
+    pub listen: Option<String>,
+}
+
+/// Runs the daemon to completion on its own runtime.
+pub fn run(opts: ServeOptions) -> Result<(), CliError> {
+    let dev_notes = if opts.dev {
+        Some(dev::prepare(&opts.layout).map_err(CliError::Other)?)
+    } else {
+        None
+    };
+    let config_path = opts
+        .config_path
+        .clone()
+        .unwrap_or_else(|| opts.layout.config_file());
+    let mut config =
+        Config::load(&config_path, true).map_err(|e| CliError::Invalid(e.to_string()))?;
+    if let Some(listen) = &opts.listen {
+        config.server.listen = (!listen.is_empty()).then(|| listen.clone());
+    }
+    init_logging();
+    let store = Store::open(&config.store_path(&opts.layout))?;
+    let clock = clock::system();
+    let (handle, writer) = writer::channel(
+        store.clone(),
+        clock.clone(),
+        config.store.writer_queue,
+        config.store.batch_max,
+        config.store.event_buffer,
+    )?;
+    let writer_thread = writer.spawn();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("stella-rt")
+        .build()
+        .map_err(|e| CliError::Other(format!("start async runtime: {e}")))?;
+    let result = runtime.block_on(daemon(opts, config, store, handle, clock, dev_notes));
+    // Dropping the runtime drops every task and with them the last writer handles; the writer
+    // then drains what it holds, commits, and its thread ends.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let _ = writer_thread.join();
+    if result.is_ok() {
+        tracing::info!("stopped cleanly");
+    }
+    result
+}
+
+async fn daemon(
+    opts: ServeOptions,
+    config: Config,
+    store: Store,
+    writer: WriterHandle,
+    clock: SharedClock,
+    dev_notes: Option<dev::DevNotes>,
+) -> Result<(), CliError> {
+    let started = Instant::now();
+    let started_ms = clock.now_ms();
+    let key_fingerprint = dev::appliance_fingerprint(&opts.layout.appliance_key());
+    ensure_identity(&store, &writer, key_fingerprint).await?;
+    submit(
+        &writer,
+        Command::RecordStart {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            dev: opts.dev,
+        },
+    )
+    .await?;
+    let new_token = if opts.dev {
+        ensure_dev_token(&opts.layout, &store, &writer, &config, &*clock).await?
+    } else {
+        None
+    };
+
+    let socket = config.socket_path(&opts.layout);
+    let unix = bind_socket(&socket)?;
+    let mut listeners = vec![format!("unix:{}", socket.display())];
+    let tcp = match &config.server.listen {
+        None => None,
+        Some(addr) => {
+            let (listener, acceptor, bound) = bind_tls(addr, &config)?;
+            listeners.push(format!("https://{bound}"));
+            Some((listener, acceptor))
+        }
+    };
+    let state = Arc::new(AppState {
+        store,
+        writer,
+        clock,
+        config: config.clone(),
+        started,
+        started_ms,
+        listeners: listeners.clone(),
+        dev: opts.dev,
+        owner_uid: unsafe_free_geteuid(),
+    });
+    if let Some(notes) = dev_notes {
+        print_banner(&opts.layout, &notes, &listeners, new_token.as_deref());
+    }
+    tracing::info!(listeners = ?listeners, "appliance ready");
+    let status = format!("listening on {}", listeners.join(" "));
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+
+    let router = api::router(state);
+    server::serve(
+        router,
+        server::Listeners { unix, tcp },
+        config.server.clone(),
+        shutdown_signal(),
+    )
+    .await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// The effective uid, through libc: std has no safe accessor for it.
+fn unsafe_free_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+async fn submit(writer: &WriterHandle, command: Command) -> Result<(), CliError> {
+    writer
+        .submit(Actor::appliance(), command)
+        .await
+        .map(|_| ())
+        .map_err(|e| CliError::Store(e.to_string()))
+}
+
+async fn ensure_identity(
+    store: &Store,
+    writer: &WriterHandle,
+    key_fingerprint: Option<String>,
+) -> Result<(), CliError> {
+    if read::appliance_id(&store.read()?)?.is_some() {
+        return Ok(());
+    }
+    let appliance_id = format!("stella-{}", crate::ids::random_hex(8));
+    submit(
+        writer,
+        Command::Initialize {
+            appliance_id,
+            key_fingerprint,
+        },
+    )
+    .await
+}
+
+/// Keeps the dev admin token if it still authenticates; otherwise mints one and writes it 0600.
+/// Returns the token only when it is new, so it is printed once.
+async fn ensure_dev_token(
+    layout: &Layout,
+    store: &Store,
+    writer: &WriterHandle,
+    config: &Config,
+    clock: &dyn clock::Clock,
+) -> Result<Option<String>, CliError> {
+    let path = layout.dev_token();
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim();
+        let record = auth::claimed_id(existing)
+            .and_then(|id| read::token(&store.read().ok()?, &id).ok().flatten());
+        if auth::check(
+            existing,
+            record.as_ref(),
+            clock.now_ms(),
+            &config.tenants.allowed,
+        )
+        .is_some()
+        {
+            return Ok(None);
+        }
+    }
+    let minted = auth::mint();
+    let tenant = config.tenants.allowed[0].clone();
+    let command = Command::CreateToken {
+        id: minted.id.clone(),
+        tenant,
+        scopes: Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
+        sha256: minted.sha256.clone(),
+        expires_ms: None,
+        description: Some("dev admin token (serve --dev)".to_owned()),
+    };
+    submit(writer, command).await?;
+    dev::write_file_atomic(&path, format!("{}\n", minted.secret).as_bytes(), 0o600)
+        .map_err(|e| CliError::Other(format!("write {}: {e}", path.display())))?;
+    Ok(Some(minted.secret))
+}
+
+/// Binds the Unix socket at mode 0660. A socket file left by a crashed daemon is replaced; one
+/// that still answers belongs to a running daemon and is an error.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, CliError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CliError::Other(format!("create {}: {e}", dir.display())))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(CliError::Other(format!(
+                "socket {} is in use: another daemon is running",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| CliError::Other(format!("remove stale socket {}: {e}", path.display())))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| CliError::Other(format!("bind {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| CliError::Other(format!("chmod {}: {e}", path.display())))?;
+    Ok(listener)
+}
+
+fn bind_tls(
+    addr: &str,
+    config: &Config,
+) -> Result<
+    (
+        tokio::net::TcpListener,
+        tokio_rustls::TlsAcceptor,
+        std::net::SocketAddr,
+    ),
+    CliError,
+> {
+    let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            return Err(CliError::Invalid(format!(
+                "server.listen = {addr:?} needs server.tls_cert and server.tls_key"
+            )));
+        }
+    };
+    let tls = crate::tls::server_config(cert, key).map_err(CliError::Invalid)?;
+    let std_listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
+    let bound = std_listener
+        .local_addr()
+        .map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)
+        .map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
+    Ok((
+        listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        bound,
+    ))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("STELLA_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .try_init();
+}
+
+fn print_banner(layout: &Layout, notes: &dev::DevNotes, listeners: &[String], token: Option<&str>) {
+    let root = std::fs::canonicalize(&layout.root).unwrap_or_else(|_| layout.root.clone());
+    eprintln!("stella dev appliance is up");
+    eprintln!("  state dir:     {}", root.display());
+    for line in &notes.lines {
+        eprintln!("  {line}");
+    }
+    for l in listeners {
+        eprintln!("  listening:     {l}");
+    }
+    match token {
+        Some(t) => eprintln!(
+            "  admin token:   {t}\n                 (shown once; saved to {}, mode 0600)",
+            layout.dev_token().display()
+        ),
+        None => eprintln!(
+            "  admin token:   kept from the last start in {}",
+            layout.dev_token().display()
+        ),
+    }
+    eprintln!(
+        "  next:          stella --state-dir {} orch status",
+        root.display()
+    );
+}

@@ -1,0 +1,308 @@
+//! Opening the store file: table definitions, the schema version and its refusal of a newer
+//! schema, and read helpers over MVCC snapshots.
+//!
+//! A store written by a newer stella is refused before anything writes to the file: the version
+//! is read through redb's read-only open, which never modifies the file.
+
+use crate::ledger::Entry;
+use crate::store::records::TokenRecord;
+use redb::{
+    Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The version of the tables' layout this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Structural metadata: `schema_version`. Not a projection; never ledgered.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The ledger: sequence → canonical entry JSON. Append-only.
+pub const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
+/// Projection: appliance identity (`id`).
+pub const APPLIANCE: TableDefinition<&str, &[u8]> = TableDefinition::new("appliance");
+/// Projection: API tokens by id.
+pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+
+/// Every projection table, in the order `db verify` compares them.
+pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[APPLIANCE, TOKENS];
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error(
+        "open store {path}: it has schema version {found}, newer than this stella supports ({supported}); \
+         upgrade stella, the file was not changed"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error(
+        "open store {path}: it is in use by another process (is the daemon running? ask it with the API instead)"
+    )]
+    Locked { path: PathBuf },
+    #[error("open store {path}: no store there")]
+    Missing { path: PathBuf },
+    #[error("store {path}: {source}")]
+    Redb { path: PathBuf, source: redb::Error },
+    #[error("store record {table}/{key}: {reason}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+/// An open store: shared by the writer (which alone writes) and every reader.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+fn redb_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
+    move |source| StoreError::Redb {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Store {
+    /// Opens (creating if absent) the store at `path` for reading and writing.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if path.exists() {
+            refuse_newer_schema(path)?;
+        } else if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| redb_err(path)(redb::Error::Io(e)))?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_owned(),
+            },
+            other => redb_err(path)(other.into()),
+        })?;
+        let store = Store {
+            db: Arc::new(db),
+            path: path.to_owned(),
+        };
+        store.init_schema()?;
+        Ok(store)
+    }
+
+    fn init_schema(&self) -> Result<(), StoreError> {
+        let err = redb_err(&self.path);
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            let found = meta
+                .get("schema_version")
+                .map_err(|e| err(e.into()))?
+                .map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::NewerSchema {
+                        path: self.path.clone(),
+                        found: v,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(|e| err(e.into()))?;
+                }
+            }
+            txn.open_table(LEDGER).map_err(|e| err(e.into()))?;
+            for table in PROJECTIONS {
+                txn.open_table(*table).map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn read(&self) -> Result<ReadTransaction, StoreError> {
+        self.db
+            .begin_read()
+            .map_err(|e| redb_err(&self.path)(e.into()))
+    }
+
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Reads the schema version without writing; refuses a newer one. A file that needs crash
+/// recovery cannot be opened read-only: it is left to the read-write open, which repairs it.
+fn refuse_newer_schema(path: &Path) -> Result<(), StoreError> {
+    let ro = match ReadOnlyDatabase::open(path) {
+        Ok(ro) => ro,
+        Err(DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(StoreError::Locked {
+                path: path.to_owned(),
+            });
+        }
+        Err(_) => return Ok(()),
+    };
+    let found = schema_version(
+        &ro.begin_read().map_err(|e| redb_err(path)(e.into()))?,
+        path,
+    )?;
+    match found {
+        Some(v) if v > SCHEMA_VERSION => Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found: v,
+            supported: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn schema_version(txn: &ReadTransaction, path: &Path) -> Result<Option<u64>, StoreError> {
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(redb_err(path)(e.into())),
+    };
+    Ok(meta
+        .get("schema_version")
+        .map_err(|e| redb_err(path)(e.into()))?
+        .map(|v| v.value()))
+}
+
+/// A read-only view of a stopped store, for `db verify` without a daemon.
+pub fn open_read_only(path: &Path) -> Result<ReadOnlyDatabase, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let ro = ReadOnlyDatabase::open(path).map_err(|e| match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_owned(),
+        },
+        other => redb_err(path)(other.into()),
+    })?;
+    let found = schema_version(
+        &ro.begin_read().map_err(|e| redb_err(path)(e.into()))?,
+        path,
+    )?;
+    if let Some(v) = found.filter(|v| *v > SCHEMA_VERSION) {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found: v,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(ro)
+}
+
+/// Read helpers shared by the API and the CLI's offline paths.
+pub mod read {
+    use super::*;
+
+    fn corrupt(table: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            table,
+            key: key.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn rerr(e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Redb {
+            path: PathBuf::from("<snapshot>"),
+            source: e.into(),
+        }
+    }
+
+    pub fn token(txn: &ReadTransaction, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let table = txn.open_table(TOKENS).map_err(rerr)?;
+        let Some(raw) = table.get(id).map_err(rerr)? else {
+            return Ok(None);
+        };
+        TokenRecord::from_bytes(raw.value())
+            .map(Some)
+            .map_err(|e| corrupt("tokens", id, e))
+    }
+
+    /// Tokens, optionally of one tenant, at most `limit` of them.
+    pub fn tokens(
+        txn: &ReadTransaction,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let table = txn.open_table(TOKENS).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(rerr)? {
+            let (k, v) = row.map_err(rerr)?;
+            let rec =
+                TokenRecord::from_bytes(v.value()).map_err(|e| corrupt("tokens", k.value(), e))?;
+            if tenant.is_none_or(|t| t == rec.tenant) {
+                out.push(rec);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn appliance_id(txn: &ReadTransaction) -> Result<Option<String>, StoreError> {
+        let table = txn.open_table(APPLIANCE).map_err(rerr)?;
+        Ok(table
+            .get("id")
+            .map_err(rerr)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    /// The last committed entry's sequence and hash, or `(0, GENESIS_PREV)`.
+    pub fn ledger_head(txn: &ReadTransaction) -> Result<(u64, String), StoreError> {
+        let table = txn.open_table(LEDGER).map_err(rerr)?;
+        match table.last().map_err(rerr)? {
+            None => Ok((0, crate::ledger::GENESIS_PREV.to_owned())),
+            Some((k, v)) => {
+                let seq = k.value();
+                let entry: Entry = serde_json::from_slice(v.value())
+                    .map_err(|e| corrupt("ledger", &seq.to_string(), e))?;
+                Ok((seq, entry.hash))
+            }
+        }
+    }
+
+    /// Entries with sequence > `after`, at most `limit`.
+    pub fn ledger_after(
+        txn: &ReadTransaction,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let table = txn.open_table(LEDGER).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in table
+            .range(after.saturating_add(1)..)
+            .map_err(rerr)?
+            .take(limit)
+        {
+            let (k, v) = row.map_err(rerr)?;
+            let entry: Entry = serde_json::from_slice(v.value())
+                .map_err(|e| corrupt("ledger", &k.value().to_string(), e))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    pub fn ledger_len(txn: &ReadTransaction) -> Result<u64, StoreError> {
+        let table = txn.open_table(LEDGER).map_err(rerr)?;
+        table.len().map_err(rerr)
+    }
+}

@@ -1,0 +1,245 @@
+//! The single writer (DESIGN.md invariant 1): one thread owns redb's write side.
+//!
+//! Commands arrive on a bounded channel. The writer takes every command that is waiting (up to
+//! `batch_max`), plans and applies them in one write transaction, appends their ledger entries,
+//! commits once with `Durability::Immediate` and only then answers each caller and publishes the
+//! committed entries (invariant 3). A command whose plan fails changes nothing and its
+//! neighbours still commit. A failed commit fails the whole batch and acknowledges nothing.
+
+use crate::clock::SharedClock;
+use crate::ledger::Entry;
+use crate::store::command::{Actor, Command, CommandError, Committed};
+use crate::store::projection;
+use crate::store::schema::{LEDGER, Store, read};
+use redb::{Durability, WriteTransaction};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+struct Envelope {
+    actor: Actor,
+    command: Command,
+    reply: oneshot::Sender<Result<Committed, CommandError>>,
+}
+
+/// Counters the status endpoint, the tests and the benchmarks read.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub commits: AtomicU64,
+    pub commands: AtomicU64,
+    pub entries: AtomicU64,
+    pub head_seq: AtomicU64,
+    pub alive: AtomicBool,
+}
+
+impl WriterStats {
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+    pub fn head_seq(&self) -> u64 {
+        self.head_seq.load(Ordering::Acquire)
+    }
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
+
+/// The senders' side: cheap to clone, one per API handler or engine task.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Envelope>,
+    stats: Arc<WriterStats>,
+    events: broadcast::Sender<Arc<Entry>>,
+}
+
+impl WriterHandle {
+    /// Sends one command and waits for its durable outcome.
+    pub async fn submit(&self, actor: Actor, command: Command) -> Result<Committed, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Envelope {
+                actor,
+                command,
+                reply,
+            })
+            .await
+            .map_err(|_| CommandError::WriterGone)?;
+        rx.await.map_err(|_| CommandError::WriterGone)?
+    }
+
+    /// Committed entries from now on; a subscriber that falls `event_buffer` behind is told it
+    /// lagged (tokio's `RecvError::Lagged`) and must resume from the ledger.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Entry>> {
+        self.events.subscribe()
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Commands waiting for the writer.
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// The writer itself, before it is started.
+pub struct Writer {
+    store: Store,
+    rx: mpsc::Receiver<Envelope>,
+    clock: SharedClock,
+    batch_max: usize,
+    stats: Arc<WriterStats>,
+    events: broadcast::Sender<Arc<Entry>>,
+    head: (u64, String),
+    /// The head after the batch being committed, adopted only once the commit is durable.
+    pending_head: Option<(u64, String)>,
+}
+
+/// Creates the writer and its handle. Commands sent before [`Writer::spawn`] wait in the channel
+/// and form the first batch, which is what the group-commit test relies on.
+pub fn channel(
+    store: Store,
+    clock: SharedClock,
+    queue: usize,
+    batch_max: usize,
+    event_buffer: usize,
+) -> Result<(WriterHandle, Writer), crate::store::StoreError> {
+    let head = read::ledger_head(&store.read()?)?;
+    let (tx, rx) = mpsc::channel(queue);
+    let (events, _) = broadcast::channel(event_buffer);
+    let stats = Arc::new(WriterStats::default());
+    stats.head_seq.store(head.0, Ordering::Release);
+    stats.alive.store(true, Ordering::Release);
+    let handle = WriterHandle {
+        tx,
+        stats: stats.clone(),
+        events: events.clone(),
+    };
+    Ok((
+        handle,
+        Writer {
+            store,
+            rx,
+            clock,
+            batch_max,
+            stats,
+            events,
+            head,
+            pending_head: None,
+        },
+    ))
+}
+
+impl Writer {
+    /// Starts the writer thread. It ends when every handle is dropped and the queue is drained.
+    pub fn spawn(self) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("stella-writer".into())
+            .spawn(move || self.run())
+            .expect("spawn the store writer thread")
+    }
+
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.batch_max {
+                match self.rx.try_recv() {
+                    Ok(env) => batch.push(env),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+        self.stats.alive.store(false, Ordering::Release);
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<Envelope>) {
+        let outcome = self
+            .store
+            .database()
+            .begin_write()
+            .map_err(|e| e.to_string())
+            .and_then(|mut txn| {
+                txn.set_durability(Durability::Immediate)
+                    .map_err(|e| e.to_string())?;
+                let results = self.apply_batch(&txn, batch)?;
+                txn.commit().map_err(|e| e.to_string())?;
+                Ok(results)
+            });
+        let n = batch.len() as u64;
+        match outcome {
+            Ok(results) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.commands.fetch_add(n, Ordering::Relaxed);
+                self.answer(batch.drain(..).zip(results));
+            }
+            Err(reason) => {
+                tracing::error!(%reason, commands = n, "store commit failed; batch not acknowledged");
+                for env in batch.drain(..) {
+                    let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
+                }
+                // The transaction was rolled back: the durable head is what the store says.
+                if let Ok(head) = self.store.read().and_then(|t| read::ledger_head(&t)) {
+                    self.head = head;
+                }
+            }
+        }
+    }
+
+    /// Plans every command and appends the entries of those that pass. An `Err` here is a
+    /// storage failure or a projection bug: the whole transaction is dropped.
+    fn apply_batch(
+        &mut self,
+        txn: &WriteTransaction,
+        batch: &[Envelope],
+    ) -> Result<Vec<Result<Committed, CommandError>>, String> {
+        let now = self.clock.now_ms();
+        let (mut seq, mut prev) = self.head.clone();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut ledger = txn.open_table(LEDGER).map_err(|e| e.to_string())?;
+        for env in batch {
+            let drafts = match env.command.plan(txn) {
+                Ok(drafts) => drafts,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let mut entries = Vec::with_capacity(drafts.len());
+            for draft in drafts {
+                seq += 1;
+                let entry = Entry::seal(draft, seq, now, &env.actor.name, &prev);
+                ledger
+                    .insert(seq, entry.to_json().as_slice())
+                    .map_err(|e| e.to_string())?;
+                projection::apply(txn, &entry).map_err(|e| e.to_string())?;
+                prev.clone_from(&entry.hash);
+                entries.push(entry);
+            }
+            results.push(Ok(Committed { entries }));
+        }
+        drop(ledger);
+        self.pending_head = Some((seq, prev));
+        Ok(results)
+    }
+
+    fn answer(&mut self, done: impl Iterator<Item = (Envelope, Result<Committed, CommandError>)>) {
+        if let Some(head) = self.pending_head.take() {
+            self.head = head;
+        }
+        let mut published = 0u64;
+        for (env, result) in done {
+            if let Ok(committed) = &result {
+                for entry in &committed.entries {
+                    let _ = self.events.send(Arc::new(entry.clone()));
+                    published += 1;
+                }
+            }
+            let _ = env.reply.send(result);
+        }
+        self.stats.entries.fetch_add(published, Ordering::Relaxed);
+        self.stats.head_seq.store(self.head.0, Ordering::Release);
+    }
+}
