@@ -81,6 +81,8 @@ async fn daemon(
 ) -> Result<(), CliError> {
     let started = Instant::now();
     let started_ms = clock.now_ms();
+    // Installed before READY=1 so that a SIGTERM right after readiness drains instead of killing.
+    let shutdown = shutdown_signal()?;
     let key_fingerprint = dev::appliance_fingerprint(&opts.layout.appliance_key());
     ensure_identity(&store, &writer, key_fingerprint).await?;
     submit(
@@ -135,7 +137,7 @@ async fn daemon(
         router,
         server::Listeners { unix, tcp },
         config.server.clone(),
-        shutdown_signal(),
+        shutdown,
     )
     .await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -278,14 +280,21 @@ fn bind_tls(
     ))
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future resolves on either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-    }
+    let install =
+        |kind| signal(kind).map_err(|e| CliError::Other(format!("install signal handler: {e}")));
+    let (mut term, mut int) = (
+        install(SignalKind::terminate())?,
+        install(SignalKind::interrupt())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+    })
 }
 
 fn init_logging() {
@@ -309,9 +318,16 @@ fn print_banner(layout: &Layout, notes: &dev::DevNotes, listeners: &[String], to
     for l in listeners {
         eprintln!("  listening:     {l}");
     }
+    use std::io::IsTerminal;
     match token {
-        Some(t) => eprintln!(
+        // Shown on a terminal only: under systemd stderr is the journal, and tokens never go
+        // to logs.
+        Some(t) if std::io::stderr().is_terminal() => eprintln!(
             "  admin token:   {t}\n                 (shown once; saved to {}, mode 0600)",
+            layout.dev_token().display()
+        ),
+        Some(_) => eprintln!(
+            "  admin token:   new; saved to {} (mode 0600)",
             layout.dev_token().display()
         ),
         None => eprintln!(

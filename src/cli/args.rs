@@ -504,14 +504,16 @@ pub enum ServiceCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCmd {
+    /// Build and sign a bundle (its --version is the bundle's, not stella's).
+    #[command(disable_version_flag = true)]
     Build {
         dir: PathBuf,
         #[arg(long)]
         kind: String,
         #[arg(long)]
         name: String,
-        #[arg(long)]
-        version: String,
+        #[arg(long = "version", id = "bundle_version", value_name = "VERSION")]
+        bundle_version: String,
         #[arg(long)]
         key: PathBuf,
         #[arg(short = 'o', long)]
@@ -620,4 +622,13 @@ pub enum GenerateCmd {
     },
     /// Shell completions on standard output.
     Completions { shell: clap_complete::Shell },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_tree_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

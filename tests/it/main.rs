@@ -1,1 +1,12 @@
-//! Integration tests.
+//! The one integration-test binary: scenarios that drive a real `stella` daemon through its
+//! public surfaces (CLI, HTTP API over the socket and TLS, files). `support` holds the
+//! `TestAppliance` helper every module uses.
+
+mod api_auth;
+mod api_hostile;
+mod cli;
+mod openapi;
+mod restart;
+mod store_schema;
+mod store_tamper;
+mod support;

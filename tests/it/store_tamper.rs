@@ -1,0 +1,117 @@
+//! Tamper evidence: a changed byte in a stored ledger entry, a deleted entry, or a projection
+//! row that the ledger does not explain makes `db verify` (on the stopped store) fail and name
+//! the ledger sequence.
+
+use crate::support::*;
+use redb::{Database, ReadableTable};
+use stella::store::schema::{LEDGER, TOKENS};
+
+/// A stopped store holding the dev token and three more: entries 1–3 are identity, start and
+/// the dev token; 4–6 the three tokens.
+async fn stopped_store() -> (TestAppliance, Vec<String>) {
+    let mut app = TestAppliance::start();
+    let client = app.socket_client();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            create_token(&client, "default", &["orchestrator:read"], None)
+                .await
+                .0,
+        );
+    }
+    assert!(app.terminate().success());
+    let ok = app.stella(&["orch", "db", "verify"]);
+    assert!(
+        ok.status.success(),
+        "pristine store verifies: {}",
+        stderr(&ok)
+    );
+    (app, ids)
+}
+
+fn edit_ledger(app: &TestAppliance, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
+    let db = Database::open(app.store_path()).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut ledger = txn.open_table(LEDGER).unwrap();
+        let mut bytes = ledger.get(seq).unwrap().unwrap().value().to_vec();
+        edit(&mut bytes);
+        ledger.insert(seq, bytes.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+fn assert_verify_names(app: &TestAppliance, needle: &str) {
+    let out = app.stella(&["orch", "db", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "verify must fail with exit 8: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(needle),
+        "expected {needle:?} in: {}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_inside_a_value_is_named_by_sequence() {
+    let (app, _) = stopped_store().await;
+    edit_ledger(&app, 5, |bytes| {
+        let at = bytes.windows(8).position(|w| w == b"\"sha256\"").unwrap() + 11;
+        bytes[at] = if bytes[at] == b'a' { b'b' } else { b'a' };
+    });
+    assert_verify_names(&app, "ledger entry 5: hash does not match");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_structural_byte_is_named_by_sequence() {
+    let (app, _) = stopped_store().await;
+    edit_ledger(&app, 4, |bytes| bytes[0] ^= 0x01);
+    assert_verify_names(&app, "ledger entry 4: stored bytes do not parse");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_entry_is_named_by_sequence() {
+    let (app, _) = stopped_store().await;
+    let db = Database::open(app.store_path()).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(LEDGER).unwrap().remove(5).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    assert_verify_names(&app, "ledger entry 5 is missing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_row_the_ledger_does_not_explain_is_named() {
+    let (app, ids) = stopped_store().await;
+    let db = Database::open(app.store_path()).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut tokens = txn.open_table(TOKENS).unwrap();
+        let raw = String::from_utf8(
+            tokens
+                .get(ids[1].as_str())
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec(),
+        )
+        .unwrap();
+        let widened = raw.replace("[\"orchestrator:read\"]", "[\"orchestrator:admin\"]");
+        assert_ne!(raw, widened);
+        tokens.insert(ids[1].as_str(), widened.as_bytes()).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(db);
+    assert_verify_names(
+        &app,
+        &format!(
+            "tokens/{}: stored value differs from the ledger replay (last written by ledger entry 5)",
+            ids[1]
+        ),
+    );
+}

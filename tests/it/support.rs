@@ -1,0 +1,205 @@
+//! `TestAppliance`: a daemon on a temp dir (`serve --dev --state-dir`), started as a child
+//! process so that kill -9 is real. Readiness is the daemon's own `READY=1` sd-notify message
+//! on a datagram socket we hold — the same signal systemd waits for — never a sleep.
+
+use serde_json::Value;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use stella::client::Client;
+use stella::config::{Config, Layout};
+
+pub const STELLA: &str = env!("CARGO_BIN_EXE_stella");
+/// How long a daemon may take to become ready before the test fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct TestAppliance {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub https: Option<String>,
+}
+
+impl TestAppliance {
+    /// A dev appliance with the dev defaults.
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// A dev appliance whose config is the dev defaults changed by `edit`.
+    pub fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let layout = Layout::under(dir.path());
+        let mut config = Config::dev(&layout);
+        config.server.listen = Some("127.0.0.1:0".to_owned());
+        edit(&mut config);
+        std::fs::create_dir_all(layout.etc()).unwrap();
+        std::fs::write(layout.config_file(), config.to_toml()).unwrap();
+        let mut app = TestAppliance {
+            dir,
+            child: None,
+            https: None,
+        };
+        app.launch();
+        app
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::under(self.root())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.layout().default_store()
+    }
+
+    /// Starts the daemon and waits for READY=1.
+    pub fn launch(&mut self) {
+        let notify_path = self.root().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
+        let log = std::fs::File::create(self.root().join("daemon.log")).unwrap();
+        let child = Command::new(STELLA)
+            .args(["--state-dir"])
+            .arg(self.root())
+            .args(["serve", "--dev"])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stella serve");
+        self.child = Some(child);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match notify.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) => panic!("daemon did not become ready: {e}\n{}", self.log()),
+            };
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == "READY=1") {
+                self.https = msg
+                    .split_whitespace()
+                    .find(|w| w.starts_with("https://"))
+                    .map(str::to_owned);
+                return;
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Runs the CLI against this appliance.
+    pub fn stella(&self, args: &[&str]) -> Output {
+        Command::new(STELLA)
+            .arg("--state-dir")
+            .arg(self.root())
+            .args(args)
+            .env_remove("STELLA_TOKEN")
+            .env_remove("STELLA_SERVER")
+            .output()
+            .expect("run stella")
+    }
+
+    /// The local-admin client over the Unix socket.
+    pub fn socket_client(&self) -> Client {
+        Client::unix(self.layout().default_socket())
+    }
+
+    /// An HTTPS client presenting `token`.
+    pub fn https_client(&self, token: Option<&str>) -> Client {
+        let mut c = Client::https(
+            self.https.as_deref().expect("https listener"),
+            &self.layout().default_tls_cert(),
+        )
+        .unwrap();
+        c.token = token.map(str::to_owned);
+        c
+    }
+
+    pub fn dev_token(&self) -> String {
+        std::fs::read_to_string(self.layout().dev_token())
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn tcp_addr(&self) -> String {
+        self.https
+            .as_deref()
+            .unwrap()
+            .trim_start_matches("https://")
+            .to_owned()
+    }
+}
+
+impl Drop for TestAppliance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Creates a token through the API as the local admin; returns (id, secret).
+pub async fn create_token(
+    client: &Client,
+    tenant: &str,
+    scopes: &[&str],
+    expires: Option<&str>,
+) -> (String, String) {
+    let body = serde_json::json!({ "tenant": tenant, "scopes": scopes, "expires": expires });
+    let v = client
+        .post("/api/v1/orchestrator/auth/tokens", &body)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap()
+        .json()
+        .unwrap();
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+pub async fn ledger_height(client: &Client) -> u64 {
+    let v: Value = client
+        .get("/api/v1/orchestrator/status")
+        .await
+        .unwrap()
+        .ok()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["ledger"]["height"].as_u64().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
