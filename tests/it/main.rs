@@ -10,3 +10,4 @@ mod restart;
 mod store_schema;
 mod store_tamper;
 mod support;
+mod systemd_unit;

@@ -1,0 +1,177 @@
+//! Durable commands per second and acknowledgement latency at 1, 8, 64 and 256 concurrent
+//! producers, for stella's group-commit writer and three baselines run in the same process on
+//! the same disk: a bare redb one-transaction-per-command loop, a SQLite WAL
+//! `synchronous=FULL` insert per command (rusqlite), and a raw 4 KiB append + `fdatasync`
+//! loop. Prints figures and ratios; it asserts nothing (DESIGN.md §6).
+//!
+//! `cargo bench --bench writer` (set STELLA_BENCH_SCALE=0.2 for a quick run).
+
+use redb::{Database, TableDefinition};
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use stella::clock;
+use stella::store::command::Actor;
+use stella::store::{Command, Store, writer};
+
+const PRODUCERS: [usize; 4] = [1, 8, 64, 256];
+
+struct Figure {
+    ops_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn figure(total: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figure {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Figure { ops_per_s: total as f64 / elapsed.as_secs_f64(), p50: at(0.50), p99: at(0.99) }
+}
+
+fn scale(n: usize) -> usize {
+    let s: f64 = std::env::var("STELLA_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    ((n as f64 * s) as usize).max(256)
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn group_commit(producers: usize, total: usize) -> Figure {
+    let dir = bench_dir();
+    let store = Store::open(&dir.path().join("s.redb")).unwrap();
+    let (handle, w) = writer::channel(store, clock::system(), 4096, 1024, 16).unwrap();
+    let _thread = w.spawn();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let per = total / producers;
+    let started = Instant::now();
+    let latencies = rt.block_on(async {
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per);
+                    for i in 0..per {
+                        let command = Command::CreateToken {
+                            id: format!("tok_{p:04}{i:08}"),
+                            tenant: "default".into(),
+                            scopes: vec!["orchestrator:read".into()],
+                            sha256: "00".repeat(32),
+                            expires_ms: None,
+                            description: None,
+                        };
+                        let t = Instant::now();
+                        h.submit(Actor { name: "bench".into() }, command).await.unwrap();
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(per * producers);
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    let elapsed = started.elapsed();
+    eprintln!("    (group commit: {} commits for {} commands)", handle.stats().commits(), per * producers);
+    figure(per * producers, elapsed, latencies)
+}
+
+/// Runs `per` operations on each of `producers` threads; `op(thread, i)` is one durable command.
+fn threaded(producers: usize, total: usize, op: impl Fn(usize, usize) + Sync) -> Figure {
+    let per = (total / producers).max(1);
+    let started = Instant::now();
+    let latencies: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..producers)
+            .map(|p| {
+                let op = &op;
+                s.spawn(move || {
+                    (0..per)
+                        .map(|i| {
+                            let t = Instant::now();
+                            op(p, i);
+                            t.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    figure(per * producers, started.elapsed(), latencies)
+}
+
+const T: TableDefinition<&str, &[u8]> = TableDefinition::new("t");
+
+fn bare_redb(producers: usize, total: usize) -> Figure {
+    let dir = bench_dir();
+    let db = Database::create(dir.path().join("bare.redb")).unwrap();
+    let value = vec![7u8; 300];
+    threaded(producers, total, |p, i| {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(T).unwrap().insert(format!("{p}-{i}").as_str(), value.as_slice()).unwrap();
+        txn.commit().unwrap();
+    })
+}
+
+fn sqlite_full(producers: usize, total: usize) -> Figure {
+    let dir = bench_dir();
+    let path = dir.path().join("q.sqlite");
+    let setup = rusqlite::Connection::open(&path).unwrap();
+    setup.pragma_update(None, "journal_mode", "WAL").unwrap();
+    setup.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, body BLOB)", []).unwrap();
+    let conns: Vec<Mutex<rusqlite::Connection>> = (0..producers)
+        .map(|_| {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.pragma_update(None, "synchronous", "FULL").unwrap();
+            c.busy_timeout(Duration::from_secs(60)).unwrap();
+            Mutex::new(c)
+        })
+        .collect();
+    let value = vec![7u8; 300];
+    threaded(producers, total, |p, i| {
+        conns[p].lock().unwrap().execute("INSERT INTO jobs VALUES (?1, ?2)", rusqlite::params![format!("{p}-{i}"), value]).unwrap();
+    })
+}
+
+fn raw_fdatasync(producers: usize, total: usize) -> Figure {
+    let dir = bench_dir();
+    let file = Mutex::new(std::fs::File::create(dir.path().join("log")).unwrap());
+    let block = vec![7u8; 4096];
+    threaded(producers, total, |_, _| {
+        let mut f = file.lock().unwrap();
+        f.write_all(&block).unwrap();
+        f.sync_data().unwrap();
+    })
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter.as_deref().is_some_and(|f| !"writer".contains(f)) {
+        return;
+    }
+    println!("durable commands: ops/s, p50 and p99 acknowledgement; ratio = ops/s ÷ SQLite WAL FULL");
+    println!("{:>9}  {:<26} {:>10} {:>9} {:>9} {:>7}", "producers", "system", "ops/s", "p50 ms", "p99 ms", "ratio");
+    for producers in PRODUCERS {
+        let sqlite = sqlite_full(producers, scale(2_000));
+        let rows = [
+            ("stella group-commit writer", group_commit(producers, scale(40_000))),
+            ("redb txn per command", bare_redb(producers, scale(2_000))),
+            ("raw 4KiB append+fdatasync", raw_fdatasync(producers, scale(2_000))),
+        ];
+        let base = sqlite.ops_per_s;
+        for (name, f) in rows.iter().map(|(n, f)| (*n, f)).chain(std::iter::once(("SQLite WAL synchronous=FULL", &sqlite))) {
+            println!(
+                "{:>9}  {:<26} {:>10.0} {:>9.3} {:>9.3} {:>6.1}x",
+                producers,
+                name,
+                f.ops_per_s,
+                f.p50.as_secs_f64() * 1e3,
+                f.p99.as_secs_f64() * 1e3,
+                f.ops_per_s / base
+            );
+        }
+    }
+}
