@@ -30,7 +30,7 @@ fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
 }
 
 fn data<T: for<'de> Deserialize<'de>>(entry: &Entry) -> Result<T, ApplyError> {
-    serde_json::from_value(entry.data.clone()).map_err(|e| bad(entry, e))
+    T::deserialize(&entry.data).map_err(|e| bad(entry, e))
 }
 
 #[derive(Deserialize)]
