@@ -26,18 +26,11 @@ struct Figure {
 fn figure(total: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figure {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Figure {
-        ops_per_s: total as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
-    }
+    Figure { ops_per_s: total as f64 / elapsed.as_secs_f64(), p50: at(0.50), p99: at(0.99) }
 }
 
 fn scale(n: usize) -> usize {
-    let s: f64 = std::env::var("STELLA_BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
+    let s: f64 = std::env::var("STELLA_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
     ((n as f64 * s) as usize).max(256)
 }
 
@@ -48,13 +41,9 @@ fn bench_dir() -> tempfile::TempDir {
 fn group_commit(producers: usize, total: usize) -> Figure {
     let dir = bench_dir();
     let store = Store::open(&dir.path().join("s.redb")).unwrap();
-    let (handle, w) = writer::channel(store, clock::system(), 4096, 1024, 16).unwrap();
+    let (handle, w) = writer::channel(store, clock::system(), writer::WriterOptions::seeded(1)).unwrap();
     let _thread = w.spawn();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let per = total / producers;
     // Ids in arrival order, as a queue's job ids are: each batch dirties few B-tree pages.
     let next_id = Arc::new(AtomicU64::new(0));
@@ -77,14 +66,7 @@ fn group_commit(producers: usize, total: usize) -> Figure {
                             description: None,
                         };
                         let t = Instant::now();
-                        h.submit(
-                            Actor {
-                                name: "bench".into(),
-                            },
-                            command,
-                        )
-                        .await
-                        .unwrap();
+                        h.submit(Actor { name: "bench".into() }, command).await.unwrap();
                         lat.push(t.elapsed());
                     }
                     lat
@@ -98,11 +80,7 @@ fn group_commit(producers: usize, total: usize) -> Figure {
         all
     });
     let elapsed = started.elapsed();
-    eprintln!(
-        "    (group commit: {} commits for {} commands)",
-        handle.stats().commits(),
-        per * producers
-    );
+    eprintln!("    (group commit: {} commits for {} commands)", handle.stats().commits(), per * producers);
     figure(per * producers, elapsed, latencies)
 }
 
@@ -125,10 +103,7 @@ fn threaded(producers: usize, total: usize, op: impl Fn(usize, usize) + Sync) ->
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     figure(per * producers, started.elapsed(), latencies)
 }
@@ -141,10 +116,7 @@ fn bare_redb(producers: usize, total: usize) -> Figure {
     let value = vec![7u8; 300];
     threaded(producers, total, |p, i| {
         let txn = db.begin_write().unwrap();
-        txn.open_table(T)
-            .unwrap()
-            .insert(format!("{p}-{i}").as_str(), value.as_slice())
-            .unwrap();
+        txn.open_table(T).unwrap().insert(format!("{p}-{i}").as_str(), value.as_slice()).unwrap();
         txn.commit().unwrap();
     })
 }
@@ -154,9 +126,7 @@ fn sqlite_full(producers: usize, total: usize) -> Figure {
     let path = dir.path().join("q.sqlite");
     let setup = rusqlite::Connection::open(&path).unwrap();
     setup.pragma_update(None, "journal_mode", "WAL").unwrap();
-    setup
-        .execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, body BLOB)", [])
-        .unwrap();
+    setup.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, body BLOB)", []).unwrap();
     let conns: Vec<Mutex<rusqlite::Connection>> = (0..producers)
         .map(|_| {
             let c = rusqlite::Connection::open(&path).unwrap();
@@ -170,10 +140,7 @@ fn sqlite_full(producers: usize, total: usize) -> Figure {
         conns[p]
             .lock()
             .unwrap()
-            .execute(
-                "INSERT INTO jobs VALUES (?1, ?2)",
-                rusqlite::params![format!("{p}-{i}"), value],
-            )
+            .execute("INSERT INTO jobs VALUES (?1, ?2)", rusqlite::params![format!("{p}-{i}"), value])
             .unwrap();
     })
 }
@@ -194,31 +161,18 @@ fn main() {
     if filter.as_deref().is_some_and(|f| !"writer".contains(f)) {
         return;
     }
-    println!(
-        "durable commands: ops/s, p50 and p99 acknowledgement; ratio = ops/s ÷ SQLite WAL FULL"
-    );
-    println!(
-        "{:>9}  {:<26} {:>10} {:>9} {:>9} {:>7}",
-        "producers", "system", "ops/s", "p50 ms", "p99 ms", "ratio"
-    );
+    println!("durable commands: ops/s, p50 and p99 acknowledgement; ratio = ops/s ÷ SQLite WAL FULL");
+    println!("{:>9}  {:<26} {:>10} {:>9} {:>9} {:>7}", "producers", "system", "ops/s", "p50 ms", "p99 ms", "ratio");
     for producers in PRODUCERS {
         let sqlite = sqlite_full(producers, scale(2_000));
         let rows = [
-            (
-                "stella group-commit writer",
-                group_commit(producers, scale(40_000)),
-            ),
+            ("stella group-commit writer", group_commit(producers, scale(40_000))),
             ("redb txn per command", bare_redb(producers, scale(2_000))),
-            (
-                "raw 4KiB append+fdatasync",
-                raw_fdatasync(producers, scale(2_000)),
-            ),
+            ("raw 4KiB append+fdatasync", raw_fdatasync(producers, scale(2_000))),
         ];
         let base = sqlite.ops_per_s;
-        for (name, f) in rows
-            .iter()
-            .map(|(n, f)| (*n, f))
-            .chain(std::iter::once(("SQLite WAL synchronous=FULL", &sqlite)))
+        for (name, f) in
+            rows.iter().map(|(n, f)| (*n, f)).chain(std::iter::once(("SQLite WAL synchronous=FULL", &sqlite)))
         {
             println!(
                 "{:>9}  {:<26} {:>10.0} {:>9.3} {:>9.3} {:>6.1}x",

@@ -21,13 +21,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
-        Scope::Read,
-        Scope::Operate,
-        Scope::Approve,
-        Scope::Admin,
-        Scope::Audit,
-    ];
+    pub const ALL: [Scope; 5] = [Scope::Read, Scope::Operate, Scope::Approve, Scope::Admin, Scope::Audit];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,11 +70,7 @@ pub struct Principal {
 impl Principal {
     /// The owner of the Unix socket (or root): administrator of every tenant.
     pub fn local_admin(uid: u32) -> Self {
-        Self {
-            tenant: None,
-            actor: format!("local:uid={uid}"),
-            scopes: Scope::ALL.to_vec(),
-        }
+        Self { tenant: None, actor: format!("local:uid={uid}"), scopes: Scope::ALL.to_vec() }
     }
 
     /// `admin` implies every scope; every scope implies `read`.
@@ -108,11 +98,7 @@ pub fn mint() -> NewToken {
     let id = ids::random_hex(6);
     let secret = format!("stl_{id}_{}", ids::random_hex(32));
     let sha256 = hash(&secret);
-    NewToken {
-        id: format!("tok_{id}"),
-        secret,
-        sha256,
-    }
+    NewToken { id: format!("tok_{id}"), secret, sha256 }
 }
 
 pub fn hash(token: &str) -> String {
@@ -125,10 +111,7 @@ pub fn claimed_id(token: &str) -> Option<String> {
     let (id, secret) = rest.split_once('_')?;
     let shaped = id.len() == 12
         && secret.len() == 64
-        && id
-            .bytes()
-            .chain(secret.bytes())
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        && id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
     shaped.then(|| format!("tok_{id}"))
 }
 
@@ -151,11 +134,7 @@ pub fn check(
     Some(Principal {
         tenant: Some(record.tenant.clone()),
         actor: format!("token:{}", record.id),
-        scopes: record
-            .scopes
-            .iter()
-            .filter_map(|s| Scope::parse(s))
-            .collect(),
+        scopes: record.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
     })
 }
 
@@ -186,20 +165,11 @@ mod tests {
         assert_eq!(claimed_id(&t.secret).as_deref(), Some(t.id.as_str()));
         let rec = record(&t);
         assert!(check(&t.secret, Some(&rec), 999, &tenants).is_some());
-        assert!(
-            check(&t.secret, Some(&rec), 1_000, &tenants).is_none(),
-            "expired"
-        );
+        assert!(check(&t.secret, Some(&rec), 1_000, &tenants).is_none(), "expired");
         let mut revoked = rec.clone();
         revoked.revoked_ms = Some(5);
-        assert!(
-            check(&t.secret, Some(&revoked), 0, &tenants).is_none(),
-            "revoked"
-        );
-        assert!(
-            check(&t.secret, Some(&rec), 0, &["other".to_owned()]).is_none(),
-            "tenant gone"
-        );
+        assert!(check(&t.secret, Some(&revoked), 0, &tenants).is_none(), "revoked");
+        assert!(check(&t.secret, Some(&rec), 0, &["other".to_owned()]).is_none(), "tenant gone");
         let forged = format!("{}0", &t.secret[..t.secret.len() - 1]);
         assert!(check(&forged, Some(&rec), 0, &tenants).is_none() || forged == t.secret);
         assert!(claimed_id("Bearer nonsense").is_none());
@@ -207,16 +177,8 @@ mod tests {
 
     #[test]
     fn scopes_parse_and_imply() {
-        assert!(
-            Scope::parse_list("orchestrator:read,orchestrator:bogus")
-                .unwrap_err()
-                .contains("orchestrator:bogus")
-        );
-        let p = Principal {
-            tenant: Some("a".into()),
-            actor: "x".into(),
-            scopes: vec![Scope::Operate],
-        };
+        assert!(Scope::parse_list("orchestrator:read,orchestrator:bogus").unwrap_err().contains("orchestrator:bogus"));
+        let p = Principal { tenant: Some("a".into()), actor: "x".into(), scopes: vec![Scope::Operate] };
         assert!(p.has(Scope::Read) && p.has(Scope::Operate) && !p.has(Scope::Admin));
         assert!(Principal::local_admin(0).has(Scope::Audit));
     }

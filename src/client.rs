@@ -19,12 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub enum Transport {
     Unix(PathBuf),
-    Https {
-        url: String,
-        authority: String,
-        host: String,
-        tls: Arc<rustls::ClientConfig>,
-    },
+    Https { url: String, authority: String, host: String, tls: Arc<rustls::ClientConfig> },
 }
 
 #[derive(Debug, Clone)]
@@ -65,39 +60,24 @@ impl Reply {
 
 impl Client {
     pub fn unix(path: PathBuf) -> Self {
-        Client {
-            transport: Transport::Unix(path),
-            token: None,
-        }
+        Client { transport: Transport::Unix(path), token: None }
     }
 
     /// `url` like `https://127.0.0.1:8443`; `ca` is the PEM the server's certificate chains to.
     pub fn https(url: &str, ca: &std::path::Path) -> Result<Self, CliError> {
-        let rest = url.strip_prefix("https://").ok_or_else(|| {
-            CliError::Invalid(format!(
-                "--server {url:?}: only https:// URLs are supported"
-            ))
-        })?;
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| CliError::Invalid(format!("--server {url:?}: only https:// URLs are supported")))?;
         let authority = rest.trim_end_matches('/').to_owned();
         let host = match authority.rsplit_once(':') {
-            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => {
-                h.trim_matches(['[', ']']).to_owned()
-            }
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h.trim_matches(['[', ']']).to_owned(),
             _ => authority.clone(),
         };
-        let authority = if authority.contains(':') && !authority.ends_with(']') {
-            authority
-        } else {
-            format!("{authority}:443")
-        };
+        let authority =
+            if authority.contains(':') && !authority.ends_with(']') { authority } else { format!("{authority}:443") };
         let tls = crate::tls::client_config(ca).map_err(CliError::Invalid)?;
         Ok(Client {
-            transport: Transport::Https {
-                url: url.to_owned(),
-                authority,
-                host,
-                tls: Arc::new(tls),
-            },
+            transport: Transport::Https { url: url.to_owned(), authority, host, tls: Arc::new(tls) },
             token: None,
         })
     }
@@ -114,24 +94,11 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<Reply, CliError> {
-        self.send(
-            Method::POST,
-            path,
-            Some(serde_json::to_vec(body).expect("json serializes")),
-        )
-        .await
+        self.send(Method::POST, path, Some(serde_json::to_vec(body).expect("json serializes"))).await
     }
 
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Reply, CliError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "stella");
+    pub async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply, CliError> {
+        let mut req = Request::builder().method(method).uri(path).header("host", "stella");
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
@@ -143,31 +110,18 @@ impl Client {
             .map_err(|e| CliError::Invalid(format!("request {path}: {e}")))?;
         match &self.transport {
             Transport::Unix(socket) => {
-                let stream =
-                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(socket))
-                        .await
-                        .map_err(|_| {
-                            CliError::Unreachable(format!(
-                                "connect to {} timed out",
-                                socket.display()
-                            ))
-                        })?
-                        .map_err(|e| CliError::Unreachable(format!("{}: {e}", socket.display())))?;
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(socket))
+                    .await
+                    .map_err(|_| CliError::Unreachable(format!("connect to {} timed out", socket.display())))?
+                    .map_err(|e| CliError::Unreachable(format!("{}: {e}", socket.display())))?;
                 exchange(stream, req).await
             }
-            Transport::Https {
-                authority,
-                host,
-                tls,
-                url,
-            } => {
+            Transport::Https { authority, host, tls, url } => {
                 let connect = async {
                     let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
                     let name = rustls::pki_types::ServerName::try_from(host.clone())
                         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                    tokio_rustls::TlsConnector::from(tls.clone())
-                        .connect(name, tcp)
-                        .await
+                    tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await
                 };
                 let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
                     .await
@@ -187,10 +141,7 @@ where
         .await
         .map_err(|e| CliError::Unreachable(format!("http handshake: {e}")))?;
     let driver = tokio::spawn(conn);
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| CliError::Unreachable(format!("request failed: {e}")))?;
+    let resp = sender.send_request(req).await.map_err(|e| CliError::Unreachable(format!("request failed: {e}")))?;
     let (parts, body) = resp.into_parts();
     let body = Limited::new(body, RESPONSE_BYTES_MAX)
         .collect()
@@ -198,9 +149,5 @@ where
         .map_err(|e| CliError::Other(format!("read response: {e}")))?
         .to_bytes();
     driver.abort();
-    Ok(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    Ok(Reply { status: parts.status, headers: parts.headers, body })
 }

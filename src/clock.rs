@@ -20,9 +20,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMs {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("system clock is before 1970");
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("system clock is before 1970");
         i64::try_from(since.as_millis()).expect("system clock is past year 292 million")
     }
 }
@@ -35,9 +33,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ms: UnixMs) -> Self {
-        Self {
-            now_ms: AtomicI64::new(start_ms),
-        }
+        Self { now_ms: AtomicI64::new(start_ms) }
     }
 
     pub fn advance_ms(&self, ms: i64) {
@@ -60,9 +56,6 @@ pub fn rfc3339(ms: UnixMs) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| format!("@{ms}ms"))
 }

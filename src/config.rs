@@ -16,9 +16,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn production() -> Self {
-        Self {
-            root: PathBuf::from("/"),
-        }
+        Self { root: PathBuf::from("/") }
     }
 
     pub fn under(root: impl Into<PathBuf>) -> Self {
@@ -71,6 +69,57 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub tenants: TenantsConfig,
+    pub queue: QueueConfig,
+    pub locks: LocksConfig,
+}
+
+/// Queue defaults; `stella orch config set queue.*` overrides them at run time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// A lease lasts this long unless heartbeated.
+    pub lease_ttl_ms: u64,
+    /// Attempts before a job goes to the dead-letter queue.
+    pub max_attempts: u32,
+    /// Retry backoff: base × 2^(attempt−1), capped, with ±25 % jitter from the seeded RNG.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Waiting jobs per type at most; enqueue beyond gets 429 with Retry-After.
+    pub max_depth: u64,
+    /// A lease request waits for work at most this long.
+    pub long_poll_max_ms: u64,
+    /// Seed of the RNG for backoff jitter; absent means a random seed at start.
+    pub seed: Option<u64>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl_ms: 30_000,
+            max_attempts: 5,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            max_depth: 100_000,
+            long_poll_max_ms: 30_000,
+            seed: None,
+        }
+    }
+}
+
+/// Lock defaults; `stella orch config set locks.*` overrides them at run time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocksConfig {
+    /// A lock is released automatically after this long unless renewed.
+    pub timeout_ms: u64,
+    /// `pessimistic` (hold the lock) or `optimistic` (compare-and-set on the resource version).
+    pub mode: String,
+}
+
+impl Default for LocksConfig {
+    fn default() -> Self {
+        Self { timeout_ms: 300_000, mode: "pessimistic".to_owned() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,12 +181,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            path: None,
-            writer_queue: 4096,
-            batch_max: 1024,
-            event_buffer: 4096,
-        }
+        Self { path: None, writer_queue: 4096, batch_max: 1024, event_buffer: 4096 }
     }
 }
 
@@ -151,9 +195,7 @@ pub struct TenantsConfig {
 
 impl Default for TenantsConfig {
     fn default() -> Self {
-        Self {
-            allowed: vec!["default".to_owned()],
-        }
+        Self { allowed: vec!["default".to_owned()] }
     }
 }
 
@@ -161,10 +203,7 @@ impl Default for TenantsConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     #[error("read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("parse config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {message}")]
@@ -180,34 +219,20 @@ impl Config {
                 return Ok(Self::default());
             }
             Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
+                return Err(ConfigError::Read { path: path.to_owned(), source });
             }
         };
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        config.validate().map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), String> {
         let s = &self.server;
         let positive = [
-            (
-                "server.header_read_timeout_ms",
-                s.header_read_timeout_ms as usize,
-            ),
-            (
-                "server.tls_handshake_timeout_ms",
-                s.tls_handshake_timeout_ms as usize,
-            ),
+            ("server.header_read_timeout_ms", s.header_read_timeout_ms as usize),
+            ("server.tls_handshake_timeout_ms", s.tls_handshake_timeout_ms as usize),
             ("server.request_timeout_ms", s.request_timeout_ms as usize),
             ("server.body_limit_bytes", s.body_limit_bytes),
             ("server.max_headers", s.max_headers),
@@ -220,29 +245,37 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be greater than 0"));
         }
+        let q = &self.queue;
+        let queue_positive = [
+            ("queue.lease_ttl_ms", q.lease_ttl_ms),
+            ("queue.max_attempts", u64::from(q.max_attempts)),
+            ("queue.backoff_base_ms", q.backoff_base_ms),
+            ("queue.backoff_max_ms", q.backoff_max_ms),
+            ("queue.max_depth", q.max_depth),
+            ("queue.long_poll_max_ms", q.long_poll_max_ms),
+            ("locks.timeout_ms", self.locks.timeout_ms),
+        ];
+        if let Some((key, _)) = queue_positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{key} must be greater than 0"));
+        }
+        if !["pessimistic", "optimistic"].contains(&self.locks.mode.as_str()) {
+            return Err(format!("locks.mode {:?}: expected pessimistic or optimistic", self.locks.mode));
+        }
         if self.tenants.allowed.is_empty() {
             return Err("tenants.allowed must name at least one tenant".to_owned());
         }
         if let Some(bad) = self.tenants.allowed.iter().find(|t| !valid_name(t)) {
-            return Err(format!(
-                "tenants.allowed: {bad:?} is not a valid tenant name (1-64 of a-z, 0-9, '-', '_')"
-            ));
+            return Err(format!("tenants.allowed: {bad:?} is not a valid tenant name (1-64 of a-z, 0-9, '-', '_')"));
         }
         Ok(())
     }
 
     pub fn socket_path(&self, layout: &Layout) -> PathBuf {
-        self.server
-            .socket
-            .clone()
-            .unwrap_or_else(|| layout.default_socket())
+        self.server.socket.clone().unwrap_or_else(|| layout.default_socket())
     }
 
     pub fn store_path(&self, layout: &Layout) -> PathBuf {
-        self.store
-            .path
-            .clone()
-            .unwrap_or_else(|| layout.default_store())
+        self.store.path.clone().unwrap_or_else(|| layout.default_store())
     }
 
     /// The defaults `serve --dev` writes: TCP on loopback with the generated certificate.
@@ -262,9 +295,7 @@ impl Config {
 /// Names of tenants (and other operator-chosen identifiers): short, lowercase, shell-safe.
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

@@ -23,11 +23,7 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
@@ -60,31 +56,21 @@ pub fn prepare(layout: &Layout) -> Result<DevNotes, String> {
         );
         write_file_atomic(&config_path, text.as_bytes(), 0o644)
             .map_err(|e| format!("write {}: {e}", config_path.display()))?;
-        notes.lines.push(format!(
-            "config:        {} (written with dev defaults)",
-            config_path.display()
-        ));
+        notes.lines.push(format!("config:        {} (written with dev defaults)", config_path.display()));
     } else {
-        notes
-            .lines
-            .push(format!("config:        {}", config_path.display()));
+        notes.lines.push(format!("config:        {}", config_path.display()));
     }
     let key = layout.appliance_key();
     let fingerprint = ensure_appliance_key(&key)?;
-    notes
-        .lines
-        .push(format!("appliance key: {} ({fingerprint})", key.display()));
+    notes.lines.push(format!("appliance key: {} ({fingerprint})", key.display()));
     let (cert, tls_key) = (layout.default_tls_cert(), layout.default_tls_key());
     if !cert.exists() || !tls_key.exists() {
         generate_certificate(&cert, &tls_key)?;
-        notes.lines.push(format!(
-            "tls:           {} (self-signed for localhost, 127.0.0.1, ::1; generated)",
-            cert.display()
-        ));
-    } else {
         notes
             .lines
-            .push(format!("tls:           {}", cert.display()));
+            .push(format!("tls:           {} (self-signed for localhost, 127.0.0.1, ::1; generated)", cert.display()));
+    } else {
+        notes.lines.push(format!("tls:           {}", cert.display()));
     }
     Ok(notes)
 }
@@ -92,8 +78,8 @@ pub fn prepare(layout: &Layout) -> Result<DevNotes, String> {
 /// Generates the appliance's OpenSSH Ed25519 key if absent; returns its SHA256 fingerprint.
 pub fn ensure_appliance_key(path: &Path) -> Result<String, String> {
     if path.exists() {
-        let key = PrivateKey::read_openssh_file(path)
-            .map_err(|e| format!("read appliance key {}: {e}", path.display()))?;
+        let key =
+            PrivateKey::read_openssh_file(path).map_err(|e| format!("read appliance key {}: {e}", path.display()))?;
         return Ok(key.fingerprint(HashAlg::Sha256).to_string());
     }
     let mut seed = [0u8; 32];
@@ -101,15 +87,9 @@ pub fn ensure_appliance_key(path: &Path) -> Result<String, String> {
     let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
     let mut key = PrivateKey::from(pair);
     key.set_comment("stella-appliance");
-    let private = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| format!("encode appliance key: {e}"))?;
-    let public = key
-        .public_key()
-        .to_openssh()
-        .map_err(|e| format!("encode appliance public key: {e}"))?;
-    write_file_atomic(path, private.as_bytes(), 0o600)
-        .map_err(|e| format!("write {}: {e}", path.display()))?;
+    let private = key.to_openssh(LineEnding::LF).map_err(|e| format!("encode appliance key: {e}"))?;
+    let public = key.public_key().to_openssh().map_err(|e| format!("encode appliance public key: {e}"))?;
+    write_file_atomic(path, private.as_bytes(), 0o600).map_err(|e| format!("write {}: {e}", path.display()))?;
     let pub_path = PathBuf::from(format!("{}.pub", path.display()));
     write_file_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)
         .map_err(|e| format!("write {}: {e}", pub_path.display()))?;
@@ -123,13 +103,8 @@ pub fn appliance_fingerprint(path: &Path) -> Option<String> {
 }
 
 fn generate_certificate(cert: &Path, key: &Path) -> Result<(), String> {
-    let names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| format!("generate tls certificate: {e}"))?;
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| format!("generate tls certificate: {e}"))?;
     write_file_atomic(key, generated.signing_key.serialize_pem().as_bytes(), 0o600)
         .map_err(|e| format!("write {}: {e}", key.display()))?;
     write_file_atomic(cert, generated.cert.pem().as_bytes(), 0o644)

@@ -5,17 +5,13 @@
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "invalid duration {input:?}: expected a whole number followed by one of ms, s, m, h, d (e.g. 60s, 5m, 30d)"
-)]
+#[error("invalid duration {input:?}: expected a whole number followed by one of ms, s, m, h, d (e.g. 60s, 5m, 30d)")]
 pub struct DurationError {
     pub input: String,
 }
 
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError {
-        input: input.to_owned(),
-    };
+    let err = || DurationError { input: input.to_owned() };
     let split = input.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
     let (digits, unit) = input.split_at(split);
     let n: u64 = digits.parse().map_err(|_| err())?;
@@ -27,9 +23,7 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         "d" => 86_400_000,
         _ => return Err(err()),
     };
-    n.checked_mul(ms_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(err)
+    n.checked_mul(ms_per_unit).map(Duration::from_millis).ok_or_else(err)
 }
 
 #[cfg(test)]

@@ -28,11 +28,7 @@ pub enum CliError {
     Unreachable(String),
     /// The daemon answered with a problem document.
     #[error("{detail} [{code}, HTTP {status}]")]
-    Api {
-        status: u16,
-        code: String,
-        detail: String,
-    },
+    Api { status: u16, code: String, detail: String },
     #[error("verification failed: {0}")]
     VerifyFailed(String),
     #[error("{0}")]

@@ -79,8 +79,8 @@ impl Entry {
             data: &self.data,
             prev: &self.prev,
         };
-        let canonical = serde_json_canonicalizer::to_vec(&hashed)
-            .expect("ledger entries are plain JSON and always canonicalize");
+        let canonical =
+            serde_json_canonicalizer::to_vec(&hashed).expect("ledger entries are plain JSON and always canonicalize");
         let prev = hex::decode(&self.prev).unwrap_or_default();
         let mut h = Sha256::new();
         h.update(&prev);
@@ -130,10 +130,7 @@ pub struct ChainCursor {
 
 impl Default for ChainCursor {
     fn default() -> Self {
-        Self {
-            next_seq: 1,
-            prev_hash: GENESIS_PREV.to_owned(),
-        }
+        Self { next_seq: 1, prev_hash: GENESIS_PREV.to_owned() }
     }
 }
 
@@ -141,15 +138,10 @@ impl ChainCursor {
     /// Checks one stored entry (its key and raw bytes) and advances past it.
     pub fn check_raw(&mut self, key: u64, bytes: &[u8]) -> Result<Entry, ChainError> {
         if key != self.next_seq {
-            return Err(ChainError::Missing {
-                expected: self.next_seq,
-                found: key,
-            });
+            return Err(ChainError::Missing { expected: self.next_seq, found: key });
         }
-        let entry: Entry = serde_json::from_slice(bytes).map_err(|e| ChainError::Unparsable {
-            seq: key,
-            reason: e.to_string(),
-        })?;
+        let entry: Entry =
+            serde_json::from_slice(bytes).map_err(|e| ChainError::Unparsable { seq: key, reason: e.to_string() })?;
         self.check_link(&entry)?;
         Ok(entry)
     }
@@ -157,10 +149,7 @@ impl ChainCursor {
     /// Checks that `entry` is the next one in this chain and advances past it.
     pub fn check_link(&mut self, entry: &Entry) -> Result<(), ChainError> {
         if entry.seq != self.next_seq {
-            return Err(ChainError::WrongSeq {
-                seq: self.next_seq,
-                claimed: entry.seq,
-            });
+            return Err(ChainError::WrongSeq { seq: self.next_seq, claimed: entry.seq });
         }
         if entry.prev != self.prev_hash {
             return Err(ChainError::BrokenLink { seq: entry.seq });
@@ -180,12 +169,7 @@ mod tests {
     use serde_json::json;
 
     fn draft(n: u64) -> Draft {
-        Draft {
-            tenant: "default".into(),
-            kind: "test.entry",
-            subjects: vec![format!("x{n}")],
-            data: json!({"n": n}),
-        }
+        Draft { tenant: "default".into(), kind: "test.entry", subjects: vec![format!("x{n}")], data: json!({"n": n}) }
     }
 
     fn chain(n: u64) -> Vec<Entry> {
@@ -213,10 +197,7 @@ mod tests {
         let mut entries = chain(4);
         entries[2].data = json!({"n": 99});
         let mut cursor = ChainCursor::default();
-        let err = entries
-            .iter()
-            .try_for_each(|e| cursor.check_link(e))
-            .unwrap_err();
+        let err = entries.iter().try_for_each(|e| cursor.check_link(e)).unwrap_err();
         assert_eq!(err, ChainError::BadHash { seq: 3 });
     }
 
@@ -226,13 +207,7 @@ mod tests {
         let mut cursor = ChainCursor::default();
         cursor.check_raw(1, &entries[0].to_json()).unwrap();
         let err = cursor.check_raw(3, &entries[2].to_json()).unwrap_err();
-        assert_eq!(
-            err,
-            ChainError::Missing {
-                expected: 2,
-                found: 3
-            }
-        );
+        assert_eq!(err, ChainError::Missing { expected: 2, found: 3 });
     }
 
     #[test]

@@ -30,30 +30,16 @@ pub struct ServeOptions {
 
 /// Runs the daemon to completion on its own runtime.
 pub fn run(opts: ServeOptions) -> Result<(), CliError> {
-    let dev_notes = if opts.dev {
-        Some(dev::prepare(&opts.layout).map_err(CliError::Other)?)
-    } else {
-        None
-    };
-    let config_path = opts
-        .config_path
-        .clone()
-        .unwrap_or_else(|| opts.layout.config_file());
-    let mut config =
-        Config::load(&config_path, true).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let dev_notes = if opts.dev { Some(dev::prepare(&opts.layout).map_err(CliError::Other)?) } else { None };
+    let config_path = opts.config_path.clone().unwrap_or_else(|| opts.layout.config_file());
+    let mut config = Config::load(&config_path, true).map_err(|e| CliError::Invalid(e.to_string()))?;
     if let Some(listen) = &opts.listen {
         config.server.listen = (!listen.is_empty()).then(|| listen.clone());
     }
     init_logging();
     let store = Store::open(&config.store_path(&opts.layout))?;
     let clock = clock::system();
-    let (handle, writer) = writer::channel(
-        store.clone(),
-        clock.clone(),
-        config.store.writer_queue,
-        config.store.batch_max,
-        config.store.event_buffer,
-    )?;
+    let (handle, writer) = writer::channel(store.clone(), clock.clone(), writer::WriterOptions::from_config(&config))?;
     let writer_thread = writer.spawn();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,18 +73,11 @@ async fn daemon(
     ensure_identity(&store, &writer, key_fingerprint).await?;
     submit(
         &writer,
-        Command::RecordStart {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            dev: opts.dev,
-        },
+        Command::RecordStart { version: env!("CARGO_PKG_VERSION").to_owned(), pid: std::process::id(), dev: opts.dev },
     )
     .await?;
-    let new_token = if opts.dev {
-        ensure_dev_token(&opts.layout, &store, &writer, &config, &*clock).await?
-    } else {
-        None
-    };
+    let new_token =
+        if opts.dev { ensure_dev_token(&opts.layout, &store, &writer, &config, &*clock).await? } else { None };
 
     let socket = config.socket_path(&opts.layout);
     let unix = bind_socket(&socket)?;
@@ -127,19 +106,10 @@ async fn daemon(
     }
     tracing::info!(listeners = ?listeners, "appliance ready");
     let status = format!("listening on {}", listeners.join(" "));
-    let _ = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&status),
-    ]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
 
     let router = api::router(state);
-    server::serve(
-        router,
-        server::Listeners { unix, tcp },
-        config.server.clone(),
-        shutdown,
-    )
-    .await;
+    server::serve(router, server::Listeners { unix, tcp }, config.server.clone(), shutdown).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
     Ok(())
@@ -152,11 +122,7 @@ fn unsafe_free_geteuid() -> u32 {
 }
 
 async fn submit(writer: &WriterHandle, command: Command) -> Result<(), CliError> {
-    writer
-        .submit(Actor::appliance(), command)
-        .await
-        .map(|_| ())
-        .map_err(|e| CliError::Store(e.to_string()))
+    writer.submit(Actor::appliance(), command).await.map(|_| ()).map_err(|e| CliError::Store(e.to_string()))
 }
 
 async fn ensure_identity(
@@ -168,14 +134,7 @@ async fn ensure_identity(
         return Ok(());
     }
     let appliance_id = format!("stella-{}", crate::ids::random_hex(8));
-    submit(
-        writer,
-        Command::Initialize {
-            appliance_id,
-            key_fingerprint,
-        },
-    )
-    .await
+    submit(writer, Command::Initialize { appliance_id, key_fingerprint }).await
 }
 
 /// Keeps the dev admin token if it still authenticates; otherwise mints one and writes it 0600.
@@ -190,16 +149,8 @@ async fn ensure_dev_token(
     let path = layout.dev_token();
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let existing = existing.trim();
-        let record = auth::claimed_id(existing)
-            .and_then(|id| read::token(&store.read().ok()?, &id).ok().flatten());
-        if auth::check(
-            existing,
-            record.as_ref(),
-            clock.now_ms(),
-            &config.tenants.allowed,
-        )
-        .is_some()
-        {
+        let record = auth::claimed_id(existing).and_then(|id| read::token(&store.read().ok()?, &id).ok().flatten());
+        if auth::check(existing, record.as_ref(), clock.now_ms(), &config.tenants.allowed).is_some() {
             return Ok(None);
         }
     }
@@ -223,21 +174,17 @@ async fn ensure_dev_token(
 /// that still answers belongs to a running daemon and is an error.
 fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, CliError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CliError::Other(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("create {}: {e}", dir.display())))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(CliError::Other(format!(
-                "socket {} is in use: another daemon is running",
-                path.display()
-            )));
+            return Err(CliError::Other(format!("socket {} is in use: another daemon is running", path.display())));
         }
         std::fs::remove_file(path)
             .map_err(|e| CliError::Other(format!("remove stale socket {}: {e}", path.display())))?;
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| CliError::Other(format!("bind {}: {e}", path.display())))?;
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|e| CliError::Other(format!("bind {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| CliError::Other(format!("chmod {}: {e}", path.display())))?;
     Ok(listener)
@@ -246,14 +193,7 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, CliError> {
 fn bind_tls(
     addr: &str,
     config: &Config,
-) -> Result<
-    (
-        tokio::net::TcpListener,
-        tokio_rustls::TlsAcceptor,
-        std::net::SocketAddr,
-    ),
-    CliError,
-> {
+) -> Result<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor, std::net::SocketAddr), CliError> {
     let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(c), Some(k)) => (c, k),
         _ => {
@@ -263,32 +203,19 @@ fn bind_tls(
         }
     };
     let tls = crate::tls::server_config(cert, key).map_err(CliError::Invalid)?;
-    let std_listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
-    std_listener
-        .set_nonblocking(true)
-        .map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
-    let bound = std_listener
-        .local_addr()
-        .map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)
-        .map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
-    Ok((
-        listener,
-        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
-        bound,
-    ))
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
+    std_listener.set_nonblocking(true).map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
+    let bound = std_listener.local_addr().map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
+    let listener =
+        tokio::net::TcpListener::from_std(std_listener).map_err(|e| CliError::Other(format!("bind {addr}: {e}")))?;
+    Ok((listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls)), bound))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future resolves on either.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let install =
-        |kind| signal(kind).map_err(|e| CliError::Other(format!("install signal handler: {e}")));
-    let (mut term, mut int) = (
-        install(SignalKind::terminate())?,
-        install(SignalKind::interrupt())?,
-    );
+    let install = |kind| signal(kind).map_err(|e| CliError::Other(format!("install signal handler: {e}")));
+    let (mut term, mut int) = (install(SignalKind::terminate())?, install(SignalKind::interrupt())?);
     Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
@@ -298,8 +225,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> 
 }
 
 fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("STELLA_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STELLA_LOG").unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
         .json()
         .with_current_span(false)
@@ -326,17 +252,8 @@ fn print_banner(layout: &Layout, notes: &dev::DevNotes, listeners: &[String], to
             "  admin token:   {t}\n                 (shown once; saved to {}, mode 0600)",
             layout.dev_token().display()
         ),
-        Some(_) => eprintln!(
-            "  admin token:   new; saved to {} (mode 0600)",
-            layout.dev_token().display()
-        ),
-        None => eprintln!(
-            "  admin token:   kept from the last start in {}",
-            layout.dev_token().display()
-        ),
+        Some(_) => eprintln!("  admin token:   new; saved to {} (mode 0600)", layout.dev_token().display()),
+        None => eprintln!("  admin token:   kept from the last start in {}", layout.dev_token().display()),
     }
-    eprintln!(
-        "  next:          stella --state-dir {} orch status",
-        root.display()
-    );
+    eprintln!("  next:          stella --state-dir {} orch status", root.display());
 }

@@ -32,11 +32,7 @@ pub struct Auth(pub Principal);
 impl Auth {
     /// Refuses with the one `forbidden` body unless the principal holds `scope`.
     pub fn require(&self, scope: Scope) -> Result<&Principal, Problem> {
-        if self.0.has(scope) {
-            Ok(&self.0)
-        } else {
-            Err(Problem::forbidden())
-        }
+        if self.0.has(scope) { Ok(&self.0) } else { Err(Problem::forbidden()) }
     }
 }
 
@@ -45,14 +41,9 @@ impl FromRequestParts<Arc<AppState>> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
         if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(Problem::unauthenticated)?;
-            return authenticate(state, token.trim())
-                .map(Auth)
-                .ok_or_else(Problem::unauthenticated);
+            let token =
+                value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(Problem::unauthenticated)?;
+            return authenticate(state, token.trim()).map(Auth).ok_or_else(Problem::unauthenticated);
         }
         match parts.extensions.get::<Peer>() {
             Some(Peer::Unix { uid: Some(uid) }) if *uid == state.owner_uid || *uid == 0 => {
@@ -67,12 +58,7 @@ fn authenticate(state: &AppState, token: &str) -> Option<Principal> {
     let id = auth::claimed_id(token)?;
     let txn = state.store.read().ok()?;
     let record = read::token(&txn, &id).ok().flatten();
-    auth::check(
-        token,
-        record.as_ref(),
-        state.clock.now_ms(),
-        &state.config.tenants.allowed,
-    )
+    auth::check(token, record.as_ref(), state.clock.now_ms(), &state.config.tenants.allowed)
 }
 
 /// A JSON body: 400 when it does not parse, 422 naming the field when it does not fit,
@@ -95,10 +81,7 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     match rejection {
         JsonRejection::JsonDataError(e) => {
             let text = e.body_text();
-            let detail = text
-                .split_once(": ")
-                .map_or(text.as_str(), |(_, rest)| rest)
-                .to_owned();
+            let detail = text.split_once(": ").map_or(text.as_str(), |(_, rest)| rest).to_owned();
             let field = detail.split_once(": ").map(|(path, _)| path.to_owned());
             let problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", detail);
             match field.filter(|f| !f.contains(' ')) {
@@ -122,9 +105,5 @@ fn json_problem(rejection: JsonRejection) -> Problem {
 }
 
 pub fn payload_too_large() -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "request body exceeds server.body_limit_bytes",
-    )
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body exceeds server.body_limit_bytes")
 }

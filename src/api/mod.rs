@@ -42,8 +42,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(pending::metrics))
         .fallback(handlers::route_not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(
-            state.config.server.body_limit_bytes,
-        ))
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.server.body_limit_bytes))
         .with_state(state)
 }

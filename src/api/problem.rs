@@ -57,19 +57,11 @@ impl Problem {
 
     /// Every missing-scope case gets exactly this body.
     pub fn forbidden() -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the token lacks the scope this operation requires",
-        )
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "the token lacks the scope this operation requires")
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
     pub fn invalid(field: &str, detail: impl Into<String>) -> Self {
@@ -77,19 +69,11 @@ impl Problem {
     }
 
     pub fn not_implemented(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            format!("not available yet: {what}"),
-        )
+        Self::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", format!("not available yet: {what}"))
     }
 
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            detail.to_string(),
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail.to_string())
     }
 }
 
@@ -97,14 +81,16 @@ impl From<CommandError> for Problem {
     fn from(e: CommandError) -> Self {
         match e {
             CommandError::NotFound { what } => Problem::not_found(what),
-            CommandError::Conflict(detail) => {
-                Problem::new(StatusCode::CONFLICT, "conflict", detail)
+            CommandError::Conflict(detail) => Problem::new(StatusCode::CONFLICT, "conflict", detail),
+            CommandError::Invalid(detail) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", detail),
+            CommandError::Busy { detail, retry_after_s } => {
+                let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "backpressure", detail);
+                p.0.retry_after_s = Some(retry_after_s);
+                p
             }
-            CommandError::Storage(detail) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_error",
-                format!("store: {detail}"),
-            ),
+            CommandError::Storage(detail) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store_error", format!("store: {detail}"))
+            }
             CommandError::WriterGone => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "writer_unavailable",
@@ -116,25 +102,17 @@ impl From<CommandError> for Problem {
 
 impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Self {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_error",
-            e.to_string(),
-        )
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string())
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self.0).expect("problem serializes");
         let mut resp = (status, body).into_response();
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(secs) = self.0.retry_after_s {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

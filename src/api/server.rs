@@ -36,26 +36,13 @@ struct Conns {
 }
 
 /// Serves until `shutdown` resolves, then drains.
-pub async fn serve(
-    router: Router,
-    listeners: Listeners,
-    limits: ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(router: Router, listeners: Listeners, limits: ServerConfig, shutdown: impl Future<Output = ()>) {
     let limits = Arc::new(limits);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let conns = Conns {
-        stop: stop_rx,
-        open: open_tx,
-    };
+    let conns = Conns { stop: stop_rx, open: open_tx };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(accept_unix(
-        listeners.unix,
-        router.clone(),
-        limits.clone(),
-        conns.clone(),
-    ));
+    tasks.spawn(accept_unix(listeners.unix, router.clone(), limits.clone(), conns.clone()));
     if let Some((tcp, tls)) = listeners.tcp {
         tasks.spawn(accept_tcp(tcp, tls, router, limits.clone(), conns.clone()));
     }
@@ -72,12 +59,7 @@ pub async fn serve(
     }
 }
 
-async fn accept_unix(
-    listener: UnixListener,
-    router: Router,
-    limits: Arc<ServerConfig>,
-    mut conns: Conns,
-) {
+async fn accept_unix(listener: UnixListener, router: Router, limits: Arc<ServerConfig>, mut conns: Conns) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
@@ -114,8 +96,7 @@ async fn accept_tcp(
         let Some((permit, (stream, addr))) = accepted else {
             continue;
         };
-        let (tls, router, limits, conns) =
-            (tls.clone(), router.clone(), limits.clone(), conns.clone());
+        let (tls, router, limits, conns) = (tls.clone(), router.clone(), limits.clone(), conns.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let stream = match tokio::time::timeout(handshake, tls.accept(stream)).await {
@@ -153,18 +134,12 @@ fn http1(limits: &ServerConfig) -> hyper::server::conn::http1::Builder {
 }
 
 /// Serves one connection; on stop, finishes the request in flight and closes.
-async fn serve_connection<S>(
-    stream: S,
-    router: Router,
-    peer: Peer,
-    limits: &Arc<ServerConfig>,
-    mut conns: Conns,
-) where
+async fn serve_connection<S>(stream: S, router: Router, peer: Peer, limits: &Arc<ServerConfig>, mut conns: Conns)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = http1(limits)
-        .serve_connection(TokioIo::new(stream), service(router, peer, limits.clone()))
-        .with_upgrades();
+    let conn =
+        http1(limits).serve_connection(TokioIo::new(stream), service(router, peer, limits.clone())).with_upgrades();
     tokio::pin!(conn);
     if *conns.stop.borrow() {
         conn.as_mut().graceful_shutdown();
@@ -184,11 +159,7 @@ fn service(
     peer: Peer,
     limits: Arc<ServerConfig>,
 ) -> hyper_util::service::TowerToHyperService<
-    tower::util::BoxCloneSyncService<
-        Request<hyper::body::Incoming>,
-        Response,
-        std::convert::Infallible,
-    >,
+    tower::util::BoxCloneSyncService<Request<hyper::body::Incoming>, Response, std::convert::Infallible>,
 > {
     let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
         let router = router.clone();
@@ -199,26 +170,17 @@ fn service(
     hyper_util::service::TowerToHyperService::new(tower::util::BoxCloneSyncService::new(svc))
 }
 
-async fn handle(
-    router: Router,
-    peer: Peer,
-    limits: &ServerConfig,
-    req: Request<hyper::body::Incoming>,
-) -> Response {
+async fn handle(router: Router, peer: Peer, limits: &ServerConfig, req: Request<hyper::body::Incoming>) -> Response {
     let started = Instant::now();
     let request_id = format!("req_{}", ids::random_hex(8));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut resp = if declared.is_some_and(|n| n > limits.body_limit_bytes as u64) {
         // Refused on the declared length alone: the body is never read.
         let mut r = payload_too_large().into_response();
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         r
     } else {
         let (mut parts, body) = req.into_parts();

@@ -30,13 +30,7 @@ pub struct Global {
     #[arg(long, global = true, env = "STELLA_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// Bearer token (required with --server unless --state-dir has a dev token).
-    #[arg(
-        long,
-        global = true,
-        env = "STELLA_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
+    #[arg(long, global = true, env = "STELLA_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
     /// PEM file of the CA that signed the daemon's certificate (with --server).
     #[arg(long, global = true, env = "STELLA_CA", value_name = "FILE")]

@@ -15,14 +15,14 @@ fn na(what: &str) -> Result<(), CliError> {
     Err(CliError::NotAvailable(what.to_owned()))
 }
 
-const QUEUE: &str = "the durable queue, leases and dead-letter queue (issue: durable queue, leases, locks, runtime config)";
+const QUEUE: &str =
+    "the durable queue, leases and dead-letter queue (issue: durable queue, leases, locks, runtime config)";
 const LOCKS: &str = "named locks (issue: durable queue, leases, locks, runtime config)";
 const CONFIG: &str = "runtime config (issue: durable queue, leases, locks, runtime config)";
 const RUNS: &str = "DAG runs and the engine (issue: DAG runs)";
 const BUNDLES: &str = "signed bundles and the trust store (issue: signed bundles)";
 const EXPORT: &str = "export and the audit pack (issue: telemetry and the offline audit pack)";
-const RELEASE: &str =
-    "release promotions, environments, deployments and artifacts (no issue filed yet)";
+const RELEASE: &str = "release promotions, environments, deployments and artifacts (no issue filed yet)";
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let g = cli.global;
@@ -47,12 +47,7 @@ fn serve_cmd(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         (None, true) => Layout::under("stella-dev"),
         (None, false) => Layout::production(),
     };
-    serve::run(serve::ServeOptions {
-        layout,
-        config_path: g.config.clone(),
-        dev: a.dev,
-        listen: a.listen,
-    })
+    serve::run(serve::ServeOptions { layout, config_path: g.config.clone(), dev: a.dev, listen: a.listen })
 }
 
 async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
@@ -60,9 +55,7 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Auth(AuthCmd::Token(t)) => token(g, t).await,
         Top::Orch(o) => orch(g, o).await,
         Top::Promotion(_) | Top::Rollback(_) | Top::Deploy(_) | Top::Registry(_) => na(RELEASE),
-        Top::Doctor(_) => {
-            na("doctor checks (they need the queue, runs and releases they diagnose)")
-        }
+        Top::Doctor(_) => na("doctor checks (they need the queue, runs and releases they diagnose)"),
         Top::Bundle(_) | Top::Keys(_) => na(BUNDLES),
         Top::Export(_) | Top::Audit(_) => na(EXPORT),
         Top::Backup(_) => na("store backup and restore (no issue filed yet)"),
@@ -88,28 +81,18 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
         | OrchCmd::Connectivity { .. }
         | OrchCmd::Credentials(_)
         | OrchCmd::HealthCheck { .. } => na(RELEASE),
-        OrchCmd::Repair { .. } => {
-            na("projection repair from the ledger (db verify finds the damage today)")
-        }
+        OrchCmd::Repair { .. } => na("projection repair from the ledger (db verify finds the damage today)"),
     }
 }
 
 async fn status(g: &Global) -> Result<(), CliError> {
     let client = target::client(g)?;
-    let v = client
-        .get("/api/v1/orchestrator/status")
-        .await?
-        .ok()?
-        .json()?;
+    let v = client.get("/api/v1/orchestrator/status").await?.ok()?.json()?;
     output::print(g.format, &v, |v| {
         format!(
             "stella {} ({})\nappliance:   {}\nuptime:      {}s (since {})\nstore:       {} ({} bytes, schema {})\nledger:      height {} head {}\nwriter:      {} commands in {} commits, backlog {}\nqueue depth: {}\nlisteners:   {}\n",
             s(&v["version"]),
-            if v["dev"].as_bool() == Some(true) {
-                "dev"
-            } else {
-                "production"
-            },
+            if v["dev"].as_bool() == Some(true) { "dev" } else { "production" },
             s(&v["applianceId"]),
             s(&v["uptimeSeconds"]),
             s(&v["startedAt"]),
@@ -122,10 +105,7 @@ async fn status(g: &Global) -> Result<(), CliError> {
             s(&v["writer"]["commits"]),
             s(&v["writer"]["backlog"]),
             s(&v["queueDepth"]),
-            v["listeners"]
-                .as_array()
-                .map(|l| l.iter().map(s).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default(),
+            v["listeners"].as_array().map(|l| l.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
         )
     });
     Ok(())
@@ -160,31 +140,18 @@ fn report_verify(g: &Global, v: serde_json::Value) -> Result<(), CliError> {
                 s(&v["entries"]),
                 s(&v["headSeq"]),
                 s(&v["headHash"]),
-                v["tables"]
-                    .as_array()
-                    .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default()
+                v["tables"].as_array().map(|t| t.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default()
             )
         } else {
             String::new()
         }
     });
-    if ok {
-        Ok(())
-    } else {
-        Err(CliError::VerifyFailed(s(&v["problem"])))
-    }
+    if ok { Ok(()) } else { Err(CliError::VerifyFailed(s(&v["problem"]))) }
 }
 
 async fn ledger(g: &Global, after: u64, limit: usize) -> Result<(), CliError> {
     let client = target::client(g)?;
-    let v = client
-        .get(&format!(
-            "/api/v1/orchestrator/ledger?after={after}&limit={limit}"
-        ))
-        .await?
-        .ok()?
-        .json()?;
+    let v = client.get(&format!("/api/v1/orchestrator/ledger?after={after}&limit={limit}")).await?.ok()?.json()?;
     output::print(g.format, &v, |v| {
         let rows: Vec<Vec<String>> = v["entries"]
             .as_array()
@@ -206,10 +173,7 @@ async fn ledger(g: &Global, after: u64, limit: usize) -> Result<(), CliError> {
                     .collect()
             })
             .unwrap_or_default();
-        table(
-            &["SEQ", "TIME", "TENANT", "ACTOR", "KIND", "SUBJECTS"],
-            &rows,
-        )
+        table(&["SEQ", "TIME", "TENANT", "ACTOR", "KIND", "SUBJECTS"], &rows)
     });
     Ok(())
 }
@@ -217,43 +181,23 @@ async fn ledger(g: &Global, after: u64, limit: usize) -> Result<(), CliError> {
 async fn token(g: &Global, cmd: TokenCmd) -> Result<(), CliError> {
     let client = target::client(g)?;
     match cmd {
-        TokenCmd::Create {
-            tenant,
-            scopes,
-            expires,
-            description,
-        } => {
-            let scopes: Vec<&str> = scopes
-                .split(',')
-                .map(str::trim)
-                .filter(|x| !x.is_empty())
-                .collect();
+        TokenCmd::Create { tenant, scopes, expires, description } => {
+            let scopes: Vec<&str> = scopes.split(',').map(str::trim).filter(|x| !x.is_empty()).collect();
             let body = json!({ "tenant": tenant, "scopes": scopes, "expires": expires, "description": description });
-            let v = client
-                .post("/api/v1/orchestrator/auth/tokens", &body)
-                .await?
-                .ok()?
-                .json()?;
+            let v = client.post("/api/v1/orchestrator/auth/tokens", &body).await?.ok()?.json()?;
             output::print(g.format, &v, |v| {
                 format!(
                     "created {} for tenant {} with {}; expires {}\n{}\n(the token is shown only this once)\n",
                     s(&v["id"]),
                     s(&v["tenant"]),
-                    v["scopes"]
-                        .as_array()
-                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default(),
+                    v["scopes"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default(),
                     s(&v["expiresAt"]),
                     s(&v["token"])
                 )
             });
         }
         TokenCmd::List => {
-            let v = client
-                .get("/api/v1/orchestrator/auth/tokens")
-                .await?
-                .ok()?
-                .json()?;
+            let v = client.get("/api/v1/orchestrator/auth/tokens").await?.ok()?.json()?;
             output::print(g.format, &v, |v| {
                 let rows: Vec<Vec<String>> = v["tokens"]
                     .as_array()
@@ -275,34 +219,20 @@ async fn token(g: &Global, cmd: TokenCmd) -> Result<(), CliError> {
                             .collect()
                     })
                     .unwrap_or_default();
-                table(
-                    &["ID", "TENANT", "STATE", "SCOPES", "EXPIRES", "DESCRIPTION"],
-                    &rows,
-                )
+                table(&["ID", "TENANT", "STATE", "SCOPES", "EXPIRES", "DESCRIPTION"], &rows)
             });
         }
         TokenCmd::Show { id } => {
-            let v = client
-                .get(&format!("/api/v1/orchestrator/auth/tokens/{id}"))
-                .await?
-                .ok()?
-                .json()?;
-            output::print(g.format, &v, |v| {
-                serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
-            });
+            let v = client.get(&format!("/api/v1/orchestrator/auth/tokens/{id}")).await?.ok()?.json()?;
+            output::print(g.format, &v, |v| serde_json::to_string_pretty(v).unwrap_or_default() + "\n");
         }
         TokenCmd::Revoke { id, reason } => {
             let v = client
-                .post(
-                    &format!("/api/v1/orchestrator/auth/tokens/{id}/revoke"),
-                    &json!({ "reason": reason }),
-                )
+                .post(&format!("/api/v1/orchestrator/auth/tokens/{id}/revoke"), &json!({ "reason": reason }))
                 .await?
                 .ok()?
                 .json()?;
-            output::print(g.format, &v, |v| {
-                format!("{} is {}\n", s(&v["id"]), s(&v["state"]))
-            });
+            output::print(g.format, &v, |v| format!("{} is {}\n", s(&v["id"]), s(&v["state"])));
         }
     }
     Ok(())
@@ -311,24 +241,16 @@ async fn token(g: &Global, cmd: TokenCmd) -> Result<(), CliError> {
 /// `stella service restart orchestrator`: the daemon runs as `stella.service` under systemd.
 fn service_restart(service: &str) -> Result<(), CliError> {
     if service != "orchestrator" {
-        return Err(CliError::Invalid(format!(
-            "unknown service {service:?}; the only service is \"orchestrator\""
-        )));
+        return Err(CliError::Invalid(format!("unknown service {service:?}; the only service is \"orchestrator\"")));
     }
     let status = std::process::Command::new("systemctl")
         .args(["restart", "stella.service"])
         .status()
-        .map_err(|e| {
-            CliError::Other(format!(
-                "run systemctl: {e} (is this host running systemd?)"
-            ))
-        })?;
+        .map_err(|e| CliError::Other(format!("run systemctl: {e} (is this host running systemd?)")))?;
     if status.success() {
         Ok(())
     } else {
-        Err(CliError::Other(format!(
-            "systemctl restart stella.service failed ({status})"
-        )))
+        Err(CliError::Other(format!("systemctl restart stella.service failed ({status})")))
     }
 }
 
@@ -341,11 +263,9 @@ fn generate(cmd: GenerateCmd) -> Result<(), CliError> {
             Ok(())
         }
         GenerateCmd::Man { out } => {
-            std::fs::create_dir_all(&out)
-                .map_err(|e| CliError::Other(format!("create {}: {e}", out.display())))?;
-            clap_mangen::generate_to(command, &out).map_err(|e| {
-                CliError::Other(format!("write man pages to {}: {e}", out.display()))
-            })?;
+            std::fs::create_dir_all(&out).map_err(|e| CliError::Other(format!("create {}: {e}", out.display())))?;
+            clap_mangen::generate_to(command, &out)
+                .map_err(|e| CliError::Other(format!("write man pages to {}: {e}", out.display())))?;
             println!("man pages written to {}", out.display());
             Ok(())
         }

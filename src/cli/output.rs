@@ -4,18 +4,11 @@
 use crate::cli::args::Format;
 
 pub fn json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("json serializes")
-    );
+    println!("{}", serde_json::to_string_pretty(value).expect("json serializes"));
 }
 
 /// Prints `value` as JSON, or the text that `text` renders from it.
-pub fn print(
-    format: Format,
-    value: &serde_json::Value,
-    text: impl FnOnce(&serde_json::Value) -> String,
-) {
+pub fn print(format: Format, value: &serde_json::Value, text: impl FnOnce(&serde_json::Value) -> String) {
     match format {
         Format::Json => json(value),
         Format::Text => print!("{}", text(value)),

@@ -8,19 +8,12 @@ use crate::exit::CliError;
 use std::path::PathBuf;
 
 pub fn layout(global: &Global) -> Layout {
-    global
-        .state_dir
-        .clone()
-        .map(Layout::under)
-        .unwrap_or_else(Layout::production)
+    global.state_dir.clone().map(Layout::under).unwrap_or_else(Layout::production)
 }
 
 pub fn config(global: &Global) -> Result<Config, CliError> {
     let layout = layout(global);
-    let path = global
-        .config
-        .clone()
-        .unwrap_or_else(|| layout.config_file());
+    let path = global.config.clone().unwrap_or_else(|| layout.config_file());
     Config::load(&path, global.config.is_none()).map_err(|e| CliError::Invalid(e.to_string()))
 }
 
@@ -35,9 +28,7 @@ pub fn client(global: &Global) -> Result<Client, CliError> {
                 (Some(ca), _) => ca.clone(),
                 (None, Some(_)) => layout.default_tls_cert(),
                 (None, None) => {
-                    return Err(CliError::Invalid(
-                        "--server needs --ca FILE (or STELLA_CA)".into(),
-                    ));
+                    return Err(CliError::Invalid("--server needs --ca FILE (or STELLA_CA)".into()));
                 }
             };
             Client::https(url, &ca)?
@@ -45,13 +36,9 @@ pub fn client(global: &Global) -> Result<Client, CliError> {
     };
     client.token = match (&global.token, &global.server, &global.state_dir) {
         (Some(t), _, _) => Some(t.clone()),
-        (None, Some(_), Some(_)) => std::fs::read_to_string(layout.dev_token())
-            .ok()
-            .map(|t| t.trim().to_owned()),
+        (None, Some(_), Some(_)) => std::fs::read_to_string(layout.dev_token()).ok().map(|t| t.trim().to_owned()),
         (None, Some(_), None) => {
-            return Err(CliError::Invalid(
-                "--server needs --token (or STELLA_TOKEN)".into(),
-            ));
+            return Err(CliError::Invalid("--server needs --token (or STELLA_TOKEN)".into()));
         }
         (None, None, _) => None,
     };

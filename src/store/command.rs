@@ -3,11 +3,14 @@
 //! drafts — without writing anything. Only drafts change the store, through the projection, so
 //! the ledger alone can rebuild every table (DESIGN.md invariant 2).
 
+use crate::config::Config;
 use crate::ledger::{Draft, Entry};
-use crate::store::records::TokenRecord;
+use crate::queue::rng::SplitMix64;
+use crate::store::records::{Record, TokenRecord};
 use crate::store::schema::{APPLIANCE, TOKENS};
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::json;
+use std::collections::HashMap;
 
 /// Who a command acts for: recorded on every entry it produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,13 +21,11 @@ pub struct Actor {
 
 impl Actor {
     pub fn appliance() -> Self {
-        Self {
-            name: "appliance".to_owned(),
-        }
+        Self { name: "appliance".to_owned() }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Command {
     /// The first entry of a new store: the appliance's identity.
@@ -52,6 +53,57 @@ pub enum Command {
         tenant: Option<String>,
         reason: Option<String>,
     },
+    Queue(crate::queue::QueueCommand),
+    Lock(crate::locks::LockCommand),
+    /// Set a runtime config key (validated by the caller with `runtime_config::validate`).
+    SetConfig {
+        key: String,
+        value: String,
+    },
+    /// Fire every deadline that is due: promote delayed jobs, expire leases and locks, end
+    /// budgets. Sent by the timer task; tests send it on virtual time.
+    Tick,
+}
+
+/// A token bucket of a rate budget, kept in the writer's memory: after a restart every bucket
+/// starts full, which never lets more through than one burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub tokens: f64,
+    pub last_ms: i64,
+}
+
+/// What planning may use besides the transaction: the batch's time, the seeded RNG, the rate
+/// buckets and the file's defaults.
+pub struct PlanCtx<'a> {
+    pub now: i64,
+    pub rng: &'a mut SplitMix64,
+    pub buckets: &'a mut HashMap<(String, String), Bucket>,
+    pub defaults: &'a Config,
+}
+
+/// Writes that are liveness, not history (DESIGN.md invariant 2): applied in the same
+/// transaction, never ledgered, not compared by `db verify`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveWrite {
+    LeaseExpiry { job: String, expires_ms: i64 },
+    WorkerSeen { id: String, tenant: String, types: Vec<String>, env: Option<String> },
+    Timer { due_ms: i64, key: String },
+    DropTimer { due_ms: i64, key: String },
+}
+
+/// A plan: ledger drafts, liveness writes, and a note for the caller (e.g. "already exists").
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub drafts: Vec<Draft>,
+    pub live: Vec<LiveWrite>,
+    pub note: Option<serde_json::Value>,
+}
+
+impl From<Vec<Draft>> for Effects {
+    fn from(drafts: Vec<Draft>) -> Self {
+        Effects { drafts, ..Effects::default() }
+    }
 }
 
 /// A failed command. It changed nothing; its batch neighbours are unaffected.
@@ -62,6 +114,11 @@ pub enum CommandError {
     NotFound { what: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// Backpressure: try again after this many seconds.
+    #[error("{detail}")]
+    Busy { detail: String, retry_after_s: u64 },
     #[error("store: {0}")]
     Storage(String),
     #[error("the store writer has stopped")]
@@ -70,28 +127,40 @@ pub enum CommandError {
 
 /// What a successful command committed: its ledger entries, in order (possibly none, for an
 /// idempotent repeat).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
     pub entries: Vec<Entry>,
+    pub note: Option<serde_json::Value>,
 }
 
-fn storage(e: impl std::fmt::Display) -> CommandError {
+pub fn storage(e: impl std::fmt::Display) -> CommandError {
     CommandError::Storage(e.to_string())
 }
 
 impl Command {
-    /// Validates against the state in `txn` and returns the drafts to append. Never writes.
-    pub fn plan(&self, txn: &WriteTransaction) -> Result<Vec<Draft>, CommandError> {
+    /// Validates against the state in `txn` and returns what to append and write. Never writes.
+    pub fn plan(&self, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
         match self {
-            Command::Initialize {
-                appliance_id,
-                key_fingerprint,
-            } => {
+            Command::Queue(q) => crate::queue::plan::plan(q, txn, ctx),
+            Command::Lock(l) => crate::locks::plan(l, txn, ctx),
+            Command::Tick => crate::queue::plan::tick(txn, ctx),
+            Command::SetConfig { key, value } => Ok(vec![Draft {
+                tenant: String::new(),
+                kind: "config.set",
+                subjects: vec![key.clone()],
+                data: json!({ "key": key, "value": value }),
+            }]
+            .into()),
+            other => other.plan_core(txn).map(Effects::from),
+        }
+    }
+
+    fn plan_core(&self, txn: &WriteTransaction) -> Result<Vec<Draft>, CommandError> {
+        match self {
+            Command::Initialize { appliance_id, key_fingerprint } => {
                 let table = txn.open_table(APPLIANCE).map_err(storage)?;
                 if table.get("id").map_err(storage)?.is_some() {
-                    return Err(CommandError::Conflict(
-                        "the store is already initialized".into(),
-                    ));
+                    return Err(CommandError::Conflict("the store is already initialized".into()));
                 }
                 Ok(vec![Draft {
                     tenant: String::new(),
@@ -107,19 +176,10 @@ impl Command {
                 subjects: vec![],
                 data: json!({ "version": version, "pid": pid, "dev": dev }),
             }]),
-            Command::CreateToken {
-                id,
-                tenant,
-                scopes,
-                sha256,
-                expires_ms,
-                description,
-            } => {
+            Command::CreateToken { id, tenant, scopes, sha256, expires_ms, description } => {
                 let table = txn.open_table(TOKENS).map_err(storage)?;
                 if table.get(id.as_str()).map_err(storage)?.is_some() {
-                    return Err(CommandError::Conflict(format!(
-                        "token id {id} already exists"
-                    )));
+                    return Err(CommandError::Conflict(format!("token id {id} already exists")));
                 }
                 Ok(vec![Draft {
                     tenant: tenant.clone(),
@@ -131,14 +191,9 @@ impl Command {
             }
             Command::RevokeToken { id, tenant, reason } => {
                 let table = txn.open_table(TOKENS).map_err(storage)?;
-                let not_found = || CommandError::NotFound {
-                    what: format!("token {id}"),
-                };
-                let raw = table
-                    .get(id.as_str())
-                    .map_err(storage)?
-                    .ok_or_else(not_found)?;
-                let rec = TokenRecord::from_bytes(raw.value()).map_err(storage)?;
+                let not_found = || CommandError::NotFound { what: format!("token {id}") };
+                let raw = table.get(id.as_str()).map_err(storage)?.ok_or_else(not_found)?;
+                let rec = TokenRecord::from_json_bytes(raw.value()).map_err(storage)?;
                 if tenant.as_ref().is_some_and(|t| *t != rec.tenant) {
                     return Err(not_found());
                 }
@@ -151,6 +206,9 @@ impl Command {
                     subjects: vec![id.clone()],
                     data: json!({ "id": id, "reason": reason }),
                 }])
+            }
+            Command::Queue(_) | Command::Lock(_) | Command::Tick | Command::SetConfig { .. } => {
+                unreachable!("planned by Command::plan")
             }
         }
     }

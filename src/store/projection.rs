@@ -3,8 +3,8 @@
 //! writer and `db verify`'s replay run the very same code.
 
 use crate::ledger::Entry;
-use crate::store::records::TokenRecord;
-use crate::store::schema::{APPLIANCE, TOKENS};
+use crate::store::records::{Record, TokenRecord};
+use crate::store::schema::{APPLIANCE, RUNTIME_CONFIG, TOKENS};
 use redb::{ReadableTable, WriteTransaction};
 use serde::Deserialize;
 
@@ -12,21 +12,15 @@ use serde::Deserialize;
 #[non_exhaustive]
 pub enum ApplyError {
     #[error("ledger entry {seq} ({kind}): {reason}")]
-    Entry {
-        seq: u64,
-        kind: String,
-        reason: String,
-    },
+    Entry { seq: u64, kind: String, reason: String },
     #[error("store: {0}")]
     Storage(#[from] redb::Error),
+    #[error("store record: {0}")]
+    Record(String),
 }
 
 fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
-    ApplyError::Entry {
-        seq: entry.seq,
-        kind: entry.kind.clone(),
-        reason: reason.to_string(),
-    }
+    ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
 }
 
 fn data<T: for<'de> Deserialize<'de>>(entry: &Entry) -> Result<T, ApplyError> {
@@ -61,8 +55,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
         "appliance.initialized" => {
             let d: Initialized = data(entry)?;
             let mut t = txn.open_table(APPLIANCE).map_err(redb::Error::from)?;
-            t.insert("id", d.appliance_id.as_bytes())
-                .map_err(redb::Error::from)?;
+            t.insert("id", d.appliance_id.as_bytes()).map_err(redb::Error::from)?;
         }
         "appliance.started" => {}
         "token.created" => {
@@ -81,23 +74,31 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
                 revoked_reason: None,
             };
             let mut t = txn.open_table(TOKENS).map_err(redb::Error::from)?;
-            t.insert(rec.id.as_str(), rec.to_bytes().as_slice())
-                .map_err(redb::Error::from)?;
+            t.insert(rec.id.as_str(), rec.to_json_bytes().as_slice()).map_err(redb::Error::from)?;
         }
         "token.revoked" => {
             let d: TokenRevoked = data(entry)?;
             let mut t = txn.open_table(TOKENS).map_err(redb::Error::from)?;
             let mut rec = match t.get(d.id.as_str()).map_err(redb::Error::from)? {
-                Some(raw) => TokenRecord::from_bytes(raw.value()).map_err(|e| bad(entry, e))?,
+                Some(raw) => TokenRecord::from_json_bytes(raw.value()).map_err(|e| bad(entry, e))?,
                 None => return Err(bad(entry, format!("revokes unknown token {}", d.id))),
             };
             rec.revoked_ms = Some(entry.time);
             rec.revoked_by = Some(entry.actor.clone());
             rec.revoked_reason = d.reason;
-            t.insert(d.id.as_str(), rec.to_bytes().as_slice())
-                .map_err(redb::Error::from)?;
+            t.insert(d.id.as_str(), rec.to_json_bytes().as_slice()).map_err(redb::Error::from)?;
         }
-        other => return Err(bad(entry, format!("unknown entry kind {other:?}"))),
+        "config.set" => {
+            let key = entry.data["key"].as_str().ok_or_else(|| bad(entry, "no key"))?;
+            let value = entry.data["value"].as_str().ok_or_else(|| bad(entry, "no value"))?;
+            let mut t = txn.open_table(RUNTIME_CONFIG).map_err(redb::Error::from)?;
+            t.insert(key, value.as_bytes()).map_err(redb::Error::from)?;
+        }
+        _ => {
+            if !crate::queue::apply::apply(txn, entry)? && !crate::locks::apply(txn, entry)? {
+                return Err(bad(entry, format!("unknown entry kind {:?}", entry.kind)));
+            }
+        }
     }
     Ok(())
 }

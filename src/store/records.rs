@@ -21,12 +21,141 @@ pub struct TokenRecord {
     pub revoked_reason: Option<String>,
 }
 
-impl TokenRecord {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("token record serializes")
-    }
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Dispatchable now (in the ready index).
+    Ready,
+    /// Waiting for `not_before_ms` (retry backoff or a delayed enqueue), in the due index.
+    Delayed,
+    /// Held by a worker under a lease.
+    Leased,
+    Succeeded,
+    /// In the dead-letter queue after its last attempt failed.
+    Dead,
+    /// A dead job that was replayed as a new job.
+    Replayed,
+}
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseInfo {
+    pub worker: String,
+    pub token: u64,
+    /// Expiry as granted; heartbeats extend it in the unledgered live-lease table.
+    pub expires_ms: i64,
+    pub granted_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRecord {
+    pub id: String,
+    /// Enqueue order: "oldest first" within a priority.
+    pub seq: u64,
+    pub tenant: String,
+    pub job_type: String,
+    pub priority: u16,
+    pub payload: serde_json::Value,
+    /// Attempts started (leases granted).
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub not_before_ms: i64,
+    pub created_ms: i64,
+    pub state: JobState,
+    pub lease: Option<LeaseInfo>,
+    pub last_error: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub replay_of: Option<String>,
+    pub replayed_as: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub finished_ms: Option<i64>,
+}
+
+/// A dispatch budget of one job type for one tenant (`*` for every tenant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Leases per second, in thousandths (so 50/s is 50 000).
+    pub rate_milli_per_s: Option<u64>,
+    pub burst: Option<u32>,
+    /// Waiting jobs at most; enqueue beyond is refused with 429.
+    pub max_depth: Option<u64>,
+    /// When the budget ends and the defaults return.
+    pub until_ms: Option<i64>,
+    pub set_by: String,
+}
+
+/// Per-type queue state: counters kept by the projection, pause, budgets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueRecord {
+    pub ready: u64,
+    pub delayed: u64,
+    pub leased: u64,
+    pub dead: u64,
+    pub succeeded: u64,
+    pub paused: bool,
+    pub paused_by: Option<String>,
+    pub paused_ms: Option<i64>,
+    /// Tenant (or `*`) → budget.
+    pub budgets: std::collections::BTreeMap<String, Budget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockHolder {
+    pub owner: String,
+    pub token: u64,
+    pub acquired_ms: i64,
+    pub expires_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockWaiter {
+    pub owner: String,
+    pub since_ms: i64,
+    pub ttl_ms: u64,
+}
+
+/// A named lock on a resource key such as `env:prod`. It exists while held or waited for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockRecord {
+    pub id: String,
+    pub resource: String,
+    pub tenant: String,
+    pub holder: Option<LockHolder>,
+    /// First come, first served.
+    pub waiters: Vec<LockWaiter>,
+}
+
+/// Liveness of a worker (unledgered): what it serves and when it was last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub tenant: String,
+    pub types: Vec<String>,
+    pub env: Option<String>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// JSON encode/decode shared by every record type.
+pub trait Record: Serialize + for<'de> Deserialize<'de> {
+    fn to_json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("store record serializes")
+    }
+    fn from_json_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
 }
+
+impl Record for TokenRecord {}
+impl Record for JobRecord {}
+impl Record for QueueRecord {}
+impl Record for LockRecord {}
+impl Record for WorkerRecord {}

@@ -5,10 +5,10 @@
 //! is read through redb's read-only open, which never modifies the file.
 
 use crate::ledger::Entry;
-use crate::store::records::TokenRecord;
+use crate::store::records::{Record, TokenRecord};
 use redb::{
-    Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableDefinition,
+    Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,8 +25,35 @@ pub const APPLIANCE: TableDefinition<&str, &[u8]> = TableDefinition::new("applia
 /// Projection: API tokens by id.
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 
-/// Every projection table, in the order `db verify` compares them.
-pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[APPLIANCE, TOKENS];
+/// Projection: jobs by id (`job-000000000001`).
+pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// Projection index: (job type, priority-then-age order) → job id, for dispatchable jobs.
+pub const READY: TableDefinition<(&str, u64), &str> = TableDefinition::new("ready");
+/// Projection: dead-letter queue, job id → time of death (decimal ms).
+pub const DLQ: TableDefinition<&str, &[u8]> = TableDefinition::new("dlq");
+/// Projection: per-type queue counters, pause and budgets.
+pub const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
+/// Projection: locks by resource key.
+pub const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
+/// Projection index: lock id (`lock-1`) → resource key.
+pub const LOCK_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("lock_ids");
+/// Projection: runtime configuration set by operators.
+pub const RUNTIME_CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("runtime_config");
+/// Projection: monotonic counters (`fence`, `job_seq`, `lock_seq`), u64 big-endian.
+pub const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
+/// Projection: enqueue idempotency, `tenant/key` → job id.
+pub const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+/// Due-time index of timers: (due ms, timer key) → 0. Written by the projection for ledgered
+/// deadlines and re-armed by heartbeats, so `db verify` does not compare it.
+pub const DUE: TableDefinition<(u64, &str), u8> = TableDefinition::new("due");
+/// Liveness (unledgered): job id → lease expiry as extended by heartbeats.
+pub const LIVE_LEASES: TableDefinition<&str, u64> = TableDefinition::new("live_leases");
+/// Liveness (unledgered): worker id → last seen, types, env.
+pub const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
+
+/// Every projection table keyed by name, in the order `db verify` compares them.
+pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] =
+    &[APPLIANCE, TOKENS, JOBS, DLQ, QUEUES, LOCKS, LOCK_IDS, RUNTIME_CONFIG, COUNTERS, IDEMPOTENCY];
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -35,25 +62,15 @@ pub enum StoreError {
         "open store {path}: it has schema version {found}, newer than this stella supports ({supported}); \
          upgrade stella, the file was not changed"
     )]
-    NewerSchema {
-        path: PathBuf,
-        found: u64,
-        supported: u64,
-    },
-    #[error(
-        "open store {path}: it is in use by another process (is the daemon running? ask it with the API instead)"
-    )]
+    NewerSchema { path: PathBuf, found: u64, supported: u64 },
+    #[error("open store {path}: it is in use by another process (is the daemon running? ask it with the API instead)")]
     Locked { path: PathBuf },
     #[error("open store {path}: no store there")]
     Missing { path: PathBuf },
     #[error("store {path}: {source}")]
     Redb { path: PathBuf, source: redb::Error },
     #[error("store record {table}/{key}: {reason}")]
-    Corrupt {
-        table: &'static str,
-        key: String,
-        reason: String,
-    },
+    Corrupt { table: &'static str, key: String, reason: String },
 }
 
 /// An open store: shared by the writer (which alone writes) and every reader.
@@ -64,10 +81,7 @@ pub struct Store {
 }
 
 fn redb_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
-    move |source| StoreError::Redb {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| StoreError::Redb { path: path.to_owned(), source }
 }
 
 impl Store {
@@ -79,15 +93,10 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| redb_err(path)(redb::Error::Io(e)))?;
         }
         let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-                path: path.to_owned(),
-            },
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_owned() },
             other => redb_err(path)(other.into()),
         })?;
-        let store = Store {
-            db: Arc::new(db),
-            path: path.to_owned(),
-        };
+        let store = Store { db: Arc::new(db), path: path.to_owned() };
         store.init_schema()?;
         Ok(store)
     }
@@ -97,10 +106,7 @@ impl Store {
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
-            let found = meta
-                .get("schema_version")
-                .map_err(|e| err(e.into()))?
-                .map(|v| v.value());
+            let found = meta.get("schema_version").map_err(|e| err(e.into()))?.map(|v| v.value());
             match found {
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(StoreError::NewerSchema {
@@ -111,14 +117,17 @@ impl Store {
                 }
                 Some(_) => {}
                 None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)
-                        .map_err(|e| err(e.into()))?;
+                    meta.insert("schema_version", SCHEMA_VERSION).map_err(|e| err(e.into()))?;
                 }
             }
             txn.open_table(LEDGER).map_err(|e| err(e.into()))?;
             for table in PROJECTIONS {
                 txn.open_table(*table).map_err(|e| err(e.into()))?;
             }
+            txn.open_table(READY).map_err(|e| err(e.into()))?;
+            txn.open_table(DUE).map_err(|e| err(e.into()))?;
+            txn.open_table(LIVE_LEASES).map_err(|e| err(e.into()))?;
+            txn.open_table(WORKERS).map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))
     }
@@ -132,9 +141,7 @@ impl Store {
     }
 
     pub fn read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db
-            .begin_read()
-            .map_err(|e| redb_err(&self.path)(e.into()))
+        self.db.begin_read().map_err(|e| redb_err(&self.path)(e.into()))
     }
 
     pub fn file_size(&self) -> u64 {
@@ -148,22 +155,15 @@ fn refuse_newer_schema(path: &Path) -> Result<(), StoreError> {
     let ro = match ReadOnlyDatabase::open(path) {
         Ok(ro) => ro,
         Err(DatabaseError::DatabaseAlreadyOpen) => {
-            return Err(StoreError::Locked {
-                path: path.to_owned(),
-            });
+            return Err(StoreError::Locked { path: path.to_owned() });
         }
         Err(_) => return Ok(()),
     };
-    let found = schema_version(
-        &ro.begin_read().map_err(|e| redb_err(path)(e.into()))?,
-        path,
-    )?;
+    let found = schema_version(&ro.begin_read().map_err(|e| redb_err(path)(e.into()))?, path)?;
     match found {
-        Some(v) if v > SCHEMA_VERSION => Err(StoreError::NewerSchema {
-            path: path.to_owned(),
-            found: v,
-            supported: SCHEMA_VERSION,
-        }),
+        Some(v) if v > SCHEMA_VERSION => {
+            Err(StoreError::NewerSchema { path: path.to_owned(), found: v, supported: SCHEMA_VERSION })
+        }
         _ => Ok(()),
     }
 }
@@ -174,35 +174,21 @@ fn schema_version(txn: &ReadTransaction, path: &Path) -> Result<Option<u64>, Sto
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(redb_err(path)(e.into())),
     };
-    Ok(meta
-        .get("schema_version")
-        .map_err(|e| redb_err(path)(e.into()))?
-        .map(|v| v.value()))
+    Ok(meta.get("schema_version").map_err(|e| redb_err(path)(e.into()))?.map(|v| v.value()))
 }
 
 /// A read-only view of a stopped store, for `db verify` without a daemon.
 pub fn open_read_only(path: &Path) -> Result<ReadOnlyDatabase, StoreError> {
     if !path.exists() {
-        return Err(StoreError::Missing {
-            path: path.to_owned(),
-        });
+        return Err(StoreError::Missing { path: path.to_owned() });
     }
     let ro = ReadOnlyDatabase::open(path).map_err(|e| match e {
-        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-            path: path.to_owned(),
-        },
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_owned() },
         other => redb_err(path)(other.into()),
     })?;
-    let found = schema_version(
-        &ro.begin_read().map_err(|e| redb_err(path)(e.into()))?,
-        path,
-    )?;
+    let found = schema_version(&ro.begin_read().map_err(|e| redb_err(path)(e.into()))?, path)?;
     if let Some(v) = found.filter(|v| *v > SCHEMA_VERSION) {
-        return Err(StoreError::NewerSchema {
-            path: path.to_owned(),
-            found: v,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(StoreError::NewerSchema { path: path.to_owned(), found: v, supported: SCHEMA_VERSION });
     }
     Ok(ro)
 }
@@ -212,18 +198,11 @@ pub mod read {
     use super::*;
 
     fn corrupt(table: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Corrupt {
-            table,
-            key: key.to_owned(),
-            reason: e.to_string(),
-        }
+        StoreError::Corrupt { table, key: key.to_owned(), reason: e.to_string() }
     }
 
     fn rerr(e: impl Into<redb::Error>) -> StoreError {
-        StoreError::Redb {
-            path: PathBuf::from("<snapshot>"),
-            source: e.into(),
-        }
+        StoreError::Redb { path: PathBuf::from("<snapshot>"), source: e.into() }
     }
 
     pub fn token(txn: &ReadTransaction, id: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -231,23 +210,16 @@ pub mod read {
         let Some(raw) = table.get(id).map_err(rerr)? else {
             return Ok(None);
         };
-        TokenRecord::from_bytes(raw.value())
-            .map(Some)
-            .map_err(|e| corrupt("tokens", id, e))
+        TokenRecord::from_json_bytes(raw.value()).map(Some).map_err(|e| corrupt("tokens", id, e))
     }
 
     /// Tokens, optionally of one tenant, at most `limit` of them.
-    pub fn tokens(
-        txn: &ReadTransaction,
-        tenant: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
+    pub fn tokens(txn: &ReadTransaction, tenant: Option<&str>, limit: usize) -> Result<Vec<TokenRecord>, StoreError> {
         let table = txn.open_table(TOKENS).map_err(rerr)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(rerr)? {
             let (k, v) = row.map_err(rerr)?;
-            let rec =
-                TokenRecord::from_bytes(v.value()).map_err(|e| corrupt("tokens", k.value(), e))?;
+            let rec = TokenRecord::from_json_bytes(v.value()).map_err(|e| corrupt("tokens", k.value(), e))?;
             if tenant.is_none_or(|t| t == rec.tenant) {
                 out.push(rec);
                 if out.len() >= limit {
@@ -260,10 +232,7 @@ pub mod read {
 
     pub fn appliance_id(txn: &ReadTransaction) -> Result<Option<String>, StoreError> {
         let table = txn.open_table(APPLIANCE).map_err(rerr)?;
-        Ok(table
-            .get("id")
-            .map_err(rerr)?
-            .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+        Ok(table.get("id").map_err(rerr)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
     }
 
     /// The last committed entry's sequence and hash, or `(0, GENESIS_PREV)`.
@@ -273,29 +242,21 @@ pub mod read {
             None => Ok((0, crate::ledger::GENESIS_PREV.to_owned())),
             Some((k, v)) => {
                 let seq = k.value();
-                let entry: Entry = serde_json::from_slice(v.value())
-                    .map_err(|e| corrupt("ledger", &seq.to_string(), e))?;
+                let entry: Entry =
+                    serde_json::from_slice(v.value()).map_err(|e| corrupt("ledger", &seq.to_string(), e))?;
                 Ok((seq, entry.hash))
             }
         }
     }
 
     /// Entries with sequence > `after`, at most `limit`.
-    pub fn ledger_after(
-        txn: &ReadTransaction,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
+    pub fn ledger_after(txn: &ReadTransaction, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let table = txn.open_table(LEDGER).map_err(rerr)?;
         let mut out = Vec::new();
-        for row in table
-            .range(after.saturating_add(1)..)
-            .map_err(rerr)?
-            .take(limit)
-        {
+        for row in table.range(after.saturating_add(1)..).map_err(rerr)?.take(limit) {
             let (k, v) = row.map_err(rerr)?;
-            let entry: Entry = serde_json::from_slice(v.value())
-                .map_err(|e| corrupt("ledger", &k.value().to_string(), e))?;
+            let entry: Entry =
+                serde_json::from_slice(v.value()).map_err(|e| corrupt("ledger", &k.value().to_string(), e))?;
             out.push(entry);
         }
         Ok(out)
@@ -304,5 +265,41 @@ pub mod read {
     pub fn ledger_len(txn: &ReadTransaction) -> Result<u64, StoreError> {
         let table = txn.open_table(LEDGER).map_err(rerr)?;
         table.len().map_err(rerr)
+    }
+}
+
+/// Typed access to JSON-record tables, for reads in snapshots and in the writer's transaction.
+pub mod rw {
+    use super::*;
+    use crate::store::records::Record;
+    use redb::{ReadableTable, Table};
+
+    pub fn get<R: Record>(
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        name: &'static str,
+        key: &str,
+    ) -> Result<Option<R>, StoreError> {
+        let Some(raw) =
+            table.get(key).map_err(|e| StoreError::Redb { path: PathBuf::from("<txn>"), source: e.into() })?
+        else {
+            return Ok(None);
+        };
+        R::from_json_bytes(raw.value()).map(Some).map_err(|e| StoreError::Corrupt {
+            table: name,
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn put<R: Record>(table: &mut Table<&str, &[u8]>, key: &str, record: &R) -> Result<(), redb::Error> {
+        table.insert(key, record.to_json_bytes().as_slice()).map(|_| ()).map_err(Into::into)
+    }
+
+    pub fn counter(table: &impl ReadableTable<&'static str, &'static [u8]>, name: &str) -> Result<u64, redb::Error> {
+        Ok(table.get(name)?.and_then(|v| <[u8; 8]>::try_from(v.value()).ok()).map(u64::from_be_bytes).unwrap_or(0))
+    }
+
+    pub fn set_counter(table: &mut Table<&str, &[u8]>, name: &str, value: u64) -> Result<(), redb::Error> {
+        table.insert(name, value.to_be_bytes().as_slice()).map(|_| ()).map_err(Into::into)
     }
 }

@@ -33,26 +33,14 @@ pub enum VerifyProblem {
     /// An entry cannot be replayed.
     Replay { seq: u64, message: String },
     /// A projection row differs from the replay; `seq` is the last entry that wrote it, if any.
-    Projection {
-        table: String,
-        key: String,
-        seq: Option<u64>,
-        message: String,
-    },
+    Projection { table: String, key: String, seq: Option<u64>, message: String },
 }
 
 impl VerifyProblem {
     pub fn message(&self) -> String {
         match self {
-            VerifyProblem::Chain { message, .. } | VerifyProblem::Replay { message, .. } => {
-                message.clone()
-            }
-            VerifyProblem::Projection {
-                table,
-                key,
-                seq,
-                message,
-            } => match seq {
+            VerifyProblem::Chain { message, .. } | VerifyProblem::Replay { message, .. } => message.clone(),
+            VerifyProblem::Projection { table, key, seq, message } => match seq {
                 Some(seq) => {
                     format!("{table}/{key}: {message} (last written by ledger entry {seq})")
                 }
@@ -63,17 +51,12 @@ impl VerifyProblem {
 }
 
 fn rerr(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Redb {
-        path: "<verify>".into(),
-        source: e.into(),
-    }
+    StoreError::Redb { path: "<verify>".into(), source: e.into() }
 }
 
 /// Verifies the snapshot `txn`.
 pub fn verify(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
-    let replica = Database::builder()
-        .create_with_backend(InMemoryBackend::new())
-        .map_err(rerr)?;
+    let replica = Database::builder().create_with_backend(InMemoryBackend::new()).map_err(rerr)?;
     let replay = replica.begin_write().map_err(rerr)?;
     let mut cursor = ChainCursor::default();
     let mut writers: HashMap<String, u64> = HashMap::new();
@@ -93,13 +76,7 @@ pub fn verify(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
             Err(e) => return Ok(with_problem(report, chain_problem(e))),
         };
         if let Err(e) = projection::apply(&replay, &entry) {
-            return Ok(with_problem(
-                report,
-                VerifyProblem::Replay {
-                    seq: entry.seq,
-                    message: e.to_string(),
-                },
-            ));
+            return Ok(with_problem(report, VerifyProblem::Replay { seq: entry.seq, message: e.to_string() }));
         }
         for subject in &entry.subjects {
             writers.insert(subject.clone(), entry.seq);
@@ -118,10 +95,7 @@ pub fn verify(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
 }
 
 fn chain_problem(e: ChainError) -> VerifyProblem {
-    VerifyProblem::Chain {
-        seq: e.seq(),
-        message: e.to_string(),
-    }
+    VerifyProblem::Chain { seq: e.seq(), message: e.to_string() }
 }
 
 fn with_problem(mut report: VerifyReport, problem: VerifyProblem) -> VerifyReport {
@@ -150,36 +124,24 @@ fn compare(
         })
     };
     loop {
-        let (x, y) = (
-            a.next().transpose().map_err(rerr)?,
-            b.next().transpose().map_err(rerr)?,
-        );
+        let (x, y) = (a.next().transpose().map_err(rerr)?, b.next().transpose().map_err(rerr)?);
         match (x, y) {
             (None, None) => return Ok(None),
             (Some((k, _)), None) => {
-                return Ok(problem(
-                    k.value().to_owned(),
-                    "present in the store but not in the ledger replay",
-                ));
+                return Ok(problem(k.value().to_owned(), "present in the store but not in the ledger replay"));
             }
             (None, Some((k, _))) => {
                 return Ok(problem(k.value().to_owned(), "missing from the store"));
             }
             (Some((ks, vs)), Some((kr, vr))) => {
                 if ks.value() < kr.value() {
-                    return Ok(problem(
-                        ks.value().to_owned(),
-                        "present in the store but not in the ledger replay",
-                    ));
+                    return Ok(problem(ks.value().to_owned(), "present in the store but not in the ledger replay"));
                 }
                 if ks.value() > kr.value() {
                     return Ok(problem(kr.value().to_owned(), "missing from the store"));
                 }
                 if vs.value() != vr.value() {
-                    return Ok(problem(
-                        ks.value().to_owned(),
-                        "stored value differs from the ledger replay",
-                    ));
+                    return Ok(problem(ks.value().to_owned(), "stored value differs from the ledger replay"));
                 }
             }
         }

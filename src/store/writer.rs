@@ -7,11 +7,15 @@
 //! neighbours still commit. A failed commit fails the whole batch and acknowledges nothing.
 
 use crate::clock::SharedClock;
+use crate::config::Config;
 use crate::ledger::Entry;
-use crate::store::command::{Actor, Command, CommandError, Committed};
+use crate::queue::rng::SplitMix64;
+use crate::store::command::{Actor, Bucket, Command, CommandError, Committed, LiveWrite, PlanCtx};
 use crate::store::projection;
-use crate::store::schema::{LEDGER, Store, read};
+use crate::store::records::{Record, WorkerRecord};
+use crate::store::schema::{DUE, LEDGER, LIVE_LEASES, Store, WORKERS, read, rw};
 use redb::{Durability, WriteTransaction};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -56,14 +60,7 @@ impl WriterHandle {
     /// Sends one command and waits for its durable outcome.
     pub async fn submit(&self, actor: Actor, command: Command) -> Result<Committed, CommandError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Envelope {
-                actor,
-                command,
-                reply,
-            })
-            .await
-            .map_err(|_| CommandError::WriterGone)?;
+        self.tx.send(Envelope { actor, command, reply }).await.map_err(|_| CommandError::WriterGone)?;
         rx.await.map_err(|_| CommandError::WriterGone)?
     }
 
@@ -94,6 +91,43 @@ pub struct Writer {
     head: (u64, String),
     /// The head after the batch being committed, adopted only once the commit is durable.
     pending_head: Option<(u64, String)>,
+    rng: SplitMix64,
+    buckets: HashMap<(String, String), Bucket>,
+    defaults: Config,
+}
+
+/// How the writer is sized and seeded; `from_config` reads the file's values.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub queue: usize,
+    pub batch_max: usize,
+    pub event_buffer: usize,
+    pub seed: u64,
+    pub defaults: Config,
+}
+
+impl WriterOptions {
+    pub fn from_config(config: &Config) -> Self {
+        let seed = config.queue.seed.unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            crate::ids::fill_random(&mut b);
+            u64::from_le_bytes(b)
+        });
+        WriterOptions {
+            queue: config.store.writer_queue,
+            batch_max: config.store.batch_max,
+            event_buffer: config.store.event_buffer,
+            seed,
+            defaults: config.clone(),
+        }
+    }
+
+    /// Defaults with a fixed seed, for tests and benchmarks.
+    pub fn seeded(seed: u64) -> Self {
+        let mut config = Config::default();
+        config.queue.seed = Some(seed);
+        Self::from_config(&config)
+    }
 }
 
 /// Creates the writer and its handle. Commands sent before [`Writer::spawn`] wait in the channel
@@ -101,34 +135,29 @@ pub struct Writer {
 pub fn channel(
     store: Store,
     clock: SharedClock,
-    queue: usize,
-    batch_max: usize,
-    event_buffer: usize,
+    opts: WriterOptions,
 ) -> Result<(WriterHandle, Writer), crate::store::StoreError> {
     let head = read::ledger_head(&store.read()?)?;
-    let (tx, rx) = mpsc::channel(queue);
-    let (events, _) = broadcast::channel(event_buffer);
+    let (tx, rx) = mpsc::channel(opts.queue);
+    let (events, _) = broadcast::channel(opts.event_buffer);
     let stats = Arc::new(WriterStats::default());
     stats.head_seq.store(head.0, Ordering::Release);
     stats.alive.store(true, Ordering::Release);
-    let handle = WriterHandle {
-        tx,
-        stats: stats.clone(),
-        events: events.clone(),
+    let handle = WriterHandle { tx, stats: stats.clone(), events: events.clone() };
+    let writer = Writer {
+        store,
+        rx,
+        clock,
+        batch_max: opts.batch_max,
+        stats,
+        events,
+        head,
+        pending_head: None,
+        rng: SplitMix64::new(opts.seed),
+        buckets: HashMap::new(),
+        defaults: opts.defaults,
     };
-    Ok((
-        handle,
-        Writer {
-            store,
-            rx,
-            clock,
-            batch_max,
-            stats,
-            events,
-            head,
-            pending_head: None,
-        },
-    ))
+    Ok((handle, writer))
 }
 
 impl Writer {
@@ -156,18 +185,12 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Envelope>) {
-        let outcome = self
-            .store
-            .database()
-            .begin_write()
-            .map_err(|e| e.to_string())
-            .and_then(|mut txn| {
-                txn.set_durability(Durability::Immediate)
-                    .map_err(|e| e.to_string())?;
-                let results = self.apply_batch(&txn, batch)?;
-                txn.commit().map_err(|e| e.to_string())?;
-                Ok(results)
-            });
+        let outcome = self.store.database().begin_write().map_err(|e| e.to_string()).and_then(|mut txn| {
+            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+            let results = self.apply_batch(&txn, batch)?;
+            txn.commit().map_err(|e| e.to_string())?;
+            Ok(results)
+        });
         let n = batch.len() as u64;
         match outcome {
             Ok(results) => {
@@ -200,31 +223,65 @@ impl Writer {
         let mut results = Vec::with_capacity(batch.len());
         let mut ledger = txn.open_table(LEDGER).map_err(|e| e.to_string())?;
         for env in batch {
-            let drafts = match env.command.plan(txn) {
-                Ok(drafts) => drafts,
+            let mut ctx = PlanCtx { now, rng: &mut self.rng, buckets: &mut self.buckets, defaults: &self.defaults };
+            let effects = match env.command.plan(txn, &mut ctx) {
+                Ok(effects) => effects,
                 Err(e) => {
                     results.push(Err(e));
                     continue;
                 }
             };
-            let mut entries = Vec::with_capacity(drafts.len());
-            for draft in drafts {
+            let mut entries = Vec::with_capacity(effects.drafts.len());
+            for draft in effects.drafts {
                 seq += 1;
                 let entry = Entry::seal(draft, seq, now, &env.actor.name, &prev);
-                ledger
-                    .insert(seq, entry.to_json().as_slice())
-                    .map_err(|e| e.to_string())?;
+                ledger.insert(seq, entry.to_json().as_slice()).map_err(|e| e.to_string())?;
                 projection::apply(txn, &entry).map_err(|e| e.to_string())?;
                 prev.clone_from(&entry.hash);
                 entries.push(entry);
             }
-            results.push(Ok(Committed { entries }));
+            apply_live(txn, &effects.live, now).map_err(|e| e.to_string())?;
+            results.push(Ok(Committed { entries, note: effects.note }));
         }
         drop(ledger);
         self.pending_head = Some((seq, prev));
         Ok(results)
     }
+}
 
+/// Applies liveness writes: unledgered, but in the same transaction as the batch.
+fn apply_live(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<(), redb::Error> {
+    for write in live {
+        match write {
+            LiveWrite::LeaseExpiry { job, expires_ms } => {
+                txn.open_table(LIVE_LEASES)?.insert(job.as_str(), *expires_ms as u64)?;
+            }
+            LiveWrite::Timer { due_ms, key } => {
+                txn.open_table(DUE)?.insert((*due_ms as u64, key.as_str()), 0)?;
+            }
+            LiveWrite::DropTimer { due_ms, key } => {
+                txn.open_table(DUE)?.remove((*due_ms as u64, key.as_str()))?;
+            }
+            LiveWrite::WorkerSeen { id, tenant, types, env } => {
+                let mut table = txn.open_table(WORKERS)?;
+                let first_seen_ms =
+                    rw::get::<WorkerRecord>(&table, "workers", id).ok().flatten().map_or(now, |w| w.first_seen_ms);
+                let rec = WorkerRecord {
+                    id: id.clone(),
+                    tenant: tenant.clone(),
+                    types: types.clone(),
+                    env: env.clone(),
+                    first_seen_ms,
+                    last_seen_ms: now,
+                };
+                table.insert(id.as_str(), rec.to_json_bytes().as_slice())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Writer {
     fn answer(&mut self, done: impl Iterator<Item = (Envelope, Result<Committed, CommandError>)>) {
         if let Some(head) = self.pending_head.take() {
             self.head = head;
@@ -267,41 +324,20 @@ mod tests {
     fn run_queued(
         commands: &[Command],
         batch_max: usize,
-    ) -> (
-        Store,
-        WriterHandle,
-        Vec<Result<Committed, CommandError>>,
-        tempfile::TempDir,
-    ) {
+    ) -> (Store, WriterHandle, Vec<Result<Committed, CommandError>>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let (handle, writer) = channel(
-            store.clone(),
-            Arc::new(ManualClock::new(1_000)),
-            4096,
-            batch_max,
-            16,
-        )
-        .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let mut opts = WriterOptions::seeded(7);
+        opts.batch_max = batch_max;
+        let (handle, writer) = channel(store.clone(), Arc::new(ManualClock::new(1_000)), opts).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let results = rt.block_on(async {
             let tasks: Vec<_> = commands
                 .iter()
                 .cloned()
                 .map(|c| {
                     let h = handle.clone();
-                    tokio::spawn(async move {
-                        h.submit(
-                            Actor {
-                                name: "test".into(),
-                            },
-                            c,
-                        )
-                        .await
-                    })
+                    tokio::spawn(async move { h.submit(Actor { name: "test".into() }, c).await })
                 })
                 .collect();
             while handle.backlog() < commands.len() {
@@ -321,42 +357,20 @@ mod tests {
     fn waiting_commands_share_one_commit_and_failures_stay_their_own() {
         // 200 commands: creates, a duplicate of an earlier create in the same batch, and revokes
         // of tokens that do not exist. One commit; each caller its own answer.
-        let mut commands: Vec<Command> =
-            (0..190).map(|i| create(&format!("tok_{i:012}"))).collect();
+        let mut commands: Vec<Command> = (0..190).map(|i| create(&format!("tok_{i:012}"))).collect();
         commands.insert(50, create("tok_000000000007"));
         for i in 0..9 {
-            commands.insert(
-                i * 20,
-                Command::RevokeToken {
-                    id: format!("tok_missing{i}"),
-                    tenant: None,
-                    reason: None,
-                },
-            );
+            commands.insert(i * 20, Command::RevokeToken { id: format!("tok_missing{i}"), tenant: None, reason: None });
         }
         let (store, handle, results, _dir) = run_queued(&commands, 1024);
-        assert_eq!(
-            handle.stats().commits(),
-            1,
-            "all waiting commands commit together"
-        );
+        assert_eq!(handle.stats().commits(), 1, "all waiting commands commit together");
         let ok = results.iter().filter(|r| r.is_ok()).count();
-        let not_found = results
-            .iter()
-            .filter(|r| matches!(r, Err(CommandError::NotFound { .. })))
-            .count();
-        let conflicts = results
-            .iter()
-            .filter(|r| matches!(r, Err(CommandError::Conflict(_))))
-            .count();
+        let not_found = results.iter().filter(|r| matches!(r, Err(CommandError::NotFound { .. }))).count();
+        let conflicts = results.iter().filter(|r| matches!(r, Err(CommandError::Conflict(_)))).count();
         assert_eq!((ok, not_found, conflicts), (190, 9, 1));
         for (command, result) in commands.iter().zip(&results) {
             if let (Command::CreateToken { id, .. }, Ok(c)) = (command, result) {
-                assert_eq!(
-                    c.entries[0].subjects,
-                    vec![id.clone()],
-                    "each caller gets its own entry"
-                );
+                assert_eq!(c.entries[0].subjects, vec![id.clone()], "each caller gets its own entry");
             }
         }
         let txn = store.read().unwrap();
@@ -377,20 +391,13 @@ mod tests {
     fn subscribers_see_entries_only_after_commit_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let (handle, writer) =
-            channel(store.clone(), Arc::new(ManualClock::new(0)), 64, 64, 64).unwrap();
+        let (handle, writer) = channel(store.clone(), Arc::new(ManualClock::new(0)), WriterOptions::seeded(7)).unwrap();
         let mut events = handle.subscribe();
         let _thread = writer.spawn();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             for i in 0..5 {
-                handle
-                    .submit(Actor { name: "t".into() }, create(&format!("tok_{i:012}")))
-                    .await
-                    .unwrap();
+                handle.submit(Actor { name: "t".into() }, create(&format!("tok_{i:012}"))).await.unwrap();
             }
             for seq in 1..=5u64 {
                 let entry = events.recv().await.unwrap();

@@ -45,27 +45,14 @@ async fn a_half_sent_header_is_cut_off_while_others_are_served() {
     let app = TestAppliance::start_with(|c| c.server.header_read_timeout_ms = 1_000);
     let mut slow = UnixStream::connect(app.layout().default_socket()).unwrap();
     slow.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    slow.write_all(b"GET /api/v1/orchestrator/admin/health HTTP/1.1\r\nHost: x\r\n")
-        .unwrap();
-    let health = app
-        .socket_client()
-        .get("/api/v1/orchestrator/admin/health")
-        .await
-        .unwrap();
+    slow.write_all(b"GET /api/v1/orchestrator/admin/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let health = app.socket_client().get("/api/v1/orchestrator/admin/health").await.unwrap();
     assert_eq!(health.status, 200, "another client is served meanwhile");
     let started = std::time::Instant::now();
-    let got = tokio::task::spawn_blocking(move || read_some(&mut slow))
-        .await
-        .unwrap();
-    assert!(
-        started.elapsed() < IO_TIMEOUT,
-        "the slow client was cut off by the header timeout, not by ours"
-    );
+    let got = tokio::task::spawn_blocking(move || read_some(&mut slow)).await.unwrap();
+    assert!(started.elapsed() < IO_TIMEOUT, "the slow client was cut off by the header timeout, not by ours");
     let text = String::from_utf8_lossy(&got);
-    assert!(
-        got.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "unexpected reply: {text}"
-    );
+    assert!(got.is_empty() || text.starts_with("HTTP/1.1 408"), "unexpected reply: {text}");
 }
 
 /// A TLS 1.1 ClientHello (legacy_version 0x0302, no supported_versions extension) that offers
@@ -79,20 +66,14 @@ fn tls11_client_hello() -> Vec<u8> {
     // supported_groups (x25519, secp256r1), ec_point_formats (uncompressed) and
     // signature_algorithms (ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256).
     let ext = [
-        0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x0b, 0x00, 0x02, 0x01,
-        0x00, 0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x08, 0x04,
+        0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x0b, 0x00, 0x02, 0x01, 0x00, 0x00, 0x0d,
+        0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x08, 0x04,
     ];
     hello.extend_from_slice(&[0x00, ext.len() as u8]);
     hello.extend_from_slice(&ext);
     let mut handshake = vec![0x01, 0x00, (hello.len() >> 8) as u8, hello.len() as u8];
     handshake.extend_from_slice(&hello);
-    let mut record = vec![
-        0x16,
-        0x03,
-        0x01,
-        (handshake.len() >> 8) as u8,
-        handshake.len() as u8,
-    ];
+    let mut record = vec![0x16, 0x03, 0x01, (handshake.len() >> 8) as u8, handshake.len() as u8];
     record.extend_from_slice(&handshake);
     record
 }
@@ -106,46 +87,28 @@ fn tls_1_1_is_refused_and_1_2_is_accepted() {
     let reply = read_some(&mut s);
     assert!(!reply.is_empty(), "expected a TLS alert");
     assert_eq!(reply[0], 0x15, "expected an alert record, got {reply:02x?}");
-    assert_eq!(
-        *reply.last().unwrap(),
-        70,
-        "expected protocol_version (70), got {reply:02x?}"
-    );
+    assert_eq!(*reply.last().unwrap(), 70, "expected protocol_version (70), got {reply:02x?}");
 
     let ca = app.layout().default_tls_cert();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_file_iter(&ca)
-            .unwrap()
-    {
+    for cert in <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_file_iter(&ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     let mut sock = TcpStream::connect(app.tcp_addr()).unwrap();
     sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-    tls.write_all(
-        b"GET /api/v1/orchestrator/admin/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    tls.write_all(b"GET /api/v1/orchestrator/admin/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut reply = Vec::new();
     let _ = tls.read_to_end(&mut reply);
-    assert!(
-        String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"),
-        "TLS 1.2 is served"
-    );
-    assert_eq!(
-        conn.protocol_version(),
-        Some(rustls::ProtocolVersion::TLSv1_2)
-    );
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"), "TLS 1.2 is served");
+    assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,56 +119,25 @@ async fn malformed_and_ill_typed_json_get_problems_naming_the_fault() {
     let height = ledger_height(&client).await;
     let cases: [(&[u8], u16, &str, Option<&str>); 4] = [
         (b"{\"tenant\": ", 400, "malformed_json", None),
-        (
-            b"{\"tenant\": \"default\", \"scopes\": \"orchestrator:read\"}",
-            422,
-            "invalid_field",
-            Some("scopes"),
-        ),
-        (
-            b"{\"tenant\": \"default\", \"scopes\": [\"orchestrator:read\"], \"colour\": 1}",
-            422,
-            "invalid_field",
-            None,
-        ),
-        (
-            b"{\"tenant\": \"nobody\", \"scopes\": [\"orchestrator:read\"]}",
-            422,
-            "invalid_field",
-            Some("tenant"),
-        ),
+        (b"{\"tenant\": \"default\", \"scopes\": \"orchestrator:read\"}", 422, "invalid_field", Some("scopes")),
+        (b"{\"tenant\": \"default\", \"scopes\": [\"orchestrator:read\"], \"colour\": 1}", 422, "invalid_field", None),
+        (b"{\"tenant\": \"nobody\", \"scopes\": [\"orchestrator:read\"]}", 422, "invalid_field", Some("tenant")),
     ];
     for (body, status, code, field) in cases {
-        let reply = client
-            .send(hyper::Method::POST, path, Some(body.to_vec()))
-            .await
-            .unwrap();
+        let reply = client.send(hyper::Method::POST, path, Some(body.to_vec())).await.unwrap();
         let v = reply.json().unwrap();
-        assert_eq!(
-            (reply.status.as_u16(), v["code"].as_str().unwrap()),
-            (status, code),
-            "{v}"
-        );
+        assert_eq!((reply.status.as_u16(), v["code"].as_str().unwrap()), (status, code), "{v}");
         if let Some(field) = field {
             assert_eq!(v["field"], field, "{v}");
         }
         assert!(reply.headers.contains_key("x-request-id"));
     }
     let bad_scope = client
-        .post(
-            path,
-            &serde_json::json!({"tenant": "default", "scopes": ["orchestrator:root"]}),
-        )
+        .post(path, &serde_json::json!({"tenant": "default", "scopes": ["orchestrator:root"]}))
         .await
         .unwrap()
         .json()
         .unwrap();
-    assert!(
-        bad_scope["detail"]
-            .as_str()
-            .unwrap()
-            .contains("orchestrator:root"),
-        "{bad_scope}"
-    );
+    assert!(bad_scope["detail"].as_str().unwrap().contains("orchestrator:root"), "{bad_scope}");
     assert_eq!(ledger_height(&client).await, height, "nothing was written");
 }

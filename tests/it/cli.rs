@@ -14,17 +14,8 @@ fn runbook_commands_not_built_yet_say_so_with_exit_3() {
         &["orch", "run", "start", "sample-pipeline"],
     ] {
         let out = app.stella(args);
-        assert_eq!(
-            out.status.code(),
-            Some(3),
-            "stella {args:?}: {}",
-            stderr(&out)
-        );
-        assert!(
-            stderr(&out).contains("not available yet:"),
-            "stella {args:?}: {}",
-            stderr(&out)
-        );
+        assert_eq!(out.status.code(), Some(3), "stella {args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("not available yet:"), "stella {args:?}: {}", stderr(&out));
         assert!(stdout(&out).is_empty(), "no fake output for {args:?}");
     }
 }
@@ -49,36 +40,19 @@ fn tokens_are_created_listed_and_revoked_and_the_ledger_names_the_actor() {
     let v: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
     let id = v["id"].as_str().unwrap();
     assert!(v["token"].as_str().unwrap().starts_with("stl_"));
-    assert_eq!(
-        v["scopes"],
-        serde_json::json!(["orchestrator:read", "orchestrator:operate"])
-    );
+    assert_eq!(v["scopes"], serde_json::json!(["orchestrator:read", "orchestrator:operate"]));
 
     let revoked = app.stella(&["auth", "token", "revoke", id, "--reason", "rotated"]);
     assert!(stdout(&revoked).contains("revoked"), "{}", stderr(&revoked));
-    let list: serde_json::Value = serde_json::from_slice(
-        &app.stella(&["auth", "token", "list", "--format", "json"])
-            .stdout,
-    )
-    .unwrap();
-    let listed = list["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == id)
-        .unwrap();
+    let list: serde_json::Value =
+        serde_json::from_slice(&app.stella(&["auth", "token", "list", "--format", "json"]).stdout).unwrap();
+    let listed = list["tokens"].as_array().unwrap().iter().find(|t| t["id"] == id).unwrap();
     assert_eq!(listed["state"], "revoked");
     assert_eq!(listed["revokedReason"], "rotated");
 
     let ledger: serde_json::Value =
-        serde_json::from_slice(&app.stella(&["orch", "ledger", "--format", "json"]).stdout)
-            .unwrap();
-    let entry = ledger["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "token.revoked")
-        .unwrap();
+        serde_json::from_slice(&app.stella(&["orch", "ledger", "--format", "json"]).stdout).unwrap();
+    let entry = ledger["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "token.revoked").unwrap();
     let uid = unsafe { libc::geteuid() };
     assert_eq!(entry["actor"], format!("local:uid={uid}"));
     assert_eq!(entry["subjects"], serde_json::json!([id]));
@@ -87,21 +61,9 @@ fn tokens_are_created_listed_and_revoked_and_the_ledger_names_the_actor() {
 #[test]
 fn bad_input_and_a_stopped_daemon_get_their_exit_codes() {
     let mut app = TestAppliance::start();
-    let bad = app.stella(&[
-        "auth",
-        "token",
-        "create",
-        "--tenant",
-        "nobody",
-        "--scopes",
-        "orchestrator:read",
-    ]);
+    let bad = app.stella(&["auth", "token", "create", "--tenant", "nobody", "--scopes", "orchestrator:read"]);
     assert_eq!(bad.status.code(), Some(9), "{}", stderr(&bad));
-    assert!(
-        stderr(&bad).contains("\"nobody\" is not in tenants.allowed"),
-        "{}",
-        stderr(&bad)
-    );
+    assert!(stderr(&bad).contains("\"nobody\" is not in tenants.allowed"), "{}", stderr(&bad));
     let missing = app.stella(&["auth", "token", "show", "tok_000000000000"]);
     assert_eq!(missing.status.code(), Some(6), "{}", stderr(&missing));
 
@@ -118,14 +80,7 @@ fn bad_input_and_a_stopped_daemon_get_their_exit_codes() {
 #[test]
 fn https_with_the_state_dir_uses_the_dev_token_and_certificate() {
     let app = TestAppliance::start();
-    let out = app.stella(&[
-        "--server",
-        app.https.as_deref().unwrap(),
-        "orch",
-        "status",
-        "--format",
-        "json",
-    ]);
+    let out = app.stella(&["--server", app.https.as_deref().unwrap(), "orch", "status", "--format", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let no_ca = std::process::Command::new(STELLA)
         .args(["--server", app.https.as_deref().unwrap(), "orch", "status"])
@@ -137,17 +92,10 @@ fn https_with_the_state_dir_uses_the_dev_token_and_certificate() {
 
 #[test]
 fn completions_and_man_pages_are_generated() {
-    let out = std::process::Command::new(STELLA)
-        .args(["generate", "completions", "bash"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(STELLA).args(["generate", "completions", "bash"]).output().unwrap();
     assert!(out.status.success() && stdout(&out).contains("stella"));
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(STELLA)
-        .args(["generate", "man", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(STELLA).args(["generate", "man", "--out"]).arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(dir.path().join("stella.1").exists());
 }

@@ -7,14 +7,8 @@ use std::sync::{Arc, Mutex};
 async fn assert_tokens_exist(app: &TestAppliance, ids: &[String]) {
     let client = app.socket_client();
     for id in ids {
-        let reply = client
-            .get(&format!("/api/v1/orchestrator/auth/tokens/{id}"))
-            .await
-            .unwrap();
-        assert_eq!(
-            reply.status, 200,
-            "acknowledged token {id} is missing after restart"
-        );
+        let reply = client.get(&format!("/api/v1/orchestrator/auth/tokens/{id}")).await.unwrap();
+        assert_eq!(reply.status, 200, "acknowledged token {id} is missing after restart");
     }
 }
 
@@ -24,17 +18,10 @@ async fn acknowledged_commands_survive_a_clean_stop_and_kill_9_under_load() {
     let client = app.socket_client();
     let mut acked = Vec::new();
     for _ in 0..5 {
-        acked.push(
-            create_token(&client, "default", &["orchestrator:read"], None)
-                .await
-                .0,
-        );
+        acked.push(create_token(&client, "default", &["orchestrator:read"], None).await.0);
     }
     assert!(app.terminate().success(), "SIGTERM exits 0\n{}", app.log());
-    assert!(
-        !app.layout().default_socket().exists(),
-        "a clean stop removes the socket"
-    );
+    assert!(!app.layout().default_socket().exists(), "a clean stop removes the socket");
     app.launch();
     assert_tokens_exist(&app, &acked).await;
 
@@ -48,8 +35,7 @@ async fn acknowledged_commands_survive_a_clean_stop_and_kill_9_under_load() {
         let enough = enough_tx.clone();
         producers.push(tokio::spawn(async move {
             loop {
-                let body =
-                    serde_json::json!({ "tenant": "default", "scopes": ["orchestrator:read"] });
+                let body = serde_json::json!({ "tenant": "default", "scopes": ["orchestrator:read"] });
                 let Ok(reply) = client.post("/api/v1/orchestrator/auth/tokens", &body).await else {
                     return;
                 };
@@ -69,10 +55,7 @@ async fn acknowledged_commands_survive_a_clean_stop_and_kill_9_under_load() {
         }));
     }
     drop(enough_tx);
-    enough_rx
-        .recv()
-        .await
-        .expect("producers acknowledged 200 commands");
+    enough_rx.recv().await.expect("producers acknowledged 200 commands");
     app.kill9();
     for p in producers {
         p.await.unwrap();
@@ -83,10 +66,5 @@ async fn acknowledged_commands_survive_a_clean_stop_and_kill_9_under_load() {
     assert_tokens_exist(&app, &acked).await;
     assert_tokens_exist(&app, &acked_under_load).await;
     let verify = app.stella(&["orch", "db", "verify"]);
-    assert!(
-        verify.status.success(),
-        "db verify after kill -9: {}{}",
-        stdout(&verify),
-        stderr(&verify)
-    );
+    assert!(verify.status.success(), "db verify after kill -9: {}{}", stdout(&verify), stderr(&verify));
 }

@@ -13,10 +13,7 @@ fn a_newer_schema_is_refused_and_the_file_is_untouched() {
     {
         let db = Database::open(app.store_path()).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(META)
-            .unwrap()
-            .insert("schema_version", 99)
-            .unwrap();
+        txn.open_table(META).unwrap().insert("schema_version", 99).unwrap();
         txn.commit().unwrap();
     }
     let before = Sha256::digest(std::fs::read(app.store_path()).unwrap());
@@ -27,11 +24,7 @@ fn a_newer_schema_is_refused_and_the_file_is_untouched() {
         .output()
         .unwrap();
     assert_eq!(serve.status.code(), Some(10), "{}", stderr(&serve));
-    assert!(
-        stderr(&serve).contains("schema version 99, newer than this stella supports (1)"),
-        "{}",
-        stderr(&serve)
-    );
+    assert!(stderr(&serve).contains("schema version 99, newer than this stella supports (1)"), "{}", stderr(&serve));
     let verify = app.stella(&["orch", "db", "verify", "--offline"]);
     assert_eq!(verify.status.code(), Some(10), "{}", stderr(&verify));
     let after = Sha256::digest(std::fs::read(app.store_path()).unwrap());

@@ -13,19 +13,11 @@ async fn stopped_store() -> (TestAppliance, Vec<String>) {
     let client = app.socket_client();
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(
-            create_token(&client, "default", &["orchestrator:read"], None)
-                .await
-                .0,
-        );
+        ids.push(create_token(&client, "default", &["orchestrator:read"], None).await.0);
     }
     assert!(app.terminate().success());
     let ok = app.stella(&["orch", "db", "verify"]);
-    assert!(
-        ok.status.success(),
-        "pristine store verifies: {}",
-        stderr(&ok)
-    );
+    assert!(ok.status.success(), "pristine store verifies: {}", stderr(&ok));
     (app, ids)
 }
 
@@ -43,18 +35,8 @@ fn edit_ledger(app: &TestAppliance, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
 
 fn assert_verify_names(app: &TestAppliance, needle: &str) {
     let out = app.stella(&["orch", "db", "verify"]);
-    assert_eq!(
-        out.status.code(),
-        Some(8),
-        "verify must fail with exit 8: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains(needle),
-        "expected {needle:?} in: {}",
-        stderr(&out)
-    );
+    assert_eq!(out.status.code(), Some(8), "verify must fail with exit 8: {}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains(needle), "expected {needle:?} in: {}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,15 +74,7 @@ async fn a_projection_row_the_ledger_does_not_explain_is_named() {
     let txn = db.begin_write().unwrap();
     {
         let mut tokens = txn.open_table(TOKENS).unwrap();
-        let raw = String::from_utf8(
-            tokens
-                .get(ids[1].as_str())
-                .unwrap()
-                .unwrap()
-                .value()
-                .to_vec(),
-        )
-        .unwrap();
+        let raw = String::from_utf8(tokens.get(ids[1].as_str()).unwrap().unwrap().value().to_vec()).unwrap();
         let widened = raw.replace("[\"orchestrator:read\"]", "[\"orchestrator:admin\"]");
         assert_ne!(raw, widened);
         tokens.insert(ids[1].as_str(), widened.as_bytes()).unwrap();
@@ -109,9 +83,6 @@ async fn a_projection_row_the_ledger_does_not_explain_is_named() {
     drop(db);
     assert_verify_names(
         &app,
-        &format!(
-            "tokens/{}: stored value differs from the ledger replay (last written by ledger entry 5)",
-            ids[1]
-        ),
+        &format!("tokens/{}: stored value differs from the ledger replay (last written by ledger entry 5)", ids[1]),
     );
 }

@@ -35,11 +35,7 @@ impl TestAppliance {
         edit(&mut config);
         std::fs::create_dir_all(layout.etc()).unwrap();
         std::fs::write(layout.config_file(), config.to_toml()).unwrap();
-        let mut app = TestAppliance {
-            dir,
-            child: None,
-            https: None,
-        };
+        let mut app = TestAppliance { dir, child: None, https: None };
         app.launch();
         app
     }
@@ -82,10 +78,7 @@ impl TestAppliance {
             };
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             if msg.lines().any(|l| l == "READY=1") {
-                self.https = msg
-                    .split_whitespace()
-                    .find(|w| w.starts_with("https://"))
-                    .map(str::to_owned);
+                self.https = msg.split_whitespace().find(|w| w.starts_with("https://")).map(str::to_owned);
                 return;
             }
         }
@@ -128,28 +121,18 @@ impl TestAppliance {
 
     /// An HTTPS client presenting `token`.
     pub fn https_client(&self, token: Option<&str>) -> Client {
-        let mut c = Client::https(
-            self.https.as_deref().expect("https listener"),
-            &self.layout().default_tls_cert(),
-        )
-        .unwrap();
+        let mut c =
+            Client::https(self.https.as_deref().expect("https listener"), &self.layout().default_tls_cert()).unwrap();
         c.token = token.map(str::to_owned);
         c
     }
 
     pub fn dev_token(&self) -> String {
-        std::fs::read_to_string(self.layout().dev_token())
-            .unwrap()
-            .trim()
-            .to_owned()
+        std::fs::read_to_string(self.layout().dev_token()).unwrap().trim().to_owned()
     }
 
     pub fn tcp_addr(&self) -> String {
-        self.https
-            .as_deref()
-            .unwrap()
-            .trim_start_matches("https://")
-            .to_owned()
+        self.https.as_deref().unwrap().trim_start_matches("https://").to_owned()
     }
 }
 
@@ -163,36 +146,14 @@ impl Drop for TestAppliance {
 }
 
 /// Creates a token through the API as the local admin; returns (id, secret).
-pub async fn create_token(
-    client: &Client,
-    tenant: &str,
-    scopes: &[&str],
-    expires: Option<&str>,
-) -> (String, String) {
+pub async fn create_token(client: &Client, tenant: &str, scopes: &[&str], expires: Option<&str>) -> (String, String) {
     let body = serde_json::json!({ "tenant": tenant, "scopes": scopes, "expires": expires });
-    let v = client
-        .post("/api/v1/orchestrator/auth/tokens", &body)
-        .await
-        .unwrap()
-        .ok()
-        .unwrap()
-        .json()
-        .unwrap();
-    (
-        v["id"].as_str().unwrap().to_owned(),
-        v["token"].as_str().unwrap().to_owned(),
-    )
+    let v = client.post("/api/v1/orchestrator/auth/tokens", &body).await.unwrap().ok().unwrap().json().unwrap();
+    (v["id"].as_str().unwrap().to_owned(), v["token"].as_str().unwrap().to_owned())
 }
 
 pub async fn ledger_height(client: &Client) -> u64 {
-    let v: Value = client
-        .get("/api/v1/orchestrator/status")
-        .await
-        .unwrap()
-        .ok()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v: Value = client.get("/api/v1/orchestrator/status").await.unwrap().ok().unwrap().json().unwrap();
     v["ledger"]["height"].as_u64().unwrap()
 }
 

@@ -6,15 +6,8 @@ use crate::support::STELLA;
 use std::process::Command;
 
 fn unit_with_built_binary(dir: &std::path::Path) -> std::path::PathBuf {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/stella.service"
-    ))
-    .unwrap();
-    assert!(
-        unit.contains("Type=notify"),
-        "the daemon signals readiness with sd-notify"
-    );
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/stella.service")).unwrap();
+    assert!(unit.contains("Type=notify"), "the daemon signals readiness with sd-notify");
     let path = dir.join("stella.service");
     std::fs::write(&path, unit.replace("/usr/bin/stella", STELLA)).unwrap();
     path
@@ -29,23 +22,12 @@ fn the_unit_verifies_and_scores_at_most_2() {
         .arg(&unit)
         .output()
         .expect("systemd-analyze is installed (apt-get install systemd)");
-    assert!(
-        verify.status.success(),
-        "systemd-analyze verify: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let security = Command::new("systemd-analyze")
-        .args(["security", "--offline=true"])
-        .arg(&unit)
-        .output()
-        .unwrap();
+    assert!(verify.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&verify.stderr));
+    let security = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&unit).output().unwrap();
     let text = String::from_utf8_lossy(&security.stdout);
     let score: f64 = text
         .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for stella.service: ")
-                .nth(1)
-        })
+        .find_map(|l| l.split("Overall exposure level for stella.service: ").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure score in: {text}"));

@@ -23,18 +23,11 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<dto
         status: if ready { "ok" } else { "degraded" }.to_owned(),
         live: true,
         ready,
-        checks: dto::HealthChecks {
-            store: store_ok,
-            writer: writer_ok,
-        },
+        checks: dto::HealthChecks { store: store_ok, writer: writer_ok },
         queue_depth: queue_depth(&state),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(health))
 }
 
@@ -44,10 +37,7 @@ fn queue_depth(state: &AppState) -> u64 {
     state.writer.backlog() as u64
 }
 
-pub async fn status(
-    State(state): State<Arc<AppState>>,
-    auth: Auth,
-) -> ApiResult<Json<dto::Status>> {
+pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::Status>> {
     auth.require(Scope::Read)?;
     let txn = state.store.read()?;
     let (height, head_hash) = read::ledger_head(&txn)?;
@@ -75,20 +65,14 @@ pub async fn status(
     }))
 }
 
-pub async fn db_verify(
-    State(state): State<Arc<AppState>>,
-    auth: Auth,
-) -> ApiResult<Json<dto::DbVerify>> {
-    if !(auth.0.has(Scope::Admin) || auth.0.has(Scope::Audit))
-        || auth.0.tenant.is_some() && !auth.0.has(Scope::Admin)
-    {
+pub async fn db_verify(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::DbVerify>> {
+    if !(auth.0.has(Scope::Admin) || auth.0.has(Scope::Audit)) || auth.0.tenant.is_some() && !auth.0.has(Scope::Admin) {
         return Err(Problem::forbidden());
     }
     let store = state.store.clone();
-    let report =
-        tokio::task::spawn_blocking(move || store.read().and_then(|txn| verify::verify(&txn)))
-            .await
-            .map_err(Problem::internal)??;
+    let report = tokio::task::spawn_blocking(move || store.read().and_then(|txn| verify::verify(&txn)))
+        .await
+        .map_err(Problem::internal)??;
     Ok(Json(report.into()))
 }
 
@@ -112,15 +96,7 @@ pub async fn ledger(
     let limit = q.limit.unwrap_or(LEDGER_PAGE_MAX).clamp(1, LEDGER_PAGE_MAX);
     let txn = state.store.read()?;
     let page = read::ledger_after(&txn, q.after.unwrap_or(0), limit)?;
-    let next_after = (page.len() == limit)
-        .then(|| page.last().map(|e| e.seq))
-        .flatten();
-    let entries = page
-        .into_iter()
-        .filter(|e| principal.sees(&e.tenant))
-        .collect();
-    Ok(Json(dto::LedgerPage {
-        entries,
-        next_after,
-    }))
+    let next_after = (page.len() == limit).then(|| page.last().map(|e| e.seq)).flatten();
+    let entries = page.into_iter().filter(|e| principal.sees(&e.tenant)).collect();
+    Ok(Json(dto::LedgerPage { entries, next_after }))
 }

@@ -8,17 +8,9 @@ use crate::api::problem::Problem;
 use axum::http::{StatusCode, Uri};
 
 pub async fn route_not_found(uri: Uri) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "route_not_found",
-        format!("no route {}", uri.path()),
-    )
+    Problem::new(StatusCode::NOT_FOUND, "route_not_found", format!("no route {}", uri.path()))
 }
 
 pub async fn method_not_allowed(uri: Uri) -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("method not allowed on {}", uri.path()),
-    )
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("method not allowed on {}", uri.path()))
 }

@@ -21,9 +21,7 @@ pub async fn approvals(auth: Auth) -> Problem {
 
 pub async fn metrics(auth: Auth) -> Problem {
     match auth.require(Scope::Read) {
-        Ok(_) => {
-            Problem::not_implemented("Prometheus metrics (issue: telemetry and the audit pack)")
-        }
+        Ok(_) => Problem::not_implemented("Prometheus metrics (issue: telemetry and the audit pack)"),
         Err(p) => p,
     }
 }

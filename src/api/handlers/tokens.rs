@@ -30,36 +30,23 @@ pub async fn create(
     if !valid_name(&req.tenant) || !state.config.tenants.allowed.contains(&req.tenant) {
         return Err(Problem::invalid(
             "tenant",
-            format!(
-                "tenant {:?} is not in tenants.allowed ({})",
-                req.tenant,
-                state.config.tenants.allowed.join(", ")
-            ),
+            format!("tenant {:?} is not in tenants.allowed ({})", req.tenant, state.config.tenants.allowed.join(", ")),
         ));
     }
     if !principal.sees(&req.tenant) {
         return Err(Problem::forbidden());
     }
-    let scopes = auth::Scope::parse_list(&req.scopes.join(","))
-        .map_err(|e| Problem::invalid("scopes", e))?;
+    let scopes = auth::Scope::parse_list(&req.scopes.join(",")).map_err(|e| Problem::invalid("scopes", e))?;
     let now = state.clock.now_ms();
     let expires_ms = match &req.expires {
         None => None,
         Some(text) => {
-            let d =
-                duration::parse(text).map_err(|e| Problem::invalid("expires", e.to_string()))?;
+            let d = duration::parse(text).map_err(|e| Problem::invalid("expires", e.to_string()))?;
             Some(now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
         }
     };
-    if req
-        .description
-        .as_ref()
-        .is_some_and(|d| d.len() > DESCRIPTION_BYTES_MAX)
-    {
-        return Err(Problem::invalid(
-            "description",
-            format!("longer than {DESCRIPTION_BYTES_MAX} bytes"),
-        ));
+    if req.description.as_ref().is_some_and(|d| d.len() > DESCRIPTION_BYTES_MAX) {
+        return Err(Problem::invalid("description", format!("longer than {DESCRIPTION_BYTES_MAX} bytes")));
     }
     let minted = auth::mint();
     let command = Command::CreateToken {
@@ -70,42 +57,19 @@ pub async fn create(
         expires_ms,
         description: req.description.clone(),
     };
-    state
-        .writer
-        .submit(
-            Actor {
-                name: principal.actor.clone(),
-            },
-            command,
-        )
-        .await?;
+    state.writer.submit(Actor { name: principal.actor.clone() }, command).await?;
     let txn = state.store.read()?;
-    let record = read::token(&txn, &minted.id)?
-        .ok_or_else(|| Problem::internal("committed token is not readable"))?;
+    let record = read::token(&txn, &minted.id)?.ok_or_else(|| Problem::internal("committed token is not readable"))?;
     let info = dto::Token::from_record(&record, now);
-    Ok((
-        StatusCode::CREATED,
-        Json(dto::TokenCreated {
-            token: minted.secret,
-            info,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(dto::TokenCreated { token: minted.secret, info })))
 }
 
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    auth: Auth,
-) -> ApiResult<Json<dto::TokenList>> {
+pub async fn list(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::TokenList>> {
     let principal = auth.require(Scope::Admin)?;
     let txn = state.store.read()?;
     let now = state.clock.now_ms();
     let records = read::tokens(&txn, principal.tenant.as_deref(), TOKEN_LIST_MAX)?;
-    Ok(Json(dto::TokenList {
-        tokens: records
-            .iter()
-            .map(|r| dto::Token::from_record(r, now))
-            .collect(),
-    }))
+    Ok(Json(dto::TokenList { tokens: records.iter().map(|r| dto::Token::from_record(r, now)).collect() }))
 }
 
 pub async fn show(
@@ -132,26 +96,12 @@ pub async fn revoke(
     let revoke: dto::TokenRevoke = if body.is_empty() {
         dto::TokenRevoke::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| Problem::invalid("reason", format!("bad revoke body: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| Problem::invalid("reason", format!("bad revoke body: {e}")))?
     };
     let reason = revoke.reason;
-    let command = Command::RevokeToken {
-        id: id.clone(),
-        tenant: principal.tenant.clone(),
-        reason,
-    };
-    state
-        .writer
-        .submit(
-            Actor {
-                name: principal.actor.clone(),
-            },
-            command,
-        )
-        .await?;
+    let command = Command::RevokeToken { id: id.clone(), tenant: principal.tenant.clone(), reason };
+    state.writer.submit(Actor { name: principal.actor.clone() }, command).await?;
     let txn = state.store.read()?;
-    let record =
-        read::token(&txn, &id)?.ok_or_else(|| Problem::not_found(format!("token {id}")))?;
+    let record = read::token(&txn, &id)?.ok_or_else(|| Problem::not_found(format!("token {id}")))?;
     Ok(Json(dto::Token::from_record(&record, state.clock.now_ms())))
 }

@@ -1,0 +1,37 @@
+//! The durable job queue: jobs, leases with fencing tokens, retries with backoff, the
+//! dead-letter queue, pause and budgets. `plan` turns queue commands into ledger drafts (and
+//! unledgered liveness writes); `apply` is the projection of queue entries; `timers` is the
+//! daemon task that fires due deadlines as `Tick` commands.
+
+pub mod apply;
+pub mod plan;
+pub mod rng;
+pub mod timers;
+
+pub use plan::{QueueCommand, ReplaySelector};
+
+/// Orders the ready index: higher priority first, then oldest (lowest enqueue seq) first.
+pub fn ready_order(priority: u16, seq: u64) -> u64 {
+    (u64::from(u16::MAX - priority) << 48) | (seq & ((1 << 48) - 1))
+}
+
+/// Timer keys in the due index.
+pub mod timer_key {
+    pub fn ready(job: &str) -> String {
+        format!("ready|{job}")
+    }
+    pub fn lease(job: &str, token: u64) -> String {
+        format!("lease|{job}|{token}")
+    }
+    pub fn budget(job_type: &str, tenant: &str) -> String {
+        format!("budget|{job_type}|{tenant}")
+    }
+    pub fn lock(resource: &str, token: u64) -> String {
+        format!("lock|{resource}|{token}")
+    }
+}
+
+/// Job ids are sequential so that the ready index and job table grow at their ends.
+pub fn job_id(seq: u64) -> String {
+    format!("job-{seq:012}")
+}

@@ -1,0 +1,672 @@
+//! Planning queue commands: validation against the current state and the ledger drafts that
+//! carry every fact the projection needs. Time is the batch's `ctx.now`; jitter comes from the
+//! seeded `ctx.rng`; rate buckets live in `ctx.buckets`. Nothing here writes.
+
+use crate::ledger::Draft;
+use crate::locks;
+use crate::queue::apply::{EnqueuedJob, Grant};
+use crate::queue::job_id;
+use crate::runtime_config;
+use crate::store::command::{Bucket, CommandError, Effects, LiveWrite, PlanCtx, storage};
+use crate::store::records::{Budget, JobRecord, JobState, QueueRecord};
+use crate::store::schema::{COUNTERS, DLQ, DUE, IDEMPOTENCY, JOBS, LIVE_LEASES, QUEUES, READY, RUNTIME_CONFIG, rw};
+use redb::{ReadableTable, WriteTransaction};
+use serde_json::json;
+use std::collections::HashSet;
+
+/// Ready-index entries one lease request examines at most per type.
+const LEASE_SCAN_MAX: usize = 4_096;
+/// Jobs one lease request may take at most.
+pub const LEASE_MAX: u32 = 256;
+/// A lease or heartbeat TTL at most.
+pub const LEASE_TTL_MAX_MS: u64 = 3_600_000;
+/// A job payload, serialized, at most.
+pub const PAYLOAD_BYTES_MAX: usize = 256 * 1024;
+/// A failure message is truncated to this.
+const ERROR_BYTES_MAX: usize = 4_096;
+/// Due timers one tick handles at most; the rest wait for the next tick.
+const TICK_MAX: usize = 1_024;
+/// Dead jobs one replay or purge touches at most.
+pub const DLQ_BATCH_MAX: usize = 10_000;
+/// A delayed enqueue at most.
+const DELAY_MAX_MS: u64 = 30 * 86_400_000;
+
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum QueueCommand {
+    Enqueue {
+        tenant: String,
+        job_type: String,
+        payload: serde_json::Value,
+        priority: u16,
+        max_attempts: Option<u32>,
+        delay_ms: Option<u64>,
+        idempotency_key: Option<String>,
+    },
+    /// Lease up to `max` ready jobs of `types`; `tenant` limits to one tenant's jobs.
+    Lease {
+        tenant: Option<String>,
+        worker: String,
+        worker_tenant: String,
+        types: Vec<String>,
+        max: u32,
+        ttl_ms: Option<u64>,
+        env: Option<String>,
+    },
+    Heartbeat {
+        tenant: Option<String>,
+        job: String,
+        token: u64,
+        ttl_ms: Option<u64>,
+    },
+    Complete {
+        tenant: Option<String>,
+        job: String,
+        token: u64,
+        result: Option<serde_json::Value>,
+    },
+    Fail {
+        tenant: Option<String>,
+        job: String,
+        token: u64,
+        error: String,
+        retryable: bool,
+    },
+    Pause {
+        job_type: String,
+    },
+    Resume {
+        job_type: String,
+    },
+    SetBudget {
+        job_type: String,
+        tenant: String,
+        budget: Budget,
+        for_ms: Option<u64>,
+    },
+    ClearBudget {
+        job_type: String,
+        tenant: String,
+    },
+    DlqReplay {
+        tenant: Option<String>,
+        selector: ReplaySelector,
+    },
+    DlqPurge {
+        tenant: Option<String>,
+        ids: Vec<String>,
+        snapshot_sha256: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplaySelector {
+    Ids(Vec<String>),
+    Type(String),
+    All,
+}
+
+/// Job type names: 1–64 of a-z, 0-9, '.', '-', '_'.
+pub fn valid_type(t: &str) -> bool {
+    (1..=64).contains(&t.len())
+        && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
+    match cmd {
+        QueueCommand::Enqueue { .. } => enqueue(cmd, txn, ctx),
+        QueueCommand::Lease { tenant, worker, worker_tenant, types, max, ttl_ms, env } => lease(
+            txn,
+            ctx,
+            LeaseAsk { tenant: tenant.as_deref(), worker, worker_tenant, types, max: *max, ttl_ms: *ttl_ms, env },
+        ),
+        QueueCommand::Heartbeat { tenant, job, token, ttl_ms } => {
+            heartbeat(txn, ctx, tenant.as_deref(), job, *token, *ttl_ms)
+        }
+        QueueCommand::Complete { tenant, job, token, result } => {
+            complete(txn, ctx, tenant.as_deref(), job, *token, result)
+        }
+        QueueCommand::Fail { tenant, job, token, error, retryable } => {
+            fail(txn, ctx, tenant.as_deref(), job, *token, error, *retryable)
+        }
+        QueueCommand::Pause { job_type } | QueueCommand::Resume { job_type } => {
+            let pause = matches!(cmd, QueueCommand::Pause { .. });
+            let q = queue_record(txn, job_type)?;
+            if q.paused == pause {
+                return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
+            }
+            let kind = if pause { "queue.paused" } else { "queue.resumed" };
+            Ok(vec![draft("", kind, vec![job_type.clone()], json!({ "type": job_type }))].into())
+        }
+        QueueCommand::SetBudget { job_type, tenant, budget, for_ms } => {
+            let until_ms = for_ms.map(|f| ctx.now.saturating_add(f as i64));
+            let data = json!({ "type": job_type, "tenant": tenant, "rateMilliPerS": budget.rate_milli_per_s,
+                               "burst": budget.burst, "maxDepth": budget.max_depth, "untilMs": until_ms });
+            Ok(vec![draft("", "queue.budget_set", vec![job_type.clone()], data)].into())
+        }
+        QueueCommand::ClearBudget { job_type, tenant } => {
+            let q = queue_record(txn, job_type)?;
+            if !q.budgets.contains_key(tenant) {
+                return Err(CommandError::NotFound { what: format!("budget of {job_type} for tenant {tenant}") });
+            }
+            let data = json!({ "type": job_type, "tenant": tenant, "reason": "operator" });
+            Ok(vec![draft("", "queue.budget_cleared", vec![job_type.clone()], data)].into())
+        }
+        QueueCommand::DlqReplay { tenant, selector } => dlq_replay(txn, ctx, tenant.as_deref(), selector),
+        QueueCommand::DlqPurge { tenant, ids, snapshot_sha256 } => {
+            dlq_purge(txn, tenant.as_deref(), ids, snapshot_sha256)
+        }
+    }
+}
+
+fn draft(tenant: &str, kind: &'static str, subjects: Vec<String>, data: serde_json::Value) -> Draft {
+    Draft { tenant: tenant.to_owned(), kind, subjects, data }
+}
+
+fn queue_record(txn: &WriteTransaction, job_type: &str) -> Result<QueueRecord, CommandError> {
+    let table = txn.open_table(QUEUES).map_err(storage)?;
+    Ok(rw::get::<QueueRecord>(&table, "queues", job_type).map_err(storage)?.unwrap_or_default())
+}
+
+/// The job, if it exists and `tenant` (None: any) may see it.
+fn visible_job(txn: &WriteTransaction, tenant: Option<&str>, id: &str) -> Result<JobRecord, CommandError> {
+    let table = txn.open_table(JOBS).map_err(storage)?;
+    rw::get::<JobRecord>(&table, "jobs", id)
+        .map_err(storage)?
+        .filter(|j| tenant.is_none_or(|t| t == j.tenant))
+        .ok_or_else(|| CommandError::NotFound { what: format!("job {id}") })
+}
+
+/// The effective runtime value of `key`: set by an operator, else the file's default.
+pub fn runtime_value(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<Option<String>, CommandError> {
+    let table = txn.open_table(RUNTIME_CONFIG).map_err(storage)?;
+    let set = table.get(key).map_err(storage)?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
+    Ok(set.or_else(|| runtime_config::file_default(ctx.defaults, key)))
+}
+
+pub fn runtime_ms(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<u64, CommandError> {
+    runtime_value(txn, ctx, key)?
+        .and_then(|v| runtime_config::as_ms(&v))
+        .ok_or_else(|| CommandError::Storage(format!("runtime config {key} has no duration value")))
+}
+
+fn runtime_u64(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<u64, CommandError> {
+    runtime_value(txn, ctx, key)?
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| CommandError::Storage(format!("runtime config {key} has no number value")))
+}
+
+/// The shared fencing-token counter for leases and locks, advanced locally while planning.
+pub struct Fence(u64);
+
+impl Fence {
+    pub fn read(txn: &WriteTransaction) -> Result<Self, CommandError> {
+        let table = txn.open_table(COUNTERS).map_err(storage)?;
+        Ok(Fence(rw::counter(&table, "fence").map_err(storage)?))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+fn next_seq(txn: &WriteTransaction, name: &str, taken: u64) -> Result<u64, CommandError> {
+    let table = txn.open_table(COUNTERS).map_err(storage)?;
+    Ok(rw::counter(&table, name).map_err(storage)? + taken + 1)
+}
+
+fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
+    let QueueCommand::Enqueue { tenant, job_type, payload, priority, max_attempts, delay_ms, idempotency_key } = cmd
+    else {
+        unreachable!("enqueue plans Enqueue")
+    };
+    if !valid_type(job_type) {
+        return Err(CommandError::Invalid(format!("job type {job_type:?} is not 1-64 of a-z, 0-9, '.', '-', '_'")));
+    }
+    if serde_json::to_vec(payload).map_or(0, |v| v.len()) > PAYLOAD_BYTES_MAX {
+        return Err(CommandError::Invalid(format!("payload is larger than {PAYLOAD_BYTES_MAX} bytes")));
+    }
+    if delay_ms.is_some_and(|d| d > DELAY_MAX_MS) {
+        return Err(CommandError::Invalid(format!("delay is longer than {DELAY_MAX_MS} ms")));
+    }
+    if let Some(key) = idempotency_key {
+        let table = txn.open_table(IDEMPOTENCY).map_err(storage)?;
+        let existing = table.get(format!("{tenant}/{key}").as_str()).map_err(storage)?;
+        if let Some(id) = existing.map(|v| String::from_utf8_lossy(v.value()).into_owned()) {
+            let job = visible_job(txn, Some(tenant), &id)?;
+            if job.job_type != *job_type || job.payload != *payload {
+                return Err(CommandError::Conflict(format!(
+                    "idempotency key {key:?} already names job {id} with a different type or payload"
+                )));
+            }
+            return Ok(Effects { note: Some(json!({ "existing": id })), ..Effects::default() });
+        }
+    }
+    let q = queue_record(txn, job_type)?;
+    let budget = q.budgets.get(tenant).or_else(|| q.budgets.get("*"));
+    let limit = match budget.and_then(|b| b.max_depth) {
+        Some(limit) => limit,
+        None => runtime_u64(txn, ctx, "queue.max_depth")?,
+    };
+    if q.ready + q.delayed >= limit {
+        return Err(CommandError::Busy {
+            detail: format!(
+                "queue {job_type} holds {} waiting jobs, its depth budget is {limit}; retry later",
+                q.ready + q.delayed
+            ),
+            retry_after_s: 1,
+        });
+    }
+    let max_attempts = match max_attempts {
+        Some(n) => *n,
+        None => runtime_u64(txn, ctx, "queue.max_attempts")? as u32,
+    };
+    if max_attempts == 0 || max_attempts > 1_000 {
+        return Err(CommandError::Invalid("maxAttempts must be from 1 to 1000".into()));
+    }
+    let seq = next_seq(txn, "job_seq", 0)?;
+    let job = EnqueuedJob {
+        id: job_id(seq),
+        seq,
+        job_type: job_type.clone(),
+        priority: *priority,
+        payload: payload.clone(),
+        max_attempts,
+        not_before_ms: ctx.now.saturating_add(delay_ms.unwrap_or(0) as i64),
+        idempotency_key: idempotency_key.clone(),
+        replay_of: None,
+    };
+    let data = serde_json::to_value(&job).expect("job serializes");
+    Ok(vec![draft(tenant, "job.enqueued", vec![job.id.clone()], data)].into())
+}
+
+struct LeaseAsk<'a> {
+    tenant: Option<&'a str>,
+    worker: &'a str,
+    worker_tenant: &'a str,
+    types: &'a [String],
+    max: u32,
+    ttl_ms: Option<u64>,
+    env: &'a Option<String>,
+}
+
+fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Effects, CommandError> {
+    let ttl = match ask.ttl_ms {
+        Some(t) => t,
+        None => runtime_ms(txn, ctx, "queue.lease_ttl")?,
+    }
+    .clamp(1, LEASE_TTL_MAX_MS);
+    let mut fence = Fence::read(txn)?;
+    let mut types: Vec<&String> = ask.types.iter().collect();
+    types.sort();
+    types.dedup();
+    let mut grants: Vec<(String, Grant)> = Vec::new();
+    {
+        let queues = txn.open_table(QUEUES).map_err(storage)?;
+        let jobs = txn.open_table(JOBS).map_err(storage)?;
+        let ready = txn.open_table(READY).map_err(storage)?;
+        for t in types {
+            let q = rw::get::<QueueRecord>(&queues, "queues", t).map_err(storage)?.unwrap_or_default();
+            if q.paused {
+                continue;
+            }
+            let range = ready.range((t.as_str(), 0u64)..=(t.as_str(), u64::MAX)).map_err(storage)?;
+            for row in range.take(LEASE_SCAN_MAX) {
+                if grants.len() >= ask.max.min(LEASE_MAX) as usize {
+                    break;
+                }
+                let (_, id) = row.map_err(storage)?;
+                let job = rw::get::<JobRecord>(&jobs, "jobs", id.value())
+                    .map_err(storage)?
+                    .ok_or_else(|| CommandError::Storage(format!("ready index names missing job {}", id.value())))?;
+                if ask.tenant.is_some_and(|x| x != job.tenant) || !budget_allows(&q, t, &job.tenant, ctx) {
+                    continue;
+                }
+                let grant = Grant {
+                    job: job.id.clone(),
+                    token: fence.next(),
+                    expires_ms: ctx.now + ttl as i64,
+                    attempt: job.attempt + 1,
+                };
+                grants.push((job.tenant.clone(), grant));
+            }
+        }
+    }
+    let live = vec![LiveWrite::WorkerSeen {
+        id: ask.worker.to_owned(),
+        tenant: ask.worker_tenant.to_owned(),
+        types: ask.types.to_vec(),
+        env: ask.env.clone(),
+    }];
+    grants.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut drafts = Vec::new();
+    for chunk in grants.chunk_by(|a, b| a.0 == b.0) {
+        let subjects = chunk.iter().map(|(_, g)| g.job.clone()).collect();
+        let leases: Vec<&Grant> = chunk.iter().map(|(_, g)| g).collect();
+        drafts.push(draft(&chunk[0].0, "lease.granted", subjects, json!({ "worker": ask.worker, "leases": leases })));
+    }
+    Ok(Effects { drafts, live, note: None })
+}
+
+/// Debits the type's rate bucket for `tenant` (or the shared `*` bucket) if it has a token.
+fn budget_allows(q: &QueueRecord, job_type: &str, tenant: &str, ctx: &mut PlanCtx) -> bool {
+    let (scope, budget) = match q.budgets.get(tenant) {
+        Some(b) => (tenant, b),
+        None => match q.budgets.get("*") {
+            Some(b) => ("*", b),
+            None => return true,
+        },
+    };
+    let Some(rate) = budget.rate_milli_per_s else { return true };
+    let capacity = f64::from(budget.burst.unwrap_or(1).max(1));
+    let bucket = ctx
+        .buckets
+        .entry((job_type.to_owned(), scope.to_owned()))
+        .or_insert(Bucket { tokens: capacity, last_ms: ctx.now });
+    let elapsed = (ctx.now - bucket.last_ms).max(0) as f64;
+    bucket.tokens = (bucket.tokens + elapsed * rate as f64 / 1_000_000.0).min(capacity);
+    bucket.last_ms = ctx.now;
+    if bucket.tokens >= 1.0 {
+        bucket.tokens -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
+/// The lease's effective expiry: as granted, or later if heartbeats extended it.
+fn effective_expiry(txn: &WriteTransaction, job: &JobRecord) -> Result<i64, CommandError> {
+    let granted = job.lease.as_ref().map_or(i64::MIN, |l| l.expires_ms);
+    let table = txn.open_table(LIVE_LEASES).map_err(storage)?;
+    let live = table.get(job.id.as_str()).map_err(storage)?.map_or(i64::MIN, |v| v.value() as i64);
+    Ok(granted.max(live))
+}
+
+/// Refuses unless `token` is the job's current, unexpired lease.
+fn check_lease(txn: &WriteTransaction, job: &JobRecord, token: u64, now: i64) -> Result<(), CommandError> {
+    let Some(lease) = job.lease.as_ref().filter(|_| job.state == JobState::Leased) else {
+        return Err(CommandError::Conflict(format!(
+            "stale lease token {token}: job {} is not leased (it is {})",
+            job.id,
+            serde_json::to_value(job.state).expect("state serializes").as_str().unwrap_or("?")
+        )));
+    };
+    if lease.token != token {
+        return Err(CommandError::Conflict(format!(
+            "stale lease token {token} for job {}: its current lease has token {}",
+            job.id, lease.token
+        )));
+    }
+    let expiry = effective_expiry(txn, job)?;
+    if now >= expiry {
+        return Err(CommandError::Conflict(format!(
+            "lease {token} on job {} expired at {}",
+            job.id,
+            crate::clock::rfc3339(expiry)
+        )));
+    }
+    Ok(())
+}
+
+fn heartbeat(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    tenant: Option<&str>,
+    id: &str,
+    token: u64,
+    ttl_ms: Option<u64>,
+) -> Result<Effects, CommandError> {
+    let job = visible_job(txn, tenant, id)?;
+    check_lease(txn, &job, token, ctx.now)?;
+    let ttl = match ttl_ms {
+        Some(t) => t,
+        None => runtime_ms(txn, ctx, "queue.lease_ttl")?,
+    }
+    .clamp(1, LEASE_TTL_MAX_MS);
+    let expires_ms = ctx.now + ttl as i64;
+    let worker = job.lease.as_ref().map(|l| l.worker.clone()).unwrap_or_default();
+    Ok(Effects {
+        drafts: vec![],
+        live: vec![LiveWrite::LeaseExpiry { job: job.id.clone(), expires_ms }],
+        note: Some(json!({ "jobId": job.id, "token": token, "expiresMs": expires_ms, "worker": worker })),
+    })
+}
+
+fn complete(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    tenant: Option<&str>,
+    id: &str,
+    token: u64,
+    result: &Option<serde_json::Value>,
+) -> Result<Effects, CommandError> {
+    let job = visible_job(txn, tenant, id)?;
+    check_lease(txn, &job, token, ctx.now)?;
+    let mut drafts = vec![draft(
+        &job.tenant,
+        "job.succeeded",
+        vec![job.id.clone()],
+        json!({ "jobId": job.id, "token": token, "result": result }),
+    )];
+    let mut fence = Fence::read(txn)?;
+    drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", job.id), &mut HashSet::new())?);
+    Ok(drafts.into())
+}
+
+/// Where a failed attempt goes: back after a backoff, or to the dead-letter queue.
+fn next_after_failure(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    job: &JobRecord,
+    retryable: bool,
+) -> Result<serde_json::Value, CommandError> {
+    if !retryable || job.attempt >= job.max_attempts {
+        return Ok(json!({ "next": "dead" }));
+    }
+    let base = runtime_ms(txn, ctx, "queue.backoff_base")? as f64;
+    let cap = runtime_ms(txn, ctx, "queue.backoff_max")? as f64;
+    let exp = base * 2f64.powi(job.attempt.saturating_sub(1).min(30) as i32);
+    let jitter = 0.75 + 0.5 * ctx.rng.next_f64();
+    let delay = (exp.min(cap) * jitter).round() as i64;
+    Ok(json!({ "next": "retry", "notBeforeMs": ctx.now + delay.max(1) }))
+}
+
+fn fail(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    tenant: Option<&str>,
+    id: &str,
+    token: u64,
+    error: &str,
+    retryable: bool,
+) -> Result<Effects, CommandError> {
+    let job = visible_job(txn, tenant, id)?;
+    check_lease(txn, &job, token, ctx.now)?;
+    let mut data = next_after_failure(txn, ctx, &job, retryable)?;
+    let error: String = error.chars().take(ERROR_BYTES_MAX).collect();
+    data["jobId"] = json!(job.id);
+    data["token"] = json!(token);
+    data["error"] = json!(error);
+    let mut drafts = vec![draft(&job.tenant, "job.failed", vec![job.id.clone()], data)];
+    let mut fence = Fence::read(txn)?;
+    drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", job.id), &mut HashSet::new())?);
+    Ok(drafts.into())
+}
+
+fn dlq_replay(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    tenant: Option<&str>,
+    selector: &ReplaySelector,
+) -> Result<Effects, CommandError> {
+    let dead: Vec<JobRecord> = match selector {
+        ReplaySelector::Ids(ids) => ids
+            .iter()
+            .map(|id| visible_job(txn, tenant, id).and_then(|j| dead_or_not_found(j, id)))
+            .collect::<Result<_, _>>()?,
+        ReplaySelector::Type(t) => dead_jobs(txn, tenant)?.into_iter().filter(|j| j.job_type == *t).collect(),
+        ReplaySelector::All => dead_jobs(txn, tenant)?,
+    };
+    let mut drafts = Vec::with_capacity(dead.len());
+    for (i, job) in dead.iter().enumerate() {
+        let seq = next_seq(txn, "job_seq", i as u64)?;
+        let new = EnqueuedJob {
+            id: job_id(seq),
+            seq,
+            job_type: job.job_type.clone(),
+            priority: job.priority,
+            payload: job.payload.clone(),
+            max_attempts: job.max_attempts,
+            not_before_ms: ctx.now,
+            idempotency_key: None,
+            replay_of: Some(job.id.clone()),
+        };
+        let data = json!({ "deadId": job.id, "job": new });
+        drafts.push(draft(&job.tenant, "dlq.replayed", vec![job.id.clone(), new.id.clone()], data));
+    }
+    Ok(drafts.into())
+}
+
+fn dead_or_not_found(job: JobRecord, id: &str) -> Result<JobRecord, CommandError> {
+    if job.state == JobState::Dead {
+        Ok(job)
+    } else {
+        Err(CommandError::NotFound { what: format!("dead-letter entry {id}") })
+    }
+}
+
+/// Dead jobs visible to `tenant`, oldest first, at most `DLQ_BATCH_MAX`.
+fn dead_jobs(txn: &WriteTransaction, tenant: Option<&str>) -> Result<Vec<JobRecord>, CommandError> {
+    let dlq = txn.open_table(DLQ).map_err(storage)?;
+    let jobs = txn.open_table(JOBS).map_err(storage)?;
+    let mut out = Vec::new();
+    for row in dlq.iter().map_err(storage)?.take(DLQ_BATCH_MAX) {
+        let (id, _) = row.map_err(storage)?;
+        if let Some(job) = rw::get::<JobRecord>(&jobs, "jobs", id.value()).map_err(storage)?
+            && tenant.is_none_or(|t| t == job.tenant)
+        {
+            out.push(job);
+        }
+    }
+    Ok(out)
+}
+
+fn dlq_purge(
+    txn: &WriteTransaction,
+    tenant: Option<&str>,
+    ids: &[String],
+    snapshot: &str,
+) -> Result<Effects, CommandError> {
+    if snapshot.len() != 64 || !snapshot.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CommandError::Invalid(
+            "snapshotSha256 must be the sha256 (64 hex digits) of the NDJSON snapshot written first".into(),
+        ));
+    }
+    if ids.is_empty() || ids.len() > DLQ_BATCH_MAX {
+        return Err(CommandError::Invalid(format!("purge takes 1 to {DLQ_BATCH_MAX} ids")));
+    }
+    let mut by_tenant: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for id in ids {
+        let job = dead_or_not_found(visible_job(txn, tenant, id)?, id)?;
+        by_tenant.entry(job.tenant).or_default().push(id.clone());
+    }
+    let drafts = by_tenant
+        .into_iter()
+        .map(|(t, ids)| draft(&t, "dlq.purged", ids.clone(), json!({ "ids": ids, "snapshotSha256": snapshot })))
+        .collect::<Vec<_>>();
+    Ok(drafts.into())
+}
+
+/// Fires every due timer (at most `TICK_MAX`): delayed jobs become ready, expired leases go
+/// back (or to the dead-letter queue) as a ledgered lease stall naming the worker, budgets end,
+/// expired locks pass to their next waiter. Stale timers are dropped; heartbeated leases are
+/// re-armed at their extended expiry.
+pub fn tick(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
+    let due: Vec<(i64, String)> = {
+        let table = txn.open_table(DUE).map_err(storage)?;
+        let range = table.range((0u64, "")..=(ctx.now.max(0) as u64, "\u{10FFFF}")).map_err(storage)?;
+        range
+            .take(TICK_MAX)
+            .map(|row| row.map(|(k, _)| (k.value().0 as i64, k.value().1.to_owned())))
+            .collect::<Result<_, _>>()
+            .map_err(storage)?
+    };
+    let mut effects = Effects::default();
+    let mut ready: Vec<(String, String)> = Vec::new();
+    let mut fence = Fence::read(txn)?;
+    // Locks already moved by an earlier timer of this tick: a second move would be planned
+    // against a state the first has changed.
+    let mut touched = HashSet::new();
+    for (due_ms, key) in due {
+        let parts: Vec<&str> = key.split('|').collect();
+        match parts.as_slice() {
+            ["ready", job] => match visible_job(txn, None, job) {
+                Ok(j) if j.state == JobState::Delayed => ready.push((j.tenant.clone(), j.id.clone())),
+                _ => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
+            },
+            ["lease", job, token] => {
+                expire_lease(txn, ctx, &mut effects, (&mut fence, &mut touched), (due_ms, &key), job, token)?
+            }
+            ["budget", job_type, tenant] => {
+                let q = queue_record(txn, job_type)?;
+                match q.budgets.get(*tenant) {
+                    Some(b) if b.until_ms.is_some_and(|u| u <= ctx.now) => effects.drafts.push(draft(
+                        "",
+                        "queue.budget_cleared",
+                        vec![(*job_type).to_owned()],
+                        json!({ "type": job_type, "tenant": tenant, "reason": "expired" }),
+                    )),
+                    _ => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
+                }
+            }
+            ["lock", resource, token] => {
+                match locks::expire(txn, ctx, &mut fence, resource, token.parse().unwrap_or(0), &mut touched)? {
+                    Some(d) => effects.drafts.push(d),
+                    None => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
+                }
+            }
+            _ => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
+        }
+    }
+    ready.sort();
+    for chunk in ready.chunk_by(|a, b| a.0 == b.0) {
+        let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
+        effects.drafts.push(draft(&chunk[0].0, "job.ready", ids.clone(), json!({ "jobIds": ids })));
+    }
+    Ok(effects)
+}
+
+fn expire_lease(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    effects: &mut Effects,
+    (fence, touched): (&mut Fence, &mut HashSet<String>),
+    (due_ms, key): (i64, &str),
+    job: &str,
+    token: &str,
+) -> Result<(), CommandError> {
+    let stale = || LiveWrite::DropTimer { due_ms, key: key.to_owned() };
+    let Ok(j) = visible_job(txn, None, job) else {
+        effects.live.push(stale());
+        return Ok(());
+    };
+    let current = j.lease.as_ref().filter(|l| j.state == JobState::Leased && l.token.to_string() == token);
+    let Some(lease) = current else {
+        effects.live.push(stale());
+        return Ok(());
+    };
+    let expiry = effective_expiry(txn, &j)?;
+    if expiry > ctx.now {
+        effects.live.push(stale());
+        effects.live.push(LiveWrite::Timer { due_ms: expiry, key: key.to_owned() });
+        return Ok(());
+    }
+    let mut data = next_after_failure(txn, ctx, &j, true)?;
+    data["jobId"] = json!(j.id);
+    data["token"] = json!(lease.token);
+    data["worker"] = json!(lease.worker);
+    data["expiredMs"] = json!(expiry);
+    effects.drafts.push(draft(&j.tenant, "lease.expired", vec![j.id.clone(), lease.worker.clone()], data));
+    effects.drafts.extend(locks::release_owned(txn, ctx, fence, &format!("job:{}", j.id), touched)?);
+    Ok(())
+}
