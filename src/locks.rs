@@ -84,7 +84,7 @@ fn by_id(txn: &WriteTransaction, tenant: Option<&str>, id: &str) -> Result<LockR
 fn next_grant(rec: &LockRecord, fence: &mut Fence, now: i64) -> Option<Grant> {
     rec.waiters.first().map(|w| Grant {
         owner: w.owner.clone(),
-        token: fence.next(),
+        token: fence.take(),
         expires_ms: now + w.ttl_ms as i64,
     })
 }
@@ -168,7 +168,7 @@ fn acquire(
             holder: None,
             waiters: vec![],
         };
-        let token = fence.next();
+        let token = fence.take();
         let data =
             json!({ "lockId": rec.id, "resource": resource, "owner": owner, "token": token, "expiresMs": expires_ms });
         return Ok(vec![draft(tenant, "lock.acquired", &rec, data)].into());

@@ -204,7 +204,7 @@ impl Fence {
         let table = txn.open_table(COUNTERS).map_err(storage)?;
         Ok(Fence(rw::counter(&table, "fence").map_err(storage)?))
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn take(&mut self) -> u64 {
         self.0 += 1;
         self.0
     }
@@ -324,7 +324,7 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
                 }
                 let grant = Grant {
                     job: job.id.clone(),
-                    token: fence.next(),
+                    token: fence.take(),
                     expires_ms: ctx.now + ttl as i64,
                     attempt: job.attempt + 1,
                 };
