@@ -108,8 +108,17 @@ async fn daemon(
     let status = format!("listening on {}", listeners.join(" "));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
 
+    let (timers_stop, timers_rx) = tokio::sync::watch::channel(false);
+    let timers = tokio::spawn(crate::queue::timers::run(
+        state.store.clone(),
+        state.writer.clone(),
+        state.clock.clone(),
+        timers_rx,
+    ));
     let router = api::router(state);
     server::serve(router, server::Listeners { unix, tcp }, config.server.clone(), shutdown).await;
+    let _ = timers_stop.send(true);
+    let _ = timers.await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
     Ok(())

@@ -174,3 +174,325 @@ impl From<crate::store::verify::VerifyReport> for DbVerify {
         }
     }
 }
+
+// ---- queue ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Enqueue {
+    #[serde(rename = "type")]
+    pub job_type: String,
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    /// 0–65535, higher first; default 100.
+    pub priority: Option<u16>,
+    pub max_attempts: Option<u32>,
+    /// Not before this duration from now, e.g. `30s`.
+    pub delay: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// For the local administrator only: the tenant to enqueue for (default: the first allowed).
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: String,
+    pub tenant: String,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub state: String,
+    pub priority: u16,
+    pub payload: serde_json::Value,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub created_at: String,
+    pub not_before: String,
+    pub lease: Option<JobLease>,
+    pub last_error: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub replay_of: Option<String>,
+    pub replayed_as: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobLease {
+    pub worker: String,
+    pub token: u64,
+    pub expires_at: String,
+}
+
+impl Job {
+    pub fn from_record(j: &crate::store::records::JobRecord) -> Self {
+        Job {
+            id: j.id.clone(),
+            tenant: j.tenant.clone(),
+            job_type: j.job_type.clone(),
+            state: serde_json::to_value(j.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            priority: j.priority,
+            payload: j.payload.clone(),
+            attempt: j.attempt,
+            max_attempts: j.max_attempts,
+            created_at: rfc3339(j.created_ms),
+            not_before: rfc3339(j.not_before_ms),
+            lease: j.lease.as_ref().map(|l| JobLease {
+                worker: l.worker.clone(),
+                token: l.token,
+                expires_at: rfc3339(l.expires_ms),
+            }),
+            last_error: j.last_error.clone(),
+            idempotency_key: j.idempotency_key.clone(),
+            replay_of: j.replay_of.clone(),
+            replayed_as: j.replayed_as.clone(),
+            result: j.result.clone(),
+            finished_at: j.finished_ms.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub worker: String,
+    pub types: Vec<String>,
+    pub max: Option<u32>,
+    /// Lease duration, e.g. `30s`; default `queue.lease_ttl`.
+    pub ttl: Option<String>,
+    /// Wait this long for work when none is ready (bounded by `queue.long_poll_max`).
+    pub wait: Option<String>,
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Leased {
+    pub job_id: String,
+    pub token: u64,
+    pub expires_at: String,
+    pub attempt: u32,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub tenant: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseResponse {
+    pub leases: Vec<Leased>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseAction {
+    pub token: u64,
+    pub ttl: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    /// For `fail`: whether another attempt may follow (default true).
+    pub retryable: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    pub types: Vec<QueueTypeStatus>,
+    pub depth: u64,
+    pub leased: u64,
+    pub dlq_depth: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueTypeStatus {
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub ready: u64,
+    pub delayed: u64,
+    pub leased: u64,
+    pub dead: u64,
+    pub succeeded: u64,
+    pub oldest_ready_age_seconds: Option<u64>,
+    pub paused: bool,
+    pub paused_by: Option<String>,
+    pub budgets: Vec<BudgetDto>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetDto {
+    pub tenant: String,
+    pub rate: Option<String>,
+    pub burst: Option<u32>,
+    pub max_depth: Option<u64>,
+    pub until: Option<String>,
+    pub set_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetSet {
+    /// `*` (default) for every tenant together, or one tenant.
+    pub tenant: Option<String>,
+    /// Leases per second such as `50/s` (or `/m`, `/h`).
+    pub rate: Option<String>,
+    pub burst: Option<u32>,
+    pub max_depth: Option<u64>,
+    /// The budget lapses after this long and the defaults return, e.g. `30m`.
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DlqReplay {
+    pub ids: Option<Vec<String>>,
+    #[serde(rename = "type")]
+    pub job_type: Option<String>,
+    pub all: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DlqPurge {
+    pub ids: Vec<String>,
+    /// sha256 of the NDJSON snapshot of these entries, written before the purge.
+    pub snapshot_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+// ---- locks ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Lock {
+    pub id: String,
+    pub resource: String,
+    pub tenant: String,
+    pub holder: Option<String>,
+    pub token: Option<u64>,
+    pub acquired_at: Option<String>,
+    pub age_seconds: Option<u64>,
+    pub expires_at: Option<String>,
+    pub waiters: Vec<LockWaiterDto>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LockWaiterDto {
+    pub owner: String,
+    pub since: String,
+}
+
+impl Lock {
+    pub fn from_record(l: &crate::store::records::LockRecord, now_ms: UnixMs) -> Self {
+        let h = l.holder.as_ref();
+        Lock {
+            id: l.id.clone(),
+            resource: l.resource.clone(),
+            tenant: l.tenant.clone(),
+            holder: h.map(|h| h.owner.clone()),
+            token: h.map(|h| h.token),
+            acquired_at: h.map(|h| rfc3339(h.acquired_ms)),
+            age_seconds: h.map(|h| ((now_ms - h.acquired_ms).max(0) / 1000) as u64),
+            expires_at: h.map(|h| rfc3339(h.expires_ms)),
+            waiters: l
+                .waiters
+                .iter()
+                .map(|w| LockWaiterDto { owner: w.owner.clone(), since: rfc3339(w.since_ms) })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LockList {
+    pub locks: Vec<Lock>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LockAcquire {
+    pub resource: String,
+    pub owner: String,
+    pub ttl: Option<String>,
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LockAcquired {
+    pub lock_id: String,
+    pub granted: bool,
+    pub token: Option<u64>,
+    pub position: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LockRelease {
+    pub owner: Option<String>,
+    pub token: Option<u64>,
+    #[serde(default)]
+    pub force: bool,
+    pub reason: Option<String>,
+    /// With `POST /locks/release`: every held lock of this environment.
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Released {
+    pub released: Vec<String>,
+}
+
+// ---- runtime config and workers ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigValue {
+    pub key: String,
+    pub value: Option<String>,
+    /// `runtime` (set with `orch config set`) or `default` (the config file or built in).
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigList {
+    pub values: Vec<ConfigValue>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigSet {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Worker {
+    pub id: String,
+    pub tenant: String,
+    pub types: Vec<String>,
+    pub env: Option<String>,
+    pub leases: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub last_seen_seconds_ago: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerList {
+    pub workers: Vec<Worker>,
+}

@@ -20,7 +20,8 @@ use std::sync::Arc;
 pub const PREFIX: &str = "/api/v1/orchestrator";
 
 pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{admin, pending, tokens};
+    use axum::routing::put;
+    use handlers::{admin, config, locks, pending, queue, tokens};
     let api = Router::new()
         .route("/admin/health", get(admin::health))
         .route("/admin/db/verify", get(admin::db_verify))
@@ -29,6 +30,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/tokens", post(tokens::create).get(tokens::list))
         .route("/auth/tokens/{id}", get(tokens::show))
         .route("/auth/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/jobs", post(queue::enqueue))
+        .route("/jobs/{id}", get(queue::show_job))
+        .route("/leases", post(queue::lease))
+        .route("/leases/{job}/{action}", post(queue::lease_action))
+        .route("/queue", get(queue::status))
+        .route("/queue/{type}/budget", put(queue::set_budget).delete(queue::clear_budget))
+        .route("/queue/{type}/{action}", post(queue::pause_resume))
+        .route("/dlq", get(queue::dlq_list))
+        .route("/dlq/replay", post(queue::dlq_replay))
+        .route("/dlq/purge", post(queue::dlq_purge))
+        .route("/dlq/{id}", get(queue::dlq_show))
+        .route("/workers", get(queue::workers))
+        .route("/locks", get(locks::list).post(locks::acquire))
+        .route("/locks/release", post(locks::release_env))
+        .route("/locks/{id}/release", post(locks::release))
+        .route("/config", get(config::config_show))
+        .route("/config/{key}", get(config::config_get).put(config::config_set))
         // Routes the runbooks name whose capability is not built yet: authenticated, then 501.
         .route("/runs", post(pending::runs))
         .route("/runs/stream", get(pending::runs))

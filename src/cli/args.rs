@@ -249,15 +249,34 @@ pub enum RunCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueCmd {
-    /// Depth per type and state, oldest age, leased, DLQ depth.
+    /// Depth per type and state, oldest age, leased, DLQ depth, pauses and budgets.
     Status,
-    /// Stop dispatching a job type.
+    /// Stop dispatching a job type (running work finishes).
     Pause { job_type: String },
     /// Resume dispatching a job type.
     Resume { job_type: String },
-    /// Rate-limit budgets.
+    /// Rate-limit and depth budgets.
     #[command(subcommand)]
     Budget(BudgetCmd),
+    /// Enqueue a job.
+    Enqueue {
+        job_type: String,
+        /// JSON payload.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        #[arg(long)]
+        priority: Option<u16>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Not before this long from now, e.g. 30s.
+        #[arg(long)]
+        delay: Option<String>,
+        /// Idempotency key: the same key returns the same job.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,12 +284,24 @@ pub enum BudgetCmd {
     /// Set a budget for a job type.
     Set {
         job_type: String,
+        /// Leases per second (or /m, /h), e.g. 50/s.
         #[arg(long)]
-        rate: String,
+        rate: Option<String>,
         #[arg(long)]
         burst: Option<u32>,
-        #[arg(long = "for")]
+        /// Waiting jobs at most; enqueue beyond gets 429 (backpressure).
+        #[arg(long)]
+        max_depth: Option<u64>,
+        /// The budget lapses after this long, e.g. 30m.
+        #[arg(long = "for", value_name = "DURATION")]
         for_: Option<String>,
+        /// One tenant's budget; default every tenant together.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Remove a budget.
+    Clear {
+        job_type: String,
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -278,10 +309,11 @@ pub enum BudgetCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCmd {
+    /// Dead jobs with their attempts and last error.
     List,
-    Show {
-        id: String,
-    },
+    /// One dead job with its payload.
+    Show { id: String },
+    /// Re-enqueue dead jobs as new jobs linked to them.
     Replay {
         id: Option<String>,
         #[arg(long = "type")]
@@ -289,9 +321,16 @@ pub enum DlqCmd {
         #[arg(long)]
         all: bool,
     },
+    /// Delete dead jobs, after writing them to an NDJSON snapshot file.
     Purge {
+        ids: Vec<String>,
+        /// The snapshot to write first (must not exist); required.
         #[arg(long, value_name = "FILE")]
         snapshot: Option<PathBuf>,
+        #[arg(long = "type")]
+        job_type: Option<String>,
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -302,15 +341,30 @@ pub enum LocksCmd {
         #[arg(long)]
         env: Option<String>,
     },
-    /// Release a lock (by id, or every lock of an environment).
+    /// Release a lock (by id, or every lock of an environment with --force).
     Release {
         id: Option<String>,
         #[arg(long)]
         env: Option<String>,
+        /// Release regardless of the holder (admin); the old holder is refused afterwards.
         #[arg(long)]
         force: bool,
         #[arg(long)]
         reason: Option<String>,
+        /// A holder releasing its own lock names itself and its token.
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long = "lock-token")]
+        lock_token: Option<u64>,
+    },
+    /// Acquire (or wait in line for) a lock.
+    Acquire {
+        resource: String,
+        #[arg(long)]
+        owner: String,
+        /// Default: locks.timeout.
+        #[arg(long)]
+        ttl: Option<String>,
     },
 }
 

@@ -4,6 +4,7 @@
 
 use crate::cli::args::*;
 use crate::cli::output::{self, s, table};
+use crate::cli::queue;
 use crate::cli::target;
 use crate::config::Layout;
 use crate::exit::CliError;
@@ -15,10 +16,6 @@ fn na(what: &str) -> Result<(), CliError> {
     Err(CliError::NotAvailable(what.to_owned()))
 }
 
-const QUEUE: &str =
-    "the durable queue, leases and dead-letter queue (issue: durable queue, leases, locks, runtime config)";
-const LOCKS: &str = "named locks (issue: durable queue, leases, locks, runtime config)";
-const CONFIG: &str = "runtime config (issue: durable queue, leases, locks, runtime config)";
 const RUNS: &str = "DAG runs and the engine (issue: DAG runs)";
 const BUNDLES: &str = "signed bundles and the trust store (issue: signed bundles)";
 const EXPORT: &str = "export and the audit pack (issue: telemetry and the offline audit pack)";
@@ -72,9 +69,11 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
         OrchCmd::Db(DbCmd::Verify { .. }) => db_verify(g).await,
         OrchCmd::Ledger { after, limit } => ledger(g, after, limit).await,
         OrchCmd::Run(_) | OrchCmd::Dag(_) | OrchCmd::Schedule(_) => na(RUNS),
-        OrchCmd::Queue(_) | OrchCmd::Dlq(_) | OrchCmd::Agent(_) => na(QUEUE),
-        OrchCmd::Locks(_) => na(LOCKS),
-        OrchCmd::Config(_) => na(CONFIG),
+        OrchCmd::Queue(q) => queue::queue(g, q).await,
+        OrchCmd::Dlq(d) => queue::dlq(g, d).await,
+        OrchCmd::Agent(AgentCmd::Status { env }) => queue::agents(g, env).await,
+        OrchCmd::Locks(l) => queue::locks(g, l).await,
+        OrchCmd::Config(c) => queue::config(g, c).await,
         OrchCmd::Env(_)
         | OrchCmd::Deployments(_)
         | OrchCmd::Artifacts(_)

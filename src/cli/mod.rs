@@ -4,6 +4,7 @@
 pub mod args;
 pub mod dispatch;
 pub mod output;
+pub mod queue;
 pub mod target;
 
 pub use args::Cli;

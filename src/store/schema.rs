@@ -5,7 +5,7 @@
 //! is read through redb's read-only open, which never modifies the file.
 
 use crate::ledger::Entry;
-use crate::store::records::{Record, TokenRecord};
+use crate::store::records::{JobRecord, LockRecord, QueueRecord, Record, TokenRecord, WorkerRecord};
 use redb::{
     Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -258,6 +258,116 @@ pub mod read {
             let entry: Entry =
                 serde_json::from_slice(v.value()).map_err(|e| corrupt("ledger", &k.value().to_string(), e))?;
             out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn records<R: Record>(
+        txn: &ReadTransaction,
+        def: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+        limit: usize,
+        keep: impl Fn(&R) -> bool,
+    ) -> Result<Vec<R>, StoreError> {
+        let table = txn.open_table(def).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(rerr)? {
+            let (k, v) = row.map_err(rerr)?;
+            let rec = R::from_json_bytes(v.value()).map_err(|e| corrupt(name, k.value(), e))?;
+            if keep(&rec) {
+                out.push(rec);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn job(txn: &ReadTransaction, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        rw::get(&txn.open_table(JOBS).map_err(rerr)?, "jobs", id)
+    }
+
+    pub fn queues(txn: &ReadTransaction) -> Result<Vec<(String, QueueRecord)>, StoreError> {
+        let table = txn.open_table(QUEUES).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(rerr)? {
+            let (k, v) = row.map_err(rerr)?;
+            out.push((
+                k.value().to_owned(),
+                QueueRecord::from_json_bytes(v.value()).map_err(|e| corrupt("queues", k.value(), e))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Creation time of the oldest of the first `scan` ready jobs of `job_type`.
+    pub fn oldest_ready_ms(txn: &ReadTransaction, job_type: &str, scan: usize) -> Result<Option<i64>, StoreError> {
+        let ready = txn.open_table(READY).map_err(rerr)?;
+        let jobs = txn.open_table(JOBS).map_err(rerr)?;
+        let mut oldest = None;
+        for row in ready.range((job_type, 0u64)..=(job_type, u64::MAX)).map_err(rerr)?.take(scan) {
+            let (_, id) = row.map_err(rerr)?;
+            if let Some(j) = rw::get::<JobRecord>(&jobs, "jobs", id.value())? {
+                oldest = Some(oldest.map_or(j.created_ms, |o: i64| o.min(j.created_ms)));
+            }
+        }
+        Ok(oldest)
+    }
+
+    /// Dead jobs visible to `tenant`, oldest death first.
+    pub fn dlq(txn: &ReadTransaction, tenant: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let dlq = txn.open_table(DLQ).map_err(rerr)?;
+        let jobs = txn.open_table(JOBS).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in dlq.iter().map_err(rerr)? {
+            let (id, _) = row.map_err(rerr)?;
+            if let Some(j) = rw::get::<JobRecord>(&jobs, "jobs", id.value())?
+                && tenant.is_none_or(|t| t == j.tenant)
+            {
+                out.push(j);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn locks(txn: &ReadTransaction, tenant: Option<&str>, limit: usize) -> Result<Vec<LockRecord>, StoreError> {
+        records(txn, LOCKS, "locks", limit, |l: &LockRecord| tenant.is_none_or(|t| t == l.tenant))
+    }
+
+    pub fn workers(txn: &ReadTransaction, limit: usize) -> Result<Vec<WorkerRecord>, StoreError> {
+        records(txn, WORKERS, "workers", limit, |_: &WorkerRecord| true)
+    }
+
+    /// Leased jobs per worker, from the lease timers (at most `scan` timers examined).
+    pub fn leases_by_worker(
+        txn: &ReadTransaction,
+        scan: usize,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let due = txn.open_table(DUE).map_err(rerr)?;
+        let jobs = txn.open_table(JOBS).map_err(rerr)?;
+        let mut out = std::collections::HashMap::new();
+        for row in due.iter().map_err(rerr)?.take(scan) {
+            let (k, _) = row.map_err(rerr)?;
+            let key = k.value().1.to_owned();
+            let Some(job) = key.strip_prefix("lease|").and_then(|r| r.split('|').next()) else { continue };
+            if let Some(lease) = rw::get::<JobRecord>(&jobs, "jobs", job)?.and_then(|j| j.lease) {
+                *out.entry(lease.worker).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runtime config values set by operators.
+    pub fn runtime_config(txn: &ReadTransaction) -> Result<Vec<(String, String)>, StoreError> {
+        let table = txn.open_table(RUNTIME_CONFIG).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(rerr)? {
+            let (k, v) = row.map_err(rerr)?;
+            out.push((k.value().to_owned(), String::from_utf8_lossy(v.value()).into_owned()));
         }
         Ok(out)
     }

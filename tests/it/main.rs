@@ -6,6 +6,7 @@ mod api_auth;
 mod api_hostile;
 mod cli;
 mod openapi;
+mod queue_api;
 mod queue_model;
 mod restart;
 mod store_schema;

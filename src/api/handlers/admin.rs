@@ -31,10 +31,10 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<dto
     (code, Json(health))
 }
 
-/// Work waiting to be written. The durable job queue is not built yet, so this is the writer's
-/// backlog of commands — the only work that can wait today.
+/// Jobs waiting for dispatch (ready or delayed) over every type.
 fn queue_depth(state: &AppState) -> u64 {
-    state.writer.backlog() as u64
+    let Ok(txn) = state.store.read() else { return 0 };
+    read::queues(&txn).map(|qs| qs.iter().map(|(_, q)| q.ready + q.delayed).sum()).unwrap_or(0)
 }
 
 pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::Status>> {

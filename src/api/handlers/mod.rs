@@ -1,7 +1,10 @@
 //! Route handlers, one file per resource.
 
 pub mod admin;
+pub mod config;
+pub mod locks;
 pub mod pending;
+pub mod queue;
 pub mod tokens;
 
 use crate::api::problem::Problem;

@@ -1,0 +1,112 @@
+//! Named locks over HTTP: what the runbooks' `orch locks …` commands call.
+
+use crate::api::dto;
+use crate::api::extract::{Auth, JsonBody};
+use crate::api::handlers::queue::{EnvQuery, acting_tenant, ms, submit};
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::state::AppState;
+use crate::auth::Scope;
+use crate::locks::{ForceTarget, LockCommand, in_env};
+use crate::store::Command;
+use crate::store::schema::read;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use std::sync::Arc;
+
+/// Locks listed at most.
+const LOCK_LIST_MAX: usize = 10_000;
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Query(q): Query<EnvQuery>,
+) -> ApiResult<Json<dto::LockList>> {
+    let p = auth.require(Scope::Read)?;
+    let txn = state.store.read()?;
+    let now = state.clock.now_ms();
+    let locks = read::locks(&txn, p.tenant.as_deref(), LOCK_LIST_MAX)?
+        .iter()
+        .filter(|l| q.env.as_ref().is_none_or(|e| in_env(&l.resource, e)))
+        .map(|l| dto::Lock::from_record(l, now))
+        .collect();
+    Ok(Json(dto::LockList { locks }))
+}
+
+pub async fn acquire(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::LockAcquire>,
+) -> ApiResult<Json<dto::LockAcquired>> {
+    let p = auth.require(Scope::Operate)?;
+    let tenant = acting_tenant(&state, p, req.tenant.as_deref())?;
+    let ttl_ms = req.ttl.as_deref().map(|t| ms("ttl", t)).transpose()?;
+    let c = submit(
+        &state,
+        p,
+        Command::Lock(LockCommand::Acquire { tenant, resource: req.resource, owner: req.owner, ttl_ms }),
+    )
+    .await?;
+    let answer = match (&c.note, c.entries.first()) {
+        (Some(n), _) => dto::LockAcquired {
+            lock_id: n["lockId"].as_str().unwrap_or_default().to_owned(),
+            granted: false,
+            token: None,
+            position: n["position"].as_u64(),
+        },
+        (None, Some(e)) if e.kind == "lock.waiting" => dto::LockAcquired {
+            lock_id: e.data["lockId"].as_str().unwrap_or_default().to_owned(),
+            granted: false,
+            token: None,
+            position: e.data["position"].as_u64(),
+        },
+        (None, Some(e)) => dto::LockAcquired {
+            lock_id: e.data["lockId"].as_str().unwrap_or_default().to_owned(),
+            granted: true,
+            token: e.data["token"].as_u64(),
+            position: None,
+        },
+        (None, None) => return Err(Problem::internal("acquire committed nothing")),
+    };
+    Ok(Json(answer))
+}
+
+/// `POST /locks/{id}/release`: by the holder with its token, or forced (admin, reason recorded).
+pub async fn release(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<dto::LockRelease>,
+) -> ApiResult<Json<dto::Released>> {
+    let command = if req.force {
+        let p = auth.require(Scope::Admin)?;
+        LockCommand::ForceRelease { tenant: p.tenant.clone(), target: ForceTarget::Id(id), reason: req.reason }
+    } else {
+        let p = auth.require(Scope::Operate)?;
+        let (Some(owner), Some(token)) = (req.owner, req.token) else {
+            return Err(Problem::invalid("token", "a holder's release needs owner and token; an operator uses force"));
+        };
+        LockCommand::Release { tenant: p.tenant.clone(), lock_id: id, owner, token }
+    };
+    let c = submit(&state, &auth.0, Command::Lock(command)).await?;
+    Ok(Json(dto::Released {
+        released: c.entries.iter().filter_map(|e| e.data["lockId"].as_str().map(str::to_owned)).collect(),
+    }))
+}
+
+/// `POST /locks/release` with `env` and `force`: every held lock of an environment.
+pub async fn release_env(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::LockRelease>,
+) -> ApiResult<Json<dto::Released>> {
+    let p = auth.require(Scope::Admin)?;
+    let Some(env) = req.env.filter(|_| req.force) else {
+        return Err(Problem::invalid("env", "releasing by environment needs env and force: true"));
+    };
+    let command =
+        LockCommand::ForceRelease { tenant: p.tenant.clone(), target: ForceTarget::Env(env), reason: req.reason };
+    let c = submit(&state, p, Command::Lock(command)).await?;
+    Ok(Json(dto::Released {
+        released: c.entries.iter().filter_map(|e| e.data["lockId"].as_str().map(str::to_owned)).collect(),
+    }))
+}

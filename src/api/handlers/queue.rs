@@ -1,0 +1,424 @@
+//! The queue over HTTP: enqueue, the lease API for workers (long-poll, heartbeat, complete,
+//! fail), operator controls (status, pause, resume, budgets), the dead-letter queue and the
+//! worker registry. In-process executors and remote agents use these same routes.
+
+use crate::api::dto;
+use crate::api::extract::{Auth, JsonBody};
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::state::AppState;
+use crate::auth::{Principal, Scope};
+use crate::clock::rfc3339;
+use crate::duration;
+use crate::queue::plan::{LEASE_MAX, valid_type};
+use crate::queue::{QueueCommand, ReplaySelector};
+use crate::store::command::Actor;
+use crate::store::records::Budget;
+use crate::store::schema::read;
+use crate::store::{Command, Committed};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Jobs listed in one response at most.
+const LIST_MAX: usize = 10_000;
+/// Ready jobs examined for the oldest age of a type.
+const OLDEST_SCAN: usize = 1_000;
+/// Lease timers examined for the worker registry.
+const LEASE_SCAN: usize = 100_000;
+/// Entry kinds after which a waiting lease request looks again.
+const WAKE_KINDS: &[&str] = &[
+    "job.enqueued",
+    "job.ready",
+    "job.failed",
+    "lease.expired",
+    "queue.resumed",
+    "dlq.replayed",
+    "queue.budget_cleared",
+];
+
+pub fn actor(p: &Principal) -> Actor {
+    Actor { name: p.actor.clone() }
+}
+
+pub fn ms(field: &str, text: &str) -> Result<u64, Problem> {
+    duration::parse(text).map(|d| d.as_millis() as u64).map_err(|e| Problem::invalid(field, e.to_string()))
+}
+
+/// The tenant a principal acts for: its own, or for the local admin the one named (default:
+/// the first allowed).
+pub fn acting_tenant(state: &AppState, p: &Principal, named: Option<&str>) -> Result<String, Problem> {
+    match (&p.tenant, named) {
+        (Some(own), Some(n)) if n != own => Err(Problem::forbidden()),
+        (Some(own), _) => Ok(own.clone()),
+        (None, Some(n)) if state.config.tenants.allowed.iter().any(|t| t == n) => Ok(n.to_owned()),
+        (None, Some(n)) => Err(Problem::invalid("tenant", format!("tenant {n:?} is not in tenants.allowed"))),
+        (None, None) => Ok(state.config.tenants.allowed[0].clone()),
+    }
+}
+
+pub async fn submit(state: &AppState, p: &Principal, command: Command) -> ApiResult<Committed> {
+    Ok(state.writer.submit(actor(p), command).await?)
+}
+
+fn job_dto(state: &AppState, p: &Principal, id: &str) -> ApiResult<dto::Job> {
+    let txn = state.store.read()?;
+    read::job(&txn, id)?
+        .filter(|j| p.sees(&j.tenant))
+        .map(|j| dto::Job::from_record(&j))
+        .ok_or_else(|| Problem::not_found(format!("job {id}")))
+}
+
+pub async fn enqueue(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::Enqueue>,
+) -> ApiResult<(StatusCode, Json<dto::Job>)> {
+    let p = auth.require(Scope::Operate)?;
+    let tenant = acting_tenant(&state, p, req.tenant.as_deref())?;
+    if !valid_type(&req.job_type) {
+        return Err(Problem::invalid(
+            "type",
+            format!("job type {:?} is not 1-64 of a-z, 0-9, '.', '-', '_'", req.job_type),
+        ));
+    }
+    let delay_ms = req.delay.as_deref().map(|d| ms("delay", d)).transpose()?;
+    let command = Command::Queue(QueueCommand::Enqueue {
+        tenant,
+        job_type: req.job_type,
+        payload: req.payload,
+        priority: req.priority.unwrap_or(100),
+        max_attempts: req.max_attempts,
+        delay_ms,
+        idempotency_key: req.idempotency_key,
+    });
+    let c = submit(&state, p, command).await?;
+    let (status, id) = match (&c.note, c.entries.first()) {
+        (Some(note), _) => (StatusCode::OK, note["existing"].as_str().unwrap_or_default().to_owned()),
+        (None, Some(e)) => (StatusCode::CREATED, e.subjects[0].clone()),
+        (None, None) => return Err(Problem::internal("enqueue committed nothing")),
+    };
+    Ok((status, Json(job_dto(&state, p, &id)?)))
+}
+
+pub async fn show_job(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<dto::Job>> {
+    let p = auth.require(Scope::Read)?;
+    Ok(Json(job_dto(&state, p, &id)?))
+}
+
+/// Leases ready work, waiting up to `wait` (bounded by `queue.long_poll_max`) for some.
+pub async fn lease(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::LeaseRequest>,
+) -> ApiResult<Json<dto::LeaseResponse>> {
+    let p = auth.require(Scope::Operate)?;
+    if req.types.is_empty() || req.types.iter().any(|t| !valid_type(t)) {
+        return Err(Problem::invalid("types", "name at least one job type (1-64 of a-z, 0-9, '.', '-', '_')"));
+    }
+    if req.worker.is_empty() || req.worker.len() > 128 {
+        return Err(Problem::invalid("worker", "worker id must be 1-128 characters"));
+    }
+    let max = req.max.unwrap_or(1).clamp(1, LEASE_MAX);
+    let ttl_ms = req.ttl.as_deref().map(|t| ms("ttl", t)).transpose()?;
+    let wait = Duration::from_millis(
+        req.wait.as_deref().map(|w| ms("wait", w)).transpose()?.unwrap_or(0).min(state.config.queue.long_poll_max_ms),
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut events = state.writer.subscribe();
+    loop {
+        let command = Command::Queue(QueueCommand::Lease {
+            tenant: p.tenant.clone(),
+            worker: req.worker.clone(),
+            worker_tenant: p.tenant.clone().unwrap_or_default(),
+            types: req.types.clone(),
+            max,
+            ttl_ms,
+            env: req.env.clone(),
+        });
+        let c = submit(&state, p, command).await?;
+        if !c.entries.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(leased(&state, &c)?));
+        }
+        // Wait for a committed event that may have made work available, or the deadline.
+        let woke = tokio::time::timeout_at(deadline, async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if WAKE_KINDS.contains(&e.kind.as_str()) => return,
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+        .await;
+        if woke.is_err() {
+            return Ok(Json(dto::LeaseResponse { leases: vec![] }));
+        }
+    }
+}
+
+fn leased(state: &AppState, c: &Committed) -> ApiResult<dto::LeaseResponse> {
+    let txn = state.store.read()?;
+    let mut leases = Vec::new();
+    for entry in &c.entries {
+        for g in entry.data["leases"].as_array().into_iter().flatten() {
+            let id = g["jobId"].as_str().unwrap_or_default();
+            let job =
+                read::job(&txn, id)?.ok_or_else(|| Problem::internal(format!("leased job {id} is not readable")))?;
+            leases.push(dto::Leased {
+                job_id: job.id.clone(),
+                token: g["token"].as_u64().unwrap_or(0),
+                expires_at: rfc3339(g["expiresMs"].as_i64().unwrap_or(0)),
+                attempt: g["attempt"].as_u64().unwrap_or(0) as u32,
+                job_type: job.job_type.clone(),
+                tenant: job.tenant.clone(),
+                payload: job.payload.clone(),
+            });
+        }
+    }
+    Ok(dto::LeaseResponse { leases })
+}
+
+pub async fn lease_action(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path((job, action)): Path<(String, String)>,
+    JsonBody(req): JsonBody<dto::LeaseAction>,
+) -> ApiResult<Json<dto::Job>> {
+    let p = auth.require(Scope::Operate)?;
+    let tenant = p.tenant.clone();
+    let command = match action.as_str() {
+        "heartbeat" => {
+            let ttl_ms = req.ttl.as_deref().map(|t| ms("ttl", t)).transpose()?;
+            QueueCommand::Heartbeat { tenant, job: job.clone(), token: req.token, ttl_ms }
+        }
+        "complete" => QueueCommand::Complete { tenant, job: job.clone(), token: req.token, result: req.result },
+        "fail" => QueueCommand::Fail {
+            tenant,
+            job: job.clone(),
+            token: req.token,
+            error: req.error.unwrap_or_else(|| "failed without a message".to_owned()),
+            retryable: req.retryable.unwrap_or(true),
+        },
+        other => return Err(Problem::not_found(format!("lease action {other:?} (heartbeat, complete, fail)"))),
+    };
+    submit(&state, p, Command::Queue(command)).await?;
+    Ok(Json(job_dto(&state, p, &job)?))
+}
+
+fn rate_text(milli: u64) -> String {
+    if milli.is_multiple_of(1000) { format!("{}/s", milli / 1000) } else { format!("{:.3}/s", milli as f64 / 1000.0) }
+}
+
+pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::QueueStatus>> {
+    auth.require(Scope::Read)?;
+    let txn = state.store.read()?;
+    let now = state.clock.now_ms();
+    let mut out = dto::QueueStatus { types: vec![], depth: 0, leased: 0, dlq_depth: 0 };
+    for (t, q) in read::queues(&txn)? {
+        out.depth += q.ready + q.delayed;
+        out.leased += q.leased;
+        out.dlq_depth += q.dead;
+        let oldest = read::oldest_ready_ms(&txn, &t, OLDEST_SCAN)?;
+        out.types.push(dto::QueueTypeStatus {
+            job_type: t,
+            ready: q.ready,
+            delayed: q.delayed,
+            leased: q.leased,
+            dead: q.dead,
+            succeeded: q.succeeded,
+            oldest_ready_age_seconds: oldest.map(|o| ((now - o).max(0) / 1000) as u64),
+            paused: q.paused,
+            paused_by: q.paused_by,
+            budgets: q
+                .budgets
+                .iter()
+                .map(|(tenant, b)| dto::BudgetDto {
+                    tenant: tenant.clone(),
+                    rate: b.rate_milli_per_s.map(rate_text),
+                    burst: b.burst,
+                    max_depth: b.max_depth,
+                    until: b.until_ms.map(rfc3339),
+                    set_by: b.set_by.clone(),
+                })
+                .collect(),
+        });
+    }
+    Ok(Json(out))
+}
+
+pub async fn pause_resume(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path((job_type, action)): Path<(String, String)>,
+) -> ApiResult<Json<dto::QueueStatus>> {
+    let p = auth.require(Scope::Admin)?;
+    if !valid_type(&job_type) {
+        return Err(Problem::invalid("type", format!("job type {job_type:?} is not valid")));
+    }
+    let command = match action.as_str() {
+        "pause" => QueueCommand::Pause { job_type },
+        "resume" => QueueCommand::Resume { job_type },
+        other => return Err(Problem::not_found(format!("queue action {other:?} (pause, resume)"))),
+    };
+    submit(&state, p, Command::Queue(command)).await?;
+    status(State(state), auth).await
+}
+
+/// `50/s`, `600/m`, `10/h` → thousandths of a lease per second.
+fn parse_rate(text: &str) -> Result<u64, Problem> {
+    let bad = || Problem::invalid("rate", format!("rate {text:?}: expected a whole number per s, m or h, e.g. 50/s"));
+    let (n, unit) = text.split_once('/').ok_or_else(bad)?;
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let per_s = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        _ => return Err(bad()),
+    };
+    if n == 0 || n > 1_000_000 {
+        return Err(bad());
+    }
+    Ok(n * 1000 / per_s)
+}
+
+pub async fn set_budget(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(job_type): Path<String>,
+    JsonBody(req): JsonBody<dto::BudgetSet>,
+) -> ApiResult<Json<dto::QueueStatus>> {
+    let p = auth.require(Scope::Admin)?;
+    if !valid_type(&job_type) {
+        return Err(Problem::invalid("type", format!("job type {job_type:?} is not valid")));
+    }
+    let tenant = req.tenant.clone().unwrap_or_else(|| "*".to_owned());
+    if tenant != "*" && !state.config.tenants.allowed.contains(&tenant) {
+        return Err(Problem::invalid("tenant", format!("tenant {tenant:?} is not in tenants.allowed")));
+    }
+    if req.rate.is_none() && req.max_depth.is_none() {
+        return Err(Problem::invalid("rate", "a budget needs a rate, a maxDepth or both"));
+    }
+    let budget = Budget {
+        rate_milli_per_s: req.rate.as_deref().map(parse_rate).transpose()?,
+        burst: req.burst,
+        max_depth: req.max_depth,
+        until_ms: None,
+        set_by: p.actor.clone(),
+    };
+    let for_ms = req.for_.as_deref().map(|f| ms("for", f)).transpose()?;
+    submit(&state, p, Command::Queue(QueueCommand::SetBudget { job_type, tenant, budget, for_ms })).await?;
+    status(State(state), auth).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuery {
+    tenant: Option<String>,
+}
+
+pub async fn clear_budget(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(job_type): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Json<dto::QueueStatus>> {
+    let p = auth.require(Scope::Admin)?;
+    let tenant = q.tenant.unwrap_or_else(|| "*".to_owned());
+    submit(&state, p, Command::Queue(QueueCommand::ClearBudget { job_type, tenant })).await?;
+    status(State(state), auth).await
+}
+
+pub async fn dlq_list(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::JobList>> {
+    let p = auth.require(Scope::Read)?;
+    let txn = state.store.read()?;
+    let jobs = read::dlq(&txn, p.tenant.as_deref(), LIST_MAX)?;
+    Ok(Json(dto::JobList { jobs: jobs.iter().map(dto::Job::from_record).collect() }))
+}
+
+pub async fn dlq_show(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<dto::Job>> {
+    let p = auth.require(Scope::Read)?;
+    let job = job_dto(&state, p, &id)?;
+    if job.state != "dead" {
+        return Err(Problem::not_found(format!("dead-letter entry {id}")));
+    }
+    Ok(Json(job))
+}
+
+pub async fn dlq_replay(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::DlqReplay>,
+) -> ApiResult<Json<dto::JobList>> {
+    let p = auth.require(Scope::Operate)?;
+    let selector = match (req.ids, req.job_type, req.all.unwrap_or(false)) {
+        (Some(ids), None, false) if !ids.is_empty() => ReplaySelector::Ids(ids),
+        (None, Some(t), false) => ReplaySelector::Type(t),
+        (None, None, true) => ReplaySelector::All,
+        _ => return Err(Problem::invalid("ids", "name exactly one of ids, type or all")),
+    };
+    let c = submit(&state, p, Command::Queue(QueueCommand::DlqReplay { tenant: p.tenant.clone(), selector })).await?;
+    let new: Vec<dto::Job> = c
+        .entries
+        .iter()
+        .filter_map(|e| e.subjects.get(1))
+        .map(|id| job_dto(&state, p, id))
+        .collect::<Result<_, _>>()?;
+    Ok(Json(dto::JobList { jobs: new }))
+}
+
+pub async fn dlq_purge(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::DlqPurge>,
+) -> ApiResult<Json<dto::Released>> {
+    let p = auth.require(Scope::Admin)?;
+    let command =
+        QueueCommand::DlqPurge { tenant: p.tenant.clone(), ids: req.ids.clone(), snapshot_sha256: req.snapshot_sha256 };
+    submit(&state, p, Command::Queue(command)).await?;
+    Ok(Json(dto::Released { released: req.ids }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvQuery {
+    pub env: Option<String>,
+}
+
+pub async fn workers(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Query(q): Query<EnvQuery>,
+) -> ApiResult<Json<dto::WorkerList>> {
+    let p = auth.require(Scope::Read)?;
+    let txn = state.store.read()?;
+    let now = state.clock.now_ms();
+    let leases = read::leases_by_worker(&txn, LEASE_SCAN)?;
+    let workers = read::workers(&txn, LIST_MAX)?
+        .into_iter()
+        .filter(|w| p.tenant.as_ref().is_none_or(|t| *t == w.tenant))
+        .filter(|w| q.env.as_ref().is_none_or(|e| w.env.as_ref() == Some(e)))
+        .map(|w| dto::Worker {
+            leases: leases.get(&w.id).copied().unwrap_or(0),
+            first_seen: rfc3339(w.first_seen_ms),
+            last_seen: rfc3339(w.last_seen_ms),
+            last_seen_seconds_ago: ((now - w.last_seen_ms).max(0) / 1000) as u64,
+            id: w.id,
+            tenant: w.tenant,
+            types: w.types,
+            env: w.env,
+        })
+        .collect();
+    Ok(Json(dto::WorkerList { workers }))
+}

@@ -1,0 +1,293 @@
+//! The queue, locks and runtime config through the CLI and API of a running daemon, as the
+//! runbooks use them: lock contention and forced release, config changes, dispatch order,
+//! pause, backpressure, the dead-letter queue, long-poll leases, lease expiry by the daemon's
+//! own timer, and kill -9 under load.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use stella::client::Client;
+
+const P: &str = "/api/v1/orchestrator";
+
+async fn post(c: &Client, path: &str, body: Value) -> Value {
+    let reply = c.post(&format!("{P}{path}"), &body).await.unwrap();
+    assert!(reply.status.is_success(), "POST {path}: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
+    reply.json().unwrap()
+}
+
+async fn get(c: &Client, path: &str) -> Value {
+    c.get(&format!("{P}{path}")).await.unwrap().ok().unwrap().json().unwrap()
+}
+
+async fn ledger(c: &Client) -> Vec<Value> {
+    get(c, "/ledger?limit=1000").await["entries"].as_array().unwrap().clone()
+}
+
+fn json_out(app: &TestAppliance, args: &[&str]) -> Value {
+    let mut full = vec!["--format", "json"];
+    full.extend_from_slice(args);
+    let out = app.stella(&full);
+    assert!(out.status.success(), "stella {args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runbook_lock_and_config_commands_work_end_to_end_and_name_the_actor() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let uid = unsafe { libc::geteuid() };
+    let held = post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-7", "ttl": "10m" })).await;
+    assert_eq!((held["lockId"].as_str(), held["granted"].as_bool()), (Some("lock-1"), Some(true)));
+    post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-8" })).await;
+    post(&c, "/locks", json!({ "resource": "env:staging", "owner": "deploy-9" })).await;
+
+    let listed = app.stella(&["orch", "locks", "list", "--env", "prod"]);
+    let text = stdout(&listed);
+    assert!(text.contains("lock-1") && text.contains("deploy-7") && text.contains("deploy-8"), "{text}");
+    assert!(!text.contains("env:staging"), "--env filters: {text}");
+    assert_eq!(json_out(&app, &["orch", "locks", "list"])["locks"].as_array().unwrap().len(), 2);
+
+    let forced =
+        app.stella(&["orch", "locks", "release", "lock-1", "--force", "--reason", "stale after controller crash"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let after = json_out(&app, &["orch", "locks", "list", "--env", "prod"]);
+    assert_eq!(after["locks"][0]["holder"], "deploy-8", "the next waiter holds it now");
+    let old = held["token"].as_u64().unwrap().to_string();
+    let refused = app.stella(&["orch", "locks", "release", "lock-1", "--owner", "deploy-7", "--lock-token", &old]);
+    assert_eq!(refused.status.code(), Some(7), "the old holder is refused: {}", stderr(&refused));
+
+    let env_release = app.stella(&["orch", "locks", "release", "--env", "prod", "--force"]);
+    assert!(env_release.status.success(), "{}", stderr(&env_release));
+    assert!(json_out(&app, &["orch", "locks", "list", "--env", "prod"])["locks"].as_array().unwrap().is_empty());
+
+    for (key, value) in [
+        ("locks.timeout", "60s"),
+        ("locks.mode", "optimistic"),
+        ("gates.security-scan.timeout", "5m"),
+        ("gates.security-scan.retries", "3"),
+    ] {
+        let out = app.stella(&["orch", "config", "set", key, value]);
+        assert!(out.status.success(), "config set {key}: {}", stderr(&out));
+        assert_eq!(json_out(&app, &["orch", "config", "get", key])["value"], value);
+    }
+    let bad = app.stella(&["orch", "config", "set", "locks.colour", "red"]);
+    assert_eq!(bad.status.code(), Some(9));
+    assert!(stderr(&bad).contains("allowed: locks.timeout, locks.mode"), "{}", stderr(&bad));
+
+    let fresh = post(&c, "/locks", json!({ "resource": "artifact:web", "owner": "promo-1" })).await;
+    let lock = get(&c, "/locks").await["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == fresh["lockId"])
+        .unwrap()
+        .clone();
+    let span = time::OffsetDateTime::parse(
+        lock["expiresAt"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+        - time::OffsetDateTime::parse(
+            lock["acquiredAt"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+    assert_eq!(span.whole_seconds(), 60, "locks.timeout 60s applies to new locks");
+
+    let entries = ledger(&c).await;
+    let actor = format!("local:uid={uid}");
+    let force = entries.iter().find(|e| e["kind"] == "lock.force_released").unwrap();
+    assert_eq!(
+        (force["actor"].as_str(), force["data"]["reason"].as_str()),
+        (Some(actor.as_str()), Some("stale after controller crash"))
+    );
+    let set = entries.iter().filter(|e| e["kind"] == "config.set").collect::<Vec<_>>();
+    assert_eq!(set.len(), 4);
+    assert!(set.iter().all(|e| e["actor"] == actor.as_str()));
+    assert!(app.stella(&["orch", "db", "verify"]).status.success());
+}
+
+async fn lease(c: &Client, worker: &str, max: u32, extra: Value) -> Vec<Value> {
+    let mut body = json!({ "worker": worker, "types": ["build"], "max": max });
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    post(c, "/leases", body).await["leases"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_order_pause_backpressure_and_the_dead_letter_queue() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    for (n, priority) in [(1, 100), (2, 500), (3, 100)] {
+        post(&c, "/jobs", json!({ "type": "build", "payload": { "n": n }, "priority": priority, "maxAttempts": 1 }))
+            .await;
+    }
+    let got = lease(&c, "w1", 3, json!({ "env": "prod" })).await;
+    let order: Vec<i64> = got.iter().map(|l| l["payload"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(order, vec![2, 1, 3], "highest priority first, then oldest first");
+    let agents = json_out(&app, &["orch", "agent", "status", "--env", "prod"]);
+    assert_eq!((agents["workers"][0]["id"].as_str(), agents["workers"][0]["leases"].as_u64()), (Some("w1"), Some(3)));
+
+    let (a, b) = (&got[0], &got[1]);
+    post(
+        &c,
+        &format!("/leases/{}/complete", a["jobId"].as_str().unwrap()),
+        json!({ "token": a["token"], "result": { "ok": true } }),
+    )
+    .await;
+    let stale = c
+        .post(&format!("{P}/leases/{}/complete", a["jobId"].as_str().unwrap()), &json!({ "token": a["token"] }))
+        .await
+        .unwrap();
+    assert_eq!(stale.status, 409);
+    post(
+        &c,
+        &format!("/leases/{}/fail", b["jobId"].as_str().unwrap()),
+        json!({ "token": b["token"], "error": "exit 3" }),
+    )
+    .await;
+    let dlq = json_out(&app, &["orch", "dlq", "list"]);
+    assert_eq!(dlq["jobs"][0]["id"], b["jobId"]);
+    assert_eq!(dlq["jobs"][0]["lastError"], "exit 3");
+    let replayed = json_out(&app, &["orch", "dlq", "replay", b["jobId"].as_str().unwrap()]);
+    assert_eq!(replayed["jobs"][0]["replayOf"], b["jobId"]);
+
+    let c3 = &got[2];
+    post(
+        &c,
+        &format!("/leases/{}/fail", c3["jobId"].as_str().unwrap()),
+        json!({ "token": c3["token"], "error": "bad", "retryable": false }),
+    )
+    .await;
+    let snapshot = app.root().join("purged.ndjson");
+    let no_snapshot = app.stella(&["orch", "dlq", "purge", "--all"]);
+    assert_eq!(no_snapshot.status.code(), Some(9), "purge refuses without a snapshot");
+    let purged = app.stella(&["orch", "dlq", "purge", "--all", "--snapshot", snapshot.to_str().unwrap()]);
+    assert!(purged.status.success(), "{}", stderr(&purged));
+    let written = std::fs::read(&snapshot).unwrap();
+    assert_eq!(String::from_utf8_lossy(&written).lines().count(), 1);
+    let entry = ledger(&c).await.into_iter().find(|e| e["kind"] == "dlq.purged").unwrap();
+    assert_eq!(entry["data"]["snapshotSha256"], hex::encode(Sha256::digest(&written)));
+    assert!(json_out(&app, &["orch", "dlq", "list"])["jobs"].as_array().unwrap().is_empty());
+
+    assert!(app.stella(&["orch", "queue", "pause", "build"]).status.success());
+    assert!(lease(&c, "w2", 1, json!({})).await.is_empty(), "a paused type dispatches nothing");
+    let status = json_out(&app, &["orch", "queue", "status"]);
+    assert_eq!((status["types"][0]["paused"].as_bool(), status["depth"].as_u64()), (Some(true), Some(1)));
+    assert!(app.stella(&["orch", "queue", "resume", "build"]).status.success());
+    assert_eq!(lease(&c, "w2", 1, json!({})).await.len(), 1);
+
+    assert!(app.stella(&["orch", "queue", "budget", "set", "build", "--max-depth", "1"]).status.success());
+    post(&c, "/jobs", json!({ "type": "build" })).await;
+    let over = c.post(&format!("{P}/jobs"), &json!({ "type": "build" })).await.unwrap();
+    assert_eq!(over.status, 429);
+    assert_eq!(over.headers["retry-after"], "1");
+
+    let first = post(&c, "/jobs", json!({ "type": "deploy", "payload": { "v": 1 }, "idempotencyKey": "rel-42" })).await;
+    let again = c
+        .post(&format!("{P}/jobs"), &json!({ "type": "deploy", "payload": { "v": 1 }, "idempotencyKey": "rel-42" }))
+        .await
+        .unwrap();
+    assert_eq!((again.status.as_u16(), again.json().unwrap()["id"].clone()), (200, first["id"].clone()));
+    let clash = c
+        .post(&format!("{P}/jobs"), &json!({ "type": "deploy", "payload": { "v": 2 }, "idempotencyKey": "rel-42" }))
+        .await
+        .unwrap();
+    assert_eq!(clash.status, 409);
+    assert!(app.stella(&["orch", "db", "verify"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_lease_wakes_on_enqueue_and_an_expired_lease_is_requeued_by_the_daemon() {
+    let app = TestAppliance::start_with(|c| c.queue.backoff_base_ms = 20);
+    let c = app.socket_client();
+    let waiting = {
+        let c = app.socket_client();
+        tokio::spawn(async move { lease(&c, "poller", 1, json!({ "wait": "20s", "ttl": "300ms" })).await })
+    };
+    // Wait for the poller to be registered (its first, empty lease commits a sighting).
+    let mut events = 0;
+    while get(&c, "/workers").await["workers"].as_array().unwrap().is_empty() {
+        events += 1;
+        assert!(events < 10_000, "the poller never registered");
+        tokio::task::yield_now().await;
+    }
+    post(&c, "/jobs", json!({ "type": "build", "payload": { "x": 1 } })).await;
+    let got = waiting.await.unwrap();
+    assert_eq!(got.len(), 1, "the long-poll lease woke on the enqueue");
+    let token = got[0]["token"].as_u64().unwrap();
+
+    // The poller never heartbeats: the daemon's timer expires the lease and requeues the job.
+    let again = lease(&c, "rescuer", 1, json!({ "wait": "20s" })).await;
+    assert_eq!(again.len(), 1, "the job came back after the lease expired");
+    assert_eq!(again[0]["jobId"], got[0]["jobId"]);
+    assert!(again[0]["token"].as_u64().unwrap() > token);
+    let stall = ledger(&c).await.into_iter().find(|e| e["kind"] == "lease.expired").unwrap();
+    assert_eq!((stall["data"]["worker"].as_str(), stall["actor"].as_str()), (Some("poller"), Some("appliance")));
+}
+
+/// kill -9 under enqueue, lease and complete load, three times: every acknowledged enqueue
+/// exists after each restart, in exactly one state, and the ledger verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_queue_load_loses_no_acknowledged_job() {
+    let mut app = TestAppliance::start();
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    for round in 0..3 {
+        let (enough_tx, mut enough_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let mut tasks = Vec::new();
+        for p in 0..6 {
+            let (c, acked, enough) = (app.socket_client(), acked.clone(), enough_tx.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let body = json!({ "type": "build", "payload": { "p": p, "i": i, "round": round } });
+                    let Ok(reply) = c.post(&format!("{P}/jobs"), &body).await else { return };
+                    if reply.status != 201 {
+                        return;
+                    }
+                    let n = {
+                        let mut a = acked.lock().unwrap();
+                        a.insert(reply.json().unwrap()["id"].as_str().unwrap().to_owned());
+                        a.len()
+                    };
+                    if n >= 150 * (round + 1) {
+                        let _ = enough.try_send(());
+                    }
+                    let Ok(reply) =
+                        c.post(&format!("{P}/leases"), &json!({ "worker": format!("w{p}"), "types": ["build"] })).await
+                    else {
+                        return;
+                    };
+                    let Ok(v) = reply.json() else { return };
+                    for l in v["leases"].as_array().into_iter().flatten() {
+                        let path = format!("{P}/leases/{}/complete", l["jobId"].as_str().unwrap());
+                        if c.post(&path, &json!({ "token": l["token"] })).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        drop(enough_tx);
+        enough_rx.recv().await.expect("load ran");
+        app.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        app.launch();
+        let c = app.socket_client();
+        let acked_now = acked.lock().unwrap().clone();
+        for id in &acked_now {
+            let job = get(&c, &format!("/jobs/{id}")).await;
+            assert!(["ready", "leased", "succeeded", "delayed"].contains(&job["state"].as_str().unwrap()), "{job}");
+        }
+        let status = get(&c, "/queue").await;
+        let t = &status["types"][0];
+        let total: u64 =
+            ["ready", "delayed", "leased", "succeeded", "dead"].iter().map(|k| t[k].as_u64().unwrap()).sum();
+        assert!(total >= acked_now.len() as u64, "every acknowledged job is counted in exactly one state");
+        let verify = app.stella(&["orch", "db", "verify"]);
+        assert!(verify.status.success(), "round {round}: {}", stderr(&verify));
+    }
+}
