@@ -18,4 +18,5 @@ pub mod queue;
 pub mod runtime_config;
 pub mod serve;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

@@ -54,10 +54,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/runs/{run}/status", get(pending::runs))
         .route("/runs/{run}/actions/{action}", post(pending::runs))
         .route("/approvals", get(pending::approvals))
-        .route("/metrics", get(pending::metrics));
+        .route("/metrics", get(admin::metrics));
     Router::new()
         .nest(PREFIX, api)
-        .route("/metrics", get(pending::metrics))
+        .route("/metrics", get(admin::metrics))
         .fallback(handlers::route_not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.config.server.body_limit_bytes))

@@ -141,6 +141,14 @@ fn set_counter_max(txn: &WriteTransaction, name: &str, value: u64) -> Result<(),
     Ok(())
 }
 
+/// Adds one to a metric counter kept in the counters projection (so it survives restarts and
+/// `db verify` replays it).
+fn increment(txn: &WriteTransaction, name: &str) -> Result<(), ApplyError> {
+    let mut table = txn.open_table(COUNTERS).map_err(r)?;
+    let n = rw::counter(&table, name).map_err(ApplyError::Storage)?;
+    rw::set_counter(&mut table, name, n + 1).map_err(ApplyError::Storage)
+}
+
 fn timer(txn: &WriteTransaction, due_ms: i64, key: &str, insert: bool) -> Result<(), ApplyError> {
     let mut due = txn.open_table(DUE).map_err(r)?;
     let k = (due_ms.max(0) as u64, key);
@@ -233,6 +241,12 @@ fn finish_attempt(txn: &WriteTransaction, entry: &Entry, f: &Finished) -> Result
     }
     if entry.kind != "job.succeeded" {
         job.last_error = Some(f.error.clone().unwrap_or_else(|| "lease expired".to_owned()));
+    }
+    if entry.kind == "lease.expired" {
+        increment(txn, "lease_expirations")?;
+    }
+    if f.next.as_deref() == Some("retry") {
+        increment(txn, "retries")?;
     }
     count(txn, &job.job_type, from, Some(job.state))?;
     save(txn, &job)

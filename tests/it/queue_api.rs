@@ -176,6 +176,9 @@ async fn dispatch_order_pause_backpressure_and_the_dead_letter_queue() {
     assert!(lease(&c, "w2", 1, json!({})).await.is_empty(), "a paused type dispatches nothing");
     let status = json_out(&app, &["orch", "queue", "status"]);
     assert_eq!((status["types"][0]["paused"].as_bool(), status["depth"].as_u64()), (Some(true), Some(1)));
+    let metrics = String::from_utf8(c.get("/metrics").await.unwrap().ok().unwrap().body.to_vec()).unwrap();
+    assert!(metrics.contains("orchestrator_queue_depth{type=\"build\"} 1"), "{metrics}");
+    assert!(metrics.contains("orchestrator_dlq_depth 0"), "{metrics}");
     assert!(app.stella(&["orch", "queue", "resume", "build"]).status.success());
     assert_eq!(lease(&c, "w2", 1, json!({})).await.len(), 1);
 
@@ -226,6 +229,10 @@ async fn a_waiting_lease_wakes_on_enqueue_and_an_expired_lease_is_requeued_by_th
     assert!(again[0]["token"].as_u64().unwrap() > token);
     let stall = ledger(&c).await.into_iter().find(|e| e["kind"] == "lease.expired").unwrap();
     assert_eq!((stall["data"]["worker"].as_str(), stall["actor"].as_str()), (Some("poller"), Some("appliance")));
+    let metrics = String::from_utf8(c.get("/metrics").await.unwrap().ok().unwrap().body.to_vec()).unwrap();
+    assert!(metrics.contains("orchestrator_lease_expirations_total 1"), "{metrics}");
+    assert!(metrics.contains("orchestrator_step_retries_total 1"), "{metrics}");
+    assert!(metrics.contains("orchestrator_queue_leased{type=\"build\"} 1"), "{metrics}");
 }
 
 /// kill -9 under enqueue, lease and complete load, three times: every acknowledged enqueue

@@ -100,3 +100,12 @@ pub async fn ledger(
     let entries = page.into_iter().filter(|e| principal.sees(&e.tenant)).collect();
     Ok(Json(dto::LedgerPage { entries, next_after }))
 }
+
+/// Prometheus text exposition (scope `orchestrator:read`).
+pub async fn metrics(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    auth.require(Scope::Read)?;
+    let body = crate::telemetry::metrics::render(&state.store, &state.writer)?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
+}

@@ -18,10 +18,3 @@ pub async fn approvals(auth: Auth) -> Problem {
         Err(p) => p,
     }
 }
-
-pub async fn metrics(auth: Auth) -> Problem {
-    match auth.require(Scope::Read) {
-        Ok(_) => Problem::not_implemented("Prometheus metrics (issue: telemetry and the audit pack)"),
-        Err(p) => p,
-    }
-}
