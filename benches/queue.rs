@@ -1,0 +1,406 @@
+//! The durable queue (DESIGN.md §6): enqueue throughput and acknowledgement latency at 1, 8, 64
+//! and 256 producers (in-process and over the API's Unix socket), the full lifecycle
+//! (enqueue → lease → complete) of no-op jobs, and idle enqueue → lease latency — each against
+//! a SQLite WAL `synchronous=FULL` queue and a naive redb one-transaction-per-operation queue,
+//! in the same run on the same disk. Prints figures and ratios; asserts nothing.
+//!
+//! `cargo bench --bench queue` (STELLA_BENCH_SCALE=0.2 for a quick run).
+
+use redb::{Database, ReadableTable, TableDefinition};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use stella::clock;
+use stella::queue::QueueCommand;
+use stella::store::command::Actor;
+use stella::store::writer::{self, WriterOptions};
+use stella::store::{Command, Store, WriterHandle};
+
+struct Figure {
+    ops: usize,
+    elapsed: Duration,
+    lat: Vec<Duration>,
+}
+
+impl Figure {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    fn q(&mut self, q: f64) -> f64 {
+        if self.lat.is_empty() {
+            return f64::NAN;
+        }
+        self.lat.sort();
+        self.lat[((self.lat.len() as f64 * q) as usize).min(self.lat.len() - 1)].as_secs_f64() * 1e3
+    }
+}
+
+fn scale(n: usize) -> usize {
+    let s: f64 = std::env::var("STELLA_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    ((n as f64 * s) as usize).max(512)
+}
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn enqueue_cmd(i: usize) -> Command {
+    Command::Queue(QueueCommand::Enqueue {
+        tenant: "default".into(),
+        job_type: "noop".into(),
+        payload: serde_json::json!({ "i": i }),
+        priority: 100,
+        max_attempts: Some(3),
+        delay_ms: None,
+        idempotency_key: None,
+    })
+}
+
+fn lease_cmd(worker: usize, max: u32) -> Command {
+    Command::Queue(QueueCommand::Lease {
+        tenant: None,
+        worker: format!("w{worker}"),
+        worker_tenant: "default".into(),
+        types: vec!["noop".into()],
+        max,
+        ttl_ms: Some(60_000),
+        env: None,
+    })
+}
+
+fn actor() -> Actor {
+    Actor { name: "bench".into() }
+}
+
+struct Stella {
+    _dir: tempfile::TempDir,
+    handle: WriterHandle,
+    rt: tokio::runtime::Runtime,
+}
+
+fn stella() -> Stella {
+    let d = dir();
+    let store = Store::open(&d.path().join("q.redb")).unwrap();
+    let (handle, w) = writer::channel(store, clock::system(), WriterOptions::seeded(1)).unwrap();
+    w.spawn();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    Stella { _dir: d, handle, rt }
+}
+
+fn stella_enqueue(producers: usize, total: usize) -> Figure {
+    let s = stella();
+    let per = total / producers;
+    let started = Instant::now();
+    let lat = s.rt.block_on(async {
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let h = s.handle.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per);
+                    for i in 0..per {
+                        let t = Instant::now();
+                        h.submit(actor(), enqueue_cmd(p * per + i)).await.unwrap();
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    Figure { ops: per * producers, elapsed: started.elapsed(), lat }
+}
+
+/// Enqueue over the API: a daemon on a temp dir, one request per connection on its socket.
+fn api_enqueue(producers: usize, total: usize) -> Figure {
+    let d = dir();
+    let notify = d.path().join("n.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stella"))
+        .arg("--state-dir")
+        .arg(d.path())
+        .args(["serve", "--dev", "--listen", ""])
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = sock.recv(&mut buf).unwrap();
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
+    let client = stella::client::Client::unix(d.path().join("run/stella/orchestrator.sock"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let per = total / producers;
+    let started = Instant::now();
+    let lat = rt.block_on(async {
+        let tasks: Vec<_> = (0..producers)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per);
+                    for i in 0..per {
+                        let t = Instant::now();
+                        let r = c
+                            .post(
+                                "/api/v1/orchestrator/jobs",
+                                &serde_json::json!({ "type": "noop", "payload": { "i": i } }),
+                            )
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status, 201);
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    let elapsed = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    Figure { ops: per * producers, elapsed, lat }
+}
+
+/// 64 producers enqueue while 8 workers lease up to 64 at a time and complete each job.
+fn stella_lifecycle(total: usize) -> Figure {
+    let s = stella();
+    let started = Instant::now();
+    s.rt.block_on(async {
+        let producers: Vec<_> = (0..64)
+            .map(|p| {
+                let h = s.handle.clone();
+                tokio::spawn(async move {
+                    for i in 0..total / 64 {
+                        h.submit(actor(), enqueue_cmd(p * total + i)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let target = (total / 64) * 64;
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let (h, done) = (s.handle.clone(), done.clone());
+                tokio::spawn(async move {
+                    while done.load(std::sync::atomic::Ordering::Relaxed) < target {
+                        let c = h.submit(actor(), lease_cmd(w, 64)).await.unwrap();
+                        let grants: Vec<(String, u64)> = c
+                            .entries
+                            .iter()
+                            .flat_map(|e| e.data["leases"].as_array().cloned().unwrap_or_default())
+                            .map(|g| (g["jobId"].as_str().unwrap().to_owned(), g["token"].as_u64().unwrap()))
+                            .collect();
+                        if grants.is_empty() {
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        let completions: Vec<_> = grants
+                            .into_iter()
+                            .map(|(job, token)| {
+                                let h = h.clone();
+                                tokio::spawn(async move {
+                                    h.submit(
+                                        actor(),
+                                        Command::Queue(QueueCommand::Complete {
+                                            tenant: None,
+                                            job,
+                                            token,
+                                            result: None,
+                                        }),
+                                    )
+                                    .await
+                                    .unwrap();
+                                })
+                            })
+                            .collect();
+                        for c in completions {
+                            c.await.unwrap();
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.await.unwrap();
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+    });
+    Figure { ops: (total / 64) * 64, elapsed: started.elapsed(), lat: vec![] }
+}
+
+/// Idle: one job at a time; a worker woken by the committed event leases it.
+fn stella_idle_latency(n: usize) -> Figure {
+    let s = stella();
+    let started = Instant::now();
+    let lat = s.rt.block_on(async {
+        let mut events = s.handle.subscribe();
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n {
+            let t = Instant::now();
+            let h = s.handle.clone();
+            let worker = tokio::spawn(async move {
+                loop {
+                    let e = events.recv().await.unwrap();
+                    if e.kind == "job.enqueued" {
+                        let c = h.submit(actor(), lease_cmd(0, 1)).await.unwrap();
+                        assert_eq!(c.entries.len(), 1);
+                        return events;
+                    }
+                }
+            });
+            s.handle.submit(actor(), enqueue_cmd(i)).await.unwrap();
+            events = worker.await.unwrap();
+            lat.push(t.elapsed());
+        }
+        lat
+    });
+    Figure { ops: n, elapsed: started.elapsed(), lat }
+}
+
+// ---- baselines ----
+
+fn sqlite_open(path: &std::path::Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.pragma_update(None, "synchronous", "FULL").unwrap();
+    c.busy_timeout(Duration::from_secs(60)).unwrap();
+    c
+}
+
+fn sqlite_queue(producers: usize, total: usize, lifecycle: bool) -> Figure {
+    let d = dir();
+    let path = d.path().join("q.sqlite");
+    sqlite_open(&path)
+        .execute_batch(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, type TEXT, priority INT, state TEXT, payload TEXT, token INT);
+                        CREATE INDEX ready ON jobs (type, state, priority DESC, id);",
+        )
+        .unwrap();
+    let conns: Vec<Mutex<rusqlite::Connection>> = (0..producers).map(|_| Mutex::new(sqlite_open(&path))).collect();
+    threaded(producers, total, |p, i| {
+        let c = conns[p].lock().unwrap();
+        c.execute(
+            "INSERT INTO jobs (type, priority, state, payload, token) VALUES ('noop', 100, 'ready', ?1, 0)",
+            [format!("{{\"i\":{i}}}")],
+        )
+        .unwrap();
+        if lifecycle {
+            let id: Option<i64> = c
+                .query_row(
+                    "UPDATE jobs SET state = 'leased', token = token + 1 WHERE id = (SELECT id FROM jobs WHERE type = 'noop' AND state = 'ready' ORDER BY priority DESC, id LIMIT 1) RETURNING id",
+                    [],
+                    |r| r.get(0),
+                )
+                .ok();
+            if let Some(id) = id {
+                c.execute("UPDATE jobs SET state = 'done' WHERE id = ?1", [id]).unwrap();
+            }
+        }
+    })
+}
+
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+const READY: TableDefinition<u64, u64> = TableDefinition::new("ready");
+
+fn naive_redb(producers: usize, total: usize, lifecycle: bool) -> Figure {
+    let d = dir();
+    let db = Database::create(d.path().join("naive.redb")).unwrap();
+    let next = std::sync::atomic::AtomicU64::new(0);
+    threaded(producers, total, |_, i| {
+        let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let txn = db.begin_write().unwrap();
+        txn.open_table(JOBS).unwrap().insert(id, format!("{{\"i\":{i},\"state\":\"ready\"}}").as_bytes()).unwrap();
+        txn.open_table(READY).unwrap().insert(id, 100).unwrap();
+        txn.commit().unwrap();
+        if lifecycle {
+            let txn = db.begin_write().unwrap();
+            let leased = {
+                let mut ready = txn.open_table(READY).unwrap();
+                let first = ready.first().unwrap().map(|(k, _)| k.value());
+                if let Some(k) = first {
+                    ready.remove(k).unwrap();
+                }
+                first
+            };
+            txn.commit().unwrap();
+            if let Some(k) = leased {
+                let txn = db.begin_write().unwrap();
+                txn.open_table(JOBS).unwrap().insert(k, b"{\"state\":\"done\"}".as_slice()).unwrap();
+                txn.commit().unwrap();
+            }
+        }
+    })
+}
+
+fn threaded(producers: usize, total: usize, op: impl Fn(usize, usize) + Sync) -> Figure {
+    let per = (total / producers).max(1);
+    let started = Instant::now();
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..producers)
+            .map(|p| {
+                let op = &op;
+                s.spawn(move || {
+                    (0..per)
+                        .map(|i| {
+                            let t = Instant::now();
+                            op(p, i);
+                            t.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    Figure { ops: per * producers, elapsed: started.elapsed(), lat }
+}
+
+fn row(what: &str, producers: usize, f: &mut Figure, base: f64) {
+    let (p50, p99) = (f.q(0.5), f.q(0.99));
+    println!("{what:<34} {producers:>9} {:>10.0} {p50:>9.3} {p99:>9.3} {:>7.1}x", f.rate(), f.rate() / base);
+}
+
+fn main() {
+    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"queue".contains(a.as_str())) {
+        return;
+    }
+    println!(
+        "{:<34} {:>9} {:>10} {:>9} {:>9} {:>8}",
+        "durable queue", "producers", "jobs/s", "p50 ms", "p99 ms", "÷SQLite"
+    );
+    for producers in [1, 8, 64, 256] {
+        let mut sqlite = sqlite_queue(producers, scale(2_000), false);
+        let base = sqlite.rate();
+        row("enqueue: stella in-process", producers, &mut stella_enqueue(producers, scale(40_000)), base);
+        row("enqueue: stella API (unix socket)", producers, &mut api_enqueue(producers, scale(10_000)), base);
+        row("enqueue: naive redb txn/op", producers, &mut naive_redb(producers, scale(2_000), false), base);
+        row("enqueue: SQLite WAL FULL", producers, &mut sqlite, base);
+    }
+    let mut sqlite = sqlite_queue(8, scale(2_000), true);
+    let base = sqlite.rate();
+    row("lifecycle: stella (64 prod, 8 workers)", 64, &mut stella_lifecycle(scale(100_000)), base);
+    row("lifecycle: naive redb txn/op", 8, &mut naive_redb(8, scale(2_000), true), base);
+    row("lifecycle: SQLite WAL FULL", 8, &mut sqlite, base);
+    let mut idle = stella_idle_latency(scale(2_000).min(2_000));
+    println!(
+        "idle enqueue → lease (stella, event-woken worker): p50 {:.3} ms, p99 {:.3} ms",
+        idle.q(0.5),
+        idle.q(0.99)
+    );
+}
