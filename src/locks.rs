@@ -5,12 +5,13 @@
 //! released when that job's attempt ends.
 
 use crate::ledger::{Draft, Entry};
+use crate::queue::plan::runtime_value;
 use crate::queue::plan::{Fence, runtime_ms};
 use crate::queue::timer_key;
 use crate::store::command::{CommandError, Effects, PlanCtx, storage};
 use crate::store::projection::ApplyError;
 use crate::store::records::{LockHolder, LockRecord, LockWaiter};
-use crate::store::schema::{COUNTERS, DUE, LOCK_IDS, LOCKS, rw};
+use crate::store::schema::{COUNTERS, DUE, LOCK_IDS, LOCKS, RESOURCES, rw};
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -26,9 +27,34 @@ const LOCK_TTL_MAX_MS: u64 = 7 * 86_400_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LockCommand {
-    Acquire { tenant: String, resource: String, owner: String, ttl_ms: Option<u64> },
-    Release { tenant: Option<String>, lock_id: String, owner: String, token: u64 },
-    ForceRelease { tenant: Option<String>, target: ForceTarget, reason: Option<String> },
+    Acquire {
+        tenant: String,
+        resource: String,
+        owner: String,
+        ttl_ms: Option<u64>,
+    },
+    Release {
+        tenant: Option<String>,
+        lock_id: String,
+        owner: String,
+        token: u64,
+    },
+    ForceRelease {
+        tenant: Option<String>,
+        target: ForceTarget,
+        reason: Option<String>,
+    },
+    /// A lock-guarded update of a resource: bumps its version. In `pessimistic` mode the caller
+    /// must hold the resource's lock (owner and token); in `optimistic` mode it must name the
+    /// version it read (compare-and-set) and needs no lock.
+    Update {
+        tenant: String,
+        resource: String,
+        owner: String,
+        token: Option<u64>,
+        expected_version: Option<u64>,
+        note: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +145,36 @@ pub fn plan(cmd: &LockCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
             let data = json!({ "lockId": rec.id, "resource": rec.resource, "token": token, "next": next });
             Ok(vec![draft(&rec.tenant, "lock.released", &rec, data)].into())
         }
+        LockCommand::Update { tenant, resource, owner, token, expected_version, note } => {
+            let optimistic = runtime_value(txn, ctx, "locks.mode")?.as_deref() == Some("optimistic");
+            let current = resource_version(txn, resource)?;
+            if optimistic {
+                let Some(expected) = expected_version else {
+                    return Err(CommandError::Invalid(
+                        "locks.mode is optimistic: an update names expectedVersion".into(),
+                    ));
+                };
+                if *expected != current {
+                    return Err(CommandError::Conflict(format!(
+                        "resource {resource} is at version {current}, not {expected}: re-read and retry"
+                    )));
+                }
+            } else {
+                let held = by_resource(txn, resource)?
+                    .and_then(|l| l.holder.filter(|_| l.tenant == *tenant))
+                    .is_some_and(|h| h.owner == *owner && Some(h.token) == *token);
+                if !held {
+                    return Err(CommandError::Conflict(format!(
+                        "locks.mode is pessimistic: updating {resource} needs its lock held by {owner} with its current token"
+                    )));
+                }
+            }
+            let mode = if optimistic { "optimistic" } else { "pessimistic" };
+            let data =
+                json!({ "resource": resource, "version": current + 1, "owner": owner, "mode": mode, "note": note });
+            Ok(vec![Draft { tenant: tenant.clone(), kind: "resource.updated", subjects: vec![resource.clone()], data }]
+                .into())
+        }
         LockCommand::ForceRelease { tenant, target, reason } => {
             let locks = match target {
                 ForceTarget::Id(id) => vec![by_id(txn, tenant.as_deref(), id)?],
@@ -198,6 +254,12 @@ fn acquire(
             Ok(vec![draft(tenant, "lock.waiting", &rec, data)].into())
         }
     }
+}
+
+/// A resource's version: how many lock-guarded updates it has had.
+fn resource_version(txn: &WriteTransaction, resource: &str) -> Result<u64, CommandError> {
+    let table = txn.open_table(RESOURCES).map_err(storage)?;
+    rw::counter(&table, resource).map_err(storage)
 }
 
 /// Every lock (visible to `tenant`), at most `LOCK_SCAN_MAX`.
@@ -285,6 +347,12 @@ fn bump_counter(txn: &WriteTransaction, name: &str, value: u64) -> Result<(), Ap
 
 /// Applies a lock entry; `Ok(false)` if `entry.kind` is not a lock kind.
 pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
+    if entry.kind == "resource.updated" {
+        let resource = entry.data["resource"].as_str().ok_or_else(|| bad(entry, "no resource"))?;
+        let version = entry.data["version"].as_u64().ok_or_else(|| bad(entry, "no version"))?;
+        rw::set_counter(&mut txn.open_table(RESOURCES).map_err(r)?, resource, version).map_err(ApplyError::Storage)?;
+        return Ok(true);
+    }
     if !entry.kind.starts_with("lock.") {
         return Ok(false);
     }

@@ -496,3 +496,22 @@ pub struct Worker {
 pub struct WorkerList {
     pub workers: Vec<Worker>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    pub resource: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceUpdate {
+    pub owner: String,
+    /// The lock token (pessimistic mode).
+    pub token: Option<u64>,
+    /// The version read before the change (optimistic mode).
+    pub expected_version: Option<u64>,
+    pub note: Option<String>,
+    pub tenant: Option<String>,
+}

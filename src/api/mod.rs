@@ -45,6 +45,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/locks", get(locks::list).post(locks::acquire))
         .route("/locks/release", post(locks::release_env))
         .route("/locks/{id}/release", post(locks::release))
+        .route("/resources/{resource}", get(locks::resource))
+        .route("/resources/{resource}/update", post(locks::update_resource))
         .route("/config", get(config::config_show))
         .route("/config/{key}", get(config::config_get).put(config::config_set))
         // Routes the runbooks name whose capability is not built yet: authenticated, then 501.

@@ -37,6 +37,8 @@ pub const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
 pub const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 /// Projection index: lock id (`lock-1`) → resource key.
 pub const LOCK_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("lock_ids");
+/// Projection: resource versions bumped by lock-guarded updates (u64 big-endian).
+pub const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 /// Projection: runtime configuration set by operators.
 pub const RUNTIME_CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("runtime_config");
 /// Projection: monotonic counters (`fence`, `job_seq`, `lock_seq`), u64 big-endian.
@@ -53,7 +55,7 @@ pub const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers"
 
 /// Every projection table keyed by name, in the order `db verify` compares them.
 pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] =
-    &[APPLIANCE, TOKENS, JOBS, DLQ, QUEUES, LOCKS, LOCK_IDS, RUNTIME_CONFIG, COUNTERS, IDEMPOTENCY];
+    &[APPLIANCE, TOKENS, JOBS, DLQ, QUEUES, LOCKS, LOCK_IDS, RESOURCES, RUNTIME_CONFIG, COUNTERS, IDEMPOTENCY];
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -370,6 +372,10 @@ pub mod read {
             out.push((k.value().to_owned(), String::from_utf8_lossy(v.value()).into_owned()));
         }
         Ok(out)
+    }
+
+    pub fn resource_version(txn: &ReadTransaction, resource: &str) -> Result<u64, StoreError> {
+        rw::counter(&txn.open_table(RESOURCES).map_err(rerr)?, resource).map_err(rerr)
     }
 
     pub fn ledger_len(txn: &ReadTransaction) -> Result<u64, StoreError> {

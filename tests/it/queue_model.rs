@@ -435,3 +435,133 @@ fn a_worker_paused_past_its_lease_is_refused_and_the_job_runs_elsewhere() {
     drop(txn);
     sut.stop();
 }
+
+fn enqueue(sut: &Sut, tenant: &str) -> String {
+    let c = sut
+        .submit(Command::Queue(QueueCommand::Enqueue {
+            tenant: tenant.into(),
+            job_type: TYPE.into(),
+            payload: serde_json::json!({}),
+            priority: 100,
+            max_attempts: Some(2),
+            delay_ms: None,
+            idempotency_key: None,
+        }))
+        .unwrap();
+    c.entries[0].subjects[0].clone()
+}
+
+fn lease_n(sut: &Sut, max: u32) -> Vec<(String, u64)> {
+    let c = sut
+        .submit(Command::Queue(QueueCommand::Lease {
+            tenant: None,
+            worker: "w".into(),
+            worker_tenant: String::new(),
+            types: vec![TYPE.into()],
+            max,
+            ttl_ms: Some(60_000),
+            env: None,
+        }))
+        .unwrap();
+    c.entries
+        .iter()
+        .flat_map(|e| e.data["leases"].as_array().cloned().unwrap_or_default())
+        .map(|g| (g["jobId"].as_str().unwrap().to_owned(), g["token"].as_u64().unwrap()))
+        .collect()
+}
+
+/// A rate budget of 2/s with burst 2 lets two leases through at once, then one per 500 ms of
+/// virtual time; when its `--for` runs out the tick removes it and dispatch is unlimited again.
+#[test]
+fn a_rate_budget_paces_dispatch_and_lapses_when_its_time_is_up() {
+    let mut sut = QueueMachine::init_test(&());
+    for _ in 0..8 {
+        enqueue(&sut, "default");
+    }
+    let budget = stella::store::records::Budget {
+        rate_milli_per_s: Some(2_000),
+        burst: Some(2),
+        max_depth: None,
+        until_ms: None,
+        set_by: "t".into(),
+    };
+    sut.submit(Command::Queue(QueueCommand::SetBudget {
+        job_type: TYPE.into(),
+        tenant: "*".into(),
+        budget,
+        for_ms: Some(10_000),
+    }))
+    .unwrap();
+    assert_eq!(lease_n(&sut, 8).len(), 2, "the burst");
+    assert_eq!(lease_n(&sut, 8).len(), 0, "no time has passed");
+    sut.clock.advance_ms(500);
+    assert_eq!(lease_n(&sut, 8).len(), 1, "one token per 500 ms");
+    sut.clock.advance_ms(10_000);
+    sut.submit(Command::Tick).unwrap();
+    assert!(queue(&sut).budgets.is_empty(), "the budget lapsed");
+    assert_eq!(lease_n(&sut, 8).len(), 5, "unlimited again");
+    sut.stop();
+}
+
+/// A lock owned by a job (`job:<id>`) is released when the job's attempt ends, and its first
+/// waiter gets it with a new token.
+#[test]
+fn a_lock_owned_by_a_job_is_released_when_the_job_finishes() {
+    let mut sut = QueueMachine::init_test(&());
+    let job = enqueue(&sut, "default");
+    let (_, token) = lease_n(&sut, 1)[0].clone();
+    let acquire = |owner: &str| {
+        Command::Lock(LockCommand::Acquire {
+            tenant: "default".into(),
+            resource: "env:prod".into(),
+            owner: owner.into(),
+            ttl_ms: Some(60_000),
+        })
+    };
+    let held = sut.submit(acquire(&format!("job:{job}"))).unwrap();
+    let lock_token = held.entries[0].data["token"].as_u64().unwrap();
+    sut.submit(acquire("promotion-9")).unwrap();
+    let done = sut.submit(Command::Queue(QueueCommand::Complete { tenant: None, job, token, result: None })).unwrap();
+    let released = done.entries.iter().find(|e| e.kind == "lock.released").expect("the job's lock is released with it");
+    assert_eq!(released.data["next"]["owner"], "promotion-9");
+    assert!(released.data["next"]["token"].as_u64().unwrap() > lock_token);
+    sut.stop();
+}
+
+/// `locks.mode`: pessimistic updates need the lock's holder and token; after
+/// `config set locks.mode optimistic` they need the version read instead (compare-and-set),
+/// and a stale version is refused.
+#[test]
+fn lock_guarded_updates_follow_locks_mode() {
+    let mut sut = QueueMachine::init_test(&());
+    let update = |owner: &str, token: Option<u64>, expected_version: Option<u64>| {
+        Command::Lock(LockCommand::Update {
+            tenant: "default".into(),
+            resource: "env:prod".into(),
+            owner: owner.into(),
+            token,
+            expected_version,
+            note: None,
+        })
+    };
+    assert!(matches!(sut.submit(update("ci", None, None)), Err(CommandError::Conflict(_))), "no lock, no update");
+    let held = sut
+        .submit(Command::Lock(LockCommand::Acquire {
+            tenant: "default".into(),
+            resource: "env:prod".into(),
+            owner: "ci".into(),
+            ttl_ms: None,
+        }))
+        .unwrap();
+    let token = held.entries[0].data["token"].as_u64();
+    let v1 = sut.submit(update("ci", token, None)).unwrap();
+    assert_eq!(v1.entries[0].data["version"], 1);
+    assert!(sut.submit(update("intruder", Some(999), None)).is_err());
+
+    sut.submit(Command::SetConfig { key: "locks.mode".into(), value: "optimistic".into() }).unwrap();
+    let v2 = sut.submit(update("a", None, Some(1))).unwrap();
+    assert_eq!(v2.entries[0].data["version"], 2);
+    let stale = sut.submit(update("b", None, Some(1)));
+    assert!(matches!(&stale, Err(CommandError::Conflict(m)) if m.contains("is at version 2, not 1")), "{stale:?}");
+    sut.stop();
+}

@@ -110,3 +110,36 @@ pub async fn release_env(
         released: c.entries.iter().filter_map(|e| e.data["lockId"].as_str().map(str::to_owned)).collect(),
     }))
 }
+
+pub async fn resource(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(resource): Path<String>,
+) -> ApiResult<Json<dto::Resource>> {
+    auth.require(Scope::Read)?;
+    let version = read::resource_version(&state.store.read()?, &resource)?;
+    Ok(Json(dto::Resource { resource, version }))
+}
+
+/// A lock-guarded update: the holder's token in pessimistic mode, the read version in
+/// optimistic mode (`locks.mode`).
+pub async fn update_resource(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(resource): Path<String>,
+    JsonBody(req): JsonBody<dto::ResourceUpdate>,
+) -> ApiResult<Json<dto::Resource>> {
+    let p = auth.require(Scope::Operate)?;
+    let tenant = acting_tenant(&state, p, req.tenant.as_deref())?;
+    let command = LockCommand::Update {
+        tenant,
+        resource: resource.clone(),
+        owner: req.owner,
+        token: req.token,
+        expected_version: req.expected_version,
+        note: req.note,
+    };
+    let c = submit(&state, p, Command::Lock(command)).await?;
+    let version = c.entries.first().and_then(|e| e.data["version"].as_u64()).unwrap_or_default();
+    Ok(Json(dto::Resource { resource, version }))
+}
