@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod duration;
+pub mod engine;
 pub mod exit;
 pub mod ids;
 pub mod ledger;

@@ -292,6 +292,8 @@ pub struct LeaseAction {
     pub ttl: Option<String>,
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
+    /// For `fail`: a stable failure code such as `timeout` or `exit_status`.
+    pub error_code: Option<String>,
     /// For `fail`: whether another attempt may follow (default true).
     pub retryable: Option<bool>,
 }

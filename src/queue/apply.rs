@@ -25,6 +25,8 @@ pub struct EnqueuedJob {
     pub not_before_ms: i64,
     pub idempotency_key: Option<String>,
     pub replay_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
 }
 
 /// One lease of a `lease.granted` entry.
@@ -111,7 +113,7 @@ fn slot(q: &mut QueueRecord, state: JobState) -> Option<&mut u64> {
         JobState::Leased => Some(&mut q.leased),
         JobState::Dead => Some(&mut q.dead),
         JobState::Succeeded => Some(&mut q.succeeded),
-        JobState::Replayed => None,
+        JobState::Replayed | JobState::Cancelled => None,
     }
 }
 
@@ -193,6 +195,7 @@ fn insert_new(txn: &WriteTransaction, entry: &Entry, new: &EnqueuedJob) -> Resul
         replayed_as: None,
         result: None,
         finished_ms: None,
+        backoff_ms: new.backoff_ms,
     };
     make_waiting(txn, &mut job, entry.time)?;
     count(txn, &job.job_type, None, Some(job.state))?;
@@ -338,6 +341,26 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
             count(txn, &dead.job_type, Some(JobState::Dead), None)?;
             save(txn, &dead)?;
             insert_new(txn, entry, &new)?;
+        }
+        "job.cancelled" => {
+            let id = entry.data["jobId"].as_str().ok_or_else(|| bad(entry, "no jobId"))?.to_owned();
+            let mut job = load(txn, entry, &id)?;
+            let from = job.state;
+            match from {
+                JobState::Ready => {
+                    txn.open_table(READY)
+                        .map_err(r)?
+                        .remove((job.job_type.as_str(), ready_order(job.priority, job.seq)))
+                        .map_err(r)?;
+                }
+                JobState::Delayed => timer(txn, job.not_before_ms, &timer_key::ready(&job.id), false)?,
+                JobState::Leased => end_lease(txn, &mut job)?,
+                _ => return Err(bad(entry, format!("job {id} is already finished"))),
+            }
+            job.state = JobState::Cancelled;
+            job.finished_ms = Some(entry.time);
+            count(txn, &job.job_type, Some(from), None)?;
+            save(txn, &job)?;
         }
         "dlq.purged" => {
             for id in entry.subjects.iter() {

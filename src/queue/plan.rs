@@ -2,6 +2,7 @@
 //! carry every fact the projection needs. Time is the batch's `ctx.now`; jitter comes from the
 //! seeded `ctx.rng`; rate buckets live in `ctx.buckets`. Nothing here writes.
 
+use crate::engine::plan as engine;
 use crate::ledger::Draft;
 use crate::locks;
 use crate::queue::apply::{EnqueuedJob, Grant};
@@ -70,6 +71,8 @@ pub enum QueueCommand {
         job: String,
         token: u64,
         error: String,
+        /// A stable code for the failure (`timeout`, `exit_status`, …); default `failed`.
+        error_code: Option<String>,
         retryable: bool,
     },
     Pause {
@@ -126,8 +129,9 @@ pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Re
         QueueCommand::Complete { tenant, job, token, result } => {
             complete(txn, ctx, tenant.as_deref(), job, *token, result)
         }
-        QueueCommand::Fail { tenant, job, token, error, retryable } => {
-            fail(txn, ctx, tenant.as_deref(), job, *token, error, *retryable)
+        QueueCommand::Fail { tenant, job, token, error, error_code, retryable } => {
+            let code = error_code.as_deref().unwrap_or("failed");
+            fail(txn, ctx, tenant.as_deref(), (job, *token), (error, code), *retryable)
         }
         QueueCommand::Pause { job_type } | QueueCommand::Resume { job_type } => {
             let pause = matches!(cmd, QueueCommand::Pause { .. });
@@ -210,9 +214,15 @@ impl Fence {
     }
 }
 
-fn next_seq(txn: &WriteTransaction, name: &str, taken: u64) -> Result<u64, CommandError> {
-    let table = txn.open_table(COUNTERS).map_err(storage)?;
-    Ok(rw::counter(&table, name).map_err(storage)? + taken + 1)
+/// The next job sequence number, shared by everything one command enqueues (a tick may enqueue
+/// for several runs).
+pub fn take_job_seq(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<u64, CommandError> {
+    let next = match ctx.next_job_seq {
+        Some(n) => n,
+        None => rw::counter(&txn.open_table(COUNTERS).map_err(storage)?, "job_seq").map_err(storage)? + 1,
+    };
+    ctx.next_job_seq = Some(next + 1);
+    Ok(next)
 }
 
 fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
@@ -264,7 +274,7 @@ fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
     if max_attempts == 0 || max_attempts > 1_000 {
         return Err(CommandError::Invalid("maxAttempts must be from 1 to 1000".into()));
     }
-    let seq = next_seq(txn, "job_seq", 0)?;
+    let seq = take_job_seq(txn, ctx)?;
     let job = EnqueuedJob {
         id: job_id(seq),
         seq,
@@ -275,6 +285,7 @@ fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
         not_before_ms: ctx.now.saturating_add(delay_ms.unwrap_or(0) as i64),
         idempotency_key: idempotency_key.clone(),
         replay_of: None,
+        backoff_ms: None,
     };
     let data = serde_json::to_value(&job).expect("job serializes");
     Ok(vec![draft(tenant, "job.enqueued", vec![job.id.clone()], data)].into())
@@ -301,6 +312,7 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
     types.sort();
     types.dedup();
     let mut grants: Vec<(String, Grant)> = Vec::new();
+    let mut started: Vec<(JobRecord, u32)> = Vec::new();
     {
         let queues = txn.open_table(QUEUES).map_err(storage)?;
         let jobs = txn.open_table(JOBS).map_err(storage)?;
@@ -328,6 +340,7 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
                     expires_ms: ctx.now + ttl as i64,
                     attempt: job.attempt + 1,
                 };
+                started.push((job.clone(), grant.attempt));
                 grants.push((job.tenant.clone(), grant));
             }
         }
@@ -344,6 +357,9 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
         let subjects = chunk.iter().map(|(_, g)| g.job.clone()).collect();
         let leases: Vec<&Grant> = chunk.iter().map(|(_, g)| g).collect();
         drafts.push(draft(&chunk[0].0, "lease.granted", subjects, json!({ "worker": ask.worker, "leases": leases })));
+    }
+    for (job, attempt) in &started {
+        drafts.extend(engine::on_started(txn, job, ask.worker, *attempt)?);
     }
     Ok(Effects { drafts, live, note: None })
 }
@@ -448,6 +464,8 @@ fn complete(
         vec![job.id.clone()],
         json!({ "jobId": job.id, "token": token, "result": result }),
     )];
+    let outputs = result.as_ref().map(|r| r.get("outputs").cloned().unwrap_or_else(|| r.clone())).unwrap_or(json!({}));
+    drafts.extend(engine::on_outcome(txn, ctx, &job, engine::Outcome::Succeeded { outputs })?);
     let mut fence = Fence::read(txn)?;
     drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", job.id), &mut HashSet::new())?);
     Ok(drafts.into())
@@ -463,7 +481,10 @@ fn next_after_failure(
     if !retryable || job.attempt >= job.max_attempts {
         return Ok(json!({ "next": "dead" }));
     }
-    let base = runtime_ms(txn, ctx, "queue.backoff_base")? as f64;
+    let base = match job.backoff_ms {
+        Some(b) => b as f64,
+        None => runtime_ms(txn, ctx, "queue.backoff_base")? as f64,
+    };
     let cap = runtime_ms(txn, ctx, "queue.backoff_max")? as f64;
     let exp = base * 2f64.powi(job.attempt.saturating_sub(1).min(30) as i32);
     let jitter = 0.75 + 0.5 * ctx.rng.next_f64();
@@ -471,13 +492,22 @@ fn next_after_failure(
     Ok(json!({ "next": "retry", "notBeforeMs": ctx.now + delay.max(1) }))
 }
 
+/// What the engine hears of a failed attempt.
+fn step_outcome(data: &serde_json::Value, error: String, code: &str) -> engine::Outcome {
+    let code = code.to_owned();
+    if data["next"] == "retry" {
+        engine::Outcome::Retrying { error, code }
+    } else {
+        engine::Outcome::Failed { error, code }
+    }
+}
+
 fn fail(
     txn: &WriteTransaction,
     ctx: &mut PlanCtx,
     tenant: Option<&str>,
-    id: &str,
-    token: u64,
-    error: &str,
+    (id, token): (&str, u64),
+    (error, code): (&str, &str),
     retryable: bool,
 ) -> Result<Effects, CommandError> {
     let job = visible_job(txn, tenant, id)?;
@@ -487,7 +517,10 @@ fn fail(
     data["jobId"] = json!(job.id);
     data["token"] = json!(token);
     data["error"] = json!(error);
+    data["errorCode"] = json!(code);
+    let outcome = step_outcome(&data, error, code);
     let mut drafts = vec![draft(&job.tenant, "job.failed", vec![job.id.clone()], data)];
+    drafts.extend(engine::on_outcome(txn, ctx, &job, outcome)?);
     let mut fence = Fence::read(txn)?;
     drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", job.id), &mut HashSet::new())?);
     Ok(drafts.into())
@@ -508,8 +541,8 @@ fn dlq_replay(
         ReplaySelector::All => dead_jobs(txn, tenant)?,
     };
     let mut drafts = Vec::with_capacity(dead.len());
-    for (i, job) in dead.iter().enumerate() {
-        let seq = next_seq(txn, "job_seq", i as u64)?;
+    for job in &dead {
+        let seq = take_job_seq(txn, ctx)?;
         let new = EnqueuedJob {
             id: job_id(seq),
             seq,
@@ -520,6 +553,7 @@ fn dlq_replay(
             not_before_ms: ctx.now,
             idempotency_key: None,
             replay_of: Some(job.id.clone()),
+            backoff_ms: job.backoff_ms,
         };
         let data = json!({ "deadId": job.id, "job": new });
         drafts.push(draft(&job.tenant, "dlq.replayed", vec![job.id.clone(), new.id.clone()], data));
@@ -661,12 +695,21 @@ fn expire_lease(
         effects.live.push(LiveWrite::Timer { due_ms: expiry, key: key.to_owned() });
         return Ok(());
     }
+    // Two outcomes for one run in one tick would be planned against the same run state: the
+    // second waits for the next tick.
+    if let Some(run) = j.payload["run"].as_str()
+        && !touched.insert(format!("run:{run}"))
+    {
+        return Ok(());
+    }
     let mut data = next_after_failure(txn, ctx, &j, true)?;
     data["jobId"] = json!(j.id);
     data["token"] = json!(lease.token);
     data["worker"] = json!(lease.worker);
     data["expiredMs"] = json!(expiry);
+    let outcome = step_outcome(&data, format!("lease of worker {} expired", lease.worker), "lease_expired");
     effects.drafts.push(draft(&j.tenant, "lease.expired", vec![j.id.clone(), lease.worker.clone()], data));
+    effects.drafts.extend(engine::on_outcome(txn, ctx, &j, outcome)?);
     effects.drafts.extend(locks::release_owned(txn, ctx, fence, &format!("job:{}", j.id), touched)?);
     Ok(())
 }

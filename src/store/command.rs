@@ -54,6 +54,7 @@ pub enum Command {
         reason: Option<String>,
     },
     Queue(crate::queue::QueueCommand),
+    Run(crate::engine::RunCommand),
     Lock(crate::locks::LockCommand),
     /// Set a runtime config key (validated by the caller with `runtime_config::validate`).
     SetConfig {
@@ -80,6 +81,10 @@ pub struct PlanCtx<'a> {
     pub rng: &'a mut SplitMix64,
     pub buckets: &'a mut HashMap<(String, String), Bucket>,
     pub defaults: &'a Config,
+    /// Compiled DAGs by `name@version`: derived from stored specs, cached by the writer.
+    pub dags: &'a mut HashMap<String, std::sync::Arc<crate::engine::spec::Compiled>>,
+    /// The next job sequence number while this command enqueues (None: read the counter).
+    pub next_job_seq: Option<u64>,
 }
 
 /// Writes that are liveness, not history (DESIGN.md invariant 2): applied in the same
@@ -143,6 +148,7 @@ impl Command {
         match self {
             Command::Queue(q) => crate::queue::plan::plan(q, txn, ctx),
             Command::Lock(l) => crate::locks::plan(l, txn, ctx),
+            Command::Run(r) => crate::engine::plan::plan(r, txn, ctx),
             Command::Tick => crate::queue::plan::tick(txn, ctx),
             Command::SetConfig { key, value } => Ok(vec![Draft {
                 tenant: String::new(),
@@ -207,7 +213,7 @@ impl Command {
                     data: json!({ "id": id, "reason": reason }),
                 }])
             }
-            Command::Queue(_) | Command::Lock(_) | Command::Tick | Command::SetConfig { .. } => {
+            Command::Queue(_) | Command::Lock(_) | Command::Run(_) | Command::Tick | Command::SetConfig { .. } => {
                 unreachable!("planned by Command::plan")
             }
         }

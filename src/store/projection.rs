@@ -95,7 +95,10 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
             t.insert(key, value.as_bytes()).map_err(redb::Error::from)?;
         }
         _ => {
-            if !crate::queue::apply::apply(txn, entry)? && !crate::locks::apply(txn, entry)? {
+            if !crate::queue::apply::apply(txn, entry)?
+                && !crate::locks::apply(txn, entry)?
+                && !crate::engine::apply::apply(txn, entry)?
+            {
                 return Err(bad(entry, format!("unknown entry kind {:?}", entry.kind)));
             }
         }

@@ -36,6 +36,8 @@ pub enum JobState {
     Dead,
     /// A dead job that was replayed as a new job.
     Replayed,
+    /// Cancelled before it finished (its run was cancelled); a lease on it is stale.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +73,9 @@ pub struct JobRecord {
     pub replayed_as: Option<String>,
     pub result: Option<serde_json::Value>,
     pub finished_ms: Option<i64>,
+    /// Retry backoff base of this job (a DAG step's `backoff`); absent: `queue.backoff_base`.
+    #[serde(default)]
+    pub backoff_ms: Option<u64>,
 }
 
 /// A dispatch budget of one job type for one tenant (`*` for every tenant).
@@ -159,3 +164,104 @@ impl Record for JobRecord {}
 impl Record for QueueRecord {}
 impl Record for LockRecord {}
 impl Record for WorkerRecord {}
+
+/// One registered version of a DAG.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DagVersion {
+    pub version: u32,
+    pub sha256: String,
+    pub registered_ms: i64,
+    pub registered_by: String,
+    /// Registered from a local file in dev mode rather than from a signed bundle.
+    pub unsigned: bool,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DagRecord {
+    pub name: String,
+    pub versions: Vec<DagVersion>,
+    /// The version new runs start with.
+    pub active: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Planning,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepState {
+    pub fn terminal(self) -> bool {
+        matches!(self, StepState::Succeeded | StepState::Failed | StepState::Skipped | StepState::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRecord {
+    pub id: String,
+    pub tenant: String,
+    pub dag: String,
+    pub version: u32,
+    pub spec_sha256: String,
+    pub inputs: serde_json::Value,
+    pub inputs_hash: String,
+    pub run_token: Option<String>,
+    pub status: RunStatus,
+    pub created_ms: i64,
+    pub created_by: String,
+    pub finished_ms: Option<i64>,
+    /// Steps queued or running: what `maxParallelSteps` bounds.
+    pub active: u32,
+    pub steps: u32,
+    pub terminal: u32,
+    pub failed: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepRecord {
+    pub run: String,
+    pub name: String,
+    pub index: u32,
+    pub plugin: String,
+    pub state: StepState,
+    /// Needs not yet finished.
+    pub pending_needs: u32,
+    pub attempts: u32,
+    pub job: Option<String>,
+    pub worker: Option<String>,
+    pub queued_ms: Option<i64>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub outputs: serde_json::Value,
+    /// Why a pending step waits, when it is not its needs.
+    pub wait: Option<String>,
+    /// Its key in the `run_waiting` queue while it waits for a slot.
+    pub wait_key: Option<String>,
+}
+
+impl Record for DagRecord {}
+impl Record for RunRecord {}
+impl Record for StepRecord {}

@@ -39,6 +39,18 @@ pub const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 pub const LOCK_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("lock_ids");
 /// Projection: resource versions bumped by lock-guarded updates (u64 big-endian).
 pub const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+/// Projection: DAGs by name, with their versions.
+pub const DAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("dags");
+/// Projection: DAG spec texts by `name@version`.
+pub const DAG_SPECS: TableDefinition<&str, &[u8]> = TableDefinition::new("dag_specs");
+/// Projection: runs by id (`run-1`).
+pub const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+/// Projection: steps by `run/step`.
+pub const STEPS: TableDefinition<&str, &[u8]> = TableDefinition::new("steps");
+/// Projection: run idempotency, `tenant/runToken` → run id.
+pub const RUN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("run_tokens");
+/// Projection: steps waiting for a `maxParallelSteps` slot, `run/seq` → step name, FIFO.
+pub const RUN_WAITING: TableDefinition<&str, &[u8]> = TableDefinition::new("run_waiting");
 /// Projection: runtime configuration set by operators.
 pub const RUNTIME_CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("runtime_config");
 /// Projection: monotonic counters (`fence`, `job_seq`, `lock_seq`), u64 big-endian.
@@ -54,8 +66,25 @@ pub const LIVE_LEASES: TableDefinition<&str, u64> = TableDefinition::new("live_l
 pub const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
 
 /// Every projection table keyed by name, in the order `db verify` compares them.
-pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] =
-    &[APPLIANCE, TOKENS, JOBS, DLQ, QUEUES, LOCKS, LOCK_IDS, RESOURCES, RUNTIME_CONFIG, COUNTERS, IDEMPOTENCY];
+pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[
+    APPLIANCE,
+    TOKENS,
+    JOBS,
+    DLQ,
+    QUEUES,
+    LOCKS,
+    LOCK_IDS,
+    RESOURCES,
+    RUNTIME_CONFIG,
+    COUNTERS,
+    IDEMPOTENCY,
+    DAGS,
+    DAG_SPECS,
+    RUNS,
+    STEPS,
+    RUN_TOKENS,
+    RUN_WAITING,
+];
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -94,6 +94,7 @@ pub struct Writer {
     rng: SplitMix64,
     buckets: HashMap<(String, String), Bucket>,
     defaults: Config,
+    dags: HashMap<String, Arc<crate::engine::spec::Compiled>>,
 }
 
 /// How the writer is sized and seeded; `from_config` reads the file's values.
@@ -156,6 +157,7 @@ pub fn channel(
         rng: SplitMix64::new(opts.seed),
         buckets: HashMap::new(),
         defaults: opts.defaults,
+        dags: HashMap::new(),
     };
     Ok((handle, writer))
 }
@@ -223,7 +225,14 @@ impl Writer {
         let mut results = Vec::with_capacity(batch.len());
         let mut ledger = txn.open_table(LEDGER).map_err(|e| e.to_string())?;
         for env in batch {
-            let mut ctx = PlanCtx { now, rng: &mut self.rng, buckets: &mut self.buckets, defaults: &self.defaults };
+            let mut ctx = PlanCtx {
+                now,
+                rng: &mut self.rng,
+                buckets: &mut self.buckets,
+                defaults: &self.defaults,
+                dags: &mut self.dags,
+                next_job_seq: None,
+            };
             let effects = match env.command.plan(txn, &mut ctx) {
                 Ok(effects) => effects,
                 Err(e) => {

@@ -244,6 +244,7 @@ impl StateMachineTest for QueueMachine {
                         job: job.clone(),
                         token,
                         error: "boom".into(),
+                        error_code: None,
                         retryable,
                     });
                     if sut.settle(&job, token, cmd).is_ok() {
@@ -347,7 +348,7 @@ impl StateMachineTest for QueueMachine {
                 JobState::Leased => counts.leased += 1,
                 JobState::Succeeded => counts.succeeded += 1,
                 JobState::Dead => counts.dead += 1,
-                JobState::Replayed => {}
+                JobState::Replayed | JobState::Cancelled => {}
             }
         }
         let q = queue(sut);

@@ -205,6 +205,7 @@ pub async fn lease_action(
             job: job.clone(),
             token: req.token,
             error: req.error.unwrap_or_else(|| "failed without a message".to_owned()),
+            error_code: req.error_code,
             retryable: req.retryable.unwrap_or(true),
         },
         other => return Err(Problem::not_found(format!("lease action {other:?} (heartbeat, complete, fail)"))),

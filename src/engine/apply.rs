@@ -1,0 +1,260 @@
+//! The projection of DAG, run and step entries. Each entry carries what it changes (step names,
+//! dependants, outputs), so replay needs no compiled DAG.
+
+use crate::engine::step_key;
+use crate::ledger::Entry;
+use crate::store::projection::ApplyError;
+use crate::store::records::{DagRecord, DagVersion, RunRecord, RunStatus, StepRecord, StepState};
+use crate::store::schema::{COUNTERS, DAG_SPECS, DAGS, RUN_TOKENS, RUN_WAITING, RUNS, STEPS, rw};
+use redb::WriteTransaction;
+use serde_json::Value;
+
+fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
+    ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
+}
+
+fn r(e: impl Into<redb::Error>) -> ApplyError {
+    ApplyError::Storage(e.into())
+}
+
+fn s<'a>(entry: &'a Entry, k: &str) -> Result<&'a str, ApplyError> {
+    entry.data[k].as_str().ok_or_else(|| bad(entry, format!("no {k}")))
+}
+
+fn run(txn: &WriteTransaction, entry: &Entry, id: &str) -> Result<RunRecord, ApplyError> {
+    rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(r)?, "runs", id)
+        .map_err(|e| ApplyError::Record(e.to_string()))?
+        .ok_or_else(|| bad(entry, format!("unknown run {id}")))
+}
+
+fn save_run(txn: &WriteTransaction, rec: &RunRecord) -> Result<(), ApplyError> {
+    rw::put(&mut txn.open_table(RUNS).map_err(r)?, &rec.id, rec).map_err(ApplyError::Storage)
+}
+
+fn step(txn: &WriteTransaction, entry: &Entry, run: &str, name: &str) -> Result<StepRecord, ApplyError> {
+    rw::get::<StepRecord>(&txn.open_table(STEPS).map_err(r)?, "steps", &step_key(run, name))
+        .map_err(|e| ApplyError::Record(e.to_string()))?
+        .ok_or_else(|| bad(entry, format!("unknown step {run}/{name}")))
+}
+
+fn save_step(txn: &WriteTransaction, rec: &StepRecord) -> Result<(), ApplyError> {
+    rw::put(&mut txn.open_table(STEPS).map_err(r)?, &step_key(&rec.run, &rec.name), rec).map_err(ApplyError::Storage)
+}
+
+fn dag(txn: &WriteTransaction, entry: &Entry, name: &str) -> Result<Option<DagRecord>, ApplyError> {
+    let _ = entry;
+    rw::get::<DagRecord>(&txn.open_table(DAGS).map_err(r)?, "dags", name).map_err(|e| ApplyError::Record(e.to_string()))
+}
+
+/// Marks the dependants' needs as met.
+fn release_dependants(txn: &WriteTransaction, entry: &Entry, run_id: &str) -> Result<(), ApplyError> {
+    for d in entry.data["dependants"].as_array().into_iter().flatten() {
+        let name = d.as_str().ok_or_else(|| bad(entry, "bad dependant"))?;
+        let mut dep = step(txn, entry, run_id, name)?;
+        dep.pending_needs = dep.pending_needs.saturating_sub(1);
+        save_step(txn, &dep)?;
+    }
+    Ok(())
+}
+
+fn finish_step(rec: &mut StepRecord, run: &mut RunRecord, state: StepState, now: i64) {
+    if matches!(rec.state, StepState::Queued | StepState::Running) {
+        run.active = run.active.saturating_sub(1);
+    }
+    rec.state = state;
+    rec.finished_ms = Some(now);
+    run.terminal += 1;
+}
+
+/// Applies a DAG, run or step entry; `Ok(false)` if the kind is not the engine's.
+pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
+    let kind = entry.kind.as_str();
+    if !(kind.starts_with("dag.") || kind.starts_with("run.") || kind.starts_with("step.")) {
+        return Ok(false);
+    }
+    if kind.starts_with("dag.") {
+        return apply_dag(txn, entry).map(|_| true);
+    }
+    let run_id = s(entry, "runId")?.to_owned();
+    if kind == "run.created" {
+        return create_run(txn, entry, &run_id).map(|_| true);
+    }
+    let mut run = run(txn, entry, &run_id)?;
+    if kind.starts_with("run.") {
+        match kind {
+            "run.succeeded" => run.status = RunStatus::Succeeded,
+            "run.failed" => run.status = RunStatus::Failed,
+            "run.cancelled" => run.status = RunStatus::Cancelled,
+            "run.resumed" => run.status = RunStatus::Running,
+            other => return Err(bad(entry, format!("unknown run entry {other}"))),
+        }
+        run.finished_ms = (kind != "run.resumed").then_some(entry.time);
+        save_run(txn, &run)?;
+        return Ok(true);
+    }
+    let mut rec = step(txn, entry, &run_id, s(entry, "step")?)?;
+    match kind {
+        "step.waiting" => {
+            let mut counters = txn.open_table(COUNTERS).map_err(r)?;
+            let seq = rw::counter(&counters, "wait_seq").map_err(ApplyError::Storage)? + 1;
+            rw::set_counter(&mut counters, "wait_seq", seq).map_err(ApplyError::Storage)?;
+            let key = format!("{run_id}/{seq:012}");
+            txn.open_table(RUN_WAITING).map_err(r)?.insert(key.as_str(), rec.name.as_bytes()).map_err(r)?;
+            rec.wait = Some(s(entry, "reason")?.to_owned());
+            rec.wait_key = Some(key);
+        }
+        "step.queued" => {
+            if let Some(key) = rec.wait_key.take() {
+                txn.open_table(RUN_WAITING).map_err(r)?.remove(key.as_str()).map_err(r)?;
+            }
+            if rec.state == StepState::Failed {
+                run.terminal = run.terminal.saturating_sub(1);
+                run.failed = run.failed.saturating_sub(1);
+            }
+            rec.state = StepState::Queued;
+            rec.wait = None;
+            rec.job = Some(s(entry, "jobId")?.to_owned());
+            rec.queued_ms = Some(entry.time);
+            rec.finished_ms = None;
+            run.active += 1;
+            if run.status == RunStatus::Planning {
+                run.status = RunStatus::Running;
+            }
+        }
+        "step.started" => {
+            rec.state = StepState::Running;
+            rec.worker = Some(s(entry, "worker")?.to_owned());
+            rec.attempts = entry.data["attempt"].as_u64().unwrap_or(0) as u32;
+            rec.started_ms = Some(entry.time);
+        }
+        "step.retrying" => {
+            rec.state = StepState::Queued;
+            rec.error = entry.data["error"].as_str().map(str::to_owned);
+            rec.error_code = entry.data["errorCode"].as_str().map(str::to_owned);
+        }
+        "step.succeeded" => {
+            rec.outputs = entry.data["outputs"].clone();
+            finish_step(&mut rec, &mut run, StepState::Succeeded, entry.time);
+            release_dependants(txn, entry, &run_id)?;
+        }
+        "step.failed" => {
+            rec.error = entry.data["error"].as_str().map(str::to_owned);
+            rec.error_code = entry.data["errorCode"].as_str().map(str::to_owned);
+            finish_step(&mut rec, &mut run, StepState::Failed, entry.time);
+            run.failed += 1;
+        }
+        "step.skipped" => {
+            if rec.state != StepState::Failed {
+                return Err(bad(entry, "only a failed step is skipped"));
+            }
+            rec.state = StepState::Skipped;
+            run.failed = run.failed.saturating_sub(1);
+            release_dependants(txn, entry, &run_id)?;
+        }
+        "step.cancelled" => {
+            if let Some(key) = rec.wait_key.take() {
+                txn.open_table(RUN_WAITING).map_err(r)?.remove(key.as_str()).map_err(r)?;
+            }
+            if rec.state == StepState::Failed {
+                run.failed = run.failed.saturating_sub(1);
+                run.terminal = run.terminal.saturating_sub(1);
+            }
+            finish_step(&mut rec, &mut run, StepState::Cancelled, entry.time);
+        }
+        other => return Err(bad(entry, format!("unknown step entry {other}"))),
+    }
+    save_step(txn, &rec)?;
+    save_run(txn, &run)?;
+    Ok(true)
+}
+
+fn create_run(txn: &WriteTransaction, entry: &Entry, run_id: &str) -> Result<(), ApplyError> {
+    let d = &entry.data;
+    let steps = d["steps"].as_array().ok_or_else(|| bad(entry, "no steps"))?;
+    let rec = RunRecord {
+        id: run_id.to_owned(),
+        tenant: entry.tenant.clone(),
+        dag: s(entry, "dag")?.to_owned(),
+        version: d["version"].as_u64().ok_or_else(|| bad(entry, "no version"))? as u32,
+        spec_sha256: s(entry, "specSha256")?.to_owned(),
+        inputs: d["inputs"].clone(),
+        inputs_hash: s(entry, "inputsHash")?.to_owned(),
+        run_token: d["runToken"].as_str().map(str::to_owned),
+        status: RunStatus::Planning,
+        created_ms: entry.time,
+        created_by: entry.actor.clone(),
+        finished_ms: None,
+        active: 0,
+        steps: steps.len() as u32,
+        terminal: 0,
+        failed: 0,
+    };
+    for (i, st) in steps.iter().enumerate() {
+        let name = st["name"].as_str().ok_or_else(|| bad(entry, "step without name"))?;
+        save_step(
+            txn,
+            &StepRecord {
+                run: run_id.to_owned(),
+                name: name.to_owned(),
+                index: i as u32,
+                plugin: st["plugin"].as_str().unwrap_or_default().to_owned(),
+                state: StepState::Pending,
+                pending_needs: st["needs"].as_u64().unwrap_or(0) as u32,
+                attempts: 0,
+                job: None,
+                worker: None,
+                queued_ms: None,
+                started_ms: None,
+                finished_ms: None,
+                error_code: None,
+                error: None,
+                outputs: Value::Null,
+                wait: None,
+                wait_key: None,
+            },
+        )?;
+    }
+    if let Some(token) = &rec.run_token {
+        let key = format!("{}/{token}", rec.tenant);
+        txn.open_table(RUN_TOKENS).map_err(r)?.insert(key.as_str(), run_id.as_bytes()).map_err(r)?;
+    }
+    let n: u64 = run_id.strip_prefix("run-").and_then(|n| n.parse().ok()).ok_or_else(|| bad(entry, "bad run id"))?;
+    let mut counters = txn.open_table(COUNTERS).map_err(r)?;
+    if n > rw::counter(&counters, "run_seq").map_err(ApplyError::Storage)? {
+        rw::set_counter(&mut counters, "run_seq", n).map_err(ApplyError::Storage)?;
+    }
+    drop(counters);
+    save_run(txn, &rec)
+}
+
+fn apply_dag(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
+    let name = s(entry, "name")?.to_owned();
+    let mut rec = dag(txn, entry, &name)?.unwrap_or(DagRecord { name: name.clone(), versions: vec![], active: 0 });
+    match entry.kind.as_str() {
+        "dag.registered" => {
+            let version = entry.data["version"].as_u64().ok_or_else(|| bad(entry, "no version"))? as u32;
+            rec.versions.push(DagVersion {
+                version,
+                sha256: s(entry, "sha256")?.to_owned(),
+                registered_ms: entry.time,
+                registered_by: entry.actor.clone(),
+                unsigned: entry.data["unsigned"].as_bool().unwrap_or(false),
+                disabled: false,
+            });
+            rec.active = version;
+            let key = format!("{name}@{version}");
+            txn.open_table(DAG_SPECS).map_err(r)?.insert(key.as_str(), s(entry, "spec")?.as_bytes()).map_err(r)?;
+        }
+        "dag.disabled" | "dag.enabled" => {
+            let version = entry.data["version"].as_u64().ok_or_else(|| bad(entry, "no version"))? as u32;
+            let v =
+                rec.versions.iter_mut().find(|v| v.version == version).ok_or_else(|| bad(entry, "unknown version"))?;
+            v.disabled = entry.kind == "dag.disabled";
+        }
+        "dag.rolled_back" => {
+            rec.active = entry.data["to"].as_u64().ok_or_else(|| bad(entry, "no to"))? as u32;
+        }
+        other => return Err(bad(entry, format!("unknown dag entry {other}"))),
+    }
+    rw::put(&mut txn.open_table(DAGS).map_err(r)?, &name, &rec).map_err(ApplyError::Storage)
+}
