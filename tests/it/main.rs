@@ -5,6 +5,7 @@
 mod api_auth;
 mod api_hostile;
 mod cli;
+mod engine_model;
 mod openapi;
 mod queue_api;
 mod queue_model;

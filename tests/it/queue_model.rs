@@ -6,19 +6,16 @@
 //! counters agree with the jobs; fencing tokens only grow; a job is dead exactly when its last
 //! attempt failed; a stale token is always refused; the ledger verifies.
 
+use crate::support::Direct;
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use redb::ReadableTable;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use stella::clock::ManualClock;
 use stella::locks::{ForceTarget, LockCommand};
 use stella::queue::QueueCommand;
-use stella::store::command::Actor;
 use stella::store::records::{JobRecord, JobState, QueueRecord, Record};
 use stella::store::schema::{JOBS, QUEUES, READY};
-use stella::store::writer::{self, WriterOptions};
-use stella::store::{Command, CommandError, Committed, Store, WriterHandle};
+use stella::store::{Command, CommandError, Committed};
 
 const TYPE: &str = "build";
 
@@ -75,14 +72,7 @@ impl ReferenceStateMachine for Model {
 
 /// The system under test and what it has been told.
 pub struct Sut {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    clock: Arc<ManualClock>,
-    rt: tokio::runtime::Runtime,
-    store: Option<Store>,
-    handle: Option<WriterHandle>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    restarts: u64,
+    d: Direct,
     acked: BTreeSet<String>,
     /// Every lease we were granted: (job, token).
     held: Vec<(String, u64)>,
@@ -92,37 +82,24 @@ pub struct Sut {
     locks: Vec<(String, String, u64)>,
 }
 
+impl std::ops::Deref for Sut {
+    type Target = Direct;
+    fn deref(&self) -> &Direct {
+        &self.d
+    }
+}
+
+impl std::ops::DerefMut for Sut {
+    fn deref_mut(&mut self) -> &mut Direct {
+        &mut self.d
+    }
+}
+
 impl Sut {
-    fn start(&mut self) {
-        let (handle, w) =
-            writer::channel(self.store().clone(), self.clock.clone(), WriterOptions::seeded(self.restarts)).unwrap();
-        self.thread = Some(w.spawn());
-        self.handle = Some(handle);
-    }
-
-    fn store(&self) -> &Store {
-        self.store.as_ref().expect("store open")
-    }
-
-    fn stop(&mut self) {
-        self.handle = None;
-        self.thread.take().unwrap().join().unwrap();
-    }
-
-    fn submit(&self, command: Command) -> Result<Committed, CommandError> {
-        let handle = self.handle.clone().unwrap();
-        self.rt.block_on(handle.submit(Actor { name: "model".into() }, command))
-    }
-
     fn job(&self, id: &str) -> JobRecord {
         let txn = self.store().read().unwrap();
         let t = txn.open_table(JOBS).unwrap();
         JobRecord::from_json_bytes(t.get(id).unwrap().unwrap().value()).unwrap()
-    }
-
-    fn now(&self) -> i64 {
-        use stella::clock::Clock;
-        self.clock.now_ms()
     }
 
     fn settle(&mut self, job: &str, token: u64, command: Command) -> Result<Committed, CommandError> {
@@ -149,27 +126,14 @@ impl StateMachineTest for QueueMachine {
     type Reference = Model;
 
     fn init_test(_: &()) -> Sut {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        let store = Store::open(&path).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let mut sut = Sut {
-            _dir: dir,
-            path,
-            clock: Arc::new(ManualClock::new(1_000_000)),
-            rt,
-            store: Some(store),
-            handle: None,
-            thread: None,
-            restarts: 0,
+        Sut {
+            d: Direct::new(),
             acked: BTreeSet::new(),
             held: vec![],
             latest: BTreeMap::new(),
             max_token: 0,
             locks: vec![],
-        };
-        sut.start();
-        sut
+        }
     }
 
     fn apply(mut sut: Sut, _: &(), step: Step) -> Sut {
@@ -314,13 +278,7 @@ impl StateMachineTest for QueueMachine {
                     }
                 }
             }
-            Step::CrashReopen => {
-                sut.stop();
-                sut.store = None;
-                sut.store = Some(Store::open(&sut.path).unwrap());
-                sut.restarts += 1;
-                sut.start();
-            }
+            Step::CrashReopen => sut.reopen(),
         }
         sut
     }

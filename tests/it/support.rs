@@ -164,3 +164,76 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The writer and store driven directly on virtual time, without a daemon: for model and
+/// scenario tests of queue, locks and engine.
+pub struct Direct {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub clock: std::sync::Arc<stella::clock::ManualClock>,
+    rt: tokio::runtime::Runtime,
+    store: Option<stella::store::Store>,
+    pub handle: Option<stella::store::WriterHandle>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    restarts: u64,
+}
+
+impl Direct {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = stella::store::Store::open(&path).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let clock = std::sync::Arc::new(stella::clock::ManualClock::new(1_000_000));
+        let mut d = Direct { _dir: dir, path, clock, rt, store: Some(store), handle: None, thread: None, restarts: 0 };
+        d.start();
+        d
+    }
+
+    fn start(&mut self) {
+        let opts = stella::store::writer::WriterOptions::seeded(self.restarts);
+        let (handle, w) = stella::store::writer::channel(self.store().clone(), self.clock.clone(), opts).unwrap();
+        self.thread = Some(w.spawn());
+        self.handle = Some(handle);
+    }
+
+    pub fn store(&self) -> &stella::store::Store {
+        self.store.as_ref().expect("store open")
+    }
+
+    pub fn stop(&mut self) {
+        self.handle = None;
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    /// Stops the writer, closes and reopens the store, starts a new writer: a crash of
+    /// everything in memory.
+    pub fn reopen(&mut self) {
+        self.stop();
+        self.store = None;
+        self.store = Some(stella::store::Store::open(&self.path).unwrap());
+        self.restarts += 1;
+        self.start();
+    }
+
+    pub fn submit(
+        &self,
+        command: stella::store::Command,
+    ) -> Result<stella::store::Committed, stella::store::CommandError> {
+        let handle = self.handle.clone().unwrap();
+        self.rt.block_on(handle.submit(stella::store::command::Actor { name: "test".into() }, command))
+    }
+
+    pub fn now(&self) -> i64 {
+        use stella::clock::Clock;
+        self.clock.now_ms()
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

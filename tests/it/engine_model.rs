@@ -1,0 +1,253 @@
+//! The engine on virtual time, driven straight into the writer: a worker is played by the test
+//! (lease, complete, fail), so every transition is deterministic. Scenarios read like the
+//! runbook sections they cover (stuck runs, manual recovery, cancel).
+
+use crate::support::Direct;
+use serde_json::{Value, json};
+use stella::engine::RunCommand;
+use stella::engine::plan::Recovery;
+use stella::queue::QueueCommand;
+use stella::store::records::{Record, RunRecord, RunStatus, StepRecord, StepState};
+use stella::store::schema::{RUNS, STEPS};
+use stella::store::{Command, CommandError};
+
+const DIAMOND: &str = r#"
+name = "diamond"
+maxParallelSteps = 1
+[inputs.target]
+default = "prod"
+[steps.a]
+plugin = "noop"
+inputs = { env = "${inputs.target}" }
+[steps.b]
+plugin = "noop"
+needs = ["a"]
+inputs = { from = "${steps.a.outputs.artifact}", label = "for ${inputs.target}" }
+[steps.c]
+plugin = "noop"
+needs = ["a"]
+[steps.d]
+plugin = "noop"
+needs = ["b", "c"]
+"#;
+
+fn register(d: &Direct, spec: &str) {
+    let name = spec.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"').to_owned();
+    stella::engine::spec::compile(spec, &[]).unwrap();
+    d.submit(Command::Run(RunCommand::RegisterDag { name, spec: spec.into(), unsigned: true })).unwrap();
+}
+
+fn start(d: &Direct, dag: &str, inputs: Value, token: Option<&str>) -> Result<String, CommandError> {
+    let c = d.submit(Command::Run(RunCommand::Start {
+        tenant: "default".into(),
+        dag: dag.into(),
+        inputs: inputs.as_object().cloned().unwrap_or_default(),
+        run_token: token.map(str::to_owned),
+    }))?;
+    Ok(c.note.unwrap()[if c.entries.is_empty() { "existing" } else { "runId" }].as_str().unwrap().to_owned())
+}
+
+/// Leases every ready job of the builtin types: (job, token, step, inputs).
+fn lease(d: &Direct) -> Vec<(String, u64, String, Value)> {
+    let c = d
+        .submit(Command::Queue(QueueCommand::Lease {
+            tenant: None,
+            worker: "w1".into(),
+            worker_tenant: String::new(),
+            types: vec!["noop".into(), "sleep".into(), "fail".into()],
+            max: 256,
+            ttl_ms: Some(60_000),
+            env: None,
+        }))
+        .unwrap();
+    let started: Vec<&stella::ledger::Entry> = c.entries.iter().filter(|e| e.kind == "step.started").collect();
+    c.entries
+        .iter()
+        .filter(|e| e.kind == "lease.granted")
+        .flat_map(|e| e.data["leases"].as_array().unwrap().clone())
+        .map(|g| {
+            let job = g["jobId"].as_str().unwrap().to_owned();
+            let step = started
+                .iter()
+                .find(|s| s.data["jobId"] == job.as_str())
+                .map(|s| s.data["step"].as_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let inputs = job_inputs(d, &job);
+            (job, g["token"].as_u64().unwrap(), step, inputs)
+        })
+        .collect()
+}
+
+fn job_inputs(d: &Direct, job: &str) -> Value {
+    let txn = d.store().read().unwrap();
+    stella::store::schema::read::job(&txn, job).unwrap().unwrap().payload["inputs"].clone()
+}
+
+fn complete(d: &Direct, job: &str, token: u64, outputs: Value) -> Result<stella::store::Committed, CommandError> {
+    d.submit(Command::Queue(QueueCommand::Complete {
+        tenant: None,
+        job: job.into(),
+        token,
+        result: Some(json!({ "outputs": outputs })),
+    }))
+}
+
+fn fail(d: &Direct, job: &str, token: u64) {
+    d.submit(Command::Queue(QueueCommand::Fail {
+        tenant: None,
+        job: job.into(),
+        token,
+        error: "exit status 3".into(),
+        error_code: Some("exit_status".into()),
+        retryable: true,
+    }))
+    .unwrap();
+}
+
+fn run(d: &Direct, id: &str) -> RunRecord {
+    let txn = d.store().read().unwrap();
+    RunRecord::from_json_bytes(txn.open_table(RUNS).unwrap().get(id).unwrap().unwrap().value()).unwrap()
+}
+
+fn step(d: &Direct, id: &str, name: &str) -> StepRecord {
+    let txn = d.store().read().unwrap();
+    let key = format!("{id}/{name}");
+    StepRecord::from_json_bytes(txn.open_table(STEPS).unwrap().get(key.as_str()).unwrap().unwrap().value()).unwrap()
+}
+
+fn verify(d: &Direct) {
+    let txn = d.store().read().unwrap();
+    let report = stella::store::verify::verify(&txn).unwrap();
+    assert!(report.ok, "{:?}", report.problem);
+}
+
+/// A run held by `maxParallelSteps = 1` shows the wait reason, then completes in order, with
+/// inputs resolved from run inputs and earlier outputs.
+#[test]
+fn a_diamond_held_by_max_parallel_steps_shows_why_and_completes() {
+    let d = Direct::new();
+    register(&d, DIAMOND);
+    let id = start(&d, "diamond", json!({ "target": "staging" }), None).unwrap();
+    assert_eq!(id, "run-1");
+    let got = lease(&d);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].2.as_str(), &got[0].3), ("a", &json!({ "env": "staging" })));
+    assert_eq!(step(&d, &id, "a").state, StepState::Running);
+    complete(&d, &got[0].0, got[0].1, json!({ "artifact": "web@1.4.1" })).unwrap();
+    let (b, c) = (step(&d, &id, "b"), step(&d, &id, "c"));
+    assert_eq!((b.state, c.state), (StepState::Queued, StepState::Pending));
+    assert_eq!(c.wait.as_deref(), Some("maxParallelSteps=1 reached"));
+    let got = lease(&d);
+    assert_eq!(got[0].3, json!({ "from": "web@1.4.1", "label": "for staging" }));
+    complete(&d, &got[0].0, got[0].1, json!({})).unwrap();
+    assert_eq!(step(&d, &id, "c").state, StepState::Queued, "the freed slot went to the waiting step");
+    let got = lease(&d);
+    complete(&d, &got[0].0, got[0].1, json!({})).unwrap();
+    let got = lease(&d);
+    assert_eq!(got[0].2, "d");
+    complete(&d, &got[0].0, got[0].1, json!({})).unwrap();
+    let r = run(&d, &id);
+    assert_eq!((r.status, r.terminal, r.active), (RunStatus::Succeeded, 4, 0));
+    verify(&d);
+}
+
+/// Runbook §7: retry on a succeeded run is 409; a failed step fails the run once nothing else
+/// can progress; retry of the last failed step completes it; skip passes a failure over.
+#[test]
+fn manual_recovery_applies_only_to_failed_runs() {
+    let d = Direct::new();
+    register(&d, &DIAMOND.replace("maxParallelSteps = 1", "maxParallelSteps = 4"));
+    let id = start(&d, "diamond", json!({}), None).unwrap();
+    let a = lease(&d).remove(0);
+    complete(&d, &a.0, a.1, json!({ "artifact": "x" })).unwrap();
+    let bc = lease(&d);
+    assert_eq!(bc.len(), 2);
+    let (b, c) = if bc[0].2 == "b" { (&bc[0], &bc[1]) } else { (&bc[1], &bc[0]) };
+    fail(&d, &b.0, b.1);
+    assert_eq!(run(&d, &id).status, RunStatus::Running, "c is still running");
+    complete(&d, &c.0, c.1, json!({})).unwrap();
+    let r = run(&d, &id);
+    assert_eq!((r.status, r.failed), (RunStatus::Failed, 1));
+    assert_eq!(step(&d, &id, "b").error_code.as_deref(), Some("exit_status"));
+    assert_eq!(step(&d, &id, "d").state, StepState::Pending);
+
+    let recover =
+        |action| d.submit(Command::Run(RunCommand::Recover { tenant: None, run: id.clone(), action, step: None }));
+    recover(Recovery::Retry).unwrap();
+    assert!(matches!(recover(Recovery::Retry), Err(CommandError::Conflict(_))), "a retry is in flight");
+    let b2 = lease(&d).remove(0);
+    assert_eq!(b2.2, "b");
+    complete(&d, &b2.0, b2.1, json!({})).unwrap();
+    let d_step = lease(&d).remove(0);
+    complete(&d, &d_step.0, d_step.1, json!({})).unwrap();
+    assert_eq!(run(&d, &id).status, RunStatus::Succeeded);
+    assert!(matches!(recover(Recovery::Retry), Err(CommandError::Conflict(m)) if m.contains("is succeeded")));
+
+    let id2 = start(&d, "diamond", json!({}), None).unwrap();
+    let a = lease(&d).remove(0);
+    fail(&d, &a.0, a.1);
+    assert_eq!(run(&d, &id2).status, RunStatus::Failed);
+    d.submit(Command::Run(RunCommand::Recover { tenant: None, run: id2.clone(), action: Recovery::Skip, step: None }))
+        .unwrap();
+    assert_eq!(step(&d, &id2, "a").state, StepState::Skipped);
+    assert_eq!(lease(&d).len(), 2, "skipping a released its dependants");
+    verify(&d);
+}
+
+/// Cancel: queued jobs are cancelled, a running step's lease becomes stale, the run ends
+/// cancelled; cancelling again changes nothing.
+#[test]
+fn cancel_stops_queued_and_running_steps() {
+    let d = Direct::new();
+    register(&d, &DIAMOND.replace("maxParallelSteps = 1", "maxParallelSteps = 4"));
+    let id = start(&d, "diamond", json!({}), None).unwrap();
+    let a = lease(&d).remove(0);
+    complete(&d, &a.0, a.1, json!({})).unwrap();
+    let running = lease(&d).remove(0);
+    let c = d.submit(Command::Run(RunCommand::Cancel { tenant: None, run: id.clone() })).unwrap();
+    assert_eq!(c.entries.iter().filter(|e| e.kind == "job.cancelled").count(), 2);
+    assert_eq!(run(&d, &id).status, RunStatus::Cancelled);
+    assert!(matches!(complete(&d, &running.0, running.1, json!({})), Err(CommandError::Conflict(_))));
+    assert!(lease(&d).is_empty());
+    let again = d.submit(Command::Run(RunCommand::Cancel { tenant: None, run: id.clone() })).unwrap();
+    assert!(again.entries.is_empty());
+    verify(&d);
+}
+
+/// The same runToken with the same inputs returns the same run; with other inputs it is a
+/// conflict naming the run.
+#[test]
+fn a_run_token_makes_start_idempotent() {
+    let d = Direct::new();
+    register(&d, DIAMOND);
+    let first = start(&d, "diamond", json!({ "target": "prod" }), Some("rel-42")).unwrap();
+    assert_eq!(start(&d, "diamond", json!({ "target": "prod" }), Some("rel-42")).unwrap(), first);
+    assert_eq!(start(&d, "diamond", json!({}), Some("rel-42")).unwrap(), first, "defaults give the same inputs");
+    let clash = start(&d, "diamond", json!({ "target": "qa" }), Some("rel-42"));
+    assert!(matches!(&clash, Err(CommandError::Conflict(m)) if m.contains(&first)), "{clash:?}");
+    let unknown = start(&d, "diamond", json!({ "colour": "red" }), None);
+    assert!(matches!(&unknown, Err(CommandError::Invalid(m)) if m.contains("colour")), "{unknown:?}");
+}
+
+/// A step with retries backs off and runs again; the run survives a crash of everything in
+/// memory between the attempts.
+#[test]
+fn a_retried_step_backs_off_and_the_run_survives_a_reopen() {
+    let mut d = Direct::new();
+    register(&d, "name = \"one\"\n[steps.only]\nplugin = \"noop\"\nretries = 1\nbackoff = \"2s\"\n");
+    let id = start(&d, "one", json!({}), None).unwrap();
+    let first = lease(&d).remove(0);
+    fail(&d, &first.0, first.1);
+    assert_eq!(step(&d, &id, "only").state, StepState::Queued);
+    assert!(lease(&d).is_empty(), "backing off");
+    d.reopen();
+    d.clock.advance_ms(3_000);
+    d.submit(Command::Tick).unwrap();
+    let second = lease(&d).remove(0);
+    assert_eq!(second.0, first.0, "the same job, second attempt");
+    complete(&d, &second.0, second.1, json!({})).unwrap();
+    let s = step(&d, &id, "only");
+    assert_eq!((s.state, s.attempts), (StepState::Succeeded, 2));
+    assert_eq!(run(&d, &id).status, RunStatus::Succeeded);
+    verify(&d);
+}
