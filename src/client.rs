@@ -133,6 +133,52 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A GET whose body is consumed as it arrives (Server-Sent Events): `on_chunk` gets each
+    /// piece and returns false to stop. A non-2xx answer is returned as an error.
+    pub async fn stream(&self, path: &str, mut on_chunk: impl FnMut(&[u8]) -> bool) -> Result<(), CliError> {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", "stella")
+            .header("accept", "text/event-stream");
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| CliError::Invalid(format!("request {path}: {e}")))?;
+        let Transport::Unix(socket) = &self.transport else {
+            return Err(CliError::NotAvailable("streaming over --server (use the socket)".into()));
+        };
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| CliError::Unreachable(format!("{}: {e}", socket.display())))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| CliError::Unreachable(format!("http handshake: {e}")))?;
+        let driver = tokio::spawn(conn);
+        let resp = sender.send_request(req).await.map_err(|e| CliError::Unreachable(format!("request failed: {e}")))?;
+        let (parts, mut body) = resp.into_parts();
+        if !parts.status.is_success() {
+            let bytes = Limited::new(body, RESPONSE_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?
+                .to_bytes();
+            return Reply { status: parts.status, headers: parts.headers, body: bytes }.ok().map(|_| ());
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| CliError::Unreachable(format!("stream ended: {e}")))?;
+            if let Some(data) = frame.data_ref()
+                && !on_chunk(data)
+            {
+                break;
+            }
+        }
+        driver.abort();
+        Ok(())
+    }
+}
+
 async fn exchange<S>(stream: S, req: Request<Full<Bytes>>) -> Result<Reply, CliError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

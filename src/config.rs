@@ -71,6 +71,23 @@ pub struct Config {
     pub tenants: TenantsConfig,
     pub queue: QueueConfig,
     pub locks: LocksConfig,
+    pub exec: ExecConfig,
+}
+
+/// The in-process executor of step jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecConfig {
+    /// Run step jobs in the daemon (false: only remote agents run them).
+    pub enabled: bool,
+    /// Attempts running at once at most.
+    pub slots: usize,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self { enabled: true, slots: 8 }
+    }
 }
 
 /// Queue defaults; `stella orch config set queue.*` overrides them at run time.
@@ -241,6 +258,7 @@ impl Config {
             ("store.writer_queue", self.store.writer_queue),
             ("store.batch_max", self.store.batch_max),
             ("store.event_buffer", self.store.event_buffer),
+            ("exec.slots", self.exec.slots),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be greater than 0"));

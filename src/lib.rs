@@ -11,6 +11,7 @@ pub mod config;
 pub mod dev;
 pub mod duration;
 pub mod engine;
+pub mod exec;
 pub mod exit;
 pub mod ids;
 pub mod ledger;

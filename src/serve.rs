@@ -78,6 +78,9 @@ async fn daemon(
     .await?;
     let new_token =
         if opts.dev { ensure_dev_token(&opts.layout, &store, &writer, &config, &*clock).await? } else { None };
+    if opts.dev {
+        register_samples(&writer).await?;
+    }
 
     let socket = config.socket_path(&opts.layout);
     let unix = bind_socket(&socket)?;
@@ -115,10 +118,22 @@ async fn daemon(
         state.clock.clone(),
         timers_rx,
     ));
+    let executor = config.exec.enabled.then(|| {
+        let opts = crate::exec::worker::ExecOptions {
+            worker: format!("local-{}", std::process::id()),
+            slots: config.exec.slots,
+            lease_ttl_ms: config.queue.lease_ttl_ms,
+            kinds: crate::engine::spec::BUILTINS.iter().map(|k| (*k).to_owned()).collect(),
+        };
+        tokio::spawn(crate::exec::worker::run(state.writer.clone(), state.store.clone(), opts, timers_stop.subscribe()))
+    });
     let router = api::router(state);
     server::serve(router, server::Listeners { unix, tcp }, config.server.clone(), shutdown).await;
     let _ = timers_stop.send(true);
     let _ = timers.await;
+    if let Some(executor) = executor {
+        let _ = executor.await;
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
     Ok(())
@@ -177,6 +192,21 @@ async fn ensure_dev_token(
     dev::write_file_atomic(&path, format!("{}\n", minted.secret).as_bytes(), 0o600)
         .map_err(|e| CliError::Other(format!("write {}: {e}", path.display())))?;
     Ok(Some(minted.secret))
+}
+
+/// The sample DAGs shipped in `bundles/`, compiled into the binary so `serve --dev` works from
+/// any directory. Registered unsigned (dev mode only) until signed DAG bundles land.
+const SAMPLES: &[&str] = &[include_str!("../bundles/sample-pipeline.dag.toml")];
+
+async fn register_samples(writer: &WriterHandle) -> Result<(), CliError> {
+    for text in SAMPLES {
+        let compiled =
+            crate::engine::spec::compile(text, &[]).map_err(|e| CliError::Other(format!("sample DAG: {e}")))?;
+        let command =
+            crate::engine::RunCommand::RegisterDag { name: compiled.name, spec: (*text).to_owned(), unsigned: true };
+        submit(writer, Command::Run(command)).await?;
+    }
+    Ok(())
 }
 
 /// Binds the Unix socket at mode 0660. A socket file left by a crashed daemon is replaced; one

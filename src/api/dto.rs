@@ -517,3 +517,142 @@ pub struct ResourceUpdate {
     pub note: Option<String>,
     pub tenant: Option<String>,
 }
+
+// ---- DAGs and runs ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunStart {
+    pub dag: String,
+    #[serde(default)]
+    pub inputs: serde_json::Map<String, serde_json::Value>,
+    /// Idempotency: the same token with the same inputs returns the same run.
+    pub run_token: Option<String>,
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub id: String,
+    pub tenant: String,
+    pub dag: String,
+    pub version: u32,
+    pub status: String,
+    pub inputs: serde_json::Value,
+    pub inputs_hash: String,
+    pub run_token: Option<String>,
+    pub created_at: String,
+    pub created_by: String,
+    pub finished_at: Option<String>,
+    pub steps: Vec<RunStep>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStep {
+    /// The step record id (`run-1/build`) that `--step` takes.
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub plugin: String,
+    /// Digest of the plugin bundle the run pinned; none for built-in kinds.
+    pub plugin_digest: Option<String>,
+    pub attempts: u32,
+    pub job_id: Option<String>,
+    pub worker: Option<String>,
+    pub queued_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    /// Why a step that is not running waits.
+    pub wait_reason: Option<String>,
+    pub outputs: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub id: String,
+    pub dag: String,
+    pub version: u32,
+    pub status: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub steps: u32,
+    pub failed: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunList {
+    pub runs: Vec<RunSummary>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunAction {
+    /// A step record id (`run-1/build`) or step name; default: the last failed step.
+    pub step_record_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Dag {
+    pub name: String,
+    pub active: u32,
+    pub versions: Vec<DagVersionDto>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DagVersionDto {
+    pub version: u32,
+    pub sha256: String,
+    pub registered_at: String,
+    pub registered_by: String,
+    pub unsigned: bool,
+    pub disabled: bool,
+}
+
+impl Dag {
+    pub fn from_record(d: &crate::store::records::DagRecord) -> Self {
+        Dag {
+            name: d.name.clone(),
+            active: d.active,
+            versions: d
+                .versions
+                .iter()
+                .map(|v| DagVersionDto {
+                    version: v.version,
+                    sha256: v.sha256.clone(),
+                    registered_at: rfc3339(v.registered_ms),
+                    registered_by: v.registered_by.clone(),
+                    unsigned: v.unsigned,
+                    disabled: v.disabled,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DagList {
+    pub dags: Vec<Dag>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DagRegister {
+    /// The DAG spec, TOML.
+    pub spec: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DagVersionAction {
+    pub version: Option<u32>,
+}

@@ -21,7 +21,7 @@ pub const PREFIX: &str = "/api/v1/orchestrator";
 
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::put;
-    use handlers::{admin, config, locks, pending, queue, tokens};
+    use handlers::{admin, config, dags, locks, pending, queue, runs, stream, tokens};
     let api = Router::new()
         .route("/admin/health", get(admin::health))
         .route("/admin/db/verify", get(admin::db_verify))
@@ -50,11 +50,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/config", get(config::config_show))
         .route("/config/{key}", get(config::config_get).put(config::config_set))
         // Routes the runbooks name whose capability is not built yet: authenticated, then 501.
-        .route("/runs", post(pending::runs))
-        .route("/runs/stream", get(pending::runs))
-        .route("/runs/{run}", get(pending::runs).post(pending::runs))
-        .route("/runs/{run}/status", get(pending::runs))
-        .route("/runs/{run}/actions/{action}", post(pending::runs))
+        .route("/runs", post(runs::start).get(runs::list))
+        .route("/runs/stream", get(stream::stream))
+        .route("/runs/{run}", get(runs::show).post(runs::cancel))
+        .route("/runs/{run}/status", get(runs::show))
+        .route("/runs/{run}/actions/{action}", post(runs::action))
+        .route("/dags", get(dags::list).post(dags::register))
+        .route("/dags/{name}", get(dags::show))
+        .route("/dags/{name}/{action}", post(dags::version_action))
         .route("/approvals", get(pending::approvals))
         .route("/metrics", get(admin::metrics));
     Router::new()

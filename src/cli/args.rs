@@ -221,8 +221,20 @@ pub enum RunCmd {
     },
     /// Cancel a run.
     Cancel { run: String },
-    /// Stream run events.
-    Stream { run: Option<String> },
+    /// Stream run events (Server-Sent Events), optionally of one run; resumable with --after.
+    Stream {
+        run: Option<String>,
+        #[arg(long)]
+        dag: Option<String>,
+        /// Resume after this ledger sequence.
+        #[arg(long)]
+        after: Option<u64>,
+        /// Stop after the run (given as RUN) finishes.
+        #[arg(long)]
+        until_done: bool,
+    },
+    /// Runs, oldest first.
+    List,
     /// A run's status.
     Status { run: String },
     /// A run's trace.
@@ -437,11 +449,32 @@ pub enum AgentCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum DagCmd {
+    /// DAGs and their active versions.
     List,
+    /// One DAG's versions.
     Show { dag: String },
-    Disable { dag: String },
-    Enable { dag: String },
-    Rollback { dag: String },
+    /// Disable a version (default: the active one); runs cannot start on it.
+    #[command(disable_version_flag = true)]
+    Disable {
+        dag: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    #[command(disable_version_flag = true)]
+    Enable {
+        dag: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Make an earlier enabled version active again.
+    #[command(disable_version_flag = true)]
+    Rollback {
+        dag: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Register a DAG spec from a local file (dev mode only; recorded as unsigned).
+    Register { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

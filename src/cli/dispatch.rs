@@ -4,8 +4,8 @@
 
 use crate::cli::args::*;
 use crate::cli::output::{self, s, table};
-use crate::cli::queue;
 use crate::cli::target;
+use crate::cli::{queue, runs};
 use crate::config::Layout;
 use crate::exit::CliError;
 use crate::serve;
@@ -16,7 +16,6 @@ fn na(what: &str) -> Result<(), CliError> {
     Err(CliError::NotAvailable(what.to_owned()))
 }
 
-const RUNS: &str = "DAG runs and the engine (issue: DAG runs)";
 const BUNDLES: &str = "signed bundles and the trust store (issue: signed bundles)";
 const EXPORT: &str = "export and the audit pack (issue: telemetry and the offline audit pack)";
 const RELEASE: &str = "release promotions, environments, deployments and artifacts (no issue filed yet)";
@@ -56,7 +55,7 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Bundle(_) | Top::Keys(_) => na(BUNDLES),
         Top::Export(_) | Top::Audit(_) => na(EXPORT),
         Top::Backup(_) => na("store backup and restore (no issue filed yet)"),
-        Top::Secrets(_) => na("the local secret store (issue: DAG runs)"),
+        Top::Secrets(_) => na("the local secret store (plugin processes come next)"),
         Top::Serve(_) | Top::Generate(_) | Top::Service(_) => {
             unreachable!("handled before the runtime starts")
         }
@@ -68,7 +67,9 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
         OrchCmd::Status => status(g).await,
         OrchCmd::Db(DbCmd::Verify { .. }) => db_verify(g).await,
         OrchCmd::Ledger { after, limit } => ledger(g, after, limit).await,
-        OrchCmd::Run(_) | OrchCmd::Dag(_) | OrchCmd::Schedule(_) => na(RUNS),
+        OrchCmd::Run(r) => runs::run(g, r).await,
+        OrchCmd::Dag(d) => runs::dag(g, d).await,
+        OrchCmd::Schedule(_) => na("cron schedules"),
         OrchCmd::Queue(q) => queue::queue(g, q).await,
         OrchCmd::Dlq(d) => queue::dlq(g, d).await,
         OrchCmd::Agent(AgentCmd::Status { env }) => queue::agents(g, env).await,

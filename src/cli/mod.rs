@@ -5,6 +5,7 @@ pub mod args;
 pub mod dispatch;
 pub mod output;
 pub mod queue;
+pub mod runs;
 pub mod target;
 
 pub use args::Cli;

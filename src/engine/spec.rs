@@ -232,16 +232,34 @@ fn check_references(spec: &DagSpec, step: &str, key: &str, v: &toml::Value) -> R
         let parts: Vec<&str> = reference.split('.').collect();
         let ok = match parts.as_slice() {
             ["inputs", name] => spec.inputs.contains_key(*name),
-            ["steps", s, "outputs", _] => spec.steps[step].needs.iter().any(|n| n == s),
+            ["steps", s, "outputs", _] => is_ancestor(spec, step, s),
             _ => false,
         };
         if !ok {
             return Err(format!(
-                "step {step}: input {key}: reference ${{{reference}}} must be ${{inputs.<declared input>}} or ${{steps.<a step in needs>.outputs.<name>}}"
+                "step {step}: input {key}: reference ${{{reference}}} must be ${{inputs.<declared input>}} or ${{steps.<a step it needs, directly or not>.outputs.<name>}}"
             ));
         }
     }
     Ok(())
+}
+
+/// Whether `ancestor` is among the steps `step` needs, directly or through them (so its
+/// outputs exist before `step` runs).
+fn is_ancestor(spec: &DagSpec, step: &str, ancestor: &str) -> bool {
+    let mut stack: Vec<&str> = spec.steps[step].needs.iter().map(String::as_str).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(n) = stack.pop() {
+        if n == ancestor {
+            return true;
+        }
+        if seen.insert(n)
+            && let Some(s) = spec.steps.get(n)
+        {
+            stack.extend(s.needs.iter().map(String::as_str));
+        }
+    }
+    false
 }
 
 /// The `${…}` references in a string.

@@ -5,7 +5,9 @@
 //! is read through redb's read-only open, which never modifies the file.
 
 use crate::ledger::Entry;
-use crate::store::records::{JobRecord, LockRecord, QueueRecord, Record, TokenRecord, WorkerRecord};
+use crate::store::records::{
+    DagRecord, JobRecord, LockRecord, QueueRecord, Record, RunRecord, StepRecord, TokenRecord, WorkerRecord,
+};
 use redb::{
     Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -401,6 +403,36 @@ pub mod read {
             out.push((k.value().to_owned(), String::from_utf8_lossy(v.value()).into_owned()));
         }
         Ok(out)
+    }
+
+    pub fn run(txn: &ReadTransaction, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        rw::get(&txn.open_table(RUNS).map_err(rerr)?, "runs", id)
+    }
+
+    pub fn runs(txn: &ReadTransaction, tenant: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        records(txn, RUNS, "runs", limit, |r: &RunRecord| tenant.is_none_or(|t| t == r.tenant))
+    }
+
+    /// The steps of a run, in the table's key order.
+    pub fn steps(txn: &ReadTransaction, run: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let table = txn.open_table(STEPS).map_err(rerr)?;
+        let (from, to) = (format!("{run}/"), format!("{run}/\u{10FFFF}"));
+        let mut out = Vec::new();
+        for row in table.range(from.as_str()..to.as_str()).map_err(rerr)? {
+            let (k, v) = row.map_err(rerr)?;
+            out.push(StepRecord::from_json_bytes(v.value()).map_err(|e| corrupt("steps", k.value(), e))?);
+        }
+        Ok(out)
+    }
+
+    pub fn dags(txn: &ReadTransaction) -> Result<Vec<DagRecord>, StoreError> {
+        records(txn, DAGS, "dags", usize::MAX, |_: &DagRecord| true)
+    }
+
+    pub fn dag_spec(txn: &ReadTransaction, name: &str, version: u32) -> Result<Option<String>, StoreError> {
+        let table = txn.open_table(DAG_SPECS).map_err(rerr)?;
+        let key = format!("{name}@{version}");
+        Ok(table.get(key.as_str()).map_err(rerr)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
     }
 
     pub fn resource_version(txn: &ReadTransaction, resource: &str) -> Result<u64, StoreError> {

@@ -12,6 +12,10 @@ async fn every_documented_route_is_served() {
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
+            if op["responses"]["200"]["content"].get("text/event-stream").is_some() {
+                // An endless stream: covered by the stream tests, not by one request here.
+                continue;
+            }
             let concrete =
                 path.replace("{runId}", "run-1").replace("{id}", "tok_000000000000").replace("{action}", "retry");
             let method: hyper::Method = method.to_uppercase().parse().unwrap();

@@ -6,8 +6,8 @@ use crate::support::*;
 use redb::{Database, ReadableTable};
 use stella::store::schema::{LEDGER, TOKENS};
 
-/// A stopped store holding the dev token and three more: entries 1–3 are identity, start and
-/// the dev token; 4–6 the three tokens.
+/// A stopped store holding the dev token, the sample DAG and three more tokens: entries 1–4 are
+/// identity, start, the dev token and the sample DAG; 5–7 the three tokens.
 async fn stopped_store() -> (TestAppliance, Vec<String>) {
     let mut app = TestAppliance::start();
     let client = app.socket_client();
@@ -72,6 +72,16 @@ async fn a_projection_row_the_ledger_does_not_explain_is_named() {
     let (app, ids) = stopped_store().await;
     let db = Database::open(app.store_path()).unwrap();
     let txn = db.begin_write().unwrap();
+    let created_at = {
+        let ledger = txn.open_table(LEDGER).unwrap();
+        ledger
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap())
+            .find(|(_, v)| String::from_utf8_lossy(v.value()).contains(&format!("\"subjects\":[\"{}\"]", ids[1])))
+            .map(|(k, _)| k.value())
+            .unwrap()
+    };
     {
         let mut tokens = txn.open_table(TOKENS).unwrap();
         let raw = String::from_utf8(tokens.get(ids[1].as_str()).unwrap().unwrap().value().to_vec()).unwrap();
@@ -83,6 +93,9 @@ async fn a_projection_row_the_ledger_does_not_explain_is_named() {
     drop(db);
     assert_verify_names(
         &app,
-        &format!("tokens/{}: stored value differs from the ledger replay (last written by ledger entry 5)", ids[1]),
+        &format!(
+            "tokens/{}: stored value differs from the ledger replay (last written by ledger entry {created_at})",
+            ids[1]
+        ),
     );
 }

@@ -2,9 +2,12 @@
 
 pub mod admin;
 pub mod config;
+pub mod dags;
 pub mod locks;
 pub mod pending;
 pub mod queue;
+pub mod runs;
+pub mod stream;
 pub mod tokens;
 
 use crate::api::problem::Problem;

@@ -5,13 +5,6 @@ use crate::api::extract::Auth;
 use crate::api::problem::Problem;
 use crate::auth::Scope;
 
-pub async fn runs(auth: Auth) -> Problem {
-    match auth.require(Scope::Read) {
-        Ok(_) => Problem::not_implemented("DAG runs (issue: DAG runs and the engine)"),
-        Err(p) => p,
-    }
-}
-
 pub async fn approvals(auth: Auth) -> Problem {
     match auth.require(Scope::Read) {
         Ok(_) => Problem::not_implemented("checkpoint approvals"),

@@ -1,0 +1,86 @@
+//! DAG versions over HTTP: list, show, disable, enable, roll back, and — in dev mode only —
+//! register from a spec text (marked unsigned in the ledger) until signed DAG bundles land.
+
+use crate::api::dto;
+use crate::api::extract::{Auth, JsonBody};
+use crate::api::handlers::queue::submit;
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::state::AppState;
+use crate::auth::Scope;
+use crate::engine::RunCommand;
+use crate::engine::plan::DagAction;
+use crate::engine::spec;
+use crate::store::Command;
+use crate::store::schema::read;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use std::sync::Arc;
+
+pub async fn list(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::DagList>> {
+    auth.require(Scope::Read)?;
+    let dags = read::dags(&state.store.read()?)?;
+    Ok(Json(dto::DagList { dags: dags.iter().map(dto::Dag::from_record).collect() }))
+}
+
+fn dag(state: &AppState, name: &str) -> ApiResult<dto::Dag> {
+    read::dags(&state.store.read()?)?
+        .iter()
+        .find(|d| d.name == name)
+        .map(dto::Dag::from_record)
+        .ok_or_else(|| Problem::not_found(format!("DAG {name}")))
+}
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<dto::Dag>> {
+    auth.require(Scope::Read)?;
+    Ok(Json(dag(&state, &name)?))
+}
+
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::DagRegister>,
+) -> ApiResult<(StatusCode, Json<dto::Dag>)> {
+    let p = auth.require(Scope::Admin)?;
+    if !state.dev {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "signed_bundle_required",
+            "outside dev mode DAGs enter only as signed bundles (not available yet); this daemon was not started with --dev",
+        ));
+    }
+    let compiled = spec::compile(&req.spec, &[]).map_err(|e| Problem::invalid("spec", e))?;
+    let name = compiled.name.clone();
+    let c =
+        submit(&state, p, Command::Run(RunCommand::RegisterDag { name: name.clone(), spec: req.spec, unsigned: true }))
+            .await?;
+    let status = if c.entries.is_empty() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(dag(&state, &name)?)))
+}
+
+pub async fn version_action(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path((name, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<dto::Dag>> {
+    let p = auth.require(Scope::Admin)?;
+    let req: dto::DagVersionAction = if body.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Problem::invalid("version", e.to_string()))?
+    };
+    let action = match action.as_str() {
+        "disable" => DagAction::Disable,
+        "enable" => DagAction::Enable,
+        "rollback" => DagAction::Rollback,
+        other => return Err(Problem::not_found(format!("DAG action {other:?} (disable, enable, rollback)"))),
+    };
+    submit(&state, p, Command::Run(RunCommand::DagVersion { name: name.clone(), version: req.version, action }))
+        .await?;
+    Ok(Json(dag(&state, &name)?))
+}

@@ -1,0 +1,145 @@
+//! `GET /runs/stream`: run and step events as Server-Sent Events. Every event carries its
+//! ledger sequence as its id; a reconnect with `Last-Event-ID` (or `?after=`) first replays the
+//! ledger after that sequence, then follows live, with nothing missed and nothing twice. A
+//! consumer that falls further behind than the event buffer gets a `lagged` event naming the
+//! sequence to resume from, and is disconnected. Filters: `run`, `dag`, `tenant`.
+
+use crate::api::extract::Auth;
+use crate::api::problem::ApiResult;
+use crate::api::state::AppState;
+use crate::auth::{Principal, Scope};
+use crate::ledger::Entry;
+use crate::store::schema::read;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+/// Events buffered for one consumer between the producer and the connection.
+const STREAM_BUFFER: usize = 1_024;
+/// Ledger entries read per replay page.
+const REPLAY_PAGE: usize = 1_000;
+/// A consumer that takes longer than this to accept one event is disconnected.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alive comments on an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    run: Option<String>,
+    dag: Option<String>,
+    tenant: Option<String>,
+    after: Option<u64>,
+}
+
+struct Filter {
+    q: StreamQuery,
+    principal: Principal,
+    dag_of: HashMap<String, String>,
+}
+
+impl Filter {
+    fn keep(&mut self, state: &AppState, e: &Entry) -> bool {
+        if !(e.kind.starts_with("run.") || e.kind.starts_with("step.")) || !self.principal.sees(&e.tenant) {
+            return false;
+        }
+        if self.q.tenant.as_ref().is_some_and(|t| *t != e.tenant) {
+            return false;
+        }
+        let run = e.subjects.first().cloned().unwrap_or_default();
+        if self.q.run.as_ref().is_some_and(|r| *r != run) {
+            return false;
+        }
+        if let Some(dag) = &self.q.dag {
+            if !self.dag_of.contains_key(&run) {
+                let found = state
+                    .store
+                    .read()
+                    .ok()
+                    .and_then(|t| read::run(&t, &run).ok().flatten())
+                    .map(|r| r.dag)
+                    .unwrap_or_default();
+                self.dag_of.insert(run.clone(), found);
+            }
+            return self.dag_of.get(&run) == Some(dag);
+        }
+        true
+    }
+}
+
+fn event(e: &Entry) -> Event {
+    Event::default().id(e.seq.to_string()).event(e.kind.clone()).data(String::from_utf8_lossy(&e.to_json()))
+}
+
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> ApiResult<Response> {
+    let principal = auth.require(Scope::Read)?.clone();
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(q.after);
+    // Subscribe before reading the head, so nothing committed in between is missed.
+    let live = state.writer.subscribe();
+    let after = last.unwrap_or_else(|| state.writer.stats().head_seq());
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let filter = Filter { q, principal, dag_of: HashMap::new() };
+    tokio::spawn(produce(state, live, after, filter, tx));
+    let events =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
+}
+
+async fn send(tx: &mpsc::Sender<Event>, ev: Event) -> bool {
+    matches!(tokio::time::timeout(SEND_TIMEOUT, tx.send(ev)).await, Ok(Ok(())))
+}
+
+async fn produce(
+    state: Arc<AppState>,
+    mut live: tokio::sync::broadcast::Receiver<Arc<Entry>>,
+    mut after: u64,
+    mut filter: Filter,
+    tx: mpsc::Sender<Event>,
+) {
+    loop {
+        let Ok(page) = state.store.read().and_then(|t| read::ledger_after(&t, after, REPLAY_PAGE)) else { return };
+        for e in &page {
+            after = e.seq;
+            if filter.keep(&state, e) && !send(&tx, event(e)).await {
+                return;
+            }
+        }
+        if page.len() < REPLAY_PAGE {
+            break;
+        }
+    }
+    loop {
+        match live.recv().await {
+            Ok(e) if e.seq <= after => continue,
+            Ok(e) => {
+                after = e.seq;
+                if filter.keep(&state, &e) && !send(&tx, event(&e)).await {
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(_)) => {
+                let lagged = Event::default().event("lagged").data(format!("{{\"resumeFrom\":{after}}}"));
+                let _ = send(&tx, lagged).await;
+                return;
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The executor's lease loop and one task per attempt. It waits on committed events (never
+//! polls): a new or returning job wakes it, a finished attempt frees a slot, a cancelled job
+//! stops its attempt.
+
+use crate::exec::builtin::{self, StepResult};
+use crate::queue::QueueCommand;
+use crate::store::command::Actor;
+use crate::store::schema::read;
+use crate::store::{Command, Store, WriterHandle};
+use serde_json::json;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, watch};
+
+/// Entry kinds after which ready work may exist.
+const WAKE_KINDS: &[&str] =
+    &["job.enqueued", "job.ready", "lease.expired", "queue.resumed", "dlq.replayed", "queue.budget_cleared"];
+
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub worker: String,
+    pub slots: usize,
+    pub lease_ttl_ms: u64,
+    pub kinds: Vec<String>,
+}
+
+fn actor(worker: &str) -> Actor {
+    Actor { name: format!("worker:{worker}") }
+}
+
+pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop: watch::Receiver<bool>) {
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(opts.slots.max(1));
+    let mut events = writer.subscribe();
+    let mut free = opts.slots;
+    loop {
+        if free > 0 {
+            let lease = Command::Queue(QueueCommand::Lease {
+                tenant: None,
+                worker: opts.worker.clone(),
+                worker_tenant: String::new(),
+                types: opts.kinds.clone(),
+                max: free as u32,
+                ttl_ms: Some(opts.lease_ttl_ms),
+                env: None,
+            });
+            match writer.submit(actor(&opts.worker), lease).await {
+                Ok(c) => {
+                    let grants: Vec<(String, u64)> = c
+                        .entries
+                        .iter()
+                        .filter(|e| e.kind == "lease.granted")
+                        .flat_map(|e| e.data["leases"].as_array().cloned().unwrap_or_default())
+                        .map(|g| (g["jobId"].as_str().unwrap_or_default().to_owned(), g["token"].as_u64().unwrap_or(0)))
+                        .collect();
+                    for (job, token) in grants {
+                        free -= 1;
+                        let attempt =
+                            Attempt { writer: writer.clone(), store: store.clone(), job, token, opts: opts.clone() };
+                        let done = done_tx.clone();
+                        tokio::spawn(async move {
+                            attempt.run().await;
+                            let _ = done.send(()).await;
+                        });
+                    }
+                    if free > 0 && !c.entries.is_empty() {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "executor lease failed");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = done_rx.recv() => free += 1,
+            _ = wake(&mut events) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Returns when a committed entry may have made work ready.
+async fn wake(events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::ledger::Entry>>) {
+    loop {
+        match events.recv().await {
+            Ok(e) if WAKE_KINDS.contains(&e.kind.as_str()) => return,
+            Ok(_) => continue,
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+struct Attempt {
+    writer: WriterHandle,
+    store: Store,
+    job: String,
+    token: u64,
+    opts: ExecOptions,
+}
+
+impl Attempt {
+    async fn run(self) {
+        let Some(job) = self.store.read().ok().and_then(|t| read::job(&t, &self.job).ok().flatten()) else { return };
+        let timeout = Duration::from_millis(job.payload["timeoutMs"].as_u64().unwrap_or(300_000));
+        let mut events = self.writer.subscribe();
+        let beat = Duration::from_millis((self.opts.lease_ttl_ms / 3).max(1));
+        let work = builtin::run(&job.job_type, &job.payload["inputs"]);
+        tokio::pin!(work);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = &mut deadline => break StepResult::Failed { code: "timeout".into(), error: format!("step did not finish within {} ms", timeout.as_millis()) },
+                _ = heartbeat.tick() => {
+                    let hb = Command::Queue(QueueCommand::Heartbeat { tenant: None, job: self.job.clone(), token: self.token, ttl_ms: Some(self.opts.lease_ttl_ms) });
+                    if let Err(e) = self.writer.submit(actor(&self.opts.worker), hb).await {
+                        tracing::info!(job = %self.job, error = %e, "lease lost; attempt stopped");
+                        return;
+                    }
+                }
+                ev = events.recv() => {
+                    if let Ok(e) = ev && e.kind == "job.cancelled" && e.subjects.first() == Some(&self.job) {
+                        tracing::info!(job = %self.job, "job cancelled; attempt stopped");
+                        return;
+                    }
+                }
+            }
+        };
+        let report = match result {
+            StepResult::Outputs(outputs) => QueueCommand::Complete {
+                tenant: None,
+                job: self.job.clone(),
+                token: self.token,
+                result: Some(json!({ "outputs": outputs })),
+            },
+            StepResult::Failed { code, error } => QueueCommand::Fail {
+                tenant: None,
+                job: self.job.clone(),
+                token: self.token,
+                error,
+                error_code: Some(code),
+                retryable: true,
+            },
+        };
+        if let Err(e) = self.writer.submit(actor(&self.opts.worker), Command::Queue(report)).await {
+            tracing::info!(job = %self.job, error = %e, "result refused");
+        }
+    }
+}
