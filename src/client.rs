@@ -136,12 +136,20 @@ impl Client {
 impl Client {
     /// A GET whose body is consumed as it arrives (Server-Sent Events): `on_chunk` gets each
     /// piece and returns false to stop. A non-2xx answer is returned as an error.
-    pub async fn stream(&self, path: &str, mut on_chunk: impl FnMut(&[u8]) -> bool) -> Result<(), CliError> {
+    pub async fn stream(
+        &self,
+        path: &str,
+        last_event_id: Option<u64>,
+        mut on_chunk: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), CliError> {
         let mut req = Request::builder()
             .method(Method::GET)
             .uri(path)
             .header("host", "stella")
             .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
         if let Some(token) = &self.token {
             req = req.header("authorization", format!("Bearer {token}"));
         }

@@ -138,12 +138,12 @@ async fn stream(
     let mut query: Vec<String> = Vec::new();
     query.extend(run.as_ref().map(|r| format!("run={r}")));
     query.extend(dag.map(|d| format!("dag={d}")));
-    query.extend(after.map(|a| format!("after={a}")));
+
     let path = format!("{P}/runs/stream{}{}", if query.is_empty() { "" } else { "?" }, query.join("&"));
     let mut pending = String::new();
     let format = g.format;
     client
-        .stream(&path, |chunk| {
+        .stream(&path, after, |chunk| {
             pending.push_str(&String::from_utf8_lossy(chunk));
             while let Some(end) = pending.find("\n\n") {
                 let block: String = pending.drain(..end + 2).collect();

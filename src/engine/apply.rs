@@ -124,7 +124,8 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
         "step.started" => {
             rec.state = StepState::Running;
             rec.worker = Some(s(entry, "worker")?.to_owned());
-            rec.attempts = entry.data["attempt"].as_u64().unwrap_or(0) as u32;
+            // Every attempt counts, across manual retries (which start a new job).
+            rec.attempts += 1;
             rec.started_ms = Some(entry.time);
         }
         "step.retrying" => {

@@ -287,6 +287,8 @@ fn topological(spec: &DagSpec) -> Result<Vec<String>, String> {
     }
     let mut pending: BTreeMap<&str, usize> = spec.steps.iter().map(|(n, s)| (n.as_str(), s.needs.len())).collect();
     let mut ready: Vec<&str> = pending.iter().filter(|(_, c)| **c == 0).map(|(n, _)| *n).collect();
+    // A stack popped from the end: reverse name order makes the order alphabetical among peers.
+    ready.sort_by(|a, b| b.cmp(a));
     let mut order = Vec::new();
     while let Some(n) = ready.pop() {
         order.push(n.to_owned());

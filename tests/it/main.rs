@@ -10,6 +10,7 @@ mod openapi;
 mod queue_api;
 mod queue_model;
 mod restart;
+mod runs_api;
 mod store_schema;
 mod store_tamper;
 mod support;

@@ -1,0 +1,279 @@
+//! Runs through the API and CLI of a running daemon, as the runbooks describe them (002 and
+//! 004 §1, §6, §7): why a step waits, manual recovery, cancel, idempotent start, a kill -9
+//! mid-run, and a 1,000-wide fan-out whose event stream is resumed with Last-Event-ID.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use stella::client::Client;
+
+const P: &str = "/api/v1/orchestrator";
+
+async fn post(c: &Client, path: &str, body: Value) -> Value {
+    let reply = c.post(&format!("{P}{path}"), &body).await.unwrap();
+    assert!(reply.status.is_success(), "POST {path}: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
+    reply.json().unwrap()
+}
+
+async fn get(c: &Client, path: &str) -> Value {
+    c.get(&format!("{P}{path}")).await.unwrap().ok().unwrap().json().unwrap()
+}
+
+async fn register(c: &Client, spec: &str) {
+    post(c, "/dags", json!({ "spec": spec })).await;
+}
+
+/// Reads the run's events until it ends; returns them.
+async fn until_done(c: &Client, run: &str, after: Option<u64>) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut pending = String::new();
+    c.stream(&format!("{P}/runs/stream?run={run}"), after, |chunk| {
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let data: String = block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+            if let Ok(e) = serde_json::from_str::<Value>(&data) {
+                let done = ["run.succeeded", "run.failed", "run.cancelled"].contains(&e["kind"].as_str().unwrap_or(""));
+                events.push(e);
+                if done {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await
+    .unwrap();
+    events
+}
+
+fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_run_shows_why_each_step_waits_and_completes_when_released() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    register(&c, "name = \"held\"\nmaxParallelSteps = 1\n[steps.a]\nplugin = \"sleep\"\ninputs = { ms = 1 }\n[steps.b]\nplugin = \"sleep\"\ninputs = { ms = 1 }\n[steps.c]\nplugin = \"noop\"\nneeds = [\"a\", \"b\"]\n").await;
+    assert!(app.stella(&["orch", "queue", "pause", "sleep"]).status.success());
+    let run = post(&c, "/runs", json!({ "dag": "held" })).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let status = app.stella(&["--format", "json", "orch", "run", "status", &id]);
+    let v: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(step(&v, "a")["waitReason"], "job type sleep is paused");
+    assert_eq!(step(&v, "b")["waitReason"], "maxParallelSteps=1 reached");
+    assert_eq!(step(&v, "c")["waitReason"], "needs a, b");
+    let trace = stdout(&app.stella(&["orch", "run", "trace", &id, "--verbose"]));
+    assert!(trace.contains("job type sleep is paused") && trace.contains("WORKER"), "{trace}");
+    let watcher = {
+        let c = app.socket_client();
+        let id = id.clone();
+        tokio::spawn(async move { until_done(&c, &id, Some(0)).await })
+    };
+    assert!(app.stella(&["orch", "queue", "resume", "sleep"]).status.success());
+    let events = watcher.await.unwrap();
+    assert_eq!(events.last().unwrap()["kind"], "run.succeeded");
+    let v = get(&c, &format!("/runs/{id}")).await;
+    assert!(v["steps"].as_array().unwrap().iter().all(|s| s["state"] == "succeeded" && s["waitReason"].is_null()));
+}
+
+/// The test plays a remote agent (the in-process executor is off): a failed step fails the
+/// run; retry on it completes the run; retry on a succeeded run is 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_of_a_failed_step_completes_the_run_and_retry_on_a_succeeded_run_is_409() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let c = app.socket_client();
+    register(
+        &c,
+        "name = \"two\"\n[steps.build]\nplugin = \"noop\"\n[steps.ship]\nplugin = \"noop\"\nneeds = [\"build\"]\n",
+    )
+    .await;
+    let id = post(&c, "/runs", json!({ "dag": "two" })).await["id"].as_str().unwrap().to_owned();
+    let lease = |c: Client| async move {
+        post(&c, "/leases", json!({ "worker": "agent-1", "types": ["noop"], "wait": "10s" })).await["leases"][0].clone()
+    };
+    let l = lease(c.clone()).await;
+    post(
+        &c,
+        &format!("/leases/{}/fail", l["jobId"].as_str().unwrap()),
+        json!({ "token": l["token"], "error": "disk full", "errorCode": "io" }),
+    )
+    .await;
+    let failed = get(&c, &format!("/runs/{id}")).await;
+    assert_eq!((failed["status"].as_str(), step(&failed, "build")["errorCode"].as_str()), (Some("failed"), Some("io")));
+    assert_eq!(step(&failed, "ship")["waitReason"], "blocked by failed step build");
+
+    let retried = app.stella(&["orch", "run", "retry", &id]);
+    assert!(retried.status.success(), "{}", stderr(&retried));
+    let again = app.stella(&["orch", "run", "retry", &id]);
+    assert_eq!(again.status.code(), Some(7), "a retry in flight makes another one a conflict");
+    for _ in 0..2 {
+        let l = lease(c.clone()).await;
+        post(&c, &format!("/leases/{}/complete", l["jobId"].as_str().unwrap()), json!({ "token": l["token"] })).await;
+    }
+    let done = get(&c, &format!("/runs/{id}")).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(step(&done, "build")["attempts"], 2);
+    let late = c.post(&format!("{P}/runs/{id}/actions/retry"), &json!({})).await.unwrap();
+    assert_eq!(late.status, 409);
+    let ledger = get(&c, "/ledger?limit=1000").await;
+    let resumed = ledger["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "run.resumed").unwrap();
+    assert_eq!(resumed["actor"], format!("local:uid={}", unsafe { libc::geteuid() }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_a_running_step_ends_the_run_cancelled_and_a_timeout_is_a_clear_failure() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    register(&c, "name = \"slow\"\n[steps.wait]\nplugin = \"sleep\"\ninputs = { ms = 600000 }\n").await;
+    let id = post(&c, "/runs", json!({ "dag": "slow" })).await["id"].as_str().unwrap().to_owned();
+    let mut events = Vec::new();
+    let mut pending = String::new();
+    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        let started = pending.contains("event: step.started");
+        events.push(pending.clone());
+        !started
+    })
+    .await
+    .unwrap();
+    let cancel = app.stella(&["orch", "run", "cancel", &id]);
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+    let v = get(&c, &format!("/runs/{id}")).await;
+    assert_eq!((v["status"].as_str(), step(&v, "wait")["state"].as_str()), (Some("cancelled"), Some("cancelled")));
+    assert!(app.stella(&["orch", "run", "cancel", &id]).status.success(), "cancel is idempotent");
+    let job = get(&c, &format!("/jobs/{}", step(&v, "wait")["jobId"].as_str().unwrap())).await;
+    assert_eq!(job["state"], "cancelled");
+
+    register(&c, "name = \"late\"\n[steps.wait]\nplugin = \"sleep\"\ntimeout = \"100ms\"\ninputs = { ms = 60000 }\n")
+        .await;
+    let id = post(&c, "/runs", json!({ "dag": "late" })).await["id"].as_str().unwrap().to_owned();
+    let events = until_done(&c, &id, Some(0)).await;
+    assert_eq!(events.last().unwrap()["kind"], "run.failed");
+    let v = get(&c, &format!("/runs/{id}")).await;
+    assert_eq!(step(&v, "wait")["errorCode"], "timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_starts_with_one_token_create_one_run() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let c = app.socket_client();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(&format!("{P}/runs"), &json!({ "dag": "sample-pipeline", "runToken": "release-1.4.1" }))
+                .await
+                .unwrap();
+            (r.status.as_u16(), r.json().unwrap()["id"].as_str().unwrap().to_owned())
+        }));
+    }
+    let mut ids = BTreeSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let (status, id) = t.await.unwrap();
+        created += usize::from(status == 201);
+        assert!(status == 201 || status == 200);
+        ids.insert(id);
+    }
+    assert_eq!((ids.len(), created), (1, 1));
+    assert_eq!(get(&c, "/runs").await["runs"].as_array().unwrap().len(), 1);
+    let other = c
+        .post(
+            &format!("{P}/runs"),
+            &json!({ "dag": "sample-pipeline", "runToken": "release-1.4.1", "inputs": { "target": "prod" } }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.status, 409);
+    assert!(other.json().unwrap()["detail"].as_str().unwrap().contains(ids.first().unwrap().as_str()));
+}
+
+/// kill -9 while a step runs; after the restart the dead executor's lease expires, the step
+/// runs again and the run completes; nothing is lost from the ledger, which verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_kill_9_mid_run() {
+    let mut app = TestAppliance::start_with(|c| {
+        c.queue.lease_ttl_ms = 1_000;
+        c.queue.backoff_base_ms = 50;
+    });
+    let c = app.socket_client();
+    register(&c, "name = \"crash\"\n[steps.a]\nplugin = \"sleep\"\nretries = 3\ninputs = { ms = 1500 }\n[steps.b]\nplugin = \"noop\"\nneeds = [\"a\"]\n").await;
+    let id = post(&c, "/runs", json!({ "dag": "crash" })).await["id"].as_str().unwrap().to_owned();
+    let mut pending = String::new();
+    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        !pending.contains("event: step.started")
+    })
+    .await
+    .unwrap();
+    app.kill9();
+    app.launch();
+    let c = app.socket_client();
+    let events = until_done(&c, &id, Some(0)).await;
+    assert_eq!(events.last().unwrap()["kind"], "run.succeeded", "{events:?}");
+    let v = get(&c, &format!("/runs/{id}")).await;
+    assert_eq!(step(&v, "a")["attempts"], 2, "the interrupted attempt, then one more");
+    let stalls = get(&c, "/ledger?limit=1000").await["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "lease.expired")
+        .count();
+    assert_eq!(stalls, 1);
+    let verify = app.stella(&["orch", "db", "verify"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}
+
+/// A 1,000-wide fan-out and fan-in completes; its stream, cut halfway and resumed with
+/// Last-Event-ID, shows every step event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_wide_fan_out_streams_every_step_event_exactly_once_across_a_resume() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let mut spec = String::from("name = \"wide\"\n[steps.start]\nplugin = \"noop\"\n");
+    for i in 0..1000 {
+        spec.push_str(&format!("[steps.s{i}]\nplugin = \"noop\"\nneeds = [\"start\"]\n"));
+    }
+    let all: Vec<String> = (0..1000).map(|i| format!("\"s{i}\"")).collect();
+    spec.push_str(&format!("[steps.end]\nplugin = \"noop\"\nneeds = [{}]\n", all.join(", ")));
+    register(&c, &spec).await;
+    let id = post(&c, "/runs", json!({ "dag": "wide" })).await["id"].as_str().unwrap().to_owned();
+
+    let mut seen: Vec<Value> = Vec::new();
+    let mut pending = String::new();
+    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let data: String = block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+            if let Ok(e) = serde_json::from_str::<Value>(&data) {
+                seen.push(e);
+                if seen.iter().filter(|e| e["kind"] == "step.succeeded").count() == 500 {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await
+    .unwrap();
+    let last = seen.last().unwrap()["seq"].as_u64().unwrap();
+    seen.extend(until_done(&c, &id, Some(last)).await);
+    assert_eq!(seen.last().unwrap()["kind"], "run.succeeded");
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut seqs = BTreeSet::new();
+    for e in &seen {
+        assert!(seqs.insert(e["seq"].as_u64().unwrap()), "event {} delivered twice", e["seq"]);
+        if let Some(step) = e["subjects"][1].as_str() {
+            *counts.entry((e["kind"].as_str().unwrap().to_owned(), step.to_owned())).or_default() += 1;
+        }
+    }
+    for kind in ["step.queued", "step.started", "step.succeeded"] {
+        let n = counts.iter().filter(|((k, _), c)| k == kind && **c == 1).count();
+        assert_eq!(n, 1002, "{kind}: every step exactly once");
+    }
+    assert!(app.stella(&["orch", "db", "verify"]).status.success());
+}
