@@ -1,0 +1,190 @@
+//! DAG scheduling cost (DESIGN.md §6): durable step transitions per second and the engine's
+//! overhead per step (process spawn excluded: built-in `noop` steps, completed by a worker loop
+//! in the benchmark) for a 10-step diamond and a 1,000-wide fan-out/fan-in, against the same
+//! number of plain queue jobs through the same worker loop, in the same run.
+//!
+//! `cargo bench --bench dag`
+
+use serde_json::json;
+use std::time::{Duration, Instant};
+use stella::clock;
+use stella::engine::RunCommand;
+use stella::queue::QueueCommand;
+use stella::store::command::Actor;
+use stella::store::writer::{self, WriterOptions};
+use stella::store::{Command, Store, WriterHandle};
+
+fn actor() -> Actor {
+    Actor { name: "bench".into() }
+}
+
+fn writer() -> (tempfile::TempDir, WriterHandle) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = Store::open(&dir.path().join("d.redb")).unwrap();
+    let (h, w) = writer::channel(store, clock::system(), WriterOptions::seeded(3)).unwrap();
+    w.spawn();
+    (dir, h)
+}
+
+/// Leases and completes `noop` jobs until `done` says stop; returns jobs completed.
+async fn work(h: &WriteHandleRef<'_>, expect: usize) -> usize {
+    let mut completed = 0;
+    while completed < expect {
+        let c = h.submit(actor(), lease()).await.unwrap();
+        let grants: Vec<(String, u64)> = c
+            .entries
+            .iter()
+            .filter(|e| e.kind == "lease.granted")
+            .flat_map(|e| e.data["leases"].as_array().cloned().unwrap_or_default())
+            .map(|g| (g["jobId"].as_str().unwrap().to_owned(), g["token"].as_u64().unwrap()))
+            .collect();
+        if grants.is_empty() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let tasks: Vec<_> = grants
+            .into_iter()
+            .map(|(job, token)| {
+                let h = h.0.clone();
+                tokio::spawn(async move {
+                    h.submit(
+                        actor(),
+                        Command::Queue(QueueCommand::Complete {
+                            tenant: None,
+                            job,
+                            token,
+                            result: Some(json!({ "outputs": {} })),
+                        }),
+                    )
+                    .await
+                    .unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+            completed += 1;
+        }
+    }
+    completed
+}
+
+struct WriteHandleRef<'a>(&'a WriterHandle);
+
+impl WriteHandleRef<'_> {
+    async fn submit(&self, a: Actor, c: Command) -> Result<stella::store::Committed, stella::store::CommandError> {
+        self.0.submit(a, c).await
+    }
+}
+
+fn lease() -> Command {
+    Command::Queue(QueueCommand::Lease {
+        tenant: None,
+        worker: "bench".into(),
+        worker_tenant: String::new(),
+        types: vec!["noop".into()],
+        max: 256,
+        ttl_ms: Some(60_000),
+        env: None,
+    })
+}
+
+fn diamond(n: usize) -> String {
+    // start → n-2 parallel middle steps → end.
+    let mut s = String::from("name = \"d\"\n[steps.start]\nplugin = \"noop\"\n");
+    for i in 0..n - 2 {
+        s.push_str(&format!("[steps.m{i}]\nplugin = \"noop\"\nneeds = [\"start\"]\n"));
+    }
+    let mids: Vec<String> = (0..n - 2).map(|i| format!("\"m{i}\"")).collect();
+    s.push_str(&format!("[steps.end]\nplugin = \"noop\"\nneeds = [{}]\n", mids.join(", ")));
+    s
+}
+
+/// Runs one DAG of `steps` steps `runs` times; returns the elapsed time.
+fn dag(steps: usize, runs: usize) -> Duration {
+    let (_d, h) = writer();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let spec = diamond(steps);
+        h.submit(actor(), Command::Run(RunCommand::RegisterDag { name: "d".into(), spec, unsigned: true }))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for _ in 0..runs {
+            h.submit(
+                actor(),
+                Command::Run(RunCommand::Start {
+                    tenant: "default".into(),
+                    dag: "d".into(),
+                    inputs: Default::default(),
+                    run_token: None,
+                }),
+            )
+            .await
+            .unwrap();
+        }
+        work(&WriteHandleRef(&h), steps * runs).await;
+        started.elapsed()
+    })
+}
+
+/// The same number of plain jobs, enqueued in as many waves as the DAG has levels.
+fn plain(jobs: usize) -> Duration {
+    let (_d, h) = writer();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..jobs)
+            .map(|i| {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let cmd = Command::Queue(QueueCommand::Enqueue {
+                        tenant: "default".into(),
+                        job_type: "noop".into(),
+                        payload: json!({ "i": i }),
+                        priority: 100,
+                        max_attempts: Some(1),
+                        delay_ms: None,
+                        idempotency_key: None,
+                    });
+                    h.submit(actor(), cmd).await.unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        work(&WriteHandleRef(&h), jobs).await;
+        started.elapsed()
+    })
+}
+
+fn main() {
+    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"dag".contains(a.as_str())) {
+        return;
+    }
+    println!(
+        "{:<36} {:>8} {:>12} {:>14} {:>16}",
+        "workload", "steps", "elapsed ms", "transitions/s", "overhead ms/step"
+    );
+    for (name, steps, runs) in [
+        ("10-step diamond × 100 runs", 10, 100),
+        ("1,000-wide fan-out/fan-in × 1", 1002, 1),
+        ("1,000-wide fan-out/fan-in × 5", 1002, 5),
+    ] {
+        let total = steps * runs;
+        let d = dag(steps, runs);
+        let p = plain(total);
+        // queued, started and succeeded are three durable step transitions per step.
+        let transitions = (3 * total) as f64 / d.as_secs_f64();
+        let overhead = (d.as_secs_f64() - p.as_secs_f64()) * 1e3 / total as f64;
+        println!("{name:<36} {total:>8} {:>12.1} {transitions:>14.0} {overhead:>16.3}", d.as_secs_f64() * 1e3);
+        println!(
+            "{:<36} {total:>8} {:>12.1} {:>14} {:>16}",
+            "  same number of plain queue jobs",
+            p.as_secs_f64() * 1e3,
+            "-",
+            "baseline"
+        );
+    }
+}
