@@ -16,6 +16,7 @@ pub mod exit;
 pub mod ids;
 pub mod ledger;
 pub mod locks;
+pub mod plugins;
 pub mod queue;
 pub mod runtime_config;
 pub mod serve;

@@ -79,7 +79,7 @@ async fn daemon(
     let new_token =
         if opts.dev { ensure_dev_token(&opts.layout, &store, &writer, &config, &*clock).await? } else { None };
     if opts.dev {
-        register_samples(&writer).await?;
+        register_samples(&writer, &opts.layout.lib()).await?;
     }
 
     let socket = config.socket_path(&opts.layout);
@@ -102,6 +102,7 @@ async fn daemon(
         started_ms,
         listeners: listeners.clone(),
         dev: opts.dev,
+        lib: opts.layout.lib(),
         owner_uid: unsafe_free_geteuid(),
     });
     if let Some(notes) = dev_notes {
@@ -123,7 +124,7 @@ async fn daemon(
             worker: format!("local-{}", std::process::id()),
             slots: config.exec.slots,
             lease_ttl_ms: config.queue.lease_ttl_ms,
-            kinds: crate::engine::spec::BUILTINS.iter().map(|k| (*k).to_owned()).collect(),
+            lib: opts.layout.lib(),
         };
         tokio::spawn(crate::exec::worker::run(state.writer.clone(), state.store.clone(), opts, timers_stop.subscribe()))
     });
@@ -194,14 +195,34 @@ async fn ensure_dev_token(
     Ok(Some(minted.secret))
 }
 
-/// The sample DAGs shipped in `bundles/`, compiled into the binary so `serve --dev` works from
-/// any directory. Registered unsigned (dev mode only) until signed DAG bundles land.
+/// The samples shipped in `bundles/`, compiled into the binary so `serve --dev` works from any
+/// directory. Registered unsigned (dev mode only) until signed bundles land.
 const SAMPLES: &[&str] = &[include_str!("../bundles/sample-pipeline.dag.toml")];
+const SAMPLE_PLUGIN: &[(&str, &str, u32)] = &[
+    ("plugin.toml", include_str!("../bundles/sample-plugin/plugin.toml"), 0o644),
+    ("run.sh", include_str!("../bundles/sample-plugin/run.sh"), 0o755),
+];
 
-async fn register_samples(writer: &WriterHandle) -> Result<(), CliError> {
+async fn register_samples(writer: &WriterHandle, lib: &Path) -> Result<(), CliError> {
+    let staging = lib.join("bundles/staging").join(format!("sample-{}", crate::ids::random_hex(4)));
+    for (name, text, mode) in SAMPLE_PLUGIN {
+        dev::write_file_atomic(&staging.join(name), text.as_bytes(), *mode)
+            .map_err(|e| CliError::Other(format!("sample plugin: {e}")))?;
+    }
+    let checked = crate::plugins::check(&staging).map_err(|e| CliError::Other(format!("sample plugin: {e}")))?;
+    crate::plugins::seal(lib, &checked).map_err(CliError::Other)?;
+    let _ = std::fs::remove_dir_all(&staging);
+    let plugin = crate::engine::RunCommand::RegisterPlugin {
+        name: checked.manifest.name.clone(),
+        digest: checked.digest.clone(),
+        entrypoint: checked.manifest.entrypoint.clone(),
+        unsigned: true,
+    };
+    submit(writer, Command::Run(plugin)).await?;
+    let installed = vec![checked.manifest.name.clone()];
     for text in SAMPLES {
         let compiled =
-            crate::engine::spec::compile(text, &[]).map_err(|e| CliError::Other(format!("sample DAG: {e}")))?;
+            crate::engine::spec::compile(text, &installed).map_err(|e| CliError::Other(format!("sample DAG: {e}")))?;
         let command =
             crate::engine::RunCommand::RegisterDag { name: compiled.name, spec: (*text).to_owned(), unsigned: true };
         submit(writer, Command::Run(command)).await?;

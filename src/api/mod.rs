@@ -58,6 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dags", get(dags::list).post(dags::register))
         .route("/dags/{name}", get(dags::show))
         .route("/dags/{name}/{action}", post(dags::version_action))
+        .route("/plugins", get(dags::plugins).post(dags::register_plugin))
         .route("/approvals", get(pending::approvals))
         .route("/metrics", get(admin::metrics));
     Router::new()

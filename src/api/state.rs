@@ -17,6 +17,8 @@ pub struct AppState {
     /// Human descriptions of the bound listeners, for `orch status`.
     pub listeners: Vec<String>,
     pub dev: bool,
+    /// `<lib>` of the layout: the sealed store of plugins lives under it.
+    pub lib: std::path::PathBuf,
     /// This process's effective uid: peers on the Unix socket with it (or root) are admin.
     pub owner_uid: u32,
 }

@@ -5,7 +5,7 @@ use crate::engine::step_key;
 use crate::ledger::Entry;
 use crate::store::projection::ApplyError;
 use crate::store::records::{DagRecord, DagVersion, RunRecord, RunStatus, StepRecord, StepState};
-use crate::store::schema::{COUNTERS, DAG_SPECS, DAGS, RUN_TOKENS, RUN_WAITING, RUNS, STEPS, rw};
+use crate::store::schema::{COUNTERS, DAG_SPECS, DAGS, PLUGINS, RUN_TOKENS, RUN_WAITING, RUNS, STEPS, rw};
 use redb::WriteTransaction;
 use serde_json::Value;
 
@@ -69,8 +69,22 @@ fn finish_step(rec: &mut StepRecord, run: &mut RunRecord, state: StepState, now:
 /// Applies a DAG, run or step entry; `Ok(false)` if the kind is not the engine's.
 pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
     let kind = entry.kind.as_str();
-    if !(kind.starts_with("dag.") || kind.starts_with("run.") || kind.starts_with("step.")) {
+    if !(kind.starts_with("dag.")
+        || kind.starts_with("run.")
+        || kind.starts_with("step.")
+        || kind == "plugin.registered")
+    {
         return Ok(false);
+    }
+    if kind == "plugin.registered" {
+        let name = s(entry, "name")?;
+        let record = serde_json::json!({ "digest": entry.data["digest"], "entrypoint": entry.data["entrypoint"],
+                                         "unsigned": entry.data["unsigned"], "registeredMs": entry.time, "registeredBy": entry.actor });
+        txn.open_table(PLUGINS)
+            .map_err(r)?
+            .insert(name, serde_json::to_vec(&record).expect("json").as_slice())
+            .map_err(r)?;
+        return Ok(true);
     }
     if kind.starts_with("dag.") {
         return apply_dag(txn, entry).map(|_| true);
@@ -181,6 +195,7 @@ fn create_run(txn: &WriteTransaction, entry: &Entry, run_id: &str) -> Result<(),
         inputs: d["inputs"].clone(),
         inputs_hash: s(entry, "inputsHash")?.to_owned(),
         run_token: d["runToken"].as_str().map(str::to_owned),
+        plugins: serde_json::from_value(d["plugins"].clone()).unwrap_or_default(),
         status: RunStatus::Planning,
         created_ms: entry.time,
         created_by: entry.actor.clone(),

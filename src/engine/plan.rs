@@ -11,7 +11,7 @@ use crate::queue::apply::EnqueuedJob;
 use crate::queue::job_id;
 use crate::store::command::{CommandError, Effects, PlanCtx, storage};
 use crate::store::records::{DagRecord, JobRecord, JobState, RunRecord, RunStatus, StepRecord, StepState};
-use crate::store::schema::{COUNTERS, DAG_SPECS, DAGS, JOBS, RUN_TOKENS, RUN_WAITING, RUNS, STEPS, rw};
+use crate::store::schema::{COUNTERS, DAG_SPECS, DAGS, JOBS, PLUGINS, RUN_TOKENS, RUN_WAITING, RUNS, STEPS, rw};
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -28,6 +28,13 @@ pub enum RunCommand {
     RegisterDag {
         name: String,
         spec: String,
+        unsigned: bool,
+    },
+    /// Register a plugin sealed at `digest` (dev mode: from a local directory, unsigned).
+    RegisterPlugin {
+        name: String,
+        digest: String,
+        entrypoint: String,
         unsigned: bool,
     },
     DagVersion {
@@ -78,6 +85,20 @@ pub enum Outcome {
 pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
     match cmd {
         RunCommand::RegisterDag { name, spec, unsigned } => register(txn, name, spec, *unsigned),
+        RunCommand::RegisterPlugin { name, digest, entrypoint, unsigned } => {
+            let current = plugin_digest(txn, name)?;
+            if current.as_deref() == Some(digest.as_str()) {
+                return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
+            }
+            let data = json!({ "name": name, "digest": digest, "entrypoint": entrypoint, "unsigned": unsigned, "previous": current });
+            Ok(vec![Draft {
+                tenant: String::new(),
+                kind: "plugin.registered",
+                subjects: vec![name.clone(), digest.clone()],
+                data,
+            }]
+            .into())
+        }
         RunCommand::DagVersion { name, version, action } => dag_version(txn, name, *version, *action),
         RunCommand::Start { tenant, dag, inputs, run_token } => {
             start(txn, ctx, tenant, dag, inputs, run_token.as_deref())
@@ -100,6 +121,14 @@ impl RunStatus {
     pub fn terminal(self) -> bool {
         matches!(self, RunStatus::Succeeded | RunStatus::Cancelled)
     }
+}
+
+/// The sealed digest of an installed plugin.
+fn plugin_digest(txn: &WriteTransaction, name: &str) -> Result<Option<String>, CommandError> {
+    let t = txn.open_table(PLUGINS).map_err(storage)?;
+    let v = t.get(name).map_err(storage)?;
+    Ok(v.and_then(|v| serde_json::from_slice::<Value>(v.value()).ok())
+        .and_then(|p| p["digest"].as_str().map(str::to_owned)))
 }
 
 fn dag_record(txn: &WriteTransaction, name: &str) -> Result<Option<DagRecord>, CommandError> {
@@ -220,11 +249,18 @@ fn start(
             };
         }
     }
+    let mut plugins = std::collections::BTreeMap::new();
+    for s in c.steps.iter().filter(|s| !spec::BUILTINS.contains(&s.plugin.as_str())) {
+        let digest = plugin_digest(txn, &s.plugin)?.ok_or_else(|| {
+            CommandError::Conflict(format!("step {} needs plugin {:?}, which is not installed", s.name, s.plugin))
+        })?;
+        plugins.insert(s.plugin.clone(), digest);
+    }
     let id = run_id(next_counter(txn, "run_seq")?);
     let steps: Vec<Value> =
         c.steps.iter().map(|s| json!({ "name": s.name, "plugin": s.plugin, "needs": s.needs.len() })).collect();
     let created = json!({ "runId": id, "dag": dag, "version": active.version, "specSha256": active.sha256, "inputs": inputs,
-                          "inputsHash": inputs_hash, "runToken": run_token, "steps": steps });
+                          "inputsHash": inputs_hash, "runToken": run_token, "steps": steps, "plugins": plugins });
     let run = RunRecord {
         id: id.clone(),
         tenant: tenant.to_owned(),
@@ -234,6 +270,7 @@ fn start(
         inputs,
         inputs_hash,
         run_token: run_token.map(str::to_owned),
+        plugins,
         status: RunStatus::Planning,
         created_ms: ctx.now,
         created_by: String::new(),
@@ -519,7 +556,8 @@ impl<'t> Planner<'t> {
             seq,
             job_type: s.plugin.clone(),
             priority: s.priority,
-            payload: json!({ "run": self.run.id, "step": s.name, "plugin": s.plugin, "inputs": inputs, "timeoutMs": s.timeout_ms }),
+            payload: json!({ "run": self.run.id, "step": s.name, "plugin": s.plugin, "pluginDigest": self.run.plugins.get(&s.plugin),
+                             "inputs": inputs, "timeoutMs": s.timeout_ms }),
             max_attempts: s.retries + 1,
             not_before_ms: self.now,
             idempotency_key: None,

@@ -4,4 +4,5 @@
 //! the lease's fencing token.
 
 pub mod builtin;
+pub mod plugin;
 pub mod worker;

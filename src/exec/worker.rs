@@ -3,6 +3,7 @@
 //! stops its attempt.
 
 use crate::exec::builtin::{self, StepResult};
+use crate::exec::plugin;
 use crate::queue::QueueCommand;
 use crate::store::command::Actor;
 use crate::store::schema::read;
@@ -21,7 +22,21 @@ pub struct ExecOptions {
     pub worker: String,
     pub slots: usize,
     pub lease_ttl_ms: u64,
-    pub kinds: Vec<String>,
+    /// `<lib>`: sealed plugins under `bundles/sha256/`, attempt directories under `work/`.
+    pub lib: std::path::PathBuf,
+}
+
+/// The job types this executor serves: the built-in kinds and every installed plugin.
+fn kinds(store: &Store) -> Vec<String> {
+    let mut kinds: Vec<String> = crate::engine::spec::BUILTINS.iter().map(|k| (*k).to_owned()).collect();
+    if let Ok(plugins) = store.read().and_then(|t| read::plugins(&t)) {
+        kinds.extend(plugins.into_iter().map(|(name, _)| name));
+    }
+    kinds
+}
+
+fn builtin_kind(kind: &str) -> bool {
+    crate::engine::spec::BUILTINS.contains(&kind)
 }
 
 fn actor(worker: &str) -> Actor {
@@ -29,6 +44,7 @@ fn actor(worker: &str) -> Actor {
 }
 
 pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop: watch::Receiver<bool>) {
+    plugin::reap_orphans(&opts.lib);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(opts.slots.max(1));
     let mut events = writer.subscribe();
     let mut free = opts.slots;
@@ -38,7 +54,7 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
                 tenant: None,
                 worker: opts.worker.clone(),
                 worker_tenant: String::new(),
-                types: opts.kinds.clone(),
+                types: kinds(&store),
                 max: free as u32,
                 ttl_ms: Some(opts.lease_ttl_ms),
                 env: None,
@@ -101,19 +117,71 @@ struct Attempt {
 }
 
 impl Attempt {
+    /// The plugin process for this attempt: the run's pinned digest, a fresh working directory.
+    fn invocation(
+        &self,
+        job: &crate::store::records::JobRecord,
+        timeout: Duration,
+    ) -> Result<plugin::Invocation, String> {
+        let digest =
+            job.payload["pluginDigest"].as_str().ok_or_else(|| format!("job {} pins no plugin digest", job.id))?;
+        let dir = crate::plugins::sealed_dir(&self.opts.lib, digest);
+        let manifest: crate::plugins::Manifest = std::fs::read_to_string(dir.join("plugin.toml"))
+            .map_err(|e| format!("plugin {} ({digest}) is not in the sealed store: {e}", job.job_type))
+            .and_then(|t| toml::from_str(&t).map_err(|e| format!("plugin {}: plugin.toml: {e}", job.job_type)))?;
+        let attempt = job.attempt;
+        let run = job.payload["run"].as_str().unwrap_or("none");
+        let step = job.payload["step"].as_str().unwrap_or("none");
+        let workdir = self.opts.lib.join("work").join(run).join(step).join(format!("{}-{attempt}", job.id));
+        let (request, env) = plugin::request_and_env(job, &workdir, attempt);
+        Ok(plugin::Invocation { program: dir.join(&manifest.entrypoint), workdir, request, env, timeout })
+    }
+
     async fn run(self) {
         let Some(job) = self.store.read().ok().and_then(|t| read::job(&t, &self.job).ok().flatten()) else { return };
         let timeout = Duration::from_millis(job.payload["timeoutMs"].as_u64().unwrap_or(300_000));
         let mut events = self.writer.subscribe();
         let beat = Duration::from_millis((self.opts.lease_ttl_ms / 3).max(1));
-        let work = builtin::run(&job.job_type, &job.payload["inputs"]);
+        let cancelled = {
+            let mut events = self.writer.subscribe();
+            let job_id = self.job.clone();
+            async move {
+                loop {
+                    match events.recv().await {
+                        Ok(e) if e.kind == "job.cancelled" && e.subjects.first() == Some(&job_id) => return,
+                        Err(RecvError::Closed) => return,
+                        _ => continue,
+                    }
+                }
+            }
+        };
+        let work: std::pin::Pin<Box<dyn std::future::Future<Output = Option<StepResult>> + Send>> =
+            if builtin_kind(&job.job_type) {
+                Box::pin(async { Some(builtin::run(&job.job_type, &job.payload["inputs"]).await) })
+            } else {
+                match self.invocation(&job, timeout) {
+                    Ok(inv) => Box::pin(plugin::run(inv, cancelled)),
+                    Err(e) => {
+                        Box::pin(async move { Some(StepResult::Failed { code: "plugin_missing".into(), error: e }) })
+                    }
+                }
+            };
         tokio::pin!(work);
-        let deadline = tokio::time::sleep(timeout);
+        // A plugin enforces its own timeout and cancel (it must stop its whole process group);
+        // here they apply to the built-in kinds only.
+        let builtin = crate::engine::spec::BUILTINS.contains(&job.job_type.as_str());
+        let deadline = tokio::time::sleep(if builtin { timeout } else { Duration::MAX / 4 });
         tokio::pin!(deadline);
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
         let result = loop {
             tokio::select! {
-                r = &mut work => break r,
+                r = &mut work => match r {
+                    Some(r) => break r,
+                    None => {
+                        tracing::info!(job = %self.job, "job cancelled; plugin stopped");
+                        return;
+                    }
+                },
                 _ = &mut deadline => break StepResult::Failed { code: "timeout".into(), error: format!("step did not finish within {} ms", timeout.as_millis()) },
                 _ = heartbeat.tick() => {
                     let hb = Command::Queue(QueueCommand::Heartbeat { tenant: None, job: self.job.clone(), token: self.token, ttl_ms: Some(self.opts.lease_ttl_ms) });
@@ -122,7 +190,7 @@ impl Attempt {
                         return;
                     }
                 }
-                ev = events.recv() => {
+                ev = events.recv(), if builtin => {
                     if let Ok(e) = ev && e.kind == "job.cancelled" && e.subjects.first() == Some(&self.job) {
                         tracing::info!(job = %self.job, "job cancelled; attempt stopped");
                         return;

@@ -226,6 +226,9 @@ pub struct RunRecord {
     pub inputs: serde_json::Value,
     pub inputs_hash: String,
     pub run_token: Option<String>,
+    /// Plugin name → the sealed digest this run pinned at start.
+    #[serde(default)]
+    pub plugins: std::collections::BTreeMap<String, String>,
     pub status: RunStatus,
     pub created_ms: i64,
     pub created_by: String,

@@ -45,6 +45,8 @@ pub const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resour
 pub const DAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("dags");
 /// Projection: DAG spec texts by `name@version`.
 pub const DAG_SPECS: TableDefinition<&str, &[u8]> = TableDefinition::new("dag_specs");
+/// Projection: installed plugins by name → `{digest, entrypoint, unsigned}` JSON.
+pub const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 /// Projection: runs by id (`run-1`).
 pub const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 /// Projection: steps by `run/step`.
@@ -421,6 +423,20 @@ pub mod read {
         for row in table.range(from.as_str()..to.as_str()).map_err(rerr)? {
             let (k, v) = row.map_err(rerr)?;
             out.push(StepRecord::from_json_bytes(v.value()).map_err(|e| corrupt("steps", k.value(), e))?);
+        }
+        Ok(out)
+    }
+
+    /// Installed plugins: name → record JSON.
+    pub fn plugins(txn: &ReadTransaction) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let table = txn.open_table(PLUGINS).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(rerr)? {
+            let (k, v) = row.map_err(rerr)?;
+            out.push((
+                k.value().to_owned(),
+                serde_json::from_slice(v.value()).map_err(|e| corrupt("plugins", k.value(), e))?,
+            ));
         }
         Ok(out)
     }

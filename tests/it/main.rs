@@ -7,6 +7,7 @@ mod api_hostile;
 mod cli;
 mod engine_model;
 mod openapi;
+mod plugins;
 mod queue_api;
 mod queue_model;
 mod restart;

@@ -53,7 +53,8 @@ pub async fn register(
             "outside dev mode DAGs enter only as signed bundles (not available yet); this daemon was not started with --dev",
         ));
     }
-    let compiled = spec::compile(&req.spec, &[]).map_err(|e| Problem::invalid("spec", e))?;
+    let installed: Vec<String> = read::plugins(&state.store.read()?)?.into_iter().map(|(n, _)| n).collect();
+    let compiled = spec::compile(&req.spec, &installed).map_err(|e| Problem::invalid("spec", e))?;
     let name = compiled.name.clone();
     let c =
         submit(&state, p, Command::Run(RunCommand::RegisterDag { name: name.clone(), spec: req.spec, unsigned: true }))
@@ -83,4 +84,58 @@ pub async fn version_action(
     submit(&state, p, Command::Run(RunCommand::DagVersion { name: name.clone(), version: req.version, action }))
         .await?;
     Ok(Json(dag(&state, &name)?))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginRegister {
+    /// A plugin directory on the appliance host (with `plugin.toml`).
+    pub dir: String,
+}
+
+/// `GET /plugins`: installed plugins and their sealed digests.
+pub async fn plugins(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<serde_json::Value>> {
+    auth.require(Scope::Read)?;
+    let list: Vec<serde_json::Value> = read::plugins(&state.store.read()?)?
+        .into_iter()
+        .map(|(name, mut rec)| {
+            rec["name"] = serde_json::json!(name);
+            rec
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "plugins": list })))
+}
+
+/// `POST /plugins` (dev mode only): check a local plugin directory, copy it into the sealed
+/// store and register it, marked unsigned.
+pub async fn register_plugin(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<PluginRegister>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let p = auth.require(Scope::Admin)?;
+    if !state.dev {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "signed_bundle_required",
+            "outside dev mode plugins enter only as signed bundles (not available yet); this daemon was not started with --dev",
+        ));
+    }
+    let lib = state.lib.clone();
+    let dir = std::path::PathBuf::from(&req.dir);
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::plugins::check(&dir).and_then(|c| crate::plugins::seal(&lib, &c).map(|_| c))
+    })
+    .await
+    .map_err(Problem::internal)?
+    .map_err(|e| Problem::invalid("dir", e))?;
+    let command = RunCommand::RegisterPlugin {
+        name: checked.manifest.name.clone(),
+        digest: checked.digest.clone(),
+        entrypoint: checked.manifest.entrypoint.clone(),
+        unsigned: true,
+    };
+    let c = submit(&state, p, Command::Run(command)).await?;
+    let status = if c.entries.is_empty() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(serde_json::json!({ "name": checked.manifest.name, "digest": checked.digest, "unsigned": true }))))
 }

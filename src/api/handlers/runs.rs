@@ -140,7 +140,7 @@ pub fn run_dto(state: &AppState, tenant: Option<&str>, id: &str) -> ApiResult<dt
                 name: s.name.clone(),
                 state: state_name(s.state),
                 plugin: s.plugin.clone(),
-                plugin_digest: None,
+                plugin_digest: run.plugins.get(&s.plugin).cloned(),
                 attempts: s.attempts,
                 job_id: s.job.clone(),
                 worker: s.worker.clone(),

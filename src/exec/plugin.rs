@@ -1,0 +1,290 @@
+//! Plugin processes, protocol v1 (DESIGN.md §3): one JSON request on stdin; NDJSON events on
+//! stdout (`log`, `progress`, `output`, final `result`); stderr captured as logs; the exit code
+//! confirms the result. The process runs in its own process group with a cleared environment
+//! and its own working directory; its output is bounded (past the cap it is killed); on
+//! timeout or cancel the whole group gets SIGTERM, then SIGKILL after a grace period.
+
+use crate::exec::builtin::StepResult;
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// Stdout a plugin may write in all; past it the plugin is killed (`output_limit`).
+pub const OUTPUT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// One stdout line (event) at most; a longer one is refused as malformed.
+const LINE_BYTES_MAX: usize = 256 * 1024;
+/// Stderr kept for the error message and logs; the rest is read and dropped.
+const STDERR_KEEP_BYTES: usize = 16 * 1024;
+/// Between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+pub struct Invocation {
+    pub program: PathBuf,
+    pub workdir: PathBuf,
+    pub request: Value,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// Signals the plugin's process group (its pid is the group id: it was spawned with
+/// `process_group(0)`).
+fn signal_group(child: &Child, signal: i32) {
+    if let Some(pid) = child.id() {
+        // SAFETY: killpg on the group our child leads; at worst the group is already gone.
+        unsafe { libc::killpg(pid as i32, signal) };
+    }
+}
+
+async fn stop(child: &mut Child) {
+    signal_group(child, libc::SIGTERM);
+    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+        signal_group(child, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+/// What the stdout events said.
+#[derive(Default)]
+struct Events {
+    outputs: Map<String, Value>,
+    result: Option<Value>,
+    malformed: Option<String>,
+}
+
+impl Events {
+    fn line(&mut self, line: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            tracing::info!(plugin_output = %String::from_utf8_lossy(line), "plugin wrote a line that is not an event");
+            return;
+        };
+        match v["event"].as_str() {
+            Some("log") => tracing::info!(plugin_log = %v["message"].as_str().unwrap_or(""), "plugin log"),
+            Some("progress") => tracing::debug!(progress = %v["percent"], "plugin progress"),
+            Some("output") => match v["name"].as_str() {
+                Some(name) => {
+                    self.outputs.insert(name.to_owned(), v["value"].clone());
+                }
+                None => self.malformed = Some("an output event without a name".into()),
+            },
+            Some("result") => self.result = Some(v["outputs"].clone()),
+            other => self.malformed = Some(format!("unknown event {other:?}")),
+        }
+    }
+}
+
+pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = ()>) -> Option<StepResult> {
+    if let Err(e) = std::fs::create_dir_all(&inv.workdir) {
+        return Some(StepResult::Failed {
+            code: "workdir".into(),
+            error: format!("create {}: {e}", inv.workdir.display()),
+        });
+    }
+    let mut child = match Command::new(&inv.program)
+        .env_clear()
+        .envs(inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(&inv.workdir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(StepResult::Failed {
+                code: "spawn".into(),
+                error: format!("start {}: {e}", inv.program.display()),
+            });
+        }
+    };
+    // Recorded so that a daemon restarted after a crash stops this group before the step runs
+    // again (`reap_orphans`): an attempt never overlaps the one it replaces.
+    let pgid_file = inv.workdir.join(PGID_FILE);
+    if let Some(pid) = child.id() {
+        let job = inv.request["job"].as_str().unwrap_or_default();
+        let _ = std::fs::write(&pgid_file, format!("{pid} {job}\n"));
+    }
+    let result = supervise(&mut child, &inv, cancelled).await;
+    let _ = std::fs::remove_file(&pgid_file);
+    result
+}
+
+/// Where an attempt's process group id is kept while it runs.
+const PGID_FILE: &str = ".stella-pgid";
+
+/// Kills the process groups of plugin attempts that a previous daemon left running (it died
+/// without stopping them). A recorded group is killed only if its leader still carries the
+/// job id in its environment, so a reused pid is never hit.
+pub fn reap_orphans(lib: &std::path::Path) {
+    let mut stack = vec![lib.join("work")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == PGID_FILE) {
+                if let Some((pid, job)) = std::fs::read_to_string(&path).ok().and_then(|t| {
+                    let mut it = t.split_whitespace();
+                    Some((it.next()?.parse::<i32>().ok()?, it.next()?.to_owned()))
+                }) && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == format!("STELLA_JOB={job}").as_bytes()))
+                {
+                    tracing::warn!(pid, job = %job, "stopping a plugin left running by a previous daemon");
+                    // SAFETY: killpg on a group whose leader we verified is our plugin attempt.
+                    unsafe { libc::killpg(pid, libc::SIGKILL) };
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+async fn supervise(
+    child: &mut Child,
+    inv: &Invocation,
+    cancelled: impl std::future::Future<Output = ()>,
+) -> Option<StepResult> {
+    let request = serde_json::to_vec(&inv.request).expect("request serializes");
+    let mut stdin = child.stdin.take().expect("piped");
+    let writer = tokio::spawn(async move {
+        let _ = stdin.write_all(&request).await;
+        let _ = stdin.shutdown().await;
+    });
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let room = STDERR_KEEP_BYTES.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+        kept
+    });
+    let mut events = Events::default();
+    let read = async {
+        let (mut total, mut line, mut buf) = (0usize, Vec::new(), [0u8; 8192]);
+        loop {
+            let n = match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(n) => n,
+            };
+            total += n;
+            if total > OUTPUT_BYTES_MAX {
+                return Err(format!("the plugin wrote more than {OUTPUT_BYTES_MAX} bytes to stdout"));
+            }
+            for &b in &buf[..n] {
+                if b == b'\n' {
+                    events.line(&line);
+                    line.clear();
+                } else if line.len() < LINE_BYTES_MAX {
+                    line.push(b);
+                } else {
+                    return Err(format!("an event line is longer than {LINE_BYTES_MAX} bytes"));
+                }
+            }
+        }
+    };
+    tokio::pin!(cancelled);
+    let outcome = tokio::select! {
+        r = read => r.map_err(|e| ("output_limit", e)),
+        _ = tokio::time::sleep(inv.timeout) => Err(("timeout", format!("the plugin did not finish within {} ms", inv.timeout.as_millis()))),
+        _ = &mut cancelled => {
+            stop(child).await;
+            return None;
+        }
+    };
+    if let Err((code, error)) = outcome {
+        stop(child).await;
+        return Some(StepResult::Failed { code: code.into(), error });
+    }
+    let status = tokio::select! {
+        s = tokio::time::timeout(inv.timeout, child.wait()) => s,
+        _ = &mut cancelled => {
+            stop(child).await;
+            return None;
+        }
+    };
+    writer.abort();
+    let stderr_text = String::from_utf8_lossy(&errors.await.unwrap_or_default()).into_owned();
+    let last_err = stderr_text.lines().last().unwrap_or("").to_owned();
+    Some(match status {
+        Err(_) => {
+            stop(child).await;
+            StepResult::Failed { code: "timeout".into(), error: "the plugin closed stdout but did not exit".into() }
+        }
+        Ok(Err(e)) => StepResult::Failed { code: "wait".into(), error: e.to_string() },
+        Ok(Ok(status)) if !status.success() => StepResult::Failed {
+            code: "exit_status".into(),
+            error: format!(
+                "the plugin exited with {status}{}",
+                if last_err.is_empty() { String::new() } else { format!(": {last_err}") }
+            ),
+        },
+        Ok(Ok(_)) => match (events.malformed, events.result) {
+            (Some(m), _) => {
+                StepResult::Failed { code: "protocol".into(), error: format!("the plugin broke protocol v1: {m}") }
+            }
+            (None, None) => StepResult::Failed {
+                code: "no_result".into(),
+                error: "the plugin exited 0 without a result event".into(),
+            },
+            (None, Some(result)) => {
+                let mut outputs = events.outputs;
+                if let Value::Object(r) = result {
+                    outputs.extend(r);
+                }
+                StepResult::Outputs(Value::Object(outputs))
+            }
+        },
+    })
+}
+
+/// The request of protocol v1 and the environment a plugin starts with: nothing of the
+/// daemon's own environment, only what the step needs.
+pub fn request_and_env(
+    job: &crate::store::records::JobRecord,
+    workdir: &std::path::Path,
+    attempt: u32,
+) -> (Value, Vec<(String, String)>) {
+    let p = &job.payload;
+    let run = p["run"].as_str().unwrap_or_default();
+    let step = p["step"].as_str().unwrap_or_default();
+    let trace_id =
+        hex::encode(&sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(run.as_bytes()))[..16]);
+    let span_id =
+        hex::encode(&sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(job.id.as_bytes()))[..8]);
+    let traceparent = format!("00-{trace_id}-{span_id}-01");
+    let request = json!({ "protocol": 1, "run": run, "step": step, "job": job.id, "attempt": attempt, "inputs": p["inputs"], "traceparent": traceparent });
+    let mut env = vec![
+        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME".to_owned(), workdir.display().to_string()),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+        ("STELLA_PROTOCOL".to_owned(), "1".to_owned()),
+        ("STELLA_RUN".to_owned(), run.to_owned()),
+        ("STELLA_STEP".to_owned(), step.to_owned()),
+        ("STELLA_JOB".to_owned(), job.id.clone()),
+        ("STELLA_ATTEMPT".to_owned(), attempt.to_string()),
+        ("STELLA_WORKDIR".to_owned(), workdir.display().to_string()),
+        ("TRACEPARENT".to_owned(), traceparent),
+    ];
+    for (k, v) in p["inputs"].as_object().into_iter().flatten() {
+        let key: String =
+            k.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        let value = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(_) | Value::Bool(_) => v.to_string(),
+            _ => continue,
+        };
+        env.push((format!("STELLA_INPUT_{key}"), value));
+    }
+    (request, env)
+}

@@ -1,0 +1,165 @@
+//! Plugin processes (protocol v1) under the daemon's executor: a plugin that floods stdout is
+//! stopped at the output cap, one that hangs is timed out with its whole process group, one
+//! that exits non-zero without a result fails with a clear code, cancel kills a running
+//! plugin's process group, and the sample plugin's side effect survives kill -9 mid-run
+//! exactly once per attempt and never concurrently.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::os::unix::fs::PermissionsExt;
+use stella::client::Client;
+
+const P: &str = "/api/v1/orchestrator";
+
+async fn post(c: &Client, path: &str, body: Value) -> Value {
+    let reply = c.post(&format!("{P}{path}"), &body).await.unwrap();
+    assert!(reply.status.is_success(), "POST {path}: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
+    reply.json().unwrap()
+}
+
+/// Writes a plugin directory with `script` as its entrypoint and registers it.
+async fn plugin(app: &TestAppliance, c: &Client, name: &str, script: &str) {
+    let dir = app.root().join(format!("plugin-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("plugin.toml"), format!("name = \"{name}\"\nentrypoint = \"run.sh\"\nprotocol = 1\n"))
+        .unwrap();
+    std::fs::write(dir.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    post(c, "/plugins", json!({ "dir": dir })).await;
+}
+
+async fn run_once(c: &Client, name: &str, plugin: &str, extra: &str) -> (String, Value) {
+    let spec = format!("name = \"{name}\"\n[steps.only]\nplugin = \"{plugin}\"\n{extra}\n");
+    post(c, "/dags", json!({ "spec": spec })).await;
+    let id = post(c, "/runs", json!({ "dag": name })).await["id"].as_str().unwrap().to_owned();
+    (id.clone(), wait_end(c, &id).await)
+}
+
+/// Follows the run's events until it ends; returns the final run.
+async fn wait_end(c: &Client, id: &str) -> Value {
+    let mut pending = String::new();
+    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        !["event: run.succeeded", "event: run.failed", "event: run.cancelled"].iter().any(|k| pending.contains(k))
+    })
+    .await
+    .unwrap();
+    c.get(&format!("{P}/runs/{id}")).await.unwrap().ok().unwrap().json().unwrap()
+}
+
+fn alive(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_hanging_and_silent_plugins_fail_with_clear_codes() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    plugin(
+        &app,
+        &c,
+        "flood",
+        "cat >/dev/null\nhead -c 1073741824 /dev/zero | tr '\\0' x\necho\necho '{\"event\":\"result\",\"outputs\":{}}'",
+    )
+    .await;
+    plugin(&app, &c, "hang", "cat >/dev/null\nsleep 6101 &\nwait").await;
+    plugin(&app, &c, "silent", "cat >/dev/null\necho 'partial work' >&2\nexit 3").await;
+    plugin(&app, &c, "quiet", "cat >/dev/null\nexit 0").await;
+
+    let (_, run) = run_once(&c, "flood-dag", "flood", "").await;
+    assert_eq!((run["status"].as_str(), run["steps"][0]["errorCode"].as_str()), (Some("failed"), Some("output_limit")));
+    let (_, run) = run_once(&c, "hang-dag", "hang", "timeout = \"1s\"").await;
+    assert_eq!(run["steps"][0]["errorCode"], "timeout");
+    assert!(!alive("sleep 6101"), "the hung plugin's process group was killed");
+    let (_, run) = run_once(&c, "silent-dag", "silent", "").await;
+    assert_eq!(run["steps"][0]["errorCode"], "exit_status");
+    assert!(run["steps"][0]["error"].as_str().unwrap().contains("partial work"), "{run}");
+    let (_, run) = run_once(&c, "quiet-dag", "quiet", "").await;
+    assert_eq!(run["steps"][0]["errorCode"], "no_result");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_a_running_plugins_process_group() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    plugin(&app, &c, "long", "cat >/dev/null\nsleep 6102 &\nwait").await;
+    post(&c, "/dags", json!({ "spec": "name = \"long-dag\"\n[steps.only]\nplugin = \"long\"\n" })).await;
+    let id = post(&c, "/runs", json!({ "dag": "long-dag" })).await["id"].as_str().unwrap().to_owned();
+    let mut pending = String::new();
+    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        !pending.contains("event: step.started")
+    })
+    .await
+    .unwrap();
+    // The plugin has been spawned once its step started; wait for its child to show.
+    for _ in 0..2_000 {
+        if alive("sleep 6102") {
+            break;
+        }
+        tokio::task::yield_now().await;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(alive("sleep 6102"), "the plugin is running");
+    assert!(app.stella(&["orch", "run", "cancel", &id]).status.success());
+    assert_eq!(wait_end(&c, &id).await["status"], "cancelled");
+    let mut gone = false;
+    for _ in 0..1_000 {
+        if !alive("sleep 6102") {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(gone, "cancel killed the plugin's whole process group");
+}
+
+/// kill -9 while the sample plugin runs: after the restart the step runs again; the side-effect
+/// file shows each attempt started and ended, never two at once, and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_plugin_runs_again_after_kill_9_and_never_concurrently() {
+    let mut app = TestAppliance::start_with(|c| {
+        c.queue.lease_ttl_ms = 1_000;
+        c.queue.backoff_base_ms = 50;
+    });
+    let c = app.socket_client();
+    let file = app.root().join("effects.txt");
+    let spec = format!(
+        "name = \"effects\"\n[steps.a]\nplugin = \"sample-plugin\"\nretries = 3\ninputs = {{ file = \"{}\", sleep = 1 }}\n[steps.b]\nplugin = \"sample-plugin\"\nneeds = [\"a\"]\ninputs = {{ file = \"{}\" }}\n",
+        file.display(),
+        file.display()
+    );
+    post(&c, "/dags", json!({ "spec": spec })).await;
+    let id = post(&c, "/runs", json!({ "dag": "effects" })).await["id"].as_str().unwrap().to_owned();
+    for _ in 0..2_000 {
+        if std::fs::read_to_string(&file).unwrap_or_default().contains("a start") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    app.kill9();
+    app.launch();
+    let c = app.socket_client();
+    let run = wait_end(&c, &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(str::to_owned).collect();
+    // The killed attempt of `a` started and never ended (its process group was stopped when
+    // the daemon came back); after it, every start has its end before the next start.
+    assert_eq!(lines.first().map(String::as_str), Some("a start"), "{lines:?}");
+    let rest = &lines[1..];
+    let rest = if rest.first().map(String::as_str) == Some("a end") { &rest[1..] } else { rest };
+    for pair in rest.chunks(2) {
+        let (start, end) = (&pair[0], pair.get(1).expect("an attempt without its end"));
+        let step = start.strip_suffix(" start").unwrap_or_else(|| panic!("expected a start, got {start:?}: {lines:?}"));
+        assert_eq!(end, &format!("{step} end"), "two attempts overlapped: {lines:?}");
+    }
+    assert!(
+        lines.iter().filter(|l| *l == "a end").count() >= 1 && lines.iter().filter(|l| *l == "b end").count() == 1,
+        "{lines:?}"
+    );
+    assert!(app.stella(&["orch", "db", "verify"]).status.success());
+}
