@@ -690,8 +690,10 @@ pub enum BackupCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum SecretsCmd {
-    /// Store a secret read from standard input.
+    /// Store a secret read from standard input (one trailing newline is dropped).
     Set { name: String },
+    /// Secret names (never values).
+    List,
 }
 
 #[derive(Debug, Subcommand)]

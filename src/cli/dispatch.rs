@@ -55,7 +55,7 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Bundle(_) | Top::Keys(_) => na(BUNDLES),
         Top::Export(_) | Top::Audit(_) => na(EXPORT),
         Top::Backup(_) => na("store backup and restore (no issue filed yet)"),
-        Top::Secrets(_) => na("the local secret store (plugin processes come next)"),
+        Top::Secrets(cmd) => secrets(g, cmd).await,
         Top::Serve(_) | Top::Generate(_) | Top::Service(_) => {
             unreachable!("handled before the runtime starts")
         }
@@ -233,6 +233,33 @@ async fn token(g: &Global, cmd: TokenCmd) -> Result<(), CliError> {
                 .ok()?
                 .json()?;
             output::print(g.format, &v, |v| format!("{} is {}\n", s(&v["id"]), s(&v["state"])));
+        }
+    }
+    Ok(())
+}
+
+async fn secrets(g: &Global, cmd: SecretsCmd) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    match cmd {
+        SecretsCmd::Set { name } => {
+            let mut value = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut value)
+                .map_err(|e| CliError::Invalid(format!("read the secret from standard input: {e}")))?;
+            let value =
+                value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value).to_owned();
+            let body = serde_json::to_vec(&json!({ "value": value })).expect("json");
+            let v = client
+                .send(hyper::Method::PUT, &format!("/api/v1/orchestrator/secrets/{name}"), Some(body))
+                .await?
+                .ok()?
+                .json()?;
+            output::print(g.format, &v, |v| format!("secret {} set\n", s(&v["name"])));
+        }
+        SecretsCmd::List => {
+            let v = client.get("/api/v1/orchestrator/secrets").await?.ok()?.json()?;
+            output::print(g.format, &v, |v| {
+                v["secrets"].as_array().into_iter().flatten().map(|n| format!("{}\n", s(n))).collect()
+            });
         }
     }
     Ok(())

@@ -557,7 +557,7 @@ impl<'t> Planner<'t> {
             job_type: s.plugin.clone(),
             priority: s.priority,
             payload: json!({ "run": self.run.id, "step": s.name, "plugin": s.plugin, "pluginDigest": self.run.plugins.get(&s.plugin),
-                             "inputs": inputs, "timeoutMs": s.timeout_ms }),
+                             "inputs": inputs, "timeoutMs": s.timeout_ms, "secrets": s.secrets }),
             max_attempts: s.retries + 1,
             not_before_ms: self.now,
             idempotency_key: None,

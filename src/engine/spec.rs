@@ -64,6 +64,9 @@ pub struct StepSpec {
     /// Result caching: in the model, not available yet.
     #[serde(default)]
     pub cache_ttl: Option<String>,
+    /// Names of secrets (`stella secrets set NAME`) the plugin receives by reference.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -99,6 +102,8 @@ pub struct CompiledStep {
     pub backoff_ms: u64,
     pub timeout_ms: u64,
     pub priority: u16,
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +212,9 @@ fn compile_step(
         known.extend(plugins.iter().map(String::as_str));
         return Err(format!("{place}: unknown plugin {:?} (known: {})", s.plugin, known.join(", ")));
     }
+    if let Some(bad) = s.secrets.iter().find(|n| !valid_name(n)) {
+        return Err(format!("{place}: secret name {bad:?} must be 1-64 of a-z, 0-9, '-', '_'"));
+    }
     let mut inputs = BTreeMap::new();
     for (k, v) in &s.inputs {
         check_references(spec, name, k, v)?;
@@ -222,6 +230,7 @@ fn compile_step(
         backoff_ms: ms(&format!("{place}: backoff"), &s.backoff, 1_000)?,
         timeout_ms: ms(&format!("{place}: timeout"), &s.timeout, 300_000)?,
         priority: s.priority.or(spec.priority).unwrap_or(100),
+        secrets: s.secrets.clone(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! timeout or cancel the whole group gets SIGTERM, then SIGKILL after a grace period.
 
 use crate::exec::builtin::StepResult;
+use crate::telemetry::redact;
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,6 +23,8 @@ const STDERR_KEEP_BYTES: usize = 16 * 1024;
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Invocation {
+    /// Secret values passed in the request; redacted from everything the plugin writes.
+    pub secrets: Vec<String>,
     pub program: PathBuf,
     pub workdir: PathBuf,
     pub request: Value,
@@ -49,6 +52,7 @@ async fn stop(child: &mut Child) {
 /// What the stdout events said.
 #[derive(Default)]
 struct Events {
+    secrets: Vec<String>,
     outputs: Map<String, Value>,
     result: Option<Value>,
     malformed: Option<String>,
@@ -57,9 +61,11 @@ struct Events {
 impl Events {
     fn line(&mut self, line: &[u8]) {
         let Ok(v) = serde_json::from_slice::<Value>(line) else {
-            tracing::info!(plugin_output = %String::from_utf8_lossy(line), "plugin wrote a line that is not an event");
+            let text = redact::text(&String::from_utf8_lossy(line), &self.secrets);
+            tracing::info!(plugin_output = %text, "plugin wrote a line that is not an event");
             return;
         };
+        let v = redact::json(&v, &self.secrets);
         match v["event"].as_str() {
             Some("log") => tracing::info!(plugin_log = %v["message"].as_str().unwrap_or(""), "plugin log"),
             Some("progress") => tracing::debug!(progress = %v["percent"], "plugin progress"),
@@ -169,7 +175,7 @@ async fn supervise(
         }
         kept
     });
-    let mut events = Events::default();
+    let mut events = Events { secrets: inv.secrets.clone(), ..Events::default() };
     let read = async {
         let (mut total, mut line, mut buf) = (0usize, Vec::new(), [0u8; 8192]);
         loop {
@@ -214,7 +220,7 @@ async fn supervise(
         }
     };
     writer.abort();
-    let stderr_text = String::from_utf8_lossy(&errors.await.unwrap_or_default()).into_owned();
+    let stderr_text = redact::text(&String::from_utf8_lossy(&errors.await.unwrap_or_default()), &inv.secrets);
     let last_err = stderr_text.lines().last().unwrap_or("").to_owned();
     Some(match status {
         Err(_) => {

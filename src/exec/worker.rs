@@ -122,19 +122,40 @@ impl Attempt {
         &self,
         job: &crate::store::records::JobRecord,
         timeout: Duration,
-    ) -> Result<plugin::Invocation, String> {
-        let digest =
-            job.payload["pluginDigest"].as_str().ok_or_else(|| format!("job {} pins no plugin digest", job.id))?;
+    ) -> Result<plugin::Invocation, (&'static str, String)> {
+        let missing = |e: String| ("plugin_missing", e);
+        let digest = job.payload["pluginDigest"]
+            .as_str()
+            .ok_or_else(|| missing(format!("job {} pins no plugin digest", job.id)))?;
         let dir = crate::plugins::sealed_dir(&self.opts.lib, digest);
         let manifest: crate::plugins::Manifest = std::fs::read_to_string(dir.join("plugin.toml"))
             .map_err(|e| format!("plugin {} ({digest}) is not in the sealed store: {e}", job.job_type))
-            .and_then(|t| toml::from_str(&t).map_err(|e| format!("plugin {}: plugin.toml: {e}", job.job_type)))?;
+            .and_then(|t| toml::from_str(&t).map_err(|e| format!("plugin {}: plugin.toml: {e}", job.job_type)))
+            .map_err(missing)?;
         let attempt = job.attempt;
         let run = job.payload["run"].as_str().unwrap_or("none");
         let step = job.payload["step"].as_str().unwrap_or("none");
         let workdir = self.opts.lib.join("work").join(run).join(step).join(format!("{}-{attempt}", job.id));
-        let (request, env) = plugin::request_and_env(job, &workdir, attempt);
-        Ok(plugin::Invocation { program: dir.join(&manifest.entrypoint), workdir, request, env, timeout })
+        let (mut request, env) = plugin::request_and_env(job, &workdir, attempt);
+        // Secrets travel by reference until here: resolved now, given on stdin only.
+        let mut secrets = serde_json::Map::new();
+        let txn = self.store.read().map_err(|e| ("store", e.to_string()))?;
+        for name in job.payload["secrets"].as_array().into_iter().flatten().filter_map(|n| n.as_str()) {
+            let value = read::secret(&txn, name)
+                .map_err(|e| ("store", e.to_string()))?
+                .ok_or_else(|| ("secret_missing", format!("secret {name:?} is not set (stella secrets set {name})")))?;
+            secrets.insert(name.to_owned(), serde_json::Value::String(value));
+        }
+        let values = secrets.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+        request["secrets"] = serde_json::Value::Object(secrets);
+        Ok(plugin::Invocation {
+            secrets: values,
+            program: dir.join(&manifest.entrypoint),
+            workdir,
+            request,
+            env,
+            timeout,
+        })
     }
 
     async fn run(self) {
@@ -161,9 +182,7 @@ impl Attempt {
             } else {
                 match self.invocation(&job, timeout) {
                     Ok(inv) => Box::pin(plugin::run(inv, cancelled)),
-                    Err(e) => {
-                        Box::pin(async move { Some(StepResult::Failed { code: "plugin_missing".into(), error: e }) })
-                    }
+                    Err((code, e)) => Box::pin(async move { Some(StepResult::Failed { code: code.into(), error: e }) }),
                 }
             };
         tokio::pin!(work);

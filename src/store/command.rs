@@ -56,6 +56,11 @@ pub enum Command {
     Queue(crate::queue::QueueCommand),
     Run(crate::engine::RunCommand),
     Lock(crate::locks::LockCommand),
+    /// Store a secret's value (unledgered) and ledger that it was set, by name only.
+    SetSecret {
+        name: String,
+        value: String,
+    },
     /// Set a runtime config key (validated by the caller with `runtime_config::validate`).
     SetConfig {
         key: String,
@@ -91,10 +96,29 @@ pub struct PlanCtx<'a> {
 /// transaction, never ledgered, not compared by `db verify`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LiveWrite {
-    LeaseExpiry { job: String, expires_ms: i64 },
-    WorkerSeen { id: String, tenant: String, types: Vec<String>, env: Option<String> },
-    Timer { due_ms: i64, key: String },
-    DropTimer { due_ms: i64, key: String },
+    LeaseExpiry {
+        job: String,
+        expires_ms: i64,
+    },
+    WorkerSeen {
+        id: String,
+        tenant: String,
+        types: Vec<String>,
+        env: Option<String>,
+    },
+    Timer {
+        due_ms: i64,
+        key: String,
+    },
+    DropTimer {
+        due_ms: i64,
+        key: String,
+    },
+    /// A secret's value: stored, never ledgered.
+    Secret {
+        name: String,
+        value: String,
+    },
 }
 
 /// A plan: ledger drafts, liveness writes, and a note for the caller (e.g. "already exists").
@@ -150,6 +174,16 @@ impl Command {
             Command::Lock(l) => crate::locks::plan(l, txn, ctx),
             Command::Run(r) => crate::engine::plan::plan(r, txn, ctx),
             Command::Tick => crate::queue::plan::tick(txn, ctx),
+            Command::SetSecret { name, value } => Ok(Effects {
+                drafts: vec![Draft {
+                    tenant: String::new(),
+                    kind: "secret.set",
+                    subjects: vec![name.clone()],
+                    data: json!({ "name": name, "bytes": value.len() }),
+                }],
+                live: vec![LiveWrite::Secret { name: name.clone(), value: value.clone() }],
+                note: None,
+            }),
             Command::SetConfig { key, value } => Ok(vec![Draft {
                 tenant: String::new(),
                 kind: "config.set",
@@ -213,7 +247,12 @@ impl Command {
                     data: json!({ "id": id, "reason": reason }),
                 }])
             }
-            Command::Queue(_) | Command::Lock(_) | Command::Run(_) | Command::Tick | Command::SetConfig { .. } => {
+            Command::Queue(_)
+            | Command::Lock(_)
+            | Command::Run(_)
+            | Command::Tick
+            | Command::SetConfig { .. }
+            | Command::SetSecret { .. } => {
                 unreachable!("planned by Command::plan")
             }
         }

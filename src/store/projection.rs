@@ -57,7 +57,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
             let mut t = txn.open_table(APPLIANCE).map_err(redb::Error::from)?;
             t.insert("id", d.appliance_id.as_bytes()).map_err(redb::Error::from)?;
         }
-        "appliance.started" => {}
+        "appliance.started" | "secret.set" => {}
         "token.created" => {
             let d: TokenCreated = data(entry)?;
             let rec = TokenRecord {

@@ -64,6 +64,9 @@ pub const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idem
 /// Due-time index of timers: (due ms, timer key) → 0. Written by the projection for ledgered
 /// deadlines and re-armed by heartbeats, so `db verify` does not compare it.
 pub const DUE: TableDefinition<(u64, &str), u8> = TableDefinition::new("due");
+/// Secret values by name. Never ledgered (the ledger is exported): only `secret.set` with the
+/// name is; `db verify` does not compare this table.
+pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// Liveness (unledgered): job id → lease expiry as extended by heartbeats.
 pub const LIVE_LEASES: TableDefinition<&str, u64> = TableDefinition::new("live_leases");
 /// Liveness (unledgered): worker id → last seen, types, env.
@@ -163,6 +166,7 @@ impl Store {
             txn.open_table(DUE).map_err(|e| err(e.into()))?;
             txn.open_table(LIVE_LEASES).map_err(|e| err(e.into()))?;
             txn.open_table(WORKERS).map_err(|e| err(e.into()))?;
+            txn.open_table(SECRETS).map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))
     }
@@ -437,6 +441,22 @@ pub mod read {
                 k.value().to_owned(),
                 serde_json::from_slice(v.value()).map_err(|e| corrupt("plugins", k.value(), e))?,
             ));
+        }
+        Ok(out)
+    }
+
+    /// A secret's value, for the executor only.
+    pub fn secret(txn: &ReadTransaction, name: &str) -> Result<Option<String>, StoreError> {
+        let table = txn.open_table(SECRETS).map_err(rerr)?;
+        Ok(table.get(name).map_err(rerr)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    /// Every secret's value, for redaction.
+    pub fn secret_values(txn: &ReadTransaction) -> Result<Vec<String>, StoreError> {
+        let table = txn.open_table(SECRETS).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(rerr)? {
+            out.push(String::from_utf8_lossy(row.map_err(rerr)?.1.value()).into_owned());
         }
         Ok(out)
     }

@@ -13,7 +13,7 @@ use crate::queue::rng::SplitMix64;
 use crate::store::command::{Actor, Bucket, Command, CommandError, Committed, LiveWrite, PlanCtx};
 use crate::store::projection;
 use crate::store::records::{Record, WorkerRecord};
-use crate::store::schema::{DUE, LEDGER, LIVE_LEASES, Store, WORKERS, read, rw};
+use crate::store::schema::{DUE, LEDGER, LIVE_LEASES, SECRETS, Store, WORKERS, read, rw};
 use redb::{Durability, WriteTransaction};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -270,6 +270,9 @@ fn apply_live(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<()
             }
             LiveWrite::DropTimer { due_ms, key } => {
                 txn.open_table(DUE)?.remove((*due_ms as u64, key.as_str()))?;
+            }
+            LiveWrite::Secret { name, value } => {
+                txn.open_table(SECRETS)?.insert(name.as_str(), value.as_bytes())?;
             }
             LiveWrite::WorkerSeen { id, tenant, types, env } => {
                 let mut table = txn.open_table(WORKERS)?;

@@ -2,3 +2,4 @@
 //! (set up in `serve`); traces and the offline export are not built yet.
 
 pub mod metrics;
+pub mod redact;

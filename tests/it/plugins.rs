@@ -163,3 +163,61 @@ async fn the_sample_plugin_runs_again_after_kill_9_and_never_concurrently() {
     );
     assert!(app.stella(&["orch", "db", "verify"]).status.success());
 }
+
+/// A run that uses a secret: the plugin receives it on stdin by reference, and the value
+/// appears nowhere else — not in the daemon log, the ledger, the step's outputs or error, nor
+/// the job's payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reaches_the_plugin_and_nothing_else() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let value = "s3cr3t-hunter2-value";
+    let mut set = std::process::Command::new(STELLA)
+        .arg("--state-dir")
+        .arg(app.root())
+        .args(["secrets", "set", "db-password"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut set.stdin.take().unwrap(), format!("{value}\n").as_bytes()).unwrap();
+    assert!(set.wait().unwrap().success());
+    assert_eq!(stdout(&app.stella(&["secrets", "list"])).trim(), "db-password");
+    plugin(
+        &app,
+        &c,
+        "leaky",
+        r#"req=$(cat)
+s=$(printf '%s' "$req" | sed -n 's/.*"db-password":"\([^"]*\)".*/\1/p')
+printf '{"event":"log","message":"connecting with %s"}\n' "$s"
+echo "debug: password is $s" >&2
+printf '{"event":"result","outputs":{"leak":"%s","len":%s}}\n' "$s" "${#s}"
+[ "${STELLA_INPUT_FAIL:-no}" = yes ] && exit 4
+exit 0"#,
+    )
+    .await;
+    let (id, run) = run_once(&c, "uses-secret", "leaky", "secrets = [\"db-password\"]").await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let outputs = &run["steps"][0]["outputs"];
+    assert_eq!(
+        (outputs["leak"].as_str(), outputs["len"].as_u64()),
+        (Some("[REDACTED]"), Some(value.len() as u64)),
+        "the plugin got the value"
+    );
+    let spec = "name = \"fails-secret\"\n[steps.only]\nplugin = \"leaky\"\nsecrets = [\"db-password\"]\ninputs = { fail = \"yes\" }\n";
+    post(&c, "/dags", json!({ "spec": spec })).await;
+    let failed_id = post(&c, "/runs", json!({ "dag": "fails-secret" })).await["id"].as_str().unwrap().to_owned();
+    let failed = wait_end(&c, &failed_id).await;
+    assert!(failed["steps"][0]["error"].as_str().unwrap().contains("[REDACTED]"), "{failed}");
+
+    let ledger = String::from_utf8(c.get(&format!("{P}/ledger?limit=1000")).await.unwrap().body.to_vec()).unwrap();
+    let job = c.get(&format!("{P}/jobs/{}", run["steps"][0]["jobId"].as_str().unwrap())).await.unwrap().body.to_vec();
+    for (place, text) in [
+        ("ledger", ledger),
+        ("daemon log", app.log()),
+        ("job", String::from_utf8(job).unwrap()),
+        ("run", run.to_string()),
+        ("failed run", failed.to_string()),
+    ] {
+        assert!(!text.contains(value), "the secret leaked into the {place} of {id}");
+    }
+}

@@ -63,3 +63,45 @@ pub async fn config_set(
     let set = read::runtime_config(&state.store.read()?)?;
     Ok(Json(config_value(&state, &set, &key)))
 }
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSet {
+    pub value: String,
+}
+
+/// Secret values at most.
+const SECRET_BYTES_MAX: usize = 64 * 1024;
+
+/// `PUT /secrets/{name}` (local administrator): stores the value, ledgers the name only.
+pub async fn secret_set(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<SecretSet>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let p = auth.require(Scope::Admin)?;
+    if p.tenant.is_some() {
+        return Err(Problem::forbidden());
+    }
+    if !crate::config::valid_name(&name) {
+        return Err(Problem::invalid("name", format!("secret name {name:?} must be 1-64 of a-z, 0-9, '-', '_'")));
+    }
+    if req.value.is_empty() || req.value.len() > SECRET_BYTES_MAX {
+        return Err(Problem::invalid("value", format!("a secret is 1 to {SECRET_BYTES_MAX} bytes")));
+    }
+    submit(&state, p, Command::SetSecret { name: name.clone(), value: req.value }).await?;
+    Ok(Json(serde_json::json!({ "name": name, "set": true })))
+}
+
+/// `GET /secrets`: names only.
+pub async fn secret_list(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<serde_json::Value>> {
+    auth.require(Scope::Admin)?;
+    let txn = state.store.read()?;
+    let table = txn.open_table(crate::store::schema::SECRETS).map_err(|e| Problem::internal(e))?;
+    let mut names = Vec::new();
+    for row in redb::ReadableTable::iter(&table).map_err(|e| Problem::internal(e))? {
+        names.push(row.map_err(|e| Problem::internal(e))?.0.value().to_owned());
+    }
+    Ok(Json(serde_json::json!({ "secrets": names })))
+}
