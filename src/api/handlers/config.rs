@@ -98,10 +98,10 @@ pub async fn secret_set(
 pub async fn secret_list(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<serde_json::Value>> {
     auth.require(Scope::Admin)?;
     let txn = state.store.read()?;
-    let table = txn.open_table(crate::store::schema::SECRETS).map_err(|e| Problem::internal(e))?;
+    let table = txn.open_table(crate::store::schema::SECRETS).map_err(Problem::internal)?;
     let mut names = Vec::new();
-    for row in redb::ReadableTable::iter(&table).map_err(|e| Problem::internal(e))? {
-        names.push(row.map_err(|e| Problem::internal(e))?.0.value().to_owned());
+    for row in redb::ReadableTable::iter(&table).map_err(Problem::internal)? {
+        names.push(row.map_err(Problem::internal)?.0.value().to_owned());
     }
     Ok(Json(serde_json::json!({ "secrets": names })))
 }
