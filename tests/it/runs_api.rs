@@ -277,3 +277,68 @@ async fn a_thousand_wide_fan_out_streams_every_step_event_exactly_once_across_a_
     }
     assert!(app.stella(&["orch", "db", "verify"]).status.success());
 }
+
+/// Reads one unmasked server frame: (opcode, payload).
+fn ws_frame(s: &mut std::os::unix::net::UnixStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).unwrap();
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).unwrap();
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+/// The stream upgrades to a WebSocket: the same entries, one JSON text message each, resumable
+/// with `after`.
+#[test]
+fn the_stream_speaks_websocket_on_upgrade() {
+    use std::io::{Read, Write};
+    let app = TestAppliance::start();
+    let run = app.stella(&["--format", "json", "orch", "run", "start", "sample-pipeline"]);
+    let id = serde_json::from_slice::<Value>(&run.stdout).unwrap()["id"].as_str().unwrap().to_owned();
+    let mut s = std::os::unix::net::UnixStream::connect(app.layout().default_socket()).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {P}/runs/stream?run={id}&after=0 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    let mut kinds = Vec::new();
+    let mut last = 0;
+    loop {
+        let (op, payload) = ws_frame(&mut s);
+        assert_eq!(op, 1, "text frames");
+        let e: Value = serde_json::from_slice(&payload).unwrap();
+        let seq = e["seq"].as_u64().unwrap();
+        assert!(seq > last, "in ledger order");
+        last = seq;
+        kinds.push(e["kind"].as_str().unwrap().to_owned());
+        if kinds.last().unwrap().starts_with("run.succeeded") {
+            break;
+        }
+    }
+    assert_eq!(kinds[0], "run.created");
+    assert_eq!(kinds.iter().filter(|k| *k == "step.succeeded").count(), 6);
+}

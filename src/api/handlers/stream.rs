@@ -1,4 +1,5 @@
-//! `GET /runs/stream`: run and step events as Server-Sent Events. Every event carries its
+//! `GET /runs/stream`: run and step events as Server-Sent Events, or as WebSocket text
+//! messages (one ledger entry JSON each) when the request asks to upgrade. Every event carries its
 //! ledger sequence as its id; a reconnect with `Last-Event-ID` (or `?after=`) first replays the
 //! ledger after that sequence, then follows live, with nothing missed and nothing twice. A
 //! consumer that falls further behind than the event buffer gets a `lagged` event naming the
@@ -75,8 +76,23 @@ impl Filter {
     }
 }
 
-fn event(e: &Entry) -> Event {
-    Event::default().id(e.seq.to_string()).event(e.kind.clone()).data(String::from_utf8_lossy(&e.to_json()))
+/// One event for either transport.
+struct Item {
+    id: Option<u64>,
+    kind: String,
+    data: String,
+}
+
+fn item(e: &Entry) -> Item {
+    Item { id: Some(e.seq), kind: e.kind.clone(), data: String::from_utf8_lossy(&e.to_json()).into_owned() }
+}
+
+fn sse(i: Item) -> Event {
+    let ev = Event::default().event(i.kind).data(i.data);
+    match i.id {
+        Some(id) => ev.id(id.to_string()),
+        None => ev,
+    }
 }
 
 pub async fn stream(
@@ -84,6 +100,7 @@ pub async fn stream(
     auth: Auth,
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
+    req: axum::extract::Request,
 ) -> ApiResult<Response> {
     let principal = auth.require(Scope::Read)?.clone();
     let last = headers
@@ -96,13 +113,44 @@ pub async fn stream(
     let after = last.unwrap_or_else(|| state.writer.stats().head_seq());
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let filter = Filter { q, principal, dag_of: HashMap::new() };
+    let upgrade = headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     tokio::spawn(produce(state, live, after, filter, tx));
+    if upgrade {
+        return websocket(req, rx).await;
+    }
+    drop(req);
     let events =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|i| (Ok::<_, Infallible>(sse(i)), rx)) },
+        );
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
 }
 
-async fn send(tx: &mpsc::Sender<Event>, ev: Event) -> bool {
+/// The same events as WebSocket text messages: each a ledger entry's JSON; a lagging consumer
+/// gets `{"kind":"lagged","data":{"resumeFrom":N}}` and a close.
+async fn websocket(req: axum::extract::Request, mut rx: mpsc::Receiver<Item>) -> ApiResult<Response> {
+    use axum::extract::FromRequestParts;
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    let (mut parts, _) = req.into_parts();
+    let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|e| crate::api::problem::Problem::new(e.status(), "bad_upgrade", e.body_text()))?;
+    Ok(ws.on_upgrade(move |mut socket| async move {
+        while let Some(i) = rx.recv().await {
+            let text = if i.kind == "lagged" { format!("{{\"kind\":\"lagged\",\"data\":{}}}", i.data) } else { i.data };
+            if socket.send(Message::Text(text.into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = socket.send(Message::Close(None)).await;
+    }))
+}
+
+async fn send(tx: &mpsc::Sender<Item>, ev: Item) -> bool {
     matches!(tokio::time::timeout(SEND_TIMEOUT, tx.send(ev)).await, Ok(Ok(())))
 }
 
@@ -111,13 +159,13 @@ async fn produce(
     mut live: tokio::sync::broadcast::Receiver<Arc<Entry>>,
     mut after: u64,
     mut filter: Filter,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Item>,
 ) {
     loop {
         let Ok(page) = state.store.read().and_then(|t| read::ledger_after(&t, after, REPLAY_PAGE)) else { return };
         for e in &page {
             after = e.seq;
-            if filter.keep(&state, e) && !send(&tx, event(e)).await {
+            if filter.keep(&state, e) && !send(&tx, item(e)).await {
                 return;
             }
         }
@@ -130,12 +178,12 @@ async fn produce(
             Ok(e) if e.seq <= after => continue,
             Ok(e) => {
                 after = e.seq;
-                if filter.keep(&state, &e) && !send(&tx, event(&e)).await {
+                if filter.keep(&state, &e) && !send(&tx, item(&e)).await {
                     return;
                 }
             }
             Err(RecvError::Lagged(_)) => {
-                let lagged = Event::default().event("lagged").data(format!("{{\"resumeFrom\":{after}}}"));
+                let lagged = Item { id: None, kind: "lagged".into(), data: format!("{{\"resumeFrom\":{after}}}") };
                 let _ = send(&tx, lagged).await;
                 return;
             }
