@@ -59,6 +59,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dags/{name}", get(dags::show))
         .route("/dags/{name}/{action}", post(dags::version_action))
         .route("/plugins", get(dags::plugins).post(dags::register_plugin))
+        .route("/schedules", get(dags::schedules))
+        .route("/schedules/{dag}/{action}", post(dags::schedule_action))
         .route("/secrets", get(config::secret_list))
         .route("/secrets/{name}", put(config::secret_set))
         .route("/approvals", get(pending::approvals))

@@ -479,9 +479,19 @@ pub enum DagCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCmd {
+    /// Cron schedules: next fire, last run, paused or disabled.
     List,
-    Pause { dag: String },
-    Clear { dag: String },
+    /// Stop a DAG's cron triggers until resumed.
+    Pause {
+        dag: String,
+    },
+    Resume {
+        dag: String,
+    },
+    /// Remove a DAG's cron triggers (a new DAG version brings its own).
+    Clear {
+        dag: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -69,7 +69,7 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
         OrchCmd::Ledger { after, limit } => ledger(g, after, limit).await,
         OrchCmd::Run(r) => runs::run(g, r).await,
         OrchCmd::Dag(d) => runs::dag(g, d).await,
-        OrchCmd::Schedule(_) => na("cron schedules"),
+        OrchCmd::Schedule(s) => runs::schedule(g, s).await,
         OrchCmd::Queue(q) => queue::queue(g, q).await,
         OrchCmd::Dlq(d) => queue::dlq(g, d).await,
         OrchCmd::Agent(AgentCmd::Status { env }) => queue::agents(g, env).await,

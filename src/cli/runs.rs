@@ -243,3 +243,38 @@ pub async fn dag(g: &Global, cmd: DagCmd) -> Result<(), CliError> {
     });
     Ok(())
 }
+
+pub async fn schedule(g: &Global, cmd: ScheduleCmd) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let v = match cmd {
+        ScheduleCmd::List => client.get(&format!("{P}/schedules")).await?.ok()?.json()?,
+        ScheduleCmd::Pause { dag } => {
+            client.post(&format!("{P}/schedules/{dag}/pause"), &json!({})).await?.ok()?.json()?
+        }
+        ScheduleCmd::Resume { dag } => {
+            client.post(&format!("{P}/schedules/{dag}/resume"), &json!({})).await?.ok()?.json()?
+        }
+        ScheduleCmd::Clear { dag } => {
+            client.post(&format!("{P}/schedules/{dag}/clear"), &json!({})).await?.ok()?.json()?
+        }
+    };
+    output::print(g.format, &v, |v| {
+        let rows: Vec<Vec<String>> = v["schedules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                let state = if x["disabled"] == true {
+                    "disabled".to_owned()
+                } else if x["paused"] == true {
+                    format!("paused by {}", s(&x["pausedBy"]))
+                } else {
+                    "active".to_owned()
+                };
+                vec![s(&x["dag"]), s(&x["schedule"]), state, s(&x["nextAt"]), s(&x["lastAt"]), s(&x["lastRun"])]
+            })
+            .collect();
+        table(&["DAG", "SCHEDULE", "STATE", "NEXT", "LAST", "LAST RUN"], &rows)
+    });
+    Ok(())
+}

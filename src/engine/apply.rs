@@ -5,8 +5,10 @@ use crate::engine::step_key;
 use crate::ledger::Entry;
 use crate::store::projection::ApplyError;
 use crate::store::records::{DagRecord, DagVersion, RunRecord, RunStatus, StepRecord, StepState};
-use crate::store::schema::{COUNTERS, DAG_SPECS, DAGS, PLUGINS, RUN_TOKENS, RUN_WAITING, RUNS, STEPS, rw};
-use redb::WriteTransaction;
+use crate::store::schema::{
+    COUNTERS, DAG_SPECS, DAGS, DUE, PLUGINS, RUN_TOKENS, RUN_WAITING, RUNS, SCHEDULES, STEPS, rw,
+};
+use redb::{ReadableTable, WriteTransaction};
 use serde_json::Value;
 
 fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
@@ -72,9 +74,13 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
     if !(kind.starts_with("dag.")
         || kind.starts_with("run.")
         || kind.starts_with("step.")
+        || kind.starts_with("schedule.")
         || kind == "plugin.registered")
     {
         return Ok(false);
+    }
+    if kind.starts_with("schedule.") {
+        return apply_schedule(txn, entry).map(|_| true);
     }
     if kind == "plugin.registered" {
         let name = s(entry, "name")?;
@@ -260,6 +266,7 @@ fn apply_dag(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
             rec.active = version;
             let key = format!("{name}@{version}");
             txn.open_table(DAG_SPECS).map_err(r)?.insert(key.as_str(), s(entry, "spec")?.as_bytes()).map_err(r)?;
+            arm_schedules(txn, entry, &name, s(entry, "spec")?, false)?;
         }
         "dag.disabled" | "dag.enabled" => {
             let version = entry.data["version"].as_u64().ok_or_else(|| bad(entry, "no version"))? as u32;
@@ -269,8 +276,129 @@ fn apply_dag(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
         }
         "dag.rolled_back" => {
             rec.active = entry.data["to"].as_u64().ok_or_else(|| bad(entry, "no to"))? as u32;
+            let spec = active_spec(txn, entry, &name, rec.active)?;
+            arm_schedules(txn, entry, &name, &spec, false)?;
         }
         other => return Err(bad(entry, format!("unknown dag entry {other}"))),
     }
     rw::put(&mut txn.open_table(DAGS).map_err(r)?, &name, &rec).map_err(ApplyError::Storage)
+}
+
+fn active_spec(txn: &WriteTransaction, entry: &Entry, name: &str, version: u32) -> Result<String, ApplyError> {
+    let t = txn.open_table(DAG_SPECS).map_err(r)?;
+    let key = format!("{name}@{version}");
+    let v = t.get(key.as_str()).map_err(r)?.ok_or_else(|| bad(entry, format!("no spec {key}")))?;
+    Ok(String::from_utf8_lossy(v.value()).into_owned())
+}
+
+fn schedule_timer(
+    txn: &WriteTransaction,
+    due: Option<i64>,
+    dag: &str,
+    index: u64,
+    insert: bool,
+) -> Result<(), ApplyError> {
+    let Some(due) = due else { return Ok(()) };
+    let key = format!("cron|{dag}|{index}");
+    let mut t = txn.open_table(DUE).map_err(r)?;
+    let k = (due.max(0) as u64, key.as_str());
+    if insert {
+        t.insert(k, 0).map_err(r)?;
+    } else {
+        t.remove(k).map_err(r)?;
+    }
+    Ok(())
+}
+
+/// The schedules of one DAG, by key.
+fn schedule_rows(txn: &WriteTransaction, dag: &str) -> Result<Vec<(String, Value)>, ApplyError> {
+    let t = txn.open_table(SCHEDULES).map_err(r)?;
+    let (from, to) = (format!("{dag}|"), format!("{dag}|\u{10FFFF}"));
+    let mut out = Vec::new();
+    for row in t.range(from.as_str()..to.as_str()).map_err(r)? {
+        let (k, v) = row.map_err(r)?;
+        out.push((
+            k.value().to_owned(),
+            serde_json::from_slice(v.value()).map_err(|e| ApplyError::Record(e.to_string()))?,
+        ));
+    }
+    Ok(out)
+}
+
+fn put_schedule(txn: &WriteTransaction, key: &str, v: &Value) -> Result<(), ApplyError> {
+    txn.open_table(SCHEDULES).map_err(r)?.insert(key, serde_json::to_vec(v).expect("json").as_slice()).map_err(r)?;
+    Ok(())
+}
+
+/// Replaces a DAG's schedules with those of `spec`, armed from the entry's time (or disarmed).
+/// A pause set by an operator survives a new version.
+fn arm_schedules(
+    txn: &WriteTransaction,
+    entry: &Entry,
+    dag: &str,
+    spec: &str,
+    disabled: bool,
+) -> Result<(), ApplyError> {
+    let mut paused = None;
+    for (key, v) in schedule_rows(txn, dag)? {
+        schedule_timer(txn, v["nextMs"].as_i64(), dag, v["index"].as_u64().unwrap_or(0), false)?;
+        if v["paused"] == true {
+            paused = Some(v["pausedBy"].clone());
+        }
+        txn.open_table(SCHEDULES).map_err(r)?.remove(key.as_str()).map_err(r)?;
+    }
+    let compiled = crate::engine::spec::compile_registered(spec).map_err(|e| bad(entry, e))?;
+    for (i, c) in compiled.cron.iter().enumerate() {
+        let schedule = crate::engine::cron::Schedule::parse(&c.schedule).map_err(|e| bad(entry, e))?;
+        let live = !disabled && paused.is_none();
+        let next = if live { schedule.next_after(entry.time) } else { None };
+        let row = serde_json::json!({ "dag": dag, "index": i, "schedule": c.schedule, "inputs": c.inputs, "paused": paused.is_some(),
+                                      "pausedBy": paused.clone().unwrap_or(Value::Null), "disabled": disabled, "nextMs": next,
+                                      "lastMs": null, "lastRun": null, "lastError": null });
+        put_schedule(txn, &format!("{dag}|{i}"), &row)?;
+        schedule_timer(txn, next, dag, i as u64, true)?;
+    }
+    Ok(())
+}
+
+fn apply_schedule(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
+    let dag = s(entry, "dag")?.to_owned();
+    for (key, mut v) in schedule_rows(txn, &dag)? {
+        let index = v["index"].as_u64().unwrap_or(0);
+        match entry.kind.as_str() {
+            "schedule.fired" if entry.data["index"].as_u64() == Some(index) => {
+                schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, false)?;
+                v["lastMs"] = serde_json::json!(entry.time);
+                v["lastRun"] = entry.data["runId"].clone();
+                v["lastError"] = entry.data["error"].clone();
+                v["nextMs"] = entry.data["nextMs"].clone();
+                schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, true)?;
+            }
+            "schedule.fired" => continue,
+            "schedule.paused" => {
+                schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, false)?;
+                v["paused"] = Value::Bool(true);
+                v["pausedBy"] = Value::String(entry.actor.clone());
+                v["nextMs"] = Value::Null;
+            }
+            "schedule.resumed" => {
+                v["paused"] = Value::Bool(false);
+                v["pausedBy"] = Value::Null;
+                if v["disabled"] != true {
+                    let schedule = crate::engine::cron::Schedule::parse(v["schedule"].as_str().unwrap_or_default())
+                        .map_err(|e| bad(entry, e))?;
+                    v["nextMs"] = serde_json::json!(schedule.next_after(entry.time));
+                    schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, true)?;
+                }
+            }
+            "schedule.cleared" => {
+                schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, false)?;
+                txn.open_table(SCHEDULES).map_err(r)?.remove(key.as_str()).map_err(r)?;
+                continue;
+            }
+            other => return Err(bad(entry, format!("unknown schedule entry {other}"))),
+        }
+        put_schedule(txn, &key, &v)?;
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! dead-letter rules of the queue apply to them.
 
 pub mod apply;
+pub mod cron;
 pub mod plan;
 pub mod spec;
 

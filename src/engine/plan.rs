@@ -11,7 +11,9 @@ use crate::queue::apply::EnqueuedJob;
 use crate::queue::job_id;
 use crate::store::command::{CommandError, Effects, PlanCtx, storage};
 use crate::store::records::{DagRecord, JobRecord, JobState, RunRecord, RunStatus, StepRecord, StepState};
-use crate::store::schema::{COUNTERS, DAG_SPECS, DAGS, JOBS, PLUGINS, RUN_TOKENS, RUN_WAITING, RUNS, STEPS, rw};
+use crate::store::schema::{
+    COUNTERS, DAG_SPECS, DAGS, JOBS, PLUGINS, RUN_TOKENS, RUN_WAITING, RUNS, SCHEDULES, STEPS, rw,
+};
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -58,6 +60,18 @@ pub enum RunCommand {
         action: Recovery,
         step: Option<String>,
     },
+    /// Pause, resume or clear a DAG's cron schedules.
+    Schedule {
+        dag: String,
+        action: ScheduleAction,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleAction {
+    Pause,
+    Resume,
+    Clear,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +127,18 @@ pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Resu
         }
         RunCommand::Recover { tenant, run, action, step } => {
             recover(txn, ctx, tenant.as_deref(), run, *action, step.as_deref())
+        }
+        RunCommand::Schedule { dag, action } => {
+            if dag_schedules(txn, dag)?.is_empty() {
+                return Err(CommandError::NotFound { what: format!("cron schedule of DAG {dag}") });
+            }
+            let kind = match action {
+                ScheduleAction::Pause => "schedule.paused",
+                ScheduleAction::Resume => "schedule.resumed",
+                ScheduleAction::Clear => "schedule.cleared",
+            };
+            Ok(vec![Draft { tenant: String::new(), kind, subjects: vec![dag.clone()], data: json!({ "dag": dag }) }]
+                .into())
         }
     }
 }
@@ -256,7 +282,12 @@ fn start(
         })?;
         plugins.insert(s.plugin.clone(), digest);
     }
-    let id = run_id(next_counter(txn, "run_seq")?);
+    let seq = match ctx.next_run_seq {
+        Some(n) => n,
+        None => next_counter(txn, "run_seq")?,
+    };
+    ctx.next_run_seq = Some(seq + 1);
+    let id = run_id(seq);
     let steps: Vec<Value> =
         c.steps.iter().map(|s| json!({ "name": s.name, "plugin": s.plugin, "needs": s.needs.len() })).collect();
     let created = json!({ "runId": id, "dag": dag, "version": active.version, "specSha256": active.sha256, "inputs": inputs,
@@ -363,6 +394,56 @@ fn recover(
     }
     p.settle();
     Ok(p.drafts.into())
+}
+
+/// The schedules of one DAG.
+fn dag_schedules(txn: &WriteTransaction, dag: &str) -> Result<Vec<Value>, CommandError> {
+    let t = txn.open_table(SCHEDULES).map_err(storage)?;
+    let (from, to) = (format!("{dag}|"), format!("{dag}|\u{10FFFF}"));
+    let mut out = Vec::new();
+    for row in t.range(from.as_str()..to.as_str()).map_err(storage)? {
+        out.push(serde_json::from_slice(row.map_err(storage)?.1.value()).map_err(storage)?);
+    }
+    Ok(out)
+}
+
+/// A due cron timer: start the run (idempotent on the fire time) and arm the next fire.
+/// Missed fires while the appliance was down collapse into this one.
+pub fn fire_schedule(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    dag: &str,
+    index: u64,
+    due_ms: i64,
+) -> Result<Option<Vec<Draft>>, CommandError> {
+    let key = format!("{dag}|{index}");
+    let rec: Option<Value> = {
+        let t = txn.open_table(SCHEDULES).map_err(storage)?;
+        let v = t.get(key.as_str()).map_err(storage)?;
+        v.map(|v| serde_json::from_slice(v.value())).transpose().map_err(storage)?
+    };
+    let Some(rec) =
+        rec.filter(|r| r["nextMs"].as_i64() == Some(due_ms) && r["paused"] != true && r["disabled"] != true)
+    else {
+        return Ok(None);
+    };
+    let schedule = crate::engine::cron::Schedule::parse(rec["schedule"].as_str().unwrap_or_default())
+        .map_err(CommandError::Storage)?;
+    let next = schedule.next_after(ctx.now);
+    let inputs = rec["inputs"].as_object().cloned().unwrap_or_default();
+    let tenant = ctx.defaults.tenants.allowed[0].clone();
+    let token = format!("cron:{dag}:{index}:{due_ms}");
+    let mut drafts = Vec::new();
+    let (run, error) = match start(txn, ctx, &tenant, dag, &inputs, Some(&token)) {
+        Ok(e) => {
+            drafts.extend(e.drafts);
+            (e.note.and_then(|n| n["runId"].as_str().or(n["existing"].as_str()).map(str::to_owned)), None)
+        }
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let data = json!({ "dag": dag, "index": index, "dueMs": due_ms, "runId": run, "error": error, "nextMs": next });
+    drafts.push(Draft { tenant: String::new(), kind: "schedule.fired", subjects: vec![dag.to_owned()], data });
+    Ok(Some(drafts))
 }
 
 /// The queue's hook when a lease is granted on a step's job.

@@ -173,10 +173,15 @@ fn compile_with(text: &str, plugins: Option<&[String]>) -> Result<Compiled, Stri
             steps[n].dependants.push(i);
         }
     }
-    if !spec.cron.is_empty() {
-        return Err("cron: cron triggers are not available yet".into());
+    let mut cron = Vec::new();
+    for (i, c) in spec.cron.iter().enumerate() {
+        crate::engine::cron::Schedule::parse(&c.schedule).map_err(|e| format!("cron[{i}].schedule: {e}"))?;
+        let inputs: BTreeMap<String, serde_json::Value> = c.inputs.iter().map(|(k, v)| (k.clone(), json(v))).collect();
+        if let Some(unknown) = inputs.keys().find(|k| !spec.inputs.contains_key(*k)) {
+            return Err(format!("cron[{i}].inputs: {unknown:?} is not a declared input"));
+        }
+        cron.push(CompiledCron { schedule: c.schedule.clone(), inputs });
     }
-    let cron: Vec<CompiledCron> = Vec::new();
     Ok(Compiled {
         name: spec.name.clone(),
         max_parallel,

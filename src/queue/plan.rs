@@ -653,6 +653,10 @@ pub fn tick(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, Comman
                     _ => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
                 }
             }
+            ["cron", dag, index] => match engine::fire_schedule(txn, ctx, dag, index.parse().unwrap_or(0), due_ms)? {
+                Some(drafts) => effects.drafts.extend(drafts),
+                None => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
+            },
             ["lock", resource, token] => {
                 match locks::expire(txn, ctx, &mut fence, resource, token.parse().unwrap_or(0), &mut touched)? {
                     Some(d) => effects.drafts.push(d),

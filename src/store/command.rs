@@ -90,6 +90,8 @@ pub struct PlanCtx<'a> {
     pub dags: &'a mut HashMap<String, std::sync::Arc<crate::engine::spec::Compiled>>,
     /// The next job sequence number while this command enqueues (None: read the counter).
     pub next_job_seq: Option<u64>,
+    /// The next run sequence number while this command starts runs (a tick may start several).
+    pub next_run_seq: Option<u64>,
 }
 
 /// Writes that are liveness, not history (DESIGN.md invariant 2): applied in the same

@@ -47,6 +47,8 @@ pub const DAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("dags");
 pub const DAG_SPECS: TableDefinition<&str, &[u8]> = TableDefinition::new("dag_specs");
 /// Projection: installed plugins by name → `{digest, entrypoint, unsigned}` JSON.
 pub const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
+/// Projection: cron schedules, `dag|index` → schedule JSON (next fire, paused, last run).
+pub const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 /// Projection: runs by id (`run-1`).
 pub const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 /// Projection: steps by `run/step`.
@@ -457,6 +459,16 @@ pub mod read {
         let mut out = Vec::new();
         for row in table.iter().map_err(rerr)? {
             out.push(String::from_utf8_lossy(row.map_err(rerr)?.1.value()).into_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn schedules(txn: &ReadTransaction) -> Result<Vec<serde_json::Value>, StoreError> {
+        let table = txn.open_table(SCHEDULES).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(rerr)? {
+            let (k, v) = row.map_err(rerr)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("schedules", k.value(), e))?);
         }
         Ok(out)
     }

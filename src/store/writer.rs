@@ -232,6 +232,7 @@ impl Writer {
                 defaults: &self.defaults,
                 dags: &mut self.dags,
                 next_job_seq: None,
+                next_run_seq: None,
             };
             let effects = match env.command.plan(txn, &mut ctx) {
                 Ok(effects) => effects,

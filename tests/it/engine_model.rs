@@ -251,3 +251,49 @@ fn a_retried_step_backs_off_and_the_run_survives_a_reopen() {
     assert_eq!(run(&d, &id).status, RunStatus::Succeeded);
     verify(&d);
 }
+
+/// Cron triggers on virtual time: a due schedule starts a run; pausing, or disabling the
+/// active version, stops it; resuming picks up at the next slot; missed fires collapse.
+#[test]
+fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
+    let d = Direct::new();
+    let spec = "name = \"nightly\"\n[inputs.env]\ndefault = \"staging\"\n[[cron]]\nschedule = \"*/5 * * * *\"\ninputs = { env = \"prod\" }\n[steps.a]\nplugin = \"noop\"\n";
+    register(&d, spec);
+    let runs = |d: &Direct| {
+        let txn = d.store().read().unwrap();
+        stella::store::schema::read::runs(&txn, None, 100).unwrap()
+    };
+    let tick_after = |d: &Direct, ms: i64| {
+        d.clock.advance_ms(ms);
+        d.submit(Command::Tick).unwrap();
+    };
+    tick_after(&d, 5 * 60_000);
+    let started = runs(&d);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].inputs, json!({ "env": "prod" }));
+    tick_after(&d, 60 * 60_000);
+    assert_eq!(runs(&d).len(), 2, "twelve missed fires collapse into one");
+    d.submit(Command::Run(RunCommand::Schedule {
+        dag: "nightly".into(),
+        action: stella::engine::plan::ScheduleAction::Pause,
+    }))
+    .unwrap();
+    tick_after(&d, 10 * 60_000);
+    assert_eq!(runs(&d).len(), 2, "paused");
+    d.submit(Command::Run(RunCommand::Schedule {
+        dag: "nightly".into(),
+        action: stella::engine::plan::ScheduleAction::Resume,
+    }))
+    .unwrap();
+    tick_after(&d, 5 * 60_000);
+    assert_eq!(runs(&d).len(), 3, "resumed");
+    d.submit(Command::Run(RunCommand::DagVersion {
+        name: "nightly".into(),
+        version: None,
+        action: stella::engine::plan::DagAction::Disable,
+    }))
+    .unwrap();
+    tick_after(&d, 30 * 60_000);
+    assert_eq!(runs(&d).len(), 3, "a disabled version's triggers stop");
+    verify(&d);
+}

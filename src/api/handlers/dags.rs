@@ -139,3 +139,37 @@ pub async fn register_plugin(
     let status = if c.entries.is_empty() { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(serde_json::json!({ "name": checked.manifest.name, "digest": checked.digest, "unsigned": true }))))
 }
+
+/// `GET /schedules`: every cron schedule with its next fire, pause, last run.
+pub async fn schedules(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<serde_json::Value>> {
+    auth.require(Scope::Read)?;
+    let list: Vec<serde_json::Value> = read::schedules(&state.store.read()?)?
+        .into_iter()
+        .map(|mut v| {
+            for k in ["nextMs", "lastMs"] {
+                let at = v[k].as_i64().map(crate::clock::rfc3339);
+                v[k.replace("Ms", "At")] = serde_json::json!(at);
+            }
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "schedules": list })))
+}
+
+/// `POST /schedules/{dag}/{pause|resume|clear}`.
+pub async fn schedule_action(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path((dag, action)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    use crate::engine::plan::ScheduleAction;
+    let p = auth.require(Scope::Admin)?;
+    let action = match action.as_str() {
+        "pause" => ScheduleAction::Pause,
+        "resume" => ScheduleAction::Resume,
+        "clear" => ScheduleAction::Clear,
+        other => return Err(Problem::not_found(format!("schedule action {other:?} (pause, resume, clear)"))),
+    };
+    submit(&state, p, Command::Run(RunCommand::Schedule { dag, action })).await?;
+    schedules(State(state), auth).await
+}
