@@ -159,6 +159,52 @@ fn plain(jobs: usize) -> Duration {
     })
 }
 
+/// One plugin attempt (the sample plugin, protocol v1, through the executor's runner) against
+/// spawning `/bin/true`, in the same run: the cost of a plugin process.
+fn plugin_spawn(n: usize) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/sample-plugin/run.sh");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut runner = Vec::with_capacity(n);
+    let mut baseline = Vec::with_capacity(n);
+    rt.block_on(async {
+        for i in 0..n {
+            let workdir = dir.path().join(format!("a{i}"));
+            let env = vec![
+                ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
+                ("STELLA_STEP".to_owned(), "s".to_owned()),
+                ("STELLA_ATTEMPT".to_owned(), "1".to_owned()),
+            ];
+            let inv = stella::exec::plugin::Invocation {
+                secrets: vec![],
+                program: plugin.clone(),
+                workdir,
+                request: json!({ "protocol": 1, "job": format!("j{i}"), "inputs": {} }),
+                env,
+                timeout: Duration::from_secs(30),
+            };
+            let t = Instant::now();
+            let r = stella::exec::plugin::run(inv, std::future::pending()).await;
+            runner.push(t.elapsed());
+            assert!(matches!(r, Some(stella::exec::builtin::StepResult::Outputs(_))), "{r:?}");
+            let t = Instant::now();
+            tokio::process::Command::new("/bin/true").status().await.unwrap();
+            baseline.push(t.elapsed());
+        }
+    });
+    let q = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
+    };
+    println!(
+        "plugin attempt (sample plugin, sh): p50 {:.2} ms p99 {:.2} ms; /bin/true spawn: p50 {:.2} ms p99 {:.2} ms",
+        q(&mut runner, 0.5),
+        q(&mut runner, 0.99),
+        q(&mut baseline, 0.5),
+        q(&mut baseline, 0.99)
+    );
+}
+
 fn main() {
     if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"dag".contains(a.as_str())) {
         return;
@@ -187,4 +233,5 @@ fn main() {
             "baseline"
         );
     }
+    plugin_spawn(200);
 }
