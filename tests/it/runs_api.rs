@@ -23,28 +23,41 @@ async fn register(c: &Client, spec: &str) {
     post(c, "/dags", json!({ "spec": spec })).await;
 }
 
-/// Reads the run's events until it ends; returns them.
+/// Reads the run's events until it ends; returns them. On `lagged` it resumes from the
+/// sequence the daemon names, as a client should.
 async fn until_done(c: &Client, run: &str, after: Option<u64>) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut pending = String::new();
-    c.stream(&format!("{P}/runs/stream?run={run}"), after, |chunk| {
-        pending.push_str(&String::from_utf8_lossy(chunk));
-        while let Some(end) = pending.find("\n\n") {
-            let block: String = pending.drain(..end + 2).collect();
-            let data: String = block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
-            if let Ok(e) = serde_json::from_str::<Value>(&data) {
-                let done = ["run.succeeded", "run.failed", "run.cancelled"].contains(&e["kind"].as_str().unwrap_or(""));
+    let mut events: Vec<Value> = Vec::new();
+    let mut from = after;
+    loop {
+        let mut pending = String::new();
+        let mut resume = None;
+        let mut done = false;
+        c.stream(&format!("{P}/runs/stream?run={run}"), from, |chunk| {
+            pending.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(end) = pending.find("\n\n") {
+                let block: String = pending.drain(..end + 2).collect();
+                let data: String = block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+                let Ok(e) = serde_json::from_str::<Value>(&data) else { continue };
+                if block.contains("event: lagged") {
+                    resume = e["resumeFrom"].as_u64();
+                    return false;
+                }
+                done = ["run.succeeded", "run.failed", "run.cancelled"].contains(&e["kind"].as_str().unwrap_or(""));
                 events.push(e);
                 if done {
                     return false;
                 }
             }
+            true
+        })
+        .await
+        .unwrap();
+        match (done, resume) {
+            (true, _) => return events,
+            (false, Some(r)) => from = Some(r),
+            (false, None) => panic!("the stream ended early"),
         }
-        true
-    })
-    .await
-    .unwrap();
-    events
+    }
 }
 
 fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
@@ -341,4 +354,88 @@ fn the_stream_speaks_websocket_on_upgrade() {
     }
     assert_eq!(kinds[0], "run.created");
     assert_eq!(kinds.iter().filter(|k| *k == "step.succeeded").count(), 6);
+}
+
+/// A consumer that stops reading falls behind the bounded buffers; when it reads again it
+/// finds a `lagged` event naming the sequence to resume from, and the stream is closed. A
+/// resume from there delivers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_falls_behind_gets_lagged_and_can_resume() {
+    use std::io::{Read, Write};
+    let app = TestAppliance::start_with(|c| c.store.event_buffer = 8);
+    let c = app.socket_client();
+    let mut spec = String::from("name = \"burst\"\n");
+    for i in 0..1500 {
+        spec.push_str(&format!("[steps.s{i}]\nplugin = \"noop\"\n"));
+    }
+    register(&c, &spec).await;
+    let mut slow = std::os::unix::net::UnixStream::connect(app.layout().default_socket()).unwrap();
+    write!(slow, "GET {P}/runs/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let id = post(&c, "/runs", json!({ "dag": "burst" })).await["id"].as_str().unwrap().to_owned();
+    // Meanwhile `slow` reads nothing; wait for the run to end on another connection.
+    let events = until_done(&c, &id, Some(0)).await;
+    assert_eq!(events.last().unwrap()["kind"], "run.succeeded");
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match slow.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+        if String::from_utf8_lossy(&all).contains("event: lagged") && all.ends_with(b"0\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&all);
+    let lagged = text.split("event: lagged\n").nth(1).expect("a lagged event");
+    let resume: Value = serde_json::from_str(lagged.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    let from = resume["resumeFrom"].as_u64().unwrap();
+    let delivered = text.matches("event: step.succeeded").count();
+    assert!(delivered < 1500, "the slow consumer was cut off ({delivered} delivered)");
+    let rest = until_done(&c, &id, Some(from)).await;
+    let after = rest.iter().filter(|e| e["kind"] == "step.succeeded").count();
+    assert_eq!(delivered + after, 1500, "resuming from resumeFrom delivers exactly the rest");
+}
+
+/// DAG versions: a changed spec is a new version; disable refuses new runs; rollback makes
+/// the previous version active; runs pin the version they started with. Outside dev mode a
+/// DAG cannot be registered from a spec text at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dag_versions_disable_and_roll_back_and_production_refuses_unsigned_specs() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let c = app.socket_client();
+    register(&c, "name = \"ver\"\n[steps.a]\nplugin = \"noop\"\n").await;
+    let first = post(&c, "/runs", json!({ "dag": "ver" })).await;
+    register(&c, "name = \"ver\"\n[steps.a]\nplugin = \"noop\"\n[steps.b]\nplugin = \"noop\"\nneeds = [\"a\"]\n").await;
+    let second = post(&c, "/runs", json!({ "dag": "ver" })).await;
+    assert_eq!((first["version"].as_u64(), second["version"].as_u64()), (Some(1), Some(2)));
+    assert_eq!((first["steps"].as_array().unwrap().len(), second["steps"].as_array().unwrap().len()), (1, 2));
+    assert!(app.stella(&["orch", "dag", "disable", "ver"]).status.success());
+    let refused = c.post(&format!("{P}/runs"), &json!({ "dag": "ver" })).await.unwrap();
+    assert_eq!(refused.status, 409);
+    assert!(app.stella(&["orch", "dag", "rollback", "ver"]).status.success());
+    let third = post(&c, "/runs", json!({ "dag": "ver" })).await;
+    assert_eq!(third["version"], 1);
+    let shown = app.stella(&["--format", "json", "orch", "dag", "show", "ver"]);
+    let v: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(v["active"], 1);
+    assert!(v["versions"].as_array().unwrap().iter().all(|x| x["unsigned"] == true));
+    let bad = c
+        .post(&format!("{P}/dags"), &json!({ "spec": "name = \"x\"\n[steps.a]\nplugin = \"noop\"\nneeds = [\"a\"]\n" }))
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 422);
+    assert!(bad.json().unwrap()["detail"].as_str().unwrap().contains("cycle: a -> a"));
+
+    let prod = TestAppliance::start_production();
+    let pc = prod.socket_client();
+    let r = pc
+        .post(&format!("{P}/dags"), &json!({ "spec": "name = \"x\"\n[steps.a]\nplugin = \"noop\"\n" }))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.json().unwrap()["code"].as_str().map(str::to_owned)),
+        (403, Some("signed_bundle_required".to_owned()))
+    );
 }

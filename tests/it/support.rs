@@ -18,6 +18,8 @@ pub struct TestAppliance {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub https: Option<String>,
+    /// `serve --dev` (the default) or plain `serve`.
+    dev: bool,
 }
 
 impl TestAppliance {
@@ -35,7 +37,18 @@ impl TestAppliance {
         edit(&mut config);
         std::fs::create_dir_all(layout.etc()).unwrap();
         std::fs::write(layout.config_file(), config.to_toml()).unwrap();
-        let mut app = TestAppliance { dir, child: None, https: None };
+        let mut app = TestAppliance { dir, child: None, https: None, dev: true };
+        app.launch();
+        app
+    }
+
+    /// A production-mode daemon (`serve` without `--dev`): Unix socket only, no dev material.
+    pub fn start_production() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let layout = Layout::under(dir.path());
+        std::fs::create_dir_all(layout.etc()).unwrap();
+        std::fs::write(layout.config_file(), Config::default().to_toml()).unwrap();
+        let mut app = TestAppliance { dir, child: None, https: None, dev: false };
         app.launch();
         app
     }
@@ -62,7 +75,7 @@ impl TestAppliance {
         let child = Command::new(STELLA)
             .args(["--state-dir"])
             .arg(self.root())
-            .args(["serve", "--dev"])
+            .args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] })
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
