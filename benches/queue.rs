@@ -15,32 +15,11 @@ use stella::store::command::Actor;
 use stella::store::writer::{self, WriterOptions};
 use stella::store::{Command, Store, WriterHandle};
 
-struct Figure {
-    ops: usize,
-    elapsed: Duration,
-    lat: Vec<Duration>,
-}
-
-impl Figure {
-    fn rate(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64()
-    }
-    fn q(&mut self, q: f64) -> f64 {
-        if self.lat.is_empty() {
-            return f64::NAN;
-        }
-        self.lat.sort();
-        self.lat[((self.lat.len() as f64 * q) as usize).min(self.lat.len() - 1)].as_secs_f64() * 1e3
-    }
-}
+mod common;
+use common::{Figure, dir, threaded};
 
 fn scale(n: usize) -> usize {
-    let s: f64 = std::env::var("STELLA_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
-    ((n as f64 * s) as usize).max(512)
-}
-
-fn dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+    common::scale(n, 512)
 }
 
 fn enqueue_cmd(i: usize) -> Command {
@@ -346,29 +325,6 @@ fn naive_redb(producers: usize, total: usize, lifecycle: bool) -> Figure {
             }
         }
     })
-}
-
-fn threaded(producers: usize, total: usize, op: impl Fn(usize, usize) + Sync) -> Figure {
-    let per = (total / producers).max(1);
-    let started = Instant::now();
-    let lat: Vec<Duration> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..producers)
-            .map(|p| {
-                let op = &op;
-                s.spawn(move || {
-                    (0..per)
-                        .map(|i| {
-                            let t = Instant::now();
-                            op(p, i);
-                            t.elapsed()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
-    Figure { ops: per * producers, elapsed: started.elapsed(), lat }
 }
 
 fn row(what: &str, producers: usize, f: &mut Figure, base: f64) {

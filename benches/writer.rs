@@ -17,25 +17,15 @@ use stella::store::{Command, Store, writer};
 
 const PRODUCERS: [usize; 4] = [1, 8, 64, 256];
 
-struct Figure {
-    ops_per_s: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn figure(total: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figure {
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Figure { ops_per_s: total as f64 / elapsed.as_secs_f64(), p50: at(0.50), p99: at(0.99) }
-}
+mod common;
+use common::{Figure, threaded};
 
 fn scale(n: usize) -> usize {
-    let s: f64 = std::env::var("STELLA_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
-    ((n as f64 * s) as usize).max(256)
+    common::scale(n, 256)
 }
 
 fn bench_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+    common::dir()
 }
 
 fn group_commit(producers: usize, total: usize) -> Figure {
@@ -81,31 +71,7 @@ fn group_commit(producers: usize, total: usize) -> Figure {
     });
     let elapsed = started.elapsed();
     eprintln!("    (group commit: {} commits for {} commands)", handle.stats().commits(), per * producers);
-    figure(per * producers, elapsed, latencies)
-}
-
-/// Runs `per` operations on each of `producers` threads; `op(thread, i)` is one durable command.
-fn threaded(producers: usize, total: usize, op: impl Fn(usize, usize) + Sync) -> Figure {
-    let per = (total / producers).max(1);
-    let started = Instant::now();
-    let latencies: Vec<Duration> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..producers)
-            .map(|p| {
-                let op = &op;
-                s.spawn(move || {
-                    (0..per)
-                        .map(|i| {
-                            let t = Instant::now();
-                            op(p, i);
-                            t.elapsed()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
-    figure(per * producers, started.elapsed(), latencies)
+    Figure { ops: per * producers, elapsed, lat: latencies }
 }
 
 const T: TableDefinition<&str, &[u8]> = TableDefinition::new("t");
@@ -165,24 +131,16 @@ fn main() {
     println!("{:>9}  {:<26} {:>10} {:>9} {:>9} {:>7}", "producers", "system", "ops/s", "p50 ms", "p99 ms", "ratio");
     for producers in PRODUCERS {
         let sqlite = sqlite_full(producers, scale(2_000));
-        let rows = [
+        let mut rows = [
             ("stella group-commit writer", group_commit(producers, scale(40_000))),
             ("redb txn per command", bare_redb(producers, scale(2_000))),
             ("raw 4KiB append+fdatasync", raw_fdatasync(producers, scale(2_000))),
         ];
-        let base = sqlite.ops_per_s;
-        for (name, f) in
-            rows.iter().map(|(n, f)| (*n, f)).chain(std::iter::once(("SQLite WAL synchronous=FULL", &sqlite)))
-        {
-            println!(
-                "{:>9}  {:<26} {:>10.0} {:>9.3} {:>9.3} {:>6.1}x",
-                producers,
-                name,
-                f.ops_per_s,
-                f.p50.as_secs_f64() * 1e3,
-                f.p99.as_secs_f64() * 1e3,
-                f.ops_per_s / base
-            );
+        let base = sqlite.rate();
+        let mut sqlite = ("SQLite WAL synchronous=FULL", sqlite);
+        for (name, f) in rows.iter_mut().chain(std::iter::once(&mut sqlite)) {
+            let (rate, p50, p99) = (f.rate(), f.q(0.5), f.q(0.99));
+            println!("{producers:>9}  {name:<26} {rate:>10.0} {p50:>9.3} {p99:>9.3} {:>6.1}x", rate / base);
         }
     }
 }

@@ -213,28 +213,8 @@ fn create_run(txn: &WriteTransaction, entry: &Entry, run_id: &str) -> Result<(),
     };
     for (i, st) in steps.iter().enumerate() {
         let name = st["name"].as_str().ok_or_else(|| bad(entry, "step without name"))?;
-        save_step(
-            txn,
-            &StepRecord {
-                run: run_id.to_owned(),
-                name: name.to_owned(),
-                index: i as u32,
-                plugin: st["plugin"].as_str().unwrap_or_default().to_owned(),
-                state: StepState::Pending,
-                pending_needs: st["needs"].as_u64().unwrap_or(0) as u32,
-                attempts: 0,
-                job: None,
-                worker: None,
-                queued_ms: None,
-                started_ms: None,
-                finished_ms: None,
-                error_code: None,
-                error: None,
-                outputs: Value::Null,
-                wait: None,
-                wait_key: None,
-            },
-        )?;
+        let (plugin, needs) = (st["plugin"].as_str().unwrap_or_default(), st["needs"].as_u64().unwrap_or(0) as u32);
+        save_step(txn, &StepRecord::pending(run_id, name, i as u32, plugin, needs))?;
     }
     if let Some(token) = &rec.run_token {
         let key = format!("{}/{token}", rec.tenant);

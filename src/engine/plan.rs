@@ -538,25 +538,7 @@ impl<'t> Planner<'t> {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let rec = StepRecord {
-                    run: run.id.clone(),
-                    name: s.name.clone(),
-                    index: i as u32,
-                    plugin: s.plugin.clone(),
-                    state: StepState::Pending,
-                    pending_needs: s.needs.len() as u32,
-                    attempts: 0,
-                    job: None,
-                    worker: None,
-                    queued_ms: None,
-                    started_ms: None,
-                    finished_ms: None,
-                    error_code: None,
-                    error: None,
-                    outputs: Value::Null,
-                    wait: None,
-                    wait_key: None,
-                };
+                let rec = StepRecord::pending(&run.id, &s.name, i as u32, &s.plugin, s.needs.len() as u32);
                 (s.name.clone(), rec)
             })
             .collect();

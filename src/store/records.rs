@@ -265,6 +265,31 @@ pub struct StepRecord {
     pub wait_key: Option<String>,
 }
 
+impl StepRecord {
+    /// A step of a new run: pending on `needs` steps, never attempted.
+    pub fn pending(run: &str, name: &str, index: u32, plugin: &str, needs: u32) -> Self {
+        StepRecord {
+            run: run.to_owned(),
+            name: name.to_owned(),
+            index,
+            plugin: plugin.to_owned(),
+            state: StepState::Pending,
+            pending_needs: needs,
+            attempts: 0,
+            job: None,
+            worker: None,
+            queued_ms: None,
+            started_ms: None,
+            finished_ms: None,
+            error_code: None,
+            error: None,
+            outputs: serde_json::Value::Null,
+            wait: None,
+            wait_key: None,
+        }
+    }
+}
+
 impl Record for DagRecord {}
 impl Record for RunRecord {}
 impl Record for StepRecord {}

@@ -9,14 +9,6 @@ use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
 use stella::client::Client;
 
-const P: &str = "/api/v1/orchestrator";
-
-async fn post(c: &Client, path: &str, body: Value) -> Value {
-    let reply = c.post(&format!("{P}{path}"), &body).await.unwrap();
-    assert!(reply.status.is_success(), "POST {path}: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
-    reply.json().unwrap()
-}
-
 /// Writes a plugin directory with `script` as its entrypoint and registers it.
 async fn plugin(app: &TestAppliance, c: &Client, name: &str, script: &str) {
     let dir = app.root().join(format!("plugin-{name}"));
@@ -25,26 +17,26 @@ async fn plugin(app: &TestAppliance, c: &Client, name: &str, script: &str) {
         .unwrap();
     std::fs::write(dir.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
     std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    post(c, "/plugins", json!({ "dir": dir })).await;
+    api_post(c, "/plugins", json!({ "dir": dir })).await;
 }
 
 async fn run_once(c: &Client, name: &str, plugin: &str, extra: &str) -> (String, Value) {
     let spec = format!("name = \"{name}\"\n[steps.only]\nplugin = \"{plugin}\"\n{extra}\n");
-    post(c, "/dags", json!({ "spec": spec })).await;
-    let id = post(c, "/runs", json!({ "dag": name })).await["id"].as_str().unwrap().to_owned();
+    api_post(c, "/dags", json!({ "spec": spec })).await;
+    let id = api_post(c, "/runs", json!({ "dag": name })).await["id"].as_str().unwrap().to_owned();
     (id.clone(), wait_end(c, &id).await)
 }
 
 /// Follows the run's events until it ends; returns the final run.
 async fn wait_end(c: &Client, id: &str) -> Value {
     let mut pending = String::new();
-    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
+    c.stream(&format!("{API}/runs/stream?run={id}"), Some(0), |chunk| {
         pending.push_str(&String::from_utf8_lossy(chunk));
         !["event: run.succeeded", "event: run.failed", "event: run.cancelled"].iter().any(|k| pending.contains(k))
     })
     .await
     .unwrap();
-    c.get(&format!("{P}/runs/{id}")).await.unwrap().ok().unwrap().json().unwrap()
+    c.get(&format!("{API}/runs/{id}")).await.unwrap().ok().unwrap().json().unwrap()
 }
 
 fn alive(marker: &str) -> bool {
@@ -87,15 +79,9 @@ async fn cancel_kills_a_running_plugins_process_group() {
     let app = TestAppliance::start();
     let c = app.socket_client();
     plugin(&app, &c, "long", "cat >/dev/null\nsleep 6102 &\nwait").await;
-    post(&c, "/dags", json!({ "spec": "name = \"long-dag\"\n[steps.only]\nplugin = \"long\"\n" })).await;
-    let id = post(&c, "/runs", json!({ "dag": "long-dag" })).await["id"].as_str().unwrap().to_owned();
-    let mut pending = String::new();
-    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
-        pending.push_str(&String::from_utf8_lossy(chunk));
-        !pending.contains("event: step.started")
-    })
-    .await
-    .unwrap();
+    api_post(&c, "/dags", json!({ "spec": "name = \"long-dag\"\n[steps.only]\nplugin = \"long\"\n" })).await;
+    let id = api_post(&c, "/runs", json!({ "dag": "long-dag" })).await["id"].as_str().unwrap().to_owned();
+    wait_for_event(&c, &id, "event: step.started").await;
     // The plugin has been spawned once its step started; wait for its child to show.
     for _ in 0..2_000 {
         if alive("sleep 6102") {
@@ -133,8 +119,8 @@ async fn the_sample_plugin_runs_again_after_kill_9_and_never_concurrently() {
         file.display(),
         file.display()
     );
-    post(&c, "/dags", json!({ "spec": spec })).await;
-    let id = post(&c, "/runs", json!({ "dag": "effects" })).await["id"].as_str().unwrap().to_owned();
+    api_post(&c, "/dags", json!({ "spec": spec })).await;
+    let id = api_post(&c, "/runs", json!({ "dag": "effects" })).await["id"].as_str().unwrap().to_owned();
     for _ in 0..2_000 {
         if std::fs::read_to_string(&file).unwrap_or_default().contains("a start") {
             break;
@@ -204,13 +190,13 @@ exit 0"#,
         "the plugin got the value"
     );
     let spec = "name = \"fails-secret\"\n[steps.only]\nplugin = \"leaky\"\nsecrets = [\"db-password\"]\ninputs = { fail = \"yes\" }\n";
-    post(&c, "/dags", json!({ "spec": spec })).await;
-    let failed_id = post(&c, "/runs", json!({ "dag": "fails-secret" })).await["id"].as_str().unwrap().to_owned();
+    api_post(&c, "/dags", json!({ "spec": spec })).await;
+    let failed_id = api_post(&c, "/runs", json!({ "dag": "fails-secret" })).await["id"].as_str().unwrap().to_owned();
     let failed = wait_end(&c, &failed_id).await;
     assert!(failed["steps"][0]["error"].as_str().unwrap().contains("[REDACTED]"), "{failed}");
 
-    let ledger = String::from_utf8(c.get(&format!("{P}/ledger?limit=1000")).await.unwrap().body.to_vec()).unwrap();
-    let job = c.get(&format!("{P}/jobs/{}", run["steps"][0]["jobId"].as_str().unwrap())).await.unwrap().body.to_vec();
+    let ledger = String::from_utf8(c.get(&format!("{API}/ledger?limit=1000")).await.unwrap().body.to_vec()).unwrap();
+    let job = c.get(&format!("{API}/jobs/{}", run["steps"][0]["jobId"].as_str().unwrap())).await.unwrap().body.to_vec();
     for (place, text) in [
         ("ledger", ledger),
         ("daemon log", app.log()),

@@ -10,20 +10,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use stella::client::Client;
 
-const P: &str = "/api/v1/orchestrator";
-
-async fn post(c: &Client, path: &str, body: Value) -> Value {
-    let reply = c.post(&format!("{P}{path}"), &body).await.unwrap();
-    assert!(reply.status.is_success(), "POST {path}: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
-    reply.json().unwrap()
-}
-
-async fn get(c: &Client, path: &str) -> Value {
-    c.get(&format!("{P}{path}")).await.unwrap().ok().unwrap().json().unwrap()
-}
-
 async fn ledger(c: &Client) -> Vec<Value> {
-    get(c, "/ledger?limit=1000").await["entries"].as_array().unwrap().clone()
+    api_get(c, "/ledger?limit=1000").await["entries"].as_array().unwrap().clone()
 }
 
 fn json_out(app: &TestAppliance, args: &[&str]) -> Value {
@@ -39,10 +27,10 @@ async fn runbook_lock_and_config_commands_work_end_to_end_and_name_the_actor() {
     let app = TestAppliance::start();
     let c = app.socket_client();
     let uid = unsafe { libc::geteuid() };
-    let held = post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-7", "ttl": "10m" })).await;
+    let held = api_post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-7", "ttl": "10m" })).await;
     assert_eq!((held["lockId"].as_str(), held["granted"].as_bool()), (Some("lock-1"), Some(true)));
-    post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-8" })).await;
-    post(&c, "/locks", json!({ "resource": "env:staging", "owner": "deploy-9" })).await;
+    api_post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-8" })).await;
+    api_post(&c, "/locks", json!({ "resource": "env:staging", "owner": "deploy-9" })).await;
 
     let listed = app.stella(&["orch", "locks", "list", "--env", "prod"]);
     let text = stdout(&listed);
@@ -77,8 +65,8 @@ async fn runbook_lock_and_config_commands_work_end_to_end_and_name_the_actor() {
     assert_eq!(bad.status.code(), Some(9));
     assert!(stderr(&bad).contains("allowed: locks.timeout, locks.mode"), "{}", stderr(&bad));
 
-    let fresh = post(&c, "/locks", json!({ "resource": "artifact:web", "owner": "promo-1" })).await;
-    let lock = get(&c, "/locks").await["locks"]
+    let fresh = api_post(&c, "/locks", json!({ "resource": "artifact:web", "owner": "promo-1" })).await;
+    let lock = api_get(&c, "/locks").await["locks"]
         .as_array()
         .unwrap()
         .iter()
@@ -113,7 +101,7 @@ async fn runbook_lock_and_config_commands_work_end_to_end_and_name_the_actor() {
 async fn lease(c: &Client, worker: &str, max: u32, extra: Value) -> Vec<Value> {
     let mut body = json!({ "worker": worker, "types": ["build"], "max": max });
     body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    post(c, "/leases", body).await["leases"].as_array().unwrap().clone()
+    api_post(c, "/leases", body).await["leases"].as_array().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,8 +109,12 @@ async fn dispatch_order_pause_backpressure_and_the_dead_letter_queue() {
     let app = TestAppliance::start();
     let c = app.socket_client();
     for (n, priority) in [(1, 100), (2, 500), (3, 100)] {
-        post(&c, "/jobs", json!({ "type": "build", "payload": { "n": n }, "priority": priority, "maxAttempts": 1 }))
-            .await;
+        api_post(
+            &c,
+            "/jobs",
+            json!({ "type": "build", "payload": { "n": n }, "priority": priority, "maxAttempts": 1 }),
+        )
+        .await;
     }
     let got = lease(&c, "w1", 3, json!({ "env": "prod" })).await;
     let order: Vec<i64> = got.iter().map(|l| l["payload"]["n"].as_i64().unwrap()).collect();
@@ -131,18 +123,18 @@ async fn dispatch_order_pause_backpressure_and_the_dead_letter_queue() {
     assert_eq!((agents["workers"][0]["id"].as_str(), agents["workers"][0]["leases"].as_u64()), (Some("w1"), Some(3)));
 
     let (a, b) = (&got[0], &got[1]);
-    post(
+    api_post(
         &c,
         &format!("/leases/{}/complete", a["jobId"].as_str().unwrap()),
         json!({ "token": a["token"], "result": { "ok": true } }),
     )
     .await;
     let stale = c
-        .post(&format!("{P}/leases/{}/complete", a["jobId"].as_str().unwrap()), &json!({ "token": a["token"] }))
+        .post(&format!("{API}/leases/{}/complete", a["jobId"].as_str().unwrap()), &json!({ "token": a["token"] }))
         .await
         .unwrap();
     assert_eq!(stale.status, 409);
-    post(
+    api_post(
         &c,
         &format!("/leases/{}/fail", b["jobId"].as_str().unwrap()),
         json!({ "token": b["token"], "error": "exit 3" }),
@@ -155,7 +147,7 @@ async fn dispatch_order_pause_backpressure_and_the_dead_letter_queue() {
     assert_eq!(replayed["jobs"][0]["replayOf"], b["jobId"]);
 
     let c3 = &got[2];
-    post(
+    api_post(
         &c,
         &format!("/leases/{}/fail", c3["jobId"].as_str().unwrap()),
         json!({ "token": c3["token"], "error": "bad", "retryable": false }),
@@ -183,19 +175,20 @@ async fn dispatch_order_pause_backpressure_and_the_dead_letter_queue() {
     assert_eq!(lease(&c, "w2", 1, json!({})).await.len(), 1);
 
     assert!(app.stella(&["orch", "queue", "budget", "set", "build", "--max-depth", "1"]).status.success());
-    post(&c, "/jobs", json!({ "type": "build" })).await;
-    let over = c.post(&format!("{P}/jobs"), &json!({ "type": "build" })).await.unwrap();
+    api_post(&c, "/jobs", json!({ "type": "build" })).await;
+    let over = c.post(&format!("{API}/jobs"), &json!({ "type": "build" })).await.unwrap();
     assert_eq!(over.status, 429);
     assert_eq!(over.headers["retry-after"], "1");
 
-    let first = post(&c, "/jobs", json!({ "type": "deploy", "payload": { "v": 1 }, "idempotencyKey": "rel-42" })).await;
+    let first =
+        api_post(&c, "/jobs", json!({ "type": "deploy", "payload": { "v": 1 }, "idempotencyKey": "rel-42" })).await;
     let again = c
-        .post(&format!("{P}/jobs"), &json!({ "type": "deploy", "payload": { "v": 1 }, "idempotencyKey": "rel-42" }))
+        .post(&format!("{API}/jobs"), &json!({ "type": "deploy", "payload": { "v": 1 }, "idempotencyKey": "rel-42" }))
         .await
         .unwrap();
     assert_eq!((again.status.as_u16(), again.json().unwrap()["id"].clone()), (200, first["id"].clone()));
     let clash = c
-        .post(&format!("{P}/jobs"), &json!({ "type": "deploy", "payload": { "v": 2 }, "idempotencyKey": "rel-42" }))
+        .post(&format!("{API}/jobs"), &json!({ "type": "deploy", "payload": { "v": 2 }, "idempotencyKey": "rel-42" }))
         .await
         .unwrap();
     assert_eq!(clash.status, 409);
@@ -212,12 +205,12 @@ async fn a_waiting_lease_wakes_on_enqueue_and_an_expired_lease_is_requeued_by_th
     };
     // Wait for the poller to be registered (its first, empty lease commits a sighting).
     let mut events = 0;
-    while get(&c, "/workers").await["workers"].as_array().unwrap().is_empty() {
+    while api_get(&c, "/workers").await["workers"].as_array().unwrap().is_empty() {
         events += 1;
         assert!(events < 10_000, "the poller never registered");
         tokio::task::yield_now().await;
     }
-    post(&c, "/jobs", json!({ "type": "build", "payload": { "x": 1 } })).await;
+    api_post(&c, "/jobs", json!({ "type": "build", "payload": { "x": 1 } })).await;
     let got = waiting.await.unwrap();
     assert_eq!(got.len(), 1, "the long-poll lease woke on the enqueue");
     let token = got[0]["token"].as_u64().unwrap();
@@ -249,7 +242,7 @@ async fn kill_9_under_queue_load_loses_no_acknowledged_job() {
             tasks.push(tokio::spawn(async move {
                 for i in 0.. {
                     let body = json!({ "type": "build", "payload": { "p": p, "i": i, "round": round } });
-                    let Ok(reply) = c.post(&format!("{P}/jobs"), &body).await else { return };
+                    let Ok(reply) = c.post(&format!("{API}/jobs"), &body).await else { return };
                     if reply.status != 201 {
                         return;
                     }
@@ -261,14 +254,15 @@ async fn kill_9_under_queue_load_loses_no_acknowledged_job() {
                     if n >= 150 * (round + 1) {
                         let _ = enough.try_send(());
                     }
-                    let Ok(reply) =
-                        c.post(&format!("{P}/leases"), &json!({ "worker": format!("w{p}"), "types": ["build"] })).await
+                    let Ok(reply) = c
+                        .post(&format!("{API}/leases"), &json!({ "worker": format!("w{p}"), "types": ["build"] }))
+                        .await
                     else {
                         return;
                     };
                     let Ok(v) = reply.json() else { return };
                     for l in v["leases"].as_array().into_iter().flatten() {
-                        let path = format!("{P}/leases/{}/complete", l["jobId"].as_str().unwrap());
+                        let path = format!("{API}/leases/{}/complete", l["jobId"].as_str().unwrap());
                         if c.post(&path, &json!({ "token": l["token"] })).await.is_err() {
                             return;
                         }
@@ -286,10 +280,10 @@ async fn kill_9_under_queue_load_loses_no_acknowledged_job() {
         let c = app.socket_client();
         let acked_now = acked.lock().unwrap().clone();
         for id in &acked_now {
-            let job = get(&c, &format!("/jobs/{id}")).await;
+            let job = api_get(&c, &format!("/jobs/{id}")).await;
             assert!(["ready", "leased", "succeeded", "delayed"].contains(&job["state"].as_str().unwrap()), "{job}");
         }
-        let status = get(&c, "/queue").await;
+        let status = api_get(&c, "/queue").await;
         let t = &status["types"][0];
         let total: u64 =
             ["ready", "delayed", "leased", "succeeded", "dead"].iter().map(|k| t[k].as_u64().unwrap()).sum();

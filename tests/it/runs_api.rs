@@ -7,20 +7,8 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use stella::client::Client;
 
-const P: &str = "/api/v1/orchestrator";
-
-async fn post(c: &Client, path: &str, body: Value) -> Value {
-    let reply = c.post(&format!("{P}{path}"), &body).await.unwrap();
-    assert!(reply.status.is_success(), "POST {path}: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
-    reply.json().unwrap()
-}
-
-async fn get(c: &Client, path: &str) -> Value {
-    c.get(&format!("{P}{path}")).await.unwrap().ok().unwrap().json().unwrap()
-}
-
 async fn register(c: &Client, spec: &str) {
-    post(c, "/dags", json!({ "spec": spec })).await;
+    api_post(c, "/dags", json!({ "spec": spec })).await;
 }
 
 /// Reads the run's events until it ends; returns them. On `lagged` it resumes from the
@@ -32,7 +20,7 @@ async fn until_done(c: &Client, run: &str, after: Option<u64>) -> Vec<Value> {
         let mut pending = String::new();
         let mut resume = None;
         let mut done = false;
-        c.stream(&format!("{P}/runs/stream?run={run}"), from, |chunk| {
+        c.stream(&format!("{API}/runs/stream?run={run}"), from, |chunk| {
             pending.push_str(&String::from_utf8_lossy(chunk));
             while let Some(end) = pending.find("\n\n") {
                 let block: String = pending.drain(..end + 2).collect();
@@ -70,7 +58,7 @@ async fn a_held_run_shows_why_each_step_waits_and_completes_when_released() {
     let c = app.socket_client();
     register(&c, "name = \"held\"\nmaxParallelSteps = 1\n[steps.a]\nplugin = \"sleep\"\ninputs = { ms = 1 }\n[steps.b]\nplugin = \"sleep\"\ninputs = { ms = 1 }\n[steps.c]\nplugin = \"noop\"\nneeds = [\"a\", \"b\"]\n").await;
     assert!(app.stella(&["orch", "queue", "pause", "sleep"]).status.success());
-    let run = post(&c, "/runs", json!({ "dag": "held" })).await;
+    let run = api_post(&c, "/runs", json!({ "dag": "held" })).await;
     let id = run["id"].as_str().unwrap().to_owned();
     let status = app.stella(&["--format", "json", "orch", "run", "status", &id]);
     let v: Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -87,7 +75,7 @@ async fn a_held_run_shows_why_each_step_waits_and_completes_when_released() {
     assert!(app.stella(&["orch", "queue", "resume", "sleep"]).status.success());
     let events = watcher.await.unwrap();
     assert_eq!(events.last().unwrap()["kind"], "run.succeeded");
-    let v = get(&c, &format!("/runs/{id}")).await;
+    let v = api_get(&c, &format!("/runs/{id}")).await;
     assert!(v["steps"].as_array().unwrap().iter().all(|s| s["state"] == "succeeded" && s["waitReason"].is_null()));
 }
 
@@ -102,18 +90,19 @@ async fn retry_of_a_failed_step_completes_the_run_and_retry_on_a_succeeded_run_i
         "name = \"two\"\n[steps.build]\nplugin = \"noop\"\n[steps.ship]\nplugin = \"noop\"\nneeds = [\"build\"]\n",
     )
     .await;
-    let id = post(&c, "/runs", json!({ "dag": "two" })).await["id"].as_str().unwrap().to_owned();
+    let id = api_post(&c, "/runs", json!({ "dag": "two" })).await["id"].as_str().unwrap().to_owned();
     let lease = |c: Client| async move {
-        post(&c, "/leases", json!({ "worker": "agent-1", "types": ["noop"], "wait": "10s" })).await["leases"][0].clone()
+        api_post(&c, "/leases", json!({ "worker": "agent-1", "types": ["noop"], "wait": "10s" })).await["leases"][0]
+            .clone()
     };
     let l = lease(c.clone()).await;
-    post(
+    api_post(
         &c,
         &format!("/leases/{}/fail", l["jobId"].as_str().unwrap()),
         json!({ "token": l["token"], "error": "disk full", "errorCode": "io" }),
     )
     .await;
-    let failed = get(&c, &format!("/runs/{id}")).await;
+    let failed = api_get(&c, &format!("/runs/{id}")).await;
     assert_eq!((failed["status"].as_str(), step(&failed, "build")["errorCode"].as_str()), (Some("failed"), Some("io")));
     assert_eq!(step(&failed, "ship")["waitReason"], "blocked by failed step build");
 
@@ -123,14 +112,15 @@ async fn retry_of_a_failed_step_completes_the_run_and_retry_on_a_succeeded_run_i
     assert_eq!(again.status.code(), Some(7), "a retry in flight makes another one a conflict");
     for _ in 0..2 {
         let l = lease(c.clone()).await;
-        post(&c, &format!("/leases/{}/complete", l["jobId"].as_str().unwrap()), json!({ "token": l["token"] })).await;
+        api_post(&c, &format!("/leases/{}/complete", l["jobId"].as_str().unwrap()), json!({ "token": l["token"] }))
+            .await;
     }
-    let done = get(&c, &format!("/runs/{id}")).await;
+    let done = api_get(&c, &format!("/runs/{id}")).await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(step(&done, "build")["attempts"], 2);
-    let late = c.post(&format!("{P}/runs/{id}/actions/retry"), &json!({})).await.unwrap();
+    let late = c.post(&format!("{API}/runs/{id}/actions/retry"), &json!({})).await.unwrap();
     assert_eq!(late.status, 409);
-    let ledger = get(&c, "/ledger?limit=1000").await;
+    let ledger = api_get(&c, "/ledger?limit=1000").await;
     let resumed = ledger["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "run.resumed").unwrap();
     assert_eq!(resumed["actor"], format!("local:uid={}", unsafe { libc::geteuid() }));
 }
@@ -140,10 +130,10 @@ async fn cancel_during_a_running_step_ends_the_run_cancelled_and_a_timeout_is_a_
     let app = TestAppliance::start();
     let c = app.socket_client();
     register(&c, "name = \"slow\"\n[steps.wait]\nplugin = \"sleep\"\ninputs = { ms = 600000 }\n").await;
-    let id = post(&c, "/runs", json!({ "dag": "slow" })).await["id"].as_str().unwrap().to_owned();
+    let id = api_post(&c, "/runs", json!({ "dag": "slow" })).await["id"].as_str().unwrap().to_owned();
     let mut events = Vec::new();
     let mut pending = String::new();
-    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
+    c.stream(&format!("{API}/runs/stream?run={id}"), Some(0), |chunk| {
         pending.push_str(&String::from_utf8_lossy(chunk));
         let started = pending.contains("event: step.started");
         events.push(pending.clone());
@@ -153,18 +143,18 @@ async fn cancel_during_a_running_step_ends_the_run_cancelled_and_a_timeout_is_a_
     .unwrap();
     let cancel = app.stella(&["orch", "run", "cancel", &id]);
     assert!(cancel.status.success(), "{}", stderr(&cancel));
-    let v = get(&c, &format!("/runs/{id}")).await;
+    let v = api_get(&c, &format!("/runs/{id}")).await;
     assert_eq!((v["status"].as_str(), step(&v, "wait")["state"].as_str()), (Some("cancelled"), Some("cancelled")));
     assert!(app.stella(&["orch", "run", "cancel", &id]).status.success(), "cancel is idempotent");
-    let job = get(&c, &format!("/jobs/{}", step(&v, "wait")["jobId"].as_str().unwrap())).await;
+    let job = api_get(&c, &format!("/jobs/{}", step(&v, "wait")["jobId"].as_str().unwrap())).await;
     assert_eq!(job["state"], "cancelled");
 
     register(&c, "name = \"late\"\n[steps.wait]\nplugin = \"sleep\"\ntimeout = \"100ms\"\ninputs = { ms = 60000 }\n")
         .await;
-    let id = post(&c, "/runs", json!({ "dag": "late" })).await["id"].as_str().unwrap().to_owned();
+    let id = api_post(&c, "/runs", json!({ "dag": "late" })).await["id"].as_str().unwrap().to_owned();
     let events = until_done(&c, &id, Some(0)).await;
     assert_eq!(events.last().unwrap()["kind"], "run.failed");
-    let v = get(&c, &format!("/runs/{id}")).await;
+    let v = api_get(&c, &format!("/runs/{id}")).await;
     assert_eq!(step(&v, "wait")["errorCode"], "timeout");
 }
 
@@ -177,7 +167,7 @@ async fn fifty_concurrent_starts_with_one_token_create_one_run() {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let r = c
-                .post(&format!("{P}/runs"), &json!({ "dag": "sample-pipeline", "runToken": "release-1.4.1" }))
+                .post(&format!("{API}/runs"), &json!({ "dag": "sample-pipeline", "runToken": "release-1.4.1" }))
                 .await
                 .unwrap();
             (r.status.as_u16(), r.json().unwrap()["id"].as_str().unwrap().to_owned())
@@ -192,10 +182,10 @@ async fn fifty_concurrent_starts_with_one_token_create_one_run() {
         ids.insert(id);
     }
     assert_eq!((ids.len(), created), (1, 1));
-    assert_eq!(get(&c, "/runs").await["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(api_get(&c, "/runs").await["runs"].as_array().unwrap().len(), 1);
     let other = c
         .post(
-            &format!("{P}/runs"),
+            &format!("{API}/runs"),
             &json!({ "dag": "sample-pipeline", "runToken": "release-1.4.1", "inputs": { "target": "prod" } }),
         )
         .await
@@ -214,22 +204,16 @@ async fn a_run_survives_kill_9_mid_run() {
     });
     let c = app.socket_client();
     register(&c, "name = \"crash\"\n[steps.a]\nplugin = \"sleep\"\nretries = 3\ninputs = { ms = 1500 }\n[steps.b]\nplugin = \"noop\"\nneeds = [\"a\"]\n").await;
-    let id = post(&c, "/runs", json!({ "dag": "crash" })).await["id"].as_str().unwrap().to_owned();
-    let mut pending = String::new();
-    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
-        pending.push_str(&String::from_utf8_lossy(chunk));
-        !pending.contains("event: step.started")
-    })
-    .await
-    .unwrap();
+    let id = api_post(&c, "/runs", json!({ "dag": "crash" })).await["id"].as_str().unwrap().to_owned();
+    wait_for_event(&c, &id, "event: step.started").await;
     app.kill9();
     app.launch();
     let c = app.socket_client();
     let events = until_done(&c, &id, Some(0)).await;
     assert_eq!(events.last().unwrap()["kind"], "run.succeeded", "{events:?}");
-    let v = get(&c, &format!("/runs/{id}")).await;
+    let v = api_get(&c, &format!("/runs/{id}")).await;
     assert_eq!(step(&v, "a")["attempts"], 2, "the interrupted attempt, then one more");
-    let stalls = get(&c, "/ledger?limit=1000").await["entries"]
+    let stalls = api_get(&c, "/ledger?limit=1000").await["entries"]
         .as_array()
         .unwrap()
         .iter()
@@ -253,11 +237,11 @@ async fn a_thousand_wide_fan_out_streams_every_step_event_exactly_once_across_a_
     let all: Vec<String> = (0..1000).map(|i| format!("\"s{i}\"")).collect();
     spec.push_str(&format!("[steps.end]\nplugin = \"noop\"\nneeds = [{}]\n", all.join(", ")));
     register(&c, &spec).await;
-    let id = post(&c, "/runs", json!({ "dag": "wide" })).await["id"].as_str().unwrap().to_owned();
+    let id = api_post(&c, "/runs", json!({ "dag": "wide" })).await["id"].as_str().unwrap().to_owned();
 
     let mut seen: Vec<Value> = Vec::new();
     let mut pending = String::new();
-    c.stream(&format!("{P}/runs/stream?run={id}"), Some(0), |chunk| {
+    c.stream(&format!("{API}/runs/stream?run={id}"), Some(0), |chunk| {
         pending.push_str(&String::from_utf8_lossy(chunk));
         while let Some(end) = pending.find("\n\n") {
             let block: String = pending.drain(..end + 2).collect();
@@ -326,7 +310,7 @@ fn the_stream_speaks_websocket_on_upgrade() {
     s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "GET {P}/runs/stream?run={id}&after=0 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        "GET {API}/runs/stream?run={id}&after=0 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
     .unwrap();
     let mut head = Vec::new();
@@ -370,8 +354,8 @@ async fn a_consumer_that_falls_behind_gets_lagged_and_can_resume() {
     }
     register(&c, &spec).await;
     let mut slow = std::os::unix::net::UnixStream::connect(app.layout().default_socket()).unwrap();
-    write!(slow, "GET {P}/runs/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let id = post(&c, "/runs", json!({ "dag": "burst" })).await["id"].as_str().unwrap().to_owned();
+    write!(slow, "GET {API}/runs/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let id = api_post(&c, "/runs", json!({ "dag": "burst" })).await["id"].as_str().unwrap().to_owned();
     // Meanwhile `slow` reads nothing; wait for the run to end on another connection.
     let events = until_done(&c, &id, Some(0)).await;
     assert_eq!(events.last().unwrap()["kind"], "run.succeeded");
@@ -406,23 +390,26 @@ async fn dag_versions_disable_and_roll_back_and_production_refuses_unsigned_spec
     let app = TestAppliance::start_with(|c| c.exec.enabled = false);
     let c = app.socket_client();
     register(&c, "name = \"ver\"\n[steps.a]\nplugin = \"noop\"\n").await;
-    let first = post(&c, "/runs", json!({ "dag": "ver" })).await;
+    let first = api_post(&c, "/runs", json!({ "dag": "ver" })).await;
     register(&c, "name = \"ver\"\n[steps.a]\nplugin = \"noop\"\n[steps.b]\nplugin = \"noop\"\nneeds = [\"a\"]\n").await;
-    let second = post(&c, "/runs", json!({ "dag": "ver" })).await;
+    let second = api_post(&c, "/runs", json!({ "dag": "ver" })).await;
     assert_eq!((first["version"].as_u64(), second["version"].as_u64()), (Some(1), Some(2)));
     assert_eq!((first["steps"].as_array().unwrap().len(), second["steps"].as_array().unwrap().len()), (1, 2));
     assert!(app.stella(&["orch", "dag", "disable", "ver"]).status.success());
-    let refused = c.post(&format!("{P}/runs"), &json!({ "dag": "ver" })).await.unwrap();
+    let refused = c.post(&format!("{API}/runs"), &json!({ "dag": "ver" })).await.unwrap();
     assert_eq!(refused.status, 409);
     assert!(app.stella(&["orch", "dag", "rollback", "ver"]).status.success());
-    let third = post(&c, "/runs", json!({ "dag": "ver" })).await;
+    let third = api_post(&c, "/runs", json!({ "dag": "ver" })).await;
     assert_eq!(third["version"], 1);
     let shown = app.stella(&["--format", "json", "orch", "dag", "show", "ver"]);
     let v: Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(v["active"], 1);
     assert!(v["versions"].as_array().unwrap().iter().all(|x| x["unsigned"] == true));
     let bad = c
-        .post(&format!("{P}/dags"), &json!({ "spec": "name = \"x\"\n[steps.a]\nplugin = \"noop\"\nneeds = [\"a\"]\n" }))
+        .post(
+            &format!("{API}/dags"),
+            &json!({ "spec": "name = \"x\"\n[steps.a]\nplugin = \"noop\"\nneeds = [\"a\"]\n" }),
+        )
         .await
         .unwrap();
     assert_eq!(bad.status, 422);
@@ -431,7 +418,7 @@ async fn dag_versions_disable_and_roll_back_and_production_refuses_unsigned_spec
     let prod = TestAppliance::start_production();
     let pc = prod.socket_client();
     let r = pc
-        .post(&format!("{P}/dags"), &json!({ "spec": "name = \"x\"\n[steps.a]\nplugin = \"noop\"\n" }))
+        .post(&format!("{API}/dags"), &json!({ "spec": "name = \"x\"\n[steps.a]\nplugin = \"noop\"\n" }))
         .await
         .unwrap();
     assert_eq!(

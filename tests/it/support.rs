@@ -250,3 +250,30 @@ impl Drop for Direct {
         self.stop();
     }
 }
+
+/// The API prefix.
+pub const API: &str = "/api/v1/orchestrator";
+
+/// POST under the API prefix; the reply must be a success.
+pub async fn api_post(c: &Client, path: &str, body: Value) -> Value {
+    let reply = c.post(&format!("{API}{path}"), &body).await.unwrap();
+    assert!(reply.status.is_success(), "POST {path}: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
+    reply.json().unwrap()
+}
+
+/// GET under the API prefix; the reply must be a success.
+pub async fn api_get(c: &Client, path: &str) -> Value {
+    c.get(&format!("{API}{path}")).await.unwrap().ok().unwrap().json().unwrap()
+}
+
+/// Follows a run's event stream from the start until `marker` (e.g. `event: step.started`)
+/// has been seen.
+pub async fn wait_for_event(c: &Client, run: &str, marker: &str) {
+    let mut pending = String::new();
+    c.stream(&format!("{API}/runs/stream?run={run}"), Some(0), |chunk| {
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        !pending.contains(marker)
+    })
+    .await
+    .unwrap();
+}
