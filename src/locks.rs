@@ -256,6 +256,43 @@ fn acquire(
     }
 }
 
+/// Grants the lock on `resource` to `owner` if nobody holds or waits for it; `None` otherwise.
+/// Used at dispatch for the locks a DAG step declares: the step waits (without queueing as a
+/// waiter) until every one of its locks is free.
+pub fn try_grant(
+    txn: &WriteTransaction,
+    ctx: &PlanCtx,
+    fence: &mut Fence,
+    (tenant, resource, owner): (&str, &str, &str),
+    ttl_ms: u64,
+) -> Result<Option<Draft>, CommandError> {
+    if by_resource(txn, resource)?.is_some() {
+        return Ok(None);
+    }
+    let seq = {
+        let counters = txn.open_table(COUNTERS).map_err(storage)?;
+        rw::counter(&counters, "lock_seq").map_err(storage)? + 1
+    };
+    let rec = LockRecord {
+        id: format!("lock-{seq}"),
+        resource: resource.to_owned(),
+        tenant: tenant.to_owned(),
+        holder: None,
+        waiters: vec![],
+    };
+    let token = fence.take();
+    let data = json!({ "lockId": rec.id, "resource": resource, "owner": owner, "token": token, "expiresMs": ctx.now + ttl_ms.clamp(1, LOCK_TTL_MAX_MS) as i64 });
+    Ok(Some(draft(tenant, "lock.acquired", &rec, data)))
+}
+
+/// The holder of the lock on `resource`, if any (for wait reasons).
+pub fn holder(locks: &[LockRecord], resource: &str) -> Option<String> {
+    locks
+        .iter()
+        .find(|l| l.resource == resource)
+        .map(|l| l.holder.as_ref().map_or("a waiter".to_owned(), |h| h.owner.clone()))
+}
+
 /// A resource's version: how many lock-guarded updates it has had.
 fn resource_version(txn: &WriteTransaction, resource: &str) -> Result<u64, CommandError> {
     let table = txn.open_table(RESOURCES).map_err(storage)?;

@@ -613,6 +613,11 @@ impl<'t> Planner<'t> {
     fn enqueue(&mut self, ctx: &mut PlanCtx, idx: usize) -> Result<(), CommandError> {
         let s = self.dag.steps[idx].clone();
         let inputs = self.resolve(&s.inputs)?;
+        let mut locks = Vec::with_capacity(s.locks.len());
+        for l in &s.locks {
+            let name = self.interpolate(l)?;
+            locks.push(name.as_str().map(str::to_owned).unwrap_or_else(|| name.to_string()));
+        }
         let seq = crate::queue::plan::take_job_seq(self.txn, ctx)?;
         let job = EnqueuedJob {
             id: job_id(seq),
@@ -620,7 +625,7 @@ impl<'t> Planner<'t> {
             job_type: s.plugin.clone(),
             priority: s.priority,
             payload: json!({ "run": self.run.id, "step": s.name, "plugin": s.plugin, "pluginDigest": self.run.plugins.get(&s.plugin),
-                             "inputs": inputs, "timeoutMs": s.timeout_ms, "secrets": s.secrets }),
+                             "inputs": inputs, "timeoutMs": s.timeout_ms, "secrets": s.secrets, "locks": locks }),
             max_attempts: s.retries + 1,
             not_before_ms: self.now,
             idempotency_key: None,

@@ -67,6 +67,10 @@ pub struct StepSpec {
     /// Names of secrets (`stella secrets set NAME`) the plugin receives by reference.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Named locks (`env:${inputs.target}`) the step holds while it runs; it is not dispatched
+    /// while another holder has one of them.
+    #[serde(default)]
+    pub locks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -104,6 +108,8 @@ pub struct CompiledStep {
     pub priority: u16,
     #[serde(default)]
     pub secrets: Vec<String>,
+    #[serde(default)]
+    pub locks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +226,9 @@ fn compile_step(
     if let Some(bad) = s.secrets.iter().find(|n| !valid_name(n)) {
         return Err(format!("{place}: secret name {bad:?} must be 1-64 of a-z, 0-9, '-', '_'"));
     }
+    for (i, l) in s.locks.iter().enumerate() {
+        check_references(spec, name, &format!("locks[{i}]"), &toml::Value::String(l.clone()))?;
+    }
     let mut inputs = BTreeMap::new();
     for (k, v) in &s.inputs {
         check_references(spec, name, k, v)?;
@@ -236,6 +245,7 @@ fn compile_step(
         timeout_ms: ms(&format!("{place}: timeout"), &s.timeout, 300_000)?,
         priority: s.priority.or(spec.priority).unwrap_or(100),
         secrets: s.secrets.clone(),
+        locks: s.locks.clone(),
     })
 }
 

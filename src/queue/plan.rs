@@ -313,6 +313,8 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
     types.dedup();
     let mut grants: Vec<(String, Grant)> = Vec::new();
     let mut started: Vec<(JobRecord, u32)> = Vec::new();
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut lock_drafts = Vec::new();
     {
         let queues = txn.open_table(QUEUES).map_err(storage)?;
         let jobs = txn.open_table(JOBS).map_err(storage)?;
@@ -331,9 +333,32 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
                 let job = rw::get::<JobRecord>(&jobs, "jobs", id.value())
                     .map_err(storage)?
                     .ok_or_else(|| CommandError::Storage(format!("ready index names missing job {}", id.value())))?;
-                if ask.tenant.is_some_and(|x| x != job.tenant) || !budget_allows(&q, t, &job.tenant, ctx) {
+                if ask.tenant.is_some_and(|x| x != job.tenant) {
                     continue;
                 }
+                // A step holding named locks is dispatched only when all of them are free; they
+                // are granted to its job now and released when its attempt ends.
+                let wanted: Vec<&str> =
+                    job.payload["locks"].as_array().into_iter().flatten().filter_map(|l| l.as_str()).collect();
+                if wanted.iter().any(|l| taken.contains(*l)) {
+                    continue;
+                }
+                let owner = format!("job:{}", job.id);
+                let lock_ttl = job.payload["timeoutMs"].as_u64().unwrap_or(300_000) + 60_000;
+                let mut grants_here = Vec::new();
+                for l in &wanted {
+                    match locks::try_grant(txn, ctx, &mut fence, (&job.tenant, l, &owner), lock_ttl)? {
+                        Some(d) => grants_here.push(d),
+                        None => break,
+                    }
+                }
+                if grants_here.len() < wanted.len() || !budget_allows(&q, t, &job.tenant, ctx) {
+                    continue;
+                }
+                for l in &wanted {
+                    taken.insert((*l).to_owned());
+                }
+                lock_drafts.extend(grants_here);
                 let grant = Grant {
                     job: job.id.clone(),
                     token: fence.take(),
@@ -358,6 +383,7 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
         let leases: Vec<&Grant> = chunk.iter().map(|(_, g)| g).collect();
         drafts.push(draft(&chunk[0].0, "lease.granted", subjects, json!({ "worker": ask.worker, "leases": leases })));
     }
+    drafts.extend(lock_drafts);
     for (job, attempt) in &started {
         drafts.extend(engine::on_started(txn, job, ask.worker, *attempt)?);
     }

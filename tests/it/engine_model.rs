@@ -297,3 +297,46 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
     assert_eq!(runs(&d).len(), 3, "a disabled version's triggers stop");
     verify(&d);
 }
+
+/// A step that declares a lock is held back while another holder has it, runs with the lock
+/// once it is free (owned by its job, so a force-release would fence it), and releases it when
+/// its attempt ends.
+#[test]
+fn a_step_waits_for_its_lock_and_releases_it_when_done() {
+    use stella::locks::LockCommand;
+    let d = Direct::new();
+    register(
+        &d,
+        "name = \"deploy\"\n[inputs.target]\ndefault = \"prod\"\n[steps.ship]\nplugin = \"noop\"\nlocks = [\"env:${inputs.target}\"]\n",
+    );
+    let held = d
+        .submit(Command::Lock(LockCommand::Acquire {
+            tenant: "default".into(),
+            resource: "env:prod".into(),
+            owner: "operator".into(),
+            ttl_ms: None,
+        }))
+        .unwrap();
+    let token = held.entries[0].data["token"].as_u64().unwrap();
+    let id = start(&d, "deploy", json!({}), None).unwrap();
+    assert!(lease(&d).is_empty(), "env:prod is held by the operator");
+    assert_eq!(step(&d, &id, "ship").state, StepState::Queued);
+    d.submit(Command::Lock(LockCommand::Release {
+        tenant: None,
+        lock_id: "lock-1".into(),
+        owner: "operator".into(),
+        token,
+    }))
+    .unwrap();
+    let got = lease(&d);
+    assert_eq!(got.len(), 1, "the lock is free: the step runs");
+    let locks = |d: &Direct| {
+        let txn = d.store().read().unwrap();
+        stella::store::schema::read::locks(&txn, None, 10).unwrap()
+    };
+    assert_eq!(locks(&d)[0].holder.as_ref().unwrap().owner, format!("job:{}", got[0].0));
+    complete(&d, &got[0].0, got[0].1, json!({})).unwrap();
+    assert!(locks(&d).is_empty(), "released with the attempt");
+    assert_eq!(run(&d, &id).status, RunStatus::Succeeded);
+    verify(&d);
+}

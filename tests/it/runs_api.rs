@@ -426,3 +426,21 @@ async fn dag_versions_disable_and_roll_back_and_production_refuses_unsigned_spec
         (403, Some("signed_bundle_required".to_owned()))
     );
 }
+
+/// A step held back by a lock says which lock and who holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_held_by_a_lock_names_the_lock_and_its_holder() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let c = app.socket_client();
+    api_post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-7" })).await;
+    register(&c, "name = \"locked\"\n[steps.ship]\nplugin = \"noop\"\nlocks = [\"env:prod\"]\n").await;
+    let id = api_post(&c, "/runs", json!({ "dag": "locked" })).await["id"].as_str().unwrap().to_owned();
+    assert!(
+        api_post(&c, "/leases", json!({ "worker": "a", "types": ["noop"] })).await["leases"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let v = api_get(&c, &format!("/runs/{id}")).await;
+    assert_eq!(step(&v, "ship")["waitReason"], "waiting for lock env:prod held by deploy-7");
+}

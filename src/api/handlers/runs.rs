@@ -218,9 +218,18 @@ fn wait_reason(
             };
             let queue =
                 read::queues(txn)?.into_iter().find(|(t, _)| *t == job.job_type).map(|(_, q)| q).unwrap_or_default();
+            let locks = read::locks(txn, None, 10_000)?;
+            let held: Vec<String> = job.payload["locks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str())
+                .filter_map(|l| crate::locks::holder(&locks, l).map(|h| format!("lock {l} held by {h}")))
+                .collect();
             Ok(Some(match job.state {
                 JobState::Delayed => format!("retry backoff until {}", rfc3339(job.not_before_ms)),
                 JobState::Ready if queue.paused => format!("job type {} is paused", job.job_type),
+                JobState::Ready if !held.is_empty() => format!("waiting for {}", held.join(", ")),
                 JobState::Ready if queue.budgets.values().any(|b| b.rate_milli_per_s.is_some()) => {
                     format!("waiting for a worker within the rate budget of {}", job.job_type)
                 }
