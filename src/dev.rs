@@ -4,10 +4,10 @@
 //! Existing files are kept, so restarting a dev appliance keeps its keys, store and token.
 
 use crate::config::{Config, Layout};
-use ssh_key::{HashAlg, LineEnding, PrivateKey};
+use ssh_key::{HashAlg, PrivateKey};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What `prepare` did, for the start banner.
 #[derive(Debug, Default)]
@@ -82,18 +82,7 @@ pub fn ensure_appliance_key(path: &Path) -> Result<String, String> {
             PrivateKey::read_openssh_file(path).map_err(|e| format!("read appliance key {}: {e}", path.display()))?;
         return Ok(key.fingerprint(HashAlg::Sha256).to_string());
     }
-    let mut seed = [0u8; 32];
-    crate::ids::fill_random(&mut seed);
-    let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
-    let mut key = PrivateKey::from(pair);
-    key.set_comment("stella-appliance");
-    let private = key.to_openssh(LineEnding::LF).map_err(|e| format!("encode appliance key: {e}"))?;
-    let public = key.public_key().to_openssh().map_err(|e| format!("encode appliance public key: {e}"))?;
-    write_file_atomic(path, private.as_bytes(), 0o600).map_err(|e| format!("write {}: {e}", path.display()))?;
-    let pub_path = PathBuf::from(format!("{}.pub", path.display()));
-    write_file_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)
-        .map_err(|e| format!("write {}: {e}", pub_path.display()))?;
-    Ok(key.fingerprint(HashAlg::Sha256).to_string())
+    crate::trust::keys::generate(path, "stella-appliance")
 }
 
 /// The appliance key's fingerprint, if the key exists and reads.

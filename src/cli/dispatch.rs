@@ -27,6 +27,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Top::Generate(cmd) => generate(cmd),
         Top::Service(ServiceCmd::Restart { service }) => service_restart(&service),
         Top::Orch(OrchCmd::Db(DbCmd::Verify { offline: true })) => db_verify_offline(&g),
+        Top::Keys(cmd) => crate::cli::keys::run(&g, cmd),
         other => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -52,11 +53,11 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Orch(o) => orch(g, o).await,
         Top::Promotion(_) | Top::Rollback(_) | Top::Deploy(_) | Top::Registry(_) => na(RELEASE),
         Top::Doctor(_) => na("doctor checks (they need the queue, runs and releases they diagnose)"),
-        Top::Bundle(_) | Top::Keys(_) => na(BUNDLES),
+        Top::Bundle(_) => na(BUNDLES),
         Top::Export(_) | Top::Audit(_) => na(EXPORT),
         Top::Backup(_) => na("store backup and restore (no issue filed yet)"),
         Top::Secrets(cmd) => secrets(g, cmd).await,
-        Top::Serve(_) | Top::Generate(_) | Top::Service(_) => {
+        Top::Serve(_) | Top::Generate(_) | Top::Service(_) | Top::Keys(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

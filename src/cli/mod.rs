@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod dispatch;
+pub mod keys;
 pub mod output;
 pub mod queue;
 pub mod runs;

@@ -16,3 +16,4 @@ mod store_schema;
 mod store_tamper;
 mod support;
 mod systemd_unit;
+mod trust;
