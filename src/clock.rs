@@ -18,6 +18,12 @@ pub type SharedClock = Arc<dyn Clock>;
 #[derive(Debug, Default)]
 pub struct SystemClock;
 
+impl SystemClock {
+    pub fn now(&self) -> UnixMs {
+        Clock::now_ms(self)
+    }
+}
+
 impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMs {
         let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("system clock is before 1970");

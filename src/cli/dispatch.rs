@@ -16,7 +16,6 @@ fn na(what: &str) -> Result<(), CliError> {
     Err(CliError::NotAvailable(what.to_owned()))
 }
 
-const BUNDLES: &str = "signed bundles and the trust store (issue: signed bundles)";
 const EXPORT: &str = "export and the audit pack (issue: telemetry and the offline audit pack)";
 const RELEASE: &str = "release promotions, environments, deployments and artifacts (no issue filed yet)";
 
@@ -28,6 +27,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Top::Service(ServiceCmd::Restart { service }) => service_restart(&service),
         Top::Orch(OrchCmd::Db(DbCmd::Verify { offline: true })) => db_verify_offline(&g),
         Top::Keys(cmd) => crate::cli::keys::run(&g, cmd),
+        Top::Bundle(cmd) => crate::cli::bundle::run(&g, cmd),
         other => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -53,11 +53,10 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Orch(o) => orch(g, o).await,
         Top::Promotion(_) | Top::Rollback(_) | Top::Deploy(_) | Top::Registry(_) => na(RELEASE),
         Top::Doctor(_) => na("doctor checks (they need the queue, runs and releases they diagnose)"),
-        Top::Bundle(_) => na(BUNDLES),
         Top::Export(_) | Top::Audit(_) => na(EXPORT),
         Top::Backup(_) => na("store backup and restore (no issue filed yet)"),
         Top::Secrets(cmd) => secrets(g, cmd).await,
-        Top::Serve(_) | Top::Generate(_) | Top::Service(_) | Top::Keys(_) => {
+        Top::Serve(_) | Top::Generate(_) | Top::Service(_) | Top::Keys(_) | Top::Bundle(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

@@ -4,6 +4,7 @@
 
 mod api_auth;
 mod api_hostile;
+mod bundles;
 mod cli;
 mod engine_model;
 mod openapi;

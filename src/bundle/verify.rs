@@ -1,0 +1,211 @@
+//! The offline check of an envelope, in the order of DESIGN.md §3: a bounded read of the
+//! envelope → the signature over SHA256SUMS → the digests → the manifest → a streamed walk of
+//! the payload (zstd with a bounded window, tar) checking every entry against the manifest.
+//! Nothing is decompressed before the signature and the digests pass, and nothing is written.
+
+use crate::bundle::format::*;
+use crate::trust::sig::{self, Namespace, SigError, Signer};
+use crate::trust::store::TrustStore;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    #[error("envelope: {0}")]
+    Envelope(String),
+    #[error("signature: {0}")]
+    Signature(#[from] SigError),
+    #[error("digest of {member} does not match SHA256SUMS")]
+    Digest { member: &'static str },
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error("payload: {0}")]
+    Payload(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub manifest: Manifest,
+    pub signer: Signer,
+    pub files: usize,
+    pub unpacked_bytes: u64,
+}
+
+fn env(e: impl std::fmt::Display) -> BundleError {
+    BundleError::Envelope(e.to_string())
+}
+
+struct Members {
+    small: BTreeMap<&'static str, Vec<u8>>,
+    payload_offset: u64,
+    payload_size: u64,
+    payload_sha256: String,
+}
+
+/// Reads the envelope's members: exactly the four, regular files, each once, bounded.
+fn members(path: &Path) -> Result<Members, BundleError> {
+    let size = std::fs::metadata(path).map_err(|e| env(format!("{}: {e}", path.display())))?.len();
+    if size > ENVELOPE_BYTES_MAX {
+        return Err(env(format!("{size} bytes is larger than {ENVELOPE_BYTES_MAX}")));
+    }
+    let file = std::fs::File::open(path).map_err(|e| env(format!("{}: {e}", path.display())))?;
+    let mut archive = tar::Archive::new(file);
+    let mut out = Members { small: BTreeMap::new(), payload_offset: 0, payload_size: 0, payload_sha256: String::new() };
+    let mut seen = HashSet::new();
+    for entry in archive.entries().map_err(env)? {
+        let mut entry = entry.map_err(env)?;
+        let name = entry.path().map_err(env)?.to_string_lossy().into_owned();
+        let member =
+            MEMBERS.iter().find(|m| **m == name).copied().ok_or_else(|| env(format!("unexpected member {name:?}")))?;
+        if !seen.insert(member) {
+            return Err(env(format!("member {member} appears twice")));
+        }
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(env(format!("member {member} is not a regular file")));
+        }
+        let len = entry.size();
+        if member == PAYLOAD {
+            out.payload_offset = entry.raw_file_position();
+            out.payload_size = len;
+            let mut h = Sha256::new();
+            std::io::copy(&mut (&mut entry).take(len), &mut HashWriter(&mut h)).map_err(env)?;
+            out.payload_sha256 = hex::encode(h.finalize());
+        } else {
+            if len > SMALL_MEMBER_BYTES_MAX {
+                return Err(env(format!("member {member} is larger than {SMALL_MEMBER_BYTES_MAX} bytes")));
+            }
+            let mut buf = Vec::with_capacity(len as usize);
+            (&mut entry).take(len).read_to_end(&mut buf).map_err(env)?;
+            out.small.insert(member, buf);
+        }
+    }
+    if let Some(missing) = MEMBERS.iter().find(|m| !seen.contains(*m)) {
+        return Err(env(format!("member {missing} is missing")));
+    }
+    Ok(out)
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn verify(path: &Path, trust: &TrustStore, now_ms: i64) -> Result<Verified, BundleError> {
+    let m = members(path)?;
+    let sums_bytes = &m.small[SUMS];
+    let sig_text = String::from_utf8_lossy(&m.small[SUMS_SIG]).into_owned();
+    let signer = sig::verify(&sig_text, Namespace::Bundle, sums_bytes, trust, now_ms)?;
+    let sums = parse_sums(&String::from_utf8_lossy(sums_bytes)).map_err(BundleError::Envelope)?;
+    let listed = |n: &str| sums.iter().find(|(name, _)| name == n).map(|(_, s)| s.clone()).unwrap_or_default();
+    if hex::encode(Sha256::digest(&m.small[MANIFEST])) != listed(MANIFEST) {
+        return Err(BundleError::Digest { member: MANIFEST });
+    }
+    if m.payload_sha256 != listed(PAYLOAD) {
+        return Err(BundleError::Digest { member: PAYLOAD });
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&m.small[MANIFEST]).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    check_manifest(&manifest, &m, now_ms)?;
+    let (files, unpacked_bytes) = walk_payload(path, &m, &manifest)?;
+    Ok(Verified { manifest, signer, files, unpacked_bytes })
+}
+
+fn check_manifest(manifest: &Manifest, m: &Members, now_ms: i64) -> Result<(), BundleError> {
+    let bad = |s: String| Err(BundleError::Manifest(s));
+    if manifest.format_version != 1 {
+        return bad(format!("formatVersion {} is not supported", manifest.format_version));
+    }
+    if manifest.payload.file != PAYLOAD
+        || manifest.payload.size != m.payload_size
+        || manifest.payload.sha256 != m.payload_sha256
+    {
+        return bad("its payload reference does not match payload.tar.zst".into());
+    }
+    if !crate::config::valid_name(&manifest.name) || manifest.version.is_empty() || manifest.version.len() > 64 {
+        return bad(format!("name {:?} or version {:?} is not valid", manifest.name, manifest.version));
+    }
+    if let Some(na) = &manifest.not_after {
+        let t = time::OffsetDateTime::parse(na, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| BundleError::Manifest(format!("notAfter: {e}")))?;
+        if now_ms >= (t.unix_timestamp_nanos() / 1_000_000) as i64 {
+            return bad(format!("expired at {na}"));
+        }
+    }
+    if manifest.files.len() > FILES_MAX {
+        return bad(format!("more than {FILES_MAX} files"));
+    }
+    let mut paths = HashSet::new();
+    for f in &manifest.files {
+        if !valid_path(&f.path) || !paths.insert(f.path.as_str()) {
+            return bad(format!("file path {:?} is invalid or listed twice", f.path));
+        }
+    }
+    Ok(())
+}
+
+/// Streams the payload through a bounded zstd window and a tar reader; every entry must be a
+/// regular file or directory listed in the manifest with the same size, mode and digest.
+fn walk_payload(path: &Path, m: &Members, manifest: &Manifest) -> Result<(usize, u64), BundleError> {
+    let pay = |s: String| BundleError::Payload(s);
+    let mut file = std::fs::File::open(path).map_err(|e| pay(e.to_string()))?;
+    file.seek(SeekFrom::Start(m.payload_offset)).map_err(|e| pay(e.to_string()))?;
+    let mut decoder =
+        zstd::stream::read::Decoder::new(file.take(m.payload_size)).map_err(|e| pay(format!("zstd: {e}")))?;
+    decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| pay(format!("zstd: {e}")))?;
+    let listed: BTreeMap<&str, &FileEntry> = manifest.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let mut seen = HashSet::new();
+    let mut total = 0u64;
+    let mut archive = tar::Archive::new(decoder);
+    for entry in archive.entries().map_err(|e| pay(e.to_string()))? {
+        let mut entry = entry.map_err(|e| pay(e.to_string()))?;
+        let raw = entry.path().map_err(|e| pay(e.to_string()))?.to_string_lossy().into_owned();
+        let name = raw.trim_end_matches('/').to_owned();
+        if !valid_path(&name) {
+            return Err(pay(format!("entry {raw:?} has an unsafe path")));
+        }
+        let f = listed.get(name.as_str()).ok_or_else(|| pay(format!("entry {name:?} is not in the manifest")))?;
+        if !seen.insert(name.clone()) {
+            return Err(pay(format!("entry {name:?} appears twice")));
+        }
+        let kind = entry.header().entry_type();
+        match (kind, f.kind.as_str()) {
+            (tar::EntryType::Directory, "dir") => {}
+            (tar::EntryType::Regular, "file") => {
+                let size = entry.size();
+                total += size;
+                if size != f.size || total > UNPACKED_BYTES_MAX {
+                    return Err(pay(format!("entry {name:?} is {size} bytes, the manifest says {}", f.size)));
+                }
+                let mode = entry.header().mode().map_err(|e| pay(e.to_string()))? & 0o777;
+                if mode != f.mode {
+                    return Err(pay(format!("entry {name:?} has mode {mode:o}, the manifest says {:o}", f.mode)));
+                }
+                let mut h = Sha256::new();
+                std::io::copy(&mut (&mut entry).take(size), &mut HashWriter(&mut h))
+                    .map_err(|e| pay(format!("{name}: {e}")))?;
+                if Some(hex::encode(h.finalize())) != f.sha256 {
+                    return Err(pay(format!("entry {name:?} does not match its sha256 in the manifest")));
+                }
+            }
+            (other, _) => {
+                return Err(pay(format!(
+                    "entry {name:?} is a {other:?}: only regular files and directories are allowed"
+                )));
+            }
+        }
+    }
+    if let Some(missing) = manifest.files.iter().find(|f| !seen.contains(&f.path)) {
+        return Err(pay(format!("{:?} is in the manifest but not in the payload", missing.path)));
+    }
+    Ok((seen.len(), total))
+}

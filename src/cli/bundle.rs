@@ -1,0 +1,69 @@
+//! `stella bundle build|verify` (offline). Import, list, show and remove need the daemon and
+//! are not built yet.
+
+use crate::bundle::{build, format::Kind, verify};
+use crate::cli::args::{BundleCmd, Global};
+use crate::cli::output::{self, s};
+use crate::cli::target;
+use crate::exit::CliError;
+use crate::trust::store::TrustStore;
+use serde_json::json;
+
+pub fn run(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
+    match cmd {
+        BundleCmd::Build { dir, kind, name, bundle_version, key, out } => {
+            let kind = match kind.as_str() {
+                "plugin" => Kind::Plugin,
+                "dag" => Kind::Dag,
+                "trust" => Kind::Trust,
+                other => return Err(CliError::Invalid(format!("--kind {other:?}: expected plugin, dag or trust"))),
+            };
+            if !crate::config::valid_name(&name) {
+                return Err(CliError::Invalid(format!("--name {name:?}: expected 1-64 of a-z, 0-9, '-', '_'")));
+            }
+            let key = crate::trust::keys::read_private(&key).map_err(CliError::Invalid)?;
+            let built = build::build(&dir, kind, &name, &bundle_version, &key).map_err(CliError::Invalid)?;
+            crate::dev::write_file_atomic(&out, &built.bytes, 0o644)
+                .map_err(|e| CliError::Other(format!("write {}: {e}", out.display())))?;
+            let v = json!({ "bundle": out, "name": name, "version": bundle_version, "files": built.manifest.files.len(), "payloadSha256": built.manifest.payload.sha256 });
+            output::print(g.format, &v, |v| {
+                format!(
+                    "built {} ({} {}, {} files)\n",
+                    s(&v["bundle"]),
+                    s(&v["name"]),
+                    s(&v["version"]),
+                    s(&v["files"])
+                )
+            });
+            Ok(())
+        }
+        BundleCmd::Verify { file: Some(file), signers, installed: false } => {
+            let trust = match &signers {
+                Some(f) => TrustStore::load_files(f, None),
+                None => TrustStore::load(&target::layout(g).trust_dir()),
+            }
+            .map_err(|e| CliError::Invalid(e.to_string()))?;
+            let now = crate::clock::SystemClock.now();
+            let v = verify::verify(&file, &trust, now)
+                .map_err(|e| CliError::VerifyFailed(format!("{}: {e}", file.display())))?;
+            let out = json!({ "ok": true, "name": v.manifest.name, "version": v.manifest.version, "kind": v.manifest.kind,
+                              "signer": v.signer.principal, "fingerprint": v.signer.fingerprint, "files": v.files, "unpackedBytes": v.unpacked_bytes });
+            output::print(g.format, &out, |v| {
+                format!(
+                    "ok: {} {} ({}) signed by {} ({}); signature, digests, manifest and {} payload entries verified\n",
+                    s(&v["name"]),
+                    s(&v["version"]),
+                    s(&v["kind"]),
+                    s(&v["signer"]),
+                    s(&v["fingerprint"]),
+                    s(&v["files"])
+                )
+            });
+            Ok(())
+        }
+        _ => Err(CliError::NotAvailable(
+            "bundle import, list, show, remove and verify --installed (they need the sealed store through the daemon)"
+                .into(),
+        )),
+    }
+}
