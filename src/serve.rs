@@ -103,6 +103,7 @@ async fn daemon(
         listeners: listeners.clone(),
         dev: opts.dev,
         lib: opts.layout.lib(),
+        trust_dir: opts.layout.trust_dir(),
         owner_uid: unsafe_free_geteuid(),
     });
     if let Some(notes) = dev_notes {

@@ -21,7 +21,7 @@ pub const PREFIX: &str = "/api/v1/orchestrator";
 
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::put;
-    use handlers::{admin, config, dags, locks, pending, queue, runs, stream, tokens};
+    use handlers::{admin, bundles, config, dags, locks, pending, queue, runs, stream, tokens};
     let api = Router::new()
         .route("/admin/health", get(admin::health))
         .route("/admin/db/verify", get(admin::db_verify))
@@ -59,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dags/{name}", get(dags::show))
         .route("/dags/{name}/{action}", post(dags::version_action))
         .route("/plugins", get(dags::plugins).post(dags::register_plugin))
+        .route("/bundles", get(bundles::list).post(bundles::import_bundle))
         .route("/schedules", get(dags::schedules))
         .route("/schedules/{dag}/{action}", post(dags::schedule_action))
         .route("/secrets", get(config::secret_list))

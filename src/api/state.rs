@@ -19,6 +19,8 @@ pub struct AppState {
     pub dev: bool,
     /// `<lib>` of the layout: the sealed store of plugins lives under it.
     pub lib: std::path::PathBuf,
+    /// The trust store (`allowed_signers`, `revoked`), read afresh for every verification.
+    pub trust_dir: std::path::PathBuf,
     /// This process's effective uid: peers on the Unix socket with it (or root) are admin.
     pub owner_uid: u32,
 }

@@ -4,4 +4,6 @@
 
 pub mod build;
 pub mod format;
+pub mod import;
+pub mod plan;
 pub mod verify;

@@ -67,3 +67,49 @@ pub fn run(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
         )),
     }
 }
+
+/// `bundle import FILE` and `bundle list`, through the daemon.
+pub async fn remote(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let v = match cmd {
+        BundleCmd::Import { file, allow_downgrade } => {
+            let path =
+                std::fs::canonicalize(&file).map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+            client
+                .post("/api/v1/orchestrator/bundles", &json!({ "path": path, "allowDowngrade": allow_downgrade }))
+                .await?
+                .ok()?
+                .json()?
+        }
+        _ => client.get("/api/v1/orchestrator/bundles").await?.ok()?.json()?,
+    };
+    output::print(g.format, &v, |v| {
+        if v["bundles"].is_array() {
+            v["bundles"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    format!(
+                        "{} {} ({}) {} signed by {}\n",
+                        s(&b["name"]),
+                        s(&b["version"]),
+                        s(&b["kind"]),
+                        s(&b["digest"]),
+                        s(&b["signer"])
+                    )
+                })
+                .collect()
+        } else {
+            format!(
+                "imported {} {} ({}) signed by {}; sealed as {}\n",
+                s(&v["name"]),
+                s(&v["version"]),
+                s(&v["kind"]),
+                s(&v["signer"]),
+                s(&v["digest"])
+            )
+        }
+    });
+    Ok(())
+}

@@ -27,7 +27,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Top::Service(ServiceCmd::Restart { service }) => service_restart(&service),
         Top::Orch(OrchCmd::Db(DbCmd::Verify { offline: true })) => db_verify_offline(&g),
         Top::Keys(cmd) => crate::cli::keys::run(&g, cmd),
-        Top::Bundle(cmd) => crate::cli::bundle::run(&g, cmd),
+        Top::Bundle(cmd) if !matches!(cmd, BundleCmd::Import { .. } | BundleCmd::List) => {
+            crate::cli::bundle::run(&g, cmd)
+        }
         other => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -56,7 +58,8 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Export(_) | Top::Audit(_) => na(EXPORT),
         Top::Backup(_) => na("store backup and restore (no issue filed yet)"),
         Top::Secrets(cmd) => secrets(g, cmd).await,
-        Top::Serve(_) | Top::Generate(_) | Top::Service(_) | Top::Keys(_) | Top::Bundle(_) => {
+        Top::Bundle(cmd) => crate::cli::bundle::remote(g, cmd).await,
+        Top::Serve(_) | Top::Generate(_) | Top::Service(_) | Top::Keys(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

@@ -56,6 +56,7 @@ pub enum Command {
     Queue(crate::queue::QueueCommand),
     Run(crate::engine::RunCommand),
     Lock(crate::locks::LockCommand),
+    Bundle(crate::bundle::plan::BundleCommand),
     /// Store a secret's value (unledgered) and ledger that it was set, by name only.
     SetSecret {
         name: String,
@@ -175,6 +176,7 @@ impl Command {
             Command::Queue(q) => crate::queue::plan::plan(q, txn, ctx),
             Command::Lock(l) => crate::locks::plan(l, txn, ctx),
             Command::Run(r) => crate::engine::plan::plan(r, txn, ctx),
+            Command::Bundle(b) => crate::bundle::plan::plan(b, txn),
             Command::Tick => crate::queue::plan::tick(txn, ctx),
             Command::SetSecret { name, value } => Ok(Effects {
                 drafts: vec![Draft {
@@ -252,6 +254,7 @@ impl Command {
             Command::Queue(_)
             | Command::Lock(_)
             | Command::Run(_)
+            | Command::Bundle(_)
             | Command::Tick
             | Command::SetConfig { .. }
             | Command::SetSecret { .. } => {

@@ -98,6 +98,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
             if !crate::queue::apply::apply(txn, entry)?
                 && !crate::locks::apply(txn, entry)?
                 && !crate::engine::apply::apply(txn, entry)?
+                && !crate::bundle::plan::apply(txn, entry)?
             {
                 return Err(bad(entry, format!("unknown entry kind {:?}", entry.kind)));
             }

@@ -49,6 +49,8 @@ pub const DAG_SPECS: TableDefinition<&str, &[u8]> = TableDefinition::new("dag_sp
 pub const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 /// Projection: cron schedules, `dag|index` → schedule JSON (next fire, paused, last run).
 pub const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+/// Projection: installed bundles by name → version, kind, digest, signer.
+pub const BUNDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("bundles");
 /// Projection: runs by id (`run-1`).
 pub const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 /// Projection: steps by `run/step`.
@@ -93,6 +95,9 @@ pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[
     STEPS,
     RUN_TOKENS,
     RUN_WAITING,
+    BUNDLES,
+    PLUGINS,
+    SCHEDULES,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -469,6 +474,16 @@ pub mod read {
         for row in table.iter().map_err(rerr)? {
             let (k, v) = row.map_err(rerr)?;
             out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("schedules", k.value(), e))?);
+        }
+        Ok(out)
+    }
+
+    pub fn bundles(txn: &ReadTransaction) -> Result<Vec<serde_json::Value>, StoreError> {
+        let table = txn.open_table(BUNDLES).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(rerr)? {
+            let (k, v) = row.map_err(rerr)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("bundles", k.value(), e))?);
         }
         Ok(out)
     }

@@ -189,3 +189,120 @@ fn hostile_envelopes_are_refused_with_their_reason() {
     assert_eq!(revoked.status.code(), Some(8));
     assert!(stderr(&revoked).contains("is revoked"), "{}", stderr(&revoked));
 }
+
+fn sealed_listing(root: &Path) -> Vec<String> {
+    let dir = root.join("var/lib/stella/bundles/sha256");
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A production daemon (no dev mode) takes code and workflows only as signed bundles: a plugin
+/// bundle and a DAG bundle that uses it import, and the DAG runs the sealed plugin; a tampered
+/// bundle and a downgrade are refused, ledgered with their reason, and leave the sealed store
+/// as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
+    let app = TestAppliance::start_production();
+    let root = app.root().to_path_buf();
+    let (key, plugin_bundle) = setup(&root);
+    let imported = stella(&root, &["--format", "json", "bundle", "import", plugin_bundle.to_str().unwrap()]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let dag_dir = root.join("dag");
+    std::fs::create_dir(&dag_dir).unwrap();
+    std::fs::write(dag_dir.join("notify.toml"), "name = \"notify\"\n[steps.ping]\nplugin = \"sample-plugin\"\n")
+        .unwrap();
+    let dag_bundle = root.join("notify-1.bundle");
+    assert!(
+        stella(
+            &root,
+            &[
+                "bundle",
+                "build",
+                dag_dir.to_str().unwrap(),
+                "--kind",
+                "dag",
+                "--name",
+                "notify",
+                "--version",
+                "1",
+                "--key",
+                key.to_str().unwrap(),
+                "-o",
+                dag_bundle.to_str().unwrap()
+            ]
+        )
+        .status
+        .success()
+    );
+    let out = stella(&root, &["bundle", "import", dag_bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = sealed_listing(&root);
+    assert_eq!(before.len(), 2);
+
+    let c = app.socket_client();
+    let id = api_post(&c, "/runs", serde_json::json!({ "dag": "notify" })).await["id"].as_str().unwrap().to_owned();
+    let mut pending = String::new();
+    c.stream(&format!("{API}/runs/stream?run={id}"), Some(0), |chunk| {
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        !pending.contains("event: run.succeeded") && !pending.contains("event: run.failed")
+    })
+    .await
+    .unwrap();
+    let run = api_get(&c, &format!("/runs/{id}")).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["steps"][0]["pluginDigest"].as_str().map(|d| before.contains(&d.to_owned())),
+        Some(true),
+        "the run pinned the sealed plugin"
+    );
+
+    let tampered = root.join("tampered.bundle");
+    let mut bytes = std::fs::read(&plugin_bundle).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(&tampered, &bytes).unwrap();
+    let refused = stella(&root, &["bundle", "import", tampered.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(9), "{}", stderr(&refused));
+    let older = root.join("older.bundle");
+    assert!(
+        stella(
+            &root,
+            &[
+                "bundle",
+                "build",
+                sample_plugin().to_str().unwrap(),
+                "--kind",
+                "plugin",
+                "--name",
+                "sample-plugin",
+                "--version",
+                "0.9.0",
+                "--key",
+                key.to_str().unwrap(),
+                "-o",
+                older.to_str().unwrap()
+            ]
+        )
+        .status
+        .success()
+    );
+    let downgrade = stella(&root, &["bundle", "import", older.to_str().unwrap()]);
+    assert_eq!(downgrade.status.code(), Some(7), "{}", stderr(&downgrade));
+    assert!(stderr(&downgrade).contains("--allow-downgrade"), "{}", stderr(&downgrade));
+    assert_eq!(sealed_listing(&root), before, "refused bundles leave the sealed store unchanged");
+    assert!(
+        std::fs::read_dir(root.join("var/lib/stella/bundles/staging")).map(|r| r.count()).unwrap_or(0) == 0,
+        "no staging left behind"
+    );
+    let ledger = api_get(&c, "/ledger?limit=1000").await;
+    let rejections: Vec<&serde_json::Value> =
+        ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.rejected").collect();
+    assert_eq!(rejections.len(), 2, "every rejection is ledgered");
+    assert!(rejections.iter().any(|e| e["data"]["reason"].as_str().unwrap().contains("--allow-downgrade")));
+    let list = stdout(&stella(&root, &["bundle", "list"]));
+    assert!(list.contains("sample-plugin 1.0.0") && list.contains("notify 1"), "{list}");
+    assert!(stella(&root, &["orch", "db", "verify"]).status.success());
+}

@@ -1,6 +1,7 @@
 //! Route handlers, one file per resource.
 
 pub mod admin;
+pub mod bundles;
 pub mod config;
 pub mod dags;
 pub mod locks;

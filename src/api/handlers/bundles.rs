@@ -1,0 +1,193 @@
+//! Bundle import through the daemon (`POST /bundles` with a path on the appliance host, where
+//! operators bring bundles across the gap): verify against the current trust store, apply the
+//! version policy, seal into the content-addressed store, register the plugin or the DAGs it
+//! carries — and ledger every import and every rejection with its reason.
+
+use crate::api::extract::{Auth, JsonBody};
+use crate::api::handlers::queue::submit;
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::state::AppState;
+use crate::auth::{Principal, Scope};
+use crate::bundle::format::Kind;
+use crate::bundle::plan::BundleCommand;
+use crate::bundle::{import, verify};
+use crate::engine::RunCommand;
+use crate::store::Command;
+use crate::store::schema::read;
+use crate::trust::store::TrustStore;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImportRequest {
+    pub path: String,
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+fn file_sha256(path: &Path) -> String {
+    let mut h = Sha256::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = std::io::copy(&mut f, &mut h);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Ledgers the rejection and answers with its reason.
+async fn reject(state: &AppState, p: &Principal, path: &Path, status: StatusCode, reason: String) -> Problem {
+    let command =
+        BundleCommand::Reject { file: path.display().to_string(), sha256: file_sha256(path), reason: reason.clone() };
+    if let Err(e) = submit(state, p, Command::Bundle(command)).await {
+        return e;
+    }
+    Problem::new(status, "bundle_rejected", reason)
+}
+
+pub async fn list(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<Value>> {
+    auth.require(Scope::Read)?;
+    Ok(Json(json!({ "bundles": read::bundles(&state.store.read()?)? })))
+}
+
+pub async fn import_bundle(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<ImportRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let p = auth.require(Scope::Admin)?;
+    let path = PathBuf::from(&req.path);
+    let (trust_dir, now) = (state.trust_dir.clone(), state.clock.now_ms());
+    let checked = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || -> Result<verify::Verified, String> {
+            let trust = TrustStore::load(&trust_dir).map_err(|e| e.to_string())?;
+            verify::verify(&path, &trust, now).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(Problem::internal)?
+    };
+    let v = match checked {
+        Ok(v) => v,
+        Err(reason) => return Err(reject(&state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
+    };
+    let m = v.manifest.clone();
+    let installed = read::bundles(&state.store.read()?)?.into_iter().find(|b| b["name"] == m.name.as_str());
+    if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
+        && import::compare_versions(&m.version, &cur).is_lt()
+        && !req.allow_downgrade
+    {
+        let reason = format!(
+            "bundle {} {} is older than the installed {cur}: a downgrade needs --allow-downgrade",
+            m.name, m.version
+        );
+        return Err(reject(&state, p, &path, StatusCode::CONFLICT, reason).await);
+    }
+    if m.kind == Kind::Trust {
+        return Err(reject(
+            &state,
+            p,
+            &path,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "trust-update bundles are not available yet".into(),
+        )
+        .await);
+    }
+    let lib = state.lib.clone();
+    let existed = crate::plugins::sealed_dir(&lib, &m.payload.sha256).exists();
+    let sealed = {
+        let (path, m, lib) = (path.clone(), m.clone(), lib.clone());
+        tokio::task::spawn_blocking(move || import::seal(&path, &m, &lib)).await.map_err(Problem::internal)?
+    };
+    let sealed = match sealed {
+        Ok(s) => s,
+        Err(reason) => return Err(reject(&state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
+    };
+    let contents = match inspect(&state, &m.kind, &m.name, &sealed) {
+        Ok(c) => c,
+        Err(reason) => {
+            if !existed {
+                let _ = std::fs::remove_dir_all(&sealed);
+            }
+            return Err(reject(&state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await);
+        }
+    };
+    let command = BundleCommand::Import {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        kind: serde_json::to_value(m.kind).ok().and_then(|k| k.as_str().map(str::to_owned)).unwrap_or_default(),
+        digest: m.payload.sha256.clone(),
+        signer: v.signer.principal.clone(),
+        fingerprint: v.signer.fingerprint.clone(),
+        allow_downgrade: req.allow_downgrade,
+        entrypoint: contents.entrypoint.clone(),
+    };
+    submit(&state, p, Command::Bundle(command)).await?;
+    for (name, spec) in &contents.dags {
+        submit(
+            &state,
+            p,
+            Command::Run(RunCommand::RegisterDag { name: name.clone(), spec: spec.clone(), unsigned: false }),
+        )
+        .await?;
+    }
+    let dags: Vec<&String> = contents.dags.iter().map(|(n, _)| n).collect();
+    let body = json!({ "name": m.name, "version": m.version, "kind": m.kind, "digest": m.payload.sha256, "signer": v.signer.principal,
+                       "fingerprint": v.signer.fingerprint, "files": v.files, "dags": dags });
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+struct Contents {
+    entrypoint: Option<String>,
+    dags: Vec<(String, String)>,
+}
+
+/// What a sealed bundle carries: a plugin's entrypoint (its `plugin.toml` must name the bundle),
+/// or DAG specs (every `*.toml`), each validated against the installed plugins.
+fn inspect(state: &AppState, kind: &Kind, name: &str, sealed: &Path) -> Result<Contents, String> {
+    match kind {
+        Kind::Plugin => {
+            let text = std::fs::read_to_string(sealed.join("plugin.toml")).map_err(|e| format!("plugin.toml: {e}"))?;
+            let manifest: crate::plugins::Manifest = toml::from_str(&text).map_err(|e| format!("plugin.toml: {e}"))?;
+            if manifest.name != name || manifest.protocol != 1 {
+                return Err(format!(
+                    "plugin.toml names {:?} (protocol {}), the bundle {name:?}: they must agree, protocol 1",
+                    manifest.name, manifest.protocol
+                ));
+            }
+            Ok(Contents { entrypoint: Some(manifest.entrypoint), dags: vec![] })
+        }
+        Kind::Dag => {
+            let installed: Vec<String> = state
+                .store
+                .read()
+                .and_then(|t| read::plugins(&t))
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(sealed)
+                .map_err(|e| e.to_string())?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            let mut dags = Vec::new();
+            for f in files {
+                let text = std::fs::read_to_string(&f).map_err(|e| e.to_string())?;
+                let c = crate::engine::spec::compile(&text, &installed)
+                    .map_err(|e| format!("{}: {e}", f.file_name().unwrap_or_default().to_string_lossy()))?;
+                dags.push((c.name, text));
+            }
+            if dags.is_empty() {
+                return Err("a DAG bundle carries at least one *.toml spec".into());
+            }
+            Ok(Contents { entrypoint: None, dags })
+        }
+        Kind::Trust => Err("trust-update bundles are not available yet".into()),
+    }
+}
