@@ -306,3 +306,174 @@ async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
     assert!(list.contains("sample-plugin 1.0.0") && list.contains("notify 1"), "{list}");
     assert!(stella(&root, &["orch", "db", "verify"]).status.success());
 }
+
+/// Crafts a signed envelope whose payload holds `entries` (header-level control, unlike the
+/// builder) and whose manifest lists `listed`; returns its path.
+fn craft(
+    dir: &Path,
+    key: &ssh_key::PrivateKey,
+    entries: Vec<(tar::Header, Vec<u8>)>,
+    listed: Vec<stella::bundle::format::FileEntry>,
+    not_after: Option<&str>,
+) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    use stella::bundle::format::*;
+    let mut payload_tar = tar::Builder::new(Vec::new());
+    for (mut h, data) in entries {
+        h.set_cksum();
+        payload_tar.append(&h, data.as_slice()).unwrap();
+    }
+    let payload = zstd::encode_all(payload_tar.into_inner().unwrap().as_slice(), 3).unwrap();
+    let manifest = Manifest {
+        format_version: 1,
+        kind: Kind::Plugin,
+        name: "evil".into(),
+        version: "1".into(),
+        not_after: not_after.map(str::to_owned),
+        payload: PayloadRef {
+            file: PAYLOAD.into(),
+            size: payload.len() as u64,
+            sha256: hex::encode(Sha256::digest(&payload)),
+        },
+        files: listed,
+    };
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    let sums_text =
+        sums(&[(MANIFEST, &hex::encode(Sha256::digest(&manifest_bytes))), (PAYLOAD, &manifest.payload.sha256)]);
+    let sig = stella::trust::sig::sign(key, stella::trust::sig::Namespace::Bundle, sums_text.as_bytes()).unwrap();
+    let mut env = tar::Builder::new(Vec::new());
+    for (name, bytes) in [
+        (MANIFEST, manifest_bytes.as_slice()),
+        (PAYLOAD, payload.as_slice()),
+        (SUMS, sums_text.as_bytes()),
+        (SUMS_SIG, sig.as_bytes()),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_path(name).unwrap();
+        h.set_cksum();
+        env.append(&h, bytes).unwrap();
+    }
+    let path = dir.join(format!("crafted-{}.bundle", stella::ids::random_hex(4)));
+    std::fs::write(&path, env.into_inner().unwrap()).unwrap();
+    path
+}
+
+fn entry(path: &str, kind: tar::EntryType, data: &[u8]) -> (tar::Header, Vec<u8>) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    // set_path refuses `..` and absolute paths; write the raw name field like a hostile tool.
+    let name = &mut h.as_old_mut().name;
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    (h, data.to_vec())
+}
+
+fn listed(path: &str, data: &[u8]) -> stella::bundle::format::FileEntry {
+    use sha2::{Digest, Sha256};
+    stella::bundle::format::FileEntry {
+        path: path.into(),
+        kind: "file".into(),
+        size: data.len() as u64,
+        mode: 0o644,
+        sha256: Some(hex::encode(Sha256::digest(data))),
+    }
+}
+
+/// Payload-level attacks, each signed by a trusted key so that only the payload walk can
+/// catch them: link escapes, devices and FIFOs, traversal and absolute paths, unlisted and
+/// missing files, a size that disagrees with the manifest, an expired manifest.
+#[test]
+fn hostile_payloads_are_refused_even_when_properly_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (key_path, _) = setup(root);
+    let key = stella::trust::keys::read_private(&key_path).unwrap();
+    let trust = stella::trust::store::TrustStore::load(&root.join("etc/stella/keys")).unwrap();
+    let now = 1_800_000_000_000;
+    let mut link = entry("run.sh", tar::EntryType::Symlink, b"");
+    link.0.set_link_name("/etc/passwd").unwrap();
+    let mut hard = entry("run.sh", tar::EntryType::Link, b"");
+    hard.0.set_link_name("../../outside").unwrap();
+    let cases: Vec<(&str, Vec<(tar::Header, Vec<u8>)>, Vec<stella::bundle::format::FileEntry>, Option<&str>, &str)> = vec![
+        ("symlink", vec![link], vec![listed("run.sh", b"")], None, "only regular files and directories"),
+        ("hardlink", vec![hard], vec![listed("run.sh", b"")], None, "only regular files and directories"),
+        (
+            "fifo",
+            vec![entry("run.sh", tar::EntryType::Fifo, b"")],
+            vec![listed("run.sh", b"")],
+            None,
+            "only regular files and directories",
+        ),
+        (
+            "char device",
+            vec![entry("run.sh", tar::EntryType::Char, b"")],
+            vec![listed("run.sh", b"")],
+            None,
+            "only regular files and directories",
+        ),
+        (
+            "traversal",
+            vec![entry("../escape", tar::EntryType::Regular, b"x")],
+            vec![listed("escape", b"x")],
+            None,
+            "unsafe path",
+        ),
+        (
+            "absolute path",
+            vec![entry("/etc/cron.d/x", tar::EntryType::Regular, b"x")],
+            vec![listed("etc/cron.d/x", b"x")],
+            None,
+            "unsafe path",
+        ),
+        (
+            "unlisted file",
+            vec![entry("a", tar::EntryType::Regular, b"x"), entry("b", tar::EntryType::Regular, b"y")],
+            vec![listed("a", b"x")],
+            None,
+            "\"b\" is not in the manifest",
+        ),
+        (
+            "missing file",
+            vec![entry("a", tar::EntryType::Regular, b"x")],
+            vec![listed("a", b"x"), listed("b", b"y")],
+            None,
+            "\"b\" is in the manifest but not in the payload",
+        ),
+        (
+            "duplicate path",
+            vec![entry("a", tar::EntryType::Regular, b"x"), entry("a", tar::EntryType::Regular, b"x")],
+            vec![listed("a", b"x")],
+            None,
+            "appears twice",
+        ),
+        (
+            "size disagrees",
+            vec![entry("a", tar::EntryType::Regular, b"xx")],
+            vec![listed("a", b"x")],
+            None,
+            "the manifest says 1",
+        ),
+        (
+            "content disagrees",
+            vec![entry("a", tar::EntryType::Regular, b"y")],
+            vec![listed("a", b"x")],
+            None,
+            "does not match its sha256",
+        ),
+        (
+            "expired manifest",
+            vec![entry("a", tar::EntryType::Regular, b"x")],
+            vec![listed("a", b"x")],
+            Some("2020-01-01T00:00:00Z"),
+            "expired",
+        ),
+    ];
+    for (what, entries, files, not_after, reason) in cases {
+        let path = craft(root, &key, entries, files, not_after);
+        let err = stella::bundle::verify::verify(&path, &trust, now).expect_err(what).to_string();
+        assert!(err.contains(reason), "{what}: expected {reason:?} in {err:?}");
+    }
+}
