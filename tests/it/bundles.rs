@@ -397,7 +397,9 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
     link.0.set_link_name("/etc/passwd").unwrap();
     let mut hard = entry("run.sh", tar::EntryType::Link, b"");
     hard.0.set_link_name("../../outside").unwrap();
-    let cases: Vec<(&str, Vec<(tar::Header, Vec<u8>)>, Vec<stella::bundle::format::FileEntry>, Option<&str>, &str)> = vec![
+    type Entries = Vec<(tar::Header, Vec<u8>)>;
+    type Listed = Vec<stella::bundle::format::FileEntry>;
+    let cases: Vec<(&str, Entries, Listed, Option<&str>, &str)> = vec![
         ("symlink", vec![link], vec![listed("run.sh", b"")], None, "only regular files and directories"),
         ("hardlink", vec![hard], vec![listed("run.sh", b"")], None, "only regular files and directories"),
         (
