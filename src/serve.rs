@@ -81,6 +81,20 @@ async fn daemon(
     if opts.dev {
         register_samples(&writer, &opts.layout.lib()).await?;
     }
+    // Bundles installed earlier must still verify against today's trust store and disk.
+    let checked = crate::bundle::installed::reverify_all(
+        &store,
+        &writer,
+        &opts.layout.lib(),
+        &opts.layout.trust_dir(),
+        clock.now_ms(),
+        Actor::appliance(),
+    )
+    .await
+    .map_err(CliError::Store)?;
+    for bad in checked.iter().filter(|b| b["ok"] == false) {
+        tracing::warn!(bundle = %bad["name"], reason = %bad["reason"], "bundle quarantined at start");
+    }
 
     let socket = config.socket_path(&opts.layout);
     let unix = bind_socket(&socket)?;

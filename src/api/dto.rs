@@ -21,6 +21,8 @@ pub struct Health {
 pub struct HealthChecks {
     pub store: bool,
     pub writer: bool,
+    /// Installed bundles that no longer verify (runs needing them are refused).
+    pub quarantined_bundles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -36,6 +38,7 @@ pub struct Status {
     pub writer: WriterStatus,
     pub queue_depth: u64,
     pub listeners: Vec<String>,
+    pub quarantined_bundles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

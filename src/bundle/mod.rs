@@ -5,5 +5,6 @@
 pub mod build;
 pub mod format;
 pub mod import;
+pub mod installed;
 pub mod plan;
 pub mod verify;

@@ -21,10 +21,18 @@ pub enum BundleCommand {
         fingerprint: String,
         allow_downgrade: bool,
         entrypoint: Option<String>,
+        /// DAG names a DAG bundle registers.
+        dags: Vec<String>,
     },
     Reject {
         file: String,
         sha256: String,
+        reason: String,
+    },
+    /// An installed bundle no longer verifies: runs that need it are refused.
+    Quarantine {
+        name: String,
+        digest: String,
         reason: String,
     },
 }
@@ -45,7 +53,30 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
             data: json!({ "file": file, "sha256": sha256, "reason": reason }),
         }]
         .into()),
-        BundleCommand::Import { name, version, kind, digest, signer, fingerprint, allow_downgrade, entrypoint } => {
+        BundleCommand::Quarantine { name, digest, reason } => {
+            let cur = installed(txn, name)?.ok_or_else(|| CommandError::NotFound { what: format!("bundle {name}") })?;
+            if cur["digest"].as_str() != Some(digest.as_str()) || cur["quarantined"].as_str() == Some(reason.as_str()) {
+                return Ok(Effects::default());
+            }
+            Ok(vec![Draft {
+                tenant: String::new(),
+                kind: "bundle.quarantined",
+                subjects: vec![name.clone(), digest.clone()],
+                data: json!({ "name": name, "digest": digest, "reason": reason }),
+            }]
+            .into())
+        }
+        BundleCommand::Import {
+            name,
+            version,
+            kind,
+            digest,
+            signer,
+            fingerprint,
+            allow_downgrade,
+            entrypoint,
+            dags,
+        } => {
             if let Some(cur) = installed(txn, name)? {
                 let cur_version = cur["version"].as_str().unwrap_or_default();
                 match compare_versions(version, cur_version) {
@@ -69,7 +100,7 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
                 tenant: String::new(),
                 kind: "bundle.imported",
                 subjects: vec![name.clone(), digest.clone()],
-                data: json!({ "name": name, "version": version, "kind": kind, "digest": digest, "signer": signer, "fingerprint": fingerprint }),
+                data: json!({ "name": name, "version": version, "kind": kind, "digest": digest, "signer": signer, "fingerprint": fingerprint, "dags": dags }),
             }];
             if let Some(entrypoint) = entrypoint {
                 drafts.push(Draft {
@@ -87,6 +118,24 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
 pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
     match entry.kind.as_str() {
         "bundle.rejected" => Ok(true),
+        "bundle.quarantined" => {
+            let name = entry.data["name"].as_str().unwrap_or_default();
+            let mut t = txn.open_table(BUNDLES).map_err(|e| ApplyError::Storage(e.into()))?;
+            let mut rec: Value = match t.get(name).map_err(|e| ApplyError::Storage(e.into()))? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(|e| ApplyError::Record(e.to_string()))?,
+                None => {
+                    return Err(ApplyError::Entry {
+                        seq: entry.seq,
+                        kind: entry.kind.clone(),
+                        reason: format!("no bundle {name}"),
+                    });
+                }
+            };
+            rec["quarantined"] = entry.data["reason"].clone();
+            t.insert(name, serde_json::to_vec(&rec).expect("json").as_slice())
+                .map_err(|e| ApplyError::Storage(e.into()))?;
+            Ok(true)
+        }
         "bundle.imported" => {
             let name = entry.data["name"].as_str().unwrap_or_default();
             let mut rec = entry.data.clone();
@@ -100,4 +149,24 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
         }
         _ => Ok(false),
     }
+}
+
+/// Why a run may not use `plugin` (pinned at `digest`) or `dag`: a quarantined bundle.
+pub fn quarantine_reason(
+    txn: &WriteTransaction,
+    dag: &str,
+    plugins: &[(String, String)],
+) -> Result<Option<String>, CommandError> {
+    let t = txn.open_table(BUNDLES).map_err(storage)?;
+    for row in t.iter().map_err(storage)? {
+        let (_, v) = row.map_err(storage)?;
+        let b: Value = serde_json::from_slice(v.value()).map_err(storage)?;
+        let Some(reason) = b["quarantined"].as_str() else { continue };
+        let carries_dag = b["dags"].as_array().is_some_and(|d| d.iter().any(|x| x == dag));
+        let carries_plugin = plugins.iter().any(|(_, digest)| b["digest"].as_str() == Some(digest.as_str()));
+        if carries_dag || carries_plugin {
+            return Ok(Some(format!("bundle {} is quarantined: {reason}", b["name"].as_str().unwrap_or("?"))));
+        }
+    }
+    Ok(None)
 }

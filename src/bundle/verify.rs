@@ -209,3 +209,61 @@ fn walk_payload(path: &Path, m: &Members, manifest: &Manifest) -> Result<(usize,
     }
     Ok((seen.len(), total))
 }
+
+/// The signed small members of an envelope (manifest, SHA256SUMS, signature), kept beside the
+/// sealed payload so an installed bundle can be re-verified later.
+pub fn signed_members(path: &Path) -> Result<[(&'static str, Vec<u8>); 3], BundleError> {
+    let mut m = members(path)?;
+    Ok([
+        (MANIFEST, m.small.remove(MANIFEST).unwrap_or_default()),
+        (SUMS, m.small.remove(SUMS).unwrap_or_default()),
+        (SUMS_SIG, m.small.remove(SUMS_SIG).unwrap_or_default()),
+    ])
+}
+
+/// Re-verifies an installed bundle: its signature against the trust store *now* (a key revoked
+/// since import fails), its manifest digest, and every sealed file against the manifest (a file
+/// changed, added or removed on disk fails). Names the first problem.
+pub fn reverify_installed(meta: &Path, sealed: &Path, trust: &TrustStore, now_ms: i64) -> Result<(), String> {
+    let read = |n: &str| std::fs::read(meta.join(n)).map_err(|e| format!("{n}: {e}"));
+    let (manifest_bytes, sums_bytes, sig_bytes) = (read(MANIFEST)?, read(SUMS)?, read(SUMS_SIG)?);
+    sig::verify(&String::from_utf8_lossy(&sig_bytes), Namespace::Bundle, &sums_bytes, trust, now_ms)
+        .map_err(|e| format!("signature: {e}"))?;
+    let sums = parse_sums(&String::from_utf8_lossy(&sums_bytes))?;
+    if sums.iter().find(|(n, _)| n == MANIFEST).map(|(_, s)| s.as_str())
+        != Some(hex::encode(Sha256::digest(&manifest_bytes)).as_str())
+    {
+        return Err("manifest.json does not match SHA256SUMS".into());
+    }
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| format!("manifest: {e}"))?;
+    let mut on_disk = HashSet::new();
+    let mut stack = vec![sealed.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(sealed).expect("under sealed").to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
+            if meta.is_dir() {
+                stack.push(p);
+            } else if !meta.is_file() {
+                return Err(format!("{rel} is not a regular file"));
+            }
+            on_disk.insert(rel);
+        }
+    }
+    for f in &manifest.files {
+        if !on_disk.remove(&f.path) {
+            return Err(format!("{} is missing from the sealed copy", f.path));
+        }
+        if f.kind == "file" {
+            let bytes = std::fs::read(sealed.join(&f.path)).map_err(|e| format!("{}: {e}", f.path))?;
+            if bytes.len() as u64 != f.size || Some(hex::encode(Sha256::digest(&bytes))) != f.sha256 {
+                return Err(format!("{} changed on disk", f.path));
+            }
+        }
+    }
+    if let Some(extra) = on_disk.into_iter().next() {
+        return Err(format!("{extra} was added to the sealed copy"));
+    }
+    Ok(())
+}

@@ -61,10 +61,7 @@ pub fn run(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
             });
             Ok(())
         }
-        _ => Err(CliError::NotAvailable(
-            "bundle import, list, show, remove and verify --installed (they need the sealed store through the daemon)"
-                .into(),
-        )),
+        _ => Err(CliError::NotAvailable("bundle show and remove".into())),
     }
 }
 
@@ -80,6 +77,29 @@ pub async fn remote(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
                 .await?
                 .ok()?
                 .json()?
+        }
+        BundleCmd::Verify { installed: true, .. } => {
+            let v = client.post("/api/v1/orchestrator/bundles/verify-installed", &json!({})).await?.ok()?.json()?;
+            output::print(g.format, &v, |v| {
+                v["bundles"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|b| {
+                        if b["ok"] == true {
+                            format!("ok: {}\n", s(&b["name"]))
+                        } else {
+                            format!("QUARANTINED: {}: {}\n", s(&b["name"]), s(&b["reason"]))
+                        }
+                    })
+                    .collect()
+            });
+            let bad = v["bundles"].as_array().into_iter().flatten().filter(|b| b["ok"] == false).count();
+            return if bad == 0 {
+                Ok(())
+            } else {
+                Err(CliError::VerifyFailed(format!("{bad} installed bundle(s) quarantined")))
+            };
         }
         _ => client.get("/api/v1/orchestrator/bundles").await?.ok()?.json()?,
     };

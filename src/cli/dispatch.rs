@@ -27,7 +27,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Top::Service(ServiceCmd::Restart { service }) => service_restart(&service),
         Top::Orch(OrchCmd::Db(DbCmd::Verify { offline: true })) => db_verify_offline(&g),
         Top::Keys(cmd) => crate::cli::keys::run(&g, cmd),
-        Top::Bundle(cmd) if !matches!(cmd, BundleCmd::Import { .. } | BundleCmd::List) => {
+        Top::Bundle(cmd)
+            if !matches!(
+                cmd,
+                BundleCmd::Import { .. } | BundleCmd::List | BundleCmd::Verify { installed: true, .. }
+            ) =>
+        {
             crate::cli::bundle::run(&g, cmd)
         }
         other => {

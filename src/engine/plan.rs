@@ -282,6 +282,10 @@ fn start(
         })?;
         plugins.insert(s.plugin.clone(), digest);
     }
+    let pinned: Vec<(String, String)> = plugins.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(reason) = crate::bundle::plan::quarantine_reason(txn, dag, &pinned)? {
+        return Err(CommandError::Conflict(format!("DAG {dag} cannot start: {reason}")));
+    }
     let seq = match ctx.next_run_seq {
         Some(n) => n,
         None => next_counter(txn, "run_seq")?,

@@ -479,3 +479,82 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
         assert!(err.contains(reason), "{what}: expected {reason:?} in {err:?}");
     }
 }
+
+/// A key revoked while the daemon was down: at start the bundle it signed is quarantined, the
+/// health endpoint says so, and a run that needs it is refused naming the bundle and the reason.
+/// A sealed file changed on disk is caught by `bundle verify --installed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_are_reverified_at_start_and_on_demand_and_quarantined() {
+    let mut app = TestAppliance::start_production();
+    let root = app.root().to_path_buf();
+    let (key, plugin_bundle) = setup(&root);
+    assert!(stella(&root, &["bundle", "import", plugin_bundle.to_str().unwrap()]).status.success());
+    let dag_dir = root.join("dag");
+    std::fs::create_dir(&dag_dir).unwrap();
+    std::fs::write(dag_dir.join("notify.toml"), "name = \"notify\"\n[steps.ping]\nplugin = \"sample-plugin\"\n")
+        .unwrap();
+    let dag_bundle = root.join("notify-1.bundle");
+    assert!(
+        stella(
+            &root,
+            &[
+                "bundle",
+                "build",
+                dag_dir.to_str().unwrap(),
+                "--kind",
+                "dag",
+                "--name",
+                "notify",
+                "--version",
+                "1",
+                "--key",
+                key.to_str().unwrap(),
+                "-o",
+                dag_bundle.to_str().unwrap()
+            ]
+        )
+        .status
+        .success()
+    );
+    assert!(stella(&root, &["bundle", "import", dag_bundle.to_str().unwrap()]).status.success());
+    let ok = stella(&root, &["bundle", "verify", "--installed"]);
+    assert!(ok.status.success(), "{}{}", stdout(&ok), stderr(&ok));
+
+    // A sealed file changed on disk.
+    let digest = api_get(&app.socket_client(), "/plugins").await["plugins"][0]["digest"].as_str().unwrap().to_owned();
+    let script = root.join("var/lib/stella/bundles/sha256").join(&digest).join("run.sh");
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    std::fs::write(&script, "#!/bin/sh\necho pwned\n").unwrap();
+    let caught = stella(&root, &["bundle", "verify", "--installed"]);
+    assert_eq!(caught.status.code(), Some(8), "{}", stderr(&caught));
+    assert!(stdout(&caught).contains("QUARANTINED: sample-plugin: run.sh changed on disk"), "{}", stdout(&caught));
+    let c = app.socket_client();
+    let refused = c.post(&format!("{API}/runs"), &serde_json::json!({ "dag": "notify" })).await.unwrap();
+    assert_eq!(refused.status, 409);
+    assert!(
+        refused.json().unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bundle sample-plugin is quarantined: run.sh changed on disk")
+    );
+
+    // The signing key is revoked while the daemon is down: the DAG bundle is quarantined at start.
+    assert!(app.terminate().success());
+    let fp =
+        stella::trust::keys::read_private(&key).unwrap().public_key().fingerprint(ssh_key::HashAlg::Sha256).to_string();
+    assert!(stella(&root, &["keys", "revoke", &fp]).status.success());
+    app.launch();
+    let health = api_get(&app.socket_client(), "/admin/health").await;
+    let quarantined = health["checks"]["quarantinedBundles"].as_array().unwrap();
+    assert!(
+        quarantined
+            .iter()
+            .any(|q| q.as_str().unwrap().starts_with("notify: signature: ")
+                && q.as_str().unwrap().contains("is revoked")),
+        "{health}"
+    );
+    let ledger = api_get(&app.socket_client(), "/ledger?limit=1000").await;
+    assert!(ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.quarantined").count() >= 2);
+}

@@ -23,12 +23,22 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<dto
         status: if ready { "ok" } else { "degraded" }.to_owned(),
         live: true,
         ready,
-        checks: dto::HealthChecks { store: store_ok, writer: writer_ok },
+        checks: dto::HealthChecks { store: store_ok, writer: writer_ok, quarantined_bundles: quarantined(&state) },
         queue_depth: queue_depth(&state),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(health))
+}
+
+/// Names of quarantined bundles, with their reasons.
+fn quarantined(state: &AppState) -> Vec<String> {
+    let Ok(txn) = state.store.read() else { return vec![] };
+    read::bundles(&txn)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b["quarantined"].as_str().map(|r| format!("{}: {r}", b["name"].as_str().unwrap_or("?"))))
+        .collect()
 }
 
 /// Jobs waiting for dispatch (ready or delayed) over every type.
@@ -62,6 +72,7 @@ pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult
         },
         queue_depth: queue_depth(&state),
         listeners: state.listeners.clone(),
+        quarantined_bundles: quarantined(&state),
     }))
 }
 

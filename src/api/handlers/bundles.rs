@@ -125,7 +125,19 @@ pub async fn import_bundle(
         fingerprint: v.signer.fingerprint.clone(),
         allow_downgrade: req.allow_downgrade,
         entrypoint: contents.entrypoint.clone(),
+        dags: contents.dags.iter().map(|(n, _)| n.clone()).collect(),
     };
+    // Kept beside the sealed payload so the bundle can be re-verified later.
+    let meta = crate::bundle::installed::meta_dir(&lib, &m.payload.sha256);
+    match verify::signed_members(&path) {
+        Ok(members) => {
+            for (name, bytes) in members {
+                crate::dev::write_file_atomic(&meta.join(name), &bytes, 0o644)
+                    .map_err(|e| Problem::internal(format!("write {}: {e}", meta.display())))?;
+            }
+        }
+        Err(e) => return Err(reject(&state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).await),
+    }
     submit(&state, p, Command::Bundle(command)).await?;
     for (name, spec) in &contents.dags {
         submit(
@@ -190,4 +202,22 @@ fn inspect(state: &AppState, kind: &Kind, name: &str, sealed: &Path) -> Result<C
         }
         Kind::Trust => Err("trust-update bundles are not available yet".into()),
     }
+}
+
+/// `POST /bundles/verify-installed`: re-verifies every installed bundle now; quarantines the
+/// ones that fail.
+pub async fn verify_installed(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<Value>> {
+    let p = auth.require(Scope::Admin)?;
+    let actor = crate::api::handlers::queue::actor(p);
+    let results = crate::bundle::installed::reverify_all(
+        &state.store,
+        &state.writer,
+        &state.lib,
+        &state.trust_dir,
+        state.clock.now_ms(),
+        actor,
+    )
+    .await
+    .map_err(Problem::internal)?;
+    Ok(Json(json!({ "bundles": results })))
 }
