@@ -72,6 +72,22 @@ pub struct Config {
     pub queue: QueueConfig,
     pub locks: LocksConfig,
     pub exec: ExecConfig,
+    pub bundles: BundlesConfig,
+}
+
+/// Bundle import policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BundlesConfig {
+    /// A new version may raise the first version component by at most this much over the
+    /// installed one (a guard against fast-forward attacks); 0 disables the check.
+    pub max_major_jump: u64,
+}
+
+impl Default for BundlesConfig {
+    fn default() -> Self {
+        Self { max_major_jump: 1 }
+    }
 }
 
 /// The in-process executor of step jobs.

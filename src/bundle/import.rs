@@ -118,3 +118,13 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     }
     pa.len().cmp(&pb.len())
 }
+
+/// How far `new` raises the first numeric version component over `current` (0 if not higher
+/// or not numeric).
+pub fn major_jump(current: &str, new: &str) -> u64 {
+    let major = |v: &str| v.split(['.', '-', '+']).next().and_then(|p| p.parse::<u64>().ok());
+    match (major(current), major(new)) {
+        (Some(c), Some(n)) => n.saturating_sub(c),
+        _ => 0,
+    }
+}

@@ -292,6 +292,32 @@ async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
     let downgrade = stella(&root, &["bundle", "import", older.to_str().unwrap()]);
     assert_eq!(downgrade.status.code(), Some(7), "{}", stderr(&downgrade));
     assert!(stderr(&downgrade).contains("--allow-downgrade"), "{}", stderr(&downgrade));
+    let leap = root.join("leap.bundle");
+    assert!(
+        stella(
+            &root,
+            &[
+                "bundle",
+                "build",
+                sample_plugin().to_str().unwrap(),
+                "--kind",
+                "plugin",
+                "--name",
+                "sample-plugin",
+                "--version",
+                "9.0.0",
+                "--key",
+                key.to_str().unwrap(),
+                "-o",
+                leap.to_str().unwrap()
+            ]
+        )
+        .status
+        .success()
+    );
+    let jumped = stella(&root, &["bundle", "import", leap.to_str().unwrap()]);
+    assert_eq!(jumped.status.code(), Some(7), "{}", stderr(&jumped));
+    assert!(stderr(&jumped).contains("past bundles.max_major_jump = 1"), "{}", stderr(&jumped));
     assert_eq!(sealed_listing(&root), before, "refused bundles leave the sealed store unchanged");
     assert!(
         std::fs::read_dir(root.join("var/lib/stella/bundles/staging")).map(|r| r.count()).unwrap_or(0) == 0,
@@ -300,7 +326,7 @@ async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
     let ledger = api_get(&c, "/ledger?limit=1000").await;
     let rejections: Vec<&serde_json::Value> =
         ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.rejected").collect();
-    assert_eq!(rejections.len(), 2, "every rejection is ledgered");
+    assert_eq!(rejections.len(), 3, "every rejection is ledgered");
     assert!(rejections.iter().any(|e| e["data"]["reason"].as_str().unwrap().contains("--allow-downgrade")));
     let list = stdout(&stella(&root, &["bundle", "list"]));
     assert!(list.contains("sample-plugin 1.0.0") && list.contains("notify 1"), "{list}");
@@ -557,4 +583,45 @@ async fn bundles_are_reverified_at_start_and_on_demand_and_quarantined() {
     );
     let ledger = api_get(&app.socket_client(), "/ledger?limit=1000").await;
     assert!(ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.quarantined").count() >= 2);
+}
+
+/// Golden files of the format: a fixed input built with a fixed, test-only key (its seed is
+/// below; it signs nothing but this test) gives exactly the committed manifest, SHA256SUMS and
+/// envelope digest. A change here is a change of the on-disk format and needs a format version.
+#[test]
+fn the_bundle_format_matches_its_golden_files() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/bundle");
+    // TEST-ONLY KEY: a fixed seed so that signatures, and so the envelope, are reproducible.
+    let pair = ssh_key::private::Ed25519Keypair::from_seed(&[7u8; 32]);
+    let key = ssh_key::PrivateKey::from(pair);
+    let built = stella::bundle::build::build(
+        &golden.join("input"),
+        stella::bundle::format::Kind::Plugin,
+        "golden",
+        "1.0.0",
+        &key,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.bundle");
+    std::fs::write(&path, &built.bytes).unwrap();
+    let x = sh(dir.path(), &format!("tar -xf {}", path.display()));
+    assert!(x.status.success());
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    if std::env::var_os("STELLA_BLESS").is_some() {
+        std::fs::write(golden.join("manifest.json"), read(&dir.path().join("manifest.json"))).unwrap();
+        std::fs::write(golden.join("SHA256SUMS"), read(&dir.path().join("SHA256SUMS"))).unwrap();
+        std::fs::write(
+            golden.join("envelope.sha256"),
+            format!("{}\n", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&built.bytes))),
+        )
+        .unwrap();
+    }
+    assert_eq!(read(&dir.path().join("manifest.json")), read(&golden.join("manifest.json")), "manifest.json");
+    assert_eq!(read(&dir.path().join("SHA256SUMS")), read(&golden.join("SHA256SUMS")), "SHA256SUMS");
+    assert_eq!(
+        format!("{}\n", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&built.bytes))),
+        read(&golden.join("envelope.sha256")),
+        "envelope bytes"
+    );
 }

@@ -87,6 +87,15 @@ pub async fn import_bundle(
         );
         return Err(reject(&state, p, &path, StatusCode::CONFLICT, reason).await);
     }
+    let limit = state.config.bundles.max_major_jump;
+    if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
+        && limit > 0
+        && import::major_jump(&cur, &m.version) > limit
+    {
+        let reason =
+            format!("bundle {} jumps from {cur} to {}, past bundles.max_major_jump = {limit}", m.name, m.version);
+        return Err(reject(&state, p, &path, StatusCode::CONFLICT, reason).await);
+    }
     if m.kind == Kind::Trust {
         return Err(reject(
             &state,
