@@ -101,7 +101,10 @@ pub fn build(dir: &Path, kind: Kind, name: &str, version: &str, key: &ssh_key::P
     let manifest_bytes = serde_json_canonicalizer::to_vec(&manifest).map_err(|e| e.to_string())?;
     let sums_text =
         sums(&[(MANIFEST, &hex::encode(Sha256::digest(&manifest_bytes))), (PAYLOAD, &manifest.payload.sha256)]);
-    let signature = sig::sign(key, Namespace::Bundle, sums_text.as_bytes())?;
+    // A trust-store update is signed in its own namespace: only root keys may sign it, and a
+    // code or workflow signature can never pass for one.
+    let ns = if kind == Kind::Trust { Namespace::Trust } else { Namespace::Bundle };
+    let signature = sig::sign(key, ns, sums_text.as_bytes())?;
     let mut envelope = tar::Builder::new(Vec::new());
     for (member, bytes) in [
         (MANIFEST, manifest_bytes.as_slice()),

@@ -104,7 +104,14 @@ pub fn verify(path: &Path, trust: &TrustStore, now_ms: i64) -> Result<Verified, 
     let m = members(path)?;
     let sums_bytes = &m.small[SUMS];
     let sig_text = String::from_utf8_lossy(&m.small[SUMS_SIG]).into_owned();
-    let signer = sig::verify(&sig_text, Namespace::Bundle, sums_bytes, trust, now_ms)?;
+    // Bundles are signed in the bundle namespace, trust-store updates in the trust namespace;
+    // the manifest's kind must agree with the namespace that verified.
+    let ns = if sig::claimed_namespace(&sig_text).as_deref() == Some(Namespace::Trust.as_str()) {
+        Namespace::Trust
+    } else {
+        Namespace::Bundle
+    };
+    let signer = sig::verify(&sig_text, ns, sums_bytes, trust, now_ms)?;
     let sums = parse_sums(&String::from_utf8_lossy(sums_bytes)).map_err(BundleError::Envelope)?;
     let listed = |n: &str| sums.iter().find(|(name, _)| name == n).map(|(_, s)| s.clone()).unwrap_or_default();
     if hex::encode(Sha256::digest(&m.small[MANIFEST])) != listed(MANIFEST) {
@@ -116,6 +123,13 @@ pub fn verify(path: &Path, trust: &TrustStore, now_ms: i64) -> Result<Verified, 
     let manifest: Manifest =
         serde_json::from_slice(&m.small[MANIFEST]).map_err(|e| BundleError::Manifest(e.to_string()))?;
     check_manifest(&manifest, &m, now_ms)?;
+    if (manifest.kind == Kind::Trust) != (ns == Namespace::Trust) {
+        return Err(BundleError::Manifest(format!(
+            "a {:?} bundle must be signed in the {} namespace",
+            manifest.kind,
+            if manifest.kind == Kind::Trust { Namespace::Trust.as_str() } else { Namespace::Bundle.as_str() }
+        )));
+    }
     let (files, unpacked_bytes) = walk_payload(path, &m, &manifest)?;
     Ok(Verified { manifest, signer, files, unpacked_bytes })
 }

@@ -41,6 +41,11 @@ pub enum SigError {
     Untrusted(#[from] TrustError),
 }
 
+/// The namespace a signature claims, if it parses (to choose what to verify it as).
+pub fn claimed_namespace(armored: &str) -> Option<String> {
+    SshSig::from_pem(armored).ok().map(|s| s.namespace().to_owned())
+}
+
 /// Who signed, once verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signer {

@@ -625,3 +625,105 @@ fn the_bundle_format_matches_its_golden_files() {
         "envelope bytes"
     );
 }
+
+/// Key rotation without a restart: a trust-update bundle signed by a root key (trust namespace)
+/// replaces the trust store; afterwards the retired key's bundles are refused and the new key's
+/// accepted. A trust update signed by a mere bundle key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_signed_trust_update_rotates_keys_without_a_restart() {
+    let app = TestAppliance::start_production();
+    let root = app.root().to_path_buf();
+    let (old_key, _) = setup(&root);
+    let root_key = root.join("root_ed25519");
+    let new_key = root.join("new_ed25519");
+    for k in [&root_key, &new_key] {
+        assert!(stella(&root, &["keys", "generate", "--out", k.to_str().unwrap()]).status.success());
+    }
+    let out = stella(
+        &root,
+        &[
+            "keys",
+            "trust",
+            "add",
+            &format!("{}.pub", root_key.display()),
+            "--principal",
+            "root",
+            "--namespaces",
+            "stella-trust@stella.invalid",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pub_of = |k: &Path| std::fs::read_to_string(format!("{}.pub", k.display())).unwrap().trim().to_owned();
+    let update = root.join("trust-v2");
+    std::fs::create_dir(&update).unwrap();
+    std::fs::write(
+        update.join("allowed_signers"),
+        format!(
+            "root namespaces=\"stella-trust@stella.invalid\" {}\nops2 namespaces=\"{NS}\" {}\n",
+            pub_of(&root_key),
+            pub_of(&new_key)
+        ),
+    )
+    .unwrap();
+    let build = |key: &Path, out: &Path| {
+        stella(
+            &root,
+            &[
+                "bundle",
+                "build",
+                update.to_str().unwrap(),
+                "--kind",
+                "trust",
+                "--name",
+                "trust-store",
+                "--version",
+                "2",
+                "--key",
+                key.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    let forged = root.join("forged-trust.bundle");
+    assert!(build(&old_key, &forged).status.success());
+    let refused = stella(&root, &["bundle", "import", forged.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(9), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("may not sign in namespace stella-trust@stella.invalid"), "{}", stderr(&refused));
+    let real = root.join("trust.bundle");
+    assert!(build(&root_key, &real).status.success());
+    let imported = stella(&root, &["bundle", "import", real.to_str().unwrap()]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+
+    let bundle_with = |key: &Path, version: &str| {
+        let out = root.join(format!("plugin-{version}.bundle"));
+        assert!(
+            stella(
+                &root,
+                &[
+                    "bundle",
+                    "build",
+                    sample_plugin().to_str().unwrap(),
+                    "--kind",
+                    "plugin",
+                    "--name",
+                    "sample-plugin",
+                    "--version",
+                    version,
+                    "--key",
+                    key.to_str().unwrap(),
+                    "-o",
+                    out.to_str().unwrap()
+                ]
+            )
+            .status
+            .success()
+        );
+        stella(&root, &["bundle", "import", out.to_str().unwrap()])
+    };
+    let retired = bundle_with(&old_key, "1.0.0");
+    assert_eq!(retired.status.code(), Some(9), "the retired key is refused: {}", stderr(&retired));
+    assert!(stderr(&retired).contains("is not in the trust store"), "{}", stderr(&retired));
+    let rotated = bundle_with(&new_key, "1.0.1");
+    assert!(rotated.status.success(), "the new key is accepted without a restart: {}", stderr(&rotated));
+}

@@ -96,16 +96,6 @@ pub async fn import_bundle(
             format!("bundle {} jumps from {cur} to {}, past bundles.max_major_jump = {limit}", m.name, m.version);
         return Err(reject(&state, p, &path, StatusCode::CONFLICT, reason).await);
     }
-    if m.kind == Kind::Trust {
-        return Err(reject(
-            &state,
-            p,
-            &path,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "trust-update bundles are not available yet".into(),
-        )
-        .await);
-    }
     let lib = state.lib.clone();
     let existed = crate::plugins::sealed_dir(&lib, &m.payload.sha256).exists();
     let sealed = {
@@ -155,6 +145,14 @@ pub async fn import_bundle(
             Command::Run(RunCommand::RegisterDag { name: name.clone(), spec: spec.clone(), unsigned: false }),
         )
         .await?;
+    }
+    if m.kind == Kind::Trust {
+        // Replaces the trust store atomically; the next verification reads the new one.
+        for file in ["allowed_signers", "revoked"] {
+            let source = sealed.join(file);
+            let bytes = if source.exists() { std::fs::read(&source).map_err(Problem::internal)? } else { Vec::new() };
+            crate::dev::write_file_atomic(&state.trust_dir.join(file), &bytes, 0o644).map_err(Problem::internal)?;
+        }
     }
     let dags: Vec<&String> = contents.dags.iter().map(|(n, _)| n).collect();
     let body = json!({ "name": m.name, "version": m.version, "kind": m.kind, "digest": m.payload.sha256, "signer": v.signer.principal,
@@ -209,7 +207,24 @@ fn inspect(state: &AppState, kind: &Kind, name: &str, sealed: &Path) -> Result<C
             }
             Ok(Contents { entrypoint: None, dags })
         }
-        Kind::Trust => Err("trust-update bundles are not available yet".into()),
+        Kind::Trust => {
+            if !sealed.join("allowed_signers").is_file() {
+                return Err("a trust bundle carries allowed_signers".into());
+            }
+            let parsed = crate::trust::store::TrustStore::load_files(
+                &sealed.join("allowed_signers"),
+                Some(&sealed.join("revoked")),
+            )
+            .map_err(|e| e.to_string())?;
+            if !parsed.entries.iter().any(|e| {
+                e.namespaces
+                    .as_ref()
+                    .is_none_or(|n| n.iter().any(|x| x == crate::trust::sig::Namespace::Trust.as_str()))
+            }) {
+                return Err("the new trust store has no key for stella-trust@stella.invalid: it would lock out every future update".into());
+            }
+            Ok(Contents { entrypoint: None, dags: vec![] })
+        }
     }
 }
 
