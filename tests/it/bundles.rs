@@ -727,3 +727,85 @@ async fn a_root_signed_trust_update_rotates_keys_without_a_restart() {
     let rotated = bundle_with(&new_key, "1.0.1");
     assert!(rotated.status.success(), "the new key is accepted without a restart: {}", stderr(&rotated));
 }
+
+/// Archive-level attacks below the entry checks: a zstd frame that asks for a 2 GiB window is
+/// refused before it is decoded, and a PAX header whose size disagrees with the ustar header is
+/// caught against the manifest.
+#[test]
+fn a_giant_zstd_window_and_a_lying_pax_size_are_refused() {
+    use sha2::{Digest, Sha256};
+    use stella::bundle::format::*;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (key_path, _) = setup(root);
+    let key = stella::trust::keys::read_private(&key_path).unwrap();
+    let trust = stella::trust::store::TrustStore::load(&root.join("etc/stella/keys")).unwrap();
+    let sign_envelope = |payload: Vec<u8>, files: Vec<FileEntry>| {
+        let manifest = Manifest {
+            format_version: 1,
+            kind: Kind::Plugin,
+            name: "evil".into(),
+            version: "1".into(),
+            not_after: None,
+            payload: PayloadRef {
+                file: PAYLOAD.into(),
+                size: payload.len() as u64,
+                sha256: hex::encode(Sha256::digest(&payload)),
+            },
+            files,
+        };
+        let mb = serde_json::to_vec(&manifest).unwrap();
+        let sums_text = sums(&[(MANIFEST, &hex::encode(Sha256::digest(&mb))), (PAYLOAD, &manifest.payload.sha256)]);
+        let sig = stella::trust::sig::sign(&key, stella::trust::sig::Namespace::Bundle, sums_text.as_bytes()).unwrap();
+        let mut env = tar::Builder::new(Vec::new());
+        for (name, bytes) in [
+            (MANIFEST, mb.as_slice()),
+            (PAYLOAD, payload.as_slice()),
+            (SUMS, sums_text.as_bytes()),
+            (SUMS_SIG, sig.as_bytes()),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_path(name).unwrap();
+            h.set_cksum();
+            env.append(&h, bytes).unwrap();
+        }
+        let path = root.join(format!("c-{}.bundle", stella::ids::random_hex(4)));
+        std::fs::write(&path, env.into_inner().unwrap()).unwrap();
+        path
+    };
+    let (h, data) = entry("a", tar::EntryType::Regular, b"x");
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = h;
+    h.set_cksum();
+    t.append(&h, data.as_slice()).unwrap();
+    let tar_bytes = t.into_inner().unwrap();
+    // A hand-made zstd frame (the compressor will not declare a window bigger than the input):
+    // magic, a descriptor without content size, a window descriptor of 2^31, one raw last block.
+    let mut giant = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 21 << 3];
+    let block = 1u32 | ((tar_bytes.len() as u32) << 3);
+    giant.extend_from_slice(&block.to_le_bytes()[..3]);
+    giant.extend_from_slice(&tar_bytes);
+    let path = sign_envelope(giant, vec![listed("a", b"x")]);
+    let err = stella::bundle::verify::verify(&path, &trust, 1_800_000_000_000).unwrap_err().to_string();
+    assert!(err.starts_with("payload:"), "the giant window is refused while decoding: {err}");
+
+    let mut t = tar::Builder::new(Vec::new());
+    let record = "size=100000\n";
+    // A PAX record's length counts its own digits, the space and the record.
+    let pax = format!("{} {record}", record.len() + 3);
+    let mut xh = tar::Header::new_ustar();
+    xh.set_entry_type(tar::EntryType::XHeader);
+    xh.set_size(pax.len() as u64);
+    xh.set_path("PaxHeader/a").unwrap();
+    xh.set_cksum();
+    t.append(&xh, pax.as_bytes()).unwrap();
+    let (mut h, data) = entry("a", tar::EntryType::Regular, b"x");
+    h.set_cksum();
+    t.append(&h, data.as_slice()).unwrap();
+    let payload = zstd::encode_all(t.into_inner().unwrap().as_slice(), 3).unwrap();
+    let path = sign_envelope(payload, vec![listed("a", b"x")]);
+    let err = stella::bundle::verify::verify(&path, &trust, 1_800_000_000_000).unwrap_err().to_string();
+    assert!(err.starts_with("payload:"), "the lying PAX size is caught: {err}");
+}
