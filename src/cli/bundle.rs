@@ -101,6 +101,37 @@ pub async fn remote(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
                 Err(CliError::VerifyFailed(format!("{bad} installed bundle(s) quarantined")))
             };
         }
+        BundleCmd::Show { id } => {
+            let v = client.get(&format!("/api/v1/orchestrator/bundles/{id}")).await?.ok()?.json()?;
+            output::print(g.format, &v, |v| {
+                let files: String = v["manifest"]["files"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|f| {
+                        format!(
+                            "  {:o} {:>10} {} {}\n",
+                            f["mode"].as_u64().unwrap_or(0),
+                            s(&f["size"]),
+                            s(&f["sha256"]),
+                            s(&f["path"])
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{} {} ({}) signed by {} ({})\nsealed at {}{}\n{}",
+                    s(&v["name"]),
+                    s(&v["version"]),
+                    s(&v["kind"]),
+                    s(&v["signer"]),
+                    s(&v["fingerprint"]),
+                    s(&v["sealedAt"]),
+                    v["quarantined"].as_str().map(|q| format!("\nQUARANTINED: {q}")).unwrap_or_default(),
+                    files
+                )
+            });
+            return Ok(());
+        }
         _ => client.get("/api/v1/orchestrator/bundles").await?.ok()?.json()?,
     };
     output::print(g.format, &v, |v| {

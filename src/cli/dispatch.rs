@@ -30,7 +30,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Top::Bundle(cmd)
             if !matches!(
                 cmd,
-                BundleCmd::Import { .. } | BundleCmd::List | BundleCmd::Verify { installed: true, .. }
+                BundleCmd::Import { .. }
+                    | BundleCmd::List
+                    | BundleCmd::Show { .. }
+                    | BundleCmd::Verify { installed: true, .. }
             ) =>
         {
             crate::cli::bundle::run(&g, cmd)

@@ -328,6 +328,8 @@ async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
         ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.rejected").collect();
     assert_eq!(rejections.len(), 3, "every rejection is ledgered");
     assert!(rejections.iter().any(|e| e["data"]["reason"].as_str().unwrap().contains("--allow-downgrade")));
+    let shown = stdout(&stella(&root, &["bundle", "show", "sample-plugin"]));
+    assert!(shown.contains("run.sh") && shown.contains("signed by ops"), "{shown}");
     let list = stdout(&stella(&root, &["bundle", "list"]));
     assert!(list.contains("sample-plugin 1.0.0") && list.contains("notify 1"), "{list}");
     assert!(stella(&root, &["orch", "db", "verify"]).status.success());

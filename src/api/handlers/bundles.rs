@@ -245,3 +245,23 @@ pub async fn verify_installed(State(state): State<Arc<AppState>>, auth: Auth) ->
     .map_err(Problem::internal)?;
     Ok(Json(json!({ "bundles": results })))
 }
+
+/// `GET /bundles/{name}`: the installed bundle with its manifest (every file, size, mode, digest).
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
+    auth.require(Scope::Read)?;
+    let mut b = read::bundles(&state.store.read()?)?
+        .into_iter()
+        .find(|b| b["name"] == name.as_str())
+        .ok_or_else(|| Problem::not_found(format!("bundle {name}")))?;
+    let digest = b["digest"].as_str().unwrap_or_default().to_owned();
+    let manifest = std::fs::read(crate::bundle::installed::meta_dir(&state.lib, &digest).join("manifest.json"))
+        .ok()
+        .and_then(|m| serde_json::from_slice::<Value>(&m).ok());
+    b["manifest"] = manifest.unwrap_or(Value::Null);
+    b["sealedAt"] = json!(crate::plugins::sealed_dir(&state.lib, &digest));
+    Ok(Json(b))
+}
