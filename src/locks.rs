@@ -213,21 +213,7 @@ fn acquire(
 ) -> Result<Effects, CommandError> {
     let expires_ms = ctx.now + ttl as i64;
     let Some(rec) = by_resource(txn, resource)? else {
-        let seq = {
-            let counters = txn.open_table(COUNTERS).map_err(storage)?;
-            rw::counter(&counters, "lock_seq").map_err(storage)? + 1
-        };
-        let rec = LockRecord {
-            id: format!("lock-{seq}"),
-            resource: resource.to_owned(),
-            tenant: tenant.to_owned(),
-            holder: None,
-            waiters: vec![],
-        };
-        let token = fence.take();
-        let data =
-            json!({ "lockId": rec.id, "resource": resource, "owner": owner, "token": token, "expiresMs": expires_ms });
-        return Ok(vec![draft(tenant, "lock.acquired", &rec, data)].into());
+        return Ok(vec![grant_new(txn, fence, (tenant, resource, owner), expires_ms)?].into());
     };
     if rec.tenant != tenant {
         return Err(CommandError::Conflict(format!("resource {resource} is locked by another tenant")));
@@ -269,6 +255,17 @@ pub fn try_grant(
     if by_resource(txn, resource)?.is_some() {
         return Ok(None);
     }
+    let expires_ms = ctx.now + ttl_ms.clamp(1, LOCK_TTL_MAX_MS) as i64;
+    grant_new(txn, fence, (tenant, resource, owner), expires_ms).map(Some)
+}
+
+/// A new lock record (`lock-<n>`) on a free resource, granted to `owner` with a new token.
+fn grant_new(
+    txn: &WriteTransaction,
+    fence: &mut Fence,
+    (tenant, resource, owner): (&str, &str, &str),
+    expires_ms: i64,
+) -> Result<Draft, CommandError> {
     let seq = {
         let counters = txn.open_table(COUNTERS).map_err(storage)?;
         rw::counter(&counters, "lock_seq").map_err(storage)? + 1
@@ -281,8 +278,9 @@ pub fn try_grant(
         waiters: vec![],
     };
     let token = fence.take();
-    let data = json!({ "lockId": rec.id, "resource": resource, "owner": owner, "token": token, "expiresMs": ctx.now + ttl_ms.clamp(1, LOCK_TTL_MAX_MS) as i64 });
-    Ok(Some(draft(tenant, "lock.acquired", &rec, data)))
+    let data =
+        json!({ "lockId": rec.id, "resource": resource, "owner": owner, "token": token, "expiresMs": expires_ms });
+    Ok(draft(tenant, "lock.acquired", &rec, data))
 }
 
 /// The holder of the lock on `resource`, if any (for wait reasons).

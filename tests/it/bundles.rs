@@ -13,6 +13,36 @@ fn stella(root: &Path, args: &[&str]) -> std::process::Output {
     Command::new(STELLA).arg("--state-dir").arg(root).args(args).output().unwrap()
 }
 
+/// Builds the `notify` DAG bundle (one step on the sample plugin) with `key` and imports it.
+fn import_notify_dag(root: &Path, key: &Path) {
+    let dag_dir = root.join("dag");
+    std::fs::create_dir(&dag_dir).unwrap();
+    std::fs::write(dag_dir.join("notify.toml"), "name = \"notify\"\n[steps.ping]\nplugin = \"sample-plugin\"\n")
+        .unwrap();
+    let dag_bundle = root.join("notify-1.bundle");
+    let built = stella(
+        root,
+        &[
+            "bundle",
+            "build",
+            dag_dir.to_str().unwrap(),
+            "--kind",
+            "dag",
+            "--name",
+            "notify",
+            "--version",
+            "1",
+            "--key",
+            key.to_str().unwrap(),
+            "-o",
+            dag_bundle.to_str().unwrap(),
+        ],
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let out = stella(root, &["bundle", "import", dag_bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 fn sample_plugin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/sample-plugin")
 }
@@ -210,35 +240,7 @@ async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
     let (key, plugin_bundle) = setup(&root);
     let imported = stella(&root, &["--format", "json", "bundle", "import", plugin_bundle.to_str().unwrap()]);
     assert!(imported.status.success(), "{}", stderr(&imported));
-    let dag_dir = root.join("dag");
-    std::fs::create_dir(&dag_dir).unwrap();
-    std::fs::write(dag_dir.join("notify.toml"), "name = \"notify\"\n[steps.ping]\nplugin = \"sample-plugin\"\n")
-        .unwrap();
-    let dag_bundle = root.join("notify-1.bundle");
-    assert!(
-        stella(
-            &root,
-            &[
-                "bundle",
-                "build",
-                dag_dir.to_str().unwrap(),
-                "--kind",
-                "dag",
-                "--name",
-                "notify",
-                "--version",
-                "1",
-                "--key",
-                key.to_str().unwrap(),
-                "-o",
-                dag_bundle.to_str().unwrap()
-            ]
-        )
-        .status
-        .success()
-    );
-    let out = stella(&root, &["bundle", "import", dag_bundle.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    import_notify_dag(&root, &key);
     let before = sealed_listing(&root);
     assert_eq!(before.len(), 2);
 
@@ -344,14 +346,26 @@ fn craft(
     listed: Vec<stella::bundle::format::FileEntry>,
     not_after: Option<&str>,
 ) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    use stella::bundle::format::*;
     let mut payload_tar = tar::Builder::new(Vec::new());
     for (mut h, data) in entries {
         h.set_cksum();
         payload_tar.append(&h, data.as_slice()).unwrap();
     }
     let payload = zstd::encode_all(payload_tar.into_inner().unwrap().as_slice(), 3).unwrap();
+    sign_payload(dir, key, payload, listed, not_after)
+}
+
+/// Signs an envelope around `payload` whose manifest lists `listed` (a trusted signer, a
+/// hostile payload): only the payload walk can catch what is wrong in it.
+fn sign_payload(
+    dir: &Path,
+    key: &ssh_key::PrivateKey,
+    payload: Vec<u8>,
+    listed: Vec<stella::bundle::format::FileEntry>,
+    not_after: Option<&str>,
+) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    use stella::bundle::format::*;
     let manifest = Manifest {
         format_version: 1,
         kind: Kind::Plugin,
@@ -517,34 +531,7 @@ async fn bundles_are_reverified_at_start_and_on_demand_and_quarantined() {
     let root = app.root().to_path_buf();
     let (key, plugin_bundle) = setup(&root);
     assert!(stella(&root, &["bundle", "import", plugin_bundle.to_str().unwrap()]).status.success());
-    let dag_dir = root.join("dag");
-    std::fs::create_dir(&dag_dir).unwrap();
-    std::fs::write(dag_dir.join("notify.toml"), "name = \"notify\"\n[steps.ping]\nplugin = \"sample-plugin\"\n")
-        .unwrap();
-    let dag_bundle = root.join("notify-1.bundle");
-    assert!(
-        stella(
-            &root,
-            &[
-                "bundle",
-                "build",
-                dag_dir.to_str().unwrap(),
-                "--kind",
-                "dag",
-                "--name",
-                "notify",
-                "--version",
-                "1",
-                "--key",
-                key.to_str().unwrap(),
-                "-o",
-                dag_bundle.to_str().unwrap()
-            ]
-        )
-        .status
-        .success()
-    );
-    assert!(stella(&root, &["bundle", "import", dag_bundle.to_str().unwrap()]).status.success());
+    import_notify_dag(&root, &key);
     let ok = stella(&root, &["bundle", "verify", "--installed"]);
     assert!(ok.status.success(), "{}{}", stdout(&ok), stderr(&ok));
 
@@ -735,48 +722,11 @@ async fn a_root_signed_trust_update_rotates_keys_without_a_restart() {
 /// caught against the manifest.
 #[test]
 fn a_giant_zstd_window_and_a_lying_pax_size_are_refused() {
-    use sha2::{Digest, Sha256};
-    use stella::bundle::format::*;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (key_path, _) = setup(root);
     let key = stella::trust::keys::read_private(&key_path).unwrap();
     let trust = stella::trust::store::TrustStore::load(&root.join("etc/stella/keys")).unwrap();
-    let sign_envelope = |payload: Vec<u8>, files: Vec<FileEntry>| {
-        let manifest = Manifest {
-            format_version: 1,
-            kind: Kind::Plugin,
-            name: "evil".into(),
-            version: "1".into(),
-            not_after: None,
-            payload: PayloadRef {
-                file: PAYLOAD.into(),
-                size: payload.len() as u64,
-                sha256: hex::encode(Sha256::digest(&payload)),
-            },
-            files,
-        };
-        let mb = serde_json::to_vec(&manifest).unwrap();
-        let sums_text = sums(&[(MANIFEST, &hex::encode(Sha256::digest(&mb))), (PAYLOAD, &manifest.payload.sha256)]);
-        let sig = stella::trust::sig::sign(&key, stella::trust::sig::Namespace::Bundle, sums_text.as_bytes()).unwrap();
-        let mut env = tar::Builder::new(Vec::new());
-        for (name, bytes) in [
-            (MANIFEST, mb.as_slice()),
-            (PAYLOAD, payload.as_slice()),
-            (SUMS, sums_text.as_bytes()),
-            (SUMS_SIG, sig.as_bytes()),
-        ] {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(bytes.len() as u64);
-            h.set_mode(0o644);
-            h.set_path(name).unwrap();
-            h.set_cksum();
-            env.append(&h, bytes).unwrap();
-        }
-        let path = root.join(format!("c-{}.bundle", stella::ids::random_hex(4)));
-        std::fs::write(&path, env.into_inner().unwrap()).unwrap();
-        path
-    };
     let (h, data) = entry("a", tar::EntryType::Regular, b"x");
     let mut t = tar::Builder::new(Vec::new());
     let mut h = h;
@@ -789,7 +739,7 @@ fn a_giant_zstd_window_and_a_lying_pax_size_are_refused() {
     let block = 1u32 | ((tar_bytes.len() as u32) << 3);
     giant.extend_from_slice(&block.to_le_bytes()[..3]);
     giant.extend_from_slice(&tar_bytes);
-    let path = sign_envelope(giant, vec![listed("a", b"x")]);
+    let path = sign_payload(root, &key, giant, vec![listed("a", b"x")], None);
     let err = stella::bundle::verify::verify(&path, &trust, 1_800_000_000_000).unwrap_err().to_string();
     assert!(err.starts_with("payload:"), "the giant window is refused while decoding: {err}");
 
@@ -807,7 +757,7 @@ fn a_giant_zstd_window_and_a_lying_pax_size_are_refused() {
     h.set_cksum();
     t.append(&h, data.as_slice()).unwrap();
     let payload = zstd::encode_all(t.into_inner().unwrap().as_slice(), 3).unwrap();
-    let path = sign_envelope(payload, vec![listed("a", b"x")]);
+    let path = sign_payload(root, &key, payload, vec![listed("a", b"x")], None);
     let err = stella::bundle::verify::verify(&path, &trust, 1_800_000_000_000).unwrap_err().to_string();
     assert!(err.starts_with("payload:"), "the lying PAX size is caught: {err}");
 }
