@@ -20,27 +20,34 @@ fn import_notify_dag(root: &Path, key: &Path) {
     std::fs::write(dag_dir.join("notify.toml"), "name = \"notify\"\n[steps.ping]\nplugin = \"sample-plugin\"\n")
         .unwrap();
     let dag_bundle = root.join("notify-1.bundle");
-    let built = stella(
+    let built = build_bundle(
         root,
-        &[
-            "bundle",
-            "build",
-            dag_dir.to_str().unwrap(),
-            "--kind",
-            "dag",
-            "--name",
-            "notify",
-            "--version",
-            "1",
-            "--key",
-            key.to_str().unwrap(),
-            "-o",
-            dag_bundle.to_str().unwrap(),
-        ],
+        dag_dir.to_str().unwrap(),
+        "dag",
+        "notify",
+        "1",
+        key.to_str().unwrap(),
+        dag_bundle.to_str().unwrap(),
     );
     assert!(built.status.success(), "{}", stderr(&built));
     let out = stella(root, &["bundle", "import", dag_bundle.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `stella bundle build DIR --kind K --name N --version V --key KEY -o OUT`.
+fn build_bundle(
+    root: &Path,
+    dir: &str,
+    kind: &str,
+    name: &str,
+    version: &str,
+    key: &str,
+    out: &str,
+) -> std::process::Output {
+    stella(
+        root,
+        &["bundle", "build", dir, "--kind", kind, "--name", name, "--version", version, "--key", key, "-o", out],
+    )
 }
 
 fn sample_plugin() -> PathBuf {
@@ -57,23 +64,14 @@ fn setup(root: &Path) -> (PathBuf, PathBuf) {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let bundle = root.join("sample-plugin-1.0.0.bundle");
-    let out = stella(
+    let out = build_bundle(
         root,
-        &[
-            "bundle",
-            "build",
-            sample_plugin().to_str().unwrap(),
-            "--kind",
-            "plugin",
-            "--name",
-            "sample-plugin",
-            "--version",
-            "1.0.0",
-            "--key",
-            key.to_str().unwrap(),
-            "-o",
-            bundle.to_str().unwrap(),
-        ],
+        sample_plugin().to_str().unwrap(),
+        "plugin",
+        "sample-plugin",
+        "1.0.0",
+        key.to_str().unwrap(),
+        bundle.to_str().unwrap(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     (key, bundle)
@@ -89,23 +87,14 @@ fn a_bundle_is_reproducible_and_checks_by_hand_and_with_stella() {
     let root = dir.path();
     let (key, bundle) = setup(root);
     let again = root.join("again.bundle");
-    let out = stella(
+    let out = build_bundle(
         root,
-        &[
-            "bundle",
-            "build",
-            sample_plugin().to_str().unwrap(),
-            "--kind",
-            "plugin",
-            "--name",
-            "sample-plugin",
-            "--version",
-            "1.0.0",
-            "--key",
-            key.to_str().unwrap(),
-            "-o",
-            again.to_str().unwrap(),
-        ],
+        sample_plugin().to_str().unwrap(),
+        "plugin",
+        "sample-plugin",
+        "1.0.0",
+        key.to_str().unwrap(),
+        again.to_str().unwrap(),
     );
     assert!(out.status.success());
     let (a, b) = (std::fs::read(&bundle).unwrap(), std::fs::read(&again).unwrap());
@@ -167,26 +156,9 @@ fn hostile_envelopes_are_refused_with_their_reason() {
     std::fs::write(dag_dir.join("pipeline.toml"), "name = \"p\"\n[steps.a]\nplugin = \"noop\"\n").unwrap();
     let second = root.join("second.bundle");
     assert!(
-        stella(
-            root,
-            &[
-                "bundle",
-                "build",
-                dag_dir.to_str().unwrap(),
-                "--kind",
-                "dag",
-                "--name",
-                "p",
-                "--version",
-                "1",
-                "--key",
-                key.to_str().unwrap(),
-                "-o",
-                second.to_str().unwrap()
-            ]
-        )
-        .status
-        .success()
+        build_bundle(root, dag_dir.to_str().unwrap(), "dag", "p", "1", key.to_str().unwrap(), second.to_str().unwrap())
+            .status
+            .success()
     );
     let y = root.join("y");
     std::fs::create_dir(&y).unwrap();
@@ -270,23 +242,14 @@ async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
     assert_eq!(refused.status.code(), Some(9), "{}", stderr(&refused));
     let older = root.join("older.bundle");
     assert!(
-        stella(
+        build_bundle(
             &root,
-            &[
-                "bundle",
-                "build",
-                sample_plugin().to_str().unwrap(),
-                "--kind",
-                "plugin",
-                "--name",
-                "sample-plugin",
-                "--version",
-                "0.9.0",
-                "--key",
-                key.to_str().unwrap(),
-                "-o",
-                older.to_str().unwrap()
-            ]
+            sample_plugin().to_str().unwrap(),
+            "plugin",
+            "sample-plugin",
+            "0.9.0",
+            key.to_str().unwrap(),
+            older.to_str().unwrap()
         )
         .status
         .success()
@@ -296,23 +259,14 @@ async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
     assert!(stderr(&downgrade).contains("--allow-downgrade"), "{}", stderr(&downgrade));
     let leap = root.join("leap.bundle");
     assert!(
-        stella(
+        build_bundle(
             &root,
-            &[
-                "bundle",
-                "build",
-                sample_plugin().to_str().unwrap(),
-                "--kind",
-                "plugin",
-                "--name",
-                "sample-plugin",
-                "--version",
-                "9.0.0",
-                "--key",
-                key.to_str().unwrap(),
-                "-o",
-                leap.to_str().unwrap()
-            ]
+            sample_plugin().to_str().unwrap(),
+            "plugin",
+            "sample-plugin",
+            "9.0.0",
+            key.to_str().unwrap(),
+            leap.to_str().unwrap()
         )
         .status
         .success()
@@ -655,23 +609,14 @@ async fn a_root_signed_trust_update_rotates_keys_without_a_restart() {
     )
     .unwrap();
     let build = |key: &Path, out: &Path| {
-        stella(
+        build_bundle(
             &root,
-            &[
-                "bundle",
-                "build",
-                update.to_str().unwrap(),
-                "--kind",
-                "trust",
-                "--name",
-                "trust-store",
-                "--version",
-                "2",
-                "--key",
-                key.to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-            ],
+            update.to_str().unwrap(),
+            "trust",
+            "trust-store",
+            "2",
+            key.to_str().unwrap(),
+            out.to_str().unwrap(),
         )
     };
     let forged = root.join("forged-trust.bundle");
@@ -687,23 +632,14 @@ async fn a_root_signed_trust_update_rotates_keys_without_a_restart() {
     let bundle_with = |key: &Path, version: &str| {
         let out = root.join(format!("plugin-{version}.bundle"));
         assert!(
-            stella(
+            build_bundle(
                 &root,
-                &[
-                    "bundle",
-                    "build",
-                    sample_plugin().to_str().unwrap(),
-                    "--kind",
-                    "plugin",
-                    "--name",
-                    "sample-plugin",
-                    "--version",
-                    version,
-                    "--key",
-                    key.to_str().unwrap(),
-                    "-o",
-                    out.to_str().unwrap()
-                ]
+                sample_plugin().to_str().unwrap(),
+                "plugin",
+                "sample-plugin",
+                version,
+                key.to_str().unwrap(),
+                out.to_str().unwrap()
             )
             .status
             .success()
