@@ -7,86 +7,23 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use stella::clock;
 use stella::engine::RunCommand;
 use stella::queue::QueueCommand;
-use stella::store::command::Actor;
-use stella::store::writer::{self, WriterOptions};
-use stella::store::{Command, Store, WriterHandle};
+use stella::store::{Command, WriterHandle};
 
-fn actor() -> Actor {
-    Actor { name: "bench".into() }
-}
+mod common;
+use common::{actor, lease_and_complete, writer};
 
-fn writer() -> (tempfile::TempDir, WriterHandle) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let store = Store::open(&dir.path().join("d.redb")).unwrap();
-    let (h, w) = writer::channel(store, clock::system(), WriterOptions::seeded(3)).unwrap();
-    w.spawn();
-    (dir, h)
-}
-
-/// Leases and completes `noop` jobs until `done` says stop; returns jobs completed.
-async fn work(h: &WriteHandleRef<'_>, expect: usize) -> usize {
+/// Leases and completes `noop` jobs until `expect` are done; returns jobs completed.
+async fn work(h: &WriterHandle, expect: usize) -> usize {
     let mut completed = 0;
     while completed < expect {
-        let c = h.submit(actor(), lease()).await.unwrap();
-        let grants: Vec<(String, u64)> = c
-            .entries
-            .iter()
-            .filter(|e| e.kind == "lease.granted")
-            .flat_map(|e| e.data["leases"].as_array().cloned().unwrap_or_default())
-            .map(|g| (g["jobId"].as_str().unwrap().to_owned(), g["token"].as_u64().unwrap()))
-            .collect();
-        if grants.is_empty() {
-            tokio::task::yield_now().await;
-            continue;
-        }
-        let tasks: Vec<_> = grants
-            .into_iter()
-            .map(|(job, token)| {
-                let h = h.0.clone();
-                tokio::spawn(async move {
-                    h.submit(
-                        actor(),
-                        Command::Queue(QueueCommand::Complete {
-                            tenant: None,
-                            job,
-                            token,
-                            result: Some(json!({ "outputs": {} })),
-                        }),
-                    )
-                    .await
-                    .unwrap();
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-            completed += 1;
+        match lease_and_complete(h, 0, 256, Some(json!({ "outputs": {} }))).await {
+            0 => tokio::task::yield_now().await,
+            n => completed += n,
         }
     }
     completed
-}
-
-struct WriteHandleRef<'a>(&'a WriterHandle);
-
-impl WriteHandleRef<'_> {
-    async fn submit(&self, a: Actor, c: Command) -> Result<stella::store::Committed, stella::store::CommandError> {
-        self.0.submit(a, c).await
-    }
-}
-
-fn lease() -> Command {
-    Command::Queue(QueueCommand::Lease {
-        tenant: None,
-        worker: "bench".into(),
-        worker_tenant: String::new(),
-        types: vec!["noop".into()],
-        max: 256,
-        ttl_ms: Some(60_000),
-        env: None,
-    })
 }
 
 fn diamond(n: usize) -> String {
@@ -102,7 +39,7 @@ fn diamond(n: usize) -> String {
 
 /// Runs one DAG of `steps` steps `runs` times; returns the elapsed time.
 fn dag(steps: usize, runs: usize) -> Duration {
-    let (_d, h) = writer();
+    let (_d, h) = writer(3);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let spec = diamond(steps);
@@ -123,14 +60,14 @@ fn dag(steps: usize, runs: usize) -> Duration {
             .await
             .unwrap();
         }
-        work(&WriteHandleRef(&h), steps * runs).await;
+        work(&h, steps * runs).await;
         started.elapsed()
     })
 }
 
 /// The same number of plain jobs, enqueued in as many waves as the DAG has levels.
 fn plain(jobs: usize) -> Duration {
-    let (_d, h) = writer();
+    let (_d, h) = writer(3);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let started = Instant::now();
@@ -154,7 +91,7 @@ fn plain(jobs: usize) -> Duration {
         for t in tasks {
             t.await.unwrap();
         }
-        work(&WriteHandleRef(&h), jobs).await;
+        work(&h, jobs).await;
         started.elapsed()
     })
 }

@@ -9,14 +9,11 @@
 use redb::{Database, ReadableTable, TableDefinition};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use stella::clock;
 use stella::queue::QueueCommand;
-use stella::store::command::Actor;
-use stella::store::writer::{self, WriterOptions};
-use stella::store::{Command, Store, WriterHandle};
+use stella::store::{Command, WriterHandle};
 
 mod common;
-use common::{Figure, dir, threaded};
+use common::{Figure, actor, dir, lease_and_complete, lease_cmd, threaded, writer};
 
 fn scale(n: usize) -> usize {
     common::scale(n, 512)
@@ -34,22 +31,6 @@ fn enqueue_cmd(i: usize) -> Command {
     })
 }
 
-fn lease_cmd(worker: usize, max: u32) -> Command {
-    Command::Queue(QueueCommand::Lease {
-        tenant: None,
-        worker: format!("w{worker}"),
-        worker_tenant: "default".into(),
-        types: vec!["noop".into()],
-        max,
-        ttl_ms: Some(60_000),
-        env: None,
-    })
-}
-
-fn actor() -> Actor {
-    Actor { name: "bench".into() }
-}
-
 struct Stella {
     _dir: tempfile::TempDir,
     handle: WriterHandle,
@@ -57,11 +38,8 @@ struct Stella {
 }
 
 fn stella() -> Stella {
-    let d = dir();
-    let store = Store::open(&d.path().join("q.redb")).unwrap();
-    let (handle, w) = writer::channel(store, clock::system(), WriterOptions::seeded(1)).unwrap();
-    w.spawn();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (d, handle) = writer(1);
     Stella { _dir: d, handle, rt }
 }
 
@@ -175,39 +153,9 @@ fn stella_lifecycle(total: usize) -> Figure {
                 let (h, done) = (s.handle.clone(), done.clone());
                 tokio::spawn(async move {
                     while done.load(std::sync::atomic::Ordering::Relaxed) < target {
-                        let c = h.submit(actor(), lease_cmd(w, 64)).await.unwrap();
-                        let grants: Vec<(String, u64)> = c
-                            .entries
-                            .iter()
-                            .flat_map(|e| e.data["leases"].as_array().cloned().unwrap_or_default())
-                            .map(|g| (g["jobId"].as_str().unwrap().to_owned(), g["token"].as_u64().unwrap()))
-                            .collect();
-                        if grants.is_empty() {
-                            tokio::task::yield_now().await;
-                            continue;
-                        }
-                        let completions: Vec<_> = grants
-                            .into_iter()
-                            .map(|(job, token)| {
-                                let h = h.clone();
-                                tokio::spawn(async move {
-                                    h.submit(
-                                        actor(),
-                                        Command::Queue(QueueCommand::Complete {
-                                            tenant: None,
-                                            job,
-                                            token,
-                                            result: None,
-                                        }),
-                                    )
-                                    .await
-                                    .unwrap();
-                                })
-                            })
-                            .collect();
-                        for c in completions {
-                            c.await.unwrap();
-                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        match lease_and_complete(&h, w, 64, None).await {
+                            0 => tokio::task::yield_now().await,
+                            n => _ = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed),
                         }
                     }
                 })

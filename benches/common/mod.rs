@@ -1,9 +1,15 @@
 //! What the benchmark binaries share: the figure they print, the scale knob, a temp dir on the
-//! disk under test, and a threaded driver for the baselines.
+//! disk under test, a threaded driver for the baselines, and the worker loop that leases and
+//! completes `noop` jobs through stella's writer.
 
 #![allow(dead_code, reason = "each benchmark binary uses a different part")]
 
 use std::time::{Duration, Instant};
+use stella::clock;
+use stella::queue::QueueCommand;
+use stella::store::command::Actor;
+use stella::store::writer::{self, WriterOptions};
+use stella::store::{Command, Store, WriterHandle};
 
 /// Operations done, time taken, and each operation's latency.
 pub struct Figure {
@@ -61,4 +67,54 @@ pub fn threaded(producers: usize, total: usize, op: impl Fn(usize, usize) + Sync
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     Figure { ops: per * producers, elapsed: started.elapsed(), lat }
+}
+
+pub fn actor() -> Actor {
+    Actor { name: "bench".into() }
+}
+
+/// stella's writer on a fresh store in [`dir`], seeded with `seed`.
+pub fn writer(seed: u64) -> (tempfile::TempDir, WriterHandle) {
+    let d = dir();
+    let store = Store::open(&d.path().join("b.redb")).unwrap();
+    let (h, w) = writer::channel(store, clock::system(), WriterOptions::seeded(seed)).unwrap();
+    w.spawn();
+    (d, h)
+}
+
+pub fn lease_cmd(worker: usize, max: u32) -> Command {
+    Command::Queue(QueueCommand::Lease {
+        tenant: None,
+        worker: format!("w{worker}"),
+        worker_tenant: "default".into(),
+        types: vec!["noop".into()],
+        max,
+        ttl_ms: Some(60_000),
+        env: None,
+    })
+}
+
+/// One worker round: leases up to `max` `noop` jobs as `worker` and completes each granted one
+/// concurrently with `result`; returns how many it completed (0 when nothing was ready).
+pub async fn lease_and_complete(h: &WriterHandle, worker: usize, max: u32, result: Option<serde_json::Value>) -> usize {
+    let c = h.submit(actor(), lease_cmd(worker, max)).await.unwrap();
+    let completions: Vec<_> = c
+        .entries
+        .iter()
+        .filter(|e| e.kind == "lease.granted")
+        .flat_map(|e| e.data["leases"].as_array().cloned().unwrap_or_default())
+        .map(|g| {
+            let (h, result) = (h.clone(), result.clone());
+            let (job, token) = (g["jobId"].as_str().unwrap().to_owned(), g["token"].as_u64().unwrap());
+            tokio::spawn(async move {
+                let done = Command::Queue(QueueCommand::Complete { tenant: None, job, token, result });
+                h.submit(actor(), done).await.unwrap();
+            })
+        })
+        .collect();
+    let n = completions.len();
+    for c in completions {
+        c.await.unwrap();
+    }
+    n
 }
