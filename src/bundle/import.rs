@@ -34,9 +34,9 @@ pub fn seal(path: &Path, manifest: &Manifest, lib: &Path) -> Result<PathBuf, Str
 /// The payload's offset and size inside the envelope.
 fn payload_span(path: &Path) -> Result<(u64, u64), String> {
     let mut archive = tar::Archive::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        if entry.path().map_err(|e| e.to_string())?.to_string_lossy() == PAYLOAD {
+    for named in crate::bundle::entries::entries(&mut archive)? {
+        let crate::bundle::entries::Named { name, entry } = named?;
+        if name == PAYLOAD {
             return Ok((entry.raw_file_position(), entry.size()));
         }
     }
@@ -51,9 +51,8 @@ fn unpack(path: &Path, manifest: &Manifest, staging: &Path) -> Result<(), String
     decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| e.to_string())?;
     let mut archive = tar::Archive::new(decoder);
     let mut dirs = vec![staging.to_path_buf()];
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().trim_end_matches('/').to_owned();
+    for named in crate::bundle::entries::entries(&mut archive)? {
+        let crate::bundle::entries::Named { name, mut entry } = named?;
         let f =
             manifest.files.iter().find(|f| f.path == name).ok_or_else(|| format!("{name:?} is not in the manifest"))?;
         if !valid_path(&name) {

@@ -1,8 +1,11 @@
 //! Signed bundles (DESIGN.md §3): the envelope format (`format`), building and signing one from
-//! a directory (`build`), and the offline check of an envelope (`verify`). Import into the
-//! sealed store through the daemon is not built yet.
+//! a directory (`build`), walking an untrusted tar stream with bounded extension records
+//! (`entries`), the offline check of an envelope (`verify`), the import policy planned in the
+//! writer (`plan`), unpacking into the sealed store (`import`) and the installed bundles'
+//! re-verification (`installed`).
 
 pub mod build;
+pub mod entries;
 pub mod format;
 pub mod import;
 pub mod installed;

@@ -55,9 +55,8 @@ fn members(path: &Path) -> Result<Members, BundleError> {
     let mut archive = tar::Archive::new(file);
     let mut out = Members { small: BTreeMap::new(), payload_offset: 0, payload_size: 0, payload_sha256: String::new() };
     let mut seen = HashSet::new();
-    for entry in archive.entries().map_err(env)? {
-        let mut entry = entry.map_err(env)?;
-        let name = entry.path().map_err(env)?.to_string_lossy().into_owned();
+    for named in crate::bundle::entries::entries(&mut archive).map_err(env)? {
+        let crate::bundle::entries::Named { name, mut entry } = named.map_err(env)?;
         let member =
             MEMBERS.iter().find(|m| **m == name).copied().ok_or_else(|| env(format!("unexpected member {name:?}")))?;
         if !seen.insert(member) {
@@ -180,12 +179,10 @@ fn walk_payload(path: &Path, m: &Members, manifest: &Manifest) -> Result<(usize,
     let mut seen = HashSet::new();
     let mut total = 0u64;
     let mut archive = tar::Archive::new(decoder);
-    for entry in archive.entries().map_err(|e| pay(e.to_string()))? {
-        let mut entry = entry.map_err(|e| pay(e.to_string()))?;
-        let raw = entry.path().map_err(|e| pay(e.to_string()))?.to_string_lossy().into_owned();
-        let name = raw.trim_end_matches('/').to_owned();
+    for named in crate::bundle::entries::entries(&mut archive).map_err(pay)? {
+        let crate::bundle::entries::Named { name, mut entry } = named.map_err(pay)?;
         if !valid_path(&name) {
-            return Err(pay(format!("entry {raw:?} has an unsafe path")));
+            return Err(pay(format!("entry {name:?} has an unsafe path")));
         }
         let f = listed.get(name.as_str()).ok_or_else(|| pay(format!("entry {name:?} is not in the manifest")))?;
         if !seen.insert(name.clone()) {

@@ -1,7 +1,8 @@
 //! `stella bundle build|verify` (offline). Import, list, show and remove need the daemon and
 //! are not built yet.
 
-use crate::bundle::{build, format::Kind, verify};
+use crate::bundle::format::{Kind, ZSTD_LEVEL};
+use crate::bundle::{build, verify};
 use crate::cli::args::{BundleCmd, Global};
 use crate::cli::output::{self, s};
 use crate::cli::target;
@@ -22,10 +23,9 @@ pub fn run(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
                 return Err(CliError::Invalid(format!("--name {name:?}: expected 1-64 of a-z, 0-9, '-', '_'")));
             }
             let key = crate::trust::keys::read_private(&key).map_err(CliError::Invalid)?;
-            let built = build::build(&dir, kind, &name, &bundle_version, &key).map_err(CliError::Invalid)?;
-            crate::dev::write_file_atomic(&out, &built.bytes, 0o644)
-                .map_err(|e| CliError::Other(format!("write {}: {e}", out.display())))?;
-            let v = json!({ "bundle": out, "name": name, "version": bundle_version, "files": built.manifest.files.len(), "payloadSha256": built.manifest.payload.sha256 });
+            let manifest = build::build_to(&dir, kind, &name, &bundle_version, &key, &out, ZSTD_LEVEL)
+                .map_err(CliError::Invalid)?;
+            let v = json!({ "bundle": out, "name": name, "version": bundle_version, "files": manifest.files.len(), "payloadSha256": manifest.payload.sha256 });
             output::print(g.format, &v, |v| {
                 format!(
                     "built {} ({} {}, {} files)\n",

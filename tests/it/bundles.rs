@@ -141,6 +141,37 @@ fn a_bundle_is_reproducible_and_checks_by_hand_and_with_stella() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Paths longer than a ustar header holds (up to the 1,024-byte limit) go in as GNU long-name
+/// records: the bundle verifies with stella and unpacks with GNU tar to the same path.
+#[test]
+fn long_paths_survive_build_verify_and_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (key, _) = setup(root);
+    let input = root.join("long");
+    let deep: PathBuf = (0..6).map(|i| format!("{i}{}", "d".repeat(59))).collect();
+    std::fs::create_dir_all(input.join(&deep)).unwrap();
+    std::fs::write(input.join(&deep).join("run.sh"), "#!/bin/sh\n").unwrap();
+    let out = root.join("long.bundle");
+    let built = build_bundle(
+        root,
+        input.to_str().unwrap(),
+        "plugin",
+        "long",
+        "1",
+        key.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let ok = stella(root, &["bundle", "verify", out.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let x = root.join("x");
+    std::fs::create_dir(&x).unwrap();
+    let by_tar = sh(&x, &format!("tar -xf {} && zstd -dc payload.tar.zst | tar -x", out.display()));
+    assert!(by_tar.status.success(), "{}", String::from_utf8_lossy(&by_tar.stderr));
+    assert!(x.join(&deep).join("run.sh").is_file(), "GNU tar sees the long path");
+}
+
 #[test]
 fn hostile_envelopes_are_refused_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -393,11 +424,31 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
     link.0.set_link_name("/etc/passwd").unwrap();
     let mut hard = entry("run.sh", tar::EntryType::Link, b"");
     hard.0.set_link_name("../../outside").unwrap();
+    let mut dir_link = entry("lib", tar::EntryType::Symlink, b"");
+    dir_link.0.set_link_name("/etc").unwrap();
+    // A GNU long-name record declaring a gigabyte: refused on its declared size, before a byte
+    // of it is read or allocated (the stream holds none of it).
+    let mut long_name = entry("././@LongLink", tar::EntryType::GNULongName, b"");
+    long_name.0.set_size(1 << 30);
     type Entries = Vec<(tar::Header, Vec<u8>)>;
     type Listed = Vec<stella::bundle::format::FileEntry>;
     let cases: Vec<(&str, Entries, Listed, Option<&str>, &str)> = vec![
         ("symlink", vec![link], vec![listed("run.sh", b"")], None, "only regular files and directories"),
         ("hardlink", vec![hard], vec![listed("run.sh", b"")], None, "only regular files and directories"),
+        (
+            "symlink followed by an entry through it",
+            vec![dir_link, entry("lib/passwd", tar::EntryType::Regular, b"x")],
+            vec![listed("lib", b""), listed("lib/passwd", b"x")],
+            None,
+            "only regular files and directories",
+        ),
+        (
+            "huge long-name record",
+            vec![long_name, entry("a", tar::EntryType::Regular, b"x")],
+            vec![listed("a", b"x")],
+            None,
+            "long-name record of 1073741824 bytes",
+        ),
         (
             "fifo",
             vec![entry("run.sh", tar::EntryType::Fifo, b"")],
@@ -537,17 +588,19 @@ fn the_bundle_format_matches_its_golden_files() {
     // TEST-ONLY KEY: a fixed seed so that signatures, and so the envelope, are reproducible.
     let pair = ssh_key::private::Ed25519Keypair::from_seed(&[7u8; 32]);
     let key = ssh_key::PrivateKey::from(pair);
-    let built = stella::bundle::build::build(
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.bundle");
+    stella::bundle::build::build_to(
         &golden.join("input"),
         stella::bundle::format::Kind::Plugin,
         "golden",
         "1.0.0",
         &key,
+        &path,
+        stella::bundle::format::ZSTD_LEVEL,
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("g.bundle");
-    std::fs::write(&path, &built.bytes).unwrap();
+    let envelope = std::fs::read(&path).unwrap();
     let x = sh(dir.path(), &format!("tar -xf {}", path.display()));
     assert!(x.status.success());
     let read = |p: &Path| std::fs::read_to_string(p).unwrap();
@@ -556,14 +609,14 @@ fn the_bundle_format_matches_its_golden_files() {
         std::fs::write(golden.join("SHA256SUMS"), read(&dir.path().join("SHA256SUMS"))).unwrap();
         std::fs::write(
             golden.join("envelope.sha256"),
-            format!("{}\n", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&built.bytes))),
+            format!("{}\n", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&envelope))),
         )
         .unwrap();
     }
     assert_eq!(read(&dir.path().join("manifest.json")), read(&golden.join("manifest.json")), "manifest.json");
     assert_eq!(read(&dir.path().join("SHA256SUMS")), read(&golden.join("SHA256SUMS")), "SHA256SUMS");
     assert_eq!(
-        format!("{}\n", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&built.bytes))),
+        format!("{}\n", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&envelope))),
         read(&golden.join("envelope.sha256")),
         "envelope bytes"
     );
