@@ -24,6 +24,43 @@ pub struct Manifest {
     pub protocol: u32,
     #[serde(default)]
     pub description: Option<String>,
+    /// The step kinds the plugin implements (a step picks one with `kind = "…"`; the plugin
+    /// reads it from the request). Without it the plugin has one kind, its name.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+}
+
+/// Step kinds one plugin may declare at most.
+pub const KINDS_MAX: usize = 32;
+
+impl Manifest {
+    /// The declared step kinds, or the plugin's name when it declares none.
+    pub fn kinds(&self) -> Vec<String> {
+        if self.kinds.is_empty() { vec![self.name.clone()] } else { self.kinds.clone() }
+    }
+
+    /// Checks what `plugin.toml` declares: a valid name that is no built-in, protocol 1, step
+    /// kinds that are valid names, each once, at most `KINDS_MAX`.
+    pub fn validate(&self) -> Result<(), String> {
+        if !valid_name(&self.name) || crate::engine::spec::BUILTINS.contains(&self.name.as_str()) {
+            return Err(format!(
+                "plugin.toml: name {:?} must be 1-64 of a-z, 0-9, '-', '_' and not a built-in kind",
+                self.name
+            ));
+        }
+        if self.protocol != 1 {
+            return Err(format!("plugin.toml: protocol {} is not supported (only 1)", self.protocol));
+        }
+        if self.kinds.len() > KINDS_MAX {
+            return Err(format!("plugin.toml: more than {KINDS_MAX} kinds"));
+        }
+        for (i, k) in self.kinds.iter().enumerate() {
+            if !valid_name(k) || self.kinds[..i].contains(k) {
+                return Err(format!("plugin.toml: kind {k:?} must be 1-64 of a-z, 0-9, '-', '_', each once"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A plugin directory, read and checked.
@@ -49,15 +86,7 @@ pub fn check(dir: &Path) -> Result<Checked, String> {
     let manifest_text =
         std::fs::read_to_string(dir.join("plugin.toml")).map_err(|e| format!("{}/plugin.toml: {e}", dir.display()))?;
     let manifest: Manifest = toml::from_str(&manifest_text).map_err(|e| format!("plugin.toml: {e}"))?;
-    if !valid_name(&manifest.name) || crate::engine::spec::BUILTINS.contains(&manifest.name.as_str()) {
-        return Err(format!(
-            "plugin.toml: name {:?} must be 1-64 of a-z, 0-9, '-', '_' and not a built-in kind",
-            manifest.name
-        ));
-    }
-    if manifest.protocol != 1 {
-        return Err(format!("plugin.toml: protocol {} is not supported (only 1)", manifest.protocol));
-    }
+    manifest.validate()?;
     let mut files = Vec::new();
     let mut total = 0u64;
     walk(dir, dir, &mut files, &mut total)?;

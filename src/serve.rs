@@ -231,10 +231,11 @@ async fn register_samples(writer: &WriterHandle, lib: &Path) -> Result<(), CliEr
         name: checked.manifest.name.clone(),
         digest: checked.digest.clone(),
         entrypoint: checked.manifest.entrypoint.clone(),
+        kinds: checked.manifest.kinds(),
         unsigned: true,
     };
     submit(writer, Command::Run(plugin)).await?;
-    let installed = vec![checked.manifest.name.clone()];
+    let installed = vec![(checked.manifest.name.clone(), checked.manifest.kinds())];
     for text in SAMPLES {
         let compiled =
             crate::engine::spec::compile(text, &installed).map_err(|e| CliError::Other(format!("sample DAG: {e}")))?;

@@ -5,7 +5,8 @@ use crate::bundle::import::compare_versions;
 use crate::ledger::{Draft, Entry};
 use crate::store::command::{CommandError, Effects, storage};
 use crate::store::projection::ApplyError;
-use crate::store::schema::BUNDLES;
+use crate::store::records::{DagRecord, Record, RunRecord};
+use crate::store::schema::{BUNDLES, DAG_SPECS, DAGS, PLUGINS, RUNS, rw};
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::{Value, json};
 
@@ -21,6 +22,8 @@ pub enum BundleCommand {
         fingerprint: String,
         allow_downgrade: bool,
         entrypoint: Option<String>,
+        /// The step kinds a plugin bundle's plugin implements.
+        kinds: Vec<String>,
         /// DAG names a DAG bundle registers.
         dags: Vec<String>,
     },
@@ -28,6 +31,10 @@ pub enum BundleCommand {
         file: String,
         sha256: String,
         reason: String,
+    },
+    /// `bundle remove`: uninstall a plugin or DAG bundle (never while something needs it).
+    Remove {
+        name: String,
     },
     /// An installed bundle no longer verifies: runs that need it are refused.
     Quarantine {
@@ -46,6 +53,7 @@ pub fn installed(txn: &WriteTransaction, name: &str) -> Result<Option<Value>, Co
 
 pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, CommandError> {
     match cmd {
+        BundleCommand::Remove { name } => remove(txn, name),
         BundleCommand::Reject { file, sha256, reason } => Ok(vec![Draft {
             tenant: String::new(),
             kind: "bundle.rejected",
@@ -75,6 +83,7 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
             fingerprint,
             allow_downgrade,
             entrypoint,
+            kinds,
             dags,
         } => {
             if let Some(cur) = installed(txn, name)? {
@@ -107,7 +116,7 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
                     tenant: String::new(),
                     kind: "plugin.registered",
                     subjects: vec![name.clone(), digest.clone()],
-                    data: json!({ "name": name, "digest": digest, "entrypoint": entrypoint, "unsigned": false, "previous": null }),
+                    data: json!({ "name": name, "digest": digest, "entrypoint": entrypoint, "kinds": kinds, "unsigned": false, "previous": null }),
                 });
             }
             Ok(drafts.into())
@@ -115,8 +124,92 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
     }
 }
 
+/// Removing a bundle: a trust bundle never (a newer one replaces it); a plugin bundle only when
+/// no enabled DAG version names its plugin and no unfinished run pinned it; a DAG bundle only
+/// when none of its DAGs has an unfinished run, and its DAGs' active versions are disabled in
+/// the same transaction (their history stays for the audit).
+fn remove(txn: &WriteTransaction, name: &str) -> Result<Effects, CommandError> {
+    let cur = installed(txn, name)?.ok_or_else(|| CommandError::NotFound { what: format!("bundle {name}") })?;
+    let digest = cur["digest"].as_str().unwrap_or_default().to_owned();
+    let dags: Vec<String> =
+        cur["dags"].as_array().into_iter().flatten().filter_map(|d| d.as_str().map(str::to_owned)).collect();
+    let conflict = |why: String| Err(CommandError::Conflict(format!("bundle {name} is in use: {why}")));
+    match cur["kind"].as_str() {
+        Some("trust") => {
+            return Err(CommandError::Conflict(
+                "the trust store is replaced by a newer trust bundle, never removed".into(),
+            ));
+        }
+        Some("plugin") => {
+            let dag_table = txn.open_table(DAGS).map_err(storage)?;
+            let specs = txn.open_table(DAG_SPECS).map_err(storage)?;
+            for row in dag_table.iter().map_err(storage)? {
+                let (k, _) = row.map_err(storage)?;
+                let Some(rec) = rw::get::<DagRecord>(&dag_table, "dags", k.value()).map_err(storage)? else { continue };
+                let active = rec.versions.iter().find(|v| v.version == rec.active && !v.disabled);
+                let Some(v) = active else { continue };
+                let key = format!("{}@{}", rec.name, v.version);
+                let Some(text) = specs.get(key.as_str()).map_err(storage)? else { continue };
+                let compiled = crate::engine::spec::compile_registered(&String::from_utf8_lossy(text.value()));
+                if compiled.is_ok_and(|c| c.steps.iter().any(|s| s.plugin == name)) {
+                    return conflict(format!(
+                        "DAG {key} runs its plugin (disable that version or import one without it first)"
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    for row in txn.open_table(RUNS).map_err(storage)?.iter().map_err(storage)? {
+        let (_, v) = row.map_err(storage)?;
+        let run = RunRecord::from_json_bytes(v.value()).map_err(storage)?;
+        if run.status.terminal() {
+            continue;
+        }
+        if dags.contains(&run.dag) || run.plugins.values().any(|d| *d == digest) {
+            return conflict(format!("run {} of {} has not finished", run.id, run.dag));
+        }
+    }
+    let mut drafts = vec![Draft {
+        tenant: String::new(),
+        kind: "bundle.removed",
+        subjects: vec![name.to_owned(), digest.clone()],
+        data: json!({ "name": name, "version": cur["version"], "kind": cur["kind"], "digest": digest }),
+    }];
+    let dag_table = txn.open_table(DAGS).map_err(storage)?;
+    for dag in &dags {
+        let Some(rec) = rw::get::<DagRecord>(&dag_table, "dags", dag).map_err(storage)? else { continue };
+        if rec.versions.iter().any(|v| v.version == rec.active && !v.disabled) {
+            drafts.push(Draft {
+                tenant: String::new(),
+                kind: "dag.disabled",
+                subjects: vec![dag.clone()],
+                data: json!({ "name": dag, "version": rec.active }),
+            });
+        }
+    }
+    Ok(drafts.into())
+}
+
 pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
     match entry.kind.as_str() {
+        "bundle.removed" => {
+            let name = entry.data["name"].as_str().unwrap_or_default();
+            let storage = |e: redb::TableError| ApplyError::Storage(e.into());
+            txn.open_table(BUNDLES).map_err(storage)?.remove(name).map_err(|e| ApplyError::Storage(e.into()))?;
+            if entry.data["kind"] == "plugin" {
+                let mut plugins = txn.open_table(PLUGINS).map_err(storage)?;
+                let pinned = plugins
+                    .get(name)
+                    .map_err(|e| ApplyError::Storage(e.into()))?
+                    .and_then(|v| serde_json::from_slice::<Value>(v.value()).ok())
+                    .is_some_and(|p| p["digest"] == entry.data["digest"]);
+                if pinned {
+                    plugins.remove(name).map_err(|e| ApplyError::Storage(e.into()))?;
+                }
+            }
+            Ok(true)
+        }
         "bundle.rejected" => Ok(true),
         "bundle.quarantined" => {
             let name = entry.data["name"].as_str().unwrap_or_default();

@@ -157,6 +157,12 @@ fn check_manifest(manifest: &Manifest, m: &Members, now_ms: i64) -> Result<(), B
     if manifest.files.len() > FILES_MAX {
         return bad(format!("more than {FILES_MAX} files"));
     }
+    let declared: u64 = manifest.files.iter().map(|f| f.size).fold(0, u64::saturating_add);
+    if declared > UNPACKED_BYTES_MAX {
+        return bad(format!(
+            "its files add up to {declared} bytes, more than the {UNPACKED_BYTES_MAX} allowed unpacked"
+        ));
+    }
     let mut paths = HashSet::new();
     for f in &manifest.files {
         if !valid_path(&f.path) || !paths.insert(f.path.as_str()) {

@@ -1,5 +1,5 @@
-//! `stella bundle build|verify` (offline). Import, list, show and remove need the daemon and
-//! are not built yet.
+//! `stella bundle build|verify` (offline); `import|list|show|remove` and `verify --installed`
+//! through the daemon.
 
 use crate::bundle::format::{Kind, ZSTD_LEVEL};
 use crate::bundle::{build, verify};
@@ -61,7 +61,7 @@ pub fn run(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
             });
             Ok(())
         }
-        _ => Err(CliError::NotAvailable("bundle show and remove".into())),
+        _ => unreachable!("bundle import, list, show and remove go through the daemon"),
     }
 }
 
@@ -100,6 +100,23 @@ pub async fn remote(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
             } else {
                 Err(CliError::VerifyFailed(format!("{bad} installed bundle(s) quarantined")))
             };
+        }
+        BundleCmd::Remove { id } => {
+            let v = client
+                .send(hyper::Method::DELETE, &format!("/api/v1/orchestrator/bundles/{id}"), None)
+                .await?
+                .ok()?
+                .json()?;
+            output::print(g.format, &v, |v| {
+                format!(
+                    "removed {} {} ({}); sealed copy {} deleted\n",
+                    s(&v["removed"]),
+                    s(&v["version"]),
+                    s(&v["kind"]),
+                    s(&v["digest"])
+                )
+            });
+            return Ok(());
         }
         BundleCmd::Show { id } => {
             let v = client.get(&format!("/api/v1/orchestrator/bundles/{id}")).await?.ok()?.json()?;

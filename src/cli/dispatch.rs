@@ -33,6 +33,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 BundleCmd::Import { .. }
                     | BundleCmd::List
                     | BundleCmd::Show { .. }
+                    | BundleCmd::Remove { .. }
                     | BundleCmd::Verify { installed: true, .. }
             ) =>
         {

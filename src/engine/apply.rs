@@ -84,7 +84,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
     }
     if kind == "plugin.registered" {
         let name = s(entry, "name")?;
-        let record = serde_json::json!({ "digest": entry.data["digest"], "entrypoint": entry.data["entrypoint"],
+        let record = serde_json::json!({ "digest": entry.data["digest"], "entrypoint": entry.data["entrypoint"], "kinds": entry.data["kinds"],
                                          "unsigned": entry.data["unsigned"], "registeredMs": entry.time, "registeredBy": entry.actor });
         txn.open_table(PLUGINS)
             .map_err(r)?

@@ -37,6 +37,8 @@ pub enum RunCommand {
         name: String,
         digest: String,
         entrypoint: String,
+        /// The step kinds it implements (`plugins::Manifest::kinds`).
+        kinds: Vec<String>,
         unsigned: bool,
     },
     DagVersion {
@@ -99,12 +101,12 @@ pub enum Outcome {
 pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
     match cmd {
         RunCommand::RegisterDag { name, spec, unsigned } => register(txn, name, spec, *unsigned),
-        RunCommand::RegisterPlugin { name, digest, entrypoint, unsigned } => {
+        RunCommand::RegisterPlugin { name, digest, entrypoint, kinds, unsigned } => {
             let current = plugin_digest(txn, name)?;
             if current.as_deref() == Some(digest.as_str()) {
                 return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
             }
-            let data = json!({ "name": name, "digest": digest, "entrypoint": entrypoint, "unsigned": unsigned, "previous": current });
+            let data = json!({ "name": name, "digest": digest, "entrypoint": entrypoint, "kinds": kinds, "unsigned": unsigned, "previous": current });
             Ok(vec![Draft {
                 tenant: String::new(),
                 kind: "plugin.registered",
@@ -628,7 +630,7 @@ impl<'t> Planner<'t> {
             seq,
             job_type: s.plugin.clone(),
             priority: s.priority,
-            payload: json!({ "run": self.run.id, "step": s.name, "plugin": s.plugin, "pluginDigest": self.run.plugins.get(&s.plugin),
+            payload: json!({ "run": self.run.id, "step": s.name, "plugin": s.plugin, "kind": s.kind, "pluginDigest": self.run.plugins.get(&s.plugin),
                              "inputs": inputs, "timeoutMs": s.timeout_ms, "secrets": s.secrets, "locks": locks }),
             max_attempts: s.retries + 1,
             not_before_ms: self.now,

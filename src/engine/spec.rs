@@ -43,6 +43,9 @@ pub struct InputSpec {
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub plugin: String,
+    /// Which of the plugin's step kinds to run (needed when it declares several).
+    #[serde(default)]
+    pub kind: Option<String>,
     #[serde(default)]
     pub needs: Vec<String>,
     #[serde(default)]
@@ -99,6 +102,8 @@ pub struct Compiled {
 pub struct CompiledStep {
     pub name: String,
     pub plugin: String,
+    #[serde(default)]
+    pub kind: Option<String>,
     pub needs: Vec<usize>,
     pub dependants: Vec<usize>,
     pub inputs: BTreeMap<String, serde_json::Value>,
@@ -141,8 +146,11 @@ fn ms(place: &str, text: &Option<String>, default: u64) -> Result<u64, String> {
     }
 }
 
-/// Parses and validates a spec. `plugins` are the installed plugin names besides the builtins.
-pub fn compile(text: &str, plugins: &[String]) -> Result<Compiled, String> {
+/// An installed plugin as a spec sees it: its name and the step kinds it implements.
+pub type InstalledPlugin = (String, Vec<String>);
+
+/// Parses and validates a spec. `plugins` are the installed plugins besides the builtins.
+pub fn compile(text: &str, plugins: &[InstalledPlugin]) -> Result<Compiled, String> {
     compile_with(text, Some(plugins))
 }
 
@@ -152,7 +160,7 @@ pub fn compile_registered(text: &str) -> Result<Compiled, String> {
     compile_with(text, None)
 }
 
-fn compile_with(text: &str, plugins: Option<&[String]>) -> Result<Compiled, String> {
+fn compile_with(text: &str, plugins: Option<&[InstalledPlugin]>) -> Result<Compiled, String> {
     if text.len() > SPEC_BYTES_MAX {
         return Err(format!("spec is larger than {SPEC_BYTES_MAX} bytes"));
     }
@@ -203,7 +211,7 @@ fn compile_step(
     name: &str,
     s: &StepSpec,
     index: &HashMap<&str, usize>,
-    plugins: Option<&[String]>,
+    plugins: Option<&[InstalledPlugin]>,
 ) -> Result<CompiledStep, String> {
     let place = format!("step {name}");
     if !valid_name(name) {
@@ -218,10 +226,29 @@ fn compile_step(
             return Err(format!("{place}: {field} is not available yet"));
         }
     }
-    if let Some(plugins) = plugins.filter(|p| !BUILTINS.contains(&s.plugin.as_str()) && !p.contains(&s.plugin)) {
-        let mut known: Vec<&str> = BUILTINS.to_vec();
-        known.extend(plugins.iter().map(String::as_str));
-        return Err(format!("{place}: unknown plugin {:?} (known: {})", s.plugin, known.join(", ")));
+    let builtin = BUILTINS.contains(&s.plugin.as_str());
+    if builtin && s.kind.is_some() {
+        return Err(format!("{place}: kind is for plugins; the built-in {:?} has none", s.plugin));
+    }
+    if let Some(plugins) = plugins.filter(|_| !builtin) {
+        let Some((_, kinds)) = plugins.iter().find(|(n, _)| *n == s.plugin) else {
+            let mut known: Vec<&str> = BUILTINS.to_vec();
+            known.extend(plugins.iter().map(|(n, _)| n.as_str()));
+            return Err(format!("{place}: unknown plugin {:?} (known: {})", s.plugin, known.join(", ")));
+        };
+        match &s.kind {
+            Some(k) if !kinds.contains(k) => {
+                return Err(format!("{place}: plugin {:?} has no kind {k:?} (kinds: {})", s.plugin, kinds.join(", ")));
+            }
+            None if kinds.len() > 1 => {
+                return Err(format!(
+                    "{place}: plugin {:?} implements several kinds ({}): name one with kind = \"…\"",
+                    s.plugin,
+                    kinds.join(", ")
+                ));
+            }
+            _ => {}
+        }
     }
     if let Some(bad) = s.secrets.iter().find(|n| !valid_name(n)) {
         return Err(format!("{place}: secret name {bad:?} must be 1-64 of a-z, 0-9, '-', '_'"));
@@ -237,6 +264,7 @@ fn compile_step(
     Ok(CompiledStep {
         name: name.to_owned(),
         plugin: s.plugin.clone(),
+        kind: s.kind.clone(),
         needs: s.needs.iter().map(|n| index[n.as_str()]).collect(),
         dependants: vec![],
         inputs,

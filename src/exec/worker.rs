@@ -132,11 +132,25 @@ impl Attempt {
             .map_err(|e| format!("plugin {} ({digest}) is not in the sealed store: {e}", job.job_type))
             .and_then(|t| toml::from_str(&t).map_err(|e| format!("plugin {}: plugin.toml: {e}", job.job_type)))
             .map_err(missing)?;
+        // The kind the step asked for, or the plugin's only one; a plugin upgraded since the
+        // DAG was registered may no longer implement it.
+        let kinds = manifest.kinds();
+        let kind = match job.payload["kind"].as_str() {
+            Some(k) if kinds.iter().any(|x| x == k) => k.to_owned(),
+            None if kinds.len() == 1 => kinds[0].clone(),
+            asked => {
+                return Err((
+                    "unknown_kind",
+                    format!("plugin {} ({digest}) implements {}, not {asked:?}", job.job_type, kinds.join(", ")),
+                ));
+            }
+        };
         let attempt = job.attempt;
         let run = job.payload["run"].as_str().unwrap_or("none");
         let step = job.payload["step"].as_str().unwrap_or("none");
         let workdir = self.opts.lib.join("work").join(run).join(step).join(format!("{}-{attempt}", job.id));
-        let (mut request, env) = plugin::request_and_env(job, &workdir, attempt);
+        let (mut request, mut env) = plugin::request_and_env(job, &workdir, attempt);
+        env.push(("STELLA_KIND".to_owned(), kind.clone()));
         // Secrets travel by reference until here: resolved now, given on stdin only.
         let mut secrets = serde_json::Map::new();
         let txn = self.store.read().map_err(|e| ("store", e.to_string()))?;
@@ -148,6 +162,7 @@ impl Attempt {
         }
         let values = secrets.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
         request["secrets"] = serde_json::Value::Object(secrets);
+        request["kind"] = serde_json::Value::String(kind);
         Ok(plugin::Invocation {
             secrets: values,
             program: dir.join(&manifest.entrypoint),

@@ -452,6 +452,23 @@ pub mod read {
         Ok(out)
     }
 
+    /// Installed plugins as specs see them: name and step kinds (the name when none recorded).
+    pub fn installed_plugins(txn: &ReadTransaction) -> Result<Vec<crate::engine::spec::InstalledPlugin>, StoreError> {
+        Ok(plugins(txn)?
+            .into_iter()
+            .map(|(name, rec)| {
+                let kinds: Vec<String> = rec["kinds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect();
+                let kinds = if kinds.is_empty() { vec![name.clone()] } else { kinds };
+                (name, kinds)
+            })
+            .collect())
+    }
+
     /// A secret's value, for the executor only.
     pub fn secret(txn: &ReadTransaction, name: &str) -> Result<Option<String>, StoreError> {
         let table = txn.open_table(SECRETS).map_err(rerr)?;

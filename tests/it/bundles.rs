@@ -430,6 +430,13 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
     // of it is read or allocated (the stream holds none of it).
     let mut long_name = entry("././@LongLink", tar::EntryType::GNULongName, b"");
     long_name.0.set_size(1 << 30);
+    // zstd bombs: a few compressed bytes that claim terabytes. Refused on the declared sizes
+    // (the tar header's against the manifest's, the manifest's against the cap) before any of
+    // it is decompressed.
+    let mut bomb = entry("a", tar::EntryType::Regular, b"");
+    bomb.0.set_size(1 << 40);
+    let mut huge = listed("a", b"x");
+    huge.size = 1 << 40;
     type Entries = Vec<(tar::Header, Vec<u8>)>;
     type Listed = Vec<stella::bundle::format::FileEntry>;
     let cases: Vec<(&str, Entries, Listed, Option<&str>, &str)> = vec![
@@ -448,6 +455,20 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
             vec![listed("a", b"x")],
             None,
             "long-name record of 1073741824 bytes",
+        ),
+        (
+            "zstd bomb under a small manifest size",
+            vec![bomb.clone()],
+            vec![listed("a", b"x")],
+            None,
+            "the manifest says 1",
+        ),
+        (
+            "zstd bomb with a manifest to match",
+            vec![bomb],
+            vec![huge],
+            None,
+            "more than the 17179869184 allowed unpacked",
         ),
         (
             "fifo",
@@ -749,4 +770,43 @@ fn a_giant_zstd_window_and_a_lying_pax_size_are_refused() {
     let path = sign_payload(root, &key, payload, vec![listed("a", b"x")], None);
     let err = stella::bundle::verify::verify(&path, &trust, 1_800_000_000_000).unwrap_err().to_string();
     assert!(err.starts_with("payload:"), "the lying PAX size is caught: {err}");
+}
+
+/// `bundle remove`: a plugin bundle is refused while an enabled DAG runs its plugin, a DAG bundle
+/// is removed and its DAG disabled in the same transaction, then the plugin bundle goes too —
+/// its sealed copy deleted, the removals ledgered. The trust store is never removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_are_removed_only_when_nothing_needs_them() {
+    let app = TestAppliance::start_production();
+    let root = app.root().to_path_buf();
+    let (key, bundle) = setup(&root);
+    assert!(stella(&root, &["bundle", "import", bundle.to_str().unwrap()]).status.success());
+    import_notify_dag(&root, &key);
+    assert_eq!(sealed_listing(&root).len(), 2);
+
+    let busy = stella(&root, &["bundle", "remove", "sample-plugin"]);
+    assert_eq!(busy.status.code(), Some(7), "{}", stderr(&busy));
+    assert!(stderr(&busy).contains("DAG notify@1 runs its plugin"), "{}", stderr(&busy));
+
+    let gone = stella(&root, &["bundle", "remove", "notify"]);
+    assert!(gone.status.success(), "{}", stderr(&gone));
+    let refused = stella(&root, &["orch", "run", "start", "notify"]);
+    assert!(!refused.status.success(), "the removed bundle's DAG no longer starts");
+    assert!(stderr(&refused).contains("disabled"), "{}", stderr(&refused));
+
+    let gone = stella(&root, &["bundle", "remove", "sample-plugin"]);
+    assert!(gone.status.success(), "{}", stderr(&gone));
+    assert!(sealed_listing(&root).is_empty(), "{:?}", sealed_listing(&root));
+    let list = api_get(&app.socket_client(), "/bundles").await;
+    assert_eq!(list["bundles"].as_array().unwrap().len(), 0, "{list}");
+    let plugins = api_get(&app.socket_client(), "/plugins").await;
+    assert_eq!(plugins["plugins"].as_array().unwrap().len(), 0, "{plugins}");
+    let ledger = api_get(&app.socket_client(), "/ledger?limit=1000").await;
+    let removed: Vec<&serde_json::Value> =
+        ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.removed").collect();
+    assert_eq!(removed.len(), 2, "{ledger}");
+    let missing = stella(&root, &["bundle", "remove", "sample-plugin"]);
+    assert_eq!(missing.status.code(), Some(6), "{}", stderr(&missing));
+    let db = stella(&root, &["orch", "db", "verify"]);
+    assert!(db.status.success(), "the replayed ledger gives the same tables: {}", stderr(&db));
 }

@@ -11,7 +11,6 @@ fn runbook_commands_not_built_yet_say_so_with_exit_3() {
         &["deploy", "--env", "prod", "--artifact", "web@1.4.1", "--force"],
         &["promotion", "status"],
         &["doctor", "--check", "check.orchestrator.job-health"],
-        &["bundle", "remove", "sample-plugin"],
     ] {
         let out = app.stella(args);
         assert_eq!(out.status.code(), Some(3), "stella {args:?}: {}", stderr(&out));

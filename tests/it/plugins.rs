@@ -11,10 +11,18 @@ use stella::client::Client;
 
 /// Writes a plugin directory with `script` as its entrypoint and registers it.
 async fn plugin(app: &TestAppliance, c: &Client, name: &str, script: &str) {
+    plugin_with(app, c, name, "", script).await
+}
+
+/// Same, with more lines for `plugin.toml`.
+async fn plugin_with(app: &TestAppliance, c: &Client, name: &str, toml: &str, script: &str) {
     let dir = app.root().join(format!("plugin-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("plugin.toml"), format!("name = \"{name}\"\nentrypoint = \"run.sh\"\nprotocol = 1\n"))
-        .unwrap();
+    std::fs::write(
+        dir.join("plugin.toml"),
+        format!("name = \"{name}\"\nentrypoint = \"run.sh\"\nprotocol = 1\n{toml}"),
+    )
+    .unwrap();
     std::fs::write(dir.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
     std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     api_post(c, "/plugins", json!({ "dir": dir })).await;
@@ -72,6 +80,31 @@ async fn flooding_hanging_and_silent_plugins_fail_with_clear_codes() {
     assert!(run["steps"][0]["error"].as_str().unwrap().contains("partial work"), "{run}");
     let (_, run) = run_once(&c, "quiet-dag", "quiet", "").await;
     assert_eq!(run["steps"][0]["errorCode"], "no_result");
+}
+
+/// A plugin declaring several step kinds: a step must name one it implements (the DAG is
+/// refused otherwise, naming the kinds), and the plugin receives it in the request and as
+/// STELLA_KIND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_picks_one_of_the_kinds_its_plugin_declares() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let script = r#"req=$(cat)
+case "$req" in *'"kind":"'"$STELLA_KIND"'"'*) ;; *) exit 7;; esac
+printf '{"event":"result","outputs":{"kind":"%s"}}\n' "$STELLA_KIND""#;
+    plugin_with(&app, &c, "multi", "kinds = [\"greet\", \"count\"]\n", script).await;
+    for (step, reason) in [
+        ("", "plugin \\\"multi\\\" implements several kinds (greet, count)"),
+        ("kind = \"wave\"", "plugin \\\"multi\\\" has no kind \\\"wave\\\" (kinds: greet, count)"),
+    ] {
+        let spec = format!("name = \"k\"\n[steps.only]\nplugin = \"multi\"\n{step}\n");
+        let reply = c.post(&format!("{API}/dags"), &json!({ "spec": spec })).await.unwrap();
+        assert_eq!(reply.status.as_u16(), 422, "{step}");
+        assert!(String::from_utf8_lossy(&reply.body).contains(reason), "{}", String::from_utf8_lossy(&reply.body));
+    }
+    let (_, run) = run_once(&c, "counting", "multi", "kind = \"count\"").await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["steps"][0]["outputs"]["kind"], "count", "{run}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

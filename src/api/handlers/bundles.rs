@@ -20,6 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -124,6 +125,7 @@ pub async fn import_bundle(
         fingerprint: v.signer.fingerprint.clone(),
         allow_downgrade: req.allow_downgrade,
         entrypoint: contents.entrypoint.clone(),
+        kinds: contents.kinds.clone(),
         dags: contents.dags.iter().map(|(n, _)| n.clone()).collect(),
     };
     // Kept beside the sealed payload so the bundle can be re-verified later.
@@ -162,6 +164,7 @@ pub async fn import_bundle(
 
 struct Contents {
     entrypoint: Option<String>,
+    kinds: Vec<String>,
     dags: Vec<(String, String)>,
 }
 
@@ -172,23 +175,23 @@ fn inspect(state: &AppState, kind: &Kind, name: &str, sealed: &Path) -> Result<C
         Kind::Plugin => {
             let text = std::fs::read_to_string(sealed.join("plugin.toml")).map_err(|e| format!("plugin.toml: {e}"))?;
             let manifest: crate::plugins::Manifest = toml::from_str(&text).map_err(|e| format!("plugin.toml: {e}"))?;
-            if manifest.name != name || manifest.protocol != 1 {
+            manifest.validate()?;
+            if manifest.name != name {
+                return Err(format!("plugin.toml names {:?}, the bundle {name:?}: they must agree", manifest.name));
+            }
+            let entry = sealed.join(&manifest.entrypoint);
+            let executable =
+                std::fs::symlink_metadata(&entry).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if !crate::bundle::format::valid_path(&manifest.entrypoint) || !executable {
                 return Err(format!(
-                    "plugin.toml names {:?} (protocol {}), the bundle {name:?}: they must agree, protocol 1",
-                    manifest.name, manifest.protocol
+                    "plugin.toml: entrypoint {:?} is not an executable file of the bundle",
+                    manifest.entrypoint
                 ));
             }
-            Ok(Contents { entrypoint: Some(manifest.entrypoint), dags: vec![] })
+            Ok(Contents { kinds: manifest.kinds(), entrypoint: Some(manifest.entrypoint), dags: vec![] })
         }
         Kind::Dag => {
-            let installed: Vec<String> = state
-                .store
-                .read()
-                .and_then(|t| read::plugins(&t))
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
+            let installed = state.store.read().and_then(|t| read::installed_plugins(&t)).map_err(|e| e.to_string())?;
             let mut files: Vec<PathBuf> = std::fs::read_dir(sealed)
                 .map_err(|e| e.to_string())?
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -205,7 +208,7 @@ fn inspect(state: &AppState, kind: &Kind, name: &str, sealed: &Path) -> Result<C
             if dags.is_empty() {
                 return Err("a DAG bundle carries at least one *.toml spec".into());
             }
-            Ok(Contents { entrypoint: None, dags })
+            Ok(Contents { entrypoint: None, kinds: vec![], dags })
         }
         Kind::Trust => {
             if !sealed.join("allowed_signers").is_file() {
@@ -223,7 +226,7 @@ fn inspect(state: &AppState, kind: &Kind, name: &str, sealed: &Path) -> Result<C
             }) {
                 return Err("the new trust store has no key for stella-trust@stella.invalid: it would lock out every future update".into());
             }
-            Ok(Contents { entrypoint: None, dags: vec![] })
+            Ok(Contents { entrypoint: None, kinds: vec![], dags: vec![] })
         }
     }
 }
@@ -264,4 +267,34 @@ pub async fn show(
     b["manifest"] = manifest.unwrap_or(Value::Null);
     b["sealedAt"] = json!(crate::plugins::sealed_dir(&state.lib, &digest));
     Ok(Json(b))
+}
+
+/// `DELETE /bundles/{name}`: uninstalls a plugin or DAG bundle (409 while something needs it),
+/// then deletes its sealed copy once no installed bundle or plugin shares that digest.
+pub async fn remove(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
+    let p = auth.require(Scope::Admin)?;
+    let before = read::bundles(&state.store.read()?)?
+        .into_iter()
+        .find(|b| b["name"] == name.as_str())
+        .ok_or_else(|| Problem::not_found(format!("bundle {name}")))?;
+    submit(&state, p, Command::Bundle(BundleCommand::Remove { name: name.clone() })).await?;
+    let digest = before["digest"].as_str().unwrap_or_default().to_owned();
+    let txn = state.store.read()?;
+    let shared = read::bundles(&txn)?.iter().any(|b| b["digest"] == digest.as_str())
+        || read::plugins(&txn)?.iter().any(|(_, p)| p["digest"] == digest.as_str());
+    if !shared && !digest.is_empty() {
+        // The ledger says it is gone; the files follow. A crash in between leaves an unused
+        // sealed directory, which nothing reads.
+        for dir in
+            [crate::plugins::sealed_dir(&state.lib, &digest), crate::bundle::installed::meta_dir(&state.lib, &digest)]
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    Ok(Json(json!({ "removed": name, "version": before["version"], "kind": before["kind"], "digest": digest,
+                    "disabledDags": before["dags"] })))
 }

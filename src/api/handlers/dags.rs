@@ -53,7 +53,7 @@ pub async fn register(
             "outside dev mode DAGs enter only as signed bundles (not available yet); this daemon was not started with --dev",
         ));
     }
-    let installed: Vec<String> = read::plugins(&state.store.read()?)?.into_iter().map(|(n, _)| n).collect();
+    let installed = read::installed_plugins(&state.store.read()?)?;
     let compiled = spec::compile(&req.spec, &installed).map_err(|e| Problem::invalid("spec", e))?;
     let name = compiled.name.clone();
     let c =
@@ -133,6 +133,7 @@ pub async fn register_plugin(
         name: checked.manifest.name.clone(),
         digest: checked.digest.clone(),
         entrypoint: checked.manifest.entrypoint.clone(),
+        kinds: checked.manifest.kinds(),
         unsigned: true,
     };
     let c = submit(&state, p, Command::Run(command)).await?;
