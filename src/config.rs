@@ -58,6 +58,10 @@ impl Layout {
         self.lib().join("keys/appliance_ed25519")
     }
     /// The admin token `serve --dev` creates, readable only by its owner.
+    /// The key `serve --dev` signs the sample bundles with (trusted as principal `dev`).
+    pub fn dev_bundle_key(&self) -> PathBuf {
+        self.lib().join("keys/dev-bundle_ed25519")
+    }
     pub fn dev_token(&self) -> PathBuf {
         self.lib().join("dev-admin.token")
     }

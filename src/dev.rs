@@ -82,6 +82,11 @@ pub fn prepare(layout: &Layout) -> Result<DevNotes, String> {
     let key = layout.appliance_key();
     let fingerprint = ensure_appliance_key(&key)?;
     notes.lines.push(format!("appliance key: {} ({fingerprint})", key.display()));
+    let dev_key = layout.dev_bundle_key();
+    let fingerprint = ensure_dev_bundle_key(&dev_key, &layout.trust_dir())?;
+    notes
+        .lines
+        .push(format!("bundle key:    {} ({fingerprint}, trusted as dev; signs the samples)", dev_key.display()));
     let (cert, tls_key) = (layout.default_tls_cert(), layout.default_tls_key());
     if !cert.exists() || !tls_key.exists() {
         generate_certificate(&cert, &tls_key)?;
@@ -102,6 +107,27 @@ pub fn ensure_appliance_key(path: &Path) -> Result<String, String> {
         return Ok(key.fingerprint(HashAlg::Sha256).to_string());
     }
     crate::trust::keys::generate(path, "stella-appliance")
+}
+
+/// Generates the dev bundle key if absent and trusts it for bundles (principal `dev`) unless the
+/// trust store already lists it; returns its fingerprint.
+fn ensure_dev_bundle_key(path: &Path, trust_dir: &Path) -> Result<String, String> {
+    if !path.exists() {
+        crate::trust::keys::generate(path, "stella-dev-bundles")?;
+    }
+    let key = PrivateKey::read_openssh_file(path).map_err(|e| format!("read dev key {}: {e}", path.display()))?;
+    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    let trust = crate::trust::store::TrustStore::load(trust_dir).map_err(|e| e.to_string())?;
+    if !trust.entries.iter().any(|e| e.key.fingerprint(HashAlg::Sha256).to_string() == fingerprint) {
+        crate::trust::store::append_signer(
+            &trust_dir.join("allowed_signers"),
+            "dev",
+            key.public_key(),
+            crate::trust::sig::Namespace::Bundle.as_str(),
+            None,
+        )?;
+    }
+    Ok(fingerprint)
 }
 
 /// The appliance key's fingerprint, if the key exists and reads.

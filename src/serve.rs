@@ -7,6 +7,7 @@
 
 use crate::api::{self, AppState, server};
 use crate::auth::{self, Scope};
+use crate::bundle::format::{Kind, ZSTD_LEVEL};
 use crate::clock::{self, SharedClock};
 use crate::config::{Config, Layout};
 use crate::dev;
@@ -78,9 +79,6 @@ async fn daemon(
     .await?;
     let new_token =
         if opts.dev { ensure_dev_token(&opts.layout, &store, &writer, &config, &*clock).await? } else { None };
-    if opts.dev {
-        register_samples(&writer, &opts.layout.lib()).await?;
-    }
     // Bundles installed earlier must still verify against today's trust store and disk.
     let checked = crate::bundle::installed::reverify_all(
         &store,
@@ -120,6 +118,9 @@ async fn daemon(
         trust_dir: opts.layout.trust_dir(),
         owner_uid: unsafe_free_geteuid(),
     });
+    if opts.dev {
+        import_samples(&state, &opts.layout).await?;
+    }
     if let Some(notes) = dev_notes {
         print_banner(&opts.layout, &notes, &listeners, new_token.as_deref());
     }
@@ -211,37 +212,54 @@ async fn ensure_dev_token(
 }
 
 /// The samples shipped in `bundles/`, compiled into the binary so `serve --dev` works from any
-/// directory. Registered unsigned (dev mode only) until signed bundles land.
-const SAMPLES: &[&str] = &[include_str!("../bundles/sample-pipeline.dag.toml")];
-const SAMPLE_PLUGIN: &[(&str, &str, u32)] = &[
-    ("plugin.toml", include_str!("../bundles/sample-plugin/plugin.toml"), 0o644),
-    ("run.sh", include_str!("../bundles/sample-plugin/run.sh"), 0o755),
+/// directory: each is built into a bundle signed with the dev key and imported the way an
+/// operator imports one — the same checks, the same sealed store, the same ledger entries.
+/// A file of a sample: its path in the bundle, its text, its mode.
+type SampleFile = (&'static str, &'static str, u32);
+const SAMPLES: &[(&str, Kind, &[SampleFile])] = &[
+    (
+        "sample-plugin",
+        Kind::Plugin,
+        &[
+            ("plugin.toml", include_str!("../bundles/sample-plugin/plugin.toml"), 0o644),
+            ("run.sh", include_str!("../bundles/sample-plugin/run.sh"), 0o755),
+        ],
+    ),
+    (
+        "sample-pipeline",
+        Kind::Dag,
+        &[("sample-pipeline.toml", include_str!("../bundles/sample-pipeline.dag.toml"), 0o644)],
+    ),
 ];
 
-async fn register_samples(writer: &WriterHandle, lib: &Path) -> Result<(), CliError> {
-    let staging = lib.join("bundles/staging").join(format!("sample-{}", crate::ids::random_hex(4)));
-    for (name, text, mode) in SAMPLE_PLUGIN {
-        dev::write_file_atomic(&staging.join(name), text.as_bytes(), *mode)
-            .map_err(|e| CliError::Other(format!("sample plugin: {e}")))?;
-    }
-    let checked = crate::plugins::check(&staging).map_err(|e| CliError::Other(format!("sample plugin: {e}")))?;
-    crate::plugins::seal(lib, &checked).map_err(CliError::Other)?;
-    let _ = std::fs::remove_dir_all(&staging);
-    let plugin = crate::engine::RunCommand::RegisterPlugin {
-        name: checked.manifest.name.clone(),
-        digest: checked.digest.clone(),
-        entrypoint: checked.manifest.entrypoint.clone(),
-        kinds: checked.manifest.kinds(),
-        unsigned: true,
+async fn import_samples(state: &AppState, layout: &Layout) -> Result<(), CliError> {
+    let key = crate::trust::keys::read_private(&layout.dev_bundle_key()).map_err(CliError::Other)?;
+    let dir = layout.lib().join("dev");
+    let principal = crate::auth::Principal {
+        tenant: None,
+        actor: Actor::appliance().name,
+        scopes: crate::auth::Scope::ALL.to_vec(),
     };
-    submit(writer, Command::Run(plugin)).await?;
-    let installed = vec![(checked.manifest.name.clone(), checked.manifest.kinds())];
-    for text in SAMPLES {
-        let compiled =
-            crate::engine::spec::compile(text, &installed).map_err(|e| CliError::Other(format!("sample DAG: {e}")))?;
-        let command =
-            crate::engine::RunCommand::RegisterDag { name: compiled.name, spec: (*text).to_owned(), unsigned: true };
-        submit(writer, Command::Run(command)).await?;
+    for (name, kind, files) in SAMPLES {
+        let source = dir.join(name);
+        let _ = std::fs::remove_dir_all(&source);
+        for (file, text, mode) in *files {
+            dev::write_file_atomic(&source.join(file), text.as_bytes(), *mode)
+                .map_err(|e| CliError::Other(format!("sample {name}: {e}")))?;
+        }
+        let bundle = dir.join(format!("{name}-{}.bundle", env!("CARGO_PKG_VERSION")));
+        let (s, b, k, kind) = (source.clone(), bundle.clone(), key.clone(), *kind);
+        tokio::task::spawn_blocking(move || {
+            crate::bundle::build::build_to(&s, kind, name, env!("CARGO_PKG_VERSION"), &k, &b, ZSTD_LEVEL)
+        })
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?
+        .map_err(|e| CliError::Other(format!("sample {name}: {e}")))?;
+        if let Err(p) = crate::api::handlers::bundles::import_file(state, &principal, &bundle, false).await {
+            // A dev state directory from an older stella may hold other samples under the same
+            // version; the appliance still starts, saying why the sample was not replaced.
+            tracing::warn!(sample = name, reason = %p.body().detail, "sample bundle not imported");
+        }
     }
     Ok(())
 }

@@ -24,8 +24,8 @@ pub enum BundleCommand {
         entrypoint: Option<String>,
         /// The step kinds a plugin bundle's plugin implements.
         kinds: Vec<String>,
-        /// DAG names a DAG bundle registers.
-        dags: Vec<String>,
+        /// The DAGs a DAG bundle registers (name, spec), in the import's transaction.
+        dags: Vec<(String, String)>,
     },
     Reject {
         file: String,
@@ -105,12 +105,16 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
                     _ => {}
                 }
             }
+            let names: Vec<&String> = dags.iter().map(|(n, _)| n).collect();
             let mut drafts = vec![Draft {
                 tenant: String::new(),
                 kind: "bundle.imported",
                 subjects: vec![name.clone(), digest.clone()],
-                data: json!({ "name": name, "version": version, "kind": kind, "digest": digest, "signer": signer, "fingerprint": fingerprint, "dags": dags }),
+                data: json!({ "name": name, "version": version, "kind": kind, "digest": digest, "signer": signer, "fingerprint": fingerprint, "dags": names }),
             }];
+            for (dag, spec) in dags {
+                drafts.extend(crate::engine::plan::register(txn, dag, spec, false)?.drafts);
+            }
             if let Some(entrypoint) = entrypoint {
                 drafts.push(Draft {
                     tenant: String::new(),

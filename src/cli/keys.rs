@@ -26,31 +26,8 @@ pub fn run(g: &Global, cmd: KeysCmd) -> Result<(), CliError> {
                 .map_err(|e| CliError::Invalid(format!("{}: {e}", pubkey.display())))?;
             let key = PublicKey::from_openssh(text.trim())
                 .map_err(|e| CliError::Invalid(format!("{}: {e}", pubkey.display())))?;
-            if key.algorithm() != ssh_key::Algorithm::Ed25519 {
-                return Err(CliError::Invalid(format!("{}: only ssh-ed25519 keys are trusted", pubkey.display())));
-            }
-            if principal.is_empty() || principal.contains(char::is_whitespace) {
-                return Err(CliError::Invalid("--principal must be one word".into()));
-            }
-            let mut options = vec![format!("namespaces=\"{namespaces}\"")];
-            if let Some(vb) = &valid_before {
-                options.push(format!("valid-before=\"{vb}\""));
-            }
-            let line = format!(
-                "{principal} {} {}",
-                options.join(","),
-                key.to_openssh().map_err(|e| CliError::Other(e.to_string()))?
-            );
-            store::parse_line(&line, "new entry", 1).map_err(|e| CliError::Invalid(e.to_string()))?;
-            let mut current = std::fs::read_to_string(&signers).unwrap_or_default();
-            if !current.is_empty() && !current.ends_with('\n') {
-                current.push('\n');
-            }
-            current.push_str(&line);
-            current.push('\n');
-            crate::dev::write_file_atomic(&signers, current.as_bytes(), 0o644)
-                .map_err(|e| CliError::Other(format!("write {}: {e}", signers.display())))?;
-            let fp = key.fingerprint(HashAlg::Sha256).to_string();
+            let fp = store::append_signer(&signers, &principal, &key, &namespaces, valid_before.as_deref())
+                .map_err(|e| CliError::Invalid(format!("{}: {e}", pubkey.display())))?;
             output::print(g.format, &json!({ "principal": principal, "fingerprint": fp }), |v| {
                 format!("trusted {} as {}\n", s(&v["fingerprint"]), s(&v["principal"]))
             });

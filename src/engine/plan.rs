@@ -163,7 +163,12 @@ fn dag_record(txn: &WriteTransaction, name: &str) -> Result<Option<DagRecord>, C
     rw::get::<DagRecord>(&txn.open_table(DAGS).map_err(storage)?, "dags", name).map_err(storage)
 }
 
-fn register(txn: &WriteTransaction, name: &str, text: &str, unsigned: bool) -> Result<Effects, CommandError> {
+pub(crate) fn register(
+    txn: &WriteTransaction,
+    name: &str,
+    text: &str,
+    unsigned: bool,
+) -> Result<Effects, CommandError> {
     let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
     let rec = dag_record(txn, name)?;
     if let Some(v) =

@@ -132,6 +132,39 @@ pub fn parse_line(line: &str, file: &str, n: usize) -> Result<Option<Entry>, Tru
     Ok(Some(entry))
 }
 
+/// Appends a trusted signer to an `allowed_signers` file (written atomically): an Ed25519 key,
+/// a one-word principal, its namespaces (comma-separated) and an optional `valid-before`.
+/// Returns the key's fingerprint.
+pub fn append_signer(
+    signers: &Path,
+    principal: &str,
+    key: &PublicKey,
+    namespaces: &str,
+    valid_before: Option<&str>,
+) -> Result<String, String> {
+    if key.algorithm() != ssh_key::Algorithm::Ed25519 {
+        return Err("only ssh-ed25519 keys are trusted".into());
+    }
+    if principal.is_empty() || principal.contains(char::is_whitespace) {
+        return Err("the principal must be one word".into());
+    }
+    let mut options = vec![format!("namespaces=\"{namespaces}\"")];
+    if let Some(vb) = valid_before {
+        options.push(format!("valid-before=\"{vb}\""));
+    }
+    let line = format!("{principal} {} {}", options.join(","), key.to_openssh().map_err(|e| e.to_string())?);
+    parse_line(&line, "new entry", 1).map_err(|e| e.to_string())?;
+    let mut current = std::fs::read_to_string(signers).unwrap_or_default();
+    if !current.is_empty() && !current.ends_with('\n') {
+        current.push('\n');
+    }
+    current.push_str(&line);
+    current.push('\n');
+    crate::dev::write_file_atomic(signers, current.as_bytes(), 0o644)
+        .map_err(|e| format!("write {}: {e}", signers.display()))?;
+    Ok(key.fingerprint(HashAlg::Sha256).to_string())
+}
+
 impl TrustStore {
     /// Reads `allowed_signers` and, if present, `revoked` from `dir`.
     pub fn load(dir: &Path) -> Result<TrustStore, TrustError> {

@@ -810,3 +810,46 @@ async fn bundles_are_removed_only_when_nothing_needs_them() {
     let db = stella(&root, &["orch", "db", "verify"]);
     assert!(db.status.success(), "the replayed ledger gives the same tables: {}", stderr(&db));
 }
+
+/// `serve --dev` signs the samples of `bundles/` with its generated dev key (trusted as `dev`)
+/// and imports them like any bundle; a restart finds them installed and imports nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dev_imports_the_samples_as_signed_bundles() {
+    let mut app = TestAppliance::start();
+    let c = app.socket_client();
+    let list = api_get(&c, "/bundles").await;
+    let mut got: Vec<(String, String, String)> = list["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().into(),
+                b["kind"].as_str().unwrap().into(),
+                b["signer"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("sample-pipeline".into(), "dag".into(), "dev".into()),
+            ("sample-plugin".into(), "plugin".into(), "dev".into())
+        ]
+    );
+    let plugins = api_get(&c, "/plugins").await;
+    assert_eq!(plugins["plugins"][0]["unsigned"], false, "{plugins}");
+    let trusted = app.stella(&["keys", "trust", "list"]);
+    assert!(stdout(&trusted).contains("dev"), "{}", stdout(&trusted));
+    let imported = |ledger: &serde_json::Value| {
+        ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.imported").count()
+    };
+    assert_eq!(imported(&api_get(&c, "/ledger?limit=1000").await), 2);
+    app.terminate();
+    app.launch();
+    let c = app.socket_client();
+    assert_eq!(imported(&api_get(&c, "/ledger?limit=1000").await), 2, "nothing imported twice");
+    let verify = app.stella(&["bundle", "verify", "--installed"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}

@@ -3,7 +3,7 @@
 //! the ledger sequence.
 
 use crate::support::*;
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use stella::store::schema::{LEDGER, TOKENS};
 
 /// A stopped store holding the dev token, the sample DAG and three more tokens: entries 1–4 are
@@ -42,11 +42,20 @@ fn assert_verify_names(app: &TestAppliance, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_inside_a_value_is_named_by_sequence() {
     let (app, _) = stopped_store().await;
-    edit_ledger(&app, 5, |bytes| {
+    // The first entry that carries a digest (a registration of the dev samples).
+    let seq = {
+        let db = Database::open(app.store_path()).unwrap();
+        let txn = db.begin_read().unwrap();
+        let ledger = txn.open_table(LEDGER).unwrap();
+        (1..100u64)
+            .find(|s| ledger.get(*s).unwrap().is_some_and(|v| v.value().windows(8).any(|w| w == b"\"sha256\"")))
+            .unwrap()
+    };
+    edit_ledger(&app, seq, |bytes| {
         let at = bytes.windows(8).position(|w| w == b"\"sha256\"").unwrap() + 11;
         bytes[at] = if bytes[at] == b'a' { b'b' } else { b'a' };
     });
-    assert_verify_names(&app, "ledger entry 5: hash does not match");
+    assert_verify_names(&app, &format!("ledger entry {seq}: hash does not match"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,6 @@ use crate::auth::{Principal, Scope};
 use crate::bundle::format::Kind;
 use crate::bundle::plan::BundleCommand;
 use crate::bundle::{import, verify};
-use crate::engine::RunCommand;
 use crate::store::Command;
 use crate::store::schema::read;
 use crate::trust::store::TrustStore;
@@ -61,7 +60,20 @@ pub async fn import_bundle(
     JsonBody(req): JsonBody<ImportRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let p = auth.require(Scope::Admin)?;
-    let path = PathBuf::from(&req.path);
+    let body = import_file(&state, p, Path::new(&req.path), req.allow_downgrade).await?;
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Imports the bundle at `path` on this host, in the order of DESIGN.md §3 — verified against
+/// the current trust store, the version policy, sealed, its plugin or DAGs registered in the
+/// import's transaction — or ledgers its rejection and answers with the reason.
+pub async fn import_file(
+    state: &AppState,
+    p: &Principal,
+    path: &Path,
+    allow_downgrade: bool,
+) -> Result<Value, Problem> {
+    let path = path.to_path_buf();
     let (trust_dir, now) = (state.trust_dir.clone(), state.clock.now_ms());
     let checked = {
         let path = path.clone();
@@ -74,19 +86,19 @@ pub async fn import_bundle(
     };
     let v = match checked {
         Ok(v) => v,
-        Err(reason) => return Err(reject(&state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
+        Err(reason) => return Err(reject(state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
     };
     let m = v.manifest.clone();
     let installed = read::bundles(&state.store.read()?)?.into_iter().find(|b| b["name"] == m.name.as_str());
     if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
         && import::compare_versions(&m.version, &cur).is_lt()
-        && !req.allow_downgrade
+        && !allow_downgrade
     {
         let reason = format!(
             "bundle {} {} is older than the installed {cur}: a downgrade needs --allow-downgrade",
             m.name, m.version
         );
-        return Err(reject(&state, p, &path, StatusCode::CONFLICT, reason).await);
+        return Err(reject(state, p, &path, StatusCode::CONFLICT, reason).await);
     }
     let limit = state.config.bundles.max_major_jump;
     if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
@@ -95,7 +107,7 @@ pub async fn import_bundle(
     {
         let reason =
             format!("bundle {} jumps from {cur} to {}, past bundles.max_major_jump = {limit}", m.name, m.version);
-        return Err(reject(&state, p, &path, StatusCode::CONFLICT, reason).await);
+        return Err(reject(state, p, &path, StatusCode::CONFLICT, reason).await);
     }
     let lib = state.lib.clone();
     let existed = crate::plugins::sealed_dir(&lib, &m.payload.sha256).exists();
@@ -105,15 +117,15 @@ pub async fn import_bundle(
     };
     let sealed = match sealed {
         Ok(s) => s,
-        Err(reason) => return Err(reject(&state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
+        Err(reason) => return Err(reject(state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
     };
-    let contents = match inspect(&state, &m.kind, &m.name, &sealed) {
+    let contents = match inspect(state, &m.kind, &m.name, &sealed) {
         Ok(c) => c,
         Err(reason) => {
             if !existed {
                 let _ = std::fs::remove_dir_all(&sealed);
             }
-            return Err(reject(&state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await);
+            return Err(reject(state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await);
         }
     };
     let command = BundleCommand::Import {
@@ -123,10 +135,10 @@ pub async fn import_bundle(
         digest: m.payload.sha256.clone(),
         signer: v.signer.principal.clone(),
         fingerprint: v.signer.fingerprint.clone(),
-        allow_downgrade: req.allow_downgrade,
+        allow_downgrade,
         entrypoint: contents.entrypoint.clone(),
         kinds: contents.kinds.clone(),
-        dags: contents.dags.iter().map(|(n, _)| n.clone()).collect(),
+        dags: contents.dags.clone(),
     };
     // Kept beside the sealed payload so the bundle can be re-verified later.
     let meta = crate::bundle::installed::meta_dir(&lib, &m.payload.sha256);
@@ -137,17 +149,9 @@ pub async fn import_bundle(
                     .map_err(|e| Problem::internal(format!("write {}: {e}", meta.display())))?;
             }
         }
-        Err(e) => return Err(reject(&state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).await),
+        Err(e) => return Err(reject(state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).await),
     }
-    submit(&state, p, Command::Bundle(command)).await?;
-    for (name, spec) in &contents.dags {
-        submit(
-            &state,
-            p,
-            Command::Run(RunCommand::RegisterDag { name: name.clone(), spec: spec.clone(), unsigned: false }),
-        )
-        .await?;
-    }
+    submit(state, p, Command::Bundle(command)).await?;
     if m.kind == Kind::Trust {
         // Replaces the trust store atomically; the next verification reads the new one.
         for file in ["allowed_signers", "revoked"] {
@@ -157,9 +161,10 @@ pub async fn import_bundle(
         }
     }
     let dags: Vec<&String> = contents.dags.iter().map(|(n, _)| n).collect();
-    let body = json!({ "name": m.name, "version": m.version, "kind": m.kind, "digest": m.payload.sha256, "signer": v.signer.principal,
-                       "fingerprint": v.signer.fingerprint, "files": v.files, "dags": dags });
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok(
+        json!({ "name": m.name, "version": m.version, "kind": m.kind, "digest": m.payload.sha256, "signer": v.signer.principal,
+               "fingerprint": v.signer.fingerprint, "files": v.files, "dags": dags }),
+    )
 }
 
 struct Contents {
