@@ -7,8 +7,9 @@ use crate::bundle::format::*;
 use crate::trust::sig::{self, Namespace, SigError, Signer};
 use crate::trust::store::TrustStore;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +100,25 @@ impl std::io::Write for HashWriter<'_> {
     }
 }
 
+/// An envelope whose signature, digests and manifest passed; its payload is not walked yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub manifest: Manifest,
+    pub signer: Signer,
+    payload_offset: u64,
+    payload_size: u64,
+}
+
+/// The whole offline check: [`check_envelope`], then a walk of the payload that writes nothing.
 pub fn verify(path: &Path, trust: &TrustStore, now_ms: i64) -> Result<Verified, BundleError> {
+    let e = check_envelope(path, trust, now_ms)?;
+    let (files, unpacked_bytes) = walk_payload(path, &e, None)?;
+    Ok(Verified { manifest: e.manifest, signer: e.signer, files, unpacked_bytes })
+}
+
+/// Steps 1–4 of DESIGN.md §3: the bounded envelope read, the signature over SHA256SUMS, the
+/// digests, the manifest. Nothing is decompressed.
+pub fn check_envelope(path: &Path, trust: &TrustStore, now_ms: i64) -> Result<Envelope, BundleError> {
     let m = members(path)?;
     let sums_bytes = &m.small[SUMS];
     let sig_text = String::from_utf8_lossy(&m.small[SUMS_SIG]).into_owned();
@@ -129,8 +148,19 @@ pub fn verify(path: &Path, trust: &TrustStore, now_ms: i64) -> Result<Verified, 
             if manifest.kind == Kind::Trust { Namespace::Trust.as_str() } else { Namespace::Bundle.as_str() }
         )));
     }
-    let (files, unpacked_bytes) = walk_payload(path, &m, &manifest)?;
-    Ok(Verified { manifest, signer, files, unpacked_bytes })
+    Ok(Envelope { manifest, signer, payload_offset: m.payload_offset, payload_size: m.payload_size })
+}
+
+/// Step 5 alone, writing nothing: the payload against the manifest.
+pub fn walk(path: &Path, envelope: &Envelope) -> Result<(usize, u64), BundleError> {
+    walk_payload(path, envelope, None)
+}
+
+/// Step 5 into `staging` (a fresh, empty directory): the same walk as [`verify`]'s, each
+/// directory and file created exclusively as it is read, each file hashed while written and
+/// fsynced, then every directory fsynced. On error the caller removes `staging`.
+pub fn unpack(path: &Path, envelope: &Envelope, staging: &Path) -> Result<(usize, u64), BundleError> {
+    walk_payload(path, envelope, Some(staging))
 }
 
 fn check_manifest(manifest: &Manifest, m: &Members, now_ms: i64) -> Result<(), BundleError> {
@@ -168,22 +198,34 @@ fn check_manifest(manifest: &Manifest, m: &Members, now_ms: i64) -> Result<(), B
         if !valid_path(&f.path) || !paths.insert(f.path.as_str()) {
             return bad(format!("file path {:?} is invalid or listed twice", f.path));
         }
+        if !matches!(f.kind.as_str(), "file" | "dir") {
+            return bad(format!("{:?} has type {:?}: only file and dir exist", f.path, f.kind));
+        }
+    }
+    let dirs: HashSet<&str> = manifest.files.iter().filter(|f| f.kind == "dir").map(|f| f.path.as_str()).collect();
+    if let Some(orphan) =
+        manifest.files.iter().find(|f| f.path.rsplit_once('/').is_some_and(|(parent, _)| !dirs.contains(parent)))
+    {
+        return bad(format!("{:?} is listed without its directory", orphan.path));
     }
     Ok(())
 }
 
 /// Streams the payload through a bounded zstd window and a tar reader; every entry must be a
-/// regular file or directory listed in the manifest with the same size, mode and digest.
-fn walk_payload(path: &Path, m: &Members, manifest: &Manifest) -> Result<(usize, u64), BundleError> {
+/// regular file or directory listed in the manifest with the same size, mode and digest, and
+/// every listed entry must appear. With a `sink`, each entry is also created under it.
+fn walk_payload(path: &Path, e: &Envelope, sink: Option<&Path>) -> Result<(usize, u64), BundleError> {
     let pay = |s: String| BundleError::Payload(s);
     let mut file = std::fs::File::open(path).map_err(|e| pay(e.to_string()))?;
-    file.seek(SeekFrom::Start(m.payload_offset)).map_err(|e| pay(e.to_string()))?;
+    file.seek(SeekFrom::Start(e.payload_offset)).map_err(|e| pay(e.to_string()))?;
     let mut decoder =
-        zstd::stream::read::Decoder::new(file.take(m.payload_size)).map_err(|e| pay(format!("zstd: {e}")))?;
+        zstd::stream::read::Decoder::new(file.take(e.payload_size)).map_err(|e| pay(format!("zstd: {e}")))?;
     decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| pay(format!("zstd: {e}")))?;
-    let listed: BTreeMap<&str, &FileEntry> = manifest.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let listed: HashMap<&str, &FileEntry> = e.manifest.files.iter().map(|f| (f.path.as_str(), f)).collect();
     let mut seen = HashSet::new();
     let mut total = 0u64;
+    let mut created_dirs = sink.map(|s| vec![s.to_path_buf()]).unwrap_or_default();
+    let mut buf = vec![0u8; 256 * 1024];
     let mut archive = tar::Archive::new(decoder);
     for named in crate::bundle::entries::entries(&mut archive).map_err(pay)? {
         let crate::bundle::entries::Named { name, mut entry } = named.map_err(pay)?;
@@ -194,9 +236,14 @@ fn walk_payload(path: &Path, m: &Members, manifest: &Manifest) -> Result<(usize,
         if !seen.insert(name.clone()) {
             return Err(pay(format!("entry {name:?} appears twice")));
         }
-        let kind = entry.header().entry_type();
-        match (kind, f.kind.as_str()) {
-            (tar::EntryType::Directory, "dir") => {}
+        let dest = sink.map(|s| s.join(&name));
+        match (entry.header().entry_type(), f.kind.as_str()) {
+            (tar::EntryType::Directory, "dir") => {
+                if let Some(dest) = dest {
+                    std::fs::create_dir(&dest).map_err(|e| pay(format!("{name}: {e}")))?;
+                    created_dirs.push(dest);
+                }
+            }
             (tar::EntryType::Regular, "file") => {
                 let size = entry.size();
                 total += size;
@@ -207,11 +254,38 @@ fn walk_payload(path: &Path, m: &Members, manifest: &Manifest) -> Result<(usize,
                 if mode != f.mode {
                     return Err(pay(format!("entry {name:?} has mode {mode:o}, the manifest says {:o}", f.mode)));
                 }
+                let mut out = match &dest {
+                    Some(d) => Some(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .open(d)
+                            .map_err(|e| pay(format!("{name}: {e}")))?,
+                    ),
+                    None => None,
+                };
                 let mut h = Sha256::new();
-                std::io::copy(&mut (&mut entry).take(size), &mut HashWriter(&mut h))
-                    .map_err(|e| pay(format!("{name}: {e}")))?;
+                let mut left = size;
+                while left > 0 {
+                    let want = left.min(buf.len() as u64) as usize;
+                    let n = entry.read(&mut buf[..want]).map_err(|e| pay(format!("{name}: {e}")))?;
+                    if n == 0 {
+                        return Err(pay(format!("entry {name:?} ends before its {size} bytes")));
+                    }
+                    h.update(&buf[..n]);
+                    if let Some(out) = out.as_mut() {
+                        out.write_all(&buf[..n]).map_err(|e| pay(format!("{name}: {e}")))?;
+                    }
+                    left -= n as u64;
+                }
                 if Some(hex::encode(h.finalize())) != f.sha256 {
                     return Err(pay(format!("entry {name:?} does not match its sha256 in the manifest")));
+                }
+                if let Some(out) = out {
+                    out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o555))
+                        .and_then(|()| out.sync_all())
+                        .map_err(|e| pay(format!("{name}: {e}")))?;
                 }
             }
             (other, _) => {
@@ -221,8 +295,11 @@ fn walk_payload(path: &Path, m: &Members, manifest: &Manifest) -> Result<(usize,
             }
         }
     }
-    if let Some(missing) = manifest.files.iter().find(|f| !seen.contains(&f.path)) {
+    if let Some(missing) = e.manifest.files.iter().find(|f| !seen.contains(&f.path)) {
         return Err(pay(format!("{:?} is in the manifest but not in the payload", missing.path)));
+    }
+    for d in created_dirs.iter().rev() {
+        std::fs::File::open(d).and_then(|d| d.sync_all()).map_err(|e| pay(format!("{}: {e}", d.display())))?;
     }
     Ok((seen.len(), total))
 }

@@ -445,7 +445,16 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
         (
             "symlink followed by an entry through it",
             vec![dir_link, entry("lib/passwd", tar::EntryType::Regular, b"x")],
-            vec![listed("lib", b""), listed("lib/passwd", b"x")],
+            vec![
+                stella::bundle::format::FileEntry {
+                    path: "lib".into(),
+                    kind: "dir".into(),
+                    size: 0,
+                    mode: 0o755,
+                    sha256: None,
+                },
+                listed("lib/passwd", b"x"),
+            ],
             None,
             "only regular files and directories",
         ),
@@ -471,6 +480,13 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
             "more than the 17179869184 allowed unpacked",
         ),
         (
+            "file listed without its directory",
+            vec![entry("a/b", tar::EntryType::Regular, b"x")],
+            vec![listed("a/b", b"x")],
+            None,
+            "\"a/b\" is listed without its directory",
+        ),
+        (
             "fifo",
             vec![entry("run.sh", tar::EntryType::Fifo, b"")],
             vec![listed("run.sh", b"")],
@@ -493,8 +509,8 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
         ),
         (
             "absolute path",
-            vec![entry("/etc/cron.d/x", tar::EntryType::Regular, b"x")],
-            vec![listed("etc/cron.d/x", b"x")],
+            vec![entry("/etc-cron-x", tar::EntryType::Regular, b"x")],
+            vec![listed("etc-cron-x", b"x")],
             None,
             "unsafe path",
         ),

@@ -77,9 +77,10 @@ pub async fn import_file(
     let (trust_dir, now) = (state.trust_dir.clone(), state.clock.now_ms());
     let checked = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || -> Result<verify::Verified, String> {
+        // Steps 1-4 only: the payload is walked once, while it is unpacked into staging.
+        tokio::task::spawn_blocking(move || -> Result<verify::Envelope, String> {
             let trust = TrustStore::load(&trust_dir).map_err(|e| e.to_string())?;
-            verify::verify(&path, &trust, now).map_err(|e| e.to_string())
+            verify::check_envelope(&path, &trust, now).map_err(|e| e.to_string())
         })
         .await
         .map_err(Problem::internal)?
@@ -112,8 +113,8 @@ pub async fn import_file(
     let lib = state.lib.clone();
     let existed = crate::plugins::sealed_dir(&lib, &m.payload.sha256).exists();
     let sealed = {
-        let (path, m, lib) = (path.clone(), m.clone(), lib.clone());
-        tokio::task::spawn_blocking(move || import::seal(&path, &m, &lib)).await.map_err(Problem::internal)?
+        let (path, v, lib) = (path.clone(), v.clone(), lib.clone());
+        tokio::task::spawn_blocking(move || import::seal(&path, &v, &lib)).await.map_err(Problem::internal)?
     };
     let sealed = match sealed {
         Ok(s) => s,
@@ -163,7 +164,7 @@ pub async fn import_file(
     let dags: Vec<&String> = contents.dags.iter().map(|(n, _)| n).collect();
     Ok(
         json!({ "name": m.name, "version": m.version, "kind": m.kind, "digest": m.payload.sha256, "signer": v.signer.principal,
-               "fingerprint": v.signer.fingerprint, "files": v.files, "dags": dags }),
+               "fingerprint": v.signer.fingerprint, "files": m.files.len(), "dags": dags }),
     )
 }
 
