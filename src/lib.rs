@@ -18,6 +18,7 @@ pub mod ids;
 pub mod ledger;
 pub mod locks;
 pub mod plugins;
+pub mod progress;
 pub mod queue;
 pub mod runtime_config;
 pub mod serve;

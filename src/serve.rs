@@ -117,6 +117,7 @@ async fn daemon(
         lib: opts.layout.lib(),
         trust_dir: opts.layout.trust_dir(),
         owner_uid: unsafe_free_geteuid(),
+        progress: Default::default(),
     });
     if opts.dev {
         import_samples(&state, &opts.layout).await?;
@@ -255,7 +256,9 @@ async fn import_samples(state: &AppState, layout: &Layout) -> Result<(), CliErro
         .await
         .map_err(|e| CliError::Other(e.to_string()))?
         .map_err(|e| CliError::Other(format!("sample {name}: {e}")))?;
-        if let Err(p) = crate::api::handlers::bundles::import_file(state, &principal, &bundle, false).await {
+        if let Err(p) =
+            crate::api::handlers::bundles::import_file(state, &principal, &bundle, false, Default::default()).await
+        {
             // A dev state directory from an older stella may hold other samples under the same
             // version; the appliance still starts, saying why the sample was not replaced.
             tracing::warn!(sample = name, reason = %p.body().detail, "sample bundle not imported");

@@ -62,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bundles", get(bundles::list).post(bundles::import_bundle))
         .route("/bundles/verify-installed", post(bundles::verify_installed))
         .route("/bundles/{name}", get(bundles::show).delete(bundles::remove))
+        .route("/progress/{id}", get(bundles::progress))
         .route("/schedules", get(dags::schedules))
         .route("/schedules/{dag}/{action}", post(dags::schedule_action))
         .route("/secrets", get(config::secret_list))

@@ -23,4 +23,6 @@ pub struct AppState {
     pub trust_dir: std::path::PathBuf,
     /// This process's effective uid: peers on the Unix socket with it (or root) are admin.
     pub owner_uid: u32,
+    /// Progress of long operations, by the id their client chose.
+    pub progress: crate::progress::Registry,
 }

@@ -5,20 +5,21 @@
 //! sealed store is exactly as before.
 
 use crate::bundle::verify::{Envelope, unpack};
+use crate::progress::Progress;
 use std::path::{Path, PathBuf};
 
 /// Unpacks the payload of the checked envelope at `path` into the sealed store; returns the
 /// sealed directory. An already sealed payload (same digest) is kept as it is.
-pub fn seal(path: &Path, envelope: &Envelope, lib: &Path) -> Result<PathBuf, String> {
+pub fn seal(path: &Path, envelope: &Envelope, lib: &Path, progress: &Progress) -> Result<PathBuf, String> {
     let target = crate::plugins::sealed_dir(lib, &envelope.manifest.payload.sha256);
     if target.exists() {
         // The same payload is sealed already; this manifest must still describe it.
-        crate::bundle::verify::walk(path, envelope).map_err(|e| e.to_string())?;
+        crate::bundle::verify::walk(path, envelope, progress).map_err(|e| e.to_string())?;
         return Ok(target);
     }
     let staging = lib.join("bundles/staging").join(crate::ids::random_hex(8));
     std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
-    let result = unpack(path, envelope, &staging).map_err(|e| e.to_string()).and_then(|_| {
+    let result = unpack(path, envelope, &staging, progress).map_err(|e| e.to_string()).and_then(|_| {
         std::fs::create_dir_all(target.parent().expect("sealed dir has a parent")).map_err(|e| e.to_string())?;
         std::fs::rename(&staging, &target).map_err(|e| format!("seal: {e}"))?;
         std::fs::File::open(target.parent().expect("parent")).and_then(|d| d.sync_all()).map_err(|e| e.to_string())

@@ -4,13 +4,14 @@
 //! Nothing is decompressed before the signature and the digests pass, and nothing is written.
 
 use crate::bundle::format::*;
+use crate::progress::Progress;
 use crate::trust::sig::{self, Namespace, SigError, Signer};
 use crate::trust::store::TrustStore;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,7 +48,7 @@ struct Members {
 }
 
 /// Reads the envelope's members: exactly the four, regular files, each once, bounded.
-fn members(path: &Path) -> Result<Members, BundleError> {
+fn members(path: &Path, progress: &Progress) -> Result<Members, BundleError> {
     let size = std::fs::metadata(path).map_err(|e| env(format!("{}: {e}", path.display())))?.len();
     if size > ENVELOPE_BYTES_MAX {
         return Err(env(format!("{size} bytes is larger than {ENVELOPE_BYTES_MAX}")));
@@ -70,8 +71,10 @@ fn members(path: &Path) -> Result<Members, BundleError> {
         if member == PAYLOAD {
             out.payload_offset = entry.raw_file_position();
             out.payload_size = len;
+            progress.phase("verifying");
+            progress.add_total(len);
             let mut h = Sha256::new();
-            std::io::copy(&mut (&mut entry).take(len), &mut HashWriter(&mut h)).map_err(env)?;
+            std::io::copy(&mut (&mut entry).take(len), &mut HashWriter(&mut h, progress)).map_err(env)?;
             out.payload_sha256 = hex::encode(h.finalize());
         } else {
             if len > SMALL_MEMBER_BYTES_MAX {
@@ -88,11 +91,12 @@ fn members(path: &Path) -> Result<Members, BundleError> {
     Ok(out)
 }
 
-struct HashWriter<'a>(&'a mut Sha256);
+struct HashWriter<'a>(&'a mut Sha256, &'a Progress);
 
 impl std::io::Write for HashWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.update(buf);
+        self.1.add(buf.len() as u64);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -111,15 +115,22 @@ pub struct Envelope {
 
 /// The whole offline check: [`check_envelope`], then a walk of the payload that writes nothing.
 pub fn verify(path: &Path, trust: &TrustStore, now_ms: i64) -> Result<Verified, BundleError> {
-    let e = check_envelope(path, trust, now_ms)?;
-    let (files, unpacked_bytes) = walk_payload(path, &e, None)?;
+    let progress = Progress::default();
+    let e = check_envelope(path, trust, now_ms, &progress)?;
+    let (files, unpacked_bytes) = walk_payload(path, &e, None, &progress)?;
     Ok(Verified { manifest: e.manifest, signer: e.signer, files, unpacked_bytes })
 }
 
 /// Steps 1–4 of DESIGN.md §3: the bounded envelope read, the signature over SHA256SUMS, the
-/// digests, the manifest. Nothing is decompressed.
-pub fn check_envelope(path: &Path, trust: &TrustStore, now_ms: i64) -> Result<Envelope, BundleError> {
-    let m = members(path)?;
+/// digests, the manifest. Nothing is decompressed. `progress` counts the payload bytes hashed
+/// and, once the manifest passed, adds the unpacked bytes to come to its total.
+pub fn check_envelope(
+    path: &Path,
+    trust: &TrustStore,
+    now_ms: i64,
+    progress: &Progress,
+) -> Result<Envelope, BundleError> {
+    let m = members(path, progress)?;
     let sums_bytes = &m.small[SUMS];
     let sig_text = String::from_utf8_lossy(&m.small[SUMS_SIG]).into_owned();
     // Bundles are signed in the bundle namespace, trust-store updates in the trust namespace;
@@ -148,19 +159,25 @@ pub fn check_envelope(path: &Path, trust: &TrustStore, now_ms: i64) -> Result<En
             if manifest.kind == Kind::Trust { Namespace::Trust.as_str() } else { Namespace::Bundle.as_str() }
         )));
     }
+    progress.add_total(manifest.files.iter().map(|f| f.size).sum());
     Ok(Envelope { manifest, signer, payload_offset: m.payload_offset, payload_size: m.payload_size })
 }
 
 /// Step 5 alone, writing nothing: the payload against the manifest.
-pub fn walk(path: &Path, envelope: &Envelope) -> Result<(usize, u64), BundleError> {
-    walk_payload(path, envelope, None)
+pub fn walk(path: &Path, envelope: &Envelope, progress: &Progress) -> Result<(usize, u64), BundleError> {
+    walk_payload(path, envelope, None, progress)
 }
 
 /// Step 5 into `staging` (a fresh, empty directory): the same walk as [`verify`]'s, each
 /// directory and file created exclusively as it is read, each file hashed while written and
 /// fsynced, then every directory fsynced. On error the caller removes `staging`.
-pub fn unpack(path: &Path, envelope: &Envelope, staging: &Path) -> Result<(usize, u64), BundleError> {
-    walk_payload(path, envelope, Some(staging))
+pub fn unpack(
+    path: &Path,
+    envelope: &Envelope,
+    staging: &Path,
+    progress: &Progress,
+) -> Result<(usize, u64), BundleError> {
+    walk_payload(path, envelope, Some(staging), progress)
 }
 
 fn check_manifest(manifest: &Manifest, m: &Members, now_ms: i64) -> Result<(), BundleError> {
@@ -214,7 +231,20 @@ fn check_manifest(manifest: &Manifest, m: &Members, now_ms: i64) -> Result<(), B
 /// Streams the payload through a bounded zstd window and a tar reader; every entry must be a
 /// regular file or directory listed in the manifest with the same size, mode and digest, and
 /// every listed entry must appear. With a `sink`, each entry is also created under it.
-fn walk_payload(path: &Path, e: &Envelope, sink: Option<&Path>) -> Result<(usize, u64), BundleError> {
+///
+/// Two stages on two threads, so that decompression overlaps hashing and writing (each is about
+/// one core's worth of work): this thread decompresses, parses and checks headers and hands the
+/// file bytes over in 256 KiB buffers (at most `BUFFERS` in flight, recycled, so memory is
+/// bounded); the other hashes them, writes and fsyncs. The first problem in stream order wins.
+fn walk_payload(
+    path: &Path,
+    e: &Envelope,
+    sink: Option<&Path>,
+    progress: &Progress,
+) -> Result<(usize, u64), BundleError> {
+    progress.phase(if sink.is_some() { "unpacking" } else { "walking" });
+    const BUFFERS: usize = 8;
+    const BUFFER_BYTES: usize = 256 * 1024;
     let pay = |s: String| BundleError::Payload(s);
     let mut file = std::fs::File::open(path).map_err(|e| pay(e.to_string()))?;
     file.seek(SeekFrom::Start(e.payload_offset)).map_err(|e| pay(e.to_string()))?;
@@ -222,92 +252,162 @@ fn walk_payload(path: &Path, e: &Envelope, sink: Option<&Path>) -> Result<(usize
         zstd::stream::read::Decoder::new(file.take(e.payload_size)).map_err(|e| pay(format!("zstd: {e}")))?;
     decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| pay(format!("zstd: {e}")))?;
     let listed: HashMap<&str, &FileEntry> = e.manifest.files.iter().map(|f| (f.path.as_str(), f)).collect();
-    let mut seen = HashSet::new();
-    let mut total = 0u64;
-    let mut created_dirs = sink.map(|s| vec![s.to_path_buf()]).unwrap_or_default();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut archive = tar::Archive::new(decoder);
-    for named in crate::bundle::entries::entries(&mut archive).map_err(pay)? {
-        let crate::bundle::entries::Named { name, mut entry } = named.map_err(pay)?;
-        if !valid_path(&name) {
-            return Err(pay(format!("entry {name:?} has an unsafe path")));
-        }
-        let f = listed.get(name.as_str()).ok_or_else(|| pay(format!("entry {name:?} is not in the manifest")))?;
-        if !seen.insert(name.clone()) {
-            return Err(pay(format!("entry {name:?} appears twice")));
-        }
-        let dest = sink.map(|s| s.join(&name));
-        match (entry.header().entry_type(), f.kind.as_str()) {
-            (tar::EntryType::Directory, "dir") => {
-                if let Some(dest) = dest {
-                    std::fs::create_dir(&dest).map_err(|e| pay(format!("{name}: {e}")))?;
-                    created_dirs.push(dest);
+    let (to_hasher, jobs) = std::sync::mpsc::sync_channel::<Stage>(BUFFERS);
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || hash_and_write(jobs, recycle));
+        let mut allocated = 0;
+        let mut next_buffer = || match recycled.try_recv() {
+            Ok(b) => Some(b),
+            Err(_) if allocated < BUFFERS => {
+                allocated += 1;
+                Some(vec![0u8; BUFFER_BYTES])
+            }
+            Err(_) => recycled.recv().ok(),
+        };
+        let walked = (|| -> Result<(usize, u64, Vec<PathBuf>), BundleError> {
+            let mut seen = HashSet::new();
+            let mut total = 0u64;
+            let mut created_dirs = sink.map(|s| vec![s.to_path_buf()]).unwrap_or_default();
+            let mut archive = tar::Archive::new(decoder);
+            let stopped = || pay("the hashing stage stopped".into());
+            for named in crate::bundle::entries::entries(&mut archive).map_err(pay)? {
+                let crate::bundle::entries::Named { name, mut entry } = named.map_err(pay)?;
+                if !valid_path(&name) {
+                    return Err(pay(format!("entry {name:?} has an unsafe path")));
+                }
+                let f =
+                    listed.get(name.as_str()).ok_or_else(|| pay(format!("entry {name:?} is not in the manifest")))?;
+                if !seen.insert(name.clone()) {
+                    return Err(pay(format!("entry {name:?} appears twice")));
+                }
+                let dest = sink.map(|s| s.join(&name));
+                match (entry.header().entry_type(), f.kind.as_str()) {
+                    (tar::EntryType::Directory, "dir") => {
+                        if let Some(dest) = dest {
+                            std::fs::create_dir(&dest).map_err(|e| pay(format!("{name}: {e}")))?;
+                            created_dirs.push(dest);
+                        }
+                    }
+                    (tar::EntryType::Regular, "file") => {
+                        let size = entry.size();
+                        total += size;
+                        if size != f.size || total > UNPACKED_BYTES_MAX {
+                            return Err(pay(format!("entry {name:?} is {size} bytes, the manifest says {}", f.size)));
+                        }
+                        let mode = entry.header().mode().map_err(|e| pay(e.to_string()))? & 0o777;
+                        if mode != f.mode {
+                            return Err(pay(format!(
+                                "entry {name:?} has mode {mode:o}, the manifest says {:o}",
+                                f.mode
+                            )));
+                        }
+                        let out = match &dest {
+                            Some(d) => Some(
+                                std::fs::OpenOptions::new()
+                                    .write(true)
+                                    .create_new(true)
+                                    .mode(0o600)
+                                    .open(d)
+                                    .map_err(|e| pay(format!("{name}: {e}")))?,
+                            ),
+                            None => None,
+                        };
+                        let start = Pending { name: name.clone(), out, sha256: f.sha256.clone(), mode: f.mode };
+                        to_hasher.send(Stage::Start(start)).map_err(|_| stopped())?;
+                        let mut left = size;
+                        while left > 0 {
+                            let mut buf = next_buffer().ok_or_else(stopped)?;
+                            let want = left.min(buf.len() as u64) as usize;
+                            let n = entry.read(&mut buf[..want]).map_err(|e| pay(format!("{name}: {e}")))?;
+                            if n == 0 {
+                                return Err(pay(format!("entry {name:?} ends before its {size} bytes")));
+                            }
+                            left -= n as u64;
+                            progress.add(n as u64);
+                            to_hasher.send(Stage::Data(buf, n)).map_err(|_| stopped())?;
+                        }
+                        to_hasher.send(Stage::End).map_err(|_| stopped())?;
+                    }
+                    (other, _) => {
+                        return Err(pay(format!(
+                            "entry {name:?} is a {other:?}: only regular files and directories are allowed"
+                        )));
+                    }
                 }
             }
-            (tar::EntryType::Regular, "file") => {
-                let size = entry.size();
-                total += size;
-                if size != f.size || total > UNPACKED_BYTES_MAX {
-                    return Err(pay(format!("entry {name:?} is {size} bytes, the manifest says {}", f.size)));
+            if let Some(missing) = e.manifest.files.iter().find(|f| !seen.contains(&f.path)) {
+                return Err(pay(format!("{:?} is in the manifest but not in the payload", missing.path)));
+            }
+            Ok((seen.len(), total, created_dirs))
+        })();
+        drop(to_hasher);
+        let hashed = hasher.join().unwrap_or_else(|_| Err(pay("the hashing stage panicked".into())));
+        // A file the hasher refused came earlier in the stream than whatever stopped this side.
+        hashed?;
+        let (n, total, created_dirs) = walked?;
+        for d in created_dirs.iter().rev() {
+            std::fs::File::open(d).and_then(|d| d.sync_all()).map_err(|e| pay(format!("{}: {e}", d.display())))?;
+        }
+        Ok((n, total))
+    })
+}
+
+/// What the walk hands the hashing stage: a file begins (with its destination, if unpacking),
+/// some of its bytes, its end.
+enum Stage {
+    Start(Pending),
+    Data(Vec<u8>, usize),
+    End,
+}
+
+/// A file the hashing stage is working on.
+struct Pending {
+    name: String,
+    out: Option<std::fs::File>,
+    sha256: Option<String>,
+    mode: u32,
+}
+
+/// The second stage: hashes each file's bytes, writes them if unpacking, and at its end checks
+/// the digest against the manifest, sets the mode and fsyncs. Buffers go back for reuse.
+fn hash_and_write(
+    jobs: std::sync::mpsc::Receiver<Stage>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<(), BundleError> {
+    let pay = |s: String| BundleError::Payload(s);
+    let mut current: Option<(Pending, Sha256)> = None;
+    for job in jobs {
+        match job {
+            Stage::Start(p) => current = Some((p, Sha256::new())),
+            Stage::Data(buf, n) => {
+                let (p, h) = current.as_mut().expect("data follows a start");
+                h.update(&buf[..n]);
+                if let Some(out) = p.out.as_mut() {
+                    out.write_all(&buf[..n]).map_err(|e| pay(format!("{}: {e}", p.name)))?;
                 }
-                let mode = entry.header().mode().map_err(|e| pay(e.to_string()))? & 0o777;
-                if mode != f.mode {
-                    return Err(pay(format!("entry {name:?} has mode {mode:o}, the manifest says {:o}", f.mode)));
+                let _ = recycle.send(buf);
+            }
+            Stage::End => {
+                let (p, h) = current.take().expect("an end follows a start");
+                if Some(hex::encode(h.finalize())) != p.sha256 {
+                    return Err(pay(format!("entry {:?} does not match its sha256 in the manifest", p.name)));
                 }
-                let mut out = match &dest {
-                    Some(d) => Some(
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .open(d)
-                            .map_err(|e| pay(format!("{name}: {e}")))?,
-                    ),
-                    None => None,
-                };
-                let mut h = Sha256::new();
-                let mut left = size;
-                while left > 0 {
-                    let want = left.min(buf.len() as u64) as usize;
-                    let n = entry.read(&mut buf[..want]).map_err(|e| pay(format!("{name}: {e}")))?;
-                    if n == 0 {
-                        return Err(pay(format!("entry {name:?} ends before its {size} bytes")));
-                    }
-                    h.update(&buf[..n]);
-                    if let Some(out) = out.as_mut() {
-                        out.write_all(&buf[..n]).map_err(|e| pay(format!("{name}: {e}")))?;
-                    }
-                    left -= n as u64;
-                }
-                if Some(hex::encode(h.finalize())) != f.sha256 {
-                    return Err(pay(format!("entry {name:?} does not match its sha256 in the manifest")));
-                }
-                if let Some(out) = out {
-                    out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o555))
+                if let Some(out) = p.out {
+                    out.set_permissions(std::fs::Permissions::from_mode(p.mode & 0o555))
                         .and_then(|()| out.sync_all())
-                        .map_err(|e| pay(format!("{name}: {e}")))?;
+                        .map_err(|e| pay(format!("{}: {e}", p.name)))?;
                 }
-            }
-            (other, _) => {
-                return Err(pay(format!(
-                    "entry {name:?} is a {other:?}: only regular files and directories are allowed"
-                )));
             }
         }
     }
-    if let Some(missing) = e.manifest.files.iter().find(|f| !seen.contains(&f.path)) {
-        return Err(pay(format!("{:?} is in the manifest but not in the payload", missing.path)));
-    }
-    for d in created_dirs.iter().rev() {
-        std::fs::File::open(d).and_then(|d| d.sync_all()).map_err(|e| pay(format!("{}: {e}", d.display())))?;
-    }
-    Ok((seen.len(), total))
+    Ok(())
 }
 
 /// The signed small members of an envelope (manifest, SHA256SUMS, signature), kept beside the
 /// sealed payload so an installed bundle can be re-verified later.
 pub fn signed_members(path: &Path) -> Result<[(&'static str, Vec<u8>); 3], BundleError> {
-    let mut m = members(path)?;
+    let mut m = members(path, &Progress::default())?;
     Ok([
         (MANIFEST, m.small.remove(MANIFEST).unwrap_or_default()),
         (SUMS, m.small.remove(SUMS).unwrap_or_default()),

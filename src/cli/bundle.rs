@@ -3,12 +3,13 @@
 
 use crate::bundle::format::{Kind, ZSTD_LEVEL};
 use crate::bundle::{build, verify};
-use crate::cli::args::{BundleCmd, Global};
+use crate::cli::args::{BundleCmd, Format, Global};
 use crate::cli::output::{self, s};
 use crate::cli::target;
 use crate::exit::CliError;
 use crate::trust::store::TrustStore;
 use serde_json::json;
+use std::io::IsTerminal;
 
 pub fn run(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
     match cmd {
@@ -72,11 +73,15 @@ pub async fn remote(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
         BundleCmd::Import { file, allow_downgrade } => {
             let path =
                 std::fs::canonicalize(&file).map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
-            client
-                .post("/api/v1/orchestrator/bundles", &json!({ "path": path, "allowDowngrade": allow_downgrade }))
-                .await?
-                .ok()?
-                .json()?
+            let id = format!("import-{}", crate::ids::random_hex(8));
+            let body = json!({ "path": path, "allowDowngrade": allow_downgrade, "progressId": id });
+            let import = client.post("/api/v1/orchestrator/bundles", &body);
+            let reply = if std::io::stderr().is_terminal() && g.format == Format::Text {
+                with_progress(&client, &id, import).await
+            } else {
+                import.await
+            };
+            reply?.ok()?.json()?
         }
         BundleCmd::Verify { installed: true, .. } => {
             let v = client.post("/api/v1/orchestrator/bundles/verify-installed", &json!({})).await?.ok()?.json()?;
@@ -180,4 +185,27 @@ pub async fn remote(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
         }
     });
     Ok(())
+}
+
+/// Runs `op` while drawing the daemon's progress for `id` as a bar on stderr (a terminal).
+async fn with_progress<T>(client: &crate::client::Client, id: &str, op: impl std::future::Future<Output = T>) -> T {
+    use std::io::Write;
+    let mut op = std::pin::pin!(op);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(150));
+    let path = format!("/api/v1/orchestrator/progress/{id}");
+    loop {
+        tokio::select! {
+            out = &mut op => {
+                eprint!("\r\x1b[2K");
+                return out;
+            }
+            _ = tick.tick() => {
+                let snapshot = client.get(&path).await.ok().filter(|r| r.status.is_success()).and_then(|r| r.json().ok());
+                if let Some(v) = snapshot {
+                    eprint!("\r\x1b[2K{}", crate::progress::bar(&v));
+                    let _ = std::io::stderr().flush();
+                }
+            }
+        }
+    }
 }

@@ -869,3 +869,24 @@ async fn serve_dev_imports_the_samples_as_signed_bundles() {
     let verify = app.stella(&["bundle", "verify", "--installed"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
 }
+
+/// An import started with a progress id can be followed at `GET /progress/{id}`: at the end it
+/// has counted every payload byte hashed and every unpacked byte written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_reports_its_progress() {
+    let app = TestAppliance::start_production();
+    let root = app.root().to_path_buf();
+    let (_, bundle) = setup(&root);
+    let c = app.socket_client();
+    let bad =
+        c.post(&format!("{API}/bundles"), &serde_json::json!({ "path": bundle, "progressId": "../x" })).await.unwrap();
+    assert_eq!(bad.status.as_u16(), 422);
+    let imported =
+        api_post(&c, "/bundles", serde_json::json!({ "path": bundle, "progressId": "import-0123456789" })).await;
+    let progress = api_get(&c, "/progress/import-0123456789").await;
+    let manifest = api_get(&c, &format!("/bundles/{}", imported["name"].as_str().unwrap())).await["manifest"].clone();
+    let unpacked: u64 = manifest["files"].as_array().unwrap().iter().map(|f| f["size"].as_u64().unwrap()).sum();
+    let expected = manifest["payload"]["size"].as_u64().unwrap() + unpacked;
+    assert_eq!((progress["done"].as_u64(), progress["total"].as_u64()), (Some(expected), Some(expected)), "{progress}");
+    assert_eq!(progress["phase"], "done");
+}

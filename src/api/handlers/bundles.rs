@@ -11,6 +11,7 @@ use crate::auth::{Principal, Scope};
 use crate::bundle::format::Kind;
 use crate::bundle::plan::BundleCommand;
 use crate::bundle::{import, verify};
+use crate::progress::Progress;
 use crate::store::Command;
 use crate::store::schema::read;
 use crate::trust::store::TrustStore;
@@ -29,6 +30,9 @@ pub struct ImportRequest {
     pub path: String,
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// An id the client chose to follow the import at `GET /progress/{id}`.
+    #[serde(default)]
+    pub progress_id: Option<String>,
 }
 
 fn file_sha256(path: &Path) -> String {
@@ -60,7 +64,13 @@ pub async fn import_bundle(
     JsonBody(req): JsonBody<ImportRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let p = auth.require(Scope::Admin)?;
-    let body = import_file(&state, p, Path::new(&req.path), req.allow_downgrade).await?;
+    let progress = match &req.progress_id {
+        Some(id) => {
+            state.progress.start(id).ok_or_else(|| Problem::invalid("progressId", "expected 8-64 of 0-9, a-z, '-'"))?
+        }
+        None => Arc::default(),
+    };
+    let body = import_file(&state, p, Path::new(&req.path), req.allow_downgrade, progress).await?;
     Ok((StatusCode::CREATED, Json(body)))
 }
 
@@ -72,15 +82,16 @@ pub async fn import_file(
     p: &Principal,
     path: &Path,
     allow_downgrade: bool,
+    progress: Arc<Progress>,
 ) -> Result<Value, Problem> {
     let path = path.to_path_buf();
     let (trust_dir, now) = (state.trust_dir.clone(), state.clock.now_ms());
     let checked = {
-        let path = path.clone();
+        let (path, progress) = (path.clone(), progress.clone());
         // Steps 1-4 only: the payload is walked once, while it is unpacked into staging.
         tokio::task::spawn_blocking(move || -> Result<verify::Envelope, String> {
             let trust = TrustStore::load(&trust_dir).map_err(|e| e.to_string())?;
-            verify::check_envelope(&path, &trust, now).map_err(|e| e.to_string())
+            verify::check_envelope(&path, &trust, now, &progress).map_err(|e| e.to_string())
         })
         .await
         .map_err(Problem::internal)?
@@ -113,8 +124,10 @@ pub async fn import_file(
     let lib = state.lib.clone();
     let existed = crate::plugins::sealed_dir(&lib, &m.payload.sha256).exists();
     let sealed = {
-        let (path, v, lib) = (path.clone(), v.clone(), lib.clone());
-        tokio::task::spawn_blocking(move || import::seal(&path, &v, &lib)).await.map_err(Problem::internal)?
+        let (path, v, lib, progress) = (path.clone(), v.clone(), lib.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || import::seal(&path, &v, &lib, &progress))
+            .await
+            .map_err(Problem::internal)?
     };
     let sealed = match sealed {
         Ok(s) => s,
@@ -152,6 +165,7 @@ pub async fn import_file(
         }
         Err(e) => return Err(reject(state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).await),
     }
+    progress.phase("recording");
     submit(state, p, Command::Bundle(command)).await?;
     if m.kind == Kind::Trust {
         // Replaces the trust store atomically; the next verification reads the new one.
@@ -161,6 +175,7 @@ pub async fn import_file(
             crate::dev::write_file_atomic(&state.trust_dir.join(file), &bytes, 0o644).map_err(Problem::internal)?;
         }
     }
+    progress.phase("done");
     let dags: Vec<&String> = contents.dags.iter().map(|(n, _)| n).collect();
     Ok(
         json!({ "name": m.name, "version": m.version, "kind": m.kind, "digest": m.payload.sha256, "signer": v.signer.principal,
@@ -303,4 +318,16 @@ pub async fn remove(
     }
     Ok(Json(json!({ "removed": name, "version": before["version"], "kind": before["kind"], "digest": digest,
                     "disabledDags": before["dags"] })))
+}
+
+/// `GET /progress/{id}`: how far an operation started with that progress id has come
+/// (`done` and `total` bytes, `phase`).
+pub async fn progress(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
+    auth.require(Scope::Read)?;
+    let p = state.progress.get(&id).ok_or_else(|| Problem::not_found(format!("progress {id}")))?;
+    Ok(Json(p.snapshot()))
 }
