@@ -409,17 +409,16 @@ fn listed(path: &str, data: &[u8]) -> stella::bundle::format::FileEntry {
     }
 }
 
-/// Payload-level attacks, each signed by a trusted key so that only the payload walk can
-/// catch them: link escapes, devices and FIFOs, traversal and absolute paths, unlisted and
-/// missing files, a size that disagrees with the manifest, an expired manifest.
-#[test]
-fn hostile_payloads_are_refused_even_when_properly_signed() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let (key_path, _) = setup(root);
-    let key = stella::trust::keys::read_private(&key_path).unwrap();
-    let trust = stella::trust::store::TrustStore::load(&root.join("etc/stella/keys")).unwrap();
-    let now = 1_800_000_000_000;
+/// The payload-level corpus: (what, payload entries, manifest files, notAfter, expected reason).
+type PayloadCase = (
+    &'static str,
+    Vec<(tar::Header, Vec<u8>)>,
+    Vec<stella::bundle::format::FileEntry>,
+    Option<&'static str>,
+    &'static str,
+);
+
+fn hostile_payload_cases() -> Vec<PayloadCase> {
     let mut link = entry("run.sh", tar::EntryType::Symlink, b"");
     link.0.set_link_name("/etc/passwd").unwrap();
     let mut hard = entry("run.sh", tar::EntryType::Link, b"");
@@ -437,9 +436,7 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
     bomb.0.set_size(1 << 40);
     let mut huge = listed("a", b"x");
     huge.size = 1 << 40;
-    type Entries = Vec<(tar::Header, Vec<u8>)>;
-    type Listed = Vec<stella::bundle::format::FileEntry>;
-    let cases: Vec<(&str, Entries, Listed, Option<&str>, &str)> = vec![
+    vec![
         ("symlink", vec![link], vec![listed("run.sh", b"")], None, "only regular files and directories"),
         ("hardlink", vec![hard], vec![listed("run.sh", b"")], None, "only regular files and directories"),
         (
@@ -522,6 +519,13 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
             "\"b\" is not in the manifest",
         ),
         (
+            "renamed file",
+            vec![entry("run2.sh", tar::EntryType::Regular, b"x")],
+            vec![listed("run.sh", b"x")],
+            None,
+            "\"run2.sh\" is not in the manifest",
+        ),
+        (
             "missing file",
             vec![entry("a", tar::EntryType::Regular, b"x")],
             vec![listed("a", b"x"), listed("b", b"y")],
@@ -556,7 +560,21 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
             Some("2020-01-01T00:00:00Z"),
             "expired",
         ),
-    ];
+    ]
+}
+
+/// Payload-level attacks, each signed by a trusted key so that only the payload walk can
+/// catch them: link escapes, devices and FIFOs, traversal and absolute paths, unlisted and
+/// missing files, a size that disagrees with the manifest, an expired manifest.
+#[test]
+fn hostile_payloads_are_refused_even_when_properly_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (key_path, _) = setup(root);
+    let key = stella::trust::keys::read_private(&key_path).unwrap();
+    let trust = stella::trust::store::TrustStore::load(&root.join("etc/stella/keys")).unwrap();
+    let now = 1_800_000_000_000;
+    let cases = hostile_payload_cases();
     for (what, entries, files, not_after, reason) in cases {
         let path = craft(root, &key, entries, files, not_after);
         let err = stella::bundle::verify::verify(&path, &trust, now).expect_err(what).to_string();
@@ -889,4 +907,84 @@ async fn an_import_reports_its_progress() {
     let expected = manifest["payload"]["size"].as_u64().unwrap() + unpacked;
     assert_eq!((progress["done"].as_u64(), progress["total"].as_u64()), (Some(expected), Some(expected)), "{progress}");
     assert_eq!(progress["phase"], "done");
+}
+
+/// The whole payload corpus through a production daemon: every case is refused (422) with its
+/// reason and ledgered, and the sealed store, staging, the projections (bundles, plugins, DAGs)
+/// and a canary directory beside the state (the target of the traversal cases) are byte for
+/// byte as before. A key outside its validity window is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostile_corpus_leaves_the_appliance_unchanged() {
+    let app = TestAppliance::start_production();
+    let root = app.root().to_path_buf();
+    let (key_path, bundle) = setup(&root);
+    assert!(stella(&root, &["bundle", "import", bundle.to_str().unwrap()]).status.success());
+    let canary = root.join("var/lib/stella/bundles/canary");
+    std::fs::create_dir_all(&canary).unwrap();
+    std::fs::write(canary.join("escape"), "canary\n").unwrap();
+    let snapshot = |dir: &Path| {
+        let out = sh(dir, "find . -printf '%p %y %m %s\\n' | sort && find . -type f -exec sha256sum {} + | sort");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let c = app.socket_client();
+    let projections = || async {
+        let mut v = Vec::new();
+        for path in ["/bundles", "/plugins", "/dags"] {
+            v.push(api_get(&c, path).await);
+        }
+        v
+    };
+    let (sealed, canary_before, tables) =
+        (snapshot(&root.join("var/lib/stella/bundles/sha256")), snapshot(&canary), projections().await);
+    let key = stella::trust::keys::read_private(&key_path).unwrap();
+    let cases = hostile_payload_cases();
+    let count = cases.len();
+    for (what, entries, files, not_after, reason) in cases {
+        let path = craft(&root, &key, entries, files, not_after);
+        let reply = c.post(&format!("{API}/bundles"), &serde_json::json!({ "path": path })).await.unwrap();
+        assert_eq!(reply.status.as_u16(), 422, "{what}");
+        let body = String::from_utf8_lossy(&reply.body).into_owned();
+        assert!(body.contains(&reason.replace('"', "\\\"")), "{what}: expected {reason:?} in {body}");
+    }
+    let old = root.join("old_ed25519");
+    stella::trust::keys::generate(&old, "old").unwrap();
+    let trusted = stella(
+        &root,
+        &[
+            "keys",
+            "trust",
+            "add",
+            &format!("{}.pub", old.display()),
+            "--principal",
+            "old",
+            "--namespaces",
+            NS,
+            "--valid-before",
+            "20200101",
+        ],
+    );
+    assert!(trusted.status.success(), "{}", stderr(&trusted));
+    let stale = root.join("stale.bundle");
+    let built = build_bundle(
+        &root,
+        sample_plugin().to_str().unwrap(),
+        "plugin",
+        "sample-plugin",
+        "1.0.1",
+        old.to_str().unwrap(),
+        stale.to_str().unwrap(),
+    );
+    assert!(built.status.success());
+    let refused = stella(&root, &["bundle", "import", stale.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(9), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("outside its validity window"), "{}", stderr(&refused));
+
+    assert_eq!(snapshot(&root.join("var/lib/stella/bundles/sha256")), sealed, "the sealed store is unchanged");
+    assert_eq!(snapshot(&canary), canary_before, "the canary directory is unchanged");
+    assert_eq!(projections().await, tables, "bundles, plugins and DAGs are unchanged");
+    let staging = std::fs::read_dir(root.join("var/lib/stella/bundles/staging")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(staging, 0, "no staging left behind");
+    let ledger = api_get(&c, "/ledger?limit=1000").await;
+    let rejected = ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.rejected").count();
+    assert_eq!(rejected, count + 1, "every rejection is ledgered");
 }
