@@ -65,3 +65,15 @@ pub fn rfc3339(ms: UnixMs) -> String {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| format!("@{ms}ms"))
 }
+
+/// Parses a point in time given by an operator: RFC 3339 (`2026-11-22T10:00:00Z`), a date
+/// (`2026-11-22`, midnight UTC) or Unix milliseconds.
+pub fn parse_time(s: &str) -> Result<UnixMs, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let text = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
+    time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| format!("{s:?}: expected RFC 3339 (2026-11-22T10:00:00Z), a date (2026-11-22) or Unix ms"))
+}

@@ -77,6 +77,35 @@ pub struct Config {
     pub locks: LocksConfig,
     pub exec: ExecConfig,
     pub bundles: BundlesConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Logs, metric snapshots and exports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Write JSON logs to rolling files under `/var/log/stella/` (besides stdout).
+    pub log_files: bool,
+    /// `daily`, `hourly` or `never` (one file).
+    pub log_rotation: String,
+    /// Rolled log files kept at most (older ones are deleted).
+    pub log_max_files: usize,
+    /// Metric values are snapshotted into the store this often, for exports of past windows.
+    pub metrics_snapshot_interval_ms: u64,
+    /// Snapshots older than this are dropped.
+    pub metrics_retention_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_files: true,
+            log_rotation: "daily".into(),
+            log_max_files: 14,
+            metrics_snapshot_interval_ms: 60_000,
+            metrics_retention_ms: 14 * 24 * 3_600_000,
+        }
+    }
 }
 
 /// Bundle import policy.
@@ -292,9 +321,18 @@ impl Config {
             ("queue.max_depth", q.max_depth),
             ("queue.long_poll_max_ms", q.long_poll_max_ms),
             ("locks.timeout_ms", self.locks.timeout_ms),
+            ("telemetry.log_max_files", self.telemetry.log_max_files as u64),
+            ("telemetry.metrics_snapshot_interval_ms", self.telemetry.metrics_snapshot_interval_ms),
+            ("telemetry.metrics_retention_ms", self.telemetry.metrics_retention_ms),
         ];
         if let Some((key, _)) = queue_positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be greater than 0"));
+        }
+        if !["daily", "hourly", "never"].contains(&self.telemetry.log_rotation.as_str()) {
+            return Err(format!(
+                "telemetry.log_rotation {:?}: expected daily, hourly or never",
+                self.telemetry.log_rotation
+            ));
         }
         if !["pessimistic", "optimistic"].contains(&self.locks.mode.as_str()) {
             return Err(format!("locks.mode {:?}: expected pessimistic or optimistic", self.locks.mode));

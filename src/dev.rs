@@ -81,6 +81,7 @@ pub fn prepare(layout: &Layout) -> Result<DevNotes, String> {
     }
     let key = layout.appliance_key();
     let fingerprint = ensure_appliance_key(&key)?;
+    trust_once(&key, &layout.trust_dir(), "appliance", crate::trust::sig::Namespace::Export)?;
     notes.lines.push(format!("appliance key: {} ({fingerprint})", key.display()));
     let dev_key = layout.dev_bundle_key();
     let fingerprint = ensure_dev_bundle_key(&dev_key, &layout.trust_dir())?;
@@ -115,15 +116,26 @@ fn ensure_dev_bundle_key(path: &Path, trust_dir: &Path) -> Result<String, String
     if !path.exists() {
         crate::trust::keys::generate(path, "stella-dev-bundles")?;
     }
-    let key = PrivateKey::read_openssh_file(path).map_err(|e| format!("read dev key {}: {e}", path.display()))?;
+    trust_once(path, trust_dir, "dev", crate::trust::sig::Namespace::Bundle)
+}
+
+/// Trusts the key at `path` as `principal` for `ns` unless the trust store lists it already;
+/// returns its fingerprint.
+fn trust_once(
+    path: &Path,
+    trust_dir: &Path,
+    principal: &str,
+    ns: crate::trust::sig::Namespace,
+) -> Result<String, String> {
+    let key = PrivateKey::read_openssh_file(path).map_err(|e| format!("read key {}: {e}", path.display()))?;
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
     let trust = crate::trust::store::TrustStore::load(trust_dir).map_err(|e| e.to_string())?;
     if !trust.entries.iter().any(|e| e.key.fingerprint(HashAlg::Sha256).to_string() == fingerprint) {
         crate::trust::store::append_signer(
             &trust_dir.join("allowed_signers"),
-            "dev",
+            principal,
             key.public_key(),
-            crate::trust::sig::Namespace::Bundle.as_str(),
+            ns.as_str(),
             None,
         )?;
     }

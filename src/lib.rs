@@ -3,6 +3,7 @@
 //! everything with behaviour lives here. See `docs/ARCHITECTURE.md` for the codemap.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bundle;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod duration;
 pub mod engine;
 pub mod exec;
 pub mod exit;
+pub mod export;
 pub mod ids;
 pub mod ledger;
 pub mod locks;

@@ -81,6 +81,29 @@ pub fn bar(snapshot: &serde_json::Value) -> String {
     )
 }
 
+/// Runs `op` while drawing the daemon's progress for `id` as a bar on stderr (a terminal).
+pub async fn follow<T>(client: &crate::client::Client, id: &str, op: impl std::future::Future<Output = T>) -> T {
+    use std::io::Write;
+    let mut op = std::pin::pin!(op);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(150));
+    let path = format!("/api/v1/orchestrator/progress/{id}");
+    loop {
+        tokio::select! {
+            out = &mut op => {
+                eprint!("\r\x1b[2K");
+                return out;
+            }
+            _ = tick.tick() => {
+                let snapshot = client.get(&path).await.ok().filter(|r| r.status.is_success()).and_then(|r| r.json().ok());
+                if let Some(v) = snapshot {
+                    eprint!("\r\x1b[2K{}", bar(&v));
+                    let _ = std::io::stderr().flush();
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

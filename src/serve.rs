@@ -37,8 +37,14 @@ pub fn run(opts: ServeOptions) -> Result<(), CliError> {
     if let Some(listen) = &opts.listen {
         config.server.listen = (!listen.is_empty()).then(|| listen.clone());
     }
-    init_logging();
+    let t = &config.telemetry;
+    let log_dir = opts.layout.log();
+    crate::telemetry::logs::init(t.log_files.then_some((log_dir.as_path(), t.log_rotation.as_str(), t.log_max_files)))
+        .map_err(CliError::Other)?;
     let store = Store::open(&config.store_path(&opts.layout))?;
+    for value in read::secret_values(&store.read()?)? {
+        crate::telemetry::logs::add_secret(&value);
+    }
     let clock = clock::system();
     let (handle, writer) = writer::channel(store.clone(), clock.clone(), writer::WriterOptions::from_config(&config))?;
     let writer_thread = writer.spawn();
@@ -70,7 +76,8 @@ async fn daemon(
     let started_ms = clock.now_ms();
     // Installed before READY=1 so that a SIGTERM right after readiness drains instead of killing.
     let shutdown = shutdown_signal()?;
-    let key_fingerprint = dev::appliance_fingerprint(&opts.layout.appliance_key());
+    // The appliance key signs export packs; a production appliance makes its own at first start.
+    let key_fingerprint = Some(dev::ensure_appliance_key(&opts.layout.appliance_key()).map_err(CliError::Other)?);
     ensure_identity(&store, &writer, key_fingerprint).await?;
     submit(
         &writer,
@@ -118,6 +125,7 @@ async fn daemon(
         trust_dir: opts.layout.trust_dir(),
         owner_uid: unsafe_free_geteuid(),
         progress: Default::default(),
+        log_dir: opts.layout.log(),
     });
     if opts.dev {
         import_samples(&state, &opts.layout).await?;
@@ -136,6 +144,13 @@ async fn daemon(
         state.clock.clone(),
         timers_rx,
     ));
+    let snapshots = tokio::spawn(crate::telemetry::metrics::snapshot_loop(
+        state.store.clone(),
+        state.writer.clone(),
+        config.telemetry.metrics_snapshot_interval_ms,
+        config.telemetry.metrics_retention_ms,
+        timers_stop.subscribe(),
+    ));
     let executor = config.exec.enabled.then(|| {
         let opts = crate::exec::worker::ExecOptions {
             worker: format!("local-{}", std::process::id()),
@@ -149,6 +164,7 @@ async fn daemon(
     server::serve(router, server::Listeners { unix, tcp }, config.server.clone(), shutdown).await;
     let _ = timers_stop.send(true);
     let _ = timers.await;
+    let _ = snapshots.await;
     if let Some(executor) = executor {
         let _ = executor.await;
     }
@@ -319,16 +335,6 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> 
             _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
     })
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STELLA_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .try_init();
 }
 
 fn print_banner(layout: &Layout, notes: &dev::DevNotes, listeners: &[String], token: Option<&str>) {

@@ -21,7 +21,7 @@ pub const PREFIX: &str = "/api/v1/orchestrator";
 
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::put;
-    use handlers::{admin, bundles, config, dags, locks, pending, queue, runs, stream, tokens};
+    use handlers::{admin, bundles, config, dags, exports, locks, pending, queue, runs, stream, tokens};
     let api = Router::new()
         .route("/admin/health", get(admin::health))
         .route("/admin/db/verify", get(admin::db_verify))
@@ -63,6 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bundles/verify-installed", post(bundles::verify_installed))
         .route("/bundles/{name}", get(bundles::show).delete(bundles::remove))
         .route("/progress/{id}", get(bundles::progress))
+        .route("/exports", post(exports::create))
         .route("/schedules", get(dags::schedules))
         .route("/schedules/{dag}/{action}", post(dags::schedule_action))
         .route("/secrets", get(config::secret_list))

@@ -23,6 +23,8 @@ pub struct AppState {
     pub trust_dir: std::path::PathBuf,
     /// This process's effective uid: peers on the Unix socket with it (or root) are admin.
     pub owner_uid: u32,
+    /// `/var/log/stella`: the rolling log files an export reads.
+    pub log_dir: std::path::PathBuf,
     /// Progress of long operations, by the id their client chose.
     pub progress: crate::progress::Registry,
 }

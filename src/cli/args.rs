@@ -674,17 +674,49 @@ pub struct ExportArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
+    /// Check a pack offline: signature, digests, files, the ledger chain, the manifest.
     Verify {
         pack: PathBuf,
+        /// allowed_signers holding the appliance key (default: the local trust store).
         #[arg(long)]
         signers: Option<PathBuf>,
     },
+    /// Verify packs and load them into the audit store, checking each links to the last.
     Import {
+        #[arg(required = true)]
         packs: Vec<PathBuf>,
+        #[arg(long)]
+        signers: Option<PathBuf>,
+        #[command(flatten)]
+        store: AuditStoreArg,
     },
-    Runs,
-    Ledger,
-    Report,
+    /// Runs in the imported ledger: who started them, when, how they ended.
+    Runs {
+        #[command(flatten)]
+        store: AuditStoreArg,
+    },
+    /// Entries of the imported ledger.
+    Ledger {
+        #[command(flatten)]
+        store: AuditStoreArg,
+        /// Only entries of this kind (or kind prefix, e.g. `lock.`).
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Who started, approved, skipped, force-released, imported what, and when; the packs.
+    Report {
+        #[command(flatten)]
+        store: AuditStoreArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditStoreArg {
+    /// The auditor's local store of imported packs.
+    #[arg(long = "audit-store", env = "STELLA_AUDIT_STORE", default_value = "stella-audit.redb")]
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

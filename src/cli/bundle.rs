@@ -77,7 +77,7 @@ pub async fn remote(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
             let body = json!({ "path": path, "allowDowngrade": allow_downgrade, "progressId": id });
             let import = client.post("/api/v1/orchestrator/bundles", &body);
             let reply = if std::io::stderr().is_terminal() && g.format == Format::Text {
-                with_progress(&client, &id, import).await
+                crate::progress::follow(&client, &id, import).await
             } else {
                 import.await
             };
@@ -185,27 +185,4 @@ pub async fn remote(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
         }
     });
     Ok(())
-}
-
-/// Runs `op` while drawing the daemon's progress for `id` as a bar on stderr (a terminal).
-async fn with_progress<T>(client: &crate::client::Client, id: &str, op: impl std::future::Future<Output = T>) -> T {
-    use std::io::Write;
-    let mut op = std::pin::pin!(op);
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(150));
-    let path = format!("/api/v1/orchestrator/progress/{id}");
-    loop {
-        tokio::select! {
-            out = &mut op => {
-                eprint!("\r\x1b[2K");
-                return out;
-            }
-            _ = tick.tick() => {
-                let snapshot = client.get(&path).await.ok().filter(|r| r.status.is_success()).and_then(|r| r.json().ok());
-                if let Some(v) = snapshot {
-                    eprint!("\r\x1b[2K{}", crate::progress::bar(&v));
-                    let _ = std::io::stderr().flush();
-                }
-            }
-        }
-    }
 }

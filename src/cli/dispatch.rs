@@ -16,7 +16,6 @@ fn na(what: &str) -> Result<(), CliError> {
     Err(CliError::NotAvailable(what.to_owned()))
 }
 
-const EXPORT: &str = "export and the audit pack (issue: telemetry and the offline audit pack)";
 const RELEASE: &str = "release promotions, environments, deployments and artifacts (no issue filed yet)";
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -27,6 +26,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Top::Service(ServiceCmd::Restart { service }) => service_restart(&service),
         Top::Orch(OrchCmd::Db(DbCmd::Verify { offline: true })) => db_verify_offline(&g),
         Top::Keys(cmd) => crate::cli::keys::run(&g, cmd),
+        Top::Audit(cmd) => crate::cli::export::audit(&g, cmd),
         Top::Bundle(cmd)
             if !matches!(
                 cmd,
@@ -64,7 +64,8 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Orch(o) => orch(g, o).await,
         Top::Promotion(_) | Top::Rollback(_) | Top::Deploy(_) | Top::Registry(_) => na(RELEASE),
         Top::Doctor(_) => na("doctor checks (they need the queue, runs and releases they diagnose)"),
-        Top::Export(_) | Top::Audit(_) => na(EXPORT),
+        Top::Export(a) => crate::cli::export::export(g, a).await,
+        Top::Audit(_) => unreachable!("audit is offline: handled before the runtime starts"),
         Top::Backup(_) => na("store backup and restore (no issue filed yet)"),
         Top::Secrets(cmd) => secrets(g, cmd).await,
         Top::Bundle(cmd) => crate::cli::bundle::remote(g, cmd).await,

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod bundle;
 pub mod dispatch;
+pub mod export;
 pub mod keys;
 pub mod output;
 pub mod queue;

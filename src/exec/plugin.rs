@@ -264,11 +264,7 @@ pub fn request_and_env(
     let p = &job.payload;
     let run = p["run"].as_str().unwrap_or_default();
     let step = p["step"].as_str().unwrap_or_default();
-    let trace_id =
-        hex::encode(&sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(run.as_bytes()))[..16]);
-    let span_id =
-        hex::encode(&sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(job.id.as_bytes()))[..8]);
-    let traceparent = format!("00-{trace_id}-{span_id}-01");
+    let traceparent = crate::telemetry::otlp::traceparent(run, &job.id, attempt);
     let request = json!({ "protocol": 1, "run": run, "step": step, "job": job.id, "attempt": attempt, "inputs": p["inputs"], "traceparent": traceparent });
     let mut env = vec![
         ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),

@@ -70,6 +70,15 @@ pub enum Command {
     /// Fire every deadline that is due: promote delayed jobs, expire leases and locks, end
     /// budgets. Sent by the timer task; tests send it on virtual time.
     Tick,
+    /// An export pack was written and is durable: what it covers, so the next one links.
+    RecordExport {
+        data: serde_json::Value,
+    },
+    /// Keep the current metric values (telemetry, unledgered) for exports of past windows.
+    SnapshotMetrics {
+        text: String,
+        retain_ms: i64,
+    },
 }
 
 /// A token bucket of a rate budget, kept in the writer's memory: after a restart every bucket
@@ -116,6 +125,11 @@ pub enum LiveWrite {
     DropTimer {
         due_ms: i64,
         key: String,
+    },
+    /// `/metrics` as it read at the batch's time; snapshots older than `retain_ms` go.
+    MetricSnapshot {
+        text: String,
+        retain_ms: i64,
     },
     /// A secret's value: stored, never ledgered.
     Secret {
@@ -178,6 +192,10 @@ impl Command {
             Command::Run(r) => crate::engine::plan::plan(r, txn, ctx),
             Command::Bundle(b) => crate::bundle::plan::plan(b, txn),
             Command::Tick => crate::queue::plan::tick(txn, ctx),
+            Command::SnapshotMetrics { text, retain_ms } => Ok(Effects {
+                live: vec![LiveWrite::MetricSnapshot { text: text.clone(), retain_ms: *retain_ms }],
+                ..Effects::default()
+            }),
             Command::SetSecret { name, value } => Ok(Effects {
                 drafts: vec![Draft {
                     tenant: String::new(),
@@ -214,6 +232,12 @@ impl Command {
                                   "schemaVersion": super::schema::SCHEMA_VERSION }),
                 }])
             }
+            Command::RecordExport { data } => Ok(vec![Draft {
+                tenant: String::new(),
+                kind: "export.created",
+                subjects: vec![data["packSha256"].as_str().unwrap_or_default().to_owned()],
+                data: data.clone(),
+            }]),
             Command::RecordStart { version, pid, dev } => Ok(vec![Draft {
                 tenant: String::new(),
                 kind: "appliance.started",
@@ -256,6 +280,7 @@ impl Command {
             | Command::Run(_)
             | Command::Bundle(_)
             | Command::Tick
+            | Command::SnapshotMetrics { .. }
             | Command::SetConfig { .. }
             | Command::SetSecret { .. } => {
                 unreachable!("planned by Command::plan")

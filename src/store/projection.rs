@@ -58,6 +58,10 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
             t.insert("id", d.appliance_id.as_bytes()).map_err(redb::Error::from)?;
         }
         "appliance.started" | "secret.set" => {}
+        "export.created" => {
+            let mut t = txn.open_table(APPLIANCE).map_err(redb::Error::from)?;
+            t.insert("last_export", entry.data.to_string().as_bytes()).map_err(redb::Error::from)?;
+        }
         "token.created" => {
             let d: TokenCreated = data(entry)?;
             let rec = TokenRecord {

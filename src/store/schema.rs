@@ -75,6 +75,9 @@ pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets"
 pub const LIVE_LEASES: TableDefinition<&str, u64> = TableDefinition::new("live_leases");
 /// Liveness (unledgered): worker id → last seen, types, env.
 pub const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
+/// Telemetry (unledgered): snapshot time ms → the Prometheus text of `/metrics` at that time,
+/// so an export covers a past window; pruned past `telemetry.metrics_retention_ms`.
+pub const METRIC_SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("metric_snapshots");
 
 /// Every projection table keyed by name, in the order `db verify` compares them.
 pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[
@@ -174,6 +177,7 @@ impl Store {
             txn.open_table(LIVE_LEASES).map_err(|e| err(e.into()))?;
             txn.open_table(WORKERS).map_err(|e| err(e.into()))?;
             txn.open_table(SECRETS).map_err(|e| err(e.into()))?;
+            txn.open_table(METRIC_SNAPSHOTS).map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))
     }
@@ -279,6 +283,12 @@ pub mod read {
     pub fn appliance_id(txn: &ReadTransaction) -> Result<Option<String>, StoreError> {
         let table = txn.open_table(APPLIANCE).map_err(rerr)?;
         Ok(table.get("id").map_err(rerr)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    /// What the last export covered (`export.created` data), if any export was made.
+    pub fn last_export(txn: &ReadTransaction) -> Result<Option<serde_json::Value>, StoreError> {
+        let table = txn.open_table(APPLIANCE).map_err(rerr)?;
+        Ok(table.get("last_export").map_err(rerr)?.and_then(|v| serde_json::from_slice(v.value()).ok()))
     }
 
     /// The last committed entry's sequence and hash, or `(0, GENESIS_PREV)`.

@@ -13,7 +13,7 @@ use crate::queue::rng::SplitMix64;
 use crate::store::command::{Actor, Bucket, Command, CommandError, Committed, LiveWrite, PlanCtx};
 use crate::store::projection;
 use crate::store::records::{Record, WorkerRecord};
-use crate::store::schema::{DUE, LEDGER, LIVE_LEASES, SECRETS, Store, WORKERS, read, rw};
+use crate::store::schema::{DUE, LEDGER, LIVE_LEASES, METRIC_SNAPSHOTS, SECRETS, Store, WORKERS, read, rw};
 use redb::{Durability, WriteTransaction};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -89,6 +89,9 @@ pub struct Writer {
     stats: Arc<WriterStats>,
     events: broadcast::Sender<Arc<Entry>>,
     head: (u64, String),
+    /// The time of the newest entry: entry times never go backwards, even if the clock does,
+    /// so a time window of the ledger is one contiguous range of sequences.
+    last_time: i64,
     /// The head after the batch being committed, adopted only once the commit is durable.
     pending_head: Option<(u64, String)>,
     rng: SplitMix64,
@@ -139,6 +142,7 @@ pub fn channel(
     opts: WriterOptions,
 ) -> Result<(WriterHandle, Writer), crate::store::StoreError> {
     let head = read::ledger_head(&store.read()?)?;
+    let last_time = read::ledger_after(&store.read()?, head.0.saturating_sub(1), 1)?.first().map_or(0, |e| e.time);
     let (tx, rx) = mpsc::channel(opts.queue);
     let (events, _) = broadcast::channel(opts.event_buffer);
     let stats = Arc::new(WriterStats::default());
@@ -153,6 +157,7 @@ pub fn channel(
         stats,
         events,
         head,
+        last_time,
         pending_head: None,
         rng: SplitMix64::new(opts.seed),
         buckets: HashMap::new(),
@@ -220,7 +225,8 @@ impl Writer {
         txn: &WriteTransaction,
         batch: &[Envelope],
     ) -> Result<Vec<Result<Committed, CommandError>>, String> {
-        let now = self.clock.now_ms();
+        let now = self.clock.now_ms().max(self.last_time);
+        self.last_time = now;
         let (mut seq, mut prev) = self.head.clone();
         let mut results = Vec::with_capacity(batch.len());
         let mut ledger = txn.open_table(LEDGER).map_err(|e| e.to_string())?;
@@ -271,6 +277,12 @@ fn apply_live(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<()
             }
             LiveWrite::DropTimer { due_ms, key } => {
                 txn.open_table(DUE)?.remove((*due_ms as u64, key.as_str()))?;
+            }
+            LiveWrite::MetricSnapshot { text, retain_ms } => {
+                let mut t = txn.open_table(METRIC_SNAPSHOTS)?;
+                t.insert(now as u64, text.as_bytes())?;
+                let cutoff = now.saturating_sub(*retain_ms).max(0) as u64;
+                t.retain_in(..cutoff, |_, _| false)?;
             }
             LiveWrite::Secret { name, value } => {
                 txn.open_table(SECRETS)?.insert(name.as_str(), value.as_bytes())?;

@@ -74,3 +74,33 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     Ok(out)
 }
+
+/// Stores the current `/metrics` text as a snapshot (unledgered), dropping those older than
+/// `retain_ms`.
+pub async fn snapshot(store: &Store, writer: &WriterHandle, retain_ms: u64) -> Result<(), String> {
+    let text = render(store, writer).map_err(|e| e.to_string())?;
+    let command =
+        crate::store::Command::SnapshotMetrics { text, retain_ms: i64::try_from(retain_ms).unwrap_or(i64::MAX) };
+    writer.submit(crate::store::command::Actor::appliance(), command).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Snapshots every `interval_ms` until `stop` turns true (and once right away).
+pub async fn snapshot_loop(
+    store: Store,
+    writer: WriterHandle,
+    interval_ms: u64,
+    retain_ms: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval_ms));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = snapshot(&store, &writer, retain_ms).await {
+                    tracing::warn!(error = %e, "metric snapshot failed");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}

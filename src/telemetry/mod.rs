@@ -1,5 +1,8 @@
-//! Telemetry: the Prometheus exposition of the appliance's state. Logs go through `tracing`
-//! (set up in `serve`); traces and the offline export are not built yet.
+//! Telemetry: the Prometheus exposition of the appliance's state (`metrics`), the daemon's JSON
+//! logs with redaction (`logs`, `redact`), and the OTLP-JSON rendering of logs, metric
+//! snapshots and run traces for exports (`otlp`).
 
+pub mod logs;
 pub mod metrics;
+pub mod otlp;
 pub mod redact;

@@ -90,6 +90,7 @@ pub async fn secret_set(
     if req.value.is_empty() || req.value.len() > SECRET_BYTES_MAX {
         return Err(Problem::invalid("value", format!("a secret is 1 to {SECRET_BYTES_MAX} bytes")));
     }
+    crate::telemetry::logs::add_secret(&req.value);
     submit(&state, p, Command::SetSecret { name: name.clone(), value: req.value }).await?;
     Ok(Json(serde_json::json!({ "name": name, "set": true })))
 }

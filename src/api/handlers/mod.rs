@@ -4,6 +4,7 @@ pub mod admin;
 pub mod bundles;
 pub mod config;
 pub mod dags;
+pub mod exports;
 pub mod locks;
 pub mod pending;
 pub mod queue;

@@ -1,0 +1,80 @@
+//! `POST /exports` (scope `orchestrator:audit`): writes a signed export pack to a path on the
+//! appliance host — like bundle import, packs cross the gap by hand — then ledgers it
+//! (`export.created`) so the next pack names this one's head.
+
+use crate::api::extract::{Auth, JsonBody};
+use crate::api::handlers::queue::submit;
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::state::AppState;
+use crate::auth::Scope;
+use crate::export::{self, Signal};
+use crate::store::Command;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExportRequest {
+    /// The pack to create on the appliance host (absolute; it must not exist).
+    pub out: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    /// `ledger,logs,metrics,traces` (default: all).
+    #[serde(default)]
+    pub signals: Option<String>,
+    #[serde(default)]
+    pub tar: bool,
+    #[serde(default)]
+    pub progress_id: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<ExportRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let p = auth.require(Scope::Audit)?;
+    let time = |field: &'static str, v: &Option<String>| {
+        v.as_deref().map(crate::clock::parse_time).transpose().map_err(|e| Problem::invalid(field, e))
+    };
+    let (from_ms, to_ms) = (time("from", &req.from)?, time("to", &req.to)?);
+    let signals = match &req.signals {
+        Some(s) => Signal::parse_list(s).map_err(|e| Problem::invalid("signals", e))?,
+        None => Signal::ALL.to_vec(),
+    };
+    let out = PathBuf::from(&req.out);
+    if !out.is_absolute() {
+        return Err(Problem::invalid("out", "must be an absolute path on the appliance host"));
+    }
+    let progress = match &req.progress_id {
+        Some(id) => {
+            state.progress.start(id).ok_or_else(|| Problem::invalid("progressId", "expected 8-64 of 0-9, a-z, '-'"))?
+        }
+        None => Arc::default(),
+    };
+    // The pack holds the metric values as of now, not only as of the last periodic snapshot.
+    crate::telemetry::metrics::snapshot(&state.store, &state.writer, state.config.telemetry.metrics_retention_ms)
+        .await
+        .map_err(Problem::internal)?;
+    let key_path = state.lib.join("keys/appliance_ed25519");
+    let key = crate::trust::keys::read_private(&key_path).map_err(Problem::internal)?;
+    let request = export::Request { from_ms, to_ms, out: out.clone(), signals, tar: req.tar };
+    let (store, log_dir, now) = (state.store.clone(), state.log_dir.clone(), state.clock.now_ms());
+    let manifest = tokio::task::spawn_blocking(move || {
+        let src = export::Sources { store: &store, log_dir: &log_dir, key: &key, now_ms: now };
+        export::write(&src, &request, &progress)
+    })
+    .await
+    .map_err(Problem::internal)?
+    .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "export_failed", e))?;
+    let record = json!({ "window": manifest["window"], "ledger": manifest["ledger"], "signals": manifest["signals"],
+                         "packSha256": manifest["packSha256"], "out": out });
+    submit(&state, p, Command::RecordExport { data: record }).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "out": out, "manifest": manifest }))))
+}

@@ -1,0 +1,384 @@
+//! The auditor's side, on a machine that never saw the appliance: `verify` checks one pack
+//! offline; the audit store (a local redb file) takes verified packs in and checks that each
+//! continues the ledger it holds — a gap (a pack missing), an overlap (identical entries are
+//! accepted, the new tail kept) or a fork (a rewritten or truncated history) is named with its
+//! sequences — and answers `audit runs|ledger|report` from the imported ledger.
+
+pub mod verify;
+
+use crate::cli::args::{AuditCmd, Global};
+use crate::cli::output::{self, s, table};
+use crate::exit::CliError;
+use crate::ledger::Entry;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::{Value, json};
+use std::io::BufRead;
+use std::path::Path;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
+const PACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("packs");
+
+pub struct AuditStore {
+    db: Database,
+}
+
+fn e(err: impl std::fmt::Display) -> String {
+    format!("audit store: {err}")
+}
+
+/// Where the imported ledger ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    appliance: String,
+    seq: u64,
+    hash: String,
+}
+
+impl AuditStore {
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let db = Database::create(path).map_err(|err| format!("{}: {err}", path.display()))?;
+        let txn = db.begin_write().map_err(e)?;
+        txn.open_table(META).map_err(e)?;
+        txn.open_table(LEDGER).map_err(e)?;
+        txn.open_table(PACKS).map_err(e)?;
+        txn.commit().map_err(e)?;
+        Ok(AuditStore { db })
+    }
+
+    fn head(&self) -> Result<Option<Head>, String> {
+        let txn = self.db.begin_read().map_err(e)?;
+        let meta = txn.open_table(META).map_err(e)?;
+        let get = |k: &str| -> Result<Option<String>, String> {
+            Ok(meta.get(k).map_err(e)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+        };
+        let Some(appliance) = get("appliance")? else { return Ok(None) };
+        let seq = get("headSeq")?.and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok(Some(Head { appliance, seq, hash: get("headHash")?.unwrap_or_default() }))
+    }
+
+    fn stored_hash(&self, seq: u64) -> Result<Option<String>, String> {
+        let txn = self.db.begin_read().map_err(e)?;
+        let t = txn.open_table(LEDGER).map_err(e)?;
+        Ok(t.get(seq).map_err(e)?.and_then(|v| serde_json::from_slice::<Entry>(v.value()).ok()).map(|entry| entry.hash))
+    }
+
+    /// Imports one verified pack: checks how it continues the imported ledger, then stores its
+    /// new entries and the pack's record in one transaction. Returns what was found.
+    pub fn import(&self, pack: &Path, v: &verify::Verified) -> Result<Value, String> {
+        let m = &v.manifest;
+        let appliance = m["applianceId"].as_str().unwrap_or_default().to_owned();
+        let range = &m["ledger"];
+        let (first, last) = (range["firstSeq"].as_u64(), range["lastSeq"].as_u64());
+        let head = self.head()?;
+        let mut notes = Vec::new();
+        if let Some(h) = &head {
+            if h.appliance != appliance {
+                return Err(format!("the pack is from appliance {appliance}; this audit store holds {}", h.appliance));
+            }
+            if let Some(prev_seq) = m["previous"]["lastSeq"].as_u64() {
+                match self.stored_hash(prev_seq)? {
+                    Some(hash) if m["previous"]["lastHash"].as_str() != Some(hash.as_str()) => {
+                        return Err(format!(
+                            "fork: the appliance says its previous export ended at seq {prev_seq} with hash {}, the imported seq {prev_seq} has hash {hash}",
+                            m["previous"]["lastHash"]
+                        ));
+                    }
+                    None if prev_seq > h.seq => notes.push(format!(
+                        "the appliance exported up to seq {prev_seq} before this pack; the audit store ends at seq {}",
+                        h.seq
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        let (Some(first), Some(last)) = (first, last) else {
+            notes.push("the pack holds no ledger entries".into());
+            return self.record(pack, v, head.map_or(0, |h| h.seq), &appliance, notes, None);
+        };
+        let first_prev = range["firstPrev"].as_str().unwrap_or_default();
+        let keep_after = match &head {
+            None => {
+                if first > 1 {
+                    notes.push(format!("first pack: history before seq {first} is not in this audit store"));
+                }
+                first - 1
+            }
+            Some(h) if first == h.seq + 1 => {
+                if first_prev != h.hash {
+                    return Err(format!(
+                        "fork: the pack's first entry (seq {first}) follows a seq {} with hash {first_prev}, but the imported seq {} has hash {} (a rewritten or truncated history)",
+                        h.seq, h.seq, h.hash
+                    ));
+                }
+                notes.push(format!("links to seq {}", h.seq));
+                h.seq
+            }
+            Some(h) if first > h.seq + 1 => {
+                return Err(format!(
+                    "gap: seq {}..{} are in no imported pack (the pack starts at seq {first}; a pack is missing or the ledger was truncated)",
+                    h.seq + 1,
+                    first - 1
+                ));
+            }
+            Some(h) => {
+                let upto = last.min(h.seq);
+                self.compare_overlap(&v.dir.path, first, upto)?;
+                notes.push(format!("overlaps seq {first}..{upto}, identical; new entries from seq {}", upto + 1));
+                h.seq
+            }
+        };
+        self.record(pack, v, keep_after, &appliance, notes, Some(last))
+    }
+
+    fn compare_overlap(&self, dir: &Path, first: u64, upto: u64) -> Result<(), String> {
+        let file = std::fs::File::open(dir.join(crate::export::Signal::Ledger.file())).map_err(|e| e.to_string())?;
+        for line in std::io::BufReader::new(file).lines() {
+            let entry: Entry = serde_json::from_str(&line.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            if entry.seq > upto {
+                break;
+            }
+            if entry.seq >= first && self.stored_hash(entry.seq)?.as_deref() != Some(entry.hash.as_str()) {
+                return Err(format!("fork at seq {}: the pack's entry differs from the imported one", entry.seq));
+            }
+        }
+        Ok(())
+    }
+
+    fn record(
+        &self,
+        pack: &Path,
+        v: &verify::Verified,
+        keep_after: u64,
+        appliance: &str,
+        notes: Vec<String>,
+        last: Option<u64>,
+    ) -> Result<Value, String> {
+        let txn = self.db.begin_write().map_err(e)?;
+        let mut added = 0u64;
+        {
+            let mut ledger = txn.open_table(LEDGER).map_err(e)?;
+            let mut meta = txn.open_table(META).map_err(e)?;
+            if last.is_some_and(|l| l > keep_after) {
+                let file = std::fs::File::open(v.dir.path.join(crate::export::Signal::Ledger.file()))
+                    .map_err(|err| err.to_string())?;
+                let mut head: Option<(u64, String)> = None;
+                for line in std::io::BufReader::new(file).lines() {
+                    let line = line.map_err(|err| err.to_string())?;
+                    let entry: Entry = serde_json::from_str(&line).map_err(|err| err.to_string())?;
+                    if entry.seq > keep_after {
+                        ledger.insert(entry.seq, line.as_bytes()).map_err(e)?;
+                        added += 1;
+                        head = Some((entry.seq, entry.hash));
+                    }
+                }
+                if let Some((seq, hash)) = head {
+                    meta.insert("headSeq", seq.to_string().as_bytes()).map_err(e)?;
+                    meta.insert("headHash", hash.as_bytes()).map_err(e)?;
+                }
+            }
+            meta.insert("appliance", appliance.as_bytes()).map_err(e)?;
+            let mut packs = txn.open_table(PACKS).map_err(e)?;
+            let n = packs.last().map_err(e)?.map_or(0, |(k, _)| k.value()) + 1;
+            let rec = json!({ "pack": pack, "window": v.manifest["window"], "ledger": v.manifest["ledger"],
+                              "signer": v.report["signer"], "fingerprint": v.report["fingerprint"], "notes": notes,
+                              "added": added, "importedAt": crate::clock::rfc3339(crate::clock::SystemClock.now()) });
+            packs.insert(n, rec.to_string().as_bytes()).map_err(e)?;
+        }
+        txn.commit().map_err(e)?;
+        Ok(json!({ "pack": pack, "ledger": v.manifest["ledger"], "added": added, "notes": notes }))
+    }
+
+    fn entries(&self) -> Result<Vec<Entry>, String> {
+        let txn = self.db.begin_read().map_err(e)?;
+        let t = txn.open_table(LEDGER).map_err(e)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(e)? {
+            let (_, v) = row.map_err(e)?;
+            out.push(serde_json::from_slice(v.value()).map_err(e)?);
+        }
+        Ok(out)
+    }
+
+    fn packs(&self) -> Result<Vec<Value>, String> {
+        let txn = self.db.begin_read().map_err(e)?;
+        let t = txn.open_table(PACKS).map_err(e)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(e)? {
+            out.push(serde_json::from_slice(row.map_err(e)?.1.value()).map_err(e)?);
+        }
+        Ok(out)
+    }
+}
+
+/// What `audit report` lists: operators' decisions, by entry kind.
+const DECISIONS: &[(&str, &str)] = &[
+    ("run.created", "started run"),
+    ("run.cancelled", "cancelled run"),
+    ("run.resumed", "resumed run"),
+    ("step.skipped", "skipped step"),
+    ("approval.", "approved"),
+    ("lock.force_released", "force-released lock"),
+    ("bundle.imported", "imported bundle"),
+    ("bundle.removed", "removed bundle"),
+    ("bundle.rejected", "bundle rejected"),
+    ("bundle.quarantined", "bundle quarantined"),
+    ("dag.registered", "registered DAG"),
+    ("dag.disabled", "disabled DAG"),
+    ("dag.enabled", "enabled DAG"),
+    ("dag.rolled_back", "rolled back DAG"),
+    ("token.created", "created token"),
+    ("token.revoked", "revoked token"),
+    ("config.set", "set config"),
+    ("secret.set", "set secret"),
+    ("queue.", "queue"),
+    ("export.created", "exported"),
+];
+
+fn time(ms: i64) -> String {
+    crate::clock::rfc3339(ms)
+}
+
+pub fn cli(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
+    let fail = CliError::Invalid;
+    match cmd {
+        AuditCmd::Verify { .. } => unreachable!("handled by cli::export::audit"),
+        AuditCmd::Import { mut packs, signers, store } => {
+            let signers = signers.unwrap_or_else(|| crate::cli::target::layout(g).trust_dir().join("allowed_signers"));
+            let trust = crate::trust::store::TrustStore::load_files(&signers, None).map_err(|e| fail(e.to_string()))?;
+            let db = AuditStore::open(&store.path).map_err(CliError::Other)?;
+            let now = crate::clock::SystemClock.now();
+            let mut verified = Vec::new();
+            for p in packs.drain(..) {
+                let v = verify::verify_pack(&p, &trust, now)
+                    .map_err(|err| CliError::VerifyFailed(format!("{}: {err}", p.display())))?;
+                verified.push((p, v));
+            }
+            // Oldest first, whatever order they were named in.
+            verified.sort_by_key(|(_, v)| v.manifest["ledger"]["firstSeq"].as_u64().unwrap_or(u64::MAX));
+            let mut results = Vec::new();
+            for (p, v) in &verified {
+                let r = db.import(p, v).map_err(|err| CliError::VerifyFailed(format!("{}: {err}", p.display())))?;
+                results.push(r);
+            }
+            let out = json!({ "imported": results });
+            output::print(g.format, &out, |v| {
+                v["imported"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        let notes: Vec<&str> =
+                            r["notes"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
+                        format!(
+                            "imported {}: seq {}..{}, {} new entries; {}\n",
+                            s(&r["pack"]),
+                            s(&r["ledger"]["firstSeq"]),
+                            s(&r["ledger"]["lastSeq"]),
+                            s(&r["added"]),
+                            notes.join("; ")
+                        )
+                    })
+                    .collect()
+            });
+            Ok(())
+        }
+        AuditCmd::Ledger { store, kind, limit } => {
+            let db = AuditStore::open(&store.path).map_err(CliError::Other)?;
+            let entries: Vec<Entry> = db
+                .entries()
+                .map_err(CliError::Other)?
+                .into_iter()
+                .filter(|x| kind.as_deref().is_none_or(|k| x.kind == k || (k.ends_with('.') && x.kind.starts_with(k))))
+                .take(limit)
+                .collect();
+            let v = json!({ "entries": entries });
+            output::print(g.format, &v, |_| {
+                table(
+                    &["SEQ", "TIME", "ACTOR", "KIND", "SUBJECTS"],
+                    &entries
+                        .iter()
+                        .map(|x| {
+                            vec![x.seq.to_string(), time(x.time), x.actor.clone(), x.kind.clone(), x.subjects.join(" ")]
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            });
+            Ok(())
+        }
+        AuditCmd::Runs { store } => {
+            let db = AuditStore::open(&store.path).map_err(CliError::Other)?;
+            let mut runs: Vec<Value> = Vec::new();
+            for x in db.entries().map_err(CliError::Other)? {
+                let id = x.data["runId"].as_str().unwrap_or_default();
+                match x.kind.as_str() {
+                    "run.created" => runs.push(json!({ "run": id, "dag": x.data["dag"], "tenant": x.tenant,
+                        "startedBy": x.actor, "startedAt": time(x.time), "status": "running", "endedAt": null })),
+                    "run.succeeded" | "run.failed" | "run.cancelled" => {
+                        if let Some(r) = runs.iter_mut().find(|r| r["run"] == id) {
+                            r["status"] = json!(x.kind.trim_start_matches("run."));
+                            r["endedAt"] = json!(time(x.time));
+                            r["endedBy"] = json!(x.actor);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let v = json!({ "runs": runs });
+            output::print(g.format, &v, |_| {
+                table(
+                    &["RUN", "DAG", "TENANT", "STARTED BY", "STARTED", "STATUS", "ENDED"],
+                    &runs
+                        .iter()
+                        .map(|r| {
+                            ["run", "dag", "tenant", "startedBy", "startedAt", "status", "endedAt"]
+                                .iter()
+                                .map(|k| s(&r[*k]))
+                                .collect()
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            });
+            Ok(())
+        }
+        AuditCmd::Report { store } => {
+            let db = AuditStore::open(&store.path).map_err(CliError::Other)?;
+            let mut decisions = Vec::new();
+            for x in db.entries().map_err(CliError::Other)? {
+                let Some((_, label)) =
+                    DECISIONS.iter().find(|(k, _)| x.kind == *k || (k.ends_with('.') && x.kind.starts_with(k)))
+                else {
+                    continue;
+                };
+                decisions.push(json!({ "seq": x.seq, "time": time(x.time), "actor": x.actor, "action": label,
+                                       "kind": x.kind, "subject": x.subjects.join(" ") }));
+            }
+            let packs = db.packs().map_err(CliError::Other)?;
+            let v = json!({ "packs": packs, "decisions": decisions });
+            output::print(g.format, &v, |v| {
+                let mut out = String::from("packs\n");
+                for p in v["packs"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "  {}  {} → {}  seq {}..{}  signed by {}\n",
+                        s(&p["pack"]),
+                        s(&p["window"]["from"]),
+                        s(&p["window"]["to"]),
+                        s(&p["ledger"]["firstSeq"]),
+                        s(&p["ledger"]["lastSeq"]),
+                        s(&p["fingerprint"])
+                    ));
+                }
+                out.push_str("decisions\n");
+                out.push_str(&table(
+                    &["SEQ", "TIME", "ACTOR", "ACTION", "SUBJECT"],
+                    &decisions
+                        .iter()
+                        .map(|d| ["seq", "time", "actor", "action", "subject"].iter().map(|k| s(&d[*k])).collect())
+                        .collect::<Vec<_>>(),
+                ));
+                out
+            });
+            Ok(())
+        }
+    }
+}

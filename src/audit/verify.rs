@@ -1,0 +1,253 @@
+//! `stella audit verify PACK`: the full offline check of an export pack (a directory or its
+//! tar), with nothing but the pack and an `allowed_signers` file. In order: only the pack's own
+//! file names; the signature over `SHA256SUMS` (export namespace); every file listed, none
+//! unlisted; `manifest.json`'s digest; then each NDJSON file streamed once — its digest, its
+//! per-block digests, its line count, every line's shape, and for `ledger.ndjson` the hash
+//! chain line by line against the manifest's first and last sequence and hash. The first thing
+//! wrong is named with its file and, where it can be, its line and sequence.
+
+use crate::export::{BLOCK_LINES, MANIFEST, SUMS, SUMS_SIG, Signal};
+use crate::ledger::Entry;
+use crate::trust::sig::{self, Namespace};
+use crate::trust::store::TrustStore;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+/// A pack file at most (a tar pack is unpacked into a temporary directory).
+const PACK_BYTES_MAX: u64 = 256 * 1024 * 1024 * 1024;
+/// `SHA256SUMS`, its signature and the manifest at most.
+const SMALL_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+fn allowed(name: &str) -> bool {
+    [MANIFEST, SUMS, SUMS_SIG].contains(&name) || Signal::ALL.iter().any(|s| s.file() == name)
+}
+
+/// The pack's files on disk: the directory itself, or a temporary copy of a tar's members
+/// (removed on drop).
+pub struct PackDir {
+    pub path: PathBuf,
+    temporary: bool,
+}
+
+impl Drop for PackDir {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A verified pack: the report and its files.
+pub struct Verified {
+    pub report: Value,
+    pub manifest: Value,
+    pub dir: PackDir,
+}
+
+fn open(pack: &Path) -> Result<PackDir, String> {
+    let meta = std::fs::metadata(pack).map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        return Ok(PackDir { path: pack.to_path_buf(), temporary: false });
+    }
+    if meta.len() > PACK_BYTES_MAX {
+        return Err(format!("{} bytes is larger than a pack may be", meta.len()));
+    }
+    let dir = std::env::temp_dir().join(format!("stella-audit-{}", crate::ids::random_hex(8)));
+    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let unpacked = PackDir { path: dir.clone(), temporary: true };
+    let mut archive = tar::Archive::new(std::fs::File::open(pack).map_err(|e| e.to_string())?);
+    for named in crate::bundle::entries::entries(&mut archive)? {
+        let crate::bundle::entries::Named { name, mut entry } = named?;
+        if !allowed(&name) || entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(format!("unexpected {name:?} in the pack: a pack holds only its own files"));
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(&name))
+            .map_err(|e| format!("{name}: {e} (is it in the tar twice?)"))?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(unpacked)
+}
+
+fn read_small(dir: &Path, name: &str) -> Result<Vec<u8>, String> {
+    let path = dir.join(name);
+    let len = std::fs::metadata(&path).map_err(|_| format!("{name} is missing"))?.len();
+    if len > SMALL_BYTES_MAX {
+        return Err(format!("{name} is larger than {SMALL_BYTES_MAX} bytes"));
+    }
+    std::fs::read(&path).map_err(|e| format!("{name}: {e}"))
+}
+
+pub fn verify(pack: &Path, trust: &TrustStore, now_ms: i64) -> Result<Value, String> {
+    verify_pack(pack, trust, now_ms).map(|v| v.report)
+}
+
+pub fn verify_pack(pack: &Path, trust: &TrustStore, now_ms: i64) -> Result<Verified, String> {
+    let dir = open(pack)?;
+    let mut present = Vec::new();
+    for e in std::fs::read_dir(&dir.path).map_err(|e| e.to_string())? {
+        let e = e.map_err(|e| e.to_string())?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !allowed(&name) || !e.file_type().map_err(|e| e.to_string())?.is_file() {
+            return Err(format!("unexpected {name:?} in the pack: a pack holds only its own files"));
+        }
+        present.push(name);
+    }
+    let sums_bytes = read_small(&dir.path, SUMS)?;
+    let sig_text = String::from_utf8_lossy(&read_small(&dir.path, SUMS_SIG)?).into_owned();
+    let signer = sig::verify(&sig_text, Namespace::Export, &sums_bytes, trust, now_ms)
+        .map_err(|e| format!("{SUMS_SIG}: {e}"))?;
+    let mut listed: Vec<(String, String)> = Vec::new();
+    for (i, line) in String::from_utf8_lossy(&sums_bytes).lines().enumerate() {
+        let (sha, name) =
+            line.split_once("  ").ok_or_else(|| format!("{SUMS} line {}: expected '<sha256>  <name>'", i + 1))?;
+        let hex = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        if !hex || !allowed(name) || [SUMS, SUMS_SIG].contains(&name) || listed.iter().any(|(n, _)| n == name) {
+            return Err(format!("{SUMS} line {}: {line:?} is not a digest of a pack file (or repeats one)", i + 1));
+        }
+        listed.push((name.to_owned(), sha.to_owned()));
+    }
+    if let Some(extra) =
+        present.iter().find(|n| ![SUMS, SUMS_SIG].contains(&n.as_str()) && !listed.iter().any(|(l, _)| l == *n))
+    {
+        return Err(format!("{extra} is not listed in {SUMS}: it was added after the pack was signed"));
+    }
+    if let Some((missing, _)) = listed.iter().find(|(n, _)| !present.contains(n)) {
+        return Err(format!("{missing} is listed in {SUMS} but missing from the pack"));
+    }
+    let sha_of = |n: &str| listed.iter().find(|(l, _)| l == n).map(|(_, s)| s.as_str());
+    let manifest_bytes = read_small(&dir.path, MANIFEST)?;
+    if sha_of(MANIFEST) != Some(hex::encode(Sha256::digest(&manifest_bytes)).as_str()) {
+        return Err(format!("{MANIFEST}: its digest does not match {SUMS}"));
+    }
+    let manifest: Value = serde_json::from_slice(&manifest_bytes).map_err(|e| format!("{MANIFEST}: {e}"))?;
+    if manifest["formatVersion"] != 1 {
+        return Err(format!("{MANIFEST}: formatVersion {} is not supported", manifest["formatVersion"]));
+    }
+    for signal in Signal::ALL {
+        let name = signal.file();
+        match (sha_of(name), manifest["files"].get(name)) {
+            (Some(sha), Some(summary)) => check_file(&dir.path, signal, sha, summary, &manifest["ledger"])?,
+            (None, None) => {}
+            _ => return Err(format!("{name}: {SUMS} and {MANIFEST} disagree on whether it is in the pack")),
+        }
+    }
+    let report = json!({ "ok": true, "signer": signer.principal, "fingerprint": signer.fingerprint,
+                         "files": listed.len(), "manifest": manifest });
+    Ok(Verified { report, manifest, dir })
+}
+
+/// Streams one NDJSON file once: digest, block digests, lines, shapes, and the ledger's chain.
+fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Value) -> Result<(), String> {
+    let name = signal.file();
+    let file = std::fs::File::open(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let (mut whole, mut block) = (Sha256::new(), Sha256::new());
+    let mut blocks = Vec::new();
+    let mut lines = 0u64;
+    let mut first_problem: Option<String> = None;
+    let mut expect_seq = range["firstSeq"].as_u64().unwrap_or(1);
+    let mut prev = range["firstPrev"].as_str().unwrap_or_default().to_owned();
+    let mut last: Option<(u64, String)> = None;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("{name}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf);
+        block.update(&buf);
+        lines += 1;
+        if lines.is_multiple_of(BLOCK_LINES) {
+            blocks.push(hex::encode(block.finalize_reset()));
+        }
+        if first_problem.is_some() {
+            continue;
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let problem = match signal {
+            Signal::Ledger => match check_entry(line, expect_seq, &prev) {
+                Ok(e) => {
+                    expect_seq = e.seq + 1;
+                    prev = e.hash.clone();
+                    last = Some((e.seq, e.hash));
+                    None
+                }
+                Err(p) => Some(p),
+            },
+            _ => {
+                let key = match signal {
+                    Signal::Logs => "resourceLogs",
+                    Signal::Metrics => "resourceMetrics",
+                    _ => "resourceSpans",
+                };
+                let ok = serde_json::from_slice::<Value>(line).is_ok_and(|v| v[key].is_array());
+                (!ok).then(|| format!("not an OTLP request with {key}"))
+            }
+        };
+        first_problem = problem.map(|p| format!("line {lines}: {p}"));
+    }
+    if !lines.is_multiple_of(BLOCK_LINES) {
+        blocks.push(hex::encode(block.finalize_reset()));
+    }
+    let signed_blocks: Vec<&str> =
+        summary["blocks"].as_array().into_iter().flatten().filter_map(|b| b.as_str()).collect();
+    if hex::encode(whole.finalize()) != sha {
+        let detail = first_problem.clone().or_else(|| {
+            let at = blocks
+                .iter()
+                .zip(&signed_blocks)
+                .position(|(a, b)| a != b)
+                .unwrap_or(blocks.len().min(signed_blocks.len()));
+            Some(format!(
+                "lines {}-{} differ from the signed block digests ({} lines, the manifest says {})",
+                at as u64 * BLOCK_LINES + 1,
+                (at as u64 + 1) * BLOCK_LINES,
+                lines,
+                summary["lines"]
+            ))
+        });
+        return Err(format!("{name}: its digest does not match {SUMS}; {}", detail.unwrap_or_default()));
+    }
+    if let Some(p) = first_problem {
+        return Err(format!("{name}: {p}"));
+    }
+    if Some(lines) != summary["lines"].as_u64() {
+        return Err(format!("{name}: {lines} lines, the manifest says {}", summary["lines"]));
+    }
+    if signal == Signal::Ledger {
+        let (last_seq, last_hash) = last.map_or((Value::Null, Value::Null), |(s, h)| (json!(s), json!(h)));
+        if range["count"].as_u64() != Some(lines) || range["lastSeq"] != last_seq || range["lastHash"] != last_hash {
+            return Err(format!(
+                "{name}: ends at seq {last_seq} with {lines} entries, the manifest says seq {} with {}",
+                range["lastSeq"], range["count"]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One ledger line: an entry, the expected next sequence, linked to `prev`, hashing to itself.
+pub fn check_entry(line: &[u8], expect_seq: u64, prev: &str) -> Result<Entry, String> {
+    let e: Entry = serde_json::from_slice(line).map_err(|err| format!("not a ledger entry ({err})"))?;
+    if e.seq != expect_seq {
+        let why = if e.seq > expect_seq {
+            format!("entry {expect_seq} is missing")
+        } else {
+            "out of order or repeated".to_owned()
+        };
+        return Err(format!("expected seq {expect_seq}, found seq {} ({why})", e.seq));
+    }
+    if e.prev != prev {
+        return Err(format!("seq {}: prev does not match the hash of seq {}", e.seq, e.seq.saturating_sub(1)));
+    }
+    if e.compute_hash() != e.hash {
+        return Err(format!("seq {}: hash does not match its contents", e.seq));
+    }
+    Ok(e)
+}

@@ -1,0 +1,380 @@
+//! The offline export pack (DESIGN.md §3): for a time window, `ledger.ndjson` (the ledger
+//! entries exactly as stored), and `logs.ndjson`, `metrics.ndjson`, `traces.ndjson` in the
+//! OTLP-JSON file format; `manifest.json` (window, counts, per-file line blocks, ledger range
+//! and hashes, the previous export's head, appliance id, key fingerprint, tool version);
+//! `SHA256SUMS`; `SHA256SUMS.sig` (SSHSIG, export namespace, the appliance key).
+//!
+//! Everything is streamed (one read transaction, line by line, bounded buffers) into a
+//! temporary directory beside the destination, fsynced, then renamed — a crash never leaves a
+//! pack that looks whole. A window is a contiguous range of ledger sequences, because entry
+//! times never go backwards.
+
+mod traces;
+
+use crate::ledger::Entry;
+use crate::progress::Progress;
+use crate::store::Store;
+use crate::store::schema::{LEDGER, METRIC_SNAPSHOTS, read};
+use crate::telemetry::otlp;
+use crate::trust::sig::{self, Namespace};
+use redb::ReadableTable;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const SUMS: &str = "SHA256SUMS";
+pub const SUMS_SIG: &str = "SHA256SUMS.sig";
+/// A block of this many lines has its own digest in the manifest, so a changed line is located.
+pub const BLOCK_LINES: u64 = 1024;
+/// Log records per OTLP request line.
+const LOG_BATCH: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Ledger,
+    Logs,
+    Metrics,
+    Traces,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 4] = [Signal::Ledger, Signal::Logs, Signal::Metrics, Signal::Traces];
+
+    pub fn file(self) -> &'static str {
+        match self {
+            Signal::Ledger => "ledger.ndjson",
+            Signal::Logs => "logs.ndjson",
+            Signal::Metrics => "metrics.ndjson",
+            Signal::Traces => "traces.ndjson",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.file().trim_end_matches(".ndjson")
+    }
+
+    /// `ledger,logs,metrics,traces` (any subset, each once).
+    pub fn parse_list(list: &str) -> Result<Vec<Signal>, String> {
+        let mut out = Vec::new();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let s = Signal::ALL
+                .into_iter()
+                .find(|s| s.name() == part)
+                .ok_or_else(|| format!("signal {part:?}: expected ledger, logs, metrics or traces"))?;
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        if out.is_empty() {
+            return Err("no signal selected".into());
+        }
+        Ok(out)
+    }
+}
+
+/// What to export and where.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Unix ms, inclusive; `None`: where the previous export ended (or the beginning).
+    pub from_ms: Option<i64>,
+    /// Unix ms, exclusive; `None`: now.
+    pub to_ms: Option<i64>,
+    /// The pack directory (or tar file) to create; it must not exist.
+    pub out: PathBuf,
+    pub signals: Vec<Signal>,
+    pub tar: bool,
+}
+
+/// Where the data and the signing key come from.
+pub struct Sources<'a> {
+    pub store: &'a Store,
+    pub log_dir: &'a Path,
+    pub key: &'a ssh_key::PrivateKey,
+    pub now_ms: i64,
+}
+
+/// One NDJSON file being written: its digest, per-block digests and counts as it grows.
+struct Ndjson {
+    out: std::io::BufWriter<std::fs::File>,
+    sha: Sha256,
+    block: Sha256,
+    blocks: Vec<String>,
+    lines: u64,
+    bytes: u64,
+    records: u64,
+}
+
+impl Ndjson {
+    fn create(path: &Path) -> std::io::Result<Self> {
+        Ok(Ndjson {
+            out: std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?),
+            sha: Sha256::new(),
+            block: Sha256::new(),
+            blocks: Vec::new(),
+            lines: 0,
+            bytes: 0,
+            records: 0,
+        })
+    }
+
+    fn line(&mut self, bytes: &[u8], records: u64) -> std::io::Result<()> {
+        for part in [bytes, b"\n"] {
+            self.out.write_all(part)?;
+            self.sha.update(part);
+            self.block.update(part);
+        }
+        self.bytes += bytes.len() as u64 + 1;
+        self.lines += 1;
+        self.records += records;
+        if self.lines.is_multiple_of(BLOCK_LINES) {
+            self.blocks.push(hex::encode(self.block.finalize_reset()));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<(String, Value)> {
+        if !self.lines.is_multiple_of(BLOCK_LINES) {
+            self.blocks.push(hex::encode(self.block.finalize_reset()));
+        }
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
+        let summary = json!({ "lines": self.lines, "records": self.records, "bytes": self.bytes,
+                              "blockLines": BLOCK_LINES, "blocks": self.blocks });
+        Ok((hex::encode(self.sha.finalize()), summary))
+    }
+}
+
+fn io(what: &Path) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{}: {e}", what.display())
+}
+
+fn store_err(e: impl std::fmt::Display) -> String {
+    format!("store: {e}")
+}
+
+/// The first sequence whose entry time is at or after `t` (entry times never decrease).
+fn first_seq_at(table: &impl ReadableTable<u64, &'static [u8]>, head: u64, t: i64) -> Result<u64, String> {
+    let (mut lo, mut hi) = (1u64, head + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let time = match table.get(mid).map_err(store_err)? {
+            Some(v) => serde_json::from_slice::<Entry>(v.value()).map_err(store_err)?.time,
+            None => i64::MAX,
+        };
+        if time < t {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// Writes the pack; returns its manifest. The caller records it (`export.created`).
+pub fn write(src: &Sources, req: &Request, progress: &Progress) -> Result<Value, String> {
+    let out = &req.out;
+    if out.exists() {
+        return Err(format!("{} exists: a pack is never overwritten", out.display()));
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(format!("{} is not a directory", parent.display()));
+    }
+    let txn = src.store.read().map_err(store_err)?;
+    let appliance_id = read::appliance_id(&txn).map_err(store_err)?.unwrap_or_default();
+    let previous = read::last_export(&txn).map_err(store_err)?;
+    let from_ms = req.from_ms.or_else(|| previous.as_ref().and_then(|p| p["window"]["toMs"].as_i64())).unwrap_or(0);
+    let to_ms = req.to_ms.unwrap_or(src.now_ms);
+    if to_ms <= from_ms {
+        return Err(format!("the window is empty: --to ({to_ms}) must be after --from ({from_ms})"));
+    }
+    let name = out.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let staging = parent.join(format!(".{name}.tmp-{}", crate::ids::random_hex(4)));
+    std::fs::create_dir(&staging).map_err(io(&staging))?;
+    let result = (|| {
+        let manifest =
+            write_files(src, req, &txn, &staging, &appliance_id, previous.as_ref(), from_ms, to_ms, progress)?;
+        seal(&staging, out, req.tar)?;
+        Ok(manifest)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_files(
+    src: &Sources,
+    req: &Request,
+    txn: &redb::ReadTransaction,
+    dir: &Path,
+    appliance_id: &str,
+    previous: Option<&Value>,
+    from_ms: i64,
+    to_ms: i64,
+    progress: &Progress,
+) -> Result<Value, String> {
+    let resource = otlp::resource(appliance_id);
+    let wants = |s: Signal| req.signals.contains(&s);
+    let open = |s: Signal| -> Result<Option<Ndjson>, String> {
+        let path = dir.join(s.file());
+        wants(s).then(|| Ndjson::create(&path).map_err(io(&path))).transpose()
+    };
+    let (mut ledger, mut logs, mut metrics, mut traces) =
+        (open(Signal::Ledger)?, open(Signal::Logs)?, open(Signal::Metrics)?, open(Signal::Traces)?);
+    progress.phase("exporting");
+
+    // The ledger window, and the traces built from it in the same pass.
+    let table = txn.open_table(LEDGER).map_err(store_err)?;
+    let head = read::ledger_head(txn).map_err(store_err)?.0;
+    let first = first_seq_at(&table, head, from_ms)?;
+    let mut range = json!({ "count": 0, "firstSeq": null, "firstPrev": null, "lastSeq": null, "lastHash": null });
+    let mut builder = traces::Builder::new(txn, &resource);
+    let mut count = 0u64;
+    let mut trace_lines: Vec<Value> = Vec::new();
+    if ledger.is_some() || traces.is_some() {
+        for row in table.range(first..).map_err(store_err)? {
+            let (k, v) = row.map_err(store_err)?;
+            let entry: Entry = serde_json::from_slice(v.value()).map_err(store_err)?;
+            if entry.time >= to_ms {
+                break;
+            }
+            if count == 0 {
+                range["firstSeq"] = json!(k.value());
+                range["firstPrev"] = json!(entry.prev);
+            }
+            count += 1;
+            range["lastSeq"] = json!(k.value());
+            range["lastHash"] = json!(entry.hash);
+            if let Some(l) = ledger.as_mut() {
+                l.line(v.value(), 1).map_err(io(&dir.join(Signal::Ledger.file())))?;
+            }
+            if let Some(t) = traces.as_mut() {
+                builder.feed(&entry, &mut |line| trace_lines.push(line));
+                for line in trace_lines.drain(..) {
+                    let spans = line["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().map_or(0, Vec::len);
+                    t.line(line.to_string().as_bytes(), spans as u64).map_err(io(&dir.join(Signal::Traces.file())))?;
+                }
+            }
+            progress.add(v.value().len() as u64);
+        }
+    }
+    range["count"] = json!(count);
+    if let Some(t) = traces.as_mut() {
+        builder.finish(&mut |line| trace_lines.push(line));
+        for line in trace_lines.drain(..) {
+            let spans = line["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().map_or(0, Vec::len);
+            t.line(line.to_string().as_bytes(), spans as u64).map_err(io(&dir.join(Signal::Traces.file())))?;
+        }
+    }
+
+    if let Some(m) = metrics.as_mut() {
+        let snapshots = txn.open_table(METRIC_SNAPSHOTS).map_err(store_err)?;
+        for row in snapshots.range(from_ms.max(0) as u64..to_ms.max(0) as u64).map_err(store_err)? {
+            let (k, v) = row.map_err(store_err)?;
+            let request = otlp::metrics_request(&resource, k.value() as i64, &String::from_utf8_lossy(v.value()));
+            let n = request["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].as_array().map_or(0, Vec::len);
+            m.line(request.to_string().as_bytes(), n as u64).map_err(io(&dir.join(Signal::Metrics.file())))?;
+            progress.add(v.value().len() as u64);
+        }
+    }
+
+    if let Some(l) = logs.as_mut() {
+        let mut batch = Vec::with_capacity(LOG_BATCH);
+        let path = dir.join(Signal::Logs.file());
+        let flush = |batch: &mut Vec<Value>, l: &mut Ndjson| -> Result<(), String> {
+            if !batch.is_empty() {
+                let n = batch.len() as u64;
+                let request = otlp::logs_request(&resource, std::mem::take(batch));
+                l.line(request.to_string().as_bytes(), n).map_err(io(&path))?;
+            }
+            Ok(())
+        };
+        for file in crate::telemetry::logs::files(src.log_dir) {
+            let reader = std::io::BufReader::new(std::fs::File::open(&file).map_err(io(&file))?);
+            for line in reader.lines() {
+                let line = line.map_err(io(&file))?;
+                progress.add(line.len() as u64 + 1);
+                // Redacted again on the way out: a value set as a secret after it was logged.
+                let Some((ms, record)) = otlp::log_record(&crate::telemetry::logs::redact(&line)) else { continue };
+                if ms >= from_ms && ms < to_ms {
+                    batch.push(record);
+                    if batch.len() == LOG_BATCH {
+                        flush(&mut batch, l)?;
+                    }
+                }
+            }
+        }
+        flush(&mut batch, l)?;
+    }
+
+    let mut files = serde_json::Map::new();
+    let mut sums: Vec<(String, String)> = Vec::new();
+    for (signal, sink) in
+        [(Signal::Ledger, ledger), (Signal::Logs, logs), (Signal::Metrics, metrics), (Signal::Traces, traces)]
+    {
+        if let Some(sink) = sink {
+            let (sha, summary) = sink.finish().map_err(io(&dir.join(signal.file())))?;
+            files.insert(signal.file().to_owned(), summary);
+            sums.push((signal.file().to_owned(), sha));
+        }
+    }
+    let fingerprint = src.key.public_key().fingerprint(ssh_key::HashAlg::Sha256).to_string();
+    let manifest = json!({
+        "formatVersion": 1,
+        "applianceId": appliance_id,
+        "keyFingerprint": fingerprint,
+        "toolVersion": env!("CARGO_PKG_VERSION"),
+        "createdAt": crate::clock::rfc3339(src.now_ms),
+        "window": { "fromMs": from_ms, "toMs": to_ms, "from": crate::clock::rfc3339(from_ms), "to": crate::clock::rfc3339(to_ms) },
+        "signals": req.signals.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "ledger": range,
+        "previous": previous.map(|p| json!({ "lastSeq": p["ledger"]["lastSeq"], "lastHash": p["ledger"]["lastHash"], "toMs": p["window"]["toMs"] })),
+        "files": files,
+    });
+    let manifest_bytes = serde_json_canonicalizer::to_vec(&manifest).map_err(|e| e.to_string())?;
+    crate::dev::write_file_atomic(&dir.join(MANIFEST), &manifest_bytes, 0o644).map_err(io(&dir.join(MANIFEST)))?;
+    sums.push((MANIFEST.to_owned(), hex::encode(Sha256::digest(&manifest_bytes))));
+    sums.sort();
+    let sums_text: String = sums.iter().map(|(n, s)| format!("{s}  {n}\n")).collect();
+    crate::dev::write_file_atomic(&dir.join(SUMS), sums_text.as_bytes(), 0o644).map_err(io(&dir.join(SUMS)))?;
+    let signature = sig::sign(src.key, Namespace::Export, sums_text.as_bytes())?;
+    crate::dev::write_file_atomic(&dir.join(SUMS_SIG), signature.as_bytes(), 0o644).map_err(io(&dir.join(SUMS_SIG)))?;
+    let mut manifest = manifest;
+    manifest["packSha256"] = json!(hex::encode(Sha256::digest(sums_text.as_bytes())));
+    Ok(manifest)
+}
+
+/// Moves the finished files into place: the directory renamed to `out`, or a tar of it written
+/// to `out` atomically (members: the signed small files first, then the NDJSON files).
+fn seal(staging: &Path, out: &Path, tar: bool) -> Result<(), String> {
+    std::fs::File::open(staging).and_then(|d| d.sync_all()).map_err(io(staging))?;
+    if !tar {
+        std::fs::rename(staging, out).map_err(io(out))?;
+    } else {
+        let mut names: Vec<String> = std::fs::read_dir(staging)
+            .map_err(io(staging))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort_by_key(|n| (n.ends_with(".ndjson"), n.clone()));
+        crate::dev::write_atomic_with(out, 0o644, |f| {
+            let mut t = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
+            for n in &names {
+                let path = staging.join(n);
+                let file = std::fs::File::open(&path)?;
+                let mut h = tar::Header::new_ustar();
+                h.set_size(file.metadata()?.len());
+                h.set_mode(0o644);
+                h.set_mtime(0);
+                h.set_path(n)?;
+                h.set_cksum();
+                t.append(&h, std::io::BufReader::new(file))?;
+            }
+            t.into_inner()?.flush()
+        })
+        .map_err(io(out))?;
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io(parent))
+}

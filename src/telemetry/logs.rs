@@ -1,0 +1,139 @@
+//! The daemon's logs: structured JSON (one object per line) to stdout for journald and to
+//! rolling files under `/var/log/stella/` (`stella.<date>.log`, rotation and retention from
+//! `[telemetry]`). Every line passes through [`redact`] before it is written anywhere: the
+//! values of stored secrets and anything shaped like an API token become `[REDACTED]`.
+
+use crate::telemetry::redact::MARKER;
+use std::io::Write;
+use std::sync::{OnceLock, RwLock};
+
+/// Secret values the daemon knows of (loaded at start, added on `secrets set`).
+static SECRETS: OnceLock<RwLock<Vec<String>>> = OnceLock::new();
+
+fn secrets() -> &'static RwLock<Vec<String>> {
+    SECRETS.get_or_init(Default::default)
+}
+
+/// From now on, `value` never appears in a log line.
+pub fn add_secret(value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    let mut s = secrets().write().unwrap_or_else(|e| e.into_inner());
+    if !s.iter().any(|v| v == value) {
+        s.push(value.to_owned());
+        // Longer values first, so one that contains another is replaced whole.
+        s.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+}
+
+/// The line with every known secret value and every token-shaped word (`stl_<12 hex>_<64 hex>`)
+/// replaced by `[REDACTED]`.
+pub fn redact(line: &str) -> String {
+    let mut out = crate::telemetry::redact::text(line, &secrets().read().unwrap_or_else(|e| e.into_inner()));
+    while let Some(at) = find_token(&out) {
+        out.replace_range(at..at + TOKEN_LEN, MARKER);
+    }
+    out
+}
+
+const TOKEN_LEN: usize = 4 + 12 + 1 + 64;
+
+fn find_token(s: &str) -> Option<usize> {
+    s.match_indices("stl_")
+        .map(|(i, _)| i)
+        .find(|&i| s.get(i..i + TOKEN_LEN).is_some_and(|t| crate::auth::claimed_id(t).is_some()))
+}
+
+/// A writer that redacts each formatted event (tracing's JSON formatter writes one event per
+/// `write_all`, ending in a newline) before handing it on.
+pub struct Redacting<W: Write>(pub W);
+
+impl<W: Write> Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Installs the global subscriber: JSON to stdout and, if `dir` is given, to rolling files
+/// there. `rotation` is `daily`, `hourly` or `never`. Logging set up once per process; later
+/// calls (tests starting several daemons in one process) keep the first.
+pub fn init(dir: Option<(&std::path::Path, &str, usize)>) -> Result<(), String> {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STELLA_LOG").unwrap_or_else(|_| "info".into());
+    let stdout = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(false)
+        .with_writer((|| Redacting(std::io::stdout())).with_max_level(tracing::Level::TRACE));
+    let files = match dir {
+        None => None,
+        Some((dir, rotation, max_files)) => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            let rotation = match rotation {
+                "hourly" => tracing_appender::rolling::Rotation::HOURLY,
+                "never" => tracing_appender::rolling::Rotation::NEVER,
+                _ => tracing_appender::rolling::Rotation::DAILY,
+            };
+            let appender = tracing_appender::rolling::Builder::new()
+                .rotation(rotation)
+                .filename_prefix("stella")
+                .filename_suffix("log")
+                .max_log_files(max_files)
+                .build(dir)
+                .map_err(|e| format!("log files in {}: {e}", dir.display()))?;
+            let appender = std::sync::Arc::new(std::sync::Mutex::new(appender));
+            let make = move || Redacting(SharedWriter(appender.clone()));
+            Some(tracing_subscriber::fmt::layer().json().with_current_span(false).with_ansi(false).with_writer(make))
+        }
+    };
+    let _ = tracing_subscriber::registry().with(filter).with(stdout).with(files).try_init();
+    Ok(())
+}
+
+/// The rolling appender behind a lock, one event at a time.
+struct SharedWriter(std::sync::Arc<std::sync::Mutex<tracing_appender::rolling::RollingFileAppender>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// The log files of `dir`, oldest first (rolled names sort by date).
+pub fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let n = p.file_name().unwrap_or_default().to_string_lossy();
+                    n.starts_with("stella") && n.ends_with(".log")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_tokens_are_redacted() {
+        add_secret("s3cr3t-value");
+        let token = format!("stl_{}_{}", "a".repeat(12), "b".repeat(64));
+        let line = format!("{{\"msg\":\"pw s3cr3t-value, auth {token}, stl_short\"}}");
+        assert_eq!(redact(&line), "{\"msg\":\"pw [REDACTED], auth [REDACTED], stl_short\"}");
+    }
+}
