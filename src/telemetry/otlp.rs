@@ -234,11 +234,7 @@ pub fn metrics_request(resource: &Value, time_ms: i64, text: &str) -> Value {
 
 /// `_bucket{le=…}` (cumulative), `_sum` and `_count` samples of one histogram family, per label
 /// set, as OTLP histogram points (per-bucket counts, explicit bounds).
-fn histogram_points(
-    samples: &[Sample],
-    t: &str,
-    attrs: &dyn Fn(&Labels) -> Vec<Value>,
-) -> Vec<Value> {
+fn histogram_points(samples: &[Sample], t: &str, attrs: &dyn Fn(&Labels) -> Vec<Value>) -> Vec<Value> {
     let key =
         |l: &[(String, String)]| -> Vec<(String, String)> { l.iter().filter(|(k, _)| k != "le").cloned().collect() };
     let mut sets: Vec<Vec<(String, String)>> = Vec::new();

@@ -7,6 +7,7 @@ mod api_hostile;
 mod bundles;
 mod cli;
 mod engine_model;
+mod export;
 mod openapi;
 mod plugins;
 mod queue_api;

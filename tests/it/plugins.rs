@@ -239,4 +239,19 @@ exit 0"#,
     ] {
         assert!(!text.contains(value), "the secret leaked into the {place} of {id}");
     }
+    // Nor into the log files or any file of an export pack (ledger, logs, metrics, traces).
+    let pack = app.root().join("pack");
+    let exported = app.stella(&["export", "--out", pack.to_str().unwrap()]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let logs = app.root().join("var/log/stella");
+    let files: Vec<std::path::PathBuf> =
+        [pack, logs].iter().flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path())).collect();
+    assert!(
+        files.iter().any(|f| f.ends_with("traces.ndjson"))
+            && files.iter().any(|f| f.extension().is_some_and(|x| x == "log"))
+    );
+    for f in files {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        assert!(!text.contains(value), "the secret leaked into {}", f.display());
+    }
 }
