@@ -214,7 +214,10 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
             }
             Ok(true)
         }
-        "bundle.rejected" => Ok(true),
+        "bundle.rejected" => {
+            crate::queue::apply::increment(txn, "bundle_verify_failures")?;
+            Ok(true)
+        }
         "bundle.quarantined" => {
             let name = entry.data["name"].as_str().unwrap_or_default();
             let mut t = txn.open_table(BUNDLES).map_err(|e| ApplyError::Storage(e.into()))?;
@@ -229,6 +232,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 }
             };
             rec["quarantined"] = entry.data["reason"].clone();
+            crate::queue::apply::increment(txn, "bundle_verify_failures")?;
             t.insert(name, serde_json::to_vec(&rec).expect("json").as_slice())
                 .map_err(|e| ApplyError::Storage(e.into()))?;
             Ok(true)

@@ -109,6 +109,11 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
             other => return Err(bad(entry, format!("unknown run entry {other}"))),
         }
         run.finished_ms = (kind != "run.resumed").then_some(entry.time);
+        if kind != "run.resumed" {
+            use crate::telemetry::metrics::RUN_DURATION_BUCKETS;
+            crate::queue::apply::increment(txn, &format!("runs:{}", kind.trim_start_matches("run.")))?;
+            crate::queue::apply::observe(txn, "run_duration", &RUN_DURATION_BUCKETS, entry.time - run.created_ms)?;
+        }
         save_run(txn, &run)?;
         return Ok(true);
     }
@@ -142,6 +147,10 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
             }
         }
         "step.started" => {
+            if let (0, Some(queued)) = (rec.attempts, rec.queued_ms) {
+                use crate::telemetry::metrics::STEP_QUEUE_BUCKETS;
+                crate::queue::apply::observe(txn, "step_queue", &STEP_QUEUE_BUCKETS, entry.time - queued)?;
+            }
             rec.state = StepState::Running;
             rec.worker = Some(s(entry, "worker")?.to_owned());
             // Every attempt counts, across manual retries (which start a new job).

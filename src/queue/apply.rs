@@ -145,10 +145,26 @@ fn set_counter_max(txn: &WriteTransaction, name: &str, value: u64) -> Result<(),
 
 /// Adds one to a metric counter kept in the counters projection (so it survives restarts and
 /// `db verify` replays it).
-fn increment(txn: &WriteTransaction, name: &str) -> Result<(), ApplyError> {
+/// Adds one to a durable counter (the `counters` projection; `/metrics` reads it).
+pub(crate) fn increment(txn: &WriteTransaction, name: &str) -> Result<(), ApplyError> {
+    add(txn, name, 1)
+}
+
+fn add(txn: &WriteTransaction, name: &str, by: u64) -> Result<(), ApplyError> {
     let mut table = txn.open_table(COUNTERS).map_err(r)?;
     let n = rw::counter(&table, name).map_err(ApplyError::Storage)?;
-    rw::set_counter(&mut table, name, n + 1).map_err(ApplyError::Storage)
+    rw::set_counter(&mut table, name, n + by).map_err(ApplyError::Storage)
+}
+
+/// Records `ms` in the durable histogram `name` with upper bounds `buckets` (seconds): one
+/// counter per bucket (`name:b<i>`, the last is +Inf), `name:sum_ms` and `name:count`.
+pub(crate) fn observe(txn: &WriteTransaction, name: &str, buckets: &[f64], ms: i64) -> Result<(), ApplyError> {
+    let ms = ms.max(0) as u64;
+    let seconds = ms as f64 / 1000.0;
+    let i = buckets.iter().position(|b| seconds <= *b).unwrap_or(buckets.len());
+    add(txn, &format!("{name}:b{i}"), 1)?;
+    add(txn, &format!("{name}:sum_ms"), ms)?;
+    add(txn, &format!("{name}:count"), 1)
 }
 
 fn timer(txn: &WriteTransaction, due_ms: i64, key: &str, insert: bool) -> Result<(), ApplyError> {
@@ -251,6 +267,9 @@ fn finish_attempt(txn: &WriteTransaction, entry: &Entry, f: &Finished) -> Result
     if f.next.as_deref() == Some("retry") {
         increment(txn, "retries")?;
     }
+    // Attempts by outcome and job type: the failure-rate and burn-rate alerts divide these.
+    let outcome = if entry.kind == "job.succeeded" { "succeeded" } else { "failed" };
+    increment(txn, &format!("attempts:{outcome}:{}", job.job_type))?;
     count(txn, &job.job_type, from, Some(job.state))?;
     save(txn, &job)
 }

@@ -9,13 +9,46 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
 /// Locks counted at most.
 const LOCKS_MAX: usize = 100_000;
+
+/// Upper bounds (seconds) of `orchestrator_run_duration_seconds`.
+pub const RUN_DURATION_BUCKETS: [f64; 9] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0];
+/// Upper bounds (seconds) of `orchestrator_step_queue_seconds` (queued to first start).
+pub const STEP_QUEUE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
+
+/// A histogram whose counts live in the store (`queue::apply::observe`), encoded as is.
+#[derive(Debug)]
+struct StoredHistogram {
+    sum: f64,
+    count: u64,
+    /// (upper bound, count in this bucket), the last bound +Inf.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl prometheus_client::encoding::EncodeMetric for StoredHistogram {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+fn stored_histogram(stored: &dyn Fn(&str) -> u64, name: &str, bounds: &[f64]) -> StoredHistogram {
+    let mut buckets: Vec<(f64, u64)> =
+        bounds.iter().enumerate().map(|(i, b)| (*b, stored(&format!("{name}:b{i}")))).collect();
+    buckets.push((f64::INFINITY, stored(&format!("{name}:b{}", bounds.len()))));
+    StoredHistogram {
+        sum: stored(&format!("{name}:sum_ms")) as f64 / 1000.0,
+        count: stored(&format!("{name}:count")),
+        buckets,
+    }
+}
 
 fn counter(value: u64) -> Counter {
     let c = Counter::default();
@@ -58,6 +91,43 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
         "Failed attempts scheduled for another attempt",
         counter(stored("retries")),
     );
+    let runs = Family::<Labels, Counter>::default();
+    for status in ["succeeded", "failed", "cancelled"] {
+        runs.get_or_create(&vec![("status".to_owned(), status.to_owned())]).inc_by(stored(&format!("runs:{status}")));
+    }
+    reg.register("orchestrator_runs", "Runs that ended, by final status", runs);
+    let attempts = Family::<Labels, Counter>::default();
+    for row in counters
+        .range("attempts:".."attempts;")
+        .map_err(|e| StoreError::Redb { path: store.path().to_owned(), source: e.into() })?
+    {
+        let Ok((k, v)) = row else { continue };
+        let Some((outcome, job_type)) = k.value().trim_start_matches("attempts:").split_once(':') else { continue };
+        let n = <[u8; 8]>::try_from(v.value()).map(u64::from_be_bytes).unwrap_or(0);
+        attempts
+            .get_or_create(&vec![("type".to_owned(), job_type.to_owned()), ("outcome".to_owned(), outcome.to_owned())])
+            .inc_by(n);
+    }
+    reg.register(
+        "orchestrator_job_attempts",
+        "Finished job attempts by job type and outcome (succeeded, failed)",
+        attempts,
+    );
+    reg.register(
+        "orchestrator_run_duration_seconds",
+        "Time from a run's creation to its end",
+        stored_histogram(&stored, "run_duration", &RUN_DURATION_BUCKETS),
+    );
+    reg.register(
+        "orchestrator_step_queue_seconds",
+        "Time a step waited from queued to its first attempt's start",
+        stored_histogram(&stored, "step_queue", &STEP_QUEUE_BUCKETS),
+    );
+    reg.register(
+        "orchestrator_bundle_verify_failures",
+        "Bundles refused at import or quarantined at re-verification",
+        counter(stored("bundle_verify_failures")),
+    );
     reg.register("orchestrator_ledger_height", "Sequence of the last ledger entry", gauge(writer.stats().head_seq()));
     reg.register("orchestrator_store_commits", "Durable store commits since start", counter(writer.stats().commits()));
     reg.register(
@@ -65,11 +135,11 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
         "Commands waiting for the store writer",
         gauge(writer.backlog() as u64),
     );
-    reg.register(
-        "stella_build",
-        "Build information",
-        Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
-    );
+    // A gauge of 1 with the version as a label (not an OpenMetrics `info`), so that plain
+    // Prometheus text parsers such as `promtool check metrics` read it too.
+    let build = Family::<Labels, Gauge>::default();
+    build.get_or_create(&vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]).set(1);
+    reg.register("stella_build_info", "Build information", build);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     Ok(out)
@@ -103,4 +173,42 @@ pub async fn snapshot_loop(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// The same exposition in the Prometheus text format 0.0.4, for scrapers and tools that do not
+/// ask for OpenMetrics (`promtool check metrics`, curl): counter families are named with their
+/// `_total` suffix, `# EOF` and `# UNIT` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line.starts_with("# HELP ") {
+            if let Some(h) = help.replace(line) {
+                out.push_str(h);
+                out.push('\n');
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let renamed =
+                if kind == "counter" && !name.ends_with("_total") { format!("{name}_total") } else { name.to_owned() };
+            if let Some(h) = help.take() {
+                let text = h.strip_prefix("# HELP ").and_then(|r| r.split_once(' ')).map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {renamed} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {renamed} {kind}\n"));
+            continue;
+        }
+        if let Some(h) = help.take() {
+            out.push_str(h);
+            out.push('\n');
+        }
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }

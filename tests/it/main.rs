@@ -18,4 +18,5 @@ mod store_schema;
 mod store_tamper;
 mod support;
 mod systemd_unit;
+mod telemetry;
 mod trust;

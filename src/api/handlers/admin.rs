@@ -113,10 +113,21 @@ pub async fn ledger(
 }
 
 /// Prometheus text exposition (scope `orchestrator:read`).
-pub async fn metrics(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<axum::response::Response> {
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     auth.require(Scope::Read)?;
     let body = crate::telemetry::metrics::render(&state.store, &state.writer)?;
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    // OpenMetrics for scrapers that ask for it (Prometheus does); the classic text format
+    // otherwise.
+    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (content_type, body) = if accept.contains("application/openmetrics-text") {
+        ("application/openmetrics-text; version=1.0.0; charset=utf-8", body)
+    } else {
+        ("text/plain; version=0.0.4; charset=utf-8", crate::telemetry::metrics::to_prometheus_text(&body))
+    };
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
 }
