@@ -41,10 +41,16 @@ fn run_drafts(run: usize) -> Vec<Draft> {
         data,
     };
     vec![
-        d("run.created", serde_json::json!({ "runId": id, "dag": "bench", "inputs": { "target": "prod" }, "plugins": {} })),
+        d(
+            "run.created",
+            serde_json::json!({ "runId": id, "dag": "bench", "inputs": { "target": "prod" }, "plugins": {} }),
+        ),
         d("job.enqueued", serde_json::json!({ "id": job, "payload": { "plugin": "noop", "run": id, "step": "only" } })),
         d("step.queued", serde_json::json!({ "runId": id, "step": "only", "jobId": job })),
-        d("step.started", serde_json::json!({ "runId": id, "step": "only", "jobId": job, "attempt": 1, "worker": "w1" })),
+        d(
+            "step.started",
+            serde_json::json!({ "runId": id, "step": "only", "jobId": job, "attempt": 1, "worker": "w1" }),
+        ),
         d("step.succeeded", serde_json::json!({ "runId": id, "step": "only", "outputs": { "artifact": "web@1.4.1" } })),
         d("run.succeeded", serde_json::json!({ "runId": id })),
     ]
@@ -171,6 +177,14 @@ fn export_child(root: &std::path::Path) {
         let manifest = stella::export::write(&src, &req, &Default::default()).unwrap();
         (manifest, started.elapsed())
     };
+    let out = root.join("pack");
+    peak_reset();
+    let (manifest, elapsed) = run("pack", stella::export::Signal::ALL.to_vec());
+    let peak = peak_mib();
+    let files = &manifest["files"];
+    let records: u64 = files.as_object().unwrap().values().map(|f| f["records"].as_u64().unwrap()).sum();
+    let written: u64 = files.as_object().unwrap().values().map(|f| f["bytes"].as_u64().unwrap()).sum();
+    let export_mbs = written as f64 / MIB / elapsed.as_secs_f64();
     for s in stella::export::Signal::ALL {
         let (m, t) = run(&format!("only-{}", s.name()), vec![s]);
         let f = &m["files"][s.file()];
@@ -183,14 +197,6 @@ fn export_child(root: &std::path::Path) {
             f["bytes"].as_u64().unwrap() as f64 / MIB / t.as_secs_f64()
         );
     }
-    let out = root.join("pack");
-    peak_reset();
-    let (manifest, elapsed) = run("pack", stella::export::Signal::ALL.to_vec());
-    let peak = peak_mib();
-    let files = &manifest["files"];
-    let records: u64 = files.as_object().unwrap().values().map(|f| f["records"].as_u64().unwrap()).sum();
-    let written: u64 = files.as_object().unwrap().values().map(|f| f["bytes"].as_u64().unwrap()).sum();
-    let export_mbs = written as f64 / MIB / elapsed.as_secs_f64();
     let names: Vec<String> = ["ledger", "logs", "metrics", "traces"].iter().map(|n| format!("{n}.ndjson")).collect();
     let started = Instant::now();
     let zstd = std::process::Command::new("bash")

@@ -243,11 +243,20 @@ pub struct StoreConfig {
     pub batch_max: usize,
     /// Committed ledger entries buffered per event subscriber.
     pub event_buffer: usize,
+    /// The store's page cache at most: bounds the daemon's memory when an export or `db verify`
+    /// reads the whole ledger.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { path: None, writer_queue: 4096, batch_max: 1024, event_buffer: 4096 }
+        Self {
+            path: None,
+            writer_queue: 4096,
+            batch_max: 1024,
+            event_buffer: 4096,
+            cache_bytes: crate::store::schema::CACHE_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -307,6 +316,7 @@ impl Config {
             ("store.writer_queue", self.store.writer_queue),
             ("store.batch_max", self.store.batch_max),
             ("store.event_buffer", self.store.event_buffer),
+            ("store.cache_bytes", self.store.cache_bytes),
             ("exec.slots", self.exec.slots),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {

@@ -41,7 +41,7 @@ pub fn run(opts: ServeOptions) -> Result<(), CliError> {
     let log_dir = opts.layout.log();
     crate::telemetry::logs::init(t.log_files.then_some((log_dir.as_path(), t.log_rotation.as_str(), t.log_max_files)))
         .map_err(CliError::Other)?;
-    let store = Store::open(&config.store_path(&opts.layout))?;
+    let store = Store::open_with_cache(&config.store_path(&opts.layout), config.store.cache_bytes)?;
     for value in read::secret_values(&store.read()?)? {
         crate::telemetry::logs::add_secret(&value);
     }

@@ -104,6 +104,8 @@ struct Ndjson {
     lines: u64,
     bytes: u64,
     records: u64,
+    /// Reused for each serialized line.
+    buf: Vec<u8>,
 }
 
 impl Ndjson {
@@ -116,6 +118,7 @@ impl Ndjson {
             lines: 0,
             bytes: 0,
             records: 0,
+            buf: Vec::with_capacity(64 * 1024),
         })
     }
 
@@ -132,6 +135,16 @@ impl Ndjson {
             self.blocks.push(hex::encode(self.block.finalize_reset()));
         }
         Ok(())
+    }
+
+    /// One line: `value` serialized as JSON.
+    fn record(&mut self, value: &impl serde::Serialize, records: u64) -> std::io::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        serde_json::to_writer(&mut buf, value).map_err(std::io::Error::other)?;
+        let result = self.line(&buf, records);
+        self.buf = buf;
+        result
     }
 
     fn finish(mut self) -> std::io::Result<(String, Value)> {
@@ -152,6 +165,18 @@ fn io(what: &Path) -> impl Fn(std::io::Error) -> String + '_ {
 
 fn store_err(e: impl std::fmt::Display) -> String {
     format!("store: {e}")
+}
+
+/// What the export reads of every entry; the rest is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct EntryHead<'a> {
+    time: i64,
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    prev: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    hash: std::borrow::Cow<'a, str>,
 }
 
 /// The first sequence whose entry time is at or after `t` (entry times never decrease).
@@ -225,48 +250,60 @@ fn write_files(
         (open(Signal::Ledger)?, open(Signal::Logs)?, open(Signal::Metrics)?, open(Signal::Traces)?);
     progress.phase("exporting");
 
-    // The ledger window, and the traces built from it in the same pass.
+    // The ledger window, and the traces built from it in the same pass. Only the head of an
+    // entry (seq, time, kind, prev, hash) is parsed, the whole entry only when a trace needs it.
     let table = txn.open_table(LEDGER).map_err(store_err)?;
     let head = read::ledger_head(txn).map_err(store_err)?.0;
     let first = first_seq_at(&table, head, from_ms)?;
     let mut range = json!({ "count": 0, "firstSeq": null, "firstPrev": null, "lastSeq": null, "lastHash": null });
-    let mut builder = traces::Builder::new(txn, &resource);
+    let mut builder = traces::Builder::new(txn);
     let mut count = 0u64;
-    let mut trace_lines: Vec<Value> = Vec::new();
+    let mut finished: Vec<Vec<otlp::Span>> = Vec::new();
+    let traces_path = dir.join(Signal::Traces.file());
+    let write_traces = |t: &mut Ndjson, finished: &mut Vec<Vec<otlp::Span>>| -> Result<(), String> {
+        for spans in finished.drain(..) {
+            t.record(&otlp::traces_request(&resource, &spans), spans.len() as u64).map_err(io(&traces_path))?;
+        }
+        Ok(())
+    };
     if ledger.is_some() || traces.is_some() {
+        let (mut first_prev, mut last_hash) = (String::new(), String::new());
+        let mut last_seq = 0;
         for row in table.range(first..).map_err(store_err)? {
             let (k, v) = row.map_err(store_err)?;
-            let entry: Entry = serde_json::from_slice(v.value()).map_err(store_err)?;
-            if entry.time >= to_ms {
+            let h: EntryHead = serde_json::from_slice(v.value()).map_err(store_err)?;
+            if h.time >= to_ms {
                 break;
             }
             if count == 0 {
-                range["firstSeq"] = json!(k.value());
-                range["firstPrev"] = json!(entry.prev);
+                first_prev = h.prev.into_owned();
             }
             count += 1;
-            range["lastSeq"] = json!(k.value());
-            range["lastHash"] = json!(entry.hash);
+            last_seq = k.value();
+            last_hash = h.hash.into_owned();
             if let Some(l) = ledger.as_mut() {
                 l.line(v.value(), 1).map_err(io(&dir.join(Signal::Ledger.file())))?;
             }
-            if let Some(t) = traces.as_mut() {
-                builder.feed(&entry, &mut |line| trace_lines.push(line));
-                for line in trace_lines.drain(..) {
-                    let spans = line["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().map_or(0, Vec::len);
-                    t.line(line.to_string().as_bytes(), spans as u64).map_err(io(&dir.join(Signal::Traces.file())))?;
-                }
+            if let Some(t) = traces.as_mut()
+                && traces::relevant(&h.kind)
+            {
+                let entry: traces::TraceEntry = serde_json::from_slice(v.value()).map_err(store_err)?;
+                builder.feed(&entry, &mut |spans| finished.push(spans));
+                write_traces(t, &mut finished)?;
             }
             progress.add(v.value().len() as u64);
+        }
+        if count > 0 {
+            range["firstSeq"] = json!(first);
+            range["firstPrev"] = json!(first_prev);
+            range["lastSeq"] = json!(last_seq);
+            range["lastHash"] = json!(last_hash);
         }
     }
     range["count"] = json!(count);
     if let Some(t) = traces.as_mut() {
-        builder.finish(&mut |line| trace_lines.push(line));
-        for line in trace_lines.drain(..) {
-            let spans = line["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().map_or(0, Vec::len);
-            t.line(line.to_string().as_bytes(), spans as u64).map_err(io(&dir.join(Signal::Traces.file())))?;
-        }
+        builder.finish(&mut |spans| finished.push(spans));
+        write_traces(t, &mut finished)?;
     }
 
     if let Some(m) = metrics.as_mut() {
@@ -275,7 +312,7 @@ fn write_files(
             let (k, v) = row.map_err(store_err)?;
             let request = otlp::metrics_request(&resource, k.value() as i64, &String::from_utf8_lossy(v.value()));
             let n = request["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].as_array().map_or(0, Vec::len);
-            m.line(request.to_string().as_bytes(), n as u64).map_err(io(&dir.join(Signal::Metrics.file())))?;
+            m.record(&request, n as u64).map_err(io(&dir.join(Signal::Metrics.file())))?;
             progress.add(v.value().len() as u64);
         }
     }
@@ -283,21 +320,25 @@ fn write_files(
     if let Some(l) = logs.as_mut() {
         let mut batch = Vec::with_capacity(LOG_BATCH);
         let path = dir.join(Signal::Logs.file());
-        let flush = |batch: &mut Vec<Value>, l: &mut Ndjson| -> Result<(), String> {
+        let flush = |batch: &mut Vec<otlp::LogRecord>, l: &mut Ndjson| -> Result<(), String> {
             if !batch.is_empty() {
-                let n = batch.len() as u64;
-                let request = otlp::logs_request(&resource, std::mem::take(batch));
-                l.line(request.to_string().as_bytes(), n).map_err(io(&path))?;
+                l.record(&otlp::logs_request(&resource, batch), batch.len() as u64).map_err(io(&path))?;
+                batch.clear();
             }
             Ok(())
         };
+        let mut line = String::new();
         for file in crate::telemetry::logs::files(src.log_dir) {
-            let reader = std::io::BufReader::new(std::fs::File::open(&file).map_err(io(&file))?);
-            for line in reader.lines() {
-                let line = line.map_err(io(&file))?;
-                progress.add(line.len() as u64 + 1);
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file).map_err(io(&file))?);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).map_err(io(&file))? == 0 {
+                    break;
+                }
+                progress.add(line.len() as u64);
                 // Redacted again on the way out: a value set as a secret after it was logged.
-                let Some((ms, record)) = otlp::log_record(&crate::telemetry::logs::redact(&line)) else { continue };
+                let redacted = crate::telemetry::logs::redact(line.trim_end_matches('\n'));
+                let Some((ms, record)) = otlp::log_record(&redacted) else { continue };
                 if ms >= from_ms && ms < to_ms {
                     batch.push(record);
                     if batch.len() == LOG_BATCH {

@@ -5,12 +5,58 @@
 //! began before the window takes its start from the run and step records.
 
 use crate::engine::step_key;
-use crate::ledger::Entry;
 use crate::store::records::{RunRecord, StepRecord};
 use crate::store::schema::{RUNS, STEPS, rw};
-use crate::telemetry::otlp::{self, Span, int, kv, string};
-use serde_json::Value;
+use crate::telemetry::otlp::{self, Span, SpanParts, int, kv, string};
+use std::borrow::Cow;
 use std::collections::HashMap;
+
+/// What a trace needs of a ledger entry; everything else (inputs, outputs, specs) is skipped
+/// while parsing, never allocated.
+#[derive(Debug, serde::Deserialize)]
+pub struct TraceEntry<'a> {
+    pub time: i64,
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: TraceData<'a>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TraceData<'a> {
+    #[serde(borrow)]
+    run_id: Cow<'a, str>,
+    #[serde(borrow)]
+    step: Cow<'a, str>,
+    #[serde(borrow)]
+    job_id: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    attempt: Option<u64>,
+    #[serde(borrow)]
+    worker: Cow<'a, str>,
+    #[serde(borrow)]
+    error_code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    error: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    payload: Option<TracePayload<'a>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TracePayload<'a> {
+    #[serde(borrow)]
+    plugin: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    plugin_digest: Option<Cow<'a, str>>,
+}
+
+/// Entry kinds the traces are built from; the export parses only these further.
+pub fn relevant(kind: &str) -> bool {
+    kind.starts_with("run.") || kind.starts_with("step.") || kind == "job.enqueued"
+}
 
 struct Attempt {
     start: i64,
@@ -19,11 +65,11 @@ struct Attempt {
     job: String,
 }
 
-pub struct Builder<'a> {
-    txn: &'a redb::ReadTransaction,
-    resource: &'a Value,
+pub struct Builder {
+    runs: Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>,
+    steps: Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>,
     /// Ended spans of each run not yet written (written with the run's end, or at the finish).
-    pending: HashMap<String, Vec<Value>>,
+    pending: HashMap<String, Vec<Span>>,
     order: Vec<String>,
     queued: HashMap<String, i64>,
     attempts: HashMap<String, Attempt>,
@@ -31,11 +77,11 @@ pub struct Builder<'a> {
     jobs: HashMap<String, (String, Option<String>)>,
 }
 
-impl<'a> Builder<'a> {
-    pub fn new(txn: &'a redb::ReadTransaction, resource: &'a Value) -> Self {
+impl Builder {
+    pub fn new(txn: &redb::ReadTransaction) -> Self {
         Builder {
-            txn,
-            resource,
+            runs: txn.open_table(RUNS).ok(),
+            steps: txn.open_table(STEPS).ok(),
             pending: HashMap::new(),
             order: Vec::new(),
             queued: HashMap::new(),
@@ -45,32 +91,32 @@ impl<'a> Builder<'a> {
     }
 
     fn run(&self, id: &str) -> Option<RunRecord> {
-        rw::get::<RunRecord>(&self.txn.open_table(RUNS).ok()?, "runs", id).ok().flatten()
+        rw::get::<RunRecord>(self.runs.as_ref()?, "runs", id).ok().flatten()
     }
 
     fn step(&self, run: &str, step: &str) -> Option<StepRecord> {
-        rw::get::<StepRecord>(&self.txn.open_table(STEPS).ok()?, "steps", &step_key(run, step)).ok().flatten()
+        rw::get::<StepRecord>(self.steps.as_ref()?, "steps", &step_key(run, step)).ok().flatten()
     }
 
-    fn push(&mut self, run: &str, span: Value) {
+    fn push(&mut self, run: &str, span: Span) {
         if !self.pending.contains_key(run) {
             self.order.push(run.to_owned());
         }
         self.pending.entry(run.to_owned()).or_default().push(span);
     }
 
-    /// Feeds one ledger entry; `emit` receives each finished trace request line.
-    pub fn feed(&mut self, e: &Entry, emit: &mut dyn FnMut(Value)) {
+    /// Feeds one ledger entry; `emit` receives the spans of each run's trace as it ends.
+    pub fn feed(&mut self, e: &TraceEntry, emit: &mut dyn FnMut(Vec<Span>)) {
         let d = &e.data;
-        let run = d["runId"].as_str().unwrap_or_default().to_owned();
-        let step = d["step"].as_str().unwrap_or_default().to_owned();
+        let run = d.run_id.to_string();
+        let step = d.step.to_string();
         let key = step_key(&run, &step);
-        match e.kind.as_str() {
+        match e.kind.as_ref() {
             "job.enqueued" => {
-                let p = &d["payload"];
-                if let (Some(job), Some(plugin)) = (d["id"].as_str(), p["plugin"].as_str()) {
-                    self.jobs
-                        .insert(job.to_owned(), (plugin.to_owned(), p["pluginDigest"].as_str().map(str::to_owned)));
+                let p = d.payload.as_ref();
+                if let (false, Some(plugin)) = (d.id.is_empty(), p.and_then(|p| p.plugin.as_deref())) {
+                    let digest = p.and_then(|p| p.plugin_digest.as_deref()).map(str::to_owned);
+                    self.jobs.insert(d.id.to_string(), (plugin.to_owned(), digest));
                 }
             }
             "step.queued" => {
@@ -79,26 +125,28 @@ impl<'a> Builder<'a> {
             "step.started" => {
                 let attempt = Attempt {
                     start: e.time,
-                    attempt: d["attempt"].as_u64().unwrap_or(1) as u32,
-                    worker: d["worker"].as_str().unwrap_or_default().to_owned(),
-                    job: d["jobId"].as_str().unwrap_or_default().to_owned(),
+                    attempt: d.attempt.unwrap_or(1) as u32,
+                    worker: d.worker.to_string(),
+                    job: d.job_id.to_string(),
                 };
                 self.attempts.insert(key, attempt);
             }
             "step.succeeded" | "step.failed" | "step.retrying" | "step.cancelled" | "step.skipped" => {
-                let error = match e.kind.as_str() {
+                let error = match e.kind.as_ref() {
                     "step.succeeded" | "step.skipped" => None,
                     "step.cancelled" => Some("cancelled".to_owned()),
                     _ => Some(format!(
                         "{}: {}",
-                        d["errorCode"].as_str().unwrap_or("error"),
-                        d["error"].as_str().unwrap_or_default()
+                        d.error_code.as_deref().unwrap_or("error"),
+                        d.error.as_deref().unwrap_or_default()
                     )),
                 };
-                let record = self.step(&run, &step);
+                // The step record only for what began before the window.
+                let mut record: Option<Option<StepRecord>> = None;
+                let mut lookup = |b: &Self| record.get_or_insert_with(|| b.step(&run, &step)).clone();
                 let open = self.attempts.remove(&key).or_else(|| {
                     // Started before the window: the step record has the last attempt's start.
-                    let r = record.as_ref()?;
+                    let r = lookup(self)?;
                     Some(Attempt {
                         start: r.started_ms?,
                         attempt: r.attempts,
@@ -107,8 +155,13 @@ impl<'a> Builder<'a> {
                     })
                 });
                 if let Some(a) = open.filter(|_| e.kind != "step.skipped") {
-                    let (plugin, digest) = self.jobs.get(&a.job).cloned().unwrap_or_else(|| {
-                        let plugin = record.as_ref().map(|r| r.plugin.clone()).unwrap_or_default();
+                    let known = if e.kind == "step.retrying" {
+                        self.jobs.get(&a.job).cloned()
+                    } else {
+                        self.jobs.remove(&a.job)
+                    };
+                    let (plugin, digest) = known.unwrap_or_else(|| {
+                        let plugin = lookup(self).map(|r| r.plugin).unwrap_or_default();
                         let digest = self.run(&run).and_then(|r| r.plugins.get(&plugin).cloned());
                         (plugin, digest)
                     });
@@ -124,7 +177,7 @@ impl<'a> Builder<'a> {
                     if let Some(digest) = digest {
                         attributes.push(kv("stella.plugin.digest", string(&digest)));
                     }
-                    let span = Span {
+                    let span = SpanParts {
                         trace_id: otlp::trace_id(&run),
                         span_id: otlp::attempt_span_id(&a.job, a.attempt),
                         parent: Some(otlp::step_span_id(&run, &step)),
@@ -134,12 +187,12 @@ impl<'a> Builder<'a> {
                         attributes,
                         error: error.clone(),
                     };
-                    self.push(&run, span.to_json());
+                    self.push(&run, span.build());
                 }
                 if e.kind != "step.retrying" {
                     let start =
-                        self.queued.remove(&key).or(record.as_ref().and_then(|r| r.queued_ms)).unwrap_or(e.time);
-                    let span = Span {
+                        self.queued.remove(&key).or_else(|| lookup(self).and_then(|r| r.queued_ms)).unwrap_or(e.time);
+                    let span = SpanParts {
                         trace_id: otlp::trace_id(&run),
                         span_id: otlp::step_span_id(&run, &step),
                         parent: Some(otlp::run_span_id(&run)),
@@ -153,7 +206,7 @@ impl<'a> Builder<'a> {
                         ],
                         error,
                     };
-                    self.push(&run, span.to_json());
+                    self.push(&run, span.build());
                 }
             }
             "run.succeeded" | "run.failed" | "run.cancelled" => {
@@ -166,7 +219,7 @@ impl<'a> Builder<'a> {
                     attributes.push(kv("stella.tenant", string(&r.tenant)));
                     attributes.push(kv("stella.started_by", string(&r.created_by)));
                 }
-                let span = Span {
+                let span = SpanParts {
                     trace_id: otlp::trace_id(&run),
                     span_id: otlp::run_span_id(&run),
                     parent: None,
@@ -176,10 +229,10 @@ impl<'a> Builder<'a> {
                     attributes,
                     error: (status != "succeeded").then(|| status.to_owned()),
                 };
-                self.push(&run, span.to_json());
+                self.push(&run, span.build());
                 self.order.retain(|r| *r != run);
                 if let Some(spans) = self.pending.remove(&run) {
-                    emit(otlp::traces_request(self.resource, spans));
+                    emit(spans);
                 }
             }
             _ => {}
@@ -187,10 +240,10 @@ impl<'a> Builder<'a> {
     }
 
     /// Writes the ended spans of runs that are still running at the window's end.
-    pub fn finish(mut self, emit: &mut dyn FnMut(Value)) {
+    pub fn finish(mut self, emit: &mut dyn FnMut(Vec<Span>)) {
         for run in std::mem::take(&mut self.order) {
             if let Some(spans) = self.pending.remove(&run) {
-                emit(otlp::traces_request(self.resource, spans));
+                emit(spans);
             }
         }
     }

@@ -75,6 +75,9 @@ pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets"
 pub const LIVE_LEASES: TableDefinition<&str, u64> = TableDefinition::new("live_leases");
 /// Liveness (unledgered): worker id → last seen, types, env.
 pub const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
+/// The store's page cache unless `store.cache_bytes` says otherwise.
+pub const CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
+
 /// Telemetry (unledgered): snapshot time ms → the Prometheus text of `/metrics` at that time,
 /// so an export covers a past window; pruned past `telemetry.metrics_retention_ms`.
 pub const METRIC_SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("metric_snapshots");
@@ -135,12 +138,17 @@ fn redb_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
 impl Store {
     /// Opens (creating if absent) the store at `path` for reading and writing.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, CACHE_BYTES_DEFAULT)
+    }
+
+    /// Opens with a page cache of at most `cache_bytes` (redb's default is 1 GiB).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         if path.exists() {
             refuse_newer_schema(path)?;
         } else if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| redb_err(path)(redb::Error::Io(e)))?;
         }
-        let db = Database::create(path).map_err(|e| match e {
+        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_owned() },
             other => redb_err(path)(other.into()),
         })?;

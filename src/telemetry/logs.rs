@@ -29,12 +29,16 @@ pub fn add_secret(value: &str) {
 
 /// The line with every known secret value and every token-shaped word (`stl_<12 hex>_<64 hex>`)
 /// replaced by `[REDACTED]`.
-pub fn redact(line: &str) -> String {
-    let mut out = crate::telemetry::redact::text(line, &secrets().read().unwrap_or_else(|e| e.into_inner()));
+pub fn redact(line: &str) -> std::borrow::Cow<'_, str> {
+    let secrets = secrets().read().unwrap_or_else(|e| e.into_inner());
+    if !secrets.iter().any(|s| line.contains(s.as_str())) && find_token(line).is_none() {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = crate::telemetry::redact::text(line, &secrets);
     while let Some(at) = find_token(&out) {
         out.replace_range(at..at + TOKEN_LEN, MARKER);
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 const TOKEN_LEN: usize = 4 + 12 + 1 + 64;

@@ -3,6 +3,7 @@
 //! enums as numbers. Built with `serde_json` values — the three request shapes are small and
 //! fixed, and an OTLP protobuf stack would be a large dependency for them.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -11,29 +12,59 @@ pub fn nanos(ms: i64) -> String {
     (i128::from(ms) * 1_000_000).to_string()
 }
 
-pub fn string(v: &str) -> Value {
-    json!({ "stringValue": v })
+/// An OTLP `AnyValue` (the kinds stella writes).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum AnyValue {
+    #[serde(rename = "stringValue")]
+    Str(String),
+    #[serde(rename = "intValue")]
+    Int(String),
+    #[serde(rename = "boolValue")]
+    Bool(bool),
 }
 
-pub fn int(v: i64) -> Value {
-    json!({ "intValue": v.to_string() })
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: AnyValue,
 }
 
-pub fn kv(key: &str, value: Value) -> Value {
-    json!({ "key": key, "value": value })
+pub fn string(v: &str) -> AnyValue {
+    AnyValue::Str(v.to_owned())
+}
+
+pub fn int(v: i64) -> AnyValue {
+    AnyValue::Int(v.to_string())
+}
+
+pub fn kv(key: &str, value: AnyValue) -> KeyValue {
+    KeyValue { key: key.to_owned(), value }
 }
 
 /// The resource every request names: this appliance.
-pub fn resource(appliance_id: &str) -> Value {
-    json!({ "attributes": [
-        kv("service.name", string("stella")),
-        kv("service.instance.id", string(appliance_id)),
-        kv("service.version", string(env!("CARGO_PKG_VERSION"))),
-    ] })
+#[derive(Debug, Clone, Serialize)]
+pub struct Resource {
+    attributes: Vec<KeyValue>,
 }
 
-fn scope() -> Value {
-    json!({ "name": "stella", "version": env!("CARGO_PKG_VERSION") })
+pub fn resource(appliance_id: &str) -> Resource {
+    Resource {
+        attributes: vec![
+            kv("service.name", string("stella")),
+            kv("service.instance.id", string(appliance_id)),
+            kv("service.version", string(env!("CARGO_PKG_VERSION"))),
+        ],
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Scope {
+    name: &'static str,
+    version: &'static str,
+}
+
+fn scope() -> Scope {
+    Scope { name: "stella", version: env!("CARGO_PKG_VERSION") }
 }
 
 fn digest_hex(parts: &[&str], bytes: usize) -> String {
@@ -68,56 +99,142 @@ pub fn traceparent(run: &str, job: &str, attempt: u32) -> String {
     format!("00-{}-{}-01", trace_id(run), attempt_span_id(job, attempt))
 }
 
-/// A span; `error` sets status ERROR with its message, otherwise OK.
-pub struct Span<'a> {
+#[derive(Debug, Clone, Serialize)]
+struct Status {
+    code: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+/// A span (kind INTERNAL); an `error` sets status ERROR with its message, otherwise OK.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Span {
+    trace_id: String,
+    span_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_span_id: Option<String>,
+    name: &'static str,
+    kind: u8,
+    start_time_unix_nano: String,
+    end_time_unix_nano: String,
+    attributes: Vec<KeyValue>,
+    status: Status,
+}
+
+/// What a span is made of, in milliseconds; [`SpanParts::build`] makes the OTLP span.
+pub struct SpanParts {
     pub trace_id: String,
     pub span_id: String,
     pub parent: Option<String>,
-    pub name: &'a str,
+    pub name: &'static str,
     pub start_ms: i64,
     pub end_ms: i64,
-    pub attributes: Vec<Value>,
+    pub attributes: Vec<KeyValue>,
+    /// An error sets status ERROR with this message; none, OK.
     pub error: Option<String>,
 }
 
-impl Span<'_> {
-    pub fn to_json(&self) -> Value {
-        let mut span = json!({
-            "traceId": self.trace_id,
-            "spanId": self.span_id,
-            "name": self.name,
-            "kind": 1,
-            "startTimeUnixNano": nanos(self.start_ms),
-            "endTimeUnixNano": nanos(self.end_ms.max(self.start_ms)),
-            "attributes": self.attributes,
-            "status": match &self.error { Some(m) => json!({ "code": 2, "message": m }), None => json!({ "code": 1 }) },
-        });
-        if let Some(p) = &self.parent {
-            span["parentSpanId"] = json!(p);
+impl SpanParts {
+    pub fn build(self) -> Span {
+        Span {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id: self.parent,
+            name: self.name,
+            kind: 1,
+            start_time_unix_nano: nanos(self.start_ms),
+            end_time_unix_nano: nanos(self.end_ms.max(self.start_ms)),
+            attributes: self.attributes,
+            status: Status { code: if self.error.is_some() { 2 } else { 1 }, message: self.error },
         }
-        span
     }
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ScopeSpans<'a> {
+    scope: Scope,
+    spans: &'a [Span],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceSpans<'a> {
+    resource: &'a Resource,
+    scope_spans: [ScopeSpans<'a>; 1],
+}
+
 /// An `ExportTraceServiceRequest`.
-pub fn traces_request(resource: &Value, spans: Vec<Value>) -> Value {
-    json!({ "resourceSpans": [{ "resource": resource, "scopeSpans": [{ "scope": scope(), "spans": spans }] }] })
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracesRequest<'a> {
+    resource_spans: [ResourceSpans<'a>; 1],
+}
+
+pub fn traces_request<'a>(resource: &'a Resource, spans: &'a [Span]) -> TracesRequest<'a> {
+    TracesRequest { resource_spans: [ResourceSpans { resource, scope_spans: [ScopeSpans { scope: scope(), spans }] }] }
+}
+
+/// An OTLP log record.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogRecord {
+    time_unix_nano: String,
+    observed_time_unix_nano: String,
+    severity_number: u8,
+    severity_text: String,
+    body: AnyValue,
+    attributes: Vec<KeyValue>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ScopeLogs<'a> {
+    scope: Scope,
+    log_records: &'a [LogRecord],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceLogs<'a> {
+    resource: &'a Resource,
+    scope_logs: [ScopeLogs<'a>; 1],
 }
 
 /// An `ExportLogsServiceRequest`.
-pub fn logs_request(resource: &Value, records: Vec<Value>) -> Value {
-    json!({ "resourceLogs": [{ "resource": resource, "scopeLogs": [{ "scope": scope(), "logRecords": records }] }] })
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsRequest<'a> {
+    resource_logs: [ResourceLogs<'a>; 1],
 }
 
-/// One line of the daemon's JSON log (tracing's format: `timestamp`, `level`, `target`,
-/// `fields` with `message`) as an OTLP log record with its time in Unix ms; `None` if the line
-/// is not such an object.
-pub fn log_record(line: &str) -> Option<(i64, Value)> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    let ts = v["timestamp"].as_str()?;
-    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+pub fn logs_request<'a>(resource: &'a Resource, records: &'a [LogRecord]) -> LogsRequest<'a> {
+    LogsRequest {
+        resource_logs: [ResourceLogs { resource, scope_logs: [ScopeLogs { scope: scope(), log_records: records }] }],
+    }
+}
+
+/// One line of the daemon's log as tracing's JSON formatter writes it.
+#[derive(serde::Deserialize)]
+struct LogLine<'a> {
+    #[serde(borrow)]
+    timestamp: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    level: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    target: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    fields: serde_json::Map<String, Value>,
+}
+
+/// One line of the daemon's JSON log (`timestamp`, `level`, `target`, `fields` with
+/// `message`) as an OTLP log record with its time in Unix ms; `None` if the line is not one.
+pub fn log_record(line: &str) -> Option<(i64, LogRecord)> {
+    let v: LogLine = serde_json::from_str(line).ok()?;
+    let t = time::OffsetDateTime::parse(&v.timestamp, &time::format_description::well_known::Rfc3339).ok()?;
     let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
-    let level = v["level"].as_str().unwrap_or("INFO");
+    let level = if v.level.is_empty() { "INFO" } else { &v.level };
     let severity = match level {
         "TRACE" => 1,
         "DEBUG" => 5,
@@ -125,31 +242,34 @@ pub fn log_record(line: &str) -> Option<(i64, Value)> {
         "WARN" => 13,
         _ => 17,
     };
-    let mut attributes = vec![kv("target", string(v["target"].as_str().unwrap_or("")))];
+    let mut attributes = Vec::with_capacity(v.fields.len() + 1);
+    attributes.push(kv("target", string(&v.target)));
     let mut body = String::new();
-    if let Some(fields) = v["fields"].as_object() {
-        for (k, x) in fields {
-            if k == "message" {
-                body = x.as_str().map_or_else(|| x.to_string(), str::to_owned);
-            } else {
-                let value = match x {
-                    Value::String(s) => string(s),
-                    Value::Number(n) if n.is_i64() => int(n.as_i64().unwrap_or(0)),
-                    Value::Bool(b) => json!({ "boolValue": b }),
-                    other => string(&other.to_string()),
-                };
-                attributes.push(kv(k, value));
-            }
+    for (k, x) in v.fields {
+        if k == "message" {
+            body = match x {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            continue;
         }
+        let value = match x {
+            Value::String(s) => AnyValue::Str(s),
+            Value::Number(n) if n.is_i64() => AnyValue::Int(n.to_string()),
+            Value::Bool(b) => AnyValue::Bool(b),
+            other => AnyValue::Str(other.to_string()),
+        };
+        attributes.push(KeyValue { key: k, value });
     }
-    let record = json!({
-        "timeUnixNano": nanos(ms),
-        "observedTimeUnixNano": nanos(ms),
-        "severityNumber": severity,
-        "severityText": level,
-        "body": string(&body),
-        "attributes": attributes,
-    });
+    let t = nanos(ms);
+    let record = LogRecord {
+        time_unix_nano: t.clone(),
+        observed_time_unix_nano: t,
+        severity_number: severity,
+        severity_text: level.to_owned(),
+        body: AnyValue::Str(body),
+        attributes,
+    };
     Some((ms, record))
 }
 
@@ -160,7 +280,7 @@ type Labels = [(String, String)];
 
 /// The Prometheus text of one snapshot as an `ExportMetricsServiceRequest` at `time_ms`:
 /// gauges and info as gauges, counters as cumulative monotonic sums, histograms as histograms.
-pub fn metrics_request(resource: &Value, time_ms: i64, text: &str) -> Value {
+pub fn metrics_request(resource: &Resource, time_ms: i64, text: &str) -> Value {
     // (name, type, help, samples)
     let mut metrics: Vec<(String, String, String, Vec<Sample>)> = Vec::new();
     for line in text.lines() {
@@ -188,7 +308,11 @@ pub fn metrics_request(resource: &Value, time_ms: i64, text: &str) -> Value {
     }
     let t = nanos(time_ms);
     let attrs = |labels: &[(String, String)]| -> Vec<Value> {
-        labels.iter().filter(|(k, _)| k != "le").map(|(k, v)| kv(k, string(v))).collect()
+        labels
+            .iter()
+            .filter(|(k, _)| k != "le")
+            .map(|(k, v)| json!({ "key": k, "value": { "stringValue": v } }))
+            .collect()
     };
     let number = |v: f64| {
         if v.fract() == 0.0 && v.abs() < 9.0e15 {
