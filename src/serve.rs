@@ -151,6 +151,11 @@ async fn daemon(
         config.telemetry.metrics_retention_ms,
         timers_stop.subscribe(),
     ));
+    let run_log = tokio::spawn(crate::telemetry::logs::run_events(
+        state.store.clone(),
+        state.writer.clone(),
+        timers_stop.subscribe(),
+    ));
     let executor = config.exec.enabled.then(|| {
         let opts = crate::exec::worker::ExecOptions {
             worker: format!("local-{}", std::process::id()),
@@ -165,6 +170,7 @@ async fn daemon(
     let _ = timers_stop.send(true);
     let _ = timers.await;
     let _ = snapshots.await;
+    let _ = run_log.await;
     if let Some(executor) = executor {
         let _ = executor.await;
     }

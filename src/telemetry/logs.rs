@@ -141,3 +141,58 @@ mod tests {
         assert_eq!(redact(&line), "{\"msg\":\"pw [REDACTED], auth [REDACTED], stl_short\"}");
     }
 }
+
+/// Logs every committed run and step transition as one structured line (`tenant`, `dagId`,
+/// `runId`, `stepId`, `status`), so the log files tell a run's story next to the requests'.
+/// Runs until the writer's event channel closes or `stop` turns true.
+pub async fn run_events(
+    store: crate::store::Store,
+    writer: crate::store::WriterHandle,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = writer.subscribe();
+    let mut dags: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    loop {
+        let entry = tokio::select! {
+            e = events.recv() => e,
+            _ = stop.changed() => return,
+        };
+        let entry = match entry {
+            Ok(e) => e,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "run event log fell behind; the ledger has every transition");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Some((scope, status)) = entry.kind.split_once('.') else { continue };
+        if scope != "run" && scope != "step" {
+            continue;
+        }
+        let run = entry.data["runId"].as_str().unwrap_or_default().to_owned();
+        let dag = match (entry.data["dag"].as_str(), dags.get(&run)) {
+            (Some(d), _) => d.to_owned(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => store
+                .read()
+                .ok()
+                .and_then(|t| t.open_table(crate::store::schema::RUNS).ok())
+                .and_then(|t| {
+                    crate::store::schema::rw::get::<crate::store::records::RunRecord>(&t, "runs", &run).ok().flatten()
+                })
+                .map(|r| r.dag)
+                .unwrap_or_default(),
+        };
+        let step = entry.data["step"].as_str().unwrap_or_default();
+        tracing::info!(
+            tenant = %entry.tenant, dagId = %dag, runId = %run, stepId = %step, status, seq = entry.seq,
+            "{} {}", entry.kind, if step.is_empty() { run.as_str() } else { step }
+        );
+        if scope == "run" && status != "created" && status != "resumed" {
+            dags.remove(&run);
+        } else {
+            dags.insert(run, dag);
+        }
+    }
+}

@@ -78,6 +78,24 @@ async fn metrics_count_runs_attempts_and_failures_and_pass_promtool() {
     let first = std::fs::read_to_string(&logs[0]).unwrap();
     let line: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
     assert!(line["timestamp"].is_string() && line["level"].is_string(), "{line}");
+    // Run and step transitions are logged with their identifiers (written by a task that
+    // follows the commits: wait for it, bounded).
+    let mut found = None;
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(&logs[0]).unwrap();
+        found = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|l| {
+            l["fields"]["runId"] == id.as_str() && l["fields"]["status"] == "succeeded" && l["fields"]["stepId"] == ""
+        });
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let found = found.expect("the run's end is in the log file");
+    assert_eq!(
+        (found["fields"]["dagId"].as_str(), found["fields"]["tenant"].as_str()),
+        (Some("sample-pipeline"), Some("default"))
+    );
 }
 
 /// Every metric a rule or a dashboard query names must be one `/metrics` serves.
