@@ -129,19 +129,6 @@ pub fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_and_tokens_are_redacted() {
-        add_secret("s3cr3t-value");
-        let token = format!("stl_{}_{}", "a".repeat(12), "b".repeat(64));
-        let line = format!("{{\"msg\":\"pw s3cr3t-value, auth {token}, stl_short\"}}");
-        assert_eq!(redact(&line), "{\"msg\":\"pw [REDACTED], auth [REDACTED], stl_short\"}");
-    }
-}
-
 /// Logs every committed run and step transition as one structured line (`tenant`, `dagId`,
 /// `runId`, `stepId`, `status`), so the log files tell a run's story next to the requests'.
 /// Runs until the writer's event channel closes or `stop` turns true.
@@ -194,5 +181,18 @@ pub async fn run_events(
         } else {
             dags.insert(run, dag);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_tokens_are_redacted() {
+        add_secret("s3cr3t-value");
+        let token = format!("stl_{}_{}", "a".repeat(12), "b".repeat(64));
+        let line = format!("{{\"msg\":\"pw s3cr3t-value, auth {token}, stl_short\"}}");
+        assert_eq!(redact(&line), "{\"msg\":\"pw [REDACTED], auth [REDACTED], stl_short\"}");
     }
 }
