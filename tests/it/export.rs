@@ -13,14 +13,6 @@ fn sh(dir: &Path, script: &str) -> std::process::Output {
     std::process::Command::new("bash").arg("-c").arg(script).current_dir(dir).output().unwrap()
 }
 
-/// Runs the sample pipeline to its end.
-async fn run_sample(app: &TestAppliance) {
-    let c = app.socket_client();
-    let id =
-        api_post(&c, "/runs", serde_json::json!({ "dag": "sample-pipeline" })).await["id"].as_str().unwrap().to_owned();
-    wait_for_event(&c, &id, "event: run.succeeded").await;
-}
-
 fn export(app: &TestAppliance, name: &str, extra: &[&str]) -> PathBuf {
     let out = app.root().join("packs").join(name);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
@@ -54,7 +46,7 @@ fn is_u64_string(v: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_verifies_with_stella_and_by_hand_and_its_otlp_lines_parse() {
     let app = TestAppliance::start();
-    run_sample(&app).await;
+    run_sample(&app.socket_client()).await;
     let pack = export(&app, "p1", &[]);
     let ok = audit(&app, &["verify", pack.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", stderr(&ok));
@@ -147,7 +139,7 @@ fn tampered(app: &TestAppliance, pack: &Path, name: &str, edit: &str, needles: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_is_named_with_its_file_and_line_or_sequence() {
     let app = TestAppliance::start();
-    run_sample(&app).await;
+    run_sample(&app.socket_client()).await;
     let pack = export(&app, "p", &[]);
     let other = app.root().join("other_ed25519");
     stella::trust::keys::generate(&other, "intruder").unwrap();
@@ -205,11 +197,11 @@ fn import(app: &TestAppliance, store: &Path, packs: &[&Path]) -> std::process::O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packs_link_and_a_gap_a_truncated_tail_or_a_fork_is_reported() {
     let app = TestAppliance::start();
-    run_sample(&app).await;
+    run_sample(&app.socket_client()).await;
     let p1 = export(&app, "p1", &[]);
-    run_sample(&app).await;
+    run_sample(&app.socket_client()).await;
     let p2 = export(&app, "p2", &[]);
-    run_sample(&app).await;
+    run_sample(&app.socket_client()).await;
     let p3 = export(&app, "p3", &[]);
 
     let store = app.root().join("audit-a.redb");

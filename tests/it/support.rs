@@ -277,3 +277,11 @@ pub async fn wait_for_event(c: &Client, run: &str, marker: &str) {
     .await
     .unwrap();
 }
+
+/// Starts the sample pipeline and follows it to its end; returns the run id.
+pub async fn run_sample(c: &Client) -> String {
+    let id =
+        api_post(c, "/runs", serde_json::json!({ "dag": "sample-pipeline" })).await["id"].as_str().unwrap().to_owned();
+    wait_for_event(c, &id, "event: run.succeeded").await;
+    id
+}

@@ -39,9 +39,7 @@ async fn scrape(app: &TestAppliance) -> String {
 async fn metrics_count_runs_attempts_and_failures_and_pass_promtool() {
     let app = TestAppliance::start();
     let c = app.socket_client();
-    let id =
-        api_post(&c, "/runs", serde_json::json!({ "dag": "sample-pipeline" })).await["id"].as_str().unwrap().to_owned();
-    wait_for_event(&c, &id, "event: run.succeeded").await;
+    let id = run_sample(&c).await;
     let junk = app.root().join("junk.bundle");
     std::fs::write(&junk, b"not a bundle").unwrap();
     let refused = c.post(&format!("{API}/bundles"), &serde_json::json!({ "path": junk })).await.unwrap();
@@ -124,9 +122,7 @@ fn metric_names(text: &str) -> Vec<String> {
 async fn alert_rules_and_the_dashboard_are_valid_over_served_metrics() {
     let app = TestAppliance::start();
     let c = app.socket_client();
-    let id =
-        api_post(&c, "/runs", serde_json::json!({ "dag": "sample-pipeline" })).await["id"].as_str().unwrap().to_owned();
-    wait_for_event(&c, &id, "event: run.succeeded").await;
+    run_sample(&c).await;
     let served = scrape(&app).await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance");
     let rules = std::fs::read_to_string(dir.join("prometheus/stella-alerts.yml")).unwrap();

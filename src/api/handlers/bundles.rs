@@ -64,12 +64,7 @@ pub async fn import_bundle(
     JsonBody(req): JsonBody<ImportRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let p = auth.require(Scope::Admin)?;
-    let progress = match &req.progress_id {
-        Some(id) => {
-            state.progress.start(id).ok_or_else(|| Problem::invalid("progressId", "expected 8-64 of 0-9, a-z, '-'"))?
-        }
-        None => Arc::default(),
-    };
+    let progress = progress_for(&state, req.progress_id.as_deref())?;
     let body = import_file(&state, p, Path::new(&req.path), req.allow_downgrade, progress).await?;
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -318,6 +313,16 @@ pub async fn remove(
     }
     Ok(Json(json!({ "removed": name, "version": before["version"], "kind": before["kind"], "digest": digest,
                     "disabledDags": before["dags"] })))
+}
+
+/// The progress a request asked to be followed under `id` (registered), or an unregistered one.
+pub fn progress_for(state: &AppState, id: Option<&str>) -> Result<Arc<Progress>, Problem> {
+    match id {
+        Some(id) => {
+            state.progress.start(id).ok_or_else(|| Problem::invalid("progressId", "expected 8-64 of 0-9, a-z, '-'"))
+        }
+        None => Ok(Arc::default()),
+    }
 }
 
 /// `GET /progress/{id}`: how far an operation started with that progress id has come

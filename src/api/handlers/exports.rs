@@ -52,12 +52,7 @@ pub async fn create(
     if !out.is_absolute() {
         return Err(Problem::invalid("out", "must be an absolute path on the appliance host"));
     }
-    let progress = match &req.progress_id {
-        Some(id) => {
-            state.progress.start(id).ok_or_else(|| Problem::invalid("progressId", "expected 8-64 of 0-9, a-z, '-'"))?
-        }
-        None => Arc::default(),
-    };
+    let progress = crate::api::handlers::bundles::progress_for(&state, req.progress_id.as_deref())?;
     // The pack holds the metric values as of now, not only as of the last periodic snapshot.
     crate::telemetry::metrics::snapshot(&state.store, &state.writer, state.config.telemetry.metrics_retention_ms)
         .await
