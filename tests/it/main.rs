@@ -9,6 +9,7 @@ mod cli;
 mod engine_model;
 mod export;
 mod openapi;
+mod otlp_golden;
 mod plugins;
 mod queue_api;
 mod queue_model;
