@@ -251,6 +251,7 @@ fn apply_dag(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
                 registered_by: entry.actor.clone(),
                 unsigned: entry.data["unsigned"].as_bool().unwrap_or(false),
                 disabled: false,
+                plugins: serde_json::from_value(entry.data["plugins"].clone()).unwrap_or_default(),
             });
             rec.active = version;
             let key = format!("{name}@{version}");

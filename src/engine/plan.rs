@@ -171,13 +171,29 @@ pub(crate) fn register(
 ) -> Result<Effects, CommandError> {
     let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
     let rec = dag_record(txn, name)?;
-    if let Some(v) =
-        rec.as_ref().and_then(|r| r.versions.iter().find(|v| v.version == r.active)).filter(|v| v.sha256 == sha256)
+    // A version from a signed DAG bundle is pinned to the plugin digests installed now: a later
+    // plugin upgrade does not change what this version runs (importing the DAG bundle again
+    // makes a version pinned to the new ones). Dev registrations follow the installed plugins
+    // at each run's start.
+    let mut pins = std::collections::BTreeMap::new();
+    if !unsigned {
+        let c = spec::compile_registered(text).map_err(CommandError::Invalid)?;
+        for s in c.steps.iter().filter(|s| !spec::BUILTINS.contains(&s.plugin.as_str())) {
+            let digest = plugin_digest(txn, &s.plugin)?.ok_or_else(|| {
+                CommandError::Conflict(format!("step {} needs plugin {:?}, which is not installed", s.name, s.plugin))
+            })?;
+            pins.insert(s.plugin.clone(), digest);
+        }
+    }
+    if let Some(v) = rec
+        .as_ref()
+        .and_then(|r| r.versions.iter().find(|v| v.version == r.active))
+        .filter(|v| v.sha256 == sha256 && v.plugins == pins)
     {
         return Ok(Effects { note: Some(json!({ "unchanged": true, "version": v.version })), ..Effects::default() });
     }
     let version = rec.map_or(1, |r| r.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1);
-    let data = json!({ "name": name, "version": version, "sha256": sha256, "spec": text, "unsigned": unsigned });
+    let data = json!({ "name": name, "version": version, "sha256": sha256, "spec": text, "unsigned": unsigned, "plugins": pins });
     Ok(vec![Draft { tenant: String::new(), kind: "dag.registered", subjects: vec![name.to_owned()], data }].into())
 }
 
@@ -284,6 +300,10 @@ fn start(
     }
     let mut plugins = std::collections::BTreeMap::new();
     for s in c.steps.iter().filter(|s| !spec::BUILTINS.contains(&s.plugin.as_str())) {
+        if let Some(pinned) = active.plugins.get(&s.plugin) {
+            plugins.insert(s.plugin.clone(), pinned.clone());
+            continue;
+        }
         let digest = plugin_digest(txn, &s.plugin)?.ok_or_else(|| {
             CommandError::Conflict(format!("step {} needs plugin {:?}, which is not installed", s.name, s.plugin))
         })?;

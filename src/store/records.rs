@@ -176,6 +176,9 @@ pub struct DagVersion {
     /// Registered from a local file in dev mode rather than from a signed bundle.
     pub unsigned: bool,
     pub disabled: bool,
+    /// Plugin name → sealed digest this version runs (versions from signed bundles).
+    #[serde(default)]
+    pub plugins: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

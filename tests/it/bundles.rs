@@ -988,3 +988,66 @@ async fn the_hostile_corpus_leaves_the_appliance_unchanged() {
     let rejected = ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.rejected").count();
     assert_eq!(rejected, count + 1, "every rejection is ledgered");
 }
+
+/// A DAG version from a bundle runs the plugin digest installed when it was imported: a plugin
+/// upgrade does not change it; importing the DAG bundle again makes a version pinned to the
+/// new plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundled_dag_version_keeps_its_pinned_plugin_digest() {
+    let app = TestAppliance::start_production();
+    let root = app.root().to_path_buf();
+    let (key, bundle) = setup(&root);
+    assert!(stella(&root, &["bundle", "import", bundle.to_str().unwrap()]).status.success());
+    import_notify_dag(&root, &key);
+    let c = app.socket_client();
+    let digest_of_run = |id: String| {
+        let c = c.clone();
+        async move {
+            wait_for_event(&c, &id, "event: run.succeeded").await;
+            api_get(&c, &format!("/runs/{id}")).await["steps"][0]["pluginDigest"].as_str().unwrap().to_owned()
+        }
+    };
+    let start = || async {
+        api_post(&c, "/runs", serde_json::json!({ "dag": "notify" })).await["id"].as_str().unwrap().to_owned()
+    };
+    let first = digest_of_run(start().await).await;
+
+    let v2 = root.join("plugin-v2");
+    assert!(
+        sh(
+            &root,
+            &format!("cp -r {} {} && echo '# v2' >> {}/run.sh", sample_plugin().display(), v2.display(), v2.display())
+        )
+        .status
+        .success()
+    );
+    let upgraded = root.join("sample-plugin-1.1.0.bundle");
+    let built = build_bundle(
+        &root,
+        v2.to_str().unwrap(),
+        "plugin",
+        "sample-plugin",
+        "1.1.0",
+        key.to_str().unwrap(),
+        upgraded.to_str().unwrap(),
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    assert!(stella(&root, &["bundle", "import", upgraded.to_str().unwrap()]).status.success());
+    let installed = api_get(&c, "/plugins").await["plugins"][0]["digest"].as_str().unwrap().to_owned();
+    assert_ne!(installed, first, "the plugin was upgraded");
+    assert_eq!(digest_of_run(start().await).await, first, "the DAG version still runs the digest it was pinned to");
+
+    let dag_v2 = root.join("notify-2.bundle");
+    let built = build_bundle(
+        &root,
+        root.join("dag").to_str().unwrap(),
+        "dag",
+        "notify",
+        "2",
+        key.to_str().unwrap(),
+        dag_v2.to_str().unwrap(),
+    );
+    assert!(built.status.success());
+    assert!(stella(&root, &["bundle", "import", dag_v2.to_str().unwrap()]).status.success());
+    assert_eq!(digest_of_run(start().await).await, installed, "the re-imported DAG is pinned to the new plugin");
+}
