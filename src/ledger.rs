@@ -52,7 +52,8 @@ struct Hashed<'a> {
 
 impl Entry {
     /// Seals a draft as entry `seq` after `prev`, computing its hash.
-    pub fn seal(draft: Draft, seq: u64, time: i64, actor: &str, prev: &str) -> Self {
+    pub fn seal(mut draft: Draft, seq: u64, time: i64, actor: &str, prev: &str) -> Self {
+        integral_floats_as_integers(&mut draft.data);
         let mut entry = Entry {
             seq,
             time,
@@ -69,6 +70,34 @@ impl Entry {
     }
 
     pub fn compute_hash(&self) -> String {
+        let canonical = self.hashed_canonical();
+        let prev = hex::decode(&self.prev).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(&prev);
+        h.update(&canonical);
+        hex::encode(h.finalize())
+    }
+
+    /// The stored form: the RFC 8785 canonical JSON of the whole entry, hash included. Its
+    /// members are sorted (`actor`, `data`, `hash`, `kind`, `prev`, `seq`, …), so the hashed
+    /// bytes are these bytes without the `hash` member — which is what lets [`fast_check`]
+    /// verify an entry without parsing it.
+    pub fn to_stored(&self) -> Vec<u8> {
+        let mut canonical = self.hashed_canonical();
+        // `{"actor":<string>,"data":<value>` then `,"kind"…`: the hash goes after data.
+        let at = (|| {
+            let actor_end = value_end(&canonical, b"{\"actor\":".len())?;
+            let data_start = actor_end + b",\"data\":".len();
+            canonical.get(actor_end..data_start).filter(|s| *s == b",\"data\":")?;
+            value_end(&canonical, data_start)
+        })()
+        .expect("the canonical form of an entry starts with actor and data");
+        let member = format!(",\"hash\":\"{}\"", self.hash);
+        canonical.splice(at..at, member.into_bytes());
+        canonical
+    }
+
+    fn hashed_canonical(&self) -> Vec<u8> {
         let hashed = Hashed {
             seq: self.seq,
             time: self.time,
@@ -79,13 +108,7 @@ impl Entry {
             data: &self.data,
             prev: &self.prev,
         };
-        let canonical =
-            serde_json_canonicalizer::to_vec(&hashed).expect("ledger entries are plain JSON and always canonicalize");
-        let prev = hex::decode(&self.prev).unwrap_or_default();
-        let mut h = Sha256::new();
-        h.update(&prev);
-        h.update(&canonical);
-        hex::encode(h.finalize())
+        serde_json_canonicalizer::to_vec(&hashed).expect("ledger entries are plain JSON and always canonicalize")
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -142,8 +165,33 @@ impl ChainCursor {
         }
         let entry: Entry =
             serde_json::from_slice(bytes).map_err(|e| ChainError::Unparsable { seq: key, reason: e.to_string() })?;
-        self.check_link(&entry)?;
+        match fast_check(bytes, self.next_seq, &self.prev_hash) {
+            Fast::Ok { .. } if entry.seq == self.next_seq => {
+                self.next_seq += 1;
+                self.prev_hash.clone_from(&entry.hash);
+            }
+            Fast::Bad(e) => return Err(e),
+            _ => self.check_link(&entry)?,
+        }
         Ok(entry)
+    }
+
+    /// Checks one stored entry's place in the chain without building it: the canonical stored
+    /// form is hashed as it is; an older form is parsed and re-canonicalized.
+    pub fn check_stored(&mut self, key: u64, bytes: &[u8]) -> Result<(), ChainError> {
+        if key != self.next_seq {
+            return Err(ChainError::Missing { expected: self.next_seq, found: key });
+        }
+        match fast_check(bytes, self.next_seq, &self.prev_hash) {
+            Fast::Ok { hash, .. } => {
+                self.next_seq += 1;
+                self.prev_hash.clear();
+                self.prev_hash.push_str(hash);
+                Ok(())
+            }
+            Fast::Bad(e) => Err(e),
+            Fast::NotCanonical => self.check_raw(key, bytes).map(|_| ()),
+        }
     }
 
     /// Checks that `entry` is the next one in this chain and advances past it.
@@ -161,6 +209,126 @@ impl ChainCursor {
         self.prev_hash.clone_from(&entry.hash);
         Ok(())
     }
+}
+
+/// RFC 8785 writes a float with an integral value as an integer (`2.0` → `2`), which parses
+/// back as an integer: the entry in memory is made to hold what its stored form will read as,
+/// so that projections built from it and from a replay of the ledger agree.
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() < 1e21 {
+                if f >= 0.0 && f <= u64::MAX as f64 && f > i64::MAX as f64 {
+                    *v = Value::from(f as u64);
+                } else if f >= i64::MIN as f64 && f <= i64::MAX as f64 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(o) => o.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
+/// The end (exclusive) of the JSON value that starts at `start` in compact JSON, skipping
+/// strings (with escapes), objects and arrays without allocating; `None` if the bytes end first.
+fn value_end(b: &[u8], start: usize) -> Option<usize> {
+    let first = *b.get(start)?;
+    if !matches!(first, b'"' | b'{' | b'[') {
+        // A number or a literal: up to the next delimiter.
+        let mut i = start;
+        while !matches!(*b.get(i)?, b',' | b'}' | b']') {
+            i += 1;
+        }
+        return Some(i);
+    }
+    let (mut i, mut depth) = (start, 0usize);
+    loop {
+        match *b.get(i)? {
+            b'"' => {
+                i += 1;
+                loop {
+                    i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+                    if b[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
+                }
+                i += 1;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+        if depth == 0 {
+            return Some(i);
+        }
+    }
+}
+
+/// The verdict of [`fast_check`] on one stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fast<'a> {
+    /// In the canonical stored form, linked and hashing to itself: its seq and hash.
+    Ok { seq: u64, hash: &'a str },
+    /// Not in the canonical stored form (written by an older stella): check it by parsing.
+    NotCanonical,
+    /// In the stored form but wrong: the `ChainError` for it.
+    Bad(ChainError),
+}
+
+fn member(b: &[u8], i: usize, key: &[u8]) -> Option<(usize, usize)> {
+    let start = i + key.len();
+    (b.get(i..start)? == key).then_some(())?;
+    Some((start, value_end(b, start)?))
+}
+
+/// Checks one entry in the canonical stored form (`Entry::to_stored`) without parsing it: its
+/// sequence, its link to `prev` and its hash, by locating the members and hashing the stored
+/// bytes minus the `hash` member. Nothing is allocated but the returned hash.
+pub fn fast_check<'a>(bytes: &'a [u8], expect_seq: u64, prev: &str) -> Fast<'a> {
+    let layout = (|| {
+        let (_, actor_end) = member(bytes, 0, b"{\"actor\":")?;
+        let (_, data_end) = member(bytes, actor_end, b",\"data\":")?;
+        let (hash_start, hash_end) = member(bytes, data_end, b",\"hash\":")?;
+        let (_, kind_end) = member(bytes, hash_end, b",\"kind\":")?;
+        let (prev_start, prev_end) = member(bytes, kind_end, b",\"prev\":")?;
+        let (seq_start, seq_end) = member(bytes, prev_end, b",\"seq\":")?;
+        let hash = std::str::from_utf8(bytes.get(hash_start + 1..hash_end - 1)?).ok()?;
+        let prev_found = std::str::from_utf8(bytes.get(prev_start + 1..prev_end - 1)?).ok()?;
+        let seq: u64 = std::str::from_utf8(&bytes[seq_start..seq_end]).ok()?.parse().ok()?;
+        (hash.len() == 64 && prev_found.len() == 64).then_some((data_end, hash_end, hash, prev_found, seq))
+    })();
+    let Some((cut_start, cut_end, hash, prev_found, seq)) = layout else { return Fast::NotCanonical };
+    if seq != expect_seq {
+        return Fast::Bad(ChainError::WrongSeq { seq: expect_seq, claimed: seq });
+    }
+    if prev_found != prev {
+        return Fast::Bad(ChainError::BrokenLink { seq });
+    }
+    let mut prev_bytes = [0u8; 32];
+    if hex::decode_to_slice(prev, &mut prev_bytes).is_err() {
+        return Fast::Bad(ChainError::BrokenLink { seq });
+    }
+    let mut h = Sha256::new();
+    h.update(prev_bytes);
+    h.update(&bytes[..cut_start]);
+    h.update(&bytes[cut_end..]);
+    let mut computed = [0u8; 64];
+    hex::encode_to_slice(h.finalize(), &mut computed).expect("64 hex digits");
+    if computed != hash.as_bytes() {
+        return Fast::Bad(ChainError::BadHash { seq });
+    }
+    Fast::Ok { seq, hash }
 }
 
 #[cfg(test)]
@@ -181,6 +349,30 @@ mod tests {
                 e
             })
             .collect()
+    }
+
+    #[test]
+    fn the_stored_form_is_canonical_and_checks_without_parsing() {
+        let mut prev = GENESIS_PREV.to_owned();
+        let tricky = json!({ "s": "a \\\" , \"hash\":\"x\" ] }", "n": [1, {"k": [true, null, -2.5e3]}], "e": {} });
+        for (seq, data) in [(1, json!({})), (2, tricky), (3, json!({"n": 3}))] {
+            let e = Entry::seal(Draft { data, ..draft(seq) }, seq, 7, "local:uid=0", &prev);
+            let stored = e.to_stored();
+            let parsed: Entry = serde_json::from_slice(&stored).unwrap();
+            assert_eq!(parsed, e);
+            assert_eq!(stored, serde_json_canonicalizer::to_vec(&e).unwrap(), "the stored form is RFC 8785");
+            assert_eq!(fast_check(&stored, seq, &prev), Fast::Ok { seq, hash: e.hash.as_str() });
+            let mut flipped = stored.clone();
+            let at = flipped.len() - 3;
+            flipped[at] ^= 1;
+            assert!(matches!(fast_check(&flipped, seq, &prev), Fast::Bad(_) | Fast::NotCanonical));
+            assert_eq!(
+                fast_check(&stored, seq + 1, &prev),
+                Fast::Bad(ChainError::WrongSeq { seq: seq + 1, claimed: seq })
+            );
+            assert_eq!(fast_check(&e.to_json(), seq, &prev), Fast::NotCanonical, "the older stored form");
+            prev = e.hash;
+        }
     }
 
     #[test]

@@ -251,7 +251,7 @@ impl Writer {
             for draft in effects.drafts {
                 seq += 1;
                 let entry = Entry::seal(draft, seq, now, &env.actor.name, &prev);
-                ledger.insert(seq, entry.to_json().as_slice()).map_err(|e| e.to_string())?;
+                ledger.insert(seq, entry.to_stored().as_slice()).map_err(|e| e.to_string())?;
                 projection::apply(txn, &entry).map_err(|e| e.to_string())?;
                 prev.clone_from(&entry.hash);
                 entries.push(entry);

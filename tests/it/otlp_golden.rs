@@ -71,7 +71,7 @@ fn otlp_files_match_their_golden_files() {
         for (i, (at, d)) in drafts().into_iter().enumerate() {
             let e = Entry::seal(d, i as u64 + 1, T0 + at, "token:tok_golden", &prev);
             prev.clone_from(&e.hash);
-            ledger.insert(e.seq, e.to_json().as_slice()).unwrap();
+            ledger.insert(e.seq, e.to_stored().as_slice()).unwrap();
         }
         let text = "# HELP orchestrator_queue_depth Jobs waiting.\n# TYPE orchestrator_queue_depth gauge\norchestrator_queue_depth{type=\"deploy\"} 2\n# HELP orchestrator_runs Runs that ended.\n# TYPE orchestrator_runs counter\norchestrator_runs_total{status=\"succeeded\"} 1\n# HELP orchestrator_run_duration_seconds Run durations.\n# TYPE orchestrator_run_duration_seconds histogram\norchestrator_run_duration_seconds_sum 2.1\norchestrator_run_duration_seconds_count 1\norchestrator_run_duration_seconds_bucket{le=\"1.0\"} 0\norchestrator_run_duration_seconds_bucket{le=\"5.0\"} 1\norchestrator_run_duration_seconds_bucket{le=\"+Inf\"} 1\n# EOF\n";
         txn.open_table(METRIC_SNAPSHOTS).unwrap().insert((T0 + 2500) as u64, text.as_bytes()).unwrap();
