@@ -25,7 +25,8 @@ pub enum AnyValue {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KeyValue {
-    pub key: String,
+    /// Mostly a fixed attribute name: borrowed, not copied per record.
+    pub key: std::borrow::Cow<'static, str>,
     pub value: AnyValue,
 }
 
@@ -37,8 +38,8 @@ pub fn int(v: i64) -> AnyValue {
     AnyValue::Int(v.to_string())
 }
 
-pub fn kv(key: &str, value: AnyValue) -> KeyValue {
-    KeyValue { key: key.to_owned(), value }
+pub fn kv(key: &'static str, value: AnyValue) -> KeyValue {
+    KeyValue { key: std::borrow::Cow::Borrowed(key), value }
 }
 
 /// The resource every request names: this appliance.
@@ -259,7 +260,7 @@ pub fn log_record(line: &str) -> Option<(i64, LogRecord)> {
             Value::Bool(b) => AnyValue::Bool(b),
             other => AnyValue::Str(other.to_string()),
         };
-        attributes.push(KeyValue { key: k, value });
+        attributes.push(KeyValue { key: std::borrow::Cow::Owned(k), value });
     }
     let t = nanos(ms);
     let record = LogRecord {
