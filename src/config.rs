@@ -14,6 +14,11 @@ pub struct Layout {
     pub root: PathBuf,
 }
 
+/// The appliance key under a `<lib>` directory (what `Layout::appliance_key` names).
+pub fn appliance_key_in(lib: &Path) -> PathBuf {
+    lib.join("keys/appliance_ed25519")
+}
+
 impl Layout {
     pub fn production() -> Self {
         Self { root: PathBuf::from("/") }
@@ -55,7 +60,7 @@ impl Layout {
     }
     /// The appliance's own signing key (OpenSSH Ed25519), used for exports.
     pub fn appliance_key(&self) -> PathBuf {
-        self.lib().join("keys/appliance_ed25519")
+        appliance_key_in(&self.lib())
     }
     /// The admin token `serve --dev` creates, readable only by its owner.
     /// The key `serve --dev` signs the sample bundles with (trusted as principal `dev`).

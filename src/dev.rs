@@ -142,12 +142,6 @@ fn trust_once(
     Ok(fingerprint)
 }
 
-/// The appliance key's fingerprint, if the key exists and reads.
-pub fn appliance_fingerprint(path: &Path) -> Option<String> {
-    let key = PrivateKey::read_openssh_file(path).ok()?;
-    Some(key.fingerprint(HashAlg::Sha256).to_string())
-}
-
 fn generate_certificate(cert: &Path, key: &Path) -> Result<(), String> {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     let generated = rcgen::generate_simple_self_signed(names).map_err(|e| format!("generate tls certificate: {e}"))?;

@@ -234,11 +234,12 @@ async fn ensure_dev_token(
     Ok(Some(minted.secret))
 }
 
+/// A file of a sample: its path in the bundle, its text, its mode.
+type SampleFile = (&'static str, &'static str, u32);
+
 /// The samples shipped in `bundles/`, compiled into the binary so `serve --dev` works from any
 /// directory: each is built into a bundle signed with the dev key and imported the way an
 /// operator imports one — the same checks, the same sealed store, the same ledger entries.
-/// A file of a sample: its path in the bundle, its text, its mode.
-type SampleFile = (&'static str, &'static str, u32);
 const SAMPLES: &[(&str, Kind, &[SampleFile])] = &[
     (
         "sample-plugin",

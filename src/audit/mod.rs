@@ -122,27 +122,13 @@ impl AuditStore {
                 ));
             }
             Some(h) => {
+                // The overlapping entries are compared with the imported ones while recording.
                 let upto = last.min(h.seq);
-                self.compare_overlap(&v.dir.path, first, upto)?;
                 notes.push(format!("overlaps seq {first}..{upto}, identical; new entries from seq {}", upto + 1));
                 h.seq
             }
         };
         self.record(pack, v, keep_after, &appliance, notes, Some(last))
-    }
-
-    fn compare_overlap(&self, dir: &Path, first: u64, upto: u64) -> Result<(), String> {
-        let file = std::fs::File::open(dir.join(crate::export::Signal::Ledger.file())).map_err(|e| e.to_string())?;
-        for line in std::io::BufReader::new(file).lines() {
-            let entry: Entry = serde_json::from_str(&line.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            if entry.seq > upto {
-                break;
-            }
-            if entry.seq >= first && self.stored_hash(entry.seq)?.as_deref() != Some(entry.hash.as_str()) {
-                return Err(format!("fork at seq {}: the pack's entry differs from the imported one", entry.seq));
-            }
-        }
-        Ok(())
     }
 
     fn record(
@@ -159,14 +145,27 @@ impl AuditStore {
         {
             let mut ledger = txn.open_table(LEDGER).map_err(e)?;
             let mut meta = txn.open_table(META).map_err(e)?;
-            if last.is_some_and(|l| l > keep_after) {
+            if last.is_some() {
+                // One pass: entries the store holds already must be the same (else the import
+                // is dropped as a fork), the rest are added.
                 let file = std::fs::File::open(v.dir.path.join(crate::export::Signal::Ledger.file()))
                     .map_err(|err| err.to_string())?;
                 let mut head: Option<(u64, String)> = None;
                 for line in std::io::BufReader::new(file).lines() {
                     let line = line.map_err(|err| err.to_string())?;
                     let entry: Entry = serde_json::from_str(&line).map_err(|err| err.to_string())?;
-                    if entry.seq > keep_after {
+                    if entry.seq <= keep_after {
+                        let stored = ledger.get(entry.seq).map_err(e)?;
+                        let same = stored
+                            .and_then(|s| serde_json::from_slice::<Entry>(s.value()).ok())
+                            .is_some_and(|s| s.hash == entry.hash);
+                        if !same {
+                            return Err(format!(
+                                "fork at seq {}: the pack's entry differs from the imported one",
+                                entry.seq
+                            ));
+                        }
+                    } else {
                         ledger.insert(entry.seq, line.as_bytes()).map_err(e)?;
                         added += 1;
                         head = Some((entry.seq, entry.hash));
@@ -189,15 +188,17 @@ impl AuditStore {
         Ok(json!({ "pack": pack, "ledger": v.manifest["ledger"], "added": added, "notes": notes }))
     }
 
-    fn entries(&self) -> Result<Vec<Entry>, String> {
+    /// Visits the imported entries in sequence order, one at a time, until `f` says stop.
+    fn each(&self, mut f: impl FnMut(Entry) -> bool) -> Result<(), String> {
         let txn = self.db.begin_read().map_err(e)?;
         let t = txn.open_table(LEDGER).map_err(e)?;
-        let mut out = Vec::new();
         for row in t.iter().map_err(e)? {
             let (_, v) = row.map_err(e)?;
-            out.push(serde_json::from_slice(v.value()).map_err(e)?);
+            if !f(serde_json::from_slice(v.value()).map_err(e)?) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn packs(&self) -> Result<Vec<Value>, String> {
@@ -285,13 +286,17 @@ pub fn cli(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
         }
         AuditCmd::Ledger { store, kind, limit } => {
             let db = AuditStore::open(&store.path).map_err(CliError::Other)?;
-            let entries: Vec<Entry> = db
-                .entries()
-                .map_err(CliError::Other)?
-                .into_iter()
-                .filter(|x| kind.as_deref().is_none_or(|k| x.kind == k || (k.ends_with('.') && x.kind.starts_with(k))))
-                .take(limit)
-                .collect();
+            let mut entries: Vec<Entry> = Vec::new();
+            db.each(|x| {
+                if entries.len() >= limit {
+                    return false;
+                }
+                if kind.as_deref().is_none_or(|k| x.kind == k || (k.ends_with('.') && x.kind.starts_with(k))) {
+                    entries.push(x);
+                }
+                true
+            })
+            .map_err(CliError::Other)?;
             let v = json!({ "entries": entries });
             output::print(g.format, &v, |_| {
                 table(
@@ -309,7 +314,7 @@ pub fn cli(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
         AuditCmd::Runs { store } => {
             let db = AuditStore::open(&store.path).map_err(CliError::Other)?;
             let mut runs: Vec<Value> = Vec::new();
-            for x in db.entries().map_err(CliError::Other)? {
+            db.each(|x| {
                 let id = x.data["runId"].as_str().unwrap_or_default();
                 match x.kind.as_str() {
                     "run.created" => runs.push(json!({ "run": id, "dag": x.data["dag"], "tenant": x.tenant,
@@ -323,7 +328,9 @@ pub fn cli(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
                     }
                     _ => {}
                 }
-            }
+                true
+            })
+            .map_err(CliError::Other)?;
             let v = json!({ "runs": runs });
             output::print(g.format, &v, |_| {
                 table(
@@ -344,15 +351,16 @@ pub fn cli(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
         AuditCmd::Report { store } => {
             let db = AuditStore::open(&store.path).map_err(CliError::Other)?;
             let mut decisions = Vec::new();
-            for x in db.entries().map_err(CliError::Other)? {
-                let Some((_, label)) =
+            db.each(|x| {
+                if let Some((_, label)) =
                     DECISIONS.iter().find(|(k, _)| x.kind == *k || (k.ends_with('.') && x.kind.starts_with(k)))
-                else {
-                    continue;
-                };
-                decisions.push(json!({ "seq": x.seq, "time": time(x.time), "actor": x.actor, "action": label,
-                                       "kind": x.kind, "subject": x.subjects.join(" ") }));
-            }
+                {
+                    decisions.push(json!({ "seq": x.seq, "time": time(x.time), "actor": x.actor, "action": label,
+                                           "kind": x.kind, "subject": x.subjects.join(" ") }));
+                }
+                true
+            })
+            .map_err(CliError::Other)?;
             let packs = db.packs().map_err(CliError::Other)?;
             let v = json!({ "packs": packs, "decisions": decisions });
             output::print(g.format, &v, |v| {

@@ -11,7 +11,6 @@
 
 mod traces;
 
-use crate::ledger::Entry;
 use crate::progress::Progress;
 use crate::store::Store;
 use crate::store::schema::{LEDGER, METRIC_SNAPSHOTS, read};
@@ -185,7 +184,7 @@ fn first_seq_at(table: &impl ReadableTable<u64, &'static [u8]>, head: u64, t: i6
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         let time = match table.get(mid).map_err(store_err)? {
-            Some(v) => serde_json::from_slice::<Entry>(v.value()).map_err(store_err)?.time,
+            Some(v) => serde_json::from_slice::<EntryHead>(v.value()).map_err(store_err)?.time,
             None => i64::MAX,
         };
         if time < t {

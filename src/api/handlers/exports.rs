@@ -57,7 +57,7 @@ pub async fn create(
     crate::telemetry::metrics::snapshot(&state.store, &state.writer, state.config.telemetry.metrics_retention_ms)
         .await
         .map_err(Problem::internal)?;
-    let key_path = state.lib.join("keys/appliance_ed25519");
+    let key_path = crate::config::appliance_key_in(&state.lib);
     let key = crate::trust::keys::read_private(&key_path).map_err(Problem::internal)?;
     let request = export::Request { from_ms, to_ms, out: out.clone(), signals, tar: req.tar };
     let (store, log_dir, now) = (state.store.clone(), state.log_dir.clone(), state.clock.now_ms());
