@@ -144,20 +144,73 @@ impl ChainError {
     }
 }
 
-/// The running state of a chain check: feed entries in key order.
+/// One link of the chain: an entry's hash as stored (64 lowercase hex digits) and as hashed
+/// into the next entry (32 bytes). Carrying both spares a chain check decoding hex per entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    hex: [u8; 64],
+    raw: [u8; 32],
+}
+
+impl Link {
+    /// The `prev` of the first entry.
+    pub const GENESIS: Link = Link { hex: [b'0'; 64], raw: [0; 32] };
+
+    /// A hash as the ledger writes it: exactly 64 lowercase hex digits.
+    pub fn parse(hex: &str) -> Option<Link> {
+        let mut link = Link { hex: hex.as_bytes().try_into().ok()?, raw: [0; 32] };
+        if !link.hex.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        hex::decode_to_slice(link.hex, &mut link.raw).ok()?;
+        Some(link)
+    }
+
+    fn of_digest(raw: [u8; 32]) -> Link {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 64];
+        for (i, b) in raw.iter().enumerate() {
+            hex[2 * i] = DIGITS[(b >> 4) as usize];
+            hex[2 * i + 1] = DIGITS[(b & 15) as usize];
+        }
+        Link { hex, raw }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.hex).expect("a link is hex digits")
+    }
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Link({})", self.as_str())
+    }
+}
+
+/// The running state of a chain check: feed entries in order.
 #[derive(Debug, Clone)]
 pub struct ChainCursor {
     pub next_seq: u64,
-    pub prev_hash: String,
+    prev: Link,
 }
 
 impl Default for ChainCursor {
     fn default() -> Self {
-        Self { next_seq: 1, prev_hash: GENESIS_PREV.to_owned() }
+        Self { next_seq: 1, prev: Link::GENESIS }
     }
 }
 
 impl ChainCursor {
+    /// A check that starts at entry `next_seq`, whose `prev` must be `prev`.
+    pub fn new(next_seq: u64, prev: Link) -> Self {
+        Self { next_seq, prev }
+    }
+
+    /// The hash of the last entry checked (the `prev` the next one must carry).
+    pub fn prev_hash(&self) -> &str {
+        self.prev.as_str()
+    }
+
     /// Checks one stored entry (its key and raw bytes) and advances past it.
     pub fn check_raw(&mut self, key: u64, bytes: &[u8]) -> Result<Entry, ChainError> {
         if key != self.next_seq {
@@ -165,10 +218,10 @@ impl ChainCursor {
         }
         let entry: Entry =
             serde_json::from_slice(bytes).map_err(|e| ChainError::Unparsable { seq: key, reason: e.to_string() })?;
-        match fast_check(bytes, self.next_seq, &self.prev_hash) {
-            Fast::Ok { .. } if entry.seq == self.next_seq => {
+        match fast_check(bytes, self.next_seq, &self.prev) {
+            Fast::Ok { link, .. } if entry.seq == self.next_seq => {
                 self.next_seq += 1;
-                self.prev_hash.clone_from(&entry.hash);
+                self.prev = link;
             }
             Fast::Bad(e) => return Err(e),
             _ => self.check_link(&entry)?,
@@ -182,15 +235,24 @@ impl ChainCursor {
         if key != self.next_seq {
             return Err(ChainError::Missing { expected: self.next_seq, found: key });
         }
-        match fast_check(bytes, self.next_seq, &self.prev_hash) {
-            Fast::Ok { hash, .. } => {
+        self.check_next(bytes)
+    }
+
+    /// [`Self::check_stored`] for an entry that has no key of its own (a line of an export):
+    /// the sequence it claims must be the next one.
+    pub fn check_next(&mut self, bytes: &[u8]) -> Result<(), ChainError> {
+        match fast_check(bytes, self.next_seq, &self.prev) {
+            Fast::Ok { link, .. } => {
                 self.next_seq += 1;
-                self.prev_hash.clear();
-                self.prev_hash.push_str(hash);
+                self.prev = link;
                 Ok(())
             }
             Fast::Bad(e) => Err(e),
-            Fast::NotCanonical => self.check_raw(key, bytes).map(|_| ()),
+            Fast::NotCanonical => {
+                let entry: Entry = serde_json::from_slice(bytes)
+                    .map_err(|e| ChainError::Unparsable { seq: self.next_seq, reason: e.to_string() })?;
+                self.check_link(&entry)
+            }
         }
     }
 
@@ -199,14 +261,14 @@ impl ChainCursor {
         if entry.seq != self.next_seq {
             return Err(ChainError::WrongSeq { seq: self.next_seq, claimed: entry.seq });
         }
-        if entry.prev != self.prev_hash {
+        if entry.prev != self.prev.as_str() {
             return Err(ChainError::BrokenLink { seq: entry.seq });
         }
         if entry.compute_hash() != entry.hash {
             return Err(ChainError::BadHash { seq: entry.seq });
         }
         self.next_seq += 1;
-        self.prev_hash.clone_from(&entry.hash);
+        self.prev = Link::parse(&entry.hash).ok_or(ChainError::BadHash { seq: entry.seq })?;
         Ok(())
     }
 }
@@ -233,6 +295,24 @@ fn integral_floats_as_integers(v: &mut serde_json::Value) {
     }
 }
 
+/// The first `"` or `\\` at or after `i`, eight bytes at a time (the strings of an entry are
+/// short, too short for memchr's setup to pay): a byte that matches becomes zero after the
+/// xor, and the lowest zero byte of a word is found exactly by the borrow trick.
+fn quote_or_backslash(b: &[u8], mut i: usize) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let (q, s) = (w ^ (LO * b'"' as u64), w ^ (LO * b'\\' as u64));
+        let m = ((q.wrapping_sub(LO) & !q) | (s.wrapping_sub(LO) & !s)) & HI;
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?.iter().position(|c| matches!(c, b'"' | b'\\')).map(|p| i + p)
+}
+
 /// The end (exclusive) of the JSON value that starts at `start` in compact JSON, skipping
 /// strings (with escapes), objects and arrays without allocating; `None` if the bytes end first.
 fn value_end(b: &[u8], start: usize) -> Option<usize> {
@@ -251,7 +331,7 @@ fn value_end(b: &[u8], start: usize) -> Option<usize> {
             b'"' => {
                 i += 1;
                 loop {
-                    i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+                    i = quote_or_backslash(b, i)?;
                     if b[i] == b'"' {
                         break;
                     }
@@ -277,9 +357,9 @@ fn value_end(b: &[u8], start: usize) -> Option<usize> {
 
 /// The verdict of [`fast_check`] on one stored entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fast<'a> {
+pub enum Fast {
     /// In the canonical stored form, linked and hashing to itself: its seq and hash.
-    Ok { seq: u64, hash: &'a str },
+    Ok { seq: u64, link: Link },
     /// Not in the canonical stored form (written by an older stella): check it by parsing.
     NotCanonical,
     /// In the stored form but wrong: the `ChainError` for it.
@@ -294,8 +374,8 @@ fn member(b: &[u8], i: usize, key: &[u8]) -> Option<(usize, usize)> {
 
 /// Checks one entry in the canonical stored form (`Entry::to_stored`) without parsing it: its
 /// sequence, its link to `prev` and its hash, by locating the members and hashing the stored
-/// bytes minus the `hash` member. Nothing is allocated but the returned hash.
-pub fn fast_check<'a>(bytes: &'a [u8], expect_seq: u64, prev: &str) -> Fast<'a> {
+/// bytes minus the `hash` member. Allocates nothing.
+pub fn fast_check(bytes: &[u8], expect_seq: u64, prev: &Link) -> Fast {
     let layout = (|| {
         let (_, actor_end) = member(bytes, 0, b"{\"actor\":")?;
         let (_, data_end) = member(bytes, actor_end, b",\"data\":")?;
@@ -303,8 +383,8 @@ pub fn fast_check<'a>(bytes: &'a [u8], expect_seq: u64, prev: &str) -> Fast<'a> 
         let (_, kind_end) = member(bytes, hash_end, b",\"kind\":")?;
         let (prev_start, prev_end) = member(bytes, kind_end, b",\"prev\":")?;
         let (seq_start, seq_end) = member(bytes, prev_end, b",\"seq\":")?;
-        let hash = std::str::from_utf8(bytes.get(hash_start + 1..hash_end - 1)?).ok()?;
-        let prev_found = std::str::from_utf8(bytes.get(prev_start + 1..prev_end - 1)?).ok()?;
+        let hash = bytes.get(hash_start + 1..hash_end - 1)?;
+        let prev_found = bytes.get(prev_start + 1..prev_end - 1)?;
         let seq: u64 = std::str::from_utf8(&bytes[seq_start..seq_end]).ok()?.parse().ok()?;
         (hash.len() == 64 && prev_found.len() == 64).then_some((data_end, hash_end, hash, prev_found, seq))
     })();
@@ -312,23 +392,18 @@ pub fn fast_check<'a>(bytes: &'a [u8], expect_seq: u64, prev: &str) -> Fast<'a> 
     if seq != expect_seq {
         return Fast::Bad(ChainError::WrongSeq { seq: expect_seq, claimed: seq });
     }
-    if prev_found != prev {
-        return Fast::Bad(ChainError::BrokenLink { seq });
-    }
-    let mut prev_bytes = [0u8; 32];
-    if hex::decode_to_slice(prev, &mut prev_bytes).is_err() {
+    if prev_found != prev.hex {
         return Fast::Bad(ChainError::BrokenLink { seq });
     }
     let mut h = Sha256::new();
-    h.update(prev_bytes);
+    h.update(prev.raw);
     h.update(&bytes[..cut_start]);
     h.update(&bytes[cut_end..]);
-    let mut computed = [0u8; 64];
-    hex::encode_to_slice(h.finalize(), &mut computed).expect("64 hex digits");
-    if computed != hash.as_bytes() {
+    let link = Link::of_digest(h.finalize().into());
+    if link.hex != hash {
         return Fast::Bad(ChainError::BadHash { seq });
     }
-    Fast::Ok { seq, hash }
+    Fast::Ok { seq, link }
 }
 
 #[cfg(test)]
@@ -361,17 +436,29 @@ mod tests {
             let parsed: Entry = serde_json::from_slice(&stored).unwrap();
             assert_eq!(parsed, e);
             assert_eq!(stored, serde_json_canonicalizer::to_vec(&e).unwrap(), "the stored form is RFC 8785");
-            assert_eq!(fast_check(&stored, seq, &prev), Fast::Ok { seq, hash: e.hash.as_str() });
+            let link = Link::parse(&prev).unwrap();
+            assert_eq!(fast_check(&stored, seq, &link), Fast::Ok { seq, link: Link::parse(&e.hash).unwrap() });
             let mut flipped = stored.clone();
             let at = flipped.len() - 3;
             flipped[at] ^= 1;
-            assert!(matches!(fast_check(&flipped, seq, &prev), Fast::Bad(_) | Fast::NotCanonical));
+            assert!(matches!(fast_check(&flipped, seq, &link), Fast::Bad(_) | Fast::NotCanonical));
             assert_eq!(
-                fast_check(&stored, seq + 1, &prev),
+                fast_check(&stored, seq + 1, &link),
                 Fast::Bad(ChainError::WrongSeq { seq: seq + 1, claimed: seq })
             );
-            assert_eq!(fast_check(&e.to_json(), seq, &prev), Fast::NotCanonical, "the older stored form");
+            assert_eq!(fast_check(&e.to_json(), seq, &link), Fast::NotCanonical, "the older stored form");
             prev = e.hash;
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_word_scan_finds_what_a_byte_scan_finds(
+            b in proptest::collection::vec(proptest::sample::select(vec![b'a', b'"', b'\\', 0x80, 0xdc, 0x22 ^ 0x80, 0]), 0..40),
+            i in 0usize..40,
+        ) {
+            let naive = b.get(i..).and_then(|t| t.iter().position(|c| matches!(c, b'"' | b'\\')).map(|p| i + p));
+            proptest::prop_assert_eq!(quote_or_backslash(&b, i), naive);
         }
     }
 

@@ -7,7 +7,7 @@
 //! wrong is named with its file and, where it can be, its line and sequence.
 
 use crate::export::{BLOCK_LINES, MANIFEST, SUMS, SUMS_SIG, Signal};
-use crate::ledger::Entry;
+use crate::ledger::{ChainCursor, ChainError, Link};
 use crate::trust::sig::{self, Namespace};
 use crate::trust::store::TrustStore;
 use serde_json::{Value, json};
@@ -150,9 +150,8 @@ fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Va
     let mut blocks = Vec::new();
     let mut lines = 0u64;
     let mut first_problem: Option<String> = None;
-    let mut expect_seq = range["firstSeq"].as_u64().unwrap_or(1);
-    let mut prev = range["firstPrev"].as_str().unwrap_or_default().to_owned();
-    let mut last: Option<(u64, String)> = None;
+    let first_prev = range["firstPrev"].as_str().unwrap_or_default();
+    let mut cursor = Link::parse(first_prev).map(|l| ChainCursor::new(range["firstSeq"].as_u64().unwrap_or(1), l));
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -171,14 +170,9 @@ fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Va
         }
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let problem = match signal {
-            Signal::Ledger => match check_entry(line, expect_seq, &prev) {
-                Ok((seq, hash)) => {
-                    expect_seq = seq + 1;
-                    prev.clone_from(&hash);
-                    last = Some((seq, hash));
-                    None
-                }
-                Err(p) => Some(p),
+            Signal::Ledger => match cursor.as_mut() {
+                Some(cursor) => check_entry(cursor, line).err(),
+                None => Some(format!("the manifest's ledger firstPrev {first_prev:?} is not a sha256")),
             },
             _ => {
                 let key = match signal {
@@ -221,7 +215,10 @@ fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Va
         return Err(format!("{name}: {lines} lines, the manifest says {}", summary["lines"]));
     }
     if signal == Signal::Ledger {
-        let (last_seq, last_hash) = last.map_or((Value::Null, Value::Null), |(s, h)| (json!(s), json!(h)));
+        let (last_seq, last_hash) = match cursor.filter(|_| lines > 0) {
+            Some(c) => (json!(c.next_seq - 1), json!(c.prev_hash())),
+            None => (Value::Null, Value::Null),
+        };
         if range["count"].as_u64() != Some(lines) || range["lastSeq"] != last_seq || range["lastHash"] != last_hash {
             return Err(format!(
                 "{name}: ends at seq {last_seq} with {lines} entries, the manifest says seq {} with {}",
@@ -232,28 +229,17 @@ fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Va
     Ok(())
 }
 
-/// One ledger line: an entry, the expected next sequence, linked to `prev`, hashing to itself.
-pub fn check_entry(line: &[u8], expect_seq: u64, prev: &str) -> Result<(u64, String), String> {
-    // The canonical stored form is checked without parsing; an older form the slow way.
-    match crate::ledger::fast_check(line, expect_seq, prev) {
-        crate::ledger::Fast::Ok { seq, hash } => return Ok((seq, hash.to_owned())),
-        crate::ledger::Fast::NotCanonical => {}
-        crate::ledger::Fast::Bad(_) => {}
-    }
-    let e: Entry = serde_json::from_slice(line).map_err(|err| format!("not a ledger entry ({err})"))?;
-    if e.seq != expect_seq {
-        let why = if e.seq > expect_seq {
-            format!("entry {expect_seq} is missing")
-        } else {
-            "out of order or repeated".to_owned()
-        };
-        return Err(format!("expected seq {expect_seq}, found seq {} ({why})", e.seq));
-    }
-    if e.prev != prev {
-        return Err(format!("seq {}: prev does not match the hash of seq {}", e.seq, e.seq.saturating_sub(1)));
-    }
-    if e.compute_hash() != e.hash {
-        return Err(format!("seq {}: hash does not match its contents", e.seq));
-    }
-    Ok((e.seq, e.hash))
+/// One ledger line, checked as the next entry of `cursor`'s chain; the problem in the words
+/// of a pack (sequences and lines rather than store keys).
+fn check_entry(cursor: &mut ChainCursor, line: &[u8]) -> Result<(), String> {
+    cursor.check_next(line).map_err(|e| match e {
+        ChainError::WrongSeq { seq, claimed } => {
+            let why = if claimed > seq { format!("entry {seq} is missing") } else { "out of order or repeated".into() };
+            format!("expected seq {seq}, found seq {claimed} ({why})")
+        }
+        ChainError::BrokenLink { seq } => format!("seq {seq}: prev does not match the hash of seq {}", seq - 1),
+        ChainError::BadHash { seq } => format!("seq {seq}: hash does not match its contents"),
+        ChainError::Unparsable { reason, .. } => format!("not a ledger entry ({reason})"),
+        other => other.to_string(),
+    })
 }

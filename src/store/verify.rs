@@ -5,7 +5,7 @@
 //! It reads one MVCC snapshot and never writes, so it runs beside a live writer or on a stopped
 //! store opened read-only.
 
-use crate::ledger::{ChainCursor, ChainError, Entry};
+use crate::ledger::{ChainCursor, ChainError, Entry, Link};
 use crate::store::Store;
 use crate::store::projection;
 use crate::store::schema::{LEDGER, PROJECTIONS, StoreError, read};
@@ -65,7 +65,7 @@ pub fn verify(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
         ok: false,
         entries: 0,
         head_seq: 0,
-        head_hash: cursor.prev_hash.clone(),
+        head_hash: cursor.prev_hash().to_owned(),
         tables: PROJECTIONS.iter().map(|t| t.name().to_owned()).collect(),
         problem: None,
     };
@@ -85,7 +85,7 @@ pub fn verify(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
         report.entries += 1;
     }
     report.head_seq = cursor.next_seq - 1;
-    report.head_hash = cursor.prev_hash.clone();
+    report.head_hash = cursor.prev_hash().to_owned();
     for table in PROJECTIONS {
         if let Some(problem) = compare(txn, &replay, *table, &writers)? {
             return Ok(with_problem(report, problem));
@@ -116,20 +116,24 @@ pub fn check_chain(store: &Store, threads: usize) -> Result<Result<(u64, String)
                 s.spawn(move || -> Result<Result<(), ChainError>, StoreError> {
                     let txn = store.read()?;
                     let table = txn.open_table(LEDGER).map_err(rerr)?;
+                    // A range starts from the hash the entry before it stores; the range holding
+                    // that entry checks that the hash is right.
                     let prev = if first == 1 {
-                        crate::ledger::GENESIS_PREV.to_owned()
+                        Link::GENESIS
                     } else {
-                        match table.get(first - 1).map_err(rerr)? {
-                            None => return Ok(Err(ChainError::Missing { expected: first - 1, found: first })),
-                            Some(v) => match serde_json::from_slice::<Entry>(v.value()) {
-                                Ok(e) => e.hash,
-                                Err(e) => {
-                                    return Ok(Err(ChainError::Unparsable { seq: first - 1, reason: e.to_string() }));
-                                }
+                        let Some(v) = table.get(first - 1).map_err(rerr)? else {
+                            return Ok(Err(ChainError::Missing { expected: first - 1, found: first }));
+                        };
+                        let unparsable = |reason: String| ChainError::Unparsable { seq: first - 1, reason };
+                        match serde_json::from_slice::<Entry>(v.value()) {
+                            Ok(e) => match Link::parse(&e.hash) {
+                                Some(link) => link,
+                                None => return Ok(Err(unparsable(format!("hash {:?} is not a sha256", e.hash)))),
                             },
+                            Err(e) => return Ok(Err(unparsable(e.to_string()))),
                         }
                     };
-                    let mut cursor = ChainCursor { next_seq: first, prev_hash: prev };
+                    let mut cursor = ChainCursor::new(first, prev);
                     for row in table.range(first..=last).map_err(rerr)? {
                         let (k, v) = row.map_err(rerr)?;
                         if let Err(e) = cursor.check_stored(k.value(), v.value()) {
