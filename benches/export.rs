@@ -103,6 +103,8 @@ fn main() {
 
     // Verification: every stored entry located, hashed and linked, one thread, then the same
     // check over two ranges on two threads (`store::verify::check_chain`).
+    drop(store);
+    let store = Store::open(&root.join("b.redb")).unwrap();
     let started = Instant::now();
     {
         let txn = store.read().unwrap();

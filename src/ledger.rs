@@ -372,23 +372,88 @@ fn member(b: &[u8], i: usize, key: &[u8]) -> Option<(usize, usize)> {
     Some((start, value_end(b, start)?))
 }
 
+/// The members of an entry in the canonical stored form, located without parsing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHead<'a> {
+    pub seq: u64,
+    pub time: i64,
+    /// The kind as stored, when it needs no unescaping (every kind stella writes).
+    pub kind: &'a str,
+    pub prev: &'a str,
+    pub hash: &'a str,
+}
+
+/// Where the members up to `seq` lie in an entry in the canonical stored form: what a chain
+/// check needs. Each is the span of the value, quotes included.
+struct Layout {
+    data_end: usize,
+    hash: (usize, usize),
+    kind: (usize, usize),
+    prev: (usize, usize),
+    seq: (usize, usize),
+}
+
+impl Layout {
+    fn of(b: &[u8]) -> Option<Layout> {
+        let (_, actor_end) = member(b, 0, b"{\"actor\":")?;
+        let (_, data_end) = member(b, actor_end, b",\"data\":")?;
+        let hash = member(b, data_end, b",\"hash\":")?;
+        let kind = member(b, hash.1, b",\"kind\":")?;
+        let prev = member(b, kind.1, b",\"prev\":")?;
+        let seq = member(b, prev.1, b",\"seq\":")?;
+        Some(Layout { data_end, hash, kind, prev, seq })
+    }
+
+    /// A hex digest's 64 digits, quotes stripped.
+    fn digest(b: &[u8], (start, end): (usize, usize)) -> Option<&[u8]> {
+        (end - start == 66 && b[start] == b'"').then(|| &b[start + 1..end - 1])
+    }
+
+    fn number<T: std::str::FromStr>(b: &[u8], (start, end): (usize, usize)) -> Option<T> {
+        std::str::from_utf8(&b[start..end]).ok()?.parse().ok()
+    }
+}
+
+/// The content of a string value that needs no unescaping.
+fn plain_str(b: &[u8], (start, end): (usize, usize)) -> Option<&str> {
+    let inner = b.get(start + 1..end.checked_sub(1)?).filter(|_| b[start] == b'"')?;
+    if inner.contains(&b'\\') {
+        return None;
+    }
+    std::str::from_utf8(inner).ok()
+}
+
+/// Locates the members of `bytes` in the canonical stored form (`Entry::to_stored`): every
+/// member in its order, nothing after the last. `None` for any other form (an older stella's,
+/// or bytes that are not an entry), which the caller then parses.
+pub fn stored_head(bytes: &[u8]) -> Option<StoredHead<'_>> {
+    let l = Layout::of(bytes)?;
+    let (_, subjects_end) = member(bytes, l.seq.1, b",\"subjects\":")?;
+    let (_, tenant_end) = member(bytes, subjects_end, b",\"tenant\":")?;
+    let time = member(bytes, tenant_end, b",\"time\":")?;
+    (bytes.get(time.1..)? == b"}").then_some(())?;
+    let hex = |span| std::str::from_utf8(Layout::digest(bytes, span)?).ok();
+    Some(StoredHead {
+        seq: Layout::number(bytes, l.seq)?,
+        time: Layout::number(bytes, time)?,
+        kind: plain_str(bytes, l.kind)?,
+        prev: hex(l.prev)?,
+        hash: hex(l.hash)?,
+    })
+}
+
 /// Checks one entry in the canonical stored form (`Entry::to_stored`) without parsing it: its
-/// sequence, its link to `prev` and its hash, by locating the members and hashing the stored
-/// bytes minus the `hash` member. Allocates nothing.
+/// sequence, its link to `prev` and its hash, by locating the members up to `seq` and hashing
+/// the stored bytes minus the `hash` member (what follows `seq` is hashed, so it needs no
+/// looking at). Allocates nothing.
 pub fn fast_check(bytes: &[u8], expect_seq: u64, prev: &Link) -> Fast {
-    let layout = (|| {
-        let (_, actor_end) = member(bytes, 0, b"{\"actor\":")?;
-        let (_, data_end) = member(bytes, actor_end, b",\"data\":")?;
-        let (hash_start, hash_end) = member(bytes, data_end, b",\"hash\":")?;
-        let (_, kind_end) = member(bytes, hash_end, b",\"kind\":")?;
-        let (prev_start, prev_end) = member(bytes, kind_end, b",\"prev\":")?;
-        let (seq_start, seq_end) = member(bytes, prev_end, b",\"seq\":")?;
-        let hash = bytes.get(hash_start + 1..hash_end - 1)?;
-        let prev_found = bytes.get(prev_start + 1..prev_end - 1)?;
-        let seq: u64 = std::str::from_utf8(&bytes[seq_start..seq_end]).ok()?.parse().ok()?;
-        (hash.len() == 64 && prev_found.len() == 64).then_some((data_end, hash_end, hash, prev_found, seq))
-    })();
-    let Some((cut_start, cut_end, hash, prev_found, seq)) = layout else { return Fast::NotCanonical };
+    let layout = Layout::of(bytes).and_then(|l| {
+        let hash = Layout::digest(bytes, l.hash)?;
+        let prev_found = Layout::digest(bytes, l.prev)?;
+        let seq: u64 = Layout::number(bytes, l.seq)?;
+        Some((l, hash, prev_found, seq))
+    });
+    let Some((l, hash, prev_found, seq)) = layout else { return Fast::NotCanonical };
     if seq != expect_seq {
         return Fast::Bad(ChainError::WrongSeq { seq: expect_seq, claimed: seq });
     }
@@ -397,8 +462,8 @@ pub fn fast_check(bytes: &[u8], expect_seq: u64, prev: &Link) -> Fast {
     }
     let mut h = Sha256::new();
     h.update(prev.raw);
-    h.update(&bytes[..cut_start]);
-    h.update(&bytes[cut_end..]);
+    h.update(&bytes[..l.data_end]);
+    h.update(&bytes[l.hash.1..]);
     let link = Link::of_digest(h.finalize().into());
     if link.hex != hash {
         return Fast::Bad(ChainError::BadHash { seq });
@@ -436,6 +501,13 @@ mod tests {
             let parsed: Entry = serde_json::from_slice(&stored).unwrap();
             assert_eq!(parsed, e);
             assert_eq!(stored, serde_json_canonicalizer::to_vec(&e).unwrap(), "the stored form is RFC 8785");
+            let head = stored_head(&stored).unwrap();
+            assert_eq!(
+                (head.seq, head.time, head.kind, head.prev, head.hash),
+                (seq, 7, "test.entry", &*prev, &*e.hash)
+            );
+            assert_eq!(stored_head(&e.to_json()), None, "the older stored form");
+            assert_eq!(stored_head(&[&stored[..], b" "].concat()), None, "bytes after the entry");
             let link = Link::parse(&prev).unwrap();
             assert_eq!(fast_check(&stored, seq, &link), Fast::Ok { seq, link: Link::parse(&e.hash).unwrap() });
             let mut flipped = stored.clone();

@@ -138,10 +138,18 @@ impl Ndjson {
 
     /// One line: `value` serialized as JSON.
     fn record(&mut self, value: &impl serde::Serialize, records: u64) -> std::io::Result<()> {
+        self.render(records, |buf| serde_json::to_writer(buf, value).map_err(std::io::Error::other))
+    }
+
+    /// One line, rendered by `render` into a buffer reused from line to line.
+    fn render(
+        &mut self,
+        records: u64,
+        render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        serde_json::to_writer(&mut buf, value).map_err(std::io::Error::other)?;
-        let result = self.line(&buf, records);
+        let result = render(&mut buf).and_then(|()| self.line(&buf, records));
         self.buf = buf;
         result
     }
@@ -166,16 +174,39 @@ fn store_err(e: impl std::fmt::Display) -> String {
     format!("store: {e}")
 }
 
-/// What the export reads of every entry; the rest is skipped unparsed.
-#[derive(serde::Deserialize)]
+/// What the export reads of every entry: located in the canonical stored form, parsed (the
+/// rest skipped) from an older one.
 struct EntryHead<'a> {
     time: i64,
-    #[serde(borrow)]
     kind: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
     prev: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
     hash: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> EntryHead<'a> {
+    fn of(bytes: &'a [u8]) -> Result<Self, String> {
+        use std::borrow::Cow;
+        if let Some(h) = crate::ledger::stored_head(bytes) {
+            return Ok(EntryHead {
+                time: h.time,
+                kind: Cow::Borrowed(h.kind),
+                prev: Cow::Borrowed(h.prev),
+                hash: Cow::Borrowed(h.hash),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct Parsed<'a> {
+            time: i64,
+            #[serde(borrow)]
+            kind: Cow<'a, str>,
+            #[serde(borrow)]
+            prev: Cow<'a, str>,
+            #[serde(borrow)]
+            hash: Cow<'a, str>,
+        }
+        let p: Parsed = serde_json::from_slice(bytes).map_err(store_err)?;
+        Ok(EntryHead { time: p.time, kind: p.kind, prev: p.prev, hash: p.hash })
+    }
 }
 
 /// The first sequence whose entry time is at or after `t` (entry times never decrease).
@@ -184,7 +215,7 @@ fn first_seq_at(table: &impl ReadableTable<u64, &'static [u8]>, head: u64, t: i6
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         let time = match table.get(mid).map_err(store_err)? {
-            Some(v) => serde_json::from_slice::<EntryHead>(v.value()).map_err(store_err)?.time,
+            Some(v) => EntryHead::of(v.value())?.time,
             None => i64::MAX,
         };
         if time < t {
@@ -249,105 +280,96 @@ fn write_files(
         (open(Signal::Ledger)?, open(Signal::Logs)?, open(Signal::Metrics)?, open(Signal::Traces)?);
     progress.phase("exporting");
 
-    // The ledger window, and the traces built from it in the same pass. Only the head of an
-    // entry (seq, time, kind, prev, hash) is parsed, the whole entry only when a trace needs it.
+    // The ledger window, read once. Traces are built from it on a second thread, fed the
+    // entries that matter to them in batches, while this one writes the ledger, the metrics
+    // and the logs. Only the head of an entry (time, kind, prev, hash) is read here.
     let table = txn.open_table(LEDGER).map_err(store_err)?;
     let head = read::ledger_head(txn).map_err(store_err)?.0;
     let first = first_seq_at(&table, head, from_ms)?;
     let mut range = json!({ "count": 0, "firstSeq": null, "firstPrev": null, "lastSeq": null, "lastHash": null });
-    let mut builder = traces::Builder::new(txn);
-    let mut count = 0u64;
-    let mut finished: Vec<Vec<otlp::Span>> = Vec::new();
     let traces_path = dir.join(Signal::Traces.file());
-    let write_traces = |t: &mut Ndjson, finished: &mut Vec<Vec<otlp::Span>>| -> Result<(), String> {
-        for spans in finished.drain(..) {
-            t.record(&otlp::traces_request(&resource, &spans), spans.len() as u64).map_err(io(&traces_path))?;
-        }
-        Ok(())
-    };
-    if ledger.is_some() || traces.is_some() {
-        let (mut first_prev, mut last_hash) = (String::new(), String::new());
-        let mut last_seq = 0;
-        for row in table.range(first..).map_err(store_err)? {
-            let (k, v) = row.map_err(store_err)?;
-            let h: EntryHead = serde_json::from_slice(v.value()).map_err(store_err)?;
-            if h.time >= to_ms {
-                break;
-            }
-            if count == 0 {
-                first_prev = h.prev.into_owned();
-            }
-            count += 1;
-            last_seq = k.value();
-            last_hash = h.hash.into_owned();
-            if let Some(l) = ledger.as_mut() {
-                l.line(v.value(), 1).map_err(io(&dir.join(Signal::Ledger.file())))?;
-            }
-            if let Some(t) = traces.as_mut()
-                && traces::relevant(&h.kind)
-            {
-                let entry: traces::TraceEntry = serde_json::from_slice(v.value()).map_err(store_err)?;
-                builder.feed(&entry, &mut |spans| finished.push(spans));
-                write_traces(t, &mut finished)?;
-            }
-            progress.add(v.value().len() as u64);
-        }
-        if count > 0 {
-            range["firstSeq"] = json!(first);
-            range["firstPrev"] = json!(first_prev);
-            range["lastSeq"] = json!(last_seq);
-            range["lastHash"] = json!(last_hash);
-        }
-    }
-    range["count"] = json!(count);
-    if let Some(t) = traces.as_mut() {
-        builder.finish(&mut |spans| finished.push(spans));
-        write_traces(t, &mut finished)?;
-    }
-
-    if let Some(m) = metrics.as_mut() {
-        let snapshots = txn.open_table(METRIC_SNAPSHOTS).map_err(store_err)?;
-        for row in snapshots.range(from_ms.max(0) as u64..to_ms.max(0) as u64).map_err(store_err)? {
-            let (k, v) = row.map_err(store_err)?;
-            let request = otlp::metrics_request(&resource, k.value() as i64, &String::from_utf8_lossy(v.value()));
-            let n = request["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].as_array().map_or(0, Vec::len);
-            m.record(&request, n as u64).map_err(io(&dir.join(Signal::Metrics.file())))?;
-            progress.add(v.value().len() as u64);
-        }
-    }
-
-    if let Some(l) = logs.as_mut() {
-        let mut batch = Vec::with_capacity(LOG_BATCH);
-        let path = dir.join(Signal::Logs.file());
-        let flush = |batch: &mut Vec<otlp::LogRecord>, l: &mut Ndjson| -> Result<(), String> {
-            if !batch.is_empty() {
-                l.record(&otlp::logs_request(&resource, batch), batch.len() as u64).map_err(io(&path))?;
-                batch.clear();
-            }
-            Ok(())
-        };
-        let mut line = String::new();
-        for file in crate::telemetry::logs::files(src.log_dir) {
-            let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file).map_err(io(&file))?);
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).map_err(io(&file))? == 0 {
-                    break;
-                }
-                progress.add(line.len() as u64);
-                // Redacted again on the way out: a value set as a secret after it was logged.
-                let redacted = crate::telemetry::logs::redact(line.trim_end_matches('\n'));
-                let Some((ms, record)) = otlp::log_record(&redacted) else { continue };
-                if ms >= from_ms && ms < to_ms {
-                    batch.push(record);
-                    if batch.len() == LOG_BATCH {
-                        flush(&mut batch, l)?;
+    let ledger_path = dir.join(Signal::Ledger.file());
+    std::thread::scope(|scope| -> Result<(), String> {
+        let (to_traces, batches) = std::sync::mpsc::sync_channel::<TraceBatch>(4);
+        let traces_thread = traces.take().map(|mut t| {
+            let (resource, traces_path) = (&resource, &traces_path);
+            scope.spawn(move || -> Result<Ndjson, String> {
+                let mut builder = traces::Builder::new(txn);
+                let mut finished: Vec<Vec<otlp::Span>> = Vec::new();
+                let write = |t: &mut Ndjson, finished: &mut Vec<Vec<otlp::Span>>| -> Result<(), String> {
+                    for spans in finished.drain(..) {
+                        t.render(spans.len() as u64, |buf| {
+                            otlp::write_traces_request(buf, resource, &spans);
+                            Ok(())
+                        })
+                        .map_err(io(traces_path))?;
+                    }
+                    Ok(())
+                };
+                for batch in batches {
+                    for entry in batch.entries() {
+                        let entry: traces::TraceEntry = serde_json::from_slice(entry).map_err(store_err)?;
+                        builder.feed(&entry, &mut |spans| finished.push(spans));
+                        write(&mut t, &mut finished)?;
                     }
                 }
+                builder.finish(&mut |spans| finished.push(spans));
+                write(&mut t, &mut finished)?;
+                Ok(t)
+            })
+        });
+        let wants_traces = traces_thread.is_some();
+        let ledger_pass = (|| -> Result<(), String> {
+            if ledger.is_none() && !wants_traces {
+                return Ok(());
             }
+            let (mut first_prev, mut last_hash) = (String::new(), String::new());
+            let (mut count, mut last_seq) = (0u64, 0);
+            let mut batch = TraceBatch::default();
+            for row in table.range(first..).map_err(store_err)? {
+                let (k, v) = row.map_err(store_err)?;
+                let h = EntryHead::of(v.value())?;
+                if h.time >= to_ms {
+                    break;
+                }
+                if count == 0 {
+                    first_prev = h.prev.into_owned();
+                }
+                count += 1;
+                last_seq = k.value();
+                if let Some(l) = ledger.as_mut() {
+                    l.line(v.value(), 1).map_err(io(&ledger_path))?;
+                }
+                if wants_traces && traces::relevant(&h.kind) {
+                    batch.push(v.value());
+                    if batch.bytes.len() >= TraceBatch::BYTES && to_traces.send(std::mem::take(&mut batch)).is_err() {
+                        break; // the traces thread stopped: its error is reported below
+                    }
+                }
+                last_hash = h.hash.into_owned();
+                progress.add(v.value().len() as u64);
+            }
+            if wants_traces && !batch.ends.is_empty() {
+                let _ = to_traces.send(batch);
+            }
+            range["count"] = json!(count);
+            if count > 0 {
+                range["firstSeq"] = json!(first);
+                range["firstPrev"] = json!(first_prev);
+                range["lastSeq"] = json!(last_seq);
+                range["lastHash"] = json!(last_hash);
+            }
+            Ok(())
+        })();
+        drop(to_traces);
+        let rest = ledger_pass.and_then(|()| {
+            write_metrics_and_logs(src, txn, dir, &resource, metrics.as_mut(), logs.as_mut(), from_ms, to_ms, progress)
+        });
+        if let Some(thread) = traces_thread {
+            traces = Some(thread.join().map_err(|_| "the traces thread panicked".to_owned())??);
         }
-        flush(&mut batch, l)?;
-    }
+        rest
+    })?;
 
     let mut files = serde_json::Map::new();
     let mut sums: Vec<(String, String)> = Vec::new();
@@ -384,6 +406,87 @@ fn write_files(
     let mut manifest = manifest;
     manifest["packSha256"] = json!(hex::encode(Sha256::digest(sums_text.as_bytes())));
     Ok(manifest)
+}
+
+/// The metric snapshots and the log records of the window, into their files.
+#[allow(clippy::too_many_arguments)]
+fn write_metrics_and_logs(
+    src: &Sources,
+    txn: &redb::ReadTransaction,
+    dir: &Path,
+    resource: &otlp::Resource,
+    metrics: Option<&mut Ndjson>,
+    logs: Option<&mut Ndjson>,
+    from_ms: i64,
+    to_ms: i64,
+    progress: &Progress,
+) -> Result<(), String> {
+    if let Some(m) = metrics {
+        let snapshots = txn.open_table(METRIC_SNAPSHOTS).map_err(store_err)?;
+        for row in snapshots.range(from_ms.max(0) as u64..to_ms.max(0) as u64).map_err(store_err)? {
+            let (k, v) = row.map_err(store_err)?;
+            let request = otlp::metrics_request(resource, k.value() as i64, &String::from_utf8_lossy(v.value()));
+            let n = request["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].as_array().map_or(0, Vec::len);
+            m.record(&request, n as u64).map_err(io(&dir.join(Signal::Metrics.file())))?;
+            progress.add(v.value().len() as u64);
+        }
+    }
+
+    if let Some(l) = logs {
+        let mut batch = Vec::with_capacity(LOG_BATCH);
+        let path = dir.join(Signal::Logs.file());
+        let flush = |batch: &mut Vec<otlp::LogRecord>, l: &mut Ndjson| -> Result<(), String> {
+            if !batch.is_empty() {
+                l.record(&otlp::logs_request(resource, batch), batch.len() as u64).map_err(io(&path))?;
+                batch.clear();
+            }
+            Ok(())
+        };
+        let mut line = String::new();
+        for file in crate::telemetry::logs::files(src.log_dir) {
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file).map_err(io(&file))?);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).map_err(io(&file))? == 0 {
+                    break;
+                }
+                progress.add(line.len() as u64);
+                // Redacted again on the way out: a value set as a secret after it was logged.
+                let redacted = crate::telemetry::logs::redact(line.trim_end_matches('\n'));
+                let Some((ms, record)) = otlp::log_record(&redacted) else { continue };
+                if ms >= from_ms && ms < to_ms {
+                    batch.push(record);
+                    if batch.len() == LOG_BATCH {
+                        flush(&mut batch, l)?;
+                    }
+                }
+            }
+        }
+        flush(&mut batch, l)?;
+    }
+    Ok(())
+}
+
+/// Ledger entries on their way to the traces thread: one buffer and where each entry ends, so
+/// a batch costs two allocations rather than one per entry.
+#[derive(Default)]
+struct TraceBatch {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl TraceBatch {
+    const BYTES: usize = 256 * 1024;
+
+    fn push(&mut self, entry: &[u8]) {
+        self.bytes.extend_from_slice(entry);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(a, b)| &self.bytes[a..b])
+    }
 }
 
 /// Moves the finished files into place: the directory renamed to `out`, or a tar of it written
