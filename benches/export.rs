@@ -128,7 +128,7 @@ fn main() {
     }
     let iterate = n as f64 / started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let (head, _) = stella::store::verify::check_chain(&store, 2).unwrap().unwrap();
+    let (head, _) = stella::store::verify::check_chain(&store.read().unwrap(), 2).unwrap().unwrap();
     assert_eq!(head as usize, n);
     let verify2 = n as f64 / started.elapsed().as_secs_f64();
     println!("ledger ({n} entries)                       entries/s   ÷ raw sha256");

@@ -211,6 +211,11 @@ impl ChainCursor {
         self.prev.as_str()
     }
 
+    /// The last entry checked's link.
+    pub fn link(&self) -> Link {
+        self.prev
+    }
+
     /// Checks one stored entry (its key and raw bytes) and advances past it.
     pub fn check_raw(&mut self, key: u64, bytes: &[u8]) -> Result<Entry, ChainError> {
         if key != self.next_seq {

@@ -6,9 +6,8 @@
 //! store opened read-only.
 
 use crate::ledger::{ChainCursor, ChainError, Entry, Link};
-use crate::store::Store;
 use crate::store::projection;
-use crate::store::schema::{LEDGER, PROJECTIONS, StoreError, read};
+use crate::store::schema::{LEDGER, PROJECTIONS, StoreError};
 use redb::backends::InMemoryBackend;
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, TableHandle};
 use serde::Serialize;
@@ -55,111 +54,145 @@ fn rerr(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Redb { path: "<verify>".into(), source: e.into() }
 }
 
-/// Verifies the snapshot `txn`.
+/// Verifies the snapshot `txn`: the chain is checked on a second thread while this one
+/// replays, so the check costs no time of its own.
 pub fn verify(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
+    std::thread::scope(|scope| {
+        let chain = scope.spawn(|| check_chain(txn, 1));
+        let replayed = replay(txn);
+        let chain = chain.join().expect("the chain check panicked")?;
+        let (replay, writers, entries, replay_problem) = replayed?;
+        let mut report = VerifyReport {
+            ok: false,
+            entries,
+            head_seq: 0,
+            head_hash: crate::ledger::GENESIS_PREV.to_owned(),
+            tables: PROJECTIONS.iter().map(|t| t.name().to_owned()).collect(),
+            problem: None,
+        };
+        // The first problem in ledger order; the chain's first when both are at one entry.
+        match (chain, replay_problem) {
+            (Err(e), p) if p.as_ref().is_none_or(|p| e.seq() <= p.seq) => {
+                return Ok(with_problem(report, chain_problem(e)));
+            }
+            (_, Some(p)) => {
+                return Ok(with_problem(report, VerifyProblem::Replay { seq: p.seq, message: p.message }));
+            }
+            (Err(e), None) => return Ok(with_problem(report, chain_problem(e))),
+            (Ok((seq, hash)), None) => (report.head_seq, report.head_hash) = (seq, hash),
+        }
+        for table in PROJECTIONS {
+            if let Some(problem) = compare(txn, &replay, *table, &writers)? {
+                return Ok(with_problem(report, problem));
+            }
+        }
+        report.ok = true;
+        Ok(report)
+    })
+}
+
+/// Why an entry could not be replayed.
+struct ReplayProblem {
+    seq: u64,
+    message: String,
+}
+
+type Replayed = (redb::WriteTransaction, HashMap<String, u64>, u64, Option<ReplayProblem>);
+
+/// Applies every stored entry, in order, to empty projections in memory: the replica, the
+/// last entry that wrote each subject, the entries applied, and the first that failed.
+fn replay(txn: &ReadTransaction) -> Result<Replayed, StoreError> {
     let replica = Database::builder().create_with_backend(InMemoryBackend::new()).map_err(rerr)?;
     let replay = replica.begin_write().map_err(rerr)?;
-    let mut cursor = ChainCursor::default();
     let mut writers: HashMap<String, u64> = HashMap::new();
-    let mut report = VerifyReport {
-        ok: false,
-        entries: 0,
-        head_seq: 0,
-        head_hash: cursor.prev_hash().to_owned(),
-        tables: PROJECTIONS.iter().map(|t| t.name().to_owned()).collect(),
-        problem: None,
-    };
+    let mut entries = 0;
     let ledger = txn.open_table(LEDGER).map_err(rerr)?;
     for row in ledger.iter().map_err(rerr)? {
         let (k, v) = row.map_err(rerr)?;
-        let entry: Entry = match cursor.check_raw(k.value(), v.value()) {
-            Ok(entry) => entry,
-            Err(e) => return Ok(with_problem(report, chain_problem(e))),
+        let seq = k.value();
+        let problem = match serde_json::from_slice::<Entry>(v.value()) {
+            // The chain check names an entry that does not parse.
+            Err(e) => Some(ReplayProblem { seq, message: format!("ledger entry {seq} does not parse: {e}") }),
+            Ok(entry) => match projection::apply(&replay, &entry) {
+                Err(e) => Some(ReplayProblem { seq, message: e.to_string() }),
+                Ok(()) => {
+                    for subject in &entry.subjects {
+                        writers.insert(subject.clone(), entry.seq);
+                    }
+                    None
+                }
+            },
         };
-        if let Err(e) = projection::apply(&replay, &entry) {
-            return Ok(with_problem(report, VerifyProblem::Replay { seq: entry.seq, message: e.to_string() }));
+        if problem.is_some() {
+            return Ok((replay, writers, entries, problem));
         }
-        for subject in &entry.subjects {
-            writers.insert(subject.clone(), entry.seq);
-        }
-        report.entries += 1;
+        entries += 1;
     }
-    report.head_seq = cursor.next_seq - 1;
-    report.head_hash = cursor.prev_hash().to_owned();
-    for table in PROJECTIONS {
-        if let Some(problem) = compare(txn, &replay, *table, &writers)? {
-            return Ok(with_problem(report, problem));
-        }
-    }
-    report.ok = true;
-    Ok(report)
+    Ok((replay, writers, entries, None))
 }
 
-/// Checks the stored ledger's chain alone on `threads` threads, each over a contiguous range
-/// of sequences: every entry hashes to itself and links to the one before — a range's first
-/// entry to the stored hash of the entry before it, which the previous range checks in turn,
-/// so together they check the whole chain. Returns the head, or the first problem in sequence
-/// order. Entries are never rewritten, so each thread's own snapshot serves.
-pub fn check_chain(store: &Store, threads: usize) -> Result<Result<(u64, String), ChainError>, StoreError> {
-    let (head, head_hash) = read::ledger_head(&store.read()?)?;
-    if head == 0 {
-        return Ok(Ok((0, crate::ledger::GENESIS_PREV.to_owned())));
-    }
+/// Checks the stored ledger's chain alone in the snapshot `txn`, on `threads` threads, each
+/// over a contiguous range of sequences: every entry hashes to itself and links to the one
+/// before — a range's first entry to the stored hash of the entry before it, which the
+/// previous range checks in turn, so together they check the whole chain. Returns the head,
+/// or the first problem in sequence order.
+pub fn check_chain(txn: &ReadTransaction, threads: usize) -> Result<Result<(u64, String), ChainError>, StoreError> {
+    let head = match txn.open_table(LEDGER).map_err(rerr)?.last().map_err(rerr)? {
+        None => return Ok(Ok((0, crate::ledger::GENESIS_PREV.to_owned()))),
+        Some((k, _)) => k.value(),
+    };
     let threads = threads.clamp(1, 64) as u64;
     let per = head.div_ceil(threads);
     let ranges: Vec<(u64, u64)> =
         (0..threads).map(|i| (i * per + 1, ((i + 1) * per).min(head))).filter(|(a, b)| a <= b).collect();
-    let results: Vec<Result<Result<(), ChainError>, StoreError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranges
-            .iter()
-            .map(|&(first, last)| {
-                s.spawn(move || -> Result<Result<(), ChainError>, StoreError> {
-                    let txn = store.read()?;
-                    let table = txn.open_table(LEDGER).map_err(rerr)?;
-                    // A range starts from the hash the entry before it stores; the range holding
-                    // that entry checks that the hash is right.
-                    let prev = if first == 1 {
-                        Link::GENESIS
-                    } else {
-                        let Some(v) = table.get(first - 1).map_err(rerr)? else {
-                            return Ok(Err(ChainError::Missing { expected: first - 1, found: first }));
-                        };
-                        let unparsable = |reason: String| ChainError::Unparsable { seq: first - 1, reason };
-                        match serde_json::from_slice::<Entry>(v.value()) {
-                            Ok(e) => match Link::parse(&e.hash) {
-                                Some(link) => link,
-                                None => return Ok(Err(unparsable(format!("hash {:?} is not a sha256", e.hash)))),
-                            },
-                            Err(e) => return Ok(Err(unparsable(e.to_string()))),
-                        }
-                    };
-                    let mut cursor = ChainCursor::new(first, prev);
-                    for row in table.range(first..=last).map_err(rerr)? {
-                        let (k, v) = row.map_err(rerr)?;
-                        if let Err(e) = cursor.check_stored(k.value(), v.value()) {
-                            return Ok(Err(e));
-                        }
-                    }
-                    if cursor.next_seq != last + 1 {
-                        return Ok(Err(ChainError::Missing { expected: cursor.next_seq, found: last + 1 }));
-                    }
-                    Ok(Ok(()))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a chain thread panicked")).collect()
+    let check = |(first, last): (u64, u64)| -> Result<Result<Link, ChainError>, StoreError> {
+        let table = txn.open_table(LEDGER).map_err(rerr)?;
+        // A range starts from the hash the entry before it stores; the range holding that
+        // entry checks that the hash is right.
+        let prev = if first == 1 {
+            Link::GENESIS
+        } else {
+            let Some(v) = table.get(first - 1).map_err(rerr)? else {
+                return Ok(Err(ChainError::Missing { expected: first - 1, found: first }));
+            };
+            let unparsable = |reason: String| ChainError::Unparsable { seq: first - 1, reason };
+            match serde_json::from_slice::<Entry>(v.value()) {
+                Ok(e) => match Link::parse(&e.hash) {
+                    Some(link) => link,
+                    None => return Ok(Err(unparsable(format!("hash {:?} is not a sha256", e.hash)))),
+                },
+                Err(e) => return Ok(Err(unparsable(e.to_string()))),
+            }
+        };
+        let mut cursor = ChainCursor::new(first, prev);
+        for row in table.range(first..=last).map_err(rerr)? {
+            let (k, v) = row.map_err(rerr)?;
+            if let Err(e) = cursor.check_stored(k.value(), v.value()) {
+                return Ok(Err(e));
+            }
+        }
+        if cursor.next_seq != last + 1 {
+            return Ok(Err(ChainError::Missing { expected: cursor.next_seq, found: last + 1 }));
+        }
+        Ok(Ok(cursor.link()))
+    };
+    let results: Vec<Result<Result<Link, ChainError>, StoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranges[1..].iter().map(|&r| s.spawn(move || check(r))).collect();
+        let first = check(ranges[0]);
+        std::iter::once(first).chain(handles.into_iter().map(|h| h.join().expect("a chain thread panicked"))).collect()
     });
     let mut first_problem: Option<ChainError> = None;
+    let mut head_link = Link::GENESIS;
     for r in results {
-        if let Err(e) = r?
-            && first_problem.as_ref().is_none_or(|p| e.seq() < p.seq())
-        {
-            first_problem = Some(e);
+        match r? {
+            Ok(link) => head_link = link,
+            Err(e) if first_problem.as_ref().is_none_or(|p| e.seq() < p.seq()) => first_problem = Some(e),
+            Err(_) => {}
         }
     }
     Ok(match first_problem {
         Some(e) => Err(e),
-        None => Ok((head, head_hash)),
+        None => Ok((head, head_link.as_str().to_owned())),
     })
 }
 
@@ -221,6 +254,7 @@ fn compare(
 mod chain_tests {
     use super::*;
     use crate::ledger::{Draft, GENESIS_PREV};
+    use crate::store::Store;
 
     fn store_with(n: u64, old_form_every: u64) -> (tempfile::TempDir, Store, Vec<Entry>) {
         let dir = tempfile::tempdir().unwrap();
@@ -253,7 +287,8 @@ mod chain_tests {
     fn the_chain_checks_in_parallel_ranges_and_names_the_first_problem() {
         let (_d, store, entries) = store_with(50, 7);
         for threads in [1, 2, 3, 8] {
-            assert_eq!(check_chain(&store, threads).unwrap(), Ok((50, entries[49].hash.clone())), "{threads} threads");
+            let txn = store.read().unwrap();
+            assert_eq!(check_chain(&txn, threads).unwrap(), Ok((50, entries[49].hash.clone())), "{threads} threads");
         }
         let txn = store.database().begin_write().unwrap();
         {
@@ -267,7 +302,7 @@ mod chain_tests {
         txn.commit().unwrap();
         for threads in [1, 2, 4] {
             assert_eq!(
-                check_chain(&store, threads).unwrap(),
+                check_chain(&store.read().unwrap(), threads).unwrap(),
                 Err(ChainError::BadHash { seq: 30 }),
                 "{threads} threads"
             );
