@@ -233,6 +233,28 @@ fn export_child(root: &std::path::Path) {
         files["traces.ndjson"]["records"],
         written as f64 / MIB
     );
+    // An auditor's check of the same pack (signature, digests, blocks, lines, the chain)
+    // against `sha256sum -c` of its files.
+    let signers = root.join("allowed_signers");
+    let public = key.public_key().to_openssh().unwrap();
+    std::fs::write(&signers, format!("bench namespaces=\"stella-export@stella.invalid\" {public}\n")).unwrap();
+    let trust = stella::trust::store::TrustStore::load_files(&signers, None).unwrap();
+    let started = Instant::now();
+    stella::audit::verify::verify(&out, &trust, 1_900_000_000_000).unwrap();
+    let audit_mbs = written as f64 / MIB / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let sums = std::process::Command::new("sha256sum")
+        .args(["--strict", "--quiet", "-c", "SHA256SUMS"])
+        .current_dir(&out)
+        .status();
+    let sums_mbs = sums.ok().filter(|s| s.success()).map(|_| written as f64 / MIB / started.elapsed().as_secs_f64());
+    match sums_mbs {
+        Some(b) => println!(
+            "audit verify {audit_mbs:.0} MB/s vs sha256sum -c of the same files {b:.0} MB/s ({:.2}x)",
+            audit_mbs / b
+        ),
+        None => println!("audit verify {audit_mbs:.0} MB/s (sha256sum missing: no baseline)"),
+    }
     match zstd_mbs {
         Some(z) => println!(
             "export {export_mbs:.0} MB/s vs zstd -3 of the same NDJSON {z:.0} MB/s ({:.2}x); peak RSS of the exporting process {peak:.1} MiB",
