@@ -470,7 +470,8 @@ fn write_metrics_and_logs(
             Ok(())
         };
         let mut line = String::new();
-        for file in crate::telemetry::logs::files(src.log_dir) {
+        let files = crate::telemetry::logs::files(src.log_dir);
+        for file in files.into_iter().filter(|f| crate::telemetry::logs::may_hold(f, from_ms, to_ms)) {
             let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file).map_err(io(&file))?);
             loop {
                 line.clear();

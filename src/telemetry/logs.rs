@@ -129,6 +129,39 @@ pub fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     v
 }
 
+/// Whether the log file `path` may hold records stamped in `[from_ms, to_ms)`, judged by its
+/// name, so that an export of a day does not read a month of files. A rolled file is named
+/// for its period in UTC (`stella.2027-01-15.log` daily, `stella.2027-01-15-13.log` hourly);
+/// a record is stamped before it is written and written to the file of the moment, so a file
+/// holds nothing stamped after its period and nothing stamped long before it (a minute is
+/// allowed for a record stamped just before the roll). Any other name may hold anything.
+pub fn may_hold(path: &std::path::Path, from_ms: i64, to_ms: i64) -> bool {
+    const EARLY_MS: i64 = 60_000;
+    match period(path) {
+        Some((start, end)) => end > from_ms && start - EARLY_MS < to_ms,
+        None => true,
+    }
+}
+
+/// The period `[start, end)` in Unix ms a rolled log file is named for.
+fn period(path: &std::path::Path) -> Option<(i64, i64)> {
+    let stamp = path.file_name()?.to_str()?.strip_prefix("stella.")?.strip_suffix(".log")?;
+    let field = |r: std::ops::Range<usize>| stamp.get(r)?.parse::<u16>().ok();
+    let (hour, len_ms) = match stamp.len() {
+        10 => (0, 86_400_000),
+        13 if stamp.as_bytes()[10] == b'-' => (field(11..13).filter(|h| *h < 24)?, 3_600_000),
+        _ => return None,
+    };
+    let (dash1, dash2) = (stamp.as_bytes()[4], stamp.as_bytes()[7]);
+    if (dash1, dash2) != (b'-', b'-') {
+        return None;
+    }
+    let month = time::Month::try_from(field(5..7)? as u8).ok()?;
+    let date = time::Date::from_calendar_date(i32::from(field(0..4)?), month, field(8..10)? as u8).ok()?;
+    let start = date.midnight().assume_utc().unix_timestamp() * 1000 + i64::from(hour) * 3_600_000;
+    Some((start, start + len_ms))
+}
+
 /// Logs every committed run and step transition as one structured line (`tenant`, `dagId`,
 /// `runId`, `stepId`, `status`), so the log files tell a run's story next to the requests'.
 /// Runs until the writer's event channel closes or `stop` turns true.
@@ -186,6 +219,29 @@ pub async fn run_events(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_rolled_file_is_read_only_for_windows_its_period_can_hold() {
+        let day = |name: &str| std::path::PathBuf::from(format!("/var/log/stella/{name}"));
+        let ms = |t: &str| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap().unix_timestamp()
+                * 1000
+        };
+        let jan15 = day("stella.2027-01-15.log");
+        assert_eq!(period(&jan15), Some((ms("2027-01-15T00:00:00Z"), ms("2027-01-16T00:00:00Z"))));
+        assert!(may_hold(&jan15, ms("2027-01-15T12:00:00Z"), ms("2027-01-15T13:00:00Z")));
+        assert!(!may_hold(&jan15, ms("2027-01-16T00:00:00Z"), ms("2027-01-17T00:00:00Z")), "after its day");
+        assert!(!may_hold(&jan15, ms("2027-01-13T00:00:00Z"), ms("2027-01-14T00:00:00Z")), "before its day");
+        // A record stamped just before midnight may have been written into the next day's file.
+        assert!(may_hold(&jan15, ms("2027-01-14T00:00:00Z"), ms("2027-01-14T23:59:59Z")));
+        let hour = day("stella.2027-01-15-13.log");
+        assert_eq!(period(&hour), Some((ms("2027-01-15T13:00:00Z"), ms("2027-01-15T14:00:00Z"))));
+        assert!(!may_hold(&hour, ms("2027-01-15T14:00:00Z"), ms("2027-01-15T15:00:00Z")));
+        for any in ["stella.log", "stella.2027-13-01.log", "stella.2027-01-15-24.log", "stella.20270115.log"] {
+            assert_eq!(period(&day(any)), None, "{any}");
+            assert!(may_hold(&day(any), 0, 1), "{any}");
+        }
+    }
+
     use super::*;
 
     #[test]
