@@ -102,7 +102,7 @@ fn main() {
     let durable = n as f64 / started.elapsed().as_secs_f64();
 
     // Verification: every stored entry located, hashed and linked, one thread, then the same
-    // check over two ranges on two threads (`store::verify::check_chain`).
+    // check on two threads: one reads redb, one checks (`store::verify::check_chain`).
     drop(store);
     let store = Store::open(&root.join("b.redb")).unwrap();
     let started = Instant::now();

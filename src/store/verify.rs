@@ -131,69 +131,165 @@ fn replay(txn: &ReadTransaction) -> Result<Replayed, StoreError> {
     Ok((replay, writers, entries, None))
 }
 
-/// Checks the stored ledger's chain alone in the snapshot `txn`, on `threads` threads, each
-/// over a contiguous range of sequences: every entry hashes to itself and links to the one
-/// before — a range's first entry to the stored hash of the entry before it, which the
-/// previous range checks in turn, so together they check the whole chain. Returns the head,
-/// or the first problem in sequence order.
+/// Checks the stored ledger's chain alone in the snapshot `txn`: every entry hashes to
+/// itself and links to the one before. Returns the head, or the first problem in sequence
+/// order.
+///
+/// With `threads` > 1, this thread only reads: it copies the entries out of redb in batches
+/// and hands them round-robin to `threads − 1` checkers. A batch is checked from the hash the
+/// entry before it stores, which the checker of the batch before checks in turn, so together
+/// they check the whole chain. One reader keeps redb's page cache off the other threads' way
+/// (two threads each reading a range fought over its eviction, and sometimes ran slower than
+/// one).
 pub fn check_chain(txn: &ReadTransaction, threads: usize) -> Result<Result<(u64, String), ChainError>, StoreError> {
-    let head = match txn.open_table(LEDGER).map_err(rerr)?.last().map_err(rerr)? {
-        None => return Ok(Ok((0, crate::ledger::GENESIS_PREV.to_owned()))),
-        Some((k, _)) => k.value(),
-    };
-    let threads = threads.clamp(1, 64) as u64;
-    let per = head.div_ceil(threads);
-    let ranges: Vec<(u64, u64)> =
-        (0..threads).map(|i| (i * per + 1, ((i + 1) * per).min(head))).filter(|(a, b)| a <= b).collect();
-    let check = |(first, last): (u64, u64)| -> Result<Result<Link, ChainError>, StoreError> {
-        let table = txn.open_table(LEDGER).map_err(rerr)?;
-        // A range starts from the hash the entry before it stores; the range holding that
-        // entry checks that the hash is right.
-        let prev = if first == 1 {
-            Link::GENESIS
-        } else {
-            let Some(v) = table.get(first - 1).map_err(rerr)? else {
-                return Ok(Err(ChainError::Missing { expected: first - 1, found: first }));
-            };
-            let unparsable = |reason: String| ChainError::Unparsable { seq: first - 1, reason };
-            match serde_json::from_slice::<Entry>(v.value()) {
-                Ok(e) => match Link::parse(&e.hash) {
-                    Some(link) => link,
-                    None => return Ok(Err(unparsable(format!("hash {:?} is not a sha256", e.hash)))),
-                },
-                Err(e) => return Ok(Err(unparsable(e.to_string()))),
-            }
-        };
-        let mut cursor = ChainCursor::new(first, prev);
-        for row in table.range(first..=last).map_err(rerr)? {
+    check_chain_in_batches(txn, threads, ChainBatch::BYTES)
+}
+
+fn check_chain_in_batches(
+    txn: &ReadTransaction,
+    threads: usize,
+    batch_bytes: usize,
+) -> Result<Result<(u64, String), ChainError>, StoreError> {
+    let table = txn.open_table(LEDGER).map_err(rerr)?;
+    if threads <= 1 {
+        let mut cursor = ChainCursor::default();
+        for row in table.iter().map_err(rerr)? {
             let (k, v) = row.map_err(rerr)?;
             if let Err(e) = cursor.check_stored(k.value(), v.value()) {
                 return Ok(Err(e));
             }
         }
-        if cursor.next_seq != last + 1 {
-            return Ok(Err(ChainError::Missing { expected: cursor.next_seq, found: last + 1 }));
+        return Ok(Ok((cursor.next_seq - 1, cursor.prev_hash().to_owned())));
+    }
+    let checkers = (threads - 1).min(63);
+    std::thread::scope(|scope| {
+        let (senders, handles): (Vec<_>, Vec<_>) = (0..checkers)
+            .map(|_| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<ChainBatch>(4);
+                (tx, scope.spawn(move || check_batches(rx)))
+            })
+            .unzip();
+        // The reader checks a batch itself when the checkers are all busy.
+        let mut checked = Checked::default();
+        let mut batch = ChainBatch { first: 1, prev: Link::GENESIS, bytes: Vec::new(), ends: Vec::new() };
+        let mut turn = 0usize;
+        let mut hand_over = |batch: ChainBatch, checked: &mut Checked| {
+            turn += 1;
+            match senders[turn % checkers].try_send(batch) {
+                Ok(()) => true,
+                Err(std::sync::mpsc::TrySendError::Full(batch)) => {
+                    checked.add(batch.check());
+                    checked.problem.is_none()
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false, // it met a problem
+            }
+        };
+        for (seq, row) in (1u64..).zip(table.iter().map_err(rerr)?) {
+            let (k, v) = row.map_err(rerr)?;
+            if k.value() != seq {
+                checked.add(Err(ChainError::Missing { expected: seq, found: k.value() }));
+                break;
+            }
+            let next = seq + 1;
+            batch.bytes.extend_from_slice(v.value());
+            batch.ends.push(batch.bytes.len());
+            if batch.bytes.len() >= batch_bytes {
+                // The next batch starts from the hash this batch's last entry stores; if it
+                // has none, the check of this batch names what is wrong with it.
+                let last = v.value();
+                let prev = match crate::ledger::stored_head(last) {
+                    Some(h) => Link::parse(h.hash),
+                    None => serde_json::from_slice::<Entry>(last).ok().and_then(|e| Link::parse(&e.hash)),
+                };
+                let following = ChainBatch {
+                    first: next,
+                    prev: prev.unwrap_or(Link::GENESIS),
+                    bytes: Vec::new(),
+                    ends: Vec::new(),
+                };
+                if !hand_over(std::mem::replace(&mut batch, following), &mut checked) || prev.is_none() {
+                    break;
+                }
+            }
         }
-        Ok(Ok(cursor.link()))
-    };
-    let results: Vec<Result<Result<Link, ChainError>, StoreError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranges[1..].iter().map(|&r| s.spawn(move || check(r))).collect();
-        let first = check(ranges[0]);
-        std::iter::once(first).chain(handles.into_iter().map(|h| h.join().expect("a chain thread panicked"))).collect()
-    });
-    let mut first_problem: Option<ChainError> = None;
-    let mut head_link = Link::GENESIS;
-    for r in results {
-        match r? {
-            Ok(link) => head_link = link,
-            Err(e) if first_problem.as_ref().is_none_or(|p| e.seq() < p.seq()) => first_problem = Some(e),
+        // Checked even after a gap: a problem before the gap comes first.
+        if !batch.ends.is_empty() {
+            hand_over(batch, &mut checked);
+        }
+        drop(senders);
+        for h in handles {
+            checked.merge(h.join().expect("a chain checker panicked"));
+        }
+        Ok(match (checked.problem, checked.last) {
+            (Some(e), _) => Err(e),
+            (None, Some((seq, link))) => Ok((seq, link.as_str().to_owned())),
+            (None, None) => Ok((0, crate::ledger::GENESIS_PREV.to_owned())),
+        })
+    })
+}
+
+/// Consecutive stored entries, `first` onwards, that must link to `prev`.
+struct ChainBatch {
+    first: u64,
+    prev: Link,
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl ChainBatch {
+    const BYTES: usize = 256 * 1024;
+}
+
+impl ChainBatch {
+    /// Checks the batch: its last entry and link, or the first problem.
+    fn check(&self) -> Result<(u64, Link), ChainError> {
+        let mut cursor = ChainCursor::new(self.first, self.prev);
+        let mut start = 0;
+        for (i, &end) in self.ends.iter().enumerate() {
+            cursor.check_stored(self.first + i as u64, &self.bytes[start..end])?;
+            start = end;
+        }
+        Ok((cursor.next_seq - 1, cursor.link()))
+    }
+}
+
+/// What checking batches found: the first problem, the last entry checked.
+#[derive(Default)]
+struct Checked {
+    problem: Option<ChainError>,
+    last: Option<(u64, Link)>,
+}
+
+impl Checked {
+    fn add(&mut self, result: Result<(u64, Link), ChainError>) {
+        match result {
+            Ok(last) if self.last.is_none_or(|l| l.0 < last.0) => self.last = Some(last),
+            Ok(_) => {}
+            Err(e) if self.problem.as_ref().is_none_or(|p| e.seq() < p.seq()) => self.problem = Some(e),
             Err(_) => {}
         }
     }
-    Ok(match first_problem {
-        Some(e) => Err(e),
-        None => Ok((head, head_link.as_str().to_owned())),
-    })
+
+    fn merge(&mut self, other: Checked) {
+        if let Some(e) = other.problem {
+            self.add(Err(e));
+        }
+        if let Some(last) = other.last {
+            self.add(Ok(last));
+        }
+    }
+}
+
+/// Checks each batch received until one has a problem.
+fn check_batches(batches: std::sync::mpsc::Receiver<ChainBatch>) -> Checked {
+    let mut checked = Checked::default();
+    for b in batches {
+        checked.add(b.check());
+        if checked.problem.is_some() {
+            break;
+        }
+    }
+    checked
 }
 
 fn chain_problem(e: ChainError) -> VerifyProblem {
@@ -284,11 +380,13 @@ mod chain_tests {
     }
 
     #[test]
-    fn the_chain_checks_in_parallel_ranges_and_names_the_first_problem() {
+    fn the_chain_checks_in_parallel_batches_and_names_the_first_problem() {
         let (_d, store, entries) = store_with(50, 7);
+        let check = |threads, batch| check_chain_in_batches(&store.read().unwrap(), threads, batch).unwrap();
         for threads in [1, 2, 3, 8] {
-            let txn = store.read().unwrap();
-            assert_eq!(check_chain(&txn, threads).unwrap(), Ok((50, entries[49].hash.clone())), "{threads} threads");
+            for batch in [1, 700, ChainBatch::BYTES] {
+                assert_eq!(check(threads, batch), Ok((50, entries[49].hash.clone())), "{threads} threads, {batch} B");
+            }
         }
         let txn = store.database().begin_write().unwrap();
         {
@@ -301,11 +399,25 @@ mod chain_tests {
         }
         txn.commit().unwrap();
         for threads in [1, 2, 4] {
-            assert_eq!(
-                check_chain(&store.read().unwrap(), threads).unwrap(),
-                Err(ChainError::BadHash { seq: 30 }),
-                "{threads} threads"
-            );
+            for batch in [1, 700, ChainBatch::BYTES] {
+                assert_eq!(check(threads, batch), Err(ChainError::BadHash { seq: 30 }), "{threads} threads, {batch} B");
+            }
+        }
+        // A missing entry alone is named by whoever meets it: the reader, between batches.
+        let txn = store.database().begin_write().unwrap();
+        {
+            let mut t = txn.open_table(LEDGER).unwrap();
+            t.insert(30, entries[29].to_stored().as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        for threads in [1, 2, 4] {
+            for batch in [1, 700, ChainBatch::BYTES] {
+                assert_eq!(
+                    check(threads, batch),
+                    Err(ChainError::Missing { expected: 40, found: 41 }),
+                    "{threads} threads, {batch} B"
+                );
+            }
         }
     }
 }
