@@ -86,6 +86,11 @@ async fn daemon(
     .await?;
     let new_token =
         if opts.dev { ensure_dev_token(&opts.layout, &store, &writer, &config, &*clock).await? } else { None };
+    // An import the previous daemon died in the middle of left its files in staging only.
+    let (unfinished, bytes) = crate::bundle::import::sweep_staging(&opts.layout.lib());
+    if unfinished > 0 {
+        tracing::warn!(entries = unfinished, bytes, "removed unfinished bundle imports from staging");
+    }
     // Bundles installed earlier must still verify against today's trust store and disk.
     let checked = crate::bundle::installed::reverify_all(
         &store,

@@ -31,6 +31,40 @@ pub fn seal(path: &Path, envelope: &Envelope, lib: &Path, progress: &Progress) -
     Ok(target)
 }
 
+/// Removes what imports (and dev plugin registrations) left in `<lib>/bundles/staging` when
+/// the daemon died under them: at start nothing is being unpacked, and nothing reads staging.
+/// Returns the entries removed and their bytes.
+pub fn sweep_staging(lib: &Path) -> (usize, u64) {
+    let staging = lib.join("bundles/staging");
+    let Ok(entries) = std::fs::read_dir(&staging) else { return (0, 0) };
+    let (mut removed, mut bytes) = (0, 0);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let size = tree_bytes(&path);
+        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match gone {
+            Ok(()) => (removed, bytes) = (removed + 1, bytes + size),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove an unfinished import"),
+        }
+    }
+    (removed, bytes)
+}
+
+/// The bytes of the files under `path` (symlinks not followed).
+fn tree_bytes(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            std::fs::read_dir(path).map(|r| r.flatten().map(|e| tree_bytes(&e.path())).sum()).unwrap_or(0)
+        }
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
 /// Orders versions: dot-separated numbers compare numerically, anything else as text.
 pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     let parts =

@@ -1051,3 +1051,78 @@ async fn a_bundled_dag_version_keeps_its_pinned_plugin_digest() {
     assert!(stella(&root, &["bundle", "import", dag_v2.to_str().unwrap()]).status.success());
     assert_eq!(digest_of_run(start().await).await, installed, "the re-imported DAG is pinned to the new plugin");
 }
+
+/// kill -9 in the middle of an import: after the restart the bundle is either installed whole
+/// or not at all, staging holds nothing (neither the killed import's files nor an older
+/// leftover), and the same bundle imports. The kill waits for the import's own progress to
+/// show it unpacking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_midway_leaves_nothing_half_done() {
+    let mut app = TestAppliance::start_production();
+    let root = app.root().to_path_buf();
+    let (key, _) = setup(&root);
+    // A plugin with 32 MiB of incompressible bytes, so that unpacking takes a while.
+    let dir = root.join("big-plugin");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["plugin.toml", "run.sh"] {
+        std::fs::copy(sample_plugin().join(f), dir.join(f)).unwrap();
+    }
+    let toml = std::fs::read_to_string(dir.join("plugin.toml")).unwrap().replace("sample-plugin", "big-plugin");
+    std::fs::write(dir.join("plugin.toml"), toml).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64; // xorshift, seeded: the same bytes every run
+    let blob: Vec<u8> = (0..32 << 17)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(dir.join("blob.bin"), blob).unwrap();
+    let bundle = root.join("big-plugin-1.0.0.bundle");
+    let (d, k, b) = (dir.to_str().unwrap(), key.to_str().unwrap(), bundle.to_str().unwrap());
+    let built = build_bundle(&root, d, "plugin", "big-plugin", "1.0.0", k, b);
+    assert!(built.status.success(), "{}", stderr(&built));
+
+    let staging = app.layout().lib().join("bundles/staging");
+    std::fs::create_dir_all(staging.join("a-crash-before/payload")).unwrap();
+    std::fs::write(staging.join("a-crash-before/payload/file"), b"half").unwrap();
+    let c = app.socket_client();
+    let import = {
+        let c = c.clone();
+        let body = serde_json::json!({ "path": bundle, "progressId": "import-killed-0001" });
+        tokio::spawn(async move { c.post(&format!("{API}/bundles"), &body).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let p = c.get(&format!("{API}/progress/import-killed-0001")).await.unwrap();
+        let p: serde_json::Value = serde_json::from_slice(&p.body).unwrap_or_default();
+        if (p["phase"] == "unpacking" && p["done"].as_u64() > Some(0)) || import.is_finished() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the import never started unpacking: {p}");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let finished_before_the_kill = import.is_finished();
+    app.kill9();
+    let _ = import.await;
+
+    app.launch();
+    let left: Vec<_> = std::fs::read_dir(&staging).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "staging after the restart: {left:?}");
+    assert!(app.log().contains("removed unfinished bundle imports from staging"), "{}", app.log());
+    let c = app.socket_client();
+    let installed = api_get(&c, "/bundles").await;
+    let big = installed["bundles"].as_array().unwrap().iter().find(|b| b["name"] == "big-plugin").cloned();
+    if let Some(big) = &big {
+        // Recorded, so it was sealed whole first: it verifies like any installed bundle.
+        let sealed = app.layout().lib().join("bundles/sha256").join(big["digest"].as_str().unwrap());
+        assert_eq!(std::fs::metadata(sealed.join("blob.bin")).map(|m| m.len()).ok(), Some(32 << 20));
+    } else {
+        assert!(!finished_before_the_kill, "an import that answered before the kill is not lost");
+    }
+    let again = api_post(&c, "/bundles", serde_json::json!({ "path": bundle })).await;
+    assert_eq!(again["name"], "big-plugin", "{again}");
+    let out = app.stella(&["bundle", "list"]);
+    assert!(stdout(&out).contains("big-plugin"), "{}", stdout(&out));
+}
