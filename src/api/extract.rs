@@ -36,21 +36,31 @@ impl Auth {
     }
 }
 
+/// Who a request turned out to be, filled in by [`Auth`] for the server's request log line:
+/// the actor and the tenant (none for the local administrator).
+#[derive(Debug, Clone, Default)]
+pub struct Caller(pub Arc<std::sync::OnceLock<(String, Option<String>)>>);
+
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
-        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let principal = if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let token =
                 value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(Problem::unauthenticated)?;
-            return authenticate(state, token.trim()).map(Auth).ok_or_else(Problem::unauthenticated);
-        }
-        match parts.extensions.get::<Peer>() {
-            Some(Peer::Unix { uid: Some(uid) }) if *uid == state.owner_uid || *uid == 0 => {
-                Ok(Auth(Principal::local_admin(*uid)))
+            authenticate(state, token.trim()).ok_or_else(Problem::unauthenticated)?
+        } else {
+            match parts.extensions.get::<Peer>() {
+                Some(Peer::Unix { uid: Some(uid) }) if *uid == state.owner_uid || *uid == 0 => {
+                    Principal::local_admin(*uid)
+                }
+                _ => return Err(Problem::unauthenticated()),
             }
-            _ => Err(Problem::unauthenticated()),
+        };
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            let _ = caller.0.set((principal.actor.clone(), principal.tenant.clone()));
         }
+        Ok(Auth(principal))
     }
 }
 

@@ -4,7 +4,7 @@
 //! response-head timeout and a connection cap. Every response carries `x-request-id`.
 //! Shutdown stops accepting, then lets in-flight requests finish within the grace period.
 
-use crate::api::extract::{Peer, payload_too_large};
+use crate::api::extract::{Caller, Peer, payload_too_large};
 use crate::api::problem::Problem;
 use crate::config::ServerConfig;
 use crate::ids;
@@ -173,6 +173,7 @@ fn service(
 async fn handle(router: Router, peer: Peer, limits: &ServerConfig, req: Request<hyper::body::Incoming>) -> Response {
     let started = Instant::now();
     let request_id = format!("req_{}", ids::random_hex(8));
+    let caller = Caller::default();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let declared =
@@ -185,6 +186,7 @@ async fn handle(router: Router, peer: Peer, limits: &ServerConfig, req: Request<
     } else {
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(peer);
+        parts.extensions.insert(caller.clone());
         let req = Request::from_parts(parts, Body::new(body));
         let timeout = Duration::from_millis(limits.request_timeout_ms);
         match tokio::time::timeout(timeout, router.oneshot(req)).await {
@@ -201,6 +203,16 @@ async fn handle(router: Router, peer: Peer, limits: &ServerConfig, req: Request<
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    tracing::info!(requestId = %request_id, %method, path = %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    let (actor, tenant) = caller.0.get().map_or(("", None), |(a, t)| (a.as_str(), t.as_deref()));
+    tracing::info!(
+        requestId = %request_id,
+        actor,
+        tenant = tenant.unwrap_or(""),
+        %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
     resp
 }

@@ -94,6 +94,34 @@ async fn metrics_count_runs_attempts_and_failures_and_pass_promtool() {
         (found["fields"]["dagId"].as_str(), found["fields"]["tenant"].as_str()),
         (Some("sample-pipeline"), Some("default"))
     );
+
+    // Every request's line names its request id, who made it and their tenant.
+    let (token_id, secret) = create_token(&c, "default", &["orchestrator:read"], None).await;
+    let reply = app.https_client(Some(&secret)).get(&format!("{API}/runs/{id}")).await.unwrap();
+    let request_id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&logs[0]).unwrap();
+    let line = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["requestId"] == request_id.as_str())
+        .expect("the request's line is in the log file");
+    let f = &line["fields"];
+    assert_eq!(
+        (f["actor"].as_str(), f["tenant"].as_str(), f["status"].as_u64(), f["path"].as_str()),
+        (
+            Some(format!("token:{token_id}").as_str()),
+            Some("default"),
+            Some(200),
+            Some(format!("{API}/runs/{id}").as_str())
+        ),
+        "{line}"
+    );
+    let local = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["method"] == "POST" && l["fields"]["path"] == format!("{API}/runs").as_str())
+        .expect("the run's start request is in the log file");
+    assert!(local["fields"]["actor"].as_str().is_some_and(|a| a.starts_with("local:uid=")), "{local}");
 }
 
 /// Every metric a rule or a dashboard query names must be one `/metrics` serves.
