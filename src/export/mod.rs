@@ -19,6 +19,7 @@ use crate::trust::sig::{self, Namespace};
 use redb::ReadableTable;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
@@ -203,36 +204,28 @@ fn store_err(e: impl std::fmt::Display) -> String {
 
 /// What the export reads of every entry: located in the canonical stored form, parsed (the
 /// rest skipped) from an older one.
+#[derive(serde::Deserialize)]
 struct EntryHead<'a> {
     time: i64,
-    kind: std::borrow::Cow<'a, str>,
-    prev: std::borrow::Cow<'a, str>,
-    hash: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    prev: Cow<'a, str>,
+    #[serde(borrow)]
+    hash: Cow<'a, str>,
 }
 
 impl<'a> EntryHead<'a> {
     fn of(bytes: &'a [u8]) -> Result<Self, String> {
-        use std::borrow::Cow;
-        if let Some(h) = crate::ledger::stored_head(bytes) {
-            return Ok(EntryHead {
+        match crate::ledger::stored_head(bytes) {
+            Some(h) => Ok(EntryHead {
                 time: h.time,
                 kind: Cow::Borrowed(h.kind),
                 prev: Cow::Borrowed(h.prev),
                 hash: Cow::Borrowed(h.hash),
-            });
+            }),
+            None => serde_json::from_slice(bytes).map_err(store_err),
         }
-        #[derive(serde::Deserialize)]
-        struct Parsed<'a> {
-            time: i64,
-            #[serde(borrow)]
-            kind: Cow<'a, str>,
-            #[serde(borrow)]
-            prev: Cow<'a, str>,
-            #[serde(borrow)]
-            hash: Cow<'a, str>,
-        }
-        let p: Parsed = serde_json::from_slice(bytes).map_err(store_err)?;
-        Ok(EntryHead { time: p.time, kind: p.kind, prev: p.prev, hash: p.hash })
     }
 }
 
