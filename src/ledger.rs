@@ -2,8 +2,8 @@
 //! hash. `hash = sha256(prev_hash || RFC 8785 canonical JSON of every field but the hash)`.
 //!
 //! This module owns the chain arithmetic only; it never touches the store. The writer appends
-//! entries ([`crate::store::writer`]), `db verify` checks them ([`crate::store::verify`]) and the
-//! audit tools will check exported ones with the same [`check_link`].
+//! entries ([`crate::store::writer`]); `db verify` ([`crate::store::verify`]) and `audit verify`
+//! (exported packs) check them with the same [`ChainCursor`].
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -214,24 +214,6 @@ impl ChainCursor {
     /// The last entry checked's link.
     pub fn link(&self) -> Link {
         self.prev
-    }
-
-    /// Checks one stored entry (its key and raw bytes) and advances past it.
-    pub fn check_raw(&mut self, key: u64, bytes: &[u8]) -> Result<Entry, ChainError> {
-        if key != self.next_seq {
-            return Err(ChainError::Missing { expected: self.next_seq, found: key });
-        }
-        let entry: Entry =
-            serde_json::from_slice(bytes).map_err(|e| ChainError::Unparsable { seq: key, reason: e.to_string() })?;
-        match fast_check(bytes, self.next_seq, &self.prev) {
-            Fast::Ok { link, .. } if entry.seq == self.next_seq => {
-                self.next_seq += 1;
-                self.prev = link;
-            }
-            Fast::Bad(e) => return Err(e),
-            _ => self.check_link(&entry)?,
-        }
-        Ok(entry)
     }
 
     /// Checks one stored entry's place in the chain without building it: the canonical stored
@@ -543,7 +525,7 @@ mod tests {
     fn a_sealed_chain_verifies() {
         let mut cursor = ChainCursor::default();
         for e in chain(5) {
-            cursor.check_raw(e.seq, &e.to_json()).unwrap();
+            cursor.check_stored(e.seq, &e.to_json()).unwrap();
         }
         assert_eq!(cursor.next_seq, 6);
     }
@@ -561,8 +543,8 @@ mod tests {
     fn a_removed_entry_is_named() {
         let entries = chain(4);
         let mut cursor = ChainCursor::default();
-        cursor.check_raw(1, &entries[0].to_json()).unwrap();
-        let err = cursor.check_raw(3, &entries[2].to_json()).unwrap_err();
+        cursor.check_stored(1, &entries[0].to_json()).unwrap();
+        let err = cursor.check_stored(3, &entries[2].to_json()).unwrap_err();
         assert_eq!(err, ChainError::Missing { expected: 2, found: 3 });
     }
 

@@ -33,7 +33,7 @@ impl Progress {
     }
 }
 
-/// Progress of operations by client-chosen id, bounded to the most recent [`REMEMBERED`].
+/// Progress of operations by client-chosen id, bounded to the most recent `REMEMBERED`.
 #[derive(Debug, Default)]
 pub struct Registry {
     entries: Mutex<VecDeque<(String, Arc<Progress>)>>,

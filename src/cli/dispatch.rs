@@ -1,5 +1,5 @@
 //! What each command does. Commands whose capability exists talk to the daemon (or, for the
-//! offline ones, to files); the others answer "not available yet: <what>" with exit code 3 and
+//! offline ones, to files); the others answer `"not available yet: <what>"` with exit code 3 and
 //! never print fake output.
 
 use crate::cli::args::*;

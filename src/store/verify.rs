@@ -71,15 +71,17 @@ pub fn verify(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
             problem: None,
         };
         // The first problem in ledger order; the chain's first when both are at one entry.
+        let replay_failed = |report, p: ReplayProblem| {
+            Ok(with_problem(report, VerifyProblem::Replay { seq: p.seq, message: p.message }))
+        };
         match (chain, replay_problem) {
-            (Err(e), p) if p.as_ref().is_none_or(|p| e.seq() <= p.seq) => {
+            (Ok((seq, hash)), None) => (report.head_seq, report.head_hash) = (seq, hash),
+            (Ok(_), Some(p)) => return replay_failed(report, p),
+            (Err(e), Some(p)) if p.seq < e.seq() => return replay_failed(report, p),
+            (Err(e), _) => {
+                report.entries = report.entries.min(e.seq().saturating_sub(1));
                 return Ok(with_problem(report, chain_problem(e)));
             }
-            (_, Some(p)) => {
-                return Ok(with_problem(report, VerifyProblem::Replay { seq: p.seq, message: p.message }));
-            }
-            (Err(e), None) => return Ok(with_problem(report, chain_problem(e))),
-            (Ok((seq, hash)), None) => (report.head_seq, report.head_hash) = (seq, hash),
         }
         for table in PROJECTIONS {
             if let Some(problem) = compare(txn, &replay, *table, &writers)? {
@@ -207,7 +209,14 @@ fn check_chain_in_batches(
                     bytes: Vec::new(),
                     ends: Vec::new(),
                 };
-                if !hand_over(std::mem::replace(&mut batch, following), &mut checked) || prev.is_none() {
+                if !hand_over(std::mem::replace(&mut batch, following), &mut checked) {
+                    break;
+                }
+                if prev.is_none() {
+                    // The batch's check fails on that entry; should it not, the chain still
+                    // cannot go on from it.
+                    let reason = "its hash is not a sha256".to_owned();
+                    checked.add(Err(ChainError::Unparsable { seq, reason }));
                     break;
                 }
             }
@@ -238,9 +247,7 @@ struct ChainBatch {
 
 impl ChainBatch {
     const BYTES: usize = 256 * 1024;
-}
 
-impl ChainBatch {
     /// Checks the batch: its last entry and link, or the first problem.
     fn check(&self) -> Result<(u64, Link), ChainError> {
         let mut cursor = ChainCursor::new(self.first, self.prev);
