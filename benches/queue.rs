@@ -39,7 +39,7 @@ struct Stella {
 
 fn stella() -> Stella {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (d, handle) = writer(1);
+    let (d, handle, _) = writer(1);
     Stella { _dir: d, handle, rt }
 }
 

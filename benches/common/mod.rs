@@ -74,12 +74,12 @@ pub fn actor() -> Actor {
 }
 
 /// stella's writer on a fresh store in [`dir`], seeded with `seed`.
-pub fn writer(seed: u64) -> (tempfile::TempDir, WriterHandle) {
+pub fn writer(seed: u64) -> (tempfile::TempDir, WriterHandle, Store) {
     let d = dir();
     let store = Store::open(&d.path().join("b.redb")).unwrap();
-    let (h, w) = writer::channel(store, clock::system(), WriterOptions::seeded(seed)).unwrap();
+    let (h, w) = writer::channel(store.clone(), clock::system(), WriterOptions::seeded(seed)).unwrap();
     w.spawn();
-    (d, h)
+    (d, h, store)
 }
 
 pub fn lease_cmd(worker: usize, max: u32) -> Command {
