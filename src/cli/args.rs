@@ -510,6 +510,9 @@ pub enum DbCmd {
         /// Never ask the daemon; open the store file read-only.
         #[arg(long)]
         offline: bool,
+        /// Check only the ledger's hash chain (fast, on two threads), not the tables.
+        #[arg(long)]
+        chain_only: bool,
     },
 }
 

@@ -6,8 +6,8 @@ use crate::support::*;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use stella::store::schema::{LEDGER, TOKENS};
 
-/// A stopped store holding the dev token, the sample DAG and three more tokens: entries 1–4 are
-/// identity, start, the dev token and the sample DAG; 5–7 the three tokens.
+/// A stopped store holding the dev token, the signed samples and three more tokens (the last
+/// three entries).
 async fn stopped_store() -> (TestAppliance, Vec<String>) {
     let mut app = TestAppliance::start();
     let client = app.socket_client();
@@ -15,6 +15,15 @@ async fn stopped_store() -> (TestAppliance, Vec<String>) {
     for _ in 0..3 {
         ids.push(create_token(&client, "default", &["orchestrator:read"], None).await.0);
     }
+    // Through the running daemon, the chain alone.
+    let chain = app.stella(&["orch", "db", "verify", "--chain-only"]);
+    assert!(chain.status.success(), "{}", stderr(&chain));
+    let height = ledger_height(&client).await;
+    assert!(
+        stdout(&chain).contains(&format!("the chain of {height} ledger entries holds, head {height} ")),
+        "{}",
+        stdout(&chain)
+    );
     assert!(app.terminate().success());
     let ok = app.stella(&["orch", "db", "verify"]);
     assert!(ok.status.success(), "pristine store verifies: {}", stderr(&ok));
@@ -39,6 +48,14 @@ fn assert_verify_names(app: &TestAppliance, needle: &str) {
     assert!(stderr(&out).contains(needle), "expected {needle:?} in: {}", stderr(&out));
 }
 
+/// The damage is in the chain itself: `db verify --chain-only` names it the same way.
+fn assert_chain_check_names(app: &TestAppliance, needle: &str) {
+    assert_verify_names(app, needle);
+    let out = app.stella(&["orch", "db", "verify", "--chain-only"]);
+    assert_eq!(out.status.code(), Some(8), "--chain-only must fail with exit 8: {}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains(needle), "expected {needle:?} from --chain-only in: {}", stderr(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_inside_a_value_is_named_by_sequence() {
     let (app, _) = stopped_store().await;
@@ -55,14 +72,14 @@ async fn a_flipped_byte_inside_a_value_is_named_by_sequence() {
         let at = bytes.windows(8).position(|w| w == b"\"sha256\"").unwrap() + 11;
         bytes[at] = if bytes[at] == b'a' { b'b' } else { b'a' };
     });
-    assert_verify_names(&app, &format!("ledger entry {seq}: hash does not match"));
+    assert_chain_check_names(&app, &format!("ledger entry {seq}: hash does not match"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_structural_byte_is_named_by_sequence() {
     let (app, _) = stopped_store().await;
     edit_ledger(&app, 4, |bytes| bytes[0] ^= 0x01);
-    assert_verify_names(&app, "ledger entry 4: stored bytes do not parse");
+    assert_chain_check_names(&app, "ledger entry 4: stored bytes do not parse");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +90,7 @@ async fn a_deleted_entry_is_named_by_sequence() {
     txn.open_table(LEDGER).unwrap().remove(5).unwrap();
     txn.commit().unwrap();
     drop(db);
-    assert_verify_names(&app, "ledger entry 5 is missing");
+    assert_chain_check_names(&app, "ledger entry 5 is missing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,4 +124,8 @@ async fn a_projection_row_the_ledger_does_not_explain_is_named() {
             ids[1]
         ),
     );
+    // The chain itself is whole: only the full check, which replays it, sees the widened token.
+    let chain = app.stella(&["orch", "db", "verify", "--chain-only"]);
+    assert!(chain.status.success(), "{}", stderr(&chain));
+    assert!(stdout(&chain).contains("(tables not checked)"), "{}", stdout(&chain));
 }

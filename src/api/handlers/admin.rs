@@ -76,14 +76,29 @@ pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult
     }))
 }
 
-pub async fn db_verify(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::DbVerify>> {
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifyQuery {
+    /// Only the ledger's chain, on two threads, without the replay.
+    #[serde(default)]
+    chain_only: bool,
+}
+
+pub async fn db_verify(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Query(q): Query<VerifyQuery>,
+) -> ApiResult<Json<dto::DbVerify>> {
     if !(auth.0.has(Scope::Admin) || auth.0.has(Scope::Audit)) || auth.0.tenant.is_some() && !auth.0.has(Scope::Admin) {
         return Err(Problem::forbidden());
     }
     let store = state.store.clone();
-    let report = tokio::task::spawn_blocking(move || store.read().and_then(|txn| verify::verify(&txn)))
-        .await
-        .map_err(Problem::internal)??;
+    let report = tokio::task::spawn_blocking(move || {
+        let txn = store.read()?;
+        if q.chain_only { verify::verify_chain(&txn, 2) } else { verify::verify(&txn) }
+    })
+    .await
+    .map_err(Problem::internal)??;
     Ok(Json(report.into()))
 }
 
