@@ -368,11 +368,14 @@ pub struct StoredHead<'a> {
     pub kind: &'a str,
     pub prev: &'a str,
     pub hash: &'a str,
+    /// The `data` member's value, as stored JSON.
+    pub data: &'a [u8],
 }
 
 /// Where the members up to `seq` lie in an entry in the canonical stored form: what a chain
 /// check needs. Each is the span of the value, quotes included.
 struct Layout {
+    data_start: usize,
     data_end: usize,
     hash: (usize, usize),
     kind: (usize, usize),
@@ -383,12 +386,12 @@ struct Layout {
 impl Layout {
     fn of(b: &[u8]) -> Option<Layout> {
         let (_, actor_end) = member(b, 0, b"{\"actor\":")?;
-        let (_, data_end) = member(b, actor_end, b",\"data\":")?;
+        let (data_start, data_end) = member(b, actor_end, b",\"data\":")?;
         let hash = member(b, data_end, b",\"hash\":")?;
         let kind = member(b, hash.1, b",\"kind\":")?;
         let prev = member(b, kind.1, b",\"prev\":")?;
         let seq = member(b, prev.1, b",\"seq\":")?;
-        Some(Layout { data_end, hash, kind, prev, seq })
+        Some(Layout { data_start, data_end, hash, kind, prev, seq })
     }
 
     /// A hex digest's 64 digits, quotes stripped.
@@ -426,6 +429,7 @@ pub fn stored_head(bytes: &[u8]) -> Option<StoredHead<'_>> {
         kind: plain_str(bytes, l.kind)?,
         prev: hex(l.prev)?,
         hash: hex(l.hash)?,
+        data: &bytes[l.data_start..l.data_end],
     })
 }
 
@@ -493,6 +497,7 @@ mod tests {
                 (head.seq, head.time, head.kind, head.prev, head.hash),
                 (seq, 7, "test.entry", &*prev, &*e.hash)
             );
+            assert_eq!(serde_json::from_slice::<serde_json::Value>(head.data).unwrap(), e.data);
             assert_eq!(stored_head(&e.to_json()), None, "the older stored form");
             assert_eq!(stored_head(&[&stored[..], b" "].concat()), None, "bytes after the entry");
             let link = Link::parse(&prev).unwrap();

@@ -328,7 +328,7 @@ fn write_files(
                 };
                 for batch in batches {
                     for entry in batch.entries() {
-                        let entry: traces::TraceEntry = serde_json::from_slice(entry).map_err(store_err)?;
+                        let entry = traces::TraceEntry::of(entry).map_err(store_err)?;
                         builder.feed(&entry, &mut |spans| finished.push(spans));
                         write(&mut t, &mut finished)?;
                     }

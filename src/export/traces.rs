@@ -22,6 +22,19 @@ pub struct TraceEntry<'a> {
     pub data: TraceData<'a>,
 }
 
+impl<'a> TraceEntry<'a> {
+    /// The entry's time, kind and data: located in the canonical stored form, where only the
+    /// data is parsed; parsed whole from an older form.
+    pub fn of(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        match crate::ledger::stored_head(bytes) {
+            Some(h) => {
+                Ok(TraceEntry { time: h.time, kind: Cow::Borrowed(h.kind), data: serde_json::from_slice(h.data)? })
+            }
+            None => serde_json::from_slice(bytes),
+        }
+    }
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct TraceData<'a> {
