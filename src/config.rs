@@ -24,8 +24,12 @@ impl Layout {
         Self { root: PathBuf::from("/") }
     }
 
+    /// The appliance laid out under `root`, made absolute against the working directory: the
+    /// daemon hands these paths to plugins it starts in directories of their own, where a
+    /// relative path (dev mode's `./stella-dev`) would name nothing.
     pub fn under(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        Self { root: std::path::absolute(&root).unwrap_or(root) }
     }
 
     pub fn etc(&self) -> PathBuf {

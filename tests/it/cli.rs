@@ -98,3 +98,16 @@ fn completions_and_man_pages_are_generated() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(dir.path().join("stella.1").exists());
 }
+
+/// The README's first command, `serve --dev` in a working directory without `--state-dir`,
+/// leaves the state in the relative `./stella-dev`: the sample DAG runs to the end there,
+/// its plugin step included (its program is found whatever directory it runs in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_appliance_runs_the_sample_dag() {
+    let app = TestAppliance::start_as_the_readme_does();
+    assert!(app.root().ends_with("stella-dev") && app.root().join("var/lib/stella").is_dir());
+    let c = app.socket_client();
+    let id = run_sample(&c).await;
+    let run = api_get(&c, &format!("/runs/{id}")).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+}

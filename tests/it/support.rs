@@ -16,10 +16,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct TestAppliance {
     pub dir: tempfile::TempDir,
+    /// The state directory: the temp dir, or `stella-dev` in it (see [`Self::start_as_the_readme_does`]).
+    root: PathBuf,
     child: Option<Child>,
     pub https: Option<String>,
     /// `serve --dev` (the default) or plain `serve`.
     dev: bool,
+    /// Started in the temp dir without `--state-dir`: dev mode's default `./stella-dev`.
+    default_state_dir: bool,
 }
 
 impl TestAppliance {
@@ -30,14 +34,25 @@ impl TestAppliance {
 
     /// A dev appliance whose config is the dev defaults changed by `edit`.
     pub fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
+        Self::start_dev(false, edit)
+    }
+
+    /// `serve --dev` as the README starts it: in a working directory, without `--state-dir`,
+    /// so the state is the relative `./stella-dev`.
+    pub fn start_as_the_readme_does() -> Self {
+        Self::start_dev(true, |_| {})
+    }
+
+    fn start_dev(default_state_dir: bool, edit: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let layout = Layout::under(dir.path());
+        let root = if default_state_dir { dir.path().join("stella-dev") } else { dir.path().to_owned() };
+        let layout = Layout::under(&root);
         let mut config = Config::dev(&layout);
         config.server.listen = Some("127.0.0.1:0".to_owned());
         edit(&mut config);
         std::fs::create_dir_all(layout.etc()).unwrap();
         std::fs::write(layout.config_file(), config.to_toml()).unwrap();
-        let mut app = TestAppliance { dir, child: None, https: None, dev: true };
+        let mut app = TestAppliance { dir, root, child: None, https: None, dev: true, default_state_dir };
         app.launch();
         app
     }
@@ -48,13 +63,14 @@ impl TestAppliance {
         let layout = Layout::under(dir.path());
         std::fs::create_dir_all(layout.etc()).unwrap();
         std::fs::write(layout.config_file(), Config::default().to_toml()).unwrap();
-        let mut app = TestAppliance { dir, child: None, https: None, dev: false };
+        let root = dir.path().to_owned();
+        let mut app = TestAppliance { dir, root, child: None, https: None, dev: false, default_state_dir: false };
         app.launch();
         app
     }
 
     pub fn root(&self) -> &Path {
-        self.dir.path()
+        &self.root
     }
 
     pub fn layout(&self) -> Layout {
@@ -72,9 +88,13 @@ impl TestAppliance {
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
         notify.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
         let log = std::fs::File::create(self.root().join("daemon.log")).unwrap();
-        let child = Command::new(STELLA)
-            .args(["--state-dir"])
-            .arg(self.root())
+        let mut command = Command::new(STELLA);
+        if self.default_state_dir {
+            command.current_dir(self.dir.path());
+        } else {
+            command.arg("--state-dir").arg(self.root());
+        }
+        let child = command
             .args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] })
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
@@ -269,13 +289,20 @@ pub async fn api_get(c: &Client, path: &str) -> Value {
 /// Follows a run's event stream from the start until `marker` (e.g. `event: step.started`)
 /// has been seen.
 pub async fn wait_for_event(c: &Client, run: &str, marker: &str) {
+    // Bounded: the run's end stops the wait too, so a run that fails says so instead of
+    // leaving the test waiting for a success that will not come.
+    let ends = ["event: run.succeeded", "event: run.failed", "event: run.cancelled"];
     let mut pending = String::new();
-    c.stream(&format!("{API}/runs/stream?run={run}"), Some(0), |chunk| {
-        pending.push_str(&String::from_utf8_lossy(chunk));
-        !pending.contains(marker)
-    })
-    .await
-    .unwrap();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.stream(&format!("{API}/runs/stream?run={run}"), Some(0), |chunk| {
+            pending.push_str(&String::from_utf8_lossy(chunk));
+            !pending.contains(marker) && !ends.iter().any(|e| pending.contains(e))
+        }),
+    )
+    .await;
+    assert!(waited.is_ok_and(|r| r.is_ok()), "no {marker:?} from run {run} within 60 s:\n{pending}");
+    assert!(pending.contains(marker), "run {run} ended without {marker:?}:\n{pending}");
 }
 
 /// Starts the sample pipeline and follows it to its end; returns the run id.
