@@ -110,10 +110,13 @@ impl Client {
             .map_err(|e| CliError::Invalid(format!("request {path}: {e}")))?;
         match &self.transport {
             Transport::Unix(socket) => {
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(socket))
-                    .await
-                    .map_err(|_| CliError::Unreachable(format!("connect to {} timed out", socket.display())))?
-                    .map_err(|e| CliError::Unreachable(format!("{}: {e}", socket.display())))?;
+                let stream = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::UnixStream::connect(crate::config::socket_arg(socket)),
+                )
+                .await
+                .map_err(|_| CliError::Unreachable(format!("connect to {} timed out", socket.display())))?
+                .map_err(|e| CliError::Unreachable(format!("{}: {e}", socket.display())))?;
                 exchange(stream, req).await
             }
             Transport::Https { authority, host, tls, url } => {
@@ -157,7 +160,7 @@ impl Client {
         let Transport::Unix(socket) = &self.transport else {
             return Err(CliError::NotAvailable("streaming over --server (use the socket)".into()));
         };
-        let stream = tokio::net::UnixStream::connect(socket)
+        let stream = tokio::net::UnixStream::connect(crate::config::socket_arg(socket))
             .await
             .map_err(|e| CliError::Unreachable(format!("{}: {e}", socket.display())))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -19,6 +19,21 @@ pub fn appliance_key_in(lib: &Path) -> PathBuf {
     lib.join("keys/appliance_ed25519")
 }
 
+/// A Unix socket's path as bind(2) and connect(2) take it. `sun_path` holds 107 bytes, so a
+/// longer absolute path (the dev layout under a deep checkout) is given relative to the working
+/// directory when it lies below it and that fits; otherwise as it is, and the call says so.
+pub fn socket_arg(path: &Path) -> std::borrow::Cow<'_, Path> {
+    const SUN_PATH_MAX: usize = 107;
+    if path.as_os_str().len() > SUN_PATH_MAX
+        && let Ok(cwd) = std::env::current_dir()
+        && let Ok(relative) = path.strip_prefix(&cwd)
+        && relative.as_os_str().len() <= SUN_PATH_MAX
+    {
+        return std::borrow::Cow::Owned(relative.to_path_buf());
+    }
+    std::borrow::Cow::Borrowed(path)
+}
+
 impl Layout {
     pub fn production() -> Self {
         Self { root: PathBuf::from("/") }

@@ -301,15 +301,16 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, CliError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("create {}: {e}", dir.display())))?;
     }
+    let arg = crate::config::socket_arg(path);
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(&arg).is_ok() {
             return Err(CliError::Other(format!("socket {} is in use: another daemon is running", path.display())));
         }
         std::fs::remove_file(path)
             .map_err(|e| CliError::Other(format!("remove stale socket {}: {e}", path.display())))?;
     }
     let listener =
-        tokio::net::UnixListener::bind(path).map_err(|e| CliError::Other(format!("bind {}: {e}", path.display())))?;
+        tokio::net::UnixListener::bind(&arg).map_err(|e| CliError::Other(format!("bind {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| CliError::Other(format!("chmod {}: {e}", path.display())))?;
     Ok(listener)

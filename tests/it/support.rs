@@ -11,6 +11,8 @@ use stella::client::Client;
 use stella::config::{Config, Layout};
 
 pub const STELLA: &str = env!("CARGO_BIN_EXE_stella");
+/// A directory name long enough that a socket below it needs more than 107 bytes.
+const DEEP: &str = "a-checkout-several-directories-deep-whose-absolute-path-is-longer-than-sun-path";
 /// How long a daemon may take to become ready before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -37,15 +39,21 @@ impl TestAppliance {
         Self::start_dev(false, edit)
     }
 
-    /// `serve --dev` as the README starts it: in a working directory, without `--state-dir`,
-    /// so the state is the relative `./stella-dev`.
+    /// `serve --dev` as the README starts it: in a working directory (a deep one, whose
+    /// absolute socket path is longer than a socket address holds), without `--state-dir`, so
+    /// the state is the relative `./stella-dev`. [`Self::working_dir`] is that directory.
     pub fn start_as_the_readme_does() -> Self {
         Self::start_dev(true, |_| {})
     }
 
+    /// Where [`Self::start_as_the_readme_does`] started the daemon.
+    pub fn working_dir(&self) -> PathBuf {
+        self.dir.path().join(DEEP)
+    }
+
     fn start_dev(default_state_dir: bool, edit: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let root = if default_state_dir { dir.path().join("stella-dev") } else { dir.path().to_owned() };
+        let root = if default_state_dir { dir.path().join(DEEP).join("stella-dev") } else { dir.path().to_owned() };
         let layout = Layout::under(&root);
         let mut config = Config::dev(&layout);
         config.server.listen = Some("127.0.0.1:0".to_owned());
@@ -83,14 +91,15 @@ impl TestAppliance {
 
     /// Starts the daemon and waits for READY=1.
     pub fn launch(&mut self) {
-        let notify_path = self.root().join("notify.sock");
+        // In the temp dir itself: a state directory may be too deep for a socket path.
+        let notify_path = self.dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
         notify.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
         let log = std::fs::File::create(self.root().join("daemon.log")).unwrap();
         let mut command = Command::new(STELLA);
         if self.default_state_dir {
-            command.current_dir(self.dir.path());
+            command.current_dir(self.working_dir());
         } else {
             command.arg("--state-dir").arg(self.root());
         }
