@@ -71,6 +71,26 @@ fn authenticate(state: &AppState, token: &str) -> Option<Principal> {
     auth::check(token, record.as_ref(), state.clock.now_ms(), &state.config.tenants.allowed)
 }
 
+/// A query string: 400 with the problem body (`invalid_query`, naming what is wrong) when it
+/// does not fit, like every other refusal, rather than axum's plain-text one.
+#[derive(Debug)]
+pub struct QueryArgs<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(QueryArgs(v)),
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text).to_owned();
+                Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", detail))
+            }
+        }
+    }
+}
+
 /// A JSON body: 400 when it does not parse, 422 naming the field when it does not fit,
 /// 413 when too large, 415 without a JSON content type.
 #[derive(Debug)]

@@ -141,3 +141,27 @@ async fn malformed_and_ill_typed_json_get_problems_naming_the_fault() {
     assert!(bad_scope["detail"].as_str().unwrap().contains("orchestrator:root"), "{bad_scope}");
     assert_eq!(ledger_height(&client).await, height, "nothing was written");
 }
+
+/// A query string that does not fit gets the same problem body as every other refusal
+/// (`invalid_query`, naming the parameter), not a plain-text 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ill_typed_query_strings_get_problems_naming_the_parameter() {
+    let app = TestAppliance::start();
+    let client = app.socket_client();
+    for (path, needle) in [
+        ("/api/v1/orchestrator/admin/db/verify?chainOnly=maybe", "chainOnly"),
+        ("/api/v1/orchestrator/admin/db/verify?colour=blue", "colour"),
+        ("/api/v1/orchestrator/ledger?after=-1", "after"),
+    ] {
+        let reply = client.get(path).await.unwrap();
+        assert_eq!(reply.status.as_u16(), 400, "{path}");
+        assert!(
+            reply.headers["content-type"].to_str().unwrap().starts_with("application/problem+json"),
+            "{path}: {:?}",
+            reply.headers["content-type"]
+        );
+        let v = reply.json().unwrap();
+        assert_eq!(v["code"], "invalid_query", "{path}: {v}");
+        assert!(v["detail"].as_str().unwrap().contains(needle), "{path}: {v}");
+    }
+}

@@ -1,7 +1,7 @@
 //! Appliance-level routes: health, status, the ledger and `db verify`.
 
 use crate::api::dto;
-use crate::api::extract::Auth;
+use crate::api::extract::{Auth, QueryArgs};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
@@ -9,7 +9,7 @@ use crate::clock::rfc3339;
 use crate::store::schema::{SCHEMA_VERSION, read};
 use crate::store::verify;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -87,7 +87,7 @@ pub struct VerifyQuery {
 pub async fn db_verify(
     State(state): State<Arc<AppState>>,
     auth: Auth,
-    Query(q): Query<VerifyQuery>,
+    QueryArgs(q): QueryArgs<VerifyQuery>,
 ) -> ApiResult<Json<dto::DbVerify>> {
     if !(auth.0.has(Scope::Admin) || auth.0.has(Scope::Audit)) || auth.0.tenant.is_some() && !auth.0.has(Scope::Admin) {
         return Err(Problem::forbidden());
@@ -116,7 +116,7 @@ pub struct LedgerQuery {
 pub async fn ledger(
     State(state): State<Arc<AppState>>,
     auth: Auth,
-    Query(q): Query<LedgerQuery>,
+    QueryArgs(q): QueryArgs<LedgerQuery>,
 ) -> ApiResult<Json<dto::LedgerPage>> {
     let principal = auth.require(Scope::Audit)?;
     let limit = q.limit.unwrap_or(LEDGER_PAGE_MAX).clamp(1, LEDGER_PAGE_MAX);

@@ -1,7 +1,7 @@
 //! Named locks over HTTP: what the runbooks' `orch locks …` commands call.
 
 use crate::api::dto;
-use crate::api::extract::{Auth, JsonBody};
+use crate::api::extract::{Auth, JsonBody, QueryArgs};
 use crate::api::handlers::queue::{EnvQuery, acting_tenant, ms, submit};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
@@ -10,7 +10,7 @@ use crate::locks::{ForceTarget, LockCommand, in_env};
 use crate::store::Command;
 use crate::store::schema::read;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use std::sync::Arc;
 
 /// Locks listed at most.
@@ -19,7 +19,7 @@ const LOCK_LIST_MAX: usize = 10_000;
 pub async fn list(
     State(state): State<Arc<AppState>>,
     auth: Auth,
-    Query(q): Query<EnvQuery>,
+    QueryArgs(q): QueryArgs<EnvQuery>,
 ) -> ApiResult<Json<dto::LockList>> {
     let p = auth.require(Scope::Read)?;
     let txn = state.store.read()?;

@@ -3,7 +3,7 @@
 //! worker registry. In-process executors and remote agents use these same routes.
 
 use crate::api::dto;
-use crate::api::extract::{Auth, JsonBody};
+use crate::api::extract::{Auth, JsonBody, QueryArgs};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
@@ -16,7 +16,7 @@ use crate::store::records::Budget;
 use crate::store::schema::read;
 use crate::store::{Command, Committed};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -329,7 +329,7 @@ pub async fn clear_budget(
     State(state): State<Arc<AppState>>,
     auth: Auth,
     Path(job_type): Path<String>,
-    Query(q): Query<TenantQuery>,
+    QueryArgs(q): QueryArgs<TenantQuery>,
 ) -> ApiResult<Json<dto::QueueStatus>> {
     let p = auth.require(Scope::Admin)?;
     let tenant = q.tenant.unwrap_or_else(|| "*".to_owned());
@@ -400,7 +400,7 @@ pub struct EnvQuery {
 pub async fn workers(
     State(state): State<Arc<AppState>>,
     auth: Auth,
-    Query(q): Query<EnvQuery>,
+    QueryArgs(q): QueryArgs<EnvQuery>,
 ) -> ApiResult<Json<dto::WorkerList>> {
     let p = auth.require(Scope::Read)?;
     let txn = state.store.read()?;

@@ -5,13 +5,13 @@
 //! consumer that falls further behind than the event buffer gets a `lagged` event naming the
 //! sequence to resume from, and is disconnected. Filters: `run`, `dag`, `tenant`.
 
-use crate::api::extract::Auth;
+use crate::api::extract::{Auth, QueryArgs};
 use crate::api::problem::ApiResult;
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
 use crate::ledger::Entry;
 use crate::store::schema::read;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -99,7 +99,7 @@ pub async fn stream(
     State(state): State<Arc<AppState>>,
     auth: Auth,
     headers: HeaderMap,
-    Query(q): Query<StreamQuery>,
+    QueryArgs(q): QueryArgs<StreamQuery>,
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
     let principal = auth.require(Scope::Read)?.clone();
