@@ -152,31 +152,6 @@ impl SpanParts {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ScopeSpans<'a> {
-    scope: Scope,
-    spans: &'a [Span],
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResourceSpans<'a> {
-    resource: &'a Resource,
-    scope_spans: [ScopeSpans<'a>; 1],
-}
-
-/// An `ExportTraceServiceRequest`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TracesRequest<'a> {
-    resource_spans: [ResourceSpans<'a>; 1],
-}
-
-pub fn traces_request<'a>(resource: &'a Resource, spans: &'a [Span]) -> TracesRequest<'a> {
-    TracesRequest { resource_spans: [ResourceSpans { resource, scope_spans: [ScopeSpans { scope: scope(), spans }] }] }
-}
-
 /// Appends `s` as a JSON string, byte for byte as `serde_json` writes it: copied as it is
 /// when nothing in it needs escaping (nearly always), by `serde_json` otherwise.
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -254,7 +229,7 @@ impl Span {
     }
 }
 
-/// [`traces_request`] written as one JSON line into `out` (cleared first), the same bytes
+/// An `ExportTraceServiceRequest` written as one JSON line into `out` (cleared first), the same bytes
 /// `serde_json` writes for it.
 pub fn write_traces_request(out: &mut Vec<u8>, resource: &Resource, spans: &[Span]) {
     out.clear();
@@ -553,6 +528,40 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The serde rendering of an `ExportTraceServiceRequest`: the reference that
+/// [`write_traces_request`] is checked against, byte for byte.
+#[cfg(test)]
+mod reference {
+    use super::{Resource, Scope, Serialize, Span, scope};
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ScopeSpans<'a> {
+        scope: Scope,
+        spans: &'a [Span],
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ResourceSpans<'a> {
+        resource: &'a Resource,
+        scope_spans: [ScopeSpans<'a>; 1],
+    }
+
+    /// An `ExportTraceServiceRequest`.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct TracesRequest<'a> {
+        resource_spans: [ResourceSpans<'a>; 1],
+    }
+
+    pub(super) fn traces_request<'a>(resource: &'a Resource, spans: &'a [Span]) -> TracesRequest<'a> {
+        TracesRequest {
+            resource_spans: [ResourceSpans { resource, scope_spans: [ScopeSpans { scope: scope(), spans }] }],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,7 +612,7 @@ mod tests {
                 let resource = resource(&texts[i64::rem_euclid(n, 6) as usize]);
                 let mut ours = Vec::new();
                 write_traces_request(&mut ours, &resource, &spans);
-                let theirs = serde_json::to_vec(&traces_request(&resource, &spans)).unwrap();
+                let theirs = serde_json::to_vec(&reference::traces_request(&resource, &spans)).unwrap();
                 proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
             }
         }
