@@ -84,6 +84,7 @@ async fn daemon(
         Command::RecordStart { version: env!("CARGO_PKG_VERSION").to_owned(), pid: std::process::id(), dev: opts.dev },
     )
     .await?;
+    interrupt_previous_attempts(&writer, &opts.layout).await?;
     let new_token =
         if opts.dev { ensure_dev_token(&opts.layout, &store, &writer, &config, &*clock).await? } else { None };
     // An import the previous daemon died in the middle of left its files in staging only.
@@ -163,7 +164,7 @@ async fn daemon(
     ));
     let executor = config.exec.enabled.then(|| {
         let opts = crate::exec::worker::ExecOptions {
-            worker: format!("local-{}", std::process::id()),
+            worker: format!("{LOCAL_WORKER}{}", std::process::id()),
             slots: config.exec.slots,
             lease_ttl_ms: config.queue.lease_ttl_ms,
             lib: opts.layout.lib(),
@@ -183,6 +184,27 @@ async fn daemon(
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
+
+/// The attempts the previous daemon's executor held died with it: its plugin processes are
+/// stopped, then each attempt is requeued at once as interrupted (not as the plugin's failure,
+/// and without waiting for its lease to lapse).
+async fn interrupt_previous_attempts(writer: &WriterHandle, layout: &Layout) -> Result<(), CliError> {
+    crate::exec::plugin::reap_orphans(&layout.lib());
+    loop {
+        let command = Command::Queue(crate::queue::QueueCommand::Interrupt { worker_prefix: LOCAL_WORKER.to_owned() });
+        let c = writer.submit(Actor::appliance(), command).await.map_err(|e| CliError::Store(e.to_string()))?;
+        let note = c.note.unwrap_or_default();
+        if let Some(n) = note["interrupted"].as_u64().filter(|n| *n > 0) {
+            tracing::warn!(attempts = n, "requeued the attempts a previous daemon was running when it stopped");
+        }
+        if note["deferred"].as_u64().unwrap_or(0) == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// The in-process executor's worker names start with this (then the daemon's pid).
+const LOCAL_WORKER: &str = "local-";
 
 /// The effective uid, through libc: std has no safe accessor for it.
 fn unsafe_free_geteuid() -> u32 {

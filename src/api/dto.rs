@@ -573,6 +573,37 @@ pub struct RunStep {
     /// Why a step that is not running waits.
     pub wait_reason: Option<String>,
     pub outputs: serde_json::Value,
+    /// Its latest attempts, oldest first, each with how it ended.
+    #[serde(default)]
+    pub history: Vec<StepAttempt>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepAttempt {
+    pub attempt: u32,
+    pub worker: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// `succeeded`, `failed`, `retrying`, `interrupted` (the appliance restarted), `cancelled`;
+    /// none while it runs.
+    pub outcome: Option<String>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+}
+
+impl StepAttempt {
+    pub fn from_record(a: &crate::store::records::AttemptRecord) -> Self {
+        StepAttempt {
+            attempt: a.attempt,
+            worker: a.worker.clone(),
+            started_at: rfc3339(a.started_ms),
+            finished_at: a.finished_ms.map(rfc3339),
+            outcome: a.outcome.clone(),
+            error_code: a.error_code.clone(),
+            error: a.error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -64,6 +64,34 @@ fn run_text(v: &Value, verbose: bool) -> String {
         headers.extend(["PLUGIN", "DIGEST", "WORKER", "STARTED", "MS", "ERROR CODE", "ERROR"]);
     }
     out.push_str(&table(&headers, &rows));
+    if verbose {
+        let attempts: Vec<Vec<String>> = v["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|st| {
+                st["history"].as_array().into_iter().flatten().map(|a| {
+                    vec![
+                        s(&st["name"]),
+                        s(&a["attempt"]),
+                        s(&a["worker"]),
+                        s(&a["startedAt"]),
+                        s(&a["finishedAt"]),
+                        if a["outcome"].is_null() { "running".into() } else { s(&a["outcome"]) },
+                        s(&a["errorCode"]),
+                        s(&a["error"]),
+                    ]
+                })
+            })
+            .collect();
+        if !attempts.is_empty() {
+            out.push_str("\nattempts:\n");
+            out.push_str(&table(
+                &["STEP", "ATTEMPT", "WORKER", "STARTED", "FINISHED", "OUTCOME", "ERROR CODE", "ERROR"],
+                &attempts,
+            ));
+        }
+    }
     out
 }
 

@@ -4,7 +4,7 @@
 use crate::engine::step_key;
 use crate::ledger::Entry;
 use crate::store::projection::ApplyError;
-use crate::store::records::{DagRecord, DagVersion, RunRecord, RunStatus, StepRecord, StepState};
+use crate::store::records::{AttemptRecord, DagRecord, DagVersion, RunRecord, RunStatus, StepRecord, StepState};
 use crate::store::schema::{
     COUNTERS, DAG_SPECS, DAGS, DUE, PLUGINS, RUN_TOKENS, RUN_WAITING, RUNS, SCHEDULES, STEPS, rw,
 };
@@ -118,6 +118,9 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
         return Ok(true);
     }
     let mut rec = step(txn, entry, &run_id, s(entry, "step")?)?;
+    if matches!(kind, "step.retrying" | "step.interrupted" | "step.succeeded" | "step.failed" | "step.cancelled") {
+        rec.end_attempt(kind.trim_start_matches("step."), entry.time, &entry.data);
+    }
     match kind {
         "step.waiting" => {
             let mut counters = txn.open_table(COUNTERS).map_err(r)?;
@@ -156,13 +159,28 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
             // Every attempt counts, across manual retries (which start a new job).
             rec.attempts += 1;
             rec.started_ms = Some(entry.time);
+            if rec.history.len() >= StepRecord::HISTORY_MAX {
+                rec.history.remove(0);
+            }
+            rec.history.push(AttemptRecord {
+                attempt: entry.data["attempt"].as_u64().unwrap_or(u64::from(rec.attempts)) as u32,
+                worker: s(entry, "worker")?.to_owned(),
+                started_ms: entry.time,
+                finished_ms: None,
+                outcome: None,
+                error_code: None,
+                error: None,
+            });
         }
-        "step.retrying" => {
+        "step.retrying" | "step.interrupted" => {
             rec.state = StepState::Queued;
             rec.error = entry.data["error"].as_str().map(str::to_owned);
             rec.error_code = entry.data["errorCode"].as_str().map(str::to_owned);
         }
         "step.succeeded" => {
+            // An earlier attempt's error is history (the trace keeps it), not the step's state.
+            rec.error = None;
+            rec.error_code = None;
             rec.outputs = entry.data["outputs"].clone();
             finish_step(&mut rec, &mut run, StepState::Succeeded, entry.time);
             release_dependants(txn, entry, &run_id)?;

@@ -96,6 +96,8 @@ pub enum Outcome {
     Succeeded { outputs: Value },
     Retrying { error: String, code: String },
     Failed { error: String, code: String },
+    /// The attempt died with the appliance (a crash or kill -9): queued again at once.
+    Interrupted { error: String },
 }
 
 pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
@@ -518,6 +520,14 @@ pub fn on_outcome(
         }
         Outcome::Failed { error, code } => {
             p.finished(ctx, idx, StepState::Failed, json!({ "error": error, "errorCode": code }))?
+        }
+        Outcome::Interrupted { error } => {
+            let d = p.draft(
+                "step.interrupted",
+                Some(&step),
+                json!({ "runId": run.id, "step": step, "error": error, "errorCode": "interrupted" }),
+            );
+            p.drafts.push(d);
         }
     }
     p.settle();

@@ -4,7 +4,7 @@
 
 use crate::exec::builtin::{self, StepResult};
 use crate::exec::plugin;
-use crate::queue::QueueCommand;
+use crate::queue::{QueueCommand, WAKE_KINDS};
 use crate::store::command::Actor;
 use crate::store::schema::read;
 use crate::store::{Command, Store, WriterHandle};
@@ -13,9 +13,6 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
 
-/// Entry kinds after which ready work may exist.
-const WAKE_KINDS: &[&str] =
-    &["job.enqueued", "job.ready", "lease.expired", "queue.resumed", "dlq.replayed", "queue.budget_cleared"];
 
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
@@ -44,7 +41,6 @@ fn actor(worker: &str) -> Actor {
 }
 
 pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop: watch::Receiver<bool>) {
-    plugin::reap_orphans(&opts.lib);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(opts.slots.max(1));
     let mut events = writer.subscribe();
     let mut free = opts.slots;

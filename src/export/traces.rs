@@ -144,7 +144,7 @@ impl Builder {
                 };
                 self.attempts.insert(key, attempt);
             }
-            "step.succeeded" | "step.failed" | "step.retrying" | "step.cancelled" | "step.skipped" => {
+            "step.succeeded" | "step.failed" | "step.retrying" | "step.interrupted" | "step.cancelled" | "step.skipped" => {
                 let error = match e.kind.as_ref() {
                     "step.succeeded" | "step.skipped" => None,
                     "step.cancelled" => Some("cancelled".to_owned()),
@@ -168,7 +168,8 @@ impl Builder {
                     })
                 });
                 if let Some(a) = open.filter(|_| e.kind != "step.skipped") {
-                    let known = if e.kind == "step.retrying" {
+                    let again = matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted");
+                    let known = if again {
                         self.jobs.get(&a.job).cloned()
                     } else {
                         self.jobs.remove(&a.job)
@@ -202,7 +203,7 @@ impl Builder {
                     };
                     self.push(&run, span.build());
                 }
-                if e.kind != "step.retrying" {
+                if !matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted") {
                     let start =
                         self.queued.remove(&key).or_else(|| lookup(self).and_then(|r| r.queued_ms)).unwrap_or(e.time);
                     let span = SpanParts {

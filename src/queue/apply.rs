@@ -60,6 +60,9 @@ struct Finished {
     next: Option<String>,
     #[serde(default)]
     not_before_ms: Option<i64>,
+    /// `lease.interrupted`: how many of the job's attempts the appliance's restarts cut short.
+    #[serde(default)]
+    interruptions: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +215,7 @@ fn insert_new(txn: &WriteTransaction, entry: &Entry, new: &EnqueuedJob) -> Resul
         result: None,
         finished_ms: None,
         backoff_ms: new.backoff_ms,
+        interruptions: 0,
     };
     make_waiting(txn, &mut job, entry.time)?;
     count(txn, &job.job_type, None, Some(job.state))?;
@@ -240,6 +244,14 @@ fn finish_attempt(txn: &WriteTransaction, entry: &Entry, f: &Finished) -> Result
     }
     end_lease(txn, &mut job)?;
     let from = Some(JobState::Leased);
+    let interrupted = entry.kind == "lease.interrupted";
+    if interrupted {
+        job.interruptions = f.interruptions.ok_or_else(|| bad(entry, "no interruptions"))?;
+        if f.next.as_deref() == Some("retry") {
+            // The attempt the restart cut short is given back: it does not count against retries.
+            job.max_attempts += 1;
+        }
+    }
     match (entry.kind.as_str(), f.next.as_deref()) {
         ("job.succeeded", _) => {
             job.state = JobState::Succeeded;
@@ -264,12 +276,16 @@ fn finish_attempt(txn: &WriteTransaction, entry: &Entry, f: &Finished) -> Result
     if entry.kind == "lease.expired" {
         increment(txn, "lease_expirations")?;
     }
-    if f.next.as_deref() == Some("retry") {
-        increment(txn, "retries")?;
+    if interrupted {
+        increment(txn, "interruptions")?;
+    } else {
+        if f.next.as_deref() == Some("retry") {
+            increment(txn, "retries")?;
+        }
+        // Attempts by outcome and job type: the failure-rate and burn-rate alerts divide these.
+        let outcome = if entry.kind == "job.succeeded" { "succeeded" } else { "failed" };
+        increment(txn, &format!("attempts:{outcome}:{}", job.job_type))?;
     }
-    // Attempts by outcome and job type: the failure-rate and burn-rate alerts divide these.
-    let outcome = if entry.kind == "job.succeeded" { "succeeded" } else { "failed" };
-    increment(txn, &format!("attempts:{outcome}:{}", job.job_type))?;
     count(txn, &job.job_type, from, Some(job.state))?;
     save(txn, &job)
 }
@@ -300,7 +316,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 grant(txn, entry, &d.worker, g)?;
             }
         }
-        "job.succeeded" | "job.failed" | "lease.expired" => finish_attempt(txn, entry, &data(entry)?)?,
+        "job.succeeded" | "job.failed" | "lease.expired" | "lease.interrupted" => finish_attempt(txn, entry, &data(entry)?)?,
         "job.ready" => {
             #[derive(Deserialize)]
             #[serde(rename_all = "camelCase")]

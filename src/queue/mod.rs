@@ -10,6 +10,24 @@ pub mod timers;
 
 pub use plan::{QueueCommand, ReplaySelector};
 
+/// Entry kinds after which ready work may exist for a waiting lease request or the executor:
+/// a new or returning job, a resumed type, an ended budget, and a freed lock (a step that
+/// names the lock is dispatched only once it is free).
+pub const WAKE_KINDS: &[&str] = &[
+    "job.enqueued",
+    "job.ready",
+    "job.failed",
+    "lease.expired",
+    "lease.interrupted",
+    "queue.resumed",
+    "dlq.replayed",
+    "queue.budget_cleared",
+    "queue.budget_restored",
+    "lock.released",
+    "lock.force_released",
+    "lock.expired",
+];
+
 /// Orders the ready index: higher priority first, then oldest (lowest enqueue seq) first.
 pub fn ready_order(priority: u16, seq: u64) -> u64 {
     (u64::from(u16::MAX - priority) << 48) | (seq & ((1 << 48) - 1))

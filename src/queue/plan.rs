@@ -31,6 +31,11 @@ const TICK_MAX: usize = 1_024;
 pub const DLQ_BATCH_MAX: usize = 10_000;
 /// A delayed enqueue at most.
 const DELAY_MAX_MS: u64 = 30 * 86_400_000;
+/// Attempts of one job that restarts of the appliance may cut short before the job fails
+/// (`interrupted`): a crash loop ends in a clear failure instead of running forever.
+pub const INTERRUPTIONS_MAX: u32 = 3;
+/// Lease timers one interrupt command examines at most.
+const INTERRUPT_SCAN_MAX: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -100,6 +105,12 @@ pub enum QueueCommand {
         ids: Vec<String>,
         snapshot_sha256: String,
     },
+    /// At daemon start: the attempts that in-process workers of a previous daemon (names
+    /// starting with `worker_prefix`) held died with it. Each goes back to ready at once,
+    /// ledgered as `lease.interrupted`, without counting against its retries.
+    Interrupt {
+        worker_prefix: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +171,68 @@ pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Re
         QueueCommand::DlqPurge { tenant, ids, snapshot_sha256 } => {
             dlq_purge(txn, tenant.as_deref(), ids, snapshot_sha256)
         }
+        QueueCommand::Interrupt { worker_prefix } => interrupt(txn, ctx, worker_prefix),
     }
+}
+
+/// See [`QueueCommand::Interrupt`]. A job whose run already had an outcome in this plan waits
+/// for the next command (the note's `deferred`), as in a tick.
+fn interrupt(txn: &WriteTransaction, ctx: &mut PlanCtx, worker_prefix: &str) -> Result<Effects, CommandError> {
+    let leased: Vec<(String, String)> = {
+        let table = txn.open_table(DUE).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(storage)?.take(INTERRUPT_SCAN_MAX) {
+            let (k, _) = row.map_err(storage)?;
+            if let ["lease", job, token] = k.value().1.split('|').collect::<Vec<_>>().as_slice() {
+                out.push(((*job).to_owned(), (*token).to_owned()));
+            }
+        }
+        out
+    };
+    let mut effects = Effects::default();
+    let mut fence = Fence::read(txn)?;
+    let mut touched = HashSet::new();
+    let mut deferred = 0;
+    for (id, token) in leased {
+        let Ok(j) = visible_job(txn, None, &id) else { continue };
+        let Some(lease) = j.lease.clone().filter(|l| {
+            j.state == JobState::Leased && l.token.to_string() == token && l.worker.starts_with(worker_prefix)
+        }) else {
+            continue;
+        };
+        if let Some(run) = j.payload["run"].as_str()
+            && !touched.insert(format!("run:{run}"))
+        {
+            deferred += 1;
+            continue;
+        }
+        let interruptions = j.interruptions + 1;
+        let (mut data, outcome) = if interruptions > INTERRUPTIONS_MAX {
+            let error = format!(
+                "attempt {} was cut short by a restart of the appliance: this job was interrupted {interruptions} times \
+                 (at most {INTERRUPTIONS_MAX} are started again), so it fails",
+                j.attempt
+            );
+            (json!({ "next": "dead", "error": error }), engine::Outcome::Failed { error, code: "interrupted".into() })
+        } else {
+            let error = format!("attempt {} was cut short by a restart of the appliance; started again", j.attempt);
+            (
+                json!({ "next": "retry", "notBeforeMs": ctx.now, "error": error }),
+                engine::Outcome::Interrupted { error },
+            )
+        };
+        data["jobId"] = json!(j.id);
+        data["token"] = json!(lease.token);
+        data["worker"] = json!(lease.worker);
+        data["attempt"] = json!(j.attempt);
+        data["interruptions"] = json!(interruptions);
+        data["errorCode"] = json!("interrupted");
+        effects.drafts.push(draft(&j.tenant, "lease.interrupted", vec![j.id.clone(), lease.worker.clone()], data));
+        effects.drafts.extend(engine::on_outcome(txn, ctx, &j, outcome)?);
+        effects.drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", j.id), &mut touched)?);
+    }
+    effects.note = Some(json!({ "interrupted": effects.drafts.iter().filter(|d| d.kind == "lease.interrupted").count(), "deferred": deferred }));
+    Ok(effects)
 }
 
 fn draft(tenant: &str, kind: &'static str, subjects: Vec<String>, data: serde_json::Value) -> Draft {

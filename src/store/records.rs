@@ -76,6 +76,10 @@ pub struct JobRecord {
     /// Retry backoff base of this job (a DAG step's `backoff`); absent: `queue.backoff_base`.
     #[serde(default)]
     pub backoff_ms: Option<u64>,
+    /// Attempts cut short by the appliance's own restart (given back, not counted against
+    /// `max_attempts`), bounded by `queue::plan::INTERRUPTIONS_MAX`.
+    #[serde(default)]
+    pub interruptions: u32,
 }
 
 /// A dispatch budget of one job type for one tenant (`*` for every tenant).
@@ -266,6 +270,23 @@ pub struct StepRecord {
     pub wait: Option<String>,
     /// Its key in the `run_waiting` queue while it waits for a slot.
     pub wait_key: Option<String>,
+    /// Its latest attempts (at most [`StepRecord::HISTORY_MAX`]), oldest first: how each ended.
+    #[serde(default)]
+    pub history: Vec<AttemptRecord>,
+}
+
+/// One attempt of a step, as the trace shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub worker: String,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// `succeeded`, `failed`, `retrying`, `interrupted`, `cancelled`; none while it runs.
+    pub outcome: Option<String>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
 }
 
 impl StepRecord {
@@ -289,6 +310,20 @@ impl StepRecord {
             outputs: serde_json::Value::Null,
             wait: None,
             wait_key: None,
+            history: vec![],
+        }
+    }
+
+    /// Attempts kept in [`StepRecord::history`].
+    pub const HISTORY_MAX: usize = 16;
+
+    /// Ends the running attempt in the history with `outcome` (and the entry's error).
+    pub fn end_attempt(&mut self, outcome: &str, time: i64, data: &serde_json::Value) {
+        if let Some(a) = self.history.last_mut().filter(|a| a.outcome.is_none()) {
+            a.finished_ms = Some(time);
+            a.outcome = Some(outcome.to_owned());
+            a.error_code = data["errorCode"].as_str().map(str::to_owned);
+            a.error = data["error"].as_str().map(|e| e.chars().take(512).collect());
         }
     }
 }

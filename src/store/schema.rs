@@ -379,6 +379,23 @@ pub mod read {
         Ok(oldest)
     }
 
+    /// Ready jobs (the first `scan` of the ready index) that name locks: DAG steps waiting for
+    /// a lock someone else holds. They are dispatched, and granted their locks, once all are free.
+    pub fn lock_waiting_jobs(txn: &ReadTransaction, scan: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let ready = txn.open_table(READY).map_err(rerr)?;
+        let jobs = txn.open_table(JOBS).map_err(rerr)?;
+        let mut out = Vec::new();
+        for row in ready.iter().map_err(rerr)?.take(scan) {
+            let (_, id) = row.map_err(rerr)?;
+            if let Some(j) = rw::get::<JobRecord>(&jobs, "jobs", id.value())?
+                && j.payload["locks"].as_array().is_some_and(|l| !l.is_empty())
+            {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
     /// Dead jobs visible to `tenant`, oldest death first.
     pub fn dlq(txn: &ReadTransaction, tenant: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         let dlq = txn.open_table(DLQ).map_err(rerr)?;

@@ -6,6 +6,7 @@ mod api_auth;
 mod api_hostile;
 mod bundles;
 mod cli;
+mod drills;
 mod engine_model;
 mod export;
 mod openapi;

@@ -194,8 +194,9 @@ async fn fifty_concurrent_starts_with_one_token_create_one_run() {
     assert!(other.json().unwrap()["detail"].as_str().unwrap().contains(ids.first().unwrap().as_str()));
 }
 
-/// kill -9 while a step runs; after the restart the dead executor's lease expires, the step
-/// runs again and the run completes; nothing is lost from the ledger, which verifies.
+/// kill -9 while a step runs; at the restart the dead executor's attempt is requeued as
+/// interrupted, the step runs again and the run completes; nothing is lost from the ledger,
+/// which verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_survives_kill_9_mid_run() {
     let mut app = TestAppliance::start_with(|c| {
@@ -217,7 +218,7 @@ async fn a_run_survives_kill_9_mid_run() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["kind"] == "lease.expired")
+        .filter(|e| e["kind"] == "lease.interrupted")
         .count();
     assert_eq!(stalls, 1);
     let verify = app.stella(&["orch", "db", "verify"]);

@@ -15,6 +15,12 @@ use std::sync::Arc;
 
 /// Locks listed at most.
 const LOCK_LIST_MAX: usize = 10_000;
+/// Ready jobs examined for DAG steps waiting on a lock.
+const WAITING_SCAN: usize = 10_000;
+
+fn s(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or("?")
+}
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
@@ -24,10 +30,24 @@ pub async fn list(
     let p = auth.require(Scope::Read)?;
     let txn = state.store.read()?;
     let now = state.clock.now_ms();
+    let waiting = read::lock_waiting_jobs(&txn, WAITING_SCAN)?;
     let locks = read::locks(&txn, p.tenant.as_deref(), LOCK_LIST_MAX)?
         .iter()
         .filter(|l| q.env.as_ref().is_none_or(|e| in_env(&l.resource, e)))
-        .map(|l| dto::Lock::from_record(l, now))
+        .map(|l| {
+            let mut lock = dto::Lock::from_record(l, now);
+            // DAG steps that name this lock wait for it without joining its waiter list.
+            lock.waiters.extend(
+                waiting
+                    .iter()
+                    .filter(|j| j.tenant == l.tenant && j.payload["locks"].as_array().is_some_and(|ls| ls.iter().any(|x| x == l.resource.as_str())))
+                    .map(|j| dto::LockWaiterDto {
+                        owner: format!("{}/{} (job:{})", s(&j.payload["run"]), s(&j.payload["step"]), j.id),
+                        since: crate::clock::rfc3339(j.created_ms),
+                    }),
+            );
+            lock
+        })
         .collect();
     Ok(Json(dto::LockList { locks }))
 }

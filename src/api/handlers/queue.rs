@@ -10,7 +10,7 @@ use crate::auth::{Principal, Scope};
 use crate::clock::rfc3339;
 use crate::duration;
 use crate::queue::plan::{LEASE_MAX, valid_type};
-use crate::queue::{QueueCommand, ReplaySelector};
+use crate::queue::{QueueCommand, ReplaySelector, WAKE_KINDS};
 use crate::store::command::Actor;
 use crate::store::records::Budget;
 use crate::store::schema::read;
@@ -28,16 +28,6 @@ const LIST_MAX: usize = 10_000;
 const OLDEST_SCAN: usize = 1_000;
 /// Lease timers examined for the worker registry.
 const LEASE_SCAN: usize = 100_000;
-/// Entry kinds after which a waiting lease request looks again.
-const WAKE_KINDS: &[&str] = &[
-    "job.enqueued",
-    "job.ready",
-    "job.failed",
-    "lease.expired",
-    "queue.resumed",
-    "dlq.replayed",
-    "queue.budget_cleared",
-];
 
 pub fn actor(p: &Principal) -> Actor {
     Actor { name: p.actor.clone() }

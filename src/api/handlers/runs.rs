@@ -152,6 +152,7 @@ pub fn run_dto(state: &AppState, tenant: Option<&str>, id: &str) -> ApiResult<dt
                 error: s.error.clone(),
                 wait_reason: wait_reason(&txn, state, &run, s, needs.get(s.name.as_str()), &by_name)?,
                 outputs: s.outputs.clone(),
+                history: s.history.iter().map(dto::StepAttempt::from_record).collect(),
             })
         })
         .collect::<ApiResult<Vec<_>>>()?;

@@ -1,0 +1,124 @@
+//! What a new operator hit in the runbook drills (runbooks 002–004 against `serve --dev`):
+//! each test opens with the bug as it was seen and fails without its fix.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use stella::client::Client;
+
+async fn register(c: &Client, spec: &str) {
+    api_post(c, "/dags", json!({ "spec": spec })).await;
+}
+
+fn json_out(o: &std::process::Output) -> Value {
+    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+async fn start(c: &Client, dag: &str) -> String {
+    api_post(c, "/runs", json!({ "dag": dag })).await["id"].as_str().unwrap().to_owned()
+}
+
+/// Bug: a step waiting for a lock never started after the lock was freed. `orch locks acquire
+/// env:prod --owner deploy-7`, a run whose step takes `env:prod`, then `orch locks release
+/// lock-1 --force`: 100 s later the step still said "waiting for a worker for noop" with the
+/// local worker alive; it ran only when some other job of that type was enqueued, because
+/// nothing woke the executor on a freed lock. The same when the lock lapsed by its TTL. And
+/// `orch locks list` showed `-` under WAITERS while the step waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_or_expired_lock_wakes_the_step_that_waits_for_it() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    register(&c, "name = \"ship\"\n[steps.ship]\nplugin = \"noop\"\nlocks = [\"env:prod\"]\n").await;
+    let acquired = json_out(&app.stella(&[
+        "--format", "json", "orch", "locks", "acquire", "env:prod", "--owner", "deploy-7", "--ttl", "10m",
+    ]));
+    let lock = acquired["lockId"].as_str().unwrap().to_owned();
+    let id = start(&c, "ship").await;
+    let listed = json_out(&app.stella(&["--format", "json", "orch", "locks", "list", "--env", "prod"]));
+    let waiters = listed["locks"][0]["waiters"].as_array().unwrap();
+    assert!(
+        waiters.iter().any(|w| w["owner"].as_str().unwrap().starts_with(&format!("{id}/ship"))),
+        "the waiting step is listed: {listed}"
+    );
+    let text = stdout(&app.stella(&["orch", "locks", "list"]));
+    assert!(text.contains(&format!("{id}/ship")), "{text}");
+    let released =
+        app.stella(&["orch", "locks", "release", &lock, "--force", "--reason", "holder crashed"]);
+    assert!(released.status.success(), "{}", stderr(&released));
+    wait_for_event(&c, &id, "event: run.succeeded").await;
+
+    // By its TTL: the lock lapses, the timer's tick frees it, and that wakes the step too.
+    let acquired = json_out(&app.stella(&[
+        "--format", "json", "orch", "locks", "acquire", "env:prod", "--owner", "deploy-8", "--ttl", "1s",
+    ]));
+    assert_eq!(acquired["granted"], true);
+    let id = start(&c, "ship").await;
+    wait_for_event(&c, &id, "event: run.succeeded").await;
+    let entries = api_get(&c, "/ledger?limit=1000").await;
+    assert!(entries["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "lock.expired"));
+}
+
+/// Bug: kill -9 of the daemon mid-step failed the step with `lease_expired` (and so the run,
+/// with no retries left) once the dead executor's lease lapsed, and for that time `status`
+/// showed the step running although the new daemon had killed its plugin. An attempt cut
+/// short by the appliance's own restart is requeued at once as interrupted, without counting
+/// against the step's retries; a crash loop ends in a clear `interrupted` failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_cut_short_by_a_daemon_crash_runs_again_without_spending_a_retry() {
+    // A lease far longer than the test: only the interruption can free the step.
+    let mut app = TestAppliance::start_with(|c| c.queue.lease_ttl_ms = 600_000);
+    let c = app.socket_client();
+    register(&c, "name = \"crash\"\n[steps.a]\nplugin = \"sleep\"\ninputs = { ms = 2000 }\n").await;
+    let id = start(&c, "crash").await;
+    wait_for_event(&c, &id, "event: step.started").await;
+    app.kill9();
+    app.launch();
+    let c = app.socket_client();
+    wait_for_event(&c, &id, "event: run.succeeded").await;
+    let v = api_get(&c, &format!("/runs/{id}")).await;
+    let a = &v["steps"][0];
+    assert_eq!(a["state"], "succeeded");
+    assert_eq!(a["attempts"], 2, "the interrupted attempt, then one more: {v}");
+    assert!(a["error"].is_null(), "a succeeded step shows no earlier error as current: {v}");
+    let entries = api_get(&c, "/ledger?limit=1000").await["entries"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = entries.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "lease.interrupted").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "step.interrupted").count(), 1, "{kinds:?}");
+    assert!(!kinds.contains(&"lease.expired"), "{kinds:?}");
+    let trace = stdout(&app.stella(&["orch", "run", "trace", &id, "--verbose"]));
+    assert!(trace.contains("interrupted"), "{trace}");
+    assert!(app.stella(&["orch", "db", "verify"]).status.success());
+}
+
+/// The bound on interruptions: a step whose every attempt dies with the appliance fails with
+/// `interrupted` after the third restart instead of looping forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_ends_in_a_clear_interrupted_failure() {
+    let mut app = TestAppliance::start_with(|c| c.queue.lease_ttl_ms = 600_000);
+    let c = app.socket_client();
+    register(&c, "name = \"loop\"\n[steps.a]\nplugin = \"sleep\"\ninputs = { ms = 60000 }\n").await;
+    let id = start(&c, "loop").await;
+    for round in 1..=4 {
+        // Follow the stream to the round-th start: the attempt runs, then the daemon dies.
+        let c = app.socket_client();
+        let mut seen = String::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            c.stream(&format!("{API}/runs/stream?run={id}"), Some(0), |chunk| {
+                seen.push_str(&String::from_utf8_lossy(chunk));
+                seen.matches("event: step.started").count() < round && !seen.contains("event: run.failed")
+            }),
+        )
+        .await;
+        if seen.contains("event: run.failed") {
+            break;
+        }
+        app.kill9();
+        app.launch();
+    }
+    let c = app.socket_client();
+    wait_for_event(&c, &id, "event: run.failed").await;
+    let v = api_get(&c, &format!("/runs/{id}")).await;
+    assert_eq!(v["steps"][0]["errorCode"], "interrupted", "{v}");
+    assert!(v["steps"][0]["error"].as_str().unwrap().contains("interrupted 4 times"), "{v}");
+}
