@@ -514,6 +514,9 @@ pub enum DbCmd {
         #[arg(long)]
         chain_only: bool,
     },
+    /// Repair a stopped store after a crash (the repair redb runs when a store is opened for
+    /// writing), then check it as `db verify` does. Refused while the daemon runs.
+    Repair,
 }
 
 #[derive(Debug, Subcommand)]

@@ -25,6 +25,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Top::Generate(cmd) => generate(cmd),
         Top::Service(ServiceCmd::Restart { service }) => service_restart(&service),
         Top::Orch(OrchCmd::Db(DbCmd::Verify { offline: true, chain_only })) => db_verify_offline(&g, chain_only),
+        Top::Orch(OrchCmd::Db(DbCmd::Repair)) => db_repair(&g),
         Top::Keys(cmd) => crate::cli::keys::run(&g, cmd),
         Top::Audit(cmd) => crate::cli::export::audit(&g, cmd),
         Top::Bundle(cmd)
@@ -79,6 +80,7 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
     match cmd {
         OrchCmd::Status => status(g).await,
         OrchCmd::Db(DbCmd::Verify { chain_only, .. }) => db_verify(g, chain_only).await,
+        OrchCmd::Db(DbCmd::Repair) => db_repair(g),
         OrchCmd::Ledger { after, limit } => ledger(g, after, limit).await,
         OrchCmd::Run(r) => runs::run(g, r).await,
         OrchCmd::Dag(d) => runs::dag(g, d).await,
@@ -143,6 +145,21 @@ fn db_verify_offline(g: &Global, chain_only: bool) -> Result<(), CliError> {
     let report = if chain_only { store::verify::verify_chain(&txn, 2)? } else { store::verify::verify(&txn)? };
     let dto: crate::api::dto::DbVerify = report.into();
     report_verify(g, serde_json::to_value(dto).expect("json"))
+}
+
+/// Opens the stopped store for writing (redb repairs it then, as the daemon's start would),
+/// closes it, and verifies it read-only.
+fn db_repair(g: &Global) -> Result<(), CliError> {
+    let path = target::config(g)?.store_path(&target::layout(g));
+    if !path.exists() {
+        return Err(store::schema::StoreError::Missing { path }.into());
+    }
+    let repaired = store::Store::open(&path)?;
+    drop(repaired);
+    if g.format != Format::Json {
+        eprintln!("repaired {}; verifying", path.display());
+    }
+    db_verify_offline(g, false)
 }
 
 fn report_verify(g: &Global, v: serde_json::Value) -> Result<(), CliError> {

@@ -118,6 +118,13 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("open store {path}: no store there")]
     Missing { path: PathBuf },
+    #[error(
+        "store {path} was not closed cleanly (the daemon crashed or was killed): it needs the repair that redb \
+         runs when the store is opened for writing, and a read-only check cannot run it. Start the daemon \
+         (`stella serve`), which repairs it at start, or repair it offline with `stella orch db repair`, then \
+         run `stella orch db verify` again"
+    )]
+    NeedsRepair { path: PathBuf },
     #[error("store {path}: {source}")]
     Redb { path: PathBuf, source: redb::Error },
     #[error("store record {table}/{key}: {reason}")]
@@ -242,6 +249,7 @@ pub fn open_read_only(path: &Path) -> Result<ReadOnlyDatabase, StoreError> {
     }
     let ro = ReadOnlyDatabase::open(path).map_err(|e| match e {
         DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_owned() },
+        DatabaseError::RepairAborted => StoreError::NeedsRepair { path: path.to_owned() },
         other => redb_err(path)(other.into()),
     })?;
     let found = schema_version(&ro.begin_read().map_err(|e| redb_err(path)(e.into()))?, path)?;

@@ -122,3 +122,22 @@ async fn a_crash_loop_ends_in_a_clear_interrupted_failure() {
     assert_eq!(v["steps"][0]["errorCode"], "interrupted", "{v}");
     assert!(v["steps"][0]["error"].as_str().unwrap().contains("interrupted 4 times"), "{v}");
 }
+
+/// Bug: `orch db verify` on the stopped store of a crashed daemon printed `Database repair
+/// aborted.` (exit 10) and nothing else. It now says what happened and what to do, and
+/// `orch db repair` runs the repair offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_of_a_crashed_store_says_it_needs_repair_and_repair_does_it_offline() {
+    let mut app = TestAppliance::start();
+    run_sample(&app.socket_client()).await;
+    app.kill9();
+    let verify = app.stella(&["orch", "db", "verify"]);
+    assert_eq!(verify.status.code(), Some(10), "{}", stderr(&verify));
+    let err = stderr(&verify);
+    assert!(err.contains("not closed cleanly") && err.contains("stella orch db repair"), "{err}");
+    let repair = app.stella(&["orch", "db", "repair"]);
+    assert!(repair.status.success(), "{}", stderr(&repair));
+    assert!(stdout(&repair).starts_with("ok: "), "{}", stdout(&repair));
+    let verify = app.stella(&["orch", "db", "verify", "--offline"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}
