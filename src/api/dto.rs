@@ -372,6 +372,16 @@ pub struct DlqPurge {
 #[serde(rename_all = "camelCase")]
 pub struct JobList {
     pub jobs: Vec<Job>,
+    /// A bulk DLQ replay: dead DAG step jobs left where they are, with why (their run moved on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Refused>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Refused {
+    pub id: String,
+    pub reason: String,
 }
 
 // ---- locks ----

@@ -131,7 +131,22 @@ pub async fn dlq(g: &Global, cmd: DlqCmd) -> Result<(), CliError> {
             };
             let v = client.post(&format!("{P}/dlq/replay"), &body).await?.ok()?.json()?;
             output::print(g.format, &v, |v| {
-                list(v, "jobs").iter().map(|j| format!("replayed {} as {}\n", s(&j["replayOf"]), s(&j["id"]))).collect()
+                let mut out: String = list(v, "jobs")
+                    .iter()
+                    .map(|j| match j["payload"]["run"].as_str() {
+                        Some(run) => format!(
+                            "replayed {} through its run: step {run}/{} retried as {}\n",
+                            s(&j["replayOf"]),
+                            s(&j["payload"]["step"]),
+                            s(&j["id"])
+                        ),
+                        None => format!("replayed {} as {}\n", s(&j["replayOf"]), s(&j["id"])),
+                    })
+                    .collect();
+                for r in list(v, "refused") {
+                    out.push_str(&format!("left {} in the dead-letter queue: {}\n", s(&r["id"]), s(&r["reason"])));
+                }
+                out
             });
         }
         DlqCmd::Purge { ids, snapshot, job_type, all } => purge(g, &client, ids, snapshot, job_type, all).await?,

@@ -403,7 +403,16 @@ fn recover(
     }
     let target = match step {
         Some(s) => {
-            let name = s.rsplit('/').next().unwrap_or(s).to_owned();
+            let name = match s.split_once('/') {
+                // A step record id names its run: it must be this one.
+                Some((of, _)) if of != run => {
+                    return Err(CommandError::Invalid(format!(
+                        "step {s} belongs to run {of}, not {run}: name a step of {run} (or just its name)"
+                    )));
+                }
+                Some((_, name)) => name.to_owned(),
+                None => s.to_owned(),
+            };
             let rec = p.step(&name).map_err(|_| CommandError::NotFound { what: format!("step {s} of {run}") })?;
             if rec.state != StepState::Failed {
                 return Err(CommandError::Conflict(format!("step {name} of {run} has not failed")));
@@ -421,12 +430,65 @@ fn recover(
     ));
     p.run.status = RunStatus::Running;
     match action {
-        Recovery::Retry => p.enqueue(ctx, idx)?,
-        Recovery::Skip => p.finished(ctx, idx, StepState::Skipped, json!({}))?,
+        Recovery::Retry => p.retry_step(ctx, idx, "retry")?,
+        Recovery::Skip => {
+            p.resolve_dead(&target, "skip", None)?;
+            p.finished(ctx, idx, StepState::Skipped, json!({}))?
+        }
         Recovery::Abort => unreachable!("handled above"),
     }
     p.settle();
     Ok(p.drafts.into())
+}
+
+/// `dlq replay` of dead DAG step jobs: each is retried through its run, as `run retry --step`
+/// would (one `run.resumed` per run), and leaves the dead-letter queue. Returns the drafts and
+/// the jobs refused, each with the reason (its run moved on, or it is no longer its step's job).
+pub fn replay_dead_steps(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    jobs: &[JobRecord],
+) -> Result<(Vec<Draft>, Vec<(String, String)>), CommandError> {
+    let mut by_run: std::collections::BTreeMap<String, Vec<&JobRecord>> = Default::default();
+    for j in jobs {
+        by_run.entry(j.payload["run"].as_str().unwrap_or_default().to_owned()).or_default().push(j);
+    }
+    let (mut drafts, mut refused) = (Vec::new(), Vec::new());
+    for (run, jobs) in by_run {
+        let mut p = Planner::load(txn, ctx, None, &run)?;
+        let mut steps = Vec::new();
+        for j in jobs {
+            let step = j.payload["step"].as_str().unwrap_or_default().to_owned();
+            let rec = p.step(&step)?.clone();
+            let why = if p.run.status != RunStatus::Failed {
+                Some(format!("its run {run} is {}", status_name(p.run.status)))
+            } else if rec.job.as_deref() != Some(j.id.as_str()) || rec.state != StepState::Failed {
+                Some(format!("step {run}/{step} has moved on (it is {})", status_name(rec.state)))
+            } else {
+                None
+            };
+            match why {
+                Some(why) => refused.push((j.id.clone(), why)),
+                None => steps.push(step),
+            }
+        }
+        if steps.is_empty() {
+            continue;
+        }
+        p.drafts.push(p.draft("run.resumed", None, json!({ "runId": run, "action": "replay", "steps": steps })));
+        p.run.status = RunStatus::Running;
+        for step in &steps {
+            let idx = p.dag.step(step).map(|(i, _)| i).ok_or_else(|| CommandError::NotFound { what: format!("step {step}") })?;
+            p.retry_step(ctx, idx, "replay")?;
+        }
+        p.settle();
+        drafts.extend(p.drafts);
+    }
+    Ok((drafts, refused))
+}
+
+fn status_name(v: impl serde::Serialize) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| "?".into())
 }
 
 /// The schedules of one DAG.
@@ -700,6 +762,44 @@ impl<'t> Planner<'t> {
         Ok(())
     }
 
+    /// Queues a failed step again (a new job); its dead job, if in the dead-letter queue, leaves it.
+    fn retry_step(&mut self, ctx: &mut PlanCtx, idx: usize, action: &str) -> Result<(), CommandError> {
+        let name = self.dag.steps[idx].name.clone();
+        let dead = self.dead_job(&name)?;
+        self.enqueue(ctx, idx)?;
+        if let Some(dead) = dead {
+            let new = self.step(&name)?.job.clone();
+            self.push_resolved(&name, &dead, action, new.as_deref());
+        }
+        Ok(())
+    }
+
+    /// The step's current job if it is in the dead-letter queue.
+    fn dead_job(&mut self, name: &str) -> Result<Option<String>, CommandError> {
+        let Some(job) = self.step(name)?.job.clone() else { return Ok(None) };
+        let jobs = self.txn.open_table(JOBS).map_err(storage)?;
+        let state = rw::get::<JobRecord>(&jobs, "jobs", &job).map_err(storage)?.map(|j| j.state);
+        Ok((state == Some(JobState::Dead)).then_some(job))
+    }
+
+    /// The step's dead job leaves the dead-letter queue: its run settled the step (`action`).
+    fn resolve_dead(&mut self, name: &str, action: &str, replaced_by: Option<&str>) -> Result<(), CommandError> {
+        if let Some(dead) = self.dead_job(name)? {
+            self.push_resolved(name, &dead, action, replaced_by);
+        }
+        Ok(())
+    }
+
+    fn push_resolved(&mut self, name: &str, dead: &str, action: &str, replaced_by: Option<&str>) {
+        let data = json!({ "runId": self.run.id, "step": name, "jobId": dead, "action": action, "replacedBy": replaced_by });
+        self.drafts.push(Draft {
+            tenant: self.run.tenant.clone(),
+            kind: "dlq.resolved",
+            subjects: vec![self.run.id.clone(), dead.to_owned()],
+            data,
+        });
+    }
+
     /// Substitutes `${inputs.x}` and `${steps.s.outputs.k}` in a step's inputs.
     fn resolve(&mut self, inputs: &std::collections::BTreeMap<String, Value>) -> Result<Value, CommandError> {
         let mut out = Map::new();
@@ -829,6 +929,9 @@ impl<'t> Planner<'t> {
     fn cancel_all(&mut self, aborted: bool) -> Result<(), CommandError> {
         for name in self.all_steps()? {
             let rec = self.step(&name)?.clone();
+            if rec.state == StepState::Failed {
+                self.resolve_dead(&name, if aborted { "abort" } else { "cancel" }, None)?;
+            }
             if rec.state.terminal() {
                 continue;
             }

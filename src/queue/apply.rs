@@ -116,7 +116,7 @@ fn slot(q: &mut QueueRecord, state: JobState) -> Option<&mut u64> {
         JobState::Leased => Some(&mut q.leased),
         JobState::Dead => Some(&mut q.dead),
         JobState::Succeeded => Some(&mut q.succeeded),
-        JobState::Replayed | JobState::Cancelled => None,
+        JobState::Replayed | JobState::Resolved | JobState::Cancelled => None,
     }
 }
 
@@ -396,6 +396,20 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
             job.finished_ms = Some(entry.time);
             count(txn, &job.job_type, Some(from), None)?;
             save(txn, &job)?;
+        }
+        "dlq.resolved" => {
+            let replaced_by = entry.data["replacedBy"].as_str().map(str::to_owned);
+            for id in entry.subjects.iter().skip(1) {
+                let mut job = load(txn, entry, id)?;
+                if job.state != JobState::Dead {
+                    return Err(bad(entry, format!("job {id} is not dead")));
+                }
+                txn.open_table(DLQ).map_err(r)?.remove(id.as_str()).map_err(r)?;
+                job.state = JobState::Resolved;
+                job.replayed_as.clone_from(&replaced_by);
+                count(txn, &job.job_type, Some(JobState::Dead), None)?;
+                save(txn, &job)?;
+            }
         }
         "dlq.purged" => {
             for id in entry.subjects.iter() {

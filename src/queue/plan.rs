@@ -638,7 +638,16 @@ fn dlq_replay(
         ReplaySelector::Type(t) => dead_jobs(txn, tenant)?.into_iter().filter(|j| j.job_type == *t).collect(),
         ReplaySelector::All => dead_jobs(txn, tenant)?,
     };
-    let mut drafts = Vec::with_capacity(dead.len());
+    // A DAG step's job is replayed through its run, as a retry of that step: run alone, its
+    // side effect would happen outside the run and leave the run failed.
+    let (steps, dead): (Vec<JobRecord>, Vec<JobRecord>) =
+        dead.into_iter().partition(|j| j.payload["run"].is_string() && j.payload["step"].is_string());
+    let (mut drafts, refused) = engine::replay_dead_steps(txn, ctx, &steps)?;
+    if let (ReplaySelector::Ids(_), Some((id, why))) = (selector, refused.first()) {
+        return Err(CommandError::Conflict(format!(
+            "dead job {id} is a DAG step's job and is replayed only through its run, but {why}"
+        )));
+    }
     for job in &dead {
         let seq = take_job_seq(txn, ctx)?;
         let new = EnqueuedJob {
@@ -656,7 +665,8 @@ fn dlq_replay(
         let data = json!({ "deadId": job.id, "job": new });
         drafts.push(draft(&job.tenant, "dlq.replayed", vec![job.id.clone(), new.id.clone()], data));
     }
-    Ok(drafts.into())
+    let refused: Vec<serde_json::Value> = refused.iter().map(|(id, why)| json!({ "id": id, "reason": why })).collect();
+    Ok(Effects { drafts, live: vec![], note: Some(json!({ "refused": refused })) })
 }
 
 fn dead_or_not_found(job: JobRecord, id: &str) -> Result<JobRecord, CommandError> {

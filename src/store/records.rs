@@ -36,6 +36,9 @@ pub enum JobState {
     Dead,
     /// A dead job that was replayed as a new job.
     Replayed,
+    /// A dead DAG step job that left the dead-letter queue because its run recovered the step
+    /// (retry, skip, abort, cancel, or a replay through the run).
+    Resolved,
     /// Cancelled before it finished (its run was cancelled); a lease on it is stale.
     Cancelled,
 }

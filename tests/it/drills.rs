@@ -141,3 +141,75 @@ async fn verify_of_a_crashed_store_says_it_needs_repair_and_repair_does_it_offli
     let verify = app.stella(&["orch", "db", "verify", "--offline"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
 }
+
+/// Leases one `noop` job as an outside worker and fails it for good (no retries left).
+async fn fail_one(c: &Client) -> String {
+    let l = api_post(c, "/leases", json!({ "worker": "agent-1", "types": ["noop"], "wait": "10s" })).await["leases"][0]
+        .clone();
+    let job = l["jobId"].as_str().unwrap().to_owned();
+    api_post(c, &format!("/leases/{job}/fail"), json!({ "token": l["token"], "error": "disk full", "retryable": false }))
+        .await;
+    job
+}
+
+async fn complete_one(c: &Client) {
+    let l = api_post(c, "/leases", json!({ "worker": "agent-1", "types": ["noop"], "wait": "10s" })).await["leases"][0]
+        .clone();
+    api_post(c, &format!("/leases/{}/complete", l["jobId"].as_str().unwrap()), json!({ "token": l["token"] })).await;
+}
+
+fn dlq_ids(app: &TestAppliance) -> Vec<String> {
+    let v = json_out(&app.stella(&["--format", "json", "orch", "dlq", "list"]));
+    v["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Bug: `orch dlq replay` of a DAG step's dead job ran the plugin outside its run: the job
+/// succeeded, the run stayed failed; and after `orch run retry` the old DLQ entry stayed and
+/// could run the side effect a second time. A step's dead job is replayed through its run (a
+/// retry of that step), refused with 409 once the run has moved on, and it leaves the DLQ when
+/// its run retries, skips or aborts the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_step_job_is_replayed_through_its_run_and_leaves_the_dlq_when_the_run_recovers() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let c = app.socket_client();
+    register(&c, "name = \"one\"\n[steps.work]\nplugin = \"noop\"\n").await;
+    register(&c, "name = \"pair\"\n[steps.a]\nplugin = \"noop\"\n[steps.b]\nplugin = \"noop\"\n").await;
+
+    // Replay through the run: the run completes, the DLQ is empty.
+    let run = start(&c, "one").await;
+    let dead = fail_one(&c).await;
+    assert_eq!(dlq_ids(&app), vec![dead.clone()]);
+    let replayed = app.stella(&["orch", "dlq", "replay", &dead]);
+    assert!(replayed.status.success(), "{}", stderr(&replayed));
+    assert!(stdout(&replayed).contains(&format!("through its run: step {run}/work")), "{}", stdout(&replayed));
+    assert!(dlq_ids(&app).is_empty());
+    assert_eq!(api_get(&c, &format!("/runs/{run}")).await["status"], "running");
+    complete_one(&c).await;
+    assert_eq!(api_get(&c, &format!("/runs/{run}")).await["status"], "succeeded");
+
+    // Retry, skip and abort of the run take the step's dead job out of the DLQ.
+    for action in ["retry", "skip", "abort"] {
+        let run = start(&c, "one").await;
+        fail_one(&c).await;
+        assert_eq!(dlq_ids(&app).len(), 1);
+        let out = app.stella(&["orch", "run", action, &run]);
+        assert!(out.status.success(), "{action}: {}", stderr(&out));
+        assert!(dlq_ids(&app).is_empty(), "after {action}");
+        if action == "retry" {
+            complete_one(&c).await;
+        }
+    }
+
+    // Two failed steps; a retry of one moves the run on, so the other's replay is a conflict.
+    let run = start(&c, "pair").await;
+    let first = fail_one(&c).await;
+    let second = fail_one(&c).await;
+    assert_eq!(api_get(&c, &format!("/runs/{run}")).await["status"], "failed");
+    let first_step = api_get(&c, &format!("/jobs/{first}")).await["payload"]["step"].as_str().unwrap().to_owned();
+    assert!(app.stella(&["orch", "run", "retry", &run, "--step", &first_step]).status.success());
+    assert_eq!(dlq_ids(&app), vec![second.clone()]);
+    let refused = app.stella(&["orch", "dlq", "replay", &second]);
+    assert_eq!(refused.status.code(), Some(7), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("replayed only through its run"), "{}", stderr(&refused));
+    assert!(app.stella(&["orch", "db", "verify"]).status.success());
+}

@@ -306,7 +306,7 @@ impl StateMachineTest for QueueMachine {
                 JobState::Leased => counts.leased += 1,
                 JobState::Succeeded => counts.succeeded += 1,
                 JobState::Dead => counts.dead += 1,
-                JobState::Replayed | JobState::Cancelled => {}
+                JobState::Replayed | JobState::Resolved | JobState::Cancelled => {}
             }
         }
         let q = queue(sut);

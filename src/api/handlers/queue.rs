@@ -331,7 +331,7 @@ pub async fn dlq_list(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResu
     let p = auth.require(Scope::Read)?;
     let txn = state.store.read()?;
     let jobs = read::dlq(&txn, p.tenant.as_deref(), LIST_MAX)?;
-    Ok(Json(dto::JobList { jobs: jobs.iter().map(dto::Job::from_record).collect() }))
+    Ok(Json(dto::JobList { jobs: jobs.iter().map(dto::Job::from_record).collect(), refused: vec![] }))
 }
 
 pub async fn dlq_show(
@@ -360,13 +360,29 @@ pub async fn dlq_replay(
         _ => return Err(Problem::invalid("ids", "name exactly one of ids, type or all")),
     };
     let c = submit(&state, p, Command::Queue(QueueCommand::DlqReplay { tenant: p.tenant.clone(), selector })).await?;
-    let new: Vec<dto::Job> = c
+    // A plain job comes back as a new job (`dlq.replayed`); a DAG step's as its step's new job.
+    let mut new: Vec<dto::Job> = c
         .entries
         .iter()
-        .filter_map(|e| e.subjects.get(1))
+        .filter_map(|e| match e.kind.as_str() {
+            "dlq.replayed" => e.subjects.get(1),
+            "job.enqueued" => e.subjects.first(),
+            _ => None,
+        })
         .map(|id| job_dto(&state, p, id))
         .collect::<Result<_, _>>()?;
-    Ok(Json(dto::JobList { jobs: new }))
+    // A step's new job names the dead job it replaces.
+    for e in c.entries.iter().filter(|e| e.kind == "dlq.resolved") {
+        if let Some(j) = new.iter_mut().find(|j| e.data["replacedBy"] == j.id.as_str()) {
+            j.replay_of = e.data["jobId"].as_str().map(str::to_owned);
+        }
+    }
+    let refused = c
+        .note
+        .as_ref()
+        .and_then(|n| serde_json::from_value(n["refused"].clone()).ok())
+        .unwrap_or_default();
+    Ok(Json(dto::JobList { jobs: new, refused }))
 }
 
 pub async fn dlq_purge(
