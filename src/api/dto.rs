@@ -335,6 +335,9 @@ pub struct BudgetDto {
     pub max_depth: Option<u64>,
     pub until: Option<String>,
     pub set_by: String,
+    /// A temporary budget: the budget it overrides, restored at `until` (none: no budget then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restores: Option<Box<BudgetDto>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

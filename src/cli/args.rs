@@ -304,7 +304,8 @@ pub enum BudgetCmd {
         /// Waiting jobs at most; enqueue beyond gets 429 (backpressure).
         #[arg(long)]
         max_depth: Option<u64>,
-        /// The budget lapses after this long, e.g. 30m.
+        /// A temporary change for this long, e.g. 30m: it overrides only the limits it names and
+        /// restores the budget before it at its end.
         #[arg(long = "for", value_name = "DURATION")]
         for_: Option<String>,
         /// One tenant's budget; default every tenant together.

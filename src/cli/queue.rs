@@ -64,15 +64,15 @@ fn queue_text(v: &Value) -> String {
             let budgets = list(t, "budgets")
                 .iter()
                 .map(|b| {
-                    format!(
-                        "{}:{}{}",
-                        s(&b["tenant"]),
-                        s(&b["rate"]),
-                        b["maxDepth"].as_u64().map(|d| format!(" depth<={d}")).unwrap_or_default()
-                    )
+                    let until = match (b["until"].as_str(), b.get("restores")) {
+                        (Some(u), Some(r)) => format!(" until {u}, then {}", budget_text(r)),
+                        (Some(u), None) => format!(" until {u}, then none"),
+                        _ => String::new(),
+                    };
+                    format!("{}:{}{until}", s(&b["tenant"]), budget_text(b))
                 })
                 .collect::<Vec<_>>()
-                .join(" ");
+                .join("; ");
             vec![
                 s(&t["type"]),
                 s(&t["ready"]),
@@ -92,6 +92,19 @@ fn queue_text(v: &Value) -> String {
         s(&v["leased"]),
         s(&v["dlqDepth"])
     )
+}
+
+/// `100/s depth<=3`: a budget's rate and depth limit.
+fn budget_text(b: &Value) -> String {
+    let parts: Vec<String> = [
+        b["rate"].as_str().map(str::to_owned),
+        b["burst"].as_u64().map(|n| format!("burst {n}")),
+        b["maxDepth"].as_u64().map(|d| format!("depth<={d}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() { "-".into() } else { parts.join(" ") }
 }
 
 fn jobs_text(v: &Value) -> String {

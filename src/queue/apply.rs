@@ -75,6 +75,8 @@ struct BudgetSet {
     burst: Option<u32>,
     max_depth: Option<u64>,
     until_ms: Option<i64>,
+    #[serde(default)]
+    previous: Option<Box<Budget>>,
 }
 
 fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
@@ -349,6 +351,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 max_depth: d.max_depth,
                 until_ms: d.until_ms,
                 set_by: entry.actor.clone(),
+                previous: d.previous,
             };
             if let Some(until) = d.until_ms {
                 timer(txn, until, &timer_key::budget(&d.job_type, &d.tenant), true)?;
@@ -356,6 +359,16 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
             with_queue(txn, &d.job_type, |q| {
                 q.budgets.insert(d.tenant.clone(), budget);
             })?;
+        }
+        "queue.budget_restored" => {
+            let t = entry.data["type"].as_str().ok_or_else(|| bad(entry, "no type"))?.to_owned();
+            let tenant = entry.data["tenant"].as_str().ok_or_else(|| bad(entry, "no tenant"))?.to_owned();
+            let restored: Budget = serde_json::from_value(entry.data["restored"].clone()).map_err(|e| bad(entry, e))?;
+            let mut until = None;
+            with_queue(txn, &t, |q| until = q.budgets.insert(tenant.clone(), restored).and_then(|b| b.until_ms))?;
+            if let Some(until) = until {
+                timer(txn, until, &timer_key::budget(&t, &tenant), false)?;
+            }
         }
         "queue.budget_cleared" => {
             let t = entry.data["type"].as_str().ok_or_else(|| bad(entry, "no type"))?.to_owned();

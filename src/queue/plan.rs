@@ -155,8 +155,22 @@ pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Re
         }
         QueueCommand::SetBudget { job_type, tenant, budget, for_ms } => {
             let until_ms = for_ms.map(|f| ctx.now.saturating_add(f as i64));
+            let mut budget = budget.clone();
+            let mut previous = None;
+            if until_ms.is_some() {
+                // A temporary change overrides only what it names and restores, at its end, the
+                // budget it overrode (the one before an earlier temporary change, if one is on).
+                let current = queue_record(txn, job_type)?.budgets.remove(tenant.as_str());
+                if let Some(current) = current {
+                    budget.rate_milli_per_s = budget.rate_milli_per_s.or(current.rate_milli_per_s);
+                    budget.burst = budget.burst.or(current.burst);
+                    budget.max_depth = budget.max_depth.or(current.max_depth);
+                    previous = if current.until_ms.is_some() { current.previous } else { Some(Box::new(current)) };
+                }
+            }
             let data = json!({ "type": job_type, "tenant": tenant, "rateMilliPerS": budget.rate_milli_per_s,
-                               "burst": budget.burst, "maxDepth": budget.max_depth, "untilMs": until_ms });
+                               "burst": budget.burst, "maxDepth": budget.max_depth, "untilMs": until_ms,
+                               "previous": previous });
             Ok(vec![draft("", "queue.budget_set", vec![job_type.clone()], data)].into())
         }
         QueueCommand::ClearBudget { job_type, tenant } => {
@@ -752,12 +766,20 @@ pub fn tick(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, Comman
             ["budget", job_type, tenant] => {
                 let q = queue_record(txn, job_type)?;
                 match q.budgets.get(*tenant) {
-                    Some(b) if b.until_ms.is_some_and(|u| u <= ctx.now) => effects.drafts.push(draft(
-                        "",
-                        "queue.budget_cleared",
-                        vec![(*job_type).to_owned()],
-                        json!({ "type": job_type, "tenant": tenant, "reason": "expired" }),
-                    )),
+                    Some(b) if b.until_ms.is_some_and(|u| u <= ctx.now) => effects.drafts.push(match &b.previous {
+                        Some(previous) => draft(
+                            "",
+                            "queue.budget_restored",
+                            vec![(*job_type).to_owned()],
+                            json!({ "type": job_type, "tenant": tenant, "reason": "expired", "restored": previous }),
+                        ),
+                        None => draft(
+                            "",
+                            "queue.budget_cleared",
+                            vec![(*job_type).to_owned()],
+                            json!({ "type": job_type, "tenant": tenant, "reason": "expired" }),
+                        ),
+                    }),
                     _ => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
                 }
             }

@@ -94,9 +94,12 @@ pub struct Budget {
     pub burst: Option<u32>,
     /// Waiting jobs at most; enqueue beyond is refused with 429.
     pub max_depth: Option<u64>,
-    /// When the budget ends and the defaults return.
+    /// When the budget ends and `previous` (or no budget) returns.
     pub until_ms: Option<i64>,
     pub set_by: String,
+    /// A temporary budget (`--for`): what it overrides, restored at `until_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<Budget>>,
 }
 
 /// Per-type queue state: counters kept by the projection, pause, budgets.

@@ -213,3 +213,67 @@ async fn a_dead_step_job_is_replayed_through_its_run_and_leaves_the_dlq_when_the
     assert!(stderr(&refused).contains("replayed only through its run"), "{}", stderr(&refused));
     assert!(app.stella(&["orch", "db", "verify"]).status.success());
 }
+
+fn budget_of(d: &Direct, job_type: &str) -> Option<stella::store::records::Budget> {
+    let txn = d.store().read().unwrap();
+    let queues = stella::store::schema::read::queues(&txn).unwrap();
+    queues.into_iter().find(|(t, _)| t == job_type).and_then(|(_, q)| q.budgets.get("*").cloned())
+}
+
+fn set_budget(d: &Direct, rate: Option<u64>, max_depth: Option<u64>, for_ms: Option<u64>) {
+    use stella::queue::QueueCommand;
+    let budget = stella::store::records::Budget {
+        rate_milli_per_s: rate,
+        burst: None,
+        max_depth,
+        until_ms: None,
+        set_by: "test".into(),
+        previous: None,
+    };
+    let cmd = QueueCommand::SetBudget { job_type: "build".into(), tenant: "*".into(), budget, for_ms };
+    d.submit(stella::store::Command::Queue(cmd)).unwrap();
+}
+
+/// Bug: after `budget set build --max-depth 3 --rate 100/s`, a temporary `budget set build
+/// --rate 1/s --for 15s` dropped the depth limit, and at its end the budget was cleared rather
+/// than restored (runbook 003, Backpressure: "restore defaults after stability"). A `--for`
+/// change overrides only what it names and restores the budget it overrode at its end (on
+/// virtual time here); without an earlier budget it ends in none.
+#[test]
+fn a_temporary_budget_overrides_only_what_it_names_and_restores_the_previous_one() {
+    let d = Direct::new();
+    set_budget(&d, Some(100_000), Some(3), None);
+    set_budget(&d, Some(1_000), None, Some(15_000));
+    let temporary = budget_of(&d, "build").unwrap();
+    assert_eq!((temporary.rate_milli_per_s, temporary.max_depth), (Some(1_000), Some(3)), "depth kept");
+    assert!(temporary.until_ms.is_some());
+    // A second temporary change on top still restores the permanent budget.
+    set_budget(&d, None, Some(1), Some(15_000));
+    assert_eq!(budget_of(&d, "build").unwrap().max_depth, Some(1));
+    d.clock.advance_ms(14_000);
+    d.submit(stella::store::Command::Tick).unwrap();
+    assert_eq!(budget_of(&d, "build").unwrap().max_depth, Some(1), "not yet due");
+    d.clock.advance_ms(2_000);
+    d.submit(stella::store::Command::Tick).unwrap();
+    let restored = budget_of(&d, "build").unwrap();
+    assert_eq!((restored.rate_milli_per_s, restored.max_depth, restored.until_ms), (Some(100_000), Some(3), None));
+
+    let d = Direct::new();
+    set_budget(&d, Some(1_000), None, Some(1_000));
+    d.clock.advance_ms(1_000);
+    d.submit(stella::store::Command::Tick).unwrap();
+    assert_eq!(budget_of(&d, "build"), None);
+    let txn = d.store().read().unwrap();
+    let report = stella::store::verify::verify(&txn).unwrap();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+}
+
+/// The text output of a temporary budget says when it ends and what comes back then.
+#[test]
+fn queue_status_text_shows_when_a_temporary_budget_ends_and_what_it_restores() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    assert!(app.stella(&["orch", "queue", "budget", "set", "build", "--max-depth", "3", "--rate", "100/s"]).status.success());
+    let out = app.stella(&["orch", "queue", "budget", "set", "build", "--rate", "1/s", "--for", "15m"]);
+    let text = stdout(&out);
+    assert!(text.contains("*:1/s depth<=3 until ") && text.contains(", then 100/s depth<=3"), "{text}");
+}

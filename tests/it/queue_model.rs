@@ -443,6 +443,7 @@ fn a_rate_budget_paces_dispatch_and_lapses_when_its_time_is_up() {
         max_depth: None,
         until_ms: None,
         set_by: "t".into(),
+        previous: None,
     };
     sut.submit(Command::Queue(QueueCommand::SetBudget {
         job_type: TYPE.into(),

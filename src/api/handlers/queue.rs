@@ -208,6 +208,18 @@ fn rate_text(milli: u64) -> String {
     if milli.is_multiple_of(1000) { format!("{}/s", milli / 1000) } else { format!("{:.3}/s", milli as f64 / 1000.0) }
 }
 
+fn budget_dto(tenant: &str, b: &Budget) -> dto::BudgetDto {
+    dto::BudgetDto {
+        tenant: tenant.to_owned(),
+        rate: b.rate_milli_per_s.map(rate_text),
+        burst: b.burst,
+        max_depth: b.max_depth,
+        until: b.until_ms.map(rfc3339),
+        set_by: b.set_by.clone(),
+        restores: b.previous.as_ref().map(|p| Box::new(budget_dto(tenant, p))),
+    }
+}
+
 pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::QueueStatus>> {
     auth.require(Scope::Read)?;
     let txn = state.store.read()?;
@@ -231,14 +243,7 @@ pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult
             budgets: q
                 .budgets
                 .iter()
-                .map(|(tenant, b)| dto::BudgetDto {
-                    tenant: tenant.clone(),
-                    rate: b.rate_milli_per_s.map(rate_text),
-                    burst: b.burst,
-                    max_depth: b.max_depth,
-                    until: b.until_ms.map(rfc3339),
-                    set_by: b.set_by.clone(),
-                })
+                .map(|(tenant, b)| budget_dto(tenant, b))
                 .collect(),
         });
     }
@@ -303,6 +308,7 @@ pub async fn set_budget(
         max_depth: req.max_depth,
         until_ms: None,
         set_by: p.actor.clone(),
+        previous: None,
     };
     let for_ms = req.for_.as_deref().map(|f| ms("for", f)).transpose()?;
     submit(&state, p, Command::Queue(QueueCommand::SetBudget { job_type, tenant, budget, for_ms })).await?;
