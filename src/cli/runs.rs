@@ -293,7 +293,10 @@ pub async fn schedule(g: &Global, cmd: ScheduleCmd) -> Result<(), CliError> {
             .flatten()
             .map(|x| {
                 let state = if x["disabled"] == true {
-                    "disabled".to_owned()
+                    match x["disabledReason"].as_str() {
+                        Some(why) => format!("paused: {why}"),
+                        None => "disabled".to_owned(),
+                    }
                 } else if x["paused"] == true {
                     format!("paused by {}", s(&x["pausedBy"]))
                 } else {
@@ -302,7 +305,11 @@ pub async fn schedule(g: &Global, cmd: ScheduleCmd) -> Result<(), CliError> {
                 vec![s(&x["dag"]), s(&x["schedule"]), state, s(&x["nextAt"]), s(&x["lastAt"]), s(&x["lastRun"])]
             })
             .collect();
-        table(&["DAG", "SCHEDULE", "STATE", "NEXT", "LAST", "LAST RUN"], &rows)
+        let mut out = String::new();
+        for c in v["cleared"].as_array().into_iter().flatten() {
+            out.push_str(&format!("cleared schedule {} ({}) of {}\n", s(&c["index"]), s(&c["schedule"]), s(&c["dag"])));
+        }
+        out + &table(&["DAG", "SCHEDULE", "STATE", "NEXT", "LAST", "LAST RUN"], &rows)
     });
     Ok(())
 }

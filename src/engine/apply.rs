@@ -281,6 +281,11 @@ fn apply_dag(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
             let v =
                 rec.versions.iter_mut().find(|v| v.version == version).ok_or_else(|| bad(entry, "unknown version"))?;
             v.disabled = entry.kind == "dag.disabled";
+            // The triggers belong to the active version: disabling it pauses them.
+            if version == rec.active {
+                let reason = v.disabled.then(|| format!("DAG {name} version {version} is disabled"));
+                disable_schedules(txn, entry, &name, reason)?;
+            }
         }
         "dag.rolled_back" => {
             rec.active = entry.data["to"].as_u64().ok_or_else(|| bad(entry, "no to"))? as u32;
@@ -365,6 +370,26 @@ fn arm_schedules(
                                       "lastMs": null, "lastRun": null, "lastError": null });
         put_schedule(txn, &format!("{dag}|{i}"), &row)?;
         schedule_timer(txn, next, dag, i as u64, true)?;
+    }
+    Ok(())
+}
+
+/// Pauses (with `reason`) or resumes a DAG's schedules as its active version is disabled or
+/// enabled; an operator's own pause stays.
+fn disable_schedules(txn: &WriteTransaction, entry: &Entry, dag: &str, reason: Option<String>) -> Result<(), ApplyError> {
+    for (key, mut v) in schedule_rows(txn, dag)? {
+        let index = v["index"].as_u64().unwrap_or(0);
+        schedule_timer(txn, v["nextMs"].as_i64(), dag, index, false)?;
+        v["disabled"] = Value::Bool(reason.is_some());
+        v["disabledReason"] = reason.clone().map_or(Value::Null, Value::String);
+        v["nextMs"] = Value::Null;
+        if reason.is_none() && v["paused"] != true {
+            let schedule = crate::engine::cron::Schedule::parse(v["schedule"].as_str().unwrap_or_default())
+                .map_err(|e| bad(entry, e))?;
+            v["nextMs"] = serde_json::json!(schedule.next_after(entry.time));
+            schedule_timer(txn, v["nextMs"].as_i64(), dag, index, true)?;
+        }
+        put_schedule(txn, &key, &v)?;
     }
     Ok(())
 }

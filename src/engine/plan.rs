@@ -133,16 +133,20 @@ pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Resu
             recover(txn, ctx, tenant.as_deref(), run, *action, step.as_deref())
         }
         RunCommand::Schedule { dag, action } => {
-            if dag_schedules(txn, dag)?.is_empty() {
+            let schedules = dag_schedules(txn, dag)?;
+            if schedules.is_empty() {
                 return Err(CommandError::NotFound { what: format!("cron schedule of DAG {dag}") });
             }
-            let kind = match action {
-                ScheduleAction::Pause => "schedule.paused",
-                ScheduleAction::Resume => "schedule.resumed",
-                ScheduleAction::Clear => "schedule.cleared",
+            let (kind, data) = match action {
+                ScheduleAction::Pause => ("schedule.paused", json!({ "dag": dag })),
+                ScheduleAction::Resume => ("schedule.resumed", json!({ "dag": dag })),
+                ScheduleAction::Clear => {
+                    let cleared: Vec<Value> =
+                        schedules.iter().map(|s| json!({ "dag": dag, "index": s["index"], "schedule": s["schedule"] })).collect();
+                    ("schedule.cleared", json!({ "dag": dag, "cleared": cleared }))
+                }
             };
-            Ok(vec![Draft { tenant: String::new(), kind, subjects: vec![dag.clone()], data: json!({ "dag": dag }) }]
-                .into())
+            Ok(vec![Draft { tenant: String::new(), kind, subjects: vec![dag.clone()], data }].into())
         }
     }
 }

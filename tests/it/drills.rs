@@ -277,3 +277,25 @@ fn queue_status_text_shows_when_a_temporary_budget_ends_and_what_it_restores() {
     let text = stdout(&out);
     assert!(text.contains("*:1/s depth<=3 until ") && text.contains(", then 100/s depth<=3"), "{text}");
 }
+
+/// Bug: after `orch dag disable D --version 1` (its active version), `orch schedule list` still
+/// showed the trigger active and the ledger gained a failing `schedule.fired` every minute.
+/// Disabling the active version pauses its triggers, shown with the reason; `schedule clear`
+/// says what it cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_the_active_version_pauses_its_triggers_and_clear_names_what_it_cleared() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let c = app.socket_client();
+    register(&c, "name = \"nightly\"\n[[cron]]\nschedule = \"* * * * *\"\n[steps.a]\nplugin = \"noop\"\n").await;
+    assert!(app.stella(&["orch", "dag", "disable", "nightly", "--version", "1"]).status.success());
+    let v = json_out(&app.stella(&["--format", "json", "orch", "schedule", "list"]));
+    let row = &v["schedules"][0];
+    assert_eq!((row["disabled"].as_bool(), row["nextAt"].as_str()), (Some(true), None), "{v}");
+    let text = stdout(&app.stella(&["orch", "schedule", "list"]));
+    assert!(text.contains("paused: DAG nightly version 1 is disabled"), "{text}");
+    assert!(app.stella(&["orch", "dag", "enable", "nightly", "--version", "1"]).status.success());
+    let v = json_out(&app.stella(&["--format", "json", "orch", "schedule", "list"]));
+    assert!(v["schedules"][0]["nextAt"].is_string(), "armed again: {v}");
+    let cleared = app.stella(&["orch", "schedule", "clear", "nightly"]);
+    assert!(stdout(&cleared).contains("cleared schedule 0 (* * * * *) of nightly"), "{}", stdout(&cleared));
+}

@@ -293,8 +293,23 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
         action: stella::engine::plan::DagAction::Disable,
     }))
     .unwrap();
+    let fired = |d: &Direct| {
+        let txn = d.store().read().unwrap();
+        let entries = stella::store::schema::read::ledger_after(&txn, 0, 10_000).unwrap();
+        entries.iter().filter(|e| e.kind == "schedule.fired").count()
+    };
+    let before = fired(&d);
     tick_after(&d, 30 * 60_000);
     assert_eq!(runs(&d).len(), 3, "a disabled version's triggers stop");
+    assert_eq!(fired(&d), before, "and do not fire (and fail) at all while it is disabled");
+    d.submit(Command::Run(RunCommand::DagVersion {
+        name: "nightly".into(),
+        version: None,
+        action: stella::engine::plan::DagAction::Enable,
+    }))
+    .unwrap();
+    tick_after(&d, 5 * 60_000);
+    assert_eq!(runs(&d).len(), 4, "enabled again, the triggers resume");
     verify(&d);
 }
 

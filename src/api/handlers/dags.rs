@@ -171,6 +171,11 @@ pub async fn schedule_action(
         "clear" => ScheduleAction::Clear,
         other => return Err(Problem::not_found(format!("schedule action {other:?} (pause, resume, clear)"))),
     };
-    submit(&state, p, Command::Run(RunCommand::Schedule { dag, action })).await?;
-    schedules(State(state), auth).await
+    let c = submit(&state, p, Command::Run(RunCommand::Schedule { dag, action })).await?;
+    let cleared = c.entries.iter().find(|e| e.kind == "schedule.cleared").map(|e| e.data["cleared"].clone());
+    let Json(mut v) = schedules(State(state), auth).await?;
+    if let Some(cleared) = cleared {
+        v["cleared"] = cleared;
+    }
+    Ok(Json(v))
 }
