@@ -264,7 +264,13 @@ pub enum QueueCmd {
     /// Depth per type and state, oldest age, leased, DLQ depth, pauses and budgets.
     Status,
     /// Stop dispatching a job type (running work finishes).
-    Pause { job_type: String },
+    Pause {
+        job_type: String,
+        /// Pause a type the appliance does not know yet (no job, plugin or built-in kind of
+        /// that name), so that its first jobs wait.
+        #[arg(long)]
+        create: bool,
+    },
     /// Resume dispatching a job type.
     Resume { job_type: String },
     /// Rate-limit and depth budgets.

@@ -29,8 +29,9 @@ pub async fn queue(g: &Global, cmd: QueueCmd) -> Result<(), CliError> {
     let client = target::client(g)?;
     let v = match cmd {
         QueueCmd::Status => client.get(&format!("{P}/queue")).await?.ok()?.json()?,
-        QueueCmd::Pause { job_type } => {
-            client.post(&format!("{P}/queue/{job_type}/pause"), &json!({})).await?.ok()?.json()?
+        QueueCmd::Pause { job_type, create } => {
+            let q = if create { "?create=true" } else { "" };
+            client.post(&format!("{P}/queue/{job_type}/pause{q}"), &json!({})).await?.ok()?.json()?
         }
         QueueCmd::Resume { job_type } => {
             client.post(&format!("{P}/queue/{job_type}/resume"), &json!({})).await?.ok()?.json()?

@@ -10,7 +10,9 @@ use crate::queue::job_id;
 use crate::runtime_config;
 use crate::store::command::{Bucket, CommandError, Effects, LiveWrite, PlanCtx, storage};
 use crate::store::records::{Budget, JobRecord, JobState, QueueRecord};
-use crate::store::schema::{COUNTERS, DLQ, DUE, IDEMPOTENCY, JOBS, LIVE_LEASES, QUEUES, READY, RUNTIME_CONFIG, rw};
+use crate::store::schema::{
+    COUNTERS, DLQ, DUE, IDEMPOTENCY, JOBS, LIVE_LEASES, PLUGINS, QUEUES, READY, RUNTIME_CONFIG, rw,
+};
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::json;
 use std::collections::HashSet;
@@ -82,6 +84,9 @@ pub enum QueueCommand {
     },
     Pause {
         job_type: String,
+        /// Pause a type nothing names yet (else an unknown type is refused: a typo would
+        /// otherwise pause nothing and leave a phantom type behind).
+        create: bool,
     },
     Resume {
         job_type: String,
@@ -144,8 +149,17 @@ pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Re
             let code = error_code.as_deref().unwrap_or("failed");
             fail(txn, ctx, tenant.as_deref(), (job, *token), (error, code), *retryable)
         }
-        QueueCommand::Pause { job_type } | QueueCommand::Resume { job_type } => {
+        QueueCommand::Pause { job_type, .. } | QueueCommand::Resume { job_type } => {
             let pause = matches!(cmd, QueueCommand::Pause { .. });
+            let create = matches!(cmd, QueueCommand::Pause { create: true, .. });
+            if !create && !known_type(txn, job_type)? {
+                return Err(CommandError::NotFound {
+                    what: format!(
+                        "job type {job_type}: no job, plugin or built-in kind of that name has been \
+                         seen (add --create to pause it before its first job), so it was"
+                    ),
+                });
+            }
             let q = queue_record(txn, job_type)?;
             if q.paused == pause {
                 return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
@@ -251,6 +265,16 @@ fn interrupt(txn: &WriteTransaction, ctx: &mut PlanCtx, worker_prefix: &str) -> 
 
 fn draft(tenant: &str, kind: &'static str, subjects: Vec<String>, data: serde_json::Value) -> Draft {
     Draft { tenant: tenant.to_owned(), kind, subjects, data }
+}
+
+/// Whether a job type exists: it has had jobs, or a plugin or built-in kind serves it.
+fn known_type(txn: &WriteTransaction, job_type: &str) -> Result<bool, CommandError> {
+    if crate::engine::spec::BUILTINS.contains(&job_type)
+        || txn.open_table(QUEUES).map_err(storage)?.get(job_type).map_err(storage)?.is_some()
+    {
+        return Ok(true);
+    }
+    Ok(txn.open_table(PLUGINS).map_err(storage)?.get(job_type).map_err(storage)?.is_some())
 }
 
 fn queue_record(txn: &WriteTransaction, job_type: &str) -> Result<QueueRecord, CommandError> {

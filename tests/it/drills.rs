@@ -299,3 +299,55 @@ async fn disabling_the_active_version_pauses_its_triggers_and_clear_names_what_i
     let cleared = app.stella(&["orch", "schedule", "clear", "nightly"]);
     assert!(stdout(&cleared).contains("cleared schedule 0 (* * * * *) of nightly"), "{}", stdout(&cleared));
 }
+
+/// Bug: `orch run stream run-999 --after 0 --until-done` (and `--dag no-such-dag`) waited
+/// forever for a run that does not exist. Both are a 404 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_an_unknown_run_or_dag_is_a_404_at_once() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    for args in [
+        &["orch", "run", "stream", "run-999", "--after", "0", "--until-done"][..],
+        &["orch", "run", "stream", "--dag", "no-such-dag", "--until-done"][..],
+    ] {
+        let out = app.stella(args);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    }
+}
+
+/// Bug: `orch run retry run-9 --step run-3/work` was accepted and retried run-9's `work`. A
+/// step record id of another run is refused (422, naming it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_id_of_another_run_is_refused() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let c = app.socket_client();
+    register(&c, "name = \"one\"\n[steps.work]\nplugin = \"noop\"\n").await;
+    let other = start(&c, "one").await;
+    complete_one(&c).await;
+    let run = start(&c, "one").await;
+    fail_one(&c).await;
+    let step = format!("{other}/work");
+    let r = c.post(&format!("{API}/runs/{run}/actions/retry"), &json!({ "stepRecordId": step })).await.unwrap();
+    assert_eq!(r.status, 422);
+    assert!(r.json().unwrap()["detail"].as_str().unwrap().contains(&format!("belongs to run {other}")));
+    let out = app.stella(&["orch", "run", "retry", &run, "--step", &step]);
+    assert!(!out.status.success());
+    assert_eq!(api_get(&c, &format!("/runs/{run}")).await["status"], "failed", "nothing was retried");
+    assert!(app.stella(&["orch", "run", "retry", &run, "--step", &format!("{run}/work")]).status.success());
+}
+
+/// Bug: `orch queue pause no-such-type` succeeded and left a phantom type row. An unknown type
+/// is refused unless `--create` says to pause it before its first job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_an_unknown_job_type_is_refused_unless_create() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let out = app.stella(&["orch", "queue", "pause", "no-such-type"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--create"), "{}", stderr(&out));
+    let status = json_out(&app.stella(&["--format", "json", "orch", "queue", "status"]));
+    assert!(!status["types"].as_array().unwrap().iter().any(|t| t["type"] == "no-such-type"), "{status}");
+    assert!(app.stella(&["orch", "queue", "pause", "sleep"]).status.success(), "a built-in kind is known");
+    assert!(app.stella(&["orch", "queue", "pause", "nightly-report", "--create"]).status.success());
+    let status = json_out(&app.stella(&["--format", "json", "orch", "queue", "status"]));
+    assert!(status["types"].as_array().unwrap().iter().any(|t| t["type"] == "nightly-report" && t["paused"] == true));
+}

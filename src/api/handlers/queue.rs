@@ -250,17 +250,26 @@ pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult
     Ok(Json(out))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseQuery {
+    /// Pause a type the appliance does not know yet.
+    #[serde(default)]
+    create: bool,
+}
+
 pub async fn pause_resume(
     State(state): State<Arc<AppState>>,
     auth: Auth,
     Path((job_type, action)): Path<(String, String)>,
+    QueryArgs(q): QueryArgs<PauseQuery>,
 ) -> ApiResult<Json<dto::QueueStatus>> {
     let p = auth.require(Scope::Admin)?;
     if !valid_type(&job_type) {
         return Err(Problem::invalid("type", format!("job type {job_type:?} is not valid")));
     }
     let command = match action.as_str() {
-        "pause" => QueueCommand::Pause { job_type },
+        "pause" => QueueCommand::Pause { job_type, create: q.create },
         "resume" => QueueCommand::Resume { job_type },
         other => return Err(Problem::not_found(format!("queue action {other:?} (pause, resume)"))),
     };

@@ -6,7 +6,7 @@
 //! sequence to resume from, and is disconnected. Filters: `run`, `dag`, `tenant`.
 
 use crate::api::extract::{Auth, QueryArgs};
-use crate::api::problem::ApiResult;
+use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
 use crate::ledger::Entry;
@@ -103,6 +103,20 @@ pub async fn stream(
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
     let principal = auth.require(Scope::Read)?.clone();
+    // Following a run or DAG that does not exist would wait forever: say so at once.
+    {
+        let txn = state.store.read()?;
+        if let Some(run) = &q.run
+            && read::run(&txn, run)?.filter(|r| principal.sees(&r.tenant)).is_none()
+        {
+            return Err(Problem::not_found(format!("run {run}")));
+        }
+        if let Some(dag) = &q.dag
+            && !read::dags(&txn)?.iter().any(|d| d.name == *dag)
+        {
+            return Err(Problem::not_found(format!("DAG {dag}")));
+        }
+    }
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
