@@ -29,8 +29,16 @@ pub struct ServeOptions {
     pub listen: Option<String>,
 }
 
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Stopped,
+    /// `POST /admin/restart`: the caller starts the same command again in this process.
+    RestartRequested,
+}
+
 /// Runs the daemon to completion on its own runtime.
-pub fn run(opts: ServeOptions) -> Result<(), CliError> {
+pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
     let dev_notes = if opts.dev { Some(dev::prepare(&opts.layout).map_err(CliError::Other)?) } else { None };
     let config_path = opts.config_path.clone().unwrap_or_else(|| opts.layout.config_file());
     let mut config = Config::load(&config_path, true).map_err(|e| CliError::Invalid(e.to_string()))?;
@@ -58,8 +66,10 @@ pub fn run(opts: ServeOptions) -> Result<(), CliError> {
     // then drains what it holds, commits, and its thread ends.
     runtime.shutdown_timeout(Duration::from_secs(5));
     let _ = writer_thread.join();
-    if result.is_ok() {
-        tracing::info!("stopped cleanly");
+    match result {
+        Ok(Ended::Stopped) => tracing::info!("stopped cleanly"),
+        Ok(Ended::RestartRequested) => tracing::info!("stopped cleanly; starting again"),
+        Err(_) => {}
     }
     result
 }
@@ -71,11 +81,22 @@ async fn daemon(
     writer: WriterHandle,
     clock: SharedClock,
     dev_notes: Option<dev::DevNotes>,
-) -> Result<(), CliError> {
+) -> Result<Ended, CliError> {
     let started = Instant::now();
     let started_ms = clock.now_ms();
     // Installed before READY=1 so that a SIGTERM right after readiness drains instead of killing.
-    let shutdown = shutdown_signal()?;
+    let signal = shutdown_signal()?;
+    let (restart, mut restart_rx) = tokio::sync::watch::channel(false);
+    let restart_requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = {
+        let requested = restart_requested.clone();
+        async move {
+            tokio::select! {
+                _ = signal => {}
+                _ = restart_rx.wait_for(|r| *r) => requested.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        }
+    };
     // The appliance key signs export packs; a production appliance makes its own at first start.
     let key_fingerprint = Some(dev::ensure_appliance_key(&opts.layout.appliance_key()).map_err(CliError::Other)?);
     ensure_identity(&store, &writer, key_fingerprint).await?;
@@ -131,6 +152,7 @@ async fn daemon(
         trust_dir: opts.layout.trust_dir(),
         owner_uid: unsafe_free_geteuid(),
         progress: Default::default(),
+        restart,
         log_dir: opts.layout.log(),
     });
     if opts.dev {
@@ -182,7 +204,7 @@ async fn daemon(
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
-    Ok(())
+    Ok(if restart_requested.load(std::sync::atomic::Ordering::SeqCst) { Ended::RestartRequested } else { Ended::Stopped })
 }
 
 /// The attempts the previous daemon's executor held died with it: its plugin processes are

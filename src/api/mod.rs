@@ -25,6 +25,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/admin/health", get(admin::health))
         .route("/admin/db/verify", get(admin::db_verify))
+        .route("/admin/restart", post(admin::restart))
         .route("/status", get(admin::status))
         .route("/ledger", get(admin::ledger))
         .route("/auth/tokens", post(tokens::create).get(tokens::list))
@@ -73,6 +74,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest(PREFIX, api)
         .route("/metrics", get(admin::metrics))
+        // Runbook 002 names the health endpoint without the API prefix too.
+        .route("/admin/health", get(admin::health))
         .fallback(handlers::route_not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.config.server.body_limit_bytes))

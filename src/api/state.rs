@@ -27,4 +27,7 @@ pub struct AppState {
     pub log_dir: std::path::PathBuf,
     /// Progress of long operations, by the id their client chose.
     pub progress: crate::progress::Registry,
+    /// `POST /admin/restart` (dev appliances): set to true, the daemon drains and starts again
+    /// in the same process (`exec`), on the same terminal.
+    pub restart: tokio::sync::watch::Sender<bool>,
 }

@@ -23,7 +23,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Top::Serve(a) => serve_cmd(&g, a),
         Top::Generate(cmd) => generate(cmd),
-        Top::Service(ServiceCmd::Restart { service }) => service_restart(&service),
+        Top::Service(ServiceCmd::Restart { service }) => service_restart(&g, &service),
         Top::Orch(OrchCmd::Db(DbCmd::Verify { offline: true, chain_only })) => db_verify_offline(&g, chain_only),
         Top::Orch(OrchCmd::Db(DbCmd::Repair)) => db_repair(&g),
         Top::Keys(cmd) => crate::cli::keys::run(&g, cmd),
@@ -56,7 +56,16 @@ fn serve_cmd(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         (None, true) => Layout::under("stella-dev"),
         (None, false) => Layout::production(),
     };
-    serve::run(serve::ServeOptions { layout, config_path: g.config.clone(), dev: a.dev, listen: a.listen })
+    match serve::run(serve::ServeOptions { layout, config_path: g.config.clone(), dev: a.dev, listen: a.listen })? {
+        serve::Ended::Stopped => Ok(()),
+        serve::Ended::RestartRequested => {
+            // The same command again, in this process: same pid, terminal and state directory.
+            use std::os::unix::process::CommandExt;
+            let exe = std::env::current_exe().map_err(|e| CliError::Other(format!("restart: find own binary: {e}")))?;
+            let e = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+            Err(CliError::Other(format!("restart: exec: {e}")))
+        }
+    }
 }
 
 async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
@@ -297,10 +306,25 @@ async fn secrets(g: &Global, cmd: SecretsCmd) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `stella service restart orchestrator`: the daemon runs as `stella.service` under systemd.
-fn service_restart(service: &str) -> Result<(), CliError> {
+/// `stella service restart orchestrator`: a production daemon runs as `stella.service` under
+/// systemd; a dev appliance named by `--state-dir` (or `--server`) restarts itself in place.
+fn service_restart(g: &Global, service: &str) -> Result<(), CliError> {
     if service != "orchestrator" {
         return Err(CliError::Invalid(format!("unknown service {service:?}; the only service is \"orchestrator\"")));
+    }
+    if g.state_dir.is_some() || g.server.is_some() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::Other(format!("start async runtime: {e}")))?;
+        return runtime.block_on(restart_in_place(g));
+    }
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        return Err(CliError::Other(
+            "this host does not run systemd, so there is no stella.service to restart: stop the daemon (SIGTERM) and \
+             start `stella serve` again, or name a dev appliance with --state-dir DIR"
+                .into(),
+        ));
     }
     let status = std::process::Command::new("systemctl")
         .args(["restart", "stella.service"])
@@ -310,6 +334,28 @@ fn service_restart(service: &str) -> Result<(), CliError> {
         Ok(())
     } else {
         Err(CliError::Other(format!("systemctl restart stella.service failed ({status})")))
+    }
+}
+
+/// Asks the appliance to restart itself and waits (at most a minute) until the new daemon answers.
+async fn restart_in_place(g: &Global) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let before = client.post("/api/v1/orchestrator/admin/restart", &json!({})).await?.ok()?.json()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        if let Ok(reply) = client.get("/api/v1/orchestrator/status").await
+            && let Ok(v) = reply.ok().and_then(|r| r.json())
+            && v["startedAt"] != before["startedAt"]
+        {
+            output::print(g.format, &v, |v| format!("restarted: the appliance started again at {}\n", s(&v["startedAt"])));
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CliError::Other("the appliance stopped for its restart but did not answer within 60 s: see its log".into()));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
     }
 }
 

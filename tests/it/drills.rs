@@ -351,3 +351,36 @@ async fn pausing_an_unknown_job_type_is_refused_unless_create() {
     let status = json_out(&app.stella(&["--format", "json", "orch", "queue", "status"]));
     assert!(status["types"].as_array().unwrap().iter().any(|t| t["type"] == "nightly-report" && t["paused"] == true));
 }
+
+/// Bug: `stella service restart orchestrator` ignored `--state-dir` and, without systemd,
+/// failed with systemctl's own error. With a dev appliance named, it restarts that appliance in
+/// place (same process, same terminal) and returns once the new daemon answers; a production
+/// appliance says it is restarted by systemd; without systemd the command says so in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_restart_restarts_a_named_dev_appliance_in_place() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let before = api_get(&c, "/status").await["startedAt"].as_str().unwrap().to_owned();
+    let out = app.stella(&["service", "restart", "orchestrator"]);
+    assert!(out.status.success(), "{}{}", stderr(&out), app.log());
+    assert!(stdout(&out).starts_with("restarted: "), "{}", stdout(&out));
+    let after = api_get(&c, "/status").await;
+    assert_ne!(after["startedAt"], before.as_str());
+    run_sample(&c).await;
+    let entries = api_get(&c, "/ledger?limit=1000").await;
+    let starts = entries["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "appliance.started").count();
+    assert_eq!(starts, 2, "one start, then the restart");
+
+    let prod = TestAppliance::start_production();
+    let out = prod.stella(&["service", "restart", "orchestrator"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("systemctl restart stella.service"), "{}", stderr(&out));
+
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        let out = std::process::Command::new(STELLA).args(["service", "restart", "orchestrator"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("does not run systemd"), "{err}");
+    }
+}

@@ -146,3 +146,25 @@ pub async fn metrics(
     };
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
 }
+
+/// `POST /admin/restart`: a dev appliance drains and starts again in place (same process, same
+/// terminal, same state directory). A production appliance is restarted by its service manager.
+pub async fn restart(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+) -> ApiResult<(axum::http::StatusCode, Json<serde_json::Value>)> {
+    auth.require(Scope::Admin)?;
+    if !state.dev {
+        return Err(Problem::new(
+            axum::http::StatusCode::CONFLICT,
+            "conflict",
+            "a production appliance is restarted by systemd: systemctl restart stella.service",
+        ));
+    }
+    tracing::info!("restart requested: draining, then starting again in place");
+    let _ = state.restart.send(true);
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "restarting": true, "startedAt": rfc3339(state.started_ms) })),
+    ))
+}
