@@ -232,9 +232,40 @@ const DECISIONS: &[(&str, &str)] = &[
     ("token.revoked", "revoked token"),
     ("config.set", "set config"),
     ("secret.set", "set secret"),
-    ("queue.", "queue"),
+    ("queue.paused", "paused job type"),
+    ("queue.resumed", "resumed job type"),
+    ("queue.budget_set", "set budget"),
+    ("queue.budget_cleared", "cleared budget"),
+    ("queue.budget_restored", "budget restored"),
+    ("dlq.replayed", "replayed dead job"),
+    ("dlq.purged", "purged dead jobs"),
+    ("schedule.paused", "paused schedule"),
+    ("schedule.resumed", "resumed schedule"),
+    ("schedule.cleared", "cleared schedule"),
     ("export.created", "exported"),
 ];
+
+/// What a decision changed, where the kind alone does not say: a budget's limits and end, a
+/// forced release's reason.
+fn detail(x: &Entry) -> String {
+    let d = &x.data;
+    let mut parts: Vec<String> = Vec::new();
+    match x.kind.as_str() {
+        "queue.budget_set" | "queue.budget_restored" => {
+            let b = if x.kind == "queue.budget_set" { d } else { &d["restored"] };
+            let rate = b["rateMilliPerS"].as_u64().or(b["rate_milli_per_s"].as_u64());
+            parts.extend(rate.map(|r| format!("rate {}/s", r as f64 / 1000.0)));
+            parts.extend(b["maxDepth"].as_u64().or(b["max_depth"].as_u64()).map(|n| format!("depth<={n}")));
+            parts.extend(d["untilMs"].as_i64().map(|u| format!("until {}", time(u))));
+            parts.extend(d["tenant"].as_str().map(|t| format!("tenant {t}")));
+        }
+        "queue.budget_cleared" | "lock.force_released" => {
+            parts.extend(d["reason"].as_str().map(|r| format!("reason: {r}")));
+        }
+        _ => {}
+    }
+    parts.join(", ")
+}
 
 fn time(ms: i64) -> String {
     crate::clock::rfc3339(ms)
@@ -356,7 +387,7 @@ pub fn cli(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
                     DECISIONS.iter().find(|(k, _)| x.kind == *k || (k.ends_with('.') && x.kind.starts_with(k)))
                 {
                     decisions.push(json!({ "seq": x.seq, "time": time(x.time), "actor": x.actor, "action": label,
-                                           "kind": x.kind, "subject": x.subjects.join(" ") }));
+                                           "kind": x.kind, "subject": x.subjects.join(" "), "detail": detail(&x) }));
                 }
                 true
             })
@@ -378,10 +409,12 @@ pub fn cli(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
                 }
                 out.push_str("decisions\n");
                 out.push_str(&table(
-                    &["SEQ", "TIME", "ACTOR", "ACTION", "SUBJECT"],
+                    &["SEQ", "TIME", "ACTOR", "ACTION", "SUBJECT", "DETAIL"],
                     &decisions
                         .iter()
-                        .map(|d| ["seq", "time", "actor", "action", "subject"].iter().map(|k| s(&d[*k])).collect())
+                        .map(|d| {
+                            ["seq", "time", "actor", "action", "subject", "detail"].iter().map(|k| s(&d[*k])).collect()
+                        })
                         .collect::<Vec<_>>(),
                 ));
                 out

@@ -200,8 +200,18 @@ async fn purge(
             detail: "some ids are not in the dead-letter queue".into(),
         });
     }
+    let selected = match (&job_type, all, ids.is_empty()) {
+        (Some(_), false, true) | (None, true, true) | (None, false, false) => true,
+        _ => false,
+    };
+    if !selected {
+        return Err(CliError::Invalid("name what to purge: IDS, --type T or --all".into()));
+    }
     if chosen.is_empty() {
-        return Err(CliError::Invalid("nothing to purge: name IDS, --type T or --all (matching dead jobs)".into()));
+        // Nothing matched: not a mistake of the command's, and nothing to snapshot.
+        let what = job_type.map_or("the dead-letter queue is empty".to_owned(), |t| format!("no dead job of type {t}"));
+        output::print(g.format, &json!({ "released": [] }), |_| format!("{what}; nothing to purge\n"));
+        return Ok(());
     }
     let mut text = String::new();
     for j in &chosen {
@@ -252,6 +262,7 @@ pub async fn locks(g: &Global, cmd: LocksCmd) -> Result<(), CliError> {
             });
         }
         LocksCmd::Release { id, env, force, reason, owner, lock_token } => {
+            let reason = if force { Some(force_reason(reason)?) } else { reason };
             let v = match (id, env) {
                 (Some(id), None) => {
                     let body = json!({ "force": force, "reason": reason, "owner": owner, "token": lock_token });
@@ -331,4 +342,22 @@ pub async fn agents(g: &Global, env: Option<String>) -> Result<(), CliError> {
         table(&["WORKER", "ENV", "TYPES", "LEASES", "LAST SEEN"], &rows)
     });
     Ok(())
+}
+
+/// The reason a forced release is ledgered with: `--reason`, or asked for on a terminal (the
+/// runbooks' `locks release … --force` works as written, and the ledger still says why).
+fn force_reason(reason: Option<String>) -> Result<String, CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if let Some(r) = reason.filter(|r| !r.trim().is_empty()) {
+        return Ok(r);
+    }
+    let refuse = || CliError::Invalid("a forced release needs --reason \"…\": it is recorded in the ledger".into());
+    if !std::io::stdin().is_terminal() {
+        return Err(refuse());
+    }
+    eprint!("reason for forcing the release (recorded in the ledger): ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| CliError::Other(format!("read reason: {e}")))?;
+    Some(line.trim().to_owned()).filter(|r| !r.is_empty()).ok_or_else(refuse)
 }

@@ -40,6 +40,11 @@ fn run_text(v: &Value, verbose: bool) -> String {
         s(&v["createdAt"]),
         v["finishedAt"].as_str().map(|f| format!(", finished {f}")).unwrap_or_default()
     );
+    out.push_str(&format!(
+        "inputs: {} (sha256 {})\n",
+        serde_json::to_string(&v["inputs"]).unwrap_or_default(),
+        s(&v["inputsHash"])
+    ));
     let steps = v["steps"].as_array().cloned().unwrap_or_default();
     let rows: Vec<Vec<String>> = steps
         .iter()
@@ -106,7 +111,14 @@ pub async fn run(g: &Global, cmd: RunCmd) -> Result<(), CliError> {
                 .ok()?
                 .json()?
         }
-        RunCmd::Cancel { run } => client.post(&format!("{P}/runs/{run}:cancel"), &json!({})).await?.ok()?.json()?,
+        RunCmd::Cancel { run } => {
+            let current = client.get(&format!("{P}/runs/{run}")).await?.ok()?.json()?;
+            if let status @ ("succeeded" | "cancelled") = current["status"].as_str().unwrap_or_default() {
+                output::print(g.format, &current, |_| format!("{run} already {status}; nothing to cancel\n"));
+                return Ok(());
+            }
+            client.post(&format!("{P}/runs/{run}:cancel"), &json!({})).await?.ok()?.json()?
+        }
         RunCmd::Status { run } => client.get(&format!("{P}/runs/{run}")).await?.ok()?.json()?,
         RunCmd::Trace { run, verbose } => {
             let v = client.get(&format!("{P}/runs/{run}")).await?.ok()?.json()?;
@@ -259,7 +271,7 @@ pub async fn dag(g: &Global, cmd: DagCmd) -> Result<(), CliError> {
             .map(|x| {
                 vec![
                     s(&x["version"]),
-                    if x["version"] == v["active"] { "active".into() } else { String::new() },
+                    if x["version"] == v["active"] { "yes".into() } else { "-".into() },
                     if x["disabled"] == true { "disabled".into() } else { "enabled".into() },
                     if x["unsigned"] == true { "unsigned".into() } else { "signed".into() },
                     s(&x["registeredAt"]),
@@ -267,7 +279,7 @@ pub async fn dag(g: &Global, cmd: DagCmd) -> Result<(), CliError> {
                 ]
             })
             .collect();
-        format!("DAG {}\n{}", s(&v["name"]), table(&["VERSION", "", "STATE", "SOURCE", "REGISTERED", "SHA256"], &rows))
+        format!("DAG {}\n{}", s(&v["name"]), table(&["VERSION", "ACTIVE", "STATE", "SOURCE", "REGISTERED", "SHA256"], &rows))
     });
     Ok(())
 }

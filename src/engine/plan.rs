@@ -222,6 +222,9 @@ fn dag_version(
             Ok(vec![draft(kind, json!({ "name": name, "version": v }))].into())
         }
         DagAction::Rollback => {
+            if let Some(v) = version.filter(|v| !rec.versions.iter().any(|x| x.version == *v)) {
+                return Err(CommandError::NotFound { what: format!("DAG {name} version {v}") });
+            }
             let to = match version {
                 Some(v) => rec.versions.iter().find(|x| x.version == v && !x.disabled).map(|x| x.version),
                 None => rec.versions.iter().filter(|x| x.version < rec.active && !x.disabled).map(|x| x.version).max(),
@@ -366,10 +369,12 @@ fn start(
 fn merged_inputs(c: &Compiled, given: &Map<String, Value>) -> Result<Value, CommandError> {
     if let Some(unknown) = given.keys().find(|k| !c.inputs.contains_key(*k)) {
         let declared: Vec<&str> = c.inputs.keys().map(String::as_str).collect();
-        return Err(CommandError::Invalid(format!(
-            "input {unknown:?} is not declared by the DAG (declared: {})",
-            declared.join(", ")
-        )));
+        let known = if declared.is_empty() {
+            "it declares no inputs".to_owned()
+        } else {
+            format!("declared: {}", declared.join(", "))
+        };
+        return Err(CommandError::Invalid(format!("input {unknown:?} is not declared by the DAG ({known})")));
     }
     let mut out = Map::new();
     for (k, default) in &c.inputs {

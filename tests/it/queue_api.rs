@@ -47,7 +47,16 @@ async fn runbook_lock_and_config_commands_work_end_to_end_and_name_the_actor() {
     let refused = app.stella(&["orch", "locks", "release", "lock-1", "--owner", "deploy-7", "--lock-token", &old]);
     assert_eq!(refused.status.code(), Some(7), "the old holder is refused: {}", stderr(&refused));
 
-    let env_release = app.stella(&["orch", "locks", "release", "--env", "prod", "--force"]);
+    // A forced release is recorded with its reason: without one (and no terminal to ask on)
+    // it is refused, naming --reason, and nothing is released.
+    let no_reason = app.stella(&["orch", "locks", "release", "--env", "prod", "--force"]);
+    assert_eq!(no_reason.status.code(), Some(9), "{}", stderr(&no_reason));
+    assert!(stderr(&no_reason).contains("--reason"), "{}", stderr(&no_reason));
+    let r = c.post(&format!("{API}/locks/release"), &json!({ "env": "prod", "force": true })).await.unwrap();
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json().unwrap()["field"], "reason");
+    assert!(!json_out(&app, &["orch", "locks", "list", "--env", "prod"])["locks"].as_array().unwrap().is_empty());
+    let env_release = app.stella(&["orch", "locks", "release", "--env", "prod", "--force", "--reason", "drill"]);
     assert!(env_release.status.success(), "{}", stderr(&env_release));
     assert!(json_out(&app, &["orch", "locks", "list", "--env", "prod"])["locks"].as_array().unwrap().is_empty());
 

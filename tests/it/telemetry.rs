@@ -196,3 +196,33 @@ async fn alert_rules_and_the_dashboard_are_valid_over_served_metrics() {
         assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// `/metrics` needs a token with `orchestrator:read` (decided and documented); the scrape
+/// configuration in `appliance/prometheus/prometheus.yml` says so and is what works: HTTPS,
+/// the appliance's certificate as CA, a bearer token read from a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_as_the_shipped_prometheus_config_says() {
+    let app = TestAppliance::start();
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/prometheus/prometheus.yml"),
+    )
+    .unwrap();
+    for needed in ["scheme: https", "metrics_path: /metrics", "type: Bearer", "credentials_file:", "ca_file:"] {
+        assert!(config.contains(needed), "{needed}");
+    }
+    let out = app.stella(&[
+        "--format", "json", "auth", "token", "create", "--tenant", "default", "--scopes", "orchestrator:read",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = token["token"].as_str().unwrap();
+    let scraped = app.https_client(Some(secret)).get("/metrics").await.unwrap();
+    assert_eq!(scraped.status, 200);
+    assert!(String::from_utf8_lossy(&scraped.body).contains("orchestrator_ledger_height"));
+    assert_eq!(app.https_client(None).get("/metrics").await.unwrap().status, 401);
+    if promtool().is_some() {
+        let prom = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/prometheus");
+        let o = promtool_run(&["check", "config", "--syntax-only", "prometheus.yml"], None, &prom);
+        assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
+}

@@ -90,6 +90,14 @@ pub async fn acquire(
     Ok(Json(answer))
 }
 
+/// A forced release is ledgered with why: an auditor reads it, so it is never empty.
+fn force_reason(reason: Option<String>) -> Result<String, Problem> {
+    reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| Problem::invalid("reason", "a forced release needs a reason; it is recorded in the ledger"))
+}
+
 /// `POST /locks/{id}/release`: by the holder with its token, or forced (admin, reason recorded).
 pub async fn release(
     State(state): State<Arc<AppState>>,
@@ -99,7 +107,7 @@ pub async fn release(
 ) -> ApiResult<Json<dto::Released>> {
     let command = if req.force {
         let p = auth.require(Scope::Admin)?;
-        LockCommand::ForceRelease { tenant: p.tenant.clone(), target: ForceTarget::Id(id), reason: req.reason }
+        LockCommand::ForceRelease { tenant: p.tenant.clone(), target: ForceTarget::Id(id), reason: Some(force_reason(req.reason)?) }
     } else {
         let p = auth.require(Scope::Operate)?;
         let (Some(owner), Some(token)) = (req.owner, req.token) else {
@@ -124,7 +132,7 @@ pub async fn release_env(
         return Err(Problem::invalid("env", "releasing by environment needs env and force: true"));
     };
     let command =
-        LockCommand::ForceRelease { tenant: p.tenant.clone(), target: ForceTarget::Env(env), reason: req.reason };
+        LockCommand::ForceRelease { tenant: p.tenant.clone(), target: ForceTarget::Env(env), reason: Some(force_reason(req.reason)?) };
     let c = submit(&state, p, Command::Lock(command)).await?;
     Ok(Json(dto::Released {
         released: c.entries.iter().filter_map(|e| e.data["lockId"].as_str().map(str::to_owned)).collect(),
