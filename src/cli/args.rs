@@ -655,6 +655,12 @@ pub enum KeysCmd {
     Revoke {
         fingerprint: String,
     },
+    /// Print the appliance's public key (the one that signs export packs), for auditors.
+    ExportAppliance {
+        /// As an `allowed_signers` line for `stella audit verify --signers` and `ssh-keygen -Y verify`.
+        #[arg(long)]
+        allowed_signers: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -48,7 +48,21 @@ pub async fn export(g: &Global, a: ExportArgs) -> Result<(), CliError> {
 pub fn audit(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
     match cmd {
         AuditCmd::Verify { pack, signers } => {
-            let signers = signers.unwrap_or_else(|| target::layout(g).trust_dir().join("allowed_signers"));
+            let signers = match signers {
+                Some(file) => file,
+                None => {
+                    let local = target::layout(g).trust_dir().join("allowed_signers");
+                    if !local.exists() {
+                        return Err(CliError::Invalid(format!(
+                            "no trust store here ({}): pass --signers FILE, an allowed_signers file with the \
+                             appliance's key; on the appliance, `stella keys export-appliance --allowed-signers \
+                             > allowed_signers` writes it",
+                            local.display()
+                        )));
+                    }
+                    local
+                }
+            };
             let trust = crate::trust::store::TrustStore::load_files(&signers, None)
                 .map_err(|e| CliError::Invalid(e.to_string()))?;
             let report = crate::audit::verify::verify(&pack, &trust, crate::clock::SystemClock.now())

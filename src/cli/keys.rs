@@ -62,6 +62,21 @@ pub fn run(g: &Global, cmd: KeysCmd) -> Result<(), CliError> {
                 table(&["PRINCIPAL", "FINGERPRINT", "NAMESPACES", "VALID BEFORE", "REVOKED"], &rows)
             });
         }
+        KeysCmd::ExportAppliance { allowed_signers } => {
+            let path = target::layout(g).appliance_key().with_extension("pub");
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                CliError::Invalid(format!("{}: {e} (is this the appliance, and has it started once?)", path.display()))
+            })?;
+            let key = PublicKey::from_openssh(text.trim())
+                .map_err(|e| CliError::Invalid(format!("{}: {e}", path.display())))?;
+            let fp = key.fingerprint(HashAlg::Sha256).to_string();
+            let openssh = key.to_openssh().map_err(|e| CliError::Other(e.to_string()))?;
+            let line = format!("appliance namespaces=\"{}\" {openssh}", crate::trust::sig::Namespace::Export.as_str());
+            let v = json!({ "fingerprint": fp, "publicKey": openssh, "allowedSigners": line });
+            output::print(g.format, &v, |v| {
+                if allowed_signers { format!("{}\n", s(&v["allowedSigners"])) } else { format!("{}\n", s(&v["publicKey"])) }
+            });
+        }
         KeysCmd::Revoke { fingerprint } => {
             if !fingerprint.starts_with("SHA256:") {
                 return Err(CliError::Invalid(format!(

@@ -384,3 +384,31 @@ async fn service_restart_restarts_a_named_dev_appliance_in_place() {
         assert!(err.contains("does not run systemd"), "{err}");
     }
 }
+
+/// Found in the drills: `audit verify` on an auditor's machine (no local trust store) and
+/// without `--signers` failed on a missing file. It says to pass `--signers` and how to make
+/// the file, and `keys export-appliance --allowed-signers` makes it: with that file alone the
+/// pack verifies elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_without_a_trust_store_is_told_how_to_get_the_signers_file() {
+    let app = TestAppliance::start();
+    run_sample(&app.socket_client()).await;
+    let pack = app.root().join("pack");
+    let out = app.stella(&["export", "--out", pack.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = app.stella(&["keys", "export-appliance", "--allowed-signers"]);
+    assert!(line.status.success(), "{}", stderr(&line));
+    assert!(stdout(&line).starts_with("appliance namespaces=\"stella-export@stella.invalid\" ssh-ed25519 "));
+    let auditor = tempfile::tempdir().unwrap();
+    let signers = auditor.path().join("allowed_signers");
+    std::fs::write(&signers, stdout(&line)).unwrap();
+    let elsewhere = |args: &[&str]| {
+        std::process::Command::new(STELLA).arg("--state-dir").arg(auditor.path()).args(args).output().unwrap()
+    };
+    let refused = elsewhere(&["audit", "verify", pack.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(err.contains("--signers") && err.contains("stella keys export-appliance --allowed-signers"), "{err}");
+    let ok = elsewhere(&["audit", "verify", pack.to_str().unwrap(), "--signers", signers.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}
