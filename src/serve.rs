@@ -204,7 +204,11 @@ async fn daemon(
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
-    Ok(if restart_requested.load(std::sync::atomic::Ordering::SeqCst) { Ended::RestartRequested } else { Ended::Stopped })
+    Ok(if restart_requested.load(std::sync::atomic::Ordering::SeqCst) {
+        Ended::RestartRequested
+    } else {
+        Ended::Stopped
+    })
 }
 
 /// The attempts the previous daemon's executor held died with it: its plugin processes are

@@ -348,11 +348,15 @@ async fn restart_in_place(g: &Global) -> Result<(), CliError> {
             && let Ok(v) = reply.ok().and_then(|r| r.json())
             && v["startedAt"] != before["startedAt"]
         {
-            output::print(g.format, &v, |v| format!("restarted: the appliance started again at {}\n", s(&v["startedAt"])));
+            output::print(g.format, &v, |v| {
+                format!("restarted: the appliance started again at {}\n", s(&v["startedAt"]))
+            });
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {
-            return Err(CliError::Other("the appliance stopped for its restart but did not answer within 60 s: see its log".into()));
+            return Err(CliError::Other(
+                "the appliance stopped for its restart but did not answer within 60 s: see its log".into(),
+            ));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(500));

@@ -74,7 +74,11 @@ pub fn run(g: &Global, cmd: KeysCmd) -> Result<(), CliError> {
             let line = format!("appliance namespaces=\"{}\" {openssh}", crate::trust::sig::Namespace::Export.as_str());
             let v = json!({ "fingerprint": fp, "publicKey": openssh, "allowedSigners": line });
             output::print(g.format, &v, |v| {
-                if allowed_signers { format!("{}\n", s(&v["allowedSigners"])) } else { format!("{}\n", s(&v["publicKey"])) }
+                if allowed_signers {
+                    format!("{}\n", s(&v["allowedSigners"]))
+                } else {
+                    format!("{}\n", s(&v["publicKey"]))
+                }
             });
         }
         KeysCmd::Revoke { fingerprint } => {

@@ -200,10 +200,8 @@ async fn purge(
             detail: "some ids are not in the dead-letter queue".into(),
         });
     }
-    let selected = match (&job_type, all, ids.is_empty()) {
-        (Some(_), false, true) | (None, true, true) | (None, false, false) => true,
-        _ => false,
-    };
+    let selected =
+        matches!((&job_type, all, ids.is_empty()), (Some(_), false, true) | (None, true, true) | (None, false, false));
     if !selected {
         return Err(CliError::Invalid("name what to purge: IDS, --type T or --all".into()));
     }

@@ -279,7 +279,11 @@ pub async fn dag(g: &Global, cmd: DagCmd) -> Result<(), CliError> {
                 ]
             })
             .collect();
-        format!("DAG {}\n{}", s(&v["name"]), table(&["VERSION", "ACTIVE", "STATE", "SOURCE", "REGISTERED", "SHA256"], &rows))
+        format!(
+            "DAG {}\n{}",
+            s(&v["name"]),
+            table(&["VERSION", "ACTIVE", "STATE", "SOURCE", "REGISTERED", "SHA256"], &rows)
+        )
     });
     Ok(())
 }

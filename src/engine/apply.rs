@@ -376,7 +376,12 @@ fn arm_schedules(
 
 /// Pauses (with `reason`) or resumes a DAG's schedules as its active version is disabled or
 /// enabled; an operator's own pause stays.
-fn disable_schedules(txn: &WriteTransaction, entry: &Entry, dag: &str, reason: Option<String>) -> Result<(), ApplyError> {
+fn disable_schedules(
+    txn: &WriteTransaction,
+    entry: &Entry,
+    dag: &str,
+    reason: Option<String>,
+) -> Result<(), ApplyError> {
     for (key, mut v) in schedule_rows(txn, dag)? {
         let index = v["index"].as_u64().unwrap_or(0);
         schedule_timer(txn, v["nextMs"].as_i64(), dag, index, false)?;

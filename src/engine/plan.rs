@@ -93,11 +93,21 @@ pub enum Recovery {
 /// How a step's job ended, as the queue reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Succeeded { outputs: Value },
-    Retrying { error: String, code: String },
-    Failed { error: String, code: String },
+    Succeeded {
+        outputs: Value,
+    },
+    Retrying {
+        error: String,
+        code: String,
+    },
+    Failed {
+        error: String,
+        code: String,
+    },
     /// The attempt died with the appliance (a crash or kill -9): queued again at once.
-    Interrupted { error: String },
+    Interrupted {
+        error: String,
+    },
 }
 
 pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
@@ -141,8 +151,10 @@ pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Resu
                 ScheduleAction::Pause => ("schedule.paused", json!({ "dag": dag })),
                 ScheduleAction::Resume => ("schedule.resumed", json!({ "dag": dag })),
                 ScheduleAction::Clear => {
-                    let cleared: Vec<Value> =
-                        schedules.iter().map(|s| json!({ "dag": dag, "index": s["index"], "schedule": s["schedule"] })).collect();
+                    let cleared: Vec<Value> = schedules
+                        .iter()
+                        .map(|s| json!({ "dag": dag, "index": s["index"], "schedule": s["schedule"] }))
+                        .collect();
                     ("schedule.cleared", json!({ "dag": dag, "cleared": cleared }))
                 }
             };
@@ -450,6 +462,9 @@ fn recover(
     Ok(p.drafts.into())
 }
 
+/// A dead job left where it was, and why.
+pub type Refusal = (String, String);
+
 /// `dlq replay` of dead DAG step jobs: each is retried through its run, as `run retry --step`
 /// would (one `run.resumed` per run), and leaves the dead-letter queue. Returns the drafts and
 /// the jobs refused, each with the reason (its run moved on, or it is no longer its step's job).
@@ -457,7 +472,7 @@ pub fn replay_dead_steps(
     txn: &WriteTransaction,
     ctx: &mut PlanCtx,
     jobs: &[JobRecord],
-) -> Result<(Vec<Draft>, Vec<(String, String)>), CommandError> {
+) -> Result<(Vec<Draft>, Vec<Refusal>), CommandError> {
     let mut by_run: std::collections::BTreeMap<String, Vec<&JobRecord>> = Default::default();
     for j in jobs {
         by_run.entry(j.payload["run"].as_str().unwrap_or_default().to_owned()).or_default().push(j);
@@ -487,7 +502,11 @@ pub fn replay_dead_steps(
         p.drafts.push(p.draft("run.resumed", None, json!({ "runId": run, "action": "replay", "steps": steps })));
         p.run.status = RunStatus::Running;
         for step in &steps {
-            let idx = p.dag.step(step).map(|(i, _)| i).ok_or_else(|| CommandError::NotFound { what: format!("step {step}") })?;
+            let idx = p
+                .dag
+                .step(step)
+                .map(|(i, _)| i)
+                .ok_or_else(|| CommandError::NotFound { what: format!("step {step}") })?;
             p.retry_step(ctx, idx, "replay")?;
         }
         p.settle();
@@ -800,7 +819,8 @@ impl<'t> Planner<'t> {
     }
 
     fn push_resolved(&mut self, name: &str, dead: &str, action: &str, replaced_by: Option<&str>) {
-        let data = json!({ "runId": self.run.id, "step": name, "jobId": dead, "action": action, "replacedBy": replaced_by });
+        let data =
+            json!({ "runId": self.run.id, "step": name, "jobId": dead, "action": action, "replacedBy": replaced_by });
         self.drafts.push(Draft {
             tenant: self.run.tenant.clone(),
             kind: "dlq.resolved",

@@ -13,7 +13,6 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
 
-
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
     pub worker: String,

@@ -144,7 +144,8 @@ impl Builder {
                 };
                 self.attempts.insert(key, attempt);
             }
-            "step.succeeded" | "step.failed" | "step.retrying" | "step.interrupted" | "step.cancelled" | "step.skipped" => {
+            "step.succeeded" | "step.failed" | "step.retrying" | "step.interrupted" | "step.cancelled"
+            | "step.skipped" => {
                 let error = match e.kind.as_ref() {
                     "step.succeeded" | "step.skipped" => None,
                     "step.cancelled" => Some("cancelled".to_owned()),
@@ -169,11 +170,7 @@ impl Builder {
                 });
                 if let Some(a) = open.filter(|_| e.kind != "step.skipped") {
                     let again = matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted");
-                    let known = if again {
-                        self.jobs.get(&a.job).cloned()
-                    } else {
-                        self.jobs.remove(&a.job)
-                    };
+                    let known = if again { self.jobs.get(&a.job).cloned() } else { self.jobs.remove(&a.job) };
                     let (plugin, digest) = known.unwrap_or_else(|| {
                         let plugin = lookup(self).map(|r| r.plugin).unwrap_or_default();
                         let digest = self.run(&run).and_then(|r| r.plugins.get(&plugin).cloned());

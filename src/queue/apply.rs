@@ -318,7 +318,9 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 grant(txn, entry, &d.worker, g)?;
             }
         }
-        "job.succeeded" | "job.failed" | "lease.expired" | "lease.interrupted" => finish_attempt(txn, entry, &data(entry)?)?,
+        "job.succeeded" | "job.failed" | "lease.expired" | "lease.interrupted" => {
+            finish_attempt(txn, entry, &data(entry)?)?
+        }
         "job.ready" => {
             #[derive(Deserialize)]
             #[serde(rename_all = "camelCase")]

@@ -244,10 +244,7 @@ fn interrupt(txn: &WriteTransaction, ctx: &mut PlanCtx, worker_prefix: &str) -> 
             (json!({ "next": "dead", "error": error }), engine::Outcome::Failed { error, code: "interrupted".into() })
         } else {
             let error = format!("attempt {} was cut short by a restart of the appliance; started again", j.attempt);
-            (
-                json!({ "next": "retry", "notBeforeMs": ctx.now, "error": error }),
-                engine::Outcome::Interrupted { error },
-            )
+            (json!({ "next": "retry", "notBeforeMs": ctx.now, "error": error }), engine::Outcome::Interrupted { error })
         };
         data["jobId"] = json!(j.id);
         data["token"] = json!(lease.token);
@@ -259,7 +256,9 @@ fn interrupt(txn: &WriteTransaction, ctx: &mut PlanCtx, worker_prefix: &str) -> 
         effects.drafts.extend(engine::on_outcome(txn, ctx, &j, outcome)?);
         effects.drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", j.id), &mut touched)?);
     }
-    effects.note = Some(json!({ "interrupted": effects.drafts.iter().filter(|d| d.kind == "lease.interrupted").count(), "deferred": deferred }));
+    effects.note = Some(
+        json!({ "interrupted": effects.drafts.iter().filter(|d| d.kind == "lease.interrupted").count(), "deferred": deferred }),
+    );
     Ok(effects)
 }
 

@@ -29,9 +29,10 @@ async fn a_freed_or_expired_lock_wakes_the_step_that_waits_for_it() {
     let app = TestAppliance::start();
     let c = app.socket_client();
     register(&c, "name = \"ship\"\n[steps.ship]\nplugin = \"noop\"\nlocks = [\"env:prod\"]\n").await;
-    let acquired = json_out(&app.stella(&[
-        "--format", "json", "orch", "locks", "acquire", "env:prod", "--owner", "deploy-7", "--ttl", "10m",
-    ]));
+    let acquired =
+        json_out(&app.stella(&[
+            "--format", "json", "orch", "locks", "acquire", "env:prod", "--owner", "deploy-7", "--ttl", "10m",
+        ]));
     let lock = acquired["lockId"].as_str().unwrap().to_owned();
     let id = start(&c, "ship").await;
     let listed = json_out(&app.stella(&["--format", "json", "orch", "locks", "list", "--env", "prod"]));
@@ -42,15 +43,15 @@ async fn a_freed_or_expired_lock_wakes_the_step_that_waits_for_it() {
     );
     let text = stdout(&app.stella(&["orch", "locks", "list"]));
     assert!(text.contains(&format!("{id}/ship")), "{text}");
-    let released =
-        app.stella(&["orch", "locks", "release", &lock, "--force", "--reason", "holder crashed"]);
+    let released = app.stella(&["orch", "locks", "release", &lock, "--force", "--reason", "holder crashed"]);
     assert!(released.status.success(), "{}", stderr(&released));
     wait_for_event(&c, &id, "event: run.succeeded").await;
 
     // By its TTL: the lock lapses, the timer's tick frees it, and that wakes the step too.
-    let acquired = json_out(&app.stella(&[
-        "--format", "json", "orch", "locks", "acquire", "env:prod", "--owner", "deploy-8", "--ttl", "1s",
-    ]));
+    let acquired =
+        json_out(&app.stella(&[
+            "--format", "json", "orch", "locks", "acquire", "env:prod", "--owner", "deploy-8", "--ttl", "1s",
+        ]));
     assert_eq!(acquired["granted"], true);
     let id = start(&c, "ship").await;
     wait_for_event(&c, &id, "event: run.succeeded").await;
@@ -147,8 +148,12 @@ async fn fail_one(c: &Client) -> String {
     let l = api_post(c, "/leases", json!({ "worker": "agent-1", "types": ["noop"], "wait": "10s" })).await["leases"][0]
         .clone();
     let job = l["jobId"].as_str().unwrap().to_owned();
-    api_post(c, &format!("/leases/{job}/fail"), json!({ "token": l["token"], "error": "disk full", "retryable": false }))
-        .await;
+    api_post(
+        c,
+        &format!("/leases/{job}/fail"),
+        json!({ "token": l["token"], "error": "disk full", "retryable": false }),
+    )
+    .await;
     job
 }
 
@@ -272,7 +277,11 @@ fn a_temporary_budget_overrides_only_what_it_names_and_restores_the_previous_one
 #[test]
 fn queue_status_text_shows_when_a_temporary_budget_ends_and_what_it_restores() {
     let app = TestAppliance::start_with(|c| c.exec.enabled = false);
-    assert!(app.stella(&["orch", "queue", "budget", "set", "build", "--max-depth", "3", "--rate", "100/s"]).status.success());
+    assert!(
+        app.stella(&["orch", "queue", "budget", "set", "build", "--max-depth", "3", "--rate", "100/s"])
+            .status
+            .success()
+    );
     let out = app.stella(&["orch", "queue", "budget", "set", "build", "--rate", "1/s", "--for", "15m"]);
     let text = stdout(&out);
     assert!(text.contains("*:1/s depth<=3 until ") && text.contains(", then 100/s depth<=3"), "{text}");

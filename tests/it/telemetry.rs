@@ -203,15 +203,22 @@ async fn alert_rules_and_the_dashboard_are_valid_over_served_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_scraped_as_the_shipped_prometheus_config_says() {
     let app = TestAppliance::start();
-    let config = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/prometheus/prometheus.yml"),
-    )
-    .unwrap();
+    let config =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/prometheus/prometheus.yml"))
+            .unwrap();
     for needed in ["scheme: https", "metrics_path: /metrics", "type: Bearer", "credentials_file:", "ca_file:"] {
         assert!(config.contains(needed), "{needed}");
     }
     let out = app.stella(&[
-        "--format", "json", "auth", "token", "create", "--tenant", "default", "--scopes", "orchestrator:read",
+        "--format",
+        "json",
+        "auth",
+        "token",
+        "create",
+        "--tenant",
+        "default",
+        "--scopes",
+        "orchestrator:read",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let token: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -40,7 +40,12 @@ pub async fn list(
             lock.waiters.extend(
                 waiting
                     .iter()
-                    .filter(|j| j.tenant == l.tenant && j.payload["locks"].as_array().is_some_and(|ls| ls.iter().any(|x| x == l.resource.as_str())))
+                    .filter(|j| {
+                        j.tenant == l.tenant
+                            && j.payload["locks"]
+                                .as_array()
+                                .is_some_and(|ls| ls.iter().any(|x| x == l.resource.as_str()))
+                    })
                     .map(|j| dto::LockWaiterDto {
                         owner: format!("{}/{} (job:{})", s(&j.payload["run"]), s(&j.payload["step"]), j.id),
                         since: crate::clock::rfc3339(j.created_ms),
@@ -107,7 +112,11 @@ pub async fn release(
 ) -> ApiResult<Json<dto::Released>> {
     let command = if req.force {
         let p = auth.require(Scope::Admin)?;
-        LockCommand::ForceRelease { tenant: p.tenant.clone(), target: ForceTarget::Id(id), reason: Some(force_reason(req.reason)?) }
+        LockCommand::ForceRelease {
+            tenant: p.tenant.clone(),
+            target: ForceTarget::Id(id),
+            reason: Some(force_reason(req.reason)?),
+        }
     } else {
         let p = auth.require(Scope::Operate)?;
         let (Some(owner), Some(token)) = (req.owner, req.token) else {
@@ -131,8 +140,11 @@ pub async fn release_env(
     let Some(env) = req.env.filter(|_| req.force) else {
         return Err(Problem::invalid("env", "releasing by environment needs env and force: true"));
     };
-    let command =
-        LockCommand::ForceRelease { tenant: p.tenant.clone(), target: ForceTarget::Env(env), reason: Some(force_reason(req.reason)?) };
+    let command = LockCommand::ForceRelease {
+        tenant: p.tenant.clone(),
+        target: ForceTarget::Env(env),
+        reason: Some(force_reason(req.reason)?),
+    };
     let c = submit(&state, p, Command::Lock(command)).await?;
     Ok(Json(dto::Released {
         released: c.entries.iter().filter_map(|e| e.data["lockId"].as_str().map(str::to_owned)).collect(),

@@ -240,11 +240,7 @@ pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult
             oldest_ready_age_seconds: oldest.map(|o| ((now - o).max(0) / 1000) as u64),
             paused: q.paused,
             paused_by: q.paused_by,
-            budgets: q
-                .budgets
-                .iter()
-                .map(|(tenant, b)| budget_dto(tenant, b))
-                .collect(),
+            budgets: q.budgets.iter().map(|(tenant, b)| budget_dto(tenant, b)).collect(),
         });
     }
     Ok(Json(out))
@@ -392,11 +388,7 @@ pub async fn dlq_replay(
             j.replay_of = e.data["jobId"].as_str().map(str::to_owned);
         }
     }
-    let refused = c
-        .note
-        .as_ref()
-        .and_then(|n| serde_json::from_value(n["refused"].clone()).ok())
-        .unwrap_or_default();
+    let refused = c.note.as_ref().and_then(|n| serde_json::from_value(n["refused"].clone()).ok()).unwrap_or_default();
     Ok(Json(dto::JobList { jobs: new, refused }))
 }
 
