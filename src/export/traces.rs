@@ -53,8 +53,16 @@ pub struct TraceData<'a> {
     error_code: Option<Cow<'a, str>>,
     #[serde(borrow)]
     error: Option<Cow<'a, str>>,
+    /// A job's payload is a tenant's data of any shape: kept raw, read leniently.
     #[serde(borrow)]
-    payload: Option<TracePayload<'a>>,
+    payload: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> TraceData<'a> {
+    /// The plugin and pinned digest a step job's payload names; nothing for any other shape.
+    fn payload(&self) -> TracePayload<'a> {
+        self.payload.and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -126,9 +134,9 @@ impl Builder {
         let key = step_key(&run, &step);
         match e.kind.as_ref() {
             "job.enqueued" => {
-                let p = d.payload.as_ref();
-                if let (false, Some(plugin)) = (d.id.is_empty(), p.and_then(|p| p.plugin.as_deref())) {
-                    let digest = p.and_then(|p| p.plugin_digest.as_deref()).map(str::to_owned);
+                let p = d.payload();
+                if let (false, Some(plugin)) = (d.id.is_empty(), p.plugin.as_deref()) {
+                    let digest = p.plugin_digest.as_deref().map(str::to_owned);
                     self.jobs.insert(d.id.to_string(), (plugin.to_owned(), digest));
                 }
             }

@@ -9,6 +9,7 @@ mod cli;
 mod drills;
 mod engine_model;
 mod export;
+mod faults;
 mod openapi;
 mod otlp_golden;
 mod plugins;
