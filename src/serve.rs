@@ -27,6 +27,43 @@ pub struct ServeOptions {
     pub dev: bool,
     /// Overrides `server.listen`; `Some("")` disables TCP.
     pub listen: Option<String>,
+    /// Accept a missing or empty store although the appliance has an identity.
+    pub init_new_store: bool,
+}
+
+/// What says this appliance has lived before: the identity marker written at its first start,
+/// or its key (made at first start, kept apart from the store).
+fn identity_evidence(layout: &Layout) -> Vec<PathBuf> {
+    [identity_marker(layout), layout.appliance_key()].into_iter().filter(|p| p.exists()).collect()
+}
+
+fn identity_marker(layout: &Layout) -> PathBuf {
+    layout.lib().join("identity.json")
+}
+
+/// Refuses to start on a missing or empty store when the appliance has an identity: a new
+/// store would silently be a new appliance (new id, empty ledger) beside the old keys and
+/// sealed bundles.
+fn refuse_lost_store(store: &Path, evidence: &[PathBuf], init_new_store: bool) -> Result<(), CliError> {
+    let state = match std::fs::metadata(store) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing",
+        Ok(m) if m.len() == 0 => "empty (0 bytes)",
+        _ => return Ok(()),
+    };
+    if evidence.is_empty() || init_new_store {
+        if !evidence.is_empty() {
+            tracing::warn!(store = %store.display(), "starting on a new, empty store (--init-new-store)");
+        }
+        return Ok(());
+    }
+    let named: Vec<String> = evidence.iter().map(|p| p.display().to_string()).collect();
+    Err(CliError::Store(format!(
+        "store {} is {state}, but this appliance has an identity ({}): refusing to start a new, empty \
+         appliance in its place. Put the store file back (restore it from a backup or copy), or start \
+         with `stella serve --init-new-store` to begin a new, empty store on purpose",
+        store.display(),
+        named.join(", ")
+    )))
 }
 
 /// How the daemon ended.
@@ -39,6 +76,8 @@ pub enum Ended {
 
 /// Runs the daemon to completion on its own runtime.
 pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
+    // Looked for before dev mode makes its material, which includes a new key.
+    let evidence = identity_evidence(&opts.layout);
     let dev_notes = if opts.dev { Some(dev::prepare(&opts.layout).map_err(CliError::Other)?) } else { None };
     let config_path = opts.config_path.clone().unwrap_or_else(|| opts.layout.config_file());
     let mut config = Config::load(&config_path, true).map_err(|e| CliError::Invalid(e.to_string()))?;
@@ -49,6 +88,7 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
     let log_dir = opts.layout.log();
     crate::telemetry::logs::init(t.log_files.then_some((log_dir.as_path(), t.log_rotation.as_str(), t.log_max_files)))
         .map_err(CliError::Other)?;
+    refuse_lost_store(&config.store_path(&opts.layout), &evidence, opts.init_new_store)?;
     let store = Store::open_with_cache(&config.store_path(&opts.layout), config.store.cache_bytes)?;
     for value in read::secret_values(&store.read()?)? {
         crate::telemetry::logs::add_secret(&value);
@@ -100,6 +140,7 @@ async fn daemon(
     // The appliance key signs export packs; a production appliance makes its own at first start.
     let key_fingerprint = Some(dev::ensure_appliance_key(&opts.layout.appliance_key()).map_err(CliError::Other)?);
     ensure_identity(&store, &writer, key_fingerprint).await?;
+    write_identity_marker(&opts.layout, &store)?;
     submit(
         &writer,
         Command::RecordStart { version: env!("CARGO_PKG_VERSION").to_owned(), pid: std::process::id(), dev: opts.dev },
@@ -252,6 +293,19 @@ async fn ensure_identity(
     }
     let appliance_id = format!("stella-{}", crate::ids::random_hex(8));
     submit(writer, Command::Initialize { appliance_id, key_fingerprint }).await
+}
+
+/// The marker that this appliance exists (its id and first start), beside the store.
+fn write_identity_marker(layout: &Layout, store: &Store) -> Result<(), CliError> {
+    let path = identity_marker(layout);
+    let id = read::appliance_id(&store.read()?)?.unwrap_or_default();
+    let marked = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if marked.is_some_and(|m| m["applianceId"] == id.as_str()) {
+        return Ok(());
+    }
+    let text = serde_json::json!({ "applianceId": id, "store": store.path(), "writtenAt": clock::rfc3339(clock::system().now_ms()) });
+    dev::write_file_atomic(&path, format!("{text}\n").as_bytes(), 0o644)
+        .map_err(|e| CliError::Other(format!("write {}: {e}", path.display())))
 }
 
 /// Keeps the dev admin token if it still authenticates; otherwise mints one and writes it 0600.

@@ -102,6 +102,11 @@ pub struct ServeArgs {
     /// HTTPS listen address, overriding server.listen ("" disables TCP).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Start on a new, empty store although this appliance has an identity (its key, its
+    /// marker) and its store file is missing or empty. Without it such a start is refused:
+    /// restore the store instead.
+    #[arg(long)]
+    pub init_new_store: bool,
 }
 
 #[derive(Debug, Subcommand)]

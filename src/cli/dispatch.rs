@@ -56,7 +56,13 @@ fn serve_cmd(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         (None, true) => Layout::under("stella-dev"),
         (None, false) => Layout::production(),
     };
-    match serve::run(serve::ServeOptions { layout, config_path: g.config.clone(), dev: a.dev, listen: a.listen })? {
+    match serve::run(serve::ServeOptions {
+        layout,
+        config_path: g.config.clone(),
+        dev: a.dev,
+        listen: a.listen,
+        init_new_store: a.init_new_store,
+    })? {
         serve::Ended::Stopped => Ok(()),
         serve::Ended::RestartRequested => {
             // The same command again, in this process: same pid, terminal and state directory.

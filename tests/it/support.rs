@@ -91,6 +91,11 @@ impl TestAppliance {
 
     /// Starts the daemon and waits for READY=1.
     pub fn launch(&mut self) {
+        self.launch_with(&[]);
+    }
+
+    /// [`Self::launch`] with more `serve` arguments.
+    pub fn launch_with(&mut self, extra: &[&str]) {
         // In the temp dir itself: a state directory may be too deep for a socket path.
         let notify_path = self.dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
@@ -105,6 +110,7 @@ impl TestAppliance {
         }
         let child = command
             .args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] })
+            .args(extra)
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -124,6 +130,23 @@ impl TestAppliance {
                 return;
             }
         }
+    }
+
+    /// Runs `serve` (as [`Self::launch`] would, plus `extra`) expecting it to refuse to
+    /// start: returns its output once it exits (bounded: a daemon that starts is killed).
+    pub fn serve_refused(&self, extra: &[&str]) -> Output {
+        let mut command = Command::new(STELLA);
+        command.arg("--state-dir").arg(self.root()).args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] });
+        let mut child = command.args(extra).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve did not refuse within {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
     }
 
     pub fn log(&self) -> String {
