@@ -14,6 +14,9 @@ pub struct Health {
     pub checks: HealthChecks,
     pub queue_depth: u64,
     pub version: String,
+    /// Why it is not ready (e.g. the store cannot write: the disk is full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -129,13 +129,25 @@ pub enum StoreError {
     Redb { path: PathBuf, source: redb::Error },
     #[error("store record {table}/{key}: {reason}")]
     Corrupt { table: &'static str, key: String, reason: String },
+    #[error("store {path} cannot be used now: {reason}")]
+    Unavailable { path: PathBuf, reason: String },
 }
 
-/// An open store: shared by the writer (which alone writes) and every reader.
+/// An open store: shared by the writer (which alone writes) and every reader. After a failed
+/// commit the writer closes the database and opens it again ([`Store::reopen`]); meanwhile the
+/// store is unavailable and [`Store::fault`] says why.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     path: PathBuf,
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    cache_bytes: usize,
+    /// Why the store cannot take writes now (a failed commit, until a reopen succeeds).
+    fault: std::sync::Mutex<Option<String>>,
 }
 
 fn redb_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -155,18 +167,17 @@ impl Store {
         } else if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| redb_err(path)(redb::Error::Io(e)))?;
         }
-        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_owned() },
-            other => redb_err(path)(other.into()),
-        })?;
-        let store = Store { db: Arc::new(db), path: path.to_owned() };
+        let db = open_database(path, cache_bytes)?;
+        let shared =
+            Shared { db: std::sync::RwLock::new(Some(Arc::new(db))), cache_bytes, fault: std::sync::Mutex::new(None) };
+        let store = Store { shared: Arc::new(shared), path: path.to_owned() };
         store.init_schema()?;
         Ok(store)
     }
 
     fn init_schema(&self) -> Result<(), StoreError> {
         let err = redb_err(&self.path);
-        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let txn = self.db()?.begin_write().map_err(|e| err(e.into()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
             let found = meta.get("schema_version").map_err(|e| err(e.into()))?.map(|v| v.value());
@@ -201,12 +212,43 @@ impl Store {
         &self.path
     }
 
-    pub fn database(&self) -> &Database {
-        &self.db
+    /// The open database; panics while it is being reopened (tests and benchmarks only).
+    pub fn database(&self) -> Arc<Database> {
+        self.db().expect("the store is open")
+    }
+
+    /// The open database, or why there is none now.
+    pub fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let guard = self.shared.db.read().unwrap_or_else(|p| p.into_inner());
+        guard.clone().ok_or_else(|| StoreError::Unavailable {
+            path: self.path.clone(),
+            reason: self.fault().unwrap_or_else(|| "it is being reopened".into()),
+        })
     }
 
     pub fn read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(|e| redb_err(&self.path)(e.into()))
+        self.db()?.begin_read().map_err(|e| redb_err(&self.path)(e.into()))
+    }
+
+    /// Why the store cannot take writes now, if it cannot.
+    pub fn fault(&self) -> Option<String> {
+        self.shared.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_fault(&self, reason: Option<String>) {
+        *self.shared.fault.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    /// Closes the database (a handle that saw an I/O error is never used again: redb refuses
+    /// it, and a retried fsync on the same file proves nothing) and tries to open it anew,
+    /// which runs redb's repair if the file needs one. Fails while a reader still holds the
+    /// old handle or the disk still refuses; the caller tries again later.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.shared.db.write().unwrap_or_else(|p| p.into_inner());
+        drop(guard.take());
+        let db = open_database(&self.path, self.shared.cache_bytes)?;
+        *guard = Some(Arc::new(db));
+        Ok(())
     }
 
     pub fn file_size(&self) -> u64 {
@@ -240,6 +282,13 @@ fn schema_version(txn: &ReadTransaction, path: &Path) -> Result<Option<u64>, Sto
         Err(e) => return Err(redb_err(path)(e.into())),
     };
     Ok(meta.get("schema_version").map_err(|e| redb_err(path)(e.into()))?.map(|v| v.value()))
+}
+
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_owned() },
+        other => redb_err(path)(other.into()),
+    })
 }
 
 /// A read-only view of a stopped store, for `db verify` without a daemon.

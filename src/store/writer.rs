@@ -94,6 +94,8 @@ pub struct Writer {
     last_time: i64,
     /// The head after the batch being committed, adopted only once the commit is durable.
     pending_head: Option<(u64, String)>,
+    /// A commit failed on the disk: the database is closed and opened anew before any write.
+    needs_reopen: bool,
     rng: SplitMix64,
     buckets: HashMap<(String, String), Bucket>,
     defaults: Config,
@@ -159,6 +161,7 @@ pub fn channel(
         head,
         last_time,
         pending_head: None,
+        needs_reopen: false,
         rng: SplitMix64::new(opts.seed),
         buckets: HashMap::new(),
         defaults: opts.defaults,
@@ -178,7 +181,7 @@ impl Writer {
 
     fn run(mut self) {
         let mut batch = Vec::with_capacity(self.batch_max);
-        while let Some(first) = self.rx.blocking_recv() {
+        while let Some(first) = self.next_command() {
             batch.push(first);
             while batch.len() < self.batch_max {
                 match self.rx.try_recv() {
@@ -191,8 +194,77 @@ impl Writer {
         self.stats.alive.store(false, Ordering::Release);
     }
 
+    /// The next command; `None` once every handle is gone. While the store cannot write, the
+    /// writer also wakes on its own every [`PROBE_INTERVAL`] to try to recover, so it recovers
+    /// when space returns even if no command comes.
+    fn next_command(&mut self) -> Option<Envelope> {
+        loop {
+            if self.store.fault().is_none() {
+                return self.rx.blocking_recv();
+            }
+            match self.rx.try_recv() {
+                Ok(env) => return Some(env),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if !self.recover() {
+                        std::thread::sleep(PROBE_INTERVAL);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a failed commit: opens the store anew and proves it takes a durable commit again
+    /// (a probe written to `meta`). On success the fault is cleared and the head re-read.
+    fn recover(&mut self) -> bool {
+        if self.needs_reopen {
+            if let Err(e) = self.store.reopen() {
+                tracing::warn!(error = %e, "store reopen failed; trying again");
+                return false;
+            }
+            self.needs_reopen = false;
+        }
+        let probe = self.store.db().map_err(|e| e.to_string()).and_then(|db| {
+            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+            {
+                let mut meta = txn.open_table(crate::store::schema::META).map_err(|e| e.to_string())?;
+                meta.insert("writer_probe_ms", self.clock.now_ms().max(0) as u64).map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())
+        });
+        if let Err(reason) = probe {
+            self.needs_reopen = true;
+            self.store.set_fault(Some(format!("writes fail: {reason}")));
+            return false;
+        }
+        match self.store.read().and_then(|t| read::ledger_head(&t)) {
+            Ok(head) => self.head = head,
+            Err(_) => return false,
+        }
+        self.store.set_fault(None);
+        tracing::info!("the store takes writes again");
+        true
+    }
+
     fn commit_batch(&mut self, batch: &mut Vec<Envelope>) {
-        let outcome = self.store.database().begin_write().map_err(|e| e.to_string()).and_then(|mut txn| {
+        if self.store.fault().is_some() && !self.recover() {
+            let reason = self.store.fault().unwrap_or_default();
+            for env in batch.drain(..) {
+                let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
+            }
+            return;
+        }
+        let db = match self.store.db() {
+            Ok(db) => db,
+            Err(e) => {
+                for env in batch.drain(..) {
+                    let _ = env.reply.send(Err(CommandError::Storage(e.to_string())));
+                }
+                return;
+            }
+        };
+        let outcome = db.begin_write().map_err(|e| e.to_string()).and_then(|mut txn| {
             txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
             let results = self.apply_batch(&txn, batch)?;
             txn.commit().map_err(|e| e.to_string())?;
@@ -210,8 +282,16 @@ impl Writer {
                 for env in batch.drain(..) {
                     let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
                 }
-                // The transaction was rolled back: the durable head is what the store says.
-                if let Ok(head) = self.store.read().and_then(|t| read::ledger_head(&t)) {
+                self.pending_head = None;
+                // An I/O error poisons redb's handle: the store is closed and opened anew
+                // before the next write, and until then it reports the fault.
+                if reason_is_io(&reason) {
+                    drop(db);
+                    self.needs_reopen = true;
+                    self.store.set_fault(Some(format!("the last commit failed: {reason}")));
+                    self.recover();
+                } else if let Ok(head) = self.store.read().and_then(|t| read::ledger_head(&t)) {
+                    // The transaction was rolled back: the durable head is what the store says.
                     self.head = head;
                 }
             }
@@ -263,6 +343,15 @@ impl Writer {
         self.pending_head = Some((seq, prev));
         Ok(results)
     }
+}
+
+/// How often a writer that cannot write tries to recover.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether a failed batch failed on the disk (rather than on a plan or projection bug).
+fn reason_is_io(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    ["i/o error", "io error", "no space", "os error", "previous i/o error", "quota"].iter().any(|k| r.contains(k))
 }
 
 /// Applies liveness writes: unledgered, but in the same transaction as the batch.

@@ -26,6 +26,8 @@ pub struct TestAppliance {
     dev: bool,
     /// Started in the temp dir without `--state-dir`: dev mode's default `./stella-dev`.
     default_state_dir: bool,
+    /// The temp dir is a tmpfs mount of its own, unmounted on drop.
+    tmpfs: bool,
 }
 
 impl TestAppliance {
@@ -52,7 +54,29 @@ impl TestAppliance {
     }
 
     fn start_dev(default_state_dir: bool, edit: impl FnOnce(&mut Config)) -> Self {
+        Self::start_dev_in(tempfile::tempdir().expect("temp dir"), default_state_dir, edit)
+    }
+
+    /// A dev appliance whose whole state directory is a tmpfs of `mib` MiB (root only: `None`
+    /// otherwise), so that a test can fill its disk. The tmpfs is unmounted when it drops.
+    pub fn start_on_tmpfs(mib: u32, edit: impl FnOnce(&mut Config)) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
         let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(mounted.success(), "mount a tmpfs");
+        let mut app = Self::start_dev_in(dir, false, edit);
+        app.tmpfs = true;
+        Some(app)
+    }
+
+    fn start_dev_in(dir: tempfile::TempDir, default_state_dir: bool, edit: impl FnOnce(&mut Config)) -> Self {
         let root = if default_state_dir { dir.path().join(DEEP).join("stella-dev") } else { dir.path().to_owned() };
         let layout = Layout::under(&root);
         let mut config = Config::dev(&layout);
@@ -60,7 +84,7 @@ impl TestAppliance {
         edit(&mut config);
         std::fs::create_dir_all(layout.etc()).unwrap();
         std::fs::write(layout.config_file(), config.to_toml()).unwrap();
-        let mut app = TestAppliance { dir, root, child: None, https: None, dev: true, default_state_dir };
+        let mut app = TestAppliance { dir, root, child: None, https: None, dev: true, default_state_dir, tmpfs: false };
         app.launch();
         app
     }
@@ -72,7 +96,8 @@ impl TestAppliance {
         std::fs::create_dir_all(layout.etc()).unwrap();
         std::fs::write(layout.config_file(), Config::default().to_toml()).unwrap();
         let root = dir.path().to_owned();
-        let mut app = TestAppliance { dir, root, child: None, https: None, dev: false, default_state_dir: false };
+        let mut app =
+            TestAppliance { dir, root, child: None, https: None, dev: false, default_state_dir: false, tmpfs: false };
         app.launch();
         app
     }
@@ -136,8 +161,13 @@ impl TestAppliance {
     /// start: returns its output once it exits (bounded: a daemon that starts is killed).
     pub fn serve_refused(&self, extra: &[&str]) -> Output {
         let mut command = Command::new(STELLA);
-        command.arg("--state-dir").arg(self.root()).args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] });
-        let mut child = command.args(extra).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        command.arg("--state-dir").arg(self.root()).args(if self.dev {
+            &["serve", "--dev"][..]
+        } else {
+            &["serve"][..]
+        });
+        let mut child =
+            command.args(extra).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         while child.try_wait().unwrap().is_none() {
             if std::time::Instant::now() > deadline {
@@ -206,6 +236,9 @@ impl Drop for TestAppliance {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.tmpfs {
+            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
         }
     }
 }

@@ -16,9 +16,16 @@ use std::sync::Arc;
 
 /// Liveness, readiness and queue depth; unauthenticated so that probes need no secret.
 pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<dto::Health>) {
-    let store_ok = state.store.read().is_ok();
+    let fault = state.store.fault();
+    let store_ok = state.store.read().is_ok() && fault.is_none();
     let writer_ok = state.writer.stats().alive();
     let ready = store_ok && writer_ok;
+    let reason = match (&fault, store_ok, writer_ok) {
+        (Some(f), _, _) => Some(format!("the store cannot write: {f}")),
+        (None, false, _) => Some("the store cannot be read".to_owned()),
+        (None, true, false) => Some("the store writer has stopped".to_owned()),
+        _ => None,
+    };
     let health = dto::Health {
         status: if ready { "ok" } else { "degraded" }.to_owned(),
         live: true,
@@ -26,6 +33,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<dto
         checks: dto::HealthChecks { store: store_ok, writer: writer_ok, quarantined_bundles: quarantined(&state) },
         queue_depth: queue_depth(&state),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        reason,
     };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(health))
