@@ -88,13 +88,23 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
     let log_dir = opts.layout.log();
     crate::telemetry::logs::init(t.log_files.then_some((log_dir.as_path(), t.log_rotation.as_str(), t.log_max_files)))
         .map_err(CliError::Other)?;
-    refuse_lost_store(&config.store_path(&opts.layout), &evidence, opts.init_new_store)?;
-    let store = Store::open_with_cache(&config.store_path(&opts.layout), config.store.cache_bytes)?;
-    for value in read::secret_values(&store.read()?)? {
-        crate::telemetry::logs::add_secret(&value);
-    }
+    let store_path = config.store_path(&opts.layout);
+    refuse_lost_store(&store_path, &evidence, opts.init_new_store)?;
+    // A crash leaves no marker: the whole chain is checked after such a stop.
+    let clean_marker = opts.layout.lib().join("stopped-cleanly");
+    let unclean = store_path.exists() && !clean_marker.exists();
+    let _ = std::fs::remove_file(&clean_marker);
     let clock = clock::system();
-    let (handle, writer) = writer::channel(store.clone(), clock.clone(), writer::WriterOptions::from_config(&config))?;
+    let (store, handle, writer) = crate::store::schema::guard(&store_path, || {
+        let store = Store::open_with_cache(&store_path, config.store.cache_bytes)?;
+        for value in read::secret_values(&store.read()?)? {
+            crate::telemetry::logs::add_secret(&value);
+        }
+        let (handle, writer) =
+            writer::channel(store.clone(), clock.clone(), writer::WriterOptions::from_config(&config))?;
+        Ok((store, handle, writer))
+    })?;
+    check_ledger_at_start(&store, unclean);
     let writer_thread = writer.spawn();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -111,7 +121,90 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
         Ok(Ended::RestartRequested) => tracing::info!("stopped cleanly; starting again"),
         Err(_) => {}
     }
+    if result.is_ok() {
+        let _ = std::fs::write(&clean_marker, b"");
+    }
     result
+}
+
+/// What a start appends, in order; returns a new dev token (printed once).
+async fn start_writes(
+    opts: &ServeOptions,
+    config: &Config,
+    store: &Store,
+    writer: &WriterHandle,
+    clock: &dyn clock::Clock,
+) -> Result<Option<String>, CliError> {
+    // The appliance key signs export packs; a production appliance makes its own at first start.
+    let key_fingerprint = Some(dev::ensure_appliance_key(&opts.layout.appliance_key()).map_err(CliError::Other)?);
+    ensure_identity(store, writer, key_fingerprint).await?;
+    write_identity_marker(&opts.layout, store)?;
+    submit(
+        writer,
+        Command::RecordStart { version: env!("CARGO_PKG_VERSION").to_owned(), pid: std::process::id(), dev: opts.dev },
+    )
+    .await?;
+    interrupt_previous_attempts(writer, &opts.layout).await?;
+    let new_token = if opts.dev { ensure_dev_token(&opts.layout, store, writer, config, clock).await? } else { None };
+    // An import the previous daemon died in the middle of left its files in staging only.
+    let (unfinished, bytes) = crate::bundle::import::sweep_staging(&opts.layout.lib());
+    if unfinished > 0 {
+        tracing::warn!(entries = unfinished, bytes, "removed unfinished bundle imports from staging");
+    }
+    // Bundles installed earlier must still verify against today's trust store and disk.
+    let checked = crate::bundle::installed::reverify_all(
+        store,
+        writer,
+        &opts.layout.lib(),
+        &opts.layout.trust_dir(),
+        clock.now_ms(),
+        Actor::appliance(),
+    )
+    .await
+    .map_err(CliError::Store)?;
+    for bad in checked.iter().filter(|b| b["ok"] == false) {
+        tracing::warn!(bundle = %bad["name"], reason = %bad["reason"], "bundle quarantined at start");
+    }
+    Ok(new_token)
+}
+
+/// Entries of the ledger's tail checked at every start.
+const TAIL_CHECK: u64 = 1_000;
+
+/// The tail of the chain is checked before anything is appended; after an unclean stop the
+/// whole chain is checked too, on two threads in the background, with readiness held. A
+/// store that fails either is marked damaged: it serves reads, takes no writes, and says why.
+fn check_ledger_at_start(store: &Store, unclean: bool) {
+    let tail = crate::store::schema::guard(store.path(), || {
+        let txn = store.read()?;
+        crate::store::verify::check_tail(&txn, TAIL_CHECK)
+    });
+    match tail {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => store.set_damage(format!("its ledger fails verification: {e}")),
+        Err(e) => store.set_damage(e.to_string()),
+    }
+    if !unclean || store.damage().is_some() {
+        return;
+    }
+    tracing::warn!("the previous daemon did not stop cleanly: checking the whole ledger chain");
+    store.set_checking(true);
+    let store = store.clone();
+    std::thread::spawn(move || {
+        let report = crate::store::schema::guard(store.path(), || {
+            let txn = store.read()?;
+            crate::store::verify::verify_chain(&txn, 2)
+        });
+        match report {
+            Ok(r) if r.ok => tracing::info!(entries = r.entries, "ledger chain verified after an unclean stop"),
+            Ok(r) => store.set_damage(format!(
+                "its ledger fails verification: {}",
+                r.problem.map(|p| format!("{p:?}")).unwrap_or_default()
+            )),
+            Err(e) => store.set_damage(e.to_string()),
+        }
+        store.set_checking(false);
+    });
 }
 
 async fn daemon(
@@ -137,37 +230,16 @@ async fn daemon(
             }
         }
     };
-    // The appliance key signs export packs; a production appliance makes its own at first start.
-    let key_fingerprint = Some(dev::ensure_appliance_key(&opts.layout.appliance_key()).map_err(CliError::Other)?);
-    ensure_identity(&store, &writer, key_fingerprint).await?;
-    write_identity_marker(&opts.layout, &store)?;
-    submit(
-        &writer,
-        Command::RecordStart { version: env!("CARGO_PKG_VERSION").to_owned(), pid: std::process::id(), dev: opts.dev },
-    )
-    .await?;
-    interrupt_previous_attempts(&writer, &opts.layout).await?;
-    let new_token =
-        if opts.dev { ensure_dev_token(&opts.layout, &store, &writer, &config, &*clock).await? } else { None };
-    // An import the previous daemon died in the middle of left its files in staging only.
-    let (unfinished, bytes) = crate::bundle::import::sweep_staging(&opts.layout.lib());
-    if unfinished > 0 {
-        tracing::warn!(entries = unfinished, bytes, "removed unfinished bundle imports from staging");
-    }
-    // Bundles installed earlier must still verify against today's trust store and disk.
-    let checked = crate::bundle::installed::reverify_all(
-        &store,
-        &writer,
-        &opts.layout.lib(),
-        &opts.layout.trust_dir(),
-        clock.now_ms(),
-        Actor::appliance(),
-    )
-    .await
-    .map_err(CliError::Store)?;
-    for bad in checked.iter().filter(|b| b["ok"] == false) {
-        tracing::warn!(bundle = %bad["name"], reason = %bad["reason"], "bundle quarantined at start");
-    }
+    // A damaged store is served for diagnosis (reads, `db verify`, the ledger) and takes no
+    // writes: nothing that appends runs, and health says why it is not ready.
+    let damaged = store.damage();
+    let new_token = match &damaged {
+        None => start_writes(&opts, &config, &store, &writer, &*clock).await?,
+        Some(reason) => {
+            tracing::error!(reason = %reason, "serving a damaged store read-only: restore it from a backup");
+            None
+        }
+    };
 
     let socket = config.socket_path(&opts.layout);
     let unix = bind_socket(&socket)?;
@@ -196,7 +268,7 @@ async fn daemon(
         restart,
         log_dir: opts.layout.log(),
     });
-    if opts.dev {
+    if opts.dev && damaged.is_none() {
         import_samples(&state, &opts.layout).await?;
     }
     if let Some(notes) = dev_notes {
@@ -225,7 +297,7 @@ async fn daemon(
         state.writer.clone(),
         timers_stop.subscribe(),
     ));
-    let executor = config.exec.enabled.then(|| {
+    let executor = (config.exec.enabled && damaged.is_none()).then(|| {
         let opts = crate::exec::worker::ExecOptions {
             worker: format!("{LOCAL_WORKER}{}", std::process::id()),
             slots: config.exec.slots,

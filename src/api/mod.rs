@@ -19,6 +19,25 @@ use std::sync::Arc;
 /// The prefix of every route.
 pub const PREFIX: &str = "/api/v1/orchestrator";
 
+/// A handler that panics (redb does so on some damage) answers a problem naming the store and
+/// what to do, instead of dropping the connection.
+async fn catch_panics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(payload) => {
+            let detail = crate::store::schema::panic_detail(payload.as_ref());
+            let e = crate::store::StoreError::Damaged { path: state.store.path().to_owned(), detail };
+            problem::Problem::from(e).into_response()
+        }
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::put;
     use handlers::{admin, bundles, config, dags, exports, locks, pending, queue, runs, stream, tokens};
@@ -79,5 +98,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(handlers::route_not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.config.server.body_limit_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), catch_panics))
         .with_state(state)
 }

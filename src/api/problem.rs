@@ -102,7 +102,8 @@ impl From<CommandError> for Problem {
 
 impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Self {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string())
+        let code = if matches!(e, crate::store::StoreError::Damaged { .. }) { "store_damaged" } else { "store_error" };
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
     }
 }
 

@@ -154,10 +154,12 @@ async fn db_verify(g: &Global, chain_only: bool) -> Result<(), CliError> {
 
 fn db_verify_offline(g: &Global, chain_only: bool) -> Result<(), CliError> {
     let path = target::config(g)?.store_path(&target::layout(g));
-    let db = store::schema::open_read_only(&path)?;
-    let txn = redb::ReadableDatabase::begin_read(&db)
-        .map_err(|e| CliError::Store(format!("store {}: {e}", path.display())))?;
-    let report = if chain_only { store::verify::verify_chain(&txn, 2)? } else { store::verify::verify(&txn)? };
+    let report = store::schema::guard(&path, || {
+        let db = store::schema::open_read_only(&path)?;
+        let txn = redb::ReadableDatabase::begin_read(&db)
+            .map_err(|e| store::StoreError::Redb { path: path.clone(), source: e.into() })?;
+        if chain_only { store::verify::verify_chain(&txn, 2) } else { store::verify::verify(&txn) }
+    })?;
     let dto: crate::api::dto::DbVerify = report.into();
     report_verify(g, serde_json::to_value(dto).expect("json"))
 }
@@ -169,8 +171,7 @@ fn db_repair(g: &Global) -> Result<(), CliError> {
     if !path.exists() {
         return Err(store::schema::StoreError::Missing { path }.into());
     }
-    let repaired = store::Store::open(&path)?;
-    drop(repaired);
+    store::schema::guard(&path, || store::Store::open(&path).map(drop))?;
     if g.format != Format::Json {
         eprintln!("repaired {}; verifying", path.display());
     }

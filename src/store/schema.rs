@@ -131,6 +131,52 @@ pub enum StoreError {
     Corrupt { table: &'static str, key: String, reason: String },
     #[error("store {path} cannot be used now: {reason}")]
     Unavailable { path: PathBuf, reason: String },
+    #[error(
+        "store {path} is damaged: {detail}. Do not serve it as it is: stop the daemon, keep a copy of the \
+         file for analysis, and restore the store from a backup (or a copy) taken before the damage"
+    )]
+    Damaged { path: PathBuf, detail: String },
+}
+
+/// Runs `f`, turning a panic inside it into [`StoreError::Damaged`]: redb reports some kinds
+/// of damage (a zeroed or changed page) by panicking, which must reach the operator as a
+/// message naming the file and what to do, never as a crash or a dropped connection.
+pub fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(StoreError::Damaged { path: path.to_owned(), detail: panic_detail(payload.as_ref()) }),
+    }
+}
+
+/// What a caught panic said, with where redb raised it when it was redb.
+pub fn panic_detail(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a failure without a message".into());
+    let place = last_store_panic().map(|p| format!(" at {p}")).unwrap_or_default();
+    format!("reading it failed inside redb ({text}{place})")
+}
+
+static LAST_STORE_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// A panic hook that keeps panics raised inside redb quiet (they are reported as a damaged
+/// store by [`guard`] and its callers) and leaves every other panic to `default`.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| match info.location() {
+        Some(l) if l.file().contains("/redb-") => {
+            let place = format!("{}:{}", l.file().rsplit("/src/").next().unwrap_or(l.file()), l.line());
+            tracing::error!(place = %place, "redb failed reading the store (damage?)");
+            *LAST_STORE_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(place);
+        }
+        _ => default(info),
+    }));
+}
+
+fn last_store_panic() -> Option<String> {
+    LAST_STORE_PANIC.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// An open store: shared by the writer (which alone writes) and every reader. After a failed
@@ -148,6 +194,10 @@ struct Shared {
     cache_bytes: usize,
     /// Why the store cannot take writes now (a failed commit, until a reopen succeeds).
     fault: std::sync::Mutex<Option<String>>,
+    /// Why the store must take no writes at all until an operator acts.
+    damage: std::sync::Mutex<Option<String>>,
+    /// The whole chain is being checked (after an unclean stop): not ready meanwhile.
+    checking: std::sync::atomic::AtomicBool,
 }
 
 fn redb_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -168,8 +218,13 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| redb_err(path)(redb::Error::Io(e)))?;
         }
         let db = open_database(path, cache_bytes)?;
-        let shared =
-            Shared { db: std::sync::RwLock::new(Some(Arc::new(db))), cache_bytes, fault: std::sync::Mutex::new(None) };
+        let shared = Shared {
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
+            cache_bytes,
+            fault: std::sync::Mutex::new(None),
+            damage: std::sync::Mutex::new(None),
+            checking: std::sync::atomic::AtomicBool::new(false),
+        };
         let store = Store { shared: Arc::new(shared), path: path.to_owned() };
         store.init_schema()?;
         Ok(store)
@@ -237,6 +292,25 @@ impl Store {
 
     pub fn set_fault(&self, reason: Option<String>) {
         *self.shared.fault.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    /// Why the store must take no writes until an operator acts (its ledger failed
+    /// verification, or redb failed reading it), if so. Unlike a fault it never clears itself.
+    pub fn damage(&self) -> Option<String> {
+        self.shared.damage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn checking(&self) -> bool {
+        self.shared.checking.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_checking(&self, on: bool) {
+        self.shared.checking.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn set_damage(&self, reason: String) {
+        tracing::error!(store = %self.path.display(), reason = %reason, "store damaged: writes refused");
+        *self.shared.damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
     }
 
     /// Closes the database (a handle that saw an I/O error is never used again: redb refuses

@@ -117,6 +117,45 @@ pub fn verify_chain(txn: &ReadTransaction, threads: usize) -> Result<VerifyRepor
     }
 }
 
+/// Checks the last `n` entries of the snapshot's ledger: each hashes to itself and links to
+/// the one before (the first of them is taken at its word): the quick check of the tail at
+/// every start. Returns the head, or the first problem.
+pub fn check_tail(txn: &ReadTransaction, n: u64) -> Result<Result<(u64, String), ChainError>, StoreError> {
+    let table = txn.open_table(LEDGER).map_err(rerr)?;
+    let Some(last) = table.last().map_err(rerr)?.map(|(k, _)| k.value()) else {
+        return Ok(Ok((0, crate::ledger::GENESIS_PREV.to_owned())));
+    };
+    let first = last.saturating_sub(n.saturating_sub(1)).max(1);
+    let mut cursor: Option<ChainCursor> = None;
+    for row in table.range(first..=last).map_err(rerr)? {
+        let (k, v) = row.map_err(rerr)?;
+        let c = match &mut cursor {
+            Some(c) => c,
+            None => {
+                let bytes = v.value();
+                let prev = match crate::ledger::stored_head(bytes) {
+                    Some(h) => h.prev.to_owned(),
+                    None => match serde_json::from_slice::<Entry>(bytes) {
+                        Ok(e) => e.prev,
+                        Err(e) => {
+                            return Ok(Err(ChainError::Unparsable { seq: k.value(), reason: e.to_string() }));
+                        }
+                    },
+                };
+                let Some(link) = Link::parse(&prev) else {
+                    return Ok(Err(ChainError::BrokenLink { seq: k.value() }));
+                };
+                cursor.insert(ChainCursor::new(k.value(), link))
+            }
+        };
+        if let Err(e) = c.check_stored(k.value(), v.value()) {
+            return Ok(Err(e));
+        }
+    }
+    let c = cursor.expect("the range holds the last entry");
+    Ok(Ok((last, c.prev_hash().to_owned())))
+}
+
 /// Why an entry could not be replayed.
 struct ReplayProblem {
     seq: u64,

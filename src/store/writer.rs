@@ -189,7 +189,17 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit_batch(&mut batch);
+            // redb reports some damage by panicking: the store is marked damaged (no more
+            // writes until an operator acts) and the callers get an error, not a dead writer.
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_batch(&mut batch)));
+            if let Err(payload) = caught {
+                let detail = crate::store::schema::panic_detail(payload.as_ref());
+                self.store.set_damage(format!("a commit failed: {detail}"));
+                self.pending_head = None;
+                for env in batch.drain(..) {
+                    let _ = env.reply.send(Err(CommandError::Storage(format!("store damaged: {detail}"))));
+                }
+            }
         }
         self.stats.alive.store(false, Ordering::Release);
     }
@@ -248,6 +258,15 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Envelope>) {
+        if let Some(damage) = self.store.damage() {
+            let reason = format!(
+                "the store takes no writes: {damage}; restore it (or a copy) and restart, then `stella orch db verify`"
+            );
+            for env in batch.drain(..) {
+                let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
+            }
+            return;
+        }
         if self.store.fault().is_some() && !self.recover() {
             let reason = self.store.fault().unwrap_or_default();
             for env in batch.drain(..) {

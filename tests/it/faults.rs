@@ -119,3 +119,132 @@ async fn a_full_disk_fails_writes_clearly_and_the_writer_recovers_when_space_ret
     let verify = app.stella(&["orch", "db", "verify"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
 }
+
+/// A stopped dev store with some history, and a pristine copy of its file.
+async fn stopped_store() -> (TestAppliance, Vec<u8>) {
+    let mut app = TestAppliance::start();
+    let c = app.socket_client();
+    for _ in 0..3 {
+        run_sample(&c).await;
+    }
+    assert!(app.terminate().success());
+    let clean = std::fs::read(app.store_path()).unwrap();
+    (app, clean)
+}
+
+/// Bug: a zeroed 4 KiB page made offline `db verify` panic (exit 101, a backtrace) where
+/// redb's btree code met it. Every page of a store zeroed in turn: the check either passes
+/// (a free page), or names the damage (exit 8 for a ledger problem, exit 10 "is damaged" with
+/// what to do) — never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zeroed_page_anywhere_is_reported_never_a_panic() {
+    let (app, clean) = stopped_store().await;
+    let pages = clean.len() / 4096;
+    let mut damaged = 0;
+    for page in 1..pages {
+        let mut bytes = clean.clone();
+        bytes[page * 4096..(page + 1) * 4096].fill(0);
+        std::fs::write(app.store_path(), &bytes).unwrap();
+        let out = app.stella(&["orch", "db", "verify", "--offline"]);
+        let err = stderr(&out);
+        assert!(!err.contains("panicked") && out.status.code() != Some(101), "page {page}: {err}");
+        match out.status.code() {
+            Some(0) => {}
+            Some(8) => damaged += 1,
+            Some(10) => {
+                assert!(err.contains("is damaged") || err.contains("store"), "page {page}: {err}");
+                damaged += 1;
+            }
+            other => panic!("page {page}: exit {other:?}: {err}"),
+        }
+    }
+    assert!(damaged > 0, "some of the {pages} pages hold data");
+}
+
+/// Bug: a store whose ledger failed verification started, said ready and kept appending. Now
+/// it is served read-only: health says it is damaged, writes are refused naming why, and reads
+/// (`db verify`, the ledger) answer with a problem or data, never a dropped connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_ledger_fails_verification_takes_no_writes() {
+    use redb::{Database, ReadableDatabase, ReadableTable};
+    let (mut app, _) = stopped_store().await;
+    {
+        let db = Database::open(app.store_path()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut ledger = txn.open_table(stella::store::schema::LEDGER).unwrap();
+            let last = ledger.last().unwrap().unwrap().0.value();
+            let mut bytes = ledger.get(last - 2).unwrap().unwrap().value().to_vec();
+            let at = bytes.windows(6).position(|w| w == b"\"kind\"").unwrap() + 9;
+            bytes[at] ^= 0x01;
+            ledger.insert(last - 2, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let height_before = {
+        let db = Database::open(app.store_path()).unwrap();
+        let t = db.begin_read().unwrap();
+        t.open_table(stella::store::schema::LEDGER).unwrap().last().unwrap().unwrap().0.value()
+    };
+    app.try_launch().unwrap_or_else(|log| panic!("a damaged store is served read-only, not refused:\n{log}"));
+    let c = app.socket_client();
+    let h = c.get("/admin/health").await.unwrap();
+    assert_eq!(h.status, 503);
+    let h = h.json().unwrap();
+    assert!(h["reason"].as_str().unwrap().contains("damaged"), "{h}");
+    let r = c.post(&format!("{API}/jobs"), &json!({ "type": "build", "payload": {} })).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.json().unwrap()["detail"].as_str().unwrap().contains("takes no writes"));
+    let verify = app.stella(&["orch", "db", "verify"]);
+    assert_eq!(verify.status.code(), Some(8), "{}", stderr(&verify));
+    let ledger = app.stella(&["orch", "ledger", "--limit", "5"]);
+    assert!(ledger.status.success(), "{}", stderr(&ledger));
+    app.terminate();
+    let db = Database::open(app.store_path()).unwrap();
+    let t = db.begin_read().unwrap();
+    let height = t.open_table(stella::store::schema::LEDGER).unwrap().last().unwrap().unwrap().0.value();
+    assert_eq!(height, height_before, "nothing was appended to the damaged store");
+}
+
+/// Bug: a flipped byte at offset 4096 (redb's first page after its header) panicked at start
+/// with a backtrace, and a zeroed page let the daemon start, say ready and append. A start
+/// on a damaged file ends with a message naming it, or serves it read-only as damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_file_never_panics_the_daemon() {
+    let (mut app, clean) = stopped_store().await;
+    let pages = clean.len() / 4096;
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut flipped = clean.clone();
+    flipped[4096] ^= 0xff;
+    cases.push(("a flipped byte at 4096".into(), flipped));
+    for page in [1, 2, pages / 2, pages - 1] {
+        let mut zeroed = clean.clone();
+        zeroed[page * 4096..(page + 1) * 4096].fill(0);
+        cases.push((format!("page {page} zeroed"), zeroed));
+    }
+    for (what, bytes) in cases {
+        std::fs::write(app.store_path(), &bytes).unwrap();
+        match app.try_launch() {
+            Err(log) => {
+                assert!(!log.contains("panicked"), "{what}: {log}");
+                assert!(log.contains("stella.redb"), "{what}: the message names the file: {log}");
+            }
+            Ok(()) => {
+                let c = app.socket_client();
+                let h = c.get("/admin/health").await.unwrap();
+                let verify = app.stella(&["orch", "db", "verify"]);
+                assert!(
+                    !stderr(&verify).contains("task panicked") && verify.status.code() != Some(101),
+                    "{what}: {}",
+                    stderr(&verify)
+                );
+                if !verify.status.success() {
+                    assert_eq!(h.status, 503, "{what}: a store that fails verification is not ready");
+                }
+                let ledger = app.stella(&["orch", "ledger", "--limit", "1000"]);
+                assert!(!stderr(&ledger).contains("connection"), "{what}: {}", stderr(&ledger));
+                app.kill9();
+            }
+        }
+    }
+}

@@ -179,6 +179,40 @@ impl TestAppliance {
         child.wait_with_output().unwrap()
     }
 
+    /// Starts the daemon like [`Self::launch`] but also accepts that it exits instead of
+    /// becoming ready: `Ok(())` once ready, `Err(output)` if it ended first.
+    pub fn try_launch(&mut self) -> Result<(), String> {
+        let notify_path = self.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let log = std::fs::File::create(self.root().join("daemon.log")).unwrap();
+        let mut child = Command::new(STELLA)
+            .arg("--state-dir")
+            .arg(self.root())
+            .args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] })
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stella serve");
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
+            {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if child.try_wait().unwrap().is_some() {
+                return Err(self.log());
+            }
+            assert!(std::time::Instant::now() < deadline, "daemon neither ready nor ended:\n{}", self.log());
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root().join("daemon.log")).unwrap_or_default()
     }

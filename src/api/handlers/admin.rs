@@ -17,10 +17,16 @@ use std::sync::Arc;
 /// Liveness, readiness and queue depth; unauthenticated so that probes need no secret.
 pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<dto::Health>) {
     let fault = state.store.fault();
-    let store_ok = state.store.read().is_ok() && fault.is_none();
+    let damage = state.store.damage();
+    let checking = state.store.checking();
+    let store_ok = state.store.read().is_ok() && fault.is_none() && damage.is_none() && !checking;
     let writer_ok = state.writer.stats().alive();
     let ready = store_ok && writer_ok;
     let reason = match (&fault, store_ok, writer_ok) {
+        _ if damage.is_some() => {
+            Some(format!("the store is damaged and takes no writes: {}", damage.as_deref().unwrap_or_default()))
+        }
+        _ if checking => Some("checking the ledger's chain after an unclean stop".to_owned()),
         (Some(f), _, _) => Some(format!("the store cannot write: {f}")),
         (None, false, _) => Some("the store cannot be read".to_owned()),
         (None, true, false) => Some("the store writer has stopped".to_owned()),
@@ -102,8 +108,10 @@ pub async fn db_verify(
     }
     let store = state.store.clone();
     let report = tokio::task::spawn_blocking(move || {
-        let txn = store.read()?;
-        if q.chain_only { verify::verify_chain(&txn, 2) } else { verify::verify(&txn) }
+        crate::store::schema::guard(store.path(), || {
+            let txn = store.read()?;
+            if q.chain_only { verify::verify_chain(&txn, 2) } else { verify::verify(&txn) }
+        })
     })
     .await
     .map_err(Problem::internal)??;
