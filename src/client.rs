@@ -108,6 +108,47 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CliError::Invalid(format!("request {path}: {e}")))?;
+        self.request(req).await
+    }
+
+    /// POSTs the bytes of `file` as the body, streamed (never held whole in memory).
+    pub async fn upload(&self, path: &str, file: &std::path::Path) -> Result<Reply, CliError> {
+        use tokio::io::AsyncReadExt;
+        let open = |e: std::io::Error| CliError::Invalid(format!("{}: {e}", file.display()));
+        let f = tokio::fs::File::open(file).await.map_err(open)?;
+        let len = f.metadata().await.map_err(open)?.len();
+        let chunks = futures_util::stream::unfold(f, |mut f| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(buf))), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        });
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", "stella")
+            .header("content-type", "application/octet-stream")
+            .header("content-length", len);
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req
+            .body(http_body_util::StreamBody::new(chunks))
+            .map_err(|e| CliError::Invalid(format!("request {path}: {e}")))?;
+        self.request(req).await
+    }
+
+    async fn request<B>(&self, req: Request<B>) -> Result<Reply, CliError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         match &self.transport {
             Transport::Unix(socket) => {
                 let stream = tokio::time::timeout(
@@ -190,9 +231,12 @@ impl Client {
     }
 }
 
-async fn exchange<S>(stream: S, req: Request<Full<Bytes>>) -> Result<Reply, CliError>
+async fn exchange<S, B>(stream: S, req: Request<B>) -> Result<Reply, CliError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

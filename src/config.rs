@@ -53,6 +53,11 @@ impl Layout {
     pub fn lib(&self) -> PathBuf {
         self.root.join("var/lib/stella")
     }
+    /// Where `POST /bundles` with a path reads bundles from: no other host path is opened for
+    /// a client. The CLI uploads a bundle's bytes instead (`POST /bundles/upload`).
+    pub fn inbox(&self) -> PathBuf {
+        self.lib().join("inbox")
+    }
     pub fn log(&self) -> PathBuf {
         self.root.join("var/log/stella")
     }

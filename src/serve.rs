@@ -458,8 +458,15 @@ async fn import_samples(state: &AppState, layout: &Layout) -> Result<(), CliErro
         .await
         .map_err(|e| CliError::Other(e.to_string()))?
         .map_err(|e| CliError::Other(format!("sample {name}: {e}")))?;
-        if let Err(p) =
-            crate::api::handlers::bundles::import_file(state, &principal, &bundle, false, Default::default()).await
+        if let Err(p) = crate::api::handlers::bundles::import_file(
+            state,
+            &principal,
+            &bundle,
+            &bundle.display().to_string(),
+            false,
+            Default::default(),
+        )
+        .await
         {
             // A dev state directory from an older stella may hold other samples under the same
             // version; the appliance still starts, saying why the sample was not replaced.

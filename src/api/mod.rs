@@ -80,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dags/{name}/{action}", post(dags::version_action))
         .route("/plugins", get(dags::plugins).post(dags::register_plugin))
         .route("/bundles", get(bundles::list).post(bundles::import_bundle))
+        .route("/bundles/upload", post(bundles::upload))
         .route("/bundles/verify-installed", post(bundles::verify_installed))
         .route("/bundles/{name}", get(bundles::show).delete(bundles::remove))
         .route("/progress/{id}", get(bundles::progress))

@@ -170,6 +170,9 @@ fn service(
     hyper_util::service::TowerToHyperService::new(tower::util::BoxCloneSyncService::new(svc))
 }
 
+/// The one route whose body is streamed to disk instead of held.
+const UPLOAD_PATH: &str = "/api/v1/orchestrator/bundles/upload";
+
 async fn handle(router: Router, peer: Peer, limits: &ServerConfig, req: Request<hyper::body::Incoming>) -> Response {
     let started = Instant::now();
     let request_id = format!("req_{}", ids::random_hex(8));
@@ -178,7 +181,11 @@ async fn handle(router: Router, peer: Peer, limits: &ServerConfig, req: Request<
     let path = req.uri().path().to_owned();
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let mut resp = if declared.is_some_and(|n| n > limits.body_limit_bytes as u64) {
+    // A bundle upload streams to a file (bounded by the envelope's cap there); every other
+    // body is held in memory and bounded by server.body_limit_bytes.
+    let limit =
+        if path == UPLOAD_PATH { crate::bundle::format::ENVELOPE_BYTES_MAX } else { limits.body_limit_bytes as u64 };
+    let mut resp = if declared.is_some_and(|n| n > limit) {
         // Refused on the declared length alone: the body is never read.
         let mut r = payload_too_large().into_response();
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -10,6 +10,9 @@
 use crate::bundle::format::PATH_BYTES_MAX;
 use std::io::Read;
 
+/// What a walk says of bytes that are not a valid tar, without quoting any of them.
+const NOT_A_TAR: &str = "not a valid tar archive (a bundle envelope is a plain tar)";
+
 /// A PAX extended header at most.
 pub const PAX_BYTES_MAX: u64 = 64 * 1024;
 
@@ -60,9 +63,11 @@ impl<'a, R: Read> Entries<'a, R> {
                 }
                 return Ok(None);
             };
-            let mut entry = entry.map_err(|e| e.to_string())?;
+            // The tar crate's messages quote header fields (a path is a file's first bytes):
+            // not repeated, since this may not be a bundle at all.
+            let mut entry = entry.map_err(|_| NOT_A_TAR.to_owned())?;
             let kind = entry.header().entry_type();
-            let size = entry.header().entry_size().map_err(|e| e.to_string())?;
+            let size = entry.header().entry_size().map_err(|_| NOT_A_TAR.to_owned())?;
             if kind.is_gnu_longname() {
                 if long_name.is_some() {
                     return Err("two GNU long-name records describe the same entry".into());
@@ -97,7 +102,9 @@ impl<'a, R: Read> Entries<'a, R> {
                             pax_size = Some(v.ok_or("PAX record: size is not a number")?);
                         }
                         k if PAX_KEYS.contains(&k) => {}
-                        k => return Err(format!("PAX record: key {k:?} is not supported in a bundle")),
+                        _ => {
+                            return Err("PAX record: a key other than path and size is not supported in a bundle".into());
+                        }
                     }
                 }
                 continue;

@@ -60,7 +60,14 @@ fn members(path: &Path, progress: &Progress) -> Result<Members, BundleError> {
     for named in crate::bundle::entries::entries(&mut archive).map_err(env)? {
         let crate::bundle::entries::Named { name, mut entry } = named.map_err(env)?;
         let member =
-            MEMBERS.iter().find(|m| **m == name).copied().ok_or_else(|| env(format!("unexpected member {name:?}")))?;
+            // Not quoted: until the signature is checked the name is any bytes of any file.
+            MEMBERS.iter().find(|m| **m == name).copied().ok_or_else(|| {
+                env(format!(
+                    "unexpected member (a name of {} bytes): an envelope holds only {}",
+                    name.len(),
+                    MEMBERS.join(", ")
+                ))
+            })?;
         if !seen.insert(member) {
             return Err(env(format!("member {member} appears twice")));
         }

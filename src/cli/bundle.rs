@@ -71,11 +71,19 @@ pub async fn remote(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
     let client = target::client(g)?;
     let v = match cmd {
         BundleCmd::Import { file, allow_downgrade } => {
-            let path =
-                std::fs::canonicalize(&file).map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+            // The bundle's bytes go to the daemon: it opens no path a client names (but its inbox).
             let id = format!("import-{}", crate::ids::random_hex(8));
-            let body = json!({ "path": path, "allowDowngrade": allow_downgrade, "progressId": id });
-            let import = client.post("/api/v1/orchestrator/bundles", &body);
+            let name: String = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+                .collect();
+            let path = format!(
+                "/api/v1/orchestrator/bundles/upload?allowDowngrade={allow_downgrade}&progressId={id}&name={name}"
+            );
+            let import = client.upload(&path, &file);
             let reply = if std::io::stderr().is_terminal() && g.format == Format::Text {
                 crate::progress::follow(&client, &id, import).await
             } else {

@@ -248,3 +248,36 @@ async fn a_damaged_store_file_never_panics_the_daemon() {
         }
     }
 }
+
+/// Bug: `stella --server https://… --token T bundle import /etc/shadow` made the daemon open a
+/// file of its own host chosen by the client and answer with its first ~100 bytes in the
+/// error, ledgered in `bundle.rejected` (so they reached export packs). The CLI now uploads the
+/// bundle's bytes; a path is read only inside the inbox; no error or entry quotes file content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_import_opens_no_host_path_and_quotes_no_content() {
+    let app = TestAppliance::start_production();
+    let c = app.socket_client();
+    let secret = "root:$6$SECRET-HASH-4f1e9a:19700:0:99999:7:::";
+    let outside = app.root().join("shadow");
+    std::fs::write(&outside, format!("{secret}\ndaemon:*:19700:0:99999:7:::\n")).unwrap();
+    let inbox = app.layout().inbox();
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::os::unix::fs::symlink(&outside, inbox.join("link.bundle")).unwrap();
+    for path in [outside.to_str().unwrap(), "/etc/passwd", "../../../../etc/passwd", "link.bundle"] {
+        let r = c.post(&format!("{API}/bundles"), &json!({ "path": path })).await.unwrap();
+        assert_eq!(r.status, 403, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json().unwrap()["code"], "outside_inbox");
+    }
+    // Uploaded (what the CLI does now), the same bytes are refused without being quoted.
+    let out = app.stella(&["bundle", "import", outside.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(!err.contains("SECRET") && !err.contains("root:"), "{err}");
+    let ledger = app.stella(&["--format", "json", "orch", "ledger", "--limit", "1000"]);
+    let text = stdout(&ledger);
+    assert!(text.contains("bundle.rejected"), "the refusal is ledgered: {text}");
+    assert!(!text.contains("SECRET") && !text.contains("root:$6"), "{text}");
+    // Inside the inbox a path still works, for a local administrator who copied a bundle there.
+    let r = c.post(&format!("{API}/bundles"), &json!({ "path": "missing.bundle" })).await.unwrap();
+    assert_eq!(r.status, 403);
+}

@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,10 +43,16 @@ fn file_sha256(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// Ledgers the rejection and answers with its reason.
-async fn reject(state: &AppState, p: &Principal, path: &Path, status: StatusCode, reason: String) -> Problem {
-    let command =
-        BundleCommand::Reject { file: path.display().to_string(), sha256: file_sha256(path), reason: reason.clone() };
+/// Ledgers the rejection and answers with its reason. `source` names the bundle as its client
+/// did (a path in the inbox, or an upload's file name); no byte of the file is quoted.
+async fn reject(
+    state: &AppState,
+    p: &Principal,
+    (path, source): (&Path, &str),
+    status: StatusCode,
+    reason: String,
+) -> Problem {
+    let command = BundleCommand::Reject { file: source.to_owned(), sha256: file_sha256(path), reason: reason.clone() };
     if let Err(e) = submit(state, p, Command::Bundle(command)).await {
         return e;
     }
@@ -65,8 +71,95 @@ pub async fn import_bundle(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let p = auth.require(Scope::Admin)?;
     let progress = progress_for(&state, req.progress_id.as_deref())?;
-    let body = import_file(&state, p, Path::new(&req.path), req.allow_downgrade, progress).await?;
+    let path = in_inbox(&state, &req.path)?;
+    let body = import_file(&state, p, &path, &req.path, req.allow_downgrade, progress).await?;
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// A client names a bundle on this host only inside the inbox: the daemon opens no other path
+/// for it (a path to /etc/shadow is refused before it is opened).
+fn in_inbox(state: &AppState, path: &str) -> Result<PathBuf, Problem> {
+    let inbox = state.lib.join("inbox");
+    let refuse = || {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "outside_inbox",
+            format!(
+                "bundle paths are read only from the inbox {}: copy the bundle there, or upload it \
+                 (`stella bundle import FILE` sends the file's bytes)",
+                inbox.display()
+            ),
+        )
+    };
+    let inbox = std::fs::canonicalize(&inbox).map_err(|_| refuse())?;
+    let given = Path::new(path);
+    let given = if given.is_absolute() { given.to_owned() } else { inbox.join(given) };
+    let real = std::fs::canonicalize(&given).map_err(|_| refuse())?;
+    if real.starts_with(&inbox) && real.is_file() { Ok(real) } else { Err(refuse()) }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UploadQuery {
+    #[serde(default)]
+    allow_downgrade: bool,
+    #[serde(default)]
+    progress_id: Option<String>,
+    /// The file's name on the client, for the ledger.
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `POST /bundles/upload`: the bundle's bytes as the body (at most the envelope's cap), written
+/// to a private file in the inbox, imported like any bundle, and removed.
+pub async fn upload(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    crate::api::extract::QueryArgs(q): crate::api::extract::QueryArgs<UploadQuery>,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let p = auth.require(Scope::Admin)?;
+    let progress = progress_for(&state, q.progress_id.as_deref())?;
+    let inbox = state.lib.join("inbox");
+    std::fs::create_dir_all(&inbox).map_err(Problem::internal)?;
+    let path = inbox.join(format!(".upload-{}", crate::ids::random_hex(8)));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Problem::internal(format!("{}: {e}", path.display())))?;
+    let _cleanup = RemoveOnDrop(path.clone());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut body = body;
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Problem::invalid("body", format!("reading the upload: {e}")))?;
+        let Some(data) = frame.data_ref() else { continue };
+        received += data.len() as u64;
+        if received > crate::bundle::format::ENVELOPE_BYTES_MAX {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("a bundle is at most {} bytes", crate::bundle::format::ENVELOPE_BYTES_MAX),
+            ));
+        }
+        out.write_all(data).map_err(Problem::internal)?;
+    }
+    out.into_inner().map_err(|e| Problem::internal(e.to_string()))?.sync_all().map_err(Problem::internal)?;
+    let source = format!("upload:{}", q.name.as_deref().unwrap_or("unnamed").chars().take(256).collect::<String>());
+    let body = import_file(&state, p, &path, &source, q.allow_downgrade, progress).await?;
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Imports the bundle at `path` on this host, in the order of DESIGN.md §3 — verified against
@@ -76,10 +169,12 @@ pub async fn import_file(
     state: &AppState,
     p: &Principal,
     path: &Path,
+    source: &str,
     allow_downgrade: bool,
     progress: Arc<Progress>,
 ) -> Result<Value, Problem> {
     let path = path.to_path_buf();
+    let at = (path.as_path(), source);
     let (trust_dir, now) = (state.trust_dir.clone(), state.clock.now_ms());
     let checked = {
         let (path, progress) = (path.clone(), progress.clone());
@@ -93,7 +188,7 @@ pub async fn import_file(
     };
     let v = match checked {
         Ok(v) => v,
-        Err(reason) => return Err(reject(state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
+        Err(reason) => return Err(reject(state, p, at, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
     };
     let m = v.manifest.clone();
     let installed = read::bundles(&state.store.read()?)?.into_iter().find(|b| b["name"] == m.name.as_str());
@@ -105,7 +200,7 @@ pub async fn import_file(
             "bundle {} {} is older than the installed {cur}: a downgrade needs --allow-downgrade",
             m.name, m.version
         );
-        return Err(reject(state, p, &path, StatusCode::CONFLICT, reason).await);
+        return Err(reject(state, p, at, StatusCode::CONFLICT, reason).await);
     }
     let limit = state.config.bundles.max_major_jump;
     if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
@@ -114,7 +209,7 @@ pub async fn import_file(
     {
         let reason =
             format!("bundle {} jumps from {cur} to {}, past bundles.max_major_jump = {limit}", m.name, m.version);
-        return Err(reject(state, p, &path, StatusCode::CONFLICT, reason).await);
+        return Err(reject(state, p, at, StatusCode::CONFLICT, reason).await);
     }
     let lib = state.lib.clone();
     let existed = crate::plugins::sealed_dir(&lib, &m.payload.sha256).exists();
@@ -126,7 +221,7 @@ pub async fn import_file(
     };
     let sealed = match sealed {
         Ok(s) => s,
-        Err(reason) => return Err(reject(state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
+        Err(reason) => return Err(reject(state, p, at, StatusCode::UNPROCESSABLE_ENTITY, reason).await),
     };
     let contents = match inspect(state, &m.kind, &m.name, &sealed) {
         Ok(c) => c,
@@ -134,7 +229,7 @@ pub async fn import_file(
             if !existed {
                 let _ = std::fs::remove_dir_all(&sealed);
             }
-            return Err(reject(state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, reason).await);
+            return Err(reject(state, p, at, StatusCode::UNPROCESSABLE_ENTITY, reason).await);
         }
     };
     let command = BundleCommand::Import {
@@ -158,7 +253,7 @@ pub async fn import_file(
                     .map_err(|e| Problem::internal(format!("write {}: {e}", meta.display())))?;
             }
         }
-        Err(e) => return Err(reject(state, p, &path, StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).await),
+        Err(e) => return Err(reject(state, p, at, StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).await),
     }
     progress.phase("recording");
     submit(state, p, Command::Bundle(command)).await?;
