@@ -895,7 +895,7 @@ async fn an_import_reports_its_progress() {
     let app = TestAppliance::start_production();
     let root = app.root().to_path_buf();
     let (_, bundle) = setup(&root);
-    let bundle = app.into_inbox(&bundle);
+    let bundle = app.copy_to_inbox(&bundle);
     let c = app.socket_client();
     let bad =
         c.post(&format!("{API}/bundles"), &serde_json::json!({ "path": bundle, "progressId": "../x" })).await.unwrap();
@@ -941,7 +941,7 @@ async fn the_hostile_corpus_leaves_the_appliance_unchanged() {
     let cases = hostile_payload_cases();
     let count = cases.len();
     for (what, entries, files, not_after, reason) in cases {
-        let path = app.into_inbox(&craft(&root, &key, entries, files, not_after));
+        let path = app.copy_to_inbox(&craft(&root, &key, entries, files, not_after));
         let reply = c.post(&format!("{API}/bundles"), &serde_json::json!({ "path": path })).await.unwrap();
         assert_eq!(reply.status.as_u16(), 422, "{what}");
         let body = String::from_utf8_lossy(&reply.body).into_owned();
@@ -1089,7 +1089,7 @@ async fn an_import_killed_midway_leaves_nothing_half_done() {
     std::fs::create_dir_all(staging.join("a-crash-before/payload")).unwrap();
     std::fs::write(staging.join("a-crash-before/payload/file"), b"half").unwrap();
     let c = app.socket_client();
-    let bundle = app.into_inbox(&bundle);
+    let bundle = app.copy_to_inbox(&bundle);
     let import = {
         let c = c.clone();
         let body = serde_json::json!({ "path": bundle, "progressId": "import-killed-0001" });

@@ -215,7 +215,7 @@ impl TestAppliance {
 
     /// Copies `file` into the appliance's bundle inbox (the only host directory `POST
     /// /bundles` reads a path from) and returns where it is now.
-    pub fn into_inbox(&self, file: &Path) -> PathBuf {
+    pub fn copy_to_inbox(&self, file: &Path) -> PathBuf {
         let inbox = self.layout().inbox();
         std::fs::create_dir_all(&inbox).unwrap();
         let to = inbox.join(file.file_name().unwrap());

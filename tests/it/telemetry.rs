@@ -42,7 +42,7 @@ async fn metrics_count_runs_attempts_and_failures_and_pass_promtool() {
     let id = run_sample(&c).await;
     let junk = app.root().join("junk.bundle");
     std::fs::write(&junk, b"not a bundle").unwrap();
-    let junk = app.into_inbox(&junk);
+    let junk = app.copy_to_inbox(&junk);
     let refused = c.post(&format!("{API}/bundles"), &serde_json::json!({ "path": junk })).await.unwrap();
     assert_eq!(refused.status.as_u16(), 422);
 
