@@ -78,6 +78,8 @@ pub enum Ended {
 pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
     // Looked for before dev mode makes its material, which includes a new key.
     let evidence = identity_evidence(&opts.layout);
+    // Descendants of plugins that outlive their parent come to the daemon, which ends them.
+    crate::exec::procs::become_subreaper();
     let dev_notes = if opts.dev { Some(dev::prepare(&opts.layout).map_err(CliError::Other)?) } else { None };
     let config_path = opts.config_path.clone().unwrap_or_else(|| opts.layout.config_file());
     let mut config = Config::load(&config_path, true).map_err(|e| CliError::Invalid(e.to_string()))?;
@@ -111,6 +113,7 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
         .thread_name("stella-rt")
         .build()
         .map_err(|e| CliError::Other(format!("start async runtime: {e}")))?;
+    let work_root = opts.layout.lib().join("work");
     let result = runtime.block_on(daemon(opts, config, store, handle, clock, dev_notes));
     // Dropping the runtime drops every task and with them the last writer handles; the writer
     // then drains what it holds, commits, and its thread ends.
@@ -121,6 +124,8 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
         Ok(Ended::RestartRequested) => tracing::info!("stopped cleanly; starting again"),
         Err(_) => {}
     }
+    // Nothing an attempt started outlives the daemon's stop.
+    crate::exec::procs::kill_all(&work_root);
     if result.is_ok() {
         let _ = std::fs::write(&clean_marker, b"");
     }

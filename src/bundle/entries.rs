@@ -103,7 +103,9 @@ impl<'a, R: Read> Entries<'a, R> {
                         }
                         k if PAX_KEYS.contains(&k) => {}
                         _ => {
-                            return Err("PAX record: a key other than path and size is not supported in a bundle".into());
+                            return Err(
+                                "PAX record: a key other than path and size is not supported in a bundle".into()
+                            );
                         }
                     }
                 }

@@ -5,4 +5,5 @@
 
 pub mod builtin;
 pub mod plugin;
+pub mod procs;
 pub mod worker;

@@ -21,6 +21,9 @@ const LINE_BYTES_MAX: usize = 256 * 1024;
 const STDERR_KEEP_BYTES: usize = 16 * 1024;
 /// Between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long stdout is still read after the plugin exited while something it started holds the
+/// pipe open.
+const STDOUT_DRAIN: Duration = Duration::from_millis(500);
 
 pub struct Invocation {
     /// Secret values passed in the request; redacted from everything the plugin writes.
@@ -30,6 +33,8 @@ pub struct Invocation {
     pub request: Value,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// `<lib>/work`: every attempt's directory is below it (what the process sweep matches).
+    pub work_root: PathBuf,
 }
 
 /// Signals the plugin's process group (its pid is the group id: it was spawned with
@@ -88,17 +93,22 @@ pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = (
             error: format!("create {}: {e}", inv.workdir.display()),
         });
     }
-    let mut child = match Command::new(&inv.program)
-        .env_clear()
-        .envs(inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(&inv.workdir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
+    let job = inv.request["job"].as_str().unwrap_or_default().to_owned();
+    let spawned = crate::exec::procs::spawn_registered(&job, || {
+        let child = Command::new(&inv.program)
+            .env_clear()
+            .envs(inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(&inv.workdir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id();
+        Ok((child, pid))
+    });
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             return Some(StepResult::Failed {
@@ -110,11 +120,14 @@ pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = (
     // Recorded so that a daemon restarted after a crash stops this group before the step runs
     // again (`reap_orphans`): an attempt never overlaps the one it replaces.
     let pgid_file = inv.workdir.join(PGID_FILE);
-    if let Some(pid) = child.id() {
-        let job = inv.request["job"].as_str().unwrap_or_default();
+    let pgid = child.id();
+    if let Some(pid) = pgid {
         let _ = std::fs::write(&pgid_file, format!("{pid} {job}\n"));
     }
     let result = supervise(&mut child, &inv, cancelled).await;
+    // Whatever the attempt started ends with it.
+    let work_root = inv.work_root.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::exec::procs::end_attempt(&work_root, &job, pgid)).await;
     let _ = std::fs::remove_file(&pgid_file);
     result
 }
@@ -148,6 +161,9 @@ pub fn reap_orphans(lib: &std::path::Path) {
             }
         }
     }
+    // And every process still naming one of this appliance's attempts (a `setsid` child of a
+    // plugin that kept its environment), whatever its group.
+    crate::exec::procs::kill_all(&lib.join("work"));
 }
 
 async fn supervise(
@@ -163,18 +179,21 @@ async fn supervise(
     });
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
-    let errors = tokio::spawn(async move {
-        let mut kept = Vec::new();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stderr.read(&mut buf).await {
-            if n == 0 {
-                break;
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let errors = {
+        let kept = kept.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                let room = STDERR_KEEP_BYTES.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
             }
-            let room = STDERR_KEEP_BYTES.saturating_sub(kept.len());
-            kept.extend_from_slice(&buf[..n.min(room)]);
-        }
-        kept
-    });
+        })
+    };
     let mut events = Events { secrets: inv.secrets.clone(), ..Events::default() };
     let read = async {
         let (mut total, mut line, mut buf) = (0usize, Vec::new(), [0u8; 8192]);
@@ -200,12 +219,35 @@ async fn supervise(
         }
     };
     tokio::pin!(cancelled);
-    let outcome = tokio::select! {
-        r = read => r.map_err(|e| ("output_limit", e)),
-        _ = tokio::time::sleep(inv.timeout) => Err(("timeout", format!("the plugin did not finish within {} ms", inv.timeout.as_millis()))),
-        _ = &mut cancelled => {
-            stop(child).await;
-            return None;
+    let timeout = tokio::time::sleep(inv.timeout);
+    tokio::pin!(timeout);
+    enum First {
+        Read(Result<(), String>),
+        Exited,
+        TimedOut,
+    }
+    let outcome = {
+        tokio::pin!(read);
+        let first = tokio::select! {
+            r = &mut read => First::Read(r),
+            // The plugin ended, but something it started may still hold its stdout open: what
+            // is already written is read for a moment, then the attempt is over (and the
+            // sweep ends the holder).
+            _ = child.wait() => First::Exited,
+            _ = &mut timeout => First::TimedOut,
+            _ = &mut cancelled => {
+                stop(child).await;
+                return None;
+            }
+        };
+        match first {
+            First::Read(r) => r.map_err(|e| ("output_limit", e)),
+            First::Exited => {
+                tokio::time::timeout(STDOUT_DRAIN, &mut read).await.unwrap_or(Ok(())).map_err(|e| ("output_limit", e))
+            }
+            First::TimedOut => {
+                Err(("timeout", format!("the plugin did not finish within {} ms", inv.timeout.as_millis())))
+            }
         }
     };
     if let Err((code, error)) = outcome {
@@ -220,7 +262,13 @@ async fn supervise(
         }
     };
     writer.abort();
-    let stderr_text = redact::text(&String::from_utf8_lossy(&errors.await.unwrap_or_default()), &inv.secrets);
+    // Like stdout, stderr may be held open by something the plugin started.
+    let mut errors = errors;
+    if tokio::time::timeout(STDOUT_DRAIN, &mut errors).await.is_err() {
+        errors.abort();
+    }
+    let kept = std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner()));
+    let stderr_text = redact::text(&String::from_utf8_lossy(&kept), &inv.secrets);
     let last_err = stderr_text.lines().last().unwrap_or("").to_owned();
     Some(match status {
         Err(_) => {

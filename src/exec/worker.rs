@@ -165,6 +165,7 @@ impl Attempt {
             request,
             env,
             timeout,
+            work_root: self.opts.lib.join("work"),
         })
     }
 

@@ -1,0 +1,159 @@
+//! Every process an attempt starts ends with it. The daemon is a child subreaper
+//! (`PR_SET_CHILD_SUBREAPER`), so a plugin's descendants that outlive their parent (a `setsid`
+//! child, a double fork) are re-parented to the daemon rather than to init. When an attempt
+//! ends the daemon kills: the plugin's process group; every process whose environment names
+//! the attempt's job under this appliance's work directory (what each plugin starts with and
+//! its children inherit); and every child of the daemon that is not a running plugin and names
+//! no running job (a descendant that cleared its environment, re-parented here). Killed
+//! children are reaped; so are zombies of earlier strays.
+//!
+//! Hand-written over `/proc` and `libc`: no maintained crate does process-tree sweeps without
+//! pulling in far more (`sysinfo`), and cgroups are not delegated to the daemon on every host.
+//! A descendant that cleared its environment while its parent was still alive and outlived a
+//! daemon killed with -9 escapes (it was re-parented to init then); the restart kills only what
+//! still names this appliance.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Running plugin processes (pid → job), registered under the lock at spawn.
+static LIVE: Mutex<Live> = Mutex::new(Live(None));
+
+struct Live(Option<HashMap<i32, String>>);
+
+impl Live {
+    fn map(&mut self) -> &mut HashMap<i32, String> {
+        self.0.get_or_insert_with(HashMap::new)
+    }
+}
+
+/// Makes this process the subreaper of its descendants (Linux; elsewhere a no-op).
+pub fn become_subreaper() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not become a child subreaper");
+    }
+}
+
+/// Spawns with `spawn` while holding the registry, so a sweep never sees the new plugin
+/// before it is registered.
+pub fn spawn_registered<T>(job: &str, spawn: impl FnOnce() -> std::io::Result<(T, Option<u32>)>) -> std::io::Result<T> {
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let (child, pid) = spawn()?;
+    if let Some(pid) = pid {
+        live.map().insert(pid as i32, job.to_owned());
+    }
+    Ok(child)
+}
+
+/// Ends an attempt: kills what it left behind (see the module) and reaps it.
+pub fn end_attempt(work_root: &Path, job: &str, pgid: Option<u32>) {
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(pgid) = pgid {
+        live.map().remove(&(pgid as i32));
+        // SAFETY: killpg on the group the plugin led; at worst it is already empty.
+        unsafe { libc::killpg(pgid as i32, libc::SIGKILL) };
+    }
+    let running: Vec<String> = live.map().values().cloned().collect();
+    let me = std::process::id() as i32;
+    let mut killed = Vec::new();
+    for p in processes() {
+        let ours = p.names_job_under(work_root, Some(job));
+        let stray = p.ppid == me && !live.map().contains_key(&p.pid) && !running.iter().any(|j| p.names_job(j));
+        if ours || stray {
+            // SAFETY: kill on a pid read from /proc just now, matched as our attempt's.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            killed.push(p);
+        }
+    }
+    drop(live);
+    reap(me, &killed);
+}
+
+/// At start and at a clean stop (no attempt runs then): kills the groups of plugins still
+/// registered, every process naming a job of this appliance, and every other child.
+pub fn kill_all(work_root: &Path) {
+    let live: Vec<i32> = LIVE.lock().unwrap_or_else(|p| p.into_inner()).map().drain().map(|(pid, _)| pid).collect();
+    for pid in &live {
+        // SAFETY: killpg on a group a plugin of ours led, then waiting for its leader (our
+        // child), so that what it started is re-parented to this subreaper before the scan.
+        unsafe {
+            libc::killpg(*pid, libc::SIGKILL);
+            let mut status = 0;
+            libc::waitpid(*pid, &mut status, 0);
+        }
+    }
+    let me = std::process::id() as i32;
+    let mut killed = Vec::new();
+    for p in processes() {
+        if p.names_job_under(work_root, None) || p.ppid == me {
+            tracing::warn!(pid = p.pid, "stopping a process an attempt left running");
+            // SAFETY: kill on a pid read from /proc just now, matched as this appliance's.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            killed.push(p);
+        }
+    }
+    reap(me, &killed);
+}
+
+/// Waits for those of `killed` that are this process's children (SIGKILL ends them at once),
+/// and collects any other zombie child that is not a running plugin.
+fn reap(me: i32, killed: &[Proc]) {
+    for p in killed.iter().filter(|p| p.ppid == me) {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child's pid; it was just sent SIGKILL.
+        unsafe { libc::waitpid(p.pid, &mut status, 0) };
+    }
+    let live = LIVE.lock().unwrap_or_else(|p| p.into_inner()).map().clone();
+    for p in processes().into_iter().filter(|p| p.ppid == me && p.zombie && !live.contains_key(&p.pid)) {
+        let mut status = 0;
+        // SAFETY: waitpid without blocking on a zombie child of ours that no one else waits for.
+        unsafe { libc::waitpid(p.pid, &mut status, libc::WNOHANG) };
+    }
+}
+
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    zombie: bool,
+    environ: Vec<u8>,
+}
+
+impl Proc {
+    fn var(&self, key: &str) -> Option<&[u8]> {
+        self.environ.split(|b| *b == 0).find_map(|kv| kv.strip_prefix(key.as_bytes())?.strip_prefix(b"="))
+    }
+
+    fn names_job(&self, job: &str) -> bool {
+        self.var("STELLA_JOB") == Some(job.as_bytes())
+    }
+
+    /// Started for an attempt of this appliance (its work directory is under `work_root`),
+    /// of `job` if named.
+    fn names_job_under(&self, work_root: &Path, job: Option<&str>) -> bool {
+        let root = work_root.as_os_str().as_encoded_bytes();
+        let under = self.var("STELLA_WORKDIR").is_some_and(|w| w.starts_with(root) && w.get(root.len()) == Some(&b'/'));
+        under && job.is_none_or(|j| self.names_job(j))
+    }
+}
+
+/// Every process this user may see: pid, parent, whether a zombie, environment (empty where
+/// it cannot be read).
+fn processes() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so read after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) else { continue };
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        out.push(Proc { pid, ppid, zombie: state == "Z", environ });
+    }
+    out
+}
