@@ -139,6 +139,7 @@ fn plugin_spawn(n: usize) {
                 request: json!({ "protocol": 1, "job": format!("j{i}"), "inputs": {} }),
                 env,
                 timeout: Duration::from_secs(30),
+                work_root: dir.path().to_owned(),
             };
             let t = Instant::now();
             let r = stella::exec::plugin::run(inv, std::future::pending()).await;
