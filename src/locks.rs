@@ -43,6 +43,10 @@ pub enum LockCommand {
         tenant: Option<String>,
         target: ForceTarget,
         reason: Option<String>,
+        /// The fencing token each lock is forced from (lock id → token), as the operator saw
+        /// it: a lock that has moved on since (to its next holder) is left alone. `None`:
+        /// whatever holds it now (internal callers only).
+        tokens: Option<std::collections::BTreeMap<String, u64>>,
     },
     /// A lock-guarded update of a resource: bumps its version. In `pessimistic` mode the caller
     /// must hold the resource's lock (owner and token); in `optimistic` mode it must name the
@@ -175,7 +179,7 @@ pub fn plan(cmd: &LockCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
             Ok(vec![Draft { tenant: tenant.clone(), kind: "resource.updated", subjects: vec![resource.clone()], data }]
                 .into())
         }
-        LockCommand::ForceRelease { tenant, target, reason } => {
+        LockCommand::ForceRelease { tenant, target, reason, tokens } => {
             let locks = match target {
                 ForceTarget::Id(id) => vec![by_id(txn, tenant.as_deref(), id)?],
                 ForceTarget::Env(env) => {
@@ -183,12 +187,29 @@ pub fn plan(cmd: &LockCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
                 }
             };
             let mut drafts = Vec::new();
+            let mut moved = Vec::new();
             for rec in locks.iter().filter(|l| l.holder.is_some()) {
                 let holder = rec.holder.as_ref().expect("filtered on holder");
+                if let Some(tokens) = tokens
+                    && tokens.get(&rec.id) != Some(&holder.token)
+                {
+                    let named = tokens.get(&rec.id).map_or("no token".to_owned(), |t| format!("token {t}"));
+                    moved.push(format!(
+                        "{} is held by {} with token {} now (the release named {named})",
+                        rec.id, holder.owner, holder.token
+                    ));
+                    continue;
+                }
                 let next = next_grant(rec, &mut fence, ctx.now);
                 let data = json!({ "lockId": rec.id, "resource": rec.resource, "token": holder.token,
                                    "holder": holder.owner, "reason": reason, "next": next });
                 drafts.push(draft(&rec.tenant, "lock.force_released", rec, data));
+            }
+            if drafts.is_empty() && !moved.is_empty() {
+                return Err(CommandError::Conflict(format!(
+                    "nothing released: the lock has moved on since it was read: {}; look again (orch locks list)",
+                    moved.join("; ")
+                )));
             }
             if drafts.is_empty() {
                 let what = match target {

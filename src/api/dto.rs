@@ -468,6 +468,10 @@ pub struct LockRelease {
     pub reason: Option<String>,
     /// With `POST /locks/release`: every held lock of this environment.
     pub env: Option<String>,
+    /// A forced release of an environment's locks: the token each lock is forced from (as
+    /// listed); a lock that has moved on since is left alone.
+    #[serde(default)]
+    pub tokens: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -261,16 +261,46 @@ pub async fn locks(g: &Global, cmd: LocksCmd) -> Result<(), CliError> {
         }
         LocksCmd::Release { id, env, force, reason, owner, lock_token } => {
             let reason = if force { Some(force_reason(reason)?) } else { reason };
+            // A forced release names the token it breaks, as listed now: if the lock passes to
+            // its next holder meanwhile, the daemon leaves it with that holder.
+            let held = |query: String| {
+                let client = &client;
+                async move {
+                    let v = client.get(&format!("{P}/locks{query}")).await?.ok()?.json()?;
+                    Ok::<_, CliError>(
+                        list(&v, "locks")
+                            .iter()
+                            .filter_map(|l| Some((l["id"].as_str()?.to_owned(), l["token"].as_u64()?)))
+                            .collect::<std::collections::BTreeMap<String, u64>>(),
+                    )
+                }
+            };
             let v = match (id, env) {
+                (Some(id), None) if force => {
+                    let token =
+                        lock_token.or(held(String::new()).await?.get(&id).copied()).ok_or_else(|| CliError::Api {
+                            status: 404,
+                            code: "not_found".into(),
+                            detail: format!("held lock {id} not found"),
+                        })?;
+                    let body = json!({ "force": true, "reason": reason, "token": token });
+                    client.post(&format!("{P}/locks/{id}/release"), &body).await?.ok()?.json()?
+                }
                 (Some(id), None) => {
                     let body = json!({ "force": force, "reason": reason, "owner": owner, "token": lock_token });
                     client.post(&format!("{P}/locks/{id}/release"), &body).await?.ok()?.json()?
                 }
-                (None, Some(env)) if force => client
-                    .post(&format!("{P}/locks/release"), &json!({ "env": env, "force": true, "reason": reason }))
-                    .await?
-                    .ok()?
-                    .json()?,
+                (None, Some(env)) if force => {
+                    let tokens = held(format!("?env={env}")).await?;
+                    client
+                        .post(
+                            &format!("{P}/locks/release"),
+                            &json!({ "env": env, "force": true, "reason": reason, "tokens": tokens }),
+                        )
+                        .await?
+                        .ok()?
+                        .json()?
+                }
                 (None, Some(_)) => {
                     return Err(CliError::Invalid("releasing every lock of an environment needs --force".into()));
                 }

@@ -389,3 +389,43 @@ async fn processes_a_plugin_starts_end_with_its_attempt_a_stop_and_a_restart() {
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
 }
+
+/// Bug: a forced release racing a normal release evicted the next holder (9 of 40 races): the
+/// holder released, its waiter got the lock, and the force (meant for the old holder) took it
+/// from the waiter. A forced release names the fencing token it breaks and does nothing once
+/// the lock has moved on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_release_of_a_lock_that_moved_on_does_nothing() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let c = app.socket_client();
+    let a = api_post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-7" })).await;
+    api_post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-8" })).await;
+    let (lock, seen) = (a["lockId"].as_str().unwrap().to_owned(), a["token"].as_u64().unwrap());
+    // The operator looked (token `seen`); then the holder released and deploy-8 got it.
+    api_post(&c, &format!("/locks/{lock}/release"), json!({ "owner": "deploy-7", "token": seen })).await;
+    let r = c
+        .post(&format!("{API}/locks/{lock}/release"), &json!({ "force": true, "reason": "stale", "token": seen }))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json().unwrap()["detail"].as_str().unwrap().contains("held by deploy-8"));
+    let env = c
+        .post(
+            &format!("{API}/locks/release"),
+            &json!({ "env": "prod", "force": true, "reason": "stale", "tokens": { lock.clone(): seen } }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(env.status, 409);
+    let listed = api_get(&c, "/locks").await;
+    assert_eq!(listed["locks"][0]["holder"], "deploy-8", "the next holder keeps it: {listed}");
+    // Without a token the API refuses; the CLI reads the current one and breaks exactly that.
+    let r = c.post(&format!("{API}/locks/{lock}/release"), &json!({ "force": true, "reason": "x" })).await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.json().unwrap()["field"].as_str().map(str::to_owned)),
+        (422, Some("token".into()))
+    );
+    let out = app.stella(&["orch", "locks", "release", &lock, "--force", "--reason", "deploy-8 crashed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(api_get(&c, "/locks").await["locks"].as_array().unwrap().is_empty());
+}

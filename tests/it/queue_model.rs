@@ -262,6 +262,7 @@ impl StateMachineTest for QueueMachine {
                     tenant: None,
                     target,
                     reason: Some("model".into()),
+                    tokens: None,
                 })) {
                     for e in &c.entries {
                         let old = e.data["token"].as_u64().unwrap();

@@ -112,10 +112,18 @@ pub async fn release(
 ) -> ApiResult<Json<dto::Released>> {
     let command = if req.force {
         let p = auth.require(Scope::Admin)?;
+        let reason = force_reason(req.reason)?;
+        let Some(token) = req.token else {
+            return Err(Problem::invalid(
+                "token",
+                "a forced release names the fencing token it breaks (the TOKEN column of orch locks list)",
+            ));
+        };
         LockCommand::ForceRelease {
             tenant: p.tenant.clone(),
-            target: ForceTarget::Id(id),
-            reason: Some(force_reason(req.reason)?),
+            target: ForceTarget::Id(id.clone()),
+            reason: Some(reason),
+            tokens: Some([(id, token)].into()),
         }
     } else {
         let p = auth.require(Scope::Operate)?;
@@ -140,10 +148,18 @@ pub async fn release_env(
     let Some(env) = req.env.filter(|_| req.force) else {
         return Err(Problem::invalid("env", "releasing by environment needs env and force: true"));
     };
+    let reason = force_reason(req.reason)?;
+    let Some(tokens) = req.tokens else {
+        return Err(Problem::invalid(
+            "tokens",
+            "a forced release names the fencing token it breaks for each lock (lock id → token, from orch locks list)",
+        ));
+    };
     let command = LockCommand::ForceRelease {
         tenant: p.tenant.clone(),
         target: ForceTarget::Env(env),
-        reason: Some(force_reason(req.reason)?),
+        reason: Some(reason),
+        tokens: Some(tokens),
     };
     let c = submit(&state, p, Command::Lock(command)).await?;
     Ok(Json(dto::Released {
