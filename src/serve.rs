@@ -156,6 +156,12 @@ async fn start_writes(
     if unfinished > 0 {
         tracing::warn!(entries = unfinished, bytes, "removed unfinished bundle imports from staging");
     }
+    // A sealed copy no record names (a refusal after sealing, a removal cut short) goes.
+    match crate::bundle::installed::sweep_unrecorded(store, &opts.layout.lib()) {
+        Ok(gone) if !gone.is_empty() => tracing::warn!(digests = ?gone, "removed sealed bundles no record names"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not sweep the sealed bundle store"),
+    }
     // Bundles installed earlier must still verify against today's trust store and disk.
     let checked = crate::bundle::installed::reverify_all(
         store,

@@ -72,6 +72,14 @@ impl Problem {
         Self::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", format!("not available yet: {what}"))
     }
 
+    pub fn status(&self) -> u16 {
+        self.0.status
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.0.detail
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail.to_string())
     }

@@ -16,6 +16,36 @@ pub fn meta_dir(lib: &Path, digest: &str) -> std::path::PathBuf {
     lib.join("bundles/meta").join(digest)
 }
 
+/// Removes sealed bundle copies (with their `meta/` entry) that no record names: the copy of
+/// a bundle refused after it was sealed, or of one whose removal was cut short. A digest is
+/// kept while a bundle record, an installed plugin or a DAG version's pin names it. Returns
+/// the digests removed.
+pub fn sweep_unrecorded(store: &Store, lib: &Path) -> Result<Vec<String>, String> {
+    let txn = store.read().map_err(|e| e.to_string())?;
+    let mut named: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for b in read::bundles(&txn).map_err(|e| e.to_string())? {
+        named.extend(b["digest"].as_str().map(str::to_owned));
+    }
+    for (_, p) in read::plugins(&txn).map_err(|e| e.to_string())? {
+        named.extend(p["digest"].as_str().map(str::to_owned));
+    }
+    for d in read::dags(&txn).map_err(|e| e.to_string())? {
+        named.extend(d.versions.iter().flat_map(|v| v.plugins.values().cloned()));
+    }
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(lib.join("bundles/meta")) else { return Ok(removed) };
+    for e in entries.flatten() {
+        let digest = e.file_name().to_string_lossy().into_owned();
+        if named.contains(&digest) {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(crate::plugins::sealed_dir(lib, &digest));
+        let _ = std::fs::remove_dir_all(e.path());
+        removed.push(digest);
+    }
+    Ok(removed)
+}
+
 /// Re-verifies every installed bundle; quarantines the ones that fail. Returns one result per
 /// bundle: `{name, digest, ok, reason}`.
 pub async fn reverify_all(

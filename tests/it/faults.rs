@@ -429,3 +429,80 @@ async fn a_forced_release_of_a_lock_that_moved_on_does_nothing() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(api_get(&c, "/locks").await["locks"].as_array().unwrap().is_empty());
 }
+
+/// Bug: a reused version with other content was refused (409) but not ledgered, and its
+/// sealed copy stayed under `bundles/sha256/` with its `meta/` entry, unnoticed by `bundle
+/// verify --installed`. The refusal is ledgered and leaves the disk as it was; the start-up
+/// sweep removes sealed copies no record names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_version_is_ledgered_and_leaves_no_sealed_copy() {
+    let mut app = TestAppliance::start_production();
+    let root = app.root().to_path_buf();
+    let key = root.join("ops_ed25519");
+    assert!(app.stella(&["keys", "generate", "--out", key.to_str().unwrap()]).status.success());
+    let pubkey = format!("{}.pub", key.display());
+    let ns = "stella-bundle@stella.invalid";
+    assert!(app.stella(&["keys", "trust", "add", &pubkey, "--principal", "ops", "--namespaces", ns]).status.success());
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/sample-plugin");
+    let changed = root.join("changed-plugin");
+    std::fs::create_dir_all(&changed).unwrap();
+    for e in std::fs::read_dir(&sample).unwrap().flatten() {
+        std::fs::copy(e.path(), changed.join(e.file_name())).unwrap();
+    }
+    std::fs::write(changed.join("EXTRA"), "other content\n").unwrap();
+    let build = |dir: &std::path::Path, name: &str| {
+        let out = root.join(name);
+        let out = out.to_str().unwrap();
+        let o = app.stella(&[
+            "bundle",
+            "build",
+            dir.to_str().unwrap(),
+            "--kind",
+            "plugin",
+            "--name",
+            "sample-plugin",
+            "--version",
+            "1.0.0",
+            "--key",
+            key.to_str().unwrap(),
+            "-o",
+            out,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        root.join(name)
+    };
+    let first = build(&sample, "first.bundle");
+    let second = build(&changed, "second.bundle");
+    let o = app.stella(&["bundle", "import", first.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lib = app.layout().lib();
+    let listing = |d: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(lib.join(d))
+            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let (sealed, meta) = (listing("bundles/sha256"), listing("bundles/meta"));
+    let out = app.stella(&["bundle", "import", second.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("versions are never reused"), "{}", stderr(&out));
+    assert_eq!((listing("bundles/sha256"), listing("bundles/meta")), (sealed.clone(), meta.clone()), "disk as before");
+    let ledger = app.stella(&["--format", "json", "orch", "ledger", "--limit", "1000"]);
+    let entries: serde_json::Value = serde_json::from_slice(&ledger.stdout).unwrap();
+    let rejected: Vec<&serde_json::Value> =
+        entries["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "bundle.rejected").collect();
+    assert_eq!(rejected.len(), 1, "{entries}");
+    assert!(rejected[0]["data"]["reason"].as_str().unwrap().contains("never reused"));
+
+    // A sealed copy and meta entry no record names (left by an older stella) go at start.
+    let orphan = "0".repeat(64);
+    std::fs::create_dir_all(lib.join("bundles/sha256").join(&orphan)).unwrap();
+    std::fs::create_dir_all(lib.join("bundles/meta").join(&orphan)).unwrap();
+    app.terminate();
+    app.launch();
+    assert_eq!((listing("bundles/sha256"), listing("bundles/meta")), (sealed, meta));
+    assert!(app.log().contains("removed sealed bundles no record names"), "{}", app.log());
+    let verify = app.stella(&["bundle", "verify", "--installed"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}

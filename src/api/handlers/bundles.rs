@@ -202,6 +202,14 @@ pub async fn import_file(
         );
         return Err(reject(state, p, at, StatusCode::CONFLICT, reason).await);
     }
+    if let Some(cur) = installed.as_ref()
+        && cur["version"].as_str() == Some(m.version.as_str())
+        && cur["digest"].as_str() != Some(m.payload.sha256.as_str())
+    {
+        let reason =
+            format!("bundle {} {} is installed with other content: versions are never reused", m.name, m.version);
+        return Err(reject(state, p, at, StatusCode::CONFLICT, reason).await);
+    }
     let limit = state.config.bundles.max_major_jump;
     if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
         && limit > 0
@@ -256,7 +264,17 @@ pub async fn import_file(
         Err(e) => return Err(reject(state, p, at, StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).await),
     }
     progress.phase("recording");
-    submit(state, p, Command::Bundle(command)).await?;
+    if let Err(refused) = submit(state, p, Command::Bundle(command)).await {
+        // Refused while recording (a race with another import): the disk is left as it was.
+        if !existed {
+            let _ = std::fs::remove_dir_all(&sealed);
+            let _ = std::fs::remove_dir_all(&meta);
+        }
+        if refused.status() == StatusCode::CONFLICT.as_u16() {
+            return Err(reject(state, p, at, StatusCode::CONFLICT, refused.detail().to_owned()).await);
+        }
+        return Err(refused);
+    }
     if m.kind == Kind::Trust {
         // Replaces the trust store atomically; the next verification reads the new one.
         for file in ["allowed_signers", "revoked"] {
