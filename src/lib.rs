@@ -23,6 +23,7 @@ pub mod plugins;
 pub mod progress;
 pub mod queue;
 pub mod runtime_config;
+pub mod secrets;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

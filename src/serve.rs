@@ -97,6 +97,10 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
     let unclean = store_path.exists() && !clean_marker.exists();
     let _ = std::fs::remove_file(&clean_marker);
     let clock = clock::system();
+    // Kept beside the appliance key, never in the store: a copied store holds no secret.
+    let secrets_key = crate::secrets::SecretKey::load_or_create(&opts.layout.lib().join("keys/secrets.key"))
+        .map_err(CliError::Other)?;
+    crate::secrets::install(secrets_key);
     let (store, handle, writer) = crate::store::schema::guard(&store_path, || {
         let store = Store::open_with_cache(&store_path, config.store.cache_bytes)?;
         for value in read::secret_values(&store.read()?)? {

@@ -54,6 +54,13 @@ async fn stop(child: &mut Child) {
     }
 }
 
+/// What one attempt may write into the daemon's log (and so into every export); past it, one
+/// truncation marker counts what was dropped. The attempt's whole output is kept in its
+/// output file ([`ATTEMPT_LOGS_KEPT`]).
+pub const ATTEMPT_LOG_BYTES_MAX: usize = 1024 * 1024;
+/// Attempt output files kept (the newest; older ones are removed as new ones are written).
+const ATTEMPT_LOGS_KEPT: usize = 200;
+
 /// What the stdout events said.
 #[derive(Default)]
 struct Events {
@@ -61,18 +68,49 @@ struct Events {
     outputs: Map<String, Value>,
     result: Option<Value>,
     malformed: Option<String>,
+    /// Bytes of plugin lines written to the daemon's log so far, and lines dropped past the cap.
+    logged: usize,
+    dropped: usize,
+    /// Every line, redacted: the attempt's output file.
+    file: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl Events {
+    /// Whether `len` more bytes may still go to the daemon's log.
+    fn may_log(&mut self, len: usize) -> bool {
+        if self.logged + len > ATTEMPT_LOG_BYTES_MAX {
+            self.dropped += 1;
+            return false;
+        }
+        self.logged += len;
+        true
+    }
+
+    fn keep(&mut self, text: &str) {
+        if let Some(f) = &mut self.file {
+            use std::io::Write;
+            let _ = writeln!(f, "{text}");
+        }
+    }
+
     fn line(&mut self, line: &[u8]) {
         let Ok(v) = serde_json::from_slice::<Value>(line) else {
             let text = redact::text(&String::from_utf8_lossy(line), &self.secrets);
-            tracing::info!(plugin_output = %text, "plugin wrote a line that is not an event");
+            self.keep(&text);
+            if self.may_log(text.len()) {
+                tracing::info!(plugin_output = %text, "plugin wrote a line that is not an event");
+            }
             return;
         };
         let v = redact::json(&v, &self.secrets);
+        self.keep(&v.to_string());
         match v["event"].as_str() {
-            Some("log") => tracing::info!(plugin_log = %v["message"].as_str().unwrap_or(""), "plugin log"),
+            Some("log") => {
+                let message = v["message"].as_str().unwrap_or("");
+                if self.may_log(message.len()) {
+                    tracing::info!(plugin_log = %message, "plugin log");
+                }
+            }
             Some("progress") => tracing::debug!(progress = %v["percent"], "plugin progress"),
             Some("output") => match v["name"].as_str() {
                 Some(name) => {
@@ -87,7 +125,9 @@ impl Events {
 }
 
 pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = ()>) -> Option<StepResult> {
-    if let Err(e) = std::fs::create_dir_all(&inv.workdir) {
+    // Private to the daemon's user: a plugin may write a secret there.
+    use std::os::unix::fs::DirBuilderExt;
+    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&inv.workdir) {
         return Some(StepResult::Failed {
             code: "workdir".into(),
             error: format!("create {}: {e}", inv.workdir.display()),
@@ -129,7 +169,71 @@ pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = (
     let work_root = inv.work_root.clone();
     let _ = tokio::task::spawn_blocking(move || crate::exec::procs::end_attempt(&work_root, &job, pgid)).await;
     let _ = std::fs::remove_file(&pgid_file);
+    let succeeded = matches!(result, Some(StepResult::Outputs(_)));
+    let (work_root, workdir) = (inv.work_root.clone(), inv.workdir.clone());
+    let _ = tokio::task::spawn_blocking(move || tidy_workdirs(&work_root, &workdir, succeeded)).await;
     result
+}
+
+/// Failed attempts' working directories kept for diagnosis (the newest).
+const FAILED_WORKDIRS_KEPT: usize = 50;
+
+/// A succeeded attempt's working directory goes at once (what a plugin wrote there — a secret,
+/// perhaps — does not stay); a failed one stays for diagnosis, the newest
+/// [`FAILED_WORKDIRS_KEPT`] of them.
+fn tidy_workdirs(work_root: &std::path::Path, workdir: &std::path::Path, succeeded: bool) {
+    if succeeded {
+        let _ = std::fs::remove_dir_all(workdir);
+        // The run/step directories above it, once empty.
+        for dir in workdir.ancestors().skip(1).take_while(|d| *d != work_root) {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+        return;
+    }
+    // work/<run>/<step>/<job>-<attempt>
+    let mut kept: Vec<(std::time::SystemTime, std::path::PathBuf)> = Vec::new();
+    for run in std::fs::read_dir(work_root).into_iter().flatten().flatten() {
+        for step in std::fs::read_dir(run.path()).into_iter().flatten().flatten() {
+            for attempt in std::fs::read_dir(step.path()).into_iter().flatten().flatten() {
+                let modified = attempt.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                kept.push((modified, attempt.path()));
+            }
+        }
+    }
+    if kept.len() > FAILED_WORKDIRS_KEPT {
+        kept.sort();
+        for (_, old) in &kept[..kept.len() - FAILED_WORKDIRS_KEPT] {
+            let _ = std::fs::remove_dir_all(old);
+        }
+    }
+}
+
+/// The attempt's output file, `<lib>/attempt-logs/<job>-<attempt>.ndjson` (0600, redacted):
+/// every stdout line of the attempt, kept after its working directory is gone; the newest
+/// [`ATTEMPT_LOGS_KEPT`] files stay.
+fn attempt_log(inv: &Invocation) -> Option<std::io::BufWriter<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = inv.work_root.parent()?.join("attempt-logs");
+    std::fs::create_dir_all(&dir).ok()?;
+    let job = inv.request["job"].as_str().unwrap_or("job");
+    let attempt = inv.request["attempt"].as_u64().unwrap_or(0);
+    let path = dir.join(format!("{job}-{attempt}.ndjson"));
+    let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).ok()?;
+    let mut logs: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
+        .collect();
+    if logs.len() > ATTEMPT_LOGS_KEPT {
+        logs.sort();
+        for (_, old) in &logs[..logs.len() - ATTEMPT_LOGS_KEPT] {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+    Some(std::io::BufWriter::new(file))
 }
 
 /// Where an attempt's process group id is kept while it runs.
@@ -194,7 +298,7 @@ async fn supervise(
             }
         })
     };
-    let mut events = Events { secrets: inv.secrets.clone(), ..Events::default() };
+    let mut events = Events { secrets: inv.secrets.clone(), file: attempt_log(inv), ..Events::default() };
     let read = async {
         let (mut total, mut line, mut buf) = (0usize, Vec::new(), [0u8; 8192]);
         loop {
@@ -204,7 +308,7 @@ async fn supervise(
             };
             total += n;
             if total > OUTPUT_BYTES_MAX {
-                return Err(format!("the plugin wrote more than {OUTPUT_BYTES_MAX} bytes to stdout"));
+                return Err(("output_limit", format!("the plugin wrote more than {OUTPUT_BYTES_MAX} bytes to stdout")));
             }
             for &b in &buf[..n] {
                 if b == b'\n' {
@@ -213,7 +317,7 @@ async fn supervise(
                 } else if line.len() < LINE_BYTES_MAX {
                     line.push(b);
                 } else {
-                    return Err(format!("an event line is longer than {LINE_BYTES_MAX} bytes"));
+                    return Err(("protocol", format!("an event line is longer than {LINE_BYTES_MAX} bytes")));
                 }
             }
         }
@@ -222,7 +326,7 @@ async fn supervise(
     let timeout = tokio::time::sleep(inv.timeout);
     tokio::pin!(timeout);
     enum First {
-        Read(Result<(), String>),
+        Read(Result<(), (&'static str, String)>),
         Exited,
         TimedOut,
     }
@@ -241,10 +345,8 @@ async fn supervise(
             }
         };
         match first {
-            First::Read(r) => r.map_err(|e| ("output_limit", e)),
-            First::Exited => {
-                tokio::time::timeout(STDOUT_DRAIN, &mut read).await.unwrap_or(Ok(())).map_err(|e| ("output_limit", e))
-            }
+            First::Read(r) => r,
+            First::Exited => tokio::time::timeout(STDOUT_DRAIN, &mut read).await.unwrap_or(Ok(())),
             First::TimedOut => {
                 Err(("timeout", format!("the plugin did not finish within {} ms", inv.timeout.as_millis())))
             }
@@ -262,6 +364,18 @@ async fn supervise(
         }
     };
     writer.abort();
+    if events.dropped > 0 {
+        tracing::warn!(
+            dropped_lines = events.dropped,
+            limit_bytes = ATTEMPT_LOG_BYTES_MAX,
+            output = %format!("attempt-logs/{}-{}.ndjson", inv.request["job"].as_str().unwrap_or("job"), inv.request["attempt"]),
+            "plugin log truncated: the attempt wrote more than it may log; its output file has every line"
+        );
+    }
+    if let Some(mut f) = events.file.take() {
+        use std::io::Write;
+        let _ = f.flush();
+    }
     // Like stdout, stderr may be held open by something the plugin started.
     let mut errors = errors;
     if tokio::time::timeout(STDOUT_DRAIN, &mut errors).await.is_err() {

@@ -636,9 +636,11 @@ pub mod read {
     }
 
     /// A secret's value, for the executor only.
+    /// A secret's value, opened with the daemon's secrets key ([`crate::secrets`]).
     pub fn secret(txn: &ReadTransaction, name: &str) -> Result<Option<String>, StoreError> {
         let table = txn.open_table(SECRETS).map_err(rerr)?;
-        Ok(table.get(name).map_err(rerr)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+        let Some(v) = table.get(name).map_err(rerr)? else { return Ok(None) };
+        open_secret(name, v.value()).map(Some)
     }
 
     /// Every secret's value, for redaction.
@@ -646,9 +648,16 @@ pub mod read {
         let table = txn.open_table(SECRETS).map_err(rerr)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(rerr)? {
-            out.push(String::from_utf8_lossy(row.map_err(rerr)?.1.value()).into_owned());
+            let (k, v) = row.map_err(rerr)?;
+            out.push(open_secret(k.value(), v.value())?);
         }
         Ok(out)
+    }
+
+    fn open_secret(name: &str, stored: &[u8]) -> Result<String, StoreError> {
+        let key =
+            crate::secrets::key().ok_or_else(|| corrupt("secrets", name, "no secrets key is loaded to open it"))?;
+        key.open(name, stored).map_err(|e| corrupt("secrets", name, e))
     }
 
     pub fn schedules(txn: &ReadTransaction) -> Result<Vec<serde_json::Value>, StoreError> {

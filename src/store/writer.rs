@@ -393,7 +393,11 @@ fn apply_live(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<()
                 t.retain_in(..cutoff, |_, _| false)?;
             }
             LiveWrite::Secret { name, value } => {
-                txn.open_table(SECRETS)?.insert(name.as_str(), value.as_bytes())?;
+                // Sealed before it is stored: the store file never holds a value in the clear.
+                let key = crate::secrets::key().ok_or_else(|| {
+                    redb::Error::Io(std::io::Error::other("no secrets key is loaded: a secret cannot be stored"))
+                })?;
+                txn.open_table(SECRETS)?.insert(name.as_str(), key.seal(name, value).as_slice())?;
             }
             LiveWrite::WorkerSeen { id, tenant, types, env } => {
                 let mut table = txn.open_table(WORKERS)?;

@@ -506,3 +506,146 @@ async fn a_reused_version_is_ledgered_and_leaves_no_sealed_copy() {
     let verify = app.stella(&["bundle", "verify", "--installed"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
 }
+
+/// Registers a dev plugin whose entrypoint is `script`.
+async fn script_plugin(app: &TestAppliance, c: &stella::client::Client, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = app.root().join(format!("plugin-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("plugin.toml"), format!("name = \"{name}\"\nentrypoint = \"run.sh\"\nprotocol = 1\n"))
+        .unwrap();
+    std::fs::write(dir.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    api_post(c, "/plugins", json!({ "dir": dir })).await;
+}
+
+async fn run_to_end(c: &stella::client::Client, dag: &str, spec: &str) -> serde_json::Value {
+    api_post(c, "/dags", json!({ "spec": spec })).await;
+    let id = api_post(c, "/runs", json!({ "dag": dag })).await["id"].as_str().unwrap().to_owned();
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        c.stream(&format!("{API}/runs/stream?run={id}"), Some(0), |chunk| {
+            seen.push_str(&String::from_utf8_lossy(chunk));
+            !["event: run.succeeded", "event: run.failed"].iter().any(|k| seen.contains(k))
+        }),
+    )
+    .await;
+    api_get(c, &format!("/runs/{id}")).await
+}
+
+/// Bugs: attempt working directories were 0755 and never removed, so a file a plugin wrote
+/// there (a secret) stayed readable; and secret values were stored in plaintext in
+/// `stella.redb`, so a copied store or backup leaked them. Work directories are 0700 and go
+/// with a succeeded attempt (a failed one stays, bounded); secret values are sealed under a
+/// key kept apart from the store (`keys/secrets.key`, 0600) — the store file is grepped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_directories_are_private_and_removed_and_secrets_are_sealed_at_rest() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut app = TestAppliance::start();
+    let c = app.socket_client();
+    let secret = "s3cr3t-value-7d2c91e4b0";
+    let mut set = std::process::Command::new(STELLA)
+        .arg("--state-dir")
+        .arg(app.root())
+        .args(["secrets", "set", "deploy-key"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        set.stdin.take().unwrap().write_all(secret.as_bytes()).unwrap();
+    }
+    assert!(set.wait().unwrap().success());
+    // The plugin reports its working directory's mode, writes the secret there, and succeeds
+    // (`ok`) or fails.
+    script_plugin(
+        &app,
+        &c,
+        "writer",
+        r#"req=$(cat); stat -c %a "$STELLA_WORKDIR" > "$STELLA_INPUT_OUT/mode"; echo "$req" > "$STELLA_WORKDIR/request.json"
+echo "$STELLA_WORKDIR" > "$STELLA_INPUT_OUT/workdir"
+[ "$STELLA_INPUT_OK" = "true" ] || exit 4
+echo '{"event":"result","outputs":{}}'"#,
+    )
+    .await;
+    for ok in [true, false] {
+        let out = app.root().join(format!("out-{ok}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let spec = format!(
+            "name = \"w{ok}\"\n[steps.w]\nplugin = \"writer\"\nsecrets = [\"deploy-key\"]\ninputs = {{ out = {out:?}, ok = {ok} }}\n"
+        );
+        let run = run_to_end(&c, &format!("w{ok}"), &spec).await;
+        assert_eq!(run["status"], if ok { "succeeded" } else { "failed" }, "{run}");
+        assert_eq!(std::fs::read_to_string(out.join("mode")).unwrap().trim(), "700");
+        let workdir = std::path::PathBuf::from(std::fs::read_to_string(out.join("workdir")).unwrap().trim());
+        if ok {
+            assert!(!workdir.exists(), "a succeeded attempt's directory is gone: {}", workdir.display());
+        } else {
+            assert!(workdir.join("request.json").exists(), "a failed attempt's directory stays for diagnosis");
+            assert_eq!(std::fs::metadata(&workdir).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+    }
+    let key = app.layout().lib().join("keys/secrets.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    app.terminate();
+    let store = std::fs::read(app.store_path()).unwrap();
+    assert!(
+        !store.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the store file holds the secret in the clear"
+    );
+    // And it still reaches the plugin after a restart (opened with the key beside the store).
+    app.launch();
+    let c = app.socket_client();
+    let out = app.root().join("out-again");
+    std::fs::create_dir_all(&out).unwrap();
+    script_plugin(
+        &app,
+        &c,
+        "reader",
+        r#"cat > "$STELLA_INPUT_OUT/request.json"; echo '{"event":"result","outputs":{}}'"#,
+    )
+    .await;
+    let spec = format!(
+        "name = \"again\"\n[steps.r]\nplugin = \"reader\"\nsecrets = [\"deploy-key\"]\ninputs = {{ out = {out:?} }}\n"
+    );
+    assert_eq!(run_to_end(&c, "again", &spec).await["status"], "succeeded");
+    assert!(std::fs::read_to_string(out.join("request.json")).unwrap().contains(secret));
+}
+
+/// Bug: one attempt could write 16 MiB of log events into the daemon's log and into every
+/// export. What one attempt logs is bounded (1 MiB, then one truncation marker counting what
+/// was dropped); its whole output stays in its output file. And a 300 KiB event line fails
+/// with `protocol`, as docs/dag-spec.md says (it said `output_limit`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_logs_at_most_a_mebibyte_and_a_long_line_is_a_protocol_error() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    script_plugin(
+        &app,
+        &c,
+        "chatty",
+        r#"cat > /dev/null; i=0; line=$(head -c 2000 /dev/zero | tr '\0' 'x')
+while [ $i -lt 3000 ]; do echo "{\"event\":\"log\",\"message\":\"$i $line\"}"; i=$((i+1)); done
+echo '{"event":"result","outputs":{}}'"#,
+    )
+    .await;
+    let run = run_to_end(&c, "chatty", "name = \"chatty\"\n[steps.talk]\nplugin = \"chatty\"\n").await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let logs = std::fs::read_dir(app.layout().log())
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    let logged: usize = logs.lines().filter(|l| l.contains("\"plugin log\"")).map(|l| l.len()).sum();
+    assert!(logged > 500_000 && logged < 1_300_000, "the daemon log got {logged} bytes of plugin log");
+    assert!(logs.contains("plugin log truncated"), "a truncation marker says so");
+    let job = run["steps"][0]["jobId"].as_str().unwrap();
+    let kept = std::fs::read_to_string(app.layout().lib().join(format!("attempt-logs/{job}-1.ndjson"))).unwrap();
+    assert_eq!(kept.lines().filter(|l| l.contains("\"log\"")).count(), 3000, "the output file has every line");
+
+    script_plugin(&app, &c, "longline", r#"cat > /dev/null; head -c 307200 /dev/zero | tr '\0' 'y'; echo"#).await;
+    let run = run_to_end(&c, "longline", "name = \"longline\"\n[steps.one]\nplugin = \"longline\"\n").await;
+    assert_eq!(run["steps"][0]["errorCode"], "protocol", "{run}");
+}

@@ -63,7 +63,7 @@ async fn flooding_hanging_and_silent_plugins_fail_with_clear_codes() {
         &app,
         &c,
         "flood",
-        "cat >/dev/null\nhead -c 1073741824 /dev/zero | tr '\\0' x\necho\necho '{\"event\":\"result\",\"outputs\":{}}'",
+        "cat >/dev/null\nyes \"$(head -c 1000 /dev/zero | tr '\\0' x)\" | head -c 1073741824\necho '{\"event\":\"result\",\"outputs\":{}}'",
     )
     .await;
     plugin(&app, &c, "hang", "cat >/dev/null\nsleep 6101 &\nwait").await;
