@@ -237,7 +237,8 @@ fn acquire(
         return Ok(vec![grant_new(txn, fence, (tenant, resource, owner), expires_ms)?].into());
     };
     if rec.tenant != tenant {
-        return Err(CommandError::Conflict(format!("resource {resource} is locked by another tenant")));
+        // Nothing about who holds it: another tenant's lock is not this tenant's business.
+        return Err(CommandError::Conflict(format!("resource {resource} is not available to lock now")));
     }
     match &rec.holder {
         Some(h) if h.owner == owner => {

@@ -527,6 +527,34 @@ pub mod read {
         Ok(out)
     }
 
+    /// One tenant's job counts per type and state, from its jobs (at most `scan` examined).
+    pub fn tenant_queue_counts(
+        txn: &ReadTransaction,
+        tenant: &str,
+        scan: usize,
+    ) -> Result<std::collections::BTreeMap<String, QueueRecord>, StoreError> {
+        use crate::store::records::JobState;
+        let jobs = txn.open_table(JOBS).map_err(rerr)?;
+        let mut out: std::collections::BTreeMap<String, QueueRecord> = Default::default();
+        for row in jobs.iter().map_err(rerr)?.take(scan) {
+            let (k, v) = row.map_err(rerr)?;
+            let j = JobRecord::from_json_bytes(v.value()).map_err(|e| corrupt("jobs", k.value(), e))?;
+            if j.tenant != tenant {
+                continue;
+            }
+            let q = out.entry(j.job_type.clone()).or_default();
+            match j.state {
+                JobState::Ready => q.ready += 1,
+                JobState::Delayed => q.delayed += 1,
+                JobState::Leased => q.leased += 1,
+                JobState::Dead => q.dead += 1,
+                JobState::Succeeded => q.succeeded += 1,
+                JobState::Replayed | JobState::Resolved | JobState::Cancelled => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// Dead jobs visible to `tenant`, oldest death first.
     pub fn dlq(txn: &ReadTransaction, tenant: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         let dlq = txn.open_table(DLQ).map_err(rerr)?;

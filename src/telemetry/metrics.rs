@@ -212,3 +212,36 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     }
     out
 }
+
+/// The exposition `text` with the label `name` dropped from every sample, samples that then
+/// name the same series summed (in the order each series first appears).
+pub fn without_label(text: &str, name: &str) -> String {
+    let prefix = format!("{name}=\"");
+    let mut order: Vec<String> = Vec::new();
+    let mut sums: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
+    let mut out = String::with_capacity(text.len());
+    let flush = |out: &mut String, order: &mut Vec<String>, sums: &mut std::collections::HashMap<String, f64>| {
+        for series in order.drain(..) {
+            out.push_str(&format!("{series} {}\n", sums.remove(&series).unwrap_or(0.0)));
+        }
+    };
+    for line in text.lines() {
+        let labelled = line.find('{').zip(line.rfind('}')).filter(|(a, b)| a < b && !line.starts_with('#'));
+        let Some((open, close)) = labelled.filter(|(a, b)| line[*a + 1..*b].contains(&prefix)) else {
+            flush(&mut out, &mut order, &mut sums);
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let kept: Vec<&str> = line[open + 1..close].split(',').filter(|l| !l.starts_with(&prefix)).collect();
+        let series =
+            if kept.is_empty() { line[..open].to_owned() } else { format!("{}{{{}}}", &line[..open], kept.join(",")) };
+        let value: f64 = line[close + 1..].split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        if !sums.contains_key(&series) {
+            order.push(series.clone());
+        }
+        *sums.entry(series).or_insert(0.0) += value;
+    }
+    flush(&mut out, &mut order, &mut sums);
+    out
+}

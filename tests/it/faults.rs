@@ -649,3 +649,49 @@ echo '{"event":"result","outputs":{}}'"#,
     let run = run_to_end(&c, "longline", "name = \"longline\"\n[steps.one]\nplugin = \"longline\"\n").await;
     assert_eq!(run["steps"][0]["errorCode"], "protocol", "{run}");
 }
+
+/// Bugs: tenant boundaries leaked metadata — queue status and `/metrics` listed other
+/// tenants' job types and counts, a lock refusal said "locked by another tenant", and an
+/// audit-scope token could make the daemon write an export to any path. A tenant's token sees
+/// its own queue figures and budgets only, metrics without type names, a refusal naming
+/// nobody, and exports go under the export directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_sees_nothing_of_another_and_writes_exports_only_to_the_export_dir() {
+    let app = TestAppliance::start_with(|c| {
+        c.exec.enabled = false;
+        c.tenants.allowed = vec!["default".into(), "acme".into()];
+    });
+    let admin = app.socket_client();
+    api_post(&admin, "/jobs", json!({ "type": "payroll-export", "payload": {} })).await;
+    api_post(&admin, "/locks", json!({ "resource": "env:prod", "owner": "deploy-7" })).await;
+    let (_, secret) = create_token(&admin, "acme", &["orchestrator:operate", "orchestrator:audit"], None).await;
+    let acme = app.https_client(Some(&secret));
+    api_post(&acme, "/jobs", json!({ "type": "acme-build", "payload": {} })).await;
+
+    let q = api_get(&acme, "/queue").await;
+    let types: Vec<&str> = q["types"].as_array().unwrap().iter().map(|t| t["type"].as_str().unwrap()).collect();
+    assert_eq!(types, vec!["acme-build"], "{q}");
+    assert_eq!(q["depth"], 1);
+    let metrics = String::from_utf8(acme.get("/metrics").await.unwrap().ok().unwrap().body.to_vec()).unwrap();
+    assert!(!metrics.contains("payroll-export") && !metrics.contains("acme-build"), "{metrics}");
+    assert!(metrics.contains("orchestrator_queue_depth 2"), "summed over types: {metrics}");
+    let full = String::from_utf8(admin.get("/metrics").await.unwrap().ok().unwrap().body.to_vec()).unwrap();
+    assert!(full.contains("payroll-export"), "the local administrator sees every type");
+
+    let r = acme.post(&format!("{API}/locks"), &json!({ "resource": "env:prod", "owner": "acme-1" })).await.unwrap();
+    assert_eq!(r.status, 409);
+    let detail = r.json().unwrap()["detail"].as_str().unwrap().to_owned();
+    assert!(!detail.contains("tenant") && !detail.contains("deploy-7"), "{detail}");
+
+    let outside = app.root().join("anywhere-pack");
+    let r = acme.post(&format!("{API}/exports"), &json!({ "out": outside })).await.unwrap();
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!outside.exists());
+    for bad in ["../escape", "a/../../b"] {
+        let r = acme.post(&format!("{API}/exports"), &json!({ "out": bad })).await.unwrap();
+        assert_eq!(r.status, 403, "{bad}");
+    }
+    let r = acme.post(&format!("{API}/exports"), &json!({ "out": "acme-pack" })).await.unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert!(app.layout().lib().join("exports/acme-pack/manifest.json").exists());
+}

@@ -34,6 +34,34 @@ pub struct ExportRequest {
     pub progress_id: Option<String>,
 }
 
+/// Where the pack goes. The local administrator names any absolute path (it owns the host's
+/// files anyway); a token's export goes under the export directory (`<lib>/exports`): a
+/// relative name, or an absolute path inside it.
+fn export_path(state: &AppState, token: bool, out: &str) -> Result<PathBuf, Problem> {
+    let given = PathBuf::from(out);
+    if !token {
+        if !given.is_absolute() {
+            return Err(Problem::invalid("out", "must be an absolute path on the appliance host"));
+        }
+        return Ok(given);
+    }
+    let dir = state.lib.join("exports");
+    std::fs::create_dir_all(&dir).map_err(Problem::internal)?;
+    let dir = std::fs::canonicalize(&dir).map_err(Problem::internal)?;
+    let refuse = || {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "outside_export_dir",
+            format!("a token's export is written only under {}: name the pack relative to it", dir.display()),
+        )
+    };
+    let rel = if given.is_absolute() { given.strip_prefix(&dir).map_err(|_| refuse())?.to_owned() } else { given };
+    if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+        return Err(refuse());
+    }
+    Ok(dir.join(rel))
+}
+
 pub async fn create(
     State(state): State<Arc<AppState>>,
     auth: Auth,
@@ -48,10 +76,7 @@ pub async fn create(
         Some(s) => Signal::parse_list(s).map_err(|e| Problem::invalid("signals", e))?,
         None => Signal::ALL.to_vec(),
     };
-    let out = PathBuf::from(&req.out);
-    if !out.is_absolute() {
-        return Err(Problem::invalid("out", "must be an absolute path on the appliance host"));
-    }
+    let out = export_path(&state, p.tenant.is_some(), &req.out)?;
     let progress = crate::api::handlers::bundles::progress_for(&state, req.progress_id.as_deref())?;
     // The pack holds the metric values as of now, not only as of the last periodic snapshot.
     crate::telemetry::metrics::snapshot(&state.store, &state.writer, state.config.telemetry.metrics_retention_ms)

@@ -220,12 +220,36 @@ fn budget_dto(tenant: &str, b: &Budget) -> dto::BudgetDto {
     }
 }
 
+/// Whether `p` may see every tenant's queue figures: the local administrator, or a token on an
+/// appliance that has only its tenant.
+pub fn sees_all_tenants(state: &AppState, p: &crate::auth::Principal) -> bool {
+    match &p.tenant {
+        None => true,
+        Some(t) => state.config.tenants.allowed.iter().all(|a| a == t),
+    }
+}
+
+/// Jobs examined for a tenant's own queue figures on a multi-tenant appliance.
+const TENANT_SCAN: usize = 200_000;
+
 pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::QueueStatus>> {
-    auth.require(Scope::Read)?;
+    let p = auth.require(Scope::Read)?;
     let txn = state.store.read()?;
     let now = state.clock.now_ms();
     let mut out = dto::QueueStatus { types: vec![], depth: 0, leased: 0, dlq_depth: 0 };
-    for (t, q) in read::queues(&txn)? {
+    let mut queues = read::queues(&txn)?;
+    if !sees_all_tenants(&state, p) {
+        // Only this tenant's job types, counted from its own jobs; only its own budgets.
+        let tenant = p.tenant.clone().unwrap_or_default();
+        let mine = read::tenant_queue_counts(&txn, &tenant, TENANT_SCAN)?;
+        queues.retain(|(t, _)| mine.contains_key(t));
+        for (t, q) in &mut queues {
+            let c = &mine[t];
+            (q.ready, q.delayed, q.leased, q.dead, q.succeeded) = (c.ready, c.delayed, c.leased, c.dead, c.succeeded);
+            q.budgets.retain(|b, _| *b == tenant || b == "*");
+        }
+    }
+    for (t, q) in queues {
         out.depth += q.ready + q.delayed;
         out.leased += q.leased;
         out.dlq_depth += q.dead;
