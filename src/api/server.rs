@@ -28,11 +28,51 @@ pub struct Listeners {
 }
 
 /// Tracks open connections: each holds a clone of the sender; when all are dropped the
-/// receiver sees the channel close. Stop is broadcast on the watch channel.
+/// receiver sees the channel close. Stop is broadcast on the watch channel; `pressure` is
+/// bumped by a listener whose slots run low, and each of its connections that is idle (or
+/// still in its TLS handshake) then closes, so idle keep-alive connections cannot hold every
+/// slot.
 #[derive(Clone)]
 struct Conns {
     stop: watch::Receiver<bool>,
     open: mpsc::Sender<()>,
+    pressure: watch::Receiver<u64>,
+}
+
+/// Slots below which a listener asks its idle connections to close: an eighth, at least one.
+fn low_water(max: usize) -> usize {
+    (max / 8).max(1)
+}
+
+/// Under pressure, a connection younger than this stays (it may be a client that just came
+/// in, still shaking hands); an older idle one closes.
+const PRESSURE_GRACE: Duration = Duration::from_secs(1);
+
+/// Waits for a slot, then for a connection, asking idle connections to make room while few
+/// slots are left (again every [`PRESSURE_GRACE`] while none is free). `None` after a failed
+/// accept.
+async fn accept_with_room<T>(
+    slots: &Arc<Semaphore>,
+    max: usize,
+    pressure: &watch::Sender<u64>,
+    accept: impl Future<Output = std::io::Result<T>>,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, T)> {
+    let permit = loop {
+        if slots.available_permits() <= low_water(max) {
+            pressure.send_modify(|n| *n += 1);
+        }
+        tokio::select! {
+            p = slots.clone().acquire_owned() => break p.ok()?,
+            _ = tokio::time::sleep(PRESSURE_GRACE) => continue,
+        }
+    };
+    match accept.await {
+        Ok(conn) => Some((permit, conn)),
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            None
+        }
+    }
 }
 
 /// Serves until `shutdown` resolves, then drains.
@@ -40,13 +80,18 @@ pub async fn serve(router: Router, listeners: Listeners, limits: ServerConfig, s
     let limits = Arc::new(limits);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let conns = Conns { stop: stop_rx, open: open_tx };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(accept_unix(listeners.unix, router.clone(), limits.clone(), conns.clone()));
+    // Each listener has slots (and pressure) of its own: a flood of TCP connections never
+    // takes the local administrator's socket.
+    let (unix_pressure, unix_rx) = watch::channel(0u64);
+    let conns = Conns { stop: stop_rx.clone(), open: open_tx.clone(), pressure: unix_rx };
+    tasks.spawn(accept_unix(listeners.unix, router.clone(), limits.clone(), conns, unix_pressure));
     if let Some((tcp, tls)) = listeners.tcp {
-        tasks.spawn(accept_tcp(tcp, tls, router, limits.clone(), conns.clone()));
+        let (tcp_pressure, tcp_rx) = watch::channel(0u64);
+        let conns = Conns { stop: stop_rx, open: open_tx.clone(), pressure: tcp_rx };
+        tasks.spawn(accept_tcp(tcp, tls, router, limits.clone(), conns, tcp_pressure));
     }
-    drop(conns);
+    drop(open_tx);
     shutdown.await;
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -59,18 +104,26 @@ pub async fn serve(router: Router, listeners: Listeners, limits: ServerConfig, s
     }
 }
 
-async fn accept_unix(listener: UnixListener, router: Router, limits: Arc<ServerConfig>, mut conns: Conns) {
+async fn accept_unix(
+    listener: UnixListener,
+    router: Router,
+    limits: Arc<ServerConfig>,
+    mut conns: Conns,
+    pressure: watch::Sender<u64>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
-            r = accept_with_slot(&slots, listener.accept()) => r,
+            r = accept_with_room(&slots, limits.max_connections, &pressure, listener.accept()) => r,
             _ = conns.stop.changed() => return,
         };
         let Some((permit, (stream, _))) = accepted else {
             continue;
         };
         let uid = stream.peer_cred().ok().map(|c| c.uid());
-        let conns = conns.clone();
+        let mut conns = conns.clone();
+        // Only pressure from now on concerns this connection.
+        conns.pressure.mark_unchanged();
         let (router, limits) = (router.clone(), limits.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -85,42 +138,41 @@ async fn accept_tcp(
     router: Router,
     limits: Arc<ServerConfig>,
     mut conns: Conns,
+    pressure: watch::Sender<u64>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let handshake = Duration::from_millis(limits.tls_handshake_timeout_ms);
     loop {
         let accepted = tokio::select! {
-            r = accept_with_slot(&slots, listener.accept()) => r,
+            r = accept_with_room(&slots, limits.max_connections, &pressure, listener.accept()) => r,
             _ = conns.stop.changed() => return,
         };
         let Some((permit, (stream, addr))) = accepted else {
             continue;
         };
-        let (tls, router, limits, conns) = (tls.clone(), router.clone(), limits.clone(), conns.clone());
+        let (tls, router, limits, mut conns) = (tls.clone(), router.clone(), limits.clone(), conns.clone());
+        conns.pressure.mark_unchanged();
         tokio::spawn(async move {
             let _permit = permit;
-            let stream = match tokio::time::timeout(handshake, tls.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!(%addr, error = %e, "tls handshake refused"),
-                Err(_) => return tracing::debug!(%addr, "tls handshake timed out"),
+            let accepted = Instant::now();
+            let mut pressure = conns.pressure.clone();
+            let shake = tokio::time::timeout(handshake, tls.accept(stream));
+            tokio::pin!(shake);
+            let stream = loop {
+                tokio::select! {
+                    r = &mut shake => match r {
+                        Ok(Ok(s)) => break s,
+                        Ok(Err(e)) => return tracing::debug!(%addr, error = %e, "tls handshake refused"),
+                        Err(_) => return tracing::debug!(%addr, "tls handshake timed out"),
+                    },
+                    // Slots run low: a connection long in its handshake is the first to go.
+                    _ = pressure.changed() => if accepted.elapsed() >= PRESSURE_GRACE {
+                        return tracing::debug!(%addr, "closed in its tls handshake: slots ran low");
+                    },
+                }
             };
             serve_connection(stream, router, Peer::Tcp { addr }, &limits, conns).await;
         });
-    }
-}
-
-/// Waits for a connection slot, then for a connection. `None` after a failed accept.
-async fn accept_with_slot<T>(
-    slots: &Arc<Semaphore>,
-    accept: impl Future<Output = std::io::Result<T>>,
-) -> Option<(tokio::sync::OwnedSemaphorePermit, T)> {
-    let permit = slots.clone().acquire_owned().await.ok()?;
-    match accept.await {
-        Ok(conn) => Some((permit, conn)),
-        Err(e) => {
-            tracing::warn!(error = %e, "accept failed");
-            None
-        }
     }
 }
 
@@ -144,10 +196,19 @@ where
     if *conns.stop.borrow() {
         conn.as_mut().graceful_shutdown();
     }
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = conns.stop.changed() => conn.as_mut().graceful_shutdown(),
+    // On stop, or when its listener's slots run low (and it is not new), the connection closes
+    // once idle: at once if it is idle now, after the request in flight otherwise.
+    let opened = Instant::now();
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = conns.stop.changed() => break,
+            _ = conns.pressure.changed() => if opened.elapsed() >= PRESSURE_GRACE {
+                break;
+            },
+        }
     }
+    conn.as_mut().graceful_shutdown();
     let _ = conn.await;
     drop(conns.open);
 }

@@ -695,3 +695,34 @@ async fn a_tenant_sees_nothing_of_another_and_writes_exports_only_to_the_export_
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     assert!(app.layout().lib().join("exports/acme-pack/manifest.json").exists());
 }
+
+/// Bug: 1,024 idle TCP connections held every connection slot, so a health request waited
+/// until the idle ones timed out (~10 s). When a listener's slots run low its idle connections
+/// (and those still in their TLS handshake) close; the Unix socket has slots of its own. The
+/// header and handshake timeouts are a minute here, so only that makes room in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_make_room_and_the_socket_has_slots_of_its_own() {
+    let app = TestAppliance::start_with(|c| {
+        c.exec.enabled = false;
+        c.server.max_connections = 32;
+        c.server.header_read_timeout_ms = 60_000;
+        c.server.tls_handshake_timeout_ms = 60_000;
+    });
+    let bounded = std::time::Duration::from_secs(20);
+    let health = |c: stella::client::Client| async move { c.get("/admin/health").await.map(|r| r.status.as_u16()) };
+    let mut idle_tcp = Vec::new();
+    for _ in 0..64 {
+        idle_tcp.push(std::net::TcpStream::connect(app.tcp_addr()).unwrap());
+    }
+    let r = tokio::time::timeout(bounded, health(app.https_client(None))).await;
+    assert_eq!(r.ok().and_then(Result::ok), Some(200), "a health request over HTTPS got a slot");
+    let mut idle_unix = Vec::new();
+    for _ in 0..64 {
+        idle_unix.push(std::os::unix::net::UnixStream::connect(app.layout().default_socket()).unwrap());
+    }
+    let r = tokio::time::timeout(bounded, health(app.socket_client())).await;
+    assert_eq!(r.ok().and_then(Result::ok), Some(200), "a health request over the socket got a slot");
+    let r = tokio::time::timeout(bounded, health(app.https_client(None))).await;
+    assert_eq!(r.ok().and_then(Result::ok), Some(200), "the socket's flood takes no TCP slot");
+    drop((idle_tcp, idle_unix));
+}
