@@ -31,6 +31,37 @@ impl Clock for SystemClock {
     }
 }
 
+/// The daemon's clock: the wall clock, except that it never goes back. When the wall clock
+/// steps back (at a restart a day behind, or while running) this clock goes on from where it
+/// was at the rate of the monotonic clock, so deadlines (lease, lock and budget TTLs) keep
+/// coming due on time instead of stalling for the size of the jump; once the wall clock is
+/// ahead again it follows it. A step forward is followed at once (each cron slot still fires
+/// at most once).
+#[derive(Debug)]
+pub struct SteadyClock {
+    last: std::sync::Mutex<(UnixMs, std::time::Instant)>,
+}
+
+impl SteadyClock {
+    /// Starts at the later of the wall clock and `floor_ms` (the ledger's newest entry).
+    pub fn new(floor_ms: UnixMs) -> Self {
+        let start = SystemClock.now().max(floor_ms);
+        SteadyClock { last: std::sync::Mutex::new((start, std::time::Instant::now())) }
+    }
+}
+
+impl Clock for SteadyClock {
+    fn now_ms(&self) -> UnixMs {
+        let wall = SystemClock.now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let steady = last.0 + i64::try_from(now.duration_since(last.1).as_millis()).unwrap_or(i64::MAX / 2);
+        let t = wall.max(steady);
+        *last = (t, now);
+        t
+    }
+}
+
 /// A clock that moves only when told to: the virtual time of tests.
 #[derive(Debug, Default)]
 pub struct ManualClock {

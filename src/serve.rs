@@ -96,19 +96,25 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
     let clean_marker = opts.layout.lib().join("stopped-cleanly");
     let unclean = store_path.exists() && !clean_marker.exists();
     let _ = std::fs::remove_file(&clean_marker);
-    let clock = clock::system();
     // Kept beside the appliance key, never in the store: a copied store holds no secret.
     let secrets_key = crate::secrets::SecretKey::load_or_create(&opts.layout.lib().join("keys/secrets.key"))
         .map_err(CliError::Other)?;
     crate::secrets::install(secrets_key);
-    let (store, handle, writer) = crate::store::schema::guard(&store_path, || {
+    let (store, handle, writer, clock) = crate::store::schema::guard(&store_path, || {
         let store = Store::open_with_cache(&store_path, config.store.cache_bytes)?;
         for value in read::secret_values(&store.read()?)? {
             crate::telemetry::logs::add_secret(&value);
         }
+        // Time goes on from the newest entry even if the wall clock is behind it now.
+        let newest = {
+            let txn = store.read()?;
+            let (head, _) = read::ledger_head(&txn)?;
+            read::ledger_after(&txn, head.saturating_sub(1), 1)?.first().map_or(0, |e| e.time)
+        };
+        let clock: SharedClock = Arc::new(clock::SteadyClock::new(newest));
         let (handle, writer) =
             writer::channel(store.clone(), clock.clone(), writer::WriterOptions::from_config(&config))?;
-        Ok((store, handle, writer))
+        Ok((store, handle, writer, clock))
     })?;
     check_ledger_at_start(&store, unclean);
     let writer_thread = writer.spawn();

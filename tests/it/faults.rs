@@ -726,3 +726,45 @@ async fn idle_connections_make_room_and_the_socket_has_slots_of_its_own() {
     assert_eq!(r.ok().and_then(Result::ok), Some(200), "the socket's flood takes no TCP slot");
     drop((idle_tcp, idle_unix));
 }
+
+/// Bug: a backward step of the wall clock stalled every TTL for the size of the jump: entry
+/// times are clamped to the last entry's, so after a restart one day behind, a 5 s lease and a
+/// 5 s lock were still held 12 s later. Deadlines now advance with elapsed (monotonic) time,
+/// and entry times stay non-decreasing. The daemon is restarted under `faketime` one day back
+/// (the wall clock only; CI installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_a_day_behind_stalls_no_deadline() {
+    if std::process::Command::new("faketime").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have faketime (.ci/run installs it)");
+        eprintln!("faketime not installed: the clock-step test is skipped");
+        return;
+    }
+    let mut app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let before = ledger_height(&app.socket_client()).await;
+    app.terminate();
+    app.launch_under(&["faketime", "-f", "-1d"], &[("FAKETIME_DONT_FAKE_MONOTONIC", "1")], &[]);
+    let c = app.socket_client();
+    let now_there: serde_json::Value = api_get(&c, "/status").await;
+    assert!(now_there["startedAt"].as_str().is_some());
+
+    api_post(&c, "/locks", json!({ "resource": "env:prod", "owner": "deploy-7", "ttl": "1s" })).await;
+    api_post(&c, "/jobs", json!({ "type": "build", "payload": {} })).await;
+    let first = api_post(&c, "/leases", json!({ "worker": "a", "types": ["build"], "ttl": "1s" })).await;
+    assert_eq!(first["leases"].as_array().unwrap().len(), 1);
+    // The lease lapses after a second of elapsed time and another worker, waiting, gets it.
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        api_post(&c, "/leases", json!({ "worker": "b", "types": ["build"], "wait": "15s" })),
+    )
+    .await
+    .expect("the lease lapsed in time");
+    assert_eq!(second["leases"].as_array().unwrap().len(), 1, "{second}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !api_get(&c, "/locks").await["locks"].as_array().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the 1 s lock was still held after 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let entries = api_get(&c, &format!("/ledger?after={}&limit=1000", before.saturating_sub(1))).await;
+    let times: Vec<i64> = entries["entries"].as_array().unwrap().iter().map(|e| e["time"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "entry times never decrease: {times:?}");
+}

@@ -121,13 +121,26 @@ impl TestAppliance {
 
     /// [`Self::launch`] with more `serve` arguments.
     pub fn launch_with(&mut self, extra: &[&str]) {
+        self.launch_under(&[], &[], extra);
+    }
+
+    /// [`Self::launch`] with the daemon started by `wrapper` (e.g. `faketime -f -1d`) and `env`.
+    pub fn launch_under(&mut self, wrapper: &[&str], env: &[(&str, &str)], extra: &[&str]) {
         // In the temp dir itself: a state directory may be too deep for a socket path.
         let notify_path = self.dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
         notify.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
         let log = std::fs::File::create(self.root().join("daemon.log")).unwrap();
-        let mut command = Command::new(STELLA);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(STELLA);
+                c
+            }
+            None => Command::new(STELLA),
+        };
+        command.envs(env.iter().copied());
         if self.default_state_dir {
             command.current_dir(self.working_dir());
         } else {
