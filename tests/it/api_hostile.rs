@@ -3,6 +3,7 @@
 //! malformed or ill-typed JSON gets a problem naming what is wrong.
 
 use crate::support::*;
+use std::process::Command;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -109,6 +110,38 @@ fn tls_1_1_is_refused_and_1_2_is_accepted() {
     let _ = tls.read_to_end(&mut reply);
     assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"), "TLS 1.2 is served");
     assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+}
+
+/// The refusal with a real client that really offers the old versions: OpenSSL 3 refuses to
+/// offer TLS 1.0/1.1 at its default security level, so without `@SECLEVEL=0` such a check
+/// would pass without testing anything. `-msg` shows the ClientHello went out at that version
+/// and that the server answered with a fatal alert, not a ServerHello; TLS 1.2 from the same
+/// client is served (the control).
+#[test]
+fn openssl_offering_tls_1_0_or_1_1_is_refused_and_1_2_is_served() {
+    let probe = Command::new("openssl").arg("version").output();
+    if probe.is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have openssl (.ci/run installs it)");
+        eprintln!("openssl not installed: the downgrade check with a real client is skipped");
+        return;
+    }
+    let app = TestAppliance::start();
+    let s_client = |version: &str| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &app.tcp_addr(), version, "-cipher", "DEFAULT:@SECLEVEL=0", "-msg"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    for (flag, offered) in [("-tls1", ">>> TLS 1.0, Handshake"), ("-tls1_1", ">>> TLS 1.1, Handshake")] {
+        let out = s_client(flag);
+        assert!(out.lines().any(|l| l.starts_with(offered) && l.ends_with("ClientHello")), "{flag} offered: {out}");
+        assert!(out.contains("Alert") && out.contains("fatal"), "{flag} was refused with an alert: {out}");
+        assert!(!out.contains("ServerHello"), "{flag} got no ServerHello: {out}");
+    }
+    let out = s_client("-tls1_2");
+    assert!(out.contains("ServerHello") && out.contains("Protocol  : TLSv1.2"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
