@@ -158,6 +158,19 @@ pub fn check_envelope(
     }
     let manifest: Manifest =
         serde_json::from_slice(&m.small[MANIFEST]).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    // One byte form per manifest (RFC 8785): no duplicate members, escapes or reorderings that
+    // two readers could take differently.
+    let canonical = serde_json::from_slice::<serde_json::Value>(&m.small[MANIFEST])
+        .ok()
+        .and_then(|v| serde_json_canonicalizer::to_vec(&v).ok())
+        .is_some_and(|c| c == m.small[MANIFEST]);
+    if !canonical {
+        return Err(BundleError::Manifest(
+            "manifest.json is not in RFC 8785 canonical JSON (members sorted, no whitespace, shortest escapes); \
+             `stella bundle build` writes it so"
+                .into(),
+        ));
+    }
     check_manifest(&manifest, &m, now_ms)?;
     if (manifest.kind == Kind::Trust) != (ns == Namespace::Trust) {
         return Err(BundleError::Manifest(format!(

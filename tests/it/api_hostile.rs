@@ -3,10 +3,10 @@
 //! malformed or ill-typed JSON gets a problem naming what is wrong.
 
 use crate::support::*;
-use std::process::Command;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 

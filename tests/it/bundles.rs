@@ -364,7 +364,7 @@ fn sign_payload(
         },
         files: listed,
     };
-    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    let manifest_bytes = serde_json_canonicalizer::to_vec(&manifest).unwrap();
     let sums_text =
         sums(&[(MANIFEST, &hex::encode(Sha256::digest(&manifest_bytes))), (PAYLOAD, &manifest.payload.sha256)]);
     let sig = stella::trust::sig::sign(key, stella::trust::sig::Namespace::Bundle, sums_text.as_bytes()).unwrap();

@@ -768,3 +768,52 @@ async fn a_wall_clock_a_day_behind_stalls_no_deadline() {
     let times: Vec<i64> = entries["entries"].as_array().unwrap().iter().map(|e| e["time"].as_i64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "entry times never decrease: {times:?}");
 }
+
+/// Found by the probe: `docs/bundle-format.md` said the manifest is RFC 8785 canonical JSON,
+/// but any JSON passed. Now a manifest in another byte form (here, one space added and
+/// re-signed by hand with `ssh-keygen`) is refused naming the rule.
+#[test]
+fn a_manifest_not_in_canonical_form_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let stella =
+        |args: &[&str]| std::process::Command::new(STELLA).arg("--state-dir").arg(root).args(args).output().unwrap();
+    let key = root.join("ops_ed25519");
+    assert!(stella(&["keys", "generate", "--out", key.to_str().unwrap()]).status.success());
+    let ns = "stella-bundle@stella.invalid";
+    let pubkey = format!("{}.pub", key.display());
+    assert!(stella(&["keys", "trust", "add", &pubkey, "--principal", "ops", "--namespaces", ns]).status.success());
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/sample-plugin");
+    let bundle = root.join("b.bundle");
+    let built = stella(&[
+        "bundle",
+        "build",
+        sample.to_str().unwrap(),
+        "--kind",
+        "plugin",
+        "--name",
+        "sample-plugin",
+        "--version",
+        "1.0.0",
+        "--key",
+        key.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let script = format!(
+        "set -e; mkdir x && cd x && tar -xf ../b.bundle && \
+         sed -i 's/^{{/{{ /' manifest.json && \
+         sha256sum manifest.json payload.tar.zst > SHA256SUMS && rm SHA256SUMS.sig && \
+         ssh-keygen -q -Y sign -f {} -n {ns} SHA256SUMS && \
+         tar -cf ../pretty.bundle manifest.json payload.tar.zst SHA256SUMS SHA256SUMS.sig",
+        key.display()
+    );
+    let out = std::process::Command::new("sh").arg("-c").arg(&script).current_dir(root).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let original = stella(&["bundle", "verify", bundle.to_str().unwrap()]);
+    assert!(original.status.success(), "{}", stderr(&original));
+    let pretty = stella(&["bundle", "verify", root.join("pretty.bundle").to_str().unwrap()]);
+    assert!(!pretty.status.success());
+    assert!(stderr(&pretty).contains("not in RFC 8785 canonical JSON"), "{}", stderr(&pretty));
+}
