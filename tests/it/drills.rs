@@ -421,3 +421,55 @@ async fn an_auditor_without_a_trust_store_is_told_how_to_get_the_signers_file() 
     let ok = elsewhere(&["audit", "verify", pack.to_str().unwrap(), "--signers", signers.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", stderr(&ok));
 }
+
+/// The smaller drill findings, each through the CLI: `run cancel` of a finished run said
+/// nothing; `dag rollback --version 9` answered 409 where `disable` answered 404; the DAG
+/// version table's header was misaligned (an empty column title); `(declared: )` when a DAG
+/// declares no inputs; `dlq purge --all` of an empty DLQ was a usage error; the inputs hash
+/// only in JSON; `audit report` recorded a pause, resume or budget change only as "queue build".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smaller_drill_findings() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let run = run_sample(&c).await;
+    let out = app.stella(&["orch", "run", "cancel", &run]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), format!("{run} already succeeded; nothing to cancel\n"));
+
+    let out = app.stella(&["orch", "dag", "rollback", "sample-pipeline", "--version", "9"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let table = stdout(&app.stella(&["orch", "dag", "show", "sample-pipeline"]));
+    let header = table.lines().nth(1).unwrap();
+    assert!(header.starts_with("VERSION  ACTIVE  STATE"), "{table}");
+
+    register(&c, "name = \"bare\"\n[steps.a]\nplugin = \"noop\"\n").await;
+    let out = app.stella(&["orch", "run", "start", "bare", "--input", "x=1"]);
+    assert!(
+        stderr(&out).contains("it declares no inputs") && !stderr(&out).contains("(declared: )"),
+        "{}",
+        stderr(&out)
+    );
+
+    let snapshot = app.root().join("empty.ndjson");
+    let out = app.stella(&["orch", "dlq", "purge", "--all", "--snapshot", snapshot.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("the dead-letter queue is empty; nothing to purge"), "{}", stdout(&out));
+
+    let status = stdout(&app.stella(&["orch", "run", "status", &run]));
+    let hash = api_get(&c, &format!("/runs/{run}")).await["inputsHash"].as_str().unwrap().to_owned();
+    assert!(status.contains(&format!("(sha256 {hash})")), "{status}");
+
+    assert!(app.stella(&["orch", "queue", "pause", "noop"]).status.success());
+    assert!(app.stella(&["orch", "queue", "resume", "noop"]).status.success());
+    assert!(app.stella(&["orch", "queue", "budget", "set", "noop", "--rate", "5/s", "--for", "10m"]).status.success());
+    let pack = app.root().join("pack");
+    assert!(app.stella(&["export", "--out", pack.to_str().unwrap()]).status.success());
+    let store = app.root().join("audit.redb");
+    let imported = app.stella(&["audit", "import", "--audit-store", store.to_str().unwrap(), pack.to_str().unwrap()]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let report = stdout(&app.stella(&["audit", "report", "--audit-store", store.to_str().unwrap()]));
+    for action in ["paused job type", "resumed job type", "set budget"] {
+        assert!(report.contains(action), "{action} in {report}");
+    }
+    assert!(report.contains("rate 5/s") && report.contains("until "), "the budget's detail: {report}");
+}
