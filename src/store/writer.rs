@@ -96,6 +96,8 @@ pub struct Writer {
     pending_head: Option<(u64, String)>,
     /// A commit failed on the disk: the database is closed and opened anew before any write.
     needs_reopen: bool,
+    /// How the last write failed, while the store reports a fault.
+    failure: String,
     rng: SplitMix64,
     buckets: HashMap<(String, String), Bucket>,
     defaults: Config,
@@ -162,6 +164,7 @@ pub fn channel(
         last_time,
         pending_head: None,
         needs_reopen: false,
+        failure: String::new(),
         rng: SplitMix64::new(opts.seed),
         buckets: HashMap::new(),
         defaults: opts.defaults,
@@ -227,6 +230,17 @@ impl Writer {
     /// After a failed commit: opens the store anew and proves it takes a durable commit again
     /// (a probe written to `meta`). On success the fault is cleared and the head re-read.
     fn recover(&mut self) -> bool {
+        // A small commit may still fit in the file's free pages on a full disk: writes resume
+        // only once the disk has room again.
+        let free = free_bytes(self.store.path());
+        if free.is_some_and(|f| f < RESUME_FREE_BYTES) {
+            self.store.set_fault(Some(format!(
+                "{}; {} bytes free beside the store, writes resume at {RESUME_FREE_BYTES}",
+                self.failure,
+                free.unwrap_or(0)
+            )));
+            return false;
+        }
         if self.needs_reopen {
             if let Err(e) = self.store.reopen() {
                 tracing::warn!(error = %e, "store reopen failed; trying again");
@@ -245,7 +259,8 @@ impl Writer {
         });
         if let Err(reason) = probe {
             self.needs_reopen = true;
-            self.store.set_fault(Some(format!("writes fail: {reason}")));
+            self.failure = format!("writes fail: {reason}");
+            self.store.set_fault(Some(self.failure.clone()));
             return false;
         }
         match self.store.read().and_then(|t| read::ledger_head(&t)) {
@@ -307,7 +322,8 @@ impl Writer {
                 if reason_is_io(&reason) {
                     drop(db);
                     self.needs_reopen = true;
-                    self.store.set_fault(Some(format!("the last commit failed: {reason}")));
+                    self.failure = format!("the last commit failed: {reason}");
+                    self.store.set_fault(Some(self.failure.clone()));
                     self.recover();
                 } else if let Ok(head) = self.store.read().and_then(|t| read::ledger_head(&t)) {
                     // The transaction was rolled back: the durable head is what the store says.
@@ -362,6 +378,21 @@ impl Writer {
         self.pending_head = Some((seq, prev));
         Ok(results)
     }
+}
+
+/// Free bytes on the store's filesystem that a writer stopped by a failed commit waits for.
+const RESUME_FREE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Free bytes (for an unprivileged writer) on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let dir = path.parent()?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass for a valid C string; nothing else is touched.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// How often a writer that cannot write tries to recover.

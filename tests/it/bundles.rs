@@ -9,10 +9,6 @@ use std::process::Command;
 
 const NS: &str = "stella-bundle@stella.invalid";
 
-fn stella(root: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(STELLA).arg("--state-dir").arg(root).args(args).output().unwrap()
-}
-
 /// Builds the `notify` DAG bundle (one step on the sample plugin) with `key` and imports it.
 fn import_notify_dag(root: &Path, key: &Path) {
     let dag_dir = root.join("dag");
@@ -32,22 +28,6 @@ fn import_notify_dag(root: &Path, key: &Path) {
     assert!(built.status.success(), "{}", stderr(&built));
     let out = stella(root, &["bundle", "import", dag_bundle.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-}
-
-/// `stella bundle build DIR --kind K --name N --version V --key KEY -o OUT`.
-fn build_bundle(
-    root: &Path,
-    dir: &str,
-    kind: &str,
-    name: &str,
-    version: &str,
-    key: &str,
-    out: &str,
-) -> std::process::Output {
-    stella(
-        root,
-        &["bundle", "build", dir, "--kind", kind, "--name", name, "--version", version, "--key", key, "-o", out],
-    )
 }
 
 fn sample_plugin() -> PathBuf {

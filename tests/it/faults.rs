@@ -103,11 +103,23 @@ async fn a_full_disk_fails_writes_clearly_and_the_writer_recovers_when_space_ret
     let (status, problem) = refused.expect("the disk filled up");
     assert_eq!(status, 503, "{problem}");
     assert_eq!(problem["code"], "store_error", "{problem}");
+    // The store's file may still have room for a small commit, but the disk has none: the
+    // writer stays stopped (not ready, saying why) until the disk has room again.
+    let rest = app.root().join("filler-rest");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&rest).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let mut byte = [0u8; 1];
+        while f.write_all(&mut byte).is_ok() {}
+    }
     let (code, h) = health(c.clone()).await;
     assert_eq!((code, h["ready"].as_bool()), (503, Some(false)), "{h}");
     assert!(h["reason"].as_str().unwrap().contains("cannot write"), "{h}");
 
     std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(&rest).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while health(c.clone()).await.0 != 200 {
         assert!(std::time::Instant::now() < deadline, "the writer did not recover: {}", app.log());
@@ -452,24 +464,10 @@ async fn a_reused_version_is_ledgered_and_leaves_no_sealed_copy() {
     std::fs::write(changed.join("EXTRA"), "other content\n").unwrap();
     let build = |dir: &std::path::Path, name: &str| {
         let out = root.join(name);
-        let out = out.to_str().unwrap();
-        let o = app.stella(&[
-            "bundle",
-            "build",
-            dir.to_str().unwrap(),
-            "--kind",
-            "plugin",
-            "--name",
-            "sample-plugin",
-            "--version",
-            "1.0.0",
-            "--key",
-            key.to_str().unwrap(),
-            "-o",
-            out,
-        ]);
+        let (dir, key) = (dir.to_str().unwrap(), key.to_str().unwrap());
+        let o = build_bundle(&root, dir, "plugin", "sample-plugin", "1.0.0", key, out.to_str().unwrap());
         assert!(o.status.success(), "{}", stderr(&o));
-        root.join(name)
+        out
     };
     let first = build(&sample, "first.bundle");
     let second = build(&changed, "second.bundle");
@@ -785,21 +783,8 @@ fn a_manifest_not_in_canonical_form_is_refused() {
     assert!(stella(&["keys", "trust", "add", &pubkey, "--principal", "ops", "--namespaces", ns]).status.success());
     let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/sample-plugin");
     let bundle = root.join("b.bundle");
-    let built = stella(&[
-        "bundle",
-        "build",
-        sample.to_str().unwrap(),
-        "--kind",
-        "plugin",
-        "--name",
-        "sample-plugin",
-        "--version",
-        "1.0.0",
-        "--key",
-        key.to_str().unwrap(),
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
+    let (sample, key_path) = (sample.to_str().unwrap(), key.to_str().unwrap());
+    let built = build_bundle(root, sample, "plugin", "sample-plugin", "1.0.0", key_path, bundle.to_str().unwrap());
     assert!(built.status.success(), "{}", stderr(&built));
     let script = format!(
         "set -e; mkdir x && cd x && tar -xf ../b.bundle && \

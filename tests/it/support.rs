@@ -126,11 +126,19 @@ impl TestAppliance {
 
     /// [`Self::launch`] with the daemon started by `wrapper` (e.g. `faketime -f -1d`) and `env`.
     pub fn launch_under(&mut self, wrapper: &[&str], env: &[(&str, &str)], extra: &[&str]) {
+        if let Err(log) = self.start_daemon(wrapper, env, extra) {
+            panic!("daemon did not become ready:\n{log}");
+        }
+    }
+
+    /// Starts the daemon and waits for its READY=1 (the https listener is taken from the
+    /// status it sends with it); `Err(its log)` if it ended first.
+    fn start_daemon(&mut self, wrapper: &[&str], env: &[(&str, &str)], extra: &[&str]) -> Result<(), String> {
         // In the temp dir itself: a state directory may be too deep for a socket path.
         let notify_path = self.dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
+        notify.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let log = std::fs::File::create(self.root().join("daemon.log")).unwrap();
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -146,7 +154,7 @@ impl TestAppliance {
         } else {
             command.arg("--state-dir").arg(self.root());
         }
-        let child = command
+        let mut child = command
             .args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] })
             .args(extra)
             .env("NOTIFY_SOCKET", &notify_path)
@@ -155,18 +163,21 @@ impl TestAppliance {
             .stderr(log)
             .spawn()
             .expect("spawn stella serve");
-        self.child = Some(child);
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
         let mut buf = [0u8; 4096];
         loop {
-            let n = match notify.recv(&mut buf) {
-                Ok(n) => n,
-                Err(e) => panic!("daemon did not become ready: {e}\n{}", self.log()),
-            };
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if msg.lines().any(|l| l == "READY=1") {
-                self.https = msg.split_whitespace().find(|w| w.starts_with("https://")).map(str::to_owned);
-                return;
+            if let Ok(n) = notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.lines().any(|l| l == "READY=1") {
+                    self.https = msg.split_whitespace().find(|w| w.starts_with("https://")).map(str::to_owned);
+                    self.child = Some(child);
+                    return Ok(());
+                }
             }
+            if child.try_wait().unwrap().is_some() {
+                return Err(self.log());
+            }
+            assert!(std::time::Instant::now() < deadline, "daemon neither ready nor ended:\n{}", self.log());
         }
     }
 
@@ -193,37 +204,9 @@ impl TestAppliance {
     }
 
     /// Starts the daemon like [`Self::launch`] but also accepts that it exits instead of
-    /// becoming ready: `Ok(())` once ready, `Err(output)` if it ended first.
+    /// becoming ready: `Ok(())` once ready, `Err(its log)` if it ended first.
     pub fn try_launch(&mut self) -> Result<(), String> {
-        let notify_path = self.dir.path().join("notify.sock");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let log = std::fs::File::create(self.root().join("daemon.log")).unwrap();
-        let mut child = Command::new(STELLA)
-            .arg("--state-dir")
-            .arg(self.root())
-            .args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] })
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn stella serve");
-        let deadline = std::time::Instant::now() + READY_TIMEOUT;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Ok(n) = notify.recv(&mut buf)
-                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
-            {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if child.try_wait().unwrap().is_some() {
-                return Err(self.log());
-            }
-            assert!(std::time::Instant::now() < deadline, "daemon neither ready nor ended:\n{}", self.log());
-        }
+        self.start_daemon(&[], &[], &[])
     }
 
     /// Copies `file` into the appliance's bundle inbox (the only host directory `POST
@@ -298,6 +281,19 @@ impl Drop for TestAppliance {
             let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
         }
     }
+}
+
+/// `stella --state-dir ROOT ARGS…`, offline or against the daemon there.
+pub fn stella(root: &Path, args: &[&str]) -> Output {
+    Command::new(STELLA).arg("--state-dir").arg(root).args(args).output().unwrap()
+}
+
+/// `stella bundle build DIR --kind K --name N --version V --key KEY -o OUT`.
+pub fn build_bundle(root: &Path, dir: &str, kind: &str, name: &str, version: &str, key: &str, out: &str) -> Output {
+    stella(
+        root,
+        &["bundle", "build", dir, "--kind", kind, "--name", name, "--version", version, "--key", key, "-o", out],
+    )
 }
 
 /// Creates a token through the API as the local admin; returns (id, secret).

@@ -210,20 +210,8 @@ async fn metrics_are_scraped_as_the_shipped_prometheus_config_says() {
     for needed in ["scheme: https", "metrics_path: /metrics", "type: Bearer", "credentials_file:", "ca_file:"] {
         assert!(config.contains(needed), "{needed}");
     }
-    let out = app.stella(&[
-        "--format",
-        "json",
-        "auth",
-        "token",
-        "create",
-        "--tenant",
-        "default",
-        "--scopes",
-        "orchestrator:read",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let token: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let secret = token["token"].as_str().unwrap();
+    let (_, secret) = create_token(&app.socket_client(), "default", &["orchestrator:read"], None).await;
+    let secret = secret.as_str();
     let scraped = app.https_client(Some(secret)).get("/metrics").await.unwrap();
     assert_eq!(scraped.status, 200);
     assert!(String::from_utf8_lossy(&scraped.body).contains("orchestrator_ledger_height"));
