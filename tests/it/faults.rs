@@ -111,8 +111,7 @@ async fn a_full_disk_fails_writes_clearly_and_the_writer_recovers_when_space_ret
         let mut f = std::fs::File::create(&rest).unwrap();
         let chunk = vec![0u8; 64 * 1024];
         while f.write_all(&chunk).is_ok() {}
-        let mut byte = [0u8; 1];
-        while f.write_all(&mut byte).is_ok() {}
+        while f.write_all(&[0u8]).is_ok() {}
     }
     let (code, h) = health(c.clone()).await;
     assert_eq!((code, h["ready"].as_bool()), (503, Some(false)), "{h}");
