@@ -26,7 +26,7 @@ impl SecretKey {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 }
-                crate::dev::write_file_atomic(path, &b, 0o600).map_err(|e| format!("write {}: {e}", path.display()))?;
+                write_new(path, &b).map_err(|e| format!("write {}: {e}", path.display()))?;
                 b
             }
             Err(e) => return Err(format!("read {}: {e}", path.display())),
@@ -59,6 +59,15 @@ impl SecretKey {
             .map_err(|_| format!("secret {name} does not open with this appliance's secrets key"))?;
         String::from_utf8(plain.to_vec()).map_err(|_| format!("secret {name} is not UTF-8"))
     }
+}
+
+/// Creates `path` (it must not exist) holding `bytes`, mode 0600, synced.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// Installs the daemon's key (once, at start).

@@ -125,7 +125,9 @@ pub enum StoreError {
          run `stella orch db verify` again"
     )]
     NeedsRepair { path: PathBuf },
-    #[error("store {path}: {source}")]
+    #[error(
+        "store {path}: {source} (check it with `stella orch db verify`; if it fails, restore the store from a backup)"
+    )]
     Redb { path: PathBuf, source: redb::Error },
     #[error("store record {table}/{key}: {reason}")]
     Corrupt { table: &'static str, key: String, reason: String },
