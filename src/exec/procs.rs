@@ -17,13 +17,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// Running plugin processes (pid → job), registered under the lock at spawn.
+/// Running plugin processes (pid → job and start time), registered under the lock at spawn.
 static LIVE: Mutex<Live> = Mutex::new(Live(None));
 
-struct Live(Option<HashMap<i32, String>>);
+struct Live(Option<HashMap<i32, (String, u64)>>);
 
 impl Live {
-    fn map(&mut self) -> &mut HashMap<i32, String> {
+    fn map(&mut self) -> &mut HashMap<i32, (String, u64)> {
         self.0.get_or_insert_with(HashMap::new)
     }
 }
@@ -43,23 +43,90 @@ pub fn spawn_registered<T>(job: &str, spawn: impl FnOnce() -> std::io::Result<(T
     let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
     let (child, pid) = spawn()?;
     if let Some(pid) = pid {
-        live.map().insert(pid as i32, job.to_owned());
+        let started = start_ticks(pid as i32).unwrap_or(0);
+        live.map().insert(pid as i32, (job.to_owned(), started));
     }
     Ok(child)
 }
 
 /// Ends an attempt: kills what it left behind (see the module) and reaps it.
+///
+/// With the plugin gone, everything it started is a descendant of this subreaper: its
+/// children were re-parented here when it exited, theirs come here as each level is killed.
+/// So the daemon kills, in rounds, each of its own children that is not a running plugin and
+/// names no running job, until none is left; no `/proc` scan is needed (one is the fallback
+/// where the kernel does not list children).
 pub fn end_attempt(work_root: &Path, job: &str, pgid: Option<u32>) {
     let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut since = 0;
     if let Some(pgid) = pgid {
-        live.map().remove(&(pgid as i32));
+        since = live.map().remove(&(pgid as i32)).map_or(0, |(_, started)| started);
         // SAFETY: killpg on the group the plugin led; at worst it is already empty.
         unsafe { libc::killpg(pgid as i32, libc::SIGKILL) };
     }
-    let running: Vec<String> = live.map().values().cloned().collect();
+    let running: Vec<String> = live.map().values().map(|(job, _)| job.clone()).collect();
+    let names_running = |pid: i32| {
+        let p = Proc {
+            pid,
+            ppid: 0,
+            zombie: false,
+            environ: std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default(),
+        };
+        running.iter().any(|j| p.names_job(j))
+    };
+    if our_children().is_none() {
+        return end_attempt_by_scan(live, work_root, job, since, &running);
+    }
+    for _ in 0..ROUNDS_MAX {
+        let strays: Vec<i32> = our_children()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|pid| !live.map().contains_key(pid) && !names_running(*pid))
+            .collect();
+        if strays.is_empty() {
+            return;
+        }
+        for pid in strays {
+            // SAFETY: kill and wait on a child of ours that is no running plugin; SIGKILL ends
+            // it at once, and its own children come to this subreaper for the next round.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+        }
+    }
+}
+
+/// Rounds of [`end_attempt`] at most: the depth of a process tree it ends.
+const ROUNDS_MAX: usize = 64;
+
+/// This process's children, from `/proc/self/task/*/children`; `None` where the kernel does not
+/// list them.
+fn our_children() -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    let mut listed = false;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            listed = true;
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    listed.then_some(out)
+}
+
+/// [`end_attempt`] where children are not listed: every process started since the plugin
+/// that names the attempt, and every child that is no running plugin.
+fn end_attempt_by_scan(
+    mut live: std::sync::MutexGuard<'_, Live>,
+    work_root: &Path,
+    job: &str,
+    since: u64,
+    running: &[String],
+) {
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
-    for p in processes() {
+    for p in processes(|started, ppid| started >= since || ppid == me) {
         let ours = p.names_job_under(work_root, Some(job));
         let stray = p.ppid == me && !live.map().contains_key(&p.pid) && !running.iter().any(|j| p.names_job(j));
         if ours || stray {
@@ -87,7 +154,7 @@ pub fn kill_all(work_root: &Path) {
     }
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
-    for p in processes() {
+    for p in processes(|_, _| true) {
         if p.names_job_under(work_root, None) || p.ppid == me {
             tracing::warn!(pid = p.pid, "stopping a process an attempt left running");
             // SAFETY: kill on a pid read from /proc just now, matched as this appliance's.
@@ -107,7 +174,7 @@ fn reap(me: i32, killed: &[Proc]) {
         unsafe { libc::waitpid(p.pid, &mut status, 0) };
     }
     let live = LIVE.lock().unwrap_or_else(|p| p.into_inner()).map().clone();
-    for p in processes().into_iter().filter(|p| p.ppid == me && p.zombie && !live.contains_key(&p.pid)) {
+    for p in processes(|_, _| false).into_iter().filter(|p| p.ppid == me && p.zombie && !live.contains_key(&p.pid)) {
         let mut status = 0;
         // SAFETY: waitpid without blocking on a zombie child of ours that no one else waits for.
         unsafe { libc::waitpid(p.pid, &mut status, libc::WNOHANG) };
@@ -139,20 +206,28 @@ impl Proc {
     }
 }
 
-/// Every process this user may see: pid, parent, whether a zombie, environment (empty where
-/// it cannot be read).
-fn processes() -> Vec<Proc> {
+/// A process's state, parent and start time (clock ticks since boot) from `/proc/PID/stat`.
+fn stat(pid: i32) -> Option<(String, i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so read after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some((fields.first()?.to_string(), fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+fn start_ticks(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, _, started)| started)
+}
+
+/// Every process this user may see: pid, parent, whether a zombie, and — where `read_env`
+/// (given its start time and parent) says so — its environment (empty where it cannot be read).
+fn processes(read_env: impl Fn(u64, i32) -> bool) -> Vec<Proc> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
     let mut out = Vec::new();
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
-        // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so read after the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) else { continue };
-        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let Some((state, ppid, started)) = stat(pid) else { continue };
+        let environ =
+            if read_env(started, ppid) { std::fs::read(e.path().join("environ")).unwrap_or_default() } else { vec![] };
         out.push(Proc { pid, ppid, zombie: state == "Z", environ });
     }
     out
