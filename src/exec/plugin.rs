@@ -223,7 +223,7 @@ fn attempt_log(inv: &Invocation) -> Option<std::io::BufWriter<std::fs::File>> {
     let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).ok()?;
     // Pruned every so often, not at every attempt: the directory is read whole to prune it.
     static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    if OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 32 != 0 {
+    if !OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(32) {
         return Some(std::io::BufWriter::new(file));
     }
     let mut logs: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(&dir)
