@@ -31,6 +31,13 @@ pub struct ServeOptions {
     pub init_new_store: bool,
 }
 
+/// What `run` found at start that the daemon's start needs to know.
+#[derive(Debug, Clone, Copy, Default)]
+struct Previous {
+    /// The previous daemon did not stop cleanly (no `stopped-cleanly` marker).
+    unclean: bool,
+}
+
 /// What says this appliance has lived before: the identity marker written at its first start,
 /// or its key (made at first start, kept apart from the store).
 fn identity_evidence(layout: &Layout) -> Vec<PathBuf> {
@@ -117,6 +124,7 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
         Ok((store, handle, writer, clock))
     })?;
     check_ledger_at_start(&store, unclean);
+    let watched = store.clone();
     let writer_thread = writer.spawn();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,7 +132,8 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
         .build()
         .map_err(|e| CliError::Other(format!("start async runtime: {e}")))?;
     let work_root = opts.layout.lib().join("work");
-    let result = runtime.block_on(daemon(opts, config, store, handle, clock, dev_notes));
+    let previous = Previous { unclean };
+    let result = runtime.block_on(daemon(opts, config, store, handle, clock, dev_notes, previous));
     // Dropping the runtime drops every task and with them the last writer handles; the writer
     // then drains what it holds, commits, and its thread ends.
     runtime.shutdown_timeout(Duration::from_secs(5));
@@ -136,7 +145,10 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
     }
     // Nothing an attempt started outlives the daemon's stop.
     crate::exec::procs::kill_all(&work_root);
-    if result.is_ok() {
+    // Clean only if nothing is left to check: a chain check cut short by this stop runs again.
+    let unfinished = watched.checking() || watched.damage().is_some();
+    drop(watched);
+    if result.is_ok() && !unfinished {
         let _ = std::fs::write(&clean_marker, b"");
     }
     result
@@ -149,6 +161,7 @@ async fn start_writes(
     store: &Store,
     writer: &WriterHandle,
     clock: &dyn clock::Clock,
+    previous: Previous,
 ) -> Result<Option<String>, CliError> {
     // The appliance key signs export packs; a production appliance makes its own at first start.
     let key_fingerprint = Some(dev::ensure_appliance_key(&opts.layout.appliance_key()).map_err(CliError::Other)?);
@@ -159,7 +172,7 @@ async fn start_writes(
         Command::RecordStart { version: env!("CARGO_PKG_VERSION").to_owned(), pid: std::process::id(), dev: opts.dev },
     )
     .await?;
-    interrupt_previous_attempts(writer, &opts.layout).await?;
+    interrupt_previous_attempts(writer, &opts.layout, previous.unclean).await?;
     let new_token = if opts.dev { ensure_dev_token(&opts.layout, store, writer, config, clock).await? } else { None };
     // An import the previous daemon died in the middle of left its files in staging only.
     let (unfinished, bytes) = crate::bundle::import::sweep_staging(&opts.layout.lib());
@@ -235,6 +248,7 @@ async fn daemon(
     writer: WriterHandle,
     clock: SharedClock,
     dev_notes: Option<dev::DevNotes>,
+    previous: Previous,
 ) -> Result<Ended, CliError> {
     let started = Instant::now();
     let started_ms = clock.now_ms();
@@ -255,7 +269,7 @@ async fn daemon(
     // writes: nothing that appends runs, and health says why it is not ready.
     let damaged = store.damage();
     let new_token = match &damaged {
-        None => start_writes(&opts, &config, &store, &writer, &*clock).await?,
+        None => start_writes(&opts, &config, &store, &writer, &*clock, previous).await?,
         Some(reason) => {
             tracing::error!(reason = %reason, "serving a damaged store read-only: restore it from a backup");
             None
@@ -320,7 +334,7 @@ async fn daemon(
     ));
     let executor = (config.exec.enabled && damaged.is_none()).then(|| {
         let opts = crate::exec::worker::ExecOptions {
-            worker: format!("{LOCAL_WORKER}{}", std::process::id()),
+            worker: format!("{}{}", crate::queue::LOCAL_WORKER, std::process::id()),
             slots: config.exec.slots,
             lease_ttl_ms: config.queue.lease_ttl_ms,
             lib: opts.layout.lib(),
@@ -348,10 +362,15 @@ async fn daemon(
 /// The attempts the previous daemon's executor held died with it: its plugin processes are
 /// stopped, then each attempt is requeued at once as interrupted (not as the plugin's failure,
 /// and without waiting for its lease to lapse).
-async fn interrupt_previous_attempts(writer: &WriterHandle, layout: &Layout) -> Result<(), CliError> {
+/// After a clean stop (or an in-place restart) the attempts it cut short are requeued without
+/// counting toward the job's bound on interruptions: only crashes do.
+async fn interrupt_previous_attempts(writer: &WriterHandle, layout: &Layout, crashed: bool) -> Result<(), CliError> {
     crate::exec::plugin::reap_orphans(&layout.lib());
     loop {
-        let command = Command::Queue(crate::queue::QueueCommand::Interrupt { worker_prefix: LOCAL_WORKER.to_owned() });
+        let command = Command::Queue(crate::queue::QueueCommand::Interrupt {
+            worker_prefix: crate::queue::LOCAL_WORKER.to_owned(),
+            counted: crashed,
+        });
         let c = writer.submit(Actor::appliance(), command).await.map_err(|e| CliError::Store(e.to_string()))?;
         let note = c.note.unwrap_or_default();
         if let Some(n) = note["interrupted"].as_u64().filter(|n| *n > 0) {
@@ -362,9 +381,6 @@ async fn interrupt_previous_attempts(writer: &WriterHandle, layout: &Layout) -> 
         }
     }
 }
-
-/// The in-process executor's worker names start with this (then the daemon's pid).
-const LOCAL_WORKER: &str = "local-";
 
 /// The effective uid, through libc: std has no safe accessor for it.
 fn unsafe_free_geteuid() -> u32 {

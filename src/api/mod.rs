@@ -30,11 +30,17 @@ async fn catch_panics(
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
         Ok(response) => response,
-        Err(payload) => {
-            let detail = crate::store::schema::panic_detail(payload.as_ref());
-            let e = crate::store::StoreError::Damaged { path: state.store.path().to_owned(), detail };
-            problem::Problem::from(e).into_response()
-        }
+        Err(payload) => match crate::store::schema::store_panic(payload.as_ref()) {
+            Some(detail) => {
+                let e = crate::store::StoreError::Damaged { path: state.store.path().to_owned(), detail };
+                problem::Problem::from(e).into_response()
+            }
+            // Not the store's: a bug of stella's, told to the log, not to the caller.
+            None => {
+                tracing::error!("a request handler panicked");
+                problem::Problem::internal("the request failed inside stella (see the daemon's log)").into_response()
+            }
+        },
     }
 }
 

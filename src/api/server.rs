@@ -166,8 +166,16 @@ async fn accept_tcp(
                         Err(_) => return tracing::debug!(%addr, "tls handshake timed out"),
                     },
                     // Slots run low: a connection long in its handshake is the first to go.
-                    _ = pressure.changed() => if accepted.elapsed() >= PRESSURE_GRACE {
-                        return tracing::debug!(%addr, "closed in its tls handshake: slots ran low");
+                    changed = pressure.changed() => match changed {
+                        Ok(()) if accepted.elapsed() >= PRESSURE_GRACE => {
+                            return tracing::debug!(%addr, "closed in its tls handshake: slots ran low");
+                        }
+                        Ok(()) => {}
+                        // The listener is gone (shutting down): the handshake's own timeout rules.
+                        Err(_) => break match (&mut shake).await {
+                            Ok(Ok(s)) => s,
+                            _ => return,
+                        },
                     },
                 }
             };
@@ -203,7 +211,7 @@ where
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = conns.stop.changed() => break,
-            _ = conns.pressure.changed() => if opened.elapsed() >= PRESSURE_GRACE {
+            r = conns.pressure.changed() => if r.is_err() || opened.elapsed() >= PRESSURE_GRACE {
                 break;
             },
         }

@@ -67,8 +67,9 @@ fn serve_cmd(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         serve::Ended::RestartRequested => {
             // The same command again, in this process: same pid, terminal and state directory.
             use std::os::unix::process::CommandExt;
-            let exe = std::env::current_exe().map_err(|e| CliError::Other(format!("restart: find own binary: {e}")))?;
-            let e = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+            // `/proc/self/exe` even if the binary was replaced meanwhile (current_exe would then
+            // name a "(deleted)" path).
+            let e = std::process::Command::new("/proc/self/exe").args(std::env::args_os().skip(1)).exec();
             Err(CliError::Other(format!("restart: exec: {e}")))
         }
     }

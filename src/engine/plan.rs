@@ -473,20 +473,26 @@ pub fn replay_dead_steps(
     ctx: &mut PlanCtx,
     jobs: &[JobRecord],
 ) -> Result<(Vec<Draft>, Vec<Refusal>), CommandError> {
-    let mut by_run: std::collections::BTreeMap<String, Vec<&JobRecord>> = Default::default();
-    for j in jobs {
-        by_run.entry(j.payload["run"].as_str().unwrap_or_default().to_owned()).or_default().push(j);
+    // A payload is the enqueuer's word: a job is replayed through a run only if it is that
+    // run's step's current job, of the same tenant (`step_of`); any other is refused alone.
+    let mut by_run: std::collections::BTreeMap<String, Vec<(&JobRecord, String)>> = Default::default();
+    let mut refused = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for j in jobs.iter().filter(|j| seen.insert(j.id.clone())) {
+        match step_of(txn, j)? {
+            Some((run, step)) if run.tenant == j.tenant => by_run.entry(run.id).or_default().push((j, step)),
+            _ => refused.push((j.id.clone(), "it is no longer the current job of a step it names".to_owned())),
+        }
     }
-    let (mut drafts, mut refused) = (Vec::new(), Vec::new());
+    let mut drafts = Vec::new();
     for (run, jobs) in by_run {
         let mut p = Planner::load(txn, ctx, None, &run)?;
         let mut steps = Vec::new();
-        for j in jobs {
-            let step = j.payload["step"].as_str().unwrap_or_default().to_owned();
+        for (j, step) in jobs {
             let rec = p.step(&step)?.clone();
             let why = if p.run.status != RunStatus::Failed {
                 Some(format!("its run {run} is {}", status_name(p.run.status)))
-            } else if rec.job.as_deref() != Some(j.id.as_str()) || rec.state != StepState::Failed {
+            } else if rec.state != StepState::Failed {
                 Some(format!("step {run}/{step} has moved on (it is {})", status_name(rec.state)))
             } else {
                 None

@@ -164,8 +164,11 @@ pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = (
     if let Some(pid) = pgid {
         let _ = std::fs::write(&pgid_file, format!("{pid} {job}\n"));
     }
+    // Whatever the attempt started ends with it — also if this future is dropped midway (the
+    // lease was lost, the daemon stops): then the sweep runs on a thread of its own.
+    let mut sweep = Sweep { work_root: inv.work_root.clone(), job: job.clone(), pgid, pending: true };
     let result = supervise(&mut child, &inv, cancelled).await;
-    // Whatever the attempt started ends with it.
+    sweep.pending = false;
     let work_root = inv.work_root.clone();
     let _ = tokio::task::spawn_blocking(move || crate::exec::procs::end_attempt(&work_root, &job, pgid)).await;
     let _ = std::fs::remove_file(&pgid_file);
@@ -173,6 +176,23 @@ pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = (
     let (work_root, workdir) = (inv.work_root.clone(), inv.workdir.clone());
     let _ = tokio::task::spawn_blocking(move || tidy_workdirs(&work_root, &workdir, succeeded)).await;
     result
+}
+
+/// Ends the attempt's processes when [`run`] is dropped before it could.
+struct Sweep {
+    work_root: PathBuf,
+    job: String,
+    pgid: Option<u32>,
+    pending: bool,
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        if self.pending {
+            let (work_root, job, pgid) = (self.work_root.clone(), std::mem::take(&mut self.job), self.pgid);
+            std::thread::spawn(move || crate::exec::procs::end_attempt(&work_root, &job, pgid));
+        }
+    }
 }
 
 /// Failed attempts' working directories kept for diagnosis (the newest).

@@ -64,37 +64,51 @@ pub fn end_attempt(work_root: &Path, job: &str, pgid: Option<u32>) {
         // SAFETY: killpg on the group the plugin led; at worst it is already empty.
         unsafe { libc::killpg(pgid as i32, libc::SIGKILL) };
     }
-    let running: Vec<String> = live.map().values().map(|(job, _)| job.clone()).collect();
-    let names_running = |pid: i32| {
-        let p = Proc {
-            pid,
-            ppid: 0,
-            zombie: false,
-            environ: std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default(),
-        };
-        running.iter().any(|j| p.names_job(j))
-    };
     if our_children().is_none() {
+        let running: Vec<String> = live.map().values().map(|(job, _)| job.clone()).collect();
         return end_attempt_by_scan(live, work_root, job, since, &running);
     }
+    drop(live);
     for _ in 0..ROUNDS_MAX {
-        let strays: Vec<i32> = our_children()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|pid| !live.map().contains_key(pid) && !names_running(*pid))
-            .collect();
+        // Chosen under the registry (no plugin is being spawned meanwhile), killed and waited
+        // for without it, so a slow death never holds up the executor.
+        let strays: Vec<i32> = {
+            let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+            let running: Vec<String> = live.map().values().map(|(job, _)| job.clone()).collect();
+            let children = our_children().unwrap_or_default();
+            children
+                .into_iter()
+                .filter(|pid| !live.map().contains_key(pid))
+                .filter(|pid| {
+                    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                    let p = Proc { pid: *pid, ppid: 0, zombie: false, environ };
+                    !running.iter().any(|j| p.names_job(j))
+                })
+                .collect()
+        };
         if strays.is_empty() {
             return;
         }
         for pid in strays {
-            // SAFETY: kill and wait on a child of ours that is no running plugin; SIGKILL ends
-            // it at once, and its own children come to this subreaper for the next round.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                let mut status = 0;
-                libc::waitpid(pid, &mut status, 0);
-            }
+            // SAFETY: kill on a child of ours that is no running plugin; SIGKILL ends it, and
+            // its own children come to this subreaper for the next round.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait_briefly(pid);
         }
+    }
+}
+
+/// Reaps the child `pid` that was just sent SIGKILL, waiting at most about 100 ms (a process
+/// stuck in the kernel is left for a later sweep rather than waited for).
+fn wait_briefly(pid: i32) {
+    for _ in 0..100 {
+        let mut status = 0;
+        // SAFETY: a non-blocking wait on our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r != 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -144,13 +158,11 @@ fn end_attempt_by_scan(
 pub fn kill_all(work_root: &Path) {
     let live: Vec<i32> = LIVE.lock().unwrap_or_else(|p| p.into_inner()).map().drain().map(|(pid, _)| pid).collect();
     for pid in &live {
-        // SAFETY: killpg on a group a plugin of ours led, then waiting for its leader (our
-        // child), so that what it started is re-parented to this subreaper before the scan.
-        unsafe {
-            libc::killpg(*pid, libc::SIGKILL);
-            let mut status = 0;
-            libc::waitpid(*pid, &mut status, 0);
-        }
+        // SAFETY: killpg on a group a plugin of ours led.
+        unsafe { libc::killpg(*pid, libc::SIGKILL) };
+        // Its leader is our child: once it is reaped, what it started is re-parented to this
+        // subreaper before the scan.
+        wait_briefly(*pid);
     }
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
@@ -169,9 +181,7 @@ pub fn kill_all(work_root: &Path) {
 /// and collects any other zombie child that is not a running plugin.
 fn reap(me: i32, killed: &[Proc]) {
     for p in killed.iter().filter(|p| p.ppid == me) {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child's pid; it was just sent SIGKILL.
-        unsafe { libc::waitpid(p.pid, &mut status, 0) };
+        wait_briefly(p.pid);
     }
     let live = LIVE.lock().unwrap_or_else(|p| p.into_inner()).map().clone();
     for p in processes(|_, _| false).into_iter().filter(|p| p.ppid == me && p.zombie && !live.contains_key(&p.pid)) {

@@ -77,9 +77,14 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
                         continue;
                     }
                 }
+                Err(crate::store::CommandError::WriterGone) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "executor lease failed");
-                    return;
+                    // A store fault (a full disk) passes: try again shortly, or on the next event.
+                    tracing::warn!(error = %e, "executor lease failed; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.changed() => return,
+                    }
                 }
             }
         }

@@ -10,6 +10,10 @@ pub mod timers;
 
 pub use plan::{QueueCommand, ReplaySelector};
 
+/// The in-process executor's worker names start with this (then the daemon's pid); the API
+/// refuses it for other workers.
+pub const LOCAL_WORKER: &str = "local-";
+
 /// Entry kinds after which ready work may exist for a waiting lease request or the executor:
 /// a new or returning job, a resumed type, an ended budget, and a freed lock (a step that
 /// names the lock is dispatched only once it is free).

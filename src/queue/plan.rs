@@ -115,6 +115,9 @@ pub enum QueueCommand {
     /// ledgered as `lease.interrupted`, without counting against its retries.
     Interrupt {
         worker_prefix: String,
+        /// Whether these interruptions count toward `INTERRUPTIONS_MAX` (a crash), or not (a
+        /// clean stop or restart cut them short).
+        counted: bool,
     },
 }
 
@@ -199,13 +202,18 @@ pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Re
         QueueCommand::DlqPurge { tenant, ids, snapshot_sha256 } => {
             dlq_purge(txn, tenant.as_deref(), ids, snapshot_sha256)
         }
-        QueueCommand::Interrupt { worker_prefix } => interrupt(txn, ctx, worker_prefix),
+        QueueCommand::Interrupt { worker_prefix, counted } => interrupt(txn, ctx, worker_prefix, *counted),
     }
 }
 
 /// See [`QueueCommand::Interrupt`]. A job whose run already had an outcome in this plan waits
 /// for the next command (the note's `deferred`), as in a tick.
-fn interrupt(txn: &WriteTransaction, ctx: &mut PlanCtx, worker_prefix: &str) -> Result<Effects, CommandError> {
+fn interrupt(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    worker_prefix: &str,
+    counted: bool,
+) -> Result<Effects, CommandError> {
     let leased: Vec<(String, String)> = {
         let table = txn.open_table(DUE).map_err(storage)?;
         let mut out = Vec::new();
@@ -234,7 +242,7 @@ fn interrupt(txn: &WriteTransaction, ctx: &mut PlanCtx, worker_prefix: &str) -> 
             deferred += 1;
             continue;
         }
-        let interruptions = j.interruptions + 1;
+        let interruptions = j.interruptions + u32::from(counted);
         let (mut data, outcome) = if interruptions > INTERRUPTIONS_MAX {
             let error = format!(
                 "attempt {} was cut short by a restart of the appliance: this job was interrupted {interruptions} times \

@@ -140,25 +140,30 @@ pub enum StoreError {
     Damaged { path: PathBuf, detail: String },
 }
 
-/// Runs `f`, turning a panic inside it into [`StoreError::Damaged`]: redb reports some kinds
+/// Runs `f`, turning a panic inside redb into [`StoreError::Damaged`]: redb reports some kinds
 /// of damage (a zeroed or changed page) by panicking, which must reach the operator as a
-/// message naming the file and what to do, never as a crash or a dropped connection.
+/// message naming the file and what to do, never as a crash or a dropped connection. A panic
+/// elsewhere (a bug of stella's) is not called damage: it goes on as a panic.
 pub fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(payload) => Err(StoreError::Damaged { path: path.to_owned(), detail: panic_detail(payload.as_ref()) }),
+        Err(payload) => match store_panic(payload.as_ref()) {
+            Some(detail) => Err(StoreError::Damaged { path: path.to_owned(), detail }),
+            None => std::panic::resume_unwind(payload),
+        },
     }
 }
 
-/// What a caught panic said, with where redb raised it when it was redb.
-pub fn panic_detail(payload: &(dyn std::any::Any + Send)) -> String {
+/// What a caught panic said, with where redb raised it — if redb raised it (the hook noted
+/// the place); `None` for any other panic.
+pub fn store_panic(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    let place = last_store_panic()?;
     let text = payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a failure without a message".into());
-    let place = last_store_panic().map(|p| format!(" at {p}")).unwrap_or_default();
-    format!("reading it failed inside redb ({text}{place})")
+    Some(format!("reading it failed inside redb ({text} at {place})"))
 }
 
 static LAST_STORE_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
@@ -320,10 +325,12 @@ impl Store {
     /// which runs redb's repair if the file needs one. Fails while a reader still holds the
     /// old handle or the disk still refuses; the caller tries again later.
     pub fn reopen(&self) -> Result<(), StoreError> {
-        let mut guard = self.shared.db.write().unwrap_or_else(|p| p.into_inner());
-        drop(guard.take());
+        // The lock is not held while redb opens (and perhaps repairs) the file: readers are
+        // answered `Unavailable` meanwhile instead of waiting.
+        let old = self.shared.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        drop(old);
         let db = open_database(&self.path, self.shared.cache_bytes)?;
-        *guard = Some(Arc::new(db));
+        *self.shared.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
         Ok(())
     }
 
@@ -679,7 +686,12 @@ pub mod read {
         let mut out = Vec::new();
         for row in table.iter().map_err(rerr)? {
             let (k, v) = row.map_err(rerr)?;
-            out.push(open_secret(k.value(), v.value())?);
+            // One that does not open (its key was lost) is left out, said, and fails only the
+            // step that needs it: it is set again with `stella secrets set`.
+            match open_secret(k.value(), v.value()) {
+                Ok(value) => out.push(value),
+                Err(e) => tracing::warn!(error = %e, "a secret does not open; set it again"),
+            }
         }
         Ok(out)
     }

@@ -183,6 +183,14 @@ impl Writer {
     }
 
     fn run(mut self) {
+        // However the thread ends, health must see the writer gone.
+        struct Gone(Arc<WriterStats>);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                self.0.alive.store(false, Ordering::Release);
+            }
+        }
+        let _gone = Gone(self.stats.clone());
         let mut batch = Vec::with_capacity(self.batch_max);
         while let Some(first) = self.next_command() {
             batch.push(first);
@@ -196,11 +204,21 @@ impl Writer {
             // writes until an operator acts) and the callers get an error, not a dead writer.
             let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_batch(&mut batch)));
             if let Err(payload) = caught {
-                let detail = crate::store::schema::panic_detail(payload.as_ref());
-                self.store.set_damage(format!("a commit failed: {detail}"));
                 self.pending_head = None;
+                self.forget_caches();
+                let answer = match crate::store::schema::store_panic(payload.as_ref()) {
+                    Some(detail) => {
+                        self.store.set_damage(format!("a commit failed: {detail}"));
+                        format!("store damaged: {detail}")
+                    }
+                    // A bug of stella's while planning: these commands fail, the store is fine.
+                    None => {
+                        tracing::error!(commands = batch.len(), "planning a batch panicked; it was not committed");
+                        "the batch failed inside stella (see the daemon's log); nothing was committed".to_owned()
+                    }
+                };
                 for env in batch.drain(..) {
-                    let _ = env.reply.send(Err(CommandError::Storage(format!("store damaged: {detail}"))));
+                    let _ = env.reply.send(Err(CommandError::Storage(answer.clone())));
                 }
             }
         }
@@ -219,12 +237,25 @@ impl Writer {
                 Ok(env) => return Some(env),
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if !self.recover() {
+                    // A panic inside redb while reopening counts as one more failed try.
+                    let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.recover()))
+                        .unwrap_or_else(|_| {
+                            self.needs_reopen = true;
+                            false
+                        });
+                    if !recovered {
                         std::thread::sleep(PROBE_INTERVAL);
                     }
                 }
             }
         }
+    }
+
+    /// Drops what was planned into memory along with a batch that did not commit: compiled
+    /// DAG versions and rate buckets are rebuilt from the store as they are needed.
+    fn forget_caches(&mut self) {
+        self.dags.clear();
+        self.buckets.clear();
     }
 
     /// After a failed commit: opens the store anew and proves it takes a durable commit again
@@ -313,17 +344,22 @@ impl Writer {
             }
             Err(reason) => {
                 tracing::error!(%reason, commands = n, "store commit failed; batch not acknowledged");
-                for env in batch.drain(..) {
-                    let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
-                }
+                self.forget_caches();
                 self.pending_head = None;
                 // An I/O error poisons redb's handle: the store is closed and opened anew
-                // before the next write, and until then it reports the fault.
-                if reason_is_io(&reason) {
-                    drop(db);
+                // before the next write, and until then it reports the fault — set before the
+                // callers hear of the failure, so that health says so when they look.
+                let io = reason_is_io(&reason);
+                if io {
                     self.needs_reopen = true;
                     self.failure = format!("the last commit failed: {reason}");
                     self.store.set_fault(Some(self.failure.clone()));
+                }
+                for env in batch.drain(..) {
+                    let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
+                }
+                if io {
+                    drop(db);
                     self.recover();
                 } else if let Ok(head) = self.store.read().and_then(|t| read::ledger_head(&t)) {
                     // The transaction was rolled back: the durable head is what the store says.

@@ -114,7 +114,7 @@ async fn a_full_disk_fails_writes_clearly_and_the_writer_recovers_when_space_ret
         while f.write_all(&[0u8]).is_ok() {}
     }
     let (code, h) = health(c.clone()).await;
-    assert_eq!((code, h["ready"].as_bool()), (503, Some(false)), "{h}");
+    assert_eq!((code, h["ready"].as_bool()), (503, Some(false)), "{h} after {problem}:\n{}", app.log());
     assert!(h["reason"].as_str().unwrap().contains("cannot write"), "{h}");
 
     std::fs::remove_file(&filler).unwrap();
@@ -319,6 +319,16 @@ fn pids(dir: &std::path::Path) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// Waits (bounded) until the plugin's three children have written their pids.
+async fn wait_for_pids(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let written = |n: &str| std::fs::read_to_string(dir.join(format!("{n}.pid"))).is_ok_and(|t| t.ends_with('\n'));
+    while !["group", "setsid", "cleared"].iter().all(|n| written(n)) {
+        assert!(std::time::Instant::now() < deadline, "the plugin never started its children");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Alive and not a zombie.
 fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -364,11 +374,7 @@ async fn processes_a_plugin_starts_end_with_its_attempt_a_stop_and_a_restart() {
     api_post(&c, "/dags", json!({ "spec": spec("stop", &stop, true) })).await;
     let id = api_post(&c, "/runs", json!({ "dag": "stop" })).await["id"].as_str().unwrap().to_owned();
     wait_for_event(&c, &id, "event: step.started").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !stop.join("cleared.pid").exists() || std::fs::read_to_string(stop.join("cleared.pid")).unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the plugin never started its children");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for_pids(&stop).await;
     assert!(app.terminate().success());
     for (what, pid) in pids(&stop) {
         assert!(!running(pid), "the {what} child {pid} outlived the daemon's stop");
@@ -382,11 +388,7 @@ async fn processes_a_plugin_starts_end_with_its_attempt_a_stop_and_a_restart() {
     api_post(&c, "/dags", json!({ "spec": spec("crash", &crash, true) })).await;
     let id = api_post(&c, "/runs", json!({ "dag": "crash" })).await["id"].as_str().unwrap().to_owned();
     wait_for_event(&c, &id, "event: step.started").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_to_string(crash.join("cleared.pid")).map_or(true, |t| t.is_empty()) {
-        assert!(std::time::Instant::now() < deadline, "the plugin never started its children");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for_pids(&crash).await;
     let before = pids(&crash);
     app.kill9();
     app.launch();
@@ -680,17 +682,29 @@ async fn a_tenant_sees_nothing_of_another_and_writes_exports_only_to_the_export_
     let detail = r.json().unwrap()["detail"].as_str().unwrap().to_owned();
     assert!(!detail.contains("tenant") && !detail.contains("deploy-7"), "{detail}");
 
+    // A pack holds every tenant's ledger: on this appliance no tenant's token exports.
+    let r = acme.post(&format!("{API}/exports"), &json!({ "out": "acme-pack" })).await.unwrap();
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// On a single-tenant appliance a token exports, but only into the export directory, one name
+/// directly in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_writes_exports_only_into_the_export_directory() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let (_, secret) = create_token(&app.socket_client(), "default", &["orchestrator:audit"], None).await;
+    let auditor = app.https_client(Some(&secret));
     let outside = app.root().join("anywhere-pack");
-    let r = acme.post(&format!("{API}/exports"), &json!({ "out": outside })).await.unwrap();
+    let r = auditor.post(&format!("{API}/exports"), &json!({ "out": outside })).await.unwrap();
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
     assert!(!outside.exists());
-    for bad in ["../escape", "a/../../b"] {
-        let r = acme.post(&format!("{API}/exports"), &json!({ "out": bad })).await.unwrap();
-        assert_eq!(r.status, 403, "{bad}");
+    for bad in ["../escape", "a/../../b", "a/b", ""] {
+        let r = auditor.post(&format!("{API}/exports"), &json!({ "out": bad })).await.unwrap();
+        assert_eq!(r.status, 403, "{bad:?}");
     }
-    let r = acme.post(&format!("{API}/exports"), &json!({ "out": "acme-pack" })).await.unwrap();
+    let r = auditor.post(&format!("{API}/exports"), &json!({ "out": "pack-1" })).await.unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    assert!(app.layout().lib().join("exports/acme-pack/manifest.json").exists());
+    assert!(app.layout().lib().join("exports/pack-1/manifest.json").exists());
 }
 
 /// Bug: 1,024 idle TCP connections held every connection slot, so a health request waited

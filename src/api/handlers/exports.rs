@@ -56,7 +56,9 @@ fn export_path(state: &AppState, token: bool, out: &str) -> Result<PathBuf, Prob
         )
     };
     let rel = if given.is_absolute() { given.strip_prefix(&dir).map_err(|_| refuse())?.to_owned() } else { given };
-    if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+    // One name: a pack directly in the export directory, never inside another pack.
+    let mut parts = rel.components();
+    if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {
         return Err(refuse());
     }
     Ok(dir.join(rel))
@@ -76,6 +78,14 @@ pub async fn create(
         Some(s) => Signal::parse_list(s).map_err(|e| Problem::invalid("signals", e))?,
         None => Signal::ALL.to_vec(),
     };
+    if !crate::api::handlers::queue::sees_all_tenants(&state, p) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "an export pack holds every tenant's ledger and logs: on an appliance with several tenants only its \
+             administrator exports",
+        ));
+    }
     let out = export_path(&state, p.tenant.is_some(), &req.out)?;
     let progress = crate::api::handlers::bundles::progress_for(&state, req.progress_id.as_deref())?;
     // The pack holds the metric values as of now, not only as of the last periodic snapshot.

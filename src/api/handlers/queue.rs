@@ -115,6 +115,14 @@ pub async fn lease(
     if req.worker.is_empty() || req.worker.len() > 128 {
         return Err(Problem::invalid("worker", "worker id must be 1-128 characters"));
     }
+    if req.worker.starts_with(crate::queue::LOCAL_WORKER) {
+        // The in-process executor's leases are requeued at every start: a remote worker must
+        // never be taken for it.
+        return Err(Problem::invalid(
+            "worker",
+            format!("worker ids starting with {:?} are the appliance's own executor's", crate::queue::LOCAL_WORKER),
+        ));
+    }
     let max = req.max.unwrap_or(1).clamp(1, LEASE_MAX);
     let ttl_ms = req.ttl.as_deref().map(|t| ms("ttl", t)).transpose()?;
     let wait = Duration::from_millis(
