@@ -335,16 +335,6 @@ fn running(pid: i32) -> bool {
         .is_ok_and(|s| s.rfind(')').is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z')))
 }
 
-async fn forker_plugin(app: &TestAppliance, c: &stella::client::Client) {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = app.root().join("plugin-forker");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("plugin.toml"), "name = \"forker\"\nentrypoint = \"run.sh\"\nprotocol = 1\n").unwrap();
-    std::fs::write(dir.join("run.sh"), format!("#!/bin/sh\n{FORKER}\n")).unwrap();
-    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    api_post(c, "/plugins", json!({ "dir": dir })).await;
-}
-
 /// Bug: processes a plugin started outlived its step, a clean stop and a restart: a `setsid`
 /// child and a child in the plugin's own group were both alive after the run succeeded, after
 /// SIGTERM and after a restart. When an attempt ends (or the daemon stops, or starts again
@@ -353,7 +343,7 @@ async fn forker_plugin(app: &TestAppliance, c: &stella::client::Client) {
 async fn processes_a_plugin_starts_end_with_its_attempt_a_stop_and_a_restart() {
     let mut app = TestAppliance::start();
     let c = app.socket_client();
-    forker_plugin(&app, &c).await;
+    script_plugin(&app, &c, "forker", FORKER).await;
     let spec = |name: &str, dir: &std::path::Path, hold: bool| {
         format!("name = \"{name}\"\n[steps.fork]\nplugin = \"forker\"\ninputs = {{ dir = {dir:?}, hold = {hold} }}\n")
     };
@@ -506,16 +496,8 @@ async fn a_reused_version_is_ledgered_and_leaves_no_sealed_copy() {
     assert!(verify.status.success(), "{}", stderr(&verify));
 }
 
-/// Registers a dev plugin whose entrypoint is `script`.
 async fn script_plugin(app: &TestAppliance, c: &stella::client::Client, name: &str, script: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = app.root().join(format!("plugin-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("plugin.toml"), format!("name = \"{name}\"\nentrypoint = \"run.sh\"\nprotocol = 1\n"))
-        .unwrap();
-    std::fs::write(dir.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
-    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    api_post(c, "/plugins", json!({ "dir": dir })).await;
+    script_plugin_with(app, c, name, "", script).await
 }
 
 async fn run_to_end(c: &stella::client::Client, dag: &str, spec: &str) -> serde_json::Value {

@@ -6,7 +6,6 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use std::os::unix::fs::PermissionsExt;
 use stella::client::Client;
 
 /// Writes a plugin directory with `script` as its entrypoint and registers it.
@@ -16,16 +15,7 @@ async fn plugin(app: &TestAppliance, c: &Client, name: &str, script: &str) {
 
 /// Same, with more lines for `plugin.toml`.
 async fn plugin_with(app: &TestAppliance, c: &Client, name: &str, toml: &str, script: &str) {
-    let dir = app.root().join(format!("plugin-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("plugin.toml"),
-        format!("name = \"{name}\"\nentrypoint = \"run.sh\"\nprotocol = 1\n{toml}"),
-    )
-    .unwrap();
-    std::fs::write(dir.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
-    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    api_post(c, "/plugins", json!({ "dir": dir })).await;
+    script_plugin_with(app, c, name, toml, script).await
 }
 
 async fn run_once(c: &Client, name: &str, plugin: &str, extra: &str) -> (String, Value) {

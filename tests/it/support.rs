@@ -296,6 +296,19 @@ pub fn build_bundle(root: &Path, dir: &str, kind: &str, name: &str, version: &st
     )
 }
 
+/// Writes a dev plugin directory whose entrypoint is the shell `script` (and more
+/// `plugin.toml` lines) and registers it (dev mode, unsigned).
+pub async fn script_plugin_with(app: &TestAppliance, c: &Client, name: &str, toml: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = app.root().join(format!("plugin-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = format!("name = \"{name}\"\nentrypoint = \"run.sh\"\nprotocol = 1\n{toml}");
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    std::fs::write(dir.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    api_post(c, "/plugins", serde_json::json!({ "dir": dir })).await;
+}
+
 /// Creates a token through the API as the local admin; returns (id, secret).
 pub async fn create_token(client: &Client, tenant: &str, scopes: &[&str], expires: Option<&str>) -> (String, String) {
     let body = serde_json::json!({ "tenant": tenant, "scopes": scopes, "expires": expires });
