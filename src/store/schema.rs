@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The version of the tables' layout this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// 2: steps keep an attempt history, jobs count interruptions, a disabled active version
+/// pauses its schedules, a succeeded step clears its error — the projection of the same
+/// ledger changed, so a store of version 1 has its projections rebuilt from the ledger once.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Structural metadata: `schema_version`. Not a projection; never ledgered.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -251,6 +254,12 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
+                Some(v) if v < SCHEMA_VERSION => {
+                    drop(meta);
+                    rebuild_projections(&txn, &self.path)?;
+                    meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+                    meta.insert("schema_version", SCHEMA_VERSION).map_err(|e| err(e.into()))?;
+                }
                 Some(_) => {}
                 None => {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(|e| err(e.into()))?;
@@ -365,6 +374,33 @@ fn schema_version(txn: &ReadTransaction, path: &Path) -> Result<Option<u64>, Sto
         Err(e) => return Err(redb_err(path)(e.into())),
     };
     Ok(meta.get("schema_version").map_err(|e| redb_err(path)(e.into()))?.map(|v| v.value()))
+}
+
+/// A store written by an older stella whose projection of the ledger differs from today's:
+/// every projection table (with the ready and due indexes) is emptied and the ledger applied
+/// again, in the opening transaction — all or nothing. What is not history (live leases,
+/// workers, secrets, metric snapshots) stays.
+fn rebuild_projections(txn: &redb::WriteTransaction, path: &Path) -> Result<(), StoreError> {
+    let err = redb_err(path);
+    tracing::warn!(store = %path.display(), "the store was written by an older stella: rebuilding its tables from the ledger");
+    for table in PROJECTIONS {
+        txn.open_table(*table).map_err(|e| err(e.into()))?.retain(|_, _| false).map_err(|e| err(e.into()))?;
+    }
+    txn.open_table(READY).map_err(|e| err(e.into()))?.retain(|_, _| false).map_err(|e| err(e.into()))?;
+    txn.open_table(DUE).map_err(|e| err(e.into()))?.retain(|_, _| false).map_err(|e| err(e.into()))?;
+    // Streamed: the ledger is read while the other tables are written (never held whole).
+    let ledger = txn.open_table(LEDGER).map_err(|e| err(e.into()))?;
+    let mut applied = 0u64;
+    for row in ledger.iter().map_err(|e| err(e.into()))? {
+        let (k, v) = row.map_err(|e| err(e.into()))?;
+        let corrupt = |reason: String| StoreError::Corrupt { table: "ledger", key: k.value().to_string(), reason };
+        let entry = serde_json::from_slice::<Entry>(v.value()).map_err(|e| corrupt(e.to_string()))?;
+        crate::store::projection::apply(txn, &entry)
+            .map_err(|e| corrupt(format!("replaying it into the rebuilt tables: {e}")))?;
+        applied += 1;
+    }
+    tracing::info!(entries = applied, "tables rebuilt from the ledger");
+    Ok(())
 }
 
 fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
