@@ -241,6 +241,10 @@ fn service(
 
 /// The one route whose body is streamed to disk instead of held.
 const UPLOAD_PATH: &str = "/api/v1/orchestrator/bundles/upload";
+/// A bundle import from the inbox.
+const IMPORT_PATH: &str = "/api/v1/orchestrator/bundles";
+/// How long a bundle import may take at most.
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 async fn handle(router: Router, peer: Peer, limits: &ServerConfig, req: Request<hyper::body::Incoming>) -> Response {
     let started = Instant::now();
@@ -264,7 +268,11 @@ async fn handle(router: Router, peer: Peer, limits: &ServerConfig, req: Request<
         parts.extensions.insert(peer);
         parts.extensions.insert(caller.clone());
         let req = Request::from_parts(parts, Body::new(body));
+        // A bundle import (upload or inbox path) verifies and unpacks up to 4 GiB: it is not
+        // cut off at the ordinary request timeout, only at an hour.
+        let importing = method == hyper::Method::POST && (path == UPLOAD_PATH || path == IMPORT_PATH);
         let timeout = Duration::from_millis(limits.request_timeout_ms);
+        let timeout = if importing { timeout.max(IMPORT_TIMEOUT) } else { timeout };
         match tokio::time::timeout(timeout, router.oneshot(req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(never)) => match never {},
