@@ -31,3 +31,14 @@ pub struct AppState {
     /// in the same process (`exec`), on the same terminal.
     pub restart: tokio::sync::watch::Sender<bool>,
 }
+
+impl AppState {
+    /// Whether `p` may see every tenant's figures (queue counts, metric series, exports): the
+    /// local administrator, or a token on an appliance that has only its tenant.
+    pub fn sees_all_tenants(&self, p: &crate::auth::Principal) -> bool {
+        match &p.tenant {
+            None => true,
+            Some(t) => self.config.tenants.allowed.iter().all(|a| a == t),
+        }
+    }
+}

@@ -503,16 +503,7 @@ async fn script_plugin(app: &TestAppliance, c: &stella::client::Client, name: &s
 async fn run_to_end(c: &stella::client::Client, dag: &str, spec: &str) -> serde_json::Value {
     api_post(c, "/dags", json!({ "spec": spec })).await;
     let id = api_post(c, "/runs", json!({ "dag": dag })).await["id"].as_str().unwrap().to_owned();
-    let mut seen = String::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        c.stream(&format!("{API}/runs/stream?run={id}"), Some(0), |chunk| {
-            seen.push_str(&String::from_utf8_lossy(chunk));
-            !["event: run.succeeded", "event: run.failed"].iter().any(|k| seen.contains(k))
-        }),
-    )
-    .await;
-    api_get(c, &format!("/runs/{id}")).await
+    wait_end(c, &id).await
 }
 
 /// Bugs: attempt working directories were 0755 and never removed, so a file a plugin wrote

@@ -25,18 +25,6 @@ async fn run_once(c: &Client, name: &str, plugin: &str, extra: &str) -> (String,
     (id.clone(), wait_end(c, &id).await)
 }
 
-/// Follows the run's events until it ends; returns the final run.
-async fn wait_end(c: &Client, id: &str) -> Value {
-    let mut pending = String::new();
-    c.stream(&format!("{API}/runs/stream?run={id}"), Some(0), |chunk| {
-        pending.push_str(&String::from_utf8_lossy(chunk));
-        !["event: run.succeeded", "event: run.failed", "event: run.cancelled"].iter().any(|k| pending.contains(k))
-    })
-    .await
-    .unwrap();
-    c.get(&format!("{API}/runs/{id}")).await.unwrap().ok().unwrap().json().unwrap()
-}
-
 fn alive(marker: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|e| {
         std::fs::read(e.path().join("cmdline"))

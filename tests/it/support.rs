@@ -436,6 +436,21 @@ pub async fn wait_for_event(c: &Client, run: &str, marker: &str) {
     assert!(pending.contains(marker), "run {run} ended without {marker:?}:\n{pending}");
 }
 
+/// Follows the run's events until it ends (at most a minute); returns the final run.
+pub async fn wait_end(c: &Client, id: &str) -> Value {
+    let mut pending = String::new();
+    let followed = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.stream(&format!("{API}/runs/stream?run={id}"), Some(0), |chunk| {
+            pending.push_str(&String::from_utf8_lossy(chunk));
+            !["event: run.succeeded", "event: run.failed", "event: run.cancelled"].iter().any(|k| pending.contains(k))
+        }),
+    )
+    .await;
+    assert!(followed.is_ok_and(|r| r.is_ok()), "run {id} did not end within 60 s:\n{pending}");
+    api_get(c, &format!("/runs/{id}")).await
+}
+
 /// Starts the sample pipeline and follows it to its end; returns the run id.
 pub async fn run_sample(c: &Client) -> String {
     let id =

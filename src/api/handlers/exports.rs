@@ -78,7 +78,7 @@ pub async fn create(
         Some(s) => Signal::parse_list(s).map_err(|e| Problem::invalid("signals", e))?,
         None => Signal::ALL.to_vec(),
     };
-    if !crate::api::handlers::queue::sees_all_tenants(&state, p) {
+    if !state.sees_all_tenants(p) {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -228,15 +228,6 @@ fn budget_dto(tenant: &str, b: &Budget) -> dto::BudgetDto {
     }
 }
 
-/// Whether `p` may see every tenant's queue figures: the local administrator, or a token on an
-/// appliance that has only its tenant.
-pub fn sees_all_tenants(state: &AppState, p: &crate::auth::Principal) -> bool {
-    match &p.tenant {
-        None => true,
-        Some(t) => state.config.tenants.allowed.iter().all(|a| a == t),
-    }
-}
-
 /// Jobs examined for a tenant's own queue figures on a multi-tenant appliance.
 const TENANT_SCAN: usize = 200_000;
 
@@ -246,7 +237,7 @@ pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult
     let now = state.clock.now_ms();
     let mut out = dto::QueueStatus { types: vec![], depth: 0, leased: 0, dlq_depth: 0 };
     let mut queues = read::queues(&txn)?;
-    if !sees_all_tenants(&state, p) {
+    if !state.sees_all_tenants(p) {
         // Only this tenant's job types, counted from its own jobs; only its own budgets.
         let tenant = p.tenant.clone().unwrap_or_default();
         let mine = read::tenant_queue_counts(&txn, &tenant, TENANT_SCAN)?;
