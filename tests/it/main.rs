@@ -10,6 +10,7 @@ mod drills;
 mod engine_model;
 mod export;
 mod faults;
+mod golden_ledger;
 mod openapi;
 mod otlp_golden;
 mod plugins;
