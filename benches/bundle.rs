@@ -10,7 +10,7 @@ use sha2::Digest;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use stella::bundle::{build, format::Kind, import, verify};
+use stella::domain::bundles::{build, format::Kind, import, verify};
 
 const FILE_BYTES: usize = 16 * 1024 * 1024;
 const MIB: f64 = 1024.0 * 1024.0;

@@ -7,9 +7,10 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use stella::engine::RunCommand;
-use stella::queue::QueueCommand;
-use stella::store::{Command, WriterHandle};
+use stella::domain::queue::QueueCommand;
+use stella::domain::runs::RunCommand;
+use stella::machine::Command;
+use stella::machine::WriterHandle;
 
 mod common;
 use common::{actor, lease_and_complete, writer};
@@ -38,7 +39,7 @@ fn diamond(n: usize) -> String {
 }
 
 /// Runs one DAG of `steps` steps `runs` times; returns the elapsed time and the store.
-fn dag(steps: usize, runs: usize) -> (Duration, stella::store::Store, tempfile::TempDir) {
+fn dag(steps: usize, runs: usize) -> (Duration, stella::kernel::store::Store, tempfile::TempDir) {
     let (d, h, store) = writer(3);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
@@ -67,14 +68,14 @@ fn dag(steps: usize, runs: usize) -> (Duration, stella::store::Store, tempfile::
 
 /// `db verify` (chain on a second thread, replay, compare) of a ledger the engine wrote,
 /// against checking its chain alone on two threads, in entries/s.
-fn db_verify(store: &stella::store::Store) {
+fn db_verify(store: &stella::kernel::store::Store) {
     let txn = store.read().unwrap();
     let started = Instant::now();
-    let report = stella::store::verify::verify(&txn).unwrap();
+    let report = stella::machine::verify(&txn).unwrap();
     let full = started.elapsed();
     assert!(report.ok, "{:?}", report.problem);
     let started = Instant::now();
-    let (head, _) = stella::store::verify::check_chain(&txn, 2).unwrap().unwrap();
+    let (head, _) = stella::kernel::verify::check_chain(&txn, 2).unwrap().unwrap();
     let chain = started.elapsed();
     let rate = |d: Duration| head as f64 / d.as_secs_f64();
     println!(

@@ -12,9 +12,9 @@ use redb::ReadableTable;
 use sha2::Digest;
 use std::io::Write;
 use std::time::Instant;
-use stella::ledger::{ChainCursor, Draft, Entry, GENESIS_PREV};
-use stella::store::Store;
-use stella::store::schema::{LEDGER, METRIC_SNAPSHOTS};
+use stella::domain::appliance::tables::METRIC_SNAPSHOTS;
+use stella::kernel::ledger::{ChainCursor, Draft, Entry, GENESIS_PREV};
+use stella::kernel::store::LEDGER;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -87,7 +87,7 @@ fn main() {
     let raw = n as f64 / started.elapsed().as_secs_f64();
 
     // Durable append: the sealed entries into the store's ledger, 1,024 per commit.
-    let store = Store::open(&root.join("b.redb")).unwrap();
+    let store = stella::machine::open_store(&root.join("b.redb")).unwrap();
     let started = Instant::now();
     for chunk in bytes.chunks(1024).enumerate() {
         let txn = store.database().begin_write().unwrap();
@@ -104,7 +104,7 @@ fn main() {
     // Verification: every stored entry located, hashed and linked, one thread, then the same
     // check on two threads: one reads redb, one checks (`store::verify::check_chain`).
     drop(store);
-    let store = Store::open(&root.join("b.redb")).unwrap();
+    let store = stella::machine::open_store(&root.join("b.redb")).unwrap();
     let started = Instant::now();
     {
         let txn = store.read().unwrap();
@@ -128,7 +128,7 @@ fn main() {
     }
     let iterate = n as f64 / started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let (head, _) = stella::store::verify::check_chain(&store.read().unwrap(), 2).unwrap().unwrap();
+    let (head, _) = stella::kernel::verify::check_chain(&store.read().unwrap(), 2).unwrap().unwrap();
     assert_eq!(head as usize, n);
     let verify2 = n as f64 / started.elapsed().as_secs_f64();
     println!("ledger ({n} entries)                       entries/s   ÷ raw sha256");
@@ -181,7 +181,7 @@ fn main() {
 
 /// The child: exports each signal alone (for the breakdown), then all of them, measured.
 fn export_child(root: &std::path::Path) {
-    let store = Store::open(&root.join("b.redb")).unwrap();
+    let store = stella::machine::open_store(&root.join("b.redb")).unwrap();
     let logs = root.join("log");
     let key = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&[9u8; 32])); // TEST-ONLY KEY
     let src = stella::export::Sources { store: &store, log_dir: &logs, key: &key, now_ms: 1_900_000_000_000 };

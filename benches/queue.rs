@@ -9,8 +9,9 @@
 use redb::{Database, ReadableTable, TableDefinition};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use stella::queue::QueueCommand;
-use stella::store::{Command, WriterHandle};
+use stella::domain::queue::QueueCommand;
+use stella::machine::Command;
+use stella::machine::WriterHandle;
 
 mod common;
 use common::{Figure, actor, dir, lease_and_complete, lease_cmd, threaded, writer};

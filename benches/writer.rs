@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stella::clock;
-use stella::store::command::Actor;
-use stella::store::{Command, Store, writer};
+use stella::domain::tokens::TokenCommand;
+use stella::kernel::Actor;
+use stella::kernel::writer;
+use stella::machine::Command;
 
 const PRODUCERS: [usize; 4] = [1, 8, 64, 256];
 
@@ -30,8 +32,8 @@ fn bench_dir() -> tempfile::TempDir {
 
 fn group_commit(producers: usize, total: usize) -> Figure {
     let dir = bench_dir();
-    let store = Store::open(&dir.path().join("s.redb")).unwrap();
-    let (handle, w) = writer::channel(store, clock::system(), writer::WriterOptions::seeded(1)).unwrap();
+    let store = stella::machine::open_store(&dir.path().join("s.redb")).unwrap();
+    let (handle, w) = stella::machine::channel(store, clock::system(), writer::WriterOptions::seeded(1)).unwrap();
     let _thread = w.spawn();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let per = total / producers;
@@ -47,14 +49,14 @@ fn group_commit(producers: usize, total: usize) -> Figure {
                     let mut lat = Vec::with_capacity(per);
                     for _ in 0..per {
                         let n = next_id.fetch_add(1, Ordering::Relaxed);
-                        let command = Command::CreateToken {
+                        let command = Command::Token(TokenCommand::Create {
                             id: format!("tok_{n:012}"),
                             tenant: "default".into(),
                             scopes: vec!["orchestrator:read".into()],
                             sha256: "00".repeat(32),
                             expires_ms: None,
                             description: None,
-                        };
+                        });
                         let t = Instant::now();
                         h.submit(Actor { name: "bench".into() }, command).await.unwrap();
                         lat.push(t.elapsed());

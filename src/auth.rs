@@ -6,8 +6,8 @@
 //! indistinguishable outcome, so a caller learns nothing about which. Tokens are never logged.
 
 use crate::clock::UnixMs;
+use crate::domain::tokens::tables::TokenRecord;
 use crate::ids;
-use crate::store::records::TokenRecord;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 

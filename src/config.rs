@@ -284,7 +284,7 @@ impl Default for StoreConfig {
             writer_queue: 4096,
             batch_max: 1024,
             event_buffer: 4096,
-            cache_bytes: crate::store::schema::CACHE_BYTES_DEFAULT,
+            cache_bytes: crate::kernel::store::CACHE_BYTES_DEFAULT,
         }
     }
 }

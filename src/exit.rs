@@ -61,8 +61,8 @@ impl CliError {
     }
 }
 
-impl From<crate::store::StoreError> for CliError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<crate::kernel::store::StoreError> for CliError {
+    fn from(e: crate::kernel::store::StoreError) -> Self {
         CliError::Store(e.to_string())
     }
 }

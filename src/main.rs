@@ -5,7 +5,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    stella::store::schema::install_panic_hook();
+    stella::kernel::store::install_panic_hook();
     let cli = stella::cli::Cli::parse();
     match stella::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,7 +42,7 @@ impl Manifest {
     /// Checks what `plugin.toml` declares: a valid name that is no built-in, protocol 1, step
     /// kinds that are valid names, each once, at most `KINDS_MAX`.
     pub fn validate(&self) -> Result<(), String> {
-        if !valid_name(&self.name) || crate::engine::spec::BUILTINS.contains(&self.name.as_str()) {
+        if !valid_name(&self.name) || crate::domain::runs::spec::BUILTINS.contains(&self.name.as_str()) {
             return Err(format!(
                 "plugin.toml: name {:?} must be 1-64 of a-z, 0-9, '-', '_' and not a built-in kind",
                 self.name

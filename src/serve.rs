@@ -7,14 +7,17 @@
 
 use crate::api::{self, AppState, server};
 use crate::auth::{self, Scope};
-use crate::bundle::format::{Kind, ZSTD_LEVEL};
 use crate::clock::{self, SharedClock};
 use crate::config::{Config, Layout};
 use crate::dev;
+use crate::domain::bundles::format::{Kind, ZSTD_LEVEL};
 use crate::exit::CliError;
-use crate::store::command::Actor;
-use crate::store::schema::read;
-use crate::store::{Command, Store, WriterHandle, writer};
+use crate::kernel::Actor;
+use crate::kernel::store::Store;
+use crate::kernel::writer;
+use crate::machine::Command;
+use crate::machine::WriterHandle;
+use crate::machine::read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,8 +110,8 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
     let secrets_key = crate::secrets::SecretKey::load_or_create(&opts.layout.lib().join("keys/secrets.key"))
         .map_err(CliError::Other)?;
     crate::secrets::install(secrets_key);
-    let (store, handle, writer, clock) = crate::store::schema::guard(&store_path, || {
-        let store = Store::open_with_cache(&store_path, config.store.cache_bytes)?;
+    let (store, handle, writer, clock) = crate::kernel::store::guard(&store_path, || {
+        let store = crate::machine::open_store_with_cache(&store_path, config.store.cache_bytes)?;
         for value in read::secret_values(&store.read()?)? {
             crate::telemetry::logs::add_secret(&value);
         }
@@ -120,7 +123,7 @@ pub fn run(opts: ServeOptions) -> Result<Ended, CliError> {
         };
         let clock: SharedClock = Arc::new(clock::SteadyClock::new(newest));
         let (handle, writer) =
-            writer::channel(store.clone(), clock.clone(), writer::WriterOptions::from_config(&config))?;
+            crate::machine::channel(store.clone(), clock.clone(), writer::WriterOptions::from_config(&config))?;
         Ok((store, handle, writer, clock))
     })?;
     check_ledger_at_start(&store, unclean);
@@ -169,24 +172,28 @@ async fn start_writes(
     write_identity_marker(&opts.layout, store)?;
     submit(
         writer,
-        Command::RecordStart { version: env!("CARGO_PKG_VERSION").to_owned(), pid: std::process::id(), dev: opts.dev },
+        Command::Appliance(crate::domain::appliance::ApplianceCommand::RecordStart {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            dev: opts.dev,
+        }),
     )
     .await?;
     interrupt_previous_attempts(writer, &opts.layout, previous.unclean).await?;
     let new_token = if opts.dev { ensure_dev_token(&opts.layout, store, writer, config, clock).await? } else { None };
     // An import the previous daemon died in the middle of left its files in staging only.
-    let (unfinished, bytes) = crate::bundle::import::sweep_staging(&opts.layout.lib());
+    let (unfinished, bytes) = crate::domain::bundles::import::sweep_staging(&opts.layout.lib());
     if unfinished > 0 {
         tracing::warn!(entries = unfinished, bytes, "removed unfinished bundle imports from staging");
     }
     // A sealed copy no record names (a refusal after sealing, a removal cut short) goes.
-    match crate::bundle::installed::sweep_unrecorded(store, &opts.layout.lib()) {
+    match crate::domain::bundles::installed::sweep_unrecorded(store, &opts.layout.lib()) {
         Ok(gone) if !gone.is_empty() => tracing::warn!(digests = ?gone, "removed sealed bundles no record names"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not sweep the sealed bundle store"),
     }
     // Bundles installed earlier must still verify against today's trust store and disk.
-    let checked = crate::bundle::installed::reverify_all(
+    let checked = crate::domain::bundles::installed::reverify_all(
         store,
         writer,
         &opts.layout.lib(),
@@ -205,37 +212,53 @@ async fn start_writes(
 /// Entries of the ledger's tail checked at every start.
 const TAIL_CHECK: u64 = 1_000;
 
-/// The tail of the chain is checked before anything is appended; after an unclean stop the
-/// whole chain is checked too, on two threads in the background, with readiness held. A
-/// store that fails either is marked damaged: it serves reads, takes no writes, and says why.
+/// The tail of the chain is checked before anything is appended. Then, on two threads in the
+/// background with readiness held, every table is read through (so a damaged page is found at
+/// start, not by the first request that needs it) and, after an unclean stop, the whole chain
+/// is checked. A store that fails any of it is marked damaged: it serves reads, takes no
+/// writes, and says why.
 fn check_ledger_at_start(store: &Store, unclean: bool) {
-    let tail = crate::store::schema::guard(store.path(), || {
+    let tail = crate::kernel::store::guard(store.path(), || {
         let txn = store.read()?;
-        crate::store::verify::check_tail(&txn, TAIL_CHECK)
+        crate::kernel::verify::check_tail(&txn, TAIL_CHECK)
     });
     match tail {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => store.set_damage(format!("its ledger fails verification: {e}")),
         Err(e) => store.set_damage(e.to_string()),
     }
-    if !unclean || store.damage().is_some() {
+    if store.damage().is_some() {
         return;
     }
-    tracing::warn!("the previous daemon did not stop cleanly: checking the whole ledger chain");
+    if unclean {
+        tracing::warn!("the previous daemon did not stop cleanly: checking the whole ledger chain");
+    }
     store.set_checking(true);
     let store = store.clone();
     std::thread::spawn(move || {
-        let report = crate::store::schema::guard(store.path(), || {
-            let txn = store.read()?;
-            crate::store::verify::verify_chain(&txn, 2)
-        });
-        match report {
-            Ok(r) if r.ok => tracing::info!(entries = r.entries, "ledger chain verified after an unclean stop"),
-            Ok(r) => store.set_damage(format!(
-                "its ledger fails verification: {}",
-                r.problem.map(|p| format!("{p:?}")).unwrap_or_default()
-            )),
-            Err(e) => store.set_damage(e.to_string()),
+        let started = std::time::Instant::now();
+        let walked = crate::kernel::store::guard(store.path(), || crate::machine::walk_tables(&store.read()?));
+        match walked {
+            Ok(rows) => tracing::info!(rows, ms = started.elapsed().as_millis() as u64, "every table read through"),
+            Err(e) => {
+                store.set_damage(e.to_string());
+                store.set_checking(false);
+                return;
+            }
+        }
+        if unclean {
+            let report = crate::kernel::store::guard(store.path(), || {
+                let txn = store.read()?;
+                crate::kernel::verify::verify_chain(&txn, 2)
+            });
+            match report {
+                Ok(r) if r.ok => tracing::info!(entries = r.entries, "ledger chain verified after an unclean stop"),
+                Ok(r) => store.set_damage(format!(
+                    "its ledger fails verification: {}",
+                    r.problem.map(|p| format!("{p:?}")).unwrap_or_default()
+                )),
+                Err(e) => store.set_damage(e.to_string()),
+            }
         }
         store.set_checking(false);
     });
@@ -314,7 +337,7 @@ async fn daemon(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
 
     let (timers_stop, timers_rx) = tokio::sync::watch::channel(false);
-    let timers = tokio::spawn(crate::queue::timers::run(
+    let timers = tokio::spawn(crate::machine::timers::run(
         state.store.clone(),
         state.writer.clone(),
         state.clock.clone(),
@@ -334,7 +357,7 @@ async fn daemon(
     ));
     let executor = (config.exec.enabled && damaged.is_none()).then(|| {
         let opts = crate::exec::worker::ExecOptions {
-            worker: format!("{}{}", crate::queue::LOCAL_WORKER, std::process::id()),
+            worker: format!("{}{}", crate::domain::queue::LOCAL_WORKER, std::process::id()),
             slots: config.exec.slots,
             lease_ttl_ms: config.queue.lease_ttl_ms,
             lib: opts.layout.lib(),
@@ -367,8 +390,8 @@ async fn daemon(
 async fn interrupt_previous_attempts(writer: &WriterHandle, layout: &Layout, crashed: bool) -> Result<(), CliError> {
     crate::exec::plugin::reap_orphans(&layout.lib());
     loop {
-        let command = Command::Queue(crate::queue::QueueCommand::Interrupt {
-            worker_prefix: crate::queue::LOCAL_WORKER.to_owned(),
+        let command = Command::Queue(crate::domain::queue::QueueCommand::Interrupt {
+            worker_prefix: crate::domain::queue::LOCAL_WORKER.to_owned(),
             counted: crashed,
         });
         let c = writer.submit(Actor::appliance(), command).await.map_err(|e| CliError::Store(e.to_string()))?;
@@ -401,7 +424,11 @@ async fn ensure_identity(
         return Ok(());
     }
     let appliance_id = format!("stella-{}", crate::ids::random_hex(8));
-    submit(writer, Command::Initialize { appliance_id, key_fingerprint }).await
+    submit(
+        writer,
+        Command::Appliance(crate::domain::appliance::ApplianceCommand::Initialize { appliance_id, key_fingerprint }),
+    )
+    .await
 }
 
 /// The marker that this appliance exists (its id and first start), beside the store.
@@ -436,14 +463,14 @@ async fn ensure_dev_token(
     }
     let minted = auth::mint();
     let tenant = config.tenants.allowed[0].clone();
-    let command = Command::CreateToken {
+    let command = Command::Token(crate::domain::tokens::TokenCommand::Create {
         id: minted.id.clone(),
         tenant,
         scopes: Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
         sha256: minted.sha256.clone(),
         expires_ms: None,
         description: Some("dev admin token (serve --dev)".to_owned()),
-    };
+    });
     submit(writer, command).await?;
     dev::write_file_atomic(&path, format!("{}\n", minted.secret).as_bytes(), 0o600)
         .map_err(|e| CliError::Other(format!("write {}: {e}", path.display())))?;
@@ -490,7 +517,7 @@ async fn import_samples(state: &AppState, layout: &Layout) -> Result<(), CliErro
         let bundle = dir.join(format!("{name}-{}.bundle", env!("CARGO_PKG_VERSION")));
         let (s, b, k, kind) = (source.clone(), bundle.clone(), key.clone(), *kind);
         tokio::task::spawn_blocking(move || {
-            crate::bundle::build::build_to(&s, kind, name, env!("CARGO_PKG_VERSION"), &k, &b, ZSTD_LEVEL)
+            crate::domain::bundles::build::build_to(&s, kind, name, env!("CARGO_PKG_VERSION"), &k, &b, ZSTD_LEVEL)
         })
         .await
         .map_err(|e| CliError::Other(e.to_string()))?

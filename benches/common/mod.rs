@@ -6,10 +6,12 @@
 
 use std::time::{Duration, Instant};
 use stella::clock;
-use stella::queue::QueueCommand;
-use stella::store::command::Actor;
-use stella::store::writer::{self, WriterOptions};
-use stella::store::{Command, Store, WriterHandle};
+use stella::domain::queue::QueueCommand;
+use stella::kernel::Actor;
+use stella::kernel::store::Store;
+use stella::kernel::writer::WriterOptions;
+use stella::machine::Command;
+use stella::machine::WriterHandle;
 
 /// Operations done, time taken, and each operation's latency.
 pub struct Figure {
@@ -76,8 +78,8 @@ pub fn actor() -> Actor {
 /// stella's writer on a fresh store in [`dir`], seeded with `seed`.
 pub fn writer(seed: u64) -> (tempfile::TempDir, WriterHandle, Store) {
     let d = dir();
-    let store = Store::open(&d.path().join("b.redb")).unwrap();
-    let (h, w) = writer::channel(store.clone(), clock::system(), WriterOptions::seeded(seed)).unwrap();
+    let store = stella::machine::open_store(&d.path().join("b.redb")).unwrap();
+    let (h, w) = stella::machine::channel(store.clone(), clock::system(), WriterOptions::seeded(seed)).unwrap();
     w.spawn();
     (d, h, store)
 }

@@ -2,7 +2,7 @@
 //! explicitly from store records; a field added here never changes the on-disk format.
 
 use crate::clock::{UnixMs, rfc3339};
-use crate::store::records::TokenRecord;
+use crate::domain::tokens::tables::TokenRecord;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -144,7 +144,7 @@ pub struct TokenList {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LedgerPage {
-    pub entries: Vec<crate::ledger::Entry>,
+    pub entries: Vec<crate::kernel::ledger::Entry>,
     /// Pass as `after` for the next page; absent at the end.
     pub next_after: Option<u64>,
 }
@@ -162,9 +162,9 @@ pub struct DbVerify {
     pub problem: Option<String>,
 }
 
-impl From<crate::store::verify::VerifyReport> for DbVerify {
-    fn from(r: crate::store::verify::VerifyReport) -> Self {
-        use crate::store::verify::VerifyProblem as P;
+impl From<crate::kernel::verify::VerifyReport> for DbVerify {
+    fn from(r: crate::kernel::verify::VerifyReport) -> Self {
+        use crate::kernel::verify::VerifyProblem as P;
         let failed_seq = r.problem.as_ref().and_then(|p| match p {
             P::Chain { seq, .. } | P::Replay { seq, .. } => Some(*seq),
             P::Projection { seq, .. } => *seq,
@@ -232,7 +232,7 @@ pub struct JobLease {
 }
 
 impl Job {
-    pub fn from_record(j: &crate::store::records::JobRecord) -> Self {
+    pub fn from_record(j: &crate::domain::queue::tables::JobRecord) -> Self {
         Job {
             id: j.id.clone(),
             tenant: j.tenant.clone(),
@@ -414,7 +414,7 @@ pub struct LockWaiterDto {
 }
 
 impl Lock {
-    pub fn from_record(l: &crate::store::records::LockRecord, now_ms: UnixMs) -> Self {
+    pub fn from_record(l: &crate::domain::locks::tables::LockRecord, now_ms: UnixMs) -> Self {
         let h = l.holder.as_ref();
         Lock {
             id: l.id.clone(),
@@ -613,7 +613,7 @@ pub struct StepAttempt {
 }
 
 impl StepAttempt {
-    pub fn from_record(a: &crate::store::records::AttemptRecord) -> Self {
+    pub fn from_record(a: &crate::domain::runs::tables::AttemptRecord) -> Self {
         StepAttempt {
             attempt: a.attempt,
             worker: a.worker.clone(),
@@ -672,7 +672,7 @@ pub struct DagVersionDto {
 }
 
 impl Dag {
-    pub fn from_record(d: &crate::store::records::DagRecord) -> Self {
+    pub fn from_record(d: &crate::domain::runs::tables::DagRecord) -> Self {
         Dag {
             name: d.name.clone(),
             active: d.active,

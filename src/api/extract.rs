@@ -4,7 +4,7 @@
 use crate::api::problem::Problem;
 use crate::api::state::AppState;
 use crate::auth::{self, Principal, Scope};
-use crate::store::schema::read;
+use crate::machine::read;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};

@@ -30,9 +30,9 @@ async fn catch_panics(
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
         Ok(response) => response,
-        Err(payload) => match crate::store::schema::store_panic(payload.as_ref()) {
+        Err(payload) => match crate::kernel::store::store_panic(payload.as_ref()) {
             Some(detail) => {
-                let e = crate::store::StoreError::Damaged { path: state.store.path().to_owned(), detail };
+                let e = crate::kernel::store::StoreError::Damaged { path: state.store.path().to_owned(), detail };
                 problem::Problem::from(e).into_response()
             }
             // Not the store's: a bug of stella's, told to the log, not to the caller.

@@ -1,7 +1,7 @@
 //! RFC 9457 problem documents: every error the API returns. Each has a stable `code` that
 //! clients and the CLI switch on; the `detail` names what was wrong.
 
-use crate::store::CommandError;
+use crate::kernel::CommandError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -89,8 +89,14 @@ impl From<CommandError> for Problem {
     fn from(e: CommandError) -> Self {
         match e {
             CommandError::NotFound { what } => Problem::not_found(what),
-            CommandError::Conflict(detail) => Problem::new(StatusCode::CONFLICT, "conflict", detail),
-            CommandError::Invalid(detail) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", detail),
+            CommandError::Conflict { code, detail } => Problem::new(StatusCode::CONFLICT, code, detail),
+            CommandError::Invalid { code, field, detail } => {
+                let p = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail);
+                match field {
+                    Some(f) => p.with_field(f),
+                    None => p,
+                }
+            }
             CommandError::Busy { detail, retry_after_s } => {
                 let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "backpressure", detail);
                 p.0.retry_after_s = Some(retry_after_s);
@@ -108,9 +114,10 @@ impl From<CommandError> for Problem {
     }
 }
 
-impl From<crate::store::StoreError> for Problem {
-    fn from(e: crate::store::StoreError) -> Self {
-        let code = if matches!(e, crate::store::StoreError::Damaged { .. }) { "store_damaged" } else { "store_error" };
+impl From<crate::kernel::store::StoreError> for Problem {
+    fn from(e: crate::kernel::store::StoreError) -> Self {
+        let code =
+            if matches!(e, crate::kernel::store::StoreError::Damaged { .. }) { "store_damaged" } else { "store_error" };
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
     }
 }

@@ -256,8 +256,11 @@ async fn handle(router: Router, peer: Peer, limits: &ServerConfig, req: Request<
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     // A bundle upload streams to a file (bounded by the envelope's cap there); every other
     // body is held in memory and bounded by server.body_limit_bytes.
-    let limit =
-        if path == UPLOAD_PATH { crate::bundle::format::ENVELOPE_BYTES_MAX } else { limits.body_limit_bytes as u64 };
+    let limit = if path == UPLOAD_PATH {
+        crate::domain::bundles::format::ENVELOPE_BYTES_MAX
+    } else {
+        limits.body_limit_bytes as u64
+    };
     let mut resp = if declared.is_some_and(|n| n > limit) {
         // Refused on the declared length alone: the body is never read.
         let mut r = payload_too_large().into_response();

@@ -3,7 +3,8 @@
 
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::store::{Store, WriterHandle};
+use crate::kernel::store::Store;
+use crate::machine::WriterHandle;
 use std::time::Instant;
 
 #[derive(Debug)]

@@ -9,7 +9,7 @@ pub mod verify;
 use crate::cli::args::{AuditCmd, Global};
 use crate::cli::output::{self, s, table};
 use crate::exit::CliError;
-use crate::ledger::Entry;
+use crate::kernel::ledger::Entry;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Value, json};
 use std::io::BufRead;

@@ -7,7 +7,7 @@
 //! wrong is named with its file and, where it can be, its line and sequence.
 
 use crate::export::{BLOCK_LINES, MANIFEST, SUMS, SUMS_SIG, Signal};
-use crate::ledger::{ChainCursor, ChainError, Link};
+use crate::kernel::ledger::{ChainCursor, ChainError, Link};
 use crate::trust::sig::{self, Namespace};
 use crate::trust::store::TrustStore;
 use serde_json::{Value, json};
@@ -58,8 +58,8 @@ fn open(pack: &Path) -> Result<PackDir, String> {
     std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let unpacked = PackDir { path: dir.clone(), temporary: true };
     let mut archive = tar::Archive::new(std::fs::File::open(pack).map_err(|e| e.to_string())?);
-    for named in crate::bundle::entries::entries(&mut archive)? {
-        let crate::bundle::entries::Named { name, mut entry } = named?;
+    for named in crate::domain::bundles::entries::entries(&mut archive)? {
+        let crate::domain::bundles::entries::Named { name, mut entry } = named?;
         if !allowed(&name) || entry.header().entry_type() != tar::EntryType::Regular {
             return Err(format!("unexpected {name:?} in the pack: a pack holds only its own files"));
         }

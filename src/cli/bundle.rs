@@ -1,11 +1,11 @@
 //! `stella bundle build|verify` (offline); `import|list|show|remove` and `verify --installed`
 //! through the daemon.
 
-use crate::bundle::format::{Kind, ZSTD_LEVEL};
-use crate::bundle::{build, verify};
 use crate::cli::args::{BundleCmd, Format, Global};
 use crate::cli::output::{self, s};
 use crate::cli::target;
+use crate::domain::bundles::format::{Kind, ZSTD_LEVEL};
+use crate::domain::bundles::{build, verify};
 use crate::exit::CliError;
 use crate::trust::store::TrustStore;
 use serde_json::json;

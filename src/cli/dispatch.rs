@@ -8,8 +8,8 @@ use crate::cli::target;
 use crate::cli::{queue, runs};
 use crate::config::Layout;
 use crate::exit::CliError;
+use crate::kernel::store;
 use crate::serve;
-use crate::store;
 use serde_json::json;
 
 fn na(what: &str) -> Result<(), CliError> {
@@ -155,11 +155,11 @@ async fn db_verify(g: &Global, chain_only: bool) -> Result<(), CliError> {
 
 fn db_verify_offline(g: &Global, chain_only: bool) -> Result<(), CliError> {
     let path = target::config(g)?.store_path(&target::layout(g));
-    let report = store::schema::guard(&path, || {
-        let db = store::schema::open_read_only(&path)?;
+    let report = store::guard(&path, || {
+        let db = store::open_read_only(&path)?;
         let txn = redb::ReadableDatabase::begin_read(&db)
             .map_err(|e| store::StoreError::Redb { path: path.clone(), source: e.into() })?;
-        if chain_only { store::verify::verify_chain(&txn, 2) } else { store::verify::verify(&txn) }
+        if chain_only { crate::kernel::verify::verify_chain(&txn, 2) } else { crate::machine::verify(&txn) }
     })?;
     let dto: crate::api::dto::DbVerify = report.into();
     report_verify(g, serde_json::to_value(dto).expect("json"))
@@ -170,9 +170,9 @@ fn db_verify_offline(g: &Global, chain_only: bool) -> Result<(), CliError> {
 fn db_repair(g: &Global) -> Result<(), CliError> {
     let path = target::config(g)?.store_path(&target::layout(g));
     if !path.exists() {
-        return Err(store::schema::StoreError::Missing { path }.into());
+        return Err(store::StoreError::Missing { path }.into());
     }
-    store::schema::guard(&path, || store::Store::open(&path).map(drop))?;
+    store::guard(&path, || crate::machine::open_store(&path).map(drop))?;
     if g.format != Format::Json {
         eprintln!("repaired {}; verifying", path.display());
     }

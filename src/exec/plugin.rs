@@ -444,7 +444,7 @@ async fn supervise(
 /// The request of protocol v1 and the environment a plugin starts with: nothing of the
 /// daemon's own environment, only what the step needs.
 pub fn request_and_env(
-    job: &crate::store::records::JobRecord,
+    job: &crate::domain::queue::tables::JobRecord,
     workdir: &std::path::Path,
     attempt: u32,
 ) -> (Value, Vec<(String, String)>) {

@@ -2,12 +2,14 @@
 //! polls): a new or returning job wakes it, a finished attempt frees a slot, a cancelled job
 //! stops its attempt.
 
+use crate::domain::queue::{QueueCommand, WAKE_KINDS};
 use crate::exec::builtin::{self, StepResult};
 use crate::exec::plugin;
-use crate::queue::{QueueCommand, WAKE_KINDS};
-use crate::store::command::Actor;
-use crate::store::schema::read;
-use crate::store::{Command, Store, WriterHandle};
+use crate::kernel::Actor;
+use crate::kernel::store::Store;
+use crate::machine::Command;
+use crate::machine::WriterHandle;
+use crate::machine::read;
 use serde_json::json;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -24,7 +26,7 @@ pub struct ExecOptions {
 
 /// The job types this executor serves: the built-in kinds and every installed plugin.
 fn kinds(store: &Store) -> Vec<String> {
-    let mut kinds: Vec<String> = crate::engine::spec::BUILTINS.iter().map(|k| (*k).to_owned()).collect();
+    let mut kinds: Vec<String> = crate::domain::runs::spec::BUILTINS.iter().map(|k| (*k).to_owned()).collect();
     if let Ok(plugins) = store.read().and_then(|t| read::plugins(&t)) {
         kinds.extend(plugins.into_iter().map(|(name, _)| name));
     }
@@ -32,7 +34,7 @@ fn kinds(store: &Store) -> Vec<String> {
 }
 
 fn builtin_kind(kind: &str) -> bool {
-    crate::engine::spec::BUILTINS.contains(&kind)
+    crate::domain::runs::spec::BUILTINS.contains(&kind)
 }
 
 fn actor(worker: &str) -> Actor {
@@ -77,7 +79,7 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
                         continue;
                     }
                 }
-                Err(crate::store::CommandError::WriterGone) => return,
+                Err(crate::kernel::CommandError::WriterGone) => return,
                 Err(e) => {
                     // A store fault (a full disk) passes: try again shortly, or on the next event.
                     tracing::warn!(error = %e, "executor lease failed; trying again");
@@ -97,7 +99,7 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
 }
 
 /// Returns when a committed entry may have made work ready.
-async fn wake(events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::ledger::Entry>>) {
+async fn wake(events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::kernel::ledger::Entry>>) {
     loop {
         match events.recv().await {
             Ok(e) if WAKE_KINDS.contains(&e.kind.as_str()) => return,
@@ -120,7 +122,7 @@ impl Attempt {
     /// The plugin process for this attempt: the run's pinned digest, a fresh working directory.
     fn invocation(
         &self,
-        job: &crate::store::records::JobRecord,
+        job: &crate::domain::queue::tables::JobRecord,
         timeout: Duration,
     ) -> Result<plugin::Invocation, (&'static str, String)> {
         let missing = |e: String| ("plugin_missing", e);
@@ -204,7 +206,7 @@ impl Attempt {
         tokio::pin!(work);
         // A plugin enforces its own timeout and cancel (it must stop its whole process group);
         // here they apply to the built-in kinds only.
-        let builtin = crate::engine::spec::BUILTINS.contains(&job.job_type.as_str());
+        let builtin = crate::domain::runs::spec::BUILTINS.contains(&job.job_type.as_str());
         let deadline = tokio::time::sleep(if builtin { timeout } else { Duration::MAX / 4 });
         tokio::pin!(deadline);
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);

@@ -11,9 +11,11 @@
 
 mod traces;
 
+use crate::domain::appliance::tables::METRIC_SNAPSHOTS;
+use crate::kernel::store::LEDGER;
+use crate::kernel::store::Store;
+use crate::machine::read;
 use crate::progress::Progress;
-use crate::store::Store;
-use crate::store::schema::{LEDGER, METRIC_SNAPSHOTS, read};
 use crate::telemetry::otlp;
 use crate::trust::sig::{self, Namespace};
 use redb::ReadableTable;
@@ -81,7 +83,7 @@ impl Signal {
 pub struct Request {
     /// Unix ms, inclusive; `None`: where the previous export ended (or the beginning).
     pub from_ms: Option<i64>,
-    /// Unix ms, exclusive; `None`: now.
+    /// Unix ms, exclusive; `None`: through now (now + 1 ms).
     pub to_ms: Option<i64>,
     /// The pack directory (or tar file) to create; it must not exist.
     pub out: PathBuf,
@@ -217,7 +219,7 @@ struct EntryHead<'a> {
 
 impl<'a> EntryHead<'a> {
     fn of(bytes: &'a [u8]) -> Result<Self, String> {
-        match crate::ledger::stored_head(bytes) {
+        match crate::kernel::ledger::stored_head(bytes) {
             Some(h) => Ok(EntryHead {
                 time: h.time,
                 kind: Cow::Borrowed(h.kind),
@@ -261,7 +263,9 @@ pub fn write(src: &Sources, req: &Request, progress: &Progress) -> Result<Value,
     let appliance_id = read::appliance_id(&txn).map_err(store_err)?.unwrap_or_default();
     let previous = read::last_export(&txn).map_err(store_err)?;
     let from_ms = req.from_ms.or_else(|| previous.as_ref().and_then(|p| p["window"]["toMs"].as_i64())).unwrap_or(0);
-    let to_ms = req.to_ms.unwrap_or(src.now_ms);
+    // Through now: what was recorded in this very millisecond (the export's own metric
+    // snapshot, taken just before) is in the pack.
+    let to_ms = req.to_ms.unwrap_or(src.now_ms + 1);
     if to_ms <= from_ms {
         return Err(format!("the window is empty: --to ({to_ms}) must be after --from ({from_ms})"));
     }

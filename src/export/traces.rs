@@ -4,9 +4,12 @@
 //! window holds its end; spans still open at the window's end go in a later pack. A span that
 //! began before the window takes its start from the run and step records.
 
-use crate::engine::step_key;
-use crate::store::records::{RunRecord, StepRecord};
-use crate::store::schema::{RUNS, STEPS, rw};
+use crate::domain::runs::step_key;
+use crate::domain::runs::tables::RUNS;
+use crate::domain::runs::tables::RunRecord;
+use crate::domain::runs::tables::STEPS;
+use crate::domain::runs::tables::StepRecord;
+use crate::kernel::store::rw;
 use crate::telemetry::otlp::{self, Span, SpanParts, int, kv, string};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,7 +29,7 @@ impl<'a> TraceEntry<'a> {
     /// The entry's time, kind and data: located in the canonical stored form, where only the
     /// data is parsed; parsed whole from an older form.
     pub fn of(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
-        match crate::ledger::stored_head(bytes) {
+        match crate::kernel::ledger::stored_head(bytes) {
             Some(h) => {
                 Ok(TraceEntry { time: h.time, kind: Cow::Borrowed(h.kind), data: serde_json::from_slice(h.data)? })
             }

@@ -166,8 +166,8 @@ fn period(path: &std::path::Path) -> Option<(i64, i64)> {
 /// `runId`, `stepId`, `status`), so the log files tell a run's story next to the requests'.
 /// Runs until the writer's event channel closes or `stop` turns true.
 pub async fn run_events(
-    store: crate::store::Store,
-    writer: crate::store::WriterHandle,
+    store: crate::kernel::store::Store,
+    writer: crate::machine::WriterHandle,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -197,9 +197,11 @@ pub async fn run_events(
             (None, None) => store
                 .read()
                 .ok()
-                .and_then(|t| t.open_table(crate::store::schema::RUNS).ok())
+                .and_then(|t| t.open_table(crate::domain::runs::tables::RUNS).ok())
                 .and_then(|t| {
-                    crate::store::schema::rw::get::<crate::store::records::RunRecord>(&t, "runs", &run).ok().flatten()
+                    crate::kernel::store::rw::get::<crate::domain::runs::tables::RunRecord>(&t, "runs", &run)
+                        .ok()
+                        .flatten()
                 })
                 .map(|r| r.dag)
                 .unwrap_or_default(),

@@ -3,8 +3,12 @@
 //! projection keeps (lease expirations, retries) — plus the writer's commit counters and build
 //! info. Nothing is counted in memory that a restart would lose.
 
-use crate::store::schema::{COUNTERS, read, rw};
-use crate::store::{Store, StoreError, WriterHandle};
+use crate::kernel::counters::COUNTERS;
+use crate::kernel::store::Store;
+use crate::kernel::store::StoreError;
+use crate::kernel::store::rw;
+use crate::machine::WriterHandle;
+use crate::machine::read;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -149,9 +153,11 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
 /// `retain_ms`.
 pub async fn snapshot(store: &Store, writer: &WriterHandle, retain_ms: u64) -> Result<(), String> {
     let text = render(store, writer).map_err(|e| e.to_string())?;
-    let command =
-        crate::store::Command::SnapshotMetrics { text, retain_ms: i64::try_from(retain_ms).unwrap_or(i64::MAX) };
-    writer.submit(crate::store::command::Actor::appliance(), command).await.map(|_| ()).map_err(|e| e.to_string())
+    let command = crate::machine::Command::Appliance(crate::domain::appliance::ApplianceCommand::SnapshotMetrics {
+        text,
+        retain_ms: i64::try_from(retain_ms).unwrap_or(i64::MAX),
+    });
+    writer.submit(crate::kernel::Actor::appliance(), command).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Snapshots every `interval_ms` until `stop` turns true (and once right away).

@@ -308,7 +308,7 @@ fn craft(
     dir: &Path,
     key: &ssh_key::PrivateKey,
     entries: Vec<(tar::Header, Vec<u8>)>,
-    listed: Vec<stella::bundle::format::FileEntry>,
+    listed: Vec<stella::domain::bundles::format::FileEntry>,
     not_after: Option<&str>,
 ) -> PathBuf {
     let mut payload_tar = tar::Builder::new(Vec::new());
@@ -326,11 +326,11 @@ fn sign_payload(
     dir: &Path,
     key: &ssh_key::PrivateKey,
     payload: Vec<u8>,
-    listed: Vec<stella::bundle::format::FileEntry>,
+    listed: Vec<stella::domain::bundles::format::FileEntry>,
     not_after: Option<&str>,
 ) -> PathBuf {
     use sha2::{Digest, Sha256};
-    use stella::bundle::format::*;
+    use stella::domain::bundles::format::*;
     let manifest = Manifest {
         format_version: 1,
         kind: Kind::Plugin,
@@ -378,9 +378,9 @@ fn entry(path: &str, kind: tar::EntryType, data: &[u8]) -> (tar::Header, Vec<u8>
     (h, data.to_vec())
 }
 
-fn listed(path: &str, data: &[u8]) -> stella::bundle::format::FileEntry {
+fn listed(path: &str, data: &[u8]) -> stella::domain::bundles::format::FileEntry {
     use sha2::{Digest, Sha256};
-    stella::bundle::format::FileEntry {
+    stella::domain::bundles::format::FileEntry {
         path: path.into(),
         kind: "file".into(),
         size: data.len() as u64,
@@ -393,7 +393,7 @@ fn listed(path: &str, data: &[u8]) -> stella::bundle::format::FileEntry {
 type PayloadCase = (
     &'static str,
     Vec<(tar::Header, Vec<u8>)>,
-    Vec<stella::bundle::format::FileEntry>,
+    Vec<stella::domain::bundles::format::FileEntry>,
     Option<&'static str>,
     &'static str,
 );
@@ -423,7 +423,7 @@ fn hostile_payload_cases() -> Vec<PayloadCase> {
             "symlink followed by an entry through it",
             vec![dir_link, entry("lib/passwd", tar::EntryType::Regular, b"x")],
             vec![
-                stella::bundle::format::FileEntry {
+                stella::domain::bundles::format::FileEntry {
                     path: "lib".into(),
                     kind: "dir".into(),
                     size: 0,
@@ -557,7 +557,7 @@ fn hostile_payloads_are_refused_even_when_properly_signed() {
     let cases = hostile_payload_cases();
     for (what, entries, files, not_after, reason) in cases {
         let path = craft(root, &key, entries, files, not_after);
-        let err = stella::bundle::verify::verify(&path, &trust, now).expect_err(what).to_string();
+        let err = stella::domain::bundles::verify::verify(&path, &trust, now).expect_err(what).to_string();
         assert!(err.contains(reason), "{what}: expected {reason:?} in {err:?}");
     }
 }
@@ -625,14 +625,14 @@ fn the_bundle_format_matches_its_golden_files() {
     let key = ssh_key::PrivateKey::from(pair);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("g.bundle");
-    stella::bundle::build::build_to(
+    stella::domain::bundles::build::build_to(
         &golden.join("input"),
-        stella::bundle::format::Kind::Plugin,
+        stella::domain::bundles::format::Kind::Plugin,
         "golden",
         "1.0.0",
         &key,
         &path,
-        stella::bundle::format::ZSTD_LEVEL,
+        stella::domain::bundles::format::ZSTD_LEVEL,
     )
     .unwrap();
     let envelope = std::fs::read(&path).unwrap();
@@ -764,7 +764,7 @@ fn a_giant_zstd_window_and_a_lying_pax_size_are_refused() {
     giant.extend_from_slice(&block.to_le_bytes()[..3]);
     giant.extend_from_slice(&tar_bytes);
     let path = sign_payload(root, &key, giant, vec![listed("a", b"x")], None);
-    let err = stella::bundle::verify::verify(&path, &trust, 1_800_000_000_000).unwrap_err().to_string();
+    let err = stella::domain::bundles::verify::verify(&path, &trust, 1_800_000_000_000).unwrap_err().to_string();
     assert!(err.starts_with("payload:"), "the giant window is refused while decoding: {err}");
 
     let mut t = tar::Builder::new(Vec::new());
@@ -782,7 +782,7 @@ fn a_giant_zstd_window_and_a_lying_pax_size_are_refused() {
     t.append(&h, data.as_slice()).unwrap();
     let payload = zstd::encode_all(t.into_inner().unwrap().as_slice(), 3).unwrap();
     let path = sign_payload(root, &key, payload, vec![listed("a", b"x")], None);
-    let err = stella::bundle::verify::verify(&path, &trust, 1_800_000_000_000).unwrap_err().to_string();
+    let err = stella::domain::bundles::verify::verify(&path, &trust, 1_800_000_000_000).unwrap_err().to_string();
     assert!(err.starts_with("payload:"), "the lying PAX size is caught: {err}");
 }
 

@@ -219,15 +219,15 @@ async fn a_dead_step_job_is_replayed_through_its_run_and_leaves_the_dlq_when_the
     assert!(app.stella(&["orch", "db", "verify"]).status.success());
 }
 
-fn budget_of(d: &Direct, job_type: &str) -> Option<stella::store::records::Budget> {
+fn budget_of(d: &Direct, job_type: &str) -> Option<stella::domain::queue::tables::Budget> {
     let txn = d.store().read().unwrap();
-    let queues = stella::store::schema::read::queues(&txn).unwrap();
+    let queues = stella::machine::read::queues(&txn).unwrap();
     queues.into_iter().find(|(t, _)| t == job_type).and_then(|(_, q)| q.budgets.get("*").cloned())
 }
 
 fn set_budget(d: &Direct, rate: Option<u64>, max_depth: Option<u64>, for_ms: Option<u64>) {
-    use stella::queue::QueueCommand;
-    let budget = stella::store::records::Budget {
+    use stella::domain::queue::QueueCommand;
+    let budget = stella::domain::queue::tables::Budget {
         rate_milli_per_s: rate,
         burst: None,
         max_depth,
@@ -236,7 +236,7 @@ fn set_budget(d: &Direct, rate: Option<u64>, max_depth: Option<u64>, for_ms: Opt
         previous: None,
     };
     let cmd = QueueCommand::SetBudget { job_type: "build".into(), tenant: "*".into(), budget, for_ms };
-    d.submit(stella::store::Command::Queue(cmd)).unwrap();
+    d.submit(stella::machine::Command::Queue(cmd)).unwrap();
 }
 
 /// Bug: after `budget set build --max-depth 3 --rate 100/s`, a temporary `budget set build
@@ -256,20 +256,20 @@ fn a_temporary_budget_overrides_only_what_it_names_and_restores_the_previous_one
     set_budget(&d, None, Some(1), Some(15_000));
     assert_eq!(budget_of(&d, "build").unwrap().max_depth, Some(1));
     d.clock.advance_ms(14_000);
-    d.submit(stella::store::Command::Tick).unwrap();
+    d.submit(stella::machine::Command::Tick).unwrap();
     assert_eq!(budget_of(&d, "build").unwrap().max_depth, Some(1), "not yet due");
     d.clock.advance_ms(2_000);
-    d.submit(stella::store::Command::Tick).unwrap();
+    d.submit(stella::machine::Command::Tick).unwrap();
     let restored = budget_of(&d, "build").unwrap();
     assert_eq!((restored.rate_milli_per_s, restored.max_depth, restored.until_ms), (Some(100_000), Some(3), None));
 
     let d = Direct::new();
     set_budget(&d, Some(1_000), None, Some(1_000));
     d.clock.advance_ms(1_000);
-    d.submit(stella::store::Command::Tick).unwrap();
+    d.submit(stella::machine::Command::Tick).unwrap();
     assert_eq!(budget_of(&d, "build"), None);
     let txn = d.store().read().unwrap();
-    let report = stella::store::verify::verify(&txn).unwrap();
+    let report = stella::machine::verify(&txn).unwrap();
     assert!(report.problem.is_none(), "{:?}", report.problem);
 }
 

@@ -4,12 +4,18 @@
 
 use crate::support::Direct;
 use serde_json::{Value, json};
-use stella::engine::RunCommand;
-use stella::engine::plan::Recovery;
-use stella::queue::QueueCommand;
-use stella::store::records::{Record, RunRecord, RunStatus, StepRecord, StepState};
-use stella::store::schema::{RUNS, STEPS};
-use stella::store::{Command, CommandError};
+use stella::domain::queue::QueueCommand;
+use stella::domain::runs::RunCommand;
+use stella::domain::runs::plan::Recovery;
+use stella::domain::runs::tables::RUNS;
+use stella::domain::runs::tables::RunRecord;
+use stella::domain::runs::tables::RunStatus;
+use stella::domain::runs::tables::STEPS;
+use stella::domain::runs::tables::StepRecord;
+use stella::domain::runs::tables::StepState;
+use stella::kernel::CommandError;
+use stella::kernel::store::Record;
+use stella::machine::Command;
 
 const DIAMOND: &str = r#"
 name = "diamond"
@@ -33,7 +39,7 @@ needs = ["b", "c"]
 
 fn register(d: &Direct, spec: &str) {
     let name = spec.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"').to_owned();
-    stella::engine::spec::compile(spec, &[]).unwrap();
+    stella::domain::runs::spec::compile(spec, &[]).unwrap();
     d.submit(Command::Run(RunCommand::RegisterDag { name, spec: spec.into(), unsigned: true })).unwrap();
 }
 
@@ -60,7 +66,7 @@ fn lease(d: &Direct) -> Vec<(String, u64, String, Value)> {
             env: None,
         }))
         .unwrap();
-    let started: Vec<&stella::ledger::Entry> = c.entries.iter().filter(|e| e.kind == "step.started").collect();
+    let started: Vec<&stella::kernel::ledger::Entry> = c.entries.iter().filter(|e| e.kind == "step.started").collect();
     c.entries
         .iter()
         .filter(|e| e.kind == "lease.granted")
@@ -80,10 +86,10 @@ fn lease(d: &Direct) -> Vec<(String, u64, String, Value)> {
 
 fn job_inputs(d: &Direct, job: &str) -> Value {
     let txn = d.store().read().unwrap();
-    stella::store::schema::read::job(&txn, job).unwrap().unwrap().payload["inputs"].clone()
+    stella::machine::read::job(&txn, job).unwrap().unwrap().payload["inputs"].clone()
 }
 
-fn complete(d: &Direct, job: &str, token: u64, outputs: Value) -> Result<stella::store::Committed, CommandError> {
+fn complete(d: &Direct, job: &str, token: u64, outputs: Value) -> Result<stella::kernel::Committed, CommandError> {
     d.submit(Command::Queue(QueueCommand::Complete {
         tenant: None,
         job: job.into(),
@@ -117,7 +123,7 @@ fn step(d: &Direct, id: &str, name: &str) -> StepRecord {
 
 fn verify(d: &Direct) {
     let txn = d.store().read().unwrap();
-    let report = stella::store::verify::verify(&txn).unwrap();
+    let report = stella::machine::verify(&txn).unwrap();
     assert!(report.ok, "{:?}", report.problem);
 }
 
@@ -174,14 +180,16 @@ fn manual_recovery_applies_only_to_failed_runs() {
     let recover =
         |action| d.submit(Command::Run(RunCommand::Recover { tenant: None, run: id.clone(), action, step: None }));
     recover(Recovery::Retry).unwrap();
-    assert!(matches!(recover(Recovery::Retry), Err(CommandError::Conflict(_))), "a retry is in flight");
+    assert!(matches!(recover(Recovery::Retry), Err(CommandError::Conflict { .. })), "a retry is in flight");
     let b2 = lease(&d).remove(0);
     assert_eq!(b2.2, "b");
     complete(&d, &b2.0, b2.1, json!({})).unwrap();
     let d_step = lease(&d).remove(0);
     complete(&d, &d_step.0, d_step.1, json!({})).unwrap();
     assert_eq!(run(&d, &id).status, RunStatus::Succeeded);
-    assert!(matches!(recover(Recovery::Retry), Err(CommandError::Conflict(m)) if m.contains("is succeeded")));
+    assert!(
+        matches!(recover(Recovery::Retry), Err(CommandError::Conflict { detail: m, .. }) if m.contains("is succeeded"))
+    );
 
     let id2 = start(&d, "diamond", json!({}), None).unwrap();
     let a = lease(&d).remove(0);
@@ -207,7 +215,7 @@ fn cancel_stops_queued_and_running_steps() {
     let c = d.submit(Command::Run(RunCommand::Cancel { tenant: None, run: id.clone() })).unwrap();
     assert_eq!(c.entries.iter().filter(|e| e.kind == "job.cancelled").count(), 2);
     assert_eq!(run(&d, &id).status, RunStatus::Cancelled);
-    assert!(matches!(complete(&d, &running.0, running.1, json!({})), Err(CommandError::Conflict(_))));
+    assert!(matches!(complete(&d, &running.0, running.1, json!({})), Err(CommandError::Conflict { .. })));
     assert!(lease(&d).is_empty());
     let again = d.submit(Command::Run(RunCommand::Cancel { tenant: None, run: id.clone() })).unwrap();
     assert!(again.entries.is_empty());
@@ -224,9 +232,9 @@ fn a_run_token_makes_start_idempotent() {
     assert_eq!(start(&d, "diamond", json!({ "target": "prod" }), Some("rel-42")).unwrap(), first);
     assert_eq!(start(&d, "diamond", json!({}), Some("rel-42")).unwrap(), first, "defaults give the same inputs");
     let clash = start(&d, "diamond", json!({ "target": "qa" }), Some("rel-42"));
-    assert!(matches!(&clash, Err(CommandError::Conflict(m)) if m.contains(&first)), "{clash:?}");
+    assert!(matches!(&clash, Err(CommandError::Conflict { detail: m, .. }) if m.contains(&first)), "{clash:?}");
     let unknown = start(&d, "diamond", json!({ "colour": "red" }), None);
-    assert!(matches!(&unknown, Err(CommandError::Invalid(m)) if m.contains("colour")), "{unknown:?}");
+    assert!(matches!(&unknown, Err(CommandError::Invalid { detail: m, .. }) if m.contains("colour")), "{unknown:?}");
 }
 
 /// A step with retries backs off and runs again; the run survives a crash of everything in
@@ -261,7 +269,7 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
     register(&d, spec);
     let runs = |d: &Direct| {
         let txn = d.store().read().unwrap();
-        stella::store::schema::read::runs(&txn, None, 100).unwrap()
+        stella::machine::read::runs(&txn, None, 100).unwrap()
     };
     let tick_after = |d: &Direct, ms: i64| {
         d.clock.advance_ms(ms);
@@ -275,14 +283,14 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
     assert_eq!(runs(&d).len(), 2, "twelve missed fires collapse into one");
     d.submit(Command::Run(RunCommand::Schedule {
         dag: "nightly".into(),
-        action: stella::engine::plan::ScheduleAction::Pause,
+        action: stella::domain::runs::plan::ScheduleAction::Pause,
     }))
     .unwrap();
     tick_after(&d, 10 * 60_000);
     assert_eq!(runs(&d).len(), 2, "paused");
     d.submit(Command::Run(RunCommand::Schedule {
         dag: "nightly".into(),
-        action: stella::engine::plan::ScheduleAction::Resume,
+        action: stella::domain::runs::plan::ScheduleAction::Resume,
     }))
     .unwrap();
     tick_after(&d, 5 * 60_000);
@@ -290,12 +298,12 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
     d.submit(Command::Run(RunCommand::DagVersion {
         name: "nightly".into(),
         version: None,
-        action: stella::engine::plan::DagAction::Disable,
+        action: stella::domain::runs::plan::DagAction::Disable,
     }))
     .unwrap();
     let fired = |d: &Direct| {
         let txn = d.store().read().unwrap();
-        let entries = stella::store::schema::read::ledger_after(&txn, 0, 10_000).unwrap();
+        let entries = stella::machine::read::ledger_after(&txn, 0, 10_000).unwrap();
         entries.iter().filter(|e| e.kind == "schedule.fired").count()
     };
     let before = fired(&d);
@@ -305,7 +313,7 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
     d.submit(Command::Run(RunCommand::DagVersion {
         name: "nightly".into(),
         version: None,
-        action: stella::engine::plan::DagAction::Enable,
+        action: stella::domain::runs::plan::DagAction::Enable,
     }))
     .unwrap();
     tick_after(&d, 5 * 60_000);
@@ -318,7 +326,7 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
 /// its attempt ends.
 #[test]
 fn a_step_waits_for_its_lock_and_releases_it_when_done() {
-    use stella::locks::LockCommand;
+    use stella::domain::locks::LockCommand;
     let d = Direct::new();
     register(
         &d,
@@ -347,7 +355,7 @@ fn a_step_waits_for_its_lock_and_releases_it_when_done() {
     assert_eq!(got.len(), 1, "the lock is free: the step runs");
     let locks = |d: &Direct| {
         let txn = d.store().read().unwrap();
-        stella::store::schema::read::locks(&txn, None, 10).unwrap()
+        stella::machine::read::locks(&txn, None, 10).unwrap()
     };
     assert_eq!(locks(&d)[0].holder.as_ref().unwrap().owner, format!("job:{}", got[0].0));
     complete(&d, &got[0].0, got[0].1, json!({})).unwrap();

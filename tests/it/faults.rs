@@ -183,7 +183,7 @@ async fn a_store_whose_ledger_fails_verification_takes_no_writes() {
         let db = Database::open(app.store_path()).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut ledger = txn.open_table(stella::store::schema::LEDGER).unwrap();
+            let mut ledger = txn.open_table(stella::kernel::store::LEDGER).unwrap();
             let last = ledger.last().unwrap().unwrap().0.value();
             let mut bytes = ledger.get(last - 2).unwrap().unwrap().value().to_vec();
             let at = bytes.windows(6).position(|w| w == b"\"kind\"").unwrap() + 9;
@@ -195,7 +195,7 @@ async fn a_store_whose_ledger_fails_verification_takes_no_writes() {
     let height_before = {
         let db = Database::open(app.store_path()).unwrap();
         let t = db.begin_read().unwrap();
-        t.open_table(stella::store::schema::LEDGER).unwrap().last().unwrap().unwrap().0.value()
+        t.open_table(stella::kernel::store::LEDGER).unwrap().last().unwrap().unwrap().0.value()
     };
     app.try_launch().unwrap_or_else(|log| panic!("a damaged store is served read-only, not refused:\n{log}"));
     let c = app.socket_client();
@@ -213,7 +213,7 @@ async fn a_store_whose_ledger_fails_verification_takes_no_writes() {
     app.terminate();
     let db = Database::open(app.store_path()).unwrap();
     let t = db.begin_read().unwrap();
-    let height = t.open_table(stella::store::schema::LEDGER).unwrap().last().unwrap().unwrap().0.value();
+    let height = t.open_table(stella::kernel::store::LEDGER).unwrap().last().unwrap().unwrap().0.value();
     assert_eq!(height, height_before, "nothing was appended to the damaged store");
 }
 
@@ -250,7 +250,13 @@ async fn a_damaged_store_file_never_panics_the_daemon() {
                     stderr(&verify)
                 );
                 if !verify.status.success() {
-                    assert_eq!(h.status, 503, "{what}: a store that fails verification is not ready");
+                    assert_eq!(
+                        h.status,
+                        503,
+                        "{what}: a store that fails verification is not ready: {}{}",
+                        stdout(&verify),
+                        stderr(&verify)
+                    );
                 }
                 let ledger = app.stella(&["orch", "ledger", "--limit", "1000"]);
                 assert!(!stderr(&ledger).contains("connection"), "{what}: {}", stderr(&ledger));

@@ -28,7 +28,7 @@ fn golden_state() -> (tempfile::TempDir, PathBuf) {
 
 /// The whole ledger and its traces, exported as an auditor would receive them.
 fn export_all(store_path: &Path, out: &Path) {
-    let store = stella::store::Store::open(store_path).unwrap();
+    let store = stella::machine::open_store(store_path).unwrap();
     // TEST-ONLY KEY: a fixed seed; only the ledger and traces files are compared.
     let key = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&[13u8; 32]));
     let logs = out.parent().unwrap().join("no-logs");

@@ -5,9 +5,9 @@
 
 use serde_json::json;
 use std::path::Path;
-use stella::ledger::{Draft, Entry, GENESIS_PREV};
-use stella::store::Store;
-use stella::store::schema::{LEDGER, METRIC_SNAPSHOTS};
+use stella::domain::appliance::tables::METRIC_SNAPSHOTS;
+use stella::kernel::ledger::{Draft, Entry, GENESIS_PREV};
+use stella::kernel::store::LEDGER;
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -63,7 +63,7 @@ fn drafts() -> Vec<(i64, Draft)> {
 #[test]
 fn otlp_files_match_their_golden_files() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.redb")).unwrap();
+    let store = stella::machine::open_store(&dir.path().join("s.redb")).unwrap();
     let txn = store.database().begin_write().unwrap();
     {
         let mut ledger = txn.open_table(LEDGER).unwrap();

@@ -11,11 +11,18 @@ use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use redb::ReadableTable;
 use std::collections::{BTreeMap, BTreeSet};
-use stella::locks::{ForceTarget, LockCommand};
-use stella::queue::QueueCommand;
-use stella::store::records::{JobRecord, JobState, QueueRecord, Record};
-use stella::store::schema::{JOBS, QUEUES, READY};
-use stella::store::{Command, CommandError, Committed};
+use stella::domain::locks::{ForceTarget, LockCommand};
+use stella::domain::queue::QueueCommand;
+use stella::domain::queue::tables::JOBS;
+use stella::domain::queue::tables::JobRecord;
+use stella::domain::queue::tables::JobState;
+use stella::domain::queue::tables::QUEUES;
+use stella::domain::queue::tables::QueueRecord;
+use stella::domain::queue::tables::READY;
+use stella::kernel::CommandError;
+use stella::kernel::Committed;
+use stella::kernel::store::Record;
+use stella::machine::Command;
 
 const TYPE: &str = "build";
 
@@ -108,7 +115,7 @@ impl Sut {
         let result = self.submit(command);
         if self.latest.get(job) != Some(&token) {
             assert!(
-                matches!(result, Err(CommandError::Conflict(_))),
+                matches!(result, Err(CommandError::Conflict { .. })),
                 "stale token {token} of {job} was accepted: {result:?}"
             );
         }
@@ -228,7 +235,7 @@ impl StateMachineTest for QueueMachine {
             Step::Resume => {
                 // Before any job or pause the type is unknown, and a resume of it is refused.
                 match sut.submit(Command::Queue(QueueCommand::Resume { job_type: TYPE.into() })) {
-                    Ok(_) | Err(stella::store::CommandError::NotFound { .. }) => {}
+                    Ok(_) | Err(stella::kernel::CommandError::NotFound { .. }) => {}
                     Err(e) => panic!("resume: {e}"),
                 }
             }
@@ -319,7 +326,7 @@ impl StateMachineTest for QueueMachine {
             (q.ready, q.delayed, q.leased, q.succeeded, q.dead),
             (counts.ready, counts.delayed, counts.leased, counts.succeeded, counts.dead)
         );
-        assert!(stella::store::verify::verify(&txn).unwrap().ok, "the ledger replays to the same tables");
+        assert!(stella::machine::verify(&txn).unwrap().ok, "the ledger replays to the same tables");
     }
 
     fn teardown(mut sut: Sut, _: ()) {
@@ -379,7 +386,10 @@ fn a_worker_paused_past_its_lease_is_refused_and_the_job_runs_elsewhere() {
         token: first,
         result: None,
     }));
-    assert!(matches!(&late, Err(CommandError::Conflict(m)) if m.contains("stale lease token")), "{late:?}");
+    assert!(
+        matches!(&late, Err(CommandError::Conflict { detail: m, .. }) if m.contains("stale lease token")),
+        "{late:?}"
+    );
     let stall = sut.job(&job);
     assert_eq!(stall.last_error.as_deref(), Some("lease expired"));
     // Backoff first: nothing to lease until the retry is due.
@@ -393,7 +403,7 @@ fn a_worker_paused_past_its_lease_is_refused_and_the_job_runs_elsewhere() {
     let done = sut.job(&job);
     assert_eq!((done.state, done.attempt), (JobState::Succeeded, 2));
     let txn = sut.store().read().unwrap();
-    let ledger = stella::store::schema::read::ledger_after(&txn, 0, 100).unwrap();
+    let ledger = stella::machine::read::ledger_after(&txn, 0, 100).unwrap();
     let stall_entry = ledger.iter().find(|e| e.kind == "lease.expired").expect("the stall is ledgered");
     assert_eq!(stall_entry.data["worker"], "slow");
     drop(txn);
@@ -442,7 +452,7 @@ fn a_rate_budget_paces_dispatch_and_lapses_when_its_time_is_up() {
     for _ in 0..8 {
         enqueue(&sut, "default");
     }
-    let budget = stella::store::records::Budget {
+    let budget = stella::domain::queue::tables::Budget {
         rate_milli_per_s: Some(2_000),
         burst: Some(2),
         max_depth: None,
@@ -509,7 +519,7 @@ fn lock_guarded_updates_follow_locks_mode() {
             note: None,
         })
     };
-    assert!(matches!(sut.submit(update("ci", None, None)), Err(CommandError::Conflict(_))), "no lock, no update");
+    assert!(matches!(sut.submit(update("ci", None, None)), Err(CommandError::Conflict { .. })), "no lock, no update");
     let held = sut
         .submit(Command::Lock(LockCommand::Acquire {
             tenant: "default".into(),
@@ -523,10 +533,17 @@ fn lock_guarded_updates_follow_locks_mode() {
     assert_eq!(v1.entries[0].data["version"], 1);
     assert!(sut.submit(update("intruder", Some(999), None)).is_err());
 
-    sut.submit(Command::SetConfig { key: "locks.mode".into(), value: "optimistic".into() }).unwrap();
+    sut.submit(Command::Appliance(stella::domain::appliance::ApplianceCommand::SetConfig {
+        key: "locks.mode".into(),
+        value: "optimistic".into(),
+    }))
+    .unwrap();
     let v2 = sut.submit(update("a", None, Some(1))).unwrap();
     assert_eq!(v2.entries[0].data["version"], 2);
     let stale = sut.submit(update("b", None, Some(1)));
-    assert!(matches!(&stale, Err(CommandError::Conflict(m)) if m.contains("is at version 2, not 1")), "{stale:?}");
+    assert!(
+        matches!(&stale, Err(CommandError::Conflict { detail: m, .. }) if m.contains("is at version 2, not 1")),
+        "{stale:?}"
+    );
     sut.stop();
 }

@@ -4,7 +4,7 @@
 use crate::support::*;
 use redb::Database;
 use sha2::{Digest, Sha256};
-use stella::store::schema::META;
+use stella::kernel::store::META;
 
 #[test]
 fn a_newer_schema_is_refused_and_the_file_is_untouched() {
@@ -38,7 +38,8 @@ fn a_newer_schema_is_refused_and_the_file_is_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_schema_has_its_tables_rebuilt_from_the_ledger_once() {
     use redb::{ReadableDatabase, ReadableTable};
-    use stella::store::schema::{LEDGER, STEPS};
+    use stella::domain::runs::tables::STEPS;
+    use stella::kernel::store::LEDGER;
     let mut app = TestAppliance::start();
     let run = run_sample(&app.socket_client()).await;
     assert!(app.terminate().success());

@@ -4,7 +4,8 @@
 
 use crate::support::*;
 use redb::{Database, ReadableDatabase, ReadableTable};
-use stella::store::schema::{LEDGER, TOKENS};
+use stella::domain::tokens::tables::TOKENS;
+use stella::kernel::store::LEDGER;
 
 /// A stopped store holding the dev token, the signed samples and three more tokens (the last
 /// three entries).

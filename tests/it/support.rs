@@ -336,8 +336,8 @@ pub struct Direct {
     pub path: PathBuf,
     pub clock: std::sync::Arc<stella::clock::ManualClock>,
     rt: tokio::runtime::Runtime,
-    store: Option<stella::store::Store>,
-    pub handle: Option<stella::store::WriterHandle>,
+    store: Option<stella::kernel::store::Store>,
+    pub handle: Option<stella::machine::WriterHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
     restarts: u64,
 }
@@ -346,7 +346,7 @@ impl Direct {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        let store = stella::store::Store::open(&path).unwrap();
+        let store = stella::machine::open_store(&path).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let clock = std::sync::Arc::new(stella::clock::ManualClock::new(1_000_000));
         let mut d = Direct { _dir: dir, path, clock, rt, store: Some(store), handle: None, thread: None, restarts: 0 };
@@ -355,13 +355,13 @@ impl Direct {
     }
 
     fn start(&mut self) {
-        let opts = stella::store::writer::WriterOptions::seeded(self.restarts);
-        let (handle, w) = stella::store::writer::channel(self.store().clone(), self.clock.clone(), opts).unwrap();
+        let opts = stella::kernel::writer::WriterOptions::seeded(self.restarts);
+        let (handle, w) = stella::machine::channel(self.store().clone(), self.clock.clone(), opts).unwrap();
         self.thread = Some(w.spawn());
         self.handle = Some(handle);
     }
 
-    pub fn store(&self) -> &stella::store::Store {
+    pub fn store(&self) -> &stella::kernel::store::Store {
         self.store.as_ref().expect("store open")
     }
 
@@ -377,17 +377,17 @@ impl Direct {
     pub fn reopen(&mut self) {
         self.stop();
         self.store = None;
-        self.store = Some(stella::store::Store::open(&self.path).unwrap());
+        self.store = Some(stella::machine::open_store(&self.path).unwrap());
         self.restarts += 1;
         self.start();
     }
 
     pub fn submit(
         &self,
-        command: stella::store::Command,
-    ) -> Result<stella::store::Committed, stella::store::CommandError> {
+        command: stella::machine::Command,
+    ) -> Result<stella::kernel::Committed, stella::kernel::CommandError> {
         let handle = self.handle.clone().unwrap();
-        self.rt.block_on(handle.submit(stella::store::command::Actor { name: "test".into() }, command))
+        self.rt.block_on(handle.submit(stella::kernel::Actor { name: "test".into() }, command))
     }
 
     pub fn now(&self) -> i64 {

@@ -6,8 +6,9 @@ use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
 use crate::clock::rfc3339;
-use crate::store::schema::{SCHEMA_VERSION, read};
-use crate::store::verify;
+use crate::kernel::store::SCHEMA_VERSION;
+use crate::kernel::verify;
+use crate::machine::read;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -108,9 +109,9 @@ pub async fn db_verify(
     }
     let store = state.store.clone();
     let report = tokio::task::spawn_blocking(move || {
-        crate::store::schema::guard(store.path(), || {
+        crate::kernel::store::guard(store.path(), || {
             let txn = store.read()?;
-            if q.chain_only { verify::verify_chain(&txn, 2) } else { verify::verify(&txn) }
+            if q.chain_only { verify::verify_chain(&txn, 2) } else { crate::machine::verify(&txn) }
         })
     })
     .await

@@ -8,12 +8,12 @@ use crate::api::handlers::queue::submit;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
-use crate::bundle::format::Kind;
-use crate::bundle::plan::BundleCommand;
-use crate::bundle::{import, verify};
+use crate::domain::bundles::format::Kind;
+use crate::domain::bundles::plan::BundleCommand;
+use crate::domain::bundles::{import, verify};
+use crate::machine::Command;
+use crate::machine::read;
 use crate::progress::Progress;
-use crate::store::Command;
-use crate::store::schema::read;
 use crate::trust::store::TrustStore;
 use axum::Json;
 use axum::extract::State;
@@ -139,11 +139,11 @@ pub async fn upload(
         let frame = frame.map_err(|e| Problem::invalid("body", format!("reading the upload: {e}")))?;
         let Some(data) = frame.data_ref() else { continue };
         received += data.len() as u64;
-        if received > crate::bundle::format::ENVELOPE_BYTES_MAX {
+        if received > crate::domain::bundles::format::ENVELOPE_BYTES_MAX {
             return Err(Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("a bundle is at most {} bytes", crate::bundle::format::ENVELOPE_BYTES_MAX),
+                format!("a bundle is at most {} bytes", crate::domain::bundles::format::ENVELOPE_BYTES_MAX),
             ));
         }
         out.write_all(data).map_err(Problem::internal)?;
@@ -253,7 +253,7 @@ pub async fn import_file(
         dags: contents.dags.clone(),
     };
     // Kept beside the sealed payload so the bundle can be re-verified later.
-    let meta = crate::bundle::installed::meta_dir(&lib, &m.payload.sha256);
+    let meta = crate::domain::bundles::installed::meta_dir(&lib, &m.payload.sha256);
     match verify::signed_members(&path) {
         Ok(members) => {
             for (name, bytes) in members {
@@ -311,7 +311,7 @@ fn inspect(state: &AppState, kind: &Kind, name: &str, sealed: &Path) -> Result<C
             let entry = sealed.join(&manifest.entrypoint);
             let executable =
                 std::fs::symlink_metadata(&entry).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-            if !crate::bundle::format::valid_path(&manifest.entrypoint) || !executable {
+            if !crate::domain::bundles::format::valid_path(&manifest.entrypoint) || !executable {
                 return Err(format!(
                     "plugin.toml: entrypoint {:?} is not an executable file of the bundle",
                     manifest.entrypoint
@@ -330,7 +330,7 @@ fn inspect(state: &AppState, kind: &Kind, name: &str, sealed: &Path) -> Result<C
             let mut dags = Vec::new();
             for f in files {
                 let text = std::fs::read_to_string(&f).map_err(|e| e.to_string())?;
-                let c = crate::engine::spec::compile(&text, &installed)
+                let c = crate::domain::runs::spec::compile(&text, &installed)
                     .map_err(|e| format!("{}: {e}", f.file_name().unwrap_or_default().to_string_lossy()))?;
                 dags.push((c.name, text));
             }
@@ -365,7 +365,7 @@ fn inspect(state: &AppState, kind: &Kind, name: &str, sealed: &Path) -> Result<C
 pub async fn verify_installed(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<Value>> {
     let p = auth.require(Scope::Admin)?;
     let actor = crate::api::handlers::queue::actor(p);
-    let results = crate::bundle::installed::reverify_all(
+    let results = crate::domain::bundles::installed::reverify_all(
         &state.store,
         &state.writer,
         &state.lib,
@@ -390,9 +390,10 @@ pub async fn show(
         .find(|b| b["name"] == name.as_str())
         .ok_or_else(|| Problem::not_found(format!("bundle {name}")))?;
     let digest = b["digest"].as_str().unwrap_or_default().to_owned();
-    let manifest = std::fs::read(crate::bundle::installed::meta_dir(&state.lib, &digest).join("manifest.json"))
-        .ok()
-        .and_then(|m| serde_json::from_slice::<Value>(&m).ok());
+    let manifest =
+        std::fs::read(crate::domain::bundles::installed::meta_dir(&state.lib, &digest).join("manifest.json"))
+            .ok()
+            .and_then(|m| serde_json::from_slice::<Value>(&m).ok());
     b["manifest"] = manifest.unwrap_or(Value::Null);
     b["sealedAt"] = json!(crate::plugins::sealed_dir(&state.lib, &digest));
     Ok(Json(b))
@@ -418,9 +419,10 @@ pub async fn remove(
     if !shared && !digest.is_empty() {
         // The ledger says it is gone; the files follow. A crash in between leaves an unused
         // sealed directory, which nothing reads.
-        for dir in
-            [crate::plugins::sealed_dir(&state.lib, &digest), crate::bundle::installed::meta_dir(&state.lib, &digest)]
-        {
+        for dir in [
+            crate::plugins::sealed_dir(&state.lib, &digest),
+            crate::domain::bundles::installed::meta_dir(&state.lib, &digest),
+        ] {
             let _ = std::fs::remove_dir_all(dir);
         }
     }

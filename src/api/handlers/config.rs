@@ -7,9 +7,9 @@ use crate::api::handlers::queue::submit;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
+use crate::machine::Command;
+use crate::machine::read;
 use crate::runtime_config;
-use crate::store::Command;
-use crate::store::schema::read;
 use axum::Json;
 use axum::extract::{Path, State};
 use std::sync::Arc;
@@ -59,7 +59,12 @@ pub async fn config_set(
         return Err(Problem::forbidden());
     }
     let value = runtime_config::validate(&key, &req.value).map_err(|e| Problem::invalid("value", e))?;
-    submit(&state, p, Command::SetConfig { key: key.clone(), value }).await?;
+    submit(
+        &state,
+        p,
+        Command::Appliance(crate::domain::appliance::ApplianceCommand::SetConfig { key: key.clone(), value }),
+    )
+    .await?;
     let set = read::runtime_config(&state.store.read()?)?;
     Ok(Json(config_value(&state, &set, &key)))
 }
@@ -91,7 +96,15 @@ pub async fn secret_set(
         return Err(Problem::invalid("value", format!("a secret is 1 to {SECRET_BYTES_MAX} bytes")));
     }
     crate::telemetry::logs::add_secret(&req.value);
-    submit(&state, p, Command::SetSecret { name: name.clone(), value: req.value }).await?;
+    submit(
+        &state,
+        p,
+        Command::Appliance(crate::domain::appliance::ApplianceCommand::SetSecret {
+            name: name.clone(),
+            value: req.value,
+        }),
+    )
+    .await?;
     Ok(Json(serde_json::json!({ "name": name, "set": true })))
 }
 
@@ -99,7 +112,7 @@ pub async fn secret_set(
 pub async fn secret_list(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<serde_json::Value>> {
     auth.require(Scope::Admin)?;
     let txn = state.store.read()?;
-    let table = txn.open_table(crate::store::schema::SECRETS).map_err(Problem::internal)?;
+    let table = txn.open_table(crate::domain::appliance::tables::SECRETS).map_err(Problem::internal)?;
     let mut names = Vec::new();
     for row in redb::ReadableTable::iter(&table).map_err(Problem::internal)? {
         names.push(row.map_err(Problem::internal)?.0.value().to_owned());

@@ -7,11 +7,11 @@ use crate::api::handlers::queue::submit;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
-use crate::engine::RunCommand;
-use crate::engine::plan::DagAction;
-use crate::engine::spec;
-use crate::store::Command;
-use crate::store::schema::read;
+use crate::domain::runs::RunCommand;
+use crate::domain::runs::plan::DagAction;
+use crate::domain::runs::spec;
+use crate::machine::Command;
+use crate::machine::read;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -163,7 +163,7 @@ pub async fn schedule_action(
     auth: Auth,
     Path((dag, action)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    use crate::engine::plan::ScheduleAction;
+    use crate::domain::runs::plan::ScheduleAction;
     let p = auth.require(Scope::Admin)?;
     let action = match action.as_str() {
         "pause" => ScheduleAction::Pause,

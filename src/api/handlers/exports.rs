@@ -8,7 +8,7 @@ use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
 use crate::export::{self, Signal};
-use crate::store::Command;
+use crate::machine::Command;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -105,6 +105,7 @@ pub async fn create(
     .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "export_failed", e))?;
     let record = json!({ "window": manifest["window"], "ledger": manifest["ledger"], "signals": manifest["signals"],
                          "packSha256": manifest["packSha256"], "out": out });
-    submit(&state, p, Command::RecordExport { data: record }).await?;
+    submit(&state, p, Command::Appliance(crate::domain::appliance::ApplianceCommand::RecordExport { data: record }))
+        .await?;
     Ok((StatusCode::CREATED, Json(json!({ "out": out, "manifest": manifest }))))
 }

@@ -8,13 +8,14 @@ use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
 use crate::clock::rfc3339;
+use crate::domain::queue::plan::{LEASE_MAX, valid_type};
+use crate::domain::queue::tables::Budget;
+use crate::domain::queue::{QueueCommand, ReplaySelector, WAKE_KINDS};
 use crate::duration;
-use crate::queue::plan::{LEASE_MAX, valid_type};
-use crate::queue::{QueueCommand, ReplaySelector, WAKE_KINDS};
-use crate::store::command::Actor;
-use crate::store::records::Budget;
-use crate::store::schema::read;
-use crate::store::{Command, Committed};
+use crate::kernel::Actor;
+use crate::kernel::Committed;
+use crate::machine::Command;
+use crate::machine::read;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -115,12 +116,15 @@ pub async fn lease(
     if req.worker.is_empty() || req.worker.len() > 128 {
         return Err(Problem::invalid("worker", "worker id must be 1-128 characters"));
     }
-    if req.worker.starts_with(crate::queue::LOCAL_WORKER) {
+    if req.worker.starts_with(crate::domain::queue::LOCAL_WORKER) {
         // The in-process executor's leases are requeued at every start: a remote worker must
         // never be taken for it.
         return Err(Problem::invalid(
             "worker",
-            format!("worker ids starting with {:?} are the appliance's own executor's", crate::queue::LOCAL_WORKER),
+            format!(
+                "worker ids starting with {:?} are the appliance's own executor's",
+                crate::domain::queue::LOCAL_WORKER
+            ),
         ));
     }
     let max = req.max.unwrap_or(1).clamp(1, LEASE_MAX);

@@ -8,12 +8,15 @@ use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
 use crate::clock::rfc3339;
-use crate::engine::RunCommand;
-use crate::engine::plan::Recovery;
-use crate::engine::spec;
-use crate::store::Command;
-use crate::store::records::{JobState, RunRecord, StepRecord, StepState};
-use crate::store::schema::read;
+use crate::domain::queue::tables::JobState;
+use crate::domain::runs::RunCommand;
+use crate::domain::runs::plan::Recovery;
+use crate::domain::runs::spec;
+use crate::domain::runs::tables::RunRecord;
+use crate::domain::runs::tables::StepRecord;
+use crate::domain::runs::tables::StepState;
+use crate::machine::Command;
+use crate::machine::read;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -225,7 +228,7 @@ fn wait_reason(
                 .into_iter()
                 .flatten()
                 .filter_map(|l| l.as_str())
-                .filter_map(|l| crate::locks::holder(&locks, l).map(|h| format!("lock {l} held by {h}")))
+                .filter_map(|l| crate::domain::locks::holder(&locks, l).map(|h| format!("lock {l} held by {h}")))
                 .collect();
             Ok(Some(match job.state {
                 JobState::Delayed => format!("retry backoff until {}", rfc3339(job.not_before_ms)),

@@ -8,9 +8,9 @@ use crate::api::state::AppState;
 use crate::auth::{self, Scope};
 use crate::config::valid_name;
 use crate::duration;
-use crate::store::Command;
-use crate::store::command::Actor;
-use crate::store::schema::read;
+use crate::kernel::Actor;
+use crate::machine::Command;
+use crate::machine::read;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -49,14 +49,14 @@ pub async fn create(
         return Err(Problem::invalid("description", format!("longer than {DESCRIPTION_BYTES_MAX} bytes")));
     }
     let minted = auth::mint();
-    let command = Command::CreateToken {
+    let command = Command::Token(crate::domain::tokens::TokenCommand::Create {
         id: minted.id.clone(),
         tenant: req.tenant.clone(),
         scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
         sha256: minted.sha256.clone(),
         expires_ms,
         description: req.description.clone(),
-    };
+    });
     state.writer.submit(Actor { name: principal.actor.clone() }, command).await?;
     let txn = state.store.read()?;
     let record = read::token(&txn, &minted.id)?.ok_or_else(|| Problem::internal("committed token is not readable"))?;
@@ -99,7 +99,11 @@ pub async fn revoke(
         serde_json::from_slice(&body).map_err(|e| Problem::invalid("reason", format!("bad revoke body: {e}")))?
     };
     let reason = revoke.reason;
-    let command = Command::RevokeToken { id: id.clone(), tenant: principal.tenant.clone(), reason };
+    let command = Command::Token(crate::domain::tokens::TokenCommand::Revoke {
+        id: id.clone(),
+        tenant: principal.tenant.clone(),
+        reason,
+    });
     state.writer.submit(Actor { name: principal.actor.clone() }, command).await?;
     let txn = state.store.read()?;
     let record = read::token(&txn, &id)?.ok_or_else(|| Problem::not_found(format!("token {id}")))?;

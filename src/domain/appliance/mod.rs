@@ -1,0 +1,26 @@
+//! The appliance itself: its identity (the first entry of a store), its starts, runtime
+//! configuration set by operators, secrets (ledgered by name only), exports made, and the
+//! metric snapshots kept for exports of past windows.
+
+pub mod apply;
+pub mod plan;
+pub mod tables;
+
+pub use plan::plan;
+
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ApplianceCommand {
+    /// The first entry of a new store: the appliance's identity.
+    Initialize { appliance_id: String, key_fingerprint: Option<String> },
+    /// The daemon started: history for auditors, no projection.
+    RecordStart { version: String, pid: u32, dev: bool },
+    /// Store a secret's value (unledgered) and ledger that it was set, by name only.
+    SetSecret { name: String, value: String },
+    /// Set a runtime config key (validated by the caller with `runtime_config::validate`).
+    SetConfig { key: String, value: String },
+    /// An export pack was written and is durable: what it covers, so the next one links.
+    RecordExport { data: serde_json::Value },
+    /// Keep the current metric values (telemetry, unledgered) for exports of past windows.
+    SnapshotMetrics { text: String, retain_ms: i64 },
+}

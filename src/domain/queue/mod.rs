@@ -1,0 +1,71 @@
+//! The durable job queue: jobs, leases with fencing tokens, retries with backoff, the
+//! dead-letter queue, pause and budgets. `plan` turns queue commands into ledger drafts (and
+//! unledgered liveness writes); `apply` is the projection of queue entries; `tables` holds
+//! its tables and records.
+
+pub mod apply;
+pub mod plan;
+pub mod tables;
+
+pub use plan::{QueueCommand, ReplaySelector};
+
+/// The in-process executor's worker names start with this (then the daemon's pid); the API
+/// refuses it for other workers.
+pub const LOCAL_WORKER: &str = "local-";
+
+/// Entry kinds after which ready work may exist for a waiting lease request or the executor:
+/// a new or returning job, a resumed type, an ended budget, and a freed lock (a step that
+/// names the lock is dispatched only once it is free).
+pub const WAKE_KINDS: &[&str] = &[
+    "job.enqueued",
+    "job.ready",
+    "job.failed",
+    "lease.expired",
+    "lease.interrupted",
+    "queue.resumed",
+    "dlq.replayed",
+    "queue.budget_cleared",
+    "queue.budget_restored",
+    "lock.released",
+    "lock.force_released",
+    "lock.expired",
+];
+
+/// Orders the ready index: higher priority first, then oldest (lowest enqueue seq) first.
+pub fn ready_order(priority: u16, seq: u64) -> u64 {
+    (u64::from(u16::MAX - priority) << 48) | (seq & ((1 << 48) - 1))
+}
+
+/// Timer keys in the due index.
+pub mod timer_key {
+    pub fn ready(job: &str) -> String {
+        format!("ready|{job}")
+    }
+    pub fn lease(job: &str, token: u64) -> String {
+        format!("lease|{job}|{token}")
+    }
+    pub fn budget(job_type: &str, tenant: &str) -> String {
+        format!("budget|{job_type}|{tenant}")
+    }
+}
+
+/// Job ids are sequential so that the ready index and job table grow at their ends.
+pub fn job_id(seq: u64) -> String {
+    format!("job-{seq:012}")
+}
+
+/// A token bucket of a rate budget, kept in the writer's memory: after a restart every bucket
+/// starts full, which never lets more through than one burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub tokens: f64,
+    pub last_ms: i64,
+}
+
+/// The rate buckets by (job type, tenant): derived state of the planner.
+#[derive(Debug, Default)]
+pub struct Buckets(pub std::collections::HashMap<(String, String), Bucket>);
+
+/// The next job sequence number while one command enqueues several jobs.
+#[derive(Debug, Default)]
+pub struct NextJobSeq(pub Option<u64>);

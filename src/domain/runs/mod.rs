@@ -1,0 +1,36 @@
+//! The DAG engine (DESIGN.md invariant 4): DAG specs and versions, runs and their steps.
+//! Scheduling is planning: a committed step outcome makes its dependants runnable in the same
+//! transaction (`plan`), within `maxParallelSteps`; `apply` is the projection of run and step
+//! entries. Steps run as queue jobs (type = plugin), so pause, budgets, leases and the
+//! dead-letter rules of the queue apply to them.
+
+pub mod apply;
+pub mod cron;
+pub mod plan;
+pub mod spec;
+pub mod tables;
+
+pub use plan::RunCommand;
+
+/// A step's key in the steps table.
+pub fn step_key(run: &str, step: &str) -> String {
+    format!("{run}/{step}")
+}
+
+/// Run ids are `run-1`, `run-2`, … as the runbooks write them.
+pub fn run_id(seq: u64) -> String {
+    format!("run-{seq}")
+}
+
+/// The due-index key of a DAG's cron trigger `index`.
+pub fn cron_key(dag: &str, index: u64) -> String {
+    format!("cron|{dag}|{index}")
+}
+
+/// Compiled DAG versions by `name@version`: derived from stored specs, cached by the planner.
+#[derive(Debug, Default)]
+pub struct CompiledDags(pub std::collections::HashMap<String, std::sync::Arc<spec::Compiled>>);
+
+/// The next run sequence number while one command starts several runs (a tick may).
+#[derive(Debug, Default)]
+pub struct NextRunSeq(pub Option<u64>);

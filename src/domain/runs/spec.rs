@@ -1,0 +1,453 @@
+//! DAG specs (TOML): parsing, validation and compilation into the form the engine plans with.
+//! Every validation error names its place: the step, the field, the cycle's path, the unknown
+//! step or plugin, the bad duration.
+
+use crate::duration;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Steps in one DAG at most.
+pub const STEPS_MAX: usize = 10_000;
+/// A spec's TOML text at most.
+pub const SPEC_BYTES_MAX: usize = 1024 * 1024;
+/// Step kinds built into the appliance (for tests and demos).
+pub const BUILTINS: &[&str] = &["noop", "sleep", "fail"];
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DagSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default, rename = "maxParallelSteps")]
+    pub max_parallel_steps: Option<u32>,
+    #[serde(default)]
+    pub priority: Option<u16>,
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputSpec>,
+    pub steps: BTreeMap<String, StepSpec>,
+    #[serde(default)]
+    pub cron: Vec<CronSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    #[serde(default)]
+    pub default: Option<toml::Value>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub plugin: String,
+    /// Which of the plugin's step kinds to run (needed when it declares several).
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub needs: Vec<String>,
+    #[serde(default)]
+    pub inputs: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub backoff: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub priority: Option<u16>,
+    /// Human approval after the step: in the model, not available yet.
+    #[serde(default)]
+    pub checkpoint_after: Option<bool>,
+    /// Sub-orchestration: in the model, not available yet.
+    #[serde(default)]
+    pub orchestration: Option<String>,
+    /// Result caching: in the model, not available yet.
+    #[serde(default)]
+    pub cache_ttl: Option<String>,
+    /// Names of secrets (`stella secrets set NAME`) the plugin receives by reference.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Named locks (`env:${inputs.target}`) the step holds while it runs; it is not dispatched
+    /// while another holder has one of them.
+    #[serde(default)]
+    pub locks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronSpec {
+    pub schedule: String,
+    #[serde(default)]
+    pub inputs: BTreeMap<String, toml::Value>,
+}
+
+/// A validated DAG, steps in topological order, ready for the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compiled {
+    pub name: String,
+    pub max_parallel: u32,
+    pub priority: u16,
+    /// Declared inputs and their defaults.
+    pub inputs: BTreeMap<String, Option<serde_json::Value>>,
+    pub steps: Vec<CompiledStep>,
+    pub cron: Vec<CompiledCron>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompiledStep {
+    pub name: String,
+    pub plugin: String,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub needs: Vec<usize>,
+    pub dependants: Vec<usize>,
+    pub inputs: BTreeMap<String, serde_json::Value>,
+    pub retries: u32,
+    pub backoff_ms: u64,
+    pub timeout_ms: u64,
+    pub priority: u16,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub locks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompiledCron {
+    pub schedule: String,
+    pub inputs: BTreeMap<String, serde_json::Value>,
+}
+
+impl Compiled {
+    pub fn step(&self, name: &str) -> Option<(usize, &CompiledStep)> {
+        self.steps.iter().enumerate().find(|(_, s)| s.name == name)
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn json(v: &toml::Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn ms(place: &str, text: &Option<String>, default: u64) -> Result<u64, String> {
+    match text {
+        None => Ok(default),
+        Some(t) => duration::parse(t).map(|d| d.as_millis() as u64).map_err(|e| format!("{place}: {e}")),
+    }
+}
+
+/// An installed plugin as a spec sees it: its name and the step kinds it implements.
+pub type InstalledPlugin = (String, Vec<String>);
+
+/// Parses and validates a spec. `plugins` are the installed plugins besides the builtins.
+pub fn compile(text: &str, plugins: &[InstalledPlugin]) -> Result<Compiled, String> {
+    compile_with(text, Some(plugins))
+}
+
+/// Compiles a spec that was validated when it was registered; its plugins are not checked again
+/// (a plugin removed since then fails the step that needs it, not the run's planning).
+pub fn compile_registered(text: &str) -> Result<Compiled, String> {
+    compile_with(text, None)
+}
+
+fn compile_with(text: &str, plugins: Option<&[InstalledPlugin]>) -> Result<Compiled, String> {
+    if text.len() > SPEC_BYTES_MAX {
+        return Err(format!("spec is larger than {SPEC_BYTES_MAX} bytes"));
+    }
+    let spec: DagSpec = toml::from_str(text).map_err(|e| format!("spec does not parse: {e}"))?;
+    if !valid_name(&spec.name) {
+        return Err(format!("name {:?}: expected 1-64 of a-z, 0-9, '-', '_'", spec.name));
+    }
+    if spec.steps.is_empty() || spec.steps.len() > STEPS_MAX {
+        return Err(format!("steps: a DAG has 1 to {STEPS_MAX} steps"));
+    }
+    let max_parallel = spec.max_parallel_steps.unwrap_or(u32::MAX);
+    if max_parallel == 0 {
+        return Err("maxParallelSteps: must be at least 1 (0 would never run a step)".into());
+    }
+    let order = topological(&spec)?;
+    let index: HashMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let mut steps = Vec::with_capacity(order.len());
+    for name in &order {
+        let s = &spec.steps[name];
+        steps.push(compile_step(&spec, name, s, &index, plugins)?);
+    }
+    for i in 0..steps.len() {
+        for n in steps[i].needs.clone() {
+            steps[n].dependants.push(i);
+        }
+    }
+    let mut cron = Vec::new();
+    for (i, c) in spec.cron.iter().enumerate() {
+        crate::domain::runs::cron::Schedule::parse(&c.schedule).map_err(|e| format!("cron[{i}].schedule: {e}"))?;
+        let inputs: BTreeMap<String, serde_json::Value> = c.inputs.iter().map(|(k, v)| (k.clone(), json(v))).collect();
+        if let Some(unknown) = inputs.keys().find(|k| !spec.inputs.contains_key(*k)) {
+            return Err(format!("cron[{i}].inputs: {unknown:?} is not a declared input"));
+        }
+        cron.push(CompiledCron { schedule: c.schedule.clone(), inputs });
+    }
+    Ok(Compiled {
+        name: spec.name.clone(),
+        max_parallel,
+        priority: spec.priority.unwrap_or(100),
+        inputs: spec.inputs.iter().map(|(k, v)| (k.clone(), v.default.as_ref().map(json))).collect(),
+        steps,
+        cron,
+    })
+}
+
+fn compile_step(
+    spec: &DagSpec,
+    name: &str,
+    s: &StepSpec,
+    index: &HashMap<&str, usize>,
+    plugins: Option<&[InstalledPlugin]>,
+) -> Result<CompiledStep, String> {
+    let place = format!("step {name}");
+    if !valid_name(name) {
+        return Err(format!("{place}: name must be 1-64 of a-z, 0-9, '-', '_'"));
+    }
+    for (field, set) in [
+        ("checkpoint_after", s.checkpoint_after.is_some()),
+        ("orchestration", s.orchestration.is_some()),
+        ("cache_ttl", s.cache_ttl.is_some()),
+    ] {
+        if set {
+            return Err(format!("{place}: {field} is not available yet"));
+        }
+    }
+    let builtin = BUILTINS.contains(&s.plugin.as_str());
+    if builtin && s.kind.is_some() {
+        return Err(format!("{place}: kind is for plugins; the built-in {:?} has none", s.plugin));
+    }
+    if let Some(plugins) = plugins.filter(|_| !builtin) {
+        let Some((_, kinds)) = plugins.iter().find(|(n, _)| *n == s.plugin) else {
+            let mut known: Vec<&str> = BUILTINS.to_vec();
+            known.extend(plugins.iter().map(|(n, _)| n.as_str()));
+            return Err(format!("{place}: unknown plugin {:?} (known: {})", s.plugin, known.join(", ")));
+        };
+        match &s.kind {
+            Some(k) if !kinds.contains(k) => {
+                return Err(format!("{place}: plugin {:?} has no kind {k:?} (kinds: {})", s.plugin, kinds.join(", ")));
+            }
+            None if kinds.len() > 1 => {
+                return Err(format!(
+                    "{place}: plugin {:?} implements several kinds ({}): name one with kind = \"…\"",
+                    s.plugin,
+                    kinds.join(", ")
+                ));
+            }
+            _ => {}
+        }
+    }
+    if let Some(bad) = s.secrets.iter().find(|n| !valid_name(n)) {
+        return Err(format!("{place}: secret name {bad:?} must be 1-64 of a-z, 0-9, '-', '_'"));
+    }
+    for (i, l) in s.locks.iter().enumerate() {
+        check_references(spec, name, &format!("locks[{i}]"), &toml::Value::String(l.clone()))?;
+    }
+    let mut inputs = BTreeMap::new();
+    for (k, v) in &s.inputs {
+        check_references(spec, name, k, v)?;
+        inputs.insert(k.clone(), json(v));
+    }
+    Ok(CompiledStep {
+        name: name.to_owned(),
+        plugin: s.plugin.clone(),
+        kind: s.kind.clone(),
+        needs: s.needs.iter().map(|n| index[n.as_str()]).collect(),
+        dependants: vec![],
+        inputs,
+        retries: s.retries.min(100),
+        backoff_ms: ms(&format!("{place}: backoff"), &s.backoff, 1_000)?,
+        timeout_ms: ms(&format!("{place}: timeout"), &s.timeout, 300_000)?,
+        priority: s.priority.or(spec.priority).unwrap_or(100),
+        secrets: s.secrets.clone(),
+        locks: s.locks.clone(),
+    })
+}
+
+/// `${inputs.x}` must name a declared input; `${steps.s.outputs.k}` a step this one needs.
+fn check_references(spec: &DagSpec, step: &str, key: &str, v: &toml::Value) -> Result<(), String> {
+    let toml::Value::String(text) = v else { return Ok(()) };
+    for reference in references(text) {
+        let parts: Vec<&str> = reference.split('.').collect();
+        let ok = match parts.as_slice() {
+            ["inputs", name] => spec.inputs.contains_key(*name),
+            ["steps", s, "outputs", _] => is_ancestor(spec, step, s),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "step {step}: input {key}: reference ${{{reference}}} must be ${{inputs.<declared input>}} or ${{steps.<a step it needs, directly or not>.outputs.<name>}}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ancestor` is among the steps `step` needs, directly or through them (so its
+/// outputs exist before `step` runs).
+fn is_ancestor(spec: &DagSpec, step: &str, ancestor: &str) -> bool {
+    let mut stack: Vec<&str> = spec.steps[step].needs.iter().map(String::as_str).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(n) = stack.pop() {
+        if n == ancestor {
+            return true;
+        }
+        if seen.insert(n)
+            && let Some(s) = spec.steps.get(n)
+        {
+            stack.extend(s.needs.iter().map(String::as_str));
+        }
+    }
+    false
+}
+
+/// The `${…}` references in a string.
+pub fn references(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        out.push(after[..end].to_owned());
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// Kahn's algorithm; on a cycle, names its path.
+fn topological(spec: &DagSpec) -> Result<Vec<String>, String> {
+    for (name, s) in &spec.steps {
+        if let Some(unknown) = s.needs.iter().find(|n| !spec.steps.contains_key(*n)) {
+            return Err(format!("step {name}: needs unknown step {unknown:?}"));
+        }
+        if s.needs.iter().any(|n| n == name) {
+            return Err(format!("step {name}: needs itself (cycle: {name} -> {name})"));
+        }
+    }
+    let mut pending: BTreeMap<&str, usize> = spec.steps.iter().map(|(n, s)| (n.as_str(), s.needs.len())).collect();
+    let mut ready: Vec<&str> = pending.iter().filter(|(_, c)| **c == 0).map(|(n, _)| *n).collect();
+    // A stack popped from the end: reverse name order makes the order alphabetical among peers.
+    ready.sort_by(|a, b| b.cmp(a));
+    let mut order = Vec::new();
+    while let Some(n) = ready.pop() {
+        order.push(n.to_owned());
+        pending.remove(n);
+        for (m, s) in &spec.steps {
+            if s.needs.iter().any(|x| x == n)
+                && let Some(c) = pending.get_mut(m.as_str())
+            {
+                *c -= 1;
+                if *c == 0 {
+                    ready.push(m.as_str());
+                }
+            }
+        }
+        ready.sort_by(|a, b| b.cmp(a));
+    }
+    if order.len() < spec.steps.len() {
+        return Err(format!("cycle: {}", cycle_path(spec, &pending)));
+    }
+    Ok(order)
+}
+
+fn cycle_path(spec: &DagSpec, left: &BTreeMap<&str, usize>) -> String {
+    let start = *left.keys().next().expect("a cycle leaves steps");
+    let mut path = vec![start];
+    let mut at = start;
+    loop {
+        let next = spec.steps[at]
+            .needs
+            .iter()
+            .find(|n| left.contains_key(n.as_str()))
+            .expect("a step in a cycle needs another");
+        if let Some(pos) = path.iter().position(|p| *p == next.as_str()) {
+            let mut cycle: Vec<&str> = path[pos..].to_vec();
+            cycle.push(next);
+            cycle.reverse();
+            return cycle.join(" -> ");
+        }
+        path.push(next);
+        at = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIAMOND: &str = r#"
+name = "diamond"
+maxParallelSteps = 2
+[inputs.target]
+default = "prod"
+[steps.a]
+plugin = "noop"
+inputs = { env = "${inputs.target}" }
+[steps.b]
+plugin = "sleep"
+needs = ["a"]
+inputs = { ms = 10, from = "${steps.a.outputs.env}" }
+[steps.c]
+plugin = "noop"
+needs = ["a"]
+retries = 2
+backoff = "500ms"
+[steps.d]
+plugin = "noop"
+needs = ["b", "c"]
+"#;
+
+    #[test]
+    fn a_diamond_compiles_in_topological_order() {
+        let d = compile(DIAMOND, &[]).unwrap();
+        let names: Vec<&str> = d.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names[0], "a");
+        assert_eq!(names[3], "d");
+        let (_, a) = d.step("a").unwrap();
+        assert_eq!(a.dependants.len(), 2);
+        assert_eq!(d.step("c").unwrap().1.backoff_ms, 500);
+        assert_eq!(d.max_parallel, 2);
+    }
+
+    #[test]
+    fn errors_name_their_place() {
+        let cases = [
+            (DIAMOND.replace("needs = [\"a\"]\ninputs = { ms", "needs = [\"d\"]\ninputs = { ms"), "cycle: "),
+            (DIAMOND.replace("needs = [\"b\", \"c\"]", "needs = [\"b\", \"x\"]"), "step d: needs unknown step \"x\""),
+            (
+                DIAMOND.replace("plugin = \"sleep\"", "plugin = \"slep\""),
+                "step b: unknown plugin \"slep\" (known: noop, sleep, fail)",
+            ),
+            (
+                DIAMOND.replace("backoff = \"500ms\"", "backoff = \"soon\""),
+                "step c: backoff: invalid duration \"soon\"",
+            ),
+            (DIAMOND.replace("${inputs.target}", "${inputs.nope}"), "step a: input env: reference ${inputs.nope}"),
+            (DIAMOND.replace("maxParallelSteps = 2", "maxParallelSteps = 0"), "maxParallelSteps: must be at least 1"),
+            (
+                DIAMOND.replace("retries = 2", "checkpoint_after = true"),
+                "step c: checkpoint_after is not available yet",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = compile(&text, &[]).unwrap_err();
+            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        }
+        let cyc = compile(&DIAMOND.replace("needs = [\"a\"]\ninputs = { ms", "needs = [\"d\"]\ninputs = { ms"), &[])
+            .unwrap_err();
+        assert!(cyc.contains("b -> d -> b") || cyc.contains("d -> b -> d"), "{cyc}");
+    }
+}

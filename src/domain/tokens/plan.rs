@@ -1,0 +1,44 @@
+//! Planning token commands.
+
+use super::TokenCommand;
+use super::tables::{TOKENS, TokenRecord};
+use crate::kernel::ledger::Draft;
+use crate::kernel::store::Record;
+use crate::kernel::{CommandError, storage};
+use redb::{ReadableTable, WriteTransaction};
+use serde_json::json;
+
+pub fn plan(cmd: &TokenCommand, txn: &WriteTransaction) -> Result<Vec<Draft>, CommandError> {
+    let table = txn.open_table(TOKENS).map_err(storage)?;
+    match cmd {
+        TokenCommand::Create { id, tenant, scopes, sha256, expires_ms, description } => {
+            if table.get(id.as_str()).map_err(storage)?.is_some() {
+                return Err(CommandError::conflict("token_exists", format!("token id {id} already exists")));
+            }
+            Ok(vec![Draft {
+                tenant: tenant.clone(),
+                kind: "token.created",
+                subjects: vec![id.clone()],
+                data: json!({ "id": id, "scopes": scopes, "sha256": sha256,
+                              "expiresMs": expires_ms, "description": description }),
+            }])
+        }
+        TokenCommand::Revoke { id, tenant, reason } => {
+            let not_found = || CommandError::NotFound { what: format!("token {id}") };
+            let raw = table.get(id.as_str()).map_err(storage)?.ok_or_else(not_found)?;
+            let rec = TokenRecord::from_json_bytes(raw.value()).map_err(storage)?;
+            if tenant.as_ref().is_some_and(|t| *t != rec.tenant) {
+                return Err(not_found());
+            }
+            if rec.revoked_ms.is_some() {
+                return Ok(vec![]);
+            }
+            Ok(vec![Draft {
+                tenant: rec.tenant,
+                kind: "token.revoked",
+                subjects: vec![id.clone()],
+                data: json!({ "id": id, "reason": reason }),
+            }])
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The single writer (DESIGN.md invariant 1): one thread owns redb's write side.
+//!
+//! Commands arrive on a bounded channel. The writer takes every command that is waiting (up to
+//! `batch_max`), plans and applies them in one write transaction, appends their ledger entries,
+//! commits once with `Durability::Immediate` and only then answers each caller and publishes the
+//! committed entries (invariant 3). A command whose plan fails changes nothing and its
+//! neighbours still commit. A failed commit fails the whole batch and acknowledges nothing.
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::kernel::ledger::Entry;
+use crate::kernel::plan::{Actor, CommandError, Committed, Derived, Machine, PlanCtx};
+use crate::kernel::rng::SplitMix64;
+use crate::kernel::store::{LEDGER, META, Store, StoreError, read};
+use redb::{Durability, WriteTransaction};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+struct Envelope<M: Machine> {
+    actor: Actor,
+    command: M::Command,
+    reply: oneshot::Sender<Result<Committed, CommandError>>,
+}
+
+/// Counters the status endpoint, the tests and the benchmarks read.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub commits: AtomicU64,
+    pub commands: AtomicU64,
+    pub entries: AtomicU64,
+    pub head_seq: AtomicU64,
+    pub alive: AtomicBool,
+}
+
+impl WriterStats {
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+    pub fn head_seq(&self) -> u64 {
+        self.head_seq.load(Ordering::Acquire)
+    }
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
+
+/// The senders' side: cheap to clone, one per API handler or engine task.
+pub struct WriterHandle<M: Machine> {
+    tx: mpsc::Sender<Envelope<M>>,
+    stats: Arc<WriterStats>,
+    events: broadcast::Sender<Arc<Entry>>,
+}
+
+impl<M: Machine> Clone for WriterHandle<M> {
+    fn clone(&self) -> Self {
+        WriterHandle { tx: self.tx.clone(), stats: self.stats.clone(), events: self.events.clone() }
+    }
+}
+
+impl<M: Machine> std::fmt::Debug for WriterHandle<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterHandle").field("stats", &self.stats).finish_non_exhaustive()
+    }
+}
+
+impl<M: Machine> WriterHandle<M> {
+    /// Sends one command and waits for its durable outcome.
+    pub async fn submit(&self, actor: Actor, command: M::Command) -> Result<Committed, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Envelope { actor, command, reply }).await.map_err(|_| CommandError::WriterGone)?;
+        rx.await.map_err(|_| CommandError::WriterGone)?
+    }
+
+    /// Committed entries from now on; a subscriber that falls `event_buffer` behind is told it
+    /// lagged (tokio's `RecvError::Lagged`) and must resume from the ledger.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Entry>> {
+        self.events.subscribe()
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Commands waiting for the writer.
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// The writer itself, before it is started.
+pub struct Writer<M: Machine> {
+    store: Store,
+    rx: mpsc::Receiver<Envelope<M>>,
+    clock: SharedClock,
+    batch_max: usize,
+    stats: Arc<WriterStats>,
+    events: broadcast::Sender<Arc<Entry>>,
+    head: (u64, String),
+    /// The time of the newest entry: entry times never go backwards, even if the clock does,
+    /// so a time window of the ledger is one contiguous range of sequences.
+    last_time: i64,
+    /// The head after the batch being committed, adopted only once the commit is durable.
+    pending_head: Option<(u64, String)>,
+    /// A commit failed on the disk: the database is closed and opened anew before any write.
+    needs_reopen: bool,
+    /// How the last write failed, while the store reports a fault.
+    failure: String,
+    rng: SplitMix64,
+    defaults: Config,
+    /// What the machine's planners keep between batches (compiled DAGs, rate buckets).
+    derived: Derived,
+}
+
+/// How the writer is sized and seeded; `from_config` reads the file's values.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub queue: usize,
+    pub batch_max: usize,
+    pub event_buffer: usize,
+    pub seed: u64,
+    pub defaults: Config,
+}
+
+impl WriterOptions {
+    pub fn from_config(config: &Config) -> Self {
+        let seed = config.queue.seed.unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            crate::ids::fill_random(&mut b);
+            u64::from_le_bytes(b)
+        });
+        WriterOptions {
+            queue: config.store.writer_queue,
+            batch_max: config.store.batch_max,
+            event_buffer: config.store.event_buffer,
+            seed,
+            defaults: config.clone(),
+        }
+    }
+
+    /// Defaults with a fixed seed, for tests and benchmarks.
+    pub fn seeded(seed: u64) -> Self {
+        let mut config = Config::default();
+        config.queue.seed = Some(seed);
+        Self::from_config(&config)
+    }
+}
+
+/// Creates the writer and its handle. Commands sent before [`Writer::spawn`] wait in the channel
+/// and form the first batch, which is what the group-commit test relies on.
+pub fn channel<M: Machine>(
+    store: Store,
+    clock: SharedClock,
+    opts: WriterOptions,
+) -> Result<(WriterHandle<M>, Writer<M>), StoreError> {
+    let head = read::ledger_head(&store.read()?)?;
+    let last_time = read::ledger_after(&store.read()?, head.0.saturating_sub(1), 1)?.first().map_or(0, |e| e.time);
+    let (tx, rx) = mpsc::channel(opts.queue);
+    let (events, _) = broadcast::channel(opts.event_buffer);
+    let stats = Arc::new(WriterStats::default());
+    stats.head_seq.store(head.0, Ordering::Release);
+    stats.alive.store(true, Ordering::Release);
+    let handle = WriterHandle { tx, stats: stats.clone(), events: events.clone() };
+    let writer = Writer {
+        store,
+        rx,
+        clock,
+        batch_max: opts.batch_max,
+        stats,
+        events,
+        head,
+        last_time,
+        pending_head: None,
+        needs_reopen: false,
+        failure: String::new(),
+        rng: SplitMix64::new(opts.seed),
+        defaults: opts.defaults,
+        derived: Derived::default(),
+    };
+    Ok((handle, writer))
+}
+
+impl<M: Machine> Writer<M> {
+    /// Starts the writer thread. It ends when every handle is dropped and the queue is drained.
+    pub fn spawn(self) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("stella-writer".into())
+            .spawn(move || self.run())
+            .expect("spawn the store writer thread")
+    }
+
+    fn run(mut self) {
+        // However the thread ends, health must see the writer gone.
+        struct Gone(Arc<WriterStats>);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                self.0.alive.store(false, Ordering::Release);
+            }
+        }
+        let _gone = Gone(self.stats.clone());
+        let mut batch = Vec::with_capacity(self.batch_max);
+        while let Some(first) = self.next_command() {
+            batch.push(first);
+            while batch.len() < self.batch_max {
+                match self.rx.try_recv() {
+                    Ok(env) => batch.push(env),
+                    Err(_) => break,
+                }
+            }
+            // redb reports some damage by panicking: the store is marked damaged (no more
+            // writes until an operator acts) and the callers get an error, not a dead writer.
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_batch(&mut batch)));
+            if let Err(payload) = caught {
+                self.pending_head = None;
+                self.forget_caches();
+                let answer = match crate::kernel::store::store_panic(payload.as_ref()) {
+                    Some(detail) => {
+                        self.store.set_damage(format!("a commit failed: {detail}"));
+                        format!("store damaged: {detail}")
+                    }
+                    // A bug of stella's while planning: these commands fail, the store is fine.
+                    None => {
+                        tracing::error!(commands = batch.len(), "planning a batch panicked; it was not committed");
+                        "the batch failed inside stella (see the daemon's log); nothing was committed".to_owned()
+                    }
+                };
+                for env in batch.drain(..) {
+                    let _ = env.reply.send(Err(CommandError::Storage(answer.clone())));
+                }
+            }
+        }
+        self.stats.alive.store(false, Ordering::Release);
+    }
+
+    /// The next command; `None` once every handle is gone. While the store cannot write, the
+    /// writer also wakes on its own every [`PROBE_INTERVAL`] to try to recover, so it recovers
+    /// when space returns even if no command comes.
+    fn next_command(&mut self) -> Option<Envelope<M>> {
+        loop {
+            if self.store.fault().is_none() {
+                return self.rx.blocking_recv();
+            }
+            match self.rx.try_recv() {
+                Ok(env) => return Some(env),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // A panic inside redb while reopening counts as one more failed try.
+                    let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.recover()))
+                        .unwrap_or_else(|_| {
+                            self.needs_reopen = true;
+                            false
+                        });
+                    if !recovered {
+                        std::thread::sleep(PROBE_INTERVAL);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops what was planned into memory along with a batch that did not commit: compiled
+    /// DAG versions and rate buckets are rebuilt from the store as they are needed.
+    fn forget_caches(&mut self) {
+        self.derived.clear();
+    }
+
+    /// After a failed commit: opens the store anew and proves it takes a durable commit again
+    /// (a probe written to `meta`). On success the fault is cleared and the head re-read.
+    fn recover(&mut self) -> bool {
+        // A small commit may still fit in the file's free pages on a full disk: writes resume
+        // only once the disk has room again.
+        let free = free_bytes(self.store.path());
+        if free.is_some_and(|f| f < RESUME_FREE_BYTES) {
+            self.store.set_fault(Some(format!(
+                "{}; {} bytes free beside the store, writes resume at {RESUME_FREE_BYTES}",
+                self.failure,
+                free.unwrap_or(0)
+            )));
+            return false;
+        }
+        if self.needs_reopen {
+            if let Err(e) = self.store.reopen() {
+                tracing::warn!(error = %e, "store reopen failed; trying again");
+                return false;
+            }
+            self.needs_reopen = false;
+        }
+        let probe = self.store.db().map_err(|e| e.to_string()).and_then(|db| {
+            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+            {
+                let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+                meta.insert("writer_probe_ms", self.clock.now_ms().max(0) as u64).map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())
+        });
+        if let Err(reason) = probe {
+            self.needs_reopen = true;
+            self.failure = format!("writes fail: {reason}");
+            self.store.set_fault(Some(self.failure.clone()));
+            return false;
+        }
+        match self.store.read().and_then(|t| read::ledger_head(&t)) {
+            Ok(head) => self.head = head,
+            Err(_) => return false,
+        }
+        self.store.set_fault(None);
+        tracing::info!("the store takes writes again");
+        true
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<Envelope<M>>) {
+        if let Some(damage) = self.store.damage() {
+            let reason = format!(
+                "the store takes no writes: {damage}; restore it (or a copy) and restart, then `stella orch db verify`"
+            );
+            for env in batch.drain(..) {
+                let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
+            }
+            return;
+        }
+        if self.store.fault().is_some() && !self.recover() {
+            let reason = self.store.fault().unwrap_or_default();
+            for env in batch.drain(..) {
+                let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
+            }
+            return;
+        }
+        let db = match self.store.db() {
+            Ok(db) => db,
+            Err(e) => {
+                for env in batch.drain(..) {
+                    let _ = env.reply.send(Err(CommandError::Storage(e.to_string())));
+                }
+                return;
+            }
+        };
+        let outcome = db.begin_write().map_err(|e| e.to_string()).and_then(|mut txn| {
+            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+            let results = self.apply_batch(&txn, batch)?;
+            txn.commit().map_err(|e| e.to_string())?;
+            Ok(results)
+        });
+        let n = batch.len() as u64;
+        match outcome {
+            Ok(results) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.commands.fetch_add(n, Ordering::Relaxed);
+                self.answer(batch.drain(..).zip(results));
+            }
+            Err(reason) => {
+                tracing::error!(%reason, commands = n, "store commit failed; batch not acknowledged");
+                self.forget_caches();
+                self.pending_head = None;
+                // An I/O error poisons redb's handle: the store is closed and opened anew
+                // before the next write, and until then it reports the fault — set before the
+                // callers hear of the failure, so that health says so when they look.
+                let io = reason_is_io(&reason);
+                if io {
+                    self.needs_reopen = true;
+                    self.failure = format!("the last commit failed: {reason}");
+                    self.store.set_fault(Some(self.failure.clone()));
+                }
+                for env in batch.drain(..) {
+                    let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
+                }
+                if io {
+                    drop(db);
+                    self.recover();
+                } else if let Ok(head) = self.store.read().and_then(|t| read::ledger_head(&t)) {
+                    // The transaction was rolled back: the durable head is what the store says.
+                    self.head = head;
+                }
+            }
+        }
+    }
+
+    /// Plans every command and appends the entries of those that pass. An `Err` here is a
+    /// storage failure or a projection bug: the whole transaction is dropped.
+    fn apply_batch(
+        &mut self,
+        txn: &WriteTransaction,
+        batch: &[Envelope<M>],
+    ) -> Result<Vec<Result<Committed, CommandError>>, String> {
+        let now = self.clock.now_ms().max(self.last_time);
+        self.last_time = now;
+        let (mut seq, mut prev) = self.head.clone();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut ledger = txn.open_table(LEDGER).map_err(|e| e.to_string())?;
+        for env in batch {
+            let mut ctx = PlanCtx {
+                now,
+                rng: &mut self.rng,
+                defaults: &self.defaults,
+                derived: &mut self.derived,
+                scratch: Derived::default(),
+            };
+            let effects = match M::plan(&env.command, txn, &mut ctx) {
+                Ok(effects) => effects,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let mut entries = Vec::with_capacity(effects.drafts.len());
+            for draft in effects.drafts {
+                seq += 1;
+                let entry = Entry::seal(draft, seq, now, &env.actor.name, &prev);
+                ledger.insert(seq, entry.to_stored().as_slice()).map_err(|e| e.to_string())?;
+                M::apply(txn, &entry).map_err(|e| e.to_string())?;
+                prev.clone_from(&entry.hash);
+                entries.push(entry);
+            }
+            M::apply_live(txn, &effects.live, now).map_err(|e| e.to_string())?;
+            results.push(Ok(Committed { entries, note: effects.note }));
+        }
+        drop(ledger);
+        self.pending_head = Some((seq, prev));
+        Ok(results)
+    }
+}
+
+/// Free bytes on the store's filesystem that a writer stopped by a failed commit waits for.
+const RESUME_FREE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Free bytes (for an unprivileged writer) on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let dir = path.parent()?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass for a valid C string; nothing else is touched.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// How often a writer that cannot write tries to recover.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether a failed batch failed on the disk (rather than on a plan or projection bug).
+fn reason_is_io(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    ["i/o error", "io error", "no space", "os error", "previous i/o error", "quota"].iter().any(|k| r.contains(k))
+}
+
+impl<M: Machine> Writer<M> {
+    fn answer(&mut self, done: impl Iterator<Item = (Envelope<M>, Result<Committed, CommandError>)>) {
+        if let Some(head) = self.pending_head.take() {
+            self.head = head;
+        }
+        let mut published = 0u64;
+        for (env, result) in done {
+            if let Ok(committed) = &result {
+                for entry in &committed.entries {
+                    let _ = self.events.send(Arc::new(entry.clone()));
+                    published += 1;
+                }
+            }
+            let _ = env.reply.send(result);
+        }
+        self.stats.entries.fetch_add(published, Ordering::Relaxed);
+        self.stats.head_seq.store(self.head.0, Ordering::Release);
+    }
+}

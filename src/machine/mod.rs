@@ -1,0 +1,171 @@
+//! The machine (DESIGN.md §8): the one place where the domains meet. It names the closed set
+//! of commands the writer accepts and routes each to its domain's planner, routes each ledger
+//! entry to its domain's projection, lists every table, and fires due timers ([`timers`]).
+//! The kernel's writer and `db verify` drive it through [`Machine`].
+
+pub mod read;
+#[cfg(test)]
+mod tests;
+pub mod timers;
+
+use crate::domain::appliance::ApplianceCommand;
+use crate::domain::bundles::plan::BundleCommand;
+use crate::domain::live::{Effects, LiveWrite};
+use crate::domain::locks::LockCommand;
+use crate::domain::queue::QueueCommand;
+use crate::domain::runs::RunCommand;
+use crate::domain::tokens::TokenCommand;
+use crate::domain::{appliance, bundles, locks, queue, runs, tokens};
+use crate::kernel::ledger::Entry;
+use crate::kernel::store::{Store, StoreError};
+use crate::kernel::{ApplyError, CommandError, Machine, PlanCtx};
+use redb::{TableDefinition, WriteTransaction};
+use std::path::Path;
+
+/// Every mutation of the store.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Command {
+    Appliance(ApplianceCommand),
+    Token(TokenCommand),
+    Queue(QueueCommand),
+    Run(RunCommand),
+    Lock(LockCommand),
+    Bundle(BundleCommand),
+    /// Fire every deadline that is due: promote delayed jobs, expire leases and locks, end
+    /// budgets, fire cron triggers. Sent by the timer task; tests send it on virtual time.
+    Tick,
+}
+
+/// Stella's state machine.
+#[derive(Debug)]
+pub struct Stella;
+
+/// Every projection table keyed by name, in the order `db verify` compares them.
+pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[
+    appliance::tables::APPLIANCE,
+    tokens::tables::TOKENS,
+    queue::tables::JOBS,
+    queue::tables::DLQ,
+    queue::tables::QUEUES,
+    locks::tables::LOCKS,
+    locks::tables::LOCK_IDS,
+    locks::tables::RESOURCES,
+    appliance::tables::RUNTIME_CONFIG,
+    crate::kernel::counters::COUNTERS,
+    queue::tables::IDEMPOTENCY,
+    runs::tables::DAGS,
+    runs::tables::DAG_SPECS,
+    runs::tables::RUNS,
+    runs::tables::STEPS,
+    runs::tables::RUN_TOKENS,
+    runs::tables::RUN_WAITING,
+    bundles::tables::BUNDLES,
+    bundles::tables::PLUGINS,
+    runs::tables::SCHEDULES,
+];
+
+impl Machine for Stella {
+    type Command = Command;
+    type Live = LiveWrite;
+    const PROJECTIONS: &'static [TableDefinition<'static, &'static str, &'static [u8]>] = PROJECTIONS;
+
+    fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
+        for table in PROJECTIONS {
+            txn.open_table(*table)?;
+        }
+        txn.open_table(queue::tables::READY)?;
+        txn.open_table(crate::kernel::due::DUE)?;
+        txn.open_table(queue::tables::LIVE_LEASES)?;
+        txn.open_table(queue::tables::WORKERS)?;
+        txn.open_table(appliance::tables::SECRETS)?;
+        txn.open_table(appliance::tables::METRIC_SNAPSHOTS)?;
+        Ok(())
+    }
+
+    fn clear_indexes(txn: &WriteTransaction) -> Result<(), redb::Error> {
+        txn.open_table(queue::tables::READY)?.retain(|_, _| false)?;
+        txn.open_table(crate::kernel::due::DUE)?.retain(|_, _| false)?;
+        Ok(())
+    }
+
+    fn plan(command: &Command, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
+        match command {
+            Command::Appliance(a) => appliance::plan(a, txn),
+            Command::Token(t) => tokens::plan(t, txn).map(Effects::from),
+            Command::Queue(q) => queue::plan::plan(q, txn, ctx),
+            Command::Lock(l) => locks::plan(l, txn, ctx),
+            Command::Run(r) => runs::plan::plan(r, txn, ctx),
+            Command::Bundle(b) => bundles::plan::plan(b, txn),
+            Command::Tick => timers::tick(txn, ctx),
+        }
+    }
+
+    fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
+        let applied = appliance::apply::apply(txn, entry)?
+            || tokens::apply::apply(txn, entry)?
+            || queue::apply::apply(txn, entry)?
+            || locks::apply::apply(txn, entry)?
+            || runs::apply::apply(txn, entry)?
+            || bundles::apply::apply(txn, entry)?;
+        if !applied {
+            return Err(ApplyError::entry(entry, format!("unknown entry kind {:?}", entry.kind)));
+        }
+        Ok(())
+    }
+
+    fn apply_live(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<(), redb::Error> {
+        crate::domain::live::apply(txn, live, now)
+    }
+}
+
+/// Applies one committed (or replayed) entry to the projection tables.
+pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
+    Stella::apply(txn, entry)
+}
+
+/// The writer of stella's store, and its handle.
+pub type Writer = crate::kernel::writer::Writer<Stella>;
+pub type WriterHandle = crate::kernel::writer::WriterHandle<Stella>;
+
+/// Creates stella's writer and its handle (see [`crate::kernel::writer::channel`]).
+pub fn channel(
+    store: Store,
+    clock: crate::clock::SharedClock,
+    opts: crate::kernel::writer::WriterOptions,
+) -> Result<(WriterHandle, Writer), StoreError> {
+    crate::kernel::writer::channel::<Stella>(store, clock, opts)
+}
+
+/// Opens (creating if absent) stella's store at `path`.
+pub fn open_store(path: &Path) -> Result<Store, StoreError> {
+    Store::open::<Stella>(path)
+}
+
+/// [`open_store`] with a page cache of at most `cache_bytes`.
+pub fn open_store_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+    Store::open_with_cache::<Stella>(path, cache_bytes)
+}
+
+/// `db verify`: the chain, then a replay of the whole ledger through this machine compared
+/// table by table with the stored projections.
+pub fn verify(txn: &redb::ReadTransaction) -> Result<crate::kernel::verify::VerifyReport, StoreError> {
+    crate::kernel::verify::verify::<Stella>(txn)
+}
+
+/// Reads every table of the store through, row by row (see
+/// [`crate::kernel::verify::walk_table`]); returns the rows read.
+pub fn walk_tables(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    use crate::kernel::verify::walk_table;
+    let mut rows = walk_table(txn, crate::kernel::store::LEDGER)? + walk_table(txn, crate::kernel::store::META)?;
+    for table in PROJECTIONS {
+        rows += walk_table(txn, *table)?;
+    }
+    rows += walk_table(txn, queue::tables::READY)?;
+    rows += walk_table(txn, crate::kernel::due::DUE)?;
+    rows += walk_table(txn, queue::tables::LIVE_LEASES)?;
+    rows += walk_table(txn, queue::tables::WORKERS)?;
+    rows += walk_table(txn, appliance::tables::SECRETS)?;
+    rows += walk_table(txn, appliance::tables::METRIC_SNAPSHOTS)?;
+    Ok(rows)
+}
