@@ -3,6 +3,7 @@
 //! everything with behaviour lives here. See `docs/ARCHITECTURE.md` for the codemap.
 
 pub mod api;
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod exec;
 pub mod exit;
 pub mod export;
+pub mod fsutil;
 pub mod ids;
 pub mod kernel;
 pub mod machine;

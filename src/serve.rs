@@ -187,13 +187,13 @@ async fn start_writes(
         tracing::warn!(entries = unfinished, bytes, "removed unfinished bundle imports from staging");
     }
     // A sealed copy no record names (a refusal after sealing, a removal cut short) goes.
-    match crate::domain::bundles::installed::sweep_unrecorded(store, &opts.layout.lib()) {
+    match crate::app::installed::sweep_unrecorded(store, &opts.layout.lib()) {
         Ok(gone) if !gone.is_empty() => tracing::warn!(digests = ?gone, "removed sealed bundles no record names"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not sweep the sealed bundle store"),
     }
     // Bundles installed earlier must still verify against today's trust store and disk.
-    let checked = crate::domain::bundles::installed::reverify_all(
+    let checked = crate::app::installed::reverify_all(
         store,
         writer,
         &opts.layout.lib(),
@@ -440,7 +440,7 @@ fn write_identity_marker(layout: &Layout, store: &Store) -> Result<(), CliError>
         return Ok(());
     }
     let text = serde_json::json!({ "applianceId": id, "store": store.path(), "writtenAt": clock::rfc3339(clock::system().now_ms()) });
-    dev::write_file_atomic(&path, format!("{text}\n").as_bytes(), 0o644)
+    crate::fsutil::write_file_atomic(&path, format!("{text}\n").as_bytes(), 0o644)
         .map_err(|e| CliError::Other(format!("write {}: {e}", path.display())))
 }
 
@@ -472,7 +472,7 @@ async fn ensure_dev_token(
         description: Some("dev admin token (serve --dev)".to_owned()),
     });
     submit(writer, command).await?;
-    dev::write_file_atomic(&path, format!("{}\n", minted.secret).as_bytes(), 0o600)
+    crate::fsutil::write_file_atomic(&path, format!("{}\n", minted.secret).as_bytes(), 0o600)
         .map_err(|e| CliError::Other(format!("write {}: {e}", path.display())))?;
     Ok(Some(minted.secret))
 }
@@ -511,7 +511,7 @@ async fn import_samples(state: &AppState, layout: &Layout) -> Result<(), CliErro
         let source = dir.join(name);
         let _ = std::fs::remove_dir_all(&source);
         for (file, text, mode) in *files {
-            dev::write_file_atomic(&source.join(file), text.as_bytes(), *mode)
+            crate::fsutil::write_file_atomic(&source.join(file), text.as_bytes(), *mode)
                 .map_err(|e| CliError::Other(format!("sample {name}: {e}")))?;
         }
         let bundle = dir.join(format!("{name}-{}.bundle", env!("CARGO_PKG_VERSION")));
@@ -522,9 +522,8 @@ async fn import_samples(state: &AppState, layout: &Layout) -> Result<(), CliErro
         .await
         .map_err(|e| CliError::Other(e.to_string()))?
         .map_err(|e| CliError::Other(format!("sample {name}: {e}")))?;
-        if let Err(p) = crate::api::handlers::bundles::import_file(
-            state,
-            &principal,
+        if let Err(e) = crate::app::import::import_file(
+            &state.importer(&principal),
             &bundle,
             &bundle.display().to_string(),
             false,
@@ -534,7 +533,7 @@ async fn import_samples(state: &AppState, layout: &Layout) -> Result<(), CliErro
         {
             // A dev state directory from an older stella may hold other samples under the same
             // version; the appliance still starts, saying why the sample was not replaced.
-            tracing::warn!(sample = name, reason = %p.body().detail, "sample bundle not imported");
+            tracing::warn!(sample = name, reason = %e, "sample bundle not imported");
         }
     }
     Ok(())

@@ -137,3 +137,20 @@ impl IntoResponse for Problem {
 }
 
 pub type ApiResult<T> = Result<T, Problem>;
+
+impl From<crate::app::import::ImportError> for Problem {
+    fn from(e: crate::app::import::ImportError) -> Self {
+        use crate::app::import::{ImportError, Refusal};
+        match e {
+            ImportError::Rejected { refusal: Refusal::Invalid, reason } => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "bundle_rejected", reason)
+            }
+            ImportError::Rejected { refusal: Refusal::Conflict(_), reason } => {
+                Problem::new(StatusCode::CONFLICT, "bundle_rejected", reason)
+            }
+            ImportError::Command(e) => e.into(),
+            ImportError::Store(e) => e.into(),
+            ImportError::Internal(e) => Problem::internal(e),
+        }
+    }
+}

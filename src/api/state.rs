@@ -34,6 +34,19 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The bundle import use case, acting for `p`.
+    pub fn importer(&self, p: &crate::auth::Principal) -> crate::app::import::Importer<'_> {
+        crate::app::import::Importer {
+            store: &self.store,
+            writer: &self.writer,
+            lib: &self.lib,
+            trust_dir: &self.trust_dir,
+            now_ms: self.clock.now_ms(),
+            max_major_jump: self.config.bundles.max_major_jump,
+            actor: crate::kernel::Actor { name: p.actor.clone() },
+        }
+    }
+
     /// Whether `p` may see every tenant's figures (queue counts, metric series, exports): the
     /// local administrator, or a token on an appliance that has only its tenant.
     pub fn sees_all_tenants(&self, p: &crate::auth::Principal) -> bool {

@@ -83,6 +83,6 @@ pub fn audit(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
             });
             Ok(())
         }
-        other => crate::audit::cli(g, other),
+        other => crate::cli::audit::cli(g, other),
     }
 }

@@ -91,7 +91,7 @@ pub fn run(g: &Global, cmd: KeysCmd) -> Result<(), CliError> {
             let mut current = std::fs::read_to_string(&path).unwrap_or_default();
             if !current.lines().any(|l| l.trim() == fingerprint) {
                 current.push_str(&format!("{fingerprint}\n"));
-                crate::dev::write_file_atomic(&path, current.as_bytes(), 0o644)
+                crate::fsutil::write_file_atomic(&path, current.as_bytes(), 0o644)
                     .map_err(|e| CliError::Other(format!("write {}: {e}", path.display())))?;
             }
             output::print(g.format, &json!({ "revoked": fingerprint }), |v| format!("revoked {}\n", s(&v["revoked"])));

@@ -2,6 +2,7 @@
 //! `output`, and the resolution of which daemon to talk to in `target`.
 
 pub mod args;
+pub mod audit;
 pub mod bundle;
 pub mod dispatch;
 pub mod export;

@@ -420,13 +420,14 @@ fn write_files(
         "files": files,
     });
     let manifest_bytes = serde_json_canonicalizer::to_vec(&manifest).map_err(|e| e.to_string())?;
-    crate::dev::write_file_atomic(&dir.join(MANIFEST), &manifest_bytes, 0o644).map_err(io(&dir.join(MANIFEST)))?;
+    crate::fsutil::write_file_atomic(&dir.join(MANIFEST), &manifest_bytes, 0o644).map_err(io(&dir.join(MANIFEST)))?;
     sums.push((MANIFEST.to_owned(), hex::encode(Sha256::digest(&manifest_bytes))));
     sums.sort();
     let sums_text: String = sums.iter().map(|(n, s)| format!("{s}  {n}\n")).collect();
-    crate::dev::write_file_atomic(&dir.join(SUMS), sums_text.as_bytes(), 0o644).map_err(io(&dir.join(SUMS)))?;
+    crate::fsutil::write_file_atomic(&dir.join(SUMS), sums_text.as_bytes(), 0o644).map_err(io(&dir.join(SUMS)))?;
     let signature = sig::sign(src.key, Namespace::Export, sums_text.as_bytes())?;
-    crate::dev::write_file_atomic(&dir.join(SUMS_SIG), signature.as_bytes(), 0o644).map_err(io(&dir.join(SUMS_SIG)))?;
+    crate::fsutil::write_file_atomic(&dir.join(SUMS_SIG), signature.as_bytes(), 0o644)
+        .map_err(io(&dir.join(SUMS_SIG)))?;
     let mut manifest = manifest;
     manifest["packSha256"] = json!(hex::encode(Sha256::digest(sums_text.as_bytes())));
     Ok(manifest)
@@ -526,7 +527,7 @@ fn seal(staging: &Path, out: &Path, tar: bool) -> Result<(), String> {
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect();
         names.sort_by_key(|n| (n.ends_with(".ndjson"), n.clone()));
-        crate::dev::write_atomic_with(out, 0o644, |f| {
+        crate::fsutil::write_atomic_with(out, 0o644, |f| {
             let mut t = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
             for n in &names {
                 let path = staging.join(n);

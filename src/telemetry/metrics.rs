@@ -20,12 +20,9 @@ type Labels = Vec<(String, String)>;
 /// Locks counted at most.
 const LOCKS_MAX: usize = 100_000;
 
-/// Upper bounds (seconds) of `orchestrator_run_duration_seconds`.
-pub const RUN_DURATION_BUCKETS: [f64; 9] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0];
-/// Upper bounds (seconds) of `orchestrator_step_queue_seconds` (queued to first start).
-pub const STEP_QUEUE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
+pub use crate::domain::runs::{RUN_DURATION_BUCKETS, STEP_QUEUE_BUCKETS};
 
-/// A histogram whose counts live in the store (`queue::apply::observe`), encoded as is.
+/// A histogram whose counts live in the store (`kernel::counters::observe`), encoded as is.
 #[derive(Debug)]
 struct StoredHistogram {
     sum: f64,

@@ -16,10 +16,10 @@ pub fn generate(path: &Path, comment: &str) -> Result<String, String> {
     key.set_comment(comment);
     let private = key.to_openssh(LineEnding::LF).map_err(|e| format!("encode key: {e}"))?;
     let public = key.public_key().to_openssh().map_err(|e| format!("encode public key: {e}"))?;
-    crate::dev::write_file_atomic(path, private.as_bytes(), 0o600)
+    crate::fsutil::write_file_atomic(path, private.as_bytes(), 0o600)
         .map_err(|e| format!("write {}: {e}", path.display()))?;
     let pub_path = PathBuf::from(format!("{}.pub", path.display()));
-    crate::dev::write_file_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)
+    crate::fsutil::write_file_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)
         .map_err(|e| format!("write {}: {e}", pub_path.display()))?;
     Ok(key.fingerprint(HashAlg::Sha256).to_string())
 }

@@ -160,7 +160,7 @@ pub fn append_signer(
     }
     current.push_str(&line);
     current.push('\n');
-    crate::dev::write_file_atomic(signers, current.as_bytes(), 0o644)
+    crate::fsutil::write_file_atomic(signers, current.as_bytes(), 0o644)
         .map_err(|e| format!("write {}: {e}", signers.display()))?;
     Ok(key.fingerprint(HashAlg::Sha256).to_string())
 }

@@ -11,6 +11,7 @@ mod engine_model;
 mod export;
 mod faults;
 mod golden_ledger;
+mod layers;
 mod openapi;
 mod otlp_golden;
 mod plugins;

@@ -3,7 +3,7 @@
 //! (`export.created`) so the next pack names this one's head.
 
 use crate::api::extract::{Auth, JsonBody};
-use crate::api::handlers::queue::submit;
+use crate::api::handlers::submit;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
@@ -87,7 +87,7 @@ pub async fn create(
         ));
     }
     let out = export_path(&state, p.tenant.is_some(), &req.out)?;
-    let progress = crate::api::handlers::bundles::progress_for(&state, req.progress_id.as_deref())?;
+    let progress = crate::api::handlers::progress_for(&state, req.progress_id.as_deref())?;
     // The pack holds the metric values as of now, not only as of the last periodic snapshot.
     crate::telemetry::metrics::snapshot(&state.store, &state.writer, state.config.telemetry.metrics_retention_ms)
         .await

@@ -2,7 +2,7 @@
 
 use crate::api::dto;
 use crate::api::extract::{Auth, JsonBody, QueryArgs};
-use crate::api::handlers::queue::{EnvQuery, acting_tenant, ms, submit};
+use crate::api::handlers::{EnvQuery, acting_tenant, ms, submit};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;

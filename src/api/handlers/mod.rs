@@ -12,8 +12,59 @@ pub mod runs;
 pub mod stream;
 pub mod tokens;
 
-use crate::api::problem::Problem;
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::state::AppState;
+use crate::auth::Principal;
+use crate::duration;
+use crate::kernel::{Actor, Committed};
+use crate::machine::Command;
+use crate::progress::Progress;
 use axum::http::{StatusCode, Uri};
+use serde::Deserialize;
+use std::sync::Arc;
+
+// What every handler shares: who acts, for which tenant, durations in requests, submitting a
+// command, following a long operation.
+
+pub fn actor(p: &Principal) -> Actor {
+    Actor { name: p.actor.clone() }
+}
+
+pub fn ms(field: &str, text: &str) -> Result<u64, Problem> {
+    duration::parse(text).map(|d| d.as_millis() as u64).map_err(|e| Problem::invalid(field, e.to_string()))
+}
+
+/// The tenant a principal acts for: its own, or for the local admin the one named (default:
+/// the first allowed).
+pub fn acting_tenant(state: &AppState, p: &Principal, named: Option<&str>) -> Result<String, Problem> {
+    match (&p.tenant, named) {
+        (Some(own), Some(n)) if n != own => Err(Problem::forbidden()),
+        (Some(own), _) => Ok(own.clone()),
+        (None, Some(n)) if state.config.tenants.allowed.iter().any(|t| t == n) => Ok(n.to_owned()),
+        (None, Some(n)) => Err(Problem::invalid("tenant", format!("tenant {n:?} is not in tenants.allowed"))),
+        (None, None) => Ok(state.config.tenants.allowed[0].clone()),
+    }
+}
+
+pub async fn submit(state: &AppState, p: &Principal, command: Command) -> ApiResult<Committed> {
+    Ok(state.writer.submit(actor(p), command).await?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvQuery {
+    pub env: Option<String>,
+}
+
+/// The progress a request asked to be followed under `id` (registered), or an unregistered one.
+pub fn progress_for(state: &AppState, id: Option<&str>) -> Result<Arc<Progress>, Problem> {
+    match id {
+        Some(id) => {
+            state.progress.start(id).ok_or_else(|| Problem::invalid("progressId", "expected 8-64 of 0-9, a-z, '-'"))
+        }
+        None => Ok(Arc::default()),
+    }
+}
 
 pub async fn route_not_found(uri: Uri) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "route_not_found", format!("no route {}", uri.path()))

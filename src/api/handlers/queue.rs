@@ -4,6 +4,7 @@
 
 use crate::api::dto;
 use crate::api::extract::{Auth, JsonBody, QueryArgs};
+use crate::api::handlers::{EnvQuery, acting_tenant, ms, submit};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
@@ -11,8 +12,6 @@ use crate::clock::rfc3339;
 use crate::domain::queue::plan::{LEASE_MAX, valid_type};
 use crate::domain::queue::tables::Budget;
 use crate::domain::queue::{QueueCommand, ReplaySelector, WAKE_KINDS};
-use crate::duration;
-use crate::kernel::Actor;
 use crate::kernel::Committed;
 use crate::machine::Command;
 use crate::machine::read;
@@ -29,30 +28,6 @@ const LIST_MAX: usize = 10_000;
 const OLDEST_SCAN: usize = 1_000;
 /// Lease timers examined for the worker registry.
 const LEASE_SCAN: usize = 100_000;
-
-pub fn actor(p: &Principal) -> Actor {
-    Actor { name: p.actor.clone() }
-}
-
-pub fn ms(field: &str, text: &str) -> Result<u64, Problem> {
-    duration::parse(text).map(|d| d.as_millis() as u64).map_err(|e| Problem::invalid(field, e.to_string()))
-}
-
-/// The tenant a principal acts for: its own, or for the local admin the one named (default:
-/// the first allowed).
-pub fn acting_tenant(state: &AppState, p: &Principal, named: Option<&str>) -> Result<String, Problem> {
-    match (&p.tenant, named) {
-        (Some(own), Some(n)) if n != own => Err(Problem::forbidden()),
-        (Some(own), _) => Ok(own.clone()),
-        (None, Some(n)) if state.config.tenants.allowed.iter().any(|t| t == n) => Ok(n.to_owned()),
-        (None, Some(n)) => Err(Problem::invalid("tenant", format!("tenant {n:?} is not in tenants.allowed"))),
-        (None, None) => Ok(state.config.tenants.allowed[0].clone()),
-    }
-}
-
-pub async fn submit(state: &AppState, p: &Principal, command: Command) -> ApiResult<Committed> {
-    Ok(state.writer.submit(actor(p), command).await?)
-}
 
 fn job_dto(state: &AppState, p: &Principal, id: &str) -> ApiResult<dto::Job> {
     let txn = state.store.read()?;
@@ -429,12 +404,6 @@ pub async fn dlq_purge(
         QueueCommand::DlqPurge { tenant: p.tenant.clone(), ids: req.ids.clone(), snapshot_sha256: req.snapshot_sha256 };
     submit(&state, p, Command::Queue(command)).await?;
     Ok(Json(dto::Released { released: req.ids }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnvQuery {
-    pub env: Option<String>,
 }
 
 pub async fn workers(

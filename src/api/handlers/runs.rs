@@ -3,7 +3,7 @@
 
 use crate::api::dto;
 use crate::api::extract::{Auth, JsonBody};
-use crate::api::handlers::queue::{acting_tenant, submit};
+use crate::api::handlers::{acting_tenant, submit};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;

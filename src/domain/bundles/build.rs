@@ -128,7 +128,7 @@ pub fn build_to(
         let ns = if kind == Kind::Trust { Namespace::Trust } else { Namespace::Bundle };
         let signature = sig::sign(key, ns, sums_text.as_bytes())?;
         let payload_file = std::fs::File::open(&payload_path).map_err(|e| format!("payload: {e}"))?;
-        crate::dev::write_atomic_with(out, 0o644, |f| {
+        crate::fsutil::write_atomic_with(out, 0o644, |f| {
             let mut envelope = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
             let mut member = |name: &str, size: u64, data: &mut dyn Read| {
                 envelope.append(&header(name, size, 0o644, tar::EntryType::Regular), data)

@@ -124,7 +124,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
         }
         run.finished_ms = (kind != "run.resumed").then_some(entry.time);
         if kind != "run.resumed" {
-            use crate::telemetry::metrics::RUN_DURATION_BUCKETS;
+            use crate::domain::runs::RUN_DURATION_BUCKETS;
             counters::increment(txn, &format!("runs:{}", kind.trim_start_matches("run.")))?;
             counters::observe(txn, "run_duration", &RUN_DURATION_BUCKETS, entry.time - run.created_ms)?;
         }
@@ -165,7 +165,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
         }
         "step.started" => {
             if let (0, Some(queued)) = (rec.attempts, rec.queued_ms) {
-                use crate::telemetry::metrics::STEP_QUEUE_BUCKETS;
+                use crate::domain::runs::STEP_QUEUE_BUCKETS;
                 counters::observe(txn, "step_queue", &STEP_QUEUE_BUCKETS, entry.time - queued)?;
             }
             rec.state = StepState::Running;

@@ -34,3 +34,8 @@ pub struct CompiledDags(pub std::collections::HashMap<String, std::sync::Arc<spe
 /// The next run sequence number while one command starts several runs (a tick may).
 #[derive(Debug, Default)]
 pub struct NextRunSeq(pub Option<u64>);
+
+/// Upper bounds (seconds) of `orchestrator_run_duration_seconds`.
+pub const RUN_DURATION_BUCKETS: [f64; 9] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0];
+/// Upper bounds (seconds) of `orchestrator_step_queue_seconds` (queued to first start).
+pub const STEP_QUEUE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];

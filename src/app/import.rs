@@ -1,0 +1,289 @@
+//! Importing a signed bundle (DESIGN.md §3), the use case the API (`POST /bundles`, uploads)
+//! and the daemon (the dev samples at start) share: verified against the current trust store,
+//! the version policy, sealed, its plugin or DAGs registered in the import's transaction — or
+//! its rejection ledgered with the reason.
+
+use crate::domain::bundles::format::Kind;
+use crate::domain::bundles::plan::BundleCommand;
+use crate::domain::bundles::{import, verify};
+use crate::kernel::store::{Store, StoreError};
+use crate::kernel::{Actor, CommandError};
+use crate::machine::{Command, WriterHandle, read};
+use crate::progress::Progress;
+use crate::trust::store::TrustStore;
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What an import needs of the appliance.
+pub struct Importer<'a> {
+    pub store: &'a Store,
+    pub writer: &'a WriterHandle,
+    /// `<lib>`: the sealed store and bundle metadata live under it.
+    pub lib: &'a Path,
+    pub trust_dir: &'a Path,
+    pub now_ms: i64,
+    /// `bundles.max_major_jump` (0: no limit).
+    pub max_major_jump: u64,
+    /// Who imports: on the ledger entries.
+    pub actor: Actor,
+}
+
+/// An installed bundle, as the import answers it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Imported {
+    pub name: String,
+    pub version: String,
+    pub kind: Kind,
+    pub digest: String,
+    pub signer: String,
+    pub fingerprint: String,
+    pub files: usize,
+    pub dags: Vec<String>,
+}
+
+/// Why a bundle was refused (ledgered as `bundle.rejected`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The bundle itself is bad: signature, digests, manifest, contents.
+    Invalid,
+    /// It conflicts with what is installed (the version policy), under this code.
+    Conflict(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{reason}")]
+    Rejected { refusal: Refusal, reason: String },
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> ImportError {
+    ImportError::Internal(e.to_string())
+}
+
+fn file_sha256(path: &Path) -> String {
+    let mut h = Sha256::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = std::io::copy(&mut f, &mut h);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Ledgers the rejection and answers with its reason. `source` names the bundle as its client
+/// did (a path in the inbox, or an upload's file name); no byte of the file is quoted.
+async fn reject(ctx: &Importer<'_>, (path, source): (&Path, &str), refusal: Refusal, reason: String) -> ImportError {
+    let command = BundleCommand::Reject { file: source.to_owned(), sha256: file_sha256(path), reason: reason.clone() };
+    if let Err(e) = ctx.writer.submit(ctx.actor.clone(), Command::Bundle(command)).await {
+        return e.into();
+    }
+    ImportError::Rejected { refusal, reason }
+}
+
+/// Imports the bundle at `path` on this host, in the order of DESIGN.md §3 — verified against
+/// the current trust store, the version policy, sealed, its plugin or DAGs registered in the
+/// import's transaction — or ledgers its rejection and answers with the reason.
+pub async fn import_file(
+    ctx: &Importer<'_>,
+    path: &Path,
+    source: &str,
+    allow_downgrade: bool,
+    progress: Arc<Progress>,
+) -> Result<Imported, ImportError> {
+    let path = path.to_path_buf();
+    let at = (path.as_path(), source);
+    let (trust_dir, now) = (ctx.trust_dir.to_owned(), ctx.now_ms);
+    let checked = {
+        let (path, progress) = (path.clone(), progress.clone());
+        // Steps 1-4 only: the payload is walked once, while it is unpacked into staging.
+        tokio::task::spawn_blocking(move || -> Result<verify::Envelope, String> {
+            let trust = TrustStore::load(&trust_dir).map_err(|e| e.to_string())?;
+            verify::check_envelope(&path, &trust, now, &progress).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ImportError::Internal(e.to_string()))?
+    };
+    let v = match checked {
+        Ok(v) => v,
+        Err(reason) => return Err(reject(ctx, at, Refusal::Invalid, reason).await),
+    };
+    let m = v.manifest.clone();
+    let installed = read::bundles(&ctx.store.read()?)?.into_iter().find(|b| b["name"] == m.name.as_str());
+    if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
+        && import::compare_versions(&m.version, &cur).is_lt()
+        && !allow_downgrade
+    {
+        let reason = format!(
+            "bundle {} {} is older than the installed {cur}: a downgrade needs --allow-downgrade",
+            m.name, m.version
+        );
+        return Err(reject(ctx, at, Refusal::Conflict("version_refused"), reason).await);
+    }
+    if let Some(cur) = installed.as_ref()
+        && cur["version"].as_str() == Some(m.version.as_str())
+        && cur["digest"].as_str() != Some(m.payload.sha256.as_str())
+    {
+        let reason =
+            format!("bundle {} {} is installed with other content: versions are never reused", m.name, m.version);
+        return Err(reject(ctx, at, Refusal::Conflict("version_refused"), reason).await);
+    }
+    let limit = ctx.max_major_jump;
+    if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
+        && limit > 0
+        && import::major_jump(&cur, &m.version) > limit
+    {
+        let reason =
+            format!("bundle {} jumps from {cur} to {}, past bundles.max_major_jump = {limit}", m.name, m.version);
+        return Err(reject(ctx, at, Refusal::Conflict("version_refused"), reason).await);
+    }
+    let lib = ctx.lib.to_owned();
+    let existed = crate::plugins::sealed_dir(&lib, &m.payload.sha256).exists();
+    let sealed = {
+        let (path, v, lib, progress) = (path.clone(), v.clone(), lib.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || import::seal(&path, &v, &lib, &progress))
+            .await
+            .map_err(|e| ImportError::Internal(e.to_string()))?
+    };
+    let sealed = match sealed {
+        Ok(s) => s,
+        Err(reason) => return Err(reject(ctx, at, Refusal::Invalid, reason).await),
+    };
+    let contents = match inspect(ctx, &m.kind, &m.name, &sealed) {
+        Ok(c) => c,
+        Err(reason) => {
+            if !existed {
+                let _ = std::fs::remove_dir_all(&sealed);
+            }
+            return Err(reject(ctx, at, Refusal::Invalid, reason).await);
+        }
+    };
+    let command = BundleCommand::Import {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        kind: serde_json::to_value(m.kind).ok().and_then(|k| k.as_str().map(str::to_owned)).unwrap_or_default(),
+        digest: m.payload.sha256.clone(),
+        signer: v.signer.principal.clone(),
+        fingerprint: v.signer.fingerprint.clone(),
+        allow_downgrade,
+        entrypoint: contents.entrypoint.clone(),
+        kinds: contents.kinds.clone(),
+        dags: contents.dags.clone(),
+    };
+    // Kept beside the sealed payload so the bundle can be re-verified later.
+    let meta = crate::app::installed::meta_dir(&lib, &m.payload.sha256);
+    match verify::signed_members(&path) {
+        Ok(members) => {
+            for (name, bytes) in members {
+                crate::fsutil::write_file_atomic(&meta.join(name), &bytes, 0o644)
+                    .map_err(|e| ImportError::Internal(format!("write {}: {e}", meta.display())))?;
+            }
+        }
+        Err(e) => return Err(reject(ctx, at, Refusal::Invalid, e.to_string()).await),
+    }
+    progress.phase("recording");
+    if let Err(refused) = ctx.writer.submit(ctx.actor.clone(), Command::Bundle(command)).await {
+        // Refused while recording (a race with another import): the disk is left as it was.
+        if !existed {
+            let _ = std::fs::remove_dir_all(&sealed);
+            let _ = std::fs::remove_dir_all(&meta);
+        }
+        if let CommandError::Conflict { code, detail } = refused {
+            return Err(reject(ctx, at, Refusal::Conflict(code), detail).await);
+        }
+        return Err(refused.into());
+    }
+    if m.kind == Kind::Trust {
+        // Replaces the trust store atomically; the next verification reads the new one.
+        for file in ["allowed_signers", "revoked"] {
+            let source = sealed.join(file);
+            let bytes = if source.exists() { std::fs::read(&source).map_err(internal)? } else { Vec::new() };
+            crate::fsutil::write_file_atomic(&ctx.trust_dir.join(file), &bytes, 0o644).map_err(internal)?;
+        }
+    }
+    progress.phase("done");
+    Ok(Imported {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        kind: m.kind,
+        digest: m.payload.sha256.clone(),
+        signer: v.signer.principal.clone(),
+        fingerprint: v.signer.fingerprint.clone(),
+        files: m.files.len(),
+        dags: contents.dags.into_iter().map(|(n, _)| n).collect(),
+    })
+}
+
+struct Contents {
+    entrypoint: Option<String>,
+    kinds: Vec<String>,
+    dags: Vec<(String, String)>,
+}
+
+/// What a sealed bundle carries: a plugin's entrypoint (its `plugin.toml` must name the bundle),
+/// or DAG specs (every `*.toml`), each validated against the installed plugins.
+fn inspect(ctx: &Importer<'_>, kind: &Kind, name: &str, sealed: &Path) -> Result<Contents, String> {
+    match kind {
+        Kind::Plugin => {
+            let text = std::fs::read_to_string(sealed.join("plugin.toml")).map_err(|e| format!("plugin.toml: {e}"))?;
+            let manifest: crate::plugins::Manifest = toml::from_str(&text).map_err(|e| format!("plugin.toml: {e}"))?;
+            manifest.validate()?;
+            if manifest.name != name {
+                return Err(format!("plugin.toml names {:?}, the bundle {name:?}: they must agree", manifest.name));
+            }
+            let entry = sealed.join(&manifest.entrypoint);
+            let executable =
+                std::fs::symlink_metadata(&entry).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if !crate::domain::bundles::format::valid_path(&manifest.entrypoint) || !executable {
+                return Err(format!(
+                    "plugin.toml: entrypoint {:?} is not an executable file of the bundle",
+                    manifest.entrypoint
+                ));
+            }
+            Ok(Contents { kinds: manifest.kinds(), entrypoint: Some(manifest.entrypoint), dags: vec![] })
+        }
+        Kind::Dag => {
+            let installed = ctx.store.read().and_then(|t| read::installed_plugins(&t)).map_err(|e| e.to_string())?;
+            let mut files: Vec<PathBuf> = std::fs::read_dir(sealed)
+                .map_err(|e| e.to_string())?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            let mut dags = Vec::new();
+            for f in files {
+                let text = std::fs::read_to_string(&f).map_err(|e| e.to_string())?;
+                let c = crate::domain::runs::spec::compile(&text, &installed)
+                    .map_err(|e| format!("{}: {e}", f.file_name().unwrap_or_default().to_string_lossy()))?;
+                dags.push((c.name, text));
+            }
+            if dags.is_empty() {
+                return Err("a DAG bundle carries at least one *.toml spec".into());
+            }
+            Ok(Contents { entrypoint: None, kinds: vec![], dags })
+        }
+        Kind::Trust => {
+            if !sealed.join("allowed_signers").is_file() {
+                return Err("a trust bundle carries allowed_signers".into());
+            }
+            let parsed = crate::trust::store::TrustStore::load_files(
+                &sealed.join("allowed_signers"),
+                Some(&sealed.join("revoked")),
+            )
+            .map_err(|e| e.to_string())?;
+            if !parsed.entries.iter().any(|e| {
+                e.namespaces
+                    .as_ref()
+                    .is_none_or(|n| n.iter().any(|x| x == crate::trust::sig::Namespace::Trust.as_str()))
+            }) {
+                return Err("the new trust store has no key for stella-trust@stella.invalid: it would lock out every future update".into());
+            }
+            Ok(Contents { entrypoint: None, kinds: vec![], dags: vec![] })
+        }
+    }
+}
