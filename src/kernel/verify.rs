@@ -5,6 +5,7 @@
 //! It reads one MVCC snapshot and never writes, so it runs beside a live writer or on a stopped
 //! store opened read-only.
 
+use crate::kernel::invariant;
 use crate::kernel::ledger::{ChainCursor, ChainError, Entry, Link};
 use crate::kernel::plan::Machine;
 use crate::kernel::store::LEDGER;
@@ -60,7 +61,7 @@ fn rerr(e: impl Into<redb::Error>) -> StoreError {
 pub fn verify<M: Machine>(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
     std::thread::scope(|scope| {
         let chain = scope.spawn(|| check_chain(txn, 1));
-        let replayed = replay::<M>(txn);
+        let (replayed, _) = invariant::recording(|| replay::<M>(txn));
         let chain = chain.join().expect("the chain check panicked")?;
         let (replay, writers, entries, replay_problem) = replayed?;
         let mut report = VerifyReport {
@@ -181,6 +182,9 @@ fn replay<M: Machine>(txn: &ReadTransaction) -> Result<Replayed, StoreError> {
             Err(e) => Some(ReplayProblem { seq, message: format!("ledger entry {seq} does not parse: {e}") }),
             Ok(entry) => match M::apply(&replay, &entry) {
                 Err(e) => Some(ReplayProblem { seq, message: e.to_string() }),
+                Ok(()) if let Some(b) = invariant::drain().into_iter().next() => {
+                    Some(ReplayProblem { seq, message: format!("replaying entry {seq} breaks an invariant: {b}") })
+                }
                 Ok(()) => {
                     for subject in &entry.subjects {
                         writers.insert(subject.clone(), entry.seq);

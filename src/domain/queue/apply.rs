@@ -15,6 +15,7 @@ use crate::domain::queue::tables::QueueRecord;
 use crate::domain::queue::tables::READY;
 use crate::domain::queue::{ready_order, timer_key};
 use crate::kernel::ApplyError;
+use crate::kernel::invariant::take_one;
 use crate::kernel::ledger::Entry;
 use crate::kernel::store::rw;
 use crate::kernel::{counters, due};
@@ -142,7 +143,7 @@ fn count(
 ) -> Result<(), ApplyError> {
     with_queue(txn, job_type, |q| {
         if let Some(c) = from.and_then(|s| slot(q, s)) {
-            *c = c.saturating_sub(1);
+            take_one(c, || format!("queue {job_type} {from:?} count"));
         }
         if let Some(c) = to.and_then(|s| slot(q, s)) {
             *c += 1;

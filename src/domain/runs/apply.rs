@@ -19,6 +19,7 @@ use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::tables::StepState;
 use crate::kernel::ApplyError;
 use crate::kernel::counters::COUNTERS;
+use crate::kernel::invariant::take_one;
 use crate::kernel::ledger::Entry;
 use crate::kernel::store::rw;
 use crate::kernel::{counters, due};
@@ -67,7 +68,7 @@ fn release_dependants(txn: &WriteTransaction, entry: &Entry, run_id: &str) -> Re
     for d in entry.data["dependants"].as_array().into_iter().flatten() {
         let name = d.as_str().ok_or_else(|| bad(entry, "bad dependant"))?;
         let mut dep = step(txn, entry, run_id, name)?;
-        dep.pending_needs = dep.pending_needs.saturating_sub(1);
+        take_one(&mut dep.pending_needs, || format!("step {run_id}/{name} pending needs"));
         save_step(txn, &dep)?;
     }
     Ok(())
@@ -75,7 +76,7 @@ fn release_dependants(txn: &WriteTransaction, entry: &Entry, run_id: &str) -> Re
 
 fn finish_step(rec: &mut StepRecord, run: &mut RunRecord, state: StepState, now: i64) {
     if matches!(rec.state, StepState::Queued | StepState::Running) {
-        run.active = run.active.saturating_sub(1);
+        take_one(&mut run.active, || format!("run {} active steps", run.id));
     }
     rec.state = state;
     rec.finished_ms = Some(now);
@@ -150,8 +151,8 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 txn.open_table(RUN_WAITING).map_err(r)?.remove(key.as_str()).map_err(r)?;
             }
             if rec.state == StepState::Failed {
-                run.terminal = run.terminal.saturating_sub(1);
-                run.failed = run.failed.saturating_sub(1);
+                take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
+                take_one(&mut run.failed, || format!("run {} failed steps", run.id));
             }
             rec.state = StepState::Queued;
             rec.wait = None;
@@ -210,7 +211,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 return Err(bad(entry, "only a failed step is skipped"));
             }
             rec.state = StepState::Skipped;
-            run.failed = run.failed.saturating_sub(1);
+            take_one(&mut run.failed, || format!("run {} failed steps", run.id));
             release_dependants(txn, entry, &run_id)?;
         }
         "step.cancelled" => {
@@ -218,8 +219,8 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 txn.open_table(RUN_WAITING).map_err(r)?.remove(key.as_str()).map_err(r)?;
             }
             if rec.state == StepState::Failed {
-                run.failed = run.failed.saturating_sub(1);
-                run.terminal = run.terminal.saturating_sub(1);
+                take_one(&mut run.failed, || format!("run {} failed steps", run.id));
+                take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
             }
             finish_step(&mut rec, &mut run, StepState::Cancelled, entry.time);
         }
