@@ -145,8 +145,8 @@ impl From<crate::app::import::ImportError> for Problem {
             ImportError::Rejected { refusal: Refusal::Invalid, reason } => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "bundle_rejected", reason)
             }
-            ImportError::Rejected { refusal: Refusal::Conflict(_), reason } => {
-                Problem::new(StatusCode::CONFLICT, "bundle_rejected", reason)
+            ImportError::Rejected { refusal: Refusal::Conflict(code), reason } => {
+                Problem::new(StatusCode::CONFLICT, code, reason)
             }
             ImportError::Command(e) => e.into(),
             ImportError::Store(e) => e.into(),

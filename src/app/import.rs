@@ -123,7 +123,7 @@ pub async fn import_file(
             "bundle {} {} is older than the installed {cur}: a downgrade needs --allow-downgrade",
             m.name, m.version
         );
-        return Err(reject(ctx, at, Refusal::Conflict("version_refused"), reason).await);
+        return Err(reject(ctx, at, Refusal::Conflict("version_downgrade"), reason).await);
     }
     if let Some(cur) = installed.as_ref()
         && cur["version"].as_str() == Some(m.version.as_str())
@@ -131,7 +131,7 @@ pub async fn import_file(
     {
         let reason =
             format!("bundle {} {} is installed with other content: versions are never reused", m.name, m.version);
-        return Err(reject(ctx, at, Refusal::Conflict("version_refused"), reason).await);
+        return Err(reject(ctx, at, Refusal::Conflict("version_reused"), reason).await);
     }
     let limit = ctx.max_major_jump;
     if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
@@ -140,7 +140,7 @@ pub async fn import_file(
     {
         let reason =
             format!("bundle {} jumps from {cur} to {}, past bundles.max_major_jump = {limit}", m.name, m.version);
-        return Err(reject(ctx, at, Refusal::Conflict("version_refused"), reason).await);
+        return Err(reject(ctx, at, Refusal::Conflict("major_jump_too_far"), reason).await);
     }
     let lib = ctx.lib.to_owned();
     let existed = crate::plugins::sealed_dir(&lib, &m.payload.sha256).exists();

@@ -282,7 +282,10 @@ pub fn write(src: &Sources, req: &Request, progress: &Progress) -> Result<Value,
     result
 }
 
-#[expect(clippy::too_many_arguments, reason = "the pack's parts, each needed; grouping them would be a struct used once")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pack's parts, each needed; grouping them would be a struct used once"
+)]
 fn write_files(
     src: &Sources,
     req: &Request,
@@ -434,7 +437,10 @@ fn write_files(
 }
 
 /// The metric snapshots and the log records of the window, into their files.
-#[expect(clippy::too_many_arguments, reason = "the pack's parts, each needed; grouping them would be a struct used once")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pack's parts, each needed; grouping them would be a struct used once"
+)]
 fn write_metrics_and_logs(
     src: &Sources,
     txn: &redb::ReadTransaction,

@@ -268,6 +268,7 @@ async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
     let downgrade = stella(&root, &["bundle", "import", older.to_str().unwrap()]);
     assert_eq!(downgrade.status.code(), Some(7), "{}", stderr(&downgrade));
     assert!(stderr(&downgrade).contains("--allow-downgrade"), "{}", stderr(&downgrade));
+    assert!(stderr(&downgrade).contains("[version_downgrade, HTTP 409]"), "{}", stderr(&downgrade));
     let leap = root.join("leap.bundle");
     assert!(
         build_bundle(

@@ -338,6 +338,10 @@ async fn a_step_id_of_another_run_is_refused() {
     let step = format!("{other}/work");
     let r = c.post(&format!("{API}/runs/{run}/actions/retry"), &json!({ "stepRecordId": step })).await.unwrap();
     assert_eq!(r.status, 422);
+    assert_eq!(
+        (r.json().unwrap()["code"].clone(), r.json().unwrap()["field"].clone()),
+        (json!("invalid_field"), json!("step"))
+    );
     assert!(r.json().unwrap()["detail"].as_str().unwrap().contains(&format!("belongs to run {other}")));
     let out = app.stella(&["orch", "run", "retry", &run, "--step", &step]);
     assert!(!out.status.success());

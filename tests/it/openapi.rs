@@ -63,3 +63,31 @@ fn every_routed_path_is_documented() {
     }
     assert!(routed >= 30);
 }
+
+/// Every conflict code the source can answer (409 `code`) is named in the document, so a client
+/// can match on it.
+#[test]
+fn every_conflict_code_is_documented() {
+    let doc = include_str!("../../docs/openapi.json");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![src.clone()];
+    let mut codes = std::collections::BTreeSet::new();
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        for marker in ["CommandError::conflict(", "Refusal::Conflict("] {
+            for part in text.split(marker).skip(1) {
+                let code: String = part.trim_start().trim_start_matches('"').chars().take_while(|c| *c != '"').collect();
+                if !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    codes.insert(code);
+                }
+            }
+        }
+    }
+    assert!(codes.len() >= 20 && codes.contains("lease_stale"), "{codes:?}");
+    let missing: Vec<&String> = codes.iter().filter(|c| !doc.contains(c.as_str())).collect();
+    assert!(missing.is_empty(), "409 codes not in docs/openapi.json: {missing:?}");
+}

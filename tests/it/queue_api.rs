@@ -143,6 +143,7 @@ async fn dispatch_order_pause_backpressure_and_the_dead_letter_queue() {
         .await
         .unwrap();
     assert_eq!(stale.status, 409);
+    assert_eq!(stale.json().unwrap()["code"], "lease_stale", "a specific code, not just conflict");
     api_post(
         &c,
         &format!("/leases/{}/fail", b["jobId"].as_str().unwrap()),
@@ -201,6 +202,7 @@ async fn dispatch_order_pause_backpressure_and_the_dead_letter_queue() {
         .await
         .unwrap();
     assert_eq!(clash.status, 409);
+    assert_eq!(clash.json().unwrap()["code"], "idempotency_key_reused");
     assert!(app.stella(&["orch", "db", "verify"]).status.success());
 }
 

@@ -120,6 +120,7 @@ async fn retry_of_a_failed_step_completes_the_run_and_retry_on_a_succeeded_run_i
     assert_eq!(step(&done, "build")["attempts"], 2);
     let late = c.post(&format!("{API}/runs/{id}/actions/retry"), &json!({})).await.unwrap();
     assert_eq!(late.status, 409);
+    assert_eq!(late.json().unwrap()["code"], "run_not_failed");
     let ledger = api_get(&c, "/ledger?limit=1000").await;
     let resumed = ledger["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "run.resumed").unwrap();
     assert_eq!(resumed["actor"], format!("local:uid={}", unsafe { libc::geteuid() }));
@@ -191,6 +192,7 @@ async fn fifty_concurrent_starts_with_one_token_create_one_run() {
         .await
         .unwrap();
     assert_eq!(other.status, 409);
+    assert_eq!(other.json().unwrap()["code"], "run_token_reused");
     assert!(other.json().unwrap()["detail"].as_str().unwrap().contains(ids.first().unwrap().as_str()));
 }
 
