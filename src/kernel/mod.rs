@@ -5,6 +5,7 @@
 
 pub mod counters;
 pub mod due;
+pub mod event;
 pub mod invariant;
 pub mod ledger;
 pub mod plan;

@@ -8,14 +8,15 @@ pub mod read;
 mod tests;
 pub mod timers;
 
-use crate::domain::appliance::ApplianceCommand;
+use crate::domain::appliance::{ApplianceCommand, ApplianceEvent};
 use crate::domain::bundles::plan::BundleCommand;
 use crate::domain::live::{Effects, LiveWrite};
-use crate::domain::locks::LockCommand;
+use crate::domain::locks::{LockCommand, LockEvent};
 use crate::domain::queue::QueueCommand;
 use crate::domain::runs::RunCommand;
-use crate::domain::tokens::TokenCommand;
+use crate::domain::tokens::{TokenCommand, TokenEvent};
 use crate::domain::{appliance, bundles, locks, queue, runs, tokens};
+use crate::kernel::event::Event;
 use crate::kernel::ledger::Entry;
 use crate::kernel::store::{Store, StoreError};
 use crate::kernel::{ApplyError, CommandError, Machine, PlanCtx};
@@ -102,12 +103,18 @@ impl Machine for Stella {
     }
 
     fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
-        let applied = appliance::apply::apply(txn, entry)?
-            || tokens::apply::apply(txn, entry)?
-            || queue::apply::apply(txn, entry)?
-            || locks::apply::apply(txn, entry)?
-            || runs::apply::apply(txn, entry)?
-            || bundles::apply::apply(txn, entry)?;
+        let bad = |e: serde_json::Error| ApplyError::entry(entry, e);
+        if let Some(event) = ApplianceEvent::of(entry) {
+            return appliance::apply::apply(txn, event.map_err(bad)?);
+        }
+        if let Some(event) = TokenEvent::of(entry) {
+            return tokens::apply::apply(txn, entry, event.map_err(bad)?);
+        }
+        if let Some(event) = LockEvent::of(entry) {
+            return locks::apply::apply(txn, entry, event.map_err(bad)?);
+        }
+        let applied =
+            queue::apply::apply(txn, entry)? || runs::apply::apply(txn, entry)? || bundles::apply::apply(txn, entry)?;
         if !applied {
             return Err(ApplyError::entry(entry, format!("unknown entry kind {:?}", entry.kind)));
         }

@@ -85,12 +85,7 @@ fn ok(app: &TestAppliance, args: &[&str]) -> String {
 
 /// Writes the golden store: a dev appliance (no local executor, an outside worker does the
 /// steps) driven through every kind of decision an operator or the daemon records.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "writes tests/golden/ledger; run with STELLA_BLESS_LEDGER=1 only when adding an entry kind"]
-async fn write_the_golden_ledger() {
-    if std::env::var_os("STELLA_BLESS_LEDGER").is_none() {
-        return;
-    }
+async fn scenario() -> TestAppliance {
     let mut app = TestAppliance::start_with(|c| c.exec.enabled = false);
     let c = app.socket_client();
     // Runs: success, failure into the DLQ, retry, skip, cancel, a waiting lock.
@@ -201,7 +196,17 @@ async fn write_the_golden_ledger() {
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     ok(&app, &["orch", "db", "verify"]);
     assert!(app.terminate().success());
+    app
+}
 
+/// Writes the golden store from [`scenario`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes tests/golden/ledger; run with STELLA_BLESS_LEDGER=1 only when adding an entry kind"]
+async fn write_the_golden_ledger() {
+    if std::env::var_os("STELLA_BLESS_LEDGER").is_none() {
+        return;
+    }
+    let app = scenario().await;
     let dir = golden();
     std::fs::create_dir_all(&dir).unwrap();
     let raw = std::fs::read(app.store_path()).unwrap();
@@ -222,4 +227,44 @@ async fn write_the_golden_ledger() {
     }
     let list: String = kinds.iter().map(|k| format!("{k}\n")).collect();
     std::fs::write(dir.join("kinds.txt"), list).unwrap();
+}
+
+/// Per entry kind, the top-level fields of `data` and the JSON types each takes (null aside).
+fn shapes(ledger: &str) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for line in ledger.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let kind = v["kind"].as_str().unwrap().to_owned();
+        let fields = out.entry(kind).or_default();
+        for (k, x) in v["data"].as_object().into_iter().flatten() {
+            let t = match x {
+                Value::Null => continue,
+                Value::Bool(_) => "bool",
+                Value::Number(_) => "number",
+                Value::String(_) => "string",
+                Value::Array(_) => "array",
+                Value::Object(_) => "object",
+            };
+            fields.insert(format!("{k}: {t}"));
+        }
+        fields.insert(format!("keys: {:?}", v["data"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>())));
+    }
+    out
+}
+
+/// Entries written by today's code have the fields, and the types, that the golden ledger's
+/// entries of the same kind have: the typed events serialize as the `json!` values did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_written_today_have_the_golden_shapes() {
+    let app = scenario().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("pack");
+    export_all(&app.store_path(), &out);
+    let today = shapes(&std::fs::read_to_string(out.join("ledger.ndjson")).unwrap());
+    let golden_bytes = zstd::decode_all(std::fs::read(golden().join("ledger.ndjson.zst")).unwrap().as_slice()).unwrap();
+    let golden = shapes(&String::from_utf8(golden_bytes).unwrap());
+    assert_eq!(today.keys().collect::<Vec<_>>(), golden.keys().collect::<Vec<_>>(), "the same kinds");
+    for (kind, fields) in &today {
+        assert_eq!(fields, &golden[kind], "entry kind {kind}");
+    }
 }

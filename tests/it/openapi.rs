@@ -80,7 +80,8 @@ fn every_conflict_code_is_documented() {
         let text = std::fs::read_to_string(&p).unwrap_or_default();
         for marker in ["CommandError::conflict(", "Refusal::Conflict("] {
             for part in text.split(marker).skip(1) {
-                let code: String = part.trim_start().trim_start_matches('"').chars().take_while(|c| *c != '"').collect();
+                let code: String =
+                    part.trim_start().trim_start_matches('"').chars().take_while(|c| *c != '"').collect();
                 if !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                     codes.insert(code);
                 }

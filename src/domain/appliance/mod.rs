@@ -8,6 +8,52 @@ pub mod tables;
 
 pub use plan::plan;
 
+use serde::{Deserialize, Serialize};
+
+crate::events! {
+    /// The appliance's own entries.
+    pub enum ApplianceEvent {
+        Initialized(Initialized) = "appliance.initialized",
+        Started(Started) = "appliance.started",
+        SecretSet(SecretSet) = "secret.set",
+        ConfigSet(ConfigSet) = "config.set",
+        /// What the pack covers: its manifest's summary, as `export` wrote it.
+        ExportCreated(serde_json::Value) = "export.created",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Initialized {
+    pub appliance_id: String,
+    pub key_fingerprint: Option<String>,
+    #[serde(default)]
+    pub schema_version: u64,
+}
+
+/// History for auditors only (no projection): read leniently.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Started {
+    pub version: String,
+    pub pid: u32,
+    pub dev: bool,
+}
+
+/// A secret was set: by name and length only, never its value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecretSet {
+    pub name: String,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSet {
+    pub key: String,
+    pub value: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ApplianceCommand {

@@ -1,17 +1,12 @@
 //! Planning the appliance's own commands.
 
-use super::ApplianceCommand;
 use super::tables::APPLIANCE;
+use super::{ApplianceCommand, ApplianceEvent, ConfigSet, Initialized, SecretSet, Started};
 use crate::domain::live::{Effects, LiveWrite};
-use crate::kernel::ledger::Draft;
+use crate::kernel::event::Event;
 use crate::kernel::store::SCHEMA_VERSION;
 use crate::kernel::{CommandError, storage};
 use redb::{ReadableTable, WriteTransaction};
-use serde_json::json;
-
-fn draft(kind: &'static str, subjects: Vec<String>, data: serde_json::Value) -> Draft {
-    Draft { tenant: String::new(), kind, subjects, data }
-}
 
 pub fn plan(cmd: &ApplianceCommand, txn: &WriteTransaction) -> Result<Effects, CommandError> {
     Ok(match cmd {
@@ -20,32 +15,36 @@ pub fn plan(cmd: &ApplianceCommand, txn: &WriteTransaction) -> Result<Effects, C
             if table.get("id").map_err(storage)?.is_some() {
                 return Err(CommandError::conflict("already_initialized", "the store is already initialized"));
             }
-            vec![draft(
-                "appliance.initialized",
-                vec![appliance_id.clone()],
-                json!({ "applianceId": appliance_id, "keyFingerprint": key_fingerprint,
-                        "schemaVersion": SCHEMA_VERSION }),
-            )]
-            .into()
+            let event = ApplianceEvent::Initialized(Initialized {
+                appliance_id: appliance_id.clone(),
+                key_fingerprint: key_fingerprint.clone(),
+                schema_version: SCHEMA_VERSION,
+            });
+            vec![event.draft("", vec![appliance_id.clone()])].into()
         }
         ApplianceCommand::RecordStart { version, pid, dev } => {
-            vec![draft("appliance.started", vec![], json!({ "version": version, "pid": pid, "dev": dev }))].into()
+            let event = ApplianceEvent::Started(Started { version: version.clone(), pid: *pid, dev: *dev });
+            vec![event.draft("", vec![])].into()
         }
         ApplianceCommand::RecordExport { data } => {
             let pack = data["packSha256"].as_str().unwrap_or_default().to_owned();
-            vec![draft("export.created", vec![pack], data.clone())].into()
+            vec![ApplianceEvent::ExportCreated(data.clone()).draft("", vec![pack])].into()
         }
         ApplianceCommand::SnapshotMetrics { text, retain_ms } => Effects {
             live: vec![LiveWrite::MetricSnapshot { text: text.clone(), retain_ms: *retain_ms }],
             ..Effects::default()
         },
         ApplianceCommand::SetSecret { name, value } => Effects {
-            drafts: vec![draft("secret.set", vec![name.clone()], json!({ "name": name, "bytes": value.len() }))],
+            drafts: vec![
+                ApplianceEvent::SecretSet(SecretSet { name: name.clone(), bytes: value.len() })
+                    .draft("", vec![name.clone()]),
+            ],
             live: vec![LiveWrite::Secret { name: name.clone(), value: value.clone() }],
             note: None,
         },
         ApplianceCommand::SetConfig { key, value } => {
-            vec![draft("config.set", vec![key.clone()], json!({ "key": key, "value": value }))].into()
+            let event = ApplianceEvent::ConfigSet(ConfigSet { key: key.clone(), value: value.clone() });
+            vec![event.draft("", vec![key.clone()])].into()
         }
     })
 }

@@ -79,6 +79,104 @@ pub fn timer_key_lock(resource: &str, token: u64) -> String {
     format!("lock|{resource}|{token}")
 }
 
+crate::events! {
+    /// The entries of the locks domain.
+    pub enum LockEvent {
+        Acquired(LockHeld) = "lock.acquired",
+        Renewed(LockHeld) = "lock.renewed",
+        Waiting(LockWaiting) = "lock.waiting",
+        Released(LockReleased) = "lock.released",
+        ForceReleased(LockForceReleased) = "lock.force_released",
+        Expired(LockExpired) = "lock.expired",
+        ResourceUpdated(ResourceUpdated) = "resource.updated",
+    }
+}
+
+/// A lock granted (or renewed by its holder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockHeld {
+    pub lock_id: String,
+    pub resource: String,
+    pub owner: String,
+    pub token: u64,
+    pub expires_ms: i64,
+}
+
+/// An owner in line for a held lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockWaiting {
+    pub lock_id: String,
+    pub resource: String,
+    pub owner: String,
+    pub ttl_ms: u64,
+    pub position: usize,
+}
+
+/// Released by its holder (or because the job that held it ended: `reason`); `next` is the
+/// first waiter, who holds it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockReleased {
+    pub lock_id: String,
+    pub resource: String,
+    pub token: u64,
+    #[serde(default)]
+    pub next: Option<Grant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Released by an administrator, whatever the holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockForceReleased {
+    pub lock_id: String,
+    pub resource: String,
+    pub token: u64,
+    pub holder: String,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub next: Option<Grant>,
+}
+
+/// Its TTL lapsed without a renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockExpired {
+    pub lock_id: String,
+    pub resource: String,
+    pub token: u64,
+    pub holder: String,
+    #[serde(default)]
+    pub next: Option<Grant>,
+}
+
+/// A lock-guarded update bumped a resource's version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUpdated {
+    pub resource: String,
+    pub version: u64,
+    pub owner: String,
+    pub mode: String,
+    pub note: Option<String>,
+}
+
+impl LockEvent {
+    /// The lock id and resource every lock entry names (none for a resource update).
+    fn lock(&self) -> Option<(&str, &str)> {
+        match self {
+            LockEvent::Acquired(d) | LockEvent::Renewed(d) => Some((&d.lock_id, &d.resource)),
+            LockEvent::Waiting(d) => Some((&d.lock_id, &d.resource)),
+            LockEvent::Released(d) => Some((&d.lock_id, &d.resource)),
+            LockEvent::ForceReleased(d) => Some((&d.lock_id, &d.resource)),
+            LockEvent::Expired(d) => Some((&d.lock_id, &d.resource)),
+            LockEvent::ResourceUpdated(_) => None,
+        }
+    }
+}
+
 /// A lock passing to its next holder, as `lock.acquired`/`lock.expired` entries carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -2,6 +2,7 @@
 //! release, lock-guarded resource updates, and the expiry a tick finds due.
 
 use super::{ForceTarget, Grant, LOCK_SCAN_MAX, LOCK_TTL_MAX_MS, LockCommand, WAITERS_MAX, in_env, valid_resource};
+use super::{LockEvent, LockExpired, LockForceReleased, LockHeld, LockReleased, LockWaiting, ResourceUpdated};
 use crate::domain::live::Effects;
 use crate::domain::locks::tables::LOCK_IDS;
 use crate::domain::locks::tables::LOCKS;
@@ -12,6 +13,7 @@ use crate::domain::queue::plan::{Fence, runtime_ms};
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
 use crate::kernel::counters::COUNTERS;
+use crate::kernel::event::Event;
 use crate::kernel::ledger::Draft;
 use crate::kernel::storage;
 use crate::kernel::store::rw;
@@ -19,8 +21,8 @@ use redb::{ReadableTable, WriteTransaction};
 use serde_json::json;
 use std::collections::HashSet;
 
-fn draft(tenant: &str, kind: &'static str, rec: &LockRecord, data: serde_json::Value) -> Draft {
-    Draft { tenant: tenant.to_owned(), kind, subjects: vec![rec.id.clone(), rec.resource.clone()], data }
+fn draft(tenant: &str, rec: &LockRecord, event: LockEvent) -> Draft {
+    event.draft(tenant, vec![rec.id.clone(), rec.resource.clone()])
 }
 
 fn by_resource(txn: &WriteTransaction, resource: &str) -> Result<Option<LockRecord>, CommandError> {
@@ -79,8 +81,14 @@ pub fn plan(cmd: &LockCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
                 ));
             }
             let next = next_grant(&rec, &mut fence, ctx.now);
-            let data = json!({ "lockId": rec.id, "resource": rec.resource, "token": token, "next": next });
-            Ok(vec![draft(&rec.tenant, "lock.released", &rec, data)].into())
+            let event = LockEvent::Released(LockReleased {
+                lock_id: rec.id.clone(),
+                resource: rec.resource.clone(),
+                token: *token,
+                next,
+                reason: None,
+            });
+            Ok(vec![draft(&rec.tenant, &rec, event)].into())
         }
         LockCommand::Update { tenant, resource, owner, token, expected_version, note } => {
             let optimistic = runtime_value(txn, ctx, "locks.mode")?.as_deref() == Some("optimistic");
@@ -112,10 +120,14 @@ pub fn plan(cmd: &LockCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
                 }
             }
             let mode = if optimistic { "optimistic" } else { "pessimistic" };
-            let data =
-                json!({ "resource": resource, "version": current + 1, "owner": owner, "mode": mode, "note": note });
-            Ok(vec![Draft { tenant: tenant.clone(), kind: "resource.updated", subjects: vec![resource.clone()], data }]
-                .into())
+            let event = LockEvent::ResourceUpdated(ResourceUpdated {
+                resource: resource.clone(),
+                version: current + 1,
+                owner: owner.clone(),
+                mode: mode.to_owned(),
+                note: note.clone(),
+            });
+            Ok(vec![event.draft(tenant, vec![resource.clone()])].into())
         }
         LockCommand::ForceRelease { tenant, target, reason, tokens } => {
             let locks = match target {
@@ -139,9 +151,15 @@ pub fn plan(cmd: &LockCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
                     continue;
                 }
                 let next = next_grant(rec, &mut fence, ctx.now);
-                let data = json!({ "lockId": rec.id, "resource": rec.resource, "token": holder.token,
-                                   "holder": holder.owner, "reason": reason, "next": next });
-                drafts.push(draft(&rec.tenant, "lock.force_released", rec, data));
+                let event = LockEvent::ForceReleased(LockForceReleased {
+                    lock_id: rec.id.clone(),
+                    resource: rec.resource.clone(),
+                    token: holder.token,
+                    holder: holder.owner.clone(),
+                    reason: reason.clone(),
+                    next,
+                });
+                drafts.push(draft(&rec.tenant, rec, event));
             }
             if drafts.is_empty() && !moved.is_empty() {
                 return Err(CommandError::conflict(
@@ -186,8 +204,14 @@ fn acquire(
     }
     match &rec.holder {
         Some(h) if h.owner == owner => {
-            let data = json!({ "lockId": rec.id, "resource": resource, "owner": owner, "token": h.token, "expiresMs": expires_ms });
-            Ok(vec![draft(tenant, "lock.renewed", &rec, data)].into())
+            let event = LockEvent::Renewed(LockHeld {
+                lock_id: rec.id.clone(),
+                resource: resource.to_owned(),
+                owner: owner.to_owned(),
+                token: h.token,
+                expires_ms,
+            });
+            Ok(vec![draft(tenant, &rec, event)].into())
         }
         _ => {
             if let Some(pos) = rec.waiters.iter().position(|w| w.owner == owner) {
@@ -202,8 +226,14 @@ fn acquire(
                     retry_after_s: 1,
                 });
             }
-            let data = json!({ "lockId": rec.id, "resource": resource, "owner": owner, "ttlMs": ttl, "position": rec.waiters.len() + 1 });
-            Ok(vec![draft(tenant, "lock.waiting", &rec, data)].into())
+            let event = LockEvent::Waiting(LockWaiting {
+                lock_id: rec.id.clone(),
+                resource: resource.to_owned(),
+                owner: owner.to_owned(),
+                ttl_ms: ttl,
+                position: rec.waiters.len() + 1,
+            });
+            Ok(vec![draft(tenant, &rec, event)].into())
         }
     }
 }
@@ -244,9 +274,14 @@ fn grant_new(
         waiters: vec![],
     };
     let token = fence.take();
-    let data =
-        json!({ "lockId": rec.id, "resource": resource, "owner": owner, "token": token, "expiresMs": expires_ms });
-    Ok(draft(tenant, "lock.acquired", &rec, data))
+    let event = LockEvent::Acquired(LockHeld {
+        lock_id: rec.id.clone(),
+        resource: resource.to_owned(),
+        owner: owner.to_owned(),
+        token,
+        expires_ms,
+    });
+    Ok(draft(tenant, &rec, event))
 }
 
 /// The holder of the lock on `resource`, if any (for wait reasons).
@@ -293,8 +328,14 @@ pub fn release_owned(
             continue;
         }
         let next = next_grant(&rec, fence, ctx.now);
-        let data = json!({ "lockId": rec.id, "resource": rec.resource, "token": h.token, "next": next, "reason": "owner finished" });
-        drafts.push(draft(&rec.tenant, "lock.released", &rec, data));
+        let event = LockEvent::Released(LockReleased {
+            lock_id: rec.id.clone(),
+            resource: rec.resource.clone(),
+            token: h.token,
+            next,
+            reason: Some("owner finished".to_owned()),
+        });
+        drafts.push(draft(&rec.tenant, &rec, event));
     }
     Ok(drafts)
 }
@@ -314,6 +355,12 @@ pub fn expire(
         return Ok(None);
     }
     let next = next_grant(&rec, fence, ctx.now);
-    let data = json!({ "lockId": rec.id, "resource": rec.resource, "token": h.token, "holder": h.owner, "next": next });
-    Ok(Some(draft(&rec.tenant, "lock.expired", &rec, data)))
+    let event = LockEvent::Expired(LockExpired {
+        lock_id: rec.id.clone(),
+        resource: rec.resource.clone(),
+        token: h.token,
+        holder: h.owner.clone(),
+        next,
+    });
+    Ok(Some(draft(&rec.tenant, &rec, event)))
 }

@@ -1,12 +1,12 @@
 //! Planning token commands.
 
-use super::TokenCommand;
 use super::tables::{TOKENS, TokenRecord};
+use super::{TokenCommand, TokenCreated, TokenEvent, TokenRevoked};
+use crate::kernel::event::Event;
 use crate::kernel::ledger::Draft;
 use crate::kernel::store::Record;
 use crate::kernel::{CommandError, storage};
 use redb::{ReadableTable, WriteTransaction};
-use serde_json::json;
 
 pub fn plan(cmd: &TokenCommand, txn: &WriteTransaction) -> Result<Vec<Draft>, CommandError> {
     let table = txn.open_table(TOKENS).map_err(storage)?;
@@ -15,13 +15,14 @@ pub fn plan(cmd: &TokenCommand, txn: &WriteTransaction) -> Result<Vec<Draft>, Co
             if table.get(id.as_str()).map_err(storage)?.is_some() {
                 return Err(CommandError::conflict("token_exists", format!("token id {id} already exists")));
             }
-            Ok(vec![Draft {
-                tenant: tenant.clone(),
-                kind: "token.created",
-                subjects: vec![id.clone()],
-                data: json!({ "id": id, "scopes": scopes, "sha256": sha256,
-                              "expiresMs": expires_ms, "description": description }),
-            }])
+            let created = TokenCreated {
+                id: id.clone(),
+                scopes: scopes.clone(),
+                sha256: sha256.clone(),
+                expires_ms: *expires_ms,
+                description: description.clone(),
+            };
+            Ok(vec![TokenEvent::Created(created).draft(tenant, vec![id.clone()])])
         }
         TokenCommand::Revoke { id, tenant, reason } => {
             let not_found = || CommandError::NotFound { what: format!("token {id}") };
@@ -33,12 +34,8 @@ pub fn plan(cmd: &TokenCommand, txn: &WriteTransaction) -> Result<Vec<Draft>, Co
             if rec.revoked_ms.is_some() {
                 return Ok(vec![]);
             }
-            Ok(vec![Draft {
-                tenant: rec.tenant,
-                kind: "token.revoked",
-                subjects: vec![id.clone()],
-                data: json!({ "id": id, "reason": reason }),
-            }])
+            let revoked = TokenRevoked { id: id.clone(), reason: reason.clone() };
+            Ok(vec![TokenEvent::Revoked(revoked).draft(&rec.tenant, vec![id.clone()])])
         }
     }
 }
