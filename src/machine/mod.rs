@@ -9,6 +9,7 @@ mod tests;
 pub mod timers;
 
 use crate::domain::appliance::{ApplianceCommand, ApplianceEvent};
+use crate::domain::bundles::BundleEvent;
 use crate::domain::bundles::plan::BundleCommand;
 use crate::domain::live::{Effects, LiveWrite};
 use crate::domain::locks::{LockCommand, LockEvent};
@@ -110,11 +111,13 @@ impl Machine for Stella {
         if let Some(event) = TokenEvent::of(entry) {
             return tokens::apply::apply(txn, entry, event.map_err(bad)?);
         }
+        if let Some(event) = BundleEvent::of(entry) {
+            return bundles::apply::apply(txn, entry, event.map_err(bad)?);
+        }
         if let Some(event) = LockEvent::of(entry) {
             return locks::apply::apply(txn, entry, event.map_err(bad)?);
         }
-        let applied =
-            queue::apply::apply(txn, entry)? || runs::apply::apply(txn, entry)? || bundles::apply::apply(txn, entry)?;
+        let applied = queue::apply::apply(txn, entry)? || runs::apply::apply(txn, entry)?;
         if !applied {
             return Err(ApplyError::entry(entry, format!("unknown entry kind {:?}", entry.kind)));
         }

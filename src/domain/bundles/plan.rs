@@ -3,6 +3,7 @@
 
 use crate::domain::bundles::import::compare_versions;
 use crate::domain::bundles::tables::BUNDLES;
+use crate::domain::bundles::{BundleEvent, BundleImported, BundleQuarantined, BundleRejected, BundleRemoved};
 use crate::domain::live::Effects;
 use crate::domain::runs::tables::DAG_SPECS;
 use crate::domain::runs::tables::DAGS;
@@ -10,6 +11,7 @@ use crate::domain::runs::tables::DagRecord;
 use crate::domain::runs::tables::RUNS;
 use crate::domain::runs::tables::RunRecord;
 use crate::kernel::CommandError;
+use crate::kernel::event::Event;
 use crate::kernel::ledger::Draft;
 use crate::kernel::storage;
 use crate::kernel::store::Record;
@@ -61,25 +63,25 @@ pub fn installed(txn: &WriteTransaction, name: &str) -> Result<Option<Value>, Co
 pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, CommandError> {
     match cmd {
         BundleCommand::Remove { name } => remove(txn, name),
-        BundleCommand::Reject { file, sha256, reason } => Ok(vec![Draft {
-            tenant: String::new(),
-            kind: "bundle.rejected",
-            subjects: vec![sha256.clone()],
-            data: json!({ "file": file, "sha256": sha256, "reason": reason }),
-        }]
-        .into()),
+        BundleCommand::Reject { file, sha256, reason } => {
+            let event = BundleEvent::Rejected(BundleRejected {
+                file: file.clone(),
+                sha256: sha256.clone(),
+                reason: reason.clone(),
+            });
+            Ok(vec![event.draft("", vec![sha256.clone()])].into())
+        }
         BundleCommand::Quarantine { name, digest, reason } => {
             let cur = installed(txn, name)?.ok_or_else(|| CommandError::NotFound { what: format!("bundle {name}") })?;
             if cur["digest"].as_str() != Some(digest.as_str()) || cur["quarantined"].as_str() == Some(reason.as_str()) {
                 return Ok(Effects::default());
             }
-            Ok(vec![Draft {
-                tenant: String::new(),
-                kind: "bundle.quarantined",
-                subjects: vec![name.clone(), digest.clone()],
-                data: json!({ "name": name, "digest": digest, "reason": reason }),
-            }]
-            .into())
+            let event = BundleEvent::Quarantined(BundleQuarantined {
+                name: name.clone(),
+                digest: digest.clone(),
+                reason: reason.clone(),
+            });
+            Ok(vec![event.draft("", vec![name.clone(), digest.clone()])].into())
         }
         BundleCommand::Import {
             name,
@@ -118,13 +120,16 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
                     _ => {}
                 }
             }
-            let names: Vec<&String> = dags.iter().map(|(n, _)| n).collect();
-            let mut drafts = vec![Draft {
-                tenant: String::new(),
-                kind: "bundle.imported",
-                subjects: vec![name.clone(), digest.clone()],
-                data: json!({ "name": name, "version": version, "kind": kind, "digest": digest, "signer": signer, "fingerprint": fingerprint, "dags": names }),
-            }];
+            let event = BundleEvent::Imported(BundleImported {
+                name: name.clone(),
+                version: version.clone(),
+                kind: kind.clone(),
+                digest: digest.clone(),
+                signer: signer.clone(),
+                fingerprint: fingerprint.clone(),
+                dags: dags.iter().map(|(n, _)| n.clone()).collect(),
+            });
+            let mut drafts = vec![event.draft("", vec![name.clone(), digest.clone()])];
             for (dag, spec) in dags {
                 drafts.extend(crate::domain::runs::plan::register(txn, dag, spec, false)?.drafts);
             }
@@ -189,12 +194,13 @@ fn remove(txn: &WriteTransaction, name: &str) -> Result<Effects, CommandError> {
             return conflict(format!("run {} of {} has not finished", run.id, run.dag));
         }
     }
-    let mut drafts = vec![Draft {
-        tenant: String::new(),
-        kind: "bundle.removed",
-        subjects: vec![name.to_owned(), digest.clone()],
-        data: json!({ "name": name, "version": cur["version"], "kind": cur["kind"], "digest": digest }),
-    }];
+    let event = BundleEvent::Removed(BundleRemoved {
+        name: name.to_owned(),
+        version: cur["version"].clone(),
+        kind: cur["kind"].clone(),
+        digest: digest.clone(),
+    });
+    let mut drafts = vec![event.draft("", vec![name.to_owned(), digest.clone()])];
     let dag_table = txn.open_table(DAGS).map_err(storage)?;
     for dag in &dags {
         let Some(rec) = rw::get::<DagRecord>(&dag_table, "dags", dag).map_err(storage)? else { continue };
