@@ -6,4 +6,5 @@
 pub mod builtin;
 pub mod plugin;
 pub mod procs;
+pub mod protocol;
 pub mod worker;

@@ -5,8 +5,9 @@
 //! timeout or cancel the whole group gets SIGTERM, then SIGKILL after a grace period.
 
 use crate::exec::builtin::StepResult;
+use crate::exec::protocol::{Event, PROTOCOL, Request};
 use crate::telemetry::redact;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub struct Invocation {
     pub secrets: Vec<String>,
     pub program: PathBuf,
     pub workdir: PathBuf,
-    pub request: Value,
+    pub request: crate::exec::protocol::Request,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
     /// `<lib>/work`: every attempt's directory is below it (what the process sweep matches).
@@ -104,22 +105,19 @@ impl Events {
         };
         let v = redact::json(&v, &self.secrets);
         self.keep(&v.to_string());
-        match v["event"].as_str() {
-            Some("log") => {
-                let message = v["message"].as_str().unwrap_or("");
+        match crate::exec::protocol::Event::parse(&v) {
+            Ok(Event::Log { message }) => {
                 if self.may_log(message.len()) {
                     tracing::info!(plugin_log = %message, "plugin log");
                 }
             }
-            Some("progress") => tracing::debug!(progress = %v["percent"], "plugin progress"),
-            Some("output") => match v["name"].as_str() {
-                Some(name) => {
-                    self.outputs.insert(name.to_owned(), v["value"].clone());
-                }
-                None => self.malformed = Some("an output event without a name".into()),
-            },
-            Some("result") => self.result = Some(v["outputs"].clone()),
-            other => self.malformed = Some(format!("unknown event {other:?}")),
+            Ok(Event::Progress { percent }) => tracing::debug!(progress = %percent, "plugin progress"),
+            Ok(Event::Output { name: Some(name), value }) => {
+                self.outputs.insert(name, value);
+            }
+            Ok(Event::Output { name: None, .. }) => self.malformed = Some("an output event without a name".into()),
+            Ok(Event::Result { outputs }) => self.result = Some(outputs),
+            Err(m) => self.malformed = Some(m),
         }
     }
 }
@@ -133,7 +131,7 @@ pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = (
             error: format!("create {}: {e}", inv.workdir.display()),
         });
     }
-    let job = inv.request["job"].as_str().unwrap_or_default().to_owned();
+    let job = inv.request.job.clone();
     let spawned = crate::exec::procs::spawn_registered(&job, || {
         let child = Command::new(&inv.program)
             .env_clear()
@@ -237,8 +235,8 @@ fn attempt_log(inv: &Invocation) -> Option<std::io::BufWriter<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = inv.work_root.parent()?.join("attempt-logs");
     std::fs::create_dir_all(&dir).ok()?;
-    let job = inv.request["job"].as_str().unwrap_or("job");
-    let attempt = inv.request["attempt"].as_u64().unwrap_or(0);
+    let job = inv.request.job.as_str();
+    let attempt = inv.request.attempt;
     let path = dir.join(format!("{job}-{attempt}.ndjson"));
     let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).ok()?;
     // Pruned every so often, not at every attempt: the directory is read whole to prune it.
@@ -393,7 +391,7 @@ async fn supervise(
         tracing::warn!(
             dropped_lines = events.dropped,
             limit_bytes = ATTEMPT_LOG_BYTES_MAX,
-            output = %format!("attempt-logs/{}-{}.ndjson", inv.request["job"].as_str().unwrap_or("job"), inv.request["attempt"]),
+            output = %format!("attempt-logs/{}-{}.ndjson", inv.request.job, inv.request.attempt),
             "plugin log truncated: the attempt wrote more than it may log; its output file has every line"
         );
     }
@@ -441,18 +439,30 @@ async fn supervise(
     })
 }
 
-/// The request of protocol v1 and the environment a plugin starts with: nothing of the
-/// daemon's own environment, only what the step needs.
+/// The request of protocol v1 (for step `kind`, secrets added by the caller) and the
+/// environment a plugin starts with: nothing of the daemon's own environment, only what the
+/// step needs.
 pub fn request_and_env(
     job: &crate::domain::queue::tables::JobRecord,
     workdir: &std::path::Path,
     attempt: u32,
-) -> (Value, Vec<(String, String)>) {
+    kind: &str,
+) -> (Request, Vec<(String, String)>) {
     let p = &job.payload;
     let run = p["run"].as_str().unwrap_or_default();
     let step = p["step"].as_str().unwrap_or_default();
     let traceparent = crate::telemetry::otlp::traceparent(run, &job.id, attempt);
-    let request = json!({ "protocol": 1, "run": run, "step": step, "job": job.id, "attempt": attempt, "inputs": p["inputs"], "traceparent": traceparent });
+    let request = Request {
+        attempt,
+        inputs: p["inputs"].clone(),
+        job: job.id.clone(),
+        kind: kind.to_owned(),
+        protocol: PROTOCOL,
+        run: run.to_owned(),
+        secrets: Default::default(),
+        step: step.to_owned(),
+        traceparent: traceparent.clone(),
+    };
     let mut env = vec![
         ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
         ("HOME".to_owned(), workdir.display().to_string()),

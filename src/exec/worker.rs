@@ -151,20 +151,19 @@ impl Attempt {
         let run = job.payload["run"].as_str().unwrap_or("none");
         let step = job.payload["step"].as_str().unwrap_or("none");
         let workdir = self.opts.lib.join("work").join(run).join(step).join(format!("{}-{attempt}", job.id));
-        let (mut request, mut env) = plugin::request_and_env(job, &workdir, attempt);
+        let (mut request, mut env) = plugin::request_and_env(job, &workdir, attempt, &kind);
         env.push(("STELLA_KIND".to_owned(), kind.clone()));
         // Secrets travel by reference until here: resolved now, given on stdin only.
-        let mut secrets = serde_json::Map::new();
+        let mut secrets = std::collections::BTreeMap::new();
         let txn = self.store.read().map_err(|e| ("store", e.to_string()))?;
         for name in job.payload["secrets"].as_array().into_iter().flatten().filter_map(|n| n.as_str()) {
             let value = read::secret(&txn, name)
                 .map_err(|e| ("store", e.to_string()))?
                 .ok_or_else(|| ("secret_missing", format!("secret {name:?} is not set (stella secrets set {name})")))?;
-            secrets.insert(name.to_owned(), serde_json::Value::String(value));
+            secrets.insert(name.to_owned(), value);
         }
-        let values = secrets.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-        request["secrets"] = serde_json::Value::Object(secrets);
-        request["kind"] = serde_json::Value::String(kind);
+        let values = secrets.values().cloned().collect();
+        request.secrets = secrets;
         Ok(plugin::Invocation {
             secrets: values,
             program: dir.join(&manifest.entrypoint),
