@@ -69,6 +69,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(debug_assertions)]
     #[should_panic(expected = "invariant broken")]
     fn a_breach_outside_recording_panics_in_debug() {
         let mut c = 0u64;

@@ -6,19 +6,20 @@
 use crate::clock::SharedClock;
 use crate::domain::live::{Effects, LiveWrite};
 use crate::domain::locks;
-use crate::domain::queue::plan::{Fence, draft, expire_lease, queue_record, visible_job};
+use crate::domain::queue::plan::{Fence, expire_lease, queue_record, visible_job};
 use crate::domain::queue::tables::JobState;
 use crate::domain::queue::timer_key;
+use crate::domain::queue::{BudgetCleared, BudgetRestored, JobsReady, QueueEvent};
 use crate::domain::runs::plan as engine;
 use crate::kernel::Actor;
 use crate::kernel::due::DUE;
+use crate::kernel::event::Event;
 use crate::kernel::store::Store;
 use crate::kernel::{CommandError, PlanCtx, storage};
 use crate::machine::Command;
 use crate::machine::WriterHandle;
 use redb::ReadableTable;
 use redb::WriteTransaction;
-use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -146,20 +147,21 @@ pub fn tick(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, Comman
             Some(Due::Budget { job_type, tenant }) => {
                 let q = queue_record(txn, job_type)?;
                 match q.budgets.get(tenant) {
-                    Some(b) if b.until_ms.is_some_and(|u| u <= ctx.now) => effects.drafts.push(match &b.previous {
-                        Some(previous) => draft(
-                            "",
-                            "queue.budget_restored",
-                            vec![job_type.to_owned()],
-                            json!({ "type": job_type, "tenant": tenant, "reason": "expired", "restored": previous }),
-                        ),
-                        None => draft(
-                            "",
-                            "queue.budget_cleared",
-                            vec![job_type.to_owned()],
-                            json!({ "type": job_type, "tenant": tenant, "reason": "expired" }),
-                        ),
-                    }),
+                    Some(b) if b.until_ms.is_some_and(|u| u <= ctx.now) => {
+                        let (job_type, tenant, reason) = (job_type.to_owned(), tenant.to_owned(), "expired".to_owned());
+                        let event = match &b.previous {
+                            Some(previous) => QueueEvent::BudgetRestored(BudgetRestored {
+                                job_type: job_type.clone(),
+                                tenant,
+                                reason,
+                                restored: (**previous).clone(),
+                            }),
+                            None => {
+                                QueueEvent::BudgetCleared(BudgetCleared { job_type: job_type.clone(), tenant, reason })
+                            }
+                        };
+                        effects.drafts.push(event.draft("", vec![job_type]));
+                    }
                     _ => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
                 }
             }
@@ -179,7 +181,7 @@ pub fn tick(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, Comman
     ready.sort();
     for chunk in ready.chunk_by(|a, b| a.0 == b.0) {
         let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
-        effects.drafts.push(draft(&chunk[0].0, "job.ready", ids.clone(), json!({ "jobIds": ids })));
+        effects.drafts.push(QueueEvent::Ready(JobsReady { job_ids: ids.clone() }).draft(&chunk[0].0, ids));
     }
     Ok(effects)
 }

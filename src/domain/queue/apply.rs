@@ -13,8 +13,10 @@ use crate::domain::queue::tables::LeaseInfo;
 use crate::domain::queue::tables::QUEUES;
 use crate::domain::queue::tables::QueueRecord;
 use crate::domain::queue::tables::READY;
+use crate::domain::queue::{JobType, QueueEvent};
 use crate::domain::queue::{ready_order, timer_key};
 use crate::kernel::ApplyError;
+use crate::kernel::event::Event;
 use crate::kernel::invariant::take_one;
 use crate::kernel::ledger::Entry;
 use crate::kernel::store::rw;
@@ -54,13 +56,6 @@ pub struct Grant {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct LeaseGranted {
-    worker: String,
-    leases: Vec<Grant>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Finished {
     job_id: String,
     token: u64,
@@ -75,20 +70,6 @@ struct Finished {
     /// `lease.interrupted`: how many of the job's attempts the appliance's restarts cut short.
     #[serde(default)]
     interruptions: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BudgetSet {
-    #[serde(rename = "type")]
-    job_type: String,
-    tenant: String,
-    rate_milli_per_s: Option<u64>,
-    burst: Option<u32>,
-    max_depth: Option<u64>,
-    until_ms: Option<i64>,
-    #[serde(default)]
-    previous: Option<Box<Budget>>,
 }
 
 fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
@@ -276,26 +257,17 @@ fn grant(txn: &WriteTransaction, entry: &Entry, worker: &str, g: &Grant) -> Resu
     save(txn, &job)
 }
 
-/// Applies a queue entry; `Ok(false)` if `entry.kind` is not a queue kind.
-pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
-    match entry.kind.as_str() {
-        "job.enqueued" => insert_new(txn, entry, &data::<EnqueuedJob>(entry)?)?,
-        "lease.granted" => {
-            let d: LeaseGranted = data(entry)?;
+/// Applies a typed queue entry.
+fn apply_event(txn: &WriteTransaction, entry: &Entry, event: QueueEvent) -> Result<(), ApplyError> {
+    match event {
+        QueueEvent::Enqueued(job) => insert_new(txn, entry, &job)?,
+        QueueEvent::LeaseGranted(d) => {
             for g in &d.leases {
                 grant(txn, entry, &d.worker, g)?;
             }
         }
-        "job.succeeded" | "job.failed" | "lease.expired" | "lease.interrupted" => {
-            finish_attempt(txn, entry, &data(entry)?)?
-        }
-        "job.ready" => {
-            #[derive(Deserialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Ready {
-                job_ids: Vec<String>,
-            }
-            for id in data::<Ready>(entry)?.job_ids {
+        QueueEvent::Ready(d) => {
+            for id in d.job_ids {
                 let mut job = load(txn, entry, &id)?;
                 due::set(txn, job.not_before_ms, &timer_key::ready(&id), false)?;
                 job.not_before_ms = job.not_before_ms.min(entry.time);
@@ -304,17 +276,15 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 save(txn, &job)?;
             }
         }
-        "queue.paused" | "queue.resumed" => {
-            let t = entry.data["type"].as_str().ok_or_else(|| bad(entry, "no type"))?.to_owned();
+        QueueEvent::Paused(JobType { job_type }) | QueueEvent::Resumed(JobType { job_type }) => {
             let paused = entry.kind == "queue.paused";
-            with_queue(txn, &t, |q| {
+            with_queue(txn, &job_type, |q| {
                 q.paused = paused;
                 q.paused_by = paused.then(|| entry.actor.clone());
                 q.paused_ms = paused.then_some(entry.time);
             })?;
         }
-        "queue.budget_set" => {
-            let d: BudgetSet = data(entry)?;
+        QueueEvent::BudgetSet(d) => {
             let budget = Budget {
                 rate_milli_per_s: d.rate_milli_per_s,
                 burst: d.burst,
@@ -330,35 +300,52 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 q.budgets.insert(d.tenant.clone(), budget);
             })?;
         }
-        "queue.budget_restored" => {
-            let t = entry.data["type"].as_str().ok_or_else(|| bad(entry, "no type"))?.to_owned();
-            let tenant = entry.data["tenant"].as_str().ok_or_else(|| bad(entry, "no tenant"))?.to_owned();
-            let restored: Budget = serde_json::from_value(entry.data["restored"].clone()).map_err(|e| bad(entry, e))?;
+        QueueEvent::BudgetRestored(d) => {
             let mut until = None;
-            with_queue(txn, &t, |q| until = q.budgets.insert(tenant.clone(), restored).and_then(|b| b.until_ms))?;
+            with_queue(txn, &d.job_type, |q| {
+                until = q.budgets.insert(d.tenant.clone(), d.restored).and_then(|b| b.until_ms)
+            })?;
             if let Some(until) = until {
-                due::set(txn, until, &timer_key::budget(&t, &tenant), false)?;
+                due::set(txn, until, &timer_key::budget(&d.job_type, &d.tenant), false)?;
             }
         }
-        "queue.budget_cleared" => {
-            let t = entry.data["type"].as_str().ok_or_else(|| bad(entry, "no type"))?.to_owned();
-            let tenant = entry.data["tenant"].as_str().ok_or_else(|| bad(entry, "no tenant"))?.to_owned();
+        QueueEvent::BudgetCleared(d) => {
             let mut until = None;
-            with_queue(txn, &t, |q| until = q.budgets.remove(&tenant).and_then(|b| b.until_ms))?;
+            with_queue(txn, &d.job_type, |q| until = q.budgets.remove(&d.tenant).and_then(|b| b.until_ms))?;
             if let Some(until) = until {
-                due::set(txn, until, &timer_key::budget(&t, &tenant), false)?;
+                due::set(txn, until, &timer_key::budget(&d.job_type, &d.tenant), false)?;
             }
         }
-        "dlq.replayed" => {
-            let dead_id = entry.data["deadId"].as_str().ok_or_else(|| bad(entry, "no deadId"))?.to_owned();
-            let new: EnqueuedJob = serde_json::from_value(entry.data["job"].clone()).map_err(|e| bad(entry, e))?;
-            let mut dead = load(txn, entry, &dead_id)?;
+        QueueEvent::DlqReplayed(d) => {
+            let mut dead = load(txn, entry, &d.dead_id)?;
             dead.state = JobState::Replayed;
-            dead.replayed_as = Some(new.id.clone());
-            txn.open_table(DLQ).map_err(r)?.remove(dead_id.as_str()).map_err(r)?;
+            dead.replayed_as = Some(d.job.id.clone());
+            txn.open_table(DLQ).map_err(r)?.remove(d.dead_id.as_str()).map_err(r)?;
             count(txn, &dead.job_type, Some(JobState::Dead), None)?;
             save(txn, &dead)?;
-            insert_new(txn, entry, &new)?;
+            insert_new(txn, entry, &d.job)?;
+        }
+        QueueEvent::DlqPurged(_) => {
+            for id in entry.subjects.iter() {
+                let job = load(txn, entry, id)?;
+                txn.open_table(DLQ).map_err(r)?.remove(id.as_str()).map_err(r)?;
+                txn.open_table(JOBS).map_err(r)?.remove(id.as_str()).map_err(r)?;
+                count(txn, &job.job_type, Some(JobState::Dead), None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies a queue entry; `Ok(false)` if `entry.kind` is not a queue kind.
+pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
+    if let Some(event) = QueueEvent::of(entry) {
+        apply_event(txn, entry, event.map_err(|e| bad(entry, e))?)?;
+        return Ok(true);
+    }
+    match entry.kind.as_str() {
+        "job.succeeded" | "job.failed" | "lease.expired" | "lease.interrupted" => {
+            finish_attempt(txn, entry, &data(entry)?)?
         }
         "job.cancelled" => {
             let id = entry.data["jobId"].as_str().ok_or_else(|| bad(entry, "no jobId"))?.to_owned();
@@ -392,14 +379,6 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
                 job.replayed_as.clone_from(&replaced_by);
                 count(txn, &job.job_type, Some(JobState::Dead), None)?;
                 save(txn, &job)?;
-            }
-        }
-        "dlq.purged" => {
-            for id in entry.subjects.iter() {
-                let job = load(txn, entry, id)?;
-                txn.open_table(DLQ).map_err(r)?.remove(id.as_str()).map_err(r)?;
-                txn.open_table(JOBS).map_err(r)?.remove(id.as_str()).map_err(r)?;
-                count(txn, &job.job_type, Some(JobState::Dead), None)?;
             }
         }
         _ => return Ok(false),

@@ -69,3 +69,92 @@ pub struct Buckets(pub std::collections::HashMap<(String, String), Bucket>);
 /// The next job sequence number while one command enqueues several jobs.
 #[derive(Debug, Default)]
 pub struct NextJobSeq(pub Option<u64>);
+
+use crate::domain::queue::apply::{EnqueuedJob, Grant};
+use crate::domain::queue::tables::Budget;
+use serde::{Deserialize, Serialize};
+
+crate::events! {
+    /// The queue's entries (an attempt's end — `job.succeeded`, `job.failed`, `lease.expired`,
+    /// `lease.interrupted` — and `job.cancelled`, `dlq.resolved` are still read by kind).
+    pub enum QueueEvent {
+        Enqueued(EnqueuedJob) = "job.enqueued",
+        LeaseGranted(LeaseGranted) = "lease.granted",
+        Ready(JobsReady) = "job.ready",
+        Paused(JobType) = "queue.paused",
+        Resumed(JobType) = "queue.resumed",
+        BudgetSet(BudgetSet) = "queue.budget_set",
+        BudgetCleared(BudgetCleared) = "queue.budget_cleared",
+        BudgetRestored(BudgetRestored) = "queue.budget_restored",
+        DlqReplayed(DlqReplayed) = "dlq.replayed",
+        DlqPurged(DlqPurged) = "dlq.purged",
+    }
+}
+
+/// Leases granted to one worker in one tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseGranted {
+    pub worker: String,
+    pub leases: Vec<Grant>,
+}
+
+/// Delayed jobs that are due now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobsReady {
+    pub job_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobType {
+    #[serde(rename = "type")]
+    pub job_type: String,
+}
+
+/// A budget set; a temporary one (`until_ms`) carries the budget it overrides (`previous`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetSet {
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub tenant: String,
+    pub rate_milli_per_s: Option<u64>,
+    pub burst: Option<u32>,
+    pub max_depth: Option<u64>,
+    pub until_ms: Option<i64>,
+    #[serde(default)]
+    pub previous: Option<Box<Budget>>,
+}
+
+/// `reason`: `operator`, or `expired` for a temporary budget that overrode none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetCleared {
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub tenant: String,
+    pub reason: String,
+}
+
+/// A temporary budget ended and the one it overrode is back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetRestored {
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub tenant: String,
+    pub reason: String,
+    pub restored: Budget,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DlqReplayed {
+    pub dead_id: String,
+    pub job: EnqueuedJob,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DlqPurged {
+    pub ids: Vec<String>,
+    pub snapshot_sha256: String,
+}

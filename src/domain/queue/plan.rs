@@ -19,12 +19,15 @@ use crate::domain::queue::tables::LIVE_LEASES;
 use crate::domain::queue::tables::QUEUES;
 use crate::domain::queue::tables::QueueRecord;
 use crate::domain::queue::tables::READY;
-use crate::domain::queue::{Bucket, Buckets, NextJobSeq};
+use crate::domain::queue::{
+    Bucket, Buckets, BudgetCleared, BudgetSet, DlqPurged, DlqReplayed, JobType, LeaseGranted, NextJobSeq, QueueEvent,
+};
 use crate::domain::runs::plan as engine;
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
 use crate::kernel::counters::COUNTERS;
 use crate::kernel::due::DUE;
+use crate::kernel::event::Event;
 use crate::kernel::ledger::Draft;
 use crate::kernel::storage;
 use crate::kernel::store::rw;
@@ -182,8 +185,9 @@ pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Re
             if q.paused == pause {
                 return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
             }
-            let kind = if pause { "queue.paused" } else { "queue.resumed" };
-            Ok(vec![draft("", kind, vec![job_type.clone()], json!({ "type": job_type }))].into())
+            let t = JobType { job_type: job_type.clone() };
+            let event = if pause { QueueEvent::Paused(t) } else { QueueEvent::Resumed(t) };
+            Ok(vec![event.draft("", vec![job_type.clone()])].into())
         }
         QueueCommand::SetBudget { job_type, tenant, budget, for_ms } => {
             let until_ms = for_ms.map(|f| ctx.now.saturating_add(f as i64));
@@ -200,18 +204,28 @@ pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Re
                     previous = if current.until_ms.is_some() { current.previous } else { Some(Box::new(current)) };
                 }
             }
-            let data = json!({ "type": job_type, "tenant": tenant, "rateMilliPerS": budget.rate_milli_per_s,
-                               "burst": budget.burst, "maxDepth": budget.max_depth, "untilMs": until_ms,
-                               "previous": previous });
-            Ok(vec![draft("", "queue.budget_set", vec![job_type.clone()], data)].into())
+            let event = QueueEvent::BudgetSet(BudgetSet {
+                job_type: job_type.clone(),
+                tenant: tenant.clone(),
+                rate_milli_per_s: budget.rate_milli_per_s,
+                burst: budget.burst,
+                max_depth: budget.max_depth,
+                until_ms,
+                previous,
+            });
+            Ok(vec![event.draft("", vec![job_type.clone()])].into())
         }
         QueueCommand::ClearBudget { job_type, tenant } => {
             let q = queue_record(txn, job_type)?;
             if !q.budgets.contains_key(tenant) {
                 return Err(CommandError::NotFound { what: format!("budget of {job_type} for tenant {tenant}") });
             }
-            let data = json!({ "type": job_type, "tenant": tenant, "reason": "operator" });
-            Ok(vec![draft("", "queue.budget_cleared", vec![job_type.clone()], data)].into())
+            let event = QueueEvent::BudgetCleared(BudgetCleared {
+                job_type: job_type.clone(),
+                tenant: tenant.clone(),
+                reason: "operator".into(),
+            });
+            Ok(vec![event.draft("", vec![job_type.clone()])].into())
         }
         QueueCommand::DlqReplay { tenant, selector } => dlq_replay(txn, ctx, tenant.as_deref(), selector),
         QueueCommand::DlqPurge { tenant, ids, snapshot_sha256 } => {
@@ -423,8 +437,8 @@ fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
         replay_of: None,
         backoff_ms: None,
     };
-    let data = serde_json::to_value(&job).expect("job serializes");
-    Ok(vec![draft(tenant, "job.enqueued", vec![job.id.clone()], data)].into())
+    let subjects = vec![job.id.clone()];
+    Ok(vec![QueueEvent::Enqueued(job).draft(tenant, subjects)].into())
 }
 
 struct LeaseAsk<'a> {
@@ -516,8 +530,9 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
     let mut drafts = Vec::new();
     for chunk in grants.chunk_by(|a, b| a.0 == b.0) {
         let subjects = chunk.iter().map(|(_, g)| g.job.clone()).collect();
-        let leases: Vec<&Grant> = chunk.iter().map(|(_, g)| g).collect();
-        drafts.push(draft(&chunk[0].0, "lease.granted", subjects, json!({ "worker": ask.worker, "leases": leases })));
+        let leases = chunk.iter().map(|(_, g)| g.clone()).collect();
+        let event = QueueEvent::LeaseGranted(LeaseGranted { worker: ask.worker.to_owned(), leases });
+        drafts.push(event.draft(&chunk[0].0, subjects));
     }
     drafts.extend(lock_drafts);
     for (job, attempt) in &started {
@@ -732,8 +747,10 @@ fn dlq_replay(
             replay_of: Some(job.id.clone()),
             backoff_ms: job.backoff_ms,
         };
-        let data = json!({ "deadId": job.id, "job": new });
-        drafts.push(draft(&job.tenant, "dlq.replayed", vec![job.id.clone(), new.id.clone()], data));
+        let subjects = vec![job.id.clone(), new.id.clone()];
+        drafts.push(
+            QueueEvent::DlqReplayed(DlqReplayed { dead_id: job.id.clone(), job: new }).draft(&job.tenant, subjects),
+        );
     }
     let refused: Vec<serde_json::Value> = refused.iter().map(|(id, why)| json!({ "id": id, "reason": why })).collect();
     Ok(Effects { drafts, live: vec![], note: Some(json!({ "refused": refused })) })
@@ -785,7 +802,10 @@ fn dlq_purge(
     }
     let drafts = by_tenant
         .into_iter()
-        .map(|(t, ids)| draft(&t, "dlq.purged", ids.clone(), json!({ "ids": ids, "snapshotSha256": snapshot })))
+        .map(|(t, ids)| {
+            let event = QueueEvent::DlqPurged(DlqPurged { ids: ids.clone(), snapshot_sha256: snapshot.to_owned() });
+            event.draft(&t, ids)
+        })
         .collect::<Vec<_>>();
     Ok(drafts.into())
 }
