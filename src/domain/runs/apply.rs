@@ -17,8 +17,10 @@ use crate::domain::runs::tables::SCHEDULES;
 use crate::domain::runs::tables::STEPS;
 use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::tables::StepState;
+use crate::domain::runs::{DagEvent, DagVersionRef};
 use crate::kernel::ApplyError;
 use crate::kernel::counters::COUNTERS;
+use crate::kernel::event::Event;
 use crate::kernel::invariant::take_one;
 use crate::kernel::ledger::Entry;
 use crate::kernel::store::rw;
@@ -97,18 +99,8 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
     if kind.starts_with("schedule.") {
         return apply_schedule(txn, entry).map(|_| true);
     }
-    if kind == "plugin.registered" {
-        let name = s(entry, "name")?;
-        let record = serde_json::json!({ "digest": entry.data["digest"], "entrypoint": entry.data["entrypoint"], "kinds": entry.data["kinds"],
-                                         "unsigned": entry.data["unsigned"], "registeredMs": entry.time, "registeredBy": entry.actor });
-        txn.open_table(PLUGINS)
-            .map_err(r)?
-            .insert(name, serde_json::to_vec(&record).expect("json").as_slice())
-            .map_err(r)?;
-        return Ok(true);
-    }
-    if kind.starts_with("dag.") {
-        return apply_dag(txn, entry).map(|_| true);
+    if let Some(event) = DagEvent::of(entry) {
+        return apply_registry(txn, entry, event.map_err(|e| bad(entry, e))?).map(|_| true);
     }
     let run_id = s(entry, "runId")?.to_owned();
     if kind == "run.created" {
@@ -271,28 +263,42 @@ fn create_run(txn: &WriteTransaction, entry: &Entry, run_id: &str) -> Result<(),
     save_run(txn, &rec)
 }
 
-fn apply_dag(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
-    let name = s(entry, "name")?.to_owned();
+/// Applies a registry entry (plugins, DAG versions). A plugin's record is the entry's data as
+/// written, so a record from an older stella reads as it always did.
+pub fn apply_registry(txn: &WriteTransaction, entry: &Entry, event: DagEvent) -> Result<(), ApplyError> {
+    let name = match &event {
+        DagEvent::PluginRegistered(d) => {
+            let record = serde_json::json!({ "digest": entry.data["digest"], "entrypoint": entry.data["entrypoint"], "kinds": entry.data["kinds"],
+                                             "unsigned": entry.data["unsigned"], "registeredMs": entry.time, "registeredBy": entry.actor });
+            txn.open_table(PLUGINS)
+                .map_err(r)?
+                .insert(d.name.as_str(), serde_json::to_vec(&record).expect("json").as_slice())
+                .map_err(r)?;
+            return Ok(());
+        }
+        DagEvent::Registered(d) => d.name.clone(),
+        DagEvent::Disabled(d) | DagEvent::Enabled(d) => d.name.clone(),
+        DagEvent::RolledBack(d) => d.name.clone(),
+    };
     let mut rec = dag(txn, entry, &name)?.unwrap_or(DagRecord { name: name.clone(), versions: vec![], active: 0 });
-    match entry.kind.as_str() {
-        "dag.registered" => {
-            let version = entry.data["version"].as_u64().ok_or_else(|| bad(entry, "no version"))? as u32;
+    match event {
+        DagEvent::PluginRegistered(_) => unreachable!("handled above"),
+        DagEvent::Registered(d) => {
             rec.versions.push(DagVersion {
-                version,
-                sha256: s(entry, "sha256")?.to_owned(),
+                version: d.version,
+                sha256: d.sha256,
                 registered_ms: entry.time,
                 registered_by: entry.actor.clone(),
-                unsigned: entry.data["unsigned"].as_bool().unwrap_or(false),
+                unsigned: d.unsigned,
                 disabled: false,
-                plugins: serde_json::from_value(entry.data["plugins"].clone()).unwrap_or_default(),
+                plugins: d.plugins,
             });
-            rec.active = version;
-            let key = format!("{name}@{version}");
-            txn.open_table(DAG_SPECS).map_err(r)?.insert(key.as_str(), s(entry, "spec")?.as_bytes()).map_err(r)?;
-            arm_schedules(txn, entry, &name, s(entry, "spec")?, false)?;
+            rec.active = d.version;
+            let key = format!("{name}@{}", d.version);
+            txn.open_table(DAG_SPECS).map_err(r)?.insert(key.as_str(), d.spec.as_bytes()).map_err(r)?;
+            arm_schedules(txn, entry, &name, &d.spec, false)?;
         }
-        "dag.disabled" | "dag.enabled" => {
-            let version = entry.data["version"].as_u64().ok_or_else(|| bad(entry, "no version"))? as u32;
+        DagEvent::Disabled(DagVersionRef { version, .. }) | DagEvent::Enabled(DagVersionRef { version, .. }) => {
             let v =
                 rec.versions.iter_mut().find(|v| v.version == version).ok_or_else(|| bad(entry, "unknown version"))?;
             v.disabled = entry.kind == "dag.disabled";
@@ -302,12 +308,11 @@ fn apply_dag(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
                 disable_schedules(txn, entry, &name, reason)?;
             }
         }
-        "dag.rolled_back" => {
-            rec.active = entry.data["to"].as_u64().ok_or_else(|| bad(entry, "no to"))? as u32;
+        DagEvent::RolledBack(d) => {
+            rec.active = d.to;
             let spec = active_spec(txn, entry, &name, rec.active)?;
             arm_schedules(txn, entry, &name, &spec, false)?;
         }
-        other => return Err(bad(entry, format!("unknown dag entry {other}"))),
     }
     rw::put(&mut txn.open_table(DAGS).map_err(r)?, &name, &rec).map_err(ApplyError::Storage)
 }

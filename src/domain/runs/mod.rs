@@ -39,3 +39,56 @@ pub struct NextRunSeq(pub Option<u64>);
 pub const RUN_DURATION_BUCKETS: [f64; 9] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0];
 /// Upper bounds (seconds) of `orchestrator_step_queue_seconds` (queued to first start).
 pub const STEP_QUEUE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
+
+use serde::{Deserialize, Serialize};
+
+crate::events! {
+    /// The registry's entries: plugins and DAG versions (runs, steps and schedules are still
+    /// read by kind, until a step's outcome is one transition function).
+    pub enum DagEvent {
+        PluginRegistered(PluginRegistered) = "plugin.registered",
+        Registered(DagRegistered) = "dag.registered",
+        Disabled(DagVersionRef) = "dag.disabled",
+        Enabled(DagVersionRef) = "dag.enabled",
+        RolledBack(DagRolledBack) = "dag.rolled_back",
+    }
+}
+
+/// A plugin installed (from a bundle, or a local directory in dev mode: `unsigned`), and the
+/// digest it replaced. Read leniently: entries of older stellas lack some fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginRegistered {
+    pub name: String,
+    pub digest: String,
+    pub entrypoint: String,
+    pub kinds: Vec<String>,
+    pub unsigned: bool,
+    pub previous: Option<String>,
+}
+
+/// A new version of a DAG, with its spec and the plugin digests it is pinned to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DagRegistered {
+    pub name: String,
+    pub version: u32,
+    pub sha256: String,
+    pub spec: String,
+    #[serde(default)]
+    pub unsigned: bool,
+    #[serde(default)]
+    pub plugins: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DagVersionRef {
+    pub name: String,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DagRolledBack {
+    pub name: String,
+    pub from: u32,
+    pub to: u32,
+}

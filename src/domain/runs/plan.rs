@@ -6,6 +6,7 @@
 
 use crate::domain::bundles::tables::PLUGINS;
 use crate::domain::live::Effects;
+use crate::domain::queue::QueueEvent;
 use crate::domain::queue::apply::EnqueuedJob;
 use crate::domain::queue::job_id;
 use crate::domain::queue::tables::JOBS;
@@ -24,11 +25,14 @@ use crate::domain::runs::tables::SCHEDULES;
 use crate::domain::runs::tables::STEPS;
 use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::tables::StepState;
-use crate::domain::runs::{CompiledDags, NextRunSeq};
+use crate::domain::runs::{
+    CompiledDags, DagEvent, DagRegistered, DagRolledBack, DagVersionRef, NextRunSeq, PluginRegistered,
+};
 use crate::domain::runs::{run_id, step_key};
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
 use crate::kernel::counters::COUNTERS;
+use crate::kernel::event::Event;
 use crate::kernel::ledger::Draft;
 use crate::kernel::storage;
 use crate::kernel::store::rw;
@@ -136,14 +140,15 @@ pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Resu
             if current.as_deref() == Some(digest.as_str()) {
                 return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
             }
-            let data = json!({ "name": name, "digest": digest, "entrypoint": entrypoint, "kinds": kinds, "unsigned": unsigned, "previous": current });
-            Ok(vec![Draft {
-                tenant: String::new(),
-                kind: "plugin.registered",
-                subjects: vec![name.clone(), digest.clone()],
-                data,
-            }]
-            .into())
+            let event = DagEvent::PluginRegistered(PluginRegistered {
+                name: name.clone(),
+                digest: digest.clone(),
+                entrypoint: entrypoint.clone(),
+                kinds: kinds.clone(),
+                unsigned: *unsigned,
+                previous: current,
+            });
+            Ok(vec![event.draft("", vec![name.clone(), digest.clone()])].into())
         }
         RunCommand::DagVersion { name, version, action } => dag_version(txn, name, *version, *action),
         RunCommand::Start { tenant, dag, inputs, run_token } => {
@@ -232,8 +237,15 @@ pub(crate) fn register(
         return Ok(Effects { note: Some(json!({ "unchanged": true, "version": v.version })), ..Effects::default() });
     }
     let version = rec.map_or(1, |r| r.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1);
-    let data = json!({ "name": name, "version": version, "sha256": sha256, "spec": text, "unsigned": unsigned, "plugins": pins });
-    Ok(vec![Draft { tenant: String::new(), kind: "dag.registered", subjects: vec![name.to_owned()], data }].into())
+    let event = DagEvent::Registered(DagRegistered {
+        name: name.to_owned(),
+        version,
+        sha256,
+        spec: text.to_owned(),
+        unsigned,
+        plugins: pins,
+    });
+    Ok(vec![event.draft("", vec![name.to_owned()])].into())
 }
 
 fn dag_version(
@@ -243,16 +255,16 @@ fn dag_version(
     action: DagAction,
 ) -> Result<Effects, CommandError> {
     let rec = dag_record(txn, name)?.ok_or_else(|| CommandError::NotFound { what: format!("DAG {name}") })?;
-    let draft =
-        |kind: &'static str, data: Value| Draft { tenant: String::new(), kind, subjects: vec![name.to_owned()], data };
+    let draft = |event: DagEvent| event.draft("", vec![name.to_owned()]);
     match action {
         DagAction::Disable | DagAction::Enable => {
             let v = version.unwrap_or(rec.active);
             if !rec.versions.iter().any(|x| x.version == v) {
                 return Err(CommandError::NotFound { what: format!("DAG {name} version {v}") });
             }
-            let kind = if action == DagAction::Disable { "dag.disabled" } else { "dag.enabled" };
-            Ok(vec![draft(kind, json!({ "name": name, "version": v }))].into())
+            let at = DagVersionRef { name: name.to_owned(), version: v };
+            let event = if action == DagAction::Disable { DagEvent::Disabled(at) } else { DagEvent::Enabled(at) };
+            Ok(vec![draft(event)].into())
         }
         DagAction::Rollback => {
             if let Some(v) = version.filter(|v| !rec.versions.iter().any(|x| x.version == *v)) {
@@ -268,7 +280,7 @@ fn dag_version(
                     format!("DAG {name} has no enabled version to roll back to"),
                 )
             })?;
-            Ok(vec![draft("dag.rolled_back", json!({ "name": name, "from": rec.active, "to": to }))].into())
+            Ok(vec![draft(DagEvent::RolledBack(DagRolledBack { name: name.to_owned(), from: rec.active, to }))].into())
         }
     }
 }
@@ -809,15 +821,10 @@ impl<'t> Planner<'t> {
             replay_of: None,
             backoff_ms: Some(s.backoff_ms),
         };
-        let enqueued = Draft {
-            tenant: self.run.tenant.clone(),
-            kind: "job.enqueued",
-            subjects: vec![job.id.clone()],
-            data: serde_json::to_value(&job).expect("job serializes"),
-        };
-        self.drafts.push(enqueued);
+        let job_id = job.id.clone();
+        self.drafts.push(QueueEvent::Enqueued(job).draft(&self.run.tenant, vec![job_id.clone()]));
         let d =
-            self.draft("step.queued", Some(&s.name), json!({ "runId": self.run.id, "step": s.name, "jobId": job.id }));
+            self.draft("step.queued", Some(&s.name), json!({ "runId": self.run.id, "step": s.name, "jobId": job_id }));
         self.drafts.push(d);
         self.step(&s.name)?;
         let run = &mut self.run;
@@ -827,7 +834,7 @@ impl<'t> Planner<'t> {
             run.failed = run.failed.saturating_sub(1);
         }
         rec.state = StepState::Queued;
-        rec.job = Some(job.id);
+        rec.job = Some(job_id);
         rec.wait = None;
         run.active += 1;
         if run.status == RunStatus::Planning {
