@@ -33,6 +33,7 @@ use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
 use crate::kernel::counters::COUNTERS;
 use crate::kernel::event::Event;
+use crate::kernel::invariant::take_one;
 use crate::kernel::ledger::Draft;
 use crate::kernel::storage;
 use crate::kernel::store::rw;
@@ -830,8 +831,8 @@ impl<'t> Planner<'t> {
         let run = &mut self.run;
         let rec = self.steps.get_mut(&s.name).expect("loaded just above");
         if rec.state == StepState::Failed {
-            run.terminal = run.terminal.saturating_sub(1);
-            run.failed = run.failed.saturating_sub(1);
+            take_one(&mut run.terminal, || format!("run {} finished steps (planned)", run.id));
+            take_one(&mut run.failed, || format!("run {} failed steps (planned)", run.id));
         }
         rec.state = StepState::Queued;
         rec.job = Some(job_id);
@@ -951,10 +952,12 @@ impl<'t> Planner<'t> {
         rec.state = state;
         rec.outputs = outputs;
         if was_active {
-            self.run.active = self.run.active.saturating_sub(1);
+            take_one(&mut self.run.active, || format!("run {} active steps (planned)", self.run.id));
         }
         match state {
-            StepState::Skipped if was_failed => self.run.failed = self.run.failed.saturating_sub(1),
+            StepState::Skipped if was_failed => {
+                take_one(&mut self.run.failed, || format!("run {} failed steps (planned)", self.run.id))
+            }
             StepState::Failed => {
                 self.run.terminal += 1;
                 self.run.failed += 1;
@@ -964,7 +967,7 @@ impl<'t> Planner<'t> {
         for d in s.dependants.iter().filter(|_| releases) {
             let name = self.dag.steps[*d].name.clone();
             let rec = self.step(&name)?;
-            rec.pending_needs = rec.pending_needs.saturating_sub(1);
+            take_one(&mut rec.pending_needs, || format!("step {name} pending needs (planned)"));
             if rec.pending_needs == 0 && rec.state == StepState::Pending && rec.wait.is_none() {
                 self.runnable(ctx, *d)?;
             }
