@@ -180,16 +180,7 @@ async fn scenario() -> TestAppliance {
     // Tokens, secrets, config, export.
     let (id, _) = create_token(&c, "default", &["orchestrator:read"], None).await;
     ok(&app, &["auth", "token", "revoke", &id, "--reason", "rotated"]);
-    let mut set = std::process::Command::new(STELLA)
-        .arg("--state-dir")
-        .arg(app.root())
-        .args(["secrets", "set", "db-password"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    set.stdin.take().unwrap().write_all(b"golden-test-only\n").unwrap();
-    assert!(set.wait().unwrap().success());
+    app.set_secret("db-password", "golden-test-only");
     let pack = app.root().join("golden-pack");
     ok(&app, &["export", "--out", pack.to_str().unwrap()]);
     // Let the TTLs lapse so the timer records expiries, then stop cleanly.

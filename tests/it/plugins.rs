@@ -169,15 +169,7 @@ async fn a_secret_reaches_the_plugin_and_nothing_else() {
     let app = TestAppliance::start();
     let c = app.socket_client();
     let value = "s3cr3t-hunter2-value";
-    let mut set = std::process::Command::new(STELLA)
-        .arg("--state-dir")
-        .arg(app.root())
-        .args(["secrets", "set", "db-password"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut set.stdin.take().unwrap(), format!("{value}\n").as_bytes()).unwrap();
-    assert!(set.wait().unwrap().success());
+    app.set_secret("db-password", value);
     assert_eq!(stdout(&app.stella(&["secrets", "list"])).trim(), "db-password");
     plugin(
         &app,

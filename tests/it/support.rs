@@ -224,6 +224,19 @@ impl TestAppliance {
     }
 
     /// SIGTERM, then wait for the exit.
+    /// `stella secrets set NAME` with the value on stdin, as an operator types it.
+    pub fn set_secret(&self, name: &str, value: &str) {
+        let mut set = Command::new(STELLA)
+            .arg("--state-dir")
+            .arg(self.root())
+            .args(["secrets", "set", name])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut set.stdin.take().unwrap(), format!("{value}\n").as_bytes()).unwrap();
+        assert!(set.wait().unwrap().success(), "secrets set {name}");
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon running");
         // SAFETY: kill(2) on our own child's pid.
