@@ -277,15 +277,12 @@ pub struct StoreConfig {
     pub cache_bytes: usize,
 }
 
+/// The store's page cache unless `store.cache_bytes` says otherwise.
+pub const CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
+
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            path: None,
-            writer_queue: 4096,
-            batch_max: 1024,
-            event_buffer: 4096,
-            cache_bytes: crate::kernel::store::CACHE_BYTES_DEFAULT,
-        }
+        Self { path: None, writer_queue: 4096, batch_max: 1024, event_buffer: 4096, cache_bytes: CACHE_BYTES_DEFAULT }
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub const SCHEMA_VERSION: u64 = 2;
 
 /// The store's page cache unless `store.cache_bytes` says otherwise.
-pub const CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
+pub use crate::config::CACHE_BYTES_DEFAULT;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -47,3 +47,23 @@ pub fn bundles(txn: &ReadTransaction) -> Result<Vec<serde_json::Value>, StoreErr
     }
     Ok(out)
 }
+
+/// Why a run may not use `plugin` (pinned at `digest`) or `dag`: a quarantined bundle.
+pub fn quarantine_reason(
+    txn: &redb::WriteTransaction,
+    dag: &str,
+    plugins: &[(String, String)],
+) -> Result<Option<String>, crate::kernel::CommandError> {
+    let t = txn.open_table(BUNDLES).map_err(crate::kernel::storage)?;
+    for row in t.iter().map_err(crate::kernel::storage)? {
+        let (_, v) = row.map_err(crate::kernel::storage)?;
+        let b: serde_json::Value = serde_json::from_slice(v.value()).map_err(crate::kernel::storage)?;
+        let Some(reason) = b["quarantined"].as_str() else { continue };
+        let carries_dag = b["dags"].as_array().is_some_and(|d| d.iter().any(|x| x == dag));
+        let carries_plugin = plugins.iter().any(|(_, digest)| b["digest"].as_str() == Some(digest.as_str()));
+        if carries_dag || carries_plugin {
+            return Ok(Some(format!("bundle {} is quarantined: {reason}", b["name"].as_str().unwrap_or("?"))));
+        }
+    }
+    Ok(None)
+}

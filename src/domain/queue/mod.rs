@@ -54,6 +54,27 @@ pub fn job_id(seq: u64) -> String {
     format!("job-{seq:012}")
 }
 
+/// The next job sequence number, shared by everything one command enqueues (a tick may enqueue
+/// for several runs).
+pub fn take_job_seq(
+    txn: &redb::WriteTransaction,
+    ctx: &mut crate::kernel::PlanCtx,
+) -> Result<u64, crate::kernel::CommandError> {
+    let next = match ctx.scratch.get::<NextJobSeq>().0 {
+        Some(n) => n,
+        None => {
+            crate::kernel::counters::get(
+                &txn.open_table(crate::kernel::counters::COUNTERS).map_err(crate::kernel::storage)?,
+                "job_seq",
+            )
+            .map_err(crate::kernel::storage)?
+                + 1
+        }
+    };
+    ctx.scratch.get::<NextJobSeq>().0 = Some(next + 1);
+    Ok(next)
+}
+
 /// A token bucket of a rate budget, kept in the writer's memory: after a restart every bucket
 /// starts full, which never lets more through than one burst.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -20,7 +20,7 @@ use crate::domain::queue::tables::QUEUES;
 use crate::domain::queue::tables::QueueRecord;
 use crate::domain::queue::tables::READY;
 use crate::domain::queue::{
-    Bucket, Buckets, BudgetCleared, BudgetSet, DlqPurged, DlqReplayed, JobType, LeaseGranted, NextJobSeq, QueueEvent,
+    Bucket, Buckets, BudgetCleared, BudgetSet, DlqPurged, DlqReplayed, JobType, LeaseGranted, QueueEvent,
 };
 use crate::domain::runs::plan as engine;
 use crate::kernel::CommandError;
@@ -360,17 +360,6 @@ impl Fence {
     }
 }
 
-/// The next job sequence number, shared by everything one command enqueues (a tick may enqueue
-/// for several runs).
-pub fn take_job_seq(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<u64, CommandError> {
-    let next = match ctx.scratch.get::<NextJobSeq>().0 {
-        Some(n) => n,
-        None => rw::counter(&txn.open_table(COUNTERS).map_err(storage)?, "job_seq").map_err(storage)? + 1,
-    };
-    ctx.scratch.get::<NextJobSeq>().0 = Some(next + 1);
-    Ok(next)
-}
-
 fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
     let QueueCommand::Enqueue { tenant, job_type, payload, priority, max_attempts, delay_ms, idempotency_key } = cmd
     else {
@@ -424,7 +413,7 @@ fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
     if max_attempts == 0 || max_attempts > 1_000 {
         return Err(CommandError::invalid("maxAttempts", "maxAttempts must be from 1 to 1000"));
     }
-    let seq = take_job_seq(txn, ctx)?;
+    let seq = super::take_job_seq(txn, ctx)?;
     let job = EnqueuedJob {
         id: job_id(seq),
         seq,
@@ -734,7 +723,7 @@ fn dlq_replay(
         ));
     }
     for job in &dead {
-        let seq = take_job_seq(txn, ctx)?;
+        let seq = super::take_job_seq(txn, ctx)?;
         let new = EnqueuedJob {
             id: job_id(seq),
             seq,

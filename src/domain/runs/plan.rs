@@ -378,7 +378,7 @@ fn start(
         plugins.insert(s.plugin.clone(), digest);
     }
     let pinned: Vec<(String, String)> = plugins.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    if let Some(reason) = crate::domain::bundles::plan::quarantine_reason(txn, dag, &pinned)? {
+    if let Some(reason) = crate::domain::bundles::tables::quarantine_reason(txn, dag, &pinned)? {
         return Err(CommandError::conflict("bundle_quarantined", format!("DAG {dag} cannot start: {reason}")));
     }
     let seq = match ctx.scratch.get::<NextRunSeq>().0 {
@@ -808,7 +808,7 @@ impl<'t> Planner<'t> {
             let name = self.interpolate(l)?;
             locks.push(name.as_str().map(str::to_owned).unwrap_or_else(|| name.to_string()));
         }
-        let seq = crate::domain::queue::plan::take_job_seq(self.txn, ctx)?;
+        let seq = crate::domain::queue::take_job_seq(self.txn, ctx)?;
         let job = EnqueuedJob {
             id: job_id(seq),
             seq,
