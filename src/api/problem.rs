@@ -154,3 +154,14 @@ impl From<crate::app::import::ImportError> for Problem {
         }
     }
 }
+
+impl From<crate::app::export::ExportError> for Problem {
+    fn from(e: crate::app::export::ExportError) -> Self {
+        use crate::app::export::ExportError;
+        match e {
+            ExportError::Failed(e) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "export_failed", e),
+            ExportError::Command(e) => e.into(),
+            ExportError::Internal(e) => Problem::internal(e),
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Use cases that the API and the daemon share (DESIGN.md §8), so that no handler imports
-//! another handler and `serve.rs` calls no handler: importing a bundle, and re-verifying the
-//! installed ones.
+//! another handler and `serve.rs` calls no handler: importing a bundle, re-verifying the
+//! installed ones, writing an export pack.
 
+pub mod export;
 pub mod import;
 pub mod installed;

@@ -3,12 +3,10 @@
 //! (`export.created`) so the next pack names this one's head.
 
 use crate::api::extract::{Auth, JsonBody};
-use crate::api::handlers::submit;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
 use crate::export::{self, Signal};
-use crate::machine::Command;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -88,24 +86,16 @@ pub async fn create(
     }
     let out = export_path(&state, p.tenant.is_some(), &req.out)?;
     let progress = crate::api::handlers::progress_for(&state, req.progress_id.as_deref())?;
-    // The pack holds the metric values as of now, not only as of the last periodic snapshot.
-    crate::telemetry::metrics::snapshot(&state.store, &state.writer, state.config.telemetry.metrics_retention_ms)
-        .await
-        .map_err(Problem::internal)?;
-    let key_path = crate::config::appliance_key_in(&state.lib);
-    let key = crate::trust::keys::read_private(&key_path).map_err(Problem::internal)?;
     let request = export::Request { from_ms, to_ms, out: out.clone(), signals, tar: req.tar };
-    let (store, log_dir, now) = (state.store.clone(), state.log_dir.clone(), state.clock.now_ms());
-    let manifest = tokio::task::spawn_blocking(move || {
-        let src = export::Sources { store: &store, log_dir: &log_dir, key: &key, now_ms: now };
-        export::write(&src, &request, &progress)
-    })
-    .await
-    .map_err(Problem::internal)?
-    .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "export_failed", e))?;
-    let record = json!({ "window": manifest["window"], "ledger": manifest["ledger"], "signals": manifest["signals"],
-                         "packSha256": manifest["packSha256"], "out": out });
-    submit(&state, p, Command::Appliance(crate::domain::appliance::ApplianceCommand::RecordExport { data: record }))
-        .await?;
+    let exporter = crate::app::export::Exporter {
+        store: &state.store,
+        writer: &state.writer,
+        clock: &state.clock,
+        lib: &state.lib,
+        log_dir: &state.log_dir,
+        metrics_retention_ms: state.config.telemetry.metrics_retention_ms,
+        actor: crate::api::handlers::actor(p),
+    };
+    let manifest = crate::app::export::export(&exporter, request, progress).await?;
     Ok((StatusCode::CREATED, Json(json!({ "out": out, "manifest": manifest }))))
 }
