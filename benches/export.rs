@@ -194,7 +194,7 @@ fn export_child(root: &std::path::Path) {
             tar: false,
         };
         let started = Instant::now();
-        let manifest = stella::export::write(&src, &req, &Default::default()).unwrap();
+        let manifest = stella::export::write(&src, &req, &Default::default()).unwrap().to_json();
         (manifest, started.elapsed())
     };
     let out = root.join("pack");

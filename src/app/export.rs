@@ -50,15 +50,16 @@ pub async fn export(
         .map_err(|e| ExportError::Internal(e.to_string()))?;
     let out = request.out.clone();
     let (store, log_dir, now) = (ctx.store.clone(), ctx.log_dir.to_owned(), ctx.clock.now_ms());
-    let manifest = tokio::task::spawn_blocking(move || {
+    let written = tokio::task::spawn_blocking(move || {
         let src = export::Sources { store: &store, log_dir: &log_dir, key: &key, now_ms: now };
         export::write(&src, &request, &progress)
     })
     .await
     .map_err(|e| ExportError::Internal(e.to_string()))?
     .map_err(ExportError::Failed)?;
-    let record = json!({ "window": manifest["window"], "ledger": manifest["ledger"], "signals": manifest["signals"],
-                         "packSha256": manifest["packSha256"], "out": out });
+    let m = &written.manifest;
+    let record = json!({ "window": m.window, "ledger": m.ledger, "signals": m.signals,
+                         "packSha256": written.pack_sha256, "out": out });
     ctx.writer.submit(ctx.actor.clone(), Command::Appliance(ApplianceCommand::RecordExport { data: record })).await?;
-    Ok(manifest)
+    Ok(written.to_json())
 }

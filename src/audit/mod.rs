@@ -65,21 +65,23 @@ impl AuditStore {
     /// new entries and the pack's record in one transaction. Returns what was found.
     pub fn import(&self, pack: &Path, v: &verify::Verified) -> Result<Value, String> {
         let m = &v.manifest;
-        let appliance = m["applianceId"].as_str().unwrap_or_default().to_owned();
-        let range = &m["ledger"];
-        let (first, last) = (range["firstSeq"].as_u64(), range["lastSeq"].as_u64());
+        let appliance = m.appliance_id.clone();
+        let range = &m.ledger;
+        let (first, last) = (range.first_seq, range.last_seq);
         let head = self.head()?;
         let mut notes = Vec::new();
         if let Some(h) = &head {
             if h.appliance != appliance {
                 return Err(format!("the pack is from appliance {appliance}; this audit store holds {}", h.appliance));
             }
-            if let Some(prev_seq) = m["previous"]["lastSeq"].as_u64() {
+            let previous = m.previous.as_ref();
+            if let Some(prev_seq) = previous.and_then(|p| p.last_seq) {
+                let prev_hash = previous.and_then(|p| p.last_hash.as_deref());
                 match self.stored_hash(prev_seq)? {
-                    Some(hash) if m["previous"]["lastHash"].as_str() != Some(hash.as_str()) => {
+                    Some(hash) if prev_hash != Some(hash.as_str()) => {
                         return Err(format!(
                             "fork: the appliance says its previous export ended at seq {prev_seq} with hash {}, the imported seq {prev_seq} has hash {hash}",
-                            m["previous"]["lastHash"]
+                            json!(prev_hash)
                         ));
                     }
                     None if prev_seq > h.seq => notes.push(format!(
@@ -94,7 +96,7 @@ impl AuditStore {
             notes.push("the pack holds no ledger entries".into());
             return self.record(pack, v, head.map_or(0, |h| h.seq), &appliance, notes, None);
         };
-        let first_prev = range["firstPrev"].as_str().unwrap_or_default();
+        let first_prev = range.first_prev.as_deref().unwrap_or_default();
         let keep_after = match &head {
             None => {
                 if first > 1 {
@@ -177,13 +179,13 @@ impl AuditStore {
             meta.insert("appliance", appliance.as_bytes()).map_err(e)?;
             let mut packs = txn.open_table(PACKS).map_err(e)?;
             let n = packs.last().map_err(e)?.map_or(0, |(k, _)| k.value()) + 1;
-            let rec = json!({ "pack": pack, "window": v.manifest["window"], "ledger": v.manifest["ledger"],
+            let rec = json!({ "pack": pack, "window": v.manifest.window, "ledger": v.manifest.ledger,
                               "signer": v.report["signer"], "fingerprint": v.report["fingerprint"], "notes": notes,
                               "added": added, "importedAt": crate::clock::rfc3339(crate::clock::SystemClock.now()) });
             packs.insert(n, rec.to_string().as_bytes()).map_err(e)?;
         }
         txn.commit().map_err(e)?;
-        Ok(json!({ "pack": pack, "ledger": v.manifest["ledger"], "added": added, "notes": notes }))
+        Ok(json!({ "pack": pack, "ledger": v.manifest.ledger, "added": added, "notes": notes }))
     }
 
     /// Visits the imported entries in sequence order, one at a time, until `f` says stop.

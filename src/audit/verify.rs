@@ -42,7 +42,7 @@ impl Drop for PackDir {
 /// A verified pack: the report and its files.
 pub struct Verified {
     pub report: Value,
-    pub manifest: Value,
+    pub manifest: crate::export::Manifest,
     pub dir: PackDir,
 }
 
@@ -124,14 +124,11 @@ pub fn verify_pack(pack: &Path, trust: &TrustStore, now_ms: i64) -> Result<Verif
     if sha_of(MANIFEST) != Some(hex::encode(Sha256::digest(&manifest_bytes)).as_str()) {
         return Err(format!("{MANIFEST}: its digest does not match {SUMS}"));
     }
-    let manifest: Value = serde_json::from_slice(&manifest_bytes).map_err(|e| format!("{MANIFEST}: {e}"))?;
-    if manifest["formatVersion"] != 1 {
-        return Err(format!("{MANIFEST}: formatVersion {} is not supported", manifest["formatVersion"]));
-    }
+    let manifest = crate::export::Manifest::parse(&manifest_bytes).map_err(|e| format!("{MANIFEST}: {e}"))?;
     let mut checks = Vec::new();
     for signal in Signal::ALL {
         let name = signal.file();
-        match (sha_of(name), manifest["files"].get(name)) {
+        match (sha_of(name), manifest.files.get(name)) {
             (Some(sha), Some(summary)) => checks.push((signal, sha, summary)),
             (None, None) => {}
             _ => return Err(format!("{name}: {SUMS} and {MANIFEST} disagree on whether it is in the pack")),
@@ -143,7 +140,7 @@ pub fn verify_pack(pack: &Path, trust: &TrustStore, now_ms: i64) -> Result<Verif
         let handles: Vec<_> = checks
             .iter()
             .map(|&(signal, sha, summary)| {
-                let (path, range) = (&dir.path, &manifest["ledger"]);
+                let (path, range) = (&dir.path, &manifest.ledger);
                 scope.spawn(move || check_file(path, signal, sha, summary, range))
             })
             .collect();
@@ -166,7 +163,13 @@ struct OtlpShape {
 }
 
 /// Streams one NDJSON file once: digest, block digests, lines, shapes, and the ledger's chain.
-fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Value) -> Result<(), String> {
+fn check_file(
+    dir: &Path,
+    signal: Signal,
+    sha: &str,
+    summary: &crate::export::manifest::FileSummary,
+    range: &crate::export::manifest::LedgerRange,
+) -> Result<(), String> {
     let name = signal.file();
     let file = std::fs::File::open(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
@@ -174,8 +177,8 @@ fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Va
     let mut blocks = Vec::new();
     let mut lines = 0u64;
     let mut first_problem: Option<String> = None;
-    let first_prev = range["firstPrev"].as_str().unwrap_or_default();
-    let mut cursor = Link::parse(first_prev).map(|l| ChainCursor::new(range["firstSeq"].as_u64().unwrap_or(1), l));
+    let first_prev = range.first_prev.as_deref().unwrap_or_default();
+    let mut cursor = Link::parse(first_prev).map(|l| ChainCursor::new(range.first_seq.unwrap_or(1), l));
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -212,8 +215,7 @@ fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Va
     if !lines.is_multiple_of(BLOCK_LINES) {
         blocks.push(hex::encode(block.finalize_reset()));
     }
-    let signed_blocks: Vec<&str> =
-        summary["blocks"].as_array().into_iter().flatten().filter_map(|b| b.as_str()).collect();
+    let signed_blocks: Vec<&str> = summary.blocks.iter().map(String::as_str).collect();
     if hex::encode(whole.finalize()) != sha {
         let detail = first_problem.clone().or_else(|| {
             let at = blocks
@@ -226,7 +228,7 @@ fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Va
                 at as u64 * BLOCK_LINES + 1,
                 (at as u64 + 1) * BLOCK_LINES,
                 lines,
-                summary["lines"]
+                summary.lines
             ))
         });
         return Err(format!("{name}: its digest does not match {SUMS}; {}", detail.unwrap_or_default()));
@@ -234,18 +236,19 @@ fn check_file(dir: &Path, signal: Signal, sha: &str, summary: &Value, range: &Va
     if let Some(p) = first_problem {
         return Err(format!("{name}: {p}"));
     }
-    if Some(lines) != summary["lines"].as_u64() {
-        return Err(format!("{name}: {lines} lines, the manifest says {}", summary["lines"]));
+    if lines != summary.lines {
+        return Err(format!("{name}: {lines} lines, the manifest says {}", summary.lines));
     }
     if signal == Signal::Ledger {
         let (last_seq, last_hash) = match cursor.filter(|_| lines > 0) {
             Some(c) => (json!(c.next_seq - 1), json!(c.prev_hash())),
             None => (Value::Null, Value::Null),
         };
-        if range["count"].as_u64() != Some(lines) || range["lastSeq"] != last_seq || range["lastHash"] != last_hash {
+        if range.count != lines || json!(range.last_seq) != last_seq || json!(range.last_hash) != last_hash {
             return Err(format!(
                 "{name}: ends at seq {last_seq} with {lines} entries, the manifest says seq {} with {}",
-                range["lastSeq"], range["count"]
+                json!(range.last_seq),
+                range.count
             ));
         }
     }

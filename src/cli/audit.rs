@@ -83,7 +83,7 @@ pub fn cli(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
                 verified.push((p, v));
             }
             // Oldest first, whatever order they were named in.
-            verified.sort_by_key(|(_, v)| v.manifest["ledger"]["firstSeq"].as_u64().unwrap_or(u64::MAX));
+            verified.sort_by_key(|(_, v)| v.manifest.ledger.first_seq.unwrap_or(u64::MAX));
             let mut results = Vec::new();
             for (p, v) in &verified {
                 let r = db.import(p, v).map_err(|err| CliError::VerifyFailed(format!("{}: {err}", p.display())))?;

@@ -9,7 +9,10 @@
 //! pack that looks whole. A window is a contiguous range of ledger sequences, because entry
 //! times never go backwards.
 
+pub mod manifest;
 mod traces;
+
+pub use manifest::Manifest;
 
 use crate::domain::appliance::tables::METRIC_SNAPSHOTS;
 use crate::kernel::store::LEDGER;
@@ -184,14 +187,19 @@ impl Ndjson {
         Ok(())
     }
 
-    fn finish(mut self) -> std::io::Result<(String, Value)> {
+    fn finish(mut self) -> std::io::Result<(String, manifest::FileSummary)> {
         if !self.lines.is_multiple_of(BLOCK_LINES) {
             self.blocks.push(hex::encode(self.block.finalize_reset()));
         }
         self.out.flush()?;
         self.out.get_ref().sync_all()?;
-        let summary = json!({ "lines": self.lines, "records": self.records, "bytes": self.bytes,
-                              "blockLines": BLOCK_LINES, "blocks": self.blocks });
+        let summary = manifest::FileSummary {
+            lines: self.lines,
+            records: self.records,
+            bytes: self.bytes,
+            block_lines: BLOCK_LINES,
+            blocks: self.blocks,
+        };
         Ok((hex::encode(self.sha.finalize()), summary))
     }
 }
@@ -249,8 +257,24 @@ fn first_seq_at(table: &impl ReadableTable<u64, &'static [u8]>, head: u64, t: i6
     Ok(lo)
 }
 
-/// Writes the pack; returns its manifest. The caller records it (`export.created`).
-pub fn write(src: &Sources, req: &Request, progress: &Progress) -> Result<Value, String> {
+/// A pack written: its manifest and the sha256 of its `SHA256SUMS` (what names the pack).
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub manifest: Manifest,
+    pub pack_sha256: String,
+}
+
+impl Written {
+    /// The manifest with `packSha256`, as the API answers it.
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::to_value(&self.manifest).expect("a manifest serializes");
+        v["packSha256"] = json!(self.pack_sha256);
+        v
+    }
+}
+
+/// Writes the pack. The caller records it (`export.created`).
+pub fn write(src: &Sources, req: &Request, progress: &Progress) -> Result<Written, String> {
     let out = &req.out;
     if out.exists() {
         return Err(format!("{} exists: a pack is never overwritten", out.display()));
@@ -296,7 +320,7 @@ fn write_files(
     from_ms: i64,
     to_ms: i64,
     progress: &Progress,
-) -> Result<Value, String> {
+) -> Result<Written, String> {
     let resource = otlp::resource(appliance_id);
     let wants = |s: Signal| req.signals.contains(&s);
     let open = |s: Signal| -> Result<Option<Ndjson>, String> {
@@ -313,7 +337,7 @@ fn write_files(
     let table = txn.open_table(LEDGER).map_err(store_err)?;
     let head = read::ledger_head(txn).map_err(store_err)?.0;
     let first = first_seq_at(&table, head, from_ms)?;
-    let mut range = json!({ "count": 0, "firstSeq": null, "firstPrev": null, "lastSeq": null, "lastHash": null });
+    let mut range = manifest::LedgerRange::default();
     let traces_path = dir.join(Signal::Traces.file());
     let ledger_path = dir.join(Signal::Ledger.file());
     std::thread::scope(|scope| -> Result<(), String> {
@@ -379,12 +403,12 @@ fn write_files(
             if wants_traces && !batch.ends.is_empty() {
                 let _ = to_traces.send(batch);
             }
-            range["count"] = json!(count);
+            range.count = count;
             if count > 0 {
-                range["firstSeq"] = json!(first);
-                range["firstPrev"] = json!(first_prev);
-                range["lastSeq"] = json!(last_seq);
-                range["lastHash"] = json!(last_hash);
+                range.first_seq = Some(first);
+                range.first_prev = Some(first_prev.clone());
+                range.last_seq = Some(last_seq);
+                range.last_hash = Some(last_hash.clone());
             }
             Ok(())
         })();
@@ -398,7 +422,7 @@ fn write_files(
         rest
     })?;
 
-    let mut files = serde_json::Map::new();
+    let mut files = std::collections::BTreeMap::new();
     let mut sums: Vec<(String, String)> = Vec::new();
     for (signal, sink) in
         [(Signal::Ledger, ledger), (Signal::Logs, logs), (Signal::Metrics, metrics), (Signal::Traces, traces)]
@@ -410,18 +434,27 @@ fn write_files(
         }
     }
     let fingerprint = src.key.public_key().fingerprint(ssh_key::HashAlg::Sha256).to_string();
-    let manifest = json!({
-        "formatVersion": 1,
-        "applianceId": appliance_id,
-        "keyFingerprint": fingerprint,
-        "toolVersion": env!("CARGO_PKG_VERSION"),
-        "createdAt": crate::clock::rfc3339(src.now_ms),
-        "window": { "fromMs": from_ms, "toMs": to_ms, "from": crate::clock::rfc3339(from_ms), "to": crate::clock::rfc3339(to_ms) },
-        "signals": req.signals.iter().map(|s| s.name()).collect::<Vec<_>>(),
-        "ledger": range,
-        "previous": previous.map(|p| json!({ "lastSeq": p["ledger"]["lastSeq"], "lastHash": p["ledger"]["lastHash"], "toMs": p["window"]["toMs"] })),
-        "files": files,
-    });
+    let manifest = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        appliance_id: appliance_id.to_owned(),
+        key_fingerprint: fingerprint,
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        created_at: crate::clock::rfc3339(src.now_ms),
+        window: manifest::Window {
+            from_ms,
+            to_ms,
+            from: crate::clock::rfc3339(from_ms),
+            to: crate::clock::rfc3339(to_ms),
+        },
+        signals: req.signals.iter().map(|s| s.name().to_owned()).collect(),
+        ledger: range,
+        previous: previous.map(|p| manifest::Previous {
+            last_seq: p["ledger"]["lastSeq"].as_u64(),
+            last_hash: p["ledger"]["lastHash"].as_str().map(str::to_owned),
+            to_ms: p["window"]["toMs"].as_i64(),
+        }),
+        files,
+    };
     let manifest_bytes = serde_json_canonicalizer::to_vec(&manifest).map_err(|e| e.to_string())?;
     crate::fsutil::write_file_atomic(&dir.join(MANIFEST), &manifest_bytes, 0o644).map_err(io(&dir.join(MANIFEST)))?;
     sums.push((MANIFEST.to_owned(), hex::encode(Sha256::digest(&manifest_bytes))));
@@ -431,9 +464,7 @@ fn write_files(
     let signature = sig::sign(src.key, Namespace::Export, sums_text.as_bytes())?;
     crate::fsutil::write_file_atomic(&dir.join(SUMS_SIG), signature.as_bytes(), 0o644)
         .map_err(io(&dir.join(SUMS_SIG)))?;
-    let mut manifest = manifest;
-    manifest["packSha256"] = json!(hex::encode(Sha256::digest(sums_text.as_bytes())));
-    Ok(manifest)
+    Ok(Written { manifest, pack_sha256: hex::encode(Sha256::digest(sums_text.as_bytes())) })
 }
 
 /// The metric snapshots and the log records of the window, into their files.
