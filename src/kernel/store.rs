@@ -296,12 +296,21 @@ fn rebuild_projections<M: Machine>(txn: &redb::WriteTransaction, path: &Path) ->
     // Streamed: the ledger is read while the other tables are written (never held whole).
     let ledger = txn.open_table(LEDGER).map_err(|e| err(e.into()))?;
     let mut applied = 0u64;
-    for row in ledger.iter().map_err(|e| err(e.into()))? {
-        let (k, v) = row.map_err(|e| err(e.into()))?;
-        let corrupt = |reason: String| StoreError::Corrupt { table: "ledger", key: k.value().to_string(), reason };
-        let entry = serde_json::from_slice::<Entry>(v.value()).map_err(|e| corrupt(e.to_string()))?;
-        M::apply(txn, &entry).map_err(|e| corrupt(format!("replaying it into the rebuilt tables: {e}")))?;
-        applied += 1;
+    // A broken invariant met while rebuilding is reported, not raised: the store is history
+    // that `db verify` will name; the rebuild itself must not crash the start.
+    let (rebuilt, breaches) = crate::kernel::invariant::recording(|| -> Result<(), StoreError> {
+        for row in ledger.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            let corrupt = |reason: String| StoreError::Corrupt { table: "ledger", key: k.value().to_string(), reason };
+            let entry = serde_json::from_slice::<Entry>(v.value()).map_err(|e| corrupt(e.to_string()))?;
+            M::apply(txn, &entry).map_err(|e| corrupt(format!("replaying it into the rebuilt tables: {e}")))?;
+            applied += 1;
+        }
+        Ok(())
+    });
+    rebuilt?;
+    for b in &breaches {
+        tracing::warn!(invariant = %b, "rebuilding the tables met a broken invariant: run `stella orch db verify`");
     }
     tracing::info!(entries = applied, "tables rebuilt from the ledger");
     Ok(())

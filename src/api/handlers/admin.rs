@@ -179,7 +179,7 @@ pub async fn restart(
     if !state.dev {
         return Err(Problem::new(
             axum::http::StatusCode::CONFLICT,
-            "conflict",
+            "restarted_by_service_manager",
             "a production appliance is restarted by systemd: systemctl restart stella.service",
         ));
     }

@@ -10,9 +10,9 @@ use crate::domain::runs::tables::DAGS;
 use crate::domain::runs::tables::DagRecord;
 use crate::domain::runs::tables::RUNS;
 use crate::domain::runs::tables::RunRecord;
+use crate::domain::runs::{DagEvent, DagVersionRef, PluginRegistered};
 use crate::kernel::CommandError;
 use crate::kernel::event::Event;
-use crate::kernel::ledger::Draft;
 use crate::kernel::storage;
 use crate::kernel::store::Record;
 use crate::kernel::store::rw;
@@ -134,12 +134,15 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
                 drafts.extend(crate::domain::runs::plan::register(txn, dag, spec, false)?.drafts);
             }
             if let Some(entrypoint) = entrypoint {
-                drafts.push(Draft {
-                    tenant: String::new(),
-                    kind: "plugin.registered",
-                    subjects: vec![name.clone(), digest.clone()],
-                    data: json!({ "name": name, "digest": digest, "entrypoint": entrypoint, "kinds": kinds, "unsigned": false, "previous": null }),
+                let event = DagEvent::PluginRegistered(PluginRegistered {
+                    name: name.clone(),
+                    digest: digest.clone(),
+                    entrypoint: entrypoint.clone(),
+                    kinds: kinds.clone(),
+                    unsigned: false,
+                    previous: None,
                 });
+                drafts.push(event.draft("", vec![name.clone(), digest.clone()]));
             }
             Ok(drafts.into())
         }
@@ -205,12 +208,8 @@ fn remove(txn: &WriteTransaction, name: &str) -> Result<Effects, CommandError> {
     for dag in &dags {
         let Some(rec) = rw::get::<DagRecord>(&dag_table, "dags", dag).map_err(storage)? else { continue };
         if rec.versions.iter().any(|v| v.version == rec.active && !v.disabled) {
-            drafts.push(Draft {
-                tenant: String::new(),
-                kind: "dag.disabled",
-                subjects: vec![dag.clone()],
-                data: json!({ "name": dag, "version": rec.active }),
-            });
+            let event = DagEvent::Disabled(DagVersionRef { name: dag.clone(), version: rec.active });
+            drafts.push(event.draft("", vec![dag.clone()]));
         }
     }
     Ok(drafts.into())
