@@ -325,6 +325,40 @@ fn apply_event(txn: &WriteTransaction, entry: &Entry, event: QueueEvent) -> Resu
             save(txn, &dead)?;
             insert_new(txn, entry, &d.job)?;
         }
+        QueueEvent::Cancelled(d) => {
+            let id = d.job_id;
+            let mut job = load(txn, entry, &id)?;
+            let from = job.state;
+            match from {
+                JobState::Ready => {
+                    txn.open_table(READY)
+                        .map_err(r)?
+                        .remove((job.job_type.as_str(), ready_order(job.priority, job.seq)))
+                        .map_err(r)?;
+                }
+                JobState::Delayed => due::set(txn, job.not_before_ms, &timer_key::ready(&job.id), false)?,
+                JobState::Leased => end_lease(txn, &mut job)?,
+                _ => return Err(bad(entry, format!("job {id} is already finished"))),
+            }
+            job.state = JobState::Cancelled;
+            job.finished_ms = Some(entry.time);
+            count(txn, &job.job_type, Some(from), None)?;
+            save(txn, &job)?;
+        }
+        QueueEvent::DlqResolved(d) => {
+            let replaced_by = d.replaced_by;
+            for id in entry.subjects.iter().skip(1) {
+                let mut job = load(txn, entry, id)?;
+                if job.state != JobState::Dead {
+                    return Err(bad(entry, format!("job {id} is not dead")));
+                }
+                txn.open_table(DLQ).map_err(r)?.remove(id.as_str()).map_err(r)?;
+                job.state = JobState::Resolved;
+                job.replayed_as.clone_from(&replaced_by);
+                count(txn, &job.job_type, Some(JobState::Dead), None)?;
+                save(txn, &job)?;
+            }
+        }
         QueueEvent::DlqPurged(_) => {
             for id in entry.subjects.iter() {
                 let job = load(txn, entry, id)?;
@@ -346,40 +380,6 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
     match entry.kind.as_str() {
         "job.succeeded" | "job.failed" | "lease.expired" | "lease.interrupted" => {
             finish_attempt(txn, entry, &data(entry)?)?
-        }
-        "job.cancelled" => {
-            let id = entry.data["jobId"].as_str().ok_or_else(|| bad(entry, "no jobId"))?.to_owned();
-            let mut job = load(txn, entry, &id)?;
-            let from = job.state;
-            match from {
-                JobState::Ready => {
-                    txn.open_table(READY)
-                        .map_err(r)?
-                        .remove((job.job_type.as_str(), ready_order(job.priority, job.seq)))
-                        .map_err(r)?;
-                }
-                JobState::Delayed => due::set(txn, job.not_before_ms, &timer_key::ready(&job.id), false)?,
-                JobState::Leased => end_lease(txn, &mut job)?,
-                _ => return Err(bad(entry, format!("job {id} is already finished"))),
-            }
-            job.state = JobState::Cancelled;
-            job.finished_ms = Some(entry.time);
-            count(txn, &job.job_type, Some(from), None)?;
-            save(txn, &job)?;
-        }
-        "dlq.resolved" => {
-            let replaced_by = entry.data["replacedBy"].as_str().map(str::to_owned);
-            for id in entry.subjects.iter().skip(1) {
-                let mut job = load(txn, entry, id)?;
-                if job.state != JobState::Dead {
-                    return Err(bad(entry, format!("job {id} is not dead")));
-                }
-                txn.open_table(DLQ).map_err(r)?.remove(id.as_str()).map_err(r)?;
-                job.state = JobState::Resolved;
-                job.replayed_as.clone_from(&replaced_by);
-                count(txn, &job.job_type, Some(JobState::Dead), None)?;
-                save(txn, &job)?;
-            }
         }
         _ => return Ok(false),
     }

@@ -97,7 +97,7 @@ use serde::{Deserialize, Serialize};
 
 crate::events! {
     /// The queue's entries (an attempt's end — `job.succeeded`, `job.failed`, `lease.expired`,
-    /// `lease.interrupted` — and `job.cancelled`, `dlq.resolved` are still read by kind).
+    /// `lease.interrupted` — is still read by kind).
     pub enum QueueEvent {
         Enqueued(EnqueuedJob) = "job.enqueued",
         LeaseGranted(LeaseGranted) = "lease.granted",
@@ -109,7 +109,30 @@ crate::events! {
         BudgetRestored(BudgetRestored) = "queue.budget_restored",
         DlqReplayed(DlqReplayed) = "dlq.replayed",
         DlqPurged(DlqPurged) = "dlq.purged",
+        Cancelled(JobCancelled) = "job.cancelled",
+        DlqResolved(DlqResolved) = "dlq.resolved",
     }
+}
+
+/// A step's job cancelled with its run (the executor stops the attempt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCancelled {
+    pub job_id: String,
+    pub run_id: String,
+}
+
+/// A dead step job leaves the DLQ because its run recovered the step (`action`: retry, skip,
+/// abort, cancel, replay), possibly by a new job (`replaced_by`). The jobs are the subjects
+/// after the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DlqResolved {
+    pub run_id: String,
+    pub step: String,
+    pub job_id: String,
+    pub action: String,
+    pub replaced_by: Option<String>,
 }
 
 /// Leases granted to one worker in one tenant.

@@ -6,12 +6,12 @@
 
 use crate::domain::bundles::tables::PLUGINS;
 use crate::domain::live::Effects;
-use crate::domain::queue::QueueEvent;
 use crate::domain::queue::apply::EnqueuedJob;
 use crate::domain::queue::job_id;
 use crate::domain::queue::tables::JOBS;
 use crate::domain::queue::tables::JobRecord;
 use crate::domain::queue::tables::JobState;
+use crate::domain::queue::{DlqResolved, JobCancelled, QueueEvent};
 use crate::domain::runs::spec::{self, Compiled};
 use crate::domain::runs::tables::DAG_SPECS;
 use crate::domain::runs::tables::DAGS;
@@ -873,14 +873,14 @@ impl<'t> Planner<'t> {
     }
 
     fn push_resolved(&mut self, name: &str, dead: &str, action: &str, replaced_by: Option<&str>) {
-        let data =
-            json!({ "runId": self.run.id, "step": name, "jobId": dead, "action": action, "replacedBy": replaced_by });
-        self.drafts.push(Draft {
-            tenant: self.run.tenant.clone(),
-            kind: "dlq.resolved",
-            subjects: vec![self.run.id.clone(), dead.to_owned()],
-            data,
+        let event = QueueEvent::DlqResolved(DlqResolved {
+            run_id: self.run.id.clone(),
+            step: name.to_owned(),
+            job_id: dead.to_owned(),
+            action: action.to_owned(),
+            replaced_by: replaced_by.map(str::to_owned),
         });
+        self.drafts.push(event.draft(&self.run.tenant, vec![self.run.id.clone(), dead.to_owned()]));
     }
 
     /// Substitutes `${inputs.x}` and `${steps.s.outputs.k}` in a step's inputs.
@@ -1025,13 +1025,9 @@ impl<'t> Planner<'t> {
                 let jobs = self.txn.open_table(JOBS).map_err(storage)?;
                 let state = rw::get::<JobRecord>(&jobs, "jobs", job).map_err(storage)?.map(|j| j.state);
                 if matches!(state, Some(JobState::Ready | JobState::Delayed | JobState::Leased)) {
-                    let data = json!({ "jobId": job, "runId": self.run.id });
-                    self.drafts.push(Draft {
-                        tenant: self.run.tenant.clone(),
-                        kind: "job.cancelled",
-                        subjects: vec![job.clone(), self.run.id.clone()],
-                        data,
-                    });
+                    let event =
+                        QueueEvent::Cancelled(JobCancelled { job_id: job.clone(), run_id: self.run.id.clone() });
+                    self.drafts.push(event.draft(&self.run.tenant, vec![job.clone(), self.run.id.clone()]));
                 }
             }
             let d = self.draft("step.cancelled", Some(&name), json!({ "runId": self.run.id, "step": name }));
