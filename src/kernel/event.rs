@@ -7,8 +7,6 @@ use crate::kernel::ledger::{Draft, Entry};
 
 /// A domain's entries, typed.
 pub trait Event: Sized {
-    /// Every kind this type covers.
-    const KINDS: &'static [&'static str];
     /// The entry kind, e.g. `token.created`.
     fn kind(&self) -> &'static str;
     /// The entry's `data`.
@@ -38,8 +36,6 @@ macro_rules! events {
         }
 
         impl $crate::kernel::event::Event for $name {
-            const KINDS: &'static [&'static str] = &[$($kind),*];
-
             fn kind(&self) -> &'static str {
                 match self {
                     $(Self::$var(_) => $kind,)*

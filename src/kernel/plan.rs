@@ -1,7 +1,7 @@
 //! What the writer asks of the state machine it drives: the [`Machine`] trait, the context a
 //! command is planned in, what a plan yields, and how a command fails.
 //!
-//! The kernel knows no domain: a machine (`crate::machine::Stella`) names its commands, its
+//! The kernel knows no domain: a machine (stella's is `machine::Stella`) names its commands, its
 //! liveness writes, its projection tables and how each ledger entry changes them.
 
 use crate::config::Config;

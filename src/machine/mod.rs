@@ -129,11 +129,6 @@ impl Machine for Stella {
     }
 }
 
-/// Applies one committed (or replayed) entry to the projection tables.
-pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
-    Stella::apply(txn, entry)
-}
-
 /// The writer of stella's store, and its handle.
 pub type Writer = crate::kernel::writer::Writer<Stella>;
 pub type WriterHandle = crate::kernel::writer::WriterHandle<Stella>;
