@@ -389,20 +389,16 @@ async fn daemon(
 /// counting toward the job's bound on interruptions: only crashes do.
 async fn interrupt_previous_attempts(writer: &WriterHandle, layout: &Layout, crashed: bool) -> Result<(), CliError> {
     crate::exec::plugin::reap_orphans(&layout.lib());
-    loop {
-        let command = Command::Queue(crate::domain::queue::QueueCommand::Interrupt {
-            worker_prefix: crate::domain::queue::LOCAL_WORKER.to_owned(),
-            counted: crashed,
-        });
-        let c = writer.submit(Actor::appliance(), command).await.map_err(|e| CliError::Store(e.to_string()))?;
-        let note = c.note.unwrap_or_default();
-        if let Some(n) = note["interrupted"].as_u64().filter(|n| *n > 0) {
-            tracing::warn!(attempts = n, "requeued the attempts a previous daemon was running when it stopped");
-        }
-        if note["deferred"].as_u64().unwrap_or(0) == 0 {
-            return Ok(());
-        }
+    let command = Command::Queue(crate::domain::queue::QueueCommand::Interrupt {
+        worker_prefix: crate::domain::queue::LOCAL_WORKER.to_owned(),
+        counted: crashed,
+    });
+    let c = writer.submit(Actor::appliance(), command).await.map_err(|e| CliError::Store(e.to_string()))?;
+    let note = c.note.unwrap_or_default();
+    if let Some(n) = note["interrupted"].as_u64().filter(|n| *n > 0) {
+        tracing::warn!(attempts = n, "requeued the attempts a previous daemon was running when it stopped");
     }
+    Ok(())
 }
 
 /// The effective uid, through libc: std has no safe accessor for it.

@@ -5,8 +5,8 @@
 use crate::support::Direct;
 use serde_json::{Value, json};
 use stella::domain::queue::QueueCommand;
+use stella::domain::runs::Recovery;
 use stella::domain::runs::RunCommand;
-use stella::domain::runs::plan::Recovery;
 use stella::domain::runs::tables::RUNS;
 use stella::domain::runs::tables::RunRecord;
 use stella::domain::runs::tables::RunStatus;
@@ -222,6 +222,30 @@ fn cancel_stops_queued_and_running_steps() {
     verify(&d);
 }
 
+/// Two outcomes of one run in one tick (both parallel steps' leases expire together) are
+/// planned one after the other on the run's working copy: the run fails in that same tick,
+/// once, and the replayed projection agrees.
+#[test]
+fn two_leases_of_one_run_expiring_in_one_tick_settle_it_in_that_tick() {
+    let d = Direct::new();
+    register(
+        &d,
+        "name = \"pair\"\n[steps.a]\nplugin = \"noop\"\n[steps.b]\nplugin = \"noop\"\n[steps.c]\nplugin = \"noop\"\nneeds = [\"a\", \"b\"]\n",
+    );
+    let id = start(&d, "pair", json!({}), None).unwrap();
+    assert_eq!(lease(&d).len(), 2, "a and b run side by side");
+    d.clock.advance_ms(61_000);
+    let tick = d.submit(Command::Tick).unwrap();
+    let kinds: Vec<&str> = tick.entries.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "lease.expired").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "step.failed").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "run.failed").count(), 1, "{kinds:?}");
+    let r = run(&d, &id);
+    assert_eq!((r.status, r.active, r.failed, r.terminal), (RunStatus::Failed, 0, 2, 2));
+    assert_eq!(step(&d, &id, "c").state, StepState::Pending);
+    verify(&d);
+}
+
 /// The same runToken with the same inputs returns the same run; with other inputs it is a
 /// conflict naming the run.
 #[test]
@@ -283,14 +307,14 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
     assert_eq!(runs(&d).len(), 2, "twelve missed fires collapse into one");
     d.submit(Command::Run(RunCommand::Schedule {
         dag: "nightly".into(),
-        action: stella::domain::runs::plan::ScheduleAction::Pause,
+        action: stella::domain::runs::ScheduleAction::Pause,
     }))
     .unwrap();
     tick_after(&d, 10 * 60_000);
     assert_eq!(runs(&d).len(), 2, "paused");
     d.submit(Command::Run(RunCommand::Schedule {
         dag: "nightly".into(),
-        action: stella::domain::runs::plan::ScheduleAction::Resume,
+        action: stella::domain::runs::ScheduleAction::Resume,
     }))
     .unwrap();
     tick_after(&d, 5 * 60_000);
@@ -298,7 +322,7 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
     d.submit(Command::Run(RunCommand::DagVersion {
         name: "nightly".into(),
         version: None,
-        action: stella::domain::runs::plan::DagAction::Disable,
+        action: stella::domain::runs::DagAction::Disable,
     }))
     .unwrap();
     let fired = |d: &Direct| {
@@ -313,7 +337,7 @@ fn cron_triggers_start_runs_and_stop_when_paused_or_disabled() {
     d.submit(Command::Run(RunCommand::DagVersion {
         name: "nightly".into(),
         version: None,
-        action: stella::domain::runs::plan::DagAction::Enable,
+        action: stella::domain::runs::DagAction::Enable,
     }))
     .unwrap();
     tick_after(&d, 5 * 60_000);

@@ -7,8 +7,8 @@ use crate::api::handlers::submit;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
+use crate::domain::runs::DagAction;
 use crate::domain::runs::RunCommand;
-use crate::domain::runs::plan::DagAction;
 use crate::domain::runs::spec;
 use crate::machine::Command;
 use crate::machine::read;
@@ -163,7 +163,7 @@ pub async fn schedule_action(
     auth: Auth,
     Path((dag, action)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    use crate::domain::runs::plan::ScheduleAction;
+    use crate::domain::runs::ScheduleAction;
     let p = auth.require(Scope::Admin)?;
     let action = match action.as_str() {
         "pause" => ScheduleAction::Pause,

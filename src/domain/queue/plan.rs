@@ -22,6 +22,7 @@ use crate::domain::queue::tables::READY;
 use crate::domain::queue::{
     Bucket, Buckets, BudgetCleared, BudgetSet, DlqPurged, DlqReplayed, JobType, LeaseGranted, QueueEvent,
 };
+use crate::domain::runs;
 use crate::domain::runs::plan as engine;
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
@@ -235,8 +236,8 @@ pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Re
     }
 }
 
-/// See [`QueueCommand::Interrupt`]. A job whose run already had an outcome in this plan waits
-/// for the next command (the note's `deferred`), as in a tick.
+/// See [`QueueCommand::Interrupt`]. Two jobs of one run are two outcomes planned one after the
+/// other on that run's working copy.
 fn interrupt(
     txn: &WriteTransaction,
     ctx: &mut PlanCtx,
@@ -257,7 +258,6 @@ fn interrupt(
     let mut effects = Effects::default();
     let mut fence = Fence::read(txn)?;
     let mut touched = HashSet::new();
-    let mut deferred = 0;
     for (id, token) in leased {
         let Ok(j) = visible_job(txn, None, &id) else { continue };
         let Some(lease) = j.lease.clone().filter(|l| {
@@ -265,12 +265,6 @@ fn interrupt(
         }) else {
             continue;
         };
-        if let Some(run) = j.payload["run"].as_str()
-            && !touched.insert(format!("run:{run}"))
-        {
-            deferred += 1;
-            continue;
-        }
         let interruptions = j.interruptions + u32::from(counted);
         let (mut data, outcome) = if interruptions > INTERRUPTIONS_MAX {
             let error = format!(
@@ -278,10 +272,10 @@ fn interrupt(
                  (at most {INTERRUPTIONS_MAX} are started again), so it fails",
                 j.attempt
             );
-            (json!({ "next": "dead", "error": error }), engine::Outcome::Failed { error, code: "interrupted".into() })
+            (json!({ "next": "dead", "error": error }), runs::Outcome::Failed { error, code: "interrupted".into() })
         } else {
             let error = format!("attempt {} was cut short by a restart of the appliance; started again", j.attempt);
-            (json!({ "next": "retry", "notBeforeMs": ctx.now, "error": error }), engine::Outcome::Interrupted { error })
+            (json!({ "next": "retry", "notBeforeMs": ctx.now, "error": error }), runs::Outcome::Interrupted { error })
         };
         data["jobId"] = json!(j.id);
         data["token"] = json!(lease.token);
@@ -293,9 +287,8 @@ fn interrupt(
         effects.drafts.extend(engine::on_outcome(txn, ctx, &j, outcome)?);
         effects.drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", j.id), &mut touched)?);
     }
-    effects.note = Some(
-        json!({ "interrupted": effects.drafts.iter().filter(|d| d.kind == "lease.interrupted").count(), "deferred": deferred }),
-    );
+    effects.note =
+        Some(json!({ "interrupted": effects.drafts.iter().filter(|d| d.kind == "lease.interrupted").count() }));
     Ok(effects)
 }
 
@@ -525,7 +518,7 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
     }
     drafts.extend(lock_drafts);
     for (job, attempt) in &started {
-        drafts.extend(engine::on_started(txn, job, ask.worker, *attempt)?);
+        drafts.extend(engine::on_started(txn, ctx, job, ask.worker, *attempt)?);
     }
     Ok(Effects { drafts, live, note: None })
 }
@@ -636,7 +629,7 @@ fn complete(
         json!({ "jobId": job.id, "token": token, "result": result }),
     )];
     let outputs = result.as_ref().map(|r| r.get("outputs").cloned().unwrap_or_else(|| r.clone())).unwrap_or(json!({}));
-    drafts.extend(engine::on_outcome(txn, ctx, &job, engine::Outcome::Succeeded { outputs })?);
+    drafts.extend(engine::on_outcome(txn, ctx, &job, runs::Outcome::Succeeded { outputs })?);
     let mut fence = Fence::read(txn)?;
     drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", job.id), &mut HashSet::new())?);
     Ok(drafts.into())
@@ -664,12 +657,12 @@ pub fn next_after_failure(
 }
 
 /// What the engine hears of a failed attempt.
-pub fn step_outcome(data: &serde_json::Value, error: String, code: &str) -> engine::Outcome {
+pub fn step_outcome(data: &serde_json::Value, error: String, code: &str) -> runs::Outcome {
     let code = code.to_owned();
     if data["next"] == "retry" {
-        engine::Outcome::Retrying { error, code }
+        runs::Outcome::Retrying { error, code }
     } else {
-        engine::Outcome::Failed { error, code }
+        runs::Outcome::Failed { error, code }
     }
 }
 
@@ -822,13 +815,6 @@ pub fn expire_lease(
     if expiry > ctx.now {
         effects.live.push(stale());
         effects.live.push(LiveWrite::Timer { due_ms: expiry, key: key.to_owned() });
-        return Ok(());
-    }
-    // Two outcomes for one run in one tick would be planned against the same run state: the
-    // second waits for the next tick.
-    if let Some(run) = j.payload["run"].as_str()
-        && !touched.insert(format!("run:{run}"))
-    {
         return Ok(());
     }
     let mut data = next_after_failure(txn, ctx, &j, true)?;

@@ -1,9 +1,9 @@
-//! The projection of DAG, run and step entries. Each entry carries what it changes (step names,
-//! dependants, outputs), so replay needs no compiled DAG.
+//! The projection of DAG, run, step and schedule entries. Each entry carries what it changes
+//! (step names, dependants, outputs), so replay needs no compiled DAG; a run or step entry
+//! changes its records through [`transition::evolve`], as the planner's working copy did.
 
 use crate::domain::bundles::tables::PLUGINS;
 use crate::domain::runs::step_key;
-use crate::domain::runs::tables::AttemptRecord;
 use crate::domain::runs::tables::DAG_SPECS;
 use crate::domain::runs::tables::DAGS;
 use crate::domain::runs::tables::DagRecord;
@@ -12,21 +12,20 @@ use crate::domain::runs::tables::RUN_TOKENS;
 use crate::domain::runs::tables::RUN_WAITING;
 use crate::domain::runs::tables::RUNS;
 use crate::domain::runs::tables::RunRecord;
-use crate::domain::runs::tables::RunStatus;
 use crate::domain::runs::tables::SCHEDULES;
 use crate::domain::runs::tables::STEPS;
 use crate::domain::runs::tables::StepRecord;
-use crate::domain::runs::tables::StepState;
-use crate::domain::runs::{DagEvent, DagVersionRef};
+use crate::domain::runs::transition::{self, RunState};
+use crate::domain::runs::{DagEvent, DagVersionRef, RunCreated, RunEvent, ScheduleEvent};
 use crate::kernel::ApplyError;
 use crate::kernel::counters::COUNTERS;
 use crate::kernel::event::Event;
-use crate::kernel::invariant::take_one;
 use crate::kernel::ledger::Entry;
 use crate::kernel::store::rw;
 use crate::kernel::{counters, due};
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
     ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
@@ -34,10 +33,6 @@ fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
 
 fn r(e: impl Into<redb::Error>) -> ApplyError {
     ApplyError::Storage(e.into())
-}
-
-fn s<'a>(entry: &'a Entry, k: &str) -> Result<&'a str, ApplyError> {
-    entry.data[k].as_str().ok_or_else(|| bad(entry, format!("no {k}")))
 }
 
 fn run(txn: &WriteTransaction, entry: &Entry, id: &str) -> Result<RunRecord, ApplyError> {
@@ -65,196 +60,106 @@ fn dag(txn: &WriteTransaction, entry: &Entry, name: &str) -> Result<Option<DagRe
     rw::get::<DagRecord>(&txn.open_table(DAGS).map_err(r)?, "dags", name).map_err(|e| ApplyError::Record(e.to_string()))
 }
 
-/// Marks the dependants' needs as met.
-fn release_dependants(txn: &WriteTransaction, entry: &Entry, run_id: &str) -> Result<(), ApplyError> {
-    for d in entry.data["dependants"].as_array().into_iter().flatten() {
-        let name = d.as_str().ok_or_else(|| bad(entry, "bad dependant"))?;
-        let mut dep = step(txn, entry, run_id, name)?;
-        take_one(&mut dep.pending_needs, || format!("step {run_id}/{name} pending needs"));
-        save_step(txn, &dep)?;
-    }
-    Ok(())
-}
-
-fn finish_step(rec: &mut StepRecord, run: &mut RunRecord, state: StepState, now: i64) {
-    if matches!(rec.state, StepState::Queued | StepState::Running) {
-        take_one(&mut run.active, || format!("run {} active steps", run.id));
-    }
-    rec.state = state;
-    rec.finished_ms = Some(now);
-    run.terminal += 1;
-}
-
-/// Applies a DAG, run or step entry; `Ok(false)` if the kind is not the engine's.
+/// Applies a DAG, run, step or schedule entry; `Ok(false)` if the kind is not the engine's.
 pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
-    let kind = entry.kind.as_str();
-    if !(kind.starts_with("dag.")
-        || kind.starts_with("run.")
-        || kind.starts_with("step.")
-        || kind.starts_with("schedule.")
-        || kind == "plugin.registered")
-    {
-        return Ok(false);
-    }
-    if kind.starts_with("schedule.") {
-        return apply_schedule(txn, entry).map(|_| true);
+    if let Some(event) = ScheduleEvent::of(entry) {
+        return apply_schedule(txn, entry, &event.map_err(|e| bad(entry, e))?).map(|_| true);
     }
     if let Some(event) = DagEvent::of(entry) {
         return apply_registry(txn, entry, event.map_err(|e| bad(entry, e))?).map(|_| true);
     }
-    let run_id = s(entry, "runId")?.to_owned();
-    if kind == "run.created" {
-        return create_run(txn, entry, &run_id).map(|_| true);
+    let Some(event) = RunEvent::of(entry) else {
+        let kind = entry.kind.as_str();
+        if ["dag.", "run.", "step.", "schedule."].iter().any(|p| kind.starts_with(p)) {
+            return Err(bad(entry, format!("unknown entry kind {kind}")));
+        }
+        return Ok(false);
+    };
+    let event = event.map_err(|e| bad(entry, e))?;
+    if let RunEvent::Created(e) = &event {
+        return create_run(txn, entry, e).map(|_| true);
     }
-    let mut run = run(txn, entry, &run_id)?;
-    if kind.starts_with("run.") {
-        match kind {
-            "run.succeeded" => run.status = RunStatus::Succeeded,
-            "run.failed" => run.status = RunStatus::Failed,
-            "run.cancelled" => run.status = RunStatus::Cancelled,
-            "run.resumed" => run.status = RunStatus::Running,
-            other => return Err(bad(entry, format!("unknown run entry {other}"))),
-        }
-        run.finished_ms = (kind != "run.resumed").then_some(entry.time);
-        if kind != "run.resumed" {
-            use crate::domain::runs::RUN_DURATION_BUCKETS;
-            counters::increment(txn, &format!("runs:{}", kind.trim_start_matches("run.")))?;
-            counters::observe(txn, "run_duration", &RUN_DURATION_BUCKETS, entry.time - run.created_ms)?;
-        }
-        save_run(txn, &run)?;
-        return Ok(true);
+    let mut stored = Stored { txn, entry, run: run(txn, entry, event.run_id())?, steps: BTreeMap::new() };
+    if let RunEvent::StepStarted(e) = &event
+        && let rec = stored.step(&e.step)?
+        && let (0, Some(queued)) = (rec.attempts, rec.queued_ms)
+    {
+        use crate::domain::runs::STEP_QUEUE_BUCKETS;
+        counters::observe(txn, "step_queue", &STEP_QUEUE_BUCKETS, entry.time - queued)?;
     }
-    let mut rec = step(txn, entry, &run_id, s(entry, "step")?)?;
-    if matches!(kind, "step.retrying" | "step.interrupted" | "step.succeeded" | "step.failed" | "step.cancelled") {
-        rec.end_attempt(kind.trim_start_matches("step."), entry.time, &entry.data);
+    transition::evolve(&mut stored, &event, entry.time)?;
+    if event.run_end().is_some() {
+        use crate::domain::runs::RUN_DURATION_BUCKETS;
+        counters::increment(txn, &format!("runs:{}", entry.kind.trim_start_matches("run.")))?;
+        counters::observe(txn, "run_duration", &RUN_DURATION_BUCKETS, entry.time - stored.run.created_ms)?;
     }
-    match kind {
-        "step.waiting" => {
-            let mut counters = txn.open_table(COUNTERS).map_err(r)?;
-            let seq = rw::counter(&counters, "wait_seq").map_err(ApplyError::Storage)? + 1;
-            rw::set_counter(&mut counters, "wait_seq", seq).map_err(ApplyError::Storage)?;
-            let key = format!("{run_id}/{seq:012}");
-            txn.open_table(RUN_WAITING).map_err(r)?.insert(key.as_str(), rec.name.as_bytes()).map_err(r)?;
-            rec.wait = Some(s(entry, "reason")?.to_owned());
-            rec.wait_key = Some(key);
-        }
-        "step.queued" => {
-            if let Some(key) = rec.wait_key.take() {
-                txn.open_table(RUN_WAITING).map_err(r)?.remove(key.as_str()).map_err(r)?;
-            }
-            if rec.state == StepState::Failed {
-                take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
-                take_one(&mut run.failed, || format!("run {} failed steps", run.id));
-            }
-            rec.state = StepState::Queued;
-            rec.wait = None;
-            rec.job = Some(s(entry, "jobId")?.to_owned());
-            rec.queued_ms = Some(entry.time);
-            rec.finished_ms = None;
-            run.active += 1;
-            if run.status == RunStatus::Planning {
-                run.status = RunStatus::Running;
-            }
-        }
-        "step.started" => {
-            if let (0, Some(queued)) = (rec.attempts, rec.queued_ms) {
-                use crate::domain::runs::STEP_QUEUE_BUCKETS;
-                counters::observe(txn, "step_queue", &STEP_QUEUE_BUCKETS, entry.time - queued)?;
-            }
-            rec.state = StepState::Running;
-            rec.worker = Some(s(entry, "worker")?.to_owned());
-            // Every attempt counts, across manual retries (which start a new job).
-            rec.attempts += 1;
-            rec.started_ms = Some(entry.time);
-            if rec.history.len() >= StepRecord::HISTORY_MAX {
-                rec.history.remove(0);
-            }
-            rec.history.push(AttemptRecord {
-                attempt: entry.data["attempt"].as_u64().unwrap_or(u64::from(rec.attempts)) as u32,
-                worker: s(entry, "worker")?.to_owned(),
-                started_ms: entry.time,
-                finished_ms: None,
-                outcome: None,
-                error_code: None,
-                error: None,
-            });
-        }
-        "step.retrying" | "step.interrupted" => {
-            rec.state = StepState::Queued;
-            rec.error = entry.data["error"].as_str().map(str::to_owned);
-            rec.error_code = entry.data["errorCode"].as_str().map(str::to_owned);
-        }
-        "step.succeeded" => {
-            // An earlier attempt's error is history (the trace keeps it), not the step's state.
-            rec.error = None;
-            rec.error_code = None;
-            rec.outputs = entry.data["outputs"].clone();
-            finish_step(&mut rec, &mut run, StepState::Succeeded, entry.time);
-            release_dependants(txn, entry, &run_id)?;
-        }
-        "step.failed" => {
-            rec.error = entry.data["error"].as_str().map(str::to_owned);
-            rec.error_code = entry.data["errorCode"].as_str().map(str::to_owned);
-            finish_step(&mut rec, &mut run, StepState::Failed, entry.time);
-            run.failed += 1;
-        }
-        "step.skipped" => {
-            if rec.state != StepState::Failed {
-                return Err(bad(entry, "only a failed step is skipped"));
-            }
-            rec.state = StepState::Skipped;
-            take_one(&mut run.failed, || format!("run {} failed steps", run.id));
-            release_dependants(txn, entry, &run_id)?;
-        }
-        "step.cancelled" => {
-            if let Some(key) = rec.wait_key.take() {
-                txn.open_table(RUN_WAITING).map_err(r)?.remove(key.as_str()).map_err(r)?;
-            }
-            if rec.state == StepState::Failed {
-                take_one(&mut run.failed, || format!("run {} failed steps", run.id));
-                take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
-            }
-            finish_step(&mut rec, &mut run, StepState::Cancelled, entry.time);
-        }
-        other => return Err(bad(entry, format!("unknown step entry {other}"))),
-    }
-    save_step(txn, &rec)?;
-    save_run(txn, &run)?;
-    Ok(true)
+    stored.save().map(|_| true)
 }
 
-fn create_run(txn: &WriteTransaction, entry: &Entry, run_id: &str) -> Result<(), ApplyError> {
-    let d = &entry.data;
-    let steps = d["steps"].as_array().ok_or_else(|| bad(entry, "no steps"))?;
-    let rec = RunRecord {
-        id: run_id.to_owned(),
-        tenant: entry.tenant.clone(),
-        dag: s(entry, "dag")?.to_owned(),
-        version: d["version"].as_u64().ok_or_else(|| bad(entry, "no version"))? as u32,
-        spec_sha256: s(entry, "specSha256")?.to_owned(),
-        inputs: d["inputs"].clone(),
-        inputs_hash: s(entry, "inputsHash")?.to_owned(),
-        run_token: d["runToken"].as_str().map(str::to_owned),
-        plugins: serde_json::from_value(d["plugins"].clone()).unwrap_or_default(),
-        status: RunStatus::Planning,
-        created_ms: entry.time,
-        created_by: entry.actor.clone(),
-        finished_ms: None,
-        active: 0,
-        steps: steps.len() as u32,
-        terminal: 0,
-        failed: 0,
-    };
-    for (i, st) in steps.iter().enumerate() {
-        let name = st["name"].as_str().ok_or_else(|| bad(entry, "step without name"))?;
-        let (plugin, needs) = (st["plugin"].as_str().unwrap_or_default(), st["needs"].as_u64().unwrap_or(0) as u32);
-        save_step(txn, &StepRecord::pending(run_id, name, i as u32, plugin, needs))?;
+/// A run and the steps an entry touched, read from the tables and written back.
+struct Stored<'t> {
+    txn: &'t WriteTransaction,
+    entry: &'t Entry,
+    run: RunRecord,
+    steps: BTreeMap<String, StepRecord>,
+}
+
+impl Stored<'_> {
+    fn save(self) -> Result<(), ApplyError> {
+        for rec in self.steps.values() {
+            save_step(self.txn, rec)?;
+        }
+        save_run(self.txn, &self.run)
+    }
+}
+
+impl RunState for Stored<'_> {
+    type Error = ApplyError;
+
+    fn run(&mut self) -> &mut RunRecord {
+        &mut self.run
+    }
+
+    fn step(&mut self, name: &str) -> Result<&mut StepRecord, ApplyError> {
+        if !self.steps.contains_key(name) {
+            let rec = step(self.txn, self.entry, &self.run.id, name)?;
+            self.steps.insert(name.to_owned(), rec);
+        }
+        Ok(self.steps.get_mut(name).expect("inserted above"))
+    }
+
+    fn wait(&mut self, name: &str) -> Result<(), ApplyError> {
+        let mut counters = self.txn.open_table(COUNTERS).map_err(r)?;
+        let seq = rw::counter(&counters, "wait_seq").map_err(ApplyError::Storage)? + 1;
+        rw::set_counter(&mut counters, "wait_seq", seq).map_err(ApplyError::Storage)?;
+        let key = format!("{}/{seq:012}", self.run.id);
+        self.txn.open_table(RUN_WAITING).map_err(r)?.insert(key.as_str(), name.as_bytes()).map_err(r)?;
+        self.step(name)?.wait_key = Some(key);
+        Ok(())
+    }
+
+    fn unwait(&mut self, name: &str) -> Result<(), ApplyError> {
+        if let Some(key) = self.step(name)?.wait_key.take() {
+            self.txn.open_table(RUN_WAITING).map_err(r)?.remove(key.as_str()).map_err(r)?;
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, reason: String) -> ApplyError {
+        bad(self.entry, reason)
+    }
+}
+
+fn create_run(txn: &WriteTransaction, entry: &Entry, e: &RunCreated) -> Result<(), ApplyError> {
+    let (rec, steps) = transition::created(e, &entry.tenant, entry.time, &entry.actor);
+    for step in &steps {
+        save_step(txn, step)?;
     }
     if let Some(token) = &rec.run_token {
         let key = format!("{}/{token}", rec.tenant);
-        txn.open_table(RUN_TOKENS).map_err(r)?.insert(key.as_str(), run_id.as_bytes()).map_err(r)?;
+        txn.open_table(RUN_TOKENS).map_err(r)?.insert(key.as_str(), rec.id.as_bytes()).map_err(r)?;
     }
-    let n: u64 = run_id.strip_prefix("run-").and_then(|n| n.parse().ok()).ok_or_else(|| bad(entry, "bad run id"))?;
+    let n: u64 = rec.id.strip_prefix("run-").and_then(|n| n.parse().ok()).ok_or_else(|| bad(entry, "bad run id"))?;
     let mut counters = txn.open_table(COUNTERS).map_err(r)?;
     if n > rw::counter(&counters, "run_seq").map_err(ApplyError::Storage)? {
         rw::set_counter(&mut counters, "run_seq", n).map_err(ApplyError::Storage)?;
@@ -411,27 +316,27 @@ fn disable_schedules(
     Ok(())
 }
 
-fn apply_schedule(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
-    let dag = s(entry, "dag")?.to_owned();
-    for (key, mut v) in schedule_rows(txn, &dag)? {
+fn apply_schedule(txn: &WriteTransaction, entry: &Entry, event: &ScheduleEvent) -> Result<(), ApplyError> {
+    let dag = event.dag();
+    for (key, mut v) in schedule_rows(txn, dag)? {
         let index = v["index"].as_u64().unwrap_or(0);
-        match entry.kind.as_str() {
-            "schedule.fired" if entry.data["index"].as_u64() == Some(index) => {
-                schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, false)?;
+        match event {
+            ScheduleEvent::Fired(e) if e.index == index => {
+                schedule_timer(txn, v["nextMs"].as_i64(), dag, index, false)?;
                 v["lastMs"] = serde_json::json!(entry.time);
-                v["lastRun"] = entry.data["runId"].clone();
-                v["lastError"] = entry.data["error"].clone();
-                v["nextMs"] = entry.data["nextMs"].clone();
-                schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, true)?;
+                v["lastRun"] = serde_json::json!(e.run_id);
+                v["lastError"] = serde_json::json!(e.error);
+                v["nextMs"] = serde_json::json!(e.next_ms);
+                schedule_timer(txn, e.next_ms, dag, index, true)?;
             }
-            "schedule.fired" => continue,
-            "schedule.paused" => {
-                schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, false)?;
+            ScheduleEvent::Fired(_) => continue,
+            ScheduleEvent::Paused(_) => {
+                schedule_timer(txn, v["nextMs"].as_i64(), dag, index, false)?;
                 v["paused"] = Value::Bool(true);
                 v["pausedBy"] = Value::String(entry.actor.clone());
                 v["nextMs"] = Value::Null;
             }
-            "schedule.resumed" => {
+            ScheduleEvent::Resumed(_) => {
                 v["paused"] = Value::Bool(false);
                 v["pausedBy"] = Value::Null;
                 if v["disabled"] != true {
@@ -439,15 +344,14 @@ fn apply_schedule(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyErro
                         crate::domain::runs::cron::Schedule::parse(v["schedule"].as_str().unwrap_or_default())
                             .map_err(|e| bad(entry, e))?;
                     v["nextMs"] = serde_json::json!(schedule.next_after(entry.time));
-                    schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, true)?;
+                    schedule_timer(txn, v["nextMs"].as_i64(), dag, index, true)?;
                 }
             }
-            "schedule.cleared" => {
-                schedule_timer(txn, v["nextMs"].as_i64(), &dag, index, false)?;
+            ScheduleEvent::Cleared(_) => {
+                schedule_timer(txn, v["nextMs"].as_i64(), dag, index, false)?;
                 txn.open_table(SCHEDULES).map_err(r)?.remove(key.as_str()).map_err(r)?;
                 continue;
             }
-            other => return Err(bad(entry, format!("unknown schedule entry {other}"))),
         }
         put_schedule(txn, &key, &v)?;
     }

@@ -9,8 +9,7 @@ pub mod cron;
 pub mod plan;
 pub mod spec;
 pub mod tables;
-
-pub use plan::RunCommand;
+pub mod transition;
 
 /// A step's key in the steps table.
 pub fn step_key(run: &str, step: &str) -> String {
@@ -41,10 +40,97 @@ pub const RUN_DURATION_BUCKETS: [f64; 9] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 
 pub const STEP_QUEUE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RunCommand {
+    /// Register a new version of a DAG (validated by the caller with `spec::compile`).
+    RegisterDag {
+        name: String,
+        spec: String,
+        unsigned: bool,
+    },
+    /// Register a plugin sealed at `digest` (dev mode: from a local directory, unsigned).
+    RegisterPlugin {
+        name: String,
+        digest: String,
+        entrypoint: String,
+        /// The step kinds it implements (`plugins::Manifest::kinds`).
+        kinds: Vec<String>,
+        unsigned: bool,
+    },
+    DagVersion {
+        name: String,
+        version: Option<u32>,
+        action: DagAction,
+    },
+    Start {
+        tenant: String,
+        dag: String,
+        inputs: Map<String, Value>,
+        run_token: Option<String>,
+    },
+    Cancel {
+        tenant: Option<String>,
+        run: String,
+    },
+    Recover {
+        tenant: Option<String>,
+        run: String,
+        action: Recovery,
+        step: Option<String>,
+    },
+    /// Pause, resume or clear a DAG's cron schedules.
+    Schedule {
+        dag: String,
+        action: ScheduleAction,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleAction {
+    Pause,
+    Resume,
+    Clear,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DagAction {
+    Disable,
+    Enable,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    Retry,
+    Skip,
+    Abort,
+}
+
+/// How a step's job ended, as the queue reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded {
+        outputs: Value,
+    },
+    Retrying {
+        error: String,
+        code: String,
+    },
+    Failed {
+        error: String,
+        code: String,
+    },
+    /// The attempt died with the appliance (a crash or kill -9): queued again at once.
+    Interrupted {
+        error: String,
+    },
+}
 
 crate::events! {
-    /// The registry's entries: plugins and DAG versions (runs, steps and schedules are still
-    /// read by kind, until a step's outcome is one transition function).
+    /// The registry's entries: plugins and DAG versions.
     pub enum DagEvent {
         PluginRegistered(PluginRegistered) = "plugin.registered",
         Registered(DagRegistered) = "dag.registered",
@@ -91,4 +177,274 @@ pub struct DagRolledBack {
     pub name: String,
     pub from: u32,
     pub to: u32,
+}
+
+crate::events! {
+    /// A run's and its steps' entries. What each does to the run and its steps is one function,
+    /// [`transition::evolve`], which the planner runs on its working copy and the projection on
+    /// the stored records.
+    pub enum RunEvent {
+        Created(RunCreated) = "run.created",
+        Succeeded(RunRef) = "run.succeeded",
+        Failed(RunRef) = "run.failed",
+        Cancelled(RunCancelled) = "run.cancelled",
+        Resumed(RunResumed) = "run.resumed",
+        StepWaiting(StepWaiting) = "step.waiting",
+        StepQueued(StepQueued) = "step.queued",
+        StepStarted(StepStarted) = "step.started",
+        StepRetrying(StepError) = "step.retrying",
+        StepInterrupted(StepError) = "step.interrupted",
+        StepSucceeded(StepSucceeded) = "step.succeeded",
+        StepFailed(StepFailed) = "step.failed",
+        StepSkipped(StepSkipped) = "step.skipped",
+        StepCancelled(StepRef) = "step.cancelled",
+    }
+}
+
+impl RunEvent {
+    /// The run the entry is about.
+    pub fn run_id(&self) -> &str {
+        match self {
+            RunEvent::Created(e) => &e.run_id,
+            RunEvent::Succeeded(e) | RunEvent::Failed(e) => &e.run_id,
+            RunEvent::Cancelled(e) => &e.run_id,
+            RunEvent::Resumed(e) => &e.run_id,
+            RunEvent::StepWaiting(e) => &e.run_id,
+            RunEvent::StepQueued(e) => &e.run_id,
+            RunEvent::StepStarted(e) => &e.run_id,
+            RunEvent::StepRetrying(e) | RunEvent::StepInterrupted(e) => &e.run_id,
+            RunEvent::StepSucceeded(e) => &e.run_id,
+            RunEvent::StepFailed(e) => &e.run_id,
+            RunEvent::StepSkipped(e) => &e.run_id,
+            RunEvent::StepCancelled(e) => &e.run_id,
+        }
+    }
+
+    /// The step the entry is about, for a step entry.
+    pub fn step(&self) -> Option<&str> {
+        Some(match self {
+            RunEvent::Created(_)
+            | RunEvent::Succeeded(_)
+            | RunEvent::Failed(_)
+            | RunEvent::Cancelled(_)
+            | RunEvent::Resumed(_) => return None,
+            RunEvent::StepWaiting(e) => &e.step,
+            RunEvent::StepQueued(e) => &e.step,
+            RunEvent::StepStarted(e) => &e.step,
+            RunEvent::StepRetrying(e) | RunEvent::StepInterrupted(e) => &e.step,
+            RunEvent::StepSucceeded(e) => &e.step,
+            RunEvent::StepFailed(e) => &e.step,
+            RunEvent::StepSkipped(e) => &e.step,
+            RunEvent::StepCancelled(e) => &e.step,
+        })
+    }
+
+    /// The entry's subjects: the run, then the step (or, for a new run, its DAG).
+    pub fn subjects(&self) -> Vec<String> {
+        let mut out = vec![self.run_id().to_owned()];
+        match self {
+            RunEvent::Created(e) => out.push(e.dag.clone()),
+            other => out.extend(other.step().map(str::to_owned)),
+        }
+        out
+    }
+
+    /// How a run's entry ends it (`succeeded`, `failed`, `cancelled`), if it does.
+    pub fn run_end(&self) -> Option<RunStatus> {
+        match self {
+            RunEvent::Succeeded(_) => Some(RunStatus::Succeeded),
+            RunEvent::Failed(_) => Some(RunStatus::Failed),
+            RunEvent::Cancelled(_) => Some(RunStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+use tables::RunStatus;
+
+/// A new run: its DAG version, inputs, plugin pins and steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCreated {
+    pub run_id: String,
+    pub dag: String,
+    pub version: u32,
+    pub spec_sha256: String,
+    pub inputs: Value,
+    pub inputs_hash: String,
+    pub run_token: Option<String>,
+    pub steps: Vec<CreatedStep>,
+    #[serde(default)]
+    pub plugins: std::collections::BTreeMap<String, String>,
+}
+
+/// A step of a new run: its plugin and how many steps it needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedStep {
+    pub name: String,
+    #[serde(default)]
+    pub plugin: String,
+    #[serde(default)]
+    pub needs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRef {
+    pub run_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCancelled {
+    pub run_id: String,
+    /// By `run abort` (a failed run given up), rather than `run cancel`.
+    #[serde(default)]
+    pub aborted: bool,
+}
+
+/// A failed run taken up again: `retry` or `skip` of one step, or `replay` of dead steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResumed {
+    pub run_id: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRef {
+    pub run_id: String,
+    pub step: String,
+}
+
+/// A runnable step waits for a `maxParallelSteps` slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepWaiting {
+    pub run_id: String,
+    pub step: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepQueued {
+    pub run_id: String,
+    pub step: String,
+    pub job_id: String,
+}
+
+/// A worker took the step's job (attempt `attempt` of that job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStarted {
+    pub run_id: String,
+    pub step: String,
+    pub worker: String,
+    #[serde(default)]
+    pub attempt: Option<u32>,
+    pub job_id: String,
+}
+
+/// An attempt that ended without ending the step: it is queued again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepError {
+    pub run_id: String,
+    pub step: String,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub error_code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSucceeded {
+    pub run_id: String,
+    pub step: String,
+    /// The steps whose needs this success meets.
+    #[serde(default)]
+    pub dependants: Vec<String>,
+    #[serde(default)]
+    pub outputs: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepFailed {
+    pub run_id: String,
+    pub step: String,
+    /// Always empty: a failed step releases no one (kept as written).
+    #[serde(default)]
+    pub dependants: Vec<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub error_code: Option<String>,
+}
+
+/// A failed step passed over by `run skip`: its dependants go on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSkipped {
+    pub run_id: String,
+    pub step: String,
+    #[serde(default)]
+    pub dependants: Vec<String>,
+}
+
+crate::events! {
+    /// The cron triggers' entries.
+    pub enum ScheduleEvent {
+        Fired(ScheduleFired) = "schedule.fired",
+        Paused(ScheduleRef) = "schedule.paused",
+        Resumed(ScheduleRef) = "schedule.resumed",
+        Cleared(SchedulesCleared) = "schedule.cleared",
+    }
+}
+
+impl ScheduleEvent {
+    pub fn dag(&self) -> &str {
+        match self {
+            ScheduleEvent::Fired(e) => &e.dag,
+            ScheduleEvent::Paused(e) | ScheduleEvent::Resumed(e) => &e.dag,
+            ScheduleEvent::Cleared(e) => &e.dag,
+        }
+    }
+}
+
+/// A due trigger started its run (`runId`, or the `error` that refused it) and was armed again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleFired {
+    pub dag: String,
+    pub index: u64,
+    pub due_ms: i64,
+    pub run_id: Option<String>,
+    pub error: Option<String>,
+    pub next_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRef {
+    pub dag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedulesCleared {
+    pub dag: String,
+    pub cleared: Vec<ClearedSchedule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClearedSchedule {
+    pub dag: String,
+    pub index: u64,
+    pub schedule: String,
 }

@@ -1,8 +1,10 @@
 //! Planning runs: start (idempotent on `runToken`), step outcomes reported by the queue, cancel,
 //! manual recovery (retry, skip, abort), and DAG versions. The `Planner` keeps a working copy
-//! of a run and its touched steps, emits the drafts, and mirrors on its copy exactly what the
-//! projection (`engine::apply`) will do, so one plan can cascade: a finished step releases its
-//! dependants, which are queued or wait for a `maxParallelSteps` slot, and the run settles.
+//! of a run and the steps it touched; each entry it emits goes through
+//! [`transition::evolve`] on that copy, the function the projection applies it with, so one
+//! plan can cascade (a finished step releases its dependants, which are queued or wait for a
+//! `maxParallelSteps` slot, and the run settles) and a second hook on the same run in one
+//! command plans on what the first left.
 
 use crate::domain::bundles::tables::PLUGINS;
 use crate::domain::live::Effects;
@@ -25,15 +27,18 @@ use crate::domain::runs::tables::SCHEDULES;
 use crate::domain::runs::tables::STEPS;
 use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::tables::StepState;
+use crate::domain::runs::transition::{self, RunState};
 use crate::domain::runs::{
-    CompiledDags, DagEvent, DagRegistered, DagRolledBack, DagVersionRef, NextRunSeq, PluginRegistered,
+    ClearedSchedule, CompiledDags, CreatedStep, DagAction, DagEvent, DagRegistered, DagRolledBack, DagVersionRef,
+    NextRunSeq, Outcome, PluginRegistered, Recovery, RunCancelled, RunCommand, RunCreated, RunEvent, RunRef,
+    RunResumed, ScheduleAction, ScheduleEvent, ScheduleFired, ScheduleRef, SchedulesCleared, StepError, StepFailed,
+    StepQueued, StepRef, StepSkipped, StepStarted, StepSucceeded, StepWaiting,
 };
 use crate::domain::runs::{run_id, step_key};
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
 use crate::kernel::counters::COUNTERS;
 use crate::kernel::event::Event;
-use crate::kernel::invariant::take_one;
 use crate::kernel::ledger::Draft;
 use crate::kernel::storage;
 use crate::kernel::store::rw;
@@ -45,93 +50,6 @@ use std::sync::Arc;
 
 /// Inputs of one run, serialized, at most.
 const INPUTS_BYTES_MAX: usize = 256 * 1024;
-
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum RunCommand {
-    /// Register a new version of a DAG (validated by the caller with `spec::compile`).
-    RegisterDag {
-        name: String,
-        spec: String,
-        unsigned: bool,
-    },
-    /// Register a plugin sealed at `digest` (dev mode: from a local directory, unsigned).
-    RegisterPlugin {
-        name: String,
-        digest: String,
-        entrypoint: String,
-        /// The step kinds it implements (`plugins::Manifest::kinds`).
-        kinds: Vec<String>,
-        unsigned: bool,
-    },
-    DagVersion {
-        name: String,
-        version: Option<u32>,
-        action: DagAction,
-    },
-    Start {
-        tenant: String,
-        dag: String,
-        inputs: Map<String, Value>,
-        run_token: Option<String>,
-    },
-    Cancel {
-        tenant: Option<String>,
-        run: String,
-    },
-    Recover {
-        tenant: Option<String>,
-        run: String,
-        action: Recovery,
-        step: Option<String>,
-    },
-    /// Pause, resume or clear a DAG's cron schedules.
-    Schedule {
-        dag: String,
-        action: ScheduleAction,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScheduleAction {
-    Pause,
-    Resume,
-    Clear,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DagAction {
-    Disable,
-    Enable,
-    Rollback,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovery {
-    Retry,
-    Skip,
-    Abort,
-}
-
-/// How a step's job ended, as the queue reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Succeeded {
-        outputs: Value,
-    },
-    Retrying {
-        error: String,
-        code: String,
-    },
-    Failed {
-        error: String,
-        code: String,
-    },
-    /// The attempt died with the appliance (a crash or kill -9): queued again at once.
-    Interrupted {
-        error: String,
-    },
-}
 
 pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
     match cmd {
@@ -161,7 +79,7 @@ pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Resu
                 return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
             }
             p.cancel_all(false)?;
-            Ok(p.drafts.into())
+            Ok(p.done(ctx).into())
         }
         RunCommand::Recover { tenant, run, action, step } => {
             recover(txn, ctx, tenant.as_deref(), run, *action, step.as_deref())
@@ -171,18 +89,23 @@ pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Resu
             if schedules.is_empty() {
                 return Err(CommandError::NotFound { what: format!("cron schedule of DAG {dag}") });
             }
-            let (kind, data) = match action {
-                ScheduleAction::Pause => ("schedule.paused", json!({ "dag": dag })),
-                ScheduleAction::Resume => ("schedule.resumed", json!({ "dag": dag })),
+            let at = ScheduleRef { dag: dag.clone() };
+            let event = match action {
+                ScheduleAction::Pause => ScheduleEvent::Paused(at),
+                ScheduleAction::Resume => ScheduleEvent::Resumed(at),
                 ScheduleAction::Clear => {
-                    let cleared: Vec<Value> = schedules
+                    let cleared = schedules
                         .iter()
-                        .map(|s| json!({ "dag": dag, "index": s["index"], "schedule": s["schedule"] }))
+                        .map(|s| ClearedSchedule {
+                            dag: dag.clone(),
+                            index: s["index"].as_u64().unwrap_or_default(),
+                            schedule: s["schedule"].as_str().unwrap_or_default().to_owned(),
+                        })
                         .collect();
-                    ("schedule.cleared", json!({ "dag": dag, "cleared": cleared }))
+                    ScheduleEvent::Cleared(SchedulesCleared { dag: dag.clone(), cleared })
                 }
             };
-            Ok(vec![Draft { tenant: String::new(), kind, subjects: vec![dag.clone()], data }].into())
+            Ok(vec![event.draft("", vec![dag.clone()])].into())
         }
     }
 }
@@ -387,42 +310,29 @@ fn start(
     };
     ctx.scratch.get::<NextRunSeq>().0 = Some(seq + 1);
     let id = run_id(seq);
-    let steps: Vec<Value> =
-        c.steps.iter().map(|s| json!({ "name": s.name, "plugin": s.plugin, "needs": s.needs.len() })).collect();
-    let created = json!({ "runId": id, "dag": dag, "version": active.version, "specSha256": active.sha256, "inputs": inputs,
-                          "inputsHash": inputs_hash, "runToken": run_token, "steps": steps, "plugins": plugins });
-    let run = RunRecord {
-        id: id.clone(),
-        tenant: tenant.to_owned(),
+    let steps = c
+        .steps
+        .iter()
+        .map(|s| CreatedStep { name: s.name.clone(), plugin: s.plugin.clone(), needs: s.needs.len() as u32 })
+        .collect();
+    let created = RunCreated {
+        run_id: id.clone(),
         dag: dag.to_owned(),
         version: active.version,
         spec_sha256: active.sha256.clone(),
         inputs,
         inputs_hash,
         run_token: run_token.map(str::to_owned),
+        steps,
         plugins,
-        status: RunStatus::Planning,
-        created_ms: ctx.now,
-        created_by: String::new(),
-        finished_ms: None,
-        active: 0,
-        steps: c.steps.len() as u32,
-        terminal: 0,
-        failed: 0,
     };
-    let mut p = Planner::fresh(txn, ctx, c.clone(), run);
-    p.drafts.push(Draft {
-        tenant: tenant.to_owned(),
-        kind: "run.created",
-        subjects: vec![id.clone(), dag.to_owned()],
-        data: created,
-    });
+    let mut p = Planner::fresh(txn, ctx, c.clone(), created, tenant);
     for (i, s) in c.steps.iter().enumerate() {
         if s.needs.is_empty() {
             p.runnable(ctx, i)?;
         }
     }
-    Ok(Effects { drafts: p.drafts, live: vec![], note: Some(json!({ "runId": id })) })
+    Ok(Effects { drafts: p.done(ctx), live: vec![], note: Some(json!({ "runId": id })) })
 }
 
 fn merged_inputs(c: &Compiled, given: &Map<String, Value>) -> Result<Value, CommandError> {
@@ -470,7 +380,7 @@ fn recover(
     }
     if action == Recovery::Abort {
         p.cancel_all(true)?;
-        return Ok(p.drafts.into());
+        return Ok(p.done(ctx).into());
     }
     let target = match step {
         Some(s) => {
@@ -497,22 +407,23 @@ fn recover(
     };
     let idx =
         p.dag.step(&target).map(|(i, _)| i).ok_or_else(|| CommandError::NotFound { what: format!("step {target}") })?;
-    p.drafts.push(p.draft(
-        "run.resumed",
-        None,
-        json!({ "runId": run, "action": if action == Recovery::Retry { "retry" } else { "skip" }, "step": target }),
-    ));
-    p.run.status = RunStatus::Running;
+    let resumed = RunResumed {
+        run_id: run.to_owned(),
+        action: if action == Recovery::Retry { "retry" } else { "skip" }.to_owned(),
+        step: Some(target.clone()),
+        steps: None,
+    };
+    p.emit(RunEvent::Resumed(resumed))?;
     match action {
         Recovery::Retry => p.retry_step(ctx, idx, "retry")?,
         Recovery::Skip => {
             p.resolve_dead(&target, "skip", None)?;
-            p.finished(ctx, idx, StepState::Skipped, json!({}))?
+            p.ended(ctx, idx, End::Skipped)?
         }
         Recovery::Abort => unreachable!("handled above"),
     }
-    p.settle();
-    Ok(p.drafts.into())
+    p.settle()?;
+    Ok(p.done(ctx).into())
 }
 
 /// A dead job left where it was, and why.
@@ -532,9 +443,16 @@ pub fn replay_dead_steps(
     let mut refused = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for j in jobs.iter().filter(|j| seen.insert(j.id.clone())) {
-        match step_of(txn, j)? {
-            Some((run, step)) if run.tenant == j.tenant => by_run.entry(run.id).or_default().push((j, step)),
-            _ => refused.push((j.id.clone(), "it is no longer the current job of a step it names".to_owned())),
+        match step_of(txn, ctx, j)? {
+            Some((p, step)) if p.run.tenant == j.tenant => {
+                by_run.entry(p.run.id.clone()).or_default().push((j, step));
+                p.done(ctx);
+            }
+            Some((p, _)) => {
+                p.done(ctx);
+                refused.push((j.id.clone(), "it is no longer the current job of a step it names".to_owned()))
+            }
+            None => refused.push((j.id.clone(), "it is no longer the current job of a step it names".to_owned())),
         }
     }
     let mut drafts = Vec::new();
@@ -556,10 +474,12 @@ pub fn replay_dead_steps(
             }
         }
         if steps.is_empty() {
+            p.done(ctx);
             continue;
         }
-        p.drafts.push(p.draft("run.resumed", None, json!({ "runId": run, "action": "replay", "steps": steps })));
-        p.run.status = RunStatus::Running;
+        let resumed =
+            RunResumed { run_id: run.clone(), action: "replay".to_owned(), step: None, steps: Some(steps.clone()) };
+        p.emit(RunEvent::Resumed(resumed))?;
         for step in &steps {
             let idx = p
                 .dag
@@ -568,8 +488,8 @@ pub fn replay_dead_steps(
                 .ok_or_else(|| CommandError::NotFound { what: format!("step {step}") })?;
             p.retry_step(ctx, idx, "replay")?;
         }
-        p.settle();
-        drafts.extend(p.drafts);
+        p.settle()?;
+        drafts.extend(p.done(ctx));
     }
     Ok((drafts, refused))
 }
@@ -623,21 +543,29 @@ pub fn fire_schedule(
         }
         Err(e) => (None, Some(e.to_string())),
     };
-    let data = json!({ "dag": dag, "index": index, "dueMs": due_ms, "runId": run, "error": error, "nextMs": next });
-    drafts.push(Draft { tenant: String::new(), kind: "schedule.fired", subjects: vec![dag.to_owned()], data });
+    let fired = ScheduleFired { dag: dag.to_owned(), index, due_ms, run_id: run, error, next_ms: next };
+    drafts.push(ScheduleEvent::Fired(fired).draft("", vec![dag.to_owned()]));
     Ok(Some(drafts))
 }
 
 /// The queue's hook when a lease is granted on a step's job.
 pub fn on_started(
     txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
     job: &JobRecord,
     worker: &str,
     attempt: u32,
 ) -> Result<Vec<Draft>, CommandError> {
-    let Some((run, step)) = step_of(txn, job)? else { return Ok(vec![]) };
-    let data = json!({ "runId": run.id, "step": step, "worker": worker, "attempt": attempt, "jobId": job.id });
-    Ok(vec![Draft { tenant: run.tenant.clone(), kind: "step.started", subjects: vec![run.id.clone(), step], data }])
+    let Some((mut p, step)) = step_of(txn, ctx, job)? else { return Ok(vec![]) };
+    let event = RunEvent::StepStarted(StepStarted {
+        run_id: p.run.id.clone(),
+        step,
+        worker: worker.to_owned(),
+        attempt: Some(attempt),
+        job_id: job.id.clone(),
+    });
+    p.emit(event)?;
+    Ok(p.done(ctx))
 }
 
 /// The queue's hook when a step's job finished an attempt.
@@ -647,55 +575,70 @@ pub fn on_outcome(
     job: &JobRecord,
     outcome: Outcome,
 ) -> Result<Vec<Draft>, CommandError> {
-    let Some((run, step)) = step_of(txn, job)? else { return Ok(vec![]) };
-    let mut p = Planner::load(txn, ctx, None, &run.id)?;
+    let Some((mut p, step)) = step_of(txn, ctx, job)? else { return Ok(vec![]) };
     if p.run.status.terminal() {
-        return Ok(vec![]);
+        return Ok(p.done(ctx));
     }
     let idx = p
         .dag
         .step(&step)
         .map(|(i, _)| i)
         .ok_or_else(|| CommandError::Storage(format!("step {step} is not in its DAG")))?;
+    let run_id = p.run.id.clone();
     match outcome {
-        Outcome::Succeeded { outputs } => p.finished(ctx, idx, StepState::Succeeded, json!({ "outputs": outputs }))?,
+        Outcome::Succeeded { outputs } => p.ended(ctx, idx, End::Succeeded(outputs))?,
         Outcome::Retrying { error, code } => {
-            let d = p.draft(
-                "step.retrying",
-                Some(&step),
-                json!({ "runId": run.id, "step": step, "error": error, "errorCode": code }),
-            );
-            p.drafts.push(d);
+            let again = StepError { run_id, step, error: Some(error), error_code: Some(code) };
+            p.emit(RunEvent::StepRetrying(again))?
         }
-        Outcome::Failed { error, code } => {
-            p.finished(ctx, idx, StepState::Failed, json!({ "error": error, "errorCode": code }))?
-        }
+        Outcome::Failed { error, code } => p.ended(ctx, idx, End::Failed { error, code })?,
         Outcome::Interrupted { error } => {
-            let d = p.draft(
-                "step.interrupted",
-                Some(&step),
-                json!({ "runId": run.id, "step": step, "error": error, "errorCode": "interrupted" }),
-            );
-            p.drafts.push(d);
+            let again = StepError { run_id, step, error: Some(error), error_code: Some("interrupted".to_owned()) };
+            p.emit(RunEvent::StepInterrupted(again))?
         }
     }
-    p.settle();
-    Ok(p.drafts)
+    p.settle()?;
+    Ok(p.done(ctx))
 }
 
-/// The run and step a job belongs to, if it is the current job of a step.
-fn step_of(txn: &WriteTransaction, job: &JobRecord) -> Result<Option<(RunRecord, String)>, CommandError> {
+/// The run (as this command has planned it so far) and step a job belongs to, if it is the
+/// current job of that step.
+fn step_of<'t>(
+    txn: &'t WriteTransaction,
+    ctx: &mut PlanCtx,
+    job: &JobRecord,
+) -> Result<Option<(Planner<'t>, String)>, CommandError> {
     let (Some(run), Some(step)) = (job.payload["run"].as_str(), job.payload["step"].as_str()) else { return Ok(None) };
-    let rec = rw::get::<StepRecord>(&txn.open_table(STEPS).map_err(storage)?, "steps", &step_key(run, step))
-        .map_err(storage)?;
-    if rec.and_then(|r| r.job).as_deref() != Some(job.id.as_str()) {
+    let Some(mut p) = Planner::find(txn, ctx, None, run)? else { return Ok(None) };
+    if p.find_step(step)?.is_none_or(|rec| rec.job.as_deref() != Some(job.id.as_str())) {
+        p.done(ctx);
         return Ok(None);
     }
-    let run = rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(storage)?, "runs", run).map_err(storage)?;
-    Ok(run.map(|r| (r, step.to_owned())))
+    Ok(Some((p, step.to_owned())))
 }
 
-/// A working copy of one run while planning.
+/// The runs this command has planned so far, by id: a second hook on the same run in one
+/// command (two outcomes in one tick) plans on what the first left.
+#[derive(Default)]
+struct Working(HashMap<String, Work>);
+
+/// A working copy of one run: what the projection will have made of it once the drafts so far
+/// are applied, because both go through [`transition::evolve`].
+struct Work {
+    dag: Arc<Compiled>,
+    run: RunRecord,
+    steps: HashMap<String, StepRecord>,
+    waiting: Option<VecDeque<String>>,
+}
+
+/// How a step's last attempt ended it.
+enum End {
+    Succeeded(Value),
+    Failed { error: String, code: String },
+    Skipped,
+}
+
+/// Plans one run: emits its entries and evolves its working copy with each.
 struct Planner<'t> {
     txn: &'t WriteTransaction,
     now: i64,
@@ -707,64 +650,84 @@ struct Planner<'t> {
 }
 
 impl<'t> Planner<'t> {
+    /// The run `id` (of `tenant`, if given), as this command has planned it so far.
     fn load(
         txn: &'t WriteTransaction,
         ctx: &mut PlanCtx,
         tenant: Option<&str>,
         id: &str,
     ) -> Result<Self, CommandError> {
-        let run = rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(storage)?, "runs", id)
+        Self::find(txn, ctx, tenant, id)?.ok_or_else(|| CommandError::NotFound { what: format!("run {id}") })
+    }
+
+    /// [`Planner::load`], `None` if there is no such run.
+    fn find(
+        txn: &'t WriteTransaction,
+        ctx: &mut PlanCtx,
+        tenant: Option<&str>,
+        id: &str,
+    ) -> Result<Option<Self>, CommandError> {
+        let working = ctx.scratch.get::<Working>();
+        if let Some(w) = working.0.get(id) {
+            if tenant.is_some_and(|t| t != w.run.tenant) {
+                return Ok(None);
+            }
+            let Work { dag, run, steps, waiting } = working.0.remove(id).expect("present");
+            return Ok(Some(Planner { txn, now: ctx.now, dag, run, steps, drafts: vec![], waiting }));
+        }
+        let Some(run) = rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(storage)?, "runs", id)
             .map_err(storage)?
             .filter(|r| tenant.is_none_or(|t| t == r.tenant))
-            .ok_or_else(|| CommandError::NotFound { what: format!("run {id}") })?;
+        else {
+            return Ok(None);
+        };
         let dag = compiled(txn, ctx, &run.dag, run.version)?;
-        Ok(Planner { txn, now: ctx.now, dag, run, steps: HashMap::new(), drafts: vec![], waiting: None })
+        Ok(Some(Planner { txn, now: ctx.now, dag, run, steps: HashMap::new(), drafts: vec![], waiting: None }))
     }
 
-    /// A planner for a run created in this very plan: every step pending, nothing waiting.
-    fn fresh(txn: &'t WriteTransaction, ctx: &PlanCtx, dag: Arc<Compiled>, run: RunRecord) -> Self {
-        let steps = dag
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let rec = StepRecord::pending(&run.id, &s.name, i as u32, &s.plugin, s.needs.len() as u32);
-                (s.name.clone(), rec)
-            })
-            .collect();
-        Planner { txn, now: ctx.now, dag, run, steps, drafts: vec![], waiting: Some(VecDeque::new()) }
-    }
-
-    fn draft(&self, kind: &'static str, step: Option<&str>, data: Value) -> Draft {
-        let mut subjects = vec![self.run.id.clone()];
-        subjects.extend(step.map(str::to_owned));
-        Draft { tenant: self.run.tenant.clone(), kind, subjects, data }
-    }
-
-    fn step(&mut self, name: &str) -> Result<&mut StepRecord, CommandError> {
+    /// The step `name` of the run, `None` if it has none.
+    fn find_step(&mut self, name: &str) -> Result<Option<&mut StepRecord>, CommandError> {
         if !self.steps.contains_key(name) {
-            let rec = rw::get::<StepRecord>(
-                &self.txn.open_table(STEPS).map_err(storage)?,
-                "steps",
-                &step_key(&self.run.id, name),
-            )
-            .map_err(storage)?
-            .ok_or_else(|| CommandError::Storage(format!("run {} has no step {name}", self.run.id)))?;
+            let key = step_key(&self.run.id, name);
+            let Some(rec) =
+                rw::get::<StepRecord>(&self.txn.open_table(STEPS).map_err(storage)?, "steps", &key).map_err(storage)?
+            else {
+                return Ok(None);
+            };
             self.steps.insert(name.to_owned(), rec);
         }
-        Ok(self.steps.get_mut(name).expect("inserted above"))
+        Ok(self.steps.get_mut(name))
     }
 
-    fn all_steps(&mut self) -> Result<Vec<String>, CommandError> {
-        Ok(self.dag.steps.iter().map(|s| s.name.clone()).collect())
+    /// A run created in this very plan by `created`: every step pending, nothing waiting.
+    fn fresh(txn: &'t WriteTransaction, ctx: &PlanCtx, dag: Arc<Compiled>, created: RunCreated, tenant: &str) -> Self {
+        let (run, steps) = transition::created(&created, tenant, ctx.now, "");
+        let steps = steps.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let draft = RunEvent::Created(created).draft(tenant, vec![run.id.clone(), run.dag.clone()]);
+        Planner { txn, now: ctx.now, dag, run, steps, drafts: vec![draft], waiting: Some(VecDeque::new()) }
+    }
+
+    /// Done with this run for now: its drafts; its working copy stays for the rest of the
+    /// command.
+    fn done(self, ctx: &mut PlanCtx) -> Vec<Draft> {
+        let Planner { dag, run, steps, waiting, drafts, .. } = self;
+        ctx.scratch.get::<Working>().0.insert(run.id.clone(), Work { dag, run, steps, waiting });
+        drafts
+    }
+
+    /// Records `event` and applies it to the working copy, as the projection will.
+    fn emit(&mut self, event: RunEvent) -> Result<(), CommandError> {
+        transition::evolve(self, &event, self.now)?;
+        self.drafts.push(event.draft(&self.run.tenant, event.subjects()));
+        Ok(())
     }
 
     fn last_failed(&mut self) -> Result<Option<String>, CommandError> {
         let mut best: Option<(i64, String)> = None;
-        for name in self.all_steps()? {
-            let rec = self.step(&name)?;
+        for name in self.dag.clone().steps.iter().map(|s| &s.name) {
+            let rec = self.step(name)?;
             if rec.state == StepState::Failed && best.as_ref().is_none_or(|(t, _)| rec.finished_ms.unwrap_or(0) >= *t) {
-                best = Some((rec.finished_ms.unwrap_or(0), name));
+                best = Some((rec.finished_ms.unwrap_or(0), name.clone()));
             }
         }
         Ok(best.map(|(_, n)| n))
@@ -790,14 +753,12 @@ impl<'t> Planner<'t> {
         if self.run.active < self.dag.max_parallel {
             return self.enqueue(ctx, idx);
         }
-        let name = self.dag.steps[idx].name.clone();
-        let reason = format!("maxParallelSteps={} reached", self.dag.max_parallel);
-        let d =
-            self.draft("step.waiting", Some(&name), json!({ "runId": self.run.id, "step": name, "reason": reason }));
-        self.drafts.push(d);
-        self.step(&name)?.wait = Some(reason);
-        self.waiting()?.push_back(name);
-        Ok(())
+        let waiting = StepWaiting {
+            run_id: self.run.id.clone(),
+            step: self.dag.steps[idx].name.clone(),
+            reason: format!("maxParallelSteps={} reached", self.dag.max_parallel),
+        };
+        self.emit(RunEvent::StepWaiting(waiting))
     }
 
     fn enqueue(&mut self, ctx: &mut PlanCtx, idx: usize) -> Result<(), CommandError> {
@@ -824,24 +785,7 @@ impl<'t> Planner<'t> {
         };
         let job_id = job.id.clone();
         self.drafts.push(QueueEvent::Enqueued(job).draft(&self.run.tenant, vec![job_id.clone()]));
-        let d =
-            self.draft("step.queued", Some(&s.name), json!({ "runId": self.run.id, "step": s.name, "jobId": job_id }));
-        self.drafts.push(d);
-        self.step(&s.name)?;
-        let run = &mut self.run;
-        let rec = self.steps.get_mut(&s.name).expect("loaded just above");
-        if rec.state == StepState::Failed {
-            take_one(&mut run.terminal, || format!("run {} finished steps (planned)", run.id));
-            take_one(&mut run.failed, || format!("run {} failed steps (planned)", run.id));
-        }
-        rec.state = StepState::Queued;
-        rec.job = Some(job_id);
-        rec.wait = None;
-        run.active += 1;
-        if run.status == RunStatus::Planning {
-            run.status = RunStatus::Running;
-        }
-        Ok(())
+        self.emit(RunEvent::StepQueued(StepQueued { run_id: self.run.id.clone(), step: s.name, job_id }))
     }
 
     /// Queues a failed step again (a new job); its dead job, if in the dead-letter queue, leaves it.
@@ -922,54 +866,29 @@ impl<'t> Planner<'t> {
         })
     }
 
-    /// A step reached `state`; releases dependants on success or skip, fills freed slots.
-    fn finished(
-        &mut self,
-        ctx: &mut PlanCtx,
-        idx: usize,
-        state: StepState,
-        mut data: Value,
-    ) -> Result<(), CommandError> {
-        let s = self.dag.steps[idx].clone();
-        let kind = match state {
-            StepState::Succeeded => "step.succeeded",
-            StepState::Failed => "step.failed",
-            StepState::Skipped => "step.skipped",
-            _ => unreachable!("finished takes an outcome"),
-        };
-        let releases = matches!(state, StepState::Succeeded | StepState::Skipped);
-        let dependants: Vec<String> =
-            if releases { s.dependants.iter().map(|d| self.dag.steps[*d].name.clone()).collect() } else { vec![] };
-        data["runId"] = json!(self.run.id);
-        data["step"] = json!(s.name);
-        data["dependants"] = json!(dependants);
-        let outputs = data["outputs"].clone();
-        let d = self.draft(kind, Some(&s.name), data);
-        self.drafts.push(d);
-        let rec = self.step(&s.name)?;
-        let was_active = matches!(rec.state, StepState::Queued | StepState::Running);
-        let was_failed = rec.state == StepState::Failed;
-        rec.state = state;
-        rec.outputs = outputs;
-        if was_active {
-            take_one(&mut self.run.active, || format!("run {} active steps (planned)", self.run.id));
-        }
-        match state {
-            StepState::Skipped if was_failed => {
-                take_one(&mut self.run.failed, || format!("run {} failed steps (planned)", self.run.id))
-            }
-            StepState::Failed => {
-                self.run.terminal += 1;
-                self.run.failed += 1;
-            }
-            _ => self.run.terminal += 1,
-        }
-        for d in s.dependants.iter().filter(|_| releases) {
-            let name = self.dag.steps[*d].name.clone();
-            let rec = self.step(&name)?;
-            take_one(&mut rec.pending_needs, || format!("step {name} pending needs (planned)"));
+    /// A step ended; on success or skip its dependants whose needs are now met are runnable,
+    /// and freed slots are filled.
+    fn ended(&mut self, ctx: &mut PlanCtx, idx: usize, end: End) -> Result<(), CommandError> {
+        let dag = self.dag.clone();
+        let s = &dag.steps[idx];
+        let released: Vec<usize> = if matches!(end, End::Failed { .. }) { vec![] } else { s.dependants.clone() };
+        let dependants: Vec<String> = released.iter().map(|d| dag.steps[*d].name.clone()).collect();
+        let (run_id, step) = (self.run.id.clone(), s.name.clone());
+        self.emit(match end {
+            End::Succeeded(outputs) => RunEvent::StepSucceeded(StepSucceeded { run_id, step, dependants, outputs }),
+            End::Failed { error, code } => RunEvent::StepFailed(StepFailed {
+                run_id,
+                step,
+                dependants,
+                error: Some(error),
+                error_code: Some(code),
+            }),
+            End::Skipped => RunEvent::StepSkipped(StepSkipped { run_id, step, dependants }),
+        })?;
+        for d in released {
+            let rec = self.step(&dag.steps[d].name)?;
             if rec.pending_needs == 0 && rec.state == StepState::Pending && rec.wait.is_none() {
-                self.runnable(ctx, *d)?;
+                self.runnable(ctx, d)?;
             }
         }
         self.fill_slots(ctx)
@@ -977,7 +896,7 @@ impl<'t> Planner<'t> {
 
     fn fill_slots(&mut self, ctx: &mut PlanCtx) -> Result<(), CommandError> {
         while self.run.active < self.dag.max_parallel {
-            let Some(name) = self.waiting()?.pop_front() else { break };
+            let Some(name) = self.waiting()?.front().cloned() else { break };
             let idx = self
                 .dag
                 .step(&name)
@@ -990,32 +909,30 @@ impl<'t> Planner<'t> {
 
     /// Ends the run when nothing more can happen: succeeded if every step finished well,
     /// failed if a failed step blocks the rest.
-    fn settle(&mut self) {
+    fn settle(&mut self) -> Result<(), CommandError> {
         if !matches!(self.run.status, RunStatus::Running | RunStatus::Planning) || self.run.active > 0 {
-            return;
+            return Ok(());
         }
         if self.waiting.as_ref().is_some_and(|w| !w.is_empty()) {
-            return;
+            return Ok(());
         }
-        let kind = if self.run.failed > 0 {
-            "run.failed"
+        let at = RunRef { run_id: self.run.id.clone() };
+        if self.run.failed > 0 {
+            self.emit(RunEvent::Failed(at))
         } else if self.run.terminal >= self.run.steps {
-            "run.succeeded"
+            self.emit(RunEvent::Succeeded(at))
         } else {
-            return;
-        };
-        let d = self.draft(kind, None, json!({ "runId": self.run.id }));
-        self.drafts.push(d);
-        self.run.status = if kind == "run.failed" { RunStatus::Failed } else { RunStatus::Succeeded };
+            Ok(())
+        }
     }
 
     /// Cancels every unfinished step (and the job of a queued or running one), then the run.
     /// Failed steps stay failed.
     fn cancel_all(&mut self, aborted: bool) -> Result<(), CommandError> {
-        for name in self.all_steps()? {
-            let rec = self.step(&name)?.clone();
+        for name in self.dag.clone().steps.iter().map(|s| &s.name) {
+            let rec = self.step(name)?.clone();
             if rec.state == StepState::Failed {
-                self.resolve_dead(&name, if aborted { "abort" } else { "cancel" }, None)?;
+                self.resolve_dead(name, if aborted { "abort" } else { "cancel" }, None)?;
             }
             if rec.state.terminal() {
                 continue;
@@ -1030,11 +947,45 @@ impl<'t> Planner<'t> {
                     self.drafts.push(event.draft(&self.run.tenant, vec![job.clone(), self.run.id.clone()]));
                 }
             }
-            let d = self.draft("step.cancelled", Some(&name), json!({ "runId": self.run.id, "step": name }));
-            self.drafts.push(d);
+            self.emit(RunEvent::StepCancelled(StepRef { run_id: self.run.id.clone(), step: name.clone() }))?;
         }
-        let d = self.draft("run.cancelled", None, json!({ "runId": self.run.id, "aborted": aborted }));
-        self.drafts.push(d);
+        self.emit(RunEvent::Cancelled(RunCancelled { run_id: self.run.id.clone(), aborted }))
+    }
+}
+
+impl RunState for Planner<'_> {
+    type Error = CommandError;
+
+    fn run(&mut self) -> &mut RunRecord {
+        &mut self.run
+    }
+
+    fn step(&mut self, name: &str) -> Result<&mut StepRecord, CommandError> {
+        if self.find_step(name)?.is_none() {
+            return Err(CommandError::Storage(format!("run {} has no step {name}", self.run.id)));
+        }
+        Ok(self.steps.get_mut(name).expect("found above"))
+    }
+
+    fn wait(&mut self, name: &str) -> Result<(), CommandError> {
+        self.waiting()?.push_back(name.to_owned());
         Ok(())
+    }
+
+    fn unwait(&mut self, name: &str) -> Result<(), CommandError> {
+        if self.waiting.is_none() && self.step(name)?.wait.is_none() {
+            return Ok(());
+        }
+        let q = self.waiting()?;
+        if q.front().is_some_and(|n| n == name) {
+            q.pop_front();
+        } else {
+            q.retain(|n| n != name);
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, reason: String) -> CommandError {
+        CommandError::Storage(format!("run {}: {reason}", self.run.id))
     }
 }

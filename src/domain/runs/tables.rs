@@ -169,13 +169,13 @@ impl StepRecord {
     /// Attempts kept in [`StepRecord::history`].
     pub const HISTORY_MAX: usize = 16;
 
-    /// Ends the running attempt in the history with `outcome` (and the entry's error).
-    pub fn end_attempt(&mut self, outcome: &str, time: i64, data: &serde_json::Value) {
+    /// Ends the running attempt in the history with `outcome` and its error.
+    pub fn end_attempt(&mut self, outcome: &str, time: i64, error: Option<&str>, code: Option<&str>) {
         if let Some(a) = self.history.last_mut().filter(|a| a.outcome.is_none()) {
             a.finished_ms = Some(time);
             a.outcome = Some(outcome.to_owned());
-            a.error_code = data["errorCode"].as_str().map(str::to_owned);
-            a.error = data["error"].as_str().map(|e| e.chars().take(512).collect());
+            a.error_code = code.map(str::to_owned);
+            a.error = error.map(|e| e.chars().take(512).collect());
         }
     }
 }

@@ -1,0 +1,191 @@
+//! What each run and step entry does to its run and steps: one function, [`evolve`], called by
+//! the planner on its working copy (so that one plan can cascade: a finished step releases its
+//! dependants, which are queued or wait for a slot, and the run settles) and by the projection
+//! on the stored records. The two cannot drift apart, because there is only one.
+
+use crate::domain::runs::tables::{AttemptRecord, RunRecord, RunStatus, StepRecord, StepState};
+use crate::domain::runs::{CreatedStep, RunCreated, RunEvent};
+use crate::kernel::invariant::take_one;
+
+/// The run an entry changes and the steps it touches, as the planner or the projection holds
+/// them.
+pub trait RunState {
+    type Error;
+    fn run(&mut self) -> &mut RunRecord;
+    /// The step `name` of the run (loaded on first use).
+    fn step(&mut self, name: &str) -> Result<&mut StepRecord, Self::Error>;
+    /// `name` joins the back of the run's queue of steps waiting for a `maxParallelSteps` slot.
+    fn wait(&mut self, name: &str) -> Result<(), Self::Error>;
+    /// `name` leaves that queue, if it is in it.
+    fn unwait(&mut self, name: &str) -> Result<(), Self::Error>;
+    /// An entry that cannot apply to this state.
+    fn refuse(&self, reason: String) -> Self::Error;
+}
+
+/// The run and its pending steps that `run.created` makes.
+pub fn created(e: &RunCreated, tenant: &str, time: i64, actor: &str) -> (RunRecord, Vec<StepRecord>) {
+    let run = RunRecord {
+        id: e.run_id.clone(),
+        tenant: tenant.to_owned(),
+        dag: e.dag.clone(),
+        version: e.version,
+        spec_sha256: e.spec_sha256.clone(),
+        inputs: e.inputs.clone(),
+        inputs_hash: e.inputs_hash.clone(),
+        run_token: e.run_token.clone(),
+        plugins: e.plugins.clone(),
+        status: RunStatus::Planning,
+        created_ms: time,
+        created_by: actor.to_owned(),
+        finished_ms: None,
+        active: 0,
+        steps: e.steps.len() as u32,
+        terminal: 0,
+        failed: 0,
+    };
+    let steps = e
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, CreatedStep { name, plugin, needs })| StepRecord::pending(&e.run_id, name, i as u32, plugin, *needs))
+        .collect();
+    (run, steps)
+}
+
+/// Applies `event` (any run entry but `run.created`) at `time`.
+pub fn evolve<S: RunState>(state: &mut S, event: &RunEvent, time: i64) -> Result<(), S::Error> {
+    match event {
+        RunEvent::Created(_) => return Err(state.refuse("a run is created once".to_owned())),
+        RunEvent::Succeeded(_) | RunEvent::Failed(_) | RunEvent::Cancelled(_) => {
+            let run = state.run();
+            run.status = event.run_end().expect("a run's end");
+            run.finished_ms = Some(time);
+        }
+        RunEvent::Resumed(_) => {
+            let run = state.run();
+            run.status = RunStatus::Running;
+            run.finished_ms = None;
+        }
+        RunEvent::StepWaiting(e) => {
+            state.step(&e.step)?.wait = Some(e.reason.clone());
+            state.wait(&e.step)?;
+        }
+        RunEvent::StepQueued(e) => {
+            state.unwait(&e.step)?;
+            let rec = state.step(&e.step)?;
+            let was_failed = rec.state == StepState::Failed;
+            rec.state = StepState::Queued;
+            rec.wait = None;
+            rec.job = Some(e.job_id.clone());
+            rec.queued_ms = Some(time);
+            rec.finished_ms = None;
+            let run = state.run();
+            if was_failed {
+                take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
+                take_one(&mut run.failed, || format!("run {} failed steps", run.id));
+            }
+            run.active += 1;
+            if run.status == RunStatus::Planning {
+                run.status = RunStatus::Running;
+            }
+        }
+        RunEvent::StepStarted(e) => {
+            let rec = state.step(&e.step)?;
+            rec.state = StepState::Running;
+            rec.worker = Some(e.worker.clone());
+            // Every attempt counts, across manual retries (which start a new job).
+            rec.attempts += 1;
+            rec.started_ms = Some(time);
+            if rec.history.len() >= StepRecord::HISTORY_MAX {
+                rec.history.remove(0);
+            }
+            rec.history.push(AttemptRecord {
+                attempt: e.attempt.unwrap_or(rec.attempts),
+                worker: e.worker.clone(),
+                started_ms: time,
+                finished_ms: None,
+                outcome: None,
+                error_code: None,
+                error: None,
+            });
+        }
+        RunEvent::StepRetrying(e) | RunEvent::StepInterrupted(e) => {
+            let rec = state.step(&e.step)?;
+            rec.end_attempt(event.kind_outcome(), time, e.error.as_deref(), e.error_code.as_deref());
+            rec.state = StepState::Queued;
+            rec.error.clone_from(&e.error);
+            rec.error_code.clone_from(&e.error_code);
+        }
+        RunEvent::StepSucceeded(e) => {
+            let rec = state.step(&e.step)?;
+            rec.end_attempt("succeeded", time, None, None);
+            // An earlier attempt's error is history (the trace keeps it), not the step's state.
+            rec.error = None;
+            rec.error_code = None;
+            rec.outputs = e.outputs.clone();
+            finish(state, &e.step, StepState::Succeeded, time)?;
+            release(state, &e.dependants)?;
+        }
+        RunEvent::StepFailed(e) => {
+            let rec = state.step(&e.step)?;
+            rec.end_attempt("failed", time, e.error.as_deref(), e.error_code.as_deref());
+            rec.error.clone_from(&e.error);
+            rec.error_code.clone_from(&e.error_code);
+            finish(state, &e.step, StepState::Failed, time)?;
+            state.run().failed += 1;
+        }
+        RunEvent::StepSkipped(e) => {
+            let rec = state.step(&e.step)?;
+            if rec.state != StepState::Failed {
+                return Err(state.refuse(format!("step {} is skipped but has not failed", e.step)));
+            }
+            rec.state = StepState::Skipped;
+            let run = state.run();
+            take_one(&mut run.failed, || format!("run {} failed steps", run.id));
+            release(state, &e.dependants)?;
+        }
+        RunEvent::StepCancelled(e) => {
+            state.unwait(&e.step)?;
+            let rec = state.step(&e.step)?;
+            rec.end_attempt("cancelled", time, None, None);
+            if rec.state == StepState::Failed {
+                let run = state.run();
+                take_one(&mut run.failed, || format!("run {} failed steps", run.id));
+                take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
+            }
+            finish(state, &e.step, StepState::Cancelled, time)?;
+        }
+    }
+    Ok(())
+}
+
+impl RunEvent {
+    /// How an attempt ended, as the step's history says it: the kind without `step.`.
+    fn kind_outcome(&self) -> &'static str {
+        use crate::kernel::event::Event;
+        self.kind().trim_start_matches("step.")
+    }
+}
+
+/// A step reached a final `state`: it no longer holds a slot, and the run counts it finished.
+fn finish<S: RunState>(state: &mut S, name: &str, to: StepState, time: i64) -> Result<(), S::Error> {
+    let rec = state.step(name)?;
+    let was_active = matches!(rec.state, StepState::Queued | StepState::Running);
+    rec.state = to;
+    rec.finished_ms = Some(time);
+    let run = state.run();
+    if was_active {
+        take_one(&mut run.active, || format!("run {} active steps", run.id));
+    }
+    run.terminal += 1;
+    Ok(())
+}
+
+/// Marks the dependants' needs as met.
+fn release<S: RunState>(state: &mut S, dependants: &[String]) -> Result<(), S::Error> {
+    for name in dependants {
+        let rec = state.step(name)?;
+        take_one(&mut rec.pending_needs, || format!("step {}/{name} pending needs", rec.run));
+    }
+    Ok(())
+}
