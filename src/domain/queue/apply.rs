@@ -13,7 +13,7 @@ use crate::domain::queue::tables::LeaseInfo;
 use crate::domain::queue::tables::QUEUES;
 use crate::domain::queue::tables::QueueRecord;
 use crate::domain::queue::tables::READY;
-use crate::domain::queue::{JobType, QueueEvent};
+use crate::domain::queue::{JobType, Next, QueueEvent};
 use crate::domain::queue::{ready_order, timer_key};
 use crate::kernel::ApplyError;
 use crate::kernel::event::Event;
@@ -54,30 +54,8 @@ pub struct Grant {
     pub attempt: u32,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Finished {
-    job_id: String,
-    token: u64,
-    #[serde(default)]
-    result: Option<serde_json::Value>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    next: Option<String>,
-    #[serde(default)]
-    not_before_ms: Option<i64>,
-    /// `lease.interrupted`: how many of the job's attempts the appliance's restarts cut short.
-    #[serde(default)]
-    interruptions: Option<u32>,
-}
-
 fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
     ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
-}
-
-fn data<T: for<'de> Deserialize<'de>>(entry: &Entry) -> Result<T, ApplyError> {
-    T::deserialize(&entry.data).map_err(|e| bad(entry, e))
 }
 
 fn r(e: impl Into<redb::Error>) -> ApplyError {
@@ -188,53 +166,57 @@ fn end_lease(txn: &WriteTransaction, job: &mut JobRecord) -> Result<(), ApplyErr
     Ok(())
 }
 
-fn finish_attempt(txn: &WriteTransaction, entry: &Entry, f: &Finished) -> Result<(), ApplyError> {
-    let mut job = load(txn, entry, &f.job_id)?;
-    if job.lease.as_ref().map(|l| l.token) != Some(f.token) {
-        return Err(bad(entry, format!("token {} is not the lease of job {}", f.token, job.id)));
+/// Ends the attempt `end` (an attempt's end: success, failure, expiry, interruption) names.
+fn finish_attempt(txn: &WriteTransaction, entry: &Entry, end: &QueueEvent) -> Result<(), ApplyError> {
+    let (id, token) = end.attempt_end().expect("an attempt's end");
+    let mut job = load(txn, entry, id)?;
+    if job.lease.as_ref().map(|l| l.token) != Some(token) {
+        return Err(bad(entry, format!("token {token} is not the lease of job {}", job.id)));
     }
     end_lease(txn, &mut job)?;
     let from = Some(JobState::Leased);
-    let interrupted = entry.kind == "lease.interrupted";
-    if interrupted {
-        job.interruptions = f.interruptions.ok_or_else(|| bad(entry, "no interruptions"))?;
-        if f.next.as_deref() == Some("retry") {
+    if let QueueEvent::LeaseInterrupted(e) = end {
+        job.interruptions = e.interruptions;
+        if matches!(e.next, Next::Retry { .. }) {
             // The attempt the restart cut short is given back: it does not count against retries.
             job.max_attempts += 1;
         }
     }
-    match (entry.kind.as_str(), f.next.as_deref()) {
-        ("job.succeeded", _) => {
+    match (end, end.next()) {
+        (QueueEvent::Succeeded(e), _) => {
             job.state = JobState::Succeeded;
-            job.result.clone_from(&f.result);
+            job.result.clone_from(&e.result);
             job.finished_ms = Some(entry.time);
         }
-        (_, Some("retry")) => {
-            job.not_before_ms = f.not_before_ms.ok_or_else(|| bad(entry, "retry without notBeforeMs"))?;
+        (_, Some(Next::Retry { not_before_ms })) => {
+            job.not_before_ms = *not_before_ms;
             make_waiting(txn, &mut job, entry.time)?;
         }
-        (_, Some("dead")) => {
+        (_, Some(Next::Dead)) => {
             job.state = JobState::Dead;
             job.finished_ms = Some(entry.time);
             let mut dlq = txn.open_table(DLQ).map_err(r)?;
             dlq.insert(job.id.as_str(), entry.time.to_string().as_bytes()).map_err(r)?;
         }
-        (_, other) => return Err(bad(entry, format!("unknown next step {other:?}"))),
+        (_, None) => unreachable!("every other end names where the job goes"),
     }
-    if entry.kind != "job.succeeded" {
-        job.last_error = Some(f.error.clone().unwrap_or_else(|| "lease expired".to_owned()));
+    match end {
+        QueueEvent::Succeeded(_) => {}
+        QueueEvent::Failed(e) => job.last_error = Some(e.error.clone()),
+        QueueEvent::LeaseInterrupted(e) => job.last_error = Some(e.error.clone()),
+        _ => job.last_error = Some("lease expired".to_owned()),
     }
-    if entry.kind == "lease.expired" {
+    if matches!(end, QueueEvent::LeaseExpired(_)) {
         counters::increment(txn, "lease_expirations")?;
     }
-    if interrupted {
+    if matches!(end, QueueEvent::LeaseInterrupted(_)) {
         counters::increment(txn, "interruptions")?;
     } else {
-        if f.next.as_deref() == Some("retry") {
+        if matches!(end.next(), Some(Next::Retry { .. })) {
             counters::increment(txn, "retries")?;
         }
         // Attempts by outcome and job type: the failure-rate and burn-rate alerts divide these.
-        let outcome = if entry.kind == "job.succeeded" { "succeeded" } else { "failed" };
+        let outcome = if matches!(end, QueueEvent::Succeeded(_)) { "succeeded" } else { "failed" };
         counters::increment(txn, &format!("attempts:{outcome}:{}", job.job_type))?;
     }
     count(txn, &job.job_type, from, Some(job.state))?;
@@ -260,6 +242,10 @@ fn grant(txn: &WriteTransaction, entry: &Entry, worker: &str, g: &Grant) -> Resu
 /// Applies a typed queue entry.
 fn apply_event(txn: &WriteTransaction, entry: &Entry, event: QueueEvent) -> Result<(), ApplyError> {
     match event {
+        end @ (QueueEvent::Succeeded(_)
+        | QueueEvent::Failed(_)
+        | QueueEvent::LeaseExpired(_)
+        | QueueEvent::LeaseInterrupted(_)) => finish_attempt(txn, entry, &end)?,
         QueueEvent::Enqueued(job) => insert_new(txn, entry, &job)?,
         QueueEvent::LeaseGranted(d) => {
             for g in &d.leases {
@@ -377,11 +363,5 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
         apply_event(txn, entry, event.map_err(|e| bad(entry, e))?)?;
         return Ok(true);
     }
-    match entry.kind.as_str() {
-        "job.succeeded" | "job.failed" | "lease.expired" | "lease.interrupted" => {
-            finish_attempt(txn, entry, &data(entry)?)?
-        }
-        _ => return Ok(false),
-    }
-    Ok(true)
+    Ok(false)
 }

@@ -96,8 +96,7 @@ use crate::domain::queue::tables::Budget;
 use serde::{Deserialize, Serialize};
 
 crate::events! {
-    /// The queue's entries (an attempt's end — `job.succeeded`, `job.failed`, `lease.expired`,
-    /// `lease.interrupted` — is still read by kind).
+    /// The queue's entries.
     pub enum QueueEvent {
         Enqueued(EnqueuedJob) = "job.enqueued",
         LeaseGranted(LeaseGranted) = "lease.granted",
@@ -111,7 +110,97 @@ crate::events! {
         DlqPurged(DlqPurged) = "dlq.purged",
         Cancelled(JobCancelled) = "job.cancelled",
         DlqResolved(DlqResolved) = "dlq.resolved",
+        Succeeded(JobSucceeded) = "job.succeeded",
+        Failed(JobFailed) = "job.failed",
+        LeaseExpired(LeaseExpired) = "lease.expired",
+        LeaseInterrupted(LeaseInterrupted) = "lease.interrupted",
     }
+}
+
+impl QueueEvent {
+    /// The job and lease token whose attempt this entry ends, for an attempt's end.
+    pub fn attempt_end(&self) -> Option<(&str, u64)> {
+        match self {
+            QueueEvent::Succeeded(e) => Some((&e.job_id, e.token)),
+            QueueEvent::Failed(e) => Some((&e.job_id, e.token)),
+            QueueEvent::LeaseExpired(e) => Some((&e.job_id, e.token)),
+            QueueEvent::LeaseInterrupted(e) => Some((&e.job_id, e.token)),
+            _ => None,
+        }
+    }
+
+    /// Where a failed, expired or interrupted attempt sent its job.
+    pub fn next(&self) -> Option<&Next> {
+        match self {
+            QueueEvent::Failed(e) => Some(&e.next),
+            QueueEvent::LeaseExpired(e) => Some(&e.next),
+            QueueEvent::LeaseInterrupted(e) => Some(&e.next),
+            _ => None,
+        }
+    }
+}
+
+/// Where an attempt that did not succeed sends its job: back to the queue at `notBeforeMs`, or
+/// to the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "next", rename_all = "lowercase")]
+pub enum Next {
+    Retry {
+        #[serde(rename = "notBeforeMs")]
+        not_before_ms: i64,
+    },
+    Dead,
+}
+
+/// The worker reported success (`result` as it sent it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSucceeded {
+    pub job_id: String,
+    pub token: u64,
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+}
+
+/// The worker reported failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobFailed {
+    pub job_id: String,
+    pub token: u64,
+    #[serde(flatten)]
+    pub next: Next,
+    pub error: String,
+    #[serde(default)]
+    pub error_code: String,
+}
+
+/// The lease ran out before the worker reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseExpired {
+    pub job_id: String,
+    pub token: u64,
+    pub worker: String,
+    pub expired_ms: i64,
+    #[serde(flatten)]
+    pub next: Next,
+}
+
+/// A restart of the appliance cut the attempt of one of its own workers short.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseInterrupted {
+    pub job_id: String,
+    pub token: u64,
+    pub worker: String,
+    pub attempt: u32,
+    /// How many of the job's attempts restarts have cut short.
+    pub interruptions: u32,
+    pub error: String,
+    pub error_code: String,
+    #[serde(flatten)]
+    pub next: Next,
 }
 
 /// A step's job cancelled with its run (the executor stops the attempt).

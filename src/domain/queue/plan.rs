@@ -20,7 +20,8 @@ use crate::domain::queue::tables::QUEUES;
 use crate::domain::queue::tables::QueueRecord;
 use crate::domain::queue::tables::READY;
 use crate::domain::queue::{
-    Bucket, Buckets, BudgetCleared, BudgetSet, DlqPurged, DlqReplayed, JobType, LeaseGranted, QueueEvent,
+    Bucket, Buckets, BudgetCleared, BudgetSet, DlqPurged, DlqReplayed, JobFailed, JobSucceeded, JobType, LeaseExpired,
+    LeaseGranted, LeaseInterrupted, Next, QueueEvent,
 };
 use crate::domain::runs;
 use crate::domain::runs::plan as engine;
@@ -29,7 +30,6 @@ use crate::kernel::PlanCtx;
 use crate::kernel::counters::COUNTERS;
 use crate::kernel::due::DUE;
 use crate::kernel::event::Event;
-use crate::kernel::ledger::Draft;
 use crate::kernel::storage;
 use crate::kernel::store::rw;
 use crate::runtime_config;
@@ -258,6 +258,7 @@ fn interrupt(
     let mut effects = Effects::default();
     let mut fence = Fence::read(txn)?;
     let mut touched = HashSet::new();
+    let mut interrupted = 0;
     for (id, token) in leased {
         let Ok(j) = visible_job(txn, None, &id) else { continue };
         let Some(lease) = j.lease.clone().filter(|l| {
@@ -266,34 +267,34 @@ fn interrupt(
             continue;
         };
         let interruptions = j.interruptions + u32::from(counted);
-        let (mut data, outcome) = if interruptions > INTERRUPTIONS_MAX {
+        let (next, error, outcome) = if interruptions > INTERRUPTIONS_MAX {
             let error = format!(
                 "attempt {} was cut short by a restart of the appliance: this job was interrupted {interruptions} times \
                  (at most {INTERRUPTIONS_MAX} are started again), so it fails",
                 j.attempt
             );
-            (json!({ "next": "dead", "error": error }), runs::Outcome::Failed { error, code: "interrupted".into() })
+            (Next::Dead, error.clone(), runs::Outcome::Failed { error, code: "interrupted".into() })
         } else {
             let error = format!("attempt {} was cut short by a restart of the appliance; started again", j.attempt);
-            (json!({ "next": "retry", "notBeforeMs": ctx.now, "error": error }), runs::Outcome::Interrupted { error })
+            (Next::Retry { not_before_ms: ctx.now }, error.clone(), runs::Outcome::Interrupted { error })
         };
-        data["jobId"] = json!(j.id);
-        data["token"] = json!(lease.token);
-        data["worker"] = json!(lease.worker);
-        data["attempt"] = json!(j.attempt);
-        data["interruptions"] = json!(interruptions);
-        data["errorCode"] = json!("interrupted");
-        effects.drafts.push(draft(&j.tenant, "lease.interrupted", vec![j.id.clone(), lease.worker.clone()], data));
+        let event = QueueEvent::LeaseInterrupted(LeaseInterrupted {
+            job_id: j.id.clone(),
+            token: lease.token,
+            worker: lease.worker.clone(),
+            attempt: j.attempt,
+            interruptions,
+            error,
+            error_code: "interrupted".to_owned(),
+            next,
+        });
+        effects.drafts.push(event.draft(&j.tenant, vec![j.id.clone(), lease.worker.clone()]));
+        interrupted += 1;
         effects.drafts.extend(engine::on_outcome(txn, ctx, &j, outcome)?);
         effects.drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", j.id), &mut touched)?);
     }
-    effects.note =
-        Some(json!({ "interrupted": effects.drafts.iter().filter(|d| d.kind == "lease.interrupted").count() }));
+    effects.note = Some(json!({ "interrupted": interrupted }));
     Ok(effects)
-}
-
-pub fn draft(tenant: &str, kind: &'static str, subjects: Vec<String>, data: serde_json::Value) -> Draft {
-    Draft { tenant: tenant.to_owned(), kind, subjects, data }
 }
 
 /// Whether a job type exists: it has had jobs, or a plugin or built-in kind serves it.
@@ -622,12 +623,8 @@ fn complete(
 ) -> Result<Effects, CommandError> {
     let job = visible_job(txn, tenant, id)?;
     check_lease(txn, &job, token, ctx.now)?;
-    let mut drafts = vec![draft(
-        &job.tenant,
-        "job.succeeded",
-        vec![job.id.clone()],
-        json!({ "jobId": job.id, "token": token, "result": result }),
-    )];
+    let event = QueueEvent::Succeeded(JobSucceeded { job_id: job.id.clone(), token, result: result.clone() });
+    let mut drafts = vec![event.draft(&job.tenant, vec![job.id.clone()])];
     let outputs = result.as_ref().map(|r| r.get("outputs").cloned().unwrap_or_else(|| r.clone())).unwrap_or(json!({}));
     drafts.extend(engine::on_outcome(txn, ctx, &job, runs::Outcome::Succeeded { outputs })?);
     let mut fence = Fence::read(txn)?;
@@ -641,9 +638,9 @@ pub fn next_after_failure(
     ctx: &mut PlanCtx,
     job: &JobRecord,
     retryable: bool,
-) -> Result<serde_json::Value, CommandError> {
+) -> Result<Next, CommandError> {
     if !retryable || job.attempt >= job.max_attempts {
-        return Ok(json!({ "next": "dead" }));
+        return Ok(Next::Dead);
     }
     let base = match job.backoff_ms {
         Some(b) => b as f64,
@@ -653,16 +650,15 @@ pub fn next_after_failure(
     let exp = base * 2f64.powi(job.attempt.saturating_sub(1).min(30) as i32);
     let jitter = 0.75 + 0.5 * ctx.rng.next_f64();
     let delay = (exp.min(cap) * jitter).round() as i64;
-    Ok(json!({ "next": "retry", "notBeforeMs": ctx.now + delay.max(1) }))
+    Ok(Next::Retry { not_before_ms: ctx.now + delay.max(1) })
 }
 
 /// What the engine hears of a failed attempt.
-pub fn step_outcome(data: &serde_json::Value, error: String, code: &str) -> runs::Outcome {
+pub fn step_outcome(next: &Next, error: String, code: &str) -> runs::Outcome {
     let code = code.to_owned();
-    if data["next"] == "retry" {
-        runs::Outcome::Retrying { error, code }
-    } else {
-        runs::Outcome::Failed { error, code }
+    match next {
+        Next::Retry { .. } => runs::Outcome::Retrying { error, code },
+        Next::Dead => runs::Outcome::Failed { error, code },
     }
 }
 
@@ -676,14 +672,12 @@ fn fail(
 ) -> Result<Effects, CommandError> {
     let job = visible_job(txn, tenant, id)?;
     check_lease(txn, &job, token, ctx.now)?;
-    let mut data = next_after_failure(txn, ctx, &job, retryable)?;
+    let next = next_after_failure(txn, ctx, &job, retryable)?;
     let error: String = error.chars().take(ERROR_BYTES_MAX).collect();
-    data["jobId"] = json!(job.id);
-    data["token"] = json!(token);
-    data["error"] = json!(error);
-    data["errorCode"] = json!(code);
-    let outcome = step_outcome(&data, error, code);
-    let mut drafts = vec![draft(&job.tenant, "job.failed", vec![job.id.clone()], data)];
+    let outcome = step_outcome(&next, error.clone(), code);
+    let event =
+        QueueEvent::Failed(JobFailed { job_id: job.id.clone(), token, next, error, error_code: code.to_owned() });
+    let mut drafts = vec![event.draft(&job.tenant, vec![job.id.clone()])];
     drafts.extend(engine::on_outcome(txn, ctx, &job, outcome)?);
     let mut fence = Fence::read(txn)?;
     drafts.extend(locks::release_owned(txn, ctx, &mut fence, &format!("job:{}", job.id), &mut HashSet::new())?);
@@ -817,13 +811,16 @@ pub fn expire_lease(
         effects.live.push(LiveWrite::Timer { due_ms: expiry, key: key.to_owned() });
         return Ok(());
     }
-    let mut data = next_after_failure(txn, ctx, &j, true)?;
-    data["jobId"] = json!(j.id);
-    data["token"] = json!(lease.token);
-    data["worker"] = json!(lease.worker);
-    data["expiredMs"] = json!(expiry);
-    let outcome = step_outcome(&data, format!("lease of worker {} expired", lease.worker), "lease_expired");
-    effects.drafts.push(draft(&j.tenant, "lease.expired", vec![j.id.clone(), lease.worker.clone()], data));
+    let next = next_after_failure(txn, ctx, &j, true)?;
+    let outcome = step_outcome(&next, format!("lease of worker {} expired", lease.worker), "lease_expired");
+    let event = QueueEvent::LeaseExpired(LeaseExpired {
+        job_id: j.id.clone(),
+        token: lease.token,
+        worker: lease.worker.clone(),
+        expired_ms: expiry,
+        next,
+    });
+    effects.drafts.push(event.draft(&j.tenant, vec![j.id.clone(), lease.worker.clone()]));
     effects.drafts.extend(engine::on_outcome(txn, ctx, &j, outcome)?);
     effects.drafts.extend(locks::release_owned(txn, ctx, fence, &format!("job:{}", j.id), touched)?);
     Ok(())
