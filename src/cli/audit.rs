@@ -4,7 +4,9 @@
 use crate::audit::{AuditStore, verify};
 use crate::cli::args::{AuditCmd, Global};
 use crate::cli::output::{self, s, table};
+use crate::domain::runs::RunEvent;
 use crate::exit::CliError;
+use crate::kernel::event::Event;
 use crate::kernel::ledger::Entry;
 use serde_json::{Value, json};
 
@@ -142,13 +144,13 @@ pub fn cli(g: &Global, cmd: AuditCmd) -> Result<(), CliError> {
             let db = AuditStore::open(&store.path).map_err(CliError::Other)?;
             let mut runs: Vec<Value> = Vec::new();
             db.each(|x| {
-                let id = x.data["runId"].as_str().unwrap_or_default();
-                match x.kind.as_str() {
-                    "run.created" => runs.push(json!({ "run": id, "dag": x.data["dag"], "tenant": x.tenant,
+                match RunEvent::of(&x) {
+                    Some(Ok(RunEvent::Created(c))) => runs
+                        .push(json!({ "run": c.run_id, "dag": c.dag, "tenant": x.tenant,
                         "startedBy": x.actor, "startedAt": time(x.time), "status": "running", "endedAt": null })),
-                    "run.succeeded" | "run.failed" | "run.cancelled" => {
-                        if let Some(r) = runs.iter_mut().find(|r| r["run"] == id) {
-                            r["status"] = json!(x.kind.trim_start_matches("run."));
+                    Some(Ok(e)) if let Some(status) = e.run_end() => {
+                        if let Some(r) = runs.iter_mut().find(|r| r["run"] == e.run_id()) {
+                            r["status"] = json!(status);
                             r["endedAt"] = json!(time(x.time));
                             r["endedBy"] = json!(x.actor);
                         }

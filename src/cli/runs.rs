@@ -4,7 +4,9 @@
 use crate::cli::args::*;
 use crate::cli::output::{self, s, table};
 use crate::cli::target;
+use crate::domain::runs::RunEvent;
 use crate::exit::CliError;
+use crate::kernel::event::Event;
 use serde_json::{Map, Value, json};
 use std::io::Write;
 
@@ -210,8 +212,9 @@ async fn stream(
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
-                let ends_run = ["run.succeeded", "run.failed", "run.cancelled"].contains(&kind)
-                    && run.as_deref() == e["subjects"][0].as_str();
+                let ends_run = RunEvent::parse(kind, &e["data"])
+                    .and_then(Result::ok)
+                    .is_some_and(|ev| ev.run_end().is_some() && run.as_deref() == Some(ev.run_id()));
                 if kind == "lagged" || (until_done && ends_run) {
                     return false;
                 }

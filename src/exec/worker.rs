@@ -2,10 +2,11 @@
 //! polls): a new or returning job wakes it, a finished attempt frees a slot, a cancelled job
 //! stops its attempt.
 
-use crate::domain::queue::{QueueCommand, WAKE_KINDS};
+use crate::domain::queue::{QueueCommand, QueueEvent, WAKE_KINDS};
 use crate::exec::builtin::{self, StepResult};
 use crate::exec::plugin;
 use crate::kernel::Actor;
+use crate::kernel::event::Event;
 use crate::kernel::store::Store;
 use crate::machine::Command;
 use crate::machine::WriterHandle;
@@ -61,9 +62,12 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
                     let grants: Vec<(String, u64)> = c
                         .entries
                         .iter()
-                        .filter(|e| e.kind == "lease.granted")
-                        .flat_map(|e| e.data["leases"].as_array().cloned().unwrap_or_default())
-                        .map(|g| (g["jobId"].as_str().unwrap_or_default().to_owned(), g["token"].as_u64().unwrap_or(0)))
+                        .filter_map(|e| match QueueEvent::of(e) {
+                            Some(Ok(QueueEvent::LeaseGranted(g))) => Some(g.leases),
+                            _ => None,
+                        })
+                        .flatten()
+                        .map(|g| (g.job, g.token))
                         .collect();
                     for (job, token) in grants {
                         free -= 1;
@@ -186,7 +190,7 @@ impl Attempt {
             async move {
                 loop {
                     match events.recv().await {
-                        Ok(e) if e.kind == "job.cancelled" && e.subjects.first() == Some(&job_id) => return,
+                        Ok(e) if cancels(&e, &job_id) => return,
                         Err(RecvError::Closed) => return,
                         _ => continue,
                     }
@@ -227,7 +231,7 @@ impl Attempt {
                     }
                 }
                 ev = events.recv(), if builtin => {
-                    if let Ok(e) = ev && e.kind == "job.cancelled" && e.subjects.first() == Some(&self.job) {
+                    if let Ok(e) = ev && cancels(&e, &self.job) {
                         tracing::info!(job = %self.job, "job cancelled; attempt stopped");
                         return;
                     }
@@ -254,4 +258,9 @@ impl Attempt {
             tracing::info!(job = %self.job, error = %e, "result refused");
         }
     }
+}
+
+/// Whether `entry` cancels the job `job` (its run was cancelled or aborted).
+fn cancels(entry: &crate::kernel::ledger::Entry, job: &str) -> bool {
+    matches!(QueueEvent::of(entry), Some(Ok(QueueEvent::Cancelled(c))) if c.job_id == job)
 }

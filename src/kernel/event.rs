@@ -11,6 +11,8 @@ pub trait Event: Sized {
     fn kind(&self) -> &'static str;
     /// The entry's `data`.
     fn data(&self) -> serde_json::Value;
+    /// Whether `kind` is one of this type's kinds.
+    fn is_kind(kind: &str) -> bool;
     /// Reads an entry of one of this type's kinds; `None` for another kind.
     fn parse(kind: &str, data: &serde_json::Value) -> Option<Result<Self, serde_json::Error>>;
 
@@ -46,6 +48,10 @@ macro_rules! events {
                 match self {
                     $(Self::$var(d) => serde_json::to_value(d).expect("an event serializes"),)*
                 }
+            }
+
+            fn is_kind(kind: &str) -> bool {
+                matches!(kind, $($kind)|*)
             }
 
             fn parse(kind: &str, data: &serde_json::Value) -> Option<Result<Self, serde_json::Error>> {

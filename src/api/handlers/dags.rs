@@ -9,7 +9,9 @@ use crate::api::state::AppState;
 use crate::auth::Scope;
 use crate::domain::runs::DagAction;
 use crate::domain::runs::RunCommand;
+use crate::domain::runs::ScheduleEvent;
 use crate::domain::runs::spec;
+use crate::kernel::event::Event;
 use crate::machine::Command;
 use crate::machine::read;
 use axum::Json;
@@ -172,7 +174,10 @@ pub async fn schedule_action(
         other => return Err(Problem::not_found(format!("schedule action {other:?} (pause, resume, clear)"))),
     };
     let c = submit(&state, p, Command::Run(RunCommand::Schedule { dag, action })).await?;
-    let cleared = c.entries.iter().find(|e| e.kind == "schedule.cleared").map(|e| e.data["cleared"].clone());
+    let cleared = c.entries.iter().find_map(|e| match ScheduleEvent::of(e) {
+        Some(Ok(ScheduleEvent::Cleared(c))) => Some(serde_json::json!(c.cleared)),
+        _ => None,
+    });
     let Json(mut v) = schedules(State(state), auth).await?;
     if let Some(cleared) = cleared {
         v["cleared"] = cleared;

@@ -6,7 +6,8 @@ use crate::api::handlers::{EnvQuery, acting_tenant, ms, submit};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
-use crate::domain::locks::{ForceTarget, LockCommand, in_env};
+use crate::domain::locks::{ForceTarget, LockCommand, LockEvent, in_env};
+use crate::kernel::event::Event;
 use crate::machine::Command;
 use crate::machine::read;
 use axum::Json;
@@ -71,26 +72,20 @@ pub async fn acquire(
         Command::Lock(LockCommand::Acquire { tenant, resource: req.resource, owner: req.owner, ttl_ms }),
     )
     .await?;
-    let answer = match (&c.note, c.entries.first()) {
+    let answer = match (&c.note, c.entries.first().and_then(LockEvent::of)) {
         (Some(n), _) => dto::LockAcquired {
             lock_id: n["lockId"].as_str().unwrap_or_default().to_owned(),
             granted: false,
             token: None,
             position: n["position"].as_u64(),
         },
-        (None, Some(e)) if e.kind == "lock.waiting" => dto::LockAcquired {
-            lock_id: e.data["lockId"].as_str().unwrap_or_default().to_owned(),
-            granted: false,
-            token: None,
-            position: e.data["position"].as_u64(),
-        },
-        (None, Some(e)) => dto::LockAcquired {
-            lock_id: e.data["lockId"].as_str().unwrap_or_default().to_owned(),
-            granted: true,
-            token: e.data["token"].as_u64(),
-            position: None,
-        },
-        (None, None) => return Err(Problem::internal("acquire committed nothing")),
+        (None, Some(Ok(LockEvent::Waiting(w)))) => {
+            dto::LockAcquired { lock_id: w.lock_id, granted: false, token: None, position: Some(w.position as u64) }
+        }
+        (None, Some(Ok(LockEvent::Acquired(h) | LockEvent::Renewed(h)))) => {
+            dto::LockAcquired { lock_id: h.lock_id, granted: true, token: Some(h.token), position: None }
+        }
+        _ => return Err(Problem::internal("acquire committed neither a grant nor a place in line")),
     };
     Ok(Json(answer))
 }

@@ -11,8 +11,9 @@ use crate::auth::{Principal, Scope};
 use crate::clock::rfc3339;
 use crate::domain::queue::plan::{LEASE_MAX, valid_type};
 use crate::domain::queue::tables::Budget;
-use crate::domain::queue::{QueueCommand, ReplaySelector, WAKE_KINDS};
+use crate::domain::queue::{QueueCommand, QueueEvent, ReplaySelector, WAKE_KINDS};
 use crate::kernel::Committed;
+use crate::kernel::event::Event;
 use crate::machine::Command;
 use crate::machine::read;
 use axum::Json;
@@ -377,17 +378,19 @@ pub async fn dlq_replay(
     let mut new: Vec<dto::Job> = c
         .entries
         .iter()
-        .filter_map(|e| match e.kind.as_str() {
-            "dlq.replayed" => e.subjects.get(1),
-            "job.enqueued" => e.subjects.first(),
+        .filter_map(|e| match QueueEvent::of(e) {
+            Some(Ok(QueueEvent::DlqReplayed(r))) => Some(r.job.id),
+            Some(Ok(QueueEvent::Enqueued(j))) => Some(j.id),
             _ => None,
         })
-        .map(|id| job_dto(&state, p, id))
+        .map(|id| job_dto(&state, p, &id))
         .collect::<Result<_, _>>()?;
     // A step's new job names the dead job it replaces.
-    for e in c.entries.iter().filter(|e| e.kind == "dlq.resolved") {
-        if let Some(j) = new.iter_mut().find(|j| e.data["replacedBy"] == j.id.as_str()) {
-            j.replay_of = e.data["jobId"].as_str().map(str::to_owned);
+    for e in &c.entries {
+        if let Some(Ok(QueueEvent::DlqResolved(r))) = QueueEvent::of(e)
+            && let Some(j) = new.iter_mut().find(|j| r.replaced_by.as_deref() == Some(j.id.as_str()))
+        {
+            j.replay_of = Some(r.job_id);
         }
     }
     let refused = c.note.as_ref().and_then(|n| serde_json::from_value(n["refused"].clone()).ok()).unwrap_or_default();

@@ -9,6 +9,8 @@ use crate::api::extract::{Auth, QueryArgs};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
+use crate::domain::runs::RunEvent;
+use crate::kernel::event::Event as _;
 use crate::kernel::ledger::Entry;
 use crate::machine::read;
 use axum::extract::State;
@@ -49,7 +51,7 @@ struct Filter {
 
 impl Filter {
     fn keep(&mut self, state: &AppState, e: &Entry) -> bool {
-        if !(e.kind.starts_with("run.") || e.kind.starts_with("step.")) || !self.principal.sees(&e.tenant) {
+        if !RunEvent::is_kind(&e.kind) || !self.principal.sees(&e.tenant) {
             return false;
         }
         if self.q.tenant.as_ref().is_some_and(|t| *t != e.tenant) {
