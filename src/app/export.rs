@@ -56,7 +56,7 @@ pub async fn export(
     })
     .await
     .map_err(|e| ExportError::Internal(e.to_string()))?
-    .map_err(ExportError::Failed)?;
+    .map_err(|e| ExportError::Failed(e.to_string()))?;
     let m = &written.manifest;
     let record = json!({ "window": m.window, "ledger": m.ledger, "signals": m.signals,
                          "packSha256": written.pack_sha256, "out": out });

@@ -204,12 +204,30 @@ impl Ndjson {
     }
 }
 
-fn io(what: &Path) -> impl Fn(std::io::Error) -> String + '_ {
-    move |e| format!("{}: {e}", what.display())
+/// Why a pack was not written. Nothing is left behind: the staging directory goes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request cannot be met as asked: an existing pack, a missing directory, an empty
+    /// window.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("store: {0}")]
+    Store(String),
+    #[error("signing the pack: {0}")]
+    Sign(String),
+    #[error("the traces thread panicked")]
+    TracesPanicked,
 }
 
-fn store_err(e: impl std::fmt::Display) -> String {
-    format!("store: {e}")
+fn io(what: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: what.to_owned(), source }
+}
+
+fn store_err(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
 }
 
 /// What the export reads of every entry: located in the canonical stored form, parsed (the
@@ -226,7 +244,7 @@ struct EntryHead<'a> {
 }
 
 impl<'a> EntryHead<'a> {
-    fn of(bytes: &'a [u8]) -> Result<Self, String> {
+    fn of(bytes: &'a [u8]) -> Result<Self, Error> {
         match crate::kernel::ledger::stored_head(bytes) {
             Some(h) => Ok(EntryHead {
                 time: h.time,
@@ -240,7 +258,7 @@ impl<'a> EntryHead<'a> {
 }
 
 /// The first sequence whose entry time is at or after `t` (entry times never decrease).
-fn first_seq_at(table: &impl ReadableTable<u64, &'static [u8]>, head: u64, t: i64) -> Result<u64, String> {
+fn first_seq_at(table: &impl ReadableTable<u64, &'static [u8]>, head: u64, t: i64) -> Result<u64, Error> {
     let (mut lo, mut hi) = (1u64, head + 1);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -274,14 +292,14 @@ impl Written {
 }
 
 /// Writes the pack. The caller records it (`export.created`).
-pub fn write(src: &Sources, req: &Request, progress: &Progress) -> Result<Written, String> {
+pub fn write(src: &Sources, req: &Request, progress: &Progress) -> Result<Written, Error> {
     let out = &req.out;
     if out.exists() {
-        return Err(format!("{} exists: a pack is never overwritten", out.display()));
+        return Err(Error::Refused(format!("{} exists: a pack is never overwritten", out.display())));
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
-        return Err(format!("{} is not a directory", parent.display()));
+        return Err(Error::Refused(format!("{} is not a directory", parent.display())));
     }
     let txn = src.store.read().map_err(store_err)?;
     let appliance_id = read::appliance_id(&txn).map_err(store_err)?.unwrap_or_default();
@@ -291,233 +309,271 @@ pub fn write(src: &Sources, req: &Request, progress: &Progress) -> Result<Writte
     // snapshot, taken just before) is in the pack.
     let to_ms = req.to_ms.unwrap_or(src.now_ms + 1);
     if to_ms <= from_ms {
-        return Err(format!("the window is empty: --to ({to_ms}) must be after --from ({from_ms})"));
+        return Err(Error::Refused(format!("the window is empty: --to ({to_ms}) must be after --from ({from_ms})")));
     }
     let name = out.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let staging = parent.join(format!(".{name}.tmp-{}", crate::ids::random_hex(4)));
     std::fs::create_dir(&staging).map_err(io(&staging))?;
-    let result = (|| {
-        let manifest =
-            write_files(src, req, &txn, &staging, &appliance_id, previous.as_ref(), from_ms, to_ms, progress)?;
-        seal(&staging, out, req.tar)?;
-        Ok(manifest)
-    })();
+    let pack = Pack {
+        src,
+        req,
+        txn: &txn,
+        dir: &staging,
+        resource: otlp::resource(&appliance_id),
+        appliance_id: &appliance_id,
+        previous: previous.as_ref(),
+        from_ms,
+        to_ms,
+        progress,
+    };
+    let result = pack.write_files().and_then(|written| seal(&staging, out, req.tar).map(|()| written));
     let _ = std::fs::remove_dir_all(&staging);
     result
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the pack's parts, each needed; grouping them would be a struct used once"
-)]
-fn write_files(
-    src: &Sources,
-    req: &Request,
-    txn: &redb::ReadTransaction,
-    dir: &Path,
-    appliance_id: &str,
-    previous: Option<&Value>,
+/// One pack being written into its staging directory `dir`, from one read transaction.
+struct Pack<'a> {
+    src: &'a Sources<'a>,
+    req: &'a Request,
+    txn: &'a redb::ReadTransaction,
+    dir: &'a Path,
+    resource: otlp::Resource,
+    appliance_id: &'a str,
+    previous: Option<&'a Value>,
     from_ms: i64,
     to_ms: i64,
-    progress: &Progress,
-) -> Result<Written, String> {
-    let resource = otlp::resource(appliance_id);
-    let wants = |s: Signal| req.signals.contains(&s);
-    let open = |s: Signal| -> Result<Option<Ndjson>, String> {
-        let path = dir.join(s.file());
-        wants(s).then(|| Ndjson::create(&path).map_err(io(&path))).transpose()
-    };
-    let (mut ledger, mut logs, mut metrics, mut traces) =
-        (open(Signal::Ledger)?, open(Signal::Logs)?, open(Signal::Metrics)?, open(Signal::Traces)?);
-    progress.phase("exporting");
-
-    // The ledger window, read once. Traces are built from it on a second thread, fed the
-    // entries that matter to them in batches, while this one writes the ledger, the metrics
-    // and the logs. Only the head of an entry (time, kind, prev, hash) is read here.
-    let table = txn.open_table(LEDGER).map_err(store_err)?;
-    let head = read::ledger_head(txn).map_err(store_err)?.0;
-    let first = first_seq_at(&table, head, from_ms)?;
-    let mut range = manifest::LedgerRange::default();
-    let traces_path = dir.join(Signal::Traces.file());
-    let ledger_path = dir.join(Signal::Ledger.file());
-    std::thread::scope(|scope| -> Result<(), String> {
-        let (to_traces, batches) = std::sync::mpsc::sync_channel::<TraceBatch>(4);
-        let traces_thread = traces.take().map(|mut t| {
-            let (resource, traces_path) = (&resource, &traces_path);
-            scope.spawn(move || -> Result<Ndjson, String> {
-                let mut builder = traces::Builder::new(txn);
-                let mut finished: Vec<Vec<otlp::Span>> = Vec::new();
-                let write = |t: &mut Ndjson, finished: &mut Vec<Vec<otlp::Span>>| -> Result<(), String> {
-                    for spans in finished.drain(..) {
-                        t.render(spans.len() as u64, |buf| {
-                            otlp::write_traces_request(buf, resource, &spans);
-                            Ok(())
-                        })
-                        .map_err(io(traces_path))?;
-                    }
-                    Ok(())
-                };
-                for batch in batches {
-                    for entry in batch.entries() {
-                        let entry = traces::TraceEntry::of(entry).map_err(store_err)?;
-                        builder.feed(&entry, &mut |spans| finished.push(spans));
-                        write(&mut t, &mut finished)?;
-                    }
-                }
-                builder.finish(&mut |spans| finished.push(spans));
-                write(&mut t, &mut finished)?;
-                Ok(t)
-            })
-        });
-        let wants_traces = traces_thread.is_some();
-        let ledger_pass = (|| -> Result<(), String> {
-            if ledger.is_none() && !wants_traces {
-                return Ok(());
-            }
-            let (mut first_prev, mut last_hash) = (String::new(), String::new());
-            let (mut count, mut last_seq) = (0u64, 0);
-            let mut batch = TraceBatch::default();
-            for row in table.range(first..).map_err(store_err)? {
-                let (k, v) = row.map_err(store_err)?;
-                let h = EntryHead::of(v.value())?;
-                if h.time >= to_ms {
-                    break;
-                }
-                if count == 0 {
-                    first_prev = h.prev.into_owned();
-                }
-                count += 1;
-                last_seq = k.value();
-                if let Some(l) = ledger.as_mut() {
-                    l.line(v.value(), 1).map_err(io(&ledger_path))?;
-                }
-                if wants_traces && traces::relevant(&h.kind) {
-                    batch.push(v.value());
-                    if batch.bytes.len() >= TraceBatch::BYTES && to_traces.send(std::mem::take(&mut batch)).is_err() {
-                        break; // the traces thread stopped: its error is reported below
-                    }
-                }
-                last_hash = h.hash.into_owned();
-                progress.add(v.value().len() as u64);
-            }
-            if wants_traces && !batch.ends.is_empty() {
-                let _ = to_traces.send(batch);
-            }
-            range.count = count;
-            if count > 0 {
-                range.first_seq = Some(first);
-                range.first_prev = Some(first_prev.clone());
-                range.last_seq = Some(last_seq);
-                range.last_hash = Some(last_hash.clone());
-            }
-            Ok(())
-        })();
-        drop(to_traces);
-        let rest = ledger_pass.and_then(|()| {
-            write_metrics_and_logs(src, txn, dir, &resource, metrics.as_mut(), logs.as_mut(), from_ms, to_ms, progress)
-        });
-        if let Some(thread) = traces_thread {
-            traces = Some(thread.join().map_err(|_| "the traces thread panicked".to_owned())??);
-        }
-        rest
-    })?;
-
-    let mut files = std::collections::BTreeMap::new();
-    let mut sums: Vec<(String, String)> = Vec::new();
-    for (signal, sink) in
-        [(Signal::Ledger, ledger), (Signal::Logs, logs), (Signal::Metrics, metrics), (Signal::Traces, traces)]
-    {
-        if let Some(sink) = sink {
-            let (sha, summary) = sink.finish().map_err(io(&dir.join(signal.file())))?;
-            files.insert(signal.file().to_owned(), summary);
-            sums.push((signal.file().to_owned(), sha));
-        }
-    }
-    let fingerprint = src.key.public_key().fingerprint(ssh_key::HashAlg::Sha256).to_string();
-    let manifest = Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        appliance_id: appliance_id.to_owned(),
-        key_fingerprint: fingerprint,
-        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-        created_at: crate::clock::rfc3339(src.now_ms),
-        window: manifest::Window {
-            from_ms,
-            to_ms,
-            from: crate::clock::rfc3339(from_ms),
-            to: crate::clock::rfc3339(to_ms),
-        },
-        signals: req.signals.iter().map(|s| s.name().to_owned()).collect(),
-        ledger: range,
-        previous: previous.map(|p| manifest::Previous {
-            last_seq: p["ledger"]["lastSeq"].as_u64(),
-            last_hash: p["ledger"]["lastHash"].as_str().map(str::to_owned),
-            to_ms: p["window"]["toMs"].as_i64(),
-        }),
-        files,
-    };
-    let manifest_bytes = serde_json_canonicalizer::to_vec(&manifest).map_err(|e| e.to_string())?;
-    crate::fsutil::write_file_atomic(&dir.join(MANIFEST), &manifest_bytes, 0o644).map_err(io(&dir.join(MANIFEST)))?;
-    sums.push((MANIFEST.to_owned(), hex::encode(Sha256::digest(&manifest_bytes))));
-    sums.sort();
-    let sums_text: String = sums.iter().map(|(n, s)| format!("{s}  {n}\n")).collect();
-    crate::fsutil::write_file_atomic(&dir.join(SUMS), sums_text.as_bytes(), 0o644).map_err(io(&dir.join(SUMS)))?;
-    let signature = sig::sign(src.key, Namespace::Export, sums_text.as_bytes())?;
-    crate::fsutil::write_file_atomic(&dir.join(SUMS_SIG), signature.as_bytes(), 0o644)
-        .map_err(io(&dir.join(SUMS_SIG)))?;
-    Ok(Written { manifest, pack_sha256: hex::encode(Sha256::digest(sums_text.as_bytes())) })
+    progress: &'a Progress,
 }
 
-/// The metric snapshots and the log records of the window, into their files.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the pack's parts, each needed; grouping them would be a struct used once"
-)]
-fn write_metrics_and_logs(
-    src: &Sources,
-    txn: &redb::ReadTransaction,
-    dir: &Path,
-    resource: &otlp::Resource,
-    metrics: Option<&mut Ndjson>,
-    logs: Option<&mut Ndjson>,
-    from_ms: i64,
-    to_ms: i64,
-    progress: &Progress,
-) -> Result<(), String> {
-    if let Some(m) = metrics {
-        let snapshots = txn.open_table(METRIC_SNAPSHOTS).map_err(store_err)?;
-        for row in snapshots.range(from_ms.max(0) as u64..to_ms.max(0) as u64).map_err(store_err)? {
+/// The pack's files, one per signal asked for.
+struct Sinks {
+    ledger: Option<Ndjson>,
+    logs: Option<Ndjson>,
+    metrics: Option<Ndjson>,
+    traces: Option<Ndjson>,
+}
+
+impl Pack<'_> {
+    fn write_files(&self) -> Result<Written, Error> {
+        let open = |s: Signal| -> Result<Option<Ndjson>, Error> {
+            let path = self.dir.join(s.file());
+            self.req.signals.contains(&s).then(|| Ndjson::create(&path).map_err(io(&path))).transpose()
+        };
+        let mut sinks = Sinks {
+            ledger: open(Signal::Ledger)?,
+            logs: open(Signal::Logs)?,
+            metrics: open(Signal::Metrics)?,
+            traces: open(Signal::Traces)?,
+        };
+        self.progress.phase("exporting");
+        let range = self.stream(&mut sinks)?;
+        self.sign(sinks, range)
+    }
+
+    /// The ledger window, read once. Traces are built from it on a second thread, fed the
+    /// entries that matter to them in batches, while this one writes the ledger, the metrics
+    /// and the logs.
+    fn stream(&self, sinks: &mut Sinks) -> Result<manifest::LedgerRange, Error> {
+        std::thread::scope(|scope| {
+            let (to_traces, batches) = std::sync::mpsc::sync_channel::<TraceBatch>(4);
+            let traces_thread = sinks.traces.take().map(|t| scope.spawn(move || self.build_traces(t, batches)));
+            let to_traces = traces_thread.is_some().then_some(to_traces);
+            let range = self.ledger_pass(sinks.ledger.as_mut(), to_traces);
+            let rest = range.and_then(|range| {
+                self.write_metrics(sinks.metrics.as_mut())?;
+                self.write_logs(sinks.logs.as_mut())?;
+                Ok(range)
+            });
+            if let Some(thread) = traces_thread {
+                sinks.traces = Some(thread.join().map_err(|_| Error::TracesPanicked)??);
+            }
+            rest
+        })
+    }
+
+    /// Builds the traces from the batches of relevant entries and writes each run's as it ends.
+    fn build_traces(&self, mut t: Ndjson, batches: std::sync::mpsc::Receiver<TraceBatch>) -> Result<Ndjson, Error> {
+        let path = self.dir.join(Signal::Traces.file());
+        let mut builder = traces::Builder::new(self.txn);
+        let mut finished: Vec<Vec<otlp::Span>> = Vec::new();
+        let write = |t: &mut Ndjson, finished: &mut Vec<Vec<otlp::Span>>| -> Result<(), Error> {
+            for spans in finished.drain(..) {
+                t.render(spans.len() as u64, |buf| {
+                    otlp::write_traces_request(buf, &self.resource, &spans);
+                    Ok(())
+                })
+                .map_err(io(&path))?;
+            }
+            Ok(())
+        };
+        for batch in batches {
+            for entry in batch.entries() {
+                let entry = traces::TraceEntry::of(entry).map_err(store_err)?;
+                builder.feed(&entry, &mut |spans| finished.push(spans));
+                write(&mut t, &mut finished)?;
+            }
+        }
+        builder.finish(&mut |spans| finished.push(spans));
+        write(&mut t, &mut finished)?;
+        Ok(t)
+    }
+
+    /// Copies the window's entries as stored into `ledger` and sends those the traces need to
+    /// `to_traces`. Only the head of an entry (time, kind, prev, hash) is read here.
+    fn ledger_pass(
+        &self,
+        mut ledger: Option<&mut Ndjson>,
+        to_traces: Option<std::sync::mpsc::SyncSender<TraceBatch>>,
+    ) -> Result<manifest::LedgerRange, Error> {
+        let mut range = manifest::LedgerRange::default();
+        if ledger.is_none() && to_traces.is_none() {
+            return Ok(range);
+        }
+        let table = self.txn.open_table(LEDGER).map_err(store_err)?;
+        let head = read::ledger_head(self.txn).map_err(store_err)?.0;
+        let first = first_seq_at(&table, head, self.from_ms)?;
+        let ledger_path = self.dir.join(Signal::Ledger.file());
+        let (mut first_prev, mut last_hash) = (String::new(), String::new());
+        let (mut count, mut last_seq) = (0u64, 0);
+        let mut batch = TraceBatch::default();
+        for row in table.range(first..).map_err(store_err)? {
             let (k, v) = row.map_err(store_err)?;
-            let request = otlp::metrics_request(resource, k.value() as i64, &String::from_utf8_lossy(v.value()));
-            let n = request["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].as_array().map_or(0, Vec::len);
-            m.record(&request, n as u64).map_err(io(&dir.join(Signal::Metrics.file())))?;
-            progress.add(v.value().len() as u64);
+            let h = EntryHead::of(v.value())?;
+            if h.time >= self.to_ms {
+                break;
+            }
+            if count == 0 {
+                first_prev = h.prev.into_owned();
+            }
+            count += 1;
+            last_seq = k.value();
+            if let Some(l) = ledger.as_mut() {
+                l.line(v.value(), 1).map_err(io(&ledger_path))?;
+            }
+            if let Some(to) = to_traces.as_ref().filter(|_| traces::relevant(&h.kind)) {
+                batch.push(v.value());
+                if batch.bytes.len() >= TraceBatch::BYTES && to.send(std::mem::take(&mut batch)).is_err() {
+                    break; // the traces thread stopped: its error is reported by the caller
+                }
+            }
+            last_hash = h.hash.into_owned();
+            self.progress.add(v.value().len() as u64);
+        }
+        if let Some(to) = to_traces.filter(|_| !batch.ends.is_empty()) {
+            let _ = to.send(batch);
+        }
+        range.count = count;
+        if count > 0 {
+            range.first_seq = Some(first);
+            range.first_prev = Some(first_prev);
+            range.last_seq = Some(last_seq);
+            range.last_hash = Some(last_hash);
+        }
+        Ok(range)
+    }
+
+    /// The manifest, `SHA256SUMS` over every file, and its signature by the appliance key.
+    fn sign(&self, sinks: Sinks, range: manifest::LedgerRange) -> Result<Written, Error> {
+        let dir = self.dir;
+        let mut files = std::collections::BTreeMap::new();
+        let mut sums: Vec<(String, String)> = Vec::new();
+        for (signal, sink) in [
+            (Signal::Ledger, sinks.ledger),
+            (Signal::Logs, sinks.logs),
+            (Signal::Metrics, sinks.metrics),
+            (Signal::Traces, sinks.traces),
+        ] {
+            if let Some(sink) = sink {
+                let (sha, summary) = sink.finish().map_err(io(&dir.join(signal.file())))?;
+                files.insert(signal.file().to_owned(), summary);
+                sums.push((signal.file().to_owned(), sha));
+            }
+        }
+        let manifest = self.manifest(range, files);
+        let manifest_bytes = serde_json_canonicalizer::to_vec(&manifest).map_err(|e| Error::Sign(e.to_string()))?;
+        crate::fsutil::write_file_atomic(&dir.join(MANIFEST), &manifest_bytes, 0o644)
+            .map_err(io(&dir.join(MANIFEST)))?;
+        sums.push((MANIFEST.to_owned(), hex::encode(Sha256::digest(&manifest_bytes))));
+        sums.sort();
+        let sums_text: String = sums.iter().map(|(n, s)| format!("{s}  {n}\n")).collect();
+        crate::fsutil::write_file_atomic(&dir.join(SUMS), sums_text.as_bytes(), 0o644).map_err(io(&dir.join(SUMS)))?;
+        let signature = sig::sign(self.src.key, Namespace::Export, sums_text.as_bytes()).map_err(Error::Sign)?;
+        crate::fsutil::write_file_atomic(&dir.join(SUMS_SIG), signature.as_bytes(), 0o644)
+            .map_err(io(&dir.join(SUMS_SIG)))?;
+        Ok(Written { manifest, pack_sha256: hex::encode(Sha256::digest(sums_text.as_bytes())) })
+    }
+
+    fn manifest(
+        &self,
+        range: manifest::LedgerRange,
+        files: std::collections::BTreeMap<String, manifest::FileSummary>,
+    ) -> Manifest {
+        let (from_ms, to_ms) = (self.from_ms, self.to_ms);
+        Manifest {
+            format_version: manifest::FORMAT_VERSION,
+            appliance_id: self.appliance_id.to_owned(),
+            key_fingerprint: self.src.key.public_key().fingerprint(ssh_key::HashAlg::Sha256).to_string(),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            created_at: crate::clock::rfc3339(self.src.now_ms),
+            window: manifest::Window {
+                from_ms,
+                to_ms,
+                from: crate::clock::rfc3339(from_ms),
+                to: crate::clock::rfc3339(to_ms),
+            },
+            signals: self.req.signals.iter().map(|s| s.name().to_owned()).collect(),
+            ledger: range,
+            previous: self.previous.map(|p| manifest::Previous {
+                last_seq: p["ledger"]["lastSeq"].as_u64(),
+                last_hash: p["ledger"]["lastHash"].as_str().map(str::to_owned),
+                to_ms: p["window"]["toMs"].as_i64(),
+            }),
+            files,
         }
     }
 
-    if let Some(l) = logs {
+    /// The metric snapshots of the window.
+    fn write_metrics(&self, metrics: Option<&mut Ndjson>) -> Result<(), Error> {
+        let Some(m) = metrics else { return Ok(()) };
+        let path = self.dir.join(Signal::Metrics.file());
+        let snapshots = self.txn.open_table(METRIC_SNAPSHOTS).map_err(store_err)?;
+        let window = self.from_ms.max(0) as u64..self.to_ms.max(0) as u64;
+        for row in snapshots.range(window).map_err(store_err)? {
+            let (k, v) = row.map_err(store_err)?;
+            let request = otlp::metrics_request(&self.resource, k.value() as i64, &String::from_utf8_lossy(v.value()));
+            let n = request["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].as_array().map_or(0, Vec::len);
+            m.record(&request, n as u64).map_err(io(&path))?;
+            self.progress.add(v.value().len() as u64);
+        }
+        Ok(())
+    }
+
+    /// The log records of the window, redacted again on the way out.
+    fn write_logs(&self, logs: Option<&mut Ndjson>) -> Result<(), Error> {
+        let Some(l) = logs else { return Ok(()) };
         let mut batch = Vec::with_capacity(LOG_BATCH);
-        let path = dir.join(Signal::Logs.file());
-        let flush = |batch: &mut Vec<otlp::LogRecord>, l: &mut Ndjson| -> Result<(), String> {
+        let path = self.dir.join(Signal::Logs.file());
+        let flush = |batch: &mut Vec<otlp::LogRecord>, l: &mut Ndjson| -> Result<(), Error> {
             if !batch.is_empty() {
-                l.record(&otlp::logs_request(resource, batch), batch.len() as u64).map_err(io(&path))?;
+                l.record(&otlp::logs_request(&self.resource, batch), batch.len() as u64).map_err(io(&path))?;
                 batch.clear();
             }
             Ok(())
         };
         let mut line = String::new();
-        let files = crate::telemetry::logs::files(src.log_dir);
-        for file in files.into_iter().filter(|f| crate::telemetry::logs::may_hold(f, from_ms, to_ms)) {
+        let files = crate::telemetry::logs::files(self.src.log_dir);
+        for file in files.into_iter().filter(|f| crate::telemetry::logs::may_hold(f, self.from_ms, self.to_ms)) {
             let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file).map_err(io(&file))?);
             loop {
                 line.clear();
                 if reader.read_line(&mut line).map_err(io(&file))? == 0 {
                     break;
                 }
-                progress.add(line.len() as u64);
+                self.progress.add(line.len() as u64);
                 // Redacted again on the way out: a value set as a secret after it was logged.
                 let redacted = crate::telemetry::logs::redact(line.trim_end_matches('\n'));
                 let Some((ms, record)) = otlp::log_record(&redacted) else { continue };
-                if ms >= from_ms && ms < to_ms {
+                if ms >= self.from_ms && ms < self.to_ms {
                     batch.push(record);
                     if batch.len() == LOG_BATCH {
                         flush(&mut batch, l)?;
@@ -525,9 +581,8 @@ fn write_metrics_and_logs(
                 }
             }
         }
-        flush(&mut batch, l)?;
+        flush(&mut batch, l)
     }
-    Ok(())
 }
 
 /// Ledger entries on their way to the traces thread: one buffer and where each entry ends, so
@@ -554,7 +609,7 @@ impl TraceBatch {
 
 /// Moves the finished files into place: the directory renamed to `out`, or a tar of it written
 /// to `out` atomically (members: the signed small files first, then the NDJSON files).
-fn seal(staging: &Path, out: &Path, tar: bool) -> Result<(), String> {
+fn seal(staging: &Path, out: &Path, tar: bool) -> Result<(), Error> {
     std::fs::File::open(staging).and_then(|d| d.sync_all()).map_err(io(staging))?;
     if !tar {
         std::fs::rename(staging, out).map_err(io(out))?;
