@@ -1,10 +1,8 @@
 //! The bundles domain's tables: their definitions, records and reads.
 
-#![allow(unused_imports)]
-use crate::kernel::store::read::{corrupt, records, rerr};
-use crate::kernel::store::{Record, StoreError, rw};
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
+use crate::kernel::store::StoreError;
+use crate::kernel::store::read::{corrupt, rerr};
+use redb::{ReadTransaction, ReadableTable, TableDefinition};
 
 /// Projection: installed bundles by name → version, kind, digest, signer.
 pub const BUNDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("bundles");

@@ -1,9 +1,8 @@
 //! The locks domain's tables: their definitions, records and reads.
 
-#![allow(unused_imports)]
-use crate::kernel::store::read::{corrupt, records, rerr};
+use crate::kernel::store::read::{records, rerr};
 use crate::kernel::store::{Record, StoreError, rw};
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadTransaction, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// Projection: locks by resource key.

@@ -1,10 +1,9 @@
 //! The queue domain's tables: their definitions, records and reads.
 
-#![allow(unused_imports)]
 use crate::kernel::due::DUE;
 use crate::kernel::store::read::{corrupt, records, rerr};
 use crate::kernel::store::{Record, StoreError, rw};
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadTransaction, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// Projection: jobs by id (`job-000000000001`).

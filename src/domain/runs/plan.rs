@@ -266,44 +266,10 @@ fn start(
         serde_json_canonicalizer::to_vec(&inputs)
             .map_err(|e| CommandError::invalid("inputs", format!("inputs: {e}")))?,
     ));
-    if let Some(token) = run_token {
-        let existing = {
-            let t = txn.open_table(RUN_TOKENS).map_err(storage)?;
-            t.get(format!("{tenant}/{token}").as_str())
-                .map_err(storage)?
-                .map(|v| String::from_utf8_lossy(v.value()).into_owned())
-        };
-        if let Some(id) = existing {
-            let run = rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(storage)?, "runs", &id).map_err(storage)?;
-            return match run {
-                Some(r) if r.inputs_hash == inputs_hash => {
-                    Ok(Effects { note: Some(json!({ "existing": id })), ..Effects::default() })
-                }
-                _ => Err(CommandError::conflict(
-                    "run_token_reused",
-                    format!("runToken {token:?} already started {id} with different inputs"),
-                )),
-            };
-        }
+    if let Some(id) = run_token.map(|t| existing_run(txn, tenant, t, &inputs_hash)).transpose()?.flatten() {
+        return Ok(Effects { note: Some(json!({ "existing": id })), ..Effects::default() });
     }
-    let mut plugins = std::collections::BTreeMap::new();
-    for s in c.steps.iter().filter(|s| !spec::BUILTINS.contains(&s.plugin.as_str())) {
-        if let Some(pinned) = active.plugins.get(&s.plugin) {
-            plugins.insert(s.plugin.clone(), pinned.clone());
-            continue;
-        }
-        let digest = plugin_digest(txn, &s.plugin)?.ok_or_else(|| {
-            CommandError::conflict(
-                "plugin_not_installed",
-                format!("step {} needs plugin {:?}, which is not installed", s.name, s.plugin),
-            )
-        })?;
-        plugins.insert(s.plugin.clone(), digest);
-    }
-    let pinned: Vec<(String, String)> = plugins.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    if let Some(reason) = crate::domain::bundles::tables::quarantine_reason(txn, dag, &pinned)? {
-        return Err(CommandError::conflict("bundle_quarantined", format!("DAG {dag} cannot start: {reason}")));
-    }
+    let plugins = pinned_plugins(txn, dag, &c, active)?;
     let seq = match ctx.scratch.get::<NextRunSeq>().0 {
         Some(n) => n,
         None => next_counter(txn, "run_seq")?,
@@ -333,6 +299,59 @@ fn start(
         }
     }
     Ok(Effects { drafts: p.done(ctx), live: vec![], note: Some(json!({ "runId": id })) })
+}
+
+/// The run `token` already started in `tenant`, if it did with the same inputs; a conflict if it
+/// did with others.
+fn existing_run(
+    txn: &WriteTransaction,
+    tenant: &str,
+    token: &str,
+    inputs_hash: &str,
+) -> Result<Option<String>, CommandError> {
+    let existing = {
+        let t = txn.open_table(RUN_TOKENS).map_err(storage)?;
+        t.get(format!("{tenant}/{token}").as_str())
+            .map_err(storage)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned())
+    };
+    let Some(id) = existing else { return Ok(None) };
+    match rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(storage)?, "runs", &id).map_err(storage)? {
+        Some(r) if r.inputs_hash == inputs_hash => Ok(Some(id)),
+        _ => Err(CommandError::conflict(
+            "run_token_reused",
+            format!("runToken {token:?} already started {id} with different inputs"),
+        )),
+    }
+}
+
+/// The plugin digests a new run of `c` runs with: the version's pins (a signed DAG) or what is
+/// installed now (a dev registration). Refused if a plugin is missing or its bundle quarantined.
+fn pinned_plugins(
+    txn: &WriteTransaction,
+    dag: &str,
+    c: &Compiled,
+    version: &crate::domain::runs::tables::DagVersion,
+) -> Result<std::collections::BTreeMap<String, String>, CommandError> {
+    let mut plugins = std::collections::BTreeMap::new();
+    for s in c.steps.iter().filter(|s| !spec::BUILTINS.contains(&s.plugin.as_str())) {
+        if let Some(pinned) = version.plugins.get(&s.plugin) {
+            plugins.insert(s.plugin.clone(), pinned.clone());
+            continue;
+        }
+        let digest = plugin_digest(txn, &s.plugin)?.ok_or_else(|| {
+            CommandError::conflict(
+                "plugin_not_installed",
+                format!("step {} needs plugin {:?}, which is not installed", s.name, s.plugin),
+            )
+        })?;
+        plugins.insert(s.plugin.clone(), digest);
+    }
+    let pinned: Vec<(String, String)> = plugins.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(reason) = crate::domain::bundles::tables::quarantine_reason(txn, dag, &pinned)? {
+        return Err(CommandError::conflict("bundle_quarantined", format!("DAG {dag} cannot start: {reason}")));
+    }
+    Ok(plugins)
 }
 
 fn merged_inputs(c: &Compiled, given: &Map<String, Value>) -> Result<Value, CommandError> {

@@ -1,9 +1,8 @@
 //! The runs domain's tables: their definitions, records and reads.
 
-#![allow(unused_imports)]
 use crate::kernel::store::read::{corrupt, records, rerr};
 use crate::kernel::store::{Record, StoreError, rw};
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadTransaction, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// Projection: DAGs by name, with their versions.

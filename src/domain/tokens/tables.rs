@@ -1,9 +1,8 @@
 //! The tokens domain's tables: their definitions, records and reads.
 
-#![allow(unused_imports)]
-use crate::kernel::store::read::{corrupt, records, rerr};
-use crate::kernel::store::{Record, StoreError, rw};
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition};
+use crate::kernel::store::read::{corrupt, rerr};
+use crate::kernel::store::{Record, StoreError};
+use redb::{ReadTransaction, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// Projection: API tokens by id.
