@@ -156,81 +156,7 @@ impl Builder {
                 self.attempts.insert(key, attempt);
             }
             "step.succeeded" | "step.failed" | "step.retrying" | "step.interrupted" | "step.cancelled"
-            | "step.skipped" => {
-                let error = match e.kind.as_ref() {
-                    "step.succeeded" | "step.skipped" => None,
-                    "step.cancelled" => Some("cancelled".to_owned()),
-                    _ => Some(format!(
-                        "{}: {}",
-                        d.error_code.as_deref().unwrap_or("error"),
-                        d.error.as_deref().unwrap_or_default()
-                    )),
-                };
-                // The step record only for what began before the window.
-                let mut record: Option<Option<StepRecord>> = None;
-                let mut lookup = |b: &Self| record.get_or_insert_with(|| b.step(&run, &step)).clone();
-                let open = self.attempts.remove(&key).or_else(|| {
-                    // Started before the window: the step record has the last attempt's start.
-                    let r = lookup(self)?;
-                    Some(Attempt {
-                        start: r.started_ms?,
-                        attempt: r.attempts,
-                        worker: r.worker.clone().unwrap_or_default(),
-                        job: r.job.clone()?,
-                    })
-                });
-                if let Some(a) = open.filter(|_| e.kind != "step.skipped") {
-                    let again = matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted");
-                    let known = if again { self.jobs.get(&a.job).cloned() } else { self.jobs.remove(&a.job) };
-                    let (plugin, digest) = known.unwrap_or_else(|| {
-                        let plugin = lookup(self).map(|r| r.plugin).unwrap_or_default();
-                        let digest = self.run(&run).and_then(|r| r.plugins.get(&plugin).cloned());
-                        (plugin, digest)
-                    });
-                    let mut attributes = vec![
-                        kv("stella.run.id", string(&run)),
-                        kv("stella.step", string(&step)),
-                        kv("stella.job.id", string(&a.job)),
-                        kv("stella.attempt", int(i64::from(a.attempt))),
-                        kv("stella.worker", string(&a.worker)),
-                        kv("stella.plugin", string(&plugin)),
-                        kv("stella.outcome", string(e.kind.trim_start_matches("step."))),
-                    ];
-                    if let Some(digest) = digest {
-                        attributes.push(kv("stella.plugin.digest", string(&digest)));
-                    }
-                    let span = SpanParts {
-                        trace_id: otlp::trace_id(&run),
-                        span_id: otlp::attempt_span_id(&a.job, a.attempt),
-                        parent: Some(otlp::step_span_id(&run, &step)),
-                        name: "attempt",
-                        start_ms: a.start,
-                        end_ms: e.time,
-                        attributes,
-                        error: error.clone(),
-                    };
-                    self.push(&run, span.build());
-                }
-                if !matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted") {
-                    let start =
-                        self.queued.remove(&key).or_else(|| lookup(self).and_then(|r| r.queued_ms)).unwrap_or(e.time);
-                    let span = SpanParts {
-                        trace_id: otlp::trace_id(&run),
-                        span_id: otlp::step_span_id(&run, &step),
-                        parent: Some(otlp::run_span_id(&run)),
-                        name: "step",
-                        start_ms: start,
-                        end_ms: e.time,
-                        attributes: vec![
-                            kv("stella.run.id", string(&run)),
-                            kv("stella.step", string(&step)),
-                            kv("stella.outcome", string(e.kind.trim_start_matches("step."))),
-                        ],
-                        error,
-                    };
-                    self.push(&run, span.build());
-                }
-            }
+            | "step.skipped" => self.attempt_ended(e, &run, &step, &key),
             "run.succeeded" | "run.failed" | "run.cancelled" => {
                 let record = self.run(&run);
                 let status = e.kind.trim_start_matches("run.");
@@ -258,6 +184,84 @@ impl Builder {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A step's attempt ended (or the step did without one: a skip): the attempt's span, and
+    /// the step's unless it is queued again.
+    fn attempt_ended(&mut self, e: &TraceEntry, run: &str, step: &str, key: &str) {
+        let d = &e.data;
+        let error = match e.kind.as_ref() {
+            "step.succeeded" | "step.skipped" => None,
+            "step.cancelled" => Some("cancelled".to_owned()),
+            _ => Some(format!(
+                "{}: {}",
+                d.error_code.as_deref().unwrap_or("error"),
+                d.error.as_deref().unwrap_or_default()
+            )),
+        };
+        // The step record only for what began before the window.
+        let mut record: Option<Option<StepRecord>> = None;
+        let mut lookup = |b: &Self| record.get_or_insert_with(|| b.step(run, step)).clone();
+        let open = self.attempts.remove(key).or_else(|| {
+            // Started before the window: the step record has the last attempt's start.
+            let r = lookup(self)?;
+            Some(Attempt {
+                start: r.started_ms?,
+                attempt: r.attempts,
+                worker: r.worker.clone().unwrap_or_default(),
+                job: r.job.clone()?,
+            })
+        });
+        if let Some(a) = open.filter(|_| e.kind != "step.skipped") {
+            let again = matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted");
+            let known = if again { self.jobs.get(&a.job).cloned() } else { self.jobs.remove(&a.job) };
+            let (plugin, digest) = known.unwrap_or_else(|| {
+                let plugin = lookup(self).map(|r| r.plugin).unwrap_or_default();
+                let digest = self.run(run).and_then(|r| r.plugins.get(&plugin).cloned());
+                (plugin, digest)
+            });
+            let mut attributes = vec![
+                kv("stella.run.id", string(run)),
+                kv("stella.step", string(step)),
+                kv("stella.job.id", string(&a.job)),
+                kv("stella.attempt", int(i64::from(a.attempt))),
+                kv("stella.worker", string(&a.worker)),
+                kv("stella.plugin", string(&plugin)),
+                kv("stella.outcome", string(e.kind.trim_start_matches("step."))),
+            ];
+            if let Some(digest) = digest {
+                attributes.push(kv("stella.plugin.digest", string(&digest)));
+            }
+            let span = SpanParts {
+                trace_id: otlp::trace_id(run),
+                span_id: otlp::attempt_span_id(&a.job, a.attempt),
+                parent: Some(otlp::step_span_id(run, step)),
+                name: "attempt",
+                start_ms: a.start,
+                end_ms: e.time,
+                attributes,
+                error: error.clone(),
+            };
+            self.push(run, span.build());
+        }
+        if !matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted") {
+            let start = self.queued.remove(key).or_else(|| lookup(self).and_then(|r| r.queued_ms)).unwrap_or(e.time);
+            let span = SpanParts {
+                trace_id: otlp::trace_id(run),
+                span_id: otlp::step_span_id(run, step),
+                parent: Some(otlp::run_span_id(run)),
+                name: "step",
+                start_ms: start,
+                end_ms: e.time,
+                attributes: vec![
+                    kv("stella.run.id", string(run)),
+                    kv("stella.step", string(step)),
+                    kv("stella.outcome", string(e.kind.trim_start_matches("step."))),
+                ],
+                error,
+            };
+            self.push(run, span.build());
         }
     }
 
