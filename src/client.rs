@@ -41,6 +41,19 @@ impl Reply {
             .map_err(|e| CliError::Other(format!("daemon sent a body that is not JSON: {e}")))
     }
 
+    /// The body parsed once: the JSON as received (what `--format json` prints, unchanged) and
+    /// the same JSON read as `T`, the reply type the daemon serializes (what text output renders).
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<(serde_json::Value, T), CliError> {
+        let raw = self.json()?;
+        let typed = T::deserialize(&raw).map_err(|e| {
+            let name = std::any::type_name::<T>().rsplit("::").next().unwrap_or("reply");
+            CliError::Other(format!(
+                "the daemon's reply is not a {name}: {e} — is the daemon the same version as this CLI?"
+            ))
+        })?;
+        Ok((raw, typed))
+    }
+
     /// Turns a problem document (or any non-2xx) into the CLI's typed error.
     pub fn ok(self) -> Result<Reply, CliError> {
         if self.status.is_success() {

@@ -2,8 +2,9 @@
 //! offline ones, to files); the others answer `"not available yet: <what>"` with exit code 3 and
 //! never print fake output.
 
+use crate::api::dto;
 use crate::cli::args::*;
-use crate::cli::output::{self, s, table};
+use crate::cli::output::{self, opt, s, table};
 use crate::cli::target;
 use crate::cli::{queue, runs};
 use crate::config::Layout;
@@ -118,28 +119,30 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
 
 async fn status(g: &Global) -> Result<(), CliError> {
     let client = target::client(g)?;
-    let v = client.get("/api/v1/orchestrator/status").await?.ok()?.json()?;
-    output::print(g.format, &v, |v| {
-        format!(
-            "stella {} ({})\nappliance:   {}\nuptime:      {}s (since {})\nstore:       {} ({} bytes, schema {})\nledger:      height {} head {}\nwriter:      {} commands in {} commits, backlog {}\nqueue depth: {}\nlisteners:   {}\n",
-            s(&v["version"]),
-            if v["dev"].as_bool() == Some(true) { "dev" } else { "production" },
-            s(&v["applianceId"]),
-            s(&v["uptimeSeconds"]),
-            s(&v["startedAt"]),
-            s(&v["store"]["path"]),
-            s(&v["store"]["sizeBytes"]),
-            s(&v["store"]["schemaVersion"]),
-            s(&v["ledger"]["height"]),
-            s(&v["ledger"]["headHash"]),
-            s(&v["writer"]["commands"]),
-            s(&v["writer"]["commits"]),
-            s(&v["writer"]["backlog"]),
-            s(&v["queueDepth"]),
-            v["listeners"].as_array().map(|l| l.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
-        )
-    });
+    let (raw, v) = client.get("/api/v1/orchestrator/status").await?.ok()?.typed::<dto::Status>()?;
+    output::show(g.format, &raw, &v, status_text);
     Ok(())
+}
+
+fn status_text(v: &dto::Status) -> String {
+    format!(
+        "stella {} ({})\nappliance:   {}\nuptime:      {}s (since {})\nstore:       {} ({} bytes, schema {})\nledger:      height {} head {}\nwriter:      {} commands in {} commits, backlog {}\nqueue depth: {}\nlisteners:   {}\n",
+        v.version,
+        if v.dev { "dev" } else { "production" },
+        opt(&v.appliance_id),
+        v.uptime_seconds,
+        v.started_at,
+        v.store.path,
+        v.store.size_bytes,
+        v.store.schema_version,
+        v.ledger.height,
+        v.ledger.head_hash,
+        v.writer.commands,
+        v.writer.commits,
+        v.writer.backlog,
+        v.queue_depth,
+        v.listeners.join(", "),
+    )
 }
 
 /// Asks the daemon; if none answers on the socket, verifies the stopped store read-only.
@@ -147,7 +150,10 @@ async fn db_verify(g: &Global, chain_only: bool) -> Result<(), CliError> {
     let client = target::client(g)?;
     let query = if chain_only { "?chainOnly=true" } else { "" };
     match client.get(&format!("/api/v1/orchestrator/admin/db/verify{query}")).await {
-        Ok(reply) => report_verify(g, reply.ok()?.json()?),
+        Ok(reply) => {
+            let (raw, v) = reply.ok()?.typed::<dto::DbVerify>()?;
+            report_verify(g, &raw, &v)
+        }
         Err(CliError::Unreachable(_)) if g.server.is_none() => db_verify_offline(g, chain_only),
         Err(e) => Err(e),
     }
@@ -161,8 +167,8 @@ fn db_verify_offline(g: &Global, chain_only: bool) -> Result<(), CliError> {
             .map_err(|e| store::StoreError::Redb { path: path.clone(), source: e.into() })?;
         if chain_only { crate::kernel::verify::verify_chain(&txn, 2) } else { crate::machine::verify(&txn) }
     })?;
-    let dto: crate::api::dto::DbVerify = report.into();
-    report_verify(g, serde_json::to_value(dto).expect("json"))
+    let v: dto::DbVerify = report.into();
+    report_verify(g, &serde_json::to_value(&v).expect("json"), &v)
 }
 
 /// Opens the stopped store for writing (redb repairs it then, as the daemon's start would),
@@ -179,49 +185,45 @@ fn db_repair(g: &Global) -> Result<(), CliError> {
     db_verify_offline(g, false)
 }
 
-fn report_verify(g: &Global, v: serde_json::Value) -> Result<(), CliError> {
-    let ok = v["ok"].as_bool() == Some(true);
-    output::print(g.format, &v, |v| {
-        let tables: Vec<String> = v["tables"].as_array().map(|t| t.iter().map(s).collect()).unwrap_or_default();
-        let (entries, head) = (s(&v["entries"]), format!("{} {}", s(&v["headSeq"]), s(&v["headHash"])));
-        if ok && tables.is_empty() {
+fn report_verify(g: &Global, raw: &serde_json::Value, v: &dto::DbVerify) -> Result<(), CliError> {
+    output::show(g.format, raw, v, |v| {
+        let (entries, head) = (v.entries, format!("{} {}", v.head_seq, v.head_hash));
+        if v.ok && v.tables.is_empty() {
             format!("ok: the chain of {entries} ledger entries holds, head {head} (tables not checked)\n")
-        } else if ok {
+        } else if v.ok {
             format!(
                 "ok: {entries} ledger entries verified, head {head}; tables match the replay: {}\n",
-                tables.join(", ")
+                v.tables.join(", ")
             )
         } else {
             String::new()
         }
     });
-    if ok { Ok(()) } else { Err(CliError::VerifyFailed(s(&v["problem"]))) }
+    if v.ok { Ok(()) } else { Err(CliError::VerifyFailed(opt(&v.problem))) }
 }
 
 async fn ledger(g: &Global, after: u64, limit: usize) -> Result<(), CliError> {
     let client = target::client(g)?;
-    let v = client.get(&format!("/api/v1/orchestrator/ledger?after={after}&limit={limit}")).await?.ok()?.json()?;
-    output::print(g.format, &v, |v| {
-        let rows: Vec<Vec<String>> = v["entries"]
-            .as_array()
-            .map(|es| {
-                es.iter()
-                    .map(|e| {
-                        vec![
-                            s(&e["seq"]),
-                            crate::clock::rfc3339(e["time"].as_i64().unwrap_or(0)),
-                            s(&e["tenant"]),
-                            s(&e["actor"]),
-                            s(&e["kind"]),
-                            e["subjects"]
-                                .as_array()
-                                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
-                                .unwrap_or_default(),
-                        ]
-                    })
-                    .collect()
+    let (raw, v) = client
+        .get(&format!("/api/v1/orchestrator/ledger?after={after}&limit={limit}"))
+        .await?
+        .ok()?
+        .typed::<dto::LedgerPage>()?;
+    output::show(g.format, &raw, &v, |v| {
+        let rows: Vec<Vec<String>> = v
+            .entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.seq.to_string(),
+                    crate::clock::rfc3339(e.time),
+                    e.tenant.clone(),
+                    e.actor.clone(),
+                    e.kind.clone(),
+                    e.subjects.join(","),
+                ]
             })
-            .unwrap_or_default();
+            .collect();
         table(&["SEQ", "TIME", "TENANT", "ACTOR", "KIND", "SUBJECTS"], &rows)
     });
     Ok(())
@@ -233,58 +235,58 @@ async fn token(g: &Global, cmd: TokenCmd) -> Result<(), CliError> {
         TokenCmd::Create { tenant, scopes, expires, description } => {
             let scopes: Vec<&str> = scopes.split(',').map(str::trim).filter(|x| !x.is_empty()).collect();
             let body = json!({ "tenant": tenant, "scopes": scopes, "expires": expires, "description": description });
-            let v = client.post("/api/v1/orchestrator/auth/tokens", &body).await?.ok()?.json()?;
-            output::print(g.format, &v, |v| {
-                format!(
-                    "created {} for tenant {} with {}; expires {}\n{}\n(the token is shown only this once)\n",
-                    s(&v["id"]),
-                    s(&v["tenant"]),
-                    v["scopes"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default(),
-                    s(&v["expiresAt"]),
-                    s(&v["token"])
-                )
-            });
+            let (raw, v) =
+                client.post("/api/v1/orchestrator/auth/tokens", &body).await?.ok()?.typed::<dto::TokenCreated>()?;
+            output::show(g.format, &raw, &v, token_created_text);
         }
         TokenCmd::List => {
-            let v = client.get("/api/v1/orchestrator/auth/tokens").await?.ok()?.json()?;
-            output::print(g.format, &v, |v| {
-                let rows: Vec<Vec<String>> = v["tokens"]
-                    .as_array()
-                    .map(|ts| {
-                        ts.iter()
-                            .map(|t| {
-                                vec![
-                                    s(&t["id"]),
-                                    s(&t["tenant"]),
-                                    s(&t["state"]),
-                                    t["scopes"]
-                                        .as_array()
-                                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
-                                        .unwrap_or_default(),
-                                    s(&t["expiresAt"]),
-                                    s(&t["description"]),
-                                ]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                table(&["ID", "TENANT", "STATE", "SCOPES", "EXPIRES", "DESCRIPTION"], &rows)
-            });
+            let (raw, v) = client.get("/api/v1/orchestrator/auth/tokens").await?.ok()?.typed::<dto::TokenList>()?;
+            output::show(g.format, &raw, &v, tokens_text);
         }
         TokenCmd::Show { id } => {
+            // Text output is the reply itself, pretty-printed: no field is rendered.
             let v = client.get(&format!("/api/v1/orchestrator/auth/tokens/{id}")).await?.ok()?.json()?;
             output::print(g.format, &v, |v| serde_json::to_string_pretty(v).unwrap_or_default() + "\n");
         }
         TokenCmd::Revoke { id, reason } => {
-            let v = client
+            let (raw, v) = client
                 .post(&format!("/api/v1/orchestrator/auth/tokens/{id}/revoke"), &json!({ "reason": reason }))
                 .await?
                 .ok()?
-                .json()?;
-            output::print(g.format, &v, |v| format!("{} is {}\n", s(&v["id"]), s(&v["state"])));
+                .typed::<dto::Token>()?;
+            output::show(g.format, &raw, &v, |v| format!("{} is {}\n", v.id, v.state));
         }
     }
     Ok(())
+}
+
+fn token_created_text(v: &dto::TokenCreated) -> String {
+    format!(
+        "created {} for tenant {} with {}; expires {}\n{}\n(the token is shown only this once)\n",
+        v.info.id,
+        v.info.tenant,
+        v.info.scopes.join(","),
+        opt(&v.info.expires_at),
+        v.token
+    )
+}
+
+fn tokens_text(v: &dto::TokenList) -> String {
+    let rows: Vec<Vec<String>> = v
+        .tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.tenant.clone(),
+                t.state.clone(),
+                t.scopes.join(","),
+                opt(&t.expires_at),
+                opt(&t.description),
+            ]
+        })
+        .collect();
+    table(&["ID", "TENANT", "STATE", "SCOPES", "EXPIRES", "DESCRIPTION"], &rows)
 }
 
 async fn secrets(g: &Global, cmd: SecretsCmd) -> Result<(), CliError> {
@@ -353,11 +355,11 @@ async fn restart_in_place(g: &Global) -> Result<(), CliError> {
     let mut pause = std::time::Duration::from_millis(20);
     loop {
         if let Ok(reply) = client.get("/api/v1/orchestrator/status").await
-            && let Ok(v) = reply.ok().and_then(|r| r.json())
-            && v["startedAt"] != before["startedAt"]
+            && let Ok((raw, v)) = reply.ok().and_then(|r| r.typed::<dto::Status>())
+            && before["startedAt"].as_str() != Some(v.started_at.as_str())
         {
-            output::print(g.format, &v, |v| {
-                format!("restarted: the appliance started again at {}\n", s(&v["startedAt"]))
+            output::show(g.format, &raw, &v, |v| {
+                format!("restarted: the appliance started again at {}\n", v.started_at)
             });
             return Ok(());
         }

@@ -15,6 +15,20 @@ pub fn print(format: Format, value: &serde_json::Value, text: impl FnOnce(&serde
     }
 }
 
+/// Prints the daemon's reply as received (`raw`) for `--format json`, or the text that `text`
+/// renders from the same reply read as its type (`typed`).
+pub fn show<T>(format: Format, raw: &serde_json::Value, typed: &T, text: impl FnOnce(&T) -> String) {
+    match format {
+        Format::Json => json(raw),
+        Format::Text => print!("{}", text(typed)),
+    }
+}
+
+/// An optional field as text: `-` when absent, as [`s`] renders a JSON null.
+pub fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".to_owned(), T::to_string)
+}
+
 /// A plain table with left-aligned columns.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

@@ -1,40 +1,34 @@
 //! `stella orch queue|dlq|locks|config|agent …`: the runbooks' queue, lock and config
 //! operations, through the daemon's API.
 
+use crate::api::dto;
 use crate::cli::args::*;
-use crate::cli::output::{self, s, table};
+use crate::cli::output::{self, opt, s, table};
 use crate::cli::target;
 use crate::client::Client;
 use crate::exit::CliError;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
 const P: &str = "/api/v1/orchestrator";
 
-fn list(v: &Value, key: &str) -> Vec<Value> {
-    v[key].as_array().cloned().unwrap_or_default()
-}
-
-fn joined(v: &Value) -> String {
-    v.as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default()
-}
-
-async fn put(client: &Client, path: &str, body: &Value) -> Result<Value, CliError> {
+async fn put<T: DeserializeOwned>(client: &Client, path: &str, body: &Value) -> Result<(Value, T), CliError> {
     let bytes = serde_json::to_vec(body).expect("json");
-    client.send(hyper::Method::PUT, path, Some(bytes)).await?.ok()?.json()
+    client.send(hyper::Method::PUT, path, Some(bytes)).await?.ok()?.typed()
 }
 
 pub async fn queue(g: &Global, cmd: QueueCmd) -> Result<(), CliError> {
     let client = target::client(g)?;
-    let v = match cmd {
-        QueueCmd::Status => client.get(&format!("{P}/queue")).await?.ok()?.json()?,
+    let (raw, v): (Value, dto::QueueStatus) = match cmd {
+        QueueCmd::Status => client.get(&format!("{P}/queue")).await?.ok()?.typed()?,
         QueueCmd::Pause { job_type, create } => {
             let q = if create { "?create=true" } else { "" };
-            client.post(&format!("{P}/queue/{job_type}/pause{q}"), &json!({})).await?.ok()?.json()?
+            client.post(&format!("{P}/queue/{job_type}/pause{q}"), &json!({})).await?.ok()?.typed()?
         }
         QueueCmd::Resume { job_type } => {
-            client.post(&format!("{P}/queue/{job_type}/resume"), &json!({})).await?.ok()?.json()?
+            client.post(&format!("{P}/queue/{job_type}/resume"), &json!({})).await?.ok()?.typed()?
         }
         QueueCmd::Budget(BudgetCmd::Set { job_type, rate, burst, max_depth, for_, tenant }) => {
             let body = json!({ "rate": rate, "burst": burst, "maxDepth": max_depth, "for": for_, "tenant": tenant });
@@ -42,46 +36,48 @@ pub async fn queue(g: &Global, cmd: QueueCmd) -> Result<(), CliError> {
         }
         QueueCmd::Budget(BudgetCmd::Clear { job_type, tenant }) => {
             let q = tenant.map(|t| format!("?tenant={t}")).unwrap_or_default();
-            client.send(hyper::Method::DELETE, &format!("{P}/queue/{job_type}/budget{q}"), None).await?.ok()?.json()?
+            client.send(hyper::Method::DELETE, &format!("{P}/queue/{job_type}/budget{q}"), None).await?.ok()?.typed()?
         }
         QueueCmd::Enqueue { job_type, payload, priority, max_attempts, delay, key, tenant } => {
             let payload: Value =
                 serde_json::from_str(&payload).map_err(|e| CliError::Invalid(format!("--payload is not JSON: {e}")))?;
             let body = json!({ "type": job_type, "payload": payload, "priority": priority, "maxAttempts": max_attempts,
                                "delay": delay, "idempotencyKey": key, "tenant": tenant });
-            let v = client.post(&format!("{P}/jobs"), &body).await?.ok()?.json()?;
-            output::print(g.format, &v, |v| format!("{} {} ({})\n", s(&v["id"]), s(&v["state"]), s(&v["type"])));
+            let (raw, v) = client.post(&format!("{P}/jobs"), &body).await?.ok()?.typed::<dto::Job>()?;
+            output::show(g.format, &raw, &v, |v| format!("{} {} ({})\n", v.id, v.state, v.job_type));
             return Ok(());
         }
     };
-    output::print(g.format, &v, queue_text);
+    output::show(g.format, &raw, &v, queue_text);
     Ok(())
 }
 
-fn queue_text(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = list(v, "types")
+fn queue_text(v: &dto::QueueStatus) -> String {
+    let rows: Vec<Vec<String>> = v
+        .types
         .iter()
         .map(|t| {
-            let budgets = list(t, "budgets")
+            let budgets = t
+                .budgets
                 .iter()
                 .map(|b| {
-                    let until = match (b["until"].as_str(), b.get("restores")) {
+                    let until = match (&b.until, &b.restores) {
                         (Some(u), Some(r)) => format!(" until {u}, then {}", budget_text(r)),
                         (Some(u), None) => format!(" until {u}, then none"),
                         _ => String::new(),
                     };
-                    format!("{}:{}{until}", s(&b["tenant"]), budget_text(b))
+                    format!("{}:{}{until}", b.tenant, budget_text(b))
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
             vec![
-                s(&t["type"]),
-                s(&t["ready"]),
-                s(&t["delayed"]),
-                s(&t["leased"]),
-                s(&t["dead"]),
-                t["oldestReadyAgeSeconds"].as_u64().map_or("-".into(), |a| format!("{a}s")),
-                if t["paused"] == true { format!("paused by {}", s(&t["pausedBy"])) } else { "running".into() },
+                t.job_type.clone(),
+                t.ready.to_string(),
+                t.delayed.to_string(),
+                t.leased.to_string(),
+                t.dead.to_string(),
+                t.oldest_ready_age_seconds.map_or("-".into(), |a| format!("{a}s")),
+                if t.paused { format!("paused by {}", opt(&t.paused_by)) } else { "running".into() },
                 if budgets.is_empty() { "-".into() } else { budgets },
             ]
         })
@@ -89,50 +85,70 @@ fn queue_text(v: &Value) -> String {
     format!(
         "{}depth {}  leased {}  dlq {}\n",
         table(&["TYPE", "READY", "DELAYED", "LEASED", "DEAD", "OLDEST", "DISPATCH", "BUDGETS"], &rows),
-        s(&v["depth"]),
-        s(&v["leased"]),
-        s(&v["dlqDepth"])
+        v.depth,
+        v.leased,
+        v.dlq_depth
     )
 }
 
 /// `100/s depth<=3`: a budget's rate and depth limit.
-fn budget_text(b: &Value) -> String {
-    let parts: Vec<String> = [
-        b["rate"].as_str().map(str::to_owned),
-        b["burst"].as_u64().map(|n| format!("burst {n}")),
-        b["maxDepth"].as_u64().map(|d| format!("depth<={d}")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+fn budget_text(b: &dto::BudgetDto) -> String {
+    let parts: Vec<String> =
+        [b.rate.clone(), b.burst.map(|n| format!("burst {n}")), b.max_depth.map(|d| format!("depth<={d}"))]
+            .into_iter()
+            .flatten()
+            .collect();
     if parts.is_empty() { "-".into() } else { parts.join(" ") }
 }
 
-fn jobs_text(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = list(v, "jobs")
+fn jobs_text(v: &dto::JobList) -> String {
+    let rows: Vec<Vec<String>> = v
+        .jobs
         .iter()
         .map(|j| {
             vec![
-                s(&j["id"]),
-                s(&j["type"]),
-                s(&j["tenant"]),
-                format!("{}/{}", s(&j["attempt"]), s(&j["maxAttempts"])),
-                s(&j["finishedAt"]),
-                s(&j["lastError"]),
+                j.id.clone(),
+                j.job_type.clone(),
+                j.tenant.clone(),
+                format!("{}/{}", j.attempt, j.max_attempts),
+                opt(&j.finished_at),
+                opt(&j.last_error),
             ]
         })
         .collect();
     table(&["ID", "TYPE", "TENANT", "ATTEMPTS", "DIED", "LAST ERROR"], &rows)
 }
 
+/// What a DLQ replay did: each new job (through its run for a DAG step), each entry left.
+fn replayed_text(v: &dto::JobList) -> String {
+    let mut out: String = v
+        .jobs
+        .iter()
+        .map(|j| match j.payload["run"].as_str() {
+            Some(run) => format!(
+                "replayed {} through its run: step {run}/{} retried as {}\n",
+                opt(&j.replay_of),
+                s(&j.payload["step"]),
+                j.id
+            ),
+            None => format!("replayed {} as {}\n", opt(&j.replay_of), j.id),
+        })
+        .collect();
+    for r in &v.refused {
+        out.push_str(&format!("left {} in the dead-letter queue: {}\n", r.id, r.reason));
+    }
+    out
+}
+
 pub async fn dlq(g: &Global, cmd: DlqCmd) -> Result<(), CliError> {
     let client = target::client(g)?;
     match cmd {
         DlqCmd::List => {
-            let v = client.get(&format!("{P}/dlq")).await?.ok()?.json()?;
-            output::print(g.format, &v, jobs_text);
+            let (raw, v) = client.get(&format!("{P}/dlq")).await?.ok()?.typed::<dto::JobList>()?;
+            output::show(g.format, &raw, &v, jobs_text);
         }
         DlqCmd::Show { id } => {
+            // Text output is the reply itself, pretty-printed: no field is rendered.
             let v = client.get(&format!("{P}/dlq/{id}")).await?.ok()?.json()?;
             output::print(g.format, &v, |v| serde_json::to_string_pretty(v).unwrap_or_default() + "\n");
         }
@@ -143,25 +159,8 @@ pub async fn dlq(g: &Global, cmd: DlqCmd) -> Result<(), CliError> {
                 (None, None, true) => json!({ "all": true }),
                 _ => return Err(CliError::Invalid("name exactly one of ID, --type T or --all".into())),
             };
-            let v = client.post(&format!("{P}/dlq/replay"), &body).await?.ok()?.json()?;
-            output::print(g.format, &v, |v| {
-                let mut out: String = list(v, "jobs")
-                    .iter()
-                    .map(|j| match j["payload"]["run"].as_str() {
-                        Some(run) => format!(
-                            "replayed {} through its run: step {run}/{} retried as {}\n",
-                            s(&j["replayOf"]),
-                            s(&j["payload"]["step"]),
-                            s(&j["id"])
-                        ),
-                        None => format!("replayed {} as {}\n", s(&j["replayOf"]), s(&j["id"])),
-                    })
-                    .collect();
-                for r in list(v, "refused") {
-                    out.push_str(&format!("left {} in the dead-letter queue: {}\n", s(&r["id"]), s(&r["reason"])));
-                }
-                out
-            });
+            let (raw, v) = client.post(&format!("{P}/dlq/replay"), &body).await?.ok()?.typed::<dto::JobList>()?;
+            output::show(g.format, &raw, &v, replayed_text);
         }
         DlqCmd::Purge { ids, snapshot, job_type, all } => purge(g, &client, ids, snapshot, job_type, all).await?,
     }
@@ -183,13 +182,17 @@ async fn purge(
             "purge needs --snapshot FILE: the purged entries are written there first".into(),
         ));
     };
-    let dead = list(&client.get(&format!("{P}/dlq")).await?.ok()?.json()?, "jobs");
-    let chosen: Vec<&Value> = dead
+    let (raw, dead) = client.get(&format!("{P}/dlq")).await?.ok()?.typed::<dto::JobList>()?;
+    // Each dead job typed, beside its JSON as received (which the snapshot keeps).
+    let raw_jobs = raw["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let chosen: Vec<(&dto::Job, &Value)> = dead
+        .jobs
         .iter()
-        .filter(|j| match (&job_type, all, ids.is_empty()) {
-            (Some(t), false, true) => j["type"] == t.as_str(),
+        .zip(raw_jobs)
+        .filter(|(j, _)| match (&job_type, all, ids.is_empty()) {
+            (Some(t), false, true) => j.job_type == *t,
             (None, true, true) => true,
-            (None, false, false) => ids.iter().any(|id| j["id"] == id.as_str()),
+            (None, false, false) => ids.contains(&j.id),
             _ => false,
         })
         .collect();
@@ -211,27 +214,63 @@ async fn purge(
         output::print(g.format, &json!({ "released": [] }), |_| format!("{what}; nothing to purge\n"));
         return Ok(());
     }
+    let sha = write_snapshot(&snapshot, chosen.iter().map(|(_, raw)| *raw))?;
+    let ids: Vec<&str> = chosen.iter().map(|(j, _)| j.id.as_str()).collect();
+    let (raw, v) = client
+        .post(&format!("{P}/dlq/purge"), &json!({ "ids": ids, "snapshotSha256": sha }))
+        .await?
+        .ok()?
+        .typed::<dto::Released>()?;
+    output::show(g.format, &raw, &v, |v| {
+        format!("purged {} dead jobs; snapshot {} (sha256 {sha})\n", v.released.len(), snapshot.display())
+    });
+    Ok(())
+}
+
+/// Writes `jobs` as NDJSON to a new file at `path`, fsynced; returns the file's sha256.
+fn write_snapshot<'a>(path: &std::path::Path, jobs: impl Iterator<Item = &'a Value>) -> Result<String, CliError> {
     let mut text = String::new();
-    for j in &chosen {
+    for j in jobs {
         text.push_str(&serde_json::to_string(j).expect("json"));
         text.push('\n');
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&snapshot)
-        .map_err(|e| CliError::Invalid(format!("snapshot {}: {e}", snapshot.display())))?;
+        .open(path)
+        .map_err(|e| CliError::Invalid(format!("snapshot {}: {e}", path.display())))?;
     file.write_all(text.as_bytes())
         .and_then(|_| file.sync_all())
-        .map_err(|e| CliError::Other(format!("write snapshot {}: {e}", snapshot.display())))?;
-    let sha = hex::encode(Sha256::digest(text.as_bytes()));
-    let ids: Vec<&Value> = chosen.iter().map(|j| &j["id"]).collect();
-    let v =
-        client.post(&format!("{P}/dlq/purge"), &json!({ "ids": ids, "snapshotSha256": sha })).await?.ok()?.json()?;
-    output::print(g.format, &v, |v| {
-        format!("purged {} dead jobs; snapshot {} (sha256 {sha})\n", list(v, "released").len(), snapshot.display())
-    });
-    Ok(())
+        .map_err(|e| CliError::Other(format!("write snapshot {}: {e}", path.display())))?;
+    Ok(hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+fn locks_text(v: &dto::LockList) -> String {
+    let rows: Vec<Vec<String>> = v
+        .locks
+        .iter()
+        .map(|l| {
+            let waiters = l.waiters.iter().map(|w| w.owner.as_str()).collect::<Vec<_>>().join(",");
+            vec![
+                l.id.clone(),
+                l.resource.clone(),
+                opt(&l.holder),
+                opt(&l.token),
+                l.age_seconds.map_or("-".into(), |a| format!("{a}s")),
+                opt(&l.expires_at),
+                if waiters.is_empty() { "-".into() } else { waiters },
+            ]
+        })
+        .collect();
+    table(&["ID", "RESOURCE", "HOLDER", "TOKEN", "AGE", "EXPIRES", "WAITERS"], &rows)
+}
+
+fn acquired_text(v: &dto::LockAcquired) -> String {
+    if v.granted {
+        format!("{} granted with token {}\n", v.lock_id, opt(&v.token))
+    } else {
+        format!("{} is held; waiting at position {}\n", v.lock_id, opt(&v.position))
+    }
 }
 
 pub async fn locks(g: &Global, cmd: LocksCmd) -> Result<(), CliError> {
@@ -239,110 +278,86 @@ pub async fn locks(g: &Global, cmd: LocksCmd) -> Result<(), CliError> {
     match cmd {
         LocksCmd::List { env } => {
             let q = env.map(|e| format!("?env={e}")).unwrap_or_default();
-            let v = client.get(&format!("{P}/locks{q}")).await?.ok()?.json()?;
-            output::print(g.format, &v, |v| {
-                let rows: Vec<Vec<String>> = list(v, "locks")
-                    .iter()
-                    .map(|l| {
-                        let waiters = list(l, "waiters").iter().map(|w| s(&w["owner"])).collect::<Vec<_>>().join(",");
-                        vec![
-                            s(&l["id"]),
-                            s(&l["resource"]),
-                            s(&l["holder"]),
-                            s(&l["token"]),
-                            l["ageSeconds"].as_u64().map_or("-".into(), |a| format!("{a}s")),
-                            s(&l["expiresAt"]),
-                            if waiters.is_empty() { "-".into() } else { waiters },
-                        ]
-                    })
-                    .collect();
-                table(&["ID", "RESOURCE", "HOLDER", "TOKEN", "AGE", "EXPIRES", "WAITERS"], &rows)
-            });
+            let (raw, v) = client.get(&format!("{P}/locks{q}")).await?.ok()?.typed::<dto::LockList>()?;
+            output::show(g.format, &raw, &v, locks_text);
         }
         LocksCmd::Release { id, env, force, reason, owner, lock_token } => {
             let reason = if force { Some(force_reason(reason)?) } else { reason };
-            // A forced release names the token it breaks, as listed now: if the lock passes to
-            // its next holder meanwhile, the daemon leaves it with that holder.
-            let held = |query: String| {
-                let client = &client;
-                async move {
-                    let v = client.get(&format!("{P}/locks{query}")).await?.ok()?.json()?;
-                    Ok::<_, CliError>(
-                        list(&v, "locks")
-                            .iter()
-                            .filter_map(|l| Some((l["id"].as_str()?.to_owned(), l["token"].as_u64()?)))
-                            .collect::<std::collections::BTreeMap<String, u64>>(),
-                    )
-                }
-            };
-            let v = match (id, env) {
-                (Some(id), None) if force => {
-                    let token =
-                        lock_token.or(held(String::new()).await?.get(&id).copied()).ok_or_else(|| CliError::Api {
-                            status: 404,
-                            code: "not_found".into(),
-                            detail: format!("held lock {id} not found"),
-                        })?;
-                    let body = json!({ "force": true, "reason": reason, "token": token });
-                    client.post(&format!("{P}/locks/{id}/release"), &body).await?.ok()?.json()?
-                }
-                (Some(id), None) => {
-                    let body = json!({ "force": force, "reason": reason, "owner": owner, "token": lock_token });
-                    client.post(&format!("{P}/locks/{id}/release"), &body).await?.ok()?.json()?
-                }
-                (None, Some(env)) if force => {
-                    let tokens = held(format!("?env={env}")).await?;
-                    client
-                        .post(
-                            &format!("{P}/locks/release"),
-                            &json!({ "env": env, "force": true, "reason": reason, "tokens": tokens }),
-                        )
-                        .await?
-                        .ok()?
-                        .json()?
-                }
-                (None, Some(_)) => {
-                    return Err(CliError::Invalid("releasing every lock of an environment needs --force".into()));
-                }
-                _ => return Err(CliError::Invalid("name a lock ID or --env ENV".into())),
-            };
-            output::print(g.format, &v, |v| format!("released {}\n", joined(&v["released"])));
+            let (raw, v) = release(&client, id, env, force, reason, owner, lock_token).await?;
+            output::show(g.format, &raw, &v, |v| format!("released {}\n", v.released.join(",")));
         }
         LocksCmd::Acquire { resource, owner, ttl } => {
-            let v = client
+            let (raw, v) = client
                 .post(&format!("{P}/locks"), &json!({ "resource": resource, "owner": owner, "ttl": ttl }))
                 .await?
                 .ok()?
-                .json()?;
-            output::print(g.format, &v, |v| {
-                if v["granted"] == true {
-                    format!("{} granted with token {}\n", s(&v["lockId"]), s(&v["token"]))
-                } else {
-                    format!("{} is held; waiting at position {}\n", s(&v["lockId"]), s(&v["position"]))
-                }
-            });
+                .typed::<dto::LockAcquired>()?;
+            output::show(g.format, &raw, &v, acquired_text);
         }
     }
     Ok(())
 }
 
+/// The held locks (of `query`'s environment) with the token each is held under.
+async fn held(client: &Client, query: &str) -> Result<std::collections::BTreeMap<String, u64>, CliError> {
+    let (_, v) = client.get(&format!("{P}/locks{query}")).await?.ok()?.typed::<dto::LockList>()?;
+    Ok(v.locks.into_iter().filter_map(|l| Some((l.id, l.token?))).collect())
+}
+
+/// Releases lock `id`, or with `--force` every lock of `env`. A forced release names the token it
+/// breaks, as listed now: if the lock passes to its next holder meanwhile, the daemon leaves it
+/// with that holder.
+async fn release(
+    client: &Client,
+    id: Option<String>,
+    env: Option<String>,
+    force: bool,
+    reason: Option<String>,
+    owner: Option<String>,
+    lock_token: Option<u64>,
+) -> Result<(Value, dto::Released), CliError> {
+    match (id, env) {
+        (Some(id), None) if force => {
+            let token = lock_token.or(held(client, "").await?.get(&id).copied()).ok_or_else(|| CliError::Api {
+                status: 404,
+                code: "not_found".into(),
+                detail: format!("held lock {id} not found"),
+            })?;
+            let body = json!({ "force": true, "reason": reason, "token": token });
+            client.post(&format!("{P}/locks/{id}/release"), &body).await?.ok()?.typed()
+        }
+        (Some(id), None) => {
+            let body = json!({ "force": force, "reason": reason, "owner": owner, "token": lock_token });
+            client.post(&format!("{P}/locks/{id}/release"), &body).await?.ok()?.typed()
+        }
+        (None, Some(env)) if force => {
+            let tokens = held(client, &format!("?env={env}")).await?;
+            let body = json!({ "env": env, "force": true, "reason": reason, "tokens": tokens });
+            client.post(&format!("{P}/locks/release"), &body).await?.ok()?.typed()
+        }
+        (None, Some(_)) => Err(CliError::Invalid("releasing every lock of an environment needs --force".into())),
+        _ => Err(CliError::Invalid("name a lock ID or --env ENV".into())),
+    }
+}
+
 pub async fn config(g: &Global, cmd: ConfigCmd) -> Result<(), CliError> {
     let client = target::client(g)?;
-    let one = |v: &Value| format!("{} = {} ({})\n", s(&v["key"]), s(&v["value"]), s(&v["source"]));
+    let one = |v: &dto::ConfigValue| format!("{} = {} ({})\n", v.key, opt(&v.value), v.source);
     match cmd {
         ConfigCmd::Set { key, value } => {
-            let v = put(&client, &format!("{P}/config/{key}"), &json!({ "value": value })).await?;
-            output::print(g.format, &v, one);
+            let (raw, v) =
+                put::<dto::ConfigValue>(&client, &format!("{P}/config/{key}"), &json!({ "value": value })).await?;
+            output::show(g.format, &raw, &v, one);
         }
         ConfigCmd::Get { key } => {
-            let v = client.get(&format!("{P}/config/{key}")).await?.ok()?.json()?;
-            output::print(g.format, &v, one);
+            let (raw, v) = client.get(&format!("{P}/config/{key}")).await?.ok()?.typed::<dto::ConfigValue>()?;
+            output::show(g.format, &raw, &v, one);
         }
         ConfigCmd::Show => {
-            let v = client.get(&format!("{P}/config")).await?.ok()?.json()?;
-            output::print(g.format, &v, |v| {
+            let (raw, v) = client.get(&format!("{P}/config")).await?.ok()?.typed::<dto::ConfigList>()?;
+            output::show(g.format, &raw, &v, |v| {
                 let rows: Vec<Vec<String>> =
-                    list(v, "values").iter().map(|c| vec![s(&c["key"]), s(&c["value"]), s(&c["source"])]).collect();
+                    v.values.iter().map(|c| vec![c.key.clone(), opt(&c.value), c.source.clone()]).collect();
                 table(&["KEY", "VALUE", "SOURCE"], &rows)
             });
         }
@@ -353,17 +368,18 @@ pub async fn config(g: &Global, cmd: ConfigCmd) -> Result<(), CliError> {
 pub async fn agents(g: &Global, env: Option<String>) -> Result<(), CliError> {
     let client = target::client(g)?;
     let q = env.map(|e| format!("?env={e}")).unwrap_or_default();
-    let v = client.get(&format!("{P}/workers{q}")).await?.ok()?.json()?;
-    output::print(g.format, &v, |v| {
-        let rows: Vec<Vec<String>> = list(v, "workers")
+    let (raw, v) = client.get(&format!("{P}/workers{q}")).await?.ok()?.typed::<dto::WorkerList>()?;
+    output::show(g.format, &raw, &v, |v| {
+        let rows: Vec<Vec<String>> = v
+            .workers
             .iter()
             .map(|w| {
                 vec![
-                    s(&w["id"]),
-                    s(&w["env"]),
-                    joined(&w["types"]),
-                    s(&w["leases"]),
-                    format!("{}s ago", s(&w["lastSeenSecondsAgo"])),
+                    w.id.clone(),
+                    opt(&w.env),
+                    w.types.join(","),
+                    w.leases.to_string(),
+                    format!("{}s ago", w.last_seen_seconds_ago),
                 ]
             })
             .collect();

@@ -1,8 +1,9 @@
 //! `stella orch run …` and `stella orch dag …`: start, watch, cancel and recover runs; manage
 //! DAG versions.
 
+use crate::api::dto;
 use crate::cli::args::*;
-use crate::cli::output::{self, s, table};
+use crate::cli::output::{self, opt, s, table};
 use crate::cli::target;
 use crate::domain::runs::RunEvent;
 use crate::exit::CliError;
@@ -32,35 +33,35 @@ fn parse_inputs(pairs: &[String], file: Option<&std::path::Path>) -> Result<Map<
     Ok(inputs)
 }
 
-fn run_text(v: &Value, verbose: bool) -> String {
+fn run_text(v: &dto::Run, verbose: bool) -> String {
     let mut out = format!(
         "{} {} (DAG {} v{}) started {}{}\n",
-        s(&v["id"]),
-        s(&v["status"]),
-        s(&v["dag"]),
-        s(&v["version"]),
-        s(&v["createdAt"]),
-        v["finishedAt"].as_str().map(|f| format!(", finished {f}")).unwrap_or_default()
+        v.id,
+        v.status,
+        v.dag,
+        v.version,
+        v.created_at,
+        v.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default()
     );
     out.push_str(&format!(
         "inputs: {} (sha256 {})\n",
-        serde_json::to_string(&v["inputs"]).unwrap_or_default(),
-        s(&v["inputsHash"])
+        serde_json::to_string(&v.inputs).unwrap_or_default(),
+        v.inputs_hash
     ));
-    let steps = v["steps"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<Vec<String>> = steps
+    let rows: Vec<Vec<String>> = v
+        .steps
         .iter()
         .map(|st| {
-            let mut row = vec![s(&st["name"]), s(&st["state"]), s(&st["attempts"]), s(&st["waitReason"])];
+            let mut row = vec![st.name.clone(), st.state.clone(), st.attempts.to_string(), opt(&st.wait_reason)];
             if verbose {
                 row.extend([
-                    s(&st["plugin"]),
-                    s(&st["pluginDigest"]),
-                    s(&st["worker"]),
-                    s(&st["startedAt"]),
-                    s(&st["durationMs"]),
-                    s(&st["errorCode"]),
-                    s(&st["error"]),
+                    st.plugin.clone(),
+                    opt(&st.plugin_digest),
+                    opt(&st.worker),
+                    opt(&st.started_at),
+                    opt(&st.duration_ms),
+                    opt(&st.error_code),
+                    opt(&st.error),
                 ]);
             }
             row
@@ -72,99 +73,100 @@ fn run_text(v: &Value, verbose: bool) -> String {
     }
     out.push_str(&table(&headers, &rows));
     if verbose {
-        let attempts: Vec<Vec<String>> = v["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|st| {
-                st["history"].as_array().into_iter().flatten().map(|a| {
-                    vec![
-                        s(&st["name"]),
-                        s(&a["attempt"]),
-                        s(&a["worker"]),
-                        s(&a["startedAt"]),
-                        s(&a["finishedAt"]),
-                        if a["outcome"].is_null() { "running".into() } else { s(&a["outcome"]) },
-                        s(&a["errorCode"]),
-                        s(&a["error"]),
-                    ]
-                })
-            })
-            .collect();
-        if !attempts.is_empty() {
-            out.push_str("\nattempts:\n");
-            out.push_str(&table(
-                &["STEP", "ATTEMPT", "WORKER", "STARTED", "FINISHED", "OUTCOME", "ERROR CODE", "ERROR"],
-                &attempts,
-            ));
-        }
+        out.push_str(&attempts_text(v));
     }
     out
 }
 
+/// Each step's latest attempts, as a table after a blank line and `attempts:`; empty if none.
+fn attempts_text(v: &dto::Run) -> String {
+    let attempts: Vec<Vec<String>> = v
+        .steps
+        .iter()
+        .flat_map(|st| {
+            st.history.iter().map(|a| {
+                vec![
+                    st.name.clone(),
+                    a.attempt.to_string(),
+                    a.worker.clone(),
+                    a.started_at.clone(),
+                    opt(&a.finished_at),
+                    a.outcome.clone().unwrap_or_else(|| "running".into()),
+                    opt(&a.error_code),
+                    opt(&a.error),
+                ]
+            })
+        })
+        .collect();
+    if attempts.is_empty() {
+        return String::new();
+    }
+    let headers = ["STEP", "ATTEMPT", "WORKER", "STARTED", "FINISHED", "OUTCOME", "ERROR CODE", "ERROR"];
+    format!("\nattempts:\n{}", table(&headers, &attempts))
+}
+
+fn runs_text(v: &dto::RunList) -> String {
+    let rows: Vec<Vec<String>> = v
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.dag.clone(),
+                r.version.to_string(),
+                r.status.clone(),
+                r.created_at.clone(),
+                opt(&r.finished_at),
+            ]
+        })
+        .collect();
+    table(&["RUN", "DAG", "VERSION", "STATUS", "CREATED", "FINISHED"], &rows)
+}
+
 pub async fn run(g: &Global, cmd: RunCmd) -> Result<(), CliError> {
     let client = target::client(g)?;
-    let v = match cmd {
+    let (raw, v): (Value, dto::Run) = match cmd {
         RunCmd::Start { dag, inputs, inputs_file, run_token } => {
             let inputs = parse_inputs(&inputs, inputs_file.as_deref())?;
             client
                 .post(&format!("{P}/runs"), &json!({ "dag": dag, "inputs": inputs, "runToken": run_token }))
                 .await?
                 .ok()?
-                .json()?
+                .typed()?
         }
         RunCmd::Cancel { run } => {
-            let current = client.get(&format!("{P}/runs/{run}")).await?.ok()?.json()?;
-            if let status @ ("succeeded" | "cancelled") = current["status"].as_str().unwrap_or_default() {
-                output::print(g.format, &current, |_| format!("{run} already {status}; nothing to cancel\n"));
+            let (raw, current) = client.get(&format!("{P}/runs/{run}")).await?.ok()?.typed::<dto::Run>()?;
+            if let status @ ("succeeded" | "cancelled") = current.status.as_str() {
+                output::show(g.format, &raw, &current, |_| format!("{run} already {status}; nothing to cancel\n"));
                 return Ok(());
             }
-            client.post(&format!("{P}/runs/{run}:cancel"), &json!({})).await?.ok()?.json()?
+            client.post(&format!("{P}/runs/{run}:cancel"), &json!({})).await?.ok()?.typed()?
         }
-        RunCmd::Status { run } => client.get(&format!("{P}/runs/{run}")).await?.ok()?.json()?,
+        RunCmd::Status { run } => client.get(&format!("{P}/runs/{run}")).await?.ok()?.typed()?,
         RunCmd::Trace { run, verbose } => {
-            let v = client.get(&format!("{P}/runs/{run}")).await?.ok()?.json()?;
-            output::print(g.format, &v, |v| run_text(v, verbose));
+            let (raw, v) = client.get(&format!("{P}/runs/{run}")).await?.ok()?.typed::<dto::Run>()?;
+            output::show(g.format, &raw, &v, |v| run_text(v, verbose));
             return Ok(());
         }
-        RunCmd::Retry { run, step } => client
-            .post(&format!("{P}/runs/{run}/actions/retry"), &json!({ "stepRecordId": step }))
-            .await?
-            .ok()?
-            .json()?,
-        RunCmd::Skip { run, step } => client
-            .post(&format!("{P}/runs/{run}/actions/skip"), &json!({ "stepRecordId": step }))
-            .await?
-            .ok()?
-            .json()?,
+        RunCmd::Retry { run, step } => {
+            let body = json!({ "stepRecordId": step });
+            client.post(&format!("{P}/runs/{run}/actions/retry"), &body).await?.ok()?.typed()?
+        }
+        RunCmd::Skip { run, step } => {
+            let body = json!({ "stepRecordId": step });
+            client.post(&format!("{P}/runs/{run}/actions/skip"), &body).await?.ok()?.typed()?
+        }
         RunCmd::Abort { run } => {
-            client.post(&format!("{P}/runs/{run}/actions/abort"), &json!({})).await?.ok()?.json()?
+            client.post(&format!("{P}/runs/{run}/actions/abort"), &json!({})).await?.ok()?.typed()?
         }
         RunCmd::List => {
-            let v = client.get(&format!("{P}/runs")).await?.ok()?.json()?;
-            output::print(g.format, &v, |v| {
-                let rows: Vec<Vec<String>> = v["runs"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
-                        vec![
-                            s(&r["id"]),
-                            s(&r["dag"]),
-                            s(&r["version"]),
-                            s(&r["status"]),
-                            s(&r["createdAt"]),
-                            s(&r["finishedAt"]),
-                        ]
-                    })
-                    .collect();
-                table(&["RUN", "DAG", "VERSION", "STATUS", "CREATED", "FINISHED"], &rows)
-            });
+            let (raw, v) = client.get(&format!("{P}/runs")).await?.ok()?.typed::<dto::RunList>()?;
+            output::show(g.format, &raw, &v, runs_text);
             return Ok(());
         }
         RunCmd::Stream { run, dag, after, until_done } => return stream(g, run, dag, after, until_done).await,
     };
-    output::print(g.format, &v, |v| run_text(v, false));
+    output::show(g.format, &raw, &v, |v| run_text(v, false));
     Ok(())
 }
 
@@ -224,70 +226,67 @@ async fn stream(
         .await
 }
 
+fn dags_text(v: &dto::DagList) -> String {
+    let rows: Vec<Vec<String>> = v
+        .dags
+        .iter()
+        .map(|d| {
+            let active = d.versions.iter().find(|x| x.version == d.active);
+            vec![
+                d.name.clone(),
+                d.active.to_string(),
+                d.versions.len().to_string(),
+                if active.is_some_and(|a| a.unsigned) { "unsigned (dev)".into() } else { "signed".into() },
+                if active.is_some_and(|a| a.disabled) { "disabled".into() } else { "enabled".into() },
+            ]
+        })
+        .collect();
+    table(&["DAG", "ACTIVE", "VERSIONS", "SOURCE", "STATE"], &rows)
+}
+
+fn dag_text(v: &dto::Dag) -> String {
+    let rows: Vec<Vec<String>> = v
+        .versions
+        .iter()
+        .map(|x| {
+            vec![
+                x.version.to_string(),
+                if x.version == v.active { "yes".into() } else { "-".into() },
+                if x.disabled { "disabled".into() } else { "enabled".into() },
+                if x.unsigned { "unsigned".into() } else { "signed".into() },
+                x.registered_at.clone(),
+                x.sha256.clone(),
+            ]
+        })
+        .collect();
+    format!("DAG {}\n{}", v.name, table(&["VERSION", "ACTIVE", "STATE", "SOURCE", "REGISTERED", "SHA256"], &rows))
+}
+
 pub async fn dag(g: &Global, cmd: DagCmd) -> Result<(), CliError> {
     let client = target::client(g)?;
-    let v = match cmd {
+    let (raw, v): (Value, dto::Dag) = match cmd {
         DagCmd::List => {
-            let v = client.get(&format!("{P}/dags")).await?.ok()?.json()?;
-            output::print(g.format, &v, |v| {
-                let rows: Vec<Vec<String>> = v["dags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|d| {
-                        let versions = d["versions"].as_array().cloned().unwrap_or_default();
-                        let active = versions.iter().find(|x| x["version"] == d["active"]).cloned().unwrap_or_default();
-                        vec![
-                            s(&d["name"]),
-                            s(&d["active"]),
-                            versions.len().to_string(),
-                            if active["unsigned"] == true { "unsigned (dev)".into() } else { "signed".into() },
-                            if active["disabled"] == true { "disabled".into() } else { "enabled".into() },
-                        ]
-                    })
-                    .collect();
-                table(&["DAG", "ACTIVE", "VERSIONS", "SOURCE", "STATE"], &rows)
-            });
+            let (raw, v) = client.get(&format!("{P}/dags")).await?.ok()?.typed::<dto::DagList>()?;
+            output::show(g.format, &raw, &v, dags_text);
             return Ok(());
         }
-        DagCmd::Show { dag } => client.get(&format!("{P}/dags/{dag}")).await?.ok()?.json()?,
+        DagCmd::Show { dag } => client.get(&format!("{P}/dags/{dag}")).await?.ok()?.typed()?,
         DagCmd::Disable { dag, version } => {
-            client.post(&format!("{P}/dags/{dag}/disable"), &json!({ "version": version })).await?.ok()?.json()?
+            client.post(&format!("{P}/dags/{dag}/disable"), &json!({ "version": version })).await?.ok()?.typed()?
         }
         DagCmd::Enable { dag, version } => {
-            client.post(&format!("{P}/dags/{dag}/enable"), &json!({ "version": version })).await?.ok()?.json()?
+            client.post(&format!("{P}/dags/{dag}/enable"), &json!({ "version": version })).await?.ok()?.typed()?
         }
         DagCmd::Rollback { dag, version } => {
-            client.post(&format!("{P}/dags/{dag}/rollback"), &json!({ "version": version })).await?.ok()?.json()?
+            client.post(&format!("{P}/dags/{dag}/rollback"), &json!({ "version": version })).await?.ok()?.typed()?
         }
         DagCmd::Register { file } => {
             let spec =
                 std::fs::read_to_string(&file).map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
-            client.post(&format!("{P}/dags"), &json!({ "spec": spec })).await?.ok()?.json()?
+            client.post(&format!("{P}/dags"), &json!({ "spec": spec })).await?.ok()?.typed()?
         }
     };
-    output::print(g.format, &v, |v| {
-        let rows: Vec<Vec<String>> = v["versions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|x| {
-                vec![
-                    s(&x["version"]),
-                    if x["version"] == v["active"] { "yes".into() } else { "-".into() },
-                    if x["disabled"] == true { "disabled".into() } else { "enabled".into() },
-                    if x["unsigned"] == true { "unsigned".into() } else { "signed".into() },
-                    s(&x["registeredAt"]),
-                    s(&x["sha256"]),
-                ]
-            })
-            .collect();
-        format!(
-            "DAG {}\n{}",
-            s(&v["name"]),
-            table(&["VERSION", "ACTIVE", "STATE", "SOURCE", "REGISTERED", "SHA256"], &rows)
-        )
-    });
+    output::show(g.format, &raw, &v, dag_text);
     Ok(())
 }
 
