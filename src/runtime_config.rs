@@ -32,7 +32,26 @@ enum Kind {
     LockMode,
 }
 
-fn kind_of(key: &str) -> Result<Kind, String> {
+/// A key or value `config set`/`get` refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown config key {key:?}; allowed: {}", KEYS.join(", "))]
+    UnknownKey { key: String },
+    #[error("{key}: {reason}")]
+    BadValue { key: String, reason: String },
+}
+
+impl ConfigError {
+    /// The request field at fault: the key, or the value.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::UnknownKey { .. } => "key",
+            ConfigError::BadValue { .. } => "value",
+        }
+    }
+}
+
+fn kind_of(key: &str) -> Result<Kind, ConfigError> {
     let kind = match key {
         "locks.timeout" | "queue.lease_ttl" | "queue.backoff_base" | "queue.backoff_max" | "queue.long_poll_max" => {
             Kind::Duration
@@ -43,7 +62,7 @@ fn kind_of(key: &str) -> Result<Kind, String> {
         _ => match gate_key(key) {
             Some("timeout") => Kind::Duration,
             Some("retries") => Kind::Count { min: 0, max: u64::from(GATE_RETRIES_MAX) },
-            _ => return Err(format!("unknown config key {key:?}; allowed: {}", KEYS.join(", "))),
+            _ => return Err(ConfigError::UnknownKey { key: key.to_owned() }),
         },
     };
     Ok(kind)
@@ -57,28 +76,29 @@ fn gate_key(key: &str) -> Option<&str> {
 }
 
 /// Validates `value` for `key` and returns its normalized form (durations in the unit given).
-pub fn validate(key: &str, value: &str) -> Result<String, String> {
+pub fn validate(key: &str, value: &str) -> Result<String, ConfigError> {
+    let bad = |reason: String| ConfigError::BadValue { key: key.to_owned(), reason };
     match kind_of(key)? {
         Kind::Duration => {
-            let d = duration::parse(value).map_err(|e| format!("{key}: {e}"))?;
+            let d = duration::parse(value).map_err(|e| bad(e.to_string()))?;
             if d.is_zero() {
-                return Err(format!("{key}: must be longer than 0"));
+                return Err(bad("must be longer than 0".to_owned()));
             }
             Ok(value.to_owned())
         }
         Kind::Count { min, max } => match value.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n.to_string()),
-            _ => Err(format!("{key}: {value:?} is not a whole number from {min} to {max}")),
+            _ => Err(bad(format!("{value:?} is not a whole number from {min} to {max}"))),
         },
         Kind::LockMode => match value {
             "pessimistic" | "optimistic" => Ok(value.to_owned()),
-            _ => Err(format!("{key}: {value:?} is not one of pessimistic, optimistic")),
+            _ => Err(bad(format!("{value:?} is not one of pessimistic, optimistic"))),
         },
     }
 }
 
 /// Whether `key` is a known key (for `config get`).
-pub fn known(key: &str) -> Result<(), String> {
+pub fn known(key: &str) -> Result<(), ConfigError> {
     kind_of(key).map(|_| ())
 }
 
@@ -113,10 +133,13 @@ mod tests {
         assert_eq!(validate("locks.mode", "optimistic").unwrap(), "optimistic");
         assert_eq!(validate("gates.security-scan.timeout", "5m").unwrap(), "5m");
         assert_eq!(validate("gates.security-scan.retries", "3").unwrap(), "3");
-        assert!(validate("locks.mode", "eventual").unwrap_err().contains("pessimistic, optimistic"));
-        assert!(validate("locks.timeout", "soon").unwrap_err().contains("ms, s, m, h, d"));
-        assert!(validate("gates.security-scan.retries", "101").unwrap_err().contains("0 to 100"));
-        assert!(validate("locks.colour", "red").unwrap_err().contains("locks.timeout"));
+        assert!(validate("locks.mode", "eventual").unwrap_err().to_string().contains("pessimistic, optimistic"));
+        assert!(validate("locks.timeout", "soon").unwrap_err().to_string().contains("ms, s, m, h, d"));
+        assert!(validate("gates.security-scan.retries", "101").unwrap_err().to_string().contains("0 to 100"));
+        assert!(validate("locks.colour", "red").unwrap_err().to_string().contains("locks.timeout"));
         assert!(validate("gates.Bad Name.timeout", "5m").is_err());
+        // The problem document names the field at fault: an unknown key is the key's fault.
+        assert_eq!(validate("locks.colour", "red").unwrap_err().field(), "key");
+        assert_eq!(validate("locks.mode", "eventual").unwrap_err().field(), "value");
     }
 }

@@ -336,43 +336,10 @@ async fn daemon(
     let status = format!("listening on {}", listeners.join(" "));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
 
-    let (timers_stop, timers_rx) = tokio::sync::watch::channel(false);
-    let timers = tokio::spawn(crate::machine::timers::run(
-        state.store.clone(),
-        state.writer.clone(),
-        state.clock.clone(),
-        timers_rx,
-    ));
-    let snapshots = tokio::spawn(crate::telemetry::metrics::snapshot_loop(
-        state.store.clone(),
-        state.writer.clone(),
-        config.telemetry.metrics_snapshot_interval_ms,
-        config.telemetry.metrics_retention_ms,
-        timers_stop.subscribe(),
-    ));
-    let run_log = tokio::spawn(crate::telemetry::logs::run_events(
-        state.store.clone(),
-        state.writer.clone(),
-        timers_stop.subscribe(),
-    ));
-    let executor = (config.exec.enabled && damaged.is_none()).then(|| {
-        let opts = crate::exec::worker::ExecOptions {
-            worker: format!("{}{}", crate::domain::queue::LOCAL_WORKER, std::process::id()),
-            slots: config.exec.slots,
-            lease_ttl_ms: config.queue.lease_ttl_ms,
-            lib: opts.layout.lib(),
-        };
-        tokio::spawn(crate::exec::worker::run(state.writer.clone(), state.store.clone(), opts, timers_stop.subscribe()))
-    });
+    let background = Background::spawn(&state, &config, &opts, damaged.is_none());
     let router = api::router(state);
     server::serve(router, server::Listeners { unix, tcp }, config.server.clone(), shutdown).await;
-    let _ = timers_stop.send(true);
-    let _ = timers.await;
-    let _ = snapshots.await;
-    let _ = run_log.await;
-    if let Some(executor) = executor {
-        let _ = executor.await;
-    }
+    background.stop().await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
     Ok(if restart_requested.load(std::sync::atomic::Ordering::SeqCst) {
@@ -380,6 +347,49 @@ async fn daemon(
     } else {
         Ended::Stopped
     })
+}
+
+/// The daemon's tasks beside the API: the timers, metric snapshots, the run log and the
+/// in-process executor (not on a damaged store, which takes no writes).
+struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn(state: &Arc<AppState>, config: &Config, opts: &ServeOptions, writable: bool) -> Self {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let (store, writer) = (&state.store, &state.writer);
+        let mut tasks = vec![
+            tokio::spawn(crate::machine::timers::run(store.clone(), writer.clone(), state.clock.clone(), rx)),
+            tokio::spawn(crate::telemetry::metrics::snapshot_loop(
+                store.clone(),
+                writer.clone(),
+                config.telemetry.metrics_snapshot_interval_ms,
+                config.telemetry.metrics_retention_ms,
+                stop.subscribe(),
+            )),
+            tokio::spawn(crate::telemetry::logs::run_events(store.clone(), writer.clone(), stop.subscribe())),
+        ];
+        if config.exec.enabled && writable {
+            let exec = crate::exec::worker::ExecOptions {
+                worker: format!("{}{}", crate::domain::queue::LOCAL_WORKER, std::process::id()),
+                slots: config.exec.slots,
+                lease_ttl_ms: config.queue.lease_ttl_ms,
+                lib: opts.layout.lib(),
+            };
+            tasks.push(tokio::spawn(crate::exec::worker::run(writer.clone(), store.clone(), exec, stop.subscribe())));
+        }
+        Background { stop, tasks }
+    }
+
+    /// Tells every task to stop and waits for each (the executor ends its attempts).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 /// The attempts the previous daemon's executor held died with it: its plugin processes are

@@ -114,33 +114,8 @@ pub async fn import_file(
         Err(reason) => return Err(reject(ctx, at, Refusal::Invalid, reason).await),
     };
     let m = v.manifest.clone();
-    let installed = read::bundles(&ctx.store.read()?)?.into_iter().find(|b| b["name"] == m.name.as_str());
-    if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
-        && import::compare_versions(&m.version, &cur).is_lt()
-        && !allow_downgrade
-    {
-        let reason = format!(
-            "bundle {} {} is older than the installed {cur}: a downgrade needs --allow-downgrade",
-            m.name, m.version
-        );
-        return Err(reject(ctx, at, Refusal::Conflict("version_downgrade"), reason).await);
-    }
-    if let Some(cur) = installed.as_ref()
-        && cur["version"].as_str() == Some(m.version.as_str())
-        && cur["digest"].as_str() != Some(m.payload.sha256.as_str())
-    {
-        let reason =
-            format!("bundle {} {} is installed with other content: versions are never reused", m.name, m.version);
-        return Err(reject(ctx, at, Refusal::Conflict("version_reused"), reason).await);
-    }
-    let limit = ctx.max_major_jump;
-    if let Some(cur) = installed.as_ref().and_then(|b| b["version"].as_str().map(str::to_owned))
-        && limit > 0
-        && import::major_jump(&cur, &m.version) > limit
-    {
-        let reason =
-            format!("bundle {} jumps from {cur} to {}, past bundles.max_major_jump = {limit}", m.name, m.version);
-        return Err(reject(ctx, at, Refusal::Conflict("major_jump_too_far"), reason).await);
+    if let Some((code, reason)) = version_refusal(ctx, &m, allow_downgrade)? {
+        return Err(reject(ctx, at, Refusal::Conflict(code), reason).await);
     }
     let lib = ctx.lib.to_owned();
     let existed = crate::plugins::sealed_dir(&lib, &m.payload.sha256).exists();
@@ -199,12 +174,7 @@ pub async fn import_file(
         return Err(refused.into());
     }
     if m.kind == Kind::Trust {
-        // Replaces the trust store atomically; the next verification reads the new one.
-        for file in ["allowed_signers", "revoked"] {
-            let source = sealed.join(file);
-            let bytes = if source.exists() { std::fs::read(&source).map_err(internal)? } else { Vec::new() };
-            crate::fsutil::write_file_atomic(&ctx.trust_dir.join(file), &bytes, 0o644).map_err(internal)?;
-        }
+        install_trust(ctx, &sealed)?;
     }
     progress.phase("done");
     Ok(Imported {
@@ -217,6 +187,48 @@ pub async fn import_file(
         files: m.files.len(),
         dags: contents.dags.into_iter().map(|(n, _)| n).collect(),
     })
+}
+
+/// Why the installed version of the bundle forbids this one (a downgrade without leave, a
+/// version reused with other content, a major jump past the limit): the conflict code and the
+/// reason.
+fn version_refusal(
+    ctx: &Importer<'_>,
+    m: &crate::domain::bundles::format::Manifest,
+    allow_downgrade: bool,
+) -> Result<Option<(&'static str, String)>, ImportError> {
+    let installed = read::bundles(&ctx.store.read()?)?.into_iter().find(|b| b["name"] == m.name.as_str());
+    let Some(installed) = installed else { return Ok(None) };
+    let Some(cur) = installed["version"].as_str() else { return Ok(None) };
+    let refusal = if import::compare_versions(&m.version, cur).is_lt() && !allow_downgrade {
+        let reason = format!(
+            "bundle {} {} is older than the installed {cur}: a downgrade needs --allow-downgrade",
+            m.name, m.version
+        );
+        Some(("version_downgrade", reason))
+    } else if cur == m.version && installed["digest"].as_str() != Some(m.payload.sha256.as_str()) {
+        let reason =
+            format!("bundle {} {} is installed with other content: versions are never reused", m.name, m.version);
+        Some(("version_reused", reason))
+    } else if ctx.max_major_jump > 0 && import::major_jump(cur, &m.version) > ctx.max_major_jump {
+        let limit = ctx.max_major_jump;
+        let reason =
+            format!("bundle {} jumps from {cur} to {}, past bundles.max_major_jump = {limit}", m.name, m.version);
+        Some(("major_jump_too_far", reason))
+    } else {
+        None
+    };
+    Ok(refusal)
+}
+
+/// A trust bundle replaces the trust store atomically; the next verification reads the new one.
+fn install_trust(ctx: &Importer<'_>, sealed: &Path) -> Result<(), ImportError> {
+    for file in ["allowed_signers", "revoked"] {
+        let source = sealed.join(file);
+        let bytes = if source.exists() { std::fs::read(&source).map_err(internal)? } else { Vec::new() };
+        crate::fsutil::write_file_atomic(&ctx.trust_dir.join(file), &bytes, 0o644).map_err(internal)?;
+    }
+    Ok(())
 }
 
 struct Contents {

@@ -305,46 +305,9 @@ async fn supervise(
         let _ = stdin.shutdown().await;
     });
     let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let errors = {
-        let kept = kept.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
-                let room = STDERR_KEEP_BYTES.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        })
-    };
+    let (errors, kept) = keep_stderr(child.stderr.take().expect("piped"));
     let mut events = Events { secrets: inv.secrets.clone(), file: attempt_log(inv), ..Events::default() };
-    let read = async {
-        let (mut total, mut line, mut buf) = (0usize, Vec::new(), [0u8; 8192]);
-        loop {
-            let n = match stdout.read(&mut buf).await {
-                Ok(0) | Err(_) => return Ok(()),
-                Ok(n) => n,
-            };
-            total += n;
-            if total > OUTPUT_BYTES_MAX {
-                return Err(("output_limit", format!("the plugin wrote more than {OUTPUT_BYTES_MAX} bytes to stdout")));
-            }
-            for &b in &buf[..n] {
-                if b == b'\n' {
-                    events.line(&line);
-                    line.clear();
-                } else if line.len() < LINE_BYTES_MAX {
-                    line.push(b);
-                } else {
-                    return Err(("protocol", format!("an event line is longer than {LINE_BYTES_MAX} bytes")));
-                }
-            }
-        }
-    };
+    let read = read_events(&mut stdout, &mut events);
     tokio::pin!(cancelled);
     let timeout = tokio::time::sleep(inv.timeout);
     tokio::pin!(timeout);
@@ -407,20 +370,78 @@ async fn supervise(
     let kept = std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner()));
     let stderr_text = redact::text(&String::from_utf8_lossy(&kept), &inv.secrets);
     let last_err = stderr_text.lines().last().unwrap_or("").to_owned();
-    Some(match status {
-        Err(_) => {
-            stop(child).await;
-            StepResult::Failed { code: "timeout".into(), error: "the plugin closed stdout but did not exit".into() }
+    let Ok(status) = status else {
+        stop(child).await;
+        return Some(StepResult::Failed {
+            code: "timeout".into(),
+            error: "the plugin closed stdout but did not exit".into(),
+        });
+    };
+    Some(verdict(status, events, &last_err))
+}
+
+/// Keeps the first [`STDERR_KEEP_BYTES`] of the plugin's stderr (the last line names a failure).
+fn keep_stderr(
+    mut stderr: tokio::process::ChildStderr,
+) -> (tokio::task::JoinHandle<()>, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let task = {
+        let kept = kept.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                let room = STDERR_KEEP_BYTES.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        })
+    };
+    (task, kept)
+}
+
+/// Reads protocol v1 event lines from stdout until it closes, within the output bounds.
+async fn read_events(
+    stdout: &mut tokio::process::ChildStdout,
+    events: &mut Events,
+) -> Result<(), (&'static str, String)> {
+    let (mut total, mut line, mut buf) = (0usize, Vec::new(), [0u8; 8192]);
+    loop {
+        let n = match stdout.read(&mut buf).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => n,
+        };
+        total += n;
+        if total > OUTPUT_BYTES_MAX {
+            return Err(("output_limit", format!("the plugin wrote more than {OUTPUT_BYTES_MAX} bytes to stdout")));
         }
-        Ok(Err(e)) => StepResult::Failed { code: "wait".into(), error: e.to_string() },
-        Ok(Ok(status)) if !status.success() => StepResult::Failed {
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                events.line(&line);
+                line.clear();
+            } else if line.len() < LINE_BYTES_MAX {
+                line.push(b);
+            } else {
+                return Err(("protocol", format!("an event line is longer than {LINE_BYTES_MAX} bytes")));
+            }
+        }
+    }
+}
+
+/// What an exited plugin's attempt comes to: its exit status, then its events.
+fn verdict(status: std::io::Result<std::process::ExitStatus>, events: Events, last_err: &str) -> StepResult {
+    match status {
+        Err(e) => StepResult::Failed { code: "wait".into(), error: e.to_string() },
+        Ok(status) if !status.success() => StepResult::Failed {
             code: "exit_status".into(),
             error: format!(
                 "the plugin exited with {status}{}",
                 if last_err.is_empty() { String::new() } else { format!(": {last_err}") }
             ),
         },
-        Ok(Ok(_)) => match (events.malformed, events.result) {
+        Ok(_) => match (events.malformed, events.result) {
             (Some(m), _) => {
                 StepResult::Failed { code: "protocol".into(), error: format!("the plugin broke protocol v1: {m}") }
             }
@@ -436,7 +457,7 @@ async fn supervise(
                 StepResult::Outputs(Value::Object(outputs))
             }
         },
-    })
+    }
 }
 
 /// The request of protocol v1 (for step `kind`, secrets added by the caller) and the

@@ -42,7 +42,7 @@ pub async fn config_get(
     Path(key): Path<String>,
 ) -> ApiResult<Json<dto::ConfigValue>> {
     auth.require(Scope::Read)?;
-    runtime_config::known(&key).map_err(|e| Problem::invalid("key", e))?;
+    runtime_config::known(&key).map_err(|e| Problem::invalid(e.field(), e.to_string()))?;
     let set = read::runtime_config(&state.store.read()?)?;
     Ok(Json(config_value(&state, &set, &key)))
 }
@@ -58,7 +58,7 @@ pub async fn config_set(
         // Runtime config is appliance-wide: only the local administrator changes it.
         return Err(Problem::forbidden());
     }
-    let value = runtime_config::validate(&key, &req.value).map_err(|e| Problem::invalid("value", e))?;
+    let value = runtime_config::validate(&key, &req.value).map_err(|e| Problem::invalid(e.field(), e.to_string()))?;
     submit(
         &state,
         p,

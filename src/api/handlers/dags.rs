@@ -56,7 +56,7 @@ pub async fn register(
         ));
     }
     let installed = read::installed_plugins(&state.store.read()?)?;
-    let compiled = spec::compile(&req.spec, &installed).map_err(|e| Problem::invalid("spec", e))?;
+    let compiled = spec::compile(&req.spec, &installed).map_err(|e| Problem::invalid("spec", e.to_string()))?;
     let name = compiled.name.clone();
     let c =
         submit(&state, p, Command::Run(RunCommand::RegisterDag { name: name.clone(), spec: req.spec, unsigned: true }))

@@ -142,7 +142,7 @@ pub(crate) fn register(
     // at each run's start.
     let mut pins = std::collections::BTreeMap::new();
     if !unsigned {
-        let c = spec::compile_registered(text).map_err(|e| CommandError::invalid("spec", e))?;
+        let c = spec::compile_registered(text).map_err(|e| CommandError::invalid("spec", e.to_string()))?;
         for s in c.steps.iter().filter(|s| !spec::BUILTINS.contains(&s.plugin.as_str())) {
             let digest = plugin_digest(txn, &s.plugin)?.ok_or_else(|| {
                 CommandError::conflict(

@@ -139,41 +139,70 @@ fn json(v: &toml::Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-fn ms(place: &str, text: &Option<String>, default: u64) -> Result<u64, String> {
+fn ms(place: &str, text: &Option<String>, default: u64) -> Result<u64, SpecError> {
     match text {
         None => Ok(default),
-        Some(t) => duration::parse(t).map(|d| d.as_millis() as u64).map_err(|e| format!("{place}: {e}")),
+        Some(t) => duration::parse(t).map(|d| d.as_millis() as u64).map_err(|e| SpecError::at(place, e.to_string())),
     }
 }
+
+/// What is wrong with a DAG spec, and where (`step build: timeout`, `cron[0].schedule`); no
+/// place when it is the whole text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub place: Option<String>,
+    pub reason: String,
+}
+
+impl SpecError {
+    fn at(place: &str, reason: String) -> Self {
+        SpecError { place: Some(place.to_owned()), reason }
+    }
+
+    fn whole(reason: String) -> Self {
+        SpecError { place: None, reason }
+    }
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.place {
+            Some(place) => write!(f, "{place}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
 
 /// An installed plugin as a spec sees it: its name and the step kinds it implements.
 pub type InstalledPlugin = (String, Vec<String>);
 
 /// Parses and validates a spec. `plugins` are the installed plugins besides the builtins.
-pub fn compile(text: &str, plugins: &[InstalledPlugin]) -> Result<Compiled, String> {
+pub fn compile(text: &str, plugins: &[InstalledPlugin]) -> Result<Compiled, SpecError> {
     compile_with(text, Some(plugins))
 }
 
 /// Compiles a spec that was validated when it was registered; its plugins are not checked again
 /// (a plugin removed since then fails the step that needs it, not the run's planning).
-pub fn compile_registered(text: &str) -> Result<Compiled, String> {
+pub fn compile_registered(text: &str) -> Result<Compiled, SpecError> {
     compile_with(text, None)
 }
 
-fn compile_with(text: &str, plugins: Option<&[InstalledPlugin]>) -> Result<Compiled, String> {
+fn compile_with(text: &str, plugins: Option<&[InstalledPlugin]>) -> Result<Compiled, SpecError> {
     if text.len() > SPEC_BYTES_MAX {
-        return Err(format!("spec is larger than {SPEC_BYTES_MAX} bytes"));
+        return Err(SpecError::whole(format!("spec is larger than {SPEC_BYTES_MAX} bytes")));
     }
-    let spec: DagSpec = toml::from_str(text).map_err(|e| format!("spec does not parse: {e}"))?;
+    let spec: DagSpec = toml::from_str(text).map_err(|e| SpecError::whole(format!("spec does not parse: {e}")))?;
     if !valid_name(&spec.name) {
-        return Err(format!("name {:?}: expected 1-64 of a-z, 0-9, '-', '_'", spec.name));
+        return Err(SpecError::at(&format!("name {:?}", spec.name), "expected 1-64 of a-z, 0-9, '-', '_'".into()));
     }
     if spec.steps.is_empty() || spec.steps.len() > STEPS_MAX {
-        return Err(format!("steps: a DAG has 1 to {STEPS_MAX} steps"));
+        return Err(SpecError::at("steps", format!("a DAG has 1 to {STEPS_MAX} steps")));
     }
     let max_parallel = spec.max_parallel_steps.unwrap_or(u32::MAX);
     if max_parallel == 0 {
-        return Err("maxParallelSteps: must be at least 1 (0 would never run a step)".into());
+        return Err(SpecError::at("maxParallelSteps", "must be at least 1 (0 would never run a step)".into()));
     }
     let order = topological(&spec)?;
     let index: HashMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
@@ -189,10 +218,11 @@ fn compile_with(text: &str, plugins: Option<&[InstalledPlugin]>) -> Result<Compi
     }
     let mut cron = Vec::new();
     for (i, c) in spec.cron.iter().enumerate() {
-        crate::domain::runs::cron::Schedule::parse(&c.schedule).map_err(|e| format!("cron[{i}].schedule: {e}"))?;
+        crate::domain::runs::cron::Schedule::parse(&c.schedule)
+            .map_err(|e| SpecError::at(&format!("cron[{i}].schedule"), e))?;
         let inputs: BTreeMap<String, serde_json::Value> = c.inputs.iter().map(|(k, v)| (k.clone(), json(v))).collect();
         if let Some(unknown) = inputs.keys().find(|k| !spec.inputs.contains_key(*k)) {
-            return Err(format!("cron[{i}].inputs: {unknown:?} is not a declared input"));
+            return Err(SpecError::at(&format!("cron[{i}].inputs"), format!("{unknown:?} is not a declared input")));
         }
         cron.push(CompiledCron { schedule: c.schedule.clone(), inputs });
     }
@@ -212,10 +242,10 @@ fn compile_step(
     s: &StepSpec,
     index: &HashMap<&str, usize>,
     plugins: Option<&[InstalledPlugin]>,
-) -> Result<CompiledStep, String> {
+) -> Result<CompiledStep, SpecError> {
     let place = format!("step {name}");
     if !valid_name(name) {
-        return Err(format!("{place}: name must be 1-64 of a-z, 0-9, '-', '_'"));
+        return Err(SpecError::at(&place, "name must be 1-64 of a-z, 0-9, '-', '_'".to_owned()));
     }
     for (field, set) in [
         ("checkpoint_after", s.checkpoint_after.is_some()),
@@ -223,35 +253,41 @@ fn compile_step(
         ("cache_ttl", s.cache_ttl.is_some()),
     ] {
         if set {
-            return Err(format!("{place}: {field} is not available yet"));
+            return Err(SpecError::at(&place, format!("{field} is not available yet")));
         }
     }
     let builtin = BUILTINS.contains(&s.plugin.as_str());
     if builtin && s.kind.is_some() {
-        return Err(format!("{place}: kind is for plugins; the built-in {:?} has none", s.plugin));
+        return Err(SpecError::at(&place, format!("kind is for plugins; the built-in {:?} has none", s.plugin)));
     }
     if let Some(plugins) = plugins.filter(|_| !builtin) {
         let Some((_, kinds)) = plugins.iter().find(|(n, _)| *n == s.plugin) else {
             let mut known: Vec<&str> = BUILTINS.to_vec();
             known.extend(plugins.iter().map(|(n, _)| n.as_str()));
-            return Err(format!("{place}: unknown plugin {:?} (known: {})", s.plugin, known.join(", ")));
+            return Err(SpecError::at(&place, format!("unknown plugin {:?} (known: {})", s.plugin, known.join(", "))));
         };
         match &s.kind {
             Some(k) if !kinds.contains(k) => {
-                return Err(format!("{place}: plugin {:?} has no kind {k:?} (kinds: {})", s.plugin, kinds.join(", ")));
+                return Err(SpecError::at(
+                    &place,
+                    format!("plugin {:?} has no kind {k:?} (kinds: {})", s.plugin, kinds.join(", ")),
+                ));
             }
             None if kinds.len() > 1 => {
-                return Err(format!(
-                    "{place}: plugin {:?} implements several kinds ({}): name one with kind = \"…\"",
-                    s.plugin,
-                    kinds.join(", ")
+                return Err(SpecError::at(
+                    &place,
+                    format!(
+                        "plugin {:?} implements several kinds ({}): name one with kind = \"…\"",
+                        s.plugin,
+                        kinds.join(", ")
+                    ),
                 ));
             }
             _ => {}
         }
     }
     if let Some(bad) = s.secrets.iter().find(|n| !valid_name(n)) {
-        return Err(format!("{place}: secret name {bad:?} must be 1-64 of a-z, 0-9, '-', '_'"));
+        return Err(SpecError::at(&place, format!("secret name {bad:?} must be 1-64 of a-z, 0-9, '-', '_'")));
     }
     for (i, l) in s.locks.iter().enumerate() {
         check_references(spec, name, &format!("locks[{i}]"), &toml::Value::String(l.clone()))?;
@@ -278,7 +314,7 @@ fn compile_step(
 }
 
 /// `${inputs.x}` must name a declared input; `${steps.s.outputs.k}` a step this one needs.
-fn check_references(spec: &DagSpec, step: &str, key: &str, v: &toml::Value) -> Result<(), String> {
+fn check_references(spec: &DagSpec, step: &str, key: &str, v: &toml::Value) -> Result<(), SpecError> {
     let toml::Value::String(text) = v else { return Ok(()) };
     for reference in references(text) {
         let parts: Vec<&str> = reference.split('.').collect();
@@ -288,8 +324,11 @@ fn check_references(spec: &DagSpec, step: &str, key: &str, v: &toml::Value) -> R
             _ => false,
         };
         if !ok {
-            return Err(format!(
-                "step {step}: input {key}: reference ${{{reference}}} must be ${{inputs.<declared input>}} or ${{steps.<a step it needs, directly or not>.outputs.<name>}}"
+            return Err(SpecError::at(
+                &format!("step {step}: input {key}"),
+                format!(
+                    "reference ${{{reference}}} must be ${{inputs.<declared input>}} or ${{steps.<a step it needs, directly or not>.outputs.<name>}}"
+                ),
             ));
         }
     }
@@ -328,13 +367,13 @@ pub fn references(text: &str) -> Vec<String> {
 }
 
 /// Kahn's algorithm; on a cycle, names its path.
-fn topological(spec: &DagSpec) -> Result<Vec<String>, String> {
+fn topological(spec: &DagSpec) -> Result<Vec<String>, SpecError> {
     for (name, s) in &spec.steps {
         if let Some(unknown) = s.needs.iter().find(|n| !spec.steps.contains_key(*n)) {
-            return Err(format!("step {name}: needs unknown step {unknown:?}"));
+            return Err(SpecError::at(&format!("step {name}"), format!("needs unknown step {unknown:?}")));
         }
         if s.needs.iter().any(|n| n == name) {
-            return Err(format!("step {name}: needs itself (cycle: {name} -> {name})"));
+            return Err(SpecError::at(&format!("step {name}"), format!("needs itself (cycle: {name} -> {name})")));
         }
     }
     let mut pending: BTreeMap<&str, usize> = spec.steps.iter().map(|(n, s)| (n.as_str(), s.needs.len())).collect();
@@ -358,7 +397,7 @@ fn topological(spec: &DagSpec) -> Result<Vec<String>, String> {
         ready.sort_by(|a, b| b.cmp(a));
     }
     if order.len() < spec.steps.len() {
-        return Err(format!("cycle: {}", cycle_path(spec, &pending)));
+        return Err(SpecError::at("cycle", cycle_path(spec, &pending)));
     }
     Ok(order)
 }
@@ -443,11 +482,12 @@ needs = ["b", "c"]
             ),
         ];
         for (text, expected) in cases {
-            let err = compile(&text, &[]).unwrap_err();
+            let err = compile(&text, &[]).unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} should contain {expected:?}");
         }
         let cyc = compile(&DIAMOND.replace("needs = [\"a\"]\ninputs = { ms", "needs = [\"d\"]\ninputs = { ms"), &[])
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(cyc.contains("b -> d -> b") || cyc.contains("d -> b -> d"), "{cyc}");
     }
 }
