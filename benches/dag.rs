@@ -117,6 +117,86 @@ fn plain(jobs: usize) -> Duration {
     })
 }
 
+/// Root → `width` built-in `noop` steps → join, run by the daemon's own in-process executor
+/// with its default 8 slots (what an operator's run goes through): wall time to `run.succeeded`,
+/// the writer's commits (of which durable) it took, and how busy the slots were.
+fn executor_fan(width: usize) -> (Duration, u64, u64) {
+    let (d, h, store) = writer(5);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let spec = diamond(width + 2);
+        h.submit(actor(), Command::Run(RunCommand::RegisterDag { name: "d".into(), spec, unsigned: true }))
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let opts = stella::exec::worker::ExecOptions {
+            worker: "local-bench".into(),
+            slots: stella::config::Config::default().exec.slots,
+            lease_ttl_ms: 60_000,
+            lib: d.path().join("lib"),
+        };
+        let exec = tokio::spawn(stella::exec::worker::run(h.clone(), store.clone(), opts, stopped));
+        let mut events = h.subscribe();
+        let (commits, durable) = (h.stats().commits(), h.stats().durable_commits());
+        let started = Instant::now();
+        let start = RunCommand::Start {
+            tenant: "default".into(),
+            dag: "d".into(),
+            inputs: Default::default(),
+            run_token: None,
+        };
+        h.submit(actor(), Command::Run(start)).await.unwrap();
+        loop {
+            let e = events.recv().await.unwrap();
+            if e.kind == "run.succeeded" {
+                break;
+            }
+        }
+        let elapsed = started.elapsed();
+        let taken = (h.stats().commits() - commits, h.stats().durable_commits() - durable);
+        let _ = stop.send(true);
+        exec.await.unwrap();
+        (elapsed, taken.0, taken.1)
+    })
+}
+
+/// Enqueues of a job type no local worker serves, with the executor running: the commits they
+/// cost (one each is the floor: a durable commit per acknowledged enqueue).
+fn unserved_enqueues(n: usize) -> (u64, u64) {
+    let (d, h, store) = writer(6);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let opts = stella::exec::worker::ExecOptions {
+            worker: "local-bench".into(),
+            slots: 8,
+            lease_ttl_ms: 60_000,
+            lib: d.path().join("lib"),
+        };
+        let exec = tokio::spawn(stella::exec::worker::run(h.clone(), store.clone(), opts, stopped));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (commits, durable) = (h.stats().commits(), h.stats().durable_commits());
+        for i in 0..n {
+            let cmd = Command::Queue(QueueCommand::Enqueue {
+                tenant: "default".into(),
+                job_type: "elsewhere".into(),
+                payload: json!({ "i": i }),
+                priority: 100,
+                max_attempts: Some(1),
+                delay_ms: None,
+                idempotency_key: None,
+            });
+            h.submit(actor(), cmd).await.unwrap();
+        }
+        // Let the executor react to the last one before counting.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let taken = (h.stats().commits() - commits, h.stats().durable_commits() - durable);
+        let _ = stop.send(true);
+        exec.await.unwrap();
+        taken
+    })
+}
+
 /// One plugin attempt (the sample plugin, protocol v1, through the executor's runner) against
 /// spawning `/bin/true`, in the same run: the cost of a plugin process.
 fn plugin_spawn(n: usize) {
@@ -205,5 +285,16 @@ fn main() {
             db_verify(&store);
         }
     }
+    let width = 1_000;
+    let (d, commits, durable) = executor_fan(width);
+    println!(
+        "executor (8 slots): root → {width} noop → join: {:.1} ms wall, {commits} commits ({durable} durable), {:.2} steps per commit",
+        d.as_secs_f64() * 1e3,
+        (width + 2) as f64 / commits.max(1) as f64
+    );
+    let (commits, durable) = unserved_enqueues(1_000);
+    println!(
+        "1,000 enqueues of a type no local worker serves, executor running: {commits} commits ({durable} durable)"
+    );
     plugin_spawn(200);
 }

@@ -2,7 +2,7 @@
 //! polls): a new or returning job wakes it, a finished attempt frees a slot, a cancelled job
 //! stops its attempt.
 
-use crate::domain::queue::{QueueCommand, QueueEvent, WAKE_KINDS};
+use crate::domain::queue::{QueueCommand, QueueEvent, wakes};
 use crate::exec::builtin::{self, StepResult};
 use crate::exec::plugin;
 use crate::kernel::Actor;
@@ -13,7 +13,7 @@ use crate::machine::WriterHandle;
 use crate::machine::read;
 use serde_json::json;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone)]
@@ -45,14 +45,30 @@ fn actor(worker: &str) -> Actor {
 pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop: watch::Receiver<bool>) {
     let (done_tx, mut done_rx) = mpsc::channel::<()>(opts.slots.max(1));
     let mut events = writer.subscribe();
+    let mut types = kinds(&store);
     let mut free = opts.slots;
+    let mut ready = true;
     loop {
-        if free > 0 {
+        // Every attempt that ended since the last lease frees its slot for this one: one lease
+        // command fills every free slot.
+        while done_rx.try_recv().is_ok() {
+            free += 1;
+            ready = true;
+        }
+        // What was committed before this lease is what it will see: those events wake nothing.
+        loop {
+            match events.try_recv() {
+                Ok(e) if e.kind == "plugin.registered" => types = kinds(&store),
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        if free > 0 && ready {
             let lease = Command::Queue(QueueCommand::Lease {
                 tenant: None,
                 worker: opts.worker.clone(),
                 worker_tenant: String::new(),
-                types: kinds(&store),
+                types: types.clone(),
                 max: free as u32,
                 ttl_ms: Some(opts.lease_ttl_ms),
                 env: None,
@@ -69,24 +85,21 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
                         .flatten()
                         .map(|g| (g.job, g.token))
                         .collect();
+                    // A full grant may have left more behind; a partial one took all there was.
+                    ready = grants.len() == free;
                     for (job, token) in grants {
                         free -= 1;
+                        let slot = Slot(done_tx.clone());
                         let attempt =
                             Attempt { writer: writer.clone(), store: store.clone(), job, token, opts: opts.clone() };
-                        let done = done_tx.clone();
-                        tokio::spawn(async move {
-                            attempt.run().await;
-                            let _ = done.send(()).await;
-                        });
-                    }
-                    if free > 0 && !c.entries.is_empty() {
-                        continue;
+                        tokio::spawn(attempt.run(slot));
                     }
                 }
                 Err(crate::kernel::CommandError::WriterGone) => return,
                 Err(e) => {
                     // A store fault (a full disk) passes: try again shortly, or on the next event.
                     tracing::warn!(error = %e, "executor lease failed; trying again");
+                    ready = true;
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                         _ = stop.changed() => return,
@@ -94,23 +107,56 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
                 }
             }
         }
+        if ready && free > 0 {
+            continue;
+        }
         tokio::select! {
-            _ = done_rx.recv() => free += 1,
-            _ = wake(&mut events) => {}
+            _ = done_rx.recv() => {
+                free += 1;
+                ready = true;
+            }
+            w = wake(&mut events, &types) => {
+                if w == Wake::Plugins {
+                    types = kinds(&store);
+                }
+                ready = true;
+            }
             _ = stop.changed() => return,
         }
     }
 }
 
-/// Returns when a committed entry may have made work ready.
-async fn wake(events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::kernel::ledger::Entry>>) {
+#[derive(PartialEq)]
+enum Wake {
+    Work,
+    /// A plugin was installed: the executor serves its type from now on.
+    Plugins,
+}
+
+/// Returns when a committed entry may have made work of `types` ready.
+async fn wake(
+    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::kernel::ledger::Entry>>,
+    types: &[String],
+) -> Wake {
     loop {
         match events.recv().await {
-            Ok(e) if WAKE_KINDS.contains(&e.kind.as_str()) => return,
+            Ok(e) if e.kind == "plugin.registered" => return Wake::Plugins,
+            Ok(e) if wakes(&e, |t| types.iter().any(|k| k == t)) => return Wake::Work,
             Ok(_) => continue,
-            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Lagged(_)) => return Wake::Plugins,
             Err(RecvError::Closed) => std::future::pending().await,
         }
+    }
+}
+
+/// A slot of the executor, given back when dropped: when its attempt has its result (so that
+/// the next lease rides in the same group commit as the result) or ends without one.
+struct Slot(mpsc::Sender<()>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The channel holds one message per slot: it is never full.
+        let _ = self.0.try_send(());
     }
 }
 
@@ -179,7 +225,7 @@ impl Attempt {
         })
     }
 
-    async fn run(self) {
+    async fn run(self, slot: Slot) {
         let Some(job) = self.store.read().ok().and_then(|t| read::job(&t, &self.job).ok().flatten()) else { return };
         let timeout = Duration::from_millis(job.payload["timeoutMs"].as_u64().unwrap_or(300_000));
         let mut events = self.writer.subscribe();
@@ -254,6 +300,7 @@ impl Attempt {
                 retryable: true,
             },
         };
+        drop(slot);
         if let Err(e) = self.writer.submit(actor(&self.opts.worker), Command::Queue(report)).await {
             tracing::info!(job = %self.job, error = %e, "result refused");
         }

@@ -27,6 +27,10 @@ struct Envelope<M: Machine> {
 #[derive(Debug, Default)]
 pub struct WriterStats {
     pub commits: AtomicU64,
+    /// Commits made durable (`fdatasync`ed) before their callers heard: those that appended
+    /// entries. A batch of liveness writes only (heartbeats, a lease that found nothing, a
+    /// metric snapshot) is committed without a sync and made durable by the next one that does.
+    pub durable_commits: AtomicU64,
     pub commands: AtomicU64,
     pub entries: AtomicU64,
     pub head_seq: AtomicU64,
@@ -36,6 +40,9 @@ pub struct WriterStats {
 impl WriterStats {
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+    pub fn durable_commits(&self) -> u64 {
+        self.durable_commits.load(Ordering::Relaxed)
     }
     pub fn head_seq(&self) -> u64 {
         self.head_seq.load(Ordering::Acquire)
@@ -338,13 +345,19 @@ impl<M: Machine> Writer<M> {
         let outcome = db.begin_write().map_err(|e| e.to_string()).and_then(|mut txn| {
             txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
             let results = self.apply_batch(&txn, batch)?;
+            // History is acknowledged only once it is on disk; liveness alone need not wait.
+            let durable = results.iter().any(|r| r.as_ref().is_ok_and(|c| !c.entries.is_empty()));
+            if !durable {
+                txn.set_durability(Durability::None).map_err(|e| e.to_string())?;
+            }
             txn.commit().map_err(|e| e.to_string())?;
-            Ok(results)
+            Ok((results, durable))
         });
         let n = batch.len() as u64;
         match outcome {
-            Ok(results) => {
+            Ok((results, durable)) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.durable_commits.fetch_add(u64::from(durable), Ordering::Relaxed);
                 self.stats.commands.fetch_add(n, Ordering::Relaxed);
                 self.answer(batch.drain(..).zip(results));
             }

@@ -11,7 +11,7 @@ use crate::auth::{Principal, Scope};
 use crate::clock::rfc3339;
 use crate::domain::queue::plan::{LEASE_MAX, valid_type};
 use crate::domain::queue::tables::Budget;
-use crate::domain::queue::{QueueCommand, QueueEvent, ReplaySelector, WAKE_KINDS};
+use crate::domain::queue::{QueueCommand, QueueEvent, ReplaySelector, wakes};
 use crate::kernel::Committed;
 use crate::kernel::event::Event;
 use crate::machine::Command;
@@ -128,7 +128,7 @@ pub async fn lease(
         let woke = tokio::time::timeout_at(deadline, async {
             loop {
                 match events.recv().await {
-                    Ok(e) if WAKE_KINDS.contains(&e.kind.as_str()) => return,
+                    Ok(e) if wakes(&e, |t| req.types.iter().any(|k| k == t)) => return,
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -31,6 +31,31 @@ pub const WAKE_KINDS: &[&str] = &[
     "lock.expired",
 ];
 
+/// Whether a committed `entry` may have made work ready for a worker whose job types `serves`
+/// accepts: a new, replayed, resumed or unbudgeted job of another type does not wake it.
+pub fn wakes(entry: &crate::kernel::ledger::Entry, serves: impl Fn(&str) -> bool) -> bool {
+    if !WAKE_KINDS.contains(&entry.kind.as_str()) {
+        return false;
+    }
+    // Read in place: this runs for every committed entry, for every waiting worker.
+    #[derive(Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "type", borrow, default)]
+        job_type: Option<&'a str>,
+        #[serde(borrow, default)]
+        job: Option<TypedJob<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct TypedJob<'a> {
+        #[serde(rename = "type", borrow)]
+        job_type: &'a str,
+    }
+    match Typed::deserialize(&entry.data) {
+        Ok(Typed { job_type: Some(t), .. }) | Ok(Typed { job: Some(TypedJob { job_type: t }), .. }) => serves(t),
+        _ => true,
+    }
+}
+
 /// Orders the ready index: higher priority first, then oldest (lowest enqueue seq) first.
 pub fn ready_order(priority: u16, seq: u64) -> u64 {
     (u64::from(u16::MAX - priority) << 48) | (seq & ((1 << 48) - 1))
