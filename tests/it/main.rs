@@ -8,6 +8,7 @@ mod bundles;
 mod cli;
 mod drills;
 mod engine_model;
+mod executor;
 mod export;
 mod faults;
 mod golden_ledger;
