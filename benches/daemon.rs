@@ -81,6 +81,30 @@ fn main() {
         v["runs"].as_array().is_some_and(|r| r.len() == runs && r.iter().all(|r| r["status"] == "succeeded"))
     });
     let after = settled_rss(pid);
+
+    // Sustained work: twelve runs of root → 1,000 noop steps → join, one after the other,
+    // RSS and anonymous memory after each (what grows shows as a climb run after run).
+    let spec = dir.path().join("wide.toml");
+    let mut text = String::from("name = \"wide\"\n[steps.start]\nplugin = \"noop\"\n");
+    for i in 0..1_000 {
+        text.push_str(&format!("[steps.m{i}]\nplugin = \"noop\"\nneeds = [\"start\"]\n"));
+    }
+    let mids: Vec<String> = (0..1_000).map(|i| format!("\"m{i}\"")).collect();
+    text.push_str(&format!("[steps.end]\nplugin = \"noop\"\nneeds = [{}]\n", mids.join(", ")));
+    std::fs::write(&spec, text).unwrap();
+    assert!(cli(&["orch", "dag", "register", spec.to_str().unwrap()]).status.success());
+    let mut sustained = Vec::new();
+    for n in 1..=12 {
+        assert!(cli(&["orch", "run", "start", "wide"]).status.success());
+        wait_for("the wide run to finish", &|| {
+            let out = cli(&["--format", "json", "orch", "run", "list"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["runs"].as_array().is_some_and(|r| {
+                r.iter().filter(|r| r["dag"] == "wide" && r["status"] == "succeeded").count() == n
+            })
+        });
+        sustained.push((settled_rss(pid), status_kib(pid, "RssAnon:")));
+    }
     let peak = status_kib(pid, "VmHWM:");
     // SAFETY: signalling the child this function spawned.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -99,6 +123,17 @@ fn main() {
         f(after),
         after as f64 / bare_kib as f64
     );
+    for (i, (rss, anon)) in sustained.iter().enumerate() {
+        println!(
+            "after wide run {:>2} (1,002 steps)              {:>8.1}   {:>9.2}x   anonymous {:>6.1}",
+            i + 1,
+            f(*rss),
+            *rss as f64 / bare_kib as f64,
+            f(*anon)
+        );
+    }
+    let (first, last) = (sustained[0].0, sustained[sustained.len() - 1].0);
+    println!("growth from wide run 1 to 12: {:+.1} MiB (target: within 10 MiB)", (last as f64 - first as f64) / MIB);
     println!(
         "peak over the whole run (VmHWM)                {:>8.1}   {:>9.2}x",
         f(peak),

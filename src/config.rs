@@ -277,8 +277,10 @@ pub struct StoreConfig {
     pub cache_bytes: usize,
 }
 
-/// The store's page cache unless `store.cache_bytes` says otherwise.
-pub const CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
+/// The store's page cache unless `store.cache_bytes` says otherwise: what the daemon's memory
+/// grows by under sustained work until the cache is full (docs/benchmarks.md, "Memory under
+/// sustained work").
+pub const CACHE_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
 
 impl Default for StoreConfig {
     fn default() -> Self {
