@@ -99,9 +99,9 @@ fn main() {
         wait_for("the wide run to finish", &|| {
             let out = cli(&["--format", "json", "orch", "run", "list"]);
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v["runs"].as_array().is_some_and(|r| {
-                r.iter().filter(|r| r["dag"] == "wide" && r["status"] == "succeeded").count() == n
-            })
+            v["runs"]
+                .as_array()
+                .is_some_and(|r| r.iter().filter(|r| r["dag"] == "wide" && r["status"] == "succeeded").count() == n)
         });
         sustained.push((settled_rss(pid), status_kib(pid, "RssAnon:")));
     }

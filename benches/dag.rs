@@ -117,23 +117,48 @@ fn plain(jobs: usize) -> Duration {
     })
 }
 
-/// Root → `width` built-in `noop` steps → join, run by the daemon's own in-process executor
-/// with its default 8 slots (what an operator's run goes through): wall time to `run.succeeded`,
-/// the writer's commits (of which durable) it took, and how busy the slots were.
-fn executor_fan(width: usize) -> (Duration, u64, u64) {
+/// What one executor run of a wide DAG took.
+struct Fan {
+    wall: Duration,
+    commits: u64,
+    durable: u64,
+    /// Attempt time over slot time: the share of the slots' time spent running a step.
+    busy: f64,
+}
+
+/// Root → `width` steps of `plugin` (the built-in `noop`, or the sample plugin, a real process
+/// per step) → join, run by the daemon's own in-process executor with its default slots (what an
+/// operator's run goes through): wall time to `run.succeeded`, the writer's commits (of which
+/// durable) it took, and how busy the slots were.
+fn executor_fan(width: usize, plugin: &str) -> Fan {
     let (d, h, store) = writer(5);
+    let slots = stella::config::Config::default().exec.slots;
+    let lib = d.path().join("lib");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let spec = diamond(width + 2);
+        if plugin != "noop" {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/sample-plugin");
+            let checked = stella::plugins::check(&dir).unwrap();
+            stella::plugins::seal(&lib, &checked).unwrap();
+            let register = RunCommand::RegisterPlugin {
+                name: checked.manifest.name.clone(),
+                digest: checked.digest.clone(),
+                entrypoint: checked.manifest.entrypoint.clone(),
+                kinds: checked.manifest.kinds(),
+                unsigned: true,
+            };
+            h.submit(actor(), Command::Run(register)).await.unwrap();
+        }
+        let spec = diamond(width + 2).replace("\"noop\"", &format!("\"{plugin}\""));
         h.submit(actor(), Command::Run(RunCommand::RegisterDag { name: "d".into(), spec, unsigned: true }))
             .await
             .unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let opts = stella::exec::worker::ExecOptions {
             worker: "local-bench".into(),
-            slots: stella::config::Config::default().exec.slots,
+            slots,
             lease_ttl_ms: 60_000,
-            lib: d.path().join("lib"),
+            lib: lib.clone(),
         };
         let exec = tokio::spawn(stella::exec::worker::run(h.clone(), store.clone(), opts, stopped));
         let mut events = h.subscribe();
@@ -152,11 +177,15 @@ fn executor_fan(width: usize) -> (Duration, u64, u64) {
                 break;
             }
         }
-        let elapsed = started.elapsed();
+        let wall = started.elapsed();
         let taken = (h.stats().commits() - commits, h.stats().durable_commits() - durable);
         let _ = stop.send(true);
         exec.await.unwrap();
-        (elapsed, taken.0, taken.1)
+        let txn = store.read().unwrap();
+        let steps = stella::machine::read::steps(&txn, "run-1").unwrap();
+        let attempt_ms: i64 = steps.iter().filter_map(|s| Some(s.finished_ms? - s.started_ms?)).sum();
+        let busy = attempt_ms as f64 / (slots as f64 * wall.as_secs_f64() * 1e3);
+        Fan { wall, commits: taken.0, durable: taken.1, busy }
     })
 }
 
@@ -286,12 +315,17 @@ fn main() {
         }
     }
     let width = 1_000;
-    let (d, commits, durable) = executor_fan(width);
-    println!(
-        "executor (8 slots): root → {width} noop → join: {:.1} ms wall, {commits} commits ({durable} durable), {:.2} steps per commit",
-        d.as_secs_f64() * 1e3,
-        (width + 2) as f64 / commits.max(1) as f64
-    );
+    for plugin in ["noop", "sample-plugin"] {
+        let f = executor_fan(width, plugin);
+        println!(
+            "executor (8 slots): root → {width} {plugin} → join: {:.1} ms wall, {} commits ({} durable), {:.2} steps per commit, slots busy {:.0} %",
+            f.wall.as_secs_f64() * 1e3,
+            f.commits,
+            f.durable,
+            (width + 2) as f64 / f.commits.max(1) as f64,
+            f.busy * 100.0
+        );
+    }
     let (commits, durable) = unserved_enqueues(1_000);
     println!(
         "1,000 enqueues of a type no local worker serves, executor running: {commits} commits ({durable} durable)"

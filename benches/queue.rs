@@ -281,6 +281,34 @@ fn row(what: &str, producers: usize, f: &mut Figure, base: f64) {
     println!("{what:<34} {producers:>9} {:>10.0} {p50:>9.3} {p99:>9.3} {:>7.1}x", f.rate(), f.rate() / base);
 }
 
+/// Bytes this process has passed to `write`/`pwrite` so far (`/proc/self/io` `wchar`): what a
+/// commit costs the disk, before the page cache merges anything.
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes written per acknowledged single-job commit, one producer: stella's writer against
+/// SQLite WAL FULL, in the same run.
+fn bytes_per_commit(n: usize) {
+    let before = written_bytes();
+    let f = stella_enqueue(1, n);
+    let stella = (written_bytes() - before) as f64 / f.ops as f64;
+    let before = written_bytes();
+    let f = sqlite_queue(1, n, false);
+    let sqlite = (written_bytes() - before) as f64 / f.ops as f64;
+    println!(
+        "bytes written per single-job commit (1 producer): stella {:.1} KiB, SQLite WAL FULL {:.1} KiB ({:.1}x)",
+        stella / 1024.0,
+        sqlite / 1024.0,
+        stella / sqlite.max(1.0)
+    );
+}
+
 fn main() {
     if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"queue".contains(a.as_str())) {
         return;
@@ -302,6 +330,7 @@ fn main() {
     row("lifecycle: stella (64 prod, 8 workers)", 64, &mut stella_lifecycle(scale(100_000)), base);
     row("lifecycle: naive redb txn/op", 8, &mut naive_redb(8, scale(2_000), true), base);
     row("lifecycle: SQLite WAL FULL", 8, &mut sqlite, base);
+    bytes_per_commit(scale(2_000));
     let mut idle = stella_idle_latency(scale(2_000).min(2_000));
     println!(
         "idle enqueue → lease (stella, event-woken worker): p50 {:.3} ms, p99 {:.3} ms",
