@@ -73,7 +73,8 @@ fn stella_enqueue(producers: usize, total: usize) -> Figure {
 }
 
 /// Enqueue over the API: a daemon on a temp dir, one request per connection on its socket.
-fn api_enqueue(producers: usize, total: usize) -> Figure {
+/// `batch` jobs per request (1: the single-job body; more: an array, one command each).
+fn api_enqueue(producers: usize, total: usize, batch: usize) -> Figure {
     let d = dir();
     let notify = d.path().join("n.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
@@ -96,7 +97,7 @@ fn api_enqueue(producers: usize, total: usize) -> Figure {
     }
     let client = stella::client::Client::unix(d.path().join("run/stella/orchestrator.sock"));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let per = total / producers;
+    let per = total / producers / batch;
     let started = Instant::now();
     let lat = rt.block_on(async {
         let tasks: Vec<_> = (0..producers)
@@ -105,14 +106,16 @@ fn api_enqueue(producers: usize, total: usize) -> Figure {
                 tokio::spawn(async move {
                     let mut lat = Vec::with_capacity(per);
                     for i in 0..per {
+                        let body = if batch == 1 {
+                            serde_json::json!({ "type": "noop", "payload": { "i": i } })
+                        } else {
+                            let jobs: Vec<_> = (0..batch)
+                                .map(|j| serde_json::json!({ "type": "noop", "payload": { "i": i * batch + j } }))
+                                .collect();
+                            serde_json::Value::Array(jobs)
+                        };
                         let t = Instant::now();
-                        let r = c
-                            .post(
-                                "/api/v1/orchestrator/jobs",
-                                &serde_json::json!({ "type": "noop", "payload": { "i": i } }),
-                            )
-                            .await
-                            .unwrap();
+                        let r = c.post("/api/v1/orchestrator/jobs", &body).await.unwrap();
                         assert_eq!(r.status, 201);
                         lat.push(t.elapsed());
                     }
@@ -129,7 +132,7 @@ fn api_enqueue(producers: usize, total: usize) -> Figure {
     let elapsed = started.elapsed();
     let _ = child.kill();
     let _ = child.wait();
-    Figure { ops: per * producers, elapsed, lat }
+    Figure { ops: per * producers * batch, elapsed, lat }
 }
 
 /// 64 producers enqueue while 8 workers lease up to 64 at a time and complete each job.
@@ -321,7 +324,11 @@ fn main() {
         let mut sqlite = sqlite_queue(producers, scale(2_000), false);
         let base = sqlite.rate();
         row("enqueue: stella in-process", producers, &mut stella_enqueue(producers, scale(40_000)), base);
-        row("enqueue: stella API (unix socket)", producers, &mut api_enqueue(producers, scale(10_000)), base);
+        row("enqueue: stella API (unix socket)", producers, &mut api_enqueue(producers, scale(10_000), 1), base);
+        if producers <= 8 {
+            let mut batched = api_enqueue(producers, scale(400_000), 1_000);
+            row("enqueue: API, arrays of 1,000 (p = request)", producers, &mut batched, base);
+        }
         row("enqueue: naive redb txn/op", producers, &mut naive_redb(producers, scale(2_000), false), base);
         row("enqueue: SQLite WAL FULL", producers, &mut sqlite, base);
     }

@@ -200,6 +200,47 @@ pub struct Enqueue {
     pub tenant: Option<String>,
 }
 
+/// `POST /jobs`: one job, or an array of jobs enqueued together (all or none).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnqueueBody {
+    One(Enqueue),
+    Many(Vec<Enqueue>),
+}
+
+impl<'de> Deserialize<'de> for EnqueueBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Body;
+        impl<'de> serde::de::Visitor<'de> for Body {
+            type Value = EnqueueBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a job, or an array of jobs")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<EnqueueBody, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(EnqueueBody::Many)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<EnqueueBody, A::Error> {
+                Enqueue::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(EnqueueBody::One)
+            }
+        }
+        d.deserialize_any(Body)
+    }
+}
+
+/// The answer to a batch: each job's id, in the order given, and whether this request created
+/// it (`false`: its idempotency key named it already).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnqueuedJobs {
+    pub jobs: Vec<EnqueuedRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnqueuedRef {
+    pub id: String,
+    pub created: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {

@@ -303,3 +303,55 @@ async fn kill_9_under_queue_load_loses_no_acknowledged_job() {
         assert!(verify.status.success(), "round {round}: {}", stderr(&verify));
     }
 }
+
+/// `POST /jobs` with an array enqueues the jobs in one command: each answered with its id in
+/// the order given, an idempotency key repeated in the batch naming the same job; a batch with
+/// one bad job is refused whole, naming the job, and enqueues nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_jobs_is_enqueued_all_or_none() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let depth = |v: &Value| v["depth"].as_u64().unwrap();
+    let before = depth(&api_get(&c, "/queue").await);
+    let batch = json!([
+        { "type": "batch.a", "payload": { "n": 1 }, "idempotencyKey": "k1" },
+        { "type": "batch.a", "payload": { "n": 2 } },
+        { "type": "batch.b", "payload": { "n": 1 }, "idempotencyKey": "k4" },
+    ]);
+    let r = c.post(&format!("{API}/jobs"), &batch).await.unwrap();
+    assert_eq!(r.status, 201);
+    let jobs = r.json().unwrap()["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.iter().all(|j| j["created"] == true), "{jobs:?}");
+    let ids: BTreeSet<&str> = jobs.iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    let shown = api_get(&c, &format!("/jobs/{}", jobs[2]["id"].as_str().unwrap())).await;
+    assert_eq!((shown["type"].as_str(), shown["payload"]["n"].as_u64()), (Some("batch.b"), Some(1)));
+
+    // Same key, same job, twice in one batch: one job.
+    let again = json!([
+        { "type": "batch.c", "payload": { "n": 1 }, "idempotencyKey": "k2" },
+        { "type": "batch.c", "payload": { "n": 1 }, "idempotencyKey": "k2" },
+    ]);
+    let r = c.post(&format!("{API}/jobs"), &again).await.unwrap();
+    let jobs = r.json().unwrap()["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs[0]["id"], jobs[1]["id"]);
+    assert_eq!((jobs[0]["created"].as_bool(), jobs[1]["created"].as_bool()), (Some(true), Some(false)));
+    // Sent again: every job exists already, 200.
+    let r = c.post(&format!("{API}/jobs"), &again).await.unwrap();
+    assert_eq!(r.status, 200);
+    let depth_now = depth(&api_get(&c, "/queue").await);
+
+    let bad = json!([{ "type": "batch.a" }, { "type": "Not A Type" }, { "type": "batch.a" }]);
+    let r = c.post(&format!("{API}/jobs"), &bad).await.unwrap();
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json().unwrap()["field"], "jobs[1].type");
+    let clash = json!([{ "type": "batch.d", "idempotencyKey": "k3" }, { "type": "batch.e", "idempotencyKey": "k3" }]);
+    let r = c.post(&format!("{API}/jobs"), &clash).await.unwrap();
+    assert_eq!(r.status, 409);
+    let problem = r.json().unwrap();
+    assert_eq!(problem["code"], "idempotency_key_reused");
+    assert!(problem["detail"].as_str().unwrap().starts_with("jobs[1]"), "{problem}");
+    assert_eq!(depth(&api_get(&c, "/queue").await), depth_now, "refused batches enqueue nothing");
+    assert!(depth_now >= before + 4, "{before} → {depth_now}");
+}

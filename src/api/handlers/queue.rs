@@ -9,6 +9,7 @@ use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
 use crate::clock::rfc3339;
+use crate::domain::queue::plan::NewJob;
 use crate::domain::queue::plan::{LEASE_MAX, valid_type};
 use crate::domain::queue::tables::Budget;
 use crate::domain::queue::{QueueCommand, QueueEvent, ReplaySelector, wakes};
@@ -41,25 +42,24 @@ fn job_dto(state: &AppState, p: &Principal, id: &str) -> ApiResult<dto::Job> {
 pub async fn enqueue(
     State(state): State<Arc<AppState>>,
     auth: Auth,
-    JsonBody(req): JsonBody<dto::Enqueue>,
-) -> ApiResult<(StatusCode, Json<dto::Job>)> {
+    JsonBody(body): JsonBody<dto::EnqueueBody>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let p = auth.require(Scope::Operate)?;
+    let req = match body {
+        dto::EnqueueBody::One(req) => req,
+        dto::EnqueueBody::Many(jobs) => return enqueue_many(&state, p, jobs).await.map(IntoResponse::into_response),
+    };
     let tenant = acting_tenant(&state, p, req.tenant.as_deref())?;
-    if !valid_type(&req.job_type) {
-        return Err(Problem::invalid(
-            "type",
-            format!("job type {:?} is not 1-64 of a-z, 0-9, '.', '-', '_'", req.job_type),
-        ));
-    }
-    let delay_ms = req.delay.as_deref().map(|d| ms("delay", d)).transpose()?;
+    let job = new_job(req, None)?;
     let command = Command::Queue(QueueCommand::Enqueue {
         tenant,
-        job_type: req.job_type,
-        payload: req.payload,
-        priority: req.priority.unwrap_or(100),
-        max_attempts: req.max_attempts,
-        delay_ms,
-        idempotency_key: req.idempotency_key,
+        job_type: job.job_type,
+        payload: job.payload,
+        priority: job.priority,
+        max_attempts: job.max_attempts,
+        delay_ms: job.delay_ms,
+        idempotency_key: job.idempotency_key,
     });
     let c = submit(&state, p, command).await?;
     let (status, id) = match (&c.note, c.entries.first()) {
@@ -67,7 +67,52 @@ pub async fn enqueue(
         (None, Some(e)) => (StatusCode::CREATED, e.subjects[0].clone()),
         (None, None) => return Err(Problem::internal("enqueue committed nothing")),
     };
-    Ok((status, Json(job_dto(&state, p, &id)?)))
+    Ok((status, Json(job_dto(&state, p, &id)?)).into_response())
+}
+
+/// A job of a request, checked; `index` names it in a batch.
+fn new_job(req: dto::Enqueue, index: Option<usize>) -> ApiResult<NewJob> {
+    let at = |field: &str| index.map_or_else(|| field.to_owned(), |i| format!("jobs[{i}].{field}"));
+    if !valid_type(&req.job_type) {
+        return Err(Problem::invalid(
+            &at("type"),
+            format!("job type {:?} is not 1-64 of a-z, 0-9, '.', '-', '_'", req.job_type),
+        ));
+    }
+    let delay_ms = req.delay.as_deref().map(|d| ms(&at("delay"), d)).transpose()?;
+    Ok(NewJob {
+        job_type: req.job_type,
+        payload: req.payload,
+        priority: req.priority.unwrap_or(100),
+        max_attempts: req.max_attempts,
+        delay_ms,
+        idempotency_key: req.idempotency_key,
+    })
+}
+
+/// `POST /jobs` with an array: one command, so all the jobs are enqueued or none is.
+async fn enqueue_many(
+    state: &AppState,
+    p: &Principal,
+    jobs: Vec<dto::Enqueue>,
+) -> ApiResult<(StatusCode, Json<dto::EnqueuedJobs>)> {
+    let named = jobs.first().and_then(|j| j.tenant.clone());
+    if let Some(i) = jobs.iter().position(|j| j.tenant != named) {
+        return Err(Problem::invalid(
+            &format!("jobs[{i}].tenant"),
+            "every job of a batch is for the same tenant: name it on each or on none",
+        ));
+    }
+    let tenant = acting_tenant(state, p, named.as_deref())?;
+    let jobs = jobs.into_iter().enumerate().map(|(i, j)| new_job(j, Some(i))).collect::<ApiResult<Vec<_>>>()?;
+    let c = submit(state, p, Command::Queue(QueueCommand::EnqueueMany { tenant, jobs })).await?;
+    let answer: dto::EnqueuedJobs = c
+        .note
+        .as_ref()
+        .and_then(|n| serde_json::from_value(n.clone()).ok())
+        .ok_or_else(|| Problem::internal("enqueue of a batch answered nothing"))?;
+    let status = if answer.jobs.iter().any(|j| j.created) { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(answer)))
 }
 
 pub async fn show_job(

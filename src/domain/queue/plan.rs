@@ -35,7 +35,7 @@ use crate::kernel::store::rw;
 use crate::runtime_config;
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Ready-index entries one lease request examines at most per type.
 const LEASE_SCAN_MAX: usize = 4_096;
@@ -69,6 +69,13 @@ pub enum QueueCommand {
         max_attempts: Option<u32>,
         delay_ms: Option<u64>,
         idempotency_key: Option<String>,
+    },
+    /// Enqueue many jobs for `tenant` in one command: all or none (a refused job names its
+    /// index); an idempotency key already used (before, or earlier in the batch) answers with
+    /// its job.
+    EnqueueMany {
+        tenant: String,
+        jobs: Vec<NewJob>,
     },
     /// Lease up to `max` ready jobs of `types`; `tenant` limits to one tenant's jobs.
     Lease {
@@ -155,7 +162,21 @@ pub fn valid_type(t: &str) -> bool {
 
 pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
     match cmd {
-        QueueCommand::Enqueue { .. } => enqueue(cmd, txn, ctx),
+        QueueCommand::Enqueue { tenant, job_type, payload, priority, max_attempts, delay_ms, idempotency_key } => {
+            let job = NewJob {
+                job_type: job_type.clone(),
+                payload: payload.clone(),
+                priority: *priority,
+                max_attempts: *max_attempts,
+                delay_ms: *delay_ms,
+                idempotency_key: idempotency_key.clone(),
+            };
+            match enqueue(txn, ctx, tenant, &job, &mut Batch::default())? {
+                Queued::New(draft) => Ok(vec![draft].into()),
+                Queued::Existing(id) => Ok(Effects { note: Some(json!({ "existing": id })), ..Effects::default() }),
+            }
+        }
+        QueueCommand::EnqueueMany { tenant, jobs } => enqueue_many(txn, ctx, tenant, jobs),
         QueueCommand::Lease { tenant, worker, worker_tenant, types, max, ttl_ms, env } => lease(
             txn,
             ctx,
@@ -354,11 +375,87 @@ impl Fence {
     }
 }
 
-fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
-    let QueueCommand::Enqueue { tenant, job_type, payload, priority, max_attempts, delay_ms, idempotency_key } = cmd
-    else {
-        unreachable!("enqueue plans Enqueue")
-    };
+/// One job to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub job_type: String,
+    pub payload: serde_json::Value,
+    pub priority: u16,
+    pub max_attempts: Option<u32>,
+    pub delay_ms: Option<u64>,
+    pub idempotency_key: Option<String>,
+}
+
+/// What the jobs planned so far in one command hold: the keys they took and the waiting
+/// jobs they add per type (the depth budget counts them).
+#[derive(Default)]
+struct Batch {
+    /// Key → the job it names: id, type and payload.
+    keys: HashMap<String, (String, String, serde_json::Value)>,
+    waiting: HashMap<String, u64>,
+    /// Per type: the waiting jobs stored before this batch and the depth budget (read once).
+    depth: HashMap<String, (u64, u64)>,
+    /// `queue.max_attempts` (read once).
+    max_attempts: Option<u32>,
+}
+
+enum Queued {
+    New(crate::kernel::ledger::Draft),
+    Existing(String),
+}
+
+/// Most jobs one `EnqueueMany` takes.
+pub const ENQUEUE_MANY_MAX: usize = 10_000;
+
+fn enqueue_many(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    tenant: &str,
+    jobs: &[NewJob],
+) -> Result<Effects, CommandError> {
+    if jobs.is_empty() || jobs.len() > ENQUEUE_MANY_MAX {
+        return Err(CommandError::invalid("jobs", format!("a batch holds 1 to {ENQUEUE_MANY_MAX} jobs")));
+    }
+    let mut batch = Batch::default();
+    let mut drafts = Vec::with_capacity(jobs.len());
+    let mut answers = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        match enqueue(txn, ctx, tenant, job, &mut batch).map_err(|e| at_index(e, i))? {
+            Queued::New(draft) => {
+                answers.push(json!({ "id": draft.subjects[0], "created": true }));
+                drafts.push(draft);
+            }
+            Queued::Existing(id) => answers.push(json!({ "id": id, "created": false })),
+        }
+    }
+    Ok(Effects { drafts, live: vec![], note: Some(json!({ "jobs": answers })) })
+}
+
+/// A batch's refusal names the job it is about.
+fn at_index(e: CommandError, i: usize) -> CommandError {
+    match e {
+        CommandError::Invalid { code, field, detail } => {
+            let field_text = field.map(|f| format!(".{f}")).unwrap_or_default();
+            CommandError::Invalid { code, field: Some("jobs"), detail: format!("jobs[{i}]{field_text}: {detail}") }
+        }
+        CommandError::Conflict { code, detail } => {
+            CommandError::Conflict { code, detail: format!("jobs[{i}]: {detail}") }
+        }
+        CommandError::Busy { detail, retry_after_s } => {
+            CommandError::Busy { detail: format!("jobs[{i}]: {detail}"), retry_after_s }
+        }
+        other => other,
+    }
+}
+
+fn enqueue(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    tenant: &str,
+    job: &NewJob,
+    batch: &mut Batch,
+) -> Result<Queued, CommandError> {
+    let NewJob { job_type, payload, priority, max_attempts, delay_ms, idempotency_key } = job;
     if !valid_type(job_type) {
         return Err(CommandError::invalid(
             "type",
@@ -371,44 +468,39 @@ fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
     if delay_ms.is_some_and(|d| d > DELAY_MAX_MS) {
         return Err(CommandError::invalid("delay", format!("delay is longer than {DELAY_MAX_MS} ms")));
     }
-    if let Some(key) = idempotency_key {
-        let table = txn.open_table(IDEMPOTENCY).map_err(storage)?;
-        let existing = table.get(format!("{tenant}/{key}").as_str()).map_err(storage)?;
-        if let Some(id) = existing.map(|v| String::from_utf8_lossy(v.value()).into_owned()) {
-            let job = visible_job(txn, Some(tenant), &id)?;
-            if job.job_type != *job_type || job.payload != *payload {
-                return Err(CommandError::conflict(
-                    "idempotency_key_reused",
-                    format!("idempotency key {key:?} already names job {id} with a different type or payload"),
-                ));
-            }
-            return Ok(Effects { note: Some(json!({ "existing": id })), ..Effects::default() });
-        }
+    if let Some(key) = idempotency_key
+        && let Some(id) = existing_job(txn, tenant, key, job_type, payload, batch)?
+    {
+        return Ok(Queued::Existing(id));
     }
-    let q = queue_record(txn, job_type)?;
-    let budget = q.budgets.get(tenant).or_else(|| q.budgets.get("*"));
-    let limit = match budget.and_then(|b| b.max_depth) {
-        Some(limit) => limit,
-        None => runtime_u64(txn, ctx, "queue.max_depth")?,
+    let (stored, limit) = match batch.depth.get(job_type) {
+        Some(d) => *d,
+        None => {
+            let q = queue_record(txn, job_type)?;
+            let budget = q.budgets.get(tenant).or_else(|| q.budgets.get("*"));
+            let limit = match budget.and_then(|b| b.max_depth) {
+                Some(limit) => limit,
+                None => runtime_u64(txn, ctx, "queue.max_depth")?,
+            };
+            *batch.depth.entry(job_type.clone()).or_insert((q.ready + q.delayed, limit))
+        }
     };
-    if q.ready + q.delayed >= limit {
+    let waiting = stored + batch.waiting.get(job_type).copied().unwrap_or(0);
+    if waiting >= limit {
         return Err(CommandError::Busy {
-            detail: format!(
-                "queue {job_type} holds {} waiting jobs, its depth budget is {limit}; retry later",
-                q.ready + q.delayed
-            ),
+            detail: format!("queue {job_type} holds {waiting} waiting jobs, its depth budget is {limit}; retry later"),
             retry_after_s: 1,
         });
     }
-    let max_attempts = match max_attempts {
-        Some(n) => *n,
-        None => runtime_u64(txn, ctx, "queue.max_attempts")? as u32,
+    let max_attempts = match (*max_attempts, batch.max_attempts) {
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => *batch.max_attempts.insert(runtime_u64(txn, ctx, "queue.max_attempts")? as u32),
     };
     if max_attempts == 0 || max_attempts > 1_000 {
         return Err(CommandError::invalid("maxAttempts", "maxAttempts must be from 1 to 1000"));
     }
     let seq = super::take_job_seq(txn, ctx)?;
-    let job = EnqueuedJob {
+    let new = EnqueuedJob {
         id: job_id(seq),
         seq,
         job_type: job_type.clone(),
@@ -420,8 +512,42 @@ fn enqueue(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Res
         replay_of: None,
         backoff_ms: None,
     };
-    let subjects = vec![job.id.clone()];
-    Ok(vec![QueueEvent::Enqueued(job).draft(tenant, subjects)].into())
+    *batch.waiting.entry(job_type.clone()).or_default() += 1;
+    if let Some(key) = idempotency_key {
+        batch.keys.insert(key.clone(), (new.id.clone(), job_type.clone(), payload.clone()));
+    }
+    let subjects = vec![new.id.clone()];
+    Ok(Queued::New(QueueEvent::Enqueued(new).draft(tenant, subjects)))
+}
+
+/// The job an idempotency key already names (stored, or taken earlier in this batch), if it is
+/// the same job; a conflict if the key names another.
+fn existing_job(
+    txn: &WriteTransaction,
+    tenant: &str,
+    key: &str,
+    job_type: &str,
+    payload: &serde_json::Value,
+    batch: &Batch,
+) -> Result<Option<String>, CommandError> {
+    let reused = |id: &str| {
+        CommandError::conflict(
+            "idempotency_key_reused",
+            format!("idempotency key {key:?} already names job {id} with a different type or payload"),
+        )
+    };
+    if let Some((id, t, p)) = batch.keys.get(key) {
+        // Taken in this batch: not stored yet, so compared with what this batch planned.
+        return if t == job_type && p == payload { Ok(Some(id.clone())) } else { Err(reused(id)) };
+    }
+    let table = txn.open_table(IDEMPOTENCY).map_err(storage)?;
+    let existing = table.get(format!("{tenant}/{key}").as_str()).map_err(storage)?;
+    let Some(id) = existing.map(|v| String::from_utf8_lossy(v.value()).into_owned()) else { return Ok(None) };
+    let job = visible_job(txn, Some(tenant), &id)?;
+    if job.job_type != job_type || job.payload != *payload {
+        return Err(reused(&id));
+    }
+    Ok(Some(id))
 }
 
 struct LeaseAsk<'a> {
