@@ -86,6 +86,19 @@ fn db_verify(store: &stella::kernel::store::Store) {
     );
 }
 
+/// A one-attempt job of `job_type`.
+fn enqueue(job_type: &str, i: usize) -> Command {
+    Command::Queue(QueueCommand::Enqueue {
+        tenant: "default".into(),
+        job_type: job_type.into(),
+        payload: json!({ "i": i }),
+        priority: 100,
+        max_attempts: Some(1),
+        delay_ms: None,
+        idempotency_key: None,
+    })
+}
+
 /// The same number of plain jobs, enqueued in as many waves as the DAG has levels.
 fn plain(jobs: usize) -> Duration {
     let (_d, h, _) = writer(3);
@@ -96,16 +109,7 @@ fn plain(jobs: usize) -> Duration {
             .map(|i| {
                 let h = h.clone();
                 tokio::spawn(async move {
-                    let cmd = Command::Queue(QueueCommand::Enqueue {
-                        tenant: "default".into(),
-                        job_type: "noop".into(),
-                        payload: json!({ "i": i }),
-                        priority: 100,
-                        max_attempts: Some(1),
-                        delay_ms: None,
-                        idempotency_key: None,
-                    });
-                    h.submit(actor(), cmd).await.unwrap();
+                    h.submit(actor(), enqueue("noop", i)).await.unwrap();
                 })
             })
             .collect();
@@ -206,16 +210,7 @@ fn unserved_enqueues(n: usize) -> (u64, u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (commits, durable) = (h.stats().commits(), h.stats().durable_commits());
         for i in 0..n {
-            let cmd = Command::Queue(QueueCommand::Enqueue {
-                tenant: "default".into(),
-                job_type: "elsewhere".into(),
-                payload: json!({ "i": i }),
-                priority: 100,
-                max_attempts: Some(1),
-                delay_ms: None,
-                idempotency_key: None,
-            });
-            h.submit(actor(), cmd).await.unwrap();
+            h.submit(actor(), enqueue("elsewhere", i)).await.unwrap();
         }
         // Let the executor react to the last one before counting.
         tokio::time::sleep(Duration::from_millis(50)).await;
