@@ -52,9 +52,25 @@ struct Hashed<'a> {
 
 impl Entry {
     /// Seals a draft as entry `seq` after `prev`, computing its hash.
-    pub fn seal(mut draft: Draft, seq: u64, time: i64, actor: &str, prev: &str) -> Self {
+    pub fn seal(draft: Draft, seq: u64, time: i64, actor: &str, prev: &str) -> Self {
+        let mut entry = Self::unsealed(draft, seq, time, actor, prev);
+        entry.hash = entry.compute_hash();
+        entry
+    }
+
+    /// [`Entry::seal`] and [`Entry::to_stored`] at once, the canonical form built once: what
+    /// the writer appends.
+    pub fn seal_stored(draft: Draft, seq: u64, time: i64, actor: &str, prev: &str) -> (Self, Vec<u8>) {
+        let mut entry = Self::unsealed(draft, seq, time, actor, prev);
+        let canonical = entry.hashed_canonical();
+        entry.hash = hash_after(&entry.prev, &canonical);
+        let stored = entry.with_hash_member(canonical);
+        (entry, stored)
+    }
+
+    fn unsealed(mut draft: Draft, seq: u64, time: i64, actor: &str, prev: &str) -> Self {
         integral_floats_as_integers(&mut draft.data);
-        let mut entry = Entry {
+        Entry {
             seq,
             time,
             tenant: draft.tenant,
@@ -64,18 +80,11 @@ impl Entry {
             data: draft.data,
             prev: prev.to_owned(),
             hash: String::new(),
-        };
-        entry.hash = entry.compute_hash();
-        entry
+        }
     }
 
     pub fn compute_hash(&self) -> String {
-        let canonical = self.hashed_canonical();
-        let prev = hex::decode(&self.prev).unwrap_or_default();
-        let mut h = Sha256::new();
-        h.update(&prev);
-        h.update(&canonical);
-        hex::encode(h.finalize())
+        hash_after(&self.prev, &self.hashed_canonical())
     }
 
     /// The stored form: the RFC 8785 canonical JSON of the whole entry, hash included. Its
@@ -83,7 +92,11 @@ impl Entry {
     /// bytes are these bytes without the `hash` member — which is what lets [`fast_check`]
     /// verify an entry without parsing it.
     pub fn to_stored(&self) -> Vec<u8> {
-        let mut canonical = self.hashed_canonical();
+        self.with_hash_member(self.hashed_canonical())
+    }
+
+    /// The hashed canonical form with the `hash` member put in its sorted place.
+    fn with_hash_member(&self, mut canonical: Vec<u8>) -> Vec<u8> {
         // `{"actor":<string>,"data":<value>` then `,"kind"…`: the hash goes after data.
         let at = (|| {
             let actor_end = value_end(&canonical, b"{\"actor\":".len())?;
@@ -114,6 +127,15 @@ impl Entry {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("ledger entry serializes")
     }
+}
+
+/// `sha256(prev || canonical)`, hex: an entry's hash.
+fn hash_after(prev: &str, canonical: &[u8]) -> String {
+    let prev = hex::decode(prev).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(&prev);
+    h.update(canonical);
+    hex::encode(h.finalize())
 }
 
 /// Why a chain does not verify at one sequence.
@@ -487,8 +509,11 @@ mod tests {
         let mut prev = GENESIS_PREV.to_owned();
         let tricky = json!({ "s": "a \\\" , \"hash\":\"x\" ] }", "n": [1, {"k": [true, null, -2.5e3]}], "e": {} });
         for (seq, data) in [(1, json!({})), (2, tricky), (3, json!({"n": 3}))] {
-            let e = Entry::seal(Draft { data, ..draft(seq) }, seq, 7, "local:uid=0", &prev);
+            let e = Entry::seal(Draft { data: data.clone(), ..draft(seq) }, seq, 7, "local:uid=0", &prev);
             let stored = e.to_stored();
+            // What the writer appends, built from one canonical form, is the same entry and bytes.
+            let (sealed, at_once) = Entry::seal_stored(Draft { data, ..draft(seq) }, seq, 7, "local:uid=0", &prev);
+            assert_eq!((&sealed, &at_once), (&e, &stored));
             let parsed: Entry = serde_json::from_slice(&stored).unwrap();
             assert_eq!(parsed, e);
             assert_eq!(stored, serde_json_canonicalizer::to_vec(&e).unwrap(), "the stored form is RFC 8785");

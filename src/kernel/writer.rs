@@ -418,8 +418,8 @@ impl<M: Machine> Writer<M> {
             let mut entries = Vec::with_capacity(effects.drafts.len());
             for draft in effects.drafts {
                 seq += 1;
-                let entry = Entry::seal(draft, seq, now, &env.actor.name, &prev);
-                ledger.insert(seq, entry.to_stored().as_slice()).map_err(|e| e.to_string())?;
+                let (entry, stored) = Entry::seal_stored(draft, seq, now, &env.actor.name, &prev);
+                ledger.insert(seq, stored.as_slice()).map_err(|e| e.to_string())?;
                 M::apply(txn, &entry).map_err(|e| e.to_string())?;
                 prev.clone_from(&entry.hash);
                 entries.push(entry);
