@@ -25,11 +25,14 @@ pub struct ExecOptions {
     pub lib: std::path::PathBuf,
 }
 
-/// The job types this executor serves: the built-in kinds and every installed plugin.
-fn kinds(store: &Store) -> Vec<String> {
+/// The job types this executor serves: the built-in kinds and every installed plugin. While
+/// the store cannot be read (it is being reopened), the types it served before.
+fn kinds(store: &Store, before: &[String]) -> Vec<String> {
     let mut kinds: Vec<String> = crate::domain::runs::spec::BUILTINS.iter().map(|k| (*k).to_owned()).collect();
-    if let Ok(plugins) = store.read().and_then(|t| read::plugins(&t)) {
-        kinds.extend(plugins.into_iter().map(|(name, _)| name));
+    match store.read().and_then(|t| read::plugins(&t)) {
+        Ok(plugins) => kinds.extend(plugins.into_iter().map(|(name, _)| name)),
+        Err(_) if !before.is_empty() => return before.to_vec(),
+        Err(_) => {}
     }
     kinds
 }
@@ -45,7 +48,7 @@ fn actor(worker: &str) -> Actor {
 pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop: watch::Receiver<bool>) {
     let (done_tx, mut done_rx) = mpsc::channel::<()>(opts.slots.max(1));
     let mut events = writer.subscribe();
-    let mut types = kinds(&store);
+    let mut types = kinds(&store, &[]);
     let mut free = opts.slots;
     let mut ready = true;
     loop {
@@ -58,8 +61,10 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
         // What was committed before this lease is what it will see: those events wake nothing.
         loop {
             match events.try_recv() {
-                Ok(e) if e.kind == "plugin.registered" => types = kinds(&store),
-                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                // Missed entries may have installed a plugin.
+                Ok(e) if e.kind == "plugin.registered" => types = kinds(&store, &types),
+                Err(TryRecvError::Lagged(_)) => types = kinds(&store, &types),
+                Ok(_) => {}
                 Err(_) => break,
             }
         }
@@ -86,7 +91,7 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
                         .map(|g| (g.job, g.token))
                         .collect();
                     // A full grant may have left more behind; a partial one took all there was.
-                    ready = grants.len() == free;
+                    ready = grants.len() == free.min(crate::domain::queue::plan::LEASE_MAX as usize);
                     for (job, token) in grants {
                         free -= 1;
                         let slot = Slot(done_tx.clone());
@@ -117,7 +122,7 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
             }
             w = wake(&mut events, &types) => {
                 if w == Wake::Plugins {
-                    types = kinds(&store);
+                    types = kinds(&store, &types);
                 }
                 ready = true;
             }
@@ -232,11 +237,12 @@ impl Attempt {
         let beat = Duration::from_millis((self.opts.lease_ttl_ms / 3).max(1));
         let cancelled = {
             let mut events = self.writer.subscribe();
-            let job_id = self.job.clone();
+            let (job_id, token, store) = (self.job.clone(), self.token, self.store.clone());
             async move {
                 loop {
                     match events.recv().await {
                         Ok(e) if cancels(&e, &job_id) => return,
+                        Err(RecvError::Lagged(_)) if !still_leased(&store, &job_id, token) => return,
                         Err(RecvError::Closed) => return,
                         _ => continue,
                     }
@@ -277,7 +283,13 @@ impl Attempt {
                     }
                 }
                 ev = events.recv(), if builtin => {
-                    if let Ok(e) = ev && cancels(&e, &self.job) {
+                    let gone = match ev {
+                        Ok(e) => cancels(&e, &self.job),
+                        // Entries were missed: the store says whether this attempt still holds its lease.
+                        Err(RecvError::Lagged(_)) => !still_leased(&self.store, &self.job, self.token),
+                        Err(RecvError::Closed) => false,
+                    };
+                    if gone {
                         tracing::info!(job = %self.job, "job cancelled; attempt stopped");
                         return;
                     }
@@ -305,6 +317,12 @@ impl Attempt {
             tracing::info!(job = %self.job, error = %e, "result refused");
         }
     }
+}
+
+/// Whether the job is still leased under `token` (not cancelled, expired or taken over).
+fn still_leased(store: &Store, job: &str, token: u64) -> bool {
+    let Ok(Some(j)) = store.read().and_then(|t| read::job(&t, job)) else { return true };
+    j.state == crate::domain::queue::tables::JobState::Leased && j.lease.is_some_and(|l| l.token == token)
 }
 
 /// Whether `entry` cancels the job `job` (its run was cancelled or aborted).

@@ -35,6 +35,9 @@ pub trait Machine: Send + 'static {
     fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError>;
     /// Applies a command's liveness writes in the batch's transaction.
     fn apply_live(txn: &WriteTransaction, live: &[Self::Live], now: i64) -> Result<(), redb::Error>;
+    /// Whether a liveness write is something its caller is told holds (a lease extended until
+    /// a time), so that its batch is synced before the answer even without ledger entries.
+    fn live_is_durable(live: &Self::Live) -> bool;
 }
 
 /// Who a command acts for: recorded on every entry it produces.
@@ -211,6 +214,10 @@ pub(crate) mod testing {
         fn apply(_: &WriteTransaction, _: &Entry) -> Result<(), ApplyError> {
             Ok(())
         }
+        fn live_is_durable(_: &()) -> bool {
+            false
+        }
+
         fn apply_live(_: &WriteTransaction, _: &[()], _: i64) -> Result<(), redb::Error> {
             Ok(())
         }

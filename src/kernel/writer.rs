@@ -28,8 +28,9 @@ struct Envelope<M: Machine> {
 pub struct WriterStats {
     pub commits: AtomicU64,
     /// Commits made durable (`fdatasync`ed) before their callers heard: those that appended
-    /// entries. A batch of liveness writes only (heartbeats, a lease that found nothing, a
-    /// metric snapshot) is committed without a sync and made durable by the next one that does.
+    /// entries or extended a lease. A batch of other liveness writes only (a lease that found
+    /// nothing, a worker seen, a metric snapshot) is committed without a sync and made durable
+    /// by the next one that syncs.
     pub durable_commits: AtomicU64,
     pub commands: AtomicU64,
     pub entries: AtomicU64,
@@ -344,9 +345,9 @@ impl<M: Machine> Writer<M> {
         };
         let outcome = db.begin_write().map_err(|e| e.to_string()).and_then(|mut txn| {
             txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
-            let results = self.apply_batch(&txn, batch)?;
-            // History is acknowledged only once it is on disk; liveness alone need not wait.
-            let durable = results.iter().any(|r| r.as_ref().is_ok_and(|c| !c.entries.is_empty()));
+            let (results, durable) = self.apply_batch(&txn, batch)?;
+            // History (and a lease extended) is acknowledged only once it is on disk; other
+            // liveness need not wait.
             if !durable {
                 txn.set_durability(Durability::None).map_err(|e| e.to_string())?;
             }
@@ -394,11 +395,12 @@ impl<M: Machine> Writer<M> {
         &mut self,
         txn: &WriteTransaction,
         batch: &[Envelope<M>],
-    ) -> Result<Vec<Result<Committed, CommandError>>, String> {
+    ) -> Result<(Vec<Result<Committed, CommandError>>, bool), String> {
         let now = self.clock.now_ms().max(self.last_time);
         self.last_time = now;
         let (mut seq, mut prev) = self.head.clone();
         let mut results = Vec::with_capacity(batch.len());
+        let mut durable = false;
         let mut ledger = txn.open_table(LEDGER).map_err(|e| e.to_string())?;
         for env in batch {
             let mut ctx = PlanCtx {
@@ -424,12 +426,13 @@ impl<M: Machine> Writer<M> {
                 prev.clone_from(&entry.hash);
                 entries.push(entry);
             }
+            durable |= !entries.is_empty() || effects.live.iter().any(M::live_is_durable);
             M::apply_live(txn, &effects.live, now).map_err(|e| e.to_string())?;
             results.push(Ok(Committed { entries, note: effects.note }));
         }
         drop(ledger);
         self.pending_head = Some((seq, prev));
-        Ok(results)
+        Ok((results, durable))
     }
 }
 

@@ -124,6 +124,13 @@ impl Machine for Stella {
         Ok(())
     }
 
+    fn live_is_durable(live: &LiveWrite) -> bool {
+        // A heartbeat's new expiry is answered to the worker: losing it in a crash would expire
+        // a healthy worker's lease early. The rest (workers seen, timers re-armed from state,
+        // metric snapshots) may be lost.
+        matches!(live, LiveWrite::LeaseExpiry { .. })
+    }
+
     fn apply_live(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<(), redb::Error> {
         crate::domain::live::apply(txn, live, now)
     }

@@ -23,7 +23,8 @@ fn actor() -> Actor {
 }
 
 /// A batch that appends nothing (a lease that finds no work) commits without a sync; a batch
-/// that appends is synced before its caller hears, and what it appended survives a reopen.
+/// that appends, or extends a lease (a heartbeat), is synced before its caller hears, and what
+/// it appended survives a reopen.
 #[test]
 fn only_batches_that_append_entries_are_synced() {
     let mut d = crate::support::Direct::new();
@@ -41,12 +42,19 @@ fn only_batches_that_append_entries_are_synced() {
         ttl_ms: Some(60_000),
         env: None,
     });
-    let c = d.submit(lease).unwrap();
+    let c = d.submit(lease.clone()).unwrap();
     assert!(c.entries.is_empty());
     assert_eq!(stats(&d), (before.0 + 1, before.1), "an empty lease commits, unsynced");
     let c = d.submit(enqueue("noop", 0)).unwrap();
     let id = c.entries[0].subjects[0].clone();
     assert_eq!(stats(&d), (before.0 + 2, before.1 + 1), "an enqueue is synced");
+    let granted = d.submit(lease.clone()).unwrap();
+    let token = granted.entries[0].data["leases"][0]["token"].as_u64().unwrap();
+    let beat = Command::Queue(QueueCommand::Heartbeat { tenant: None, job: id.clone(), token, ttl_ms: Some(90_000) });
+    let synced = stats(&d);
+    let c = d.submit(beat).unwrap();
+    assert!(c.entries.is_empty(), "a heartbeat is not ledgered");
+    assert_eq!(stats(&d), (synced.0 + 1, synced.1 + 1), "but the lease it extends is told to the worker: synced");
     d.reopen();
     let txn = d.store().read().unwrap();
     assert!(stella::machine::read::job(&txn, &id).unwrap().is_some(), "the acknowledged job is there after a reopen");
