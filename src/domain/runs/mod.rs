@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod cron;
 pub mod plan;
+mod planner;
 pub mod spec;
 pub mod tables;
 pub mod transition;

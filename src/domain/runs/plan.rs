@@ -1,40 +1,29 @@
 //! Planning runs: start (idempotent on `runToken`), step outcomes reported by the queue, cancel,
-//! manual recovery (retry, skip, abort), and DAG versions. The `Planner` keeps a working copy
-//! of a run and the steps it touched; each entry it emits goes through
-//! [`transition::evolve`] on that copy, the function the projection applies it with, so one
-//! plan can cascade (a finished step releases its dependants, which are queued or wait for a
-//! `maxParallelSteps` slot, and the run settles) and a second hook on the same run in one
-//! command plans on what the first left.
+//! manual recovery (retry, skip, abort), dlq replay of steps, cron fires, and DAG versions. A
+//! run's entries are emitted through its `Planner` (`planner.rs`), which applies each to its
+//! working copy with the projection's own [`super::transition::evolve`].
 
+use super::planner::{End, Planner};
 use crate::domain::bundles::tables::PLUGINS;
 use crate::domain::live::Effects;
-use crate::domain::queue::apply::EnqueuedJob;
-use crate::domain::queue::job_id;
-use crate::domain::queue::tables::JOBS;
 use crate::domain::queue::tables::JobRecord;
-use crate::domain::queue::tables::JobState;
-use crate::domain::queue::{DlqResolved, JobCancelled, QueueEvent};
+use crate::domain::runs::run_id;
 use crate::domain::runs::spec::{self, Compiled};
 use crate::domain::runs::tables::DAG_SPECS;
 use crate::domain::runs::tables::DAGS;
 use crate::domain::runs::tables::DagRecord;
 use crate::domain::runs::tables::RUN_TOKENS;
-use crate::domain::runs::tables::RUN_WAITING;
 use crate::domain::runs::tables::RUNS;
 use crate::domain::runs::tables::RunRecord;
 use crate::domain::runs::tables::RunStatus;
 use crate::domain::runs::tables::SCHEDULES;
-use crate::domain::runs::tables::STEPS;
-use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::tables::StepState;
-use crate::domain::runs::transition::{self, RunState};
+use crate::domain::runs::transition::RunState;
 use crate::domain::runs::{
     ClearedSchedule, CompiledDags, CreatedStep, DagAction, DagEvent, DagRegistered, DagRolledBack, DagVersionRef,
-    NextRunSeq, Outcome, PluginRegistered, Recovery, RunCancelled, RunCommand, RunCreated, RunEvent, RunRef,
-    RunResumed, ScheduleAction, ScheduleEvent, ScheduleFired, ScheduleRef, SchedulesCleared, StepError, StepFailed,
-    StepQueued, StepRef, StepSkipped, StepStarted, StepSucceeded, StepWaiting,
+    NextRunSeq, Outcome, PluginRegistered, Recovery, RunCommand, RunCreated, RunEvent, RunResumed, ScheduleAction,
+    ScheduleEvent, ScheduleFired, ScheduleRef, SchedulesCleared, StepError, StepStarted,
 };
-use crate::domain::runs::{run_id, step_key};
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
 use crate::kernel::counters::COUNTERS;
@@ -45,7 +34,6 @@ use crate::kernel::store::rw;
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Inputs of one run, serialized, at most.
@@ -210,7 +198,7 @@ fn dag_version(
 }
 
 /// The compiled DAG `name@version`, from the writer's cache or the stored spec.
-fn compiled(
+pub(super) fn compiled(
     txn: &WriteTransaction,
     ctx: &mut PlanCtx,
     name: &str,
@@ -634,377 +622,4 @@ fn step_of<'t>(
         return Ok(None);
     }
     Ok(Some((p, step.to_owned())))
-}
-
-/// The runs this command has planned so far, by id: a second hook on the same run in one
-/// command (two outcomes in one tick) plans on what the first left.
-#[derive(Default)]
-struct Working(HashMap<String, Work>);
-
-/// A working copy of one run: what the projection will have made of it once the drafts so far
-/// are applied, because both go through [`transition::evolve`].
-struct Work {
-    dag: Arc<Compiled>,
-    run: RunRecord,
-    steps: HashMap<String, StepRecord>,
-    waiting: Option<VecDeque<String>>,
-}
-
-/// How a step's last attempt ended it.
-enum End {
-    Succeeded(Value),
-    Failed { error: String, code: String },
-    Skipped,
-}
-
-/// Plans one run: emits its entries and evolves its working copy with each.
-struct Planner<'t> {
-    txn: &'t WriteTransaction,
-    now: i64,
-    dag: Arc<Compiled>,
-    run: RunRecord,
-    steps: HashMap<String, StepRecord>,
-    drafts: Vec<Draft>,
-    waiting: Option<VecDeque<String>>,
-}
-
-impl<'t> Planner<'t> {
-    /// The run `id` (of `tenant`, if given), as this command has planned it so far.
-    fn load(
-        txn: &'t WriteTransaction,
-        ctx: &mut PlanCtx,
-        tenant: Option<&str>,
-        id: &str,
-    ) -> Result<Self, CommandError> {
-        Self::find(txn, ctx, tenant, id)?.ok_or_else(|| CommandError::NotFound { what: format!("run {id}") })
-    }
-
-    /// [`Planner::load`], `None` if there is no such run.
-    fn find(
-        txn: &'t WriteTransaction,
-        ctx: &mut PlanCtx,
-        tenant: Option<&str>,
-        id: &str,
-    ) -> Result<Option<Self>, CommandError> {
-        let working = ctx.scratch.get::<Working>();
-        if let Some(w) = working.0.get(id) {
-            if tenant.is_some_and(|t| t != w.run.tenant) {
-                return Ok(None);
-            }
-            let Work { dag, run, steps, waiting } = working.0.remove(id).expect("present");
-            return Ok(Some(Planner { txn, now: ctx.now, dag, run, steps, drafts: vec![], waiting }));
-        }
-        let Some(run) = rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(storage)?, "runs", id)
-            .map_err(storage)?
-            .filter(|r| tenant.is_none_or(|t| t == r.tenant))
-        else {
-            return Ok(None);
-        };
-        let dag = compiled(txn, ctx, &run.dag, run.version)?;
-        Ok(Some(Planner { txn, now: ctx.now, dag, run, steps: HashMap::new(), drafts: vec![], waiting: None }))
-    }
-
-    /// The step `name` of the run, `None` if it has none.
-    fn find_step(&mut self, name: &str) -> Result<Option<&mut StepRecord>, CommandError> {
-        if !self.steps.contains_key(name) {
-            let key = step_key(&self.run.id, name);
-            let Some(rec) =
-                rw::get::<StepRecord>(&self.txn.open_table(STEPS).map_err(storage)?, "steps", &key).map_err(storage)?
-            else {
-                return Ok(None);
-            };
-            self.steps.insert(name.to_owned(), rec);
-        }
-        Ok(self.steps.get_mut(name))
-    }
-
-    /// A run created in this very plan by `created`: every step pending, nothing waiting.
-    fn fresh(txn: &'t WriteTransaction, ctx: &PlanCtx, dag: Arc<Compiled>, created: RunCreated, tenant: &str) -> Self {
-        let (run, steps) = transition::created(&created, tenant, ctx.now, "");
-        let steps = steps.into_iter().map(|s| (s.name.clone(), s)).collect();
-        let draft = RunEvent::Created(created).draft(tenant, vec![run.id.clone(), run.dag.clone()]);
-        Planner { txn, now: ctx.now, dag, run, steps, drafts: vec![draft], waiting: Some(VecDeque::new()) }
-    }
-
-    /// Done with this run for now: its drafts; its working copy stays for the rest of the
-    /// command.
-    fn done(self, ctx: &mut PlanCtx) -> Vec<Draft> {
-        let Planner { dag, run, steps, waiting, drafts, .. } = self;
-        ctx.scratch.get::<Working>().0.insert(run.id.clone(), Work { dag, run, steps, waiting });
-        drafts
-    }
-
-    /// Records `event` and applies it to the working copy, as the projection will.
-    fn emit(&mut self, event: RunEvent) -> Result<(), CommandError> {
-        transition::evolve(self, &event, self.now)?;
-        self.drafts.push(event.draft(&self.run.tenant, event.subjects()));
-        Ok(())
-    }
-
-    fn last_failed(&mut self) -> Result<Option<String>, CommandError> {
-        let mut best: Option<(i64, String)> = None;
-        for name in self.dag.clone().steps.iter().map(|s| &s.name) {
-            let rec = self.step(name)?;
-            if rec.state == StepState::Failed && best.as_ref().is_none_or(|(t, _)| rec.finished_ms.unwrap_or(0) >= *t) {
-                best = Some((rec.finished_ms.unwrap_or(0), name.clone()));
-            }
-        }
-        Ok(best.map(|(_, n)| n))
-    }
-
-    fn waiting(&mut self) -> Result<&mut VecDeque<String>, CommandError> {
-        if self.waiting.is_none() {
-            let t = self.txn.open_table(RUN_WAITING).map_err(storage)?;
-            let from = format!("{}/", self.run.id);
-            let to = format!("{}/\u{10FFFF}", self.run.id);
-            let mut q = VecDeque::new();
-            for row in t.range(from.as_str()..to.as_str()).map_err(storage)? {
-                let (_, v) = row.map_err(storage)?;
-                q.push_back(String::from_utf8_lossy(v.value()).into_owned());
-            }
-            self.waiting = Some(q);
-        }
-        Ok(self.waiting.as_mut().expect("loaded above"))
-    }
-
-    /// A step whose needs are met: queue it, or wait for a slot.
-    fn runnable(&mut self, ctx: &mut PlanCtx, idx: usize) -> Result<(), CommandError> {
-        if self.run.active < self.dag.max_parallel {
-            return self.enqueue(ctx, idx);
-        }
-        let waiting = StepWaiting {
-            run_id: self.run.id.clone(),
-            step: self.dag.steps[idx].name.clone(),
-            reason: format!("maxParallelSteps={} reached", self.dag.max_parallel),
-        };
-        self.emit(RunEvent::StepWaiting(waiting))
-    }
-
-    fn enqueue(&mut self, ctx: &mut PlanCtx, idx: usize) -> Result<(), CommandError> {
-        let s = self.dag.steps[idx].clone();
-        let inputs = self.resolve(&s.inputs)?;
-        let mut locks = Vec::with_capacity(s.locks.len());
-        for l in &s.locks {
-            let name = self.interpolate(l)?;
-            locks.push(name.as_str().map(str::to_owned).unwrap_or_else(|| name.to_string()));
-        }
-        let seq = crate::domain::queue::take_job_seq(self.txn, ctx)?;
-        let job = EnqueuedJob {
-            id: job_id(seq),
-            seq,
-            job_type: s.plugin.clone(),
-            priority: s.priority,
-            payload: json!({ "run": self.run.id, "step": s.name, "plugin": s.plugin, "kind": s.kind, "pluginDigest": self.run.plugins.get(&s.plugin),
-                             "inputs": inputs, "timeoutMs": s.timeout_ms, "secrets": s.secrets, "locks": locks }),
-            max_attempts: s.retries + 1,
-            not_before_ms: self.now,
-            idempotency_key: None,
-            replay_of: None,
-            backoff_ms: Some(s.backoff_ms),
-        };
-        let job_id = job.id.clone();
-        self.drafts.push(QueueEvent::Enqueued(job).draft(&self.run.tenant, vec![job_id.clone()]));
-        self.emit(RunEvent::StepQueued(StepQueued { run_id: self.run.id.clone(), step: s.name, job_id }))
-    }
-
-    /// Queues a failed step again (a new job); its dead job, if in the dead-letter queue, leaves it.
-    fn retry_step(&mut self, ctx: &mut PlanCtx, idx: usize, action: &str) -> Result<(), CommandError> {
-        let name = self.dag.steps[idx].name.clone();
-        let dead = self.dead_job(&name)?;
-        self.enqueue(ctx, idx)?;
-        if let Some(dead) = dead {
-            let new = self.step(&name)?.job.clone();
-            self.push_resolved(&name, &dead, action, new.as_deref());
-        }
-        Ok(())
-    }
-
-    /// The step's current job if it is in the dead-letter queue.
-    fn dead_job(&mut self, name: &str) -> Result<Option<String>, CommandError> {
-        let Some(job) = self.step(name)?.job.clone() else { return Ok(None) };
-        let jobs = self.txn.open_table(JOBS).map_err(storage)?;
-        let state = rw::get::<JobRecord>(&jobs, "jobs", &job).map_err(storage)?.map(|j| j.state);
-        Ok((state == Some(JobState::Dead)).then_some(job))
-    }
-
-    /// The step's dead job leaves the dead-letter queue: its run settled the step (`action`).
-    fn resolve_dead(&mut self, name: &str, action: &str, replaced_by: Option<&str>) -> Result<(), CommandError> {
-        if let Some(dead) = self.dead_job(name)? {
-            self.push_resolved(name, &dead, action, replaced_by);
-        }
-        Ok(())
-    }
-
-    fn push_resolved(&mut self, name: &str, dead: &str, action: &str, replaced_by: Option<&str>) {
-        let event = QueueEvent::DlqResolved(DlqResolved {
-            run_id: self.run.id.clone(),
-            step: name.to_owned(),
-            job_id: dead.to_owned(),
-            action: action.to_owned(),
-            replaced_by: replaced_by.map(str::to_owned),
-        });
-        self.drafts.push(event.draft(&self.run.tenant, vec![self.run.id.clone(), dead.to_owned()]));
-    }
-
-    /// Substitutes `${inputs.x}` and `${steps.s.outputs.k}` in a step's inputs.
-    fn resolve(&mut self, inputs: &std::collections::BTreeMap<String, Value>) -> Result<Value, CommandError> {
-        let mut out = Map::new();
-        for (k, v) in inputs {
-            let value = match v.as_str() {
-                Some(text) => self.interpolate(text)?,
-                None => v.clone(),
-            };
-            out.insert(k.clone(), value);
-        }
-        Ok(Value::Object(out))
-    }
-
-    fn interpolate(&mut self, text: &str) -> Result<Value, CommandError> {
-        let refs = spec::references(text);
-        if refs.len() == 1 && text == format!("${{{}}}", refs[0]) {
-            return self.lookup(&refs[0]);
-        }
-        let mut s = text.to_owned();
-        for r in refs {
-            let v = self.lookup(&r)?;
-            let as_text = v
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() });
-            s = s.replace(&format!("${{{r}}}"), &as_text);
-        }
-        Ok(Value::String(s))
-    }
-
-    fn lookup(&mut self, reference: &str) -> Result<Value, CommandError> {
-        let parts: Vec<&str> = reference.split('.').collect();
-        Ok(match parts.as_slice() {
-            ["inputs", name] => self.run.inputs[*name].clone(),
-            ["steps", step, "outputs", key] => self.step(step)?.outputs[*key].clone(),
-            _ => Value::Null,
-        })
-    }
-
-    /// A step ended; on success or skip its dependants whose needs are now met are runnable,
-    /// and freed slots are filled.
-    fn ended(&mut self, ctx: &mut PlanCtx, idx: usize, end: End) -> Result<(), CommandError> {
-        let dag = self.dag.clone();
-        let s = &dag.steps[idx];
-        let released: Vec<usize> = if matches!(end, End::Failed { .. }) { vec![] } else { s.dependants.clone() };
-        let dependants: Vec<String> = released.iter().map(|d| dag.steps[*d].name.clone()).collect();
-        let (run_id, step) = (self.run.id.clone(), s.name.clone());
-        self.emit(match end {
-            End::Succeeded(outputs) => RunEvent::StepSucceeded(StepSucceeded { run_id, step, dependants, outputs }),
-            End::Failed { error, code } => RunEvent::StepFailed(StepFailed {
-                run_id,
-                step,
-                dependants,
-                error: Some(error),
-                error_code: Some(code),
-            }),
-            End::Skipped => RunEvent::StepSkipped(StepSkipped { run_id, step, dependants }),
-        })?;
-        for d in released {
-            let rec = self.step(&dag.steps[d].name)?;
-            if rec.pending_needs == 0 && rec.state == StepState::Pending && rec.wait.is_none() {
-                self.runnable(ctx, d)?;
-            }
-        }
-        self.fill_slots(ctx)
-    }
-
-    fn fill_slots(&mut self, ctx: &mut PlanCtx) -> Result<(), CommandError> {
-        while self.run.active < self.dag.max_parallel {
-            let Some(name) = self.waiting()?.front().cloned() else { break };
-            let idx = self
-                .dag
-                .step(&name)
-                .map(|(i, _)| i)
-                .ok_or_else(|| CommandError::Storage(format!("waiting step {name} is not in its DAG")))?;
-            self.enqueue(ctx, idx)?;
-        }
-        Ok(())
-    }
-
-    /// Ends the run when nothing more can happen: succeeded if every step finished well,
-    /// failed if a failed step blocks the rest.
-    fn settle(&mut self) -> Result<(), CommandError> {
-        if !matches!(self.run.status, RunStatus::Running | RunStatus::Planning) || self.run.active > 0 {
-            return Ok(());
-        }
-        if self.waiting.as_ref().is_some_and(|w| !w.is_empty()) {
-            return Ok(());
-        }
-        let at = RunRef { run_id: self.run.id.clone() };
-        if self.run.failed > 0 {
-            self.emit(RunEvent::Failed(at))
-        } else if self.run.terminal >= self.run.steps {
-            self.emit(RunEvent::Succeeded(at))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Cancels every unfinished step (and the job of a queued or running one), then the run.
-    /// Failed steps stay failed.
-    fn cancel_all(&mut self, aborted: bool) -> Result<(), CommandError> {
-        for name in self.dag.clone().steps.iter().map(|s| &s.name) {
-            let rec = self.step(name)?.clone();
-            if rec.state == StepState::Failed {
-                self.resolve_dead(name, if aborted { "abort" } else { "cancel" }, None)?;
-            }
-            if rec.state.terminal() {
-                continue;
-            }
-            if let Some(job) = rec.job.as_ref().filter(|_| matches!(rec.state, StepState::Queued | StepState::Running))
-            {
-                let jobs = self.txn.open_table(JOBS).map_err(storage)?;
-                let state = rw::get::<JobRecord>(&jobs, "jobs", job).map_err(storage)?.map(|j| j.state);
-                if matches!(state, Some(JobState::Ready | JobState::Delayed | JobState::Leased)) {
-                    let event =
-                        QueueEvent::Cancelled(JobCancelled { job_id: job.clone(), run_id: self.run.id.clone() });
-                    self.drafts.push(event.draft(&self.run.tenant, vec![job.clone(), self.run.id.clone()]));
-                }
-            }
-            self.emit(RunEvent::StepCancelled(StepRef { run_id: self.run.id.clone(), step: name.clone() }))?;
-        }
-        self.emit(RunEvent::Cancelled(RunCancelled { run_id: self.run.id.clone(), aborted }))
-    }
-}
-
-impl RunState for Planner<'_> {
-    type Error = CommandError;
-
-    fn run(&mut self) -> &mut RunRecord {
-        &mut self.run
-    }
-
-    fn step(&mut self, name: &str) -> Result<&mut StepRecord, CommandError> {
-        if self.find_step(name)?.is_none() {
-            return Err(CommandError::Storage(format!("run {} has no step {name}", self.run.id)));
-        }
-        Ok(self.steps.get_mut(name).expect("found above"))
-    }
-
-    fn wait(&mut self, name: &str) -> Result<(), CommandError> {
-        self.waiting()?.push_back(name.to_owned());
-        Ok(())
-    }
-
-    fn unwait(&mut self, name: &str) -> Result<(), CommandError> {
-        if self.waiting.is_none() && self.step(name)?.wait.is_none() {
-            return Ok(());
-        }
-        let q = self.waiting()?;
-        if q.front().is_some_and(|n| n == name) {
-            q.pop_front();
-        } else {
-            q.retain(|n| n != name);
-        }
-        Ok(())
-    }
-
-    fn refuse(&self, reason: String) -> CommandError {
-        CommandError::Storage(format!("run {}: {reason}", self.run.id))
-    }
 }
