@@ -12,6 +12,7 @@ pub mod plan;
 pub mod rng;
 pub mod store;
 pub mod verify;
+pub mod wal;
 pub mod writer;
 
 pub use plan::{Actor, ApplyError, CommandError, Committed, Derived, Effects, Machine, PlanCtx, storage};

@@ -151,6 +151,7 @@ impl Store {
         };
         let store = Store { shared: Arc::new(shared), path: path.to_owned() };
         store.init_schema::<M>()?;
+        crate::kernel::wal::replay::<M>(&*store.db()?, path)?;
         Ok(store)
     }
 

@@ -2,9 +2,12 @@
 //!
 //! Commands arrive on a bounded channel. The writer takes every command that is waiting (up to
 //! `batch_max`), plans and applies them in one write transaction, appends their ledger entries,
-//! commits once with `Durability::Immediate` and only then answers each caller and publishes the
-//! committed entries (invariant 3). A command whose plan fails changes nothing and its
-//! neighbours still commit. A failed commit fails the whole batch and acknowledges nothing.
+//! makes the batch durable once — its entries appended to the write-ahead log and synced, then
+//! the transaction committed without a sync; or, at a checkpoint, the transaction committed
+//! with `Durability::Immediate` (see [`crate::kernel::wal`]) — and only then answers each
+//! caller and publishes the committed entries (invariant 3). A command whose plan fails
+//! changes nothing and its neighbours still commit. A failed commit fails the whole batch and
+//! acknowledges nothing.
 
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -12,6 +15,7 @@ use crate::kernel::ledger::Entry;
 use crate::kernel::plan::{Actor, CommandError, Committed, Derived, Machine, PlanCtx};
 use crate::kernel::rng::SplitMix64;
 use crate::kernel::store::{LEDGER, META, Store, StoreError, read};
+use crate::kernel::wal::{self, RecordBuf, Wal};
 use redb::{Durability, WriteTransaction};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +36,9 @@ pub struct WriterStats {
     /// nothing, a worker seen, a metric snapshot) is committed without a sync and made durable
     /// by the next one that syncs.
     pub durable_commits: AtomicU64,
+    /// Of the durable commits, those made durable by redb (`Durability::Immediate`):
+    /// checkpoints of the write-ahead log. The others synced only their log record.
+    pub checkpoints: AtomicU64,
     pub commands: AtomicU64,
     pub entries: AtomicU64,
     pub head_seq: AtomicU64,
@@ -44,6 +51,9 @@ impl WriterStats {
     }
     pub fn durable_commits(&self) -> u64 {
         self.durable_commits.load(Ordering::Relaxed)
+    }
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
     }
     pub fn head_seq(&self) -> u64 {
         self.head_seq.load(Ordering::Acquire)
@@ -118,6 +128,20 @@ pub struct Writer<M: Machine> {
     defaults: Config,
     /// What the machine's planners keep between batches (compiled DAGs, rate buckets).
     derived: Derived,
+    /// The write-ahead log, and the record of the batch being committed.
+    wal: Wal,
+    record: RecordBuf,
+}
+
+/// How a batch is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// Nothing to sync: liveness only, made durable by a later batch.
+    Lazy,
+    /// Its record appended to the write-ahead log and synced; redb commits without a sync.
+    Logged,
+    /// redb commits durably, and the log starts a new epoch.
+    Checkpoint,
 }
 
 /// How the writer is sized and seeded; `from_config` reads the file's values.
@@ -162,6 +186,12 @@ pub fn channel<M: Machine>(
     opts: WriterOptions,
 ) -> Result<(WriterHandle<M>, Writer<M>), StoreError> {
     let head = read::ledger_head(&store.read()?)?;
+    let epoch = {
+        let txn = store.read()?;
+        let meta = txn.open_table(META).map_err(read::rerr)?;
+        meta.get(wal::EPOCH_KEY).map_err(read::rerr)?.map_or(0, |v| v.value())
+    };
+    let wal = Wal::open(store.path(), epoch).map_err(|e| read::rerr(redb::Error::Io(e)))?;
     let last_time = read::ledger_after(&store.read()?, head.0.saturating_sub(1), 1)?.first().map_or(0, |e| e.time);
     let (tx, rx) = mpsc::channel(opts.queue);
     let (events, _) = broadcast::channel(opts.event_buffer);
@@ -184,6 +214,8 @@ pub fn channel<M: Machine>(
         rng: SplitMix64::new(opts.seed),
         defaults: opts.defaults,
         derived: Derived::default(),
+        wal,
+        record: RecordBuf::default(),
     };
     Ok((handle, writer))
 }
@@ -221,6 +253,7 @@ impl<M: Machine> Writer<M> {
             if let Err(payload) = caught {
                 self.pending_head = None;
                 self.forget_caches();
+                self.unwrite_log();
                 let answer = match crate::kernel::store::store_panic(payload.as_ref()) {
                     Some(detail) => {
                         self.store.set_damage(format!("a commit failed: {detail}"));
@@ -286,6 +319,12 @@ impl<M: Machine> Writer<M> {
             )));
             return false;
         }
+        // A record whose batch failed must be gone from the log before anything replays it.
+        if let Err(e) = self.wal.unwrite() {
+            self.failure = format!("writes fail: the write-ahead log {}: {e}", self.wal.path().display());
+            self.store.set_fault(Some(self.failure.clone()));
+            return false;
+        }
         if self.needs_reopen {
             if let Err(e) = self.store.reopen() {
                 tracing::warn!(error = %e, "store reopen failed; trying again");
@@ -293,20 +332,22 @@ impl<M: Machine> Writer<M> {
             }
             self.needs_reopen = false;
         }
-        let probe = self.store.db().map_err(|e| e.to_string()).and_then(|db| {
-            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
-            {
-                let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-                meta.insert("writer_probe_ms", self.clock.now_ms().max(0) as u64).map_err(|e| e.to_string())?;
+        // The probe is a checkpoint: it replays what the log holds past redb's durable head
+        // (a reopened handle lost the commits made without a sync) and proves the store takes
+        // a durable commit again.
+        let probe = self
+            .store
+            .db()
+            .map_err(|e| e.to_string())
+            .and_then(|db| wal::replay::<M>(&db, self.store.path()).map_err(|e| e.to_string()));
+        match probe {
+            Ok(replayed) => self.wal.checkpointed(replayed.epoch),
+            Err(reason) => {
+                self.needs_reopen = true;
+                self.failure = format!("writes fail: {reason}");
+                self.store.set_fault(Some(self.failure.clone()));
+                return false;
             }
-            txn.commit().map_err(|e| e.to_string())
-        });
-        if let Err(reason) = probe {
-            self.needs_reopen = true;
-            self.failure = format!("writes fail: {reason}");
-            self.store.set_fault(Some(self.failure.clone()));
-            return false;
         }
         match self.store.read().and_then(|t| read::ledger_head(&t)) {
             Ok(head) => self.head = head,
@@ -344,21 +385,36 @@ impl<M: Machine> Writer<M> {
             }
         };
         let outcome = db.begin_write().map_err(|e| e.to_string()).and_then(|mut txn| {
-            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
-            let (results, durable) = self.apply_batch(&txn, batch)?;
+            let (results, sync) = self.apply_batch(&txn, batch)?;
             // History (and a lease extended) is acknowledged only once it is on disk; other
             // liveness need not wait.
-            if !durable {
-                txn.set_durability(Durability::None).map_err(|e| e.to_string())?;
+            match sync {
+                Sync::Lazy => txn.set_durability(Durability::None).map_err(|e| e.to_string())?,
+                Sync::Logged => {
+                    let log = self.wal.path().display().to_string();
+                    self.wal.append(&self.record).map_err(|e| format!("the write-ahead log {log}: {e}"))?;
+                    txn.set_durability(Durability::None).map_err(|e| e.to_string())?;
+                }
+                Sync::Checkpoint => {
+                    txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+                    let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+                    meta.insert(wal::EPOCH_KEY, self.wal.epoch() + 1).map_err(|e| e.to_string())?;
+                }
             }
             txn.commit().map_err(|e| e.to_string())?;
-            Ok((results, durable))
+            match sync {
+                Sync::Logged => self.wal.committed(),
+                Sync::Checkpoint => self.wal.checkpointed(self.wal.epoch() + 1),
+                Sync::Lazy => {}
+            }
+            Ok((results, sync))
         });
         let n = batch.len() as u64;
         match outcome {
-            Ok((results, durable)) => {
+            Ok((results, sync)) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats.durable_commits.fetch_add(u64::from(durable), Ordering::Relaxed);
+                self.stats.durable_commits.fetch_add(u64::from(sync != Sync::Lazy), Ordering::Relaxed);
+                self.stats.checkpoints.fetch_add(u64::from(sync == Sync::Checkpoint), Ordering::Relaxed);
                 self.stats.commands.fetch_add(n, Ordering::Relaxed);
                 self.answer(batch.drain(..).zip(results));
             }
@@ -366,6 +422,7 @@ impl<M: Machine> Writer<M> {
                 tracing::error!(%reason, commands = n, "store commit failed; batch not acknowledged");
                 self.forget_caches();
                 self.pending_head = None;
+                self.unwrite_log();
                 // An I/O error poisons redb's handle: the store is closed and opened anew
                 // before the next write, and until then it reports the fault — set before the
                 // callers hear of the failure, so that health says so when they look.
@@ -395,12 +452,13 @@ impl<M: Machine> Writer<M> {
         &mut self,
         txn: &WriteTransaction,
         batch: &[Envelope<M>],
-    ) -> Result<(Vec<Result<Committed, CommandError>>, bool), String> {
+    ) -> Result<(Vec<Result<Committed, CommandError>>, Sync), String> {
         let now = self.clock.now_ms().max(self.last_time);
         self.last_time = now;
         let (mut seq, mut prev) = self.head.clone();
         let mut results = Vec::with_capacity(batch.len());
-        let mut durable = false;
+        let mut live_durable = false;
+        self.record.clear();
         let mut ledger = txn.open_table(LEDGER).map_err(|e| e.to_string())?;
         for env in batch {
             let mut ctx = PlanCtx {
@@ -422,17 +480,39 @@ impl<M: Machine> Writer<M> {
                 seq += 1;
                 let (entry, stored) = Entry::seal_stored(draft, seq, now, &env.actor.name, &prev);
                 ledger.insert(seq, stored.as_slice()).map_err(|e| e.to_string())?;
+                self.record.push(seq, &stored);
                 M::apply(txn, &entry).map_err(|e| e.to_string())?;
                 prev.clone_from(&entry.hash);
                 entries.push(entry);
             }
-            durable |= !entries.is_empty() || effects.live.iter().any(M::live_is_durable);
+            live_durable |= effects.live.iter().any(M::live_is_durable);
             M::apply_live(txn, &effects.live, now).map_err(|e| e.to_string())?;
             results.push(Ok(Committed { entries, note: effects.note }));
         }
         drop(ledger);
         self.pending_head = Some((seq, prev));
-        Ok((results, durable))
+        // A lease extended is not in the ledger, so not in the log: its batch is a checkpoint.
+        let sync = if live_durable || (!self.record.is_empty() && self.wal.checkpoint_due(&self.record)) {
+            Sync::Checkpoint
+        } else if self.record.is_empty() {
+            Sync::Lazy
+        } else {
+            Sync::Logged
+        };
+        Ok((results, sync))
+    }
+
+    /// After a batch failed: its log record, if it was appended, is zeroed so that no replay
+    /// finds it. If even that fails, the store takes no writes until [`Self::recover`] has.
+    fn unwrite_log(&mut self) {
+        if !self.wal.has_unwritten() {
+            return;
+        }
+        if let Err(e) = self.wal.unwrite() {
+            self.needs_reopen = true;
+            self.failure = format!("the write-ahead log {}: {e}", self.wal.path().display());
+            self.store.set_fault(Some(self.failure.clone()));
+        }
     }
 }
 
