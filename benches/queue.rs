@@ -14,7 +14,7 @@ use stella::machine::Command;
 use stella::machine::WriterHandle;
 
 mod common;
-use common::{Figure, actor, dir, lease_and_complete, lease_cmd, threaded, writer};
+use common::{Conn, Figure, actor, daemon, dir, lease_and_complete, lease_cmd, threaded, writer};
 
 fn scale(n: usize) -> usize {
     common::scale(n, 512)
@@ -75,44 +75,23 @@ fn stella_enqueue_on(s: &Stella, producers: usize, total: usize) -> Figure {
     Figure { ops: per * producers, elapsed: started.elapsed(), lat }
 }
 
-/// Enqueue over the API: a daemon on a temp dir, one request per connection on its socket.
-/// `batch` jobs per request (1: the single-job body; more: an array, one command each).
+/// Enqueue over the API: a daemon on a temp dir, each producer on its own keep-alive
+/// connection to the socket. `batch` jobs per request (1: the single-job body; more: an array).
 fn api_enqueue(producers: usize, total: usize, batch: usize) -> Figure {
     api_enqueue_logged(producers, total, batch, "info")
 }
 
-/// [`api_enqueue`] with the daemon's log filter `log` (`info` writes a line per request).
 fn api_enqueue_logged(producers: usize, total: usize, batch: usize, log: &str) -> Figure {
-    let d = dir();
-    let notify = d.path().join("n.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stella"))
-        .arg("--state-dir")
-        .arg(d.path())
-        .args(["serve", "--dev", "--listen", ""])
-        .env("NOTIFY_SOCKET", &notify)
-        .env("STELLA_LOG", log)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = sock.recv(&mut buf).unwrap();
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break;
-        }
-    }
-    let client = stella::client::Client::unix(d.path().join("run/stella/orchestrator.sock"));
+    let (_d, socket, mut child) = daemon(log);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let per = total / producers / batch;
     let started = Instant::now();
     let lat = rt.block_on(async {
         let tasks: Vec<_> = (0..producers)
             .map(|_| {
-                let c = client.clone();
+                let socket = socket.clone();
                 tokio::spawn(async move {
+                    let mut c = Conn::unix(&socket).await;
                     let mut lat = Vec::with_capacity(per);
                     for i in 0..per {
                         let body = if batch == 1 {
@@ -124,8 +103,8 @@ fn api_enqueue_logged(producers: usize, total: usize, batch: usize, log: &str) -
                             serde_json::Value::Array(jobs)
                         };
                         let t = Instant::now();
-                        let r = c.post("/api/v1/orchestrator/jobs", &body).await.unwrap();
-                        assert_eq!(r.status, 201);
+                        let (status, _) = c.post("/api/v1/orchestrator/jobs", &body).await;
+                        assert_eq!(status, 201);
                         lat.push(t.elapsed());
                     }
                     lat
@@ -142,6 +121,228 @@ fn api_enqueue_logged(producers: usize, total: usize, batch: usize, log: &str) -
     let _ = child.kill();
     let _ = child.wait();
     Figure { ops: per * producers * batch, elapsed, lat }
+}
+
+/// One producer and one consumer over the API against the same pair on SQLite, same run.
+fn pairs() {
+    let mut sqlite = sqlite_pair(scale(10_000));
+    let base = Some((sqlite.enqueue.rate(), sqlite.processed_per_s));
+    print_pair("1 producer + 1 consumer: SQLite WAL FULL", &mut sqlite, None);
+    print_pair("1 producer + 1 consumer: stella API, max 1", &mut api_pair(scale(10_000), 1), base);
+    print_pair("1 producer + 1 consumer: stella API, max 64", &mut api_pair(scale(10_000), 64), base);
+    let lease_max = stella::domain::queue::plan::LEASE_MAX;
+    println!(
+        "end to end through the API (arrays of 1,000 enqueued; leases of {lease_max}; completions of all leased): {:.0} jobs/s",
+        api_pipeline(scale(200_000), 1_000, lease_max)
+    );
+}
+
+/// What one producer and one consumer see: enqueues/s, processed/s, enqueue → start latency.
+struct Pair {
+    enqueue: Figure,
+    processed_per_s: f64,
+    start: Figure,
+}
+
+fn print_pair(what: &str, p: &mut Pair, base: Option<(f64, f64)>) {
+    let (e, c) = (p.enqueue.rate(), p.processed_per_s);
+    let ratio = base.map_or(String::new(), |(be, bc)| format!("  ({:.2}x, {:.2}x)", e / be, c / bc));
+    println!(
+        "{what:<40} enqueue {e:>6.0}/s  processed {c:>6.0}/s  enqueue→start p50 {:.3} ms p99 {:.3} ms{ratio}",
+        p.start.q(0.5),
+        p.start.q(0.99)
+    );
+}
+
+/// One producer enqueues `n` jobs over its keep-alive connection while one consumer, on its
+/// own, leases (up to `max` at a time, long-polling) and completes each with its fencing token.
+fn api_pair(n: usize, max: u32) -> Pair {
+    use std::collections::HashMap;
+    let (_d, socket, mut child) = daemon("warn");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let acked: std::sync::Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let started = Instant::now();
+    let (enqueue, start, done_at) = rt.block_on(async {
+        let producer = {
+            let (socket, acked) = (socket.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut c = Conn::unix(&socket).await;
+                let mut lat = Vec::with_capacity(n);
+                for i in 0..n {
+                    let t = Instant::now();
+                    let body = serde_json::json!({ "type": "bench.work", "payload": { "i": i } });
+                    let (status, job) = c.post("/api/v1/orchestrator/jobs", &body).await;
+                    assert_eq!(status, 201);
+                    acked.lock().unwrap().insert(job["id"].as_str().unwrap().to_owned(), Instant::now());
+                    lat.push(t.elapsed());
+                }
+                Figure { ops: n, elapsed: started.elapsed(), lat }
+            })
+        };
+        let consumer = {
+            let (socket, acked) = (socket.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut c = Conn::unix(&socket).await;
+                let mut starts = Vec::with_capacity(n);
+                let mut done = 0;
+                while done < n {
+                    let body =
+                        serde_json::json!({ "worker": "bench-1", "types": ["bench.work"], "max": max, "wait": "1s" });
+                    let (status, leased) = c.post("/api/v1/orchestrator/leases", &body).await;
+                    assert_eq!(status, 200);
+                    let now = Instant::now();
+                    let leases = leased["leases"].as_array().cloned().unwrap_or_default();
+                    for l in &leases {
+                        let id = l["jobId"].as_str().unwrap();
+                        // The producer notes the ack after the response: a lease can come first.
+                        if let Some(t) = acked.lock().unwrap().get(id) {
+                            starts.push(now.saturating_duration_since(*t));
+                        }
+                    }
+                    for l in leases {
+                        let path = format!("/api/v1/orchestrator/leases/{}/complete", l["jobId"].as_str().unwrap());
+                        let (status, _) = c.post(&path, &serde_json::json!({ "token": l["token"] })).await;
+                        assert_eq!(status, 200);
+                        done += 1;
+                    }
+                }
+                (starts, started.elapsed())
+            })
+        };
+        let enqueue = producer.await.unwrap();
+        let (starts, done_at) = consumer.await.unwrap();
+        (enqueue, Figure { ops: starts.len(), elapsed: done_at, lat: starts }, done_at)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    Pair { enqueue, processed_per_s: n as f64 / done_at.as_secs_f64(), start }
+}
+
+/// Jobs end to end through the API in batches: one producer posts arrays of `batch` jobs
+/// while one consumer leases up to `max` at a time and completes them with one
+/// `POST /leases/complete`: enqueued, leased and completed (durable at each step) per second.
+fn api_pipeline(n: usize, batch: usize, max: u32) -> f64 {
+    let (_d, socket, mut child) = daemon("warn");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let started = Instant::now();
+    let done_at = rt.block_on(async {
+        let producer = {
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                let mut c = Conn::unix(&socket).await;
+                for b in 0..n / batch {
+                    let jobs: Vec<_> = (0..batch)
+                        .map(|j| serde_json::json!({ "type": "bench.work", "payload": { "i": b * batch + j } }))
+                        .collect();
+                    let (status, _) = c.post("/api/v1/orchestrator/jobs", &serde_json::Value::Array(jobs)).await;
+                    assert_eq!(status, 201);
+                }
+            })
+        };
+        let consumer = tokio::spawn(async move {
+            let mut c = Conn::unix(&socket).await;
+            let mut done = 0;
+            while done < n / batch * batch {
+                let body =
+                    serde_json::json!({ "worker": "bench-1", "types": ["bench.work"], "max": max, "wait": "1s" });
+                let (status, leased) = c.post("/api/v1/orchestrator/leases", &body).await;
+                assert_eq!(status, 200);
+                let completions: Vec<_> = leased["leases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| serde_json::json!({ "jobId": l["jobId"], "token": l["token"] }))
+                    .collect();
+                if completions.is_empty() {
+                    continue;
+                }
+                let (status, answer) = c.post("/api/v1/orchestrator/leases/complete", &completions.into()).await;
+                assert_eq!(status, 200);
+                done += answer["completed"].as_u64().unwrap() as usize;
+            }
+            started.elapsed()
+        });
+        producer.await.unwrap();
+        consumer.await.unwrap()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    (n / batch * batch) as f64 / done_at.as_secs_f64()
+}
+
+/// The same pair on a SQLite WAL FULL table: the producer inserts, the consumer leases (one
+/// durable update) and completes (another), each on its own thread, sharing one connection
+/// behind a mutex (two writing connections meet SQLite's busy handler, which sleeps for
+/// milliseconds: 140 jobs/s here).
+fn sqlite_pair(n: usize) -> Pair {
+    let d = dir();
+    let path = d.path().join("q.sqlite");
+    sqlite_open(&path)
+        .execute_batch(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, type TEXT, priority INT, state TEXT, payload TEXT, token INT);
+             CREATE INDEX ready ON jobs (type, state, priority DESC, id);",
+        )
+        .unwrap();
+    let acked: Mutex<Vec<Option<Instant>>> = Mutex::new(vec![None; n + 1]);
+    let conn = Mutex::new(sqlite_open(&path));
+    let started = Instant::now();
+    let (enqueue, (starts, done_at)) = std::thread::scope(|s| {
+        let producer = s.spawn(|| {
+            let mut lat = Vec::with_capacity(n);
+            for i in 0..n {
+                let t = Instant::now();
+                let c = conn.lock().unwrap();
+                c.execute(
+                    "INSERT INTO jobs (type, priority, state, payload, token) VALUES ('work', 100, 'ready', ?1, 0)",
+                    [format!("{{\"i\":{i}}}")],
+                )
+                .unwrap();
+                acked.lock().unwrap()[c.last_insert_rowid() as usize] = Some(Instant::now());
+                lat.push(t.elapsed());
+            }
+            Figure { ops: n, elapsed: started.elapsed(), lat }
+        });
+        let consumer = s.spawn(|| {
+            let mut starts = Vec::with_capacity(n);
+            let mut done = 0;
+            while done < n {
+                let c = conn.lock().unwrap();
+                // The consumer polls (SQLite has no wake-up) with a read, which takes no lock
+                // from the producer, and leases what it found with a durable update.
+                let ready: Option<i64> = c
+                    .query_row(
+                        "SELECT id FROM jobs WHERE type = 'work' AND state = 'ready' ORDER BY priority DESC, id LIMIT 1",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .ok();
+                let Some(id) = ready else {
+                    drop(c);
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                };
+                let token: i64 = c
+                    .query_row(
+                        "UPDATE jobs SET state = 'leased', token = token + 1 WHERE id = ?1 AND state = 'ready' RETURNING token",
+                        [id],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                if let Some(t) = acked.lock().unwrap()[id as usize] {
+                    starts.push(Instant::now().saturating_duration_since(t));
+                }
+                c.execute("UPDATE jobs SET state = 'done' WHERE id = ?1 AND token = ?2", [id, token]).unwrap();
+                done += 1;
+            }
+            (starts, started.elapsed())
+        });
+        (producer.join().unwrap(), consumer.join().unwrap())
+    });
+    Pair {
+        enqueue,
+        processed_per_s: n as f64 / done_at.as_secs_f64(),
+        start: Figure { ops: starts.len(), elapsed: done_at, lat: starts },
+    }
 }
 
 /// 64 producers enqueue while 8 workers lease up to 64 at a time and complete each job.
@@ -325,7 +526,12 @@ fn bytes_per_commit(n: usize) {
 }
 
 fn main() {
-    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"queue".contains(a.as_str())) {
+    // `cargo bench --bench queue -- pair` runs the single producer and consumer only.
+    let parts: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if parts.iter().any(|a| a == "pair") {
+        return pairs();
+    }
+    if parts.iter().any(|a| !"queue".contains(a.as_str())) {
         return;
     }
     println!(
@@ -350,6 +556,7 @@ fn main() {
     row("lifecycle: naive redb txn/op", 8, &mut naive_redb(8, scale(2_000), true), base);
     row("lifecycle: SQLite WAL FULL", 8, &mut sqlite, base);
     bytes_per_commit(scale(2_000));
+    pairs();
     let logged = api_enqueue_logged(1, scale(10_000), 1, "info").rate();
     let quiet = api_enqueue_logged(1, scale(10_000), 1, "warn").rate();
     println!(

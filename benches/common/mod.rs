@@ -120,3 +120,60 @@ pub async fn lease_and_complete(h: &WriterHandle, worker: usize, max: u32, resul
     }
     n
 }
+
+/// One keep-alive HTTP/1.1 connection to a daemon's Unix socket: what a worker or producer
+/// that sends many requests holds (the CLI's client opens one per request).
+pub struct Conn {
+    tx: hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+}
+
+impl Conn {
+    pub async fn unix(path: &std::path::Path) -> Conn {
+        let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        Conn { tx }
+    }
+
+    /// POSTs `body` as JSON; the status and the body's JSON.
+    pub async fn post(&mut self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::post(path)
+            .header("host", "stella")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(serde_json::to_vec(body).unwrap())))
+            .unwrap();
+        self.tx.ready().await.unwrap();
+        let resp = self.tx.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// A dev daemon on a fresh state dir (`STELLA_LOG=log`), ready: its socket, and the child to kill.
+pub fn daemon(log: &str) -> (tempfile::TempDir, std::path::PathBuf, std::process::Child) {
+    let d = dir();
+    let notify = d.path().join("n.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_stella"))
+        .arg("--state-dir")
+        .arg(d.path())
+        .args(["serve", "--dev", "--listen", ""])
+        .env("NOTIFY_SOCKET", &notify)
+        .env("STELLA_LOG", log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = sock.recv(&mut buf).unwrap();
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
+    let socket = d.path().join("run/stella/orchestrator.sock");
+    (d, socket, child)
+}

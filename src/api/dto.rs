@@ -345,6 +345,35 @@ pub struct LeaseAction {
     pub retryable: Option<bool>,
 }
 
+/// `POST /leases/complete`: one leased job's completion, with its fencing token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Completion {
+    pub job_id: String,
+    pub token: u64,
+    pub result: Option<serde_json::Value>,
+}
+
+/// The answer to a completion of many: one outcome per completion, in the order given.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Completions {
+    pub completed: usize,
+    pub results: Vec<CompletionOutcome>,
+}
+
+/// 200, or the status, code and detail the single-job `complete` would have answered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletionOutcome {
+    pub job_id: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueStatus {

@@ -59,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs", post(queue::enqueue))
         .route("/jobs/{id}", get(queue::show_job))
         .route("/leases", post(queue::lease))
+        .route("/leases/complete", post(queue::complete_many))
         .route("/leases/{job}/{action}", post(queue::lease_action))
         .route("/queue", get(queue::status))
         .route("/queue/{type}/budget", put(queue::set_budget).delete(queue::clear_budget))

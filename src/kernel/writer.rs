@@ -185,13 +185,11 @@ pub fn channel<M: Machine>(
     clock: SharedClock,
     opts: WriterOptions,
 ) -> Result<(WriterHandle<M>, Writer<M>), StoreError> {
-    let head = read::ledger_head(&store.read()?)?;
-    let epoch = {
-        let txn = store.read()?;
-        let meta = txn.open_table(META).map_err(read::rerr)?;
-        meta.get(wal::EPOCH_KEY).map_err(read::rerr)?.map_or(0, |v| v.value())
-    };
+    // A checkpoint first: the log is then written from its start in a new epoch, which must
+    // never overwrite records not yet durable in redb (a writer made earlier on this store).
+    let epoch = wal::replay::<M>(&*store.db()?, store.path())?.epoch;
     let wal = Wal::open(store.path(), epoch).map_err(|e| read::rerr(redb::Error::Io(e)))?;
+    let head = read::ledger_head(&store.read()?)?;
     let last_time = read::ledger_after(&store.read()?, head.0.saturating_sub(1), 1)?.first().map_or(0, |e| e.time);
     let (tx, rx) = mpsc::channel(opts.queue);
     let (events, _) = broadcast::channel(opts.event_buffer);

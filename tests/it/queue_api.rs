@@ -355,3 +355,47 @@ async fn a_batch_of_jobs_is_enqueued_all_or_none() {
     assert_eq!(depth(&api_get(&c, "/queue").await), depth_now, "refused batches enqueue nothing");
     assert!(depth_now >= before + 4, "{before} → {depth_now}");
 }
+
+/// A worker that leased many completes them in one request: each completion stands on its own
+/// token, so a stale one fails alone and the others commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_leased_jobs_complete_in_one_request_each_on_its_own_token() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let batch: Vec<Value> = (0..5).map(|n| json!({ "type": "many.done", "payload": { "n": n } })).collect();
+    assert_eq!(c.post(&format!("{API}/jobs"), &json!(batch)).await.unwrap().status, 201);
+    let r = c
+        .post(&format!("{API}/leases"), &json!({ "worker": "w-many", "types": ["many.done"], "max": 5 }))
+        .await
+        .unwrap();
+    let leases = r.json().unwrap()["leases"].as_array().unwrap().clone();
+    assert_eq!(leases.len(), 5);
+    let mut completions: Vec<Value> = leases[..4]
+        .iter()
+        .map(|l| json!({ "jobId": l["jobId"], "token": l["token"], "result": { "ok": l["jobId"] } }))
+        .collect();
+    let stale = &leases[4];
+    completions.push(json!({ "jobId": stale["jobId"], "token": stale["token"].as_u64().unwrap() + 7 }));
+    completions.push(json!({ "jobId": "job-does-not-exist", "token": 1 }));
+    let r = c.post(&format!("{API}/leases/complete"), &json!(completions)).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let answer = r.json().unwrap();
+    assert_eq!(answer["completed"], 4, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    assert!(results[..4].iter().all(|o| o["status"] == 200), "{answer}");
+    assert_eq!((results[4]["status"].as_u64(), results[4]["jobId"].as_str()), (Some(409), stale["jobId"].as_str()));
+    assert_eq!(results[5]["status"], 404, "{answer}");
+    for l in &leases[..4] {
+        let job = api_get(&c, &format!("/jobs/{}", l["jobId"].as_str().unwrap())).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["result"]["ok"], l["jobId"], "{job}");
+    }
+    let left = api_get(&c, &format!("/jobs/{}", stale["jobId"].as_str().unwrap())).await;
+    assert_eq!(left["state"], "leased", "the stale completion changed nothing: {left}");
+
+    for bad in [json!([]), json!({ "jobId": "x", "token": 1 }), json!([{ "jobId": "x" }])] {
+        let r = c.post(&format!("{API}/leases/complete"), &bad).await.unwrap();
+        assert!(r.status == 422 || r.status == 400, "{bad}: {} {:?}", r.status, r.json());
+    }
+}

@@ -237,6 +237,46 @@ pub async fn lease_action(
     Ok(Json(job_dto(&state, p, &job)?))
 }
 
+/// Completions in one `POST /leases/complete`, like the jobs of one `POST /jobs`.
+const COMPLETIONS_MAX: usize = 10_000;
+
+/// `POST /leases/complete`: completes many leased jobs, each with its fencing token. Each is
+/// its own command — one stale token fails that completion only — and all are submitted at
+/// once, so they share the writer's group commits.
+pub async fn complete_many(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(items): JsonBody<Vec<dto::Completion>>,
+) -> ApiResult<Json<dto::Completions>> {
+    let p = auth.require(Scope::Operate)?;
+    if items.is_empty() || items.len() > COMPLETIONS_MAX {
+        return Err(Problem::invalid("", format!("1 to {COMPLETIONS_MAX} completions, got {}", items.len())));
+    }
+    let outcomes = futures_util::future::join_all(items.into_iter().map(|c| {
+        let command = QueueCommand::Complete {
+            tenant: p.tenant.clone(),
+            job: c.job_id.clone(),
+            token: c.token,
+            result: c.result,
+        };
+        let state = &state;
+        async move {
+            match submit(state, p, Command::Queue(command)).await {
+                Ok(_) => dto::CompletionOutcome { job_id: c.job_id, status: 200, code: None, detail: None },
+                Err(problem) => dto::CompletionOutcome {
+                    job_id: c.job_id,
+                    status: problem.status(),
+                    code: Some(problem.body().code.to_owned()),
+                    detail: Some(problem.detail().to_owned()),
+                },
+            }
+        }
+    }))
+    .await;
+    let completed = outcomes.iter().filter(|o| o.status == 200).count();
+    Ok(Json(dto::Completions { completed, results: outcomes }))
+}
+
 fn rate_text(milli: u64) -> String {
     if milli.is_multiple_of(1000) { format!("{}/s", milli / 1000) } else { format!("{:.3}/s", milli as f64 / 1000.0) }
 }
