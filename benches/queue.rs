@@ -125,11 +125,16 @@ fn api_enqueue_logged(producers: usize, total: usize, batch: usize, log: &str) -
 
 /// One producer and one consumer over the API against the same pair on SQLite, same run.
 fn pairs() {
-    let mut sqlite = sqlite_pair(scale(10_000));
+    let mut sqlite = sqlite_pair(scale(10_000), None);
     let base = Some((sqlite.enqueue.rate(), sqlite.processed_per_s));
     print_pair("1 producer + 1 consumer: SQLite WAL FULL", &mut sqlite, None);
-    print_pair("1 producer + 1 consumer: stella API, max 1", &mut api_pair(scale(10_000), 1), base);
-    print_pair("1 producer + 1 consumer: stella API, max 64", &mut api_pair(scale(10_000), 64), base);
+    print_pair("1 producer + 1 consumer: stella API, max 1", &mut api_pair(scale(10_000), 1, None), base);
+    print_pair("1 producer + 1 consumer: stella API, max 64", &mut api_pair(scale(10_000), 64, None), base);
+    // Flat out, the consumer falls behind and enqueue → start is time in the queue; paced at
+    // 300 jobs/s (below both consumers' rate) it is the wake-up and lease path.
+    let n = scale(10_000).min(1_500);
+    print_pair("paced 300/s: SQLite WAL FULL (polling)", &mut sqlite_pair(n, Some(300.0)), None);
+    print_pair("paced 300/s: stella API, max 1 (long-poll)", &mut api_pair(n, 1, Some(300.0)), None);
     let lease_max = stella::domain::queue::plan::LEASE_MAX;
     println!(
         "end to end through the API (arrays of 1,000 enqueued; leases of {lease_max}; completions of all leased): {:.0} jobs/s",
@@ -156,7 +161,7 @@ fn print_pair(what: &str, p: &mut Pair, base: Option<(f64, f64)>) {
 
 /// One producer enqueues `n` jobs over its keep-alive connection while one consumer, on its
 /// own, leases (up to `max` at a time, long-polling) and completes each with its fencing token.
-fn api_pair(n: usize, max: u32) -> Pair {
+fn api_pair(n: usize, max: u32, pace: Option<f64>) -> Pair {
     use std::collections::HashMap;
     let (_d, socket, mut child) = daemon("warn");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -169,6 +174,9 @@ fn api_pair(n: usize, max: u32) -> Pair {
                 let mut c = Conn::unix(&socket).await;
                 let mut lat = Vec::with_capacity(n);
                 for i in 0..n {
+                    if let Some(rate) = pace {
+                        tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+                    }
                     let t = Instant::now();
                     let body = serde_json::json!({ "type": "bench.work", "payload": { "i": i } });
                     let (status, job) = c.post("/api/v1/orchestrator/jobs", &body).await;
@@ -274,7 +282,7 @@ fn api_pipeline(n: usize, batch: usize, max: u32) -> f64 {
 /// durable update) and completes (another), each on its own thread, sharing one connection
 /// behind a mutex (two writing connections meet SQLite's busy handler, which sleeps for
 /// milliseconds: 140 jobs/s here).
-fn sqlite_pair(n: usize) -> Pair {
+fn sqlite_pair(n: usize, pace: Option<f64>) -> Pair {
     let d = dir();
     let path = d.path().join("q.sqlite");
     sqlite_open(&path)
@@ -290,6 +298,10 @@ fn sqlite_pair(n: usize) -> Pair {
         let producer = s.spawn(|| {
             let mut lat = Vec::with_capacity(n);
             for i in 0..n {
+                if let Some(rate) = pace {
+                    let due = started + Duration::from_secs_f64(i as f64 / rate);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
                 let t = Instant::now();
                 let c = conn.lock().unwrap();
                 c.execute(
