@@ -283,14 +283,7 @@ fn api_pipeline(n: usize, batch: usize, max: u32) -> f64 {
 /// behind a mutex (two writing connections meet SQLite's busy handler, which sleeps for
 /// milliseconds: 140 jobs/s here).
 fn sqlite_pair(n: usize, pace: Option<f64>) -> Pair {
-    let d = dir();
-    let path = d.path().join("q.sqlite");
-    sqlite_open(&path)
-        .execute_batch(
-            "CREATE TABLE jobs (id INTEGER PRIMARY KEY, type TEXT, priority INT, state TEXT, payload TEXT, token INT);
-             CREATE INDEX ready ON jobs (type, state, priority DESC, id);",
-        )
-        .unwrap();
+    let (_d, path) = sqlite_jobs();
     let acked: Mutex<Vec<Option<Instant>>> = Mutex::new(vec![None; n + 1]);
     let conn = Mutex::new(sqlite_open(&path));
     let started = Instant::now();
@@ -436,15 +429,21 @@ fn sqlite_open(path: &std::path::Path) -> rusqlite::Connection {
     c
 }
 
-fn sqlite_queue(producers: usize, total: usize, lifecycle: bool) -> Figure {
+/// A SQLite queue table (and its ready index) in a fresh temp dir.
+fn sqlite_jobs() -> (tempfile::TempDir, std::path::PathBuf) {
     let d = dir();
     let path = d.path().join("q.sqlite");
     sqlite_open(&path)
         .execute_batch(
             "CREATE TABLE jobs (id INTEGER PRIMARY KEY, type TEXT, priority INT, state TEXT, payload TEXT, token INT);
-                        CREATE INDEX ready ON jobs (type, state, priority DESC, id);",
+             CREATE INDEX ready ON jobs (type, state, priority DESC, id);",
         )
         .unwrap();
+    (d, path)
+}
+
+fn sqlite_queue(producers: usize, total: usize, lifecycle: bool) -> Figure {
+    let (_d, path) = sqlite_jobs();
     let conns: Vec<Mutex<rusqlite::Connection>> = (0..producers).map(|_| Mutex::new(sqlite_open(&path))).collect();
     threaded(producers, total, |p, i| {
         let c = conns[p].lock().unwrap();

@@ -129,7 +129,9 @@ fn redb_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
 }
 
 impl Store {
-    /// Opens (creating if absent) the store at `path` for reading and writing.
+    /// Opens (creating if absent) the store file at `path` for reading and writing, without
+    /// its write-ahead log: [`crate::kernel::wal::open`] opens both, as every caller that
+    /// serves or changes a store must.
     pub fn open<M: Machine>(path: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache::<M>(path, CACHE_BYTES_DEFAULT)
     }
@@ -151,7 +153,6 @@ impl Store {
         };
         let store = Store { shared: Arc::new(shared), path: path.to_owned() };
         store.init_schema::<M>()?;
-        crate::kernel::wal::replay::<M>(&*store.db()?, path)?;
         Ok(store)
     }
 

@@ -23,7 +23,7 @@
 
 use crate::kernel::ledger::{ChainCursor, Link};
 use crate::kernel::plan::Machine;
-use crate::kernel::store::{LEDGER, META, StoreError, read};
+use crate::kernel::store::{LEDGER, META, Store, StoreError, read};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -245,6 +245,15 @@ fn prepare(path: &Path) -> std::io::Result<File> {
         }
     }
     Ok(file)
+}
+
+/// Opens the store at `path` (creating it if absent) with a page cache of at most
+/// `cache_bytes`, and replays its log into it: what the store holds is then everything that
+/// was acknowledged.
+pub fn open<M: Machine>(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+    let store = Store::open_with_cache::<M>(path, cache_bytes)?;
+    replay::<M>(&*store.db()?, path)?;
+    Ok(store)
 }
 
 /// What a replay did.

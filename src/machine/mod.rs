@@ -151,12 +151,12 @@ pub fn channel(
 
 /// Opens (creating if absent) stella's store at `path`.
 pub fn open_store(path: &Path) -> Result<Store, StoreError> {
-    Store::open::<Stella>(path)
+    crate::kernel::wal::open::<Stella>(path, crate::kernel::store::CACHE_BYTES_DEFAULT)
 }
 
 /// [`open_store`] with a page cache of at most `cache_bytes`.
 pub fn open_store_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
-    Store::open_with_cache::<Stella>(path, cache_bytes)
+    crate::kernel::wal::open::<Stella>(path, cache_bytes)
 }
 
 /// `db verify`: the chain, then a replay of the whole ledger through this machine compared

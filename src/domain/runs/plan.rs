@@ -3,13 +3,12 @@
 //! run's entries are emitted through its `Planner` (`planner.rs`), which applies each to its
 //! working copy with the projection's own [`super::transition::evolve`].
 
-use super::planner::{End, Planner};
+use super::planner::{End, Planner, compiled};
 use crate::domain::bundles::tables::PLUGINS;
 use crate::domain::live::Effects;
 use crate::domain::queue::tables::JobRecord;
 use crate::domain::runs::run_id;
 use crate::domain::runs::spec::{self, Compiled};
-use crate::domain::runs::tables::DAG_SPECS;
 use crate::domain::runs::tables::DAGS;
 use crate::domain::runs::tables::DagRecord;
 use crate::domain::runs::tables::RUN_TOKENS;
@@ -20,9 +19,9 @@ use crate::domain::runs::tables::SCHEDULES;
 use crate::domain::runs::tables::StepState;
 use crate::domain::runs::transition::RunState;
 use crate::domain::runs::{
-    ClearedSchedule, CompiledDags, CreatedStep, DagAction, DagEvent, DagRegistered, DagRolledBack, DagVersionRef,
-    NextRunSeq, Outcome, PluginRegistered, Recovery, RunCommand, RunCreated, RunEvent, RunResumed, ScheduleAction,
-    ScheduleEvent, ScheduleFired, ScheduleRef, SchedulesCleared, StepError, StepStarted,
+    ClearedSchedule, CreatedStep, DagAction, DagEvent, DagRegistered, DagRolledBack, DagVersionRef, NextRunSeq,
+    Outcome, PluginRegistered, Recovery, RunCommand, RunCreated, RunEvent, RunResumed, ScheduleAction, ScheduleEvent,
+    ScheduleFired, ScheduleRef, SchedulesCleared, StepError, StepStarted,
 };
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
@@ -34,7 +33,6 @@ use crate::kernel::store::rw;
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
 
 /// Inputs of one run, serialized, at most.
 const INPUTS_BYTES_MAX: usize = 256 * 1024;
@@ -195,33 +193,6 @@ fn dag_version(
             Ok(vec![draft(DagEvent::RolledBack(DagRolledBack { name: name.to_owned(), from: rec.active, to }))].into())
         }
     }
-}
-
-/// The compiled DAG `name@version`, from the writer's cache or the stored spec.
-pub(super) fn compiled(
-    txn: &WriteTransaction,
-    ctx: &mut PlanCtx,
-    name: &str,
-    version: u32,
-) -> Result<Arc<Compiled>, CommandError> {
-    let key = format!("{name}@{version}");
-    if let Some(c) = ctx.derived.get::<CompiledDags>().0.get(&key) {
-        return Ok(c.clone());
-    }
-    let text = {
-        let t = txn.open_table(DAG_SPECS).map_err(storage)?;
-        let v = t
-            .get(key.as_str())
-            .map_err(storage)?
-            .ok_or_else(|| CommandError::NotFound { what: format!("DAG spec {key}") })?;
-        String::from_utf8_lossy(v.value()).into_owned()
-    };
-    // Plugins were checked when the version was registered.
-    let c = Arc::new(
-        spec::compile_registered(&text).map_err(|e| CommandError::Storage(format!("stored spec {key}: {e}")))?,
-    );
-    ctx.derived.get::<CompiledDags>().0.insert(key, c.clone());
-    Ok(c)
 }
 
 fn next_counter(txn: &WriteTransaction, name: &str) -> Result<u64, CommandError> {

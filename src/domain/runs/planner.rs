@@ -4,15 +4,16 @@
 //! a `maxParallelSteps` slot, and the run settles), and the copy is kept in the command's
 //! scratch so that a second hook on the same run in one command plans on what the first left.
 
-use super::plan::compiled;
 use crate::domain::queue::apply::EnqueuedJob;
 use crate::domain::queue::job_id;
 use crate::domain::queue::tables::JOBS;
 use crate::domain::queue::tables::JobRecord;
 use crate::domain::queue::tables::JobState;
 use crate::domain::queue::{DlqResolved, JobCancelled, QueueEvent};
+use crate::domain::runs::CompiledDags;
 use crate::domain::runs::spec::{self, Compiled};
 use crate::domain::runs::step_key;
+use crate::domain::runs::tables::DAG_SPECS;
 use crate::domain::runs::tables::RUN_WAITING;
 use crate::domain::runs::tables::RUNS;
 use crate::domain::runs::tables::RunRecord;
@@ -421,4 +422,31 @@ impl RunState for Planner<'_> {
     fn refuse(&self, reason: String) -> CommandError {
         CommandError::Storage(format!("run {}: {reason}", self.run.id))
     }
+}
+
+/// The compiled DAG `name@version`, from the writer's cache or the stored spec.
+pub(super) fn compiled(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    name: &str,
+    version: u32,
+) -> Result<Arc<Compiled>, CommandError> {
+    let key = format!("{name}@{version}");
+    if let Some(c) = ctx.derived.get::<CompiledDags>().0.get(&key) {
+        return Ok(c.clone());
+    }
+    let text = {
+        let t = txn.open_table(DAG_SPECS).map_err(storage)?;
+        let v = t
+            .get(key.as_str())
+            .map_err(storage)?
+            .ok_or_else(|| CommandError::NotFound { what: format!("DAG spec {key}") })?;
+        String::from_utf8_lossy(v.value()).into_owned()
+    };
+    // Plugins were checked when the version was registered.
+    let c = Arc::new(
+        spec::compile_registered(&text).map_err(|e| CommandError::Storage(format!("stored spec {key}: {e}")))?,
+    );
+    ctx.derived.get::<CompiledDags>().0.insert(key, c.clone());
+    Ok(c)
 }
