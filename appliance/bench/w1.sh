@@ -82,6 +82,7 @@ def w1():
     t.submit('join', wait_for=fan).result()
 w1()"
 
+# Dagster in process, on a SQLite-backed temporary instance (durable, as stella's steps are).
 peer "dagster    " dagster "$TASK
 from dagster import job, op, In, Nothing, DagsterInstance
 def make(name, ins):
@@ -96,7 +97,7 @@ join = make('join', [f'i{i}' for i in range(N)])
 def w1():
     r = root()
     join(**{f'i{i}': m(start=r) for i, m in enumerate(mids)})
-w1.execute_in_process(instance=DagsterInstance.ephemeral())"
+w1.execute_in_process(instance=DagsterInstance.local_temp())"
 
 peer "airflow    " airflow "$TASK
 import subprocess, sys
