@@ -123,6 +123,21 @@ fn api_enqueue_logged(producers: usize, total: usize, batch: usize, log: &str) -
     Figure { ops: per * producers * batch, elapsed, lat }
 }
 
+/// The request log line's cost: one producer over the API, the same daemon logging at `info`
+/// (a line per request) and at `warn`, each twice, interleaved.
+fn request_log() {
+    let mut rounds = Vec::new();
+    for _ in 0..2 {
+        let logged = api_enqueue_logged(1, scale(10_000), 1, "info").rate();
+        let quiet = api_enqueue_logged(1, scale(10_000), 1, "warn").rate();
+        rounds.push(format!("{logged:.0} / {quiet:.0} ({:.1} %)", (1.0 - logged / quiet) * 100.0));
+    }
+    println!(
+        "the request log line, 1 producer over the API, enqueues/s with it / without (STELLA_LOG=warn) (its cost): {}",
+        rounds.join(", ")
+    );
+}
+
 /// One producer and one consumer over the API against the same pair on SQLite, same run.
 fn pairs() {
     let mut sqlite = sqlite_pair(scale(10_000), None);
@@ -542,6 +557,9 @@ fn main() {
     if parts.iter().any(|a| a == "pair") {
         return pairs();
     }
+    if parts.iter().any(|a| a == "log") {
+        return request_log();
+    }
     if parts.iter().any(|a| !"queue".contains(a.as_str())) {
         return;
     }
@@ -568,12 +586,7 @@ fn main() {
     row("lifecycle: SQLite WAL FULL", 8, &mut sqlite, base);
     bytes_per_commit(scale(2_000));
     pairs();
-    let logged = api_enqueue_logged(1, scale(10_000), 1, "info").rate();
-    let quiet = api_enqueue_logged(1, scale(10_000), 1, "warn").rate();
-    println!(
-        "the request log line, 1 producer over the API: {logged:.0} enqueues/s with it, {quiet:.0} without (STELLA_LOG=warn): it costs {:.1} %",
-        (1.0 - logged / quiet) * 100.0
-    );
+    request_log();
     let mut idle = stella_idle_latency(scale(2_000).min(2_000));
     println!(
         "idle enqueue → lease (stella, event-woken worker): p50 {:.3} ms, p99 {:.3} ms",

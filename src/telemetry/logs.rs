@@ -68,15 +68,10 @@ impl<W: Write> Write for Redacting<W> {
 /// there. `rotation` is `daily`, `hourly` or `never`. Logging set up once per process; later
 /// calls (tests starting several daemons in one process) keep the first.
 pub fn init(dir: Option<(&std::path::Path, &str, usize)>) -> Result<(), String> {
-    use tracing_subscriber::fmt::writer::MakeWriterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("STELLA_LOG").unwrap_or_else(|_| "info".into());
-    let stdout = tracing_subscriber::fmt::layer()
-        .json()
-        .with_current_span(false)
-        .with_writer((|| Redacting(std::io::stdout())).with_max_level(tracing::Level::TRACE));
-    let files = match dir {
+    let file = match dir {
         None => None,
         Some((dir, rotation, max_files)) => {
             std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -92,24 +87,35 @@ pub fn init(dir: Option<(&std::path::Path, &str, usize)>) -> Result<(), String> 
                 .max_log_files(max_files)
                 .build(dir)
                 .map_err(|e| format!("log files in {}: {e}", dir.display()))?;
-            let appender = std::sync::Arc::new(std::sync::Mutex::new(appender));
-            let make = move || Redacting(SharedWriter(appender.clone()));
-            Some(tracing_subscriber::fmt::layer().json().with_current_span(false).with_ansi(false).with_writer(make))
+            Some(std::sync::Arc::new(std::sync::Mutex::new(appender)))
         }
     };
-    let _ = tracing_subscriber::registry().with(filter).with(stdout).with(files).try_init();
+    // One layer: each line is formatted and redacted once, then written to both places.
+    let make = move || Redacting(Both { file: file.clone() });
+    let layer = tracing_subscriber::fmt::layer().json().with_current_span(false).with_ansi(false).with_writer(make);
+    let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
     Ok(())
 }
 
-/// The rolling appender behind a lock, one event at a time.
-struct SharedWriter(std::sync::Arc<std::sync::Mutex<tracing_appender::rolling::RollingFileAppender>>);
+/// stdout, and the rolling appender (behind a lock) if there is one: one line at a time.
+struct Both {
+    file: Option<std::sync::Arc<std::sync::Mutex<tracing_appender::rolling::RollingFileAppender>>>,
+}
 
-impl Write for SharedWriter {
+impl Write for Both {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+        // A line that stdout refuses (a closed pipe) still reaches the file.
+        let out = std::io::stdout().lock().write_all(buf);
+        if let Some(file) = &self.file {
+            file.lock().unwrap_or_else(|e| e.into_inner()).write_all(buf)?;
+        }
+        out.map(|()| buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+        if let Some(file) = &self.file {
+            file.lock().unwrap_or_else(|e| e.into_inner()).flush()?;
+        }
+        std::io::stdout().flush()
     }
 }
 
