@@ -399,3 +399,33 @@ async fn many_leased_jobs_complete_in_one_request_each_on_its_own_token() {
         assert!(r.status == 422 || r.status == 400, "{bad}: {} {:?}", r.status, r.json());
     }
 }
+
+/// An idempotency key whose job was purged from the dead-letter queue names nothing any more:
+/// enqueued again, it makes a new job (it answered 404 for the purged one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_jobs_idempotency_key_enqueues_a_new_job() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let job = json!({ "type": "purge.key", "payload": { "n": 1 }, "maxAttempts": 1, "idempotencyKey": "once" });
+    let first = c.post(&format!("{API}/jobs"), &job).await.unwrap();
+    assert_eq!(first.status, 201);
+    let first_id = first.json().unwrap()["id"].as_str().unwrap().to_owned();
+    let got = lease(&c, "w-purge", 1, json!({ "types": ["purge.key"] })).await;
+    assert_eq!(got[0]["jobId"], first_id.as_str());
+    let fail = json!({ "token": got[0]["token"], "error": "bad", "retryable": false });
+    api_post(&c, &format!("/leases/{first_id}/fail"), fail).await;
+    let snapshot = app.root().join("purged-key.ndjson");
+    let purged = app.stella(&["orch", "dlq", "purge", "--all", "--snapshot", snapshot.to_str().unwrap()]);
+    assert!(purged.status.success(), "{}", stderr(&purged));
+
+    let again = c.post(&format!("{API}/jobs"), &job).await.unwrap();
+    assert_eq!(again.status, 201, "{:?}", again.json());
+    let again_id = again.json().unwrap()["id"].as_str().unwrap().to_owned();
+    assert_ne!(again_id, first_id);
+    assert_eq!(api_get(&c, &format!("/jobs/{again_id}")).await["state"], "ready");
+    let third = c.post(&format!("{API}/jobs"), &job).await.unwrap();
+    assert_eq!(third.status, 200);
+    assert_eq!(third.json().unwrap()["id"].as_str(), Some(again_id.as_str()));
+    let verify = app.stella(&["orch", "db", "verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}

@@ -543,7 +543,10 @@ fn existing_job(
     let table = txn.open_table(IDEMPOTENCY).map_err(storage)?;
     let existing = table.get(format!("{tenant}/{key}").as_str()).map_err(storage)?;
     let Some(id) = existing.map(|v| String::from_utf8_lossy(v.value()).into_owned()) else { return Ok(None) };
-    let job = visible_job(txn, Some(tenant), &id)?;
+    // The key's tenant is in the row's key, so only a purge from the dead-letter queue leaves
+    // it naming no job: the key is free again, and the new job's entry takes the row.
+    let jobs = txn.open_table(JOBS).map_err(storage)?;
+    let Some(job) = rw::get::<JobRecord>(&jobs, "jobs", &id).map_err(storage)? else { return Ok(None) };
     if job.job_type != job_type || job.payload != *payload {
         return Err(reused(&id));
     }
