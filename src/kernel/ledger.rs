@@ -285,7 +285,7 @@ impl ChainCursor {
 /// RFC 8785 writes a float with an integral value as an integer (`2.0` → `2`), which parses
 /// back as an integer: the entry in memory is made to hold what its stored form will read as,
 /// so that projections built from it and from a replay of the ledger agree.
-fn integral_floats_as_integers(v: &mut serde_json::Value) {
+pub fn integral_floats_as_integers(v: &mut serde_json::Value) {
     use serde_json::Value;
     match v {
         Value::Number(n) if n.is_f64() => {

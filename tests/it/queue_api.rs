@@ -429,3 +429,41 @@ async fn a_purged_jobs_idempotency_key_enqueues_a_new_job() {
     let verify = app.stella(&["orch", "db", "verify"]);
     assert!(verify.status.success(), "{}", stdout(&verify));
 }
+
+/// A retried enqueue is compared with what was stored, not with how its numbers were spelt:
+/// `1.0` is stored as `1` (RFC 8785), so the retry names the same job (it answered 409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_spelling_a_number_differently_names_the_same_job() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let first = c
+        .post(
+            &format!("{API}/jobs"),
+            &json!({ "type": "spelt", "payload": { "n": 1.0, "m": [2.0] }, "idempotencyKey": "k" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.status, 201);
+    let id = first.json().unwrap()["id"].as_str().unwrap().to_owned();
+    for payload in [json!({ "n": 1, "m": [2] }), json!({ "n": 1.0, "m": [2.0] })] {
+        let again = c
+            .post(&format!("{API}/jobs"), &json!({ "type": "spelt", "payload": payload, "idempotencyKey": "k" }))
+            .await
+            .unwrap();
+        assert_eq!(again.status, 200, "{payload}: {:?}", again.json());
+        assert_eq!(again.json().unwrap()["id"].as_str(), Some(id.as_str()));
+    }
+    let batch = json!([
+        { "type": "spelt", "payload": { "n": 3.0 }, "idempotencyKey": "b" },
+        { "type": "spelt", "payload": { "n": 3 }, "idempotencyKey": "b" },
+    ]);
+    let r = c.post(&format!("{API}/jobs"), &batch).await.unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let jobs = r.json().unwrap()["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs[0]["id"], jobs[1]["id"]);
+    let other = c
+        .post(&format!("{API}/jobs"), &json!({ "type": "spelt", "payload": { "n": 1.5 }, "idempotencyKey": "k" }))
+        .await
+        .unwrap();
+    assert_eq!(other.status, 409, "a different payload still conflicts");
+}

@@ -514,10 +514,18 @@ fn enqueue(
     };
     *batch.waiting.entry(job_type.clone()).or_default() += 1;
     if let Some(key) = idempotency_key {
-        batch.keys.insert(key.clone(), (new.id.clone(), job_type.clone(), payload.clone()));
+        batch.keys.insert(key.clone(), (new.id.clone(), job_type.clone(), as_stored(payload)));
     }
     let subjects = vec![new.id.clone()];
     Ok(Queued::New(QueueEvent::Enqueued(new).draft(tenant, subjects)))
+}
+
+/// A payload as its job's entry will store it (an integral float such as `1.0` reads back as
+/// `1`), so that a retried request is compared with what was stored, not with how it was spelt.
+fn as_stored(payload: &serde_json::Value) -> serde_json::Value {
+    let mut p = payload.clone();
+    crate::kernel::ledger::integral_floats_as_integers(&mut p);
+    p
 }
 
 /// The job an idempotency key already names (stored, or taken earlier in this batch), if it is
@@ -536,6 +544,7 @@ fn existing_job(
             format!("idempotency key {key:?} already names job {id} with a different type or payload"),
         )
     };
+    let payload = &as_stored(payload);
     if let Some((id, t, p)) = batch.keys.get(key) {
         // Taken in this batch: not stored yet, so compared with what this batch planned.
         return if t == job_type && p == payload { Ok(Some(id.clone())) } else { Err(reused(id)) };
