@@ -18,7 +18,11 @@ use std::sync::Arc;
 /// 2: steps keep an attempt history, jobs count interruptions, a disabled active version
 /// pauses its schedules, a succeeded step clears its error — the projection of the same
 /// ledger changed, so a store of version 1 has its projections rebuilt from the ledger once.
-pub const SCHEMA_VERSION: u64 = 2;
+/// 3: the store is the file and its write-ahead log (`<store>-wal`): a stella that knows no
+/// log must not open it (it would miss what only the log holds). The tables did not change.
+pub const SCHEMA_VERSION: u64 = 3;
+/// Stores of a version below this one have their projections rebuilt at open.
+const REBUILD_BELOW: u64 = 2;
 
 /// The store's page cache unless `store.cache_bytes` says otherwise.
 pub use crate::config::CACHE_BYTES_DEFAULT;
@@ -170,10 +174,13 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                Some(v) if v < SCHEMA_VERSION => {
+                Some(v) if v < REBUILD_BELOW => {
                     drop(meta);
                     rebuild_projections::<M>(&txn, &self.path)?;
                     meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+                    meta.insert("schema_version", SCHEMA_VERSION).map_err(|e| err(e.into()))?;
+                }
+                Some(v) if v < SCHEMA_VERSION => {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(|e| err(e.into()))?;
                 }
                 Some(_) => {}
@@ -242,13 +249,20 @@ impl Store {
     /// which runs redb's repair if the file needs one. Fails while a reader still holds the
     /// old handle or the disk still refuses; the caller tries again later.
     pub fn reopen(&self) -> Result<(), StoreError> {
+        self.reopen_with(|_| Ok(()))
+    }
+
+    /// [`Store::reopen`], running `prepare` on the new handle before any reader gets it (the
+    /// writer replays its log there); if `prepare` fails the handle is closed again.
+    pub fn reopen_with<T>(&self, prepare: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
         // The lock is not held while redb opens (and perhaps repairs) the file: readers are
         // answered `Unavailable` meanwhile instead of waiting.
         let old = self.shared.db.write().unwrap_or_else(|p| p.into_inner()).take();
         drop(old);
         let db = open_database(&self.path, self.shared.cache_bytes)?;
+        let out = prepare(&db)?;
         *self.shared.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
-        Ok(())
+        Ok(out)
     }
 
     pub fn file_size(&self) -> u64 {

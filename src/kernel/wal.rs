@@ -188,6 +188,10 @@ impl Wal {
     /// Appends `record` and syncs it: once this returns, the batch is durable.
     pub fn append(&mut self, record: &RecordBuf) -> std::io::Result<()> {
         let bytes = record.encode(self.epoch);
+        if self.offset == 0 {
+            // The interval runs from the first record a checkpoint has not covered.
+            self.since = Instant::now();
+        }
         self.pending = Some(self.offset);
         self.file.write_all_at(&bytes, self.offset)?;
         self.file.sync_data()?;
@@ -211,6 +215,17 @@ impl Wal {
         self.offset = at;
         self.pending = None;
         Ok(())
+    }
+
+    /// How long an idle writer may wait before it checkpoints: `None` while the log holds no
+    /// record since the last checkpoint.
+    pub fn checkpoint_wait(&self) -> Option<Duration> {
+        (self.offset > 0).then(|| CHECKPOINT_INTERVAL.saturating_sub(self.since.elapsed()))
+    }
+
+    /// A checkpoint could not be made: the next try waits another interval.
+    pub fn postpone(&mut self) {
+        self.since = Instant::now();
     }
 
     pub fn has_unwritten(&self) -> bool {
@@ -273,7 +288,12 @@ pub fn replay<M: Machine>(db: &Database, store: &Path) -> Result<Replayed, Store
     let bytes = match std::fs::read(&wal_path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(err(redb::Error::Io(e))),
+        Err(e) => {
+            return Err(StoreError::Unavailable {
+                path: store.to_owned(),
+                reason: format!("its write-ahead log {} cannot be read: {e}", wal_path.display()),
+            });
+        }
     };
     let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
     txn.set_durability(Durability::Immediate).map_err(|e| err(e.into()))?;
@@ -287,7 +307,10 @@ pub fn replay<M: Machine>(db: &Database, store: &Path) -> Result<Replayed, Store
     };
     let damaged = |detail: String| StoreError::Damaged {
         path: store.to_owned(),
-        detail: format!("its write-ahead log {}: {detail}", wal_path.display()),
+        detail: format!(
+            "its write-ahead log {} does not continue its ledger: {detail} (the log may belong to another copy of the store; see the operator guide, \"A crash\")",
+            wal_path.display()
+        ),
     };
     let mut cursor = ChainCursor::new(
         head + 1,
@@ -305,7 +328,11 @@ pub fn replay<M: Machine>(db: &Database, store: &Path) -> Result<Replayed, Store
                 cursor.check_stored(seq, stored).map_err(|e| damaged(format!("entry {seq}: {e}")))?;
                 let entry = serde_json::from_slice(stored).map_err(|e| damaged(format!("entry {seq}: {e}")))?;
                 ledger.insert(seq, *stored).map_err(|e| err(e.into()))?;
-                M::apply(&txn, &entry).map_err(|e| damaged(format!("applying entry {seq}: {e}")))?;
+                M::apply(&txn, &entry).map_err(|e| match e {
+                    // The disk, not the log: the replay is tried again at the next open.
+                    crate::kernel::plan::ApplyError::Storage(e) => err(e),
+                    e => damaged(format!("applying entry {seq}: {e}")),
+                })?;
                 appended += 1;
             }
         }
@@ -320,7 +347,7 @@ pub fn replay<M: Machine>(db: &Database, store: &Path) -> Result<Replayed, Store
             entries = appended,
             head = head + appended,
             log = %wal_path.display(),
-            "the store was not closed cleanly: entries acknowledged after its last checkpoint were replayed from its write-ahead log"
+            "entries acknowledged after the store's last checkpoint were replayed from its write-ahead log (the store was not closed cleanly, or a commit failed)"
         );
     }
     Ok(Replayed { entries: appended, epoch: epoch + 1 })

@@ -31,10 +31,11 @@ struct Envelope<M: Machine> {
 #[derive(Debug, Default)]
 pub struct WriterStats {
     pub commits: AtomicU64,
-    /// Commits made durable (`fdatasync`ed) before their callers heard: those that appended
-    /// entries or extended a lease. A batch of other liveness writes only (a lease that found
-    /// nothing, a worker seen, a metric snapshot) is committed without a sync and made durable
-    /// by the next one that syncs.
+    /// Commits made durable (`fdatasync`ed: their log record, or redb at a checkpoint) before
+    /// their callers heard: those that appended entries or made a liveness write the caller is
+    /// told holds. A batch of other liveness writes only (a lease that found nothing, a worker
+    /// seen, a metric snapshot) is committed without a sync and made durable by the next
+    /// checkpoint.
     pub durable_commits: AtomicU64,
     /// Of the durable commits, those made durable by redb (`Durability::Immediate`):
     /// checkpoints of the write-ahead log. The others synced only their log record.
@@ -188,7 +189,10 @@ pub fn channel<M: Machine>(
     // A checkpoint first: the log is then written from its start in a new epoch, which must
     // never overwrite records not yet durable in redb (a writer made earlier on this store).
     let epoch = wal::replay::<M>(&*store.db()?, store.path())?.epoch;
-    let wal = Wal::open(store.path(), epoch).map_err(|e| read::rerr(redb::Error::Io(e)))?;
+    let wal = Wal::open(store.path(), epoch).map_err(|e| StoreError::Unavailable {
+        path: store.path().to_owned(),
+        reason: format!("its write-ahead log {} cannot be opened: {e}", wal::path_for(store.path()).display()),
+    })?;
     let head = read::ledger_head(&store.read()?)?;
     let last_time = read::ledger_after(&store.read()?, head.0.saturating_sub(1), 1)?.first().map_or(0, |e| e.time);
     let (tx, rx) = mpsc::channel(opts.queue);
@@ -236,8 +240,11 @@ impl<M: Machine> Writer<M> {
             }
         }
         let _gone = Gone(self.stats.clone());
+        // Times the wait for a command while the log holds records to checkpoint.
+        let timer =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a timer for the store writer");
         let mut batch = Vec::with_capacity(self.batch_max);
-        while let Some(first) = self.next_command() {
+        while let Some(first) = self.next_command(&timer) {
             batch.push(first);
             while batch.len() < self.batch_max {
                 match self.rx.try_recv() {
@@ -274,10 +281,27 @@ impl<M: Machine> Writer<M> {
     /// The next command; `None` once every handle is gone. While the store cannot write, the
     /// writer also wakes on its own every [`PROBE_INTERVAL`] to try to recover, so it recovers
     /// when space returns even if no command comes.
-    fn next_command(&mut self) -> Option<Envelope<M>> {
+    ///
+    /// While the log holds records not yet checkpointed, the wait for a command is bounded:
+    /// when [`wal::CHECKPOINT_INTERVAL`] has passed since the first of them, an idle writer
+    /// checkpoints on its own, so redb is never more than that behind what was acknowledged.
+    fn next_command(&mut self, timer: &tokio::runtime::Runtime) -> Option<Envelope<M>> {
         loop {
             if self.store.fault().is_none() {
-                return self.rx.blocking_recv();
+                let Some(wait) = self.wal.checkpoint_wait() else { return self.rx.blocking_recv() };
+                match timer.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
+                    Ok(env) => return env,
+                    Err(_) => {
+                        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.idle_checkpoint()));
+                        if let Err(payload) = done {
+                            match crate::kernel::store::store_panic(payload.as_ref()) {
+                                Some(detail) => self.store.set_damage(format!("a checkpoint failed: {detail}")),
+                                None => std::panic::resume_unwind(payload),
+                            }
+                        }
+                        continue;
+                    }
+                }
             }
             match self.rx.try_recv() {
                 Ok(env) => return Some(env),
@@ -292,6 +316,43 @@ impl<M: Machine> Writer<M> {
                     if !recovered {
                         std::thread::sleep(PROBE_INTERVAL);
                     }
+                }
+            }
+        }
+    }
+
+    /// A checkpoint with no batch: the log's records, acknowledged a while ago, become durable
+    /// in redb and the log starts its next epoch. On a failure the next try waits another
+    /// interval; a failure on the disk faults the store as a failed commit does.
+    fn idle_checkpoint(&mut self) {
+        if self.store.damage().is_some() {
+            self.wal.postpone();
+            return;
+        }
+        let epoch = self.wal.epoch() + 1;
+        let done = self.store.db().map_err(|e| e.to_string()).and_then(|db| {
+            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+            txn.open_table(META)
+                .map_err(|e| e.to_string())?
+                .insert(wal::EPOCH_KEY, epoch)
+                .map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
+        });
+        match done {
+            Ok(()) => {
+                self.wal.checkpointed(epoch);
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "a checkpoint of the write-ahead log failed; the log keeps its records");
+                self.wal.postpone();
+                if reason_is_io(&reason) {
+                    self.needs_reopen = true;
+                    self.failure = format!("a checkpoint failed: {reason}");
+                    self.store.set_fault(Some(self.failure.clone()));
                 }
             }
         }
@@ -323,21 +384,20 @@ impl<M: Machine> Writer<M> {
             self.store.set_fault(Some(self.failure.clone()));
             return false;
         }
-        if self.needs_reopen {
-            if let Err(e) = self.store.reopen() {
-                tracing::warn!(error = %e, "store reopen failed; trying again");
-                return false;
-            }
-            self.needs_reopen = false;
-        }
         // The probe is a checkpoint: it replays what the log holds past redb's durable head
         // (a reopened handle lost the commits made without a sync) and proves the store takes
-        // a durable commit again.
-        let probe = self
-            .store
-            .db()
-            .map_err(|e| e.to_string())
-            .and_then(|db| wal::replay::<M>(&db, self.store.path()).map_err(|e| e.to_string()));
+        // a durable commit again. A reopened store is shown to readers only once replayed, so
+        // that none of them sees acknowledged entries missing.
+        let path = self.store.path().to_owned();
+        let probe = if self.needs_reopen {
+            let replayed = self.store.reopen_with(|db| wal::replay::<M>(db, &path));
+            if replayed.is_ok() {
+                self.needs_reopen = false;
+            }
+            replayed.map_err(|e| e.to_string())
+        } else {
+            self.store.db().and_then(|db| wal::replay::<M>(&db, &path)).map_err(|e| e.to_string())
+        };
         match probe {
             Ok(replayed) => self.wal.checkpointed(replayed.epoch),
             Err(reason) => {

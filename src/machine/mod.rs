@@ -126,9 +126,10 @@ impl Machine for Stella {
 
     fn live_is_durable(live: &LiveWrite) -> bool {
         // A heartbeat's new expiry is answered to the worker: losing it in a crash would expire
-        // a healthy worker's lease early. The rest (workers seen, timers re-armed from state,
-        // metric snapshots) may be lost.
-        matches!(live, LiveWrite::LeaseExpiry { .. })
+        // a healthy worker's lease early; a secret's value is answered as set (its entry, in
+        // the log, holds no value to replay it from). The rest (workers seen, timers re-armed
+        // from state, metric snapshots) may be lost.
+        matches!(live, LiveWrite::LeaseExpiry { .. } | LiveWrite::Secret { .. })
     }
 
     fn apply_live(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<(), redb::Error> {

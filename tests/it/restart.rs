@@ -369,3 +369,57 @@ fn a_second_writer_on_an_open_store_keeps_the_first_ones_acknowledged_entries() 
     let report = stella::kernel::verify::verify::<stella::machine::Stella>(&txn).unwrap();
     assert!(report.ok, "{report:?}");
 }
+
+/// Copies the store at `path` and its log into `to` while its writer runs: the crash image.
+fn crash_image(path: &Path, to: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    let copy = to.join("s.redb");
+    std::fs::copy(path, &copy).unwrap();
+    std::fs::copy(wal::path_for(path), wal::path_for(&copy)).unwrap();
+    copy
+}
+
+/// A secret's value is not in its ledger entry, so not in the log: its batch is a checkpoint,
+/// and the value is there after a kill -9 right after it was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_set_is_durable_when_acknowledged() {
+    let mut app = TestAppliance::start();
+    // A job first, so that the log holds a record the secret's batch must not rely on.
+    let c = app.socket_client();
+    let job = serde_json::json!({ "type": "before.secret" });
+    assert_eq!(c.post("/api/v1/orchestrator/jobs", &job).await.unwrap().status, 201);
+    app.set_secret("db-password", "a-value-set-just-before-the-crash");
+    app.kill9();
+    app.launch();
+    assert!(app.terminate().success());
+    let store = stella::machine::open_store(&app.store_path()).unwrap();
+    let txn = store.read().unwrap();
+    let secrets = txn.open_table(stella::domain::appliance::tables::SECRETS).unwrap();
+    assert!(secrets.get("db-password").unwrap().is_some(), "the acknowledged secret survived kill -9");
+}
+
+/// An idle writer checkpoints on its own within a second of the log's first record, so redb
+/// itself (without the log) holds what was acknowledged.
+#[test]
+fn an_idle_writer_checkpoints_what_its_log_holds() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let store = stella::machine::open_store(&path).unwrap();
+    let (handle, w) = writer(&store);
+    let thread = w.spawn();
+    let acked = rt.block_on(async { last_seq(&handle.submit(actor(), enqueue(1)).await.unwrap()) });
+    // Wait for the checkpoint (bounded: the interval is one second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while handle.stats().checkpoints() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within 20 s of an idle log");
+        std::thread::yield_now();
+    }
+    let copy = crash_image(&path, &dir.path().join("image"));
+    drop(handle);
+    thread.join().unwrap();
+    // The log is dropped from the image: only redb's durable state remains.
+    std::fs::remove_file(wal::path_for(&copy)).unwrap();
+    let copy = stella::machine::open_store(&copy).unwrap();
+    assert_eq!(read::ledger_head(&copy.read().unwrap()).unwrap().0, acked);
+}

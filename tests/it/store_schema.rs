@@ -24,7 +24,7 @@ fn a_newer_schema_is_refused_and_the_file_is_untouched() {
         .output()
         .unwrap();
     assert_eq!(serve.status.code(), Some(10), "{}", stderr(&serve));
-    assert!(stderr(&serve).contains("schema version 99, newer than this stella supports (2)"), "{}", stderr(&serve));
+    assert!(stderr(&serve).contains("schema version 99, newer than this stella supports (3)"), "{}", stderr(&serve));
     let verify = app.stella(&["orch", "db", "verify", "--offline"]);
     assert_eq!(verify.status.code(), Some(10), "{}", stderr(&verify));
     let after = Sha256::digest(std::fs::read(app.store_path()).unwrap());
@@ -86,4 +86,28 @@ async fn an_older_schema_has_its_tables_rebuilt_from_the_ledger_once() {
     let t = read.open_table(LEDGER).unwrap();
     let after: Vec<Vec<u8>> = t.iter().unwrap().map(|r| r.unwrap().1.value().to_vec()).collect();
     assert_eq!(&after[..ledger_before.len()], &ledger_before[..], "the ledger is as it was");
+}
+
+/// A store of schema version 2 (before the write-ahead log) is opened as it is — its tables
+/// did not change — and marked version 3, which a stella without the log refuses.
+#[test]
+fn a_store_before_the_log_is_marked_for_it_without_a_rebuild() {
+    use redb::ReadableDatabase;
+    let mut app = TestAppliance::start();
+    assert!(app.terminate().success());
+    {
+        let db = Database::open(app.store_path()).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema_version", 2).unwrap();
+        txn.commit().unwrap();
+    }
+    app.launch();
+    assert!(app.terminate().success());
+    assert!(!app.log().contains("rebuilding its tables"), "no rebuild for version 2:\n{}", app.log());
+    let db = Database::open(app.store_path()).unwrap();
+    let version = db.begin_read().unwrap().open_table(META).unwrap().get("schema_version").unwrap().unwrap().value();
+    assert_eq!(version, 3);
+    drop(db);
+    let verify = app.stella(&["orch", "db", "verify", "--offline"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
 }
