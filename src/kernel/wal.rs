@@ -116,13 +116,35 @@ pub struct Record<'a> {
 /// The records of `epoch` from the start of `bytes`, up to the first that is torn, stale (of
 /// another epoch) or absent (zeros).
 pub fn records(bytes: &[u8], epoch: u64) -> Vec<Record<'_>> {
+    records_and_end(bytes, epoch).0
+}
+
+/// [`records`], and the offset where they end.
+fn records_and_end(bytes: &[u8], epoch: u64) -> (Vec<Record<'_>>, usize) {
     let mut out = Vec::new();
     let mut at = 0usize;
     while let Some((record, len)) = record_at(bytes, at, epoch) {
         out.push(record);
         at += len;
     }
-    out
+    (out, at)
+}
+
+/// A whole record of `epoch` somewhere after `from`, if there is one. An epoch's records are
+/// written one after the other from the start, and a record a crash cut off is the last one
+/// written: a whole one after the end of the readable ones means a record before it was
+/// damaged after it was synced.
+pub fn record_after(bytes: &[u8], from: usize, epoch: u64) -> Option<usize> {
+    let mut at = from + 1;
+    while at + HEADER <= bytes.len() {
+        let next = bytes[at..].windows(MAGIC.len()).position(|w| w == MAGIC)?;
+        at += next;
+        if record_at(bytes, at, epoch).is_some() {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
 }
 
 fn record_at(bytes: &[u8], at: usize, epoch: u64) -> Option<(Record<'_>, usize)> {
@@ -317,9 +339,16 @@ pub fn replay<M: Machine>(db: &Database, store: &Path) -> Result<Replayed, Store
         Link::parse(&head_hash).ok_or_else(|| damaged("the ledger's head has no valid hash".into()))?,
     );
     let mut appended = 0u64;
+    let (readable, end) = records_and_end(&bytes, epoch);
+    if let Some(at) = record_after(&bytes, end, epoch) {
+        return Err(damaged(format!(
+            "the record at byte {end} cannot be read, yet a whole record of the same epoch follows at byte {at}: \
+             the log was damaged after it was synced, and the entries from byte {end} on would be lost"
+        )));
+    }
     {
         let mut ledger = txn.open_table(LEDGER).map_err(|e| err(e.into()))?;
-        for record in records(&bytes, epoch) {
+        for record in readable {
             for (i, stored) in record.entries.iter().enumerate() {
                 let seq = record.first_seq + i as u64;
                 if seq <= head {
@@ -392,6 +421,31 @@ mod tests {
             }
         }
         assert!(records(&log, 8).is_empty(), "another epoch's records are not this one's");
+    }
+
+    /// A record damaged in the middle of the log (a later one of the same epoch is whole) is
+    /// found; a torn last record is not mistaken for it.
+    #[test]
+    fn a_damaged_record_before_a_whole_one_is_found() {
+        let a = buf(1, &[b"{\"a\":1}"]).encode(7);
+        let b = buf(2, &[b"{\"b\":2}"]).encode(7);
+        let c = buf(3, &[b"{\"c\":3}"]).encode(7);
+        let mut log = [a.clone(), b.clone(), c.clone()].concat();
+        log.resize(log.len() + 200, 0);
+        let (got, end) = records_and_end(&log, 7);
+        assert_eq!((got.len(), end), (3, a.len() + b.len() + c.len()));
+        assert_eq!(record_after(&log, end, 7), None, "nothing after the last record");
+        let mut torn = log.clone();
+        torn[a.len() + b.len() + c.len() - 3] ^= 1;
+        let (got, end) = records_and_end(&torn, 7);
+        assert_eq!(got.len(), 2);
+        assert_eq!(record_after(&torn, end, 7), None, "a torn last record hides nothing");
+        let mut damaged = log.clone();
+        damaged[a.len() + 50] ^= 1;
+        let (got, end) = records_and_end(&damaged, 7);
+        assert_eq!((got.len(), end), (1, a.len()));
+        assert_eq!(record_after(&damaged, end, 7), Some(a.len() + b.len()), "the whole record after the damaged one");
+        assert_eq!(record_after(&damaged, end, 8), None, "another epoch's records do not count");
     }
 
     #[test]
