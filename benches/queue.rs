@@ -560,6 +560,17 @@ fn main() {
     if parts.iter().any(|a| a == "log") {
         return request_log();
     }
+    if parts.iter().any(|a| a == "one") {
+        // One producer only: in process and over the API, against SQLite, twice.
+        for _ in 0..2 {
+            let mut sqlite = sqlite_queue(1, scale(2_000), false);
+            let base = sqlite.rate();
+            row("enqueue: stella in-process", 1, &mut stella_enqueue(1, scale(40_000)), base);
+            row("enqueue: stella API (unix socket)", 1, &mut api_enqueue(1, scale(10_000), 1), base);
+            row("enqueue: SQLite WAL FULL", 1, &mut sqlite, base);
+        }
+        return;
+    }
     if parts.iter().any(|a| !"queue".contains(a.as_str())) {
         return;
     }

@@ -289,6 +289,12 @@ impl<M: Machine> Writer<M> {
         loop {
             if self.store.fault().is_none() {
                 let Some(wait) = self.wal.checkpoint_wait() else { return self.rx.blocking_recv() };
+                // A command already waiting needs no timer.
+                match self.rx.try_recv() {
+                    Ok(env) => return Some(env),
+                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
                 match timer.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
                     Ok(env) => return env,
                     Err(_) => {
