@@ -352,14 +352,20 @@ fn a_power_loss_at_any_byte_of_the_log_keeps_every_acknowledged_commit_and_no_to
     );
 }
 
-/// A second writer on a store that stays open (no reopen between) starts with a checkpoint: its
-/// log records never overwrite the first writer's, which were not yet durable in redb.
-#[test]
-fn a_second_writer_on_an_open_store_keeps_the_first_ones_acknowledged_entries() {
+/// A runtime to submit with, and a new store `s.redb` in a temp dir.
+fn fresh_store() -> (tokio::runtime::Runtime, tempfile::TempDir, std::path::PathBuf, Store) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
     let store = stella::machine::open_store(&path).unwrap();
+    (rt, dir, path, store)
+}
+
+/// A second writer on a store that stays open (no reopen between) starts with a checkpoint: its
+/// log records never overwrite the first writer's, which were not yet durable in redb.
+#[test]
+fn a_second_writer_on_an_open_store_keeps_the_first_ones_acknowledged_entries() {
+    let (rt, dir, path, store) = fresh_store();
     let mut acked = 0;
     for round in 0..2 {
         let (handle, w) = writer(&store);
@@ -419,10 +425,7 @@ async fn a_secret_set_is_durable_when_acknowledged() {
 /// itself (without the log) holds what was acknowledged.
 #[test]
 fn an_idle_writer_checkpoints_what_its_log_holds() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.redb");
-    let store = stella::machine::open_store(&path).unwrap();
+    let (rt, dir, path, store) = fresh_store();
     let (handle, w) = writer(&store);
     let thread = w.spawn();
     let acked = rt.block_on(async { last_seq(&handle.submit(actor(), enqueue(1)).await.unwrap()) });
