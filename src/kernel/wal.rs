@@ -293,6 +293,12 @@ pub fn open<M: Machine>(path: &Path, cache_bytes: usize) -> Result<Store, StoreE
     Ok(store)
 }
 
+/// Makes `txn` a checkpoint's: it starts the log's epoch `epoch` (commit it durably).
+pub fn start_epoch(txn: &redb::WriteTransaction, epoch: u64) -> Result<(), redb::Error> {
+    txn.open_table(META)?.insert(EPOCH_KEY, epoch)?;
+    Ok(())
+}
+
 /// What a replay did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replayed {
@@ -366,10 +372,7 @@ pub fn replay<M: Machine>(db: &Database, store: &Path) -> Result<Replayed, Store
             }
         }
     }
-    {
-        let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
-        meta.insert(EPOCH_KEY, epoch + 1).map_err(|e| err(e.into()))?;
-    }
+    start_epoch(&txn, epoch + 1).map_err(err)?;
     txn.commit().map_err(|e| err(e.into()))?;
     if appended > 0 {
         tracing::warn!(

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::kernel::ledger::Entry;
 use crate::kernel::plan::{Actor, CommandError, Committed, Derived, Machine, PlanCtx};
 use crate::kernel::rng::SplitMix64;
-use crate::kernel::store::{LEDGER, META, Store, StoreError, read};
+use crate::kernel::store::{LEDGER, Store, StoreError, read};
 use crate::kernel::wal::{self, RecordBuf, Wal};
 use redb::{Durability, WriteTransaction};
 use std::sync::Arc;
@@ -339,10 +339,7 @@ impl<M: Machine> Writer<M> {
         let done = self.store.db().map_err(|e| e.to_string()).and_then(|db| {
             let mut txn = db.begin_write().map_err(|e| e.to_string())?;
             txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
-            txn.open_table(META)
-                .map_err(|e| e.to_string())?
-                .insert(wal::EPOCH_KEY, epoch)
-                .map_err(|e| e.to_string())?;
+            wal::start_epoch(&txn, epoch).map_err(|e| e.to_string())?;
             txn.commit().map_err(|e| e.to_string())
         });
         match done {
@@ -356,12 +353,18 @@ impl<M: Machine> Writer<M> {
                 tracing::error!(%reason, "a checkpoint of the write-ahead log failed; the log keeps its records");
                 self.wal.postpone();
                 if reason_is_io(&reason) {
-                    self.needs_reopen = true;
-                    self.failure = format!("a checkpoint failed: {reason}");
-                    self.store.set_fault(Some(self.failure.clone()));
+                    self.fault(format!("a checkpoint failed: {reason}"));
                 }
             }
         }
+    }
+
+    /// The disk failed a write: the store reports `failure` and takes no writes until it has
+    /// been closed, opened anew and has taken a probe commit ([`Self::recover`]).
+    fn fault(&mut self, failure: String) {
+        self.needs_reopen = true;
+        self.failure = failure;
+        self.store.set_fault(Some(self.failure.clone()));
     }
 
     /// Drops what was planned into memory along with a batch that did not commit: compiled
@@ -407,9 +410,7 @@ impl<M: Machine> Writer<M> {
         match probe {
             Ok(replayed) => self.wal.checkpointed(replayed.epoch),
             Err(reason) => {
-                self.needs_reopen = true;
-                self.failure = format!("writes fail: {reason}");
-                self.store.set_fault(Some(self.failure.clone()));
+                self.fault(format!("writes fail: {reason}"));
                 return false;
             }
         }
@@ -461,8 +462,7 @@ impl<M: Machine> Writer<M> {
                 }
                 Sync::Checkpoint => {
                     txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
-                    let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-                    meta.insert(wal::EPOCH_KEY, self.wal.epoch() + 1).map_err(|e| e.to_string())?;
+                    wal::start_epoch(&txn, self.wal.epoch() + 1).map_err(|e| e.to_string())?;
                 }
             }
             txn.commit().map_err(|e| e.to_string())?;
@@ -492,9 +492,7 @@ impl<M: Machine> Writer<M> {
                 // callers hear of the failure, so that health says so when they look.
                 let io = reason_is_io(&reason);
                 if io {
-                    self.needs_reopen = true;
-                    self.failure = format!("the last commit failed: {reason}");
-                    self.store.set_fault(Some(self.failure.clone()));
+                    self.fault(format!("the last commit failed: {reason}"));
                 }
                 for env in batch.drain(..) {
                     let _ = env.reply.send(Err(CommandError::Storage(reason.clone())));
@@ -573,9 +571,7 @@ impl<M: Machine> Writer<M> {
             return;
         }
         if let Err(e) = self.wal.unwrite() {
-            self.needs_reopen = true;
-            self.failure = format!("the write-ahead log {}: {e}", self.wal.path().display());
-            self.store.set_fault(Some(self.failure.clone()));
+            self.fault(format!("the write-ahead log {}: {e}", self.wal.path().display()));
         }
     }
 }
