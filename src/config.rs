@@ -58,6 +58,15 @@ impl Layout {
     pub fn inbox(&self) -> PathBuf {
         self.lib().join("inbox")
     }
+    /// The artifact registry: `sha256/<digest>/` holds an artifact's files, `meta/<digest>/`
+    /// its signed manifest, sums and signature (for re-verification).
+    pub fn registry(&self) -> PathBuf {
+        self.lib().join("registry")
+    }
+    /// Where the sample deploy agent installs artifacts, one directory per environment.
+    pub fn targets(&self) -> PathBuf {
+        self.lib().join("targets")
+    }
     pub fn log(&self) -> PathBuf {
         self.root.join("var/log/stella")
     }
@@ -106,7 +115,18 @@ pub struct Config {
     pub locks: LocksConfig,
     pub exec: ExecConfig,
     pub bundles: BundlesConfig,
+    pub registry: RegistryConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// The artifact registry (`<lib>/registry/`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// A directory that receives a verified copy of every artifact bundle at import, from which
+    /// `stella registry restore --artifact A --from backup` brings an artifact back. Unset: no
+    /// copy (dev mode sets `<lib>/registry-backup`).
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// Logs, metric snapshots and exports.
@@ -398,6 +418,7 @@ impl Config {
         config.server.listen = Some("127.0.0.1:8443".to_owned());
         config.server.tls_cert = Some(layout.default_tls_cert());
         config.server.tls_key = Some(layout.default_tls_key());
+        config.registry.backup_dir = Some(layout.lib().join("registry-backup"));
         config
     }
 

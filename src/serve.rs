@@ -488,20 +488,65 @@ type SampleFile = (&'static str, &'static str, u32);
 
 /// The samples shipped in `bundles/`, compiled into the binary so `serve --dev` works from any
 /// directory: each is built into a bundle signed with the dev key and imported the way an
-/// operator imports one — the same checks, the same sealed store, the same ledger entries.
-const SAMPLES: &[(&str, Kind, &[SampleFile])] = &[
+/// operator imports one — the same checks, the same sealed store, the same ledger entries. In
+/// order: what a later one needs first. Version `None`: stella's own.
+const SAMPLES: &[(&str, Kind, Option<&str>, &[SampleFile])] = &[
     (
         "sample-plugin",
         Kind::Plugin,
+        None,
         &[
             ("plugin.toml", include_str!("../bundles/sample-plugin/plugin.toml"), 0o644),
             ("run.sh", include_str!("../bundles/sample-plugin/run.sh"), 0o755),
         ],
     ),
     (
+        "sample-deploy",
+        Kind::Plugin,
+        None,
+        &[
+            ("plugin.toml", include_str!("../bundles/sample-deploy/plugin.toml"), 0o644),
+            ("run.sh", include_str!("../bundles/sample-deploy/run.sh"), 0o755),
+        ],
+    ),
+    (
         "sample-pipeline",
         Kind::Dag,
+        None,
         &[("sample-pipeline.toml", include_str!("../bundles/sample-pipeline.dag.toml"), 0o644)],
+    ),
+    (
+        "sample-release",
+        Kind::Release,
+        None,
+        &[("release.toml", include_str!("../bundles/sample-release/release.toml"), 0o644)],
+    ),
+    (
+        "web",
+        Kind::Artifact,
+        Some("1.4.0"),
+        &[
+            ("VERSION", include_str!("../bundles/sample-artifacts/web-1.4.0/VERSION"), 0o644),
+            ("index.html", include_str!("../bundles/sample-artifacts/web-1.4.0/index.html"), 0o644),
+        ],
+    ),
+    (
+        "web",
+        Kind::Artifact,
+        Some("1.4.1"),
+        &[
+            ("VERSION", include_str!("../bundles/sample-artifacts/web-1.4.1/VERSION"), 0o644),
+            ("index.html", include_str!("../bundles/sample-artifacts/web-1.4.1/index.html"), 0o644),
+        ],
+    ),
+    (
+        "web",
+        Kind::Artifact,
+        Some("1.4.2"),
+        &[
+            ("VERSION", include_str!("../bundles/sample-artifacts/web-1.4.2/VERSION"), 0o644),
+            ("index.html", include_str!("../bundles/sample-artifacts/web-1.4.2/index.html"), 0o644),
+        ],
     ),
 ];
 
@@ -513,17 +558,18 @@ async fn import_samples(state: &AppState, layout: &Layout) -> Result<(), CliErro
         actor: Actor::appliance().name,
         scopes: crate::auth::Scope::ALL.to_vec(),
     };
-    for (name, kind, files) in SAMPLES {
-        let source = dir.join(name);
+    for (name, kind, version, files) in SAMPLES {
+        let version = version.unwrap_or(env!("CARGO_PKG_VERSION"));
+        let source = dir.join(format!("{name}-{version}"));
         let _ = std::fs::remove_dir_all(&source);
         for (file, text, mode) in *files {
             crate::fsutil::write_file_atomic(&source.join(file), text.as_bytes(), *mode)
                 .map_err(|e| CliError::Other(format!("sample {name}: {e}")))?;
         }
-        let bundle = dir.join(format!("{name}-{}.bundle", env!("CARGO_PKG_VERSION")));
+        let bundle = dir.join(format!("{name}-{version}.bundle"));
         let (s, b, k, kind) = (source.clone(), bundle.clone(), key.clone(), *kind);
         tokio::task::spawn_blocking(move || {
-            crate::domain::bundles::build::build_to(&s, kind, name, env!("CARGO_PKG_VERSION"), &k, &b, ZSTD_LEVEL)
+            crate::domain::bundles::build::build_to(&s, kind, name, version, &k, &b, ZSTD_LEVEL)
         })
         .await
         .map_err(|e| CliError::Other(e.to_string()))?

@@ -4,6 +4,7 @@
 use crate::clock::{UnixMs, rfc3339};
 use crate::domain::tokens::tables::TokenRecord;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -779,4 +780,183 @@ pub struct DagRegister {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DagVersionAction {
     pub version: Option<u32>,
+}
+
+// ---- releases: environments, the artifact registry, deployments (DESIGN.md §9) ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub id: String,
+    pub env: String,
+    pub artifact: String,
+    pub digest: String,
+    pub kind: String,
+    pub status: String,
+    pub run_id: String,
+    pub actor: String,
+    pub agent: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+    pub failed_step: Option<String>,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub forced: Vec<String>,
+    pub promotion: Option<String>,
+}
+
+impl Deployment {
+    pub fn from_record(d: &crate::domain::release::tables::DeploymentRecord) -> Self {
+        Deployment {
+            id: d.id.clone(),
+            env: d.env.clone(),
+            artifact: d.artifact.clone(),
+            digest: d.digest.clone(),
+            kind: d.kind.as_str().to_owned(),
+            status: d.status.as_str().to_owned(),
+            run_id: d.run_id.clone(),
+            actor: d.actor.clone(),
+            agent: d.agent.clone(),
+            created_at: rfc3339(d.created_ms),
+            started_at: d.started_ms.map(rfc3339),
+            ended_at: d.ended_ms.map(rfc3339),
+            duration_ms: d.ended_ms.map(|e| e - d.created_ms),
+            error: d.error.clone(),
+            failed_step: d.failed_step.clone(),
+            reason: d.reason.clone(),
+            forced: d.forced.clone(),
+            promotion: d.promotion.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentList {
+    pub deployments: Vec<Deployment>,
+}
+
+/// `POST /deployments`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeployRequest {
+    pub env: String,
+    pub artifact: String,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /rollbacks`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackRequest {
+    pub env: String,
+    /// `name@version`; default: the environment's last known good.
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FreezeWindow {
+    pub name: String,
+    pub from: String,
+    pub until: String,
+    pub reason: Option<String>,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvHealth {
+    /// `healthy`, `failing` or `unknown`.
+    pub status: String,
+    pub detail: String,
+    pub checked_at: Option<String>,
+    /// The deployment whose health step says so.
+    pub deployment: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvStatus {
+    pub name: String,
+    pub order: u32,
+    pub promotes_from: Option<String>,
+    pub description: Option<String>,
+    pub agent: String,
+    pub plugin: String,
+    pub target: String,
+    /// The release bundle that declares it (`None`: no longer declared).
+    pub declared_by: Option<String>,
+    pub baseline_version: u32,
+    pub current: Option<Deployment>,
+    pub last_known_good: Option<Deployment>,
+    /// Why the last known good is what it is (or why there is none).
+    pub last_known_good_note: String,
+    pub last_deployment: Option<Deployment>,
+    pub in_flight: Option<Deployment>,
+    pub health: EnvHealth,
+    pub lock: Option<Lock>,
+    pub frozen: Option<FreezeWindow>,
+    pub freeze: Vec<FreezeWindow>,
+    pub gates: Vec<Value>,
+    /// `--detailed` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<Vec<Deployment>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvList {
+    pub environments: Vec<EnvStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactCheck {
+    pub ok: bool,
+    pub present: bool,
+    /// Signature, manifest digest and every file, re-verified against the trust store now.
+    pub verified: bool,
+    pub problem: Option<String>,
+    pub fix: Option<String>,
+    pub checked_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    pub size: u64,
+    pub files: Vec<crate::domain::release::ArtifactFile>,
+    pub signer: String,
+    pub fingerprint: String,
+    pub imported_by: String,
+    pub imported_at: String,
+    pub backup: Option<String>,
+    /// Environments it runs in now.
+    pub deployed_in: Vec<String>,
+    /// Environments whose last known good it is.
+    pub last_known_good_in: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<ArtifactCheck>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactList {
+    pub artifacts: Vec<Artifact>,
 }

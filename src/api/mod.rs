@@ -46,7 +46,7 @@ async fn catch_panics(
 
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::put;
-    use handlers::{admin, bundles, config, dags, exports, locks, pending, queue, runs, stream, tokens};
+    use handlers::{admin, bundles, config, dags, exports, locks, pending, queue, release, runs, stream, tokens};
     let api = Router::new()
         .route("/admin/health", get(admin::health))
         .route("/admin/db/verify", get(admin::db_verify))
@@ -97,6 +97,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/secrets", get(config::secret_list))
         .route("/secrets/{name}", put(config::secret_set))
         .route("/approvals", get(pending::approvals))
+        .route("/environments", get(release::environments))
+        .route("/environments/{env}", get(release::environment))
+        .route("/artifacts", get(release::artifacts))
+        .route("/artifacts/{id}", get(release::artifact))
+        .route("/deployments", get(release::deployments).post(release::deploy))
+        .route("/deployments/current", get(release::current))
+        .route("/deployments/{id}", get(release::deployment))
+        .route("/rollbacks", post(release::rollback))
         .route("/metrics", get(admin::metrics));
     Router::new()
         .nest(PREFIX, api)

@@ -165,3 +165,20 @@ impl From<crate::app::export::ExportError> for Problem {
         }
     }
 }
+
+impl From<crate::app::release::ReleaseError> for Problem {
+    fn from(e: crate::app::release::ReleaseError) -> Self {
+        use crate::app::release::ReleaseError;
+        match e {
+            ReleaseError::Refused { code, detail, fix } => {
+                let detail = match fix {
+                    Some(fix) => format!("{detail} — fix: {fix}"),
+                    None => detail,
+                };
+                Problem::new(StatusCode::CONFLICT, code, detail)
+            }
+            ReleaseError::Command(e) => e.into(),
+            ReleaseError::Store(e) => e.into(),
+        }
+    }
+}

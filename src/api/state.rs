@@ -44,6 +44,7 @@ impl AppState {
             now_ms: self.clock.now_ms(),
             max_major_jump: self.config.bundles.max_major_jump,
             actor: crate::kernel::Actor { name: p.actor.clone() },
+            backup_dir: self.config.registry.backup_dir.as_deref(),
         }
     }
 

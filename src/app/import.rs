@@ -6,6 +6,7 @@
 use crate::domain::bundles::format::Kind;
 use crate::domain::bundles::plan::BundleCommand;
 use crate::domain::bundles::{import, verify};
+use crate::domain::release::{ArtifactFile, ArtifactImported, ReleaseCommand};
 use crate::kernel::store::{Store, StoreError};
 use crate::kernel::{Actor, CommandError};
 use crate::machine::{Command, WriterHandle, read};
@@ -28,6 +29,8 @@ pub struct Importer<'a> {
     pub max_major_jump: u64,
     /// Who imports: on the ledger entries.
     pub actor: Actor,
+    /// `registry.backup_dir`: a verified copy of each artifact bundle goes there.
+    pub backup_dir: Option<&'a Path>,
 }
 
 /// An installed bundle, as the import answers it.
@@ -114,6 +117,9 @@ pub async fn import_file(
         Err(reason) => return Err(reject(ctx, at, Refusal::Invalid, reason).await),
     };
     let m = v.manifest.clone();
+    if m.kind == Kind::Artifact {
+        return import_artifact(ctx, at, v, progress).await;
+    }
     if let Some((code, reason)) = version_refusal(ctx, &m, allow_downgrade)? {
         return Err(reject(ctx, at, Refusal::Conflict(code), reason).await);
     }
@@ -149,17 +155,12 @@ pub async fn import_file(
         entrypoint: contents.entrypoint.clone(),
         kinds: contents.kinds.clone(),
         dags: contents.dags.clone(),
+        environments: contents.environments.clone(),
     };
     // Kept beside the sealed payload so the bundle can be re-verified later.
     let meta = crate::app::installed::meta_dir(&lib, &m.payload.sha256);
-    match verify::signed_members(&path) {
-        Ok(members) => {
-            for (name, bytes) in members {
-                crate::fsutil::write_file_atomic(&meta.join(name), &bytes, 0o644)
-                    .map_err(|e| ImportError::Internal(format!("write {}: {e}", meta.display())))?;
-            }
-        }
-        Err(e) => return Err(reject(ctx, at, Refusal::Invalid, e.to_string()).await),
+    if let Err(e) = keep_signed_members(&path, &meta)? {
+        return Err(reject(ctx, at, Refusal::Invalid, e).await);
     }
     progress.phase("recording");
     if let Err(refused) = ctx.writer.submit(ctx.actor.clone(), Command::Bundle(command)).await {
@@ -231,10 +232,142 @@ fn install_trust(ctx: &Importer<'_>, sealed: &Path) -> Result<(), ImportError> {
     Ok(())
 }
 
+/// Writes the bundle's manifest, sums and signature into `meta` (for a later re-verification);
+/// the inner error is the bundle's fault.
+fn keep_signed_members(path: &Path, meta: &Path) -> Result<Result<(), String>, ImportError> {
+    match verify::signed_members(path) {
+        Ok(members) => {
+            for (name, bytes) in members {
+                crate::fsutil::write_file_atomic(&meta.join(name), &bytes, 0o644)
+                    .map_err(|e| ImportError::Internal(format!("write {}: {e}", meta.display())))?;
+            }
+            Ok(Ok(()))
+        }
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+/// An artifact bundle: checked like every bundle, its files sealed into the registry
+/// (`<lib>/registry/sha256/<digest>/`, its signed members in `meta/<digest>/`), a verified
+/// copy of the bundle written to `registry.backup_dir`, then recorded as `artifact.imported`.
+/// Versions of one artifact live side by side; a version is never reused with other content.
+async fn import_artifact(
+    ctx: &Importer<'_>,
+    at: (&Path, &str),
+    v: verify::Envelope,
+    progress: Arc<Progress>,
+) -> Result<Imported, ImportError> {
+    let m = v.manifest.clone();
+    let key = format!("{}@{}", m.name, m.version);
+    if !valid_version(&m.version) {
+        let reason = format!("artifact {key}: the version must be 1-64 of 0-9, A-Z, a-z, '.', '-', '+'");
+        return Err(reject(ctx, at, Refusal::Invalid, reason).await);
+    }
+    let files: Vec<ArtifactFile> = m
+        .files
+        .iter()
+        .filter(|f| f.kind == "file")
+        .map(|f| ArtifactFile { path: f.path.clone(), size: f.size, sha256: f.sha256.clone().unwrap_or_default() })
+        .collect();
+    if files.is_empty() {
+        return Err(reject(ctx, at, Refusal::Invalid, format!("artifact {key} carries no file")).await);
+    }
+    let registry = registry_dir(ctx.lib);
+    let target = registry.join("sha256").join(&m.payload.sha256);
+    let existed = target.exists();
+    let sealed = {
+        let (path, v, lib, target) = (at.0.to_owned(), v.clone(), ctx.lib.to_owned(), target.clone());
+        tokio::task::spawn_blocking(move || import::seal_at(&path, &v, &lib, target, &progress))
+            .await
+            .map_err(internal)?
+    };
+    if let Err(reason) = sealed {
+        return Err(reject(ctx, at, Refusal::Invalid, reason).await);
+    }
+    let meta = registry.join("meta").join(&m.payload.sha256);
+    if let Err(e) = keep_signed_members(at.0, &meta)? {
+        return Err(reject(ctx, at, Refusal::Invalid, e).await);
+    }
+    let backup = match ctx.backup_dir {
+        Some(dir) => Some(backup_copy(at.0, dir, &key).map_err(ImportError::Internal)?),
+        None => None,
+    };
+    let command = ReleaseCommand::RegisterArtifact(ArtifactImported {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        digest: m.payload.sha256.clone(),
+        size: files.iter().map(|f| f.size).sum(),
+        files,
+        signer: v.signer.principal.clone(),
+        fingerprint: v.signer.fingerprint.clone(),
+        backup: backup.map(|p| p.display().to_string()),
+    });
+    if let Err(refused) = ctx.writer.submit(ctx.actor.clone(), Command::Release(command)).await {
+        if !existed {
+            let _ = std::fs::remove_dir_all(&target);
+            let _ = std::fs::remove_dir_all(&meta);
+        }
+        if let CommandError::Conflict { code, detail } = refused {
+            return Err(reject(ctx, at, Refusal::Conflict(code), detail).await);
+        }
+        return Err(refused.into());
+    }
+    Ok(Imported {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        kind: m.kind,
+        digest: m.payload.sha256.clone(),
+        signer: v.signer.principal.clone(),
+        fingerprint: v.signer.fingerprint.clone(),
+        files: m.files.len(),
+        dags: vec![],
+    })
+}
+
+/// `<lib>/registry`.
+pub fn registry_dir(lib: &Path) -> PathBuf {
+    lib.join("registry")
+}
+
+/// The backup copy of artifact `key` in `dir`.
+pub fn backup_path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}.bundle"))
+}
+
+/// Copies the bundle at `path` to `dir` (temp file, fsync, rename) and checks that the copy
+/// reads back with the bundle's own digest.
+fn backup_copy(path: &Path, dir: &Path, key: &str) -> Result<PathBuf, String> {
+    let out = backup_path(dir, key);
+    std::fs::create_dir_all(dir).map_err(|e| format!("registry.backup_dir {}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".{key}.{}.tmp", crate::ids::random_hex(4)));
+    let copied = std::fs::copy(path, &tmp)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .map_err(|e| format!("copy to {}: {e}", tmp.display()));
+    if let Err(e) = copied.and_then(|_| {
+        if file_sha256(&tmp) != file_sha256(path) {
+            return Err(format!("the backup copy {} does not read back as written", tmp.display()));
+        }
+        std::fs::rename(&tmp, &out).map_err(|e| format!("rename to {}: {e}", out.display()))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| e.to_string())
+    }) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(out)
+}
+
+/// Artifact versions: 1–64 of `0-9 A-Z a-z . - +`, starting with a digit or letter.
+pub fn valid_version(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+}
+
 struct Contents {
     entrypoint: Option<String>,
     kinds: Vec<String>,
     dags: Vec<(String, String)>,
+    environments: Option<Vec<crate::domain::release::Environment>>,
 }
 
 /// What a sealed bundle carries: a plugin's entrypoint (its `plugin.toml` must name the bundle),
@@ -257,7 +390,12 @@ fn inspect(ctx: &Importer<'_>, kind: &Kind, name: &str, sealed: &Path) -> Result
                     manifest.entrypoint
                 ));
             }
-            Ok(Contents { kinds: manifest.kinds(), entrypoint: Some(manifest.entrypoint), dags: vec![] })
+            Ok(Contents {
+                kinds: manifest.kinds(),
+                entrypoint: Some(manifest.entrypoint),
+                dags: vec![],
+                environments: None,
+            })
         }
         Kind::Dag => {
             let installed = ctx.store.read().and_then(|t| read::installed_plugins(&t)).map_err(|e| e.to_string())?;
@@ -277,7 +415,7 @@ fn inspect(ctx: &Importer<'_>, kind: &Kind, name: &str, sealed: &Path) -> Result
             if dags.is_empty() {
                 return Err("a DAG bundle carries at least one *.toml spec".into());
             }
-            Ok(Contents { entrypoint: None, kinds: vec![], dags })
+            Ok(Contents { entrypoint: None, kinds: vec![], dags, environments: None })
         }
         Kind::Trust => {
             if !sealed.join("allowed_signers").is_file() {
@@ -295,7 +433,25 @@ fn inspect(ctx: &Importer<'_>, kind: &Kind, name: &str, sealed: &Path) -> Result
             }) {
                 return Err("the new trust store has no key for stella-trust@stella.invalid: it would lock out every future update".into());
             }
-            Ok(Contents { entrypoint: None, kinds: vec![], dags: vec![] })
+            Ok(Contents { entrypoint: None, kinds: vec![], dags: vec![], environments: None })
         }
+        Kind::Release => {
+            let path = sealed.join(crate::domain::release::spec::FILE);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("a release bundle carries {}: {e}", crate::domain::release::spec::FILE))?;
+            let release = crate::domain::release::spec::parse(&text)?;
+            let installed = ctx.store.read().and_then(|t| read::installed_plugins(&t)).map_err(|e| e.to_string())?;
+            for (dag, spec) in &release.dags {
+                crate::domain::runs::spec::compile(spec, &installed)
+                    .map_err(|e| format!("{}: the deployment DAG {dag}: {e}", crate::domain::release::spec::FILE))?;
+            }
+            Ok(Contents {
+                entrypoint: None,
+                kinds: vec![],
+                dags: release.dags,
+                environments: Some(release.environments),
+            })
+        }
+        Kind::Artifact => unreachable!("artifacts are imported by import_artifact"),
     }
 }

@@ -560,8 +560,27 @@ pub enum GateCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum RollbackCmd {
-    Status,
+    /// Roll an environment back to its last known good (or `--to NAME@VERSION`): checks the
+    /// artifact, the agent and the lock before anything changes.
+    Start {
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The latest rollback (of `--env`): its status, error and failed step.
+    Status {
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Every step of a rollback (default: the latest): times, agent, plugin error.
     Trace {
+        /// A deployment id (`dep-N`).
+        id: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
         #[arg(long)]
         verbose: bool,
     },
@@ -571,10 +590,15 @@ pub enum RollbackCmd {
 pub struct DeployArgs {
     #[arg(long)]
     pub env: String,
+    /// `NAME@VERSION`, as `orch artifacts list` shows it.
     #[arg(long)]
     pub artifact: String,
+    /// Break the environment's lock first (held by a stuck holder); needs orchestrator:admin,
+    /// ledgered with your name.
     #[arg(long)]
     pub force: bool,
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

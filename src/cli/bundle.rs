@@ -14,12 +14,9 @@ use std::io::IsTerminal;
 pub fn run(g: &Global, cmd: BundleCmd) -> Result<(), CliError> {
     match cmd {
         BundleCmd::Build { dir, kind, name, bundle_version, key, out } => {
-            let kind = match kind.as_str() {
-                "plugin" => Kind::Plugin,
-                "dag" => Kind::Dag,
-                "trust" => Kind::Trust,
-                other => return Err(CliError::Invalid(format!("--kind {other:?}: expected plugin, dag or trust"))),
-            };
+            let kind = Kind::parse(&kind).ok_or_else(|| {
+                CliError::Invalid(format!("--kind {kind:?}: expected plugin, dag, trust, release or artifact"))
+            })?;
             if !crate::config::valid_name(&name) {
                 return Err(CliError::Invalid(format!("--name {name:?}: expected 1-64 of a-z, 0-9, '-', '_'")));
             }

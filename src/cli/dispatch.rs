@@ -17,8 +17,6 @@ fn na(what: &str) -> Result<(), CliError> {
     Err(CliError::NotAvailable(what.to_owned()))
 }
 
-const RELEASE: &str = "release promotions, environments, deployments and artifacts (no issue filed yet)";
-
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let g = cli.global;
     match cli.command {
@@ -80,7 +78,10 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
     match cmd {
         Top::Auth(AuthCmd::Token(t)) => token(g, t).await,
         Top::Orch(o) => orch(g, o).await,
-        Top::Promotion(_) | Top::Rollback(_) | Top::Deploy(_) | Top::Registry(_) => na(RELEASE),
+        Top::Deploy(a) => crate::cli::release::deploy(g, a).await,
+        Top::Rollback(r) => crate::cli::release::rollback(g, r).await,
+        Top::Promotion(_) => na("promotions through gates (issue: promotions)"),
+        Top::Registry(_) => na("registry retention and restore from the backup directory (issue: releases, part 2)"),
         Top::Doctor(_) => na("doctor checks (they need the queue, runs and releases they diagnose)"),
         Top::Export(a) => crate::cli::export::export(g, a).await,
         Top::Audit(_) => unreachable!("audit is offline: handled before the runtime starts"),
@@ -107,12 +108,12 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
         OrchCmd::Agent(AgentCmd::Status { env }) => queue::agents(g, env).await,
         OrchCmd::Locks(l) => queue::locks(g, l).await,
         OrchCmd::Config(c) => queue::config(g, c).await,
-        OrchCmd::Env(_)
-        | OrchCmd::Deployments(_)
-        | OrchCmd::Artifacts(_)
-        | OrchCmd::Connectivity { .. }
-        | OrchCmd::Credentials(_)
-        | OrchCmd::HealthCheck { .. } => na(RELEASE),
+        OrchCmd::Env(e) => crate::cli::release::env(g, e).await,
+        OrchCmd::Deployments(d) => crate::cli::release::deployments(g, d).await,
+        OrchCmd::Artifacts(a) => crate::cli::release::artifacts(g, a).await,
+        OrchCmd::Connectivity { .. } | OrchCmd::Credentials(_) | OrchCmd::HealthCheck { .. } => na(
+            "connectivity, credentials and health checks run through the deploy agent on demand (issue: releases, part 2)",
+        ),
         OrchCmd::Repair { .. } => na("projection repair from the ledger (db verify finds the damage today)"),
     }
 }

@@ -9,6 +9,7 @@ pub mod export;
 pub mod keys;
 pub mod output;
 pub mod queue;
+pub mod release;
 pub mod runs;
 pub mod target;
 

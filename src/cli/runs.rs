@@ -33,7 +33,7 @@ fn parse_inputs(pairs: &[String], file: Option<&std::path::Path>) -> Result<Map<
     Ok(inputs)
 }
 
-fn run_text(v: &dto::Run, verbose: bool) -> String {
+pub(crate) fn run_text(v: &dto::Run, verbose: bool) -> String {
     let mut out = format!(
         "{} {} (DAG {} v{}) started {}{}\n",
         v.id,

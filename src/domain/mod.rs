@@ -8,5 +8,6 @@ pub mod bundles;
 pub mod live;
 pub mod locks;
 pub mod queue;
+pub mod release;
 pub mod runs;
 pub mod tokens;

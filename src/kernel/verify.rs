@@ -384,8 +384,23 @@ fn compare(
     def: TableDefinition<&str, &[u8]>,
     writers: &HashMap<String, u64>,
 ) -> Result<Option<VerifyProblem>, StoreError> {
-    let stored = stored_txn.open_table(def).map_err(rerr)?;
     let replayed = replay_txn.open_table(def).map_err(rerr)?;
+    let stored = match stored_txn.open_table(def) {
+        Ok(t) => t,
+        // A store written before the table existed (opened read-only, so not created): it
+        // must hold nothing the replay writes there.
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Ok(replayed.iter().map_err(rerr)?.next().transpose().map_err(rerr)?.map(|(k, _)| {
+                VerifyProblem::Projection {
+                    table: def.name().to_owned(),
+                    seq: writers.get(k.value()).copied(),
+                    key: k.value().to_owned(),
+                    message: "missing from the store".to_owned(),
+                }
+            }));
+        }
+        Err(e) => return Err(rerr(e)),
+    };
     let mut a = stored.iter().map_err(rerr)?;
     let mut b = replayed.iter().map_err(rerr)?;
     let problem = |key: String, message: &str| {

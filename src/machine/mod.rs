@@ -14,9 +14,10 @@ use crate::domain::bundles::plan::BundleCommand;
 use crate::domain::live::{Effects, LiveWrite};
 use crate::domain::locks::{LockCommand, LockEvent};
 use crate::domain::queue::QueueCommand;
+use crate::domain::release::{ReleaseCommand, ReleaseEvent};
 use crate::domain::runs::RunCommand;
 use crate::domain::tokens::{TokenCommand, TokenEvent};
-use crate::domain::{appliance, bundles, locks, queue, runs, tokens};
+use crate::domain::{appliance, bundles, locks, queue, release, runs, tokens};
 use crate::kernel::event::Event;
 use crate::kernel::ledger::Entry;
 use crate::kernel::store::{Store, StoreError};
@@ -34,6 +35,7 @@ pub enum Command {
     Run(RunCommand),
     Lock(LockCommand),
     Bundle(BundleCommand),
+    Release(ReleaseCommand),
     /// Fire every deadline that is due: promote delayed jobs, expire leases and locks, end
     /// budgets, fire cron triggers. Sent by the timer task; tests send it on virtual time.
     Tick,
@@ -65,6 +67,10 @@ pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[
     bundles::tables::BUNDLES,
     bundles::tables::PLUGINS,
     runs::tables::SCHEDULES,
+    release::tables::ENVIRONMENTS,
+    release::tables::ARTIFACTS,
+    release::tables::DEPLOYMENTS,
+    release::tables::DEPLOYMENT_RUNS,
 ];
 
 impl Machine for Stella {
@@ -92,15 +98,25 @@ impl Machine for Stella {
     }
 
     fn plan(command: &Command, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
-        match command {
+        let mut effects = match command {
             Command::Appliance(a) => appliance::plan(a, txn),
             Command::Token(t) => tokens::plan(t, txn).map(Effects::from),
             Command::Queue(q) => queue::plan::plan(q, txn, ctx),
             Command::Lock(l) => locks::plan(l, txn, ctx),
-            Command::Run(r) => runs::plan::plan(r, txn, ctx),
+            Command::Run(r) => {
+                if let runs::RunCommand::Start { dag, .. } = r {
+                    release::plan::guard_start(txn, dag)?;
+                }
+                runs::plan::plan(r, txn, ctx)
+            }
             Command::Bundle(b) => bundles::plan::plan(b, txn),
+            Command::Release(r) => release::plan(r, txn, ctx),
             Command::Tick => timers::tick(txn, ctx),
-        }
+        }?;
+        // A deployment follows its run: whatever moved the run (a step's outcome, a lease
+        // expiry, a cancel) moves the deployment in the same transaction.
+        release::follow(txn, &mut effects.drafts)?;
+        Ok(effects)
     }
 
     fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
@@ -116,6 +132,9 @@ impl Machine for Stella {
         }
         if let Some(event) = LockEvent::of(entry) {
             return locks::apply::apply(txn, entry, event.map_err(bad)?);
+        }
+        if let Some(event) = ReleaseEvent::of(entry) {
+            return release::apply::apply(txn, entry, event.map_err(bad)?);
         }
         let applied = queue::apply::apply(txn, entry)? || runs::apply::apply(txn, entry)?;
         if !applied {

@@ -7,8 +7,8 @@ use crate::support::*;
 fn runbook_commands_not_built_yet_say_so_with_exit_3() {
     let app = TestAppliance::start();
     for args in [
-        &["orch", "env", "status", "prod", "--detailed"][..],
-        &["deploy", "--env", "prod", "--artifact", "web@1.4.1", "--force"],
+        &["orch", "env", "config", "diff", "prod"][..],
+        &["registry", "retention", "show"],
         &["promotion", "status"],
         &["doctor", "--check", "check.orchestrator.job-health"],
     ] {

@@ -8,6 +8,7 @@ pub mod exports;
 pub mod locks;
 pub mod pending;
 pub mod queue;
+pub mod release;
 pub mod runs;
 pub mod stream;
 pub mod tokens;

@@ -33,6 +33,28 @@ pub enum Kind {
     Plugin,
     Dag,
     Trust,
+    /// Environments (`release.toml`): DESIGN.md §9.
+    Release,
+    /// A deployable artifact (`name@version`): its files go into the registry.
+    Artifact,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::Plugin, Kind::Dag, Kind::Trust, Kind::Release, Kind::Artifact];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Plugin => "plugin",
+            Kind::Dag => "dag",
+            Kind::Trust => "trust",
+            Kind::Release => "release",
+            Kind::Artifact => "artifact",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,18 @@ use std::path::{Path, PathBuf};
 /// Unpacks the payload of the checked envelope at `path` into the sealed store; returns the
 /// sealed directory. An already sealed payload (same digest) is kept as it is.
 pub fn seal(path: &Path, envelope: &Envelope, lib: &Path, progress: &Progress) -> Result<PathBuf, String> {
-    let target = crate::plugins::sealed_dir(lib, &envelope.manifest.payload.sha256);
+    seal_at(path, envelope, lib, crate::plugins::sealed_dir(lib, &envelope.manifest.payload.sha256), progress)
+}
+
+/// [`seal`] into `target` (the artifact registry's own content-addressed directory), staged
+/// under `<lib>/bundles/staging` like every bundle.
+pub fn seal_at(
+    path: &Path,
+    envelope: &Envelope,
+    lib: &Path,
+    target: PathBuf,
+    progress: &Progress,
+) -> Result<PathBuf, String> {
     if target.exists() {
         // The same payload is sealed already; this manifest must still describe it.
         crate::domain::bundles::verify::walk(path, envelope, progress).map_err(|e| e.to_string())?;

@@ -35,6 +35,8 @@ pub enum BundleCommand {
         kinds: Vec<String>,
         /// The DAGs a DAG bundle registers (name, spec), in the import's transaction.
         dags: Vec<(String, String)>,
+        /// The environments a release bundle declares (its deployment DAGs are in `dags`).
+        environments: Option<Vec<crate::domain::release::Environment>>,
     },
     Reject {
         file: String,
@@ -94,6 +96,7 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
             entrypoint,
             kinds,
             dags,
+            environments,
         } => {
             if let Some(cur) = installed(txn, name)? {
                 let cur_version = cur["version"].as_str().unwrap_or_default();
@@ -130,6 +133,17 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
                 dags: dags.iter().map(|(n, _)| n.clone()).collect(),
             });
             let mut drafts = vec![event.draft("", vec![name.clone(), digest.clone()])];
+            if let Some(environments) = environments {
+                let event = crate::domain::release::ReleaseEvent::Declared(crate::domain::release::ReleaseDeclared {
+                    bundle: name.clone(),
+                    version: version.clone(),
+                    digest: digest.clone(),
+                    environments: environments.clone(),
+                });
+                let mut subjects = vec![name.clone()];
+                subjects.extend(environments.iter().map(|e| e.name.clone()));
+                drafts.push(event.draft("", subjects));
+            }
             for (dag, spec) in dags {
                 drafts.extend(crate::domain::runs::plan::register(txn, dag, spec, false)?.drafts);
             }

@@ -25,7 +25,7 @@ fn draft(tenant: &str, rec: &LockRecord, event: LockEvent) -> Draft {
     event.draft(tenant, vec![rec.id.clone(), rec.resource.clone()])
 }
 
-fn by_resource(txn: &WriteTransaction, resource: &str) -> Result<Option<LockRecord>, CommandError> {
+pub fn by_resource(txn: &WriteTransaction, resource: &str) -> Result<Option<LockRecord>, CommandError> {
     let table = txn.open_table(LOCKS).map_err(storage)?;
     rw::get::<LockRecord>(&table, "locks", resource).map_err(storage)
 }

@@ -199,7 +199,7 @@ fn next_counter(txn: &WriteTransaction, name: &str) -> Result<u64, CommandError>
     Ok(rw::counter(&txn.open_table(COUNTERS).map_err(storage)?, name).map_err(storage)? + 1)
 }
 
-fn start(
+pub(crate) fn start(
     txn: &WriteTransaction,
     ctx: &mut PlanCtx,
     tenant: &str,

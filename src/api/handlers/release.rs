@@ -1,0 +1,385 @@
+//! Release routes (DESIGN.md §9): environments and their status, the artifact registry,
+//! deployments, rollbacks. Environments and artifacts belong to the site, not to a tenant: a
+//! token of one tenant on an appliance with several is refused.
+
+use crate::api::dto;
+use crate::api::extract::{Auth, JsonBody, QueryArgs};
+use crate::api::handlers::acting_tenant;
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::state::AppState;
+use crate::app::release::{Releases, check_artifact, last_known_good};
+use crate::auth::{Principal, Scope};
+use crate::domain::release::tables::{self as t, DeploymentRecord, EnvRecord};
+use crate::domain::release::{DeploymentKind, DeploymentStatus};
+use axum::Json;
+use axum::extract::{Path, State};
+use std::sync::Arc;
+
+/// Deployments answered by one listing at most.
+const LIST_MAX: usize = 1_000;
+
+/// The site's release objects are for principals that see every tenant.
+fn site(state: &AppState, auth: &Auth, scope: Scope) -> Result<Principal, Problem> {
+    let p = auth.require(scope)?;
+    if !state.sees_all_tenants(p) {
+        return Err(Problem::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "environments, artifacts and deployments belong to the site: a token of one tenant cannot see or change them",
+        ));
+    }
+    Ok(p.clone())
+}
+
+fn releases<'a>(state: &'a AppState, p: &Principal) -> Result<Releases<'a>, Problem> {
+    Ok(Releases {
+        store: &state.store,
+        writer: &state.writer,
+        lib: &state.lib,
+        trust_dir: &state.trust_dir,
+        now_ms: state.clock.now_ms(),
+        actor: crate::api::handlers::actor(p),
+        tenant: acting_tenant(state, p, None)?,
+        local_agent: state.config.exec.enabled,
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentQuery {
+    pub env: Option<String>,
+    pub last: Option<usize>,
+    pub status: Option<String>,
+}
+
+pub async fn deployments(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    QueryArgs(q): QueryArgs<DeploymentQuery>,
+) -> ApiResult<Json<dto::DeploymentList>> {
+    site(&state, &auth, Scope::Read)?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(DeploymentStatus::parse(s).ok_or_else(|| {
+            Problem::invalid("status", format!("status {s:?}: expected pending, in_progress, success or failed"))
+        })?),
+    };
+    let txn = state.store.read()?;
+    let deployments = t::deployments(&txn, q.env.as_deref())?
+        .iter()
+        .filter(|d| status.is_none_or(|s| d.status == s))
+        .take(q.last.unwrap_or(LIST_MAX).min(LIST_MAX))
+        .map(dto::Deployment::from_record)
+        .collect();
+    Ok(Json(dto::DeploymentList { deployments }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvOnly {
+    pub env: String,
+}
+
+/// The environment's current deployment: its last success.
+pub async fn current(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    QueryArgs(q): QueryArgs<EnvOnly>,
+) -> ApiResult<Json<dto::Deployment>> {
+    site(&state, &auth, Scope::Read)?;
+    let txn = state.store.read()?;
+    let env = t::environment(&txn, &q.env)?.ok_or_else(|| Problem::not_found(format!("environment {}", q.env)))?;
+    let d = env
+        .current
+        .as_deref()
+        .map(|id| t::deployment(&txn, id))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| Problem::not_found(format!("a successful deployment of environment {}", q.env)))?;
+    Ok(Json(dto::Deployment::from_record(&d)))
+}
+
+pub async fn deployment(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<dto::Deployment>> {
+    site(&state, &auth, Scope::Read)?;
+    let d = t::deployment(&state.store.read()?, &id)?.ok_or_else(|| Problem::not_found(format!("deployment {id}")))?;
+    Ok(Json(dto::Deployment::from_record(&d)))
+}
+
+pub async fn deploy(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::DeployRequest>,
+) -> ApiResult<Json<dto::Deployment>> {
+    let p = site(&state, &auth, Scope::Operate)?;
+    if req.force && !p.scopes.contains(&Scope::Admin) {
+        return Err(Problem::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "deploy --force breaks a lock: it needs the orchestrator:admin scope",
+        ));
+    }
+    if crate::domain::release::split_artifact(&req.artifact).is_none() {
+        return Err(Problem::invalid("artifact", format!("artifact {:?}: expected NAME@VERSION", req.artifact)));
+    }
+    let d =
+        releases(&state, &p)?.deploy(&req.env, &req.artifact, DeploymentKind::Direct, req.force, req.reason).await?;
+    Ok(Json(dto::Deployment::from_record(&d)))
+}
+
+pub async fn rollback(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::RollbackRequest>,
+) -> ApiResult<Json<dto::Deployment>> {
+    let p = site(&state, &auth, Scope::Operate)?;
+    if let Some(to) = &req.to
+        && crate::domain::release::split_artifact(to).is_none()
+    {
+        return Err(Problem::invalid("to", format!("to {to:?}: expected NAME@VERSION")));
+    }
+    let d = releases(&state, &p)?.rollback(&req.env, req.to.as_deref(), req.reason).await?;
+    Ok(Json(dto::Deployment::from_record(&d)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailQuery {
+    #[serde(default)]
+    pub detailed: bool,
+}
+
+pub async fn environments(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::EnvList>> {
+    site(&state, &auth, Scope::Read)?;
+    let envs = t::environments(&state.store.read()?)?;
+    let mut out = Vec::new();
+    for e in envs.iter().filter(|e| e.declared_by.is_some()) {
+        out.push(status_of(&state, e, false).await?);
+    }
+    Ok(Json(dto::EnvList { environments: out }))
+}
+
+pub async fn environment(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(name): Path<String>,
+    QueryArgs(q): QueryArgs<DetailQuery>,
+) -> ApiResult<Json<dto::EnvStatus>> {
+    site(&state, &auth, Scope::Read)?;
+    let e = t::environment(&state.store.read()?, &name)?
+        .ok_or_else(|| Problem::not_found(format!("environment {name}")))?;
+    Ok(Json(status_of(&state, &e, q.detailed).await?))
+}
+
+/// An environment's status: its deployments (current, last known good, last, in flight), the
+/// health its last deployment's health step reported, its lock and freeze windows.
+async fn status_of(state: &Arc<AppState>, e: &EnvRecord, detailed: bool) -> ApiResult<dto::EnvStatus> {
+    let (state2, e2) = (state.clone(), e.clone());
+    let now = state.clock.now_ms();
+    let lkg = tokio::task::spawn_blocking(move || -> Result<_, crate::kernel::StoreError> {
+        let txn = state2.store.read()?;
+        last_known_good(
+            &state2.lib,
+            &state2.trust_dir,
+            &e2,
+            |id| t::deployment(&txn, id),
+            |a| t::artifact(&txn, a),
+            now,
+        )
+    })
+    .await
+    .map_err(|e| Problem::internal(e.to_string()))??;
+    let txn = state.store.read()?;
+    let get = |id: &Option<String>| -> Result<Option<DeploymentRecord>, crate::kernel::StoreError> {
+        Ok(id.as_deref().map(|id| t::deployment(&txn, id)).transpose()?.flatten())
+    };
+    let name = &e.env.name;
+    let recent = t::deployments(&txn, Some(name))?;
+    let last = recent.first().cloned();
+    let health = health_of(&txn, last.as_ref())?;
+    let lock = crate::machine::read::locks(&txn, None, crate::domain::locks::LOCK_SCAN_MAX)?
+        .iter()
+        .find(|l| l.resource == format!("env:{name}"))
+        .map(|l| dto::Lock::from_record(l, now));
+    let window = |w: &crate::domain::release::spec::Window| dto::FreezeWindow {
+        name: w.name.clone(),
+        from: crate::clock::rfc3339(w.from_ms),
+        until: crate::clock::rfc3339(w.until_ms),
+        reason: w.reason.clone(),
+        active: w.from_ms <= now && now < w.until_ms,
+    };
+    let deployment = |d: &DeploymentRecord| dto::Deployment::from_record(d);
+    Ok(dto::EnvStatus {
+        name: name.clone(),
+        order: e.env.order,
+        promotes_from: e.env.promotes_from.clone(),
+        description: e.env.description.clone(),
+        agent: e.env.agent.clone(),
+        plugin: e.env.plugin.clone(),
+        target: state.lib.join(&e.env.target).display().to_string(),
+        declared_by: e.declared_by.clone(),
+        baseline_version: e.baseline_version,
+        current: get(&e.current)?.as_ref().map(deployment),
+        last_known_good: lkg.0.as_ref().map(deployment),
+        last_known_good_note: lkg.1,
+        last_deployment: last.as_ref().map(deployment),
+        in_flight: get(&e.in_flight)?.as_ref().map(deployment),
+        health,
+        lock,
+        frozen: crate::domain::release::spec::frozen(&e.env.freeze, now).map(window),
+        freeze: e.env.freeze.iter().map(window).collect(),
+        gates: e.env.gates.clone(),
+        baseline: detailed.then(|| e.env.baseline.clone()),
+        recent: detailed.then(|| recent.iter().take(10).map(deployment).collect()),
+    })
+}
+
+/// What the last deployment's health step says about the environment.
+fn health_of(txn: &redb::ReadTransaction, last: Option<&DeploymentRecord>) -> ApiResult<dto::EnvHealth> {
+    let unknown = |detail: &str| dto::EnvHealth {
+        status: "unknown".into(),
+        detail: detail.to_owned(),
+        checked_at: None,
+        deployment: last.map(|d| d.id.clone()),
+    };
+    let Some(d) = last else { return Ok(unknown("never deployed")) };
+    let steps = crate::machine::read::steps(txn, &d.run_id)?;
+    let Some(h) = steps.iter().find(|s| s.name == "health") else { return Ok(unknown("no health step")) };
+    let at = h.finished_ms.map(crate::clock::rfc3339);
+    use crate::domain::runs::tables::StepState;
+    Ok(match h.state {
+        StepState::Succeeded => dto::EnvHealth {
+            status: "healthy".into(),
+            detail: format!("the health check of {} ({}) passed", d.id, d.artifact),
+            checked_at: at,
+            deployment: Some(d.id.clone()),
+        },
+        StepState::Failed => dto::EnvHealth {
+            status: "failing".into(),
+            detail: h.error.clone().unwrap_or_else(|| "the health check failed".into()),
+            checked_at: at,
+            deployment: Some(d.id.clone()),
+        },
+        other => unknown(&format!("the health check of {} is {other:?}", d.id).to_lowercase()),
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactQuery {
+    pub env: Option<String>,
+    pub filter: Option<String>,
+}
+
+/// Artifacts listed at most.
+const ARTIFACTS_MAX: usize = 10_000;
+
+pub async fn artifacts(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    QueryArgs(q): QueryArgs<ArtifactQuery>,
+) -> ApiResult<Json<dto::ArtifactList>> {
+    site(&state, &auth, Scope::Read)?;
+    let txn = state.store.read()?;
+    let usage = usage(&txn)?;
+    let artifacts = t::artifacts(&txn, ARTIFACTS_MAX)?
+        .iter()
+        .filter(|a| q.filter.as_deref().is_none_or(|f| a.key().contains(f)))
+        .map(|a| artifact_dto(a, &usage))
+        .filter(|a| q.env.as_deref().is_none_or(|e| a.deployed_in.iter().any(|d| d == e) || ever_in(&txn, &a.id, e)))
+        .collect();
+    Ok(Json(dto::ArtifactList { artifacts }))
+}
+
+/// Whether artifact `id` was ever deployed successfully to `env`.
+fn ever_in(txn: &redb::ReadTransaction, id: &str, env: &str) -> bool {
+    t::deployments(txn, Some(env))
+        .is_ok_and(|ds| ds.iter().any(|d| d.artifact == id && d.status == DeploymentStatus::Success))
+}
+
+/// Per artifact: the environments it runs in now.
+fn usage(txn: &redb::ReadTransaction) -> ApiResult<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for e in t::environments(txn)? {
+        if let Some(d) = e.current.as_deref().map(|id| t::deployment(txn, id)).transpose()?.flatten() {
+            out.push((d.artifact, e.env.name.clone()));
+        }
+    }
+    Ok(out)
+}
+
+fn artifact_dto(a: &t::ArtifactRecord, usage: &[(String, String)]) -> dto::Artifact {
+    let key = a.key();
+    dto::Artifact {
+        id: key.clone(),
+        name: a.name.clone(),
+        version: a.version.clone(),
+        digest: a.digest.clone(),
+        size: a.size,
+        files: a.files.clone(),
+        signer: a.signer.clone(),
+        fingerprint: a.fingerprint.clone(),
+        imported_by: a.imported_by.clone(),
+        imported_at: crate::clock::rfc3339(a.imported_ms),
+        backup: a.backup.clone(),
+        deployed_in: usage.iter().filter(|(k, _)| *k == key).map(|(_, e)| e.clone()).collect(),
+        last_known_good_in: vec![],
+        check: None,
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckQuery {
+    #[serde(default)]
+    pub check: bool,
+}
+
+pub async fn artifact(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    QueryArgs(q): QueryArgs<CheckQuery>,
+) -> ApiResult<Json<dto::Artifact>> {
+    site(&state, &auth, Scope::Read)?;
+    let (rec, usage, lkg_in) = {
+        let txn = state.store.read()?;
+        let rec =
+            t::artifact(&txn, &id)?.ok_or_else(|| Problem::not_found(format!("artifact {id} in the registry")))?;
+        (rec, usage(&txn)?, Vec::<String>::new())
+    };
+    let mut out = artifact_dto(&rec, &usage);
+    // Where it is the last known good (each environment's, checked on disk).
+    let mut lkg_in = lkg_in;
+    for e in t::environments(&state.store.read()?)? {
+        let (st, e2, now) = (state.clone(), e.clone(), state.clock.now_ms());
+        let lkg = tokio::task::spawn_blocking(move || -> Result<_, crate::kernel::StoreError> {
+            let txn = st.store.read()?;
+            last_known_good(&st.lib, &st.trust_dir, &e2, |i| t::deployment(&txn, i), |a| t::artifact(&txn, a), now)
+        })
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))??;
+        if lkg.0.is_some_and(|d| d.artifact == id) {
+            lkg_in.push(e.env.name.clone());
+        }
+    }
+    out.last_known_good_in = lkg_in;
+    if q.check {
+        let (st, now) = (state.clone(), state.clock.now_ms());
+        let c = tokio::task::spawn_blocking(move || check_artifact(&st.lib, &st.trust_dir, &rec, now))
+            .await
+            .map_err(|e| Problem::internal(e.to_string()))?;
+        out.check = Some(dto::ArtifactCheck {
+            ok: c.ok(),
+            present: c.present,
+            verified: c.verified,
+            problem: c.problem,
+            fix: c.fix,
+            checked_at: crate::clock::rfc3339(now),
+        });
+    }
+    Ok(Json(out))
+}

@@ -1,0 +1,186 @@
+//! The projection of release entries: environments, the artifact registry, deployments and
+//! the environments' current deployment and history.
+
+use super::tables::{
+    ARTIFACTS, ArtifactRecord, DEPLOYMENT_RUNS, DEPLOYMENTS, DeploymentRecord, ENVIRONMENTS, EnvRecord,
+};
+use super::{DeploymentStatus, HISTORY_MAX, ReleaseEvent};
+use crate::kernel::ledger::Entry;
+use crate::kernel::store::rw;
+use crate::kernel::{ApplyError, counters, plan::redb};
+use redb::{ReadableTable, WriteTransaction};
+
+pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Result<(), ApplyError> {
+    let bad = |e: crate::kernel::StoreError| ApplyError::entry(entry, e);
+    match event {
+        ReleaseEvent::Declared(d) => {
+            let mut t = txn.open_table(ENVIRONMENTS).map_err(redb)?;
+            let by = format!("{} {}", d.bundle, d.version);
+            let mut seen = Vec::new();
+            for env in d.environments {
+                seen.push(env.name.clone());
+                let rec = match rw::get::<EnvRecord>(&t, "environments", &env.name).map_err(bad)? {
+                    Some(mut rec) => {
+                        if rec.env.baseline != env.baseline {
+                            rec.baseline_version += 1;
+                        }
+                        rec.env = env;
+                        rec.declared_by = Some(by.clone());
+                        rec
+                    }
+                    None => EnvRecord {
+                        env,
+                        declared_by: Some(by.clone()),
+                        baseline_version: 1,
+                        current: None,
+                        successes: vec![],
+                        in_flight: None,
+                    },
+                };
+                rw::put(&mut t, &rec.env.name.clone(), &rec).map_err(redb)?;
+            }
+            // Environments the bundle's earlier version declared and this one does not.
+            let mut gone = Vec::new();
+            for row in t.iter().map_err(redb)? {
+                let (k, v) = row.map_err(redb)?;
+                let rec = <EnvRecord as crate::kernel::store::Record>::from_json_bytes(v.value())
+                    .map_err(|e| ApplyError::entry(entry, e))?;
+                let mine = rec.declared_by.as_deref().is_some_and(|b| b.split(' ').next() == Some(d.bundle.as_str()));
+                if mine && !seen.iter().any(|s| s == k.value()) {
+                    gone.push(rec);
+                }
+            }
+            for mut rec in gone {
+                rec.declared_by = None;
+                rw::put(&mut t, &rec.env.name.clone(), &rec).map_err(redb)?;
+            }
+        }
+        ReleaseEvent::ArtifactImported(a) => {
+            let rec = ArtifactRecord {
+                name: a.name,
+                version: a.version,
+                digest: a.digest,
+                size: a.size,
+                files: a.files,
+                signer: a.signer,
+                fingerprint: a.fingerprint,
+                imported_by: entry.actor.clone(),
+                imported_ms: entry.time,
+                backup: a.backup,
+            };
+            rw::put(&mut txn.open_table(ARTIFACTS).map_err(redb)?, &rec.key(), &rec).map_err(redb)?;
+        }
+        ReleaseEvent::DeploymentCreated(c) => {
+            let rec = DeploymentRecord {
+                id: c.id.clone(),
+                env: c.env.clone(),
+                artifact: c.artifact,
+                digest: c.digest,
+                kind: c.kind,
+                status: DeploymentStatus::Pending,
+                run_id: c.run_id.clone(),
+                actor: entry.actor.clone(),
+                agent: None,
+                created_ms: entry.time,
+                started_ms: None,
+                ended_ms: None,
+                error: None,
+                failed_step: None,
+                reason: c.reason,
+                forced: c.forced,
+                promotion: None,
+                seq: entry.seq,
+            };
+            rw::put(&mut txn.open_table(DEPLOYMENTS).map_err(redb)?, &c.id, &rec).map_err(redb)?;
+            txn.open_table(DEPLOYMENT_RUNS).map_err(redb)?.insert(c.run_id.as_str(), c.id.as_bytes()).map_err(redb)?;
+            counters::increment(txn, "deployments")?;
+            update_env(txn, entry, &c.env, |e| e.in_flight = Some(c.id.clone()))?;
+        }
+        ReleaseEvent::DeploymentStarted(s) => {
+            update(txn, entry, &s.id, |d| {
+                d.status = DeploymentStatus::InProgress;
+                d.agent = Some(s.agent.clone());
+                d.started_ms = Some(entry.time);
+            })?;
+        }
+        ReleaseEvent::DeploymentResumed(r) => {
+            let d = update(txn, entry, &r.id, |d| {
+                d.status = DeploymentStatus::InProgress;
+                d.ended_ms = None;
+                d.error = None;
+                d.failed_step = None;
+            })?;
+            update_env(txn, entry, &d.env, |e| e.in_flight = Some(d.id.clone()))?;
+        }
+        ReleaseEvent::DeploymentSucceeded(r) => {
+            let d = update(txn, entry, &r.id, |d| {
+                d.status = DeploymentStatus::Success;
+                d.ended_ms = Some(entry.time);
+            })?;
+            counted(txn, &d)?;
+            update_env(txn, entry, &d.env, |e| {
+                e.current = Some(d.id.clone());
+                e.successes.retain(|s| *s != d.id);
+                e.successes.push(d.id.clone());
+                if e.successes.len() > HISTORY_MAX {
+                    e.successes.remove(0);
+                }
+                if e.in_flight.as_deref() == Some(d.id.as_str()) {
+                    e.in_flight = None;
+                }
+            })?;
+        }
+        ReleaseEvent::DeploymentFailed(f) => {
+            let d = update(txn, entry, &f.id, |d| {
+                d.status = DeploymentStatus::Failed;
+                d.ended_ms = Some(entry.time);
+                d.error = Some(f.error.clone());
+                d.failed_step = f.step.clone();
+            })?;
+            counted(txn, &d)?;
+            update_env(txn, entry, &d.env, |e| {
+                if e.in_flight.as_deref() == Some(d.id.as_str()) {
+                    e.in_flight = None;
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// `orchestrator_deployments_total{env,kind,status}` (and, for rollbacks,
+/// `orchestrator_rollbacks_total{env,status}`) as durable counters.
+fn counted(txn: &WriteTransaction, d: &DeploymentRecord) -> Result<(), ApplyError> {
+    let status = d.status.as_str();
+    counters::increment(txn, &format!("deployments_total|{}|{}|{status}", d.env, d.kind.as_str()))
+}
+
+fn update(
+    txn: &WriteTransaction,
+    entry: &Entry,
+    id: &str,
+    change: impl FnOnce(&mut DeploymentRecord),
+) -> Result<DeploymentRecord, ApplyError> {
+    let mut t = txn.open_table(DEPLOYMENTS).map_err(redb)?;
+    let mut d = rw::get::<DeploymentRecord>(&t, "deployments", id)
+        .map_err(|e| ApplyError::entry(entry, e))?
+        .ok_or_else(|| ApplyError::entry(entry, format!("names unknown deployment {id}")))?;
+    change(&mut d);
+    d.seq = entry.seq;
+    rw::put(&mut t, id, &d).map_err(redb)?;
+    Ok(d)
+}
+
+fn update_env(
+    txn: &WriteTransaction,
+    entry: &Entry,
+    env: &str,
+    change: impl FnOnce(&mut EnvRecord),
+) -> Result<(), ApplyError> {
+    let mut t = txn.open_table(ENVIRONMENTS).map_err(redb)?;
+    let mut e = rw::get::<EnvRecord>(&t, "environments", env)
+        .map_err(|e| ApplyError::entry(entry, e))?
+        .ok_or_else(|| ApplyError::entry(entry, format!("names unknown environment {env}")))?;
+    change(&mut e);
+    rw::put(&mut t, env, &e).map_err(redb)
+}

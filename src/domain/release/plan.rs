@@ -1,0 +1,229 @@
+//! Planning release commands, and [`follow`]: a deployment's status follows its run, in the
+//! transaction of the run's own entries, so "run failed, deployment in progress" cannot exist.
+
+use super::tables::{
+    ARTIFACTS, ArtifactRecord, DEPLOYMENT_RUNS, DEPLOYMENTS, DeploymentRecord, ENVIRONMENTS, EnvRecord,
+};
+use super::{
+    DeployRequest, DeploymentCreated, DeploymentFailed, DeploymentRef, DeploymentStarted, ReleaseCommand, ReleaseEvent,
+    deployment_id, spec,
+};
+use crate::domain::live::Effects;
+use crate::domain::locks::{ForceTarget, LockCommand};
+use crate::domain::runs::RunEvent;
+use crate::kernel::counters::COUNTERS;
+use crate::kernel::event::Event;
+use crate::kernel::ledger::Draft;
+use crate::kernel::store::rw;
+use crate::kernel::{CommandError, PlanCtx, storage};
+use redb::{ReadableTable, WriteTransaction};
+use serde_json::json;
+
+pub fn plan(cmd: &ReleaseCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
+    match cmd {
+        ReleaseCommand::RegisterArtifact(a) => {
+            let key = format!("{}@{}", a.name, a.version);
+            let table = txn.open_table(ARTIFACTS).map_err(storage)?;
+            if let Some(cur) = rw::get::<ArtifactRecord>(&table, "artifacts", &key).map_err(storage)? {
+                if cur.digest == a.digest {
+                    return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
+                }
+                return Err(CommandError::conflict(
+                    "version_reused",
+                    format!("artifact {key} is in the registry with other content: versions are never reused"),
+                ));
+            }
+            let event = ReleaseEvent::ArtifactImported(a.clone());
+            Ok(vec![event.draft("", vec![key, a.digest.clone()])].into())
+        }
+        ReleaseCommand::Deploy(req) => deploy(txn, ctx, req),
+    }
+}
+
+fn env_record(txn: &WriteTransaction, env: &str) -> Result<EnvRecord, CommandError> {
+    let table = txn.open_table(ENVIRONMENTS).map_err(storage)?;
+    rw::get::<EnvRecord>(&table, "environments", env)
+        .map_err(storage)?
+        .filter(|e| e.declared_by.is_some())
+        .ok_or_else(|| CommandError::NotFound { what: format!("environment {env}") })
+}
+
+fn deployment(txn: &WriteTransaction, id: &str) -> Result<Option<DeploymentRecord>, CommandError> {
+    let table = txn.open_table(DEPLOYMENTS).map_err(storage)?;
+    rw::get::<DeploymentRecord>(&table, "deployments", id).map_err(storage)
+}
+
+/// Refuses a run of an environment's deployment DAG started by hand: it runs only as a
+/// deployment, which records it.
+pub fn guard_start(txn: &WriteTransaction, dag: &str) -> Result<(), CommandError> {
+    let Some(env) = dag.strip_prefix("deploy-") else { return Ok(()) };
+    let table = txn.open_table(ENVIRONMENTS).map_err(storage)?;
+    if rw::get::<EnvRecord>(&table, "environments", env).map_err(storage)?.is_some_and(|e| e.env.dag == dag) {
+        return Err(CommandError::conflict(
+            "deployment_dag",
+            format!("DAG {dag} runs only as a deployment: stella deploy --env {env} --artifact NAME@VERSION"),
+        ));
+    }
+    Ok(())
+}
+
+/// A deployment: the checks an operator needs named (environment, artifact, freeze, one at a
+/// time, the lock), then its record and its run in one transaction.
+fn deploy(txn: &WriteTransaction, ctx: &mut PlanCtx, req: &DeployRequest) -> Result<Effects, CommandError> {
+    let env = env_record(txn, &req.env)?;
+    let name = &req.env;
+    let artifact = {
+        let table = txn.open_table(ARTIFACTS).map_err(storage)?;
+        rw::get::<ArtifactRecord>(&table, "artifacts", &req.artifact)
+            .map_err(storage)?
+            .ok_or_else(|| CommandError::NotFound { what: format!("artifact {} in the registry", req.artifact) })?
+    };
+    if artifact.digest != req.digest {
+        return Err(CommandError::conflict(
+            "artifact_changed",
+            format!("artifact {} is recorded with digest {}, not {}", req.artifact, artifact.digest, req.digest),
+        ));
+    }
+    if let Some(w) = spec::frozen(&env.env.freeze, ctx.now) {
+        let why = w.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        return Err(CommandError::conflict(
+            "env_frozen",
+            format!(
+                "environment {name} is frozen by window {}{why} until {}",
+                w.name,
+                crate::clock::rfc3339(w.until_ms)
+            ),
+        ));
+    }
+    if let Some(id) = &env.in_flight
+        && let Some(d) = deployment(txn, id)?.filter(|d| !d.status.terminal())
+    {
+        return Err(CommandError::conflict(
+            "deployment_in_progress",
+            format!(
+                "environment {name} has deployment {id} ({} of {}) {} since {}: wait for it (stella orch deployments list --env {name}), or settle it: stella orch repair --deployment {id}",
+                d.kind.as_str(),
+                d.artifact,
+                d.status.as_str(),
+                crate::clock::rfc3339(d.created_ms)
+            ),
+        ));
+    }
+    let resource = format!("env:{name}");
+    let mut drafts = Vec::new();
+    let mut forced = Vec::new();
+    if let Some(lock) = crate::domain::locks::plan::by_resource(txn, &resource)?
+        && let Some(h) = &lock.holder
+    {
+        if !req.force {
+            return Err(CommandError::conflict(
+                "env_locked",
+                format!(
+                    "lock {resource} ({}) is held by {} since {} with fencing token {}: wait for it, or break it: stella orch locks release --env {name} --force (or deploy --force)",
+                    lock.id,
+                    h.owner,
+                    crate::clock::rfc3339(h.acquired_ms),
+                    h.token
+                ),
+            ));
+        }
+        forced.push(format!("{} ({}, token {})", lock.id, h.owner, h.token));
+        let force = LockCommand::ForceRelease {
+            tenant: None,
+            target: ForceTarget::Id(lock.id.clone()),
+            reason: Some(req.reason.clone().unwrap_or_else(|| format!("deploy --force of {} to {name}", req.artifact))),
+            tokens: Some([(lock.id.clone(), h.token)].into_iter().collect()),
+        };
+        drafts.extend(crate::domain::locks::plan(&force, txn, ctx)?.drafts);
+    }
+    let n = {
+        let table = txn.open_table(COUNTERS).map_err(storage)?;
+        rw::counter(&table, "deployments").map_err(storage)? + 1
+    };
+    let id = deployment_id(n);
+    let inputs = json!({
+        "env": name,
+        "target": req.target,
+        "artifact": req.artifact,
+        "digest": req.digest,
+        "source": req.source,
+        "deployment": id,
+        "kind": req.kind.as_str(),
+        "baseline": env.env.baseline.to_string(),
+    });
+    let serde_json::Value::Object(inputs) = inputs else { unreachable!("an object") };
+    let run = crate::domain::runs::plan::start(txn, ctx, &req.tenant, &env.env.dag, &inputs, None)?;
+    let run_id = run
+        .drafts
+        .iter()
+        .find_map(|d| match RunEvent::parse(d.kind, &d.data) {
+            Some(Ok(RunEvent::Created(c))) => Some(c.run_id),
+            _ => None,
+        })
+        .ok_or_else(|| CommandError::Storage("a deployment's run was not created".into()))?;
+    let created = ReleaseEvent::DeploymentCreated(DeploymentCreated {
+        id: id.clone(),
+        env: name.clone(),
+        artifact: req.artifact.clone(),
+        digest: req.digest.clone(),
+        kind: req.kind,
+        run_id: run_id.clone(),
+        reason: req.reason.clone(),
+        forced,
+    });
+    drafts.push(created.draft("", vec![id.clone(), name.clone(), req.artifact.clone(), run_id]));
+    drafts.extend(run.drafts);
+    Ok(Effects { drafts, live: run.live, note: Some(json!({ "deployment": id })) })
+}
+
+/// After any command's plan: the deployments whose runs its drafts move (the deploy step
+/// started, the run resumed, succeeded, failed or was cancelled) get their entries, appended
+/// to the same drafts.
+pub fn follow(txn: &WriteTransaction, drafts: &mut Vec<Draft>) -> Result<(), CommandError> {
+    let moves =
+        |kind: &str| matches!(kind, "step.started" | "run.resumed" | "run.succeeded" | "run.failed" | "run.cancelled");
+    if !drafts.iter().any(|d| moves(d.kind)) {
+        return Ok(());
+    }
+    let runs = txn.open_table(DEPLOYMENT_RUNS).map_err(storage)?;
+    let mut out = Vec::new();
+    for (i, d) in drafts.iter().enumerate().filter(|(_, d)| moves(d.kind)) {
+        let Some(Ok(event)) = RunEvent::parse(d.kind, &d.data) else { continue };
+        let Some(id) =
+            runs.get(event.run_id()).map_err(storage)?.map(|v| String::from_utf8_lossy(v.value()).into_owned())
+        else {
+            continue;
+        };
+        let Some(dep) = deployment(txn, &id)? else { continue };
+        let subjects = vec![id.clone(), dep.env.clone()];
+        let follow = match &event {
+            RunEvent::StepStarted(s) if s.step == "deploy" && dep.status == super::DeploymentStatus::Pending => {
+                ReleaseEvent::DeploymentStarted(DeploymentStarted { id, agent: s.worker.clone() })
+            }
+            RunEvent::Resumed(_) => ReleaseEvent::DeploymentResumed(DeploymentRef { id }),
+            RunEvent::Succeeded(_) => ReleaseEvent::DeploymentSucceeded(DeploymentRef { id }),
+            RunEvent::Failed(r) => {
+                // The step that failed it, from this command's entries.
+                let failed = drafts[..i].iter().rev().find_map(|d| match RunEvent::parse(d.kind, &d.data) {
+                    Some(Ok(RunEvent::StepFailed(f))) if f.run_id == r.run_id => Some(f),
+                    _ => None,
+                });
+                let error =
+                    failed.as_ref().and_then(|f| f.error.clone()).unwrap_or_else(|| format!("run {} failed", r.run_id));
+                ReleaseEvent::DeploymentFailed(DeploymentFailed { id, error, step: failed.map(|f| f.step) })
+            }
+            RunEvent::Cancelled(c) => {
+                let how = if c.aborted { "aborted" } else { "cancelled" };
+                ReleaseEvent::DeploymentFailed(DeploymentFailed {
+                    id,
+                    error: format!("its run {} was {how}", c.run_id),
+                    step: None,
+                })
+            }
+            _ => continue,
+        };
+        out.push(follow.draft("", subjects));
+    }
+    drafts.extend(out);
+    Ok(())
+}
