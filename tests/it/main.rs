@@ -18,6 +18,7 @@ mod otlp_golden;
 mod plugins;
 mod queue_api;
 mod queue_model;
+mod releases;
 mod restart;
 mod runs_api;
 mod store_schema;

@@ -1,0 +1,346 @@
+//! Releases as runbook 001 tells them: deployments through the environment's agent, the last
+//! known good, rollback, and each of the runbook's symptoms reproduced and resolved with the
+//! runbook's own commands, through the CLI with `--format json`.
+
+use crate::support::*;
+use serde_json::Value;
+
+fn json(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), stderr(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+fn cli(app: &TestAppliance, args: &[&str]) -> Value {
+    let mut all = vec!["--format", "json"];
+    all.extend_from_slice(args);
+    json(&app.stella(&all))
+}
+
+/// A refused command: its exit code and message.
+fn refused(app: &TestAppliance, args: &[&str]) -> (Option<i32>, String) {
+    let out = app.stella(args);
+    assert!(!out.status.success(), "stella {args:?} should be refused: {}", stdout(&out));
+    assert!(stdout(&out).is_empty(), "no output for a refusal: {}", stdout(&out));
+    (out.status.code(), stderr(&out))
+}
+
+/// Follows the deployment's run to its end; answers the deployment as it ended.
+async fn settled(app: &TestAppliance, dep: &Value) -> Value {
+    let id = dep["id"].as_str().unwrap();
+    wait_end(&app.socket_client(), dep["runId"].as_str().unwrap()).await;
+    let all = cli(app, &["orch", "deployments", "list"]);
+    all["deployments"].as_array().unwrap().iter().find(|d| d["id"] == id).unwrap().clone()
+}
+
+async fn deploy(app: &TestAppliance, env: &str, artifact: &str) -> Value {
+    let d = cli(app, &["deploy", "--env", env, "--artifact", artifact]);
+    assert_eq!(
+        (d["env"].as_str(), d["artifact"].as_str(), d["kind"].as_str()),
+        (Some(env), Some(artifact), Some("direct"))
+    );
+    settled(app, &d).await
+}
+
+fn target(app: &TestAppliance, env: &str) -> std::path::PathBuf {
+    app.layout().targets().join(env)
+}
+
+fn installed_version(app: &TestAppliance, env: &str) -> String {
+    std::fs::read_to_string(target(app, env).join("current/VERSION")).unwrap().trim().to_owned()
+}
+
+fn verified(app: &TestAppliance) {
+    let v = cli(app, &["orch", "db", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["tables"].as_array().unwrap().iter().any(|t| t == "deployments"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_installs_through_the_agent_and_rollback_returns_to_the_last_known_good() {
+    let app = TestAppliance::start();
+    let envs = cli(&app, &["orch", "env", "status"]);
+    let names: Vec<&str> =
+        envs["environments"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["dev", "staging", "prod"]);
+    let listed = cli(&app, &["orch", "artifacts", "list", "--filter", "web"]);
+    assert_eq!(listed["artifacts"].as_array().unwrap().len(), 3, "{listed}");
+
+    let first = deploy(&app, "prod", "web@1.4.1").await;
+    assert_eq!((first["id"].as_str(), first["status"].as_str()), (Some("dep-1"), Some("success")), "{first}");
+    assert!(first["agent"].as_str().is_some_and(|a| a.starts_with("local")), "{first}");
+    assert_eq!(installed_version(&app, "prod"), "1.4.1");
+    let second = deploy(&app, "prod", "web@1.4.2").await;
+    assert_eq!(second["status"], "success", "{second}");
+    assert_eq!(installed_version(&app, "prod"), "1.4.2");
+
+    let env = cli(&app, &["orch", "env", "status", "prod", "--detailed"]);
+    assert_eq!(env["current"]["id"], "dep-2", "{env}");
+    assert_eq!(env["lastKnownGood"]["artifact"], "web@1.4.1", "{env}");
+    assert_eq!(env["health"]["status"], "healthy", "{env}");
+    assert!(env["lock"].is_null() && env["inFlight"].is_null(), "the lock and the slot are free: {env}");
+    assert_eq!(env["recent"].as_array().unwrap().len(), 2);
+    assert!(env["baseline"]["replicas"].is_number(), "{env}");
+    let got = cli(&app, &["orch", "artifacts", "get", "web@1.4.1", "--check"]);
+    assert_eq!((got["check"]["ok"].as_bool(), got["lastKnownGoodIn"][0].as_str()), (Some(true), Some("prod")), "{got}");
+
+    // Runbook 001's verification, after the rollback.
+    let rb = cli(&app, &["rollback", "start", "--env", "prod"]);
+    assert_eq!((rb["kind"].as_str(), rb["artifact"].as_str()), (Some("rollback"), Some("web@1.4.1")), "{rb}");
+    let rb = settled(&app, &rb).await;
+    assert_eq!(rb["status"], "success", "{rb}");
+    let status = cli(&app, &["rollback", "status"]);
+    assert_eq!((status["id"].as_str(), status["status"].as_str()), (rb["id"].as_str(), Some("success")), "{status}");
+    let current = cli(&app, &["orch", "deployments", "current", "--env", "prod"]);
+    assert_eq!(current["artifact"], "web@1.4.1", "{current}");
+    assert_eq!(installed_version(&app, "prod"), "1.4.1");
+    let trace = cli(&app, &["rollback", "trace", "--verbose"]);
+    let steps: Vec<&str> =
+        trace["run"]["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["deploy", "health"], "{trace}");
+    let successes = cli(&app, &["orch", "deployments", "list", "--env", "prod", "--status", "success"]);
+    assert_eq!(successes["deployments"].as_array().unwrap().len(), 3);
+    let last = cli(&app, &["orch", "deployments", "list", "--env", "prod", "--last", "1"]);
+    assert_eq!(last["deployments"][0]["id"], rb["id"]);
+    // Every step of it is in the ledger.
+    let ledger = api_get(&app.socket_client(), "/ledger?limit=1000").await;
+    let kinds: Vec<&str> = ledger["entries"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    for k in ["deployment.created", "deployment.started", "deployment.succeeded"] {
+        assert_eq!(kinds.iter().filter(|x| **x == k).count(), 3, "{k}");
+    }
+    verified(&app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_lock_blocks_a_deployment_until_it_is_forced_and_the_force_is_ledgered() {
+    let app = TestAppliance::start();
+    let held = cli(&app, &["orch", "locks", "acquire", "env:prod", "--owner", "promotion-7"]);
+    let token = held["token"].as_u64().unwrap();
+    let (code, msg) = refused(&app, &["deploy", "--env", "prod", "--artifact", "web@1.4.1"]);
+    assert_eq!(code, Some(7), "{msg}");
+    for part in
+        ["env_locked", "promotion-7", &format!("fencing token {token}"), "stella orch locks release --env prod --force"]
+    {
+        assert!(msg.contains(part), "{part:?} in {msg}");
+    }
+    let (code, msg) = refused(&app, &["rollback", "start", "--env", "prod", "--to", "web@1.4.1"]);
+    assert_eq!(code, Some(7), "{msg}");
+    assert!(msg.contains("env_locked") && msg.contains("promotion-7"), "{msg}");
+    let listed = cli(&app, &["orch", "locks", "list", "--env", "prod"]);
+    assert_eq!(listed["locks"][0]["holder"], "promotion-7", "{listed}");
+
+    // deploy --force breaks it, in the deployment's own transaction, with the actor.
+    let d = cli(
+        &app,
+        &["deploy", "--env", "prod", "--artifact", "web@1.4.1", "--force", "--reason", "promotion-7 is stuck"],
+    );
+    assert!(d["forced"][0].as_str().unwrap().contains("promotion-7"), "{d}");
+    assert_eq!(settled(&app, &d).await["status"], "success");
+    let ledger = api_get(&app.socket_client(), "/ledger?limit=1000").await;
+    let forced = ledger["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "lock.force_released").unwrap();
+    assert_eq!(forced["data"]["holder"], "promotion-7", "{forced}");
+    assert_eq!(forced["data"]["reason"], "promotion-7 is stuck", "{forced}");
+    assert!(forced["actor"].as_str().unwrap().starts_with("local:uid="), "{forced}");
+
+    // The runbook's other way: release it, then deploy.
+    cli(&app, &["orch", "locks", "acquire", "env:prod", "--owner", "promotion-8"]);
+    refused(&app, &["deploy", "--env", "prod", "--artifact", "web@1.4.2"]);
+    let out = app.stella(&["orch", "locks", "release", "--env", "prod", "--force", "--reason", "runbook 001"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(deploy(&app, "prod", "web@1.4.2").await["status"], "success");
+    verified(&app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_deploying_to_one_environment_at_once_one_wins_and_the_other_is_told_who() {
+    let app = TestAppliance::start();
+    let t = target(&app, "staging");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join(".slow"), "2").unwrap();
+    let c = app.socket_client();
+    let body = |a: &str| serde_json::json!({ "env": "staging", "artifact": a });
+    let (one, two) = (body("web@1.4.1"), body("web@1.4.2"));
+    let (a, b) = tokio::join!(
+        c.post("/api/v1/orchestrator/deployments", &one),
+        c.post("/api/v1/orchestrator/deployments", &two)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
+    let (won, lost) = if a.status.as_u16() == 200 { (a, b) } else { (b, a) };
+    let (won, lost): (Value, Value) = (won.json().unwrap(), lost.json().unwrap());
+    assert_eq!(lost["code"], "deployment_in_progress", "{lost}");
+    let detail = lost["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(won["id"].as_str().unwrap()) && detail.contains(won["artifact"].as_str().unwrap()),
+        "{detail}"
+    );
+    std::fs::remove_file(t.join(".slow")).unwrap();
+    assert_eq!(settled(&app, &won).await["status"], "success");
+    assert_eq!(
+        cli(&app, &["orch", "deployments", "list", "--env", "staging"])["deployments"].as_array().unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_fails_the_deployment_with_the_plugins_error_and_frees_the_environment() {
+    let app = TestAppliance::start();
+    let good = deploy(&app, "dev", "web@1.4.0").await;
+    assert_eq!(good["status"], "success");
+    let t = target(&app, "dev");
+    std::fs::write(t.join(".unhealthy"), "").unwrap();
+    let bad = deploy(&app, "dev", "web@1.4.1").await;
+    assert_eq!((bad["status"].as_str(), bad["failedStep"].as_str()), (Some("failed"), Some("health")), "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("does not answer"), "{bad}");
+    let env = cli(&app, &["orch", "env", "status", "dev"]);
+    assert_eq!(env["health"]["status"], "failing", "{env}");
+    assert_eq!(env["current"]["id"], good["id"], "the last success stays current: {env}");
+    assert!(env["inFlight"].is_null(), "{env}");
+    std::fs::remove_file(t.join(".unhealthy")).unwrap();
+    std::fs::write(t.join(".bad-credentials"), "").unwrap();
+    let refused_creds = deploy(&app, "dev", "web@1.4.2").await;
+    assert_eq!(refused_creds["failedStep"], "deploy", "{refused_creds}");
+    assert!(refused_creds["error"].as_str().unwrap().contains("credentials refused"), "{refused_creds}");
+    std::fs::remove_file(t.join(".bad-credentials")).unwrap();
+    assert_eq!(deploy(&app, "dev", "web@1.4.2").await["status"], "success");
+    // The deployment DAG runs only as a deployment.
+    let out = app.stella(&["orch", "run", "start", "deploy-dev"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("runs only as a deployment"), "{}", stderr(&out));
+    verified(&app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_or_deleted_artifact_is_refused_before_anything_changes_and_the_check_names_it() {
+    let app = TestAppliance::start();
+    deploy(&app, "prod", "web@1.4.1").await;
+    deploy(&app, "prod", "web@1.4.2").await;
+    let digest = cli(&app, &["orch", "artifacts", "get", "web@1.4.1"])["digest"].as_str().unwrap().to_owned();
+    let sealed = app.layout().registry().join("sha256").join(&digest);
+    std::fs::write(sealed.join("index.html"), "<p>not what was signed</p>").unwrap();
+
+    let out = app.stella(&["--format", "json", "orch", "artifacts", "get", "web@1.4.1", "--check"]);
+    assert_eq!(out.status.code(), Some(8), "a failed check exits 8: {}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["check"]["present"].as_bool(), v["check"]["verified"].as_bool()), (Some(true), Some(false)), "{v}");
+    assert!(v["check"]["problem"].as_str().unwrap().contains("index.html changed on disk"), "{v}");
+    assert!(v["check"]["fix"].as_str().unwrap().contains("stella registry restore --artifact web@1.4.1 --from backup"));
+    let before = ledger_height(&app.socket_client()).await;
+    let (code, msg) = refused(&app, &["deploy", "--env", "prod", "--artifact", "web@1.4.1"]);
+    assert_eq!(code, Some(7), "{msg}");
+    assert!(msg.contains("artifact_unverified") && msg.contains("registry restore"), "{msg}");
+    // The rollback's last known good is that artifact: there is none usable now.
+    let (_, msg) = refused(&app, &["rollback", "start", "--env", "prod"]);
+    assert!(msg.contains("no_last_known_good") && msg.contains("index.html changed on disk"), "{msg}");
+    assert_eq!(ledger_height(&app.socket_client()).await, before, "nothing was recorded");
+    assert_eq!(installed_version(&app, "prod"), "1.4.2", "nothing changed on the target");
+
+    std::fs::remove_dir_all(&sealed).unwrap();
+    let (_, msg) = refused(&app, &["deploy", "--env", "prod", "--artifact", "web@1.4.1"]);
+    assert!(msg.contains("artifact_missing") && msg.contains("not in the registry"), "{msg}");
+    let (code, msg) = refused(&app, &["deploy", "--env", "prod", "--artifact", "web@9.9.9"]);
+    assert!(code == Some(7) && msg.contains("artifact_not_found"), "{msg}");
+    let (code, msg) = refused(&app, &["deploy", "--env", "nowhere", "--artifact", "web@1.4.2"]);
+    assert!(code == Some(6) && msg.contains("environment nowhere"), "{msg}");
+    let (code, msg) = refused(&app, &["deploy", "--env", "prod", "--artifact", "web"]);
+    assert!(code == Some(9) && msg.contains("NAME@VERSION"), "{msg}");
+}
+
+/// A site's own release bundle, signed with the dev key and imported as an operator does: a
+/// frozen environment refuses deployments naming the window; a release naming a plugin that
+/// is not installed, or an artifact signed by an untrusted key, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_releases_and_artifacts_enter_as_signed_bundles_and_a_freeze_refuses_deployments() {
+    let app = TestAppliance::start();
+    let root = app.root();
+    let key = app.layout().dev_bundle_key();
+    let key = key.to_str().unwrap();
+    let write = |dir: &str, file: &str, text: &str| {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        std::fs::write(root.join(dir).join(file), text).unwrap();
+    };
+    write(
+        "rel",
+        "release.toml",
+        "[environments.vault]\nplugin = \"sample-deploy\"\ntarget = \"targets/vault\"\n\
+         [[environments.vault.freeze]]\nname = \"forever\"\nfrom = \"2000-01-01\"\nuntil = \"2100-01-01\"\nreason = \"audit\"\n",
+    );
+    let built = build_bundle(
+        root,
+        root.join("rel").to_str().unwrap(),
+        "release",
+        "site-release",
+        "1.0.0",
+        key,
+        root.join("rel.bundle").to_str().unwrap(),
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let out = app.stella(&["bundle", "import", root.join("rel.bundle").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let env = cli(&app, &["orch", "env", "status", "vault"]);
+    assert_eq!(
+        (env["frozen"]["name"].as_str(), env["declaredBy"].as_str()),
+        (Some("forever"), Some("site-release 1.0.0")),
+        "{env}"
+    );
+    let (code, msg) = refused(&app, &["deploy", "--env", "vault", "--artifact", "web@1.4.1"]);
+    assert_eq!(code, Some(7), "{msg}");
+    assert!(msg.contains("env_frozen") && msg.contains("forever (audit)") && msg.contains("2100-01-01"), "{msg}");
+
+    write("rel2", "release.toml", "[environments.x]\nplugin = \"no-such-plugin\"\ntarget = \"targets/x\"\n");
+    build_bundle(
+        root,
+        root.join("rel2").to_str().unwrap(),
+        "release",
+        "bad-release",
+        "1.0.0",
+        key,
+        root.join("rel2.bundle").to_str().unwrap(),
+    );
+    let out = app.stella(&["bundle", "import", root.join("rel2.bundle").to_str().unwrap()]);
+    assert!(!out.status.success() && stderr(&out).contains("no-such-plugin"), "{}", stderr(&out));
+
+    let other = root.join("other_ed25519");
+    let made = app.stella(&["keys", "generate", "--out", other.to_str().unwrap()]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    write("art", "VERSION", "2.0.0\n");
+    let built = build_bundle(
+        root,
+        root.join("art").to_str().unwrap(),
+        "artifact",
+        "web",
+        "2.0.0",
+        other.to_str().unwrap(),
+        root.join("art.bundle").to_str().unwrap(),
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let out = app.stella(&["bundle", "import", root.join("art.bundle").to_str().unwrap()]);
+    assert!(!out.status.success(), "an untrusted signer is refused");
+    assert!(stderr(&out).contains("signature"), "{}", stderr(&out));
+    let listed = cli(&app, &["orch", "artifacts", "list", "--filter", "web@2"]);
+    assert_eq!(listed["artifacts"].as_array().unwrap().len(), 0, "{listed}");
+    assert!(
+        !app.layout().registry().join("sha256").read_dir().unwrap().any(|e| {
+            std::fs::read_to_string(e.unwrap().path().join("VERSION")).is_ok_and(|v| v.starts_with("2.0.0"))
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_one_tenant_cannot_see_or_change_the_sites_releases() {
+    let app = TestAppliance::start_with(|c| c.tenants.allowed = vec!["a".into(), "b".into()]);
+    let c = app.socket_client();
+    let (_, secret) = create_token(&c, "a", &["orchestrator:read", "orchestrator:operate"], None).await;
+    let https = app.https_client(Some(&secret));
+    for path in ["/environments", "/artifacts", "/deployments"] {
+        let r = https.get(&format!("/api/v1/orchestrator{path}")).await.unwrap();
+        assert_eq!(r.status.as_u16(), 403, "{path}");
+    }
+    let r = https
+        .post("/api/v1/orchestrator/deployments", &serde_json::json!({ "env": "prod", "artifact": "web@1.4.1" }))
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 403);
+    assert!(cli(&app, &["orch", "deployments", "list"])["deployments"].as_array().unwrap().is_empty());
+}
