@@ -120,13 +120,22 @@ pub struct Config {
 }
 
 /// The artifact registry (`<lib>/registry/`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// A directory that receives a verified copy of every artifact bundle at import, from which
     /// `stella registry restore --artifact A --from backup` brings an artifact back. Unset: no
     /// copy (dev mode sets `<lib>/registry-backup`).
     pub backup_dir: Option<PathBuf>,
+    /// Retention keeps at least this many versions of each artifact (the runtime key
+    /// `registry.min_versions`, `registry retention set --min-versions N`, overrides it).
+    pub min_versions: u32,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { backup_dir: None, min_versions: 5 }
+    }
 }
 
 /// Logs, metric snapshots and exports.

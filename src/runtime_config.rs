@@ -18,6 +18,7 @@ pub const KEYS: &[&str] = &[
     "queue.backoff_max",
     "queue.max_depth",
     "queue.long_poll_max",
+    "registry.min_versions",
 ];
 
 /// Retries of a gate at most.
@@ -59,6 +60,7 @@ fn kind_of(key: &str) -> Result<Kind, ConfigError> {
         "locks.mode" => Kind::LockMode,
         "queue.max_attempts" => Kind::Count { min: 1, max: u64::from(MAX_ATTEMPTS_MAX) },
         "queue.max_depth" => Kind::Count { min: 1, max: 100_000_000 },
+        "registry.min_versions" => Kind::Count { min: 1, max: 10_000 },
         _ => match gate_key(key) {
             Some("timeout") => Kind::Duration,
             Some("retries") => Kind::Count { min: 0, max: u64::from(GATE_RETRIES_MAX) },
@@ -114,6 +116,7 @@ pub fn file_default(config: &Config, key: &str) -> Option<String> {
         "queue.backoff_max" => ms(config.queue.backoff_max_ms),
         "queue.max_depth" => Some(config.queue.max_depth.to_string()),
         "queue.long_poll_max" => ms(config.queue.long_poll_max_ms),
+        "registry.min_versions" => Some(config.registry.min_versions.to_string()),
         _ => None,
     }
 }

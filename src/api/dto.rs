@@ -947,6 +947,9 @@ pub struct Artifact {
     pub imported_by: String,
     pub imported_at: String,
     pub backup: Option<String>,
+    /// Deleted from the registry: when, by whom, why.
+    pub deleted: Option<crate::domain::release::tables::Deletion>,
+    pub restored_at: Option<String>,
     /// Environments it runs in now.
     pub deployed_in: Vec<String>,
     /// Environments whose last known good it is.

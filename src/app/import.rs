@@ -439,8 +439,15 @@ fn inspect(ctx: &Importer<'_>, kind: &Kind, name: &str, sealed: &Path) -> Result
             let path = sealed.join(crate::domain::release::spec::FILE);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("a release bundle carries {}: {e}", crate::domain::release::spec::FILE))?;
-            let release = crate::domain::release::spec::parse(&text)?;
+            let mut release = crate::domain::release::spec::parse(&text)?;
             let installed = ctx.store.read().and_then(|t| read::installed_plugins(&t)).map_err(|e| e.to_string())?;
+            for env in &release.environments {
+                let kinds = installed.iter().find(|p| p.0 == env.plugin).map(|p| p.1.clone()).unwrap_or_default();
+                release.dags.push((
+                    crate::domain::release::spec::probe_name(&env.name),
+                    crate::domain::release::spec::probe_spec(env, &kinds),
+                ));
+            }
             for (dag, spec) in &release.dags {
                 crate::domain::runs::spec::compile(spec, &installed)
                     .map_err(|e| format!("{}: the deployment DAG {dag}: {e}", crate::domain::release::spec::FILE))?;

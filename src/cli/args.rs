@@ -605,20 +605,36 @@ pub struct DeployArgs {
 pub enum RegistryCmd {
     #[command(subcommand)]
     Retention(RetentionCmd),
+    /// Bring an artifact back from its verified backup copy (`registry.backup_dir`).
     Restore {
         #[arg(long)]
         artifact: String,
+        /// Only `backup`.
         #[arg(long)]
         from: String,
+    },
+    /// Delete an artifact from the registry (refused, naming why, when retention keeps it).
+    Delete {
+        #[arg(long)]
+        artifact: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RetentionCmd {
+    /// The policy, and per artifact: kept or deletable, and why.
     Show,
+    /// Keep at least N versions of each artifact (runtime key `registry.min_versions`).
     Set {
         #[arg(long)]
         min_versions: u32,
+    },
+    /// Delete every artifact retention does not keep (each deletion ledgered).
+    Apply {
+        #[arg(long)]
+        reason: String,
     },
 }
 

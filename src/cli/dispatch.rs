@@ -81,7 +81,7 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Deploy(a) => crate::cli::release::deploy(g, a).await,
         Top::Rollback(r) => crate::cli::release::rollback(g, r).await,
         Top::Promotion(_) => na("promotions through gates (issue: promotions)"),
-        Top::Registry(_) => na("registry retention and restore from the backup directory (issue: releases, part 2)"),
+        Top::Registry(r) => crate::cli::release::registry(g, r).await,
         Top::Doctor(_) => na("doctor checks (they need the queue, runs and releases they diagnose)"),
         Top::Export(a) => crate::cli::export::export(g, a).await,
         Top::Audit(_) => unreachable!("audit is offline: handled before the runtime starts"),
@@ -111,10 +111,19 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
         OrchCmd::Env(e) => crate::cli::release::env(g, e).await,
         OrchCmd::Deployments(d) => crate::cli::release::deployments(g, d).await,
         OrchCmd::Artifacts(a) => crate::cli::release::artifacts(g, a).await,
-        OrchCmd::Connectivity { .. } | OrchCmd::Credentials(_) | OrchCmd::HealthCheck { .. } => na(
-            "connectivity, credentials and health checks run through the deploy agent on demand (issue: releases, part 2)",
-        ),
-        OrchCmd::Repair { .. } => na("projection repair from the ledger (db verify finds the damage today)"),
+        OrchCmd::Connectivity { target } => {
+            crate::cli::release::probe(g, &target, crate::cli::release::ProbePart::Connectivity).await
+        }
+        OrchCmd::Credentials(CredentialsCmd::Verify { target }) => {
+            crate::cli::release::probe(g, &target, crate::cli::release::ProbePart::Credentials).await
+        }
+        OrchCmd::HealthCheck { env } => {
+            crate::cli::release::probe(g, &env, crate::cli::release::ProbePart::Health).await
+        }
+        OrchCmd::Repair { deployment: Some(id) } => crate::cli::release::repair(g, &id).await,
+        OrchCmd::Repair { deployment: None } => {
+            na("projection repair from the ledger without --deployment (db verify finds the damage today)")
+        }
     }
 }
 

@@ -14,7 +14,11 @@ use std::io::Write;
 
 const P: &str = "/api/v1/orchestrator";
 
-async fn put<T: DeserializeOwned>(client: &Client, path: &str, body: &Value) -> Result<(Value, T), CliError> {
+pub(crate) async fn put<T: DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    body: &Value,
+) -> Result<(Value, T), CliError> {
     let bytes = serde_json::to_vec(body).expect("json");
     client.send(hyper::Method::PUT, path, Some(bytes)).await?.ok()?.typed()
 }

@@ -39,11 +39,33 @@ pub async fn env(g: &Global, cmd: EnvCmd) -> Result<(), CliError> {
             let (raw, v) = client.get(&path).await?.ok()?.typed::<dto::EnvStatus>()?;
             output::show(g.format, &raw, &v, |v| env_text(v, detailed));
         }
-        EnvCmd::Config(EnvConfigCmd::Diff { .. }) | EnvCmd::Reset { .. } => {
-            return Err(CliError::NotAvailable(
-                "configuration drift (env config diff, env reset --to-baseline): the observe plugin through the agent"
-                    .into(),
-            ));
+        EnvCmd::Config(EnvConfigCmd::Diff { env }) => {
+            let raw = client.post(&format!("{P}/environments/{env}/config/diff"), &json!({})).await?.ok()?.json()?;
+            output::print(g.format, &raw, |v| {
+                if v["drifted"] == false {
+                    return format!(
+                        "environment {env}: no drift — the observed configuration is the baseline (version {})\n",
+                        v["baselineVersion"]
+                    );
+                }
+                let mut out = v["unifiedDiff"].as_str().unwrap_or_default().to_owned();
+                out.push_str(&format!(
+                    "{} setting(s) drifted; put the baseline back: stella orch env reset {env} --to-baseline\n",
+                    v["drift"].as_array().map_or(0, Vec::len)
+                ));
+                out
+            });
+        }
+        EnvCmd::Reset { env, to_baseline } => {
+            if !to_baseline {
+                return Err(CliError::Invalid("env reset resets to the baseline: add --to-baseline".into()));
+            }
+            let body = json!({ "toBaseline": true });
+            let (raw, v) =
+                client.post(&format!("{P}/environments/{env}/reset"), &body).await?.ok()?.typed::<dto::Deployment>()?;
+            output::show(g.format, &raw, &v, |d| {
+                format!("{}follow it: stella orch deployments list --env {}\n", deployment_text(d), d.env)
+            });
         }
     }
     Ok(())
@@ -318,6 +340,135 @@ pub async fn rollback(g: &Global, cmd: RollbackCmd) -> Result<(), CliError> {
             let raw = json!({ "deployment": d, "run": raw_run });
             output::show(g.format, &raw, &(d, run), |(d, run)| {
                 format!("{}{}", deployment_text(d), crate::cli::runs::run_text(run, verbose))
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Which part of a probe a command reports.
+#[derive(Debug, Clone, Copy)]
+pub enum ProbePart {
+    Health,
+    Connectivity,
+    Credentials,
+}
+
+/// `orch health-check --env E`, `orch connectivity --target E`, `orch credentials verify
+/// --target E`: the environment's probe through its agent. Exits 1 when the part failed.
+pub async fn probe(g: &Global, env: &str, part: ProbePart) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let raw = client.post(&format!("{P}/environments/{env}/probe"), &json!({})).await?.ok()?.json()?;
+    let check = |name: &str| -> String {
+        let c = &raw[name];
+        let detail = c["detail"].as_str().map(|d| format!(" — {d}")).unwrap_or_default();
+        format!("{}{detail}", c["status"].as_str().unwrap_or("?"))
+    };
+    let (text, failed) = match part {
+        ProbePart::Health => (format!("health of {env}: {}\n", check("health")), raw["health"]["status"] != "ok"),
+        ProbePart::Connectivity => (
+            format!("reach {}: {}\n", raw["target"].as_str().unwrap_or("?"), check("connectivity")),
+            raw["reach"] != "ok",
+        ),
+        ProbePart::Credentials => (
+            format!(
+                "reach:        {}\nauthenticate: {}\nauthorize:    {}\n{}\n",
+                raw["reach"].as_str().unwrap_or("?"),
+                raw["authenticate"].as_str().unwrap_or("?"),
+                raw["authorize"].as_str().unwrap_or("?"),
+                check("credentials")
+            ),
+            raw["authenticate"] != "ok" || raw["authorize"] != "ok",
+        ),
+    };
+    output::print(g.format, &raw, |v| {
+        format!("{text}agent {} (run {})\n", v["agent"].as_str().unwrap_or("-"), v["runId"].as_str().unwrap_or("-"))
+    });
+    if failed {
+        return Err(CliError::Other(format!("environment {env}: the check failed")));
+    }
+    Ok(())
+}
+
+pub async fn repair(g: &Global, id: &str) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let (raw, v) =
+        client.post(&format!("{P}/deployments/{id}/repair"), &json!({})).await?.ok()?.typed::<dto::Deployment>()?;
+    output::show(g.format, &raw, &v, |d| format!("repaired: {}", deployment_text(d)));
+    Ok(())
+}
+
+pub async fn registry(g: &Global, cmd: RegistryCmd) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    match cmd {
+        RegistryCmd::Retention(RetentionCmd::Show) => {
+            let raw = client.get(&format!("{P}/registry/retention")).await?.ok()?.json()?;
+            output::print(g.format, &raw, |v| {
+                let mut out = format!(
+                    "policy: keep at least {} versions of each artifact; never delete what an environment runs now, its last known good, or an unfinished deployment's artifact\n",
+                    v["policy"]["minVersions"]
+                );
+                let rows: Vec<Vec<String>> = v["artifacts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
+                        vec![
+                            a["artifact"].as_str().unwrap_or("?").to_owned(),
+                            if a["keep"] == true { "kept" } else { "deletable" }.to_owned(),
+                            a["why"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|w| w.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        ]
+                    })
+                    .collect();
+                out.push_str(&table(&["ARTIFACT", "VERDICT", "WHY"], &rows));
+                out
+            });
+        }
+        RegistryCmd::Retention(RetentionCmd::Set { min_versions }) => {
+            let body = json!({ "value": min_versions.to_string() });
+            let (raw, _): (serde_json::Value, dto::ConfigValue) =
+                crate::cli::queue::put(&client, &format!("{P}/config/registry.min_versions"), &body).await?;
+            output::print(g.format, &raw, |_| format!("registry.min_versions = {min_versions} (ledgered)\n"));
+        }
+        RegistryCmd::Retention(RetentionCmd::Apply { reason }) => {
+            let raw = client
+                .post(&format!("{P}/registry/retention/apply"), &json!({ "reason": reason }))
+                .await?
+                .ok()?
+                .json()?;
+            output::print(g.format, &raw, |v| {
+                let d: Vec<&str> = v["deleted"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+                if d.is_empty() { "nothing to delete\n".to_owned() } else { format!("deleted {}\n", d.join(", ")) }
+            });
+        }
+        RegistryCmd::Restore { artifact, from } => {
+            let (raw, v) = client
+                .post(&format!("{P}/artifacts/{artifact}/restore"), &json!({ "from": from }))
+                .await?
+                .ok()?
+                .typed::<dto::Artifact>()?;
+            output::show(g.format, &raw, &v, |a| {
+                format!("restored {} from its backup copy; it verifies\n{}", a.id, artifact_text(a))
+            });
+        }
+        RegistryCmd::Delete { artifact, reason } => {
+            let raw = client
+                .post(&format!("{P}/artifacts/{artifact}/delete"), &json!({ "reason": reason }))
+                .await?
+                .ok()?
+                .json()?;
+            output::print(g.format, &raw, |v| {
+                if v["deleted"] == true {
+                    format!("deleted {artifact}\n")
+                } else {
+                    format!("{artifact} was deleted already\n")
+                }
             });
         }
     }

@@ -7,8 +7,7 @@ use crate::support::*;
 fn runbook_commands_not_built_yet_say_so_with_exit_3() {
     let app = TestAppliance::start();
     for args in [
-        &["orch", "env", "config", "diff", "prod"][..],
-        &["registry", "retention", "show"],
+        &["orch", "repair"][..],
         &["promotion", "status"],
         &["doctor", "--check", "check.orchestrator.job-health"],
     ] {

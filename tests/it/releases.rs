@@ -344,3 +344,168 @@ async fn a_token_of_one_tenant_cannot_see_or_change_the_sites_releases() {
     assert_eq!(r.status.as_u16(), 403);
     assert!(cli(&app, &["orch", "deployments", "list"])["deployments"].as_array().unwrap().is_empty());
 }
+
+/// Runbook 001, "previous artifact not in registry": the rollback is refused naming the
+/// missing artifact and the restore; the backup copy brings it back; retention never deletes
+/// the last known good and ledgers what it deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_refused_for_a_deleted_artifact_succeeds_after_the_restore_from_backup() {
+    let app = TestAppliance::start();
+    for a in ["web@1.4.1", "web@1.4.2"] {
+        assert_eq!(deploy(&app, "prod", a).await["status"], "success");
+    }
+    let digest = cli(&app, &["orch", "artifacts", "get", "web@1.4.1"])["digest"].as_str().unwrap().to_owned();
+    std::fs::remove_dir_all(app.layout().registry().join("sha256").join(&digest)).unwrap();
+    let (code, msg) = refused(&app, &["rollback", "start", "--env", "prod"]);
+    assert_eq!(code, Some(7), "{msg}");
+    assert!(msg.contains("no_last_known_good"), "{msg}");
+    assert!(msg.contains("stella registry restore --artifact web@1.4.1 --from backup"), "{msg}");
+
+    let restored = cli(&app, &["registry", "restore", "--artifact", "web@1.4.1", "--from", "backup"]);
+    assert!(restored["restoredAt"].is_string(), "{restored}");
+    assert_eq!(cli(&app, &["orch", "artifacts", "get", "web@1.4.1", "--check"])["check"]["ok"], true);
+    let rb = cli(&app, &["rollback", "start", "--env", "prod"]);
+    assert_eq!(
+        (rb["artifact"].as_str(), settled(&app, &rb).await["status"].as_str()),
+        (Some("web@1.4.1"), Some("success"))
+    );
+    assert_eq!(installed_version(&app, "prod"), "1.4.1");
+
+    // Retention: the last known good (web@1.4.2 now) and what runs are kept, whatever the policy.
+    let shown = cli(&app, &["registry", "retention", "show"]);
+    assert_eq!(shown["policy"]["minVersions"], 5, "{shown}");
+    cli(&app, &["registry", "retention", "set", "--min-versions", "1"]);
+    let out = app.stella(&["registry", "delete", "--artifact", "web@1.4.2", "--reason", "space"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("artifact_retained") && stderr(&out).contains("last known good of prod"),
+        "{}",
+        stderr(&out)
+    );
+    let shown = cli(&app, &["registry", "retention", "show"]);
+    let verdict = |a: &str| shown["artifacts"].as_array().unwrap().iter().find(|v| v["artifact"] == a).unwrap().clone();
+    assert_eq!(
+        (verdict("web@1.4.0")["keep"].as_bool(), verdict("web@1.4.1")["keep"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let applied = cli(&app, &["registry", "retention", "apply", "--reason", "runbook drill"]);
+    assert_eq!(applied["deleted"], serde_json::json!(["web@1.4.0"]), "{applied}");
+    let ledger = api_get(&app.socket_client(), "/ledger?limit=2000").await;
+    let deleted: Vec<&Value> =
+        ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "artifact.deleted").collect();
+    assert_eq!((deleted.len(), deleted[0]["data"]["reason"].as_str()), (1, Some("runbook drill")));
+    let (_, msg) = refused(&app, &["deploy", "--env", "prod", "--artifact", "web@1.4.0"]);
+    assert!(msg.contains("artifact_deleted") && msg.contains("registry restore --artifact web@1.4.0"), "{msg}");
+
+    // A damaged backup is refused, and the registry is left as it was.
+    let backup = app.layout().lib().join("registry-backup/web@1.4.0.bundle");
+    let mut bytes = std::fs::read(&backup).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&backup, bytes).unwrap();
+    let (_, msg) = refused(&app, &["registry", "restore", "--artifact", "web@1.4.0", "--from", "backup"]);
+    assert!(msg.contains("backup_unverified"), "{msg}");
+    let (_, msg) = refused(&app, &["registry", "restore", "--artifact", "web@1.4.0", "--from", "elsewhere"]);
+    assert!(msg.contains("the only source is backup"), "{msg}");
+    verified(&app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_shown_by_env_config_diff_and_reset_to_baseline_puts_the_baseline_back() {
+    let app = TestAppliance::start();
+    deploy(&app, "staging", "web@1.4.1").await;
+    let clean = cli(&app, &["orch", "env", "config", "diff", "staging"]);
+    assert_eq!(clean["drifted"], false, "{clean}");
+    let config = target(&app, "staging").join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap().replace("\"replicas\":2", "\"replicas\":7");
+    std::fs::write(&config, text).unwrap();
+    let drift = cli(&app, &["orch", "env", "config", "diff", "staging"]);
+    assert_eq!(drift["drifted"], true, "{drift}");
+    assert_eq!(drift["drift"][0]["path"], "$.replicas", "{drift}");
+    assert_eq!((drift["drift"][0]["baseline"].as_u64(), drift["drift"][0]["observed"].as_u64()), (Some(2), Some(7)));
+    let unified = drift["unifiedDiff"].as_str().unwrap();
+    assert!(unified.contains("-  \"replicas\": 2") && unified.contains("+  \"replicas\": 7"), "{unified}");
+    let text = app.stella(&["orch", "env", "config", "diff", "staging"]);
+    assert!(stdout(&text).contains("stella orch env reset staging --to-baseline"), "{}", stdout(&text));
+
+    let reset = cli(&app, &["orch", "env", "reset", "staging", "--to-baseline"]);
+    assert_eq!((reset["kind"].as_str(), reset["artifact"].as_str()), (Some("reset"), Some("web@1.4.1")), "{reset}");
+    assert_eq!(settled(&app, &reset).await["status"], "success");
+    assert_eq!(cli(&app, &["orch", "env", "config", "diff", "staging"])["drifted"], false);
+    let (_, msg) = refused(&app, &["orch", "env", "reset", "dev", "--to-baseline"]);
+    assert!(msg.contains("never_deployed"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reach_authentication_and_authorization_are_checked_through_the_agent_one_by_one() {
+    let app = TestAppliance::start();
+    deploy(&app, "prod", "web@1.4.1").await;
+    let health = cli(&app, &["orch", "health-check", "--env", "prod"]);
+    assert_eq!((health["health"]["status"].as_str(), health["reach"].as_str()), (Some("ok"), Some("ok")), "{health}");
+    let t = target(&app, "prod");
+    std::fs::write(t.join(".unauthorized"), "").unwrap();
+    let out = app.stella(&["--format", "json", "orch", "credentials", "verify", "--target", "prod"]);
+    assert_eq!(out.status.code(), Some(1), "a failed check exits 1");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["reach"].as_str(), v["authenticate"].as_str(), v["authorize"].as_str()),
+        (Some("ok"), Some("ok"), Some("failed")),
+        "{v}"
+    );
+    std::fs::remove_file(t.join(".unauthorized")).unwrap();
+    std::fs::write(t.join(".bad-credentials"), "").unwrap();
+    let v: Value = serde_json::from_slice(
+        &app.stella(&["--format", "json", "orch", "credentials", "verify", "--target", "prod"]).stdout,
+    )
+    .unwrap();
+    assert_eq!((v["authenticate"].as_str(), v["authorize"].as_str()), (Some("failed"), Some("not checked")), "{v}");
+    std::fs::remove_file(t.join(".bad-credentials")).unwrap();
+    std::fs::write(t.join(".unreachable"), "").unwrap();
+    let out = app.stella(&["orch", "connectivity", "--target", "prod"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("target unreachable"), "{}", stdout(&out));
+    let v: Value = serde_json::from_slice(
+        &app.stella(&["--format", "json", "orch", "credentials", "verify", "--target", "prod"]).stdout,
+    )
+    .unwrap();
+    assert_eq!((v["reach"].as_str(), v["authenticate"].as_str()), (Some("failed"), Some("not checked")), "{v}");
+    std::fs::remove_file(t.join(".unreachable")).unwrap();
+    let out = app.stella(&["orch", "health-check", "--env", "prod"]);
+    assert!(out.status.success() && stdout(&out).contains("health of prod: ok"), "{}", stdout(&out));
+}
+
+/// Runbook 001, "database state inconsistent": a deployment left in progress by a kill -9 is
+/// settled by `orch repair --deployment` from the agent's report; the environment is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_left_in_progress_by_kill_9_is_settled_by_repair() {
+    let mut app = TestAppliance::start();
+    let t = target(&app, "prod");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join(".slow"), "30").unwrap();
+    let d = cli(&app, &["deploy", "--env", "prod", "--artifact", "web@1.4.1"]);
+    wait_for_event(&app.socket_client(), d["runId"].as_str().unwrap(), "event: step.started").await;
+    app.kill9();
+    app.launch();
+    let stuck = cli(&app, &["orch", "deployments", "list", "--env", "prod"]);
+    assert_eq!(stuck["deployments"][0]["status"], "in_progress", "{stuck}");
+    let (_, msg) = refused(&app, &["deploy", "--env", "prod", "--artifact", "web@1.4.2"]);
+    assert!(msg.contains("deployment_in_progress") && msg.contains("stella orch repair --deployment dep-1"), "{msg}");
+
+    let repaired = cli(&app, &["orch", "repair", "--deployment", "dep-1"]);
+    assert_eq!(repaired["status"], "failed", "the agent does not report web@1.4.1 running: {repaired}");
+    assert!(repaired["error"].as_str().unwrap().starts_with("repaired: the agent's health check"), "{repaired}");
+    let (_, msg) = refused(&app, &["orch", "repair", "--deployment", "dep-1"]);
+    assert!(msg.contains("deployment_settled"), "{msg}");
+    let run = api_get(&app.socket_client(), &format!("/runs/{}", d["runId"].as_str().unwrap())).await;
+    assert_eq!(run["status"], "cancelled", "its run was cancelled with it: {run}");
+    // The cancelled step's job gave the lock env:prod back in the repair's own transaction.
+    let locks = cli(&app, &["orch", "locks", "list", "--env", "prod"]);
+    assert!(locks["locks"].as_array().unwrap().is_empty(), "{locks}");
+    std::fs::remove_file(t.join(".slow")).unwrap();
+    assert_eq!(deploy(&app, "prod", "web@1.4.2").await["status"], "success");
+    let ledger = api_get(&app.socket_client(), "/ledger?limit=2000").await;
+    let kinds: Vec<&str> = ledger["entries"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "deployment.repaired").count(), 1);
+    assert!(!kinds.contains(&"deployment.failed"), "the repair settles it, not its run's cancel");
+    verified(&app);
+}

@@ -223,8 +223,8 @@ async fn status_of(state: &Arc<AppState>, e: &EnvRecord, detailed: bool) -> ApiR
         declared_by: e.declared_by.clone(),
         baseline_version: e.baseline_version,
         current: get(&e.current)?.as_ref().map(deployment),
-        last_known_good: lkg.0.as_ref().map(deployment),
-        last_known_good_note: lkg.1,
+        last_known_good: lkg.deployment.as_ref().map(deployment),
+        last_known_good_note: lkg.note,
         last_deployment: last.as_ref().map(deployment),
         in_flight: get(&e.in_flight)?.as_ref().map(deployment),
         health,
@@ -325,6 +325,8 @@ fn artifact_dto(a: &t::ArtifactRecord, usage: &[(String, String)]) -> dto::Artif
         imported_by: a.imported_by.clone(),
         imported_at: crate::clock::rfc3339(a.imported_ms),
         backup: a.backup.clone(),
+        deleted: a.deleted.clone(),
+        restored_at: a.restored_ms.map(crate::clock::rfc3339),
         deployed_in: usage.iter().filter(|(k, _)| *k == key).map(|(_, e)| e.clone()).collect(),
         last_known_good_in: vec![],
         check: None,
@@ -362,7 +364,7 @@ pub async fn artifact(
         })
         .await
         .map_err(|e| Problem::internal(e.to_string()))??;
-        if lkg.0.is_some_and(|d| d.artifact == id) {
+        if lkg.deployment.is_some_and(|d| d.artifact == id) {
             lkg_in.push(e.env.name.clone());
         }
     }
@@ -382,4 +384,181 @@ pub async fn artifact(
         });
     }
     Ok(Json(out))
+}
+
+/// `orch health-check`, `orch connectivity`, `orch credentials verify`: the environment's
+/// probe through its agent.
+pub async fn probe(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(env): Path<String>,
+) -> ApiResult<Json<crate::app::release::ProbeReport>> {
+    let p = site(&state, &auth, Scope::Operate)?;
+    Ok(Json(releases(&state, &p)?.probe(&env).await?))
+}
+
+/// `orch env config diff`: what the agent observes against the baseline.
+pub async fn config_diff(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(env): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let p = site(&state, &auth, Scope::Operate)?;
+    let report = releases(&state, &p)?.probe(&env).await?;
+    let rec =
+        t::environment(&state.store.read()?, &env)?.ok_or_else(|| Problem::not_found(format!("environment {env}")))?;
+    if report.observe.status != "ok" {
+        return Err(Problem::new(
+            axum::http::StatusCode::CONFLICT,
+            "observe_failed",
+            format!(
+                "the agent could not observe environment {env}'s configuration ({}): {}",
+                report.observe.status,
+                report.observe.detail.clone().unwrap_or_default()
+            ),
+        ));
+    }
+    let observed = report.observe.outputs["config"].clone();
+    let baseline = rec.env.baseline.clone();
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let drift = crate::app::release::drift(&baseline, &observed);
+    let unified = crate::app::release::unified_diff(
+        &format!("baseline (version {})", rec.baseline_version),
+        &pretty(&baseline),
+        &format!("observed ({} by {})", env, report.agent.clone().unwrap_or_default()),
+        &pretty(&observed),
+    );
+    Ok(Json(serde_json::json!({
+        "env": env,
+        "drifted": !drift.is_empty(),
+        "baselineVersion": rec.baseline_version,
+        "baseline": baseline,
+        "observed": observed,
+        "drift": drift,
+        "unifiedDiff": unified,
+        "runId": report.run_id,
+        "agent": report.agent,
+    })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResetBody {
+    pub to_baseline: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `orch env reset --to-baseline`: a deployment of kind `reset`.
+pub async fn reset(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(env): Path<String>,
+    JsonBody(body): JsonBody<ResetBody>,
+) -> ApiResult<Json<dto::Deployment>> {
+    let p = site(&state, &auth, Scope::Operate)?;
+    if !body.to_baseline {
+        return Err(Problem::invalid("toBaseline", "a reset goes to the baseline: toBaseline must be true"));
+    }
+    let d = releases(&state, &p)?.reset(&env, body.reason).await?;
+    Ok(Json(dto::Deployment::from_record(&d)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepairBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `orch repair --deployment`: settle an unfinished deployment from its agent's report.
+pub async fn repair(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RepairBody>,
+) -> ApiResult<Json<dto::Deployment>> {
+    let p = site(&state, &auth, Scope::Admin)?;
+    let (d, _) = releases(&state, &p)?.repair(&id, body.reason).await?;
+    Ok(Json(dto::Deployment::from_record(&d)))
+}
+
+/// `registry retention show`: the policy and each artifact's verdict.
+pub async fn retention(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<serde_json::Value>> {
+    site(&state, &auth, Scope::Read)?;
+    let (min, verdicts) = crate::app::release::retention(&state.store.read()?, &state.config)?;
+    Ok(Json(serde_json::json!({
+        "policy": {
+            "minVersions": min,
+            "never": ["what an environment runs now", "an environment's last known good", "an unfinished deployment's artifact"],
+        },
+        "artifacts": verdicts,
+    })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReasonBody {
+    pub reason: String,
+}
+
+/// `registry delete --artifact A --reason R`: refused (409 `artifact_retained`, naming why)
+/// when retention keeps it.
+pub async fn delete_artifact(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let p = site(&state, &auth, Scope::Admin)?;
+    let deleted = releases(&state, &p)?.delete(&id, &body.reason).await?;
+    Ok(Json(serde_json::json!({ "artifact": id, "deleted": deleted })))
+}
+
+/// `registry retention apply`: deletes every artifact retention does not keep.
+pub async fn apply_retention(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let p = site(&state, &auth, Scope::Admin)?;
+    let (_, verdicts) = crate::app::release::retention(&state.store.read()?, &state.config)?;
+    let r = releases(&state, &p)?;
+    let mut deleted = Vec::new();
+    for v in verdicts.iter().filter(|v| !v.keep) {
+        // Each deletion is checked again by the writer against the state it meets.
+        match r.delete(&v.artifact, &body.reason).await {
+            Ok(true) => deleted.push(v.artifact.clone()),
+            Ok(false) => {}
+            Err(crate::app::release::ReleaseError::Command(crate::kernel::CommandError::Conflict { .. })) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(serde_json::json!({ "deleted": deleted })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreBody {
+    /// Only `backup` (the `registry.backup_dir` copy).
+    pub from: String,
+}
+
+/// `registry restore --artifact A --from backup`.
+pub async fn restore_artifact(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RestoreBody>,
+) -> ApiResult<Json<dto::Artifact>> {
+    let p = site(&state, &auth, Scope::Admin)?;
+    if body.from != "backup" {
+        return Err(Problem::invalid(
+            "from",
+            format!("from {:?}: the only source is backup (registry.backup_dir)", body.from),
+        ));
+    }
+    let rec = releases(&state, &p)?.restore(&id, state.config.registry.backup_dir.as_deref()).await?;
+    let usage = usage(&state.store.read()?)?;
+    Ok(Json(artifact_dto(&rec, &usage)))
 }

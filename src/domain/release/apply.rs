@@ -67,8 +67,27 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                 imported_by: entry.actor.clone(),
                 imported_ms: entry.time,
                 backup: a.backup,
+                deleted: None,
+                restored_ms: None,
             };
             rw::put(&mut txn.open_table(ARTIFACTS).map_err(redb)?, &rec.key(), &rec).map_err(redb)?;
+        }
+        ReleaseEvent::ArtifactDeleted(d) => {
+            let mut t = txn.open_table(ARTIFACTS).map_err(redb)?;
+            let mut a = rw::get::<ArtifactRecord>(&t, "artifacts", &d.artifact)
+                .map_err(bad)?
+                .ok_or_else(|| ApplyError::entry(entry, format!("deletes unknown artifact {}", d.artifact)))?;
+            a.deleted = Some(super::tables::Deletion { ms: entry.time, actor: entry.actor.clone(), reason: d.reason });
+            rw::put(&mut t, &d.artifact, &a).map_err(redb)?;
+        }
+        ReleaseEvent::ArtifactRestored(r) => {
+            let mut t = txn.open_table(ARTIFACTS).map_err(redb)?;
+            let mut a = rw::get::<ArtifactRecord>(&t, "artifacts", &r.artifact)
+                .map_err(bad)?
+                .ok_or_else(|| ApplyError::entry(entry, format!("restores unknown artifact {}", r.artifact)))?;
+            a.deleted = None;
+            a.restored_ms = Some(entry.time);
+            rw::put(&mut t, &r.artifact, &a).map_err(redb)?;
         }
         ReleaseEvent::DeploymentCreated(c) => {
             let rec = DeploymentRecord {
@@ -124,6 +143,30 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                 e.successes.push(d.id.clone());
                 if e.successes.len() > HISTORY_MAX {
                     e.successes.remove(0);
+                }
+                if e.in_flight.as_deref() == Some(d.id.as_str()) {
+                    e.in_flight = None;
+                }
+            })?;
+        }
+        ReleaseEvent::DeploymentRepaired(r) => {
+            let d = update(txn, entry, &r.id, |d| {
+                d.status = r.status;
+                d.ended_ms = Some(entry.time);
+                if r.status == DeploymentStatus::Failed {
+                    d.error = Some(format!("repaired: {}", r.reason));
+                }
+                d.reason = Some(r.reason.clone());
+            })?;
+            counted(txn, &d)?;
+            update_env(txn, entry, &d.env, |e| {
+                if d.status == DeploymentStatus::Success {
+                    e.current = Some(d.id.clone());
+                    e.successes.retain(|s| *s != d.id);
+                    e.successes.push(d.id.clone());
+                    if e.successes.len() > HISTORY_MAX {
+                        e.successes.remove(0);
+                    }
                 }
                 if e.in_flight.as_deref() == Some(d.id.as_str()) {
                     e.in_flight = None;

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod plan;
+pub mod retention;
 pub mod spec;
 pub mod tables;
 
@@ -24,6 +25,25 @@ pub enum ReleaseCommand {
     RegisterArtifact(ArtifactImported),
     /// Start a deployment of `artifact` to `env`: its run, in the same transaction.
     Deploy(DeployRequest),
+    /// Ask the environment's agent how its target is: a run of its probe DAG.
+    Probe(ProbeRequest),
+    /// `orch repair --deployment`: settle an unfinished deployment (its run, if still going,
+    /// is cancelled in the same transaction).
+    Settle { id: String, succeeded: bool, reason: String },
+    /// Delete an artifact retention does not keep (its files go after the entry commits).
+    DeleteArtifact { key: String, reason: String },
+    /// Record an artifact brought back from its backup copy (already verified and sealed).
+    RestoreArtifact(ArtifactRestored),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRequest {
+    pub tenant: String,
+    pub env: String,
+    /// The agent's target, resolved on this host.
+    pub target: String,
+    /// The deployment to check for (default: the current one).
+    pub deployment: Option<String>,
 }
 
 /// What a deployment is asked to do.
@@ -114,6 +134,9 @@ crate::events! {
         DeploymentResumed(DeploymentRef) = "deployment.resumed",
         DeploymentSucceeded(DeploymentRef) = "deployment.succeeded",
         DeploymentFailed(DeploymentFailed) = "deployment.failed",
+        DeploymentRepaired(DeploymentRepaired) = "deployment.repaired",
+        ArtifactDeleted(ArtifactDeleted) = "artifact.deleted",
+        ArtifactRestored(ArtifactRestored) = "artifact.restored",
     }
 }
 
@@ -188,4 +211,30 @@ pub struct DeploymentFailed {
     /// The step that failed (`deploy`, `health`), if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+}
+
+/// An unfinished deployment settled by an operator (`orch repair --deployment`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentRepaired {
+    pub id: String,
+    pub status: DeploymentStatus,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactDeleted {
+    pub artifact: String,
+    pub digest: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactRestored {
+    pub artifact: String,
+    pub digest: String,
+    /// The backup copy it came from.
+    pub from: String,
 }

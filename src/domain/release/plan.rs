@@ -5,8 +5,8 @@ use super::tables::{
     ARTIFACTS, ArtifactRecord, DEPLOYMENT_RUNS, DEPLOYMENTS, DeploymentRecord, ENVIRONMENTS, EnvRecord,
 };
 use super::{
-    DeployRequest, DeploymentCreated, DeploymentFailed, DeploymentRef, DeploymentStarted, ReleaseCommand, ReleaseEvent,
-    deployment_id, spec,
+    DeployRequest, DeploymentCreated, DeploymentFailed, DeploymentRef, DeploymentStarted, ProbeRequest, ReleaseCommand,
+    ReleaseEvent, deployment_id, spec,
 };
 use crate::domain::live::Effects;
 use crate::domain::locks::{ForceTarget, LockCommand};
@@ -37,6 +37,23 @@ pub fn plan(cmd: &ReleaseCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> 
             Ok(vec![event.draft("", vec![key, a.digest.clone()])].into())
         }
         ReleaseCommand::Deploy(req) => deploy(txn, ctx, req),
+        ReleaseCommand::Probe(p) => probe(txn, ctx, p),
+        ReleaseCommand::Settle { id, succeeded, reason } => settle(txn, ctx, id, *succeeded, reason),
+        ReleaseCommand::DeleteArtifact { key, reason } => delete_artifact(txn, ctx, key, reason),
+        ReleaseCommand::RestoreArtifact(r) => {
+            let a = artifact_record(txn, &r.artifact)?;
+            if a.digest != r.digest {
+                return Err(CommandError::conflict(
+                    "artifact_changed",
+                    format!(
+                        "artifact {} is recorded with digest {}, the backup holds {}",
+                        r.artifact, a.digest, r.digest
+                    ),
+                ));
+            }
+            let event = ReleaseEvent::ArtifactRestored(r.clone());
+            Ok(vec![event.draft("", vec![r.artifact.clone(), r.digest.clone()])].into())
+        }
     }
 }
 
@@ -56,15 +73,42 @@ fn deployment(txn: &WriteTransaction, id: &str) -> Result<Option<DeploymentRecor
 /// Refuses a run of an environment's deployment DAG started by hand: it runs only as a
 /// deployment, which records it.
 pub fn guard_start(txn: &WriteTransaction, dag: &str) -> Result<(), CommandError> {
-    let Some(env) = dag.strip_prefix("deploy-") else { return Ok(()) };
+    let Some(env) = dag.strip_prefix("deploy-").or_else(|| dag.strip_prefix("probe-")) else { return Ok(()) };
     let table = txn.open_table(ENVIRONMENTS).map_err(storage)?;
-    if rw::get::<EnvRecord>(&table, "environments", env).map_err(storage)?.is_some_and(|e| e.env.dag == dag) {
+    if rw::get::<EnvRecord>(&table, "environments", env).map_err(storage)?.is_some_and(|e| e.env.owns_dag(dag)) {
         return Err(CommandError::conflict(
             "deployment_dag",
-            format!("DAG {dag} runs only as a deployment: stella deploy --env {env} --artifact NAME@VERSION"),
+            format!(
+                "DAG {dag} runs only as a deployment (stella deploy --env {env} --artifact NAME@VERSION) or a check (stella orch health-check --env {env})"
+            ),
         ));
     }
     Ok(())
+}
+
+/// A probe of the environment's target through its agent: a run of its probe DAG.
+fn probe(txn: &WriteTransaction, ctx: &mut PlanCtx, p: &ProbeRequest) -> Result<Effects, CommandError> {
+    let env = env_record(txn, &p.env)?;
+    let of = p.deployment.as_deref().or(env.current.as_deref());
+    let current = of.map(|id| deployment(txn, id)).transpose()?.flatten();
+    let inputs = json!({
+        "env": p.env,
+        "target": p.target,
+        "artifact": current.as_ref().map(|d| d.artifact.clone()).unwrap_or_default(),
+        "digest": current.as_ref().map(|d| d.digest.clone()).unwrap_or_default(),
+        "source": "",
+        "deployment": current.as_ref().map(|d| d.id.clone()).unwrap_or_default(),
+        "kind": "probe",
+        "baseline": env.env.baseline.to_string(),
+    });
+    let serde_json::Value::Object(inputs) = inputs else { unreachable!("an object") };
+    let mut run = crate::domain::runs::plan::start(txn, ctx, &p.tenant, &spec::probe_name(&p.env), &inputs, None)?;
+    let id = run.drafts.iter().find_map(|d| match RunEvent::parse(d.kind, &d.data) {
+        Some(Ok(RunEvent::Created(c))) => Some(c.run_id),
+        _ => None,
+    });
+    run.note = Some(json!({ "run": id }));
+    Ok(run)
 }
 
 /// A deployment: the checks an operator needs named (environment, artifact, freeze, one at a
@@ -78,6 +122,19 @@ fn deploy(txn: &WriteTransaction, ctx: &mut PlanCtx, req: &DeployRequest) -> Res
             .map_err(storage)?
             .ok_or_else(|| CommandError::NotFound { what: format!("artifact {} in the registry", req.artifact) })?
     };
+    if let Some(d) = &artifact.deleted {
+        return Err(CommandError::conflict(
+            "artifact_deleted",
+            format!(
+                "artifact {} was deleted from the registry by {} at {} ({}): restore it with stella registry restore --artifact {} --from backup",
+                req.artifact,
+                d.actor,
+                crate::clock::rfc3339(d.ms),
+                d.reason,
+                req.artifact
+            ),
+        ));
+    }
     if artifact.digest != req.digest {
         return Err(CommandError::conflict(
             "artifact_changed",
@@ -176,6 +233,78 @@ fn deploy(txn: &WriteTransaction, ctx: &mut PlanCtx, req: &DeployRequest) -> Res
     Ok(Effects { drafts, live: run.live, note: Some(json!({ "deployment": id })) })
 }
 
+fn artifact_record(txn: &WriteTransaction, key: &str) -> Result<ArtifactRecord, CommandError> {
+    let table = txn.open_table(ARTIFACTS).map_err(storage)?;
+    rw::get::<ArtifactRecord>(&table, "artifacts", key)
+        .map_err(storage)?
+        .ok_or_else(|| CommandError::NotFound { what: format!("artifact {key} in the registry") })
+}
+
+/// The registry's retention verdicts over the state in `txn`.
+pub fn verdicts(txn: &WriteTransaction, ctx: &PlanCtx) -> Result<Vec<super::retention::Verdict>, CommandError> {
+    let min = crate::domain::queue::plan::runtime_value(txn, ctx, "registry.min_versions")?
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(5);
+    let mut envs = Vec::new();
+    for row in txn.open_table(ENVIRONMENTS).map_err(storage)?.iter().map_err(storage)? {
+        let (_, v) = row.map_err(storage)?;
+        envs.push(<EnvRecord as crate::kernel::store::Record>::from_json_bytes(v.value()).map_err(storage)?);
+    }
+    let mut artifacts = Vec::new();
+    for row in txn.open_table(ARTIFACTS).map_err(storage)?.iter().map_err(storage)? {
+        let (_, v) = row.map_err(storage)?;
+        artifacts.push(<ArtifactRecord as crate::kernel::store::Record>::from_json_bytes(v.value()).map_err(storage)?);
+    }
+    Ok(super::retention::verdicts(&envs, |id| deployment(txn, id).ok().flatten(), &artifacts, min))
+}
+
+/// Deletes an artifact retention does not keep; refused, naming why, when it keeps it.
+fn delete_artifact(txn: &WriteTransaction, ctx: &PlanCtx, key: &str, reason: &str) -> Result<Effects, CommandError> {
+    let a = artifact_record(txn, key)?;
+    if a.deleted.is_some() {
+        return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
+    }
+    if let Some(v) = verdicts(txn, ctx)?.into_iter().find(|v| v.artifact == key && v.keep) {
+        return Err(CommandError::conflict(
+            "artifact_retained",
+            format!("retention keeps artifact {key}: {}", v.why.join("; ")),
+        ));
+    }
+    let event = ReleaseEvent::ArtifactDeleted(super::ArtifactDeleted {
+        artifact: key.to_owned(),
+        digest: a.digest.clone(),
+        reason: reason.to_owned(),
+    });
+    Ok(vec![event.draft("", vec![key.to_owned(), a.digest])].into())
+}
+
+/// An operator settles an unfinished deployment; its run, if it still goes, is cancelled.
+fn settle(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    id: &str,
+    succeeded: bool,
+    reason: &str,
+) -> Result<Effects, CommandError> {
+    let d = deployment(txn, id)?.ok_or_else(|| CommandError::NotFound { what: format!("deployment {id}") })?;
+    if d.status.terminal() {
+        return Err(CommandError::conflict(
+            "deployment_settled",
+            format!("deployment {id} is {} already: nothing to repair", d.status.as_str()),
+        ));
+    }
+    let status = if succeeded { super::DeploymentStatus::Success } else { super::DeploymentStatus::Failed };
+    let event = ReleaseEvent::DeploymentRepaired(super::DeploymentRepaired {
+        id: id.to_owned(),
+        status,
+        reason: reason.to_owned(),
+    });
+    let mut drafts = vec![event.draft("", vec![id.to_owned(), d.env.clone()])];
+    let cancel = crate::domain::runs::RunCommand::Cancel { tenant: None, run: d.run_id.clone() };
+    drafts.extend(crate::domain::runs::plan::plan(&cancel, txn, ctx)?.drafts);
+    Ok(Effects { drafts, note: Some(json!({ "deployment": id })), ..Effects::default() })
+}
+
 /// After any command's plan: the deployments whose runs its drafts move (the deploy step
 /// started, the run resumed, succeeded, failed or was cancelled) get their entries, appended
 /// to the same drafts.
@@ -186,6 +315,14 @@ pub fn follow(txn: &WriteTransaction, drafts: &mut Vec<Draft>) -> Result<(), Com
         return Ok(());
     }
     let runs = txn.open_table(DEPLOYMENT_RUNS).map_err(storage)?;
+    // Deployments this command settles itself (a repair) follow no run entry of it.
+    let settled: Vec<String> = drafts
+        .iter()
+        .filter_map(|d| match ReleaseEvent::parse(d.kind, &d.data) {
+            Some(Ok(ReleaseEvent::DeploymentRepaired(r))) => Some(r.id),
+            _ => None,
+        })
+        .collect();
     let mut out = Vec::new();
     for (i, d) in drafts.iter().enumerate().filter(|(_, d)| moves(d.kind)) {
         let Some(Ok(event)) = RunEvent::parse(d.kind, &d.data) else { continue };
@@ -194,7 +331,7 @@ pub fn follow(txn: &WriteTransaction, drafts: &mut Vec<Draft>) -> Result<(), Com
         else {
             continue;
         };
-        let Some(dep) = deployment(txn, &id)? else { continue };
+        let Some(dep) = deployment(txn, &id)?.filter(|_| !settled.contains(&id)) else { continue };
         let subjects = vec![id.clone(), dep.env.clone()];
         let follow = match &event {
             RunEvent::StepStarted(s) if s.step == "deploy" && dep.status == super::DeploymentStatus::Pending => {

@@ -85,6 +85,13 @@ pub struct Environment {
     pub dag: String,
 }
 
+impl Environment {
+    /// Whether `dag` is one of the environment's generated DAGs (deployment or probe).
+    pub fn owns_dag(&self, dag: &str) -> bool {
+        dag == self.dag || dag == probe_name(&self.name)
+    }
+}
+
 /// A freeze window: no deployment starts in `[from_ms, until_ms)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -107,6 +114,49 @@ pub struct Release {
 /// The deployment DAG of environment `env`.
 pub fn dag_name(env: &str) -> String {
     format!("deploy-{env}")
+}
+
+/// The probe DAG of environment `env`: its agent's plugin asked, on demand, for each check it
+/// implements (health, connectivity, credentials, observe).
+pub fn probe_name(env: &str) -> String {
+    format!("probe-{env}")
+}
+
+/// The checks a probe runs, by the plugin kind that answers each.
+pub const PROBES: [&str; 4] = ["health", "connectivity", "credentials", "observe"];
+
+/// The probe DAG of `env` for a plugin implementing `kinds`: one independent step per check
+/// the plugin has.
+pub fn probe_spec(env: &Environment, kinds: &[String]) -> String {
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut s = format!(
+        "# Generated from the release bundle: `orch health-check`, `connectivity`, `credentials verify` and\n\
+         # `env config diff` of environment {name} run it.\n\
+         name = {dag}\n\
+         description = {desc}\n\n",
+        name = env.name,
+        dag = q(&probe_name(&env.name)),
+        desc = q(&format!("ask the agent of {} how its target is", env.name)),
+    );
+    for input in INPUTS {
+        s.push_str(&format!("[inputs.{input}]\n"));
+    }
+    for kind in PROBES.iter().filter(|k| kinds.iter().any(|x| x == *k)) {
+        s.push_str(&format!(
+            "\n[steps.{kind}]\nplugin = {p}\nkind = \"{kind}\"\ninputs = {inputs}\ntimeout = \"1m\"\n",
+            p = q(&env.plugin),
+            inputs = step_inputs(),
+        ));
+    }
+    s
+}
+
+/// What every step of a generated DAG receives.
+const INPUTS: [&str; 8] = ["env", "target", "artifact", "digest", "source", "deployment", "kind", "baseline"];
+
+fn step_inputs() -> String {
+    let fields: Vec<String> = INPUTS.iter().map(|i| format!("{i} = \"${{inputs.{i}}}\"")).collect();
+    format!("{{ {} }}", fields.join(", "))
 }
 
 /// Environment names: as DAG and lock names allow, 1–48 of `a-z 0-9 - _`.
@@ -215,9 +265,7 @@ pub fn parse(text: &str) -> Result<Release, String> {
 /// changes the target), then `health`.
 fn dag_spec(name: &str, e: &EnvFile) -> String {
     let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    let inputs = "{ env = \"${inputs.env}\", target = \"${inputs.target}\", artifact = \"${inputs.artifact}\", \
-                  digest = \"${inputs.digest}\", source = \"${inputs.source}\", deployment = \"${inputs.deployment}\", \
-                  kind = \"${inputs.kind}\", baseline = \"${inputs.baseline}\" }";
+    let inputs = step_inputs();
     let mut s = format!(
         "# Generated from the release bundle: every deployment of environment {name} runs it.\n\
          name = {dag}\n\
@@ -225,7 +273,7 @@ fn dag_spec(name: &str, e: &EnvFile) -> String {
         dag = q(&dag_name(name)),
         desc = q(&format!("deploy an artifact to {name} through its agent, then check its health")),
     );
-    for input in ["env", "target", "artifact", "digest", "source", "deployment", "kind", "baseline"] {
+    for input in INPUTS {
         s.push_str(&format!("[inputs.{input}]\n"));
     }
     s.push_str(&format!(

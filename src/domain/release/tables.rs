@@ -49,9 +49,21 @@ pub struct ArtifactRecord {
     pub imported_by: String,
     pub imported_ms: i64,
     pub backup: Option<String>,
+    /// Deleted from the registry (its files removed; the record stays for the audit).
+    pub deleted: Option<Deletion>,
+    /// Brought back from the backup copy, the last time.
+    pub restored_ms: Option<i64>,
 }
 
 impl Record for ArtifactRecord {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Deletion {
+    pub ms: i64,
+    pub actor: String,
+    pub reason: String,
+}
 
 impl ArtifactRecord {
     pub fn key(&self) -> String {
