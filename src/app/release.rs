@@ -684,3 +684,98 @@ mod tests {
         assert!(drift(&base, &base).is_empty() && unified_diff("a", "x\n", "b", "x\n").is_empty());
     }
 }
+
+/// One finding of a doctor check: its level (`ok`, `warn`, `error`), what it is about, what is
+/// wrong and the command that fixes it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub check: &'static str,
+    pub level: &'static str,
+    pub subject: String,
+    pub message: String,
+    pub fix: Option<String>,
+}
+
+/// The id of the rollback-health check (runbook 001).
+pub const ROLLBACK_HEALTH: &str = "check.orchestrator.rollback-health";
+/// A deployment unchanged this long is stuck.
+const STUCK_AFTER_MS: i64 = 10 * 60 * 1000;
+
+/// `check.orchestrator.rollback-health`, per environment: a last known good present and
+/// verified, that retention keeps it, the agent alive, no deployment stuck in progress.
+pub fn rollback_health(
+    store: &Store,
+    config: &crate::config::Config,
+    lib: &Path,
+    trust_dir: &Path,
+    local_agent: bool,
+    now_ms: i64,
+) -> Result<Vec<Finding>, StoreError> {
+    use crate::domain::release::tables as t;
+    let txn = store.read()?;
+    let (_, verdicts) = retention(&txn, config)?;
+    let mut out = Vec::new();
+    let mut finding = |level, subject: &str, message: String, fix: Option<String>| {
+        out.push(Finding { check: ROLLBACK_HEALTH, level, subject: subject.to_owned(), message, fix })
+    };
+    for e in t::environments(&txn)?.iter().filter(|e| e.declared_by.is_some()) {
+        let name = &e.env.name;
+        let subject = format!("env {name}");
+        let lkg = last_known_good(lib, trust_dir, e, |id| t::deployment(&txn, id), |a| t::artifact(&txn, a), now_ms)?;
+        match (&lkg.deployment, &e.current) {
+            (Some(d), _) => {
+                let kept = verdicts.iter().any(|v| v.artifact == d.artifact && v.keep);
+                if kept {
+                    finding(
+                        "ok",
+                        &subject,
+                        format!("last known good {} ({}) is present and verifies", d.artifact, d.id),
+                        None,
+                    );
+                } else {
+                    finding(
+                        "warn",
+                        &subject,
+                        format!("retention would not keep the last known good {}", d.artifact),
+                        Some("stella registry retention set --min-versions 10".into()),
+                    );
+                }
+            }
+            (None, None) => finding("ok", &subject, "never deployed: nothing to roll back".into(), None),
+            (None, Some(_)) => finding(
+                if lkg.restorable.is_some() { "error" } else { "warn" },
+                &subject,
+                format!("no last known good to roll back to: {}", lkg.note),
+                lkg.restorable.as_ref().map(|a| format!("stella registry restore --artifact {a} --from backup")),
+            ),
+        }
+        if let Some(why) = agent_down(e, local_agent) {
+            finding(
+                "error",
+                &subject,
+                format!("agent {}: {why}", e.env.agent),
+                Some(format!("stella orch agent status --env {name}")),
+            );
+        }
+        if let Some(d) = e.in_flight.as_deref().map(|id| t::deployment(&txn, id)).transpose()?.flatten() {
+            let since = d.started_ms.unwrap_or(d.created_ms);
+            if now_ms - since > STUCK_AFTER_MS {
+                finding(
+                    "error",
+                    &subject,
+                    format!(
+                        "deployment {} ({} of {}) has been {} since {}",
+                        d.id,
+                        d.kind.as_str(),
+                        d.artifact,
+                        d.status.as_str(),
+                        crate::clock::rfc3339(since)
+                    ),
+                    Some(format!("stella orch repair --deployment {}", d.id)),
+                );
+            }
+        }
+    }
+    Ok(out)
+}

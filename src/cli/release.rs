@@ -474,3 +474,66 @@ pub async fn registry(g: &Global, cmd: RegistryCmd) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// `stella doctor [--check ID]`: one line per finding, `LEVEL [check.id] (subject) message —
+/// fix: stella …`; exit 1 when a finding is an error.
+pub async fn doctor(g: &Global, check: Option<String>) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let q = query(&[("check", check)]);
+    let raw = client.get(&format!("{P}/admin/doctor{q}")).await?.ok()?.json()?;
+    output::print(g.format, &raw, |v| {
+        v["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                let fix = f["fix"].as_str().map(|x| format!(" — fix: {x}")).unwrap_or_default();
+                format!(
+                    "{} [{}] ({}) {}{fix}\n",
+                    f["level"].as_str().unwrap_or("?").to_uppercase(),
+                    f["check"].as_str().unwrap_or("?"),
+                    f["subject"].as_str().unwrap_or("?"),
+                    f["message"].as_str().unwrap_or("?"),
+                )
+            })
+            .collect()
+    });
+    if raw["worst"] == "error" {
+        return Err(CliError::Other("doctor found errors".into()));
+    }
+    Ok(())
+}
+
+/// `orch agent status --env E`.
+pub async fn agents(g: &Global, env: &str) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let raw = client.get(&format!("{P}/environments/{env}/agents")).await?.ok()?.json()?;
+    output::print(g.format, &raw, |v| {
+        let mut out = format!(
+            "environment {env}: agent {}, plugin {}\n",
+            v["agent"].as_str().unwrap_or("?"),
+            v["plugin"].as_str().unwrap_or("?")
+        );
+        let rows: Vec<Vec<String>> = v["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                vec![
+                    a["id"].as_str().unwrap_or("?").to_owned(),
+                    a["kind"].as_str().unwrap_or("?").to_owned(),
+                    a["version"].as_str().unwrap_or("-").to_owned(),
+                    format!("{}s ago", a["lastSeenSecondsAgo"]),
+                    a["leases"].to_string(),
+                    a["whyNot"].as_str().map_or("chosen".to_owned(), |w| format!("not chosen: {w}")),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["AGENT", "KIND", "VERSION", "LAST HEARTBEAT", "LEASES", "CHOSEN"], &rows));
+        if let Some(n) = v["note"].as_str() {
+            out.push_str(&format!("{n}\n"));
+        }
+        out
+    });
+    Ok(())
+}

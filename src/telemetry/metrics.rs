@@ -124,6 +124,53 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
         "Time a step waited from queued to its first attempt's start",
         stored_histogram(&stored, "step_queue", &STEP_QUEUE_BUCKETS),
     );
+    // Deployments by environment, kind and final status; rollbacks are those of kind rollback.
+    let deployments = Family::<Labels, Counter>::default();
+    let rollbacks = Family::<Labels, Counter>::default();
+    for row in counters
+        .range("deployments_total|".."deployments_total}")
+        .map_err(|e| StoreError::Redb { path: store.path().to_owned(), source: e.into() })?
+    {
+        let Ok((k, v)) = row else { continue };
+        let parts: Vec<&str> = k.value().split('|').collect();
+        let [_, env, kind, status] = parts.as_slice() else { continue };
+        let n = <[u8; 8]>::try_from(v.value()).map(u64::from_be_bytes).unwrap_or(0);
+        let label = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        deployments.get_or_create(&vec![label("env", env), label("kind", kind), label("status", status)]).inc_by(n);
+        if *kind == "rollback" {
+            rollbacks.get_or_create(&vec![label("env", env), label("status", status)]).inc_by(n);
+        }
+    }
+    reg.register("orchestrator_deployments", "Deployments that ended, by environment, kind and status", deployments);
+    let current = Family::<Labels, Gauge>::default();
+    let txn = store.read()?;
+    let envs = crate::domain::release::tables::environments(&txn)?;
+    // Every environment has both rollback series from the start, so `increase()` sees the first.
+    for e in envs.iter().filter(|e| e.declared_by.is_some()) {
+        for status in ["success", "failed"] {
+            let labels = vec![("env".to_owned(), e.env.name.clone()), ("status".to_owned(), status.to_owned())];
+            rollbacks.get_or_create(&labels).inc_by(0);
+        }
+    }
+    for e in envs {
+        let Some(id) = &e.current else { continue };
+        if let Some(d) = crate::domain::release::tables::deployment(&txn, id)? {
+            current
+                .get_or_create(&vec![("env".to_owned(), e.env.name.clone()), ("artifact".to_owned(), d.artifact)])
+                .set(1);
+        }
+    }
+    reg.register("orchestrator_rollbacks", "Rollbacks that ended, by environment and status", rollbacks);
+    reg.register(
+        "orchestrator_deployment_info",
+        "1 for the artifact each environment runs now (its last successful deployment)",
+        current.clone(),
+    );
+    reg.register(
+        "orchestrator_deployments_current",
+        "The same as orchestrator_deployment_info (DESIGN.md's name)",
+        current,
+    );
     reg.register(
         "orchestrator_bundle_verify_failures",
         "Bundles refused at import or quarantined at re-verification",

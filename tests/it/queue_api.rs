@@ -129,7 +129,9 @@ async fn dispatch_order_pause_backpressure_and_the_dead_letter_queue() {
     let order: Vec<i64> = got.iter().map(|l| l["payload"]["n"].as_i64().unwrap()).collect();
     assert_eq!(order, vec![2, 1, 3], "highest priority first, then oldest first");
     let agents = json_out(&app, &["orch", "agent", "status", "--env", "prod"]);
-    assert_eq!((agents["workers"][0]["id"].as_str(), agents["workers"][0]["leases"].as_u64()), (Some("w1"), Some(3)));
+    let w1 = agents["agents"].as_array().unwrap().iter().find(|a| a["id"] == "w1").unwrap();
+    assert_eq!((w1["leases"].as_u64(), w1["kind"].as_str()), (Some(3), Some("remote")), "{agents}");
+    assert!(w1["whyNot"].as_str().unwrap().contains("in-process agent"), "prod is the local agent's: {agents}");
 
     let (a, b) = (&got[0], &got[1]);
     api_post(

@@ -509,3 +509,77 @@ async fn a_deployment_left_in_progress_by_kill_9_is_settled_by_repair() {
     assert!(!kinds.contains(&"deployment.failed"), "the repair settles it, not its run's cancel");
     verified(&app);
 }
+
+/// What runbook 001 starts from: the doctor's rollback-health check, the alert's metric, and
+/// the agent status, each telling the state as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollback_health_check_the_rollback_metric_and_agent_status_tell_it_as_it_is() {
+    let app = TestAppliance::start();
+    let doctor = |app: &TestAppliance| -> (Option<i32>, Value) {
+        let out = app.stella(&["--format", "json", "doctor", "--check", "check.orchestrator.rollback-health"]);
+        (out.status.code(), serde_json::from_slice(&out.stdout).unwrap())
+    };
+    let prod =
+        |v: &Value| v["findings"].as_array().unwrap().iter().find(|f| f["subject"] == "env prod").unwrap().clone();
+    deploy(&app, "prod", "web@1.4.1").await;
+    let (code, v) = doctor(&app);
+    assert_eq!((code, prod(&v)["level"].as_str()), (Some(0), Some("warn")), "{v}");
+    deploy(&app, "prod", "web@1.4.2").await;
+    let (code, v) = doctor(&app);
+    assert_eq!((code, v["worst"].as_str()), (Some(0), Some("ok")), "{v}");
+    let digest = cli(&app, &["orch", "artifacts", "get", "web@1.4.1"])["digest"].as_str().unwrap().to_owned();
+    std::fs::remove_dir_all(app.layout().registry().join("sha256").join(&digest)).unwrap();
+    let (code, v) = doctor(&app);
+    assert_eq!((code, prod(&v)["level"].as_str()), (Some(1), Some("error")), "{v}");
+    assert_eq!(prod(&v)["fix"], "stella registry restore --artifact web@1.4.1 --from backup", "{v}");
+    let text = app.stella(&["doctor", "--check", "check.orchestrator.rollback-health"]);
+    assert!(
+        stdout(&text).contains("ERROR [check.orchestrator.rollback-health] (env prod) no last known good"),
+        "{}",
+        stdout(&text)
+    );
+    cli(&app, &["registry", "restore", "--artifact", "web@1.4.1", "--from", "backup"]);
+
+    // A rollback that fails its health check: the alert's series counts it.
+    std::fs::write(target(&app, "prod").join(".unhealthy"), "").unwrap();
+    let rb = cli(&app, &["rollback", "start", "--env", "prod"]);
+    assert_eq!(settled(&app, &rb).await["status"], "failed");
+    let metrics = app.socket_client().get("/metrics").await.unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains(r#"orchestrator_rollbacks_total{env="prod",status="failed"} 1"#), "{text}");
+    assert!(text.contains(r#"orchestrator_deployments_total{env="prod",kind="direct",status="success"} 2"#), "{text}");
+    assert!(text.contains(r#"orchestrator_deployment_info{env="prod",artifact="web@1.4.2"} 1"#), "{text}");
+    let status = cli(&app, &["rollback", "status", "--env", "prod"]);
+    assert_eq!(
+        (status["status"].as_str(), status["failedStep"].as_str()),
+        (Some("failed"), Some("health")),
+        "{status}"
+    );
+
+    let agents = cli(&app, &["orch", "agent", "status", "--env", "prod"]);
+    assert_eq!(
+        (agents["agents"][0]["kind"].as_str(), agents["agents"][0]["chosen"].as_bool()),
+        (Some("in-process"), Some(true)),
+        "{agents}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_in_process_agent_off_the_agent_status_and_the_rollback_say_why() {
+    let app = TestAppliance::start_with(|c| c.exec.enabled = false);
+    let agents = cli(&app, &["orch", "agent", "status", "--env", "prod"]);
+    assert!(agents["note"].as_str().unwrap().contains("exec.enabled = true"), "{agents}");
+    let (code, msg) = refused(&app, &["rollback", "start", "--env", "prod", "--to", "web@1.4.1"]);
+    assert_eq!(code, Some(7), "{msg}");
+    assert!(msg.contains("agent_unavailable") && msg.contains("stella orch agent status --env prod"), "{msg}");
+    let out = app.stella(&["--format", "json", "doctor"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["level"] == "error" && f["message"].as_str().unwrap().contains("exec.enabled"))
+    );
+}

@@ -562,3 +562,95 @@ pub async fn restore_artifact(
     let usage = usage(&state.store.read()?)?;
     Ok(Json(artifact_dto(&rec, &usage)))
 }
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoctorQuery {
+    pub check: Option<String>,
+}
+
+/// `GET /admin/doctor[?check=ID]`: the checks built so far (the releases' rollback health);
+/// another id answers 501 until it exists.
+pub async fn doctor(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    QueryArgs(q): QueryArgs<DoctorQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    site(&state, &auth, Scope::Read)?;
+    use crate::app::release::ROLLBACK_HEALTH;
+    if let Some(id) = q.check.as_deref().filter(|c| *c != ROLLBACK_HEALTH) {
+        return Err(Problem::not_implemented(&format!("doctor check {id} (only {ROLLBACK_HEALTH} exists so far)")));
+    }
+    let (st, now) = (state.clone(), state.clock.now_ms());
+    let findings = tokio::task::spawn_blocking(move || {
+        crate::app::release::rollback_health(&st.store, &st.config, &st.lib, &st.trust_dir, st.config.exec.enabled, now)
+    })
+    .await
+    .map_err(|e| Problem::internal(e.to_string()))??;
+    let worst = ["error", "warn", "ok"].into_iter().find(|l| findings.iter().any(|f| f.level == *l)).unwrap_or("ok");
+    Ok(Json(serde_json::json!({ "worst": worst, "checks": [ROLLBACK_HEALTH], "findings": findings })))
+}
+
+/// `orch agent status --env E`: the workers that could run the environment's deployments
+/// (they run its plugin), each with its last heartbeat, leases, and why it would not be chosen.
+pub async fn agents(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(env): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    site(&state, &auth, Scope::Read)?;
+    let txn = state.store.read()?;
+    let e = t::environment(&txn, &env)?.ok_or_else(|| Problem::not_found(format!("environment {env}")))?;
+    let now = state.clock.now_ms();
+    let ttl = state.config.queue.lease_ttl_ms as i64;
+    let leases = crate::machine::read::leases_by_worker(&txn, 100_000)?;
+    let local = e.env.agent == crate::domain::release::spec::LOCAL_AGENT;
+    let agents: Vec<serde_json::Value> = crate::machine::read::workers(&txn, 10_000)?
+        .into_iter()
+        .filter(|w| w.types.contains(&e.env.plugin) || w.env.as_deref() == Some(env.as_str()))
+        .map(|w| {
+            let in_process = w.id.starts_with(crate::domain::queue::LOCAL_WORKER);
+            let age = (now - w.last_seen_ms).max(0);
+            let why_not = if !in_process && local {
+                Some(format!("environment {env} is deployed by the in-process agent, not by {}", w.id))
+            } else if in_process && !local {
+                Some(format!("environment {env} is deployed by agent {}", e.env.agent))
+            } else if in_process && !state.config.exec.enabled {
+                Some("the in-process agent is off (exec.enabled = false)".to_owned())
+            } else if age > ttl {
+                Some(format!("not seen for {}s, longer than a lease ({}s): it is down", age / 1000, ttl / 1000))
+            } else {
+                None
+            };
+            serde_json::json!({
+                "id": w.id,
+                "kind": if in_process { "in-process" } else { "remote" },
+                "version": in_process.then_some(env!("CARGO_PKG_VERSION")),
+                "lastHeartbeat": crate::clock::rfc3339(w.last_seen_ms),
+                "lastSeenSecondsAgo": age / 1000,
+                "leases": leases.get(&w.id).copied().unwrap_or(0),
+                "chosen": why_not.is_none(),
+                "whyNot": why_not,
+            })
+        })
+        .collect();
+    let note = if agents.iter().any(|a| a["chosen"] == true) {
+        None
+    } else if local && !state.config.exec.enabled {
+        Some("the in-process agent is off: set exec.enabled = true in orchestrator.toml and restart".to_owned())
+    } else if local {
+        Some("the in-process agent has not leased yet: it does on the first deployment".to_owned())
+    } else {
+        Some(format!(
+            "agent {} has not been seen: remote agents (stella agent run --env {env}) are not available yet",
+            e.env.agent
+        ))
+    };
+    Ok(Json(serde_json::json!({
+        "env": env,
+        "agent": e.env.agent,
+        "plugin": e.env.plugin,
+        "agents": agents,
+        "note": note,
+    })))
+}
