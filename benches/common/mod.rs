@@ -151,6 +151,46 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// GETs `path`; the status and the body's JSON.
+    pub async fn get(&mut self, path: &str) -> (u16, serde_json::Value) {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::get(path)
+            .header("host", "stella")
+            .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+            .unwrap();
+        self.tx.ready().await.unwrap();
+        let resp = self.tx.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Opens the SSE stream at `path` and reads it until a chunk holds `marker` (or the
+    /// stream ends); whether it was seen.
+    pub async fn stream_until(&mut self, path: &str, marker: &str) -> bool {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::get(path)
+            .header("host", "stella")
+            .header("accept", "text/event-stream")
+            .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+            .unwrap();
+        self.tx.ready().await.unwrap();
+        let mut body = self.tx.send_request(req).await.unwrap().into_body();
+        let mut seen = String::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                seen.push_str(&String::from_utf8_lossy(data));
+                if seen.contains(marker) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
 /// A dev daemon on a fresh state dir (`STELLA_LOG=log`), ready: its socket, and the child to kill.
 pub fn daemon(log: &str) -> (tempfile::TempDir, std::path::PathBuf, std::process::Child) {
     let d = dir();
