@@ -137,12 +137,24 @@ impl Conn {
 
     /// POSTs `body` as JSON; the status and the body's JSON.
     pub async fn post(&mut self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        use http_body_util::BodyExt;
         let req = hyper::Request::post(path)
-            .header("host", "stella")
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(hyper::body::Bytes::from(serde_json::to_vec(body).unwrap())))
             .unwrap();
+        self.send(req).await
+    }
+
+    /// GETs `path`; the status and the body's JSON.
+    pub async fn get(&mut self, path: &str) -> (u16, serde_json::Value) {
+        self.send(hyper::Request::get(path).body(http_body_util::Full::new(hyper::body::Bytes::new())).unwrap()).await
+    }
+
+    async fn send(
+        &mut self,
+        mut req: hyper::Request<http_body_util::Full<hyper::body::Bytes>>,
+    ) -> (u16, serde_json::Value) {
+        use http_body_util::BodyExt;
+        req.headers_mut().insert("host", hyper::header::HeaderValue::from_static("stella"));
         self.tx.ready().await.unwrap();
         let resp = self.tx.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
@@ -152,20 +164,6 @@ impl Conn {
 }
 
 impl Conn {
-    /// GETs `path`; the status and the body's JSON.
-    pub async fn get(&mut self, path: &str) -> (u16, serde_json::Value) {
-        use http_body_util::BodyExt;
-        let req = hyper::Request::get(path)
-            .header("host", "stella")
-            .body(http_body_util::Full::new(hyper::body::Bytes::new()))
-            .unwrap();
-        self.tx.ready().await.unwrap();
-        let resp = self.tx.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
-    }
-
     /// Opens the SSE stream at `path` and reads it until a chunk holds `marker` (or the
     /// stream ends); whether it was seen.
     pub async fn stream_until(&mut self, path: &str, marker: &str) -> bool {

@@ -163,22 +163,36 @@ pub async fn import_file(
         return Err(reject(ctx, at, Refusal::Invalid, e).await);
     }
     progress.phase("recording");
-    if let Err(refused) = ctx.writer.submit(ctx.actor.clone(), Command::Bundle(command)).await {
-        // Refused while recording (a race with another import): the disk is left as it was.
-        if !existed {
-            let _ = std::fs::remove_dir_all(&sealed);
-            let _ = std::fs::remove_dir_all(&meta);
-        }
-        if let CommandError::Conflict { code, detail } = refused {
-            return Err(reject(ctx, at, Refusal::Conflict(code), detail).await);
-        }
-        return Err(refused.into());
-    }
+    record(ctx, at, Command::Bundle(command), (!existed).then_some([sealed.as_path(), meta.as_path()])).await?;
     if m.kind == Kind::Trust {
         install_trust(ctx, &sealed)?;
     }
     progress.phase("done");
-    Ok(Imported {
+    Ok(imported(&v, contents.dags.into_iter().map(|(n, _)| n).collect()))
+}
+
+/// Records what was sealed. Refused while recording (a race with another import), the disk is
+/// left as it was (`remove`: what this import created) and a conflict is ledgered as a rejection.
+async fn record(
+    ctx: &Importer<'_>,
+    at: (&Path, &str),
+    command: Command,
+    remove: Option<[&Path; 2]>,
+) -> Result<(), ImportError> {
+    let Err(refused) = ctx.writer.submit(ctx.actor.clone(), command).await else { return Ok(()) };
+    for dir in remove.into_iter().flatten() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if let CommandError::Conflict { code, detail } = refused {
+        return Err(reject(ctx, at, Refusal::Conflict(code), detail).await);
+    }
+    Err(refused.into())
+}
+
+/// The answer to an import of the bundle `v`.
+fn imported(v: &verify::Envelope, dags: Vec<String>) -> Imported {
+    let m = &v.manifest;
+    Imported {
         name: m.name.clone(),
         version: m.version.clone(),
         kind: m.kind,
@@ -186,8 +200,8 @@ pub async fn import_file(
         signer: v.signer.principal.clone(),
         fingerprint: v.signer.fingerprint.clone(),
         files: m.files.len(),
-        dags: contents.dags.into_iter().map(|(n, _)| n).collect(),
-    })
+        dags,
+    }
 }
 
 /// Why the installed version of the bundle forbids this one (a downgrade without leave, a
@@ -302,26 +316,8 @@ async fn import_artifact(
         fingerprint: v.signer.fingerprint.clone(),
         backup: backup.map(|p| p.display().to_string()),
     });
-    if let Err(refused) = ctx.writer.submit(ctx.actor.clone(), Command::Release(command)).await {
-        if !existed {
-            let _ = std::fs::remove_dir_all(&target);
-            let _ = std::fs::remove_dir_all(&meta);
-        }
-        if let CommandError::Conflict { code, detail } = refused {
-            return Err(reject(ctx, at, Refusal::Conflict(code), detail).await);
-        }
-        return Err(refused.into());
-    }
-    Ok(Imported {
-        name: m.name.clone(),
-        version: m.version.clone(),
-        kind: m.kind,
-        digest: m.payload.sha256.clone(),
-        signer: v.signer.principal.clone(),
-        fingerprint: v.signer.fingerprint.clone(),
-        files: m.files.len(),
-        dags: vec![],
-    })
+    record(ctx, at, Command::Release(command), (!existed).then_some([target.as_path(), meta.as_path()])).await?;
+    Ok(imported(&v, vec![]))
 }
 
 /// `<lib>/registry`.

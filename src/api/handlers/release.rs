@@ -177,21 +177,8 @@ pub async fn environment(
 /// An environment's status: its deployments (current, last known good, last, in flight), the
 /// health its last deployment's health step reported, its lock and freeze windows.
 async fn status_of(state: &Arc<AppState>, e: &EnvRecord, detailed: bool) -> ApiResult<dto::EnvStatus> {
-    let (state2, e2) = (state.clone(), e.clone());
     let now = state.clock.now_ms();
-    let lkg = tokio::task::spawn_blocking(move || -> Result<_, crate::kernel::StoreError> {
-        let txn = state2.store.read()?;
-        last_known_good(
-            &state2.lib,
-            &state2.trust_dir,
-            &e2,
-            |id| t::deployment(&txn, id),
-            |a| t::artifact(&txn, a),
-            now,
-        )
-    })
-    .await
-    .map_err(|e| Problem::internal(e.to_string()))??;
+    let lkg = lkg_of(state, e).await?;
     let txn = state.store.read()?;
     let get = |id: &Option<String>| -> Result<Option<DeploymentRecord>, crate::kernel::StoreError> {
         Ok(id.as_deref().map(|id| t::deployment(&txn, id)).transpose()?.flatten())
@@ -235,6 +222,18 @@ async fn status_of(state: &Arc<AppState>, e: &EnvRecord, detailed: bool) -> ApiR
         baseline: detailed.then(|| e.env.baseline.clone()),
         recent: detailed.then(|| recent.iter().take(10).map(deployment).collect()),
     })
+}
+
+/// The environment's last known good now (its artifacts checked on disk, off the runtime).
+async fn lkg_of(state: &Arc<AppState>, e: &EnvRecord) -> ApiResult<crate::app::release::Lkg> {
+    let (st, e, now) = (state.clone(), e.clone(), state.clock.now_ms());
+    let lkg = tokio::task::spawn_blocking(move || -> Result<_, crate::kernel::StoreError> {
+        let txn = st.store.read()?;
+        last_known_good(&st.lib, &st.trust_dir, &e, |i| t::deployment(&txn, i), |a| t::artifact(&txn, a), now)
+    })
+    .await
+    .map_err(|e| Problem::internal(e.to_string()))??;
+    Ok(lkg)
 }
 
 /// What the last deployment's health step says about the environment.
@@ -357,14 +356,7 @@ pub async fn artifact(
     // Where it is the last known good (each environment's, checked on disk).
     let mut lkg_in = lkg_in;
     for e in t::environments(&state.store.read()?)? {
-        let (st, e2, now) = (state.clone(), e.clone(), state.clock.now_ms());
-        let lkg = tokio::task::spawn_blocking(move || -> Result<_, crate::kernel::StoreError> {
-            let txn = st.store.read()?;
-            last_known_good(&st.lib, &st.trust_dir, &e2, |i| t::deployment(&txn, i), |a| t::artifact(&txn, a), now)
-        })
-        .await
-        .map_err(|e| Problem::internal(e.to_string()))??;
-        if lkg.deployment.is_some_and(|d| d.artifact == id) {
+        if lkg_of(&state, &e).await?.deployment.is_some_and(|d| d.artifact == id) {
             lkg_in.push(e.env.name.clone());
         }
     }

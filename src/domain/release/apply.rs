@@ -137,17 +137,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                 d.ended_ms = Some(entry.time);
             })?;
             counted(txn, &d)?;
-            update_env(txn, entry, &d.env, |e| {
-                e.current = Some(d.id.clone());
-                e.successes.retain(|s| *s != d.id);
-                e.successes.push(d.id.clone());
-                if e.successes.len() > HISTORY_MAX {
-                    e.successes.remove(0);
-                }
-                if e.in_flight.as_deref() == Some(d.id.as_str()) {
-                    e.in_flight = None;
-                }
-            })?;
+            update_env(txn, entry, &d.env, |e| settled(e, &d))?;
         }
         ReleaseEvent::DeploymentRepaired(r) => {
             let d = update(txn, entry, &r.id, |d| {
@@ -159,19 +149,7 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                 d.reason = Some(r.reason.clone());
             })?;
             counted(txn, &d)?;
-            update_env(txn, entry, &d.env, |e| {
-                if d.status == DeploymentStatus::Success {
-                    e.current = Some(d.id.clone());
-                    e.successes.retain(|s| *s != d.id);
-                    e.successes.push(d.id.clone());
-                    if e.successes.len() > HISTORY_MAX {
-                        e.successes.remove(0);
-                    }
-                }
-                if e.in_flight.as_deref() == Some(d.id.as_str()) {
-                    e.in_flight = None;
-                }
-            })?;
+            update_env(txn, entry, &d.env, |e| settled(e, &d))?;
         }
         ReleaseEvent::DeploymentFailed(f) => {
             let d = update(txn, entry, &f.id, |d| {
@@ -181,14 +159,26 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                 d.failed_step = f.step.clone();
             })?;
             counted(txn, &d)?;
-            update_env(txn, entry, &d.env, |e| {
-                if e.in_flight.as_deref() == Some(d.id.as_str()) {
-                    e.in_flight = None;
-                }
-            })?;
+            update_env(txn, entry, &d.env, |e| settled(e, &d))?;
         }
     }
     Ok(())
+}
+
+/// A deployment ended: a success is the environment's current one and joins its history;
+/// either way the environment has no deployment in flight from it any more.
+fn settled(e: &mut EnvRecord, d: &DeploymentRecord) {
+    if d.status == DeploymentStatus::Success {
+        e.current = Some(d.id.clone());
+        e.successes.retain(|s| *s != d.id);
+        e.successes.push(d.id.clone());
+        if e.successes.len() > HISTORY_MAX {
+            e.successes.remove(0);
+        }
+    }
+    if e.in_flight.as_deref() == Some(d.id.as_str()) {
+        e.in_flight = None;
+    }
 }
 
 /// `orchestrator_deployments_total{env,kind,status}` (and, for rollbacks,
