@@ -29,7 +29,9 @@ creds() {
 case "$kind" in
 deploy)
   creds
-  [ -e "$t/.slow" ] && sleep "$(cat "$t/.slow")"
+  # Read once: a drill may remove the file meanwhile.
+  slow=$(cat "$t/.slow" 2>/dev/null || true)
+  sleep "${slow:-0}"
   if [ "${STELLA_INPUT_KIND:-direct}" = reset ]; then
     printf '%s\n' "$STELLA_INPUT_BASELINE" >"$t/config.json.new" && mv "$t/config.json.new" "$t/config.json"
     say "reset $t to the baseline"

@@ -286,6 +286,15 @@ async fn import_artifact(
     if files.is_empty() {
         return Err(reject(ctx, at, Refusal::Invalid, format!("artifact {key} carries no file")).await);
     }
+    // A version already in the registry: the same content is nothing to do; other content is
+    // refused before anything is written (the backup copy of the good one stays as it is).
+    if let Some(cur) = crate::domain::release::tables::artifact(&ctx.store.read()?, &key)? {
+        if cur.digest == m.payload.sha256 {
+            return Ok(imported(&v, vec![]));
+        }
+        let reason = format!("artifact {key} is in the registry with other content: versions are never reused");
+        return Err(reject(ctx, at, Refusal::Conflict("version_reused"), reason).await);
+    }
     let registry = registry_dir(ctx.lib);
     let target = registry.join("sha256").join(&m.payload.sha256);
     let existed = target.exists();
@@ -302,8 +311,9 @@ async fn import_artifact(
     if let Err(e) = keep_signed_members(at.0, &meta)? {
         return Err(reject(ctx, at, Refusal::Invalid, e).await);
     }
+    // The backup copy is staged now and put in place once the import is recorded.
     let backup = match ctx.backup_dir {
-        Some(dir) => Some(backup_copy(at.0, dir, &key).map_err(ImportError::Internal)?),
+        Some(dir) => Some(stage_backup(at.0, dir, &key).map_err(ImportError::Internal)?),
         None => None,
     };
     let command = ReleaseCommand::RegisterArtifact(ArtifactImported {
@@ -314,9 +324,19 @@ async fn import_artifact(
         files,
         signer: v.signer.principal.clone(),
         fingerprint: v.signer.fingerprint.clone(),
-        backup: backup.map(|p| p.display().to_string()),
+        backup: backup.as_ref().map(|(_, out)| out.display().to_string()),
     });
-    record(ctx, at, Command::Release(command), (!existed).then_some([target.as_path(), meta.as_path()])).await?;
+    let recorded =
+        record(ctx, at, Command::Release(command), (!existed).then_some([target.as_path(), meta.as_path()])).await;
+    if let Some((tmp, out)) = backup {
+        if recorded.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        } else if let Err(e) = commit_backup(&tmp, &out) {
+            // Recorded with its backup path: a restore will say the copy is missing.
+            tracing::warn!(artifact = %key, error = %e, "the artifact's backup copy was not put in place");
+        }
+    }
+    recorded?;
     Ok(imported(&v, vec![]))
 }
 
@@ -330,26 +350,32 @@ pub fn backup_path(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{key}.bundle"))
 }
 
-/// Copies the bundle at `path` to `dir` (temp file, fsync, rename) and checks that the copy
-/// reads back with the bundle's own digest.
-fn backup_copy(path: &Path, dir: &Path, key: &str) -> Result<PathBuf, String> {
-    let out = backup_path(dir, key);
+/// Copies the bundle at `path` into `dir` under a temporary name (fsync'd) and checks that the
+/// copy reads back with the bundle's own digest: the temporary file and where it goes.
+fn stage_backup(path: &Path, dir: &Path, key: &str) -> Result<(PathBuf, PathBuf), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("registry.backup_dir {}: {e}", dir.display()))?;
     let tmp = dir.join(format!(".{key}.{}.tmp", crate::ids::random_hex(4)));
     let copied = std::fs::copy(path, &tmp)
         .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .map_err(|e| format!("copy to {}: {e}", tmp.display()));
-    if let Err(e) = copied.and_then(|_| {
-        if file_sha256(&tmp) != file_sha256(path) {
-            return Err(format!("the backup copy {} does not read back as written", tmp.display()));
-        }
-        std::fs::rename(&tmp, &out).map_err(|e| format!("rename to {}: {e}", out.display()))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| e.to_string())
-    }) {
+        .map_err(|e| format!("copy to {}: {e}", tmp.display()))
+        .and_then(|_| {
+            if file_sha256(&tmp) != file_sha256(path) {
+                return Err(format!("the backup copy {} does not read back as written", tmp.display()));
+            }
+            Ok(())
+        });
+    if let Err(e) = copied {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok(out)
+    Ok((tmp, backup_path(dir, key)))
+}
+
+/// Puts a staged backup copy in place (rename, then fsync of the directory).
+fn commit_backup(tmp: &Path, out: &Path) -> Result<(), String> {
+    std::fs::rename(tmp, out).map_err(|e| format!("rename to {}: {e}", out.display()))?;
+    let dir = out.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| e.to_string())
 }
 
 /// Artifact versions: 1–64 of `0-9 A-Z a-z . - +`, starting with a digit or letter.

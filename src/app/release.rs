@@ -178,6 +178,14 @@ impl Releases<'_> {
         reason: Option<String>,
     ) -> Result<DeploymentRecord, ReleaseError> {
         let e = self.env(env)?;
+        // The agent that would run it: a deployment no agent takes would stay pending.
+        if let Some(why) = agent_down(&e, self.local_agent) {
+            return Err(ReleaseError::Refused {
+                code: "agent_unavailable",
+                detail: format!("environment {env}: {why}"),
+                fix: Some(format!("stella orch agent status --env {env}")),
+            });
+        }
         let txn = self.store.read()?;
         let a = crate::domain::release::tables::artifact(&txn, artifact)?.ok_or_else(|| ReleaseError::Refused {
             code: "artifact_not_found",
@@ -262,6 +270,27 @@ impl Releases<'_> {
                 }
             }
         };
+        // An unfinished deployment holds the lock while its deploy step runs: it is named, not
+        // the lock (forcing that lock would break a running deployment).
+        if let Some(d) =
+            e.in_flight.as_deref().map(|id| crate::domain::release::tables::deployment(&txn, id)).transpose()?.flatten()
+        {
+            return Err(ReleaseError::Refused {
+                code: "deployment_in_progress",
+                detail: format!(
+                    "environment {env} has deployment {} ({} of {}) {} since {}",
+                    d.id,
+                    d.kind.as_str(),
+                    d.artifact,
+                    d.status.as_str(),
+                    crate::clock::rfc3339(d.created_ms)
+                ),
+                fix: Some(format!(
+                    "wait for it (stella orch deployments list --env {env}), or settle it: stella orch repair --deployment {}",
+                    d.id
+                )),
+            });
+        }
         if let Some(why) = agent_down(&e, self.local_agent) {
             return Err(ReleaseError::Refused {
                 code: "agent_unavailable",
@@ -335,7 +364,7 @@ pub struct ProbeReport {
 const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl Releases<'_> {
-    /// Runs the environment's probe DAG through its agent and waits (a minute at most) for
+    /// Runs the environment's probe DAG through its agent and waits ([`PROBE_WAIT`] at most) for
     /// its end: each check's outcome, and reach / authenticate / authorize told apart.
     pub async fn probe(&self, env: &str) -> Result<ProbeReport, ReleaseError> {
         self.probe_for(env, None).await

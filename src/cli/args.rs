@@ -203,6 +203,9 @@ pub enum OrchCmd {
     Repair {
         #[arg(long)]
         deployment: Option<String>,
+        /// Why (ledgered with the repair).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Health-check an environment.
     HealthCheck {
@@ -412,6 +415,8 @@ pub enum EnvCmd {
         env: String,
         #[arg(long)]
         to_baseline: bool,
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 

@@ -121,8 +121,8 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
         OrchCmd::HealthCheck { env } => {
             crate::cli::release::probe(g, &env, crate::cli::release::ProbePart::Health).await
         }
-        OrchCmd::Repair { deployment: Some(id) } => crate::cli::release::repair(g, &id).await,
-        OrchCmd::Repair { deployment: None } => {
+        OrchCmd::Repair { deployment: Some(id), reason } => crate::cli::release::repair(g, &id, reason).await,
+        OrchCmd::Repair { deployment: None, .. } => {
             na("projection repair from the ledger without --deployment (db verify finds the damage today)")
         }
     }

@@ -56,11 +56,11 @@ pub async fn env(g: &Global, cmd: EnvCmd) -> Result<(), CliError> {
                 out
             });
         }
-        EnvCmd::Reset { env, to_baseline } => {
+        EnvCmd::Reset { env, to_baseline, reason } => {
             if !to_baseline {
                 return Err(CliError::Invalid("env reset resets to the baseline: add --to-baseline".into()));
             }
-            let body = json!({ "toBaseline": true });
+            let body = json!({ "toBaseline": true, "reason": reason });
             let (raw, v) =
                 client.post(&format!("{P}/environments/{env}/reset"), &body).await?.ok()?.typed::<dto::Deployment>()?;
             output::show(g.format, &raw, &v, |d| {
@@ -118,7 +118,7 @@ fn env_text(e: &dto::EnvStatus, detailed: bool) -> String {
         ),
         None => format!("{} free, {} waiting", l.id, l.waiters.len()),
     });
-    out.push_str(&format!("  lock env:{}:  {lock}\n", e.name));
+    out.push_str(&format!("  lock:             env:{} {lock}\n", e.name));
     out.push_str(&format!("  agent:            {} (plugin {}, target {})\n", e.agent, e.plugin, e.target));
     out.push_str(&format!(
         "  frozen:           {}\n",
@@ -390,10 +390,13 @@ pub async fn probe(g: &Global, env: &str, part: ProbePart) -> Result<(), CliErro
     Ok(())
 }
 
-pub async fn repair(g: &Global, id: &str) -> Result<(), CliError> {
+pub async fn repair(g: &Global, id: &str, reason: Option<String>) -> Result<(), CliError> {
     let client = target::client(g)?;
-    let (raw, v) =
-        client.post(&format!("{P}/deployments/{id}/repair"), &json!({})).await?.ok()?.typed::<dto::Deployment>()?;
+    let (raw, v) = client
+        .post(&format!("{P}/deployments/{id}/repair"), &json!({ "reason": reason }))
+        .await?
+        .ok()?
+        .typed::<dto::Deployment>()?;
     output::show(g.format, &raw, &v, |d| format!("repaired: {}", deployment_text(d)));
     Ok(())
 }

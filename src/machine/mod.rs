@@ -104,8 +104,12 @@ impl Machine for Stella {
             Command::Queue(q) => queue::plan::plan(q, txn, ctx),
             Command::Lock(l) => locks::plan(l, txn, ctx),
             Command::Run(r) => {
-                if let runs::RunCommand::Start { dag, .. } = r {
-                    release::plan::guard_start(txn, dag)?;
+                match r {
+                    runs::RunCommand::Start { dag, .. } => release::plan::guard_start(txn, dag)?,
+                    runs::RunCommand::Recover { run, action: runs::Recovery::Retry | runs::Recovery::Skip, .. } => {
+                        release::plan::guard_resume(txn, run)?
+                    }
+                    _ => {}
                 }
                 runs::plan::plan(r, txn, ctx)
             }

@@ -170,6 +170,9 @@ async fn two_operators_deploying_to_one_environment_at_once_one_wins_and_the_oth
     let (won, lost) = if a.status.as_u16() == 200 { (a, b) } else { (b, a) };
     let (won, lost): (Value, Value) = (won.json().unwrap(), lost.json().unwrap());
     assert_eq!(lost["code"], "deployment_in_progress", "{lost}");
+    // A rollback meanwhile names the deployment, not the lock its deploy step holds.
+    let (_, msg) = refused(&app, &["rollback", "start", "--env", "staging", "--to", "web@1.4.0"]);
+    assert!(msg.contains("deployment_in_progress") && !msg.contains("locks release"), "{msg}");
     let detail = lost["detail"].as_str().unwrap();
     assert!(
         detail.contains(won["id"].as_str().unwrap()) && detail.contains(won["artifact"].as_str().unwrap()),
@@ -193,6 +196,12 @@ async fn a_failing_target_fails_the_deployment_with_the_plugins_error_and_frees_
     let bad = deploy(&app, "dev", "web@1.4.1").await;
     assert_eq!((bad["status"].as_str(), bad["failedStep"].as_str()), (Some("failed"), Some("health")), "{bad}");
     assert!(bad["error"].as_str().unwrap().contains("does not answer"), "{bad}");
+    // A failed deployment is not taken up again behind its checks: a new one is made instead.
+    let (code, msg) = refused(&app, &["orch", "run", "retry", bad["runId"].as_str().unwrap(), "--step", "health"]);
+    assert!(
+        code == Some(7) && msg.contains("deployment_run") && msg.contains("stella rollback start --env dev"),
+        "{msg}"
+    );
     let env = cli(&app, &["orch", "env", "status", "dev"]);
     assert_eq!(env["health"]["status"], "failing", "{env}");
     assert_eq!(env["current"]["id"], good["id"], "the last success stays current: {env}");
@@ -300,6 +309,29 @@ async fn site_releases_and_artifacts_enter_as_signed_bundles_and_a_freeze_refuse
     );
     let out = app.stella(&["bundle", "import", root.join("rel2.bundle").to_str().unwrap()]);
     assert!(!out.status.success() && stderr(&out).contains("no-such-plugin"), "{}", stderr(&out));
+
+    // web@1.4.1 again with other content: refused before anything is written, so the registry
+    // and the backup copy keep the good one.
+    write("again", "VERSION", "not 1.4.1\n");
+    let built = build_bundle(
+        root,
+        root.join("again").to_str().unwrap(),
+        "artifact",
+        "web",
+        "1.4.1",
+        key,
+        root.join("again.bundle").to_str().unwrap(),
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let backup = app.layout().lib().join("registry-backup/web@1.4.1.bundle");
+    let before = std::fs::read(&backup).unwrap();
+    let out = app.stella(&["bundle", "import", root.join("again.bundle").to_str().unwrap()]);
+    assert!(!out.status.success() && stderr(&out).contains("version_reused"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&backup).unwrap(), before, "the good backup copy stays");
+    let digest = cli(&app, &["orch", "artifacts", "get", "web@1.4.1"])["digest"].as_str().unwrap().to_owned();
+    std::fs::remove_dir_all(app.layout().registry().join("sha256").join(&digest)).unwrap();
+    cli(&app, &["registry", "restore", "--artifact", "web@1.4.1", "--from", "backup"]);
+    assert_eq!(cli(&app, &["orch", "artifacts", "get", "web@1.4.1", "--check"])["check"]["ok"], true);
 
     let other = root.join("other_ed25519");
     let made = app.stella(&["keys", "generate", "--out", other.to_str().unwrap()]);
@@ -434,6 +466,8 @@ async fn drift_is_shown_by_env_config_diff_and_reset_to_baseline_puts_the_baseli
     assert_eq!(cli(&app, &["orch", "env", "config", "diff", "staging"])["drifted"], false);
     let (_, msg) = refused(&app, &["orch", "env", "reset", "dev", "--to-baseline"]);
     assert!(msg.contains("never_deployed"), "{msg}");
+    let (_, msg) = refused(&app, &["orch", "env", "config", "diff", "dev"]);
+    assert!(msg.contains("never_deployed") && msg.contains("deploy first"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,6 +606,10 @@ async fn with_the_in_process_agent_off_the_agent_status_and_the_rollback_say_why
     let (code, msg) = refused(&app, &["rollback", "start", "--env", "prod", "--to", "web@1.4.1"]);
     assert_eq!(code, Some(7), "{msg}");
     assert!(msg.contains("agent_unavailable") && msg.contains("stella orch agent status --env prod"), "{msg}");
+    // A direct deployment no agent would take is refused too, rather than left pending.
+    let (_, msg) = refused(&app, &["deploy", "--env", "prod", "--artifact", "web@1.4.1"]);
+    assert!(msg.contains("agent_unavailable") && msg.contains("exec.enabled"), "{msg}");
+    assert!(cli(&app, &["orch", "deployments", "list"])["deployments"].as_array().unwrap().is_empty());
     let out = app.stella(&["--format", "json", "doctor"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{v}");

@@ -396,9 +396,18 @@ pub async fn config_diff(
     Path(env): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let p = site(&state, &auth, Scope::Operate)?;
-    let report = releases(&state, &p)?.probe(&env).await?;
     let rec =
         t::environment(&state.store.read()?, &env)?.ok_or_else(|| Problem::not_found(format!("environment {env}")))?;
+    if rec.current.is_none() {
+        return Err(Problem::new(
+            axum::http::StatusCode::CONFLICT,
+            "never_deployed",
+            format!(
+                "environment {env} has no successful deployment: there is no configuration to compare yet — deploy first: stella deploy --env {env} --artifact NAME@VERSION"
+            ),
+        ));
+    }
+    let report = releases(&state, &p)?.probe(&env).await?;
     if report.observe.status != "ok" {
         return Err(Problem::new(
             axum::http::StatusCode::CONFLICT,

@@ -122,15 +122,6 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                 d.started_ms = Some(entry.time);
             })?;
         }
-        ReleaseEvent::DeploymentResumed(r) => {
-            let d = update(txn, entry, &r.id, |d| {
-                d.status = DeploymentStatus::InProgress;
-                d.ended_ms = None;
-                d.error = None;
-                d.failed_step = None;
-            })?;
-            update_env(txn, entry, &d.env, |e| e.in_flight = Some(d.id.clone()))?;
-        }
         ReleaseEvent::DeploymentSucceeded(r) => {
             let d = update(txn, entry, &r.id, |d| {
                 d.status = DeploymentStatus::Success;
@@ -181,8 +172,8 @@ fn settled(e: &mut EnvRecord, d: &DeploymentRecord) {
     }
 }
 
-/// `orchestrator_deployments_total{env,kind,status}` (and, for rollbacks,
-/// `orchestrator_rollbacks_total{env,status}`) as durable counters.
+/// `orchestrator_deployments_total{env,kind,status}` as durable counters (the rollbacks'
+/// metric is read from those of kind rollback).
 fn counted(txn: &WriteTransaction, d: &DeploymentRecord) -> Result<(), ApplyError> {
     let status = d.status.as_str();
     counters::increment(txn, &format!("deployments_total|{}|{}|{status}", d.env, d.kind.as_str()))

@@ -131,7 +131,6 @@ crate::events! {
         ArtifactImported(ArtifactImported) = "artifact.imported",
         DeploymentCreated(DeploymentCreated) = "deployment.created",
         DeploymentStarted(DeploymentStarted) = "deployment.started",
-        DeploymentResumed(DeploymentRef) = "deployment.resumed",
         DeploymentSucceeded(DeploymentRef) = "deployment.succeeded",
         DeploymentFailed(DeploymentFailed) = "deployment.failed",
         DeploymentRepaired(DeploymentRepaired) = "deployment.repaired",

@@ -86,6 +86,26 @@ pub fn guard_start(txn: &WriteTransaction, dag: &str) -> Result<(), CommandError
     Ok(())
 }
 
+/// Refuses to retry or skip a step of a deployment's run: that would take the deployment up
+/// again past its checks (one at a time, freeze, the artifact verified). A new deployment or a
+/// rollback does it instead.
+pub fn guard_resume(txn: &WriteTransaction, run: &str) -> Result<(), CommandError> {
+    let table = txn.open_table(DEPLOYMENT_RUNS).map_err(storage)?;
+    let Some(id) = table.get(run).map_err(storage)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()) else {
+        return Ok(());
+    };
+    let d = deployment(txn, &id)?
+        .ok_or_else(|| CommandError::Storage(format!("deployment {id} of run {run} is missing")))?;
+    Err(CommandError::conflict(
+        "deployment_run",
+        format!(
+            "run {run} is deployment {id}'s: a deployment is not taken up again; deploy again (stella deploy --env {env} --artifact {a}) or roll back (stella rollback start --env {env})",
+            env = d.env,
+            a = d.artifact
+        ),
+    ))
+}
+
 /// A probe of the environment's target through its agent: a run of its probe DAG.
 fn probe(txn: &WriteTransaction, ctx: &mut PlanCtx, p: &ProbeRequest) -> Result<Effects, CommandError> {
     let env = env_record(txn, &p.env)?;
@@ -306,8 +326,8 @@ fn settle(
 }
 
 /// After any command's plan: the deployments whose runs its drafts move (the deploy step
-/// started, the run resumed, succeeded, failed or was cancelled) get their entries, appended
-/// to the same drafts.
+/// started, the run succeeded, failed or was cancelled) get their entries, appended to the
+/// same drafts.
 pub fn follow(txn: &WriteTransaction, drafts: &mut Vec<Draft>) -> Result<(), CommandError> {
     let moves =
         |kind: &str| matches!(kind, "step.started" | "run.resumed" | "run.succeeded" | "run.failed" | "run.cancelled");
@@ -331,13 +351,15 @@ pub fn follow(txn: &WriteTransaction, drafts: &mut Vec<Draft>) -> Result<(), Com
         else {
             continue;
         };
-        let Some(dep) = deployment(txn, &id)?.filter(|_| !settled.contains(&id)) else { continue };
+        // A settled deployment stays as it ended (its run cannot be taken up again).
+        let Some(dep) = deployment(txn, &id)?.filter(|d| !settled.contains(&id) && !d.status.terminal()) else {
+            continue;
+        };
         let subjects = vec![id.clone(), dep.env.clone()];
         let follow = match &event {
             RunEvent::StepStarted(s) if s.step == "deploy" && dep.status == super::DeploymentStatus::Pending => {
                 ReleaseEvent::DeploymentStarted(DeploymentStarted { id, agent: s.worker.clone() })
             }
-            RunEvent::Resumed(_) => ReleaseEvent::DeploymentResumed(DeploymentRef { id }),
             RunEvent::Succeeded(_) => ReleaseEvent::DeploymentSucceeded(DeploymentRef { id }),
             RunEvent::Failed(r) => {
                 // The step that failed it, from this command's entries.
