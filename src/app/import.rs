@@ -288,16 +288,22 @@ async fn import_artifact(
     }
     // A version already in the registry: the same content is nothing to do; other content is
     // refused before anything is written (the backup copy of the good one stays as it is).
-    if let Some(cur) = crate::domain::release::tables::artifact(&ctx.store.read()?, &key)? {
-        if cur.digest == m.payload.sha256 {
-            return Ok(imported(&v, vec![]));
-        }
-        let reason = format!("artifact {key} is in the registry with other content: versions are never reused");
-        return Err(reject(ctx, at, Refusal::Conflict("version_reused"), reason).await);
-    }
+    // The same version again after it was deleted or its files lost is a restore from this
+    // bundle: sealed, backed up and ledgered as `artifact.restored`.
     let registry = registry_dir(ctx.lib);
     let target = registry.join("sha256").join(&m.payload.sha256);
     let existed = target.exists();
+    let mut restore = false;
+    if let Some(cur) = crate::domain::release::tables::artifact(&ctx.store.read()?, &key)? {
+        if cur.digest != m.payload.sha256 {
+            let reason = format!("artifact {key} is in the registry with other content: versions are never reused");
+            return Err(reject(ctx, at, Refusal::Conflict("version_reused"), reason).await);
+        }
+        if cur.deleted.is_none() && existed {
+            return Ok(imported(&v, vec![]));
+        }
+        restore = true;
+    }
     let sealed = {
         let (path, v, lib, target) = (at.0.to_owned(), v.clone(), ctx.lib.to_owned(), target.clone());
         tokio::task::spawn_blocking(move || import::seal_at(&path, &v, &lib, target, &progress))
@@ -316,16 +322,24 @@ async fn import_artifact(
         Some(dir) => Some(stage_backup(at.0, dir, &key).map_err(ImportError::Internal)?),
         None => None,
     };
-    let command = ReleaseCommand::RegisterArtifact(ArtifactImported {
-        name: m.name.clone(),
-        version: m.version.clone(),
-        digest: m.payload.sha256.clone(),
-        size: files.iter().map(|f| f.size).sum(),
-        files,
-        signer: v.signer.principal.clone(),
-        fingerprint: v.signer.fingerprint.clone(),
-        backup: backup.as_ref().map(|(_, out)| out.display().to_string()),
-    });
+    let command = if restore {
+        ReleaseCommand::RestoreArtifact(crate::domain::release::ArtifactRestored {
+            artifact: key.clone(),
+            digest: m.payload.sha256.clone(),
+            from: at.1.to_owned(),
+        })
+    } else {
+        ReleaseCommand::RegisterArtifact(ArtifactImported {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            digest: m.payload.sha256.clone(),
+            size: files.iter().map(|f| f.size).sum(),
+            files,
+            signer: v.signer.principal.clone(),
+            fingerprint: v.signer.fingerprint.clone(),
+            backup: backup.as_ref().map(|(_, out)| out.display().to_string()),
+        })
+    };
     let recorded =
         record(ctx, at, Command::Release(command), (!existed).then_some([target.as_path(), meta.as_path()])).await;
     if let Some((tmp, out)) = backup {

@@ -109,11 +109,22 @@ impl Machine for Stella {
                     runs::RunCommand::Recover { run, action: runs::Recovery::Retry | runs::Recovery::Skip, .. } => {
                         release::plan::guard_resume(txn, run)?
                     }
+                    runs::RunCommand::RegisterDag { name, .. } | runs::RunCommand::DagVersion { name, .. } => {
+                        release::plan::guard_owned(txn, name)?
+                    }
                     _ => {}
                 }
                 runs::plan::plan(r, txn, ctx)
             }
-            Command::Bundle(b) => bundles::plan::plan(b, txn),
+            Command::Bundle(b) => {
+                // A DAG bundle cannot replace an environment's generated DAGs (its release can).
+                if let bundles::plan::BundleCommand::Import { dags, environments: None, .. } = b {
+                    for (name, _) in dags {
+                        release::plan::guard_owned(txn, name)?;
+                    }
+                }
+                bundles::plan::plan(b, txn)
+            }
             Command::Release(r) => release::plan(r, txn, ctx),
             Command::Tick => timers::tick(txn, ctx),
         }?;

@@ -202,6 +202,14 @@ async fn a_failing_target_fails_the_deployment_with_the_plugins_error_and_frees_
         code == Some(7) && msg.contains("deployment_run") && msg.contains("stella rollback start --env dev"),
         "{msg}"
     );
+    let replay =
+        app.socket_client().post("/api/v1/orchestrator/dlq/replay", &serde_json::json!({ "all": true })).await.unwrap();
+    let body = String::from_utf8_lossy(&replay.body).into_owned();
+    assert!(replay.status.as_u16() == 409 && body.contains("deployment_run"), "a DLQ replay neither: {body}");
+    for args in [&["orch", "dag", "disable", "deploy-dev"][..], &["orch", "dag", "rollback", "probe-dev"]] {
+        let (_, msg) = refused(&app, args);
+        assert!(msg.contains("deployment_dag") && msg.contains("release bundle"), "{args:?}: {msg}");
+    }
     let env = cli(&app, &["orch", "env", "status", "dev"]);
     assert_eq!(env["health"]["status"], "failing", "{env}");
     assert_eq!(env["current"]["id"], good["id"], "the last success stays current: {env}");
@@ -375,6 +383,18 @@ async fn a_token_of_one_tenant_cannot_see_or_change_the_sites_releases() {
         .unwrap();
     assert_eq!(r.status.as_u16(), 403);
     assert!(cli(&app, &["orch", "deployments", "list"])["deployments"].as_array().unwrap().is_empty());
+    // The site's deployment runs and environment locks are out of a tenant's reach too.
+    let d = deploy(&app, "prod", "web@1.4.1").await;
+    let run = d["runId"].as_str().unwrap();
+    assert_eq!(https.get(&format!("/api/v1/orchestrator/runs/{run}")).await.unwrap().status.as_u16(), 404);
+    let r = https.post(&format!("/api/v1/orchestrator/runs/{run}:cancel"), &serde_json::json!({})).await.unwrap();
+    assert_eq!(r.status.as_u16(), 404);
+    let r = https
+        .post("/api/v1/orchestrator/locks", &serde_json::json!({ "resource": "env:prod", "owner": "squatter" }))
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 403);
+    assert_eq!(cli(&app, &["orch", "deployments", "current", "--env", "prod"])["id"], d["id"]);
 }
 
 /// Runbook 001, "previous artifact not in registry": the rollback is refused naming the
@@ -428,6 +448,16 @@ async fn a_rollback_refused_for_a_deleted_artifact_succeeds_after_the_restore_fr
     assert_eq!((deleted.len(), deleted[0]["data"]["reason"].as_str()), (1, Some("runbook drill")));
     let (_, msg) = refused(&app, &["deploy", "--env", "prod", "--artifact", "web@1.4.0"]);
     assert!(msg.contains("artifact_deleted") && msg.contains("registry restore --artifact web@1.4.0"), "{msg}");
+
+    // The bundle imported again brings a deleted version back (ledgered as a restore).
+    let sample = app.layout().lib().join("dev/web-1.4.0.bundle");
+    let out = app.stella(&["bundle", "import", sample.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(cli(&app, &["orch", "artifacts", "get", "web@1.4.0", "--check"])["check"]["ok"], true);
+    let ledger = api_get(&app.socket_client(), "/ledger?limit=2000").await;
+    let restored = |e: &&Value| e["kind"] == "artifact.restored" && e["data"]["artifact"] == "web@1.4.0";
+    assert!(ledger["entries"].as_array().unwrap().iter().any(|e| restored(&e)));
+    cli(&app, &["registry", "retention", "apply", "--reason", "again"]);
 
     // A damaged backup is refused, and the registry is left as it was.
     let backup = app.layout().lib().join("registry-backup/web@1.4.0.bundle");

@@ -64,6 +64,14 @@ pub async fn acquire(
     JsonBody(req): JsonBody<dto::LockAcquire>,
 ) -> ApiResult<Json<dto::LockAcquired>> {
     let p = auth.require(Scope::Operate)?;
+    // An environment's lock is the site's: a tenant's token on a shared appliance cannot take it.
+    if req.resource.starts_with("env:") && !state.sees_all_tenants(p) {
+        return Err(Problem::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "locks env:<name> belong to the site's environments: a token of one tenant cannot take them",
+        ));
+    }
     let tenant = acting_tenant(&state, p, req.tenant.as_deref())?;
     let ttl_ms = req.ttl.as_deref().map(|t| ms("ttl", t)).transpose()?;
     let c = submit(

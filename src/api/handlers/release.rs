@@ -4,7 +4,6 @@
 
 use crate::api::dto;
 use crate::api::extract::{Auth, JsonBody, QueryArgs};
-use crate::api::handlers::acting_tenant;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::app::release::{Releases, check_artifact, last_known_good};
@@ -32,6 +31,7 @@ fn site(state: &AppState, auth: &Auth, scope: Scope) -> Result<Principal, Proble
 }
 
 fn releases<'a>(state: &'a AppState, p: &Principal) -> Result<Releases<'a>, Problem> {
+    let _ = crate::api::handlers::acting_tenant(state, p, None)?;
     Ok(Releases {
         store: &state.store,
         writer: &state.writer,
@@ -39,7 +39,7 @@ fn releases<'a>(state: &'a AppState, p: &Principal) -> Result<Releases<'a>, Prob
         trust_dir: &state.trust_dir,
         now_ms: state.clock.now_ms(),
         actor: crate::api::handlers::actor(p),
-        tenant: acting_tenant(state, p, None)?,
+        tenant: crate::domain::release::SITE_TENANT.to_owned(),
         local_agent: state.config.exec.enabled,
     })
 }

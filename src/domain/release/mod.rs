@@ -13,6 +13,11 @@ pub use plan::{follow, plan};
 use serde::{Deserialize, Serialize};
 pub use spec::Environment;
 
+/// The tenant deployment and probe runs (and the locks their steps take) belong to: the
+/// site's, never one of `tenants.allowed`, so a tenant's token, worker or lease cannot see,
+/// take or cancel them.
+pub const SITE_TENANT: &str = "site";
+
 /// Deployments listed or scanned at most.
 pub const DEPLOYMENT_SCAN_MAX: usize = 100_000;
 /// Successful deployments remembered per environment (for its last known good).

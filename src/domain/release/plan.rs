@@ -106,6 +106,24 @@ pub fn guard_resume(txn: &WriteTransaction, run: &str) -> Result<(), CommandErro
     ))
 }
 
+/// Refuses to register, disable, enable or roll back a DAG an environment owns (its
+/// deployment or probe DAG): only its release bundle changes it.
+pub fn guard_owned(txn: &WriteTransaction, dag: &str) -> Result<(), CommandError> {
+    let Some(env) = dag.strip_prefix("deploy-").or_else(|| dag.strip_prefix("probe-")) else { return Ok(()) };
+    let table = txn.open_table(ENVIRONMENTS).map_err(storage)?;
+    if let Some(e) = rw::get::<EnvRecord>(&table, "environments", env).map_err(storage)?.filter(|e| e.env.owns_dag(dag))
+    {
+        return Err(CommandError::conflict(
+            "deployment_dag",
+            format!(
+                "DAG {dag} belongs to environment {env} ({}): only a new version of that release bundle changes it",
+                e.declared_by.as_deref().unwrap_or("no longer declared")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A probe of the environment's target through its agent: a run of its probe DAG.
 fn probe(txn: &WriteTransaction, ctx: &mut PlanCtx, p: &ProbeRequest) -> Result<Effects, CommandError> {
     let env = env_record(txn, &p.env)?;
@@ -201,6 +219,18 @@ fn deploy(txn: &WriteTransaction, ctx: &mut PlanCtx, req: &DeployRequest) -> Res
                     h.owner,
                     crate::clock::rfc3339(h.acquired_ms),
                     h.token
+                ),
+            ));
+        }
+        if !lock.waiters.is_empty() {
+            let who: Vec<&str> = lock.waiters.iter().map(|w| w.owner.as_str()).collect();
+            return Err(CommandError::conflict(
+                "env_locked",
+                format!(
+                    "lock {resource} ({}) is held by {} and waited for by {}: a forced release would pass it to them; release their claims first (stella orch locks list --env {name})",
+                    lock.id,
+                    h.owner,
+                    who.join(", ")
                 ),
             ));
         }
@@ -351,6 +381,17 @@ pub fn follow(txn: &WriteTransaction, drafts: &mut Vec<Draft>) -> Result<(), Com
         else {
             continue;
         };
+        // Whatever would take a deployment's run up again (a retry, a skip, a DLQ replay) is
+        // refused: it would bypass the deployment's checks.
+        if matches!(event, RunEvent::Resumed(_)) {
+            return Err(CommandError::conflict(
+                "deployment_run",
+                format!(
+                    "run {} is deployment {id}'s: a deployment is not taken up again; deploy again or roll back",
+                    event.run_id()
+                ),
+            ));
+        }
         // A settled deployment stays as it ended (its run cannot be taken up again).
         let Some(dep) = deployment(txn, &id)?.filter(|d| !settled.contains(&id) && !d.status.terminal()) else {
             continue;

@@ -197,8 +197,10 @@ pub fn parse(text: &str) -> Result<Release, String> {
         if !valid_env(&agent) {
             return Err(format!("{at}: agent {agent:?} must be 1-48 of a-z, 0-9, '-', '_'"));
         }
-        if e.target.is_empty() || e.target.contains('\0') || e.target.split('/').any(|p| p == "..") {
-            return Err(format!("{at}: target {:?} must be a path without '..'", e.target));
+        // Under `<lib>/targets/` only: relative, plain components (no `.`, `..`, empty).
+        let plain = |p: &str| !p.is_empty() && p != "." && p != ".." && p.bytes().all(|b| b.is_ascii_graphic());
+        if !e.target.strip_prefix("targets/").is_some_and(|r| r.split('/').all(plain)) {
+            return Err(format!("{at}: target {:?} must be a relative path under targets/ without '..'", e.target));
         }
         let baseline =
             serde_json::to_value(e.baseline.clone().unwrap_or_default()).map_err(|x| format!("{at}: {x}"))?;
@@ -312,18 +314,23 @@ mod tests {
     fn bad_releases_are_refused_naming_the_place() {
         let cases = [
             ("[environments]\n", "at least one environment"),
-            ("[environments.a]\nplugin = \"p\"\ntarget = \"t\"\npromotesFrom = \"b\"\n", "promotesFrom names \"b\""),
             (
-                "[environments.a]\nplugin = \"p\"\ntarget = \"t\"\npromotesFrom = \"b\"\n[environments.b]\nplugin = \"p\"\ntarget = \"t\"\npromotesFrom = \"a\"\n",
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/t\"\npromotesFrom = \"b\"\n",
+                "promotesFrom names \"b\"",
+            ),
+            (
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/t\"\npromotesFrom = \"b\"\n[environments.b]\nplugin = \"p\"\ntarget = \"targets/t\"\npromotesFrom = \"a\"\n",
                 "cycle",
             ),
-            ("[environments.A]\nplugin = \"p\"\ntarget = \"t\"\n", "environment A: the name"),
-            ("[environments.a]\nplugin = \"p\"\ntarget = \"../x\"\n", "without '..'"),
+            ("[environments.A]\nplugin = \"p\"\ntarget = \"targets/t\"\n", "environment A: the name"),
+            ("[environments.a]\nplugin = \"p\"\ntarget = \"targets/../x\"\n", "without '..'"),
+            ("[environments.a]\nplugin = \"p\"\ntarget = \"/tmp/x\"\n", "under targets/"),
+            ("[environments.a]\nplugin = \"p\"\ntarget = \"registry\"\n", "under targets/"),
             (
-                "[environments.a]\nplugin = \"p\"\ntarget = \"t\"\n[[environments.a.freeze]]\nname = \"w\"\nfrom = \"2026-01-02\"\nuntil = \"2026-01-01\"\n",
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/t\"\n[[environments.a.freeze]]\nname = \"w\"\nfrom = \"2026-01-02\"\nuntil = \"2026-01-01\"\n",
                 "freeze window w: until must be after from",
             ),
-            ("[environments.a]\nplugin = \"p\"\ntarget = \"t\"\nbogus = 1\n", "unknown field"),
+            ("[environments.a]\nplugin = \"p\"\ntarget = \"targets/t\"\nbogus = 1\n", "unknown field"),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err();
