@@ -114,7 +114,14 @@ impl Machine for Stella {
                     }
                     _ => {}
                 }
-                runs::plan::plan(r, txn, ctx)
+                let mut effects = runs::plan::plan(r, txn, ctx)?;
+                if matches!(
+                    r,
+                    runs::RunCommand::Cancel { .. } | runs::RunCommand::Recover { action: runs::Recovery::Abort, .. }
+                ) {
+                    locks::release_cancelled(txn, ctx, &mut effects.drafts)?;
+                }
+                Ok(effects)
             }
             Command::Bundle(b) => {
                 // A DAG bundle cannot replace an environment's generated DAGs (its release can).

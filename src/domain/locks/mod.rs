@@ -8,7 +8,7 @@ pub mod apply;
 pub mod plan;
 pub mod tables;
 
-pub use plan::{expire, holder, plan, release_owned, try_grant};
+pub use plan::{expire, holder, plan, release_cancelled, release_owned, try_grant};
 use serde::{Deserialize, Serialize};
 
 /// Locks examined by one scan (list, force release by env, release by owner) at most.

@@ -364,3 +364,27 @@ pub fn expire(
     });
     Ok(Some(draft(&rec.tenant, &rec, event)))
 }
+
+/// A cancelled step's job gives back the locks it holds (`job:<id>`) in the cancel's own
+/// transaction: its attempt is stopped and reports nothing, so nothing else would. For the
+/// commands that cancel jobs and take no other fencing token (run cancel and abort, a
+/// deployment's repair): the releases read the token counter afresh.
+pub fn release_cancelled(txn: &WriteTransaction, ctx: &PlanCtx, drafts: &mut Vec<Draft>) -> Result<(), CommandError> {
+    use crate::domain::queue::QueueEvent;
+    let jobs: Vec<String> = drafts
+        .iter()
+        .filter_map(|d| match QueueEvent::parse(d.kind, &d.data) {
+            Some(Ok(QueueEvent::Cancelled(c))) => Some(c.job_id),
+            _ => None,
+        })
+        .collect();
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut fence = Fence::read(txn)?;
+    let mut touched = HashSet::new();
+    for job in jobs {
+        drafts.extend(release_owned(txn, ctx, &mut fence, &format!("job:{job}"), &mut touched)?);
+    }
+    Ok(())
+}

@@ -352,6 +352,7 @@ fn settle(
     let mut drafts = vec![event.draft("", vec![id.to_owned(), d.env.clone()])];
     let cancel = crate::domain::runs::RunCommand::Cancel { tenant: None, run: d.run_id.clone() };
     drafts.extend(crate::domain::runs::plan::plan(&cancel, txn, ctx)?.drafts);
+    crate::domain::locks::release_cancelled(txn, ctx, &mut drafts)?;
     Ok(Effects { drafts, note: Some(json!({ "deployment": id })), ..Effects::default() })
 }
 

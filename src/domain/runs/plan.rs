@@ -65,8 +65,7 @@ pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Resu
                 return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
             }
             p.cancel_all(false)?;
-            let drafts = p.done(ctx);
-            with_cancelled_locks_released(txn, ctx, drafts).map(Effects::from)
+            Ok(p.done(ctx).into())
         }
         RunCommand::Recover { tenant, run, action, step } => {
             recover(txn, ctx, tenant.as_deref(), run, *action, step.as_deref())
@@ -359,8 +358,7 @@ fn recover(
     }
     if action == Recovery::Abort {
         p.cancel_all(true)?;
-        let drafts = p.done(ctx);
-        return with_cancelled_locks_released(txn, ctx, drafts).map(Effects::from);
+        return Ok(p.done(ctx).into());
     }
     let target = match step {
         Some(s) => {
@@ -549,32 +547,6 @@ pub fn on_started(
 }
 
 /// The queue's hook when a step's job finished an attempt.
-/// A cancelled step's job gives back the locks it holds (`job:<id>`) in the cancel's own
-/// transaction: its attempt is stopped and reports nothing, so nothing else would. Only for the
-/// cancel and abort commands, which take no other fencing token than these releases.
-fn with_cancelled_locks_released(
-    txn: &WriteTransaction,
-    ctx: &mut PlanCtx,
-    mut drafts: Vec<Draft>,
-) -> Result<Vec<Draft>, CommandError> {
-    let jobs: Vec<String> = drafts
-        .iter()
-        .filter_map(|d| match crate::domain::queue::QueueEvent::parse(d.kind, &d.data) {
-            Some(Ok(crate::domain::queue::QueueEvent::Cancelled(c))) => Some(c.job_id),
-            _ => None,
-        })
-        .collect();
-    if jobs.is_empty() {
-        return Ok(drafts);
-    }
-    let mut fence = crate::domain::queue::plan::Fence::read(txn)?;
-    let mut touched = std::collections::HashSet::new();
-    for job in jobs {
-        drafts.extend(crate::domain::locks::release_owned(txn, ctx, &mut fence, &format!("job:{job}"), &mut touched)?);
-    }
-    Ok(drafts)
-}
-
 pub fn on_outcome(
     txn: &WriteTransaction,
     ctx: &mut PlanCtx,
