@@ -161,6 +161,18 @@ pub struct Lkg {
 }
 
 impl Releases<'_> {
+    /// Refuses (`agent_unavailable`, with the command that tells why) when no agent would take
+    /// the environment's runs now.
+    fn agent_ready(&self, e: &EnvRecord) -> Result<(), ReleaseError> {
+        let Some(why) = agent_down(e, self.local_agent) else { return Ok(()) };
+        let env = &e.env.name;
+        Err(ReleaseError::Refused {
+            code: "agent_unavailable",
+            detail: format!("environment {env}: {why}"),
+            fix: Some(format!("stella orch agent status --env {env}")),
+        })
+    }
+
     fn env(&self, name: &str) -> Result<EnvRecord, ReleaseError> {
         crate::domain::release::tables::environment(&self.store.read()?, name)?
             .filter(|e| e.declared_by.is_some())
@@ -179,13 +191,7 @@ impl Releases<'_> {
     ) -> Result<DeploymentRecord, ReleaseError> {
         let e = self.env(env)?;
         // The agent that would run it: a deployment no agent takes would stay pending.
-        if let Some(why) = agent_down(&e, self.local_agent) {
-            return Err(ReleaseError::Refused {
-                code: "agent_unavailable",
-                detail: format!("environment {env}: {why}"),
-                fix: Some(format!("stella orch agent status --env {env}")),
-            });
-        }
+        self.agent_ready(&e)?;
         let txn = self.store.read()?;
         let a = crate::domain::release::tables::artifact(&txn, artifact)?.ok_or_else(|| ReleaseError::Refused {
             code: "artifact_not_found",
@@ -291,13 +297,7 @@ impl Releases<'_> {
                 )),
             });
         }
-        if let Some(why) = agent_down(&e, self.local_agent) {
-            return Err(ReleaseError::Refused {
-                code: "agent_unavailable",
-                detail: format!("environment {env}: {why}"),
-                fix: Some(format!("stella orch agent status --env {env}")),
-            });
-        }
+        self.agent_ready(&e)?;
         if let Some(lock) = crate::machine::read::locks(&txn, None, crate::domain::locks::LOCK_SCAN_MAX)?
             .into_iter()
             .find(|l| l.resource == format!("env:{env}") && l.holder.is_some())
@@ -374,13 +374,7 @@ impl Releases<'_> {
     /// than the current one's.
     async fn probe_for(&self, env: &str, deployment: Option<&str>) -> Result<ProbeReport, ReleaseError> {
         let e = self.env(env)?;
-        if let Some(why) = agent_down(&e, self.local_agent) {
-            return Err(ReleaseError::Refused {
-                code: "agent_unavailable",
-                detail: format!("environment {env}: {why}"),
-                fix: Some(format!("stella orch agent status --env {env}")),
-            });
-        }
+        self.agent_ready(&e)?;
         let target = self.lib.join(&e.env.target).display().to_string();
         let mut events = self.writer.subscribe();
         let req = crate::domain::release::ProbeRequest {
