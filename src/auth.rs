@@ -18,10 +18,13 @@ pub enum Scope {
     Approve,
     Admin,
     Audit,
+    /// A deploy agent (`stella agent run`): leases its environment's jobs, fetches the sealed
+    /// plugins and artifacts they name, reports their outcome. Its token belongs to the site.
+    Agent,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [Scope::Read, Scope::Operate, Scope::Approve, Scope::Admin, Scope::Audit];
+    pub const ALL: [Scope; 6] = [Scope::Read, Scope::Operate, Scope::Approve, Scope::Admin, Scope::Audit, Scope::Agent];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -30,6 +33,7 @@ impl Scope {
             Scope::Approve => "orchestrator:approve",
             Scope::Admin => "orchestrator:admin",
             Scope::Audit => "orchestrator:audit",
+            Scope::Agent => "orchestrator:agent",
         }
     }
 
@@ -115,6 +119,17 @@ pub fn claimed_id(token: &str) -> Option<String> {
     shaped.then(|| format!("tok_{id}"))
 }
 
+/// The tenant of deploy agents' tokens: the site's own objects (environments, deployments and
+/// their runs), never a tenant's.
+pub const SITE_TENANT: &str = crate::domain::release::SITE_TENANT;
+
+/// Whether a token of `tenant` with `scopes` may exist: its tenant is allowed, or it is a
+/// deploy agent's token (scope `orchestrator:agent` alone) of the site.
+pub fn tenant_allowed(tenant: &str, scopes: &[String], allowed_tenants: &[String]) -> bool {
+    allowed_tenants.iter().any(|t| t == tenant)
+        || (tenant == SITE_TENANT && !scopes.is_empty() && scopes.iter().all(|s| s == Scope::Agent.as_str()))
+}
+
 /// Checks a presented token against its record. `None` means "not authenticated", whatever
 /// the reason; the comparison of hashes runs in constant time.
 pub fn check(
@@ -127,7 +142,7 @@ pub fn check(
     let presented = hash(token);
     let matches: bool = presented.as_bytes().ct_eq(record.sha256.as_bytes()).into();
     let live = record.revoked_ms.is_none() && record.expires_ms.is_none_or(|e| now_ms < e);
-    let allowed = allowed_tenants.contains(&record.tenant);
+    let allowed = tenant_allowed(&record.tenant, &record.scopes, allowed_tenants);
     if !(matches && live && allowed) {
         return None;
     }

@@ -116,7 +116,24 @@ pub struct Config {
     pub exec: ExecConfig,
     pub bundles: BundlesConfig,
     pub registry: RegistryConfig,
+    pub agents: AgentsConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// Remote deploy agents (`stella agent run`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// A remote agent that has not asked for work (nor holds a lease) for this long is down:
+    /// deployments, rollbacks and probes of its environment are refused. A running agent asks
+    /// at least every 5 s (or every `queue.long_poll_max_ms`, if shorter), so keep it well above.
+    pub down_after_ms: u64,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self { down_after_ms: 30_000 }
+    }
 }
 
 /// The artifact registry (`<lib>/registry/`).
@@ -387,6 +404,7 @@ impl Config {
             ("queue.backoff_max_ms", q.backoff_max_ms),
             ("queue.max_depth", q.max_depth),
             ("queue.long_poll_max_ms", q.long_poll_max_ms),
+            ("agents.down_after_ms", self.agents.down_after_ms),
             ("locks.timeout_ms", self.locks.timeout_ms),
             ("telemetry.log_max_files", self.telemetry.log_max_files as u64),
             ("telemetry.metrics_snapshot_interval_ms", self.telemetry.metrics_snapshot_interval_ms),

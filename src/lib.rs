@@ -2,6 +2,7 @@
 //! integration tests and the benchmarks share. The binary is only argument parsing and exit codes;
 //! everything with behaviour lives here. See `docs/ARCHITECTURE.md` for the codemap.
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod audit;

@@ -93,6 +93,7 @@ pub fn lease_cmd(worker: usize, max: u32) -> Command {
         max,
         ttl_ms: Some(60_000),
         env: None,
+        agent: None,
     })
 }
 

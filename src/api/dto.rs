@@ -311,7 +311,12 @@ pub struct LeaseRequest {
     pub ttl: Option<String>,
     /// Wait this long for work when none is ready (bounded by `queue.long_poll_max`).
     pub wait: Option<String>,
+    /// The environment the worker serves (shown by `orch agent status --env`).
     pub env: Option<String>,
+    /// Leasing as `env`'s deploy agent (`stella agent run`), of this stella version: only the
+    /// jobs bound to the agent named `worker` (scope `orchestrator:agent`, a site token).
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -34,6 +34,11 @@ impl Auth {
     pub fn require(&self, scope: Scope) -> Result<&Principal, Problem> {
         if self.0.has(scope) { Ok(&self.0) } else { Err(Problem::forbidden()) }
     }
+
+    /// Like [`Auth::require`], for a route that either of two scopes may use.
+    pub fn require_either(&self, a: Scope, b: Scope) -> Result<&Principal, Problem> {
+        if self.0.has(a) || self.0.has(b) { Ok(&self.0) } else { Err(Problem::forbidden()) }
+    }
 }
 
 /// Who a request turned out to be, filled in by [`Auth`] for the server's request log line:

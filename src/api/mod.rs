@@ -91,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bundles/upload", post(bundles::upload))
         .route("/bundles/verify-installed", post(bundles::verify_installed))
         .route("/bundles/{name}", get(bundles::show).delete(bundles::remove))
+        .route("/sealed/{kind}/{digest}", get(bundles::sealed))
         .route("/progress/{id}", get(bundles::progress))
         .route("/exports", post(exports::create))
         .route("/schedules", get(dags::schedules))

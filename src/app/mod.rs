@@ -6,3 +6,4 @@ pub mod export;
 pub mod import;
 pub mod installed;
 pub mod release;
+pub mod sealed;

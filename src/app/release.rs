@@ -22,8 +22,9 @@ pub struct Releases<'a> {
     pub actor: Actor,
     /// The tenant the deployment's run belongs to.
     pub tenant: String,
-    /// Whether the in-process agent (the daemon's executor, `exec.enabled`) runs.
-    pub local_agent: bool,
+    /// Whether the in-process agent (the daemon's executor, `exec.enabled`) runs, and when a
+    /// remote one is down (`agents.down_after_ms`).
+    pub config: &'a crate::config::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +165,7 @@ impl Releases<'_> {
     /// Refuses (`agent_unavailable`, with the command that tells why) when no agent would take
     /// the environment's runs now.
     fn agent_ready(&self, e: &EnvRecord) -> Result<(), ReleaseError> {
-        let Some(why) = agent_down(e, self.local_agent) else { return Ok(()) };
+        let Some(why) = agent_down(&self.store.read()?, e, self.config, self.now_ms)? else { return Ok(()) };
         let env = &e.env.name;
         Err(ReleaseError::Refused {
             code: "agent_unavailable",
@@ -224,8 +225,9 @@ impl Releases<'_> {
             digest: a.digest.clone(),
             kind,
             force,
-            target: self.lib.join(&e.env.target).display().to_string(),
-            source: artifact_dir(self.lib, &a.digest).display().to_string(),
+            target: target_of(self.lib, &e),
+            // A remote agent fetches the artifact by its digest into its own cache.
+            source: if remote(&e) { String::new() } else { artifact_dir(self.lib, &a.digest).display().to_string() },
             reason,
         };
         let c = self.writer.submit(self.actor.clone(), Command::Release(ReleaseCommand::Deploy(req))).await?;
@@ -320,14 +322,58 @@ impl Releases<'_> {
     }
 }
 
-/// Why the environment's agent could not take a deployment now, if it could not: the local
-/// agent is the daemon's executor (it runs unless `exec.enabled = false`).
-pub fn agent_down(env: &EnvRecord, local_agent: bool) -> Option<String> {
-    if env.env.agent != crate::domain::release::spec::LOCAL_AGENT {
-        return Some(format!("agent {} is a remote agent, and remote agents are not available yet", env.env.agent));
-    }
-    (!local_agent).then(|| "the in-process agent does not run (exec.enabled = false in orchestrator.toml)".to_owned())
+fn remote(e: &EnvRecord) -> bool {
+    e.env.agent != crate::domain::release::spec::LOCAL_AGENT
 }
+
+/// The environment's target as its agent's plugin receives it: under the appliance's lib
+/// directory for the in-process agent; for a remote one, relative (`targets/<env>`), under the
+/// agent's own directory on its host.
+pub fn target_of(lib: &Path, e: &EnvRecord) -> String {
+    if remote(e) { e.env.target.clone() } else { lib.join(&e.env.target).display().to_string() }
+}
+
+/// Why the environment's agent could not take a deployment now, if it could not: the local
+/// agent is the daemon's executor (it runs unless `exec.enabled = false`); a remote one must
+/// have asked for work within `agents.down_after_ms` or hold a lease (a running agent asks at
+/// least every [`crate::agent::POLL`]).
+pub fn agent_down(
+    txn: &redb::ReadTransaction,
+    env: &EnvRecord,
+    config: &crate::config::Config,
+    now_ms: i64,
+) -> Result<Option<String>, StoreError> {
+    if env.env.agent == crate::domain::release::spec::LOCAL_AGENT {
+        return Ok((!config.exec.enabled)
+            .then(|| "the in-process agent does not run (exec.enabled = false in orchestrator.toml)".to_owned()));
+    }
+    let name = &env.env.agent;
+    let seen = crate::machine::read::workers(txn, WORKERS_MAX)?
+        .into_iter()
+        .find(|w| &w.id == name && w.env.as_deref() == Some(env.env.name.as_str()) && w.version.is_some());
+    let Some(w) = seen else {
+        return Ok(Some(format!(
+            "agent {name} has never asked for work: start it on the target's host (stella agent run --env {})",
+            env.env.name
+        )));
+    };
+    let age = (now_ms - w.last_seen_ms).max(0);
+    let down_after = config.agents.down_after_ms as i64;
+    if age <= down_after || crate::machine::read::leases_by_worker(txn, LEASE_SCAN)?.contains_key(name) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "agent {name} was last seen {}s ago ({}), longer than {}s: it is down (start it: stella agent run --env {})",
+        age / 1000,
+        crate::clock::rfc3339(w.last_seen_ms),
+        down_after / 1000,
+        env.env.name
+    )))
+}
+
+/// Workers and lease timers examined to tell whether an agent is alive.
+const WORKERS_MAX: usize = 10_000;
+const LEASE_SCAN: usize = 100_000;
 
 /// One check a probe ran: `ok`, `failed`, or `absent` (the plugin has no such kind) /
 /// `running` (not done within the wait).
@@ -375,7 +421,7 @@ impl Releases<'_> {
     async fn probe_for(&self, env: &str, deployment: Option<&str>) -> Result<ProbeReport, ReleaseError> {
         let e = self.env(env)?;
         self.agent_ready(&e)?;
-        let target = self.lib.join(&e.env.target).display().to_string();
+        let target = target_of(self.lib, &e);
         let mut events = self.writer.subscribe();
         let req = crate::domain::release::ProbeRequest {
             tenant: self.tenant.clone(),
@@ -732,7 +778,6 @@ pub fn rollback_health(
     config: &crate::config::Config,
     lib: &Path,
     trust_dir: &Path,
-    local_agent: bool,
     now_ms: i64,
 ) -> Result<Vec<Finding>, StoreError> {
     use crate::domain::release::tables as t;
@@ -773,7 +818,7 @@ pub fn rollback_health(
                 lkg.restorable.as_ref().map(|a| format!("stella registry restore --artifact {a} --from backup")),
             ),
         }
-        if let Some(why) = agent_down(e, local_agent) {
+        if let Some(why) = agent_down(&txn, e, config, now_ms)? {
             finding(
                 "error",
                 &subject,

@@ -92,6 +92,41 @@ pub enum Top {
     /// Man pages and shell completions.
     #[command(subcommand)]
     Generate(GenerateCmd),
+    /// A deploy agent on an environment's host.
+    #[command(subcommand)]
+    Agent(AgentTopCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentTopCmd {
+    /// Run the deploy agent of an environment: lease its deployment and probe jobs from the
+    /// appliance (--server URL --ca FILE --token TOKEN, a site token of scope
+    /// orchestrator:agent), verify each signed plugin and artifact against --trust, run them here.
+    Run(AgentRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    /// The environment this agent deploys.
+    #[arg(long)]
+    pub env: String,
+    /// The agent's name [default: the agent the environment's release names].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the agent keeps verified plugins and artifacts, attempt directories and targets
+    /// [default: $STATE_DIRECTORY, <state-dir>/agent, or /var/lib/stella-agent].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Directory with the allowed_signers (and revoked) that plugins and artifacts must verify
+    /// against [default: the appliance's trust store with --state-dir, else <dir>/trust].
+    #[arg(long, value_name = "DIR")]
+    pub trust: Option<PathBuf>,
+    /// Attempts run at once.
+    #[arg(long, default_value_t = 2)]
+    pub slots: usize,
+    /// Lease duration; the agent heartbeats every third of it.
+    #[arg(long, default_value = "30s")]
+    pub lease_ttl: String,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let g = cli.global;
     match cli.command {
         Top::Serve(a) => serve_cmd(&g, a),
+        Top::Agent(AgentTopCmd::Run(a)) => agent_run(&g, a),
         Top::Generate(cmd) => generate(cmd),
         Top::Service(ServiceCmd::Restart { service }) => service_restart(&g, &service),
         Top::Orch(OrchCmd::Db(DbCmd::Verify { offline: true, chain_only })) => db_verify_offline(&g, chain_only),
@@ -47,6 +48,44 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             runtime.block_on(client_command(&g, other))
         }
     }
+}
+
+/// `stella agent run`: the deploy agent, until SIGTERM or SIGINT (then it finishes what it has).
+fn agent_run(g: &Global, a: AgentRunArgs) -> Result<(), CliError> {
+    let lease_ttl = crate::duration::parse(&a.lease_ttl).map_err(|e| CliError::Invalid(format!("--lease-ttl: {e}")))?;
+    if lease_ttl < std::time::Duration::from_secs(3) {
+        return Err(CliError::Invalid("--lease-ttl: at least 3s".into()));
+    }
+    let dir = a.dir.clone().unwrap_or_else(|| match (std::env::var_os("STATE_DIRECTORY"), &g.state_dir) {
+        (Some(d), _) => d.into(),
+        (None, Some(s)) => s.join("agent"),
+        (None, None) => "/var/lib/stella-agent".into(),
+    });
+    let trust_dir = a.trust.clone().unwrap_or_else(|| match &g.state_dir {
+        Some(_) => target::layout(g).trust_dir(),
+        None => dir.join("trust"),
+    });
+    let client = target::client(g)?;
+    crate::telemetry::logs::init(None).map_err(CliError::Other)?;
+    let opts =
+        crate::agent::Options { env: a.env, name: a.name, dir, trust_dir, slots: a.slots.clamp(1, 64), lease_ttl };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("start async runtime: {e}")))?;
+    runtime.block_on(async move {
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = stop_tx.send(true);
+        });
+        crate::agent::run(client, opts, stop).await
+    })
 }
 
 fn serve_cmd(g: &Global, a: ServeArgs) -> Result<(), CliError> {
@@ -88,7 +127,7 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Backup(_) => na("store backup and restore (no issue filed yet)"),
         Top::Secrets(cmd) => secrets(g, cmd).await,
         Top::Bundle(cmd) => crate::cli::bundle::remote(g, cmd).await,
-        Top::Serve(_) | Top::Generate(_) | Top::Service(_) | Top::Keys(_) => {
+        Top::Serve(_) | Top::Generate(_) | Top::Service(_) | Top::Keys(_) | Top::Agent(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

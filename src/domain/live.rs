@@ -21,6 +21,8 @@ pub enum LiveWrite {
         tenant: String,
         types: Vec<String>,
         env: Option<String>,
+        /// A deploy agent's stella version.
+        version: Option<String>,
     },
     Timer {
         due_ms: i64,
@@ -68,7 +70,7 @@ pub fn apply(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<(),
                 })?;
                 txn.open_table(SECRETS)?.insert(name.as_str(), key.seal(name, value).as_slice())?;
             }
-            LiveWrite::WorkerSeen { id, tenant, types, env } => {
+            LiveWrite::WorkerSeen { id, tenant, types, env, version } => {
                 let mut table = txn.open_table(WORKERS)?;
                 let first_seen_ms =
                     rw::get::<WorkerRecord>(&table, "workers", id).ok().flatten().map_or(now, |w| w.first_seen_ms);
@@ -79,6 +81,7 @@ pub fn apply(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<(),
                     env: env.clone(),
                     first_seen_ms,
                     last_seen_ms: now,
+                    version: version.clone(),
                 };
                 table.insert(id.as_str(), rec.to_json_bytes().as_slice())?;
             }

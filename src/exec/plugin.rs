@@ -8,7 +8,7 @@ use crate::exec::builtin::StepResult;
 use crate::exec::protocol::{Event, PROTOCOL, Request};
 use crate::telemetry::redact;
 use serde_json::{Map, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -460,23 +460,79 @@ fn verdict(status: std::io::Result<std::process::ExitStatus>, events: Events, la
     }
 }
 
+/// The plugin process of one attempt of job `job` (of type `job_type`, leased as `attempt`):
+/// the sealed plugin in `plugin_dir` (its `plugin.toml` read there), the step kind the job
+/// asks for (or the plugin's only one), a fresh working directory under `work_root`, and the
+/// secrets' values, resolved by the caller. The in-process executor and a remote deploy agent
+/// build their attempts with it.
+pub struct Attempt<'a> {
+    pub job: &'a str,
+    pub job_type: &'a str,
+    pub attempt: u32,
+    pub payload: &'a Value,
+    pub plugin_dir: &'a Path,
+    pub work_root: &'a Path,
+    pub secrets: std::collections::BTreeMap<String, String>,
+}
+
+impl Attempt<'_> {
+    pub fn invocation(self) -> Result<Invocation, (&'static str, String)> {
+        let missing = |e: String| ("plugin_missing", e);
+        let (job_type, dir) = (self.job_type, self.plugin_dir);
+        let digest = self.payload["pluginDigest"].as_str().unwrap_or("unpinned");
+        let manifest: crate::plugins::Manifest = std::fs::read_to_string(dir.join("plugin.toml"))
+            .map_err(|e| format!("plugin {job_type} ({digest}) is not in the sealed store: {e}"))
+            .and_then(|t| toml::from_str(&t).map_err(|e| format!("plugin {job_type}: plugin.toml: {e}")))
+            .map_err(missing)?;
+        // The kind the step asked for, or the plugin's only one; a plugin upgraded since the
+        // DAG was registered may no longer implement it.
+        let kinds = manifest.kinds();
+        let kind = match self.payload["kind"].as_str() {
+            Some(k) if kinds.iter().any(|x| x == k) => k.to_owned(),
+            None if kinds.len() == 1 => kinds[0].clone(),
+            asked => {
+                return Err((
+                    "unknown_kind",
+                    format!("plugin {job_type} ({digest}) implements {}, not {asked:?}", kinds.join(", ")),
+                ));
+            }
+        };
+        let run = self.payload["run"].as_str().unwrap_or("none");
+        let step = self.payload["step"].as_str().unwrap_or("none");
+        let workdir = self.work_root.join(run).join(step).join(format!("{}-{}", self.job, self.attempt));
+        let (mut request, mut env) = request_and_env(self.job, self.payload, &workdir, self.attempt, &kind);
+        env.push(("STELLA_KIND".to_owned(), kind));
+        let values = self.secrets.values().cloned().collect();
+        request.secrets = self.secrets;
+        Ok(Invocation {
+            secrets: values,
+            program: dir.join(&manifest.entrypoint),
+            workdir,
+            request,
+            env,
+            timeout: Duration::from_millis(self.payload["timeoutMs"].as_u64().unwrap_or(300_000)),
+            work_root: self.work_root.to_path_buf(),
+        })
+    }
+}
+
 /// The request of protocol v1 (for step `kind`, secrets added by the caller) and the
 /// environment a plugin starts with: nothing of the daemon's own environment, only what the
 /// step needs.
-pub fn request_and_env(
-    job: &crate::domain::queue::tables::JobRecord,
+fn request_and_env(
+    job: &str,
+    p: &Value,
     workdir: &std::path::Path,
     attempt: u32,
     kind: &str,
 ) -> (Request, Vec<(String, String)>) {
-    let p = &job.payload;
     let run = p["run"].as_str().unwrap_or_default();
     let step = p["step"].as_str().unwrap_or_default();
-    let traceparent = crate::telemetry::otlp::traceparent(run, &job.id, attempt);
+    let traceparent = crate::telemetry::otlp::traceparent(run, job, attempt);
     let request = Request {
         attempt,
         inputs: p["inputs"].clone(),
-        job: job.id.clone(),
+        job: job.to_owned(),
         kind: kind.to_owned(),
         protocol: PROTOCOL,
         run: run.to_owned(),
@@ -491,7 +547,7 @@ pub fn request_and_env(
         ("STELLA_PROTOCOL".to_owned(), "1".to_owned()),
         ("STELLA_RUN".to_owned(), run.to_owned()),
         ("STELLA_STEP".to_owned(), step.to_owned()),
-        ("STELLA_JOB".to_owned(), job.id.clone()),
+        ("STELLA_JOB".to_owned(), job.to_owned()),
         ("STELLA_ATTEMPT".to_owned(), attempt.to_string()),
         ("STELLA_WORKDIR".to_owned(), workdir.display().to_string()),
         ("TRACEPARENT".to_owned(), traceparent),

@@ -77,6 +77,7 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
                 max: free as u32,
                 ttl_ms: Some(opts.lease_ttl_ms),
                 env: None,
+                agent: None,
             });
             match writer.submit(actor(&opts.worker), lease).await {
                 Ok(c) => {
@@ -178,36 +179,10 @@ impl Attempt {
     fn invocation(
         &self,
         job: &crate::domain::queue::tables::JobRecord,
-        timeout: Duration,
     ) -> Result<plugin::Invocation, (&'static str, String)> {
-        let missing = |e: String| ("plugin_missing", e);
         let digest = job.payload["pluginDigest"]
             .as_str()
-            .ok_or_else(|| missing(format!("job {} pins no plugin digest", job.id)))?;
-        let dir = crate::plugins::sealed_dir(&self.opts.lib, digest);
-        let manifest: crate::plugins::Manifest = std::fs::read_to_string(dir.join("plugin.toml"))
-            .map_err(|e| format!("plugin {} ({digest}) is not in the sealed store: {e}", job.job_type))
-            .and_then(|t| toml::from_str(&t).map_err(|e| format!("plugin {}: plugin.toml: {e}", job.job_type)))
-            .map_err(missing)?;
-        // The kind the step asked for, or the plugin's only one; a plugin upgraded since the
-        // DAG was registered may no longer implement it.
-        let kinds = manifest.kinds();
-        let kind = match job.payload["kind"].as_str() {
-            Some(k) if kinds.iter().any(|x| x == k) => k.to_owned(),
-            None if kinds.len() == 1 => kinds[0].clone(),
-            asked => {
-                return Err((
-                    "unknown_kind",
-                    format!("plugin {} ({digest}) implements {}, not {asked:?}", job.job_type, kinds.join(", ")),
-                ));
-            }
-        };
-        let attempt = job.attempt;
-        let run = job.payload["run"].as_str().unwrap_or("none");
-        let step = job.payload["step"].as_str().unwrap_or("none");
-        let workdir = self.opts.lib.join("work").join(run).join(step).join(format!("{}-{attempt}", job.id));
-        let (mut request, mut env) = plugin::request_and_env(job, &workdir, attempt, &kind);
-        env.push(("STELLA_KIND".to_owned(), kind.clone()));
+            .ok_or_else(|| ("plugin_missing", format!("job {} pins no plugin digest", job.id)))?;
         // Secrets travel by reference until here: resolved now, given on stdin only.
         let mut secrets = std::collections::BTreeMap::new();
         let txn = self.store.read().map_err(|e| ("store", e.to_string()))?;
@@ -217,17 +192,16 @@ impl Attempt {
                 .ok_or_else(|| ("secret_missing", format!("secret {name:?} is not set (stella secrets set {name})")))?;
             secrets.insert(name.to_owned(), value);
         }
-        let values = secrets.values().cloned().collect();
-        request.secrets = secrets;
-        Ok(plugin::Invocation {
-            secrets: values,
-            program: dir.join(&manifest.entrypoint),
-            workdir,
-            request,
-            env,
-            timeout,
-            work_root: self.opts.lib.join("work"),
-        })
+        plugin::Attempt {
+            job: &job.id,
+            job_type: &job.job_type,
+            attempt: job.attempt,
+            payload: &job.payload,
+            plugin_dir: &crate::plugins::sealed_dir(&self.opts.lib, digest),
+            work_root: &self.opts.lib.join("work"),
+            secrets,
+        }
+        .invocation()
     }
 
     async fn run(self, slot: Slot) {
@@ -253,7 +227,7 @@ impl Attempt {
             if builtin_kind(&job.job_type) {
                 Box::pin(async { Some(builtin::run(&job.job_type, &job.payload["inputs"]).await) })
             } else {
-                match self.invocation(&job, timeout) {
+                match self.invocation(&job) {
                     Ok(inv) => Box::pin(plugin::run(inv, cancelled)),
                     Err((code, e)) => Box::pin(async move { Some(StepResult::Failed { code: code.into(), error: e }) }),
                 }

@@ -109,9 +109,11 @@ impl Machine for Stella {
                     runs::RunCommand::Recover { run, action: runs::Recovery::Retry | runs::Recovery::Skip, .. } => {
                         release::plan::guard_resume(txn, run)?
                     }
-                    runs::RunCommand::RegisterDag { name, .. } | runs::RunCommand::DagVersion { name, .. } => {
-                        release::plan::guard_owned(txn, name)?
+                    runs::RunCommand::RegisterDag { name, spec, .. } => {
+                        release::plan::guard_owned(txn, name)?;
+                        release::plan::guard_agent_steps(name, spec)?
                     }
+                    runs::RunCommand::DagVersion { name, .. } => release::plan::guard_owned(txn, name)?,
                     _ => {}
                 }
                 let mut effects = runs::plan::plan(r, txn, ctx)?;
@@ -126,8 +128,9 @@ impl Machine for Stella {
             Command::Bundle(b) => {
                 // A DAG bundle cannot replace an environment's generated DAGs (its release can).
                 if let bundles::plan::BundleCommand::Import { dags, environments: None, .. } = b {
-                    for (name, _) in dags {
+                    for (name, spec) in dags {
                         release::plan::guard_owned(txn, name)?;
+                        release::plan::guard_agent_steps(name, spec)?;
                     }
                 }
                 bundles::plan::plan(b, txn)

@@ -64,6 +64,7 @@ fn lease(d: &Direct) -> Vec<(String, u64, String, Value)> {
             max: 256,
             ttl_ms: Some(60_000),
             env: None,
+            agent: None,
         }))
         .unwrap();
     let started: Vec<&stella::kernel::ledger::Entry> = c.entries.iter().filter(|e| e.kind == "step.started").collect();

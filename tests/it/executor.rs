@@ -41,6 +41,7 @@ fn only_batches_that_append_entries_are_synced() {
         max: 8,
         ttl_ms: Some(60_000),
         env: None,
+        agent: None,
     });
     let c = d.submit(lease.clone()).unwrap();
     assert!(c.entries.is_empty());

@@ -2,6 +2,7 @@
 //! public surfaces (CLI, HTTP API over the socket and TLS, files). `support` holds the
 //! `TestAppliance` helper every module uses.
 
+mod agents;
 mod api_auth;
 mod api_hostile;
 mod bundles;

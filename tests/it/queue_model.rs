@@ -171,6 +171,7 @@ impl StateMachineTest for QueueMachine {
                         max,
                         ttl_ms: Some(ttl_ms),
                         env: None,
+                        agent: None,
                     }))
                     .unwrap();
                 for entry in &c.entries {
@@ -373,6 +374,7 @@ fn a_worker_paused_past_its_lease_is_refused_and_the_job_runs_elsewhere() {
                 max: 1,
                 ttl_ms: Some(1_000),
                 env: None,
+                agent: None,
             }))
             .unwrap();
         c.entries.first().map(|e| e.data["leases"][0]["token"].as_u64().unwrap())
@@ -435,6 +437,7 @@ fn lease_n(sut: &Sut, max: u32) -> Vec<(String, u64)> {
             max,
             ttl_ms: Some(60_000),
             env: None,
+            agent: None,
         }))
         .unwrap();
     c.entries

@@ -213,3 +213,31 @@ pub async fn progress(
     let p = state.progress.get(&id).ok_or_else(|| Problem::not_found(format!("progress {id}")))?;
     Ok(Json(p.snapshot()))
 }
+
+/// `GET /sealed/{kind}/{digest}`: a plugin's or an artifact's sealed copy with its signed
+/// members, as one tar, for a remote deploy agent (which verifies it against its own trust
+/// store before running anything from it).
+pub async fn sealed(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    axum::extract::Path((kind, digest)): axum::extract::Path<(String, String)>,
+) -> ApiResult<axum::response::Response> {
+    use crate::app::sealed::{PackError, Sealed, pack, valid_digest};
+    use axum::response::IntoResponse;
+    auth.require(Scope::Agent)?;
+    let kind = Sealed::parse(&kind)
+        .ok_or_else(|| Problem::not_found(format!("sealed copies of {kind:?} (plugin, artifact)")))?;
+    if !valid_digest(&digest) {
+        return Err(Problem::invalid("digest", "a sha256 digest: 64 lowercase hex digits"));
+    }
+    let lib = state.lib.clone();
+    let packed = tokio::task::spawn_blocking(move || pack(&lib, kind, &digest))
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    match packed {
+        Ok(bytes) => Ok(([(axum::http::header::CONTENT_TYPE, "application/x-tar")], bytes).into_response()),
+        Err(PackError::NotFound(e)) => Err(Problem::new(StatusCode::NOT_FOUND, "not_found", e)),
+        Err(PackError::TooLarge(e)) => Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e)),
+        Err(PackError::Io(e)) => Err(Problem::internal(e)),
+    }
+}

@@ -130,7 +130,18 @@ pub async fn lease(
     auth: Auth,
     JsonBody(req): JsonBody<dto::LeaseRequest>,
 ) -> ApiResult<Json<dto::LeaseResponse>> {
-    let p = auth.require(Scope::Operate)?;
+    let p = auth.require_either(Scope::Operate, Scope::Agent)?;
+    let tenant = match &req.agent {
+        None if p.has(Scope::Operate) => p.tenant.clone(),
+        None => {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a token of scope orchestrator:agent leases only as a deploy agent (\"agent\": its version, \"env\": its environment)",
+            ));
+        }
+        Some(version) => Some(agent_tenant(&state, p, &req, version)?),
+    };
     if req.types.is_empty() || req.types.iter().any(|t| !valid_type(t)) {
         return Err(Problem::invalid("types", "name at least one job type (1-64 of a-z, 0-9, '.', '-', '_')"));
     }
@@ -157,13 +168,14 @@ pub async fn lease(
     let mut events = state.writer.subscribe();
     loop {
         let command = Command::Queue(QueueCommand::Lease {
-            tenant: p.tenant.clone(),
+            tenant: tenant.clone(),
             worker: req.worker.clone(),
-            worker_tenant: p.tenant.clone().unwrap_or_default(),
+            worker_tenant: tenant.clone().unwrap_or_default(),
             types: req.types.clone(),
             max,
             ttl_ms,
             env: req.env.clone(),
+            agent: req.agent.clone(),
         });
         let c = submit(&state, p, command).await?;
         if !c.entries.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -185,6 +197,33 @@ pub async fn lease(
             return Ok(Json(dto::LeaseResponse { leases: vec![] }));
         }
     }
+}
+
+/// The tenant a deploy agent's lease takes jobs of (the site's), once it has shown it may
+/// lease as one: scope `orchestrator:agent`, a site token (or one that sees every tenant), an
+/// environment that exists.
+fn agent_tenant(state: &AppState, p: &Principal, req: &dto::LeaseRequest, version: &str) -> Result<String, Problem> {
+    let site = crate::auth::SITE_TENANT;
+    if !p.has(Scope::Agent) || !(p.tenant.as_deref() == Some(site) || state.sees_all_tenants(p)) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "leasing as a deploy agent needs a site token of scope orchestrator:agent (stella auth token create --tenant {site} --scopes orchestrator:agent)"
+            ),
+        ));
+    }
+    if version.is_empty() || version.len() > 64 {
+        return Err(Problem::invalid("agent", "the agent's version: 1-64 characters"));
+    }
+    let env = req
+        .env
+        .as_deref()
+        .ok_or_else(|| Problem::invalid("env", "a deploy agent leases for one environment: name it"))?;
+    if crate::domain::release::tables::environment(&state.store.read()?, env)?.is_none_or(|e| e.declared_by.is_none()) {
+        return Err(Problem::not_found(format!("environment {env}")));
+    }
+    Ok(site.to_owned())
 }
 
 fn leased(state: &AppState, c: &Committed) -> ApiResult<dto::LeaseResponse> {
@@ -215,7 +254,7 @@ pub async fn lease_action(
     Path((job, action)): Path<(String, String)>,
     JsonBody(req): JsonBody<dto::LeaseAction>,
 ) -> ApiResult<Json<dto::Job>> {
-    let p = auth.require(Scope::Operate)?;
+    let p = auth.require_either(Scope::Operate, Scope::Agent)?;
     let tenant = p.tenant.clone();
     let command = match action.as_str() {
         "heartbeat" => {

@@ -20,7 +20,8 @@ const LIST_MAX: usize = 1_000;
 /// The site's release objects are for principals that see every tenant.
 fn site(state: &AppState, auth: &Auth, scope: Scope) -> Result<Principal, Problem> {
     let p = auth.require(scope)?;
-    if !state.sees_all_tenants(p) {
+    // A deploy agent's token belongs to the site.
+    if !state.sees_all_tenants(p) && p.tenant.as_deref() != Some(crate::auth::SITE_TENANT) {
         return Err(Problem::new(
             axum::http::StatusCode::FORBIDDEN,
             "forbidden",
@@ -40,7 +41,7 @@ fn releases<'a>(state: &'a AppState, p: &Principal) -> Result<Releases<'a>, Prob
         now_ms: state.clock.now_ms(),
         actor: crate::api::handlers::actor(p),
         tenant: crate::domain::release::SITE_TENANT.to_owned(),
-        local_agent: state.config.exec.enabled,
+        config: &state.config,
     })
 }
 
@@ -206,7 +207,7 @@ async fn status_of(state: &Arc<AppState>, e: &EnvRecord, detailed: bool) -> ApiR
         description: e.env.description.clone(),
         agent: e.env.agent.clone(),
         plugin: e.env.plugin.clone(),
-        target: state.lib.join(&e.env.target).display().to_string(),
+        target: crate::app::release::target_of(&state.lib, e),
         declared_by: e.declared_by.clone(),
         baseline_version: e.baseline_version,
         current: get(&e.current)?.as_ref().map(deployment),
@@ -584,7 +585,7 @@ pub async fn doctor(
     }
     let (st, now) = (state.clone(), state.clock.now_ms());
     let findings = tokio::task::spawn_blocking(move || {
-        crate::app::release::rollback_health(&st.store, &st.config, &st.lib, &st.trust_dir, st.config.exec.enabled, now)
+        crate::app::release::rollback_health(&st.store, &st.config, &st.lib, &st.trust_dir, now)
     })
     .await
     .map_err(|e| Problem::internal(e.to_string()))??;
@@ -606,30 +607,42 @@ pub async fn agents(
     let ttl = state.config.queue.lease_ttl_ms as i64;
     let leases = crate::machine::read::leases_by_worker(&txn, 100_000)?;
     let local = e.env.agent == crate::domain::release::spec::LOCAL_AGENT;
+    let down = crate::app::release::agent_down(&txn, &e, &state.config, now)?;
     let agents: Vec<serde_json::Value> = crate::machine::read::workers(&txn, 10_000)?
         .into_iter()
         .filter(|w| w.types.contains(&e.env.plugin) || w.env.as_deref() == Some(env.as_str()))
         .map(|w| {
             let in_process = w.id.starts_with(crate::domain::queue::LOCAL_WORKER);
             let age = (now - w.last_seen_ms).max(0);
+            let held = leases.get(&w.id).copied().unwrap_or(0);
             let why_not = if !in_process && local {
                 Some(format!("environment {env} is deployed by the in-process agent, not by {}", w.id))
             } else if in_process && !local {
                 Some(format!("environment {env} is deployed by agent {}", e.env.agent))
             } else if in_process && !state.config.exec.enabled {
                 Some("the in-process agent is off (exec.enabled = false)".to_owned())
-            } else if age > ttl {
+            } else if in_process && age > ttl {
                 Some(format!("not seen for {}s, longer than a lease ({}s): it is down", age / 1000, ttl / 1000))
-            } else {
+            } else if in_process {
                 None
+            } else if w.id != e.env.agent {
+                Some(format!("environment {env} is deployed by agent {}, not by {}", e.env.agent, w.id))
+            } else if w.version.is_none() || w.env.as_deref() != Some(env.as_str()) {
+                Some(format!(
+                    "{} leases as a worker, not as the deploy agent of {env} (stella agent run --env {env})",
+                    w.id
+                ))
+            } else {
+                down.clone()
             };
             serde_json::json!({
                 "id": w.id,
                 "kind": if in_process { "in-process" } else { "remote" },
-                "version": in_process.then_some(env!("CARGO_PKG_VERSION")),
+                "version": if in_process { Some(env!("CARGO_PKG_VERSION").to_owned()) } else { w.version.clone() },
+                "env": w.env,
                 "lastHeartbeat": crate::clock::rfc3339(w.last_seen_ms),
                 "lastSeenSecondsAgo": age / 1000,
-                "leases": leases.get(&w.id).copied().unwrap_or(0),
+                "leases": held,
                 "chosen": why_not.is_none(),
                 "whyNot": why_not,
             })
@@ -642,10 +655,7 @@ pub async fn agents(
     } else if local {
         Some("the in-process agent has not leased yet: it does on the first deployment".to_owned())
     } else {
-        Some(format!(
-            "agent {} has not been seen: remote agents (stella agent run --env {env}) are not available yet",
-            e.env.agent
-        ))
+        down.or_else(|| Some(format!("agent {} has not been seen (stella agent run --env {env})", e.env.agent)))
     };
     Ok(Json(serde_json::json!({
         "env": env,

@@ -27,16 +27,25 @@ pub async fn create(
     JsonBody(req): JsonBody<dto::TokenCreate>,
 ) -> ApiResult<(StatusCode, Json<dto::TokenCreated>)> {
     let principal = auth.require(Scope::Admin)?;
-    if !valid_name(&req.tenant) || !state.config.tenants.allowed.contains(&req.tenant) {
+    let scopes = auth::Scope::parse_list(&req.scopes.join(",")).map_err(|e| Problem::invalid("scopes", e))?;
+    let names: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+    if !valid_name(&req.tenant) || !auth::tenant_allowed(&req.tenant, &names, &state.config.tenants.allowed) {
         return Err(Problem::invalid(
             "tenant",
-            format!("tenant {:?} is not in tenants.allowed ({})", req.tenant, state.config.tenants.allowed.join(", ")),
+            format!(
+                "tenant {:?} is not in tenants.allowed ({}); a deploy agent's token is --tenant {} --scopes {}",
+                req.tenant,
+                state.config.tenants.allowed.join(", "),
+                auth::SITE_TENANT,
+                auth::Scope::Agent.as_str()
+            ),
         ));
     }
-    if !principal.sees(&req.tenant) {
+    // A site token (a deploy agent's) only from an administrator of every tenant.
+    let site = req.tenant == auth::SITE_TENANT && !state.config.tenants.allowed.contains(&req.tenant);
+    if (site && principal.tenant.is_some()) || (!site && !principal.sees(&req.tenant)) {
         return Err(Problem::forbidden());
     }
-    let scopes = auth::Scope::parse_list(&req.scopes.join(",")).map_err(|e| Problem::invalid("scopes", e))?;
     let now = state.clock.now_ms();
     let expires_ms = match &req.expires {
         None => None,

@@ -86,6 +86,9 @@ pub enum QueueCommand {
         max: u32,
         ttl_ms: Option<u64>,
         env: Option<String>,
+        /// Leasing as `env`'s deploy agent, of this stella version: only the jobs bound to
+        /// this agent (steps naming it), nothing else.
+        agent: Option<String>,
     },
     Heartbeat {
         tenant: Option<String>,
@@ -177,10 +180,19 @@ pub fn plan(cmd: &QueueCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Re
             }
         }
         QueueCommand::EnqueueMany { tenant, jobs } => enqueue_many(txn, ctx, tenant, jobs),
-        QueueCommand::Lease { tenant, worker, worker_tenant, types, max, ttl_ms, env } => lease(
+        QueueCommand::Lease { tenant, worker, worker_tenant, types, max, ttl_ms, env, agent } => lease(
             txn,
             ctx,
-            LeaseAsk { tenant: tenant.as_deref(), worker, worker_tenant, types, max: *max, ttl_ms: *ttl_ms, env },
+            LeaseAsk {
+                tenant: tenant.as_deref(),
+                worker,
+                worker_tenant,
+                types,
+                max: *max,
+                ttl_ms: *ttl_ms,
+                env,
+                agent,
+            },
         ),
         QueueCommand::Heartbeat { tenant, job, token, ttl_ms } => {
             heartbeat(txn, ctx, tenant.as_deref(), job, *token, *ttl_ms)
@@ -570,6 +582,7 @@ struct LeaseAsk<'a> {
     max: u32,
     ttl_ms: Option<u64>,
     env: &'a Option<String>,
+    agent: &'a Option<String>,
 }
 
 fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Effects, CommandError> {
@@ -605,6 +618,12 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
                     .map_err(storage)?
                     .ok_or_else(|| CommandError::Storage(format!("ready index names missing job {}", id.value())))?;
                 if ask.tenant.is_some_and(|x| x != job.tenant) {
+                    continue;
+                }
+                // A job bound to a remote deploy agent goes to that agent's leases only; an
+                // agent's leases (they name an environment) take nothing else.
+                let bound = job.payload["agent"].as_str();
+                if bound != ask.agent.as_ref().map(|_| ask.worker) {
                     continue;
                 }
                 // A step holding named locks is dispatched only when all of them are free; they
@@ -646,6 +665,7 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
         tenant: ask.worker_tenant.to_owned(),
         types: ask.types.to_vec(),
         env: ask.env.clone(),
+        version: ask.agent.clone(),
     }];
     grants.sort_by(|a, b| a.0.cmp(&b.0));
     let mut drafts = Vec::new();

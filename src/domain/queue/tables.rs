@@ -128,6 +128,9 @@ pub struct WorkerRecord {
     pub env: Option<String>,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// A deploy agent's stella version (`stella agent run`); none for other workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl Record for JobRecord {}

@@ -143,12 +143,18 @@ pub fn probe_spec(env: &Environment, kinds: &[String]) -> String {
     }
     for kind in PROBES.iter().filter(|k| kinds.iter().any(|x| x == *k)) {
         s.push_str(&format!(
-            "\n[steps.{kind}]\nplugin = {p}\nkind = \"{kind}\"\ninputs = {inputs}\ntimeout = \"1m\"\n",
+            "\n[steps.{kind}]\nplugin = {p}\nkind = \"{kind}\"\ninputs = {inputs}\ntimeout = \"1m\"\n{agent}",
             p = q(&env.plugin),
             inputs = step_inputs(),
+            agent = agent_line(&env.agent),
         ));
     }
     s
+}
+
+/// The step line that binds a generated step to a remote agent (none for the in-process one).
+fn agent_line(agent: &str) -> String {
+    if agent == LOCAL_AGENT { String::new() } else { format!("agent = {}\n", toml::Value::String(agent.to_owned())) }
 }
 
 /// What every step of a generated DAG receives.
@@ -194,8 +200,11 @@ pub fn parse(text: &str) -> Result<Release, String> {
             }
         }
         let agent = e.agent.clone().unwrap_or_else(|| LOCAL_AGENT.to_owned());
-        if !valid_env(&agent) {
-            return Err(format!("{at}: agent {agent:?} must be 1-48 of a-z, 0-9, '-', '_'"));
+        if !valid_env(&agent) || (agent != LOCAL_AGENT && agent.starts_with(crate::domain::queue::LOCAL_WORKER)) {
+            return Err(format!(
+                "{at}: agent {agent:?} must be \"{LOCAL_AGENT}\" or the name of a remote agent: 1-48 of a-z, 0-9, '-', '_', not starting with \"{}\"",
+                crate::domain::queue::LOCAL_WORKER
+            ));
         }
         // Under `<lib>/targets/` only: relative, plain components (no `.`, `..`, empty).
         let plain = |p: &str| !p.is_empty() && p != "." && p != ".." && p.bytes().all(|b| b.is_ascii_graphic());
@@ -279,15 +288,17 @@ fn dag_spec(name: &str, e: &EnvFile) -> String {
         s.push_str(&format!("[inputs.{input}]\n"));
     }
     s.push_str(&format!(
-        "\n[steps.deploy]\nplugin = {p}\nkind = \"deploy\"\ninputs = {inputs}\nlocks = [{lock}]\ntimeout = {t}\n",
+        "\n[steps.deploy]\nplugin = {p}\nkind = \"deploy\"\ninputs = {inputs}\nlocks = [{lock}]\ntimeout = {t}\n{agent}",
         p = q(&e.plugin),
         lock = q(&format!("env:{name}")),
         t = q(e.deploy_timeout.as_deref().unwrap_or("10m")),
+        agent = agent_line(e.agent.as_deref().unwrap_or(LOCAL_AGENT)),
     ));
     s.push_str(&format!(
-        "\n[steps.health]\nplugin = {p}\nkind = \"health\"\nneeds = [\"deploy\"]\ninputs = {inputs}\nretries = 2\nbackoff = \"1s\"\ntimeout = {t}\n",
+        "\n[steps.health]\nplugin = {p}\nkind = \"health\"\nneeds = [\"deploy\"]\ninputs = {inputs}\nretries = 2\nbackoff = \"1s\"\ntimeout = {t}\n{agent}",
         p = q(&e.plugin),
         t = q(e.health_timeout.as_deref().unwrap_or("2m")),
+        agent = agent_line(e.agent.as_deref().unwrap_or(LOCAL_AGENT)),
     ));
     s
 }

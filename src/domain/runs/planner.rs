@@ -196,7 +196,7 @@ impl<'t> Planner<'t> {
             locks.push(name.as_str().map(str::to_owned).unwrap_or_else(|| name.to_string()));
         }
         let seq = crate::domain::queue::take_job_seq(self.txn, ctx)?;
-        let job = EnqueuedJob {
+        let mut job = EnqueuedJob {
             id: job_id(seq),
             seq,
             job_type: s.plugin.clone(),
@@ -209,6 +209,10 @@ impl<'t> Planner<'t> {
             replay_of: None,
             backoff_ms: Some(s.backoff_ms),
         };
+        if let Some(agent) = &s.agent {
+            // Only a remote deploy agent's step names one: other jobs' entries keep their shape.
+            job.payload["agent"] = json!(agent);
+        }
         let job_id = job.id.clone();
         self.drafts.push(QueueEvent::Enqueued(job).draft(&self.run.tenant, vec![job_id.clone()]));
         self.emit(RunEvent::StepQueued(StepQueued { run_id: self.run.id.clone(), step: s.name, job_id }))

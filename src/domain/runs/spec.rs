@@ -74,6 +74,11 @@ pub struct StepSpec {
     /// while another holder has one of them.
     #[serde(default)]
     pub locks: Vec<String>,
+    /// The remote deploy agent that runs the step (its worker id): only its leases get the
+    /// step's job, the in-process executor never. Only a release bundle's generated DAGs
+    /// name one (`release::plan::guard_agent_steps`).
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -115,6 +120,8 @@ pub struct CompiledStep {
     pub secrets: Vec<String>,
     #[serde(default)]
     pub locks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -310,6 +317,7 @@ fn compile_step(
         priority: s.priority.or(spec.priority).unwrap_or(100),
         secrets: s.secrets.clone(),
         locks: s.locks.clone(),
+        agent: s.agent.clone(),
     })
 }
 
