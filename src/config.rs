@@ -428,6 +428,12 @@ impl Config {
         if let Some(bad) = self.tenants.allowed.iter().find(|t| !valid_name(t)) {
             return Err(format!("tenants.allowed: {bad:?} is not a valid tenant name (1-64 of a-z, 0-9, '-', '_')"));
         }
+        if self.tenants.allowed.iter().any(|t| t == crate::domain::release::SITE_TENANT) {
+            return Err(format!(
+                "tenants.allowed: {:?} is reserved for the site's own objects (environments, deployments) and its agents",
+                crate::domain::release::SITE_TENANT
+            ));
+        }
         Ok(())
     }
 

@@ -157,7 +157,8 @@ pub enum TokenCmd {
     Create {
         #[arg(long)]
         tenant: String,
-        /// Comma-separated: orchestrator:read, operate, approve, admin, audit.
+        /// Comma-separated: orchestrator:read, operate, approve, admin, audit; a deploy agent's
+        /// token: --tenant site --scopes orchestrator:agent.
         #[arg(long)]
         scopes: String,
         /// Lifetime such as 30d or 12h; default: no expiry.
