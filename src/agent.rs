@@ -59,6 +59,9 @@ pub async fn run(client: Client, opts: Options, mut stop: watch::Receiver<bool>)
         std::fs::create_dir_all(opts.dir.join(d))
             .map_err(|e| CliError::Invalid(format!("{}: {e}", opts.dir.join(d).display())))?;
     }
+    // Plugins a previous agent left running (it was killed under them) stop before any new
+    // attempt: their leases have lapsed, and a late install must not land after a newer one.
+    crate::exec::plugin::reap_orphans(&opts.dir);
     TrustStore::load(&opts.trust_dir).map_err(|e| {
         CliError::Invalid(format!(
             "trust store {}: {e} (the agent verifies what it runs: copy the site's allowed_signers there, or pass --trust DIR)",
@@ -124,6 +127,7 @@ pub async fn run(client: Client, opts: Options, mut stop: watch::Receiver<bool>)
     tracing::info!(running = agent.opts.slots.max(1) - free, "deploy agent stopping: waiting for its attempts");
     drop(done_tx);
     while done_rx.recv().await.is_some() {}
+    crate::exec::procs::kill_all(&agent.opts.dir.join("work"));
     Ok(())
 }
 

@@ -527,12 +527,15 @@ pub async fn agents(g: &Global, env: &str) -> Result<(), CliError> {
                     a["kind"].as_str().unwrap_or("?").to_owned(),
                     a["version"].as_str().unwrap_or("-").to_owned(),
                     format!("{}s ago", a["lastSeenSecondsAgo"]),
-                    a["leases"].to_string(),
+                    match a["currentLeases"].as_array().map(Vec::as_slice) {
+                        Some([]) | None => "-".to_owned(),
+                        Some(jobs) => jobs.iter().filter_map(|j| j.as_str()).collect::<Vec<_>>().join(","),
+                    },
                     a["whyNot"].as_str().map_or("chosen".to_owned(), |w| format!("not chosen: {w}")),
                 ]
             })
             .collect();
-        out.push_str(&table(&["AGENT", "KIND", "VERSION", "LAST HEARTBEAT", "LEASES", "CHOSEN"], &rows));
+        out.push_str(&table(&["AGENT", "KIND", "VERSION", "LAST HEARTBEAT", "CURRENT LEASES", "CHOSEN"], &rows));
         if let Some(n) = v["note"].as_str() {
             out.push_str(&format!("{n}\n"));
         }

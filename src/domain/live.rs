@@ -24,6 +24,10 @@ pub enum LiveWrite {
         /// A deploy agent's stella version.
         version: Option<String>,
     },
+    /// A worker heartbeating a lease is alive: its `last_seen_ms` moves (if it is known).
+    WorkerBeat {
+        id: String,
+    },
     Timer {
         due_ms: i64,
         key: String,
@@ -69,6 +73,14 @@ pub fn apply(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<(),
                     redb::Error::Io(std::io::Error::other("no secrets key is loaded: a secret cannot be stored"))
                 })?;
                 txn.open_table(SECRETS)?.insert(name.as_str(), key.seal(name, value).as_slice())?;
+            }
+            LiveWrite::WorkerBeat { id } => {
+                let mut table = txn.open_table(WORKERS)?;
+                let known = rw::get::<WorkerRecord>(&table, "workers", id).ok().flatten();
+                if let Some(mut w) = known.filter(|w| w.last_seen_ms < now) {
+                    w.last_seen_ms = now;
+                    table.insert(id.as_str(), w.to_json_bytes().as_slice())?;
+                }
             }
             LiveWrite::WorkerSeen { id, tenant, types, env, version } => {
                 let mut table = txn.open_table(WORKERS)?;

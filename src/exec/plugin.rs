@@ -280,7 +280,7 @@ pub fn reap_orphans(lib: &std::path::Path) {
                 }) && std::fs::read(format!("/proc/{pid}/environ"))
                     .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == format!("STELLA_JOB={job}").as_bytes()))
                 {
-                    tracing::warn!(pid, job = %job, "stopping a plugin left running by a previous daemon");
+                    tracing::warn!(pid, job = %job, "stopping a plugin left running by a previous daemon or agent");
                     // SAFETY: killpg on a group whose leader we verified is our plugin attempt.
                     unsafe { libc::killpg(pid, libc::SIGKILL) };
                 }

@@ -78,6 +78,23 @@ fn agent_status_until(app: &TestAppliance, what: &str, done: impl Fn(&Value) -> 
     }
 }
 
+/// The `.stella-pgid` files under `work`: one per plugin process running there.
+fn pgid_files(work: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![work.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == ".stella-pgid") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 fn chosen(v: &Value) -> bool {
     v["agents"].as_array().unwrap().iter().any(|a| a["id"] == "edge-agent" && a["chosen"] == true)
 }
@@ -92,7 +109,7 @@ async fn deployed(app: &TestAppliance, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_agent_over_tls_deploys_its_environment_and_rollback_waits_for_it_to_be_up() {
     let mut app = TestAppliance::start_with(|c| {
-        c.agents.down_after_ms = 2_000;
+        c.agents.down_after_ms = 5_000;
         c.queue.long_poll_max_ms = 300;
     });
     let root = app.root().to_path_buf();
@@ -209,8 +226,24 @@ async fn a_remote_agent_over_tls_deploys_its_environment_and_rollback_waits_for_
     let diff = cli(&app, &["orch", "env", "config", "diff", "edge"]);
     assert_eq!(diff["drift"], json!([]), "the agent reports the baseline it installed: {diff}");
 
-    // The agent dies: once it is overdue, agent status says so and rollback refuses, naming it.
+    // The agent dies with kill -9 in the middle of a deployment: its plugin (its own process
+    // group) lives on, the lease lapses, the deployment fails; once the agent is overdue,
+    // agent status says so and rollback refuses, naming it.
+    std::fs::write(agent_dir.join("targets/edge/.slow"), "30").unwrap();
+    let stuck = cli(&app, &["deploy", "--env", "edge", "--artifact", "web@1.4.0"]);
+    let spawned = || pgid_files(&agent_dir.join("work"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while spawned().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the slow deploy never started: {}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     agent.kill9();
+    std::fs::remove_file(agent_dir.join("targets/edge/.slow")).unwrap();
+    let run = wait_end(&c, stuck["runId"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let all = cli(&app, &["orch", "deployments", "list", "--env", "edge"]);
+    let d = all["deployments"].as_array().unwrap().iter().find(|x| x["id"] == stuck["id"]).unwrap().clone();
+    assert!(d["status"] == "failed" && d["error"].as_str().unwrap().contains("expired"), "{d}");
     let status = agent_status_until(&app, "edge-agent down", |v| {
         v["agents"]
             .as_array()
@@ -227,9 +260,11 @@ async fn a_remote_agent_over_tls_deploys_its_environment_and_rollback_waits_for_
         stderr(&out)
     );
 
-    // Started again, it takes the rollback to the last known good.
+    // Started again, it first stops the plugin its predecessor left (which would otherwise
+    // install 1.4.0 late), then takes the rollback to the last known good.
     let agent = AgentProcess::start(&app, &token, &agent_dir, &trust);
     agent_status_until(&app, "edge-agent chosen again", chosen);
+    assert!(agent.log().contains("stopping a plugin left running"), "{}", agent.log());
     let d = deployed(&app, &["rollback", "start", "--env", "edge"]).await;
     assert_eq!(
         (d["status"].as_str(), d["kind"].as_str(), d["artifact"].as_str()),

@@ -547,7 +547,7 @@ pub async fn workers(
         .filter(|w| p.tenant.as_ref().is_none_or(|t| *t == w.tenant))
         .filter(|w| q.env.as_ref().is_none_or(|e| w.env.as_ref() == Some(e)))
         .map(|w| dto::Worker {
-            leases: leases.get(&w.id).copied().unwrap_or(0),
+            leases: leases.get(&w.id).map_or(0, |j| j.len() as u64),
             first_seen: rfc3339(w.first_seen_ms),
             last_seen: rfc3339(w.last_seen_ms),
             last_seen_seconds_ago: ((now - w.last_seen_ms).max(0) / 1000) as u64,

@@ -614,7 +614,7 @@ pub async fn agents(
         .map(|w| {
             let in_process = w.id.starts_with(crate::domain::queue::LOCAL_WORKER);
             let age = (now - w.last_seen_ms).max(0);
-            let held = leases.get(&w.id).copied().unwrap_or(0);
+            let held = leases.get(&w.id).cloned().unwrap_or_default();
             let why_not = if !in_process && local {
                 Some(format!("environment {env} is deployed by the in-process agent, not by {}", w.id))
             } else if in_process && !local {
@@ -642,7 +642,8 @@ pub async fn agents(
                 "env": w.env,
                 "lastHeartbeat": crate::clock::rfc3339(w.last_seen_ms),
                 "lastSeenSecondsAgo": age / 1000,
-                "leases": held,
+                "leases": held.len(),
+                "currentLeases": held,
                 "chosen": why_not.is_none(),
                 "whyNot": why_not,
             })

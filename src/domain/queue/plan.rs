@@ -766,7 +766,10 @@ fn heartbeat(
     let worker = job.lease.as_ref().map(|l| l.worker.clone()).unwrap_or_default();
     Ok(Effects {
         drafts: vec![],
-        live: vec![LiveWrite::LeaseExpiry { job: job.id.clone(), expires_ms }],
+        live: vec![
+            LiveWrite::LeaseExpiry { job: job.id.clone(), expires_ms },
+            LiveWrite::WorkerBeat { id: worker.clone() },
+        ],
         note: Some(json!({ "jobId": job.id, "token": token, "expiresMs": expires_ms, "worker": worker })),
     })
 }

@@ -236,11 +236,11 @@ pub fn workers(txn: &ReadTransaction, limit: usize) -> Result<Vec<WorkerRecord>,
     records(txn, WORKERS, "workers", limit, |_: &WorkerRecord| true)
 }
 
-/// Leased jobs per worker, from the lease timers (at most `scan` timers examined).
+/// The jobs each worker holds leased, from the lease timers (at most `scan` timers examined).
 pub fn leases_by_worker(
     txn: &ReadTransaction,
     scan: usize,
-) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+) -> Result<std::collections::HashMap<String, Vec<String>>, StoreError> {
     let due = txn.open_table(DUE).map_err(rerr)?;
     let jobs = txn.open_table(JOBS).map_err(rerr)?;
     let mut out = std::collections::HashMap::new();
@@ -249,7 +249,7 @@ pub fn leases_by_worker(
         let key = k.value().1.to_owned();
         let Some(job) = key.strip_prefix("lease|").and_then(|r| r.split('|').next()) else { continue };
         if let Some(lease) = rw::get::<JobRecord>(&jobs, "jobs", job)?.and_then(|j| j.lease) {
-            *out.entry(lease.worker).or_insert(0) += 1;
+            out.entry(lease.worker).or_insert_with(Vec::new).push(job.to_owned());
         }
     }
     Ok(out)
