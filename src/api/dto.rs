@@ -889,6 +889,17 @@ pub struct EnvHealth {
     pub deployment: Option<String>,
 }
 
+/// `POST /environments` (dev mode): a local `release.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvDeclare {
+    /// The file's text.
+    pub release: String,
+    /// Where it came from (a file name), for the record.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvStatus {

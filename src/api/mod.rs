@@ -99,7 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/secrets", get(config::secret_list))
         .route("/secrets/{name}", put(config::secret_set))
         .route("/approvals", get(pending::approvals))
-        .route("/environments", get(release::environments))
+        .route("/environments", get(release::environments).post(release::declare))
         .route("/environments/{env}", get(release::environment))
         .route("/environments/{env}/probe", post(release::probe))
         .route("/environments/{env}/agents", get(release::agents))

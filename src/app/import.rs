@@ -406,6 +406,28 @@ struct Contents {
     environments: Option<Vec<crate::domain::release::Environment>>,
 }
 
+/// A `release.toml` parsed and validated, with its generated DAGs (deployment and probe, the
+/// probe's steps from the installed plugin's kinds) compiled against the installed plugins.
+pub fn release_contents(
+    store: &Store,
+    text: &str,
+) -> Result<(Vec<crate::domain::release::Environment>, Vec<(String, String)>), String> {
+    let mut release = crate::domain::release::spec::parse(text)?;
+    let installed = store.read().and_then(|t| read::installed_plugins(&t)).map_err(|e| e.to_string())?;
+    for env in &release.environments {
+        let kinds = installed.iter().find(|p| p.0 == env.plugin).map(|p| p.1.clone()).unwrap_or_default();
+        release.dags.push((
+            crate::domain::release::spec::probe_name(&env.name),
+            crate::domain::release::spec::probe_spec(env, &kinds),
+        ));
+    }
+    for (dag, spec) in &release.dags {
+        crate::domain::runs::spec::compile(spec, &installed)
+            .map_err(|e| format!("{}: the deployment DAG {dag}: {e}", crate::domain::release::spec::FILE))?;
+    }
+    Ok((release.environments, release.dags))
+}
+
 /// What a sealed bundle carries: a plugin's entrypoint (its `plugin.toml` must name the bundle),
 /// or DAG specs (every `*.toml`), each validated against the installed plugins.
 fn inspect(ctx: &Importer<'_>, kind: &Kind, name: &str, sealed: &Path) -> Result<Contents, String> {
@@ -475,25 +497,8 @@ fn inspect(ctx: &Importer<'_>, kind: &Kind, name: &str, sealed: &Path) -> Result
             let path = sealed.join(crate::domain::release::spec::FILE);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("a release bundle carries {}: {e}", crate::domain::release::spec::FILE))?;
-            let mut release = crate::domain::release::spec::parse(&text)?;
-            let installed = ctx.store.read().and_then(|t| read::installed_plugins(&t)).map_err(|e| e.to_string())?;
-            for env in &release.environments {
-                let kinds = installed.iter().find(|p| p.0 == env.plugin).map(|p| p.1.clone()).unwrap_or_default();
-                release.dags.push((
-                    crate::domain::release::spec::probe_name(&env.name),
-                    crate::domain::release::spec::probe_spec(env, &kinds),
-                ));
-            }
-            for (dag, spec) in &release.dags {
-                crate::domain::runs::spec::compile(spec, &installed)
-                    .map_err(|e| format!("{}: the deployment DAG {dag}: {e}", crate::domain::release::spec::FILE))?;
-            }
-            Ok(Contents {
-                entrypoint: None,
-                kinds: vec![],
-                dags: release.dags,
-                environments: Some(release.environments),
-            })
+            let (environments, dags) = release_contents(ctx.store, &text)?;
+            Ok(Contents { entrypoint: None, kinds: vec![], dags, environments: Some(environments) })
         }
         Kind::Artifact => unreachable!("artifacts are imported by import_artifact"),
     }

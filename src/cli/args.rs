@@ -440,6 +440,9 @@ pub enum ConfigCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum EnvCmd {
+    /// Dev mode: declare the environments of a local release.toml (recorded unsigned; in
+    /// production only a signed release bundle declares them).
+    Declare { file: PathBuf },
     Status {
         env: Option<String>,
         #[arg(long)]

@@ -28,6 +28,22 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 pub async fn env(g: &Global, cmd: EnvCmd) -> Result<(), CliError> {
     let client = target::client(g)?;
     match cmd {
+        EnvCmd::Declare { file } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+            let source = file.file_name().map(|n| n.to_string_lossy().into_owned());
+            let body = json!({ "release": text, "source": source });
+            let (raw, v) = client.post(&format!("{P}/environments"), &body).await?.ok()?.typed::<dto::EnvList>()?;
+            output::show(g.format, &raw, &v, |v| {
+                let names: Vec<&str> = v.environments.iter().map(|e| e.name.as_str()).collect();
+                format!(
+                    "declared {} from {} (unsigned, dev mode)
+",
+                    names.join(", "),
+                    file.display()
+                )
+            });
+        }
         EnvCmd::Status { env: None, detailed } => {
             let (raw, v) = client.get(&format!("{P}/environments")).await?.ok()?.typed::<dto::EnvList>()?;
             output::show(g.format, &raw, &v, |v| {

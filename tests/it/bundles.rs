@@ -223,6 +223,11 @@ async fn a_production_appliance_imports_signed_bundles_and_refuses_bad_ones() {
     let (key, plugin_bundle) = setup(&root);
     let imported = stella(&root, &["--format", "json", "bundle", "import", plugin_bundle.to_str().unwrap()]);
     assert!(imported.status.success(), "{}", stderr(&imported));
+    // Environments from a local file are dev mode's only.
+    std::fs::write(root.join("release.toml"), "[environments.x]\nplugin = \"p\"\ntarget = \"targets/x\"\n").unwrap();
+    let declared = stella(&root, &["orch", "env", "declare", root.join("release.toml").to_str().unwrap()]);
+    assert_eq!(declared.status.code(), Some(5), "{}", stderr(&declared));
+    assert!(stderr(&declared).contains("signed_bundle_required"), "{}", stderr(&declared));
     import_notify_dag(&root, &key);
     let before = sealed_listing(&root);
     assert_eq!(before.len(), 2);

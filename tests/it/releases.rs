@@ -651,3 +651,31 @@ async fn with_the_in_process_agent_off_the_agent_status_and_the_rollback_say_why
             .any(|f| f["level"] == "error" && f["message"].as_str().unwrap().contains("exec.enabled"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_declares_environments_from_a_local_file_recorded_unsigned() {
+    let app = TestAppliance::start();
+    let file = app.root().join("lab-release.toml");
+    std::fs::write(
+        &file,
+        "[environments.lab]\nplugin = \"sample-deploy\"\ntarget = \"targets/lab\"\nbaseline = { replicas = 1 }\n",
+    )
+    .unwrap();
+    let declared = cli(&app, &["orch", "env", "declare", file.to_str().unwrap()]);
+    let lab = declared["environments"].as_array().unwrap().iter().find(|e| e["name"] == "lab").unwrap().clone();
+    assert_eq!(lab["declaredBy"], "lab-release.toml (dev mode) unsigned", "{lab}");
+    let d = deploy(&app, "lab", "web@1.4.1").await;
+    assert_eq!(d["status"], "success", "{d}");
+    assert_eq!(installed_version(&app, "lab"), "1.4.1");
+    let dag = cli(&app, &["orch", "dag", "show", "deploy-lab"]);
+    assert!(dag.to_string().contains("unsigned"), "the generated DAG is recorded unsigned: {dag}");
+
+    // A bad file is refused, naming the place; nothing changes.
+    std::fs::write(&file, "[environments.lab]\nplugin = \"sample-deploy\"\ntarget = \"/etc\"\n").unwrap();
+    let (code, msg) = refused(&app, &["orch", "env", "declare", file.to_str().unwrap()]);
+    assert_eq!(code, Some(9), "{msg}");
+    assert!(msg.contains("environment lab") && msg.contains("under targets/"), "{msg}");
+    let still = cli(&app, &["orch", "env", "status", "lab"]);
+    assert_eq!(still["target"].as_str().map(|t| t.ends_with("targets/lab")), Some(true), "{still}");
+    verified(&app);
+}

@@ -163,6 +163,38 @@ pub async fn environments(State(state): State<Arc<AppState>>, auth: Auth) -> Api
     Ok(Json(dto::EnvList { environments: out }))
 }
 
+/// `POST /environments` (dev mode only): environments declared from a local `release.toml`,
+/// recorded unsigned; a signed `release` bundle is the only way in otherwise.
+pub async fn declare(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(req): JsonBody<dto::EnvDeclare>,
+) -> ApiResult<(axum::http::StatusCode, Json<dto::EnvList>)> {
+    let p = site(&state, &auth, Scope::Admin)?;
+    if !state.dev {
+        return Err(Problem::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "signed_bundle_required",
+            "outside dev mode environments are declared only by a signed release bundle (stella bundle build DIR --kind release …; stella bundle import FILE); this daemon was not started with --dev",
+        ));
+    }
+    if req.release.len() > 1024 * 1024 {
+        return Err(Problem::invalid("release", "release.toml larger than 1 MiB"));
+    }
+    let (environments, dags) =
+        crate::app::import::release_contents(&state.store, &req.release).map_err(|e| Problem::invalid("release", e))?;
+    let source = format!("{} (dev mode)", req.source.as_deref().unwrap_or(crate::domain::release::spec::FILE));
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(req.release.as_bytes()));
+    let command = crate::domain::release::ReleaseCommand::DeclareUnsigned { source, digest, environments, dags };
+    crate::api::handlers::submit(&state, &p, crate::machine::Command::Release(command)).await?;
+    let envs = t::environments(&state.store.read()?)?;
+    let mut out = Vec::new();
+    for e in envs.iter().filter(|e| e.declared_by.is_some()) {
+        out.push(status_of(&state, e, false).await?);
+    }
+    Ok((axum::http::StatusCode::CREATED, Json(dto::EnvList { environments: out })))
+}
+
 pub async fn environment(
     State(state): State<Arc<AppState>>,
     auth: Auth,

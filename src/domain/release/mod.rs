@@ -39,6 +39,9 @@ pub enum ReleaseCommand {
     DeleteArtifact { key: String, reason: String },
     /// Record an artifact brought back from its backup copy (already verified and sealed).
     RestoreArtifact(ArtifactRestored),
+    /// Dev mode: environments declared from a local `release.toml`, unsigned (their generated
+    /// DAGs registered unsigned in the same transaction).
+    DeclareUnsigned { source: String, digest: String, environments: Vec<Environment>, dags: Vec<(String, String)> },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -54,8 +54,26 @@ pub fn plan(cmd: &ReleaseCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> 
             let event = ReleaseEvent::ArtifactRestored(r.clone());
             Ok(vec![event.draft("", vec![r.artifact.clone(), r.digest.clone()])].into())
         }
+        ReleaseCommand::DeclareUnsigned { source, digest, environments, dags } => {
+            let event = ReleaseEvent::Declared(crate::domain::release::ReleaseDeclared {
+                bundle: source.clone(),
+                version: UNSIGNED.to_owned(),
+                digest: digest.clone(),
+                environments: environments.clone(),
+            });
+            let mut subjects = vec![source.clone()];
+            subjects.extend(environments.iter().map(|e| e.name.clone()));
+            let mut drafts = vec![event.draft("", subjects)];
+            for (dag, spec) in dags {
+                drafts.extend(crate::domain::runs::plan::register(txn, dag, spec, true)?.drafts);
+            }
+            Ok(drafts.into())
+        }
     }
 }
+
+/// The version an unsigned (dev mode) declaration of environments is recorded with.
+pub const UNSIGNED: &str = "unsigned";
 
 fn env_record(txn: &WriteTransaction, env: &str) -> Result<EnvRecord, CommandError> {
     let table = txn.open_table(ENVIRONMENTS).map_err(storage)?;
