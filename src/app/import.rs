@@ -408,10 +408,7 @@ struct Contents {
 
 /// A `release.toml` parsed and validated, with its generated DAGs (deployment and probe, the
 /// probe's steps from the installed plugin's kinds) compiled against the installed plugins.
-pub fn release_contents(
-    store: &Store,
-    text: &str,
-) -> Result<(Vec<crate::domain::release::Environment>, Vec<(String, String)>), String> {
+pub fn release_contents(store: &Store, text: &str) -> Result<crate::domain::release::spec::Release, String> {
     let mut release = crate::domain::release::spec::parse(text)?;
     let installed = store.read().and_then(|t| read::installed_plugins(&t)).map_err(|e| e.to_string())?;
     for env in &release.environments {
@@ -425,7 +422,7 @@ pub fn release_contents(
         crate::domain::runs::spec::compile(spec, &installed)
             .map_err(|e| format!("{}: the deployment DAG {dag}: {e}", crate::domain::release::spec::FILE))?;
     }
-    Ok((release.environments, release.dags))
+    Ok(release)
 }
 
 /// What a sealed bundle carries: a plugin's entrypoint (its `plugin.toml` must name the bundle),
@@ -497,8 +494,13 @@ fn inspect(ctx: &Importer<'_>, kind: &Kind, name: &str, sealed: &Path) -> Result
             let path = sealed.join(crate::domain::release::spec::FILE);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("a release bundle carries {}: {e}", crate::domain::release::spec::FILE))?;
-            let (environments, dags) = release_contents(ctx.store, &text)?;
-            Ok(Contents { entrypoint: None, kinds: vec![], dags, environments: Some(environments) })
+            let release = release_contents(ctx.store, &text)?;
+            Ok(Contents {
+                entrypoint: None,
+                kinds: vec![],
+                dags: release.dags,
+                environments: Some(release.environments),
+            })
         }
         Kind::Artifact => unreachable!("artifacts are imported by import_artifact"),
     }

@@ -181,8 +181,9 @@ pub async fn declare(
     if req.release.len() > 1024 * 1024 {
         return Err(Problem::invalid("release", "release.toml larger than 1 MiB"));
     }
-    let (environments, dags) =
+    let release =
         crate::app::import::release_contents(&state.store, &req.release).map_err(|e| Problem::invalid("release", e))?;
+    let (environments, dags) = (release.environments, release.dags);
     let source = format!("{} (dev mode)", req.source.as_deref().unwrap_or(crate::domain::release::spec::FILE));
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(req.release.as_bytes()));
     let command = crate::domain::release::ReleaseCommand::DeclareUnsigned { source, digest, environments, dags };
