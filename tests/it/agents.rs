@@ -95,8 +95,11 @@ fn pgid_files(work: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The agent process (of this stella version, not the test playing it) is chosen.
 fn chosen(v: &Value) -> bool {
-    v["agents"].as_array().unwrap().iter().any(|a| a["id"] == "edge-agent" && a["chosen"] == true)
+    v["agents"].as_array().unwrap().iter().any(|a| {
+        a["id"] == "edge-agent" && a["chosen"] == true && a["version"] == env!("CARGO_PKG_VERSION")
+    })
 }
 
 async fn deployed(app: &TestAppliance, args: &[&str]) -> Value {
@@ -176,6 +179,28 @@ async fn a_remote_agent_over_tls_deploys_its_environment_and_rollback_waits_for_
     let r = c.post("/api/v1/orchestrator/dags", &json!({ "spec": spec })).await.unwrap();
     assert_eq!(r.status.as_u16(), 422, "{}", String::from_utf8_lossy(&r.body));
     assert!(String::from_utf8_lossy(&r.body).contains("agent_step"), "{}", String::from_utf8_lossy(&r.body));
+
+    // An agent that lets its lease lapse cannot settle the attempt afterwards: the fencing
+    // token it holds is stale (here the test plays the agent over TLS).
+    let ask = json!({ "worker": "edge-agent", "types": ["sample-deploy"], "env": "edge", "agent": "test", "ttl": "1s", "wait": "5s" });
+    let r = agent_client.post("/api/v1/orchestrator/leases", &ask).await.unwrap();
+    assert_eq!(r.status.as_u16(), 200, "{}", String::from_utf8_lossy(&r.body));
+    let lapsed = cli(&app, &["deploy", "--env", "edge", "--artifact", "web@1.4.0"]);
+    let got = agent_client.post("/api/v1/orchestrator/leases", &ask).await.unwrap().json().unwrap();
+    let lease = got["leases"][0].clone();
+    assert_eq!(lease["payload"]["kind"], "deploy", "{got}");
+    assert_eq!(lease["payload"]["inputs"]["target"], "targets/edge", "a remote agent's target is relative: {got}");
+    let run = wait_end(&c, lapsed["runId"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "failed", "the lease lapsed: {run}");
+    let job = lease["jobId"].as_str().unwrap();
+    let late = agent_client
+        .post(&format!("/api/v1/orchestrator/leases/{job}/complete"), &json!({ "token": lease["token"], "result": {} }))
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&late.body).into_owned();
+    assert!(late.status.as_u16() == 409 && body.contains("lease_stale"), "{body}");
+    let d = cli(&app, &["orch", "deployments", "list", "--env", "edge"]);
+    assert_eq!(d["deployments"][0]["status"], "failed", "the late completion changed nothing: {d}");
 
     // The agent, started as another host would: it verifies with the site's allowed_signers.
     let agent_dir = app.dir.path().join("edge-host");
