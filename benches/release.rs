@@ -1,7 +1,8 @@
 //! Deploy-to-success and rollback-to-success latency through the in-process agent with the
 //! sample deploy plugin (process spawns included), over the API on the Unix socket, p50/p99
 //! over 100 cycles — against the same plugin kinds (`deploy` then `health`) run by hand in a
-//! shell loop, in the same run. The difference is what the appliance adds per deployment
+//! shell loop, in the same run; then the same deployments through a remote agent
+//! (`stella agent run`, a separate process). The difference is what the appliance adds per deployment
 //! (issue target: ≤ 20 ms): the command, the run's entries, the executor's leases and
 //! completions, each durable. `STELLA_BENCH_SCALE` scales the cycles (at least 10).
 
@@ -58,6 +59,16 @@ async fn through_api(c: &mut Conn, s: &mut Conn, path: &str, body: serde_json::V
     (started.elapsed(), d)
 }
 
+/// Kills the agent process if the bench panics.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() {
     if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"release".contains(a.as_str())) {
         return;
@@ -66,7 +77,7 @@ fn main() {
     let (dir, socket, mut child) = common::daemon("warn");
     let lib = dir.path().join("var/lib/stella");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (mut deploy, mut rollback) = (Vec::new(), Vec::new());
+    let (mut deploy, mut rollback, mut remote) = (Vec::new(), Vec::new(), Vec::new());
     let mut sources = Vec::new();
     rt.block_on(async {
         let mut c = Conn::unix(&socket).await;
@@ -99,6 +110,40 @@ fn main() {
             assert_eq!(d["kind"], "rollback");
             rollback.push(lat);
         }
+        // The same deployments to an environment of a remote agent: `stella agent run` as a
+        // separate process (over the socket here), fetching the sealed copies once and
+        // verifying them before every use.
+        let release =
+            "[environments.edge]\nplugin = \"sample-deploy\"\ntarget = \"targets/edge\"\nagent = \"edge-agent\"\n";
+        let (code, v) = c.post("/api/v1/orchestrator/environments", &serde_json::json!({ "release": release })).await;
+        assert_eq!(code, 201, "{v}");
+        let agent = std::process::Command::new(env!("CARGO_BIN_EXE_stella"))
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(["agent", "run", "--env", "edge"])
+            .env("STELLA_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Guard(agent);
+        loop {
+            let (_, a) = c.get("/api/v1/orchestrator/environments/edge/agents").await;
+            if a["agents"].as_array().unwrap().iter().any(|x| x["id"] == "edge-agent" && x["chosen"] == true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for i in 0..cycles + 1 {
+            let artifact = if i % 2 == 0 { "web@1.4.1" } else { "web@1.4.2" };
+            let mut s = Conn::unix(&socket).await;
+            let body = serde_json::json!({ "env": "edge", "artifact": artifact });
+            let (lat, _) = through_api(&mut c, &mut s, "/api/v1/orchestrator/deployments", body).await;
+            if i > 0 {
+                remote.push(lat);
+            }
+        }
+        drop(agent);
     });
     let _ = child.kill();
     let _ = child.wait();
@@ -125,5 +170,7 @@ fn main() {
     println!("  by hand (sh loop)    p50 {h50:7.2} ms  p99 {h99:7.2} ms");
     println!("  deploy to success    p50 {d50:7.2} ms  p99 {d99:7.2} ms  added p50 {:+.2} ms", d50 - h50);
     println!("  rollback to success  p50 {r50:7.2} ms  p99 {r99:7.2} ms  added p50 {:+.2} ms", r50 - h50);
+    let (e50, e99) = (q(&mut remote, 0.5), q(&mut remote, 0.99));
+    println!("  remote agent deploy  p50 {e50:7.2} ms  p99 {e99:7.2} ms  added p50 {:+.2} ms", e50 - h50);
     println!("  target: the appliance adds <= 20 ms per deployment over the plugins' own time");
 }

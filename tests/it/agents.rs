@@ -97,9 +97,11 @@ fn pgid_files(work: &Path) -> Vec<PathBuf> {
 
 /// The agent process (of this stella version, not the test playing it) is chosen.
 fn chosen(v: &Value) -> bool {
-    v["agents"].as_array().unwrap().iter().any(|a| {
-        a["id"] == "edge-agent" && a["chosen"] == true && a["version"] == env!("CARGO_PKG_VERSION")
-    })
+    v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["id"] == "edge-agent" && a["chosen"] == true && a["version"] == env!("CARGO_PKG_VERSION"))
 }
 
 async fn deployed(app: &TestAppliance, args: &[&str]) -> Value {
