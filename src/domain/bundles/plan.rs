@@ -134,15 +134,7 @@ pub fn plan(cmd: &BundleCommand, txn: &WriteTransaction) -> Result<Effects, Comm
             });
             let mut drafts = vec![event.draft("", vec![name.clone(), digest.clone()])];
             if let Some(environments) = environments {
-                let event = crate::domain::release::ReleaseEvent::Declared(crate::domain::release::ReleaseDeclared {
-                    bundle: name.clone(),
-                    version: version.clone(),
-                    digest: digest.clone(),
-                    environments: environments.clone(),
-                });
-                let mut subjects = vec![name.clone()];
-                subjects.extend(environments.iter().map(|e| e.name.clone()));
-                drafts.push(event.draft("", subjects));
+                drafts.push(crate::domain::release::plan::declared(name, version, digest, environments));
             }
             for (dag, spec) in dags {
                 drafts.extend(crate::domain::runs::plan::register(txn, dag, spec, false)?.drafts);

@@ -55,21 +55,27 @@ pub fn plan(cmd: &ReleaseCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> 
             Ok(vec![event.draft("", vec![r.artifact.clone(), r.digest.clone()])].into())
         }
         ReleaseCommand::DeclareUnsigned { source, digest, environments, dags } => {
-            let event = ReleaseEvent::Declared(crate::domain::release::ReleaseDeclared {
-                bundle: source.clone(),
-                version: UNSIGNED.to_owned(),
-                digest: digest.clone(),
-                environments: environments.clone(),
-            });
-            let mut subjects = vec![source.clone()];
-            subjects.extend(environments.iter().map(|e| e.name.clone()));
-            let mut drafts = vec![event.draft("", subjects)];
+            let mut drafts = vec![declared(source, UNSIGNED, digest, environments)];
             for (dag, spec) in dags {
                 drafts.extend(crate::domain::runs::plan::register(txn, dag, spec, true)?.drafts);
             }
             Ok(drafts.into())
         }
     }
+}
+
+/// The `release.declared` entry of a release's environments (from bundle `bundle` at
+/// `version`, or a dev-mode file), naming the bundle and every environment.
+pub fn declared(bundle: &str, version: &str, digest: &str, environments: &[super::Environment]) -> Draft {
+    let event = ReleaseEvent::Declared(crate::domain::release::ReleaseDeclared {
+        bundle: bundle.to_owned(),
+        version: version.to_owned(),
+        digest: digest.to_owned(),
+        environments: environments.to_vec(),
+    });
+    let mut subjects = vec![bundle.to_owned()];
+    subjects.extend(environments.iter().map(|e| e.name.clone()));
+    event.draft("", subjects)
 }
 
 /// The version an unsigned (dev mode) declaration of environments is recorded with.
