@@ -59,6 +59,17 @@ pub async fn run(client: Client, opts: Options, mut stop: watch::Receiver<bool>)
         std::fs::create_dir_all(opts.dir.join(d))
             .map_err(|e| CliError::Invalid(format!("{}: {e}", opts.dir.join(d).display())))?;
     }
+    // One agent per directory: a second would reap the first one's plugins as orphans.
+    let lock_path = opts.dir.join("agent.lock");
+    let lock =
+        std::fs::File::create(&lock_path).map_err(|e| CliError::Invalid(format!("{}: {e}", lock_path.display())))?;
+    // SAFETY: flock on a descriptor this function owns; released when `lock` is dropped at return.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(CliError::Invalid(format!(
+            "{} is in use by another agent: give each agent a --dir of its own",
+            opts.dir.display()
+        )));
+    }
     // Plugins a previous agent left running (it was killed under them) stop before any new
     // attempt: their leases have lapsed, and a late install must not land after a newer one.
     crate::exec::plugin::reap_orphans(&opts.dir);
@@ -136,6 +147,14 @@ async fn environment(client: &Client, env: &str) -> Result<dto::EnvStatus, CliEr
     Ok(reply.typed::<dto::EnvStatus>()?.1)
 }
 
+/// Ids as the appliance makes them (`job-…`, `run-…`, step names): 1-128 of `a-z A-Z 0-9 - _ .`,
+/// not starting with a dot.
+fn plain_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && !s.starts_with('.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// An environment's target as the appliance names it for a remote agent (`targets/<env>`),
 /// under the agent's directory; anything else is refused.
 fn target_dir(dir: &Path, target: &str) -> Result<PathBuf, String> {
@@ -192,8 +211,17 @@ impl Agent {
         if payload["secrets"].as_array().is_some_and(|s| !s.is_empty()) {
             return Err(("secrets_unsupported", "a remote agent is given no secrets: the step names some".into()));
         }
+        // Everything here names paths on this host: it must have the shapes the appliance gives.
+        for (what, v) in
+            [("job", Some(lease.job_id.as_str())), ("run", payload["run"].as_str()), ("step", payload["step"].as_str())]
+        {
+            if !v.is_some_and(plain_name) {
+                return Err(("invalid_job", format!("the lease names a {what} {v:?} that is not a plain name")));
+            }
+        }
         let digest = payload["pluginDigest"]
             .as_str()
+            .filter(|d| sealed::valid_digest(d))
             .ok_or_else(|| ("plugin_missing", format!("job {} pins no plugin digest", lease.job_id)))?
             .to_owned();
         let plugin_dir = self.sealed(Sealed::Plugin, &digest).await?;
@@ -222,30 +250,45 @@ impl Agent {
     async fn attempt(&self, lease: dto::Leased) {
         let job = lease.job_id.clone();
         tracing::info!(job = %job, attempt = lease.attempt, kind = lease.payload["kind"].as_str().unwrap_or("-"), "leased");
+        let ttl = self.opts.lease_ttl;
         let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
-        let work: std::pin::Pin<Box<dyn std::future::Future<Output = Option<StepResult>> + Send>> =
+        // Fetching and verifying run under the lease's heartbeat too: a slow link must not
+        // let the lease lapse before the plugin starts.
+        let work = async {
             match self.invocation(&lease).await {
-                Ok(inv) => Box::pin(plugin::run(inv, async {
-                    let _ = cancel_rx.await;
-                })),
-                Err((code, error)) => Box::pin(async move { Some(StepResult::Failed { code: code.into(), error }) }),
-            };
+                Ok(inv) => {
+                    plugin::run(inv, async {
+                        let _ = cancel_rx.await;
+                    })
+                    .await
+                }
+                Err((code, error)) => Some(StepResult::Failed { code: code.into(), error }),
+            }
+        };
         tokio::pin!(work);
-        let beat = (self.opts.lease_ttl / 3).max(Duration::from_millis(100));
+        let beat = (ttl / 3).max(Duration::from_millis(100));
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+        let mut held_until = tokio::time::Instant::now() + ttl;
         let mut cancel = Some(cancel_tx);
         let result = loop {
             tokio::select! {
                 r = &mut work => break r,
                 _ = heartbeat.tick(), if cancel.is_some() => {
-                    if let Err(e) = self.act(&job, "heartbeat", json!({ "token": lease.token, "ttl": format!("{}ms", self.opts.lease_ttl.as_millis()) })).await {
-                        if matches!(e, CliError::Api { status: 404 | 409 | 410, .. }) {
+                    let body = json!({ "token": lease.token, "ttl": format!("{}ms", ttl.as_millis()) });
+                    let asked = tokio::time::Instant::now();
+                    match self.act(&job, "heartbeat", body).await {
+                        Ok(()) => held_until = asked + ttl,
+                        Err(e @ CliError::Api { status: 403 | 404 | 409 | 410, .. }) => {
                             tracing::info!(job = %job, error = %e, "lease lost; stopping the plugin");
                             let _ = cancel.take().map(|c| c.send(()));
-                        } else {
-                            // The appliance may be restarting: the lease holds until its expiry.
-                            tracing::warn!(job = %job, error = %e, "heartbeat failed; trying again");
                         }
+                        // The appliance may be restarting: the lease holds until its expiry,
+                        // and once that is past the attempt is another's to make.
+                        Err(e) if tokio::time::Instant::now() >= held_until => {
+                            tracing::warn!(job = %job, error = %e, "lease expired unrenewed; stopping the plugin");
+                            let _ = cancel.take().map(|c| c.send(()));
+                        }
+                        Err(e) => tracing::warn!(job = %job, error = %e, "heartbeat failed; trying again"),
                     }
                 }
             }
@@ -262,9 +305,20 @@ impl Agent {
                 ("fail", json!({ "token": lease.token, "error": error, "errorCode": code, "retryable": true }))
             }
         };
-        match self.act(&job, action, body).await {
-            Ok(()) => tracing::info!(job = %job, outcome = action, "reported"),
-            Err(e) => tracing::warn!(job = %job, error = %e, "result refused"),
+        // A result not delivered is tried again while the lease may still hold: a blip must
+        // not turn a finished deployment into a lapsed one.
+        loop {
+            match self.act(&job, action, body.clone()).await {
+                Ok(()) => return tracing::info!(job = %job, outcome = action, "reported"),
+                Err(e @ CliError::Api { .. }) => return tracing::warn!(job = %job, error = %e, "result refused"),
+                Err(e) if tokio::time::Instant::now() >= held_until => {
+                    return tracing::warn!(job = %job, error = %e, "result not delivered before the lease expired");
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job, error = %e, "result not delivered; trying again");
+                    tokio::time::sleep(RETRY.min(beat)).await;
+                }
+            }
         }
     }
 
@@ -281,6 +335,10 @@ mod tests {
     fn targets_stay_under_the_agents_targets_directory() {
         let dir = Path::new("/srv/agent");
         assert_eq!(target_dir(dir, "targets/prod").unwrap(), Path::new("/srv/agent/targets/prod"));
+        assert!(plain_name("job-000000000001") && plain_name("run-7") && plain_name("deploy"));
+        for bad in ["", "..", "../x", "a/b", ".hidden", "x\0"] {
+            assert!(!plain_name(bad), "{bad:?}");
+        }
         for bad in ["/etc", "targets/../../etc", "registry", "../targets/x", ""] {
             assert!(target_dir(dir, bad).is_err(), "{bad}");
         }

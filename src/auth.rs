@@ -77,11 +77,12 @@ impl Principal {
         Self { tenant: None, actor: format!("local:uid={uid}"), scopes: Scope::ALL.to_vec() }
     }
 
-    /// `admin` implies every scope; every scope implies `read`.
+    /// `admin` implies every scope; every scope but `agent` implies `read` (a deploy agent
+    /// reads only its environment, where a route says so).
     pub fn has(&self, needed: Scope) -> bool {
         self.scopes.contains(&needed)
             || self.scopes.contains(&Scope::Admin)
-            || (needed == Scope::Read && !self.scopes.is_empty())
+            || (needed == Scope::Read && self.scopes.iter().any(|s| *s != Scope::Agent))
     }
 
     /// Whether this principal may see an object of `tenant`.

@@ -192,6 +192,13 @@ async fn start_writes(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not sweep the sealed bundle store"),
     }
+    match crate::app::release::sweep_registry(store, &opts.layout.lib()) {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::warn!(digests = ?gone, "removed registry copies no artifact record names")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not sweep the artifact registry"),
+    }
     // Bundles installed earlier must still verify against today's trust store and disk.
     let checked = crate::app::installed::reverify_all(
         store,

@@ -371,6 +371,50 @@ pub fn agent_down(
     )))
 }
 
+/// Damaged copies kept aside in `registry/damaged/` (for a look at what changed), newest first.
+const DAMAGED_KEPT: usize = 10;
+
+/// Removes all but the `keep` newest entries of `dir`.
+fn keep_newest(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut all: Vec<_> = entries
+        .flatten()
+        .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
+        .collect();
+    all.sort();
+    for (_, old) in all.iter().rev().skip(keep) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+}
+
+/// At start: removes registry copies no live artifact record names — an import that died
+/// after sealing and before its record, or a deletion whose files outlived its entry — so the
+/// registry holds exactly what its records say. Returns the digests removed.
+pub fn sweep_registry(store: &Store, lib: &Path) -> Result<Vec<String>, StoreError> {
+    let txn = store.read()?;
+    let live: std::collections::HashSet<String> = crate::domain::release::tables::artifacts(&txn, usize::MAX)?
+        .into_iter()
+        .filter(|a| a.deleted.is_none())
+        .map(|a| a.digest)
+        .collect();
+    drop(txn);
+    let registry = crate::app::import::registry_dir(lib);
+    let mut removed = Vec::new();
+    for sub in ["sha256", "meta"] {
+        let Ok(entries) = std::fs::read_dir(registry.join(sub)) else { continue };
+        for e in entries.flatten() {
+            let digest = e.file_name().to_string_lossy().into_owned();
+            if live.contains(&digest) {
+                continue;
+            }
+            if std::fs::remove_dir_all(e.path()).is_ok() && !removed.contains(&digest) {
+                removed.push(digest);
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Workers and lease timers examined to tell whether an agent is alive.
 const WORKERS_MAX: usize = 10_000;
 const LEASE_SCAN: usize = 100_000;
@@ -692,9 +736,11 @@ impl Releases<'_> {
             }
             let target = artifact_dir(&lib, &digest);
             if target.exists() {
-                let aside = crate::app::import::registry_dir(&lib).join("damaged").join(format!("{digest}-{now}"));
-                std::fs::create_dir_all(aside.parent().expect("has a parent")).map_err(|e| e.to_string())?;
+                let damaged = crate::app::import::registry_dir(&lib).join("damaged");
+                let aside = damaged.join(format!("{digest}-{now}"));
+                std::fs::create_dir_all(&damaged).map_err(|e| e.to_string())?;
                 std::fs::rename(&target, &aside).map_err(|e| format!("move the damaged copy aside: {e}"))?;
+                keep_newest(&damaged, DAMAGED_KEPT);
             }
             crate::domain::bundles::import::seal_at(&f, &v, &lib, target, &progress)?;
             let members = crate::domain::bundles::verify::signed_members(&f).map_err(|e| e.to_string())?;

@@ -106,7 +106,8 @@ pub fn pack(lib: &Path, kind: Sealed, digest: &str) -> Result<Vec<u8>, PackError
                 if !m.is_file() {
                     return Err(PackError::Io(format!("{} is not a regular file", p.display())));
                 }
-                total += m.len();
+                // Header and padding count too: the reply must fit what the agent reads.
+                total += m.len() + 1024;
                 if total > BYTES_MAX {
                     return Err(PackError::TooLarge(format!(
                         "{} {digest} is larger than {} MiB: too large to carry to a remote agent",
@@ -134,7 +135,7 @@ pub fn cached(cache: &Path, kind: Sealed, digest: &str, trust: &TrustStore, now_
     if !dir.is_dir() {
         return None;
     }
-    match verify(&dir, digest, trust, now_ms) {
+    match verify(&dir, kind, digest, trust, now_ms) {
         Ok(()) => Some(dir.join("files")),
         Err(e) => {
             tracing::warn!(kind = kind.as_str(), digest, error = %e, "cached copy fails verification; fetching it again");
@@ -158,7 +159,7 @@ pub fn install(
     let staging = cache.join("staging").join(crate::ids::random_hex(8));
     let result = unpack(bytes, &staging)
         .and_then(|()| {
-            verify(&staging, digest, trust, now_ms)
+            verify(&staging, kind, digest, trust, now_ms)
                 .map_err(|e| format!("{} {digest} fails verification on this agent: {e}", kind.as_str()))
         })
         .and_then(|()| {
@@ -168,7 +169,7 @@ pub fn install(
                 // Another attempt put the same copy in place meanwhile.
                 Err(_) if dir.is_dir() => {
                     let _ = std::fs::remove_dir_all(&staging);
-                    verify(&dir, digest, trust, now_ms)
+                    verify(&dir, kind, digest, trust, now_ms)
                 }
                 Err(e) => Err(format!("{}: {e}", dir.display())),
             }
@@ -180,7 +181,7 @@ pub fn install(
     Ok(dir.join("files"))
 }
 
-fn verify(dir: &Path, digest: &str, trust: &TrustStore, now_ms: i64) -> Result<(), String> {
+fn verify(dir: &Path, kind: Sealed, digest: &str, trust: &TrustStore, now_ms: i64) -> Result<(), String> {
     reverify_installed(&dir.join("meta"), &dir.join("files"), trust, now_ms)?;
     // The signed manifest names the payload it describes: it must be the one the job pins.
     let bytes = std::fs::read(dir.join("meta").join(crate::domain::bundles::format::MANIFEST))
@@ -188,6 +189,14 @@ fn verify(dir: &Path, digest: &str, trust: &TrustStore, now_ms: i64) -> Result<(
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest.json: {e}"))?;
     if manifest.payload.sha256 != digest {
         return Err(format!("its signed manifest describes payload {}, not {digest}", manifest.payload.sha256));
+    }
+    // A signed bundle of another kind (an artifact served as a plugin) is not run.
+    let expected = match kind {
+        Sealed::Plugin => crate::domain::bundles::format::Kind::Plugin,
+        Sealed::Artifact => crate::domain::bundles::format::Kind::Artifact,
+    };
+    if manifest.kind != expected {
+        return Err(format!("its signed manifest is of a {} bundle, not a {}", manifest.kind.as_str(), kind.as_str()));
     }
     Ok(())
 }

@@ -34,7 +34,7 @@ impl AgentProcess {
             .args(["--server", app.https.as_deref().unwrap()])
             .arg("--ca")
             .arg(app.layout().default_tls_cert())
-            .args(["--token", token, "agent", "run", "--env", "edge", "--lease-ttl", "3s", "--dir"])
+            .args(["--token", token, "agent", "run", "--env", "edge", "--lease-ttl", "6s", "--dir"])
             .arg(dir)
             .arg("--trust")
             .arg(trust)
@@ -176,6 +176,27 @@ async fn a_remote_agent_over_tls_deploys_its_environment_and_rollback_waits_for_
         .await
         .unwrap();
     assert_eq!(r.status.as_u16(), 403, "an agent's token does not deploy");
+    for path in
+        ["/api/v1/orchestrator/runs", "/api/v1/orchestrator/config", "/api/v1/orchestrator/jobs/job-000000000001"]
+    {
+        let r = agent_client.get(path).await.unwrap();
+        assert_eq!(r.status.as_u16(), 403, "an agent's token reads only its environment: {path}");
+    }
+    let r = agent_client.get("/api/v1/orchestrator/environments/edge").await.unwrap();
+    assert_eq!(r.status.as_u16(), 200, "{}", String::from_utf8_lossy(&r.body));
+    // Nor does it settle a job the in-process agent runs (dev is deployed by it).
+    let local = cli(&app, &["deploy", "--env", "dev", "--artifact", "web@1.4.1"]);
+    let run = wait_end(&c, local["runId"].as_str().unwrap()).await;
+    let job = run["steps"].as_array().unwrap()[0]["jobId"].as_str().unwrap().to_owned();
+    let r = agent_client
+        .post(&format!("/api/v1/orchestrator/leases/{job}/complete"), &json!({ "token": 1, "result": {} }))
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 403, "{}", String::from_utf8_lossy(&r.body));
+    let misnamed = json!({ "worker": "other-agent", "types": ["sample-deploy"], "env": "edge", "agent": "0.0.0" });
+    let r = agent_client.post("/api/v1/orchestrator/leases", &misnamed).await.unwrap();
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(r.status.as_u16() == 409 && body.contains("agent_not_chosen") && body.contains("edge-agent"), "{body}");
     // A DAG of one's own cannot send work to an environment's agent.
     let spec = "name = \"sneaky\"\n[steps.a]\nplugin = \"sample-deploy\"\nkind = \"observe\"\nagent = \"edge-agent\"\n";
     let r = c.post("/api/v1/orchestrator/dags", &json!({ "spec": spec })).await.unwrap();
@@ -256,7 +277,7 @@ async fn a_remote_agent_over_tls_deploys_its_environment_and_rollback_waits_for_
     // The agent dies with kill -9 in the middle of a deployment: its plugin (its own process
     // group) lives on, the lease lapses, the deployment fails; once the agent is overdue,
     // agent status says so and rollback refuses, naming it.
-    std::fs::write(agent_dir.join("targets/edge/.slow"), "30").unwrap();
+    std::fs::write(agent_dir.join("targets/edge/.slow"), "120").unwrap();
     let stuck = cli(&app, &["deploy", "--env", "edge", "--artifact", "web@1.4.0"]);
     let spawned = || pgid_files(&agent_dir.join("work"));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -265,7 +286,6 @@ async fn a_remote_agent_over_tls_deploys_its_environment_and_rollback_waits_for_
         std::thread::sleep(Duration::from_millis(50));
     }
     agent.kill9();
-    std::fs::remove_file(agent_dir.join("targets/edge/.slow")).unwrap();
     let run = wait_end(&c, stuck["runId"].as_str().unwrap()).await;
     assert_eq!(run["status"], "failed", "{run}");
     let all = cli(&app, &["orch", "deployments", "list", "--env", "edge"]);
@@ -292,6 +312,7 @@ async fn a_remote_agent_over_tls_deploys_its_environment_and_rollback_waits_for_
     let agent = AgentProcess::start(&app, &token, &agent_dir, &trust);
     agent_status_until(&app, "edge-agent chosen again", chosen);
     assert!(agent.log().contains("stopping a plugin left running"), "{}", agent.log());
+    std::fs::remove_file(agent_dir.join("targets/edge/.slow")).unwrap();
     let d = deployed(&app, &["rollback", "start", "--env", "edge"]).await;
     assert_eq!(
         (d["status"].as_str(), d["kind"].as_str(), d["artifact"].as_str()),
@@ -308,7 +329,11 @@ async fn a_remote_agent_over_tls_deploys_its_environment_and_rollback_waits_for_
     std::fs::create_dir_all(&empty_trust).unwrap();
     std::fs::write(empty_trust.join("allowed_signers"), "").unwrap();
     let strict = AgentProcess::start(&app, &token, &strict_dir, &empty_trust);
-    agent_status_until(&app, "the strict agent chosen", chosen);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !strict.log().contains("deploy agent started") {
+        assert!(std::time::Instant::now() < deadline, "the strict agent did not start: {}", strict.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let d = deployed(&app, &["deploy", "--env", "edge", "--artifact", "web@1.4.2"]).await;
     assert_eq!(d["status"], "failed", "{d}\n{}", strict.log());
     assert!(!strict_dir.join("targets/edge/current").exists(), "nothing was installed");

@@ -224,7 +224,11 @@ pub async fn sealed(
 ) -> ApiResult<axum::response::Response> {
     use crate::app::sealed::{PackError, Sealed, pack, valid_digest};
     use axum::response::IntoResponse;
-    auth.require(Scope::Agent)?;
+    let p = auth.require(Scope::Agent)?;
+    // The site's agents (and administrators of every tenant) only.
+    if !state.sees_all_tenants(p) && p.tenant.as_deref() != Some(crate::auth::SITE_TENANT) {
+        return Err(Problem::forbidden());
+    }
     let kind = Sealed::parse(&kind)
         .ok_or_else(|| Problem::not_found(format!("sealed copies of {kind:?} (plugin, artifact)")))?;
     if !valid_digest(&digest) {

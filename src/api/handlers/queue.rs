@@ -220,8 +220,18 @@ fn agent_tenant(state: &AppState, p: &Principal, req: &dto::LeaseRequest, versio
         .env
         .as_deref()
         .ok_or_else(|| Problem::invalid("env", "a deploy agent leases for one environment: name it"))?;
-    if crate::domain::release::tables::environment(&state.store.read()?, env)?.is_none_or(|e| e.declared_by.is_none()) {
-        return Err(Problem::not_found(format!("environment {env}")));
+    let e = crate::domain::release::tables::environment(&state.store.read()?, env)?
+        .filter(|e| e.declared_by.is_some())
+        .ok_or_else(|| Problem::not_found(format!("environment {env}")))?;
+    if e.env.agent != req.worker {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "agent_not_chosen",
+            format!(
+                "environment {env} is deployed by agent {:?}, not {:?}: run the agent under that name (stella agent run --env {env}, without --name), or name this one in the release",
+                e.env.agent, req.worker
+            ),
+        ));
     }
     Ok(site.to_owned())
 }
@@ -255,6 +265,21 @@ pub async fn lease_action(
     JsonBody(req): JsonBody<dto::LeaseAction>,
 ) -> ApiResult<Json<dto::Job>> {
     let p = auth.require_either(Scope::Operate, Scope::Agent)?;
+    if !p.has(Scope::Operate) {
+        // A deploy agent's token settles only jobs bound to a deploy agent (its fencing token
+        // then decides), never one the in-process executor or another worker runs.
+        let bound = read::job(&state.store.read()?, &job)?
+            .is_some_and(|j| j.tenant == crate::auth::SITE_TENANT && j.payload["agent"].is_string());
+        if !bound {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "job {job} is not leased by a deploy agent: a deploy agent's token acts on its own leases only"
+                ),
+            ));
+        }
+    }
     let tenant = p.tenant.clone();
     let command = match action.as_str() {
         "heartbeat" => {

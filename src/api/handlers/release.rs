@@ -19,7 +19,10 @@ const LIST_MAX: usize = 1_000;
 
 /// The site's release objects are for principals that see every tenant.
 fn site(state: &AppState, auth: &Auth, scope: Scope) -> Result<Principal, Problem> {
-    let p = auth.require(scope)?;
+    site_principal(state, auth.require(scope)?)
+}
+
+fn site_principal(state: &AppState, p: &Principal) -> Result<Principal, Problem> {
     // A deploy agent's token belongs to the site.
     if !state.sees_all_tenants(p) && p.tenant.as_deref() != Some(crate::auth::SITE_TENANT) {
         return Err(Problem::new(
@@ -202,7 +205,8 @@ pub async fn environment(
     Path(name): Path<String>,
     QueryArgs(q): QueryArgs<DetailQuery>,
 ) -> ApiResult<Json<dto::EnvStatus>> {
-    site(&state, &auth, Scope::Read)?;
+    // Its deploy agent reads it too (its agent name and plugin).
+    site_principal(&state, auth.require_either(Scope::Read, Scope::Agent)?)?;
     let e = t::environment(&state.store.read()?, &name)?
         .ok_or_else(|| Problem::not_found(format!("environment {name}")))?;
     Ok(Json(status_of(&state, &e, q.detailed).await?))

@@ -9,6 +9,11 @@ pub mod tables;
 
 pub use plan::{QueueCommand, ReplaySelector};
 
+/// The tenant of the site's own jobs (deployment and probe runs, and the locks their steps
+/// take): never one of `tenants.allowed`, so a tenant's token, worker or lease cannot see,
+/// take or cancel them. Only its jobs can be bound to a remote deploy agent.
+pub const SITE_TENANT: &str = "site";
+
 /// The in-process executor's worker names start with this (then the daemon's pid); the API
 /// refuses it for other workers.
 pub const LOCAL_WORKER: &str = "local-";

@@ -622,7 +622,8 @@ fn lease(txn: &WriteTransaction, ctx: &mut PlanCtx, ask: LeaseAsk) -> Result<Eff
                 }
                 // A job bound to a remote deploy agent goes to that agent's leases only; an
                 // agent's leases (they name an environment) take nothing else.
-                let bound = job.payload["agent"].as_str();
+                // (A tenant's job may have any payload: only the site's jobs are bound.)
+                let bound = job.payload["agent"].as_str().filter(|_| job.tenant == super::SITE_TENANT);
                 if bound != ask.agent.as_ref().map(|_| ask.worker) {
                     continue;
                 }

@@ -13,10 +13,8 @@ pub use plan::{follow, plan};
 use serde::{Deserialize, Serialize};
 pub use spec::Environment;
 
-/// The tenant deployment and probe runs (and the locks their steps take) belong to: the
-/// site's, never one of `tenants.allowed`, so a tenant's token, worker or lease cannot see,
-/// take or cancel them.
-pub const SITE_TENANT: &str = "site";
+/// The tenant deployment and probe runs belong to (see the queue's).
+pub use crate::domain::queue::SITE_TENANT;
 
 /// Deployments listed or scanned at most.
 pub const DEPLOYMENT_SCAN_MAX: usize = 100_000;

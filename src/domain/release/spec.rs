@@ -268,6 +268,15 @@ pub fn parse(text: &str) -> Result<Release, String> {
         envs[i].order = order;
     }
     envs.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
+    // A remote agent deploys one environment: its leases, liveness and cache are that one's.
+    for (i, e) in envs.iter().enumerate().filter(|(_, e)| e.agent != LOCAL_AGENT) {
+        if let Some(other) = envs[..i].iter().find(|o| o.agent == e.agent) {
+            return Err(format!(
+                "{FILE}: environments {} and {} both name agent {:?}: a remote agent deploys one environment",
+                other.name, e.name, e.agent
+            ));
+        }
+    }
     let dags = file.environments.iter().map(|(name, e)| (dag_name(name), dag_spec(name, e))).collect();
     Ok(Release { description: file.description, environments: envs, dags })
 }
@@ -342,6 +351,11 @@ mod tests {
                 "freeze window w: until must be after from",
             ),
             ("[environments.a]\nplugin = \"p\"\ntarget = \"targets/t\"\nbogus = 1\n", "unknown field"),
+            (
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/a\"\nagent = \"x\"\n[environments.b]\nplugin = \"p\"\ntarget = \"targets/b\"\nagent = \"x\"\n",
+                "both name agent \"x\"",
+            ),
+            ("[environments.a]\nplugin = \"p\"\ntarget = \"targets/a\"\nagent = \"local-7\"\n", "not starting with"),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err();
