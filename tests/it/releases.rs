@@ -679,3 +679,25 @@ async fn dev_mode_declares_environments_from_a_local_file_recorded_unsigned() {
     assert_eq!(still["target"].as_str().map(|t| t.ends_with("targets/lab")), Some(true), "{still}");
     verified(&app);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_sweeps_registry_copies_no_record_names_and_keeps_the_recorded_ones() {
+    let mut app = TestAppliance::start();
+    let registry = app.layout().registry();
+    let recorded: Vec<_> = std::fs::read_dir(registry.join("sha256")).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(!recorded.is_empty());
+    // What an import killed between sealing and recording leaves behind.
+    let orphan = registry.join("sha256").join("ab".repeat(32));
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("VERSION"), "9.9.9\n").unwrap();
+    std::fs::create_dir_all(registry.join("meta").join("ab".repeat(32))).unwrap();
+    app.terminate();
+    app.launch();
+    assert!(!orphan.exists() && !registry.join("meta").join("ab".repeat(32)).exists(), "the unrecorded copy is gone");
+    for dir in &recorded {
+        assert!(dir.is_dir(), "{} is recorded and stays", dir.display());
+    }
+    assert!(app.log().contains("removed registry copies no artifact record names"), "{}", app.log());
+    let a = cli(&app, &["orch", "artifacts", "get", "web@1.4.1", "--check"]);
+    assert_eq!(a["check"]["verified"], true, "{a}");
+}
