@@ -279,6 +279,14 @@ fn plugin_spawn(n: usize) {
 }
 
 fn main() {
+    // `cargo bench --bench dag -- verify`: db verify alone, of the 1,000-wide fan-out ×5 ledger.
+    if std::env::args().skip(1).any(|a| a == "verify") {
+        let (_, store, _dir) = dag(1002, 5);
+        for _ in 0..5 {
+            db_verify(&store);
+        }
+        return;
+    }
     if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"dag".contains(a.as_str())) {
         return;
     }

@@ -1,9 +1,10 @@
 //! Durable counters: the `counters` projection table, written only by the projection (so a
 //! replay rebuilds them) and read by `/metrics` and by planners that take sequence numbers.
 
-use crate::kernel::plan::{ApplyError, redb};
+use crate::kernel::plan::ApplyError;
 use crate::kernel::store::rw;
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::kernel::tx::Tx;
+use redb::{ReadableTable, TableDefinition};
 
 /// Projection: durable counters (sequence numbers, metric totals), name → big-endian u64.
 pub const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
@@ -14,33 +15,31 @@ pub fn get(table: &impl ReadableTable<&'static str, &'static [u8]>, name: &str) 
 }
 
 /// Adds `by` to counter `name`.
-pub fn add(txn: &WriteTransaction, name: &str, by: u64) -> Result<(), ApplyError> {
-    let mut table = txn.open_table(COUNTERS).map_err(redb)?;
-    let n = rw::counter(&table, name).map_err(ApplyError::Storage)?;
-    rw::set_counter(&mut table, name, n + by).map_err(ApplyError::Storage)
+pub fn add(tx: &Tx, name: &str, by: u64) -> Result<(), ApplyError> {
+    let n = tx.counter(COUNTERS, name)?;
+    tx.set_counter(COUNTERS, name, n + by)
 }
 
 /// Adds one to counter `name`.
-pub fn increment(txn: &WriteTransaction, name: &str) -> Result<(), ApplyError> {
-    add(txn, name, 1)
+pub fn increment(tx: &Tx, name: &str) -> Result<(), ApplyError> {
+    add(tx, name, 1)
 }
 
 /// Raises counter `name` to `value` if it is below it (a sequence number seen in an entry).
-pub fn raise(txn: &WriteTransaction, name: &str, value: u64) -> Result<(), ApplyError> {
-    let mut table = txn.open_table(COUNTERS).map_err(redb)?;
-    if value > rw::counter(&table, name).map_err(ApplyError::Storage)? {
-        rw::set_counter(&mut table, name, value).map_err(ApplyError::Storage)?;
+pub fn raise(tx: &Tx, name: &str, value: u64) -> Result<(), ApplyError> {
+    if value > tx.counter(COUNTERS, name)? {
+        tx.set_counter(COUNTERS, name, value)?;
     }
     Ok(())
 }
 
 /// Records `ms` in the durable histogram `name` with upper bounds `buckets` (seconds): one
 /// counter per bucket (`name:b<i>`, the last is +Inf), `name:sum_ms` and `name:count`.
-pub fn observe(txn: &WriteTransaction, name: &str, buckets: &[f64], ms: i64) -> Result<(), ApplyError> {
+pub fn observe(tx: &Tx, name: &str, buckets: &[f64], ms: i64) -> Result<(), ApplyError> {
     let ms = ms.max(0) as u64;
     let seconds = ms as f64 / 1000.0;
     let i = buckets.iter().position(|b| seconds <= *b).unwrap_or(buckets.len());
-    add(txn, &format!("{name}:b{i}"), 1)?;
-    add(txn, &format!("{name}:sum_ms"), ms)?;
-    add(txn, &format!("{name}:count"), 1)
+    add(tx, &format!("{name}:b{i}"), 1)?;
+    add(tx, &format!("{name}:sum_ms"), ms)?;
+    add(tx, &format!("{name}:count"), 1)
 }

@@ -11,9 +11,11 @@ pub mod ledger;
 pub mod plan;
 pub mod rng;
 pub mod store;
+pub mod tx;
 pub mod verify;
 pub mod wal;
 pub mod writer;
 
 pub use plan::{Actor, ApplyError, CommandError, Committed, Derived, Effects, Machine, PlanCtx, storage};
 pub use store::{Store, StoreError};
+pub use tx::Tx;

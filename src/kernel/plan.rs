@@ -32,7 +32,7 @@ pub trait Machine: Send + 'static {
         ctx: &mut PlanCtx,
     ) -> Result<Effects<Self::Live>, CommandError>;
     /// Applies one committed (or replayed) entry to the projection tables.
-    fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError>;
+    fn apply(tx: &crate::kernel::tx::Tx, entry: &Entry) -> Result<(), ApplyError>;
     /// Applies a command's liveness writes in the batch's transaction.
     fn apply_live(txn: &WriteTransaction, live: &[Self::Live], now: i64) -> Result<(), redb::Error>;
     /// Whether a liveness write is something its caller is told holds (a lease extended until
@@ -211,7 +211,7 @@ pub(crate) mod testing {
         fn plan(_: &(), _: &WriteTransaction, _: &mut PlanCtx) -> Result<Effects<()>, CommandError> {
             Ok(Effects::default())
         }
-        fn apply(_: &WriteTransaction, _: &Entry) -> Result<(), ApplyError> {
+        fn apply(_: &crate::kernel::tx::Tx, _: &Entry) -> Result<(), ApplyError> {
             Ok(())
         }
         fn live_is_durable(_: &()) -> bool {

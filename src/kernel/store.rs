@@ -319,7 +319,8 @@ fn rebuild_projections<M: Machine>(txn: &redb::WriteTransaction, path: &Path) ->
             let (k, v) = row.map_err(|e| err(e.into()))?;
             let corrupt = |reason: String| StoreError::Corrupt { table: "ledger", key: k.value().to_string(), reason };
             let entry = serde_json::from_slice::<Entry>(v.value()).map_err(|e| corrupt(e.to_string()))?;
-            M::apply(txn, &entry).map_err(|e| corrupt(format!("replaying it into the rebuilt tables: {e}")))?;
+            M::apply(&crate::kernel::tx::Tx::store(txn), &entry)
+                .map_err(|e| corrupt(format!("replaying it into the rebuilt tables: {e}")))?;
             applied += 1;
         }
         Ok(())
@@ -370,6 +371,9 @@ pub trait Record: Serialize + for<'de> Deserialize<'de> {
         serde_json::from_slice(bytes)
     }
 }
+
+/// A record kept as plain JSON (bundles, plugins, schedules: the entry's data as written).
+impl Record for serde_json::Value {}
 
 /// Reads of the ledger, and the helpers domain tables use for theirs.
 pub mod read {

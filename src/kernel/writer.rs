@@ -543,7 +543,7 @@ impl<M: Machine> Writer<M> {
                 let (entry, stored) = Entry::seal_stored(draft, seq, now, &env.actor.name, &prev);
                 ledger.insert(seq, stored.as_slice()).map_err(|e| e.to_string())?;
                 self.record.push(seq, &stored);
-                M::apply(txn, &entry).map_err(|e| e.to_string())?;
+                M::apply(&crate::kernel::tx::Tx::store(txn), &entry).map_err(|e| e.to_string())?;
                 prev.clone_from(&entry.hash);
                 entries.push(entry);
             }

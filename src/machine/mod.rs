@@ -144,24 +144,24 @@ impl Machine for Stella {
         Ok(effects)
     }
 
-    fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<(), ApplyError> {
+    fn apply(tx: &crate::kernel::Tx, entry: &Entry) -> Result<(), ApplyError> {
         let bad = |e: serde_json::Error| ApplyError::entry(entry, e);
         if let Some(event) = ApplianceEvent::of(entry) {
-            return appliance::apply::apply(txn, event.map_err(bad)?);
+            return appliance::apply::apply(tx, event.map_err(bad)?);
         }
         if let Some(event) = TokenEvent::of(entry) {
-            return tokens::apply::apply(txn, entry, event.map_err(bad)?);
+            return tokens::apply::apply(tx, entry, event.map_err(bad)?);
         }
         if let Some(event) = BundleEvent::of(entry) {
-            return bundles::apply::apply(txn, entry, event.map_err(bad)?);
+            return bundles::apply::apply(tx, entry, event.map_err(bad)?);
         }
         if let Some(event) = LockEvent::of(entry) {
-            return locks::apply::apply(txn, entry, event.map_err(bad)?);
+            return locks::apply::apply(tx, entry, event.map_err(bad)?);
         }
         if let Some(event) = ReleaseEvent::of(entry) {
-            return release::apply::apply(txn, entry, event.map_err(bad)?);
+            return release::apply::apply(tx, entry, event.map_err(bad)?);
         }
-        let applied = queue::apply::apply(txn, entry)? || runs::apply::apply(txn, entry)?;
+        let applied = queue::apply::apply(tx, entry)? || runs::apply::apply(tx, entry)?;
         if !applied {
             return Err(ApplyError::entry(entry, format!("unknown entry kind {:?}", entry.kind)));
         }

@@ -4,30 +4,19 @@
 use super::{LockEvent, LockExpired, LockForceReleased, LockReleased, timer_key_lock};
 use crate::domain::locks::tables::{LOCK_IDS, LOCKS, LockHolder, LockRecord, LockWaiter, RESOURCES};
 use crate::kernel::ledger::Entry;
-use crate::kernel::store::rw;
-use crate::kernel::{ApplyError, counters, due};
-use redb::WriteTransaction;
+use crate::kernel::{ApplyError, Tx, counters, due};
 
 fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
     ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
 }
 
-fn r(e: impl Into<redb::Error>) -> ApplyError {
-    ApplyError::Storage(e.into())
-}
-
 /// Applies a lock entry.
-pub fn apply(txn: &WriteTransaction, entry: &Entry, event: LockEvent) -> Result<(), ApplyError> {
+pub fn apply(tx: &Tx, entry: &Entry, event: LockEvent) -> Result<(), ApplyError> {
     let Some((lock_id, resource)) = event.lock().map(|(i, r)| (i.to_owned(), r.to_owned())) else {
         let LockEvent::ResourceUpdated(d) = event else { unreachable!("only a resource update names no lock") };
-        let mut t = txn.open_table(RESOURCES).map_err(r)?;
-        rw::set_counter(&mut t, &d.resource, d.version).map_err(ApplyError::Storage)?;
-        return Ok(());
+        return tx.set_counter(RESOURCES, &d.resource, d.version);
     };
-    let existing = {
-        let t = txn.open_table(LOCKS).map_err(r)?;
-        rw::get::<LockRecord>(&t, "locks", &resource).map_err(|e| ApplyError::Record(e.to_string()))?
-    };
+    let existing = tx.get::<LockRecord>(LOCKS, &resource)?;
     let acquired = matches!(event, LockEvent::Acquired(_));
     let mut rec = match (acquired, existing) {
         (true, None) => LockRecord {
@@ -44,19 +33,19 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: LockEvent) -> Result<
     match event {
         LockEvent::Acquired(d) | LockEvent::Renewed(d) => {
             if let Some(old) = rec.holder.take() {
-                due::set(txn, old.expires_ms, &timer_key_lock(&resource, old.token), false)?;
+                due::set(tx, old.expires_ms, &timer_key_lock(&resource, old.token), false)?;
             }
             rec.holder =
                 Some(LockHolder { owner: d.owner, token: d.token, acquired_ms: entry.time, expires_ms: d.expires_ms });
-            due::set(txn, d.expires_ms, &timer_key_lock(&resource, d.token), true)?;
-            counters::raise(txn, "fence", d.token)?;
+            due::set(tx, d.expires_ms, &timer_key_lock(&resource, d.token), true)?;
+            counters::raise(tx, "fence", d.token)?;
             if acquired {
                 let n = lock_id
                     .strip_prefix("lock-")
                     .and_then(|n| n.parse().ok())
                     .ok_or_else(|| bad(entry, "bad lock id"))?;
-                counters::raise(txn, "lock_seq", n)?;
-                txn.open_table(LOCK_IDS).map_err(r)?.insert(lock_id.as_str(), resource.as_bytes()).map_err(r)?;
+                counters::raise(tx, "lock_seq", n)?;
+                tx.put_bytes(LOCK_IDS, &lock_id, resource.as_bytes())?;
             }
         }
         LockEvent::Waiting(d) => {
@@ -66,15 +55,15 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: LockEvent) -> Result<
         | LockEvent::ForceReleased(LockForceReleased { next, .. })
         | LockEvent::Expired(LockExpired { next, .. }) => {
             if let Some(old) = rec.holder.take() {
-                due::set(txn, old.expires_ms, &timer_key_lock(&resource, old.token), false)?;
+                due::set(tx, old.expires_ms, &timer_key_lock(&resource, old.token), false)?;
             }
             if let Some(g) = next {
                 if rec.waiters.first().map(|w| &w.owner) != Some(&g.owner) {
                     return Err(bad(entry, "next holder is not the first waiter"));
                 }
                 rec.waiters.remove(0);
-                due::set(txn, g.expires_ms, &timer_key_lock(&resource, g.token), true)?;
-                counters::raise(txn, "fence", g.token)?;
+                due::set(tx, g.expires_ms, &timer_key_lock(&resource, g.token), true)?;
+                counters::raise(tx, "fence", g.token)?;
                 rec.holder = Some(LockHolder {
                     owner: g.owner,
                     token: g.token,
@@ -85,12 +74,10 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: LockEvent) -> Result<
         }
         LockEvent::ResourceUpdated(_) => unreachable!("handled above"),
     }
-    let mut locks = txn.open_table(LOCKS).map_err(r)?;
     if rec.holder.is_none() && rec.waiters.is_empty() {
-        locks.remove(resource.as_str()).map_err(r)?;
-        txn.open_table(LOCK_IDS).map_err(r)?.remove(lock_id.as_str()).map_err(r)?;
+        tx.remove(LOCKS, &resource)?;
+        tx.remove(LOCK_IDS, &lock_id)
     } else {
-        rw::put(&mut locks, &resource, &rec).map_err(ApplyError::Storage)?;
+        tx.put(LOCKS, &resource, rec)
     }
-    Ok(())
 }

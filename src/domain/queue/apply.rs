@@ -16,12 +16,11 @@ use crate::domain::queue::tables::READY;
 use crate::domain::queue::{JobType, Next, QueueEvent};
 use crate::domain::queue::{ready_order, timer_key};
 use crate::kernel::ApplyError;
+use crate::kernel::Tx;
 use crate::kernel::event::Event;
 use crate::kernel::invariant::take_one;
 use crate::kernel::ledger::Entry;
-use crate::kernel::store::rw;
 use crate::kernel::{counters, due};
-use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 
 /// The facts of a new job that a `job.enqueued` (or `dlq.replayed`) entry carries; tenant and
@@ -58,28 +57,18 @@ fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
     ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
 }
 
-fn r(e: impl Into<redb::Error>) -> ApplyError {
-    ApplyError::Storage(e.into())
+fn load(tx: &Tx, entry: &Entry, id: &str) -> Result<JobRecord, ApplyError> {
+    tx.get::<JobRecord>(JOBS, id).map_err(|e| bad(entry, e))?.ok_or_else(|| bad(entry, format!("unknown job {id}")))
 }
 
-fn load(txn: &WriteTransaction, entry: &Entry, id: &str) -> Result<JobRecord, ApplyError> {
-    let table = txn.open_table(JOBS).map_err(r)?;
-    rw::get::<JobRecord>(&table, "jobs", id)
-        .map_err(|e| bad(entry, e))?
-        .ok_or_else(|| bad(entry, format!("unknown job {id}")))
+fn save(tx: &Tx, job: JobRecord) -> Result<(), ApplyError> {
+    tx.put(JOBS, &job.id.clone(), job)
 }
 
-fn save(txn: &WriteTransaction, job: &JobRecord) -> Result<(), ApplyError> {
-    rw::put(&mut txn.open_table(JOBS).map_err(r)?, &job.id, job).map_err(ApplyError::Storage)
-}
-
-fn with_queue(txn: &WriteTransaction, job_type: &str, f: impl FnOnce(&mut QueueRecord)) -> Result<(), ApplyError> {
-    let mut table = txn.open_table(QUEUES).map_err(r)?;
-    let mut q = rw::get::<QueueRecord>(&table, "queues", job_type)
-        .map_err(|e| ApplyError::Record(e.to_string()))?
-        .unwrap_or_default();
+fn with_queue(tx: &Tx, job_type: &str, f: impl FnOnce(&mut QueueRecord)) -> Result<(), ApplyError> {
+    let mut q = tx.get::<QueueRecord>(QUEUES, job_type)?.unwrap_or_default();
     f(&mut q);
-    rw::put(&mut table, job_type, &q).map_err(ApplyError::Storage)
+    tx.put(QUEUES, job_type, q)
 }
 
 fn slot(q: &mut QueueRecord, state: JobState) -> Option<&mut u64> {
@@ -94,13 +83,8 @@ fn slot(q: &mut QueueRecord, state: JobState) -> Option<&mut u64> {
 }
 
 /// Moves a job's counter from `from` to `to` in its type's record.
-fn count(
-    txn: &WriteTransaction,
-    job_type: &str,
-    from: Option<JobState>,
-    to: Option<JobState>,
-) -> Result<(), ApplyError> {
-    with_queue(txn, job_type, |q| {
+fn count(tx: &Tx, job_type: &str, from: Option<JobState>, to: Option<JobState>) -> Result<(), ApplyError> {
+    with_queue(tx, job_type, |q| {
         if let Some(c) = from.and_then(|s| slot(q, s)) {
             take_one(c, || format!("queue {job_type} {from:?} count"));
         }
@@ -111,19 +95,17 @@ fn count(
 }
 
 /// Puts a job in the ready index or, if not yet due, in the due index.
-fn make_waiting(txn: &WriteTransaction, job: &mut JobRecord, now: i64) -> Result<(), ApplyError> {
+fn make_waiting(tx: &Tx, job: &mut JobRecord, now: i64) -> Result<(), ApplyError> {
     if job.not_before_ms > now {
         job.state = JobState::Delayed;
-        due::set(txn, job.not_before_ms, &timer_key::ready(&job.id), true)
+        due::set(tx, job.not_before_ms, &timer_key::ready(&job.id), true)
     } else {
         job.state = JobState::Ready;
-        let mut ready = txn.open_table(READY).map_err(r)?;
-        ready.insert((job.job_type.as_str(), ready_order(job.priority, job.seq)), job.id.as_str()).map_err(r)?;
-        Ok(())
+        tx.index_insert(READY, (job.job_type.as_str(), ready_order(job.priority, job.seq)), job.id.as_str())
     }
 }
 
-fn insert_new(txn: &WriteTransaction, entry: &Entry, new: &EnqueuedJob) -> Result<(), ApplyError> {
+fn insert_new(tx: &Tx, entry: &Entry, new: &EnqueuedJob) -> Result<(), ApplyError> {
     let mut job = JobRecord {
         id: new.id.clone(),
         seq: new.seq,
@@ -146,34 +128,33 @@ fn insert_new(txn: &WriteTransaction, entry: &Entry, new: &EnqueuedJob) -> Resul
         backoff_ms: new.backoff_ms,
         interruptions: 0,
     };
-    make_waiting(txn, &mut job, entry.time)?;
-    count(txn, &job.job_type, None, Some(job.state))?;
-    save(txn, &job)?;
-    counters::raise(txn, "job_seq", new.seq)?;
+    make_waiting(tx, &mut job, entry.time)?;
+    count(tx, &job.job_type, None, Some(job.state))?;
+    save(tx, job)?;
+    counters::raise(tx, "job_seq", new.seq)?;
     if let Some(key) = &new.idempotency_key {
-        let mut idem = txn.open_table(IDEMPOTENCY).map_err(r)?;
-        idem.insert(format!("{}/{key}", entry.tenant).as_str(), new.id.as_bytes()).map_err(r)?;
+        tx.put_bytes(IDEMPOTENCY, &format!("{}/{key}", entry.tenant), new.id.as_bytes())?;
     }
     Ok(())
 }
 
 /// Ends the job's lease: its timer and its liveness row.
-fn end_lease(txn: &WriteTransaction, job: &mut JobRecord) -> Result<(), ApplyError> {
+fn end_lease(tx: &Tx, job: &mut JobRecord) -> Result<(), ApplyError> {
     if let Some(lease) = job.lease.take() {
-        due::set(txn, lease.expires_ms, &timer_key::lease(&job.id, lease.token), false)?;
-        txn.open_table(LIVE_LEASES).map_err(r)?.remove(job.id.as_str()).map_err(r)?;
+        due::set(tx, lease.expires_ms, &timer_key::lease(&job.id, lease.token), false)?;
+        tx.index_remove(LIVE_LEASES, job.id.as_str())?;
     }
     Ok(())
 }
 
 /// Ends the attempt `end` (an attempt's end: success, failure, expiry, interruption) names.
-fn finish_attempt(txn: &WriteTransaction, entry: &Entry, end: &QueueEvent) -> Result<(), ApplyError> {
+fn finish_attempt(tx: &Tx, entry: &Entry, end: &QueueEvent) -> Result<(), ApplyError> {
     let (id, token) = end.attempt_end().expect("an attempt's end");
-    let mut job = load(txn, entry, id)?;
+    let mut job = load(tx, entry, id)?;
     if job.lease.as_ref().map(|l| l.token) != Some(token) {
         return Err(bad(entry, format!("token {token} is not the lease of job {}", job.id)));
     }
-    end_lease(txn, &mut job)?;
+    end_lease(tx, &mut job)?;
     let from = Some(JobState::Leased);
     if let QueueEvent::LeaseInterrupted(e) = end {
         job.interruptions = e.interruptions;
@@ -190,13 +171,12 @@ fn finish_attempt(txn: &WriteTransaction, entry: &Entry, end: &QueueEvent) -> Re
         }
         (_, Some(Next::Retry { not_before_ms })) => {
             job.not_before_ms = *not_before_ms;
-            make_waiting(txn, &mut job, entry.time)?;
+            make_waiting(tx, &mut job, entry.time)?;
         }
         (_, Some(Next::Dead)) => {
             job.state = JobState::Dead;
             job.finished_ms = Some(entry.time);
-            let mut dlq = txn.open_table(DLQ).map_err(r)?;
-            dlq.insert(job.id.as_str(), entry.time.to_string().as_bytes()).map_err(r)?;
+            tx.put_bytes(DLQ, &job.id, entry.time.to_string().as_bytes())?;
         }
         (_, None) => unreachable!("every other end names where the job goes"),
     }
@@ -207,64 +187,64 @@ fn finish_attempt(txn: &WriteTransaction, entry: &Entry, end: &QueueEvent) -> Re
         _ => job.last_error = Some("lease expired".to_owned()),
     }
     if matches!(end, QueueEvent::LeaseExpired(_)) {
-        counters::increment(txn, "lease_expirations")?;
+        counters::increment(tx, "lease_expirations")?;
     }
     if matches!(end, QueueEvent::LeaseInterrupted(_)) {
-        counters::increment(txn, "interruptions")?;
+        counters::increment(tx, "interruptions")?;
     } else {
         if matches!(end.next(), Some(Next::Retry { .. })) {
-            counters::increment(txn, "retries")?;
+            counters::increment(tx, "retries")?;
         }
         // Attempts by outcome and job type: the failure-rate and burn-rate alerts divide these.
         let outcome = if matches!(end, QueueEvent::Succeeded(_)) { "succeeded" } else { "failed" };
-        counters::increment(txn, &format!("attempts:{outcome}:{}", job.job_type))?;
+        counters::increment(tx, &format!("attempts:{outcome}:{}", job.job_type))?;
     }
-    count(txn, &job.job_type, from, Some(job.state))?;
-    save(txn, &job)
+    count(tx, &job.job_type, from, Some(job.state))?;
+    save(tx, job)
 }
 
-fn grant(txn: &WriteTransaction, entry: &Entry, worker: &str, g: &Grant) -> Result<(), ApplyError> {
-    let mut job = load(txn, entry, &g.job)?;
+fn grant(tx: &Tx, entry: &Entry, worker: &str, g: &Grant) -> Result<(), ApplyError> {
+    let mut job = load(tx, entry, &g.job)?;
     if job.state != JobState::Ready {
         return Err(bad(entry, format!("job {} is not ready", job.id)));
     }
-    txn.open_table(READY).map_err(r)?.remove((job.job_type.as_str(), ready_order(job.priority, job.seq))).map_err(r)?;
+    tx.index_remove(READY, (job.job_type.as_str(), ready_order(job.priority, job.seq)))?;
     job.state = JobState::Leased;
     job.attempt = g.attempt;
     job.lease =
         Some(LeaseInfo { worker: worker.to_owned(), token: g.token, expires_ms: g.expires_ms, granted_ms: entry.time });
-    due::set(txn, g.expires_ms, &timer_key::lease(&job.id, g.token), true)?;
-    counters::raise(txn, "fence", g.token)?;
-    count(txn, &job.job_type, Some(JobState::Ready), Some(JobState::Leased))?;
-    save(txn, &job)
+    due::set(tx, g.expires_ms, &timer_key::lease(&job.id, g.token), true)?;
+    counters::raise(tx, "fence", g.token)?;
+    count(tx, &job.job_type, Some(JobState::Ready), Some(JobState::Leased))?;
+    save(tx, job)
 }
 
 /// Applies a typed queue entry.
-fn apply_event(txn: &WriteTransaction, entry: &Entry, event: QueueEvent) -> Result<(), ApplyError> {
+fn apply_event(tx: &Tx, entry: &Entry, event: QueueEvent) -> Result<(), ApplyError> {
     match event {
         end @ (QueueEvent::Succeeded(_)
         | QueueEvent::Failed(_)
         | QueueEvent::LeaseExpired(_)
-        | QueueEvent::LeaseInterrupted(_)) => finish_attempt(txn, entry, &end)?,
-        QueueEvent::Enqueued(job) => insert_new(txn, entry, &job)?,
+        | QueueEvent::LeaseInterrupted(_)) => finish_attempt(tx, entry, &end)?,
+        QueueEvent::Enqueued(job) => insert_new(tx, entry, &job)?,
         QueueEvent::LeaseGranted(d) => {
             for g in &d.leases {
-                grant(txn, entry, &d.worker, g)?;
+                grant(tx, entry, &d.worker, g)?;
             }
         }
         QueueEvent::Ready(d) => {
             for id in d.job_ids {
-                let mut job = load(txn, entry, &id)?;
-                due::set(txn, job.not_before_ms, &timer_key::ready(&id), false)?;
+                let mut job = load(tx, entry, &id)?;
+                due::set(tx, job.not_before_ms, &timer_key::ready(&id), false)?;
                 job.not_before_ms = job.not_before_ms.min(entry.time);
-                make_waiting(txn, &mut job, entry.time)?;
-                count(txn, &job.job_type, Some(JobState::Delayed), Some(JobState::Ready))?;
-                save(txn, &job)?;
+                make_waiting(tx, &mut job, entry.time)?;
+                count(tx, &job.job_type, Some(JobState::Delayed), Some(JobState::Ready))?;
+                save(tx, job)?;
             }
         }
         QueueEvent::Paused(JobType { job_type }) | QueueEvent::Resumed(JobType { job_type }) => {
             let paused = entry.kind == "queue.paused";
-            with_queue(txn, &job_type, |q| {
+            with_queue(tx, &job_type, |q| {
                 q.paused = paused;
                 q.paused_by = paused.then(|| entry.actor.clone());
                 q.paused_ms = paused.then_some(entry.time);
@@ -280,77 +260,74 @@ fn apply_event(txn: &WriteTransaction, entry: &Entry, event: QueueEvent) -> Resu
                 previous: d.previous,
             };
             if let Some(until) = d.until_ms {
-                due::set(txn, until, &timer_key::budget(&d.job_type, &d.tenant), true)?;
+                due::set(tx, until, &timer_key::budget(&d.job_type, &d.tenant), true)?;
             }
-            with_queue(txn, &d.job_type, |q| {
+            with_queue(tx, &d.job_type, |q| {
                 q.budgets.insert(d.tenant.clone(), budget);
             })?;
         }
         QueueEvent::BudgetRestored(d) => {
             let mut until = None;
-            with_queue(txn, &d.job_type, |q| {
+            with_queue(tx, &d.job_type, |q| {
                 until = q.budgets.insert(d.tenant.clone(), d.restored).and_then(|b| b.until_ms)
             })?;
             if let Some(until) = until {
-                due::set(txn, until, &timer_key::budget(&d.job_type, &d.tenant), false)?;
+                due::set(tx, until, &timer_key::budget(&d.job_type, &d.tenant), false)?;
             }
         }
         QueueEvent::BudgetCleared(d) => {
             let mut until = None;
-            with_queue(txn, &d.job_type, |q| until = q.budgets.remove(&d.tenant).and_then(|b| b.until_ms))?;
+            with_queue(tx, &d.job_type, |q| until = q.budgets.remove(&d.tenant).and_then(|b| b.until_ms))?;
             if let Some(until) = until {
-                due::set(txn, until, &timer_key::budget(&d.job_type, &d.tenant), false)?;
+                due::set(tx, until, &timer_key::budget(&d.job_type, &d.tenant), false)?;
             }
         }
         QueueEvent::DlqReplayed(d) => {
-            let mut dead = load(txn, entry, &d.dead_id)?;
+            let mut dead = load(tx, entry, &d.dead_id)?;
             dead.state = JobState::Replayed;
             dead.replayed_as = Some(d.job.id.clone());
-            txn.open_table(DLQ).map_err(r)?.remove(d.dead_id.as_str()).map_err(r)?;
-            count(txn, &dead.job_type, Some(JobState::Dead), None)?;
-            save(txn, &dead)?;
-            insert_new(txn, entry, &d.job)?;
+            tx.remove(DLQ, &d.dead_id)?;
+            count(tx, &dead.job_type, Some(JobState::Dead), None)?;
+            save(tx, dead)?;
+            insert_new(tx, entry, &d.job)?;
         }
         QueueEvent::Cancelled(d) => {
             let id = d.job_id;
-            let mut job = load(txn, entry, &id)?;
+            let mut job = load(tx, entry, &id)?;
             let from = job.state;
             match from {
                 JobState::Ready => {
-                    txn.open_table(READY)
-                        .map_err(r)?
-                        .remove((job.job_type.as_str(), ready_order(job.priority, job.seq)))
-                        .map_err(r)?;
+                    tx.index_remove(READY, (job.job_type.as_str(), ready_order(job.priority, job.seq)))?;
                 }
-                JobState::Delayed => due::set(txn, job.not_before_ms, &timer_key::ready(&job.id), false)?,
-                JobState::Leased => end_lease(txn, &mut job)?,
+                JobState::Delayed => due::set(tx, job.not_before_ms, &timer_key::ready(&job.id), false)?,
+                JobState::Leased => end_lease(tx, &mut job)?,
                 _ => return Err(bad(entry, format!("job {id} is already finished"))),
             }
             job.state = JobState::Cancelled;
             job.finished_ms = Some(entry.time);
-            count(txn, &job.job_type, Some(from), None)?;
-            save(txn, &job)?;
+            count(tx, &job.job_type, Some(from), None)?;
+            save(tx, job)?;
         }
         QueueEvent::DlqResolved(d) => {
             let replaced_by = d.replaced_by;
             for id in entry.subjects.iter().skip(1) {
-                let mut job = load(txn, entry, id)?;
+                let mut job = load(tx, entry, id)?;
                 if job.state != JobState::Dead {
                     return Err(bad(entry, format!("job {id} is not dead")));
                 }
-                txn.open_table(DLQ).map_err(r)?.remove(id.as_str()).map_err(r)?;
+                tx.remove(DLQ, id)?;
                 job.state = JobState::Resolved;
                 job.replayed_as.clone_from(&replaced_by);
-                count(txn, &job.job_type, Some(JobState::Dead), None)?;
-                save(txn, &job)?;
+                count(tx, &job.job_type, Some(JobState::Dead), None)?;
+                save(tx, job)?;
             }
         }
         QueueEvent::DlqPurged(_) => {
             for id in entry.subjects.iter() {
-                let job = load(txn, entry, id)?;
-                txn.open_table(DLQ).map_err(r)?.remove(id.as_str()).map_err(r)?;
-                txn.open_table(JOBS).map_err(r)?.remove(id.as_str()).map_err(r)?;
-                count(txn, &job.job_type, Some(JobState::Dead), None)?;
+                let job = load(tx, entry, id)?;
+                tx.remove(DLQ, id)?;
+                tx.remove(JOBS, id)?;
+                count(tx, &job.job_type, Some(JobState::Dead), None)?;
             }
         }
     }
@@ -358,9 +335,9 @@ fn apply_event(txn: &WriteTransaction, entry: &Entry, event: QueueEvent) -> Resu
 }
 
 /// Applies a queue entry; `Ok(false)` if `entry.kind` is not a queue kind.
-pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
+pub fn apply(tx: &Tx, entry: &Entry) -> Result<bool, ApplyError> {
     if let Some(event) = QueueEvent::of(entry) {
-        apply_event(txn, entry, event.map_err(|e| bad(entry, e))?)?;
+        apply_event(tx, entry, event.map_err(|e| bad(entry, e))?)?;
         return Ok(true);
     }
     Ok(false)

@@ -6,20 +6,17 @@ use super::tables::{
 };
 use super::{DeploymentStatus, HISTORY_MAX, ReleaseEvent};
 use crate::kernel::ledger::Entry;
-use crate::kernel::store::rw;
-use crate::kernel::{ApplyError, counters, plan::redb};
-use redb::{ReadableTable, WriteTransaction};
+use crate::kernel::{ApplyError, Tx, counters};
 
-pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Result<(), ApplyError> {
-    let bad = |e: crate::kernel::StoreError| ApplyError::entry(entry, e);
+pub fn apply(tx: &Tx, entry: &Entry, event: ReleaseEvent) -> Result<(), ApplyError> {
+    let bad = |e: ApplyError| ApplyError::entry(entry, e);
     match event {
         ReleaseEvent::Declared(d) => {
-            let mut t = txn.open_table(ENVIRONMENTS).map_err(redb)?;
             let by = format!("{} {}", d.bundle, d.version);
             let mut seen = Vec::new();
             for env in d.environments {
                 seen.push(env.name.clone());
-                let rec = match rw::get::<EnvRecord>(&t, "environments", &env.name).map_err(bad)? {
+                let rec = match tx.get::<EnvRecord>(ENVIRONMENTS, &env.name).map_err(bad)? {
                     Some(mut rec) => {
                         if rec.env.baseline != env.baseline {
                             rec.baseline_version += 1;
@@ -37,22 +34,15 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                         in_flight: None,
                     },
                 };
-                rw::put(&mut t, &rec.env.name.clone(), &rec).map_err(redb)?;
+                tx.put(ENVIRONMENTS, &rec.env.name.clone(), rec)?;
             }
             // Environments the bundle's earlier version declared and this one does not.
-            let mut gone = Vec::new();
-            for row in t.iter().map_err(redb)? {
-                let (k, v) = row.map_err(redb)?;
-                let rec = <EnvRecord as crate::kernel::store::Record>::from_json_bytes(v.value())
-                    .map_err(|e| ApplyError::entry(entry, e))?;
+            for (name, mut rec) in tx.all::<EnvRecord>(ENVIRONMENTS).map_err(bad)? {
                 let mine = rec.declared_by.as_deref().is_some_and(|b| b.split(' ').next() == Some(d.bundle.as_str()));
-                if mine && !seen.iter().any(|s| s == k.value()) {
-                    gone.push(rec);
+                if mine && !seen.contains(&name) {
+                    rec.declared_by = None;
+                    tx.put(ENVIRONMENTS, &rec.env.name.clone(), rec)?;
                 }
-            }
-            for mut rec in gone {
-                rec.declared_by = None;
-                rw::put(&mut t, &rec.env.name.clone(), &rec).map_err(redb)?;
             }
         }
         ReleaseEvent::ArtifactImported(a) => {
@@ -70,24 +60,24 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                 deleted: None,
                 restored_ms: None,
             };
-            rw::put(&mut txn.open_table(ARTIFACTS).map_err(redb)?, &rec.key(), &rec).map_err(redb)?;
+            tx.put(ARTIFACTS, &rec.key(), rec)?;
         }
         ReleaseEvent::ArtifactDeleted(d) => {
-            let mut t = txn.open_table(ARTIFACTS).map_err(redb)?;
-            let mut a = rw::get::<ArtifactRecord>(&t, "artifacts", &d.artifact)
+            let mut a = tx
+                .get::<ArtifactRecord>(ARTIFACTS, &d.artifact)
                 .map_err(bad)?
                 .ok_or_else(|| ApplyError::entry(entry, format!("deletes unknown artifact {}", d.artifact)))?;
             a.deleted = Some(super::tables::Deletion { ms: entry.time, actor: entry.actor.clone(), reason: d.reason });
-            rw::put(&mut t, &d.artifact, &a).map_err(redb)?;
+            tx.put(ARTIFACTS, &d.artifact, a)?;
         }
         ReleaseEvent::ArtifactRestored(r) => {
-            let mut t = txn.open_table(ARTIFACTS).map_err(redb)?;
-            let mut a = rw::get::<ArtifactRecord>(&t, "artifacts", &r.artifact)
+            let mut a = tx
+                .get::<ArtifactRecord>(ARTIFACTS, &r.artifact)
                 .map_err(bad)?
                 .ok_or_else(|| ApplyError::entry(entry, format!("restores unknown artifact {}", r.artifact)))?;
             a.deleted = None;
             a.restored_ms = Some(entry.time);
-            rw::put(&mut t, &r.artifact, &a).map_err(redb)?;
+            tx.put(ARTIFACTS, &r.artifact, a)?;
         }
         ReleaseEvent::DeploymentCreated(c) => {
             let rec = DeploymentRecord {
@@ -110,28 +100,28 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                 promotion: None,
                 seq: entry.seq,
             };
-            rw::put(&mut txn.open_table(DEPLOYMENTS).map_err(redb)?, &c.id, &rec).map_err(redb)?;
-            txn.open_table(DEPLOYMENT_RUNS).map_err(redb)?.insert(c.run_id.as_str(), c.id.as_bytes()).map_err(redb)?;
-            counters::increment(txn, "deployments")?;
-            update_env(txn, entry, &c.env, |e| e.in_flight = Some(c.id.clone()))?;
+            tx.put(DEPLOYMENTS, &c.id, rec)?;
+            tx.put_bytes(DEPLOYMENT_RUNS, &c.run_id, c.id.as_bytes())?;
+            counters::increment(tx, "deployments")?;
+            update_env(tx, entry, &c.env, |e| e.in_flight = Some(c.id.clone()))?;
         }
         ReleaseEvent::DeploymentStarted(s) => {
-            update(txn, entry, &s.id, |d| {
+            update(tx, entry, &s.id, |d| {
                 d.status = DeploymentStatus::InProgress;
                 d.agent = Some(s.agent.clone());
                 d.started_ms = Some(entry.time);
             })?;
         }
         ReleaseEvent::DeploymentSucceeded(r) => {
-            let d = update(txn, entry, &r.id, |d| {
+            let d = update(tx, entry, &r.id, |d| {
                 d.status = DeploymentStatus::Success;
                 d.ended_ms = Some(entry.time);
             })?;
-            counted(txn, &d)?;
-            update_env(txn, entry, &d.env, |e| settled(e, &d))?;
+            counted(tx, &d)?;
+            update_env(tx, entry, &d.env, |e| settled(e, &d))?;
         }
         ReleaseEvent::DeploymentRepaired(r) => {
-            let d = update(txn, entry, &r.id, |d| {
+            let d = update(tx, entry, &r.id, |d| {
                 d.status = r.status;
                 d.ended_ms = Some(entry.time);
                 if r.status == DeploymentStatus::Failed {
@@ -139,18 +129,18 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: ReleaseEvent) -> Resu
                 }
                 d.reason = Some(r.reason.clone());
             })?;
-            counted(txn, &d)?;
-            update_env(txn, entry, &d.env, |e| settled(e, &d))?;
+            counted(tx, &d)?;
+            update_env(tx, entry, &d.env, |e| settled(e, &d))?;
         }
         ReleaseEvent::DeploymentFailed(f) => {
-            let d = update(txn, entry, &f.id, |d| {
+            let d = update(tx, entry, &f.id, |d| {
                 d.status = DeploymentStatus::Failed;
                 d.ended_ms = Some(entry.time);
                 d.error = Some(f.error.clone());
                 d.failed_step = f.step.clone();
             })?;
-            counted(txn, &d)?;
-            update_env(txn, entry, &d.env, |e| settled(e, &d))?;
+            counted(tx, &d)?;
+            update_env(tx, entry, &d.env, |e| settled(e, &d))?;
         }
     }
     Ok(())
@@ -174,37 +164,32 @@ fn settled(e: &mut EnvRecord, d: &DeploymentRecord) {
 
 /// `orchestrator_deployments_total{env,kind,status}` as durable counters (the rollbacks'
 /// metric is read from those of kind rollback).
-fn counted(txn: &WriteTransaction, d: &DeploymentRecord) -> Result<(), ApplyError> {
+fn counted(tx: &Tx, d: &DeploymentRecord) -> Result<(), ApplyError> {
     let status = d.status.as_str();
-    counters::increment(txn, &format!("deployments_total|{}|{}|{status}", d.env, d.kind.as_str()))
+    counters::increment(tx, &format!("deployments_total|{}|{}|{status}", d.env, d.kind.as_str()))
 }
 
 fn update(
-    txn: &WriteTransaction,
+    tx: &Tx,
     entry: &Entry,
     id: &str,
     change: impl FnOnce(&mut DeploymentRecord),
 ) -> Result<DeploymentRecord, ApplyError> {
-    let mut t = txn.open_table(DEPLOYMENTS).map_err(redb)?;
-    let mut d = rw::get::<DeploymentRecord>(&t, "deployments", id)
+    let mut d = tx
+        .get::<DeploymentRecord>(DEPLOYMENTS, id)
         .map_err(|e| ApplyError::entry(entry, e))?
         .ok_or_else(|| ApplyError::entry(entry, format!("names unknown deployment {id}")))?;
     change(&mut d);
     d.seq = entry.seq;
-    rw::put(&mut t, id, &d).map_err(redb)?;
+    tx.put(DEPLOYMENTS, id, d.clone())?;
     Ok(d)
 }
 
-fn update_env(
-    txn: &WriteTransaction,
-    entry: &Entry,
-    env: &str,
-    change: impl FnOnce(&mut EnvRecord),
-) -> Result<(), ApplyError> {
-    let mut t = txn.open_table(ENVIRONMENTS).map_err(redb)?;
-    let mut e = rw::get::<EnvRecord>(&t, "environments", env)
+fn update_env(tx: &Tx, entry: &Entry, env: &str, change: impl FnOnce(&mut EnvRecord)) -> Result<(), ApplyError> {
+    let mut e = tx
+        .get::<EnvRecord>(ENVIRONMENTS, env)
         .map_err(|e| ApplyError::entry(entry, e))?
         .ok_or_else(|| ApplyError::entry(entry, format!("names unknown environment {env}")))?;
     change(&mut e);
-    rw::put(&mut t, env, &e).map_err(redb)
+    tx.put(ENVIRONMENTS, env, e)
 }

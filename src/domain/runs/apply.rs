@@ -17,13 +17,11 @@ use crate::domain::runs::tables::STEPS;
 use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::transition::{self, RunState};
 use crate::domain::runs::{DagEvent, DagVersionRef, RunCreated, RunEvent, ScheduleEvent};
-use crate::kernel::ApplyError;
 use crate::kernel::counters::COUNTERS;
 use crate::kernel::event::Event;
 use crate::kernel::ledger::Entry;
-use crate::kernel::store::rw;
+use crate::kernel::{ApplyError, Tx};
 use crate::kernel::{counters, due};
-use redb::{ReadableTable, WriteTransaction};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -31,42 +29,29 @@ fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
     ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
 }
 
-fn r(e: impl Into<redb::Error>) -> ApplyError {
-    ApplyError::Storage(e.into())
+fn run(tx: &Tx, entry: &Entry, id: &str) -> Result<RunRecord, ApplyError> {
+    tx.get::<RunRecord>(RUNS, id)?.ok_or_else(|| bad(entry, format!("unknown run {id}")))
 }
 
-fn run(txn: &WriteTransaction, entry: &Entry, id: &str) -> Result<RunRecord, ApplyError> {
-    rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(r)?, "runs", id)
-        .map_err(|e| ApplyError::Record(e.to_string()))?
-        .ok_or_else(|| bad(entry, format!("unknown run {id}")))
+fn save_run(tx: &Tx, rec: RunRecord) -> Result<(), ApplyError> {
+    tx.put(RUNS, &rec.id.clone(), rec)
 }
 
-fn save_run(txn: &WriteTransaction, rec: &RunRecord) -> Result<(), ApplyError> {
-    rw::put(&mut txn.open_table(RUNS).map_err(r)?, &rec.id, rec).map_err(ApplyError::Storage)
+fn step(tx: &Tx, entry: &Entry, run: &str, name: &str) -> Result<StepRecord, ApplyError> {
+    tx.get::<StepRecord>(STEPS, &step_key(run, name))?.ok_or_else(|| bad(entry, format!("unknown step {run}/{name}")))
 }
 
-fn step(txn: &WriteTransaction, entry: &Entry, run: &str, name: &str) -> Result<StepRecord, ApplyError> {
-    rw::get::<StepRecord>(&txn.open_table(STEPS).map_err(r)?, "steps", &step_key(run, name))
-        .map_err(|e| ApplyError::Record(e.to_string()))?
-        .ok_or_else(|| bad(entry, format!("unknown step {run}/{name}")))
-}
-
-fn save_step(txn: &WriteTransaction, rec: &StepRecord) -> Result<(), ApplyError> {
-    rw::put(&mut txn.open_table(STEPS).map_err(r)?, &step_key(&rec.run, &rec.name), rec).map_err(ApplyError::Storage)
-}
-
-fn dag(txn: &WriteTransaction, entry: &Entry, name: &str) -> Result<Option<DagRecord>, ApplyError> {
-    let _ = entry;
-    rw::get::<DagRecord>(&txn.open_table(DAGS).map_err(r)?, "dags", name).map_err(|e| ApplyError::Record(e.to_string()))
+fn save_step(tx: &Tx, rec: StepRecord) -> Result<(), ApplyError> {
+    tx.put(STEPS, &step_key(&rec.run, &rec.name), rec)
 }
 
 /// Applies a DAG, run, step or schedule entry; `Ok(false)` if the kind is not the engine's.
-pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> {
+pub fn apply(tx: &Tx, entry: &Entry) -> Result<bool, ApplyError> {
     if let Some(event) = ScheduleEvent::of(entry) {
-        return apply_schedule(txn, entry, &event.map_err(|e| bad(entry, e))?).map(|_| true);
+        return apply_schedule(tx, entry, &event.map_err(|e| bad(entry, e))?).map(|_| true);
     }
     if let Some(event) = DagEvent::of(entry) {
-        return apply_registry(txn, entry, event.map_err(|e| bad(entry, e))?).map(|_| true);
+        return apply_registry(tx, entry, event.map_err(|e| bad(entry, e))?).map(|_| true);
     }
     let Some(event) = RunEvent::of(entry) else {
         let kind = entry.kind.as_str();
@@ -77,28 +62,28 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry) -> Result<bool, ApplyError> 
     };
     let event = event.map_err(|e| bad(entry, e))?;
     if let RunEvent::Created(e) = &event {
-        return create_run(txn, entry, e).map(|_| true);
+        return create_run(tx, entry, e).map(|_| true);
     }
-    let mut stored = Stored { txn, entry, run: run(txn, entry, event.run_id())?, steps: BTreeMap::new() };
+    let mut stored = Stored { tx, entry, run: run(tx, entry, event.run_id())?, steps: BTreeMap::new() };
     if let RunEvent::StepStarted(e) = &event
         && let rec = stored.step(&e.step)?
         && let (0, Some(queued)) = (rec.attempts, rec.queued_ms)
     {
         use crate::domain::runs::STEP_QUEUE_BUCKETS;
-        counters::observe(txn, "step_queue", &STEP_QUEUE_BUCKETS, entry.time - queued)?;
+        counters::observe(tx, "step_queue", &STEP_QUEUE_BUCKETS, entry.time - queued)?;
     }
     transition::evolve(&mut stored, &event, entry.time)?;
     if event.run_end().is_some() {
         use crate::domain::runs::RUN_DURATION_BUCKETS;
-        counters::increment(txn, &format!("runs:{}", entry.kind.trim_start_matches("run.")))?;
-        counters::observe(txn, "run_duration", &RUN_DURATION_BUCKETS, entry.time - stored.run.created_ms)?;
+        counters::increment(tx, &format!("runs:{}", entry.kind.trim_start_matches("run.")))?;
+        counters::observe(tx, "run_duration", &RUN_DURATION_BUCKETS, entry.time - stored.run.created_ms)?;
     }
     stored.save().map(|_| true)
 }
 
 /// A run and the steps an entry touched, read from the tables and written back.
 struct Stored<'t> {
-    txn: &'t WriteTransaction,
+    tx: &'t Tx<'t>,
     entry: &'t Entry,
     run: RunRecord,
     steps: BTreeMap<String, StepRecord>,
@@ -106,10 +91,10 @@ struct Stored<'t> {
 
 impl Stored<'_> {
     fn save(self) -> Result<(), ApplyError> {
-        for rec in self.steps.values() {
-            save_step(self.txn, rec)?;
+        for rec in self.steps.into_values() {
+            save_step(self.tx, rec)?;
         }
-        save_run(self.txn, &self.run)
+        save_run(self.tx, self.run)
     }
 }
 
@@ -122,25 +107,24 @@ impl RunState for Stored<'_> {
 
     fn step(&mut self, name: &str) -> Result<&mut StepRecord, ApplyError> {
         if !self.steps.contains_key(name) {
-            let rec = step(self.txn, self.entry, &self.run.id, name)?;
+            let rec = step(self.tx, self.entry, &self.run.id, name)?;
             self.steps.insert(name.to_owned(), rec);
         }
         Ok(self.steps.get_mut(name).expect("inserted above"))
     }
 
     fn wait(&mut self, name: &str) -> Result<(), ApplyError> {
-        let mut counters = self.txn.open_table(COUNTERS).map_err(r)?;
-        let seq = rw::counter(&counters, "wait_seq").map_err(ApplyError::Storage)? + 1;
-        rw::set_counter(&mut counters, "wait_seq", seq).map_err(ApplyError::Storage)?;
+        let seq = self.tx.counter(COUNTERS, "wait_seq")? + 1;
+        self.tx.set_counter(COUNTERS, "wait_seq", seq)?;
         let key = format!("{}/{seq:012}", self.run.id);
-        self.txn.open_table(RUN_WAITING).map_err(r)?.insert(key.as_str(), name.as_bytes()).map_err(r)?;
+        self.tx.put_bytes(RUN_WAITING, &key, name.as_bytes())?;
         self.step(name)?.wait_key = Some(key);
         Ok(())
     }
 
     fn unwait(&mut self, name: &str) -> Result<(), ApplyError> {
         if let Some(key) = self.step(name)?.wait_key.take() {
-            self.txn.open_table(RUN_WAITING).map_err(r)?.remove(key.as_str()).map_err(r)?;
+            self.tx.remove(RUN_WAITING, &key)?;
         }
         Ok(())
     }
@@ -150,42 +134,34 @@ impl RunState for Stored<'_> {
     }
 }
 
-fn create_run(txn: &WriteTransaction, entry: &Entry, e: &RunCreated) -> Result<(), ApplyError> {
+fn create_run(tx: &Tx, entry: &Entry, e: &RunCreated) -> Result<(), ApplyError> {
     let (rec, steps) = transition::created(e, &entry.tenant, entry.time, &entry.actor);
-    for step in &steps {
-        save_step(txn, step)?;
+    for step in steps {
+        save_step(tx, step)?;
     }
     if let Some(token) = &rec.run_token {
-        let key = format!("{}/{token}", rec.tenant);
-        txn.open_table(RUN_TOKENS).map_err(r)?.insert(key.as_str(), rec.id.as_bytes()).map_err(r)?;
+        tx.put_bytes(RUN_TOKENS, &format!("{}/{token}", rec.tenant), rec.id.as_bytes())?;
     }
     let n: u64 = rec.id.strip_prefix("run-").and_then(|n| n.parse().ok()).ok_or_else(|| bad(entry, "bad run id"))?;
-    let mut counters = txn.open_table(COUNTERS).map_err(r)?;
-    if n > rw::counter(&counters, "run_seq").map_err(ApplyError::Storage)? {
-        rw::set_counter(&mut counters, "run_seq", n).map_err(ApplyError::Storage)?;
-    }
-    drop(counters);
-    save_run(txn, &rec)
+    counters::raise(tx, "run_seq", n)?;
+    save_run(tx, rec)
 }
 
 /// Applies a registry entry (plugins, DAG versions). A plugin's record is the entry's data as
 /// written, so a record from an older stella reads as it always did.
-pub fn apply_registry(txn: &WriteTransaction, entry: &Entry, event: DagEvent) -> Result<(), ApplyError> {
+pub fn apply_registry(tx: &Tx, entry: &Entry, event: DagEvent) -> Result<(), ApplyError> {
     let name = match &event {
         DagEvent::PluginRegistered(d) => {
             let record = serde_json::json!({ "digest": entry.data["digest"], "entrypoint": entry.data["entrypoint"], "kinds": entry.data["kinds"],
                                              "unsigned": entry.data["unsigned"], "registeredMs": entry.time, "registeredBy": entry.actor });
-            txn.open_table(PLUGINS)
-                .map_err(r)?
-                .insert(d.name.as_str(), serde_json::to_vec(&record).expect("json").as_slice())
-                .map_err(r)?;
-            return Ok(());
+            return tx.put(PLUGINS, &d.name, record);
         }
         DagEvent::Registered(d) => d.name.clone(),
         DagEvent::Disabled(d) | DagEvent::Enabled(d) => d.name.clone(),
         DagEvent::RolledBack(d) => d.name.clone(),
     };
-    let mut rec = dag(txn, entry, &name)?.unwrap_or(DagRecord { name: name.clone(), versions: vec![], active: 0 });
+    let mut rec =
+        tx.get::<DagRecord>(DAGS, &name)?.unwrap_or(DagRecord { name: name.clone(), versions: vec![], active: 0 });
     match event {
         DagEvent::PluginRegistered(_) => unreachable!("handled above"),
         DagEvent::Registered(d) => {
@@ -200,8 +176,8 @@ pub fn apply_registry(txn: &WriteTransaction, entry: &Entry, event: DagEvent) ->
             });
             rec.active = d.version;
             let key = format!("{name}@{}", d.version);
-            txn.open_table(DAG_SPECS).map_err(r)?.insert(key.as_str(), d.spec.as_bytes()).map_err(r)?;
-            arm_schedules(txn, entry, &name, &d.spec, false)?;
+            tx.put_bytes(DAG_SPECS, &key, d.spec.as_bytes())?;
+            arm_schedules(tx, entry, &name, &d.spec, false)?;
         }
         DagEvent::Disabled(DagVersionRef { version, .. }) | DagEvent::Enabled(DagVersionRef { version, .. }) => {
             let v =
@@ -210,72 +186,49 @@ pub fn apply_registry(txn: &WriteTransaction, entry: &Entry, event: DagEvent) ->
             // The triggers belong to the active version: disabling it pauses them.
             if version == rec.active {
                 let reason = v.disabled.then(|| format!("DAG {name} version {version} is disabled"));
-                disable_schedules(txn, entry, &name, reason)?;
+                disable_schedules(tx, entry, &name, reason)?;
             }
         }
         DagEvent::RolledBack(d) => {
             rec.active = d.to;
-            let spec = active_spec(txn, entry, &name, rec.active)?;
-            arm_schedules(txn, entry, &name, &spec, false)?;
+            let spec = active_spec(tx, entry, &name, rec.active)?;
+            arm_schedules(tx, entry, &name, &spec, false)?;
         }
     }
-    rw::put(&mut txn.open_table(DAGS).map_err(r)?, &name, &rec).map_err(ApplyError::Storage)
+    tx.put(DAGS, &name, rec)
 }
 
-fn active_spec(txn: &WriteTransaction, entry: &Entry, name: &str, version: u32) -> Result<String, ApplyError> {
-    let t = txn.open_table(DAG_SPECS).map_err(r)?;
+fn active_spec(tx: &Tx, entry: &Entry, name: &str, version: u32) -> Result<String, ApplyError> {
     let key = format!("{name}@{version}");
-    let v = t.get(key.as_str()).map_err(r)?.ok_or_else(|| bad(entry, format!("no spec {key}")))?;
-    Ok(String::from_utf8_lossy(v.value()).into_owned())
+    let v = tx.get_bytes(DAG_SPECS, &key)?.ok_or_else(|| bad(entry, format!("no spec {key}")))?;
+    Ok(String::from_utf8_lossy(&v).into_owned())
 }
 
-fn schedule_timer(
-    txn: &WriteTransaction,
-    due: Option<i64>,
-    dag: &str,
-    index: u64,
-    insert: bool,
-) -> Result<(), ApplyError> {
+fn schedule_timer(tx: &Tx, due: Option<i64>, dag: &str, index: u64, insert: bool) -> Result<(), ApplyError> {
     let Some(due) = due else { return Ok(()) };
-    due::set(txn, due, &super::cron_key(dag, index), insert)
+    due::set(tx, due, &super::cron_key(dag, index), insert)
 }
 
 /// The schedules of one DAG, by key.
-fn schedule_rows(txn: &WriteTransaction, dag: &str) -> Result<Vec<(String, Value)>, ApplyError> {
-    let t = txn.open_table(SCHEDULES).map_err(r)?;
+fn schedule_rows(tx: &Tx, dag: &str) -> Result<Vec<(String, Value)>, ApplyError> {
     let (from, to) = (format!("{dag}|"), format!("{dag}|\u{10FFFF}"));
-    let mut out = Vec::new();
-    for row in t.range(from.as_str()..to.as_str()).map_err(r)? {
-        let (k, v) = row.map_err(r)?;
-        out.push((
-            k.value().to_owned(),
-            serde_json::from_slice(v.value()).map_err(|e| ApplyError::Record(e.to_string()))?,
-        ));
-    }
-    Ok(out)
+    tx.records(SCHEDULES, &from, Some(&to))
 }
 
-fn put_schedule(txn: &WriteTransaction, key: &str, v: &Value) -> Result<(), ApplyError> {
-    txn.open_table(SCHEDULES).map_err(r)?.insert(key, serde_json::to_vec(v).expect("json").as_slice()).map_err(r)?;
-    Ok(())
+fn put_schedule(tx: &Tx, key: &str, v: Value) -> Result<(), ApplyError> {
+    tx.put(SCHEDULES, key, v)
 }
 
 /// Replaces a DAG's schedules with those of `spec`, armed from the entry's time (or disarmed).
 /// A pause set by an operator survives a new version.
-fn arm_schedules(
-    txn: &WriteTransaction,
-    entry: &Entry,
-    dag: &str,
-    spec: &str,
-    disabled: bool,
-) -> Result<(), ApplyError> {
+fn arm_schedules(tx: &Tx, entry: &Entry, dag: &str, spec: &str, disabled: bool) -> Result<(), ApplyError> {
     let mut paused = None;
-    for (key, v) in schedule_rows(txn, dag)? {
-        schedule_timer(txn, v["nextMs"].as_i64(), dag, v["index"].as_u64().unwrap_or(0), false)?;
+    for (key, v) in schedule_rows(tx, dag)? {
+        schedule_timer(tx, v["nextMs"].as_i64(), dag, v["index"].as_u64().unwrap_or(0), false)?;
         if v["paused"] == true {
             paused = Some(v["pausedBy"].clone());
         }
-        txn.open_table(SCHEDULES).map_err(r)?.remove(key.as_str()).map_err(r)?;
+        tx.remove(SCHEDULES, &key)?;
     }
     let compiled = crate::domain::runs::spec::compile_registered(spec).map_err(|e| bad(entry, e))?;
     for (i, c) in compiled.cron.iter().enumerate() {
@@ -285,23 +238,18 @@ fn arm_schedules(
         let row = serde_json::json!({ "dag": dag, "index": i, "schedule": c.schedule, "inputs": c.inputs, "paused": paused.is_some(),
                                       "pausedBy": paused.clone().unwrap_or(Value::Null), "disabled": disabled, "nextMs": next,
                                       "lastMs": null, "lastRun": null, "lastError": null });
-        put_schedule(txn, &format!("{dag}|{i}"), &row)?;
-        schedule_timer(txn, next, dag, i as u64, true)?;
+        put_schedule(tx, &format!("{dag}|{i}"), row)?;
+        schedule_timer(tx, next, dag, i as u64, true)?;
     }
     Ok(())
 }
 
 /// Pauses (with `reason`) or resumes a DAG's schedules as its active version is disabled or
 /// enabled; an operator's own pause stays.
-fn disable_schedules(
-    txn: &WriteTransaction,
-    entry: &Entry,
-    dag: &str,
-    reason: Option<String>,
-) -> Result<(), ApplyError> {
-    for (key, mut v) in schedule_rows(txn, dag)? {
+fn disable_schedules(tx: &Tx, entry: &Entry, dag: &str, reason: Option<String>) -> Result<(), ApplyError> {
+    for (key, mut v) in schedule_rows(tx, dag)? {
         let index = v["index"].as_u64().unwrap_or(0);
-        schedule_timer(txn, v["nextMs"].as_i64(), dag, index, false)?;
+        schedule_timer(tx, v["nextMs"].as_i64(), dag, index, false)?;
         v["disabled"] = Value::Bool(reason.is_some());
         v["disabledReason"] = reason.clone().map_or(Value::Null, Value::String);
         v["nextMs"] = Value::Null;
@@ -309,29 +257,29 @@ fn disable_schedules(
             let schedule = crate::domain::runs::cron::Schedule::parse(v["schedule"].as_str().unwrap_or_default())
                 .map_err(|e| bad(entry, e))?;
             v["nextMs"] = serde_json::json!(schedule.next_after(entry.time));
-            schedule_timer(txn, v["nextMs"].as_i64(), dag, index, true)?;
+            schedule_timer(tx, v["nextMs"].as_i64(), dag, index, true)?;
         }
-        put_schedule(txn, &key, &v)?;
+        put_schedule(tx, &key, v)?;
     }
     Ok(())
 }
 
-fn apply_schedule(txn: &WriteTransaction, entry: &Entry, event: &ScheduleEvent) -> Result<(), ApplyError> {
+fn apply_schedule(tx: &Tx, entry: &Entry, event: &ScheduleEvent) -> Result<(), ApplyError> {
     let dag = event.dag();
-    for (key, mut v) in schedule_rows(txn, dag)? {
+    for (key, mut v) in schedule_rows(tx, dag)? {
         let index = v["index"].as_u64().unwrap_or(0);
         match event {
             ScheduleEvent::Fired(e) if e.index == index => {
-                schedule_timer(txn, v["nextMs"].as_i64(), dag, index, false)?;
+                schedule_timer(tx, v["nextMs"].as_i64(), dag, index, false)?;
                 v["lastMs"] = serde_json::json!(entry.time);
                 v["lastRun"] = serde_json::json!(e.run_id);
                 v["lastError"] = serde_json::json!(e.error);
                 v["nextMs"] = serde_json::json!(e.next_ms);
-                schedule_timer(txn, e.next_ms, dag, index, true)?;
+                schedule_timer(tx, e.next_ms, dag, index, true)?;
             }
             ScheduleEvent::Fired(_) => continue,
             ScheduleEvent::Paused(_) => {
-                schedule_timer(txn, v["nextMs"].as_i64(), dag, index, false)?;
+                schedule_timer(tx, v["nextMs"].as_i64(), dag, index, false)?;
                 v["paused"] = Value::Bool(true);
                 v["pausedBy"] = Value::String(entry.actor.clone());
                 v["nextMs"] = Value::Null;
@@ -344,16 +292,16 @@ fn apply_schedule(txn: &WriteTransaction, entry: &Entry, event: &ScheduleEvent) 
                         crate::domain::runs::cron::Schedule::parse(v["schedule"].as_str().unwrap_or_default())
                             .map_err(|e| bad(entry, e))?;
                     v["nextMs"] = serde_json::json!(schedule.next_after(entry.time));
-                    schedule_timer(txn, v["nextMs"].as_i64(), dag, index, true)?;
+                    schedule_timer(tx, v["nextMs"].as_i64(), dag, index, true)?;
                 }
             }
             ScheduleEvent::Cleared(_) => {
-                schedule_timer(txn, v["nextMs"].as_i64(), dag, index, false)?;
-                txn.open_table(SCHEDULES).map_err(r)?.remove(key.as_str()).map_err(r)?;
+                schedule_timer(tx, v["nextMs"].as_i64(), dag, index, false)?;
+                tx.remove(SCHEDULES, &key)?;
                 continue;
             }
         }
-        put_schedule(txn, &key, &v)?;
+        put_schedule(tx, &key, v)?;
     }
     Ok(())
 }

@@ -3,13 +3,10 @@
 use super::TokenEvent;
 use super::tables::{TOKENS, TokenRecord};
 use crate::kernel::ledger::Entry;
-use crate::kernel::store::Record;
-use crate::kernel::{ApplyError, plan::redb};
-use redb::{ReadableTable, WriteTransaction};
+use crate::kernel::{ApplyError, Tx};
 
 /// Applies a token entry.
-pub fn apply(txn: &WriteTransaction, entry: &Entry, event: TokenEvent) -> Result<(), ApplyError> {
-    let mut t = txn.open_table(TOKENS).map_err(redb)?;
+pub fn apply(tx: &Tx, entry: &Entry, event: TokenEvent) -> Result<(), ApplyError> {
     match event {
         TokenEvent::Created(d) => {
             let rec = TokenRecord {
@@ -25,18 +22,16 @@ pub fn apply(txn: &WriteTransaction, entry: &Entry, event: TokenEvent) -> Result
                 revoked_by: None,
                 revoked_reason: None,
             };
-            t.insert(rec.id.as_str(), rec.to_json_bytes().as_slice()).map_err(redb)?;
+            tx.put(TOKENS, &rec.id.clone(), rec)
         }
         TokenEvent::Revoked(d) => {
-            let mut rec = match t.get(d.id.as_str()).map_err(redb)? {
-                Some(raw) => TokenRecord::from_json_bytes(raw.value()).map_err(|e| ApplyError::entry(entry, e))?,
-                None => return Err(ApplyError::entry(entry, format!("revokes unknown token {}", d.id))),
+            let Some(mut rec) = tx.get::<TokenRecord>(TOKENS, &d.id).map_err(|e| ApplyError::entry(entry, e))? else {
+                return Err(ApplyError::entry(entry, format!("revokes unknown token {}", d.id)));
             };
             rec.revoked_ms = Some(entry.time);
             rec.revoked_by = Some(entry.actor.clone());
             rec.revoked_reason = d.reason;
-            t.insert(d.id.as_str(), rec.to_json_bytes().as_slice()).map_err(redb)?;
+            tx.put(TOKENS, &d.id, rec)
         }
     }
-    Ok(())
 }
