@@ -14,7 +14,7 @@ use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use std::any::Any;
 use std::borrow::Borrow;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// A projection table: key → record bytes.
 pub type Def = TableDefinition<'static, &'static str, &'static [u8]>;
@@ -129,10 +129,12 @@ impl<'a> Tx<'a> {
                 Ok(out)
             }
             Inner::Replica(r) => {
-                let keys: Vec<String> = match r.tables.borrow().get(def.name()) {
-                    Some(t) => t.range::<str, _>((Included(from), upper)).map(|(k, _)| k.clone()).collect(),
+                let within = |k: &str| k >= from && to.is_none_or(|to| k < to);
+                let mut keys: Vec<String> = match r.tables.borrow().get(def.name()) {
+                    Some(t) => t.keys().filter(|k| within(k)).cloned().collect(),
                     None => Vec::new(),
                 };
+                keys.sort_unstable();
                 let mut out = Vec::with_capacity(keys.len());
                 for k in keys {
                     let rec = r.get(def.name(), &k)?.expect("the key was just listed");
@@ -210,11 +212,11 @@ impl<R: Record + 'static> Kept for R {
     }
 }
 
-/// The projection tables of a replay, in memory: table → key → record, ordered as redb orders
-/// `&str` keys (by bytes), so a table compares with its stored twin by one merge.
+/// The projection tables of a replay, in memory: table → key → record. Read in key order
+/// (as redb orders `&str` keys, by bytes) when a table is compared with its stored twin.
 #[derive(Default)]
 pub struct Replica {
-    tables: RefCell<HashMap<String, BTreeMap<String, Slot>>>,
+    tables: RefCell<HashMap<String, HashMap<String, Slot>>>,
 }
 
 impl Replica {
@@ -248,17 +250,20 @@ impl Replica {
 
     /// Every row of `table` in key order, as stored bytes.
     pub fn rows(&self, table: &str) -> Vec<(String, Vec<u8>)> {
-        self.tables
-            .borrow()
-            .get(table)
-            .map(|t| t.iter().map(|(k, s)| (k.clone(), s.bytes())).collect())
-            .unwrap_or_default()
+        let mut rows = Vec::new();
+        self.each(table, |k, v| {
+            rows.push((k.to_owned(), v.to_vec()));
+            true
+        });
+        rows
     }
 
     /// Visits every row of `table` in key order with its stored bytes, until `visit` says stop.
     pub fn each(&self, table: &str, mut visit: impl FnMut(&str, &[u8]) -> bool) {
         if let Some(t) = self.tables.borrow().get(table) {
-            for (k, s) in t {
+            let mut rows: Vec<(&String, &Slot)> = t.iter().collect();
+            rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (k, s) in rows {
                 let go = match s {
                     Slot::Bytes(b) => visit(k, b),
                     Slot::Typed(r) => visit(k, &r.encode()),

@@ -55,13 +55,15 @@ fn rerr(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Redb { path: "<verify>".into(), source: e.into() }
 }
 
-/// Verifies the snapshot `txn`: the chain is checked on a second thread while this one
-/// replays, so the check costs no time of its own.
+/// Verifies the snapshot `txn`: a second thread reads the ledger once, checks its chain and
+/// hands the stored entries on in batches, which this one parses and replays.
 pub fn verify<M: Machine>(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
     std::thread::scope(|scope| {
-        let chain = scope.spawn(|| check_chain(txn, 1));
-        let (replayed, _) = invariant::recording(|| replay::<M>(txn));
-        let chain = chain.join().expect("the chain check panicked")?;
+        let (rows, received) = std::sync::mpsc::sync_channel::<Rows>(4);
+        let chain = scope.spawn(move || read_checked(txn, rows));
+        let (replayed, _) = invariant::recording(|| replay::<M>(received));
+        // A panic inside redb (a damaged page) goes on as itself, for `store::guard` to name.
+        let chain = chain.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload))?;
         let (replay, entries, replay_problem) = replayed?;
         let mut report = VerifyReport {
             ok: false,
@@ -165,33 +167,76 @@ struct ReplayProblem {
 
 type Replayed = (Replica, u64, Option<ReplayProblem>);
 
-/// Applies every stored entry, in order, to empty projections in memory: the replica, the
-/// entries applied, and the first that failed.
-fn replay<M: Machine>(txn: &ReadTransaction) -> Result<Replayed, StoreError> {
+/// Consecutive stored entries from `first`: their bytes end to end, and where each ends.
+struct Rows {
+    first: u64,
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Reads the ledger of `txn` once, checking the chain entry by entry, and sends the entries
+/// in batches to `rows`, up to the first that breaks the chain. Returns the head, or that
+/// problem. One copy out of redb's pages serves both checks (each reading the ledger on its
+/// own thread fought over the page cache).
+fn read_checked(
+    txn: &ReadTransaction,
+    rows: std::sync::mpsc::SyncSender<Rows>,
+) -> Result<Result<(u64, String), ChainError>, StoreError> {
+    const BYTES: usize = 256 * 1024;
+    let table = txn.open_table(LEDGER).map_err(rerr)?;
+    let mut cursor = ChainCursor::default();
+    let mut batch = Rows { first: 1, bytes: Vec::with_capacity(BYTES), ends: Vec::new() };
+    let mut verdict = None;
+    for row in table.iter().map_err(rerr)? {
+        let (k, v) = row.map_err(rerr)?;
+        if let Err(e) = cursor.check_stored(k.value(), v.value()) {
+            verdict = Some(e);
+            break;
+        }
+        batch.bytes.extend_from_slice(v.value());
+        batch.ends.push(batch.bytes.len());
+        if batch.bytes.len() >= BYTES {
+            let next = Rows { first: k.value() + 1, bytes: Vec::with_capacity(BYTES), ends: Vec::new() };
+            if rows.send(std::mem::replace(&mut batch, next)).is_err() {
+                break; // the replay stopped
+            }
+        }
+    }
+    let _ = rows.send(batch);
+    Ok(match verdict {
+        Some(e) => Err(e),
+        None => Ok((cursor.next_seq - 1, cursor.prev_hash().to_owned())),
+    })
+}
+
+/// Applies every entry `rows` brings, in order, to empty projections in memory: the replica,
+/// the entries applied, and the first that failed.
+fn replay<M: Machine>(rows: std::sync::mpsc::Receiver<Rows>) -> Result<Replayed, StoreError> {
     let replica = Replica::default();
     let replay = Tx::replica(&replica);
     let mut entries = 0;
-    let ledger = txn.open_table(LEDGER).map_err(rerr)?;
-    for row in ledger.iter().map_err(rerr)? {
-        let (k, v) = row.map_err(rerr)?;
-        let seq = k.value();
-        let problem = match serde_json::from_slice::<Entry>(v.value()) {
-            // The chain check names an entry that does not parse.
-            Err(e) => Some(ReplayProblem { seq, message: format!("ledger entry {seq} does not parse: {e}") }),
-            Ok(entry) => match M::apply(&replay, &entry) {
-                Err(e) => Some(ReplayProblem { seq, message: e.to_string() }),
-                Ok(()) if let Some(b) = invariant::drain().into_iter().next() => {
-                    Some(ReplayProblem { seq, message: format!("replaying entry {seq} breaks an invariant: {b}") })
-                }
-                Ok(()) => None,
-            },
-        };
-        if problem.is_some() {
-            return Ok((replica, entries, problem));
+    for batch in rows {
+        let mut start = 0;
+        for (i, &end) in batch.ends.iter().enumerate() {
+            let seq = batch.first + i as u64;
+            let problem = match serde_json::from_slice::<Entry>(&batch.bytes[start..end]) {
+                // The chain check names an entry that does not parse.
+                Err(e) => Some(ReplayProblem { seq, message: format!("ledger entry {seq} does not parse: {e}") }),
+                Ok(entry) => match M::apply(&replay, &entry) {
+                    Err(e) => Some(ReplayProblem { seq, message: e.to_string() }),
+                    Ok(()) if let Some(b) = invariant::drain().into_iter().next() => {
+                        Some(ReplayProblem { seq, message: format!("replaying entry {seq} breaks an invariant: {b}") })
+                    }
+                    Ok(()) => None,
+                },
+            };
+            if problem.is_some() {
+                return Ok((replica, entries, problem));
+            }
+            start = end;
+            entries += 1;
         }
-        entries += 1;
     }
-
     Ok((replica, entries, None))
 }
 
