@@ -154,9 +154,13 @@ impl TestAppliance {
         } else {
             command.arg("--state-dir").arg(self.root());
         }
+        use std::os::unix::process::CommandExt;
         let mut child = command
             .args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] })
             .args(extra)
+            // Its own process group: a wrapper (faketime) forks the daemon, and signals go to
+            // the group, so no daemon outlives its test.
+            .process_group(0)
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -239,15 +243,14 @@ impl TestAppliance {
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon running");
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
         child.wait().unwrap()
     }
 
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("daemon running");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill_group(&mut child);
     }
 
     /// Runs the CLI against this appliance.
@@ -284,11 +287,17 @@ impl TestAppliance {
     }
 }
 
+/// SIGKILL to a daemon's process group (it and whatever wrapper started it), then reaped.
+fn kill_group(child: &mut std::process::Child) {
+    // SAFETY: kill(2) on our own child's process group.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+}
+
 impl Drop for TestAppliance {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
         }
         if self.tmpfs {
             let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
