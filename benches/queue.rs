@@ -557,6 +557,14 @@ fn main() {
     if parts.iter().any(|a| a == "pair") {
         return pairs();
     }
+    if parts.iter().any(|a| a == "e2e") {
+        // Jobs end to end through the API alone, twice.
+        for _ in 0..2 {
+            let rate = api_pipeline(scale(200_000), 1_000, stella::domain::queue::plan::LEASE_MAX);
+            println!("end to end through the API: {rate:.0} jobs/s");
+        }
+        return;
+    }
     if parts.iter().any(|a| a == "log") {
         return request_log();
     }

@@ -315,12 +315,12 @@ fn rebuild_projections<M: Machine>(txn: &redb::WriteTransaction, path: &Path) ->
     // A broken invariant met while rebuilding is reported, not raised: the store is history
     // that `db verify` will name; the rebuild itself must not crash the start.
     let (rebuilt, breaches) = crate::kernel::invariant::recording(|| -> Result<(), StoreError> {
+        let tx = crate::kernel::tx::Tx::store(txn);
         for row in ledger.iter().map_err(|e| err(e.into()))? {
             let (k, v) = row.map_err(|e| err(e.into()))?;
             let corrupt = |reason: String| StoreError::Corrupt { table: "ledger", key: k.value().to_string(), reason };
             let entry = serde_json::from_slice::<Entry>(v.value()).map_err(|e| corrupt(e.to_string()))?;
-            M::apply(&crate::kernel::tx::Tx::store(txn), &entry)
-                .map_err(|e| corrupt(format!("replaying it into the rebuilt tables: {e}")))?;
+            M::apply(&tx, &entry).map_err(|e| corrupt(format!("replaying it into the rebuilt tables: {e}")))?;
             applied += 1;
         }
         Ok(())

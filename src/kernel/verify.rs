@@ -213,7 +213,11 @@ fn read_checked(
 /// the entries applied, and the first that failed.
 fn replay<M: Machine>(rows: std::sync::mpsc::Receiver<Rows>) -> Result<Replayed, StoreError> {
     let replica = Replica::default();
-    let replay = Tx::replica(&replica);
+    let (entries, problem) = replay_into::<M>(&Tx::replica(&replica), rows);
+    Ok((replica, entries, problem))
+}
+
+fn replay_into<M: Machine>(replay: &Tx, rows: std::sync::mpsc::Receiver<Rows>) -> (u64, Option<ReplayProblem>) {
     let mut entries = 0;
     for batch in rows {
         let mut start = 0;
@@ -222,7 +226,7 @@ fn replay<M: Machine>(rows: std::sync::mpsc::Receiver<Rows>) -> Result<Replayed,
             let problem = match serde_json::from_slice::<Entry>(&batch.bytes[start..end]) {
                 // The chain check names an entry that does not parse.
                 Err(e) => Some(ReplayProblem { seq, message: format!("ledger entry {seq} does not parse: {e}") }),
-                Ok(entry) => match M::apply(&replay, &entry) {
+                Ok(entry) => match M::apply(replay, &entry) {
                     Err(e) => Some(ReplayProblem { seq, message: e.to_string() }),
                     Ok(()) if let Some(b) = invariant::drain().into_iter().next() => {
                         Some(ReplayProblem { seq, message: format!("replaying entry {seq} breaks an invariant: {b}") })
@@ -231,13 +235,13 @@ fn replay<M: Machine>(rows: std::sync::mpsc::Receiver<Rows>) -> Result<Replayed,
                 },
             };
             if problem.is_some() {
-                return Ok((replica, entries, problem));
+                return (entries, problem);
             }
             start = end;
             entries += 1;
         }
     }
-    Ok((replica, entries, None))
+    (entries, None)
 }
 
 /// The last entry whose subjects name `key`: looked up only for a row that differs, by a walk

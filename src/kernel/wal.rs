@@ -354,6 +354,7 @@ pub fn replay<M: Machine>(db: &Database, store: &Path) -> Result<Replayed, Store
     }
     {
         let mut ledger = txn.open_table(LEDGER).map_err(|e| err(e.into()))?;
+        let tx = crate::kernel::tx::Tx::store(&txn);
         for record in readable {
             for (i, stored) in record.entries.iter().enumerate() {
                 let seq = record.first_seq + i as u64;
@@ -363,7 +364,7 @@ pub fn replay<M: Machine>(db: &Database, store: &Path) -> Result<Replayed, Store
                 cursor.check_stored(seq, stored).map_err(|e| damaged(format!("entry {seq}: {e}")))?;
                 let entry = serde_json::from_slice(stored).map_err(|e| damaged(format!("entry {seq}: {e}")))?;
                 ledger.insert(seq, *stored).map_err(|e| err(e.into()))?;
-                M::apply(&crate::kernel::tx::Tx::store(&txn), &entry).map_err(|e| match e {
+                M::apply(&tx, &entry).map_err(|e| match e {
                     // The disk, not the log: the replay is tried again at the next open.
                     crate::kernel::plan::ApplyError::Storage(e) => err(e),
                     e => damaged(format!("applying entry {seq}: {e}")),

@@ -538,15 +538,19 @@ impl<M: Machine> Writer<M> {
                 }
             };
             let mut entries = Vec::with_capacity(effects.drafts.len());
+            // The command's entries share the tables the projection opens; closed before the
+            // next plan reads them.
+            let tx = crate::kernel::tx::Tx::store(txn);
             for draft in effects.drafts {
                 seq += 1;
                 let (entry, stored) = Entry::seal_stored(draft, seq, now, &env.actor.name, &prev);
                 ledger.insert(seq, stored.as_slice()).map_err(|e| e.to_string())?;
                 self.record.push(seq, &stored);
-                M::apply(&crate::kernel::tx::Tx::store(txn), &entry).map_err(|e| e.to_string())?;
+                M::apply(&tx, &entry).map_err(|e| e.to_string())?;
                 prev.clone_from(&entry.hash);
                 entries.push(entry);
             }
+            drop(tx);
             live_durable |= effects.live.iter().any(M::live_is_durable);
             M::apply_live(txn, &effects.live, now).map_err(|e| e.to_string())?;
             results.push(Ok(Committed { entries, note: effects.note }));

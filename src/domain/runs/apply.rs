@@ -82,14 +82,14 @@ pub fn apply(tx: &Tx, entry: &Entry) -> Result<bool, ApplyError> {
 }
 
 /// A run and the steps an entry touched, read from the tables and written back.
-struct Stored<'t> {
-    tx: &'t Tx<'t>,
+struct Stored<'t, 'a> {
+    tx: &'t Tx<'a>,
     entry: &'t Entry,
     run: RunRecord,
     steps: BTreeMap<String, StepRecord>,
 }
 
-impl Stored<'_> {
+impl Stored<'_, '_> {
     fn save(self) -> Result<(), ApplyError> {
         for rec in self.steps.into_values() {
             save_step(self.tx, rec)?;
@@ -98,7 +98,7 @@ impl Stored<'_> {
     }
 }
 
-impl RunState for Stored<'_> {
+impl RunState for Stored<'_, '_> {
     type Error = ApplyError;
 
     fn run(&mut self) -> &mut RunRecord {
