@@ -58,7 +58,8 @@ fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
 }
 
 fn load(tx: &Tx, entry: &Entry, id: &str) -> Result<JobRecord, ApplyError> {
-    tx.get::<JobRecord>(JOBS, id).map_err(|e| bad(entry, e))?.ok_or_else(|| bad(entry, format!("unknown job {id}")))
+    // Every caller saves the job again (or removes it).
+    tx.take::<JobRecord>(JOBS, id).map_err(|e| bad(entry, e))?.ok_or_else(|| bad(entry, format!("unknown job {id}")))
 }
 
 fn save(tx: &Tx, job: JobRecord) -> Result<(), ApplyError> {
@@ -66,7 +67,7 @@ fn save(tx: &Tx, job: JobRecord) -> Result<(), ApplyError> {
 }
 
 fn with_queue(tx: &Tx, job_type: &str, f: impl FnOnce(&mut QueueRecord)) -> Result<(), ApplyError> {
-    let mut q = tx.get::<QueueRecord>(QUEUES, job_type)?.unwrap_or_default();
+    let mut q = tx.take::<QueueRecord>(QUEUES, job_type)?.unwrap_or_default();
     f(&mut q);
     tx.put(QUEUES, job_type, q)
 }

@@ -29,16 +29,18 @@ fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
     ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
 }
 
+/// A run's record, for [`Stored`], which saves it again.
 fn run(tx: &Tx, entry: &Entry, id: &str) -> Result<RunRecord, ApplyError> {
-    tx.get::<RunRecord>(RUNS, id)?.ok_or_else(|| bad(entry, format!("unknown run {id}")))
+    tx.take::<RunRecord>(RUNS, id)?.ok_or_else(|| bad(entry, format!("unknown run {id}")))
 }
 
 fn save_run(tx: &Tx, rec: RunRecord) -> Result<(), ApplyError> {
     tx.put(RUNS, &rec.id.clone(), rec)
 }
 
+/// A step's record, for [`Stored`], which saves it again.
 fn step(tx: &Tx, entry: &Entry, run: &str, name: &str) -> Result<StepRecord, ApplyError> {
-    tx.get::<StepRecord>(STEPS, &step_key(run, name))?.ok_or_else(|| bad(entry, format!("unknown step {run}/{name}")))
+    tx.take::<StepRecord>(STEPS, &step_key(run, name))?.ok_or_else(|| bad(entry, format!("unknown step {run}/{name}")))
 }
 
 fn save_step(tx: &Tx, rec: StepRecord) -> Result<(), ApplyError> {
