@@ -287,6 +287,18 @@ fn main() {
         }
         return;
     }
+    // `cargo bench --bench dag -- w1`: root → 1,000 sample-plugin steps → join alone, twice.
+    if std::env::args().skip(1).any(|a| a == "w1") {
+        for _ in 0..2 {
+            let f = executor_fan(1_000, "sample-plugin");
+            println!(
+                "root → 1000 sample-plugin → join: {:.1} ms wall, slots busy {:.0} %",
+                f.wall.as_secs_f64() * 1e3,
+                f.busy * 100.0
+            );
+        }
+        return;
+    }
     if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"dag".contains(a.as_str())) {
         return;
     }

@@ -64,7 +64,9 @@ pub fn end_attempt(work_root: &Path, job: &str, pgid: Option<u32>) {
         // SAFETY: killpg on the group the plugin led; at worst it is already empty.
         unsafe { libc::killpg(pgid as i32, libc::SIGKILL) };
     }
-    if our_children().is_none() {
+    // Whether the kernel lists a task's children does not change: asked once.
+    static LISTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*LISTED.get_or_init(|| our_children().is_some()) {
         let running: Vec<String> = live.map().values().map(|(job, _)| job.clone()).collect();
         return end_attempt_by_scan(live, work_root, job, since, &running);
     }
