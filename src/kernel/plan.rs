@@ -7,6 +7,7 @@
 use crate::config::Config;
 use crate::kernel::ledger::{Draft, Entry};
 use crate::kernel::rng::SplitMix64;
+pub use crate::kernel::tx::{ApplyError, redb};
 use redb::{TableDefinition, WriteTransaction};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -165,30 +166,6 @@ pub fn storage(e: impl std::fmt::Display) -> CommandError {
 pub struct Committed {
     pub entries: Vec<Entry>,
     pub note: Option<serde_json::Value>,
-}
-
-/// An entry the projection cannot apply: a bug, or a ledger that was not written by stella.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ApplyError {
-    #[error("ledger entry {seq} ({kind}): {reason}")]
-    Entry { seq: u64, kind: String, reason: String },
-    #[error("store: {0}")]
-    Storage(#[from] redb::Error),
-    #[error("store record: {0}")]
-    Record(String),
-}
-
-impl ApplyError {
-    /// The entry cannot be applied, for `reason`.
-    pub fn entry(entry: &Entry, reason: impl std::fmt::Display) -> Self {
-        ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
-    }
-}
-
-/// A redb failure inside apply.
-pub fn redb(e: impl Into<redb::Error>) -> ApplyError {
-    ApplyError::Storage(e.into())
 }
 
 /// A machine with no tables and no commands, for the kernel's own tests.

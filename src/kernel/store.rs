@@ -6,11 +6,11 @@
 
 use crate::kernel::ledger::Entry;
 use crate::kernel::plan::Machine;
+pub use crate::kernel::tx::Record;
 use redb::{
     Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
 };
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -361,16 +361,6 @@ pub fn open_read_only(path: &Path) -> Result<ReadOnlyDatabase, StoreError> {
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The ledger: sequence → canonical entry JSON. Append-only.
 pub const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
-
-/// JSON encode/decode shared by every record type.
-pub trait Record: Serialize + for<'de> Deserialize<'de> {
-    fn to_json_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("store record serializes")
-    }
-    fn from_json_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
-    }
-}
 
 /// A record kept as plain JSON (bundles, plugins, schedules: the entry's data as written).
 impl Record for serde_json::Value {}

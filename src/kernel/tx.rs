@@ -1,20 +1,55 @@
-//! What a projection writes through: [`Tx`], one entry's view of the tables. In the writer (and
-//! the log's replay) it is the batch's redb write transaction; in `db verify` it is a
-//! [`Replica`], plain ordered maps in memory that keep each record as the value the projection
-//! put (encoded to its stored bytes only when the tables are compared), so a replay pays
-//! neither redb's page copies nor a JSON decode and encode per row it touches.
+//! What a projection writes through: [`Tx`], one command's view of the tables, the [`Record`]s
+//! it keeps there and how applying an entry fails ([`ApplyError`]). In the writer (and the
+//! log's replay and the rebuild) it is the batch's redb write transaction, each table opened
+//! once; in `db verify` it is a [`Replica`], hash maps in memory that keep each record as the
+//! value the projection put (encoded to its stored bytes only when the tables are compared), so
+//! a replay pays neither redb's page copies nor a JSON decode and encode per row it touches.
 //!
 //! Indexes that `db verify` does not compare (the due and ready indexes, live leases) are
 //! write-only here: a projection arms and disarms them but never reads them, and the replica
 //! does not keep them.
 
-use crate::kernel::plan::{ApplyError, redb};
-use crate::kernel::store::Record;
+use crate::kernel::ledger::Entry;
 use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use serde::{Deserialize, Serialize};
 use std::any::Any;
 use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+/// JSON encode/decode shared by every record type.
+pub trait Record: Serialize + for<'de> Deserialize<'de> {
+    fn to_json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("store record serializes")
+    }
+    fn from_json_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// An entry the projection cannot apply: a bug, or a ledger that was not written by stella.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error("ledger entry {seq} ({kind}): {reason}")]
+    Entry { seq: u64, kind: String, reason: String },
+    #[error("store: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("store record: {0}")]
+    Record(String),
+}
+
+impl ApplyError {
+    /// The entry cannot be applied, for `reason`.
+    pub fn entry(entry: &Entry, reason: impl std::fmt::Display) -> Self {
+        ApplyError::Entry { seq: entry.seq, kind: entry.kind.clone(), reason: reason.to_string() }
+    }
+}
+
+/// A redb failure inside apply.
+pub fn redb(e: impl Into<redb::Error>) -> ApplyError {
+    ApplyError::Storage(e.into())
+}
 
 /// A projection table: key → record bytes.
 pub type Def = TableDefinition<'static, &'static str, &'static [u8]>;
