@@ -28,6 +28,8 @@ pub struct TestAppliance {
     default_state_dir: bool,
     /// The temp dir is a tmpfs mount of its own, unmounted on drop.
     tmpfs: bool,
+    /// The daemon leads a process group of its own (started under a wrapper).
+    grouped: bool,
 }
 
 impl TestAppliance {
@@ -84,7 +86,16 @@ impl TestAppliance {
         edit(&mut config);
         std::fs::create_dir_all(layout.etc()).unwrap();
         std::fs::write(layout.config_file(), config.to_toml()).unwrap();
-        let mut app = TestAppliance { dir, root, child: None, https: None, dev: true, default_state_dir, tmpfs: false };
+        let mut app = TestAppliance {
+            dir,
+            root,
+            child: None,
+            https: None,
+            dev: true,
+            default_state_dir,
+            tmpfs: false,
+            grouped: false,
+        };
         app.launch();
         app
     }
@@ -96,8 +107,16 @@ impl TestAppliance {
         std::fs::create_dir_all(layout.etc()).unwrap();
         std::fs::write(layout.config_file(), Config::default().to_toml()).unwrap();
         let root = dir.path().to_owned();
-        let mut app =
-            TestAppliance { dir, root, child: None, https: None, dev: false, default_state_dir: false, tmpfs: false };
+        let mut app = TestAppliance {
+            dir,
+            root,
+            child: None,
+            https: None,
+            dev: false,
+            default_state_dir: false,
+            tmpfs: false,
+            grouped: false,
+        };
         app.launch();
         app
     }
@@ -154,13 +173,17 @@ impl TestAppliance {
         } else {
             command.arg("--state-dir").arg(self.root());
         }
-        use std::os::unix::process::CommandExt;
+        // Under a wrapper (faketime, which forks the daemon), a process group of its own, and
+        // signals go to the group, so no daemon outlives its test; otherwise the terminal's
+        // group, so a Ctrl-C of the tests ends it too.
+        self.grouped = !wrapper.is_empty();
+        if self.grouped {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
         let mut child = command
             .args(if self.dev { &["serve", "--dev"][..] } else { &["serve"][..] })
             .args(extra)
-            // Its own process group: a wrapper (faketime) forks the daemon, and signals go to
-            // the group, so no daemon outlives its test.
-            .process_group(0)
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -243,14 +266,15 @@ impl TestAppliance {
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon running");
-        // SAFETY: kill(2) on our own child's process group.
-        unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+        let pid = if self.grouped { -(child.id() as i32) } else { child.id() as i32 };
+        // SAFETY: kill(2) on our own child (or its process group).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         child.wait().unwrap()
     }
 
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("daemon running");
-        kill_group(&mut child);
+        kill_daemon(&mut child, self.grouped);
     }
 
     /// Runs the CLI against this appliance.
@@ -287,17 +311,19 @@ impl TestAppliance {
     }
 }
 
-/// SIGKILL to a daemon's process group (it and whatever wrapper started it), then reaped.
-fn kill_group(child: &mut std::process::Child) {
-    // SAFETY: kill(2) on our own child's process group.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+/// SIGKILL to a daemon (to its process group, with the wrapper that started it, if `grouped`),
+/// then reaped.
+fn kill_daemon(child: &mut std::process::Child, grouped: bool) {
+    let pid = if grouped { -(child.id() as i32) } else { child.id() as i32 };
+    // SAFETY: kill(2) on our own child (or its process group).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
     let _ = child.wait();
 }
 
 impl Drop for TestAppliance {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            kill_group(&mut child);
+            kill_daemon(&mut child, self.grouped);
         }
         if self.tmpfs {
             let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();

@@ -59,7 +59,7 @@ fn bad(entry: &Entry, reason: impl std::fmt::Display) -> ApplyError {
 
 fn load(tx: &Tx, entry: &Entry, id: &str) -> Result<JobRecord, ApplyError> {
     // Every caller saves the job again (or removes it).
-    tx.take::<JobRecord>(JOBS, id).map_err(|e| bad(entry, e))?.ok_or_else(|| bad(entry, format!("unknown job {id}")))
+    tx.take::<JobRecord>(JOBS, id)?.ok_or_else(|| bad(entry, format!("unknown job {id}")))
 }
 
 fn save(tx: &Tx, job: JobRecord) -> Result<(), ApplyError> {

@@ -9,14 +9,13 @@ use crate::kernel::ledger::Entry;
 use crate::kernel::{ApplyError, Tx, counters};
 
 pub fn apply(tx: &Tx, entry: &Entry, event: ReleaseEvent) -> Result<(), ApplyError> {
-    let bad = |e: ApplyError| ApplyError::entry(entry, e);
     match event {
         ReleaseEvent::Declared(d) => {
             let by = format!("{} {}", d.bundle, d.version);
             let mut seen = Vec::new();
             for env in d.environments {
                 seen.push(env.name.clone());
-                let rec = match tx.get::<EnvRecord>(ENVIRONMENTS, &env.name).map_err(bad)? {
+                let rec = match tx.get::<EnvRecord>(ENVIRONMENTS, &env.name)? {
                     Some(mut rec) => {
                         if rec.env.baseline != env.baseline {
                             rec.baseline_version += 1;
@@ -37,7 +36,7 @@ pub fn apply(tx: &Tx, entry: &Entry, event: ReleaseEvent) -> Result<(), ApplyErr
                 tx.put(ENVIRONMENTS, &rec.env.name.clone(), rec)?;
             }
             // Environments the bundle's earlier version declared and this one does not.
-            for (name, mut rec) in tx.all::<EnvRecord>(ENVIRONMENTS).map_err(bad)? {
+            for (name, mut rec) in tx.all::<EnvRecord>(ENVIRONMENTS)? {
                 let mine = rec.declared_by.as_deref().is_some_and(|b| b.split(' ').next() == Some(d.bundle.as_str()));
                 if mine && !seen.contains(&name) {
                     rec.declared_by = None;
@@ -64,16 +63,14 @@ pub fn apply(tx: &Tx, entry: &Entry, event: ReleaseEvent) -> Result<(), ApplyErr
         }
         ReleaseEvent::ArtifactDeleted(d) => {
             let mut a = tx
-                .get::<ArtifactRecord>(ARTIFACTS, &d.artifact)
-                .map_err(bad)?
+                .get::<ArtifactRecord>(ARTIFACTS, &d.artifact)?
                 .ok_or_else(|| ApplyError::entry(entry, format!("deletes unknown artifact {}", d.artifact)))?;
             a.deleted = Some(super::tables::Deletion { ms: entry.time, actor: entry.actor.clone(), reason: d.reason });
             tx.put(ARTIFACTS, &d.artifact, a)?;
         }
         ReleaseEvent::ArtifactRestored(r) => {
             let mut a = tx
-                .get::<ArtifactRecord>(ARTIFACTS, &r.artifact)
-                .map_err(bad)?
+                .get::<ArtifactRecord>(ARTIFACTS, &r.artifact)?
                 .ok_or_else(|| ApplyError::entry(entry, format!("restores unknown artifact {}", r.artifact)))?;
             a.deleted = None;
             a.restored_ms = Some(entry.time);
@@ -176,8 +173,7 @@ fn update(
     change: impl FnOnce(&mut DeploymentRecord),
 ) -> Result<DeploymentRecord, ApplyError> {
     let mut d = tx
-        .get::<DeploymentRecord>(DEPLOYMENTS, id)
-        .map_err(|e| ApplyError::entry(entry, e))?
+        .get::<DeploymentRecord>(DEPLOYMENTS, id)?
         .ok_or_else(|| ApplyError::entry(entry, format!("names unknown deployment {id}")))?;
     change(&mut d);
     d.seq = entry.seq;
@@ -187,8 +183,7 @@ fn update(
 
 fn update_env(tx: &Tx, entry: &Entry, env: &str, change: impl FnOnce(&mut EnvRecord)) -> Result<(), ApplyError> {
     let mut e = tx
-        .get::<EnvRecord>(ENVIRONMENTS, env)
-        .map_err(|e| ApplyError::entry(entry, e))?
+        .get::<EnvRecord>(ENVIRONMENTS, env)?
         .ok_or_else(|| ApplyError::entry(entry, format!("names unknown environment {env}")))?;
     change(&mut e);
     tx.put(ENVIRONMENTS, env, e)

@@ -25,7 +25,7 @@ pub fn apply(tx: &Tx, entry: &Entry, event: TokenEvent) -> Result<(), ApplyError
             tx.put(TOKENS, &rec.id.clone(), rec)
         }
         TokenEvent::Revoked(d) => {
-            let Some(mut rec) = tx.get::<TokenRecord>(TOKENS, &d.id).map_err(|e| ApplyError::entry(entry, e))? else {
+            let Some(mut rec) = tx.get::<TokenRecord>(TOKENS, &d.id)? else {
                 return Err(ApplyError::entry(entry, format!("revokes unknown token {}", d.id)));
             };
             rec.revoked_ms = Some(entry.time);
