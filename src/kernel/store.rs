@@ -435,7 +435,7 @@ pub mod read {
 pub mod rw {
     use super::*;
     use crate::kernel::store::Record;
-    use redb::{ReadableTable, Table};
+    use redb::ReadableTable;
 
     pub fn get<R: Record>(
         table: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -454,15 +454,7 @@ pub mod rw {
         })
     }
 
-    pub fn put<R: Record>(table: &mut Table<&str, &[u8]>, key: &str, record: &R) -> Result<(), redb::Error> {
-        table.insert(key, record.to_json_bytes().as_slice()).map(|_| ()).map_err(Into::into)
-    }
-
     pub fn counter(table: &impl ReadableTable<&'static str, &'static [u8]>, name: &str) -> Result<u64, redb::Error> {
-        Ok(table.get(name)?.and_then(|v| <[u8; 8]>::try_from(v.value()).ok()).map(u64::from_be_bytes).unwrap_or(0))
-    }
-
-    pub fn set_counter(table: &mut Table<&str, &[u8]>, name: &str, value: u64) -> Result<(), redb::Error> {
-        table.insert(name, value.to_be_bytes().as_slice()).map(|_| ()).map_err(Into::into)
+        Ok(table.get(name)?.map_or(0, |v| crate::kernel::tx::counter_value(v.value())))
     }
 }

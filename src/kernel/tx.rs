@@ -223,8 +223,7 @@ impl<'a> Tx<'a> {
 
     /// Counter `name` of `def` (a big-endian u64; 0 when never set).
     pub fn counter(&self, def: Def, name: &str) -> Result<u64, ApplyError> {
-        let bytes = self.get_bytes(def, name)?;
-        Ok(bytes.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_be_bytes).unwrap_or(0))
+        Ok(self.get_bytes(def, name)?.map_or(0, |v| counter_value(&v)))
     }
 
     /// Sets counter `name` of `def` to `value`.
@@ -256,6 +255,11 @@ impl<'a> Tx<'a> {
         }
         Ok(())
     }
+}
+
+/// A counter's stored bytes (big-endian u64) as its value; 0 for anything else.
+pub fn counter_value(bytes: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes)
 }
 
 /// A record as the replica keeps it: the value a projection put, or bytes.
@@ -344,7 +348,8 @@ impl Replica {
     }
 
     /// Every row of `table` in key order, as stored bytes.
-    pub fn rows(&self, table: &str) -> Vec<(String, Vec<u8>)> {
+    #[cfg(test)]
+    fn rows(&self, table: &str) -> Vec<(String, Vec<u8>)> {
         let mut rows = Vec::new();
         self.each(table, |k, v| {
             rows.push((k.to_owned(), v.to_vec()));
