@@ -43,6 +43,9 @@ pub struct Status {
     pub queue_depth: u64,
     pub listeners: Vec<String>,
     pub quarantined_bundles: Vec<String>,
+    /// Steps waiting for a person: each pending approval the caller may see, one line each.
+    #[serde(default)]
+    pub waiting_approval: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -644,6 +647,10 @@ pub struct Run {
     pub created_at: String,
     pub created_by: String,
     pub finished_at: Option<String>,
+    /// What the run waits on besides its running steps, one line each (a checkpoint's
+    /// approval): a run that waits for a person says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_on: Vec<String>,
     pub steps: Vec<RunStep>,
 }
 
@@ -668,6 +675,9 @@ pub struct RunStep {
     pub error: Option<String>,
     /// Why a step that is not running waits.
     pub wait_reason: Option<String>,
+    /// The latest approval its checkpoint asked for (`checkpoint_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
     pub outputs: serde_json::Value,
     /// Its latest attempts, oldest first, each with how it ended.
     #[serde(default)]
@@ -719,6 +729,93 @@ pub struct RunSummary {
 #[serde(rename_all = "camelCase")]
 pub struct RunList {
     pub runs: Vec<RunSummary>,
+}
+
+/// A checkpoint's approval (`GET /approvals/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    pub id: String,
+    pub tenant: String,
+    /// `pending`, `approved`, `rejected`, `expired`, `cancelled`.
+    pub state: String,
+    pub run_id: String,
+    pub step: String,
+    /// The step record id (`run-1/review`).
+    pub step_record_id: String,
+    pub dag: String,
+    pub dag_version: u32,
+    /// sha256 of the step's canonical inputs the approval is bound to.
+    pub inputs_hash: String,
+    /// Distinct approvers needed, and approvals so far.
+    pub approvers: u32,
+    pub approvals: u32,
+    pub self_approval: bool,
+    pub requested_by: String,
+    pub requested_at: String,
+    pub deadline: Option<String>,
+    pub on_timeout: Option<String>,
+    pub decisions: Vec<ApprovalDecision>,
+    pub resolved_at: Option<String>,
+    pub resolution: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalDecision {
+    pub actor: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    pub reason: Option<String>,
+    pub at: String,
+}
+
+impl Approval {
+    pub fn from_record(r: &crate::domain::approvals::tables::ApprovalRecord) -> Self {
+        use crate::clock::rfc3339;
+        Approval {
+            id: r.id.clone(),
+            tenant: r.tenant.clone(),
+            state: r.state.as_str().to_owned(),
+            run_id: r.run.clone(),
+            step: r.step.clone(),
+            step_record_id: format!("{}/{}", r.run, r.step),
+            dag: r.dag.clone(),
+            dag_version: r.dag_version,
+            inputs_hash: r.inputs_hash.clone(),
+            approvers: r.approvers,
+            approvals: r.approvals(),
+            self_approval: r.self_approval,
+            requested_by: r.requested_by.clone(),
+            requested_at: rfc3339(r.requested_ms),
+            deadline: r.deadline_ms.map(rfc3339),
+            on_timeout: r.on_timeout.map(|t| t.as_str().to_owned()),
+            decisions: r
+                .decisions
+                .iter()
+                .map(|d| ApprovalDecision {
+                    actor: d.actor.clone(),
+                    decision: d.decision.clone(),
+                    reason: d.reason.clone(),
+                    at: rfc3339(d.at_ms),
+                })
+                .collect(),
+            resolved_at: r.resolved_ms.map(rfc3339),
+            resolution: r.resolution.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalList {
+    pub approvals: Vec<Approval>,
+}
+
+/// `POST /approvals/{id}/approve|reject`: why (required to reject).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalDecide {
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

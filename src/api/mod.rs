@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 /// The prefix of every route.
 pub const PREFIX: &str = "/api/v1/orchestrator";
+/// Runbook 004's paths (`/api/orchestrations/:runId/status`, `/actions/retry`, `/approvals`):
+/// aliases of the runs and approvals routes, with the same auth and problem documents.
+pub const RUNBOOK_PREFIX: &str = "/api/orchestrations";
 
 /// A handler that panics (redb does so on some damage) answers a problem naming the store and
 /// what to do, instead of dropping the connection.
@@ -46,7 +49,7 @@ async fn catch_panics(
 
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::put;
-    use handlers::{admin, bundles, config, dags, exports, locks, pending, queue, release, runs, stream, tokens};
+    use handlers::{admin, approvals, bundles, config, dags, exports, locks, queue, release, runs, stream, tokens};
     let api = Router::new()
         .route("/admin/health", get(admin::health))
         .route("/admin/db/verify", get(admin::db_verify))
@@ -77,7 +80,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/resources/{resource}/update", post(locks::update_resource))
         .route("/config", get(config::config_show))
         .route("/config/{key}", get(config::config_get).put(config::config_set))
-        // Routes the runbooks name whose capability is not built yet: authenticated, then 501.
         .route("/runs", post(runs::start).get(runs::list))
         .route("/runs/stream", get(stream::stream))
         .route("/runs/{run}", get(runs::show).post(runs::cancel))
@@ -98,7 +100,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/schedules/{dag}/{action}", post(dags::schedule_action))
         .route("/secrets", get(config::secret_list))
         .route("/secrets/{name}", put(config::secret_set))
-        .route("/approvals", get(pending::approvals))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}", get(approvals::show))
+        .route("/approvals/{id}/{action}", post(approvals::decide))
         .route("/environments", get(release::environments).post(release::declare))
         .route("/environments/{env}", get(release::environment))
         .route("/environments/{env}/probe", post(release::probe))
@@ -117,8 +121,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/deployments/{id}/repair", post(release::repair))
         .route("/rollbacks", post(release::rollback))
         .route("/metrics", get(admin::metrics));
+    let runbook = Router::new()
+        .route("/stream", get(stream::stream))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}", get(approvals::show))
+        .route("/approvals/{id}/{action}", post(approvals::decide))
+        .route("/{run}", get(runs::show))
+        .route("/{run}/status", get(runs::show))
+        .route("/{run}/actions/{action}", post(runs::action));
     Router::new()
         .nest(PREFIX, api)
+        .nest(RUNBOOK_PREFIX, runbook)
         .route("/metrics", get(admin::metrics))
         // Runbook 002 names the health endpoint without the API prefix too.
         .route("/admin/health", get(admin::health))

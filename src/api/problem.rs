@@ -97,6 +97,7 @@ impl From<CommandError> for Problem {
                     None => p,
                 }
             }
+            CommandError::Forbidden { code, detail } => Problem::new(StatusCode::FORBIDDEN, code, detail),
             CommandError::Busy { detail, retry_after_s } => {
                 let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "backpressure", detail);
                 p.0.retry_after_s = Some(retry_after_s);

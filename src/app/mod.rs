@@ -2,6 +2,7 @@
 //! another handler and `serve.rs` calls no handler: importing a bundle, re-verifying the
 //! installed ones, writing an export pack.
 
+pub mod doctor;
 pub mod export;
 pub mod import;
 pub mod installed;

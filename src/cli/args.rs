@@ -216,6 +216,9 @@ pub enum OrchCmd {
     /// Cron schedules.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// Checkpoint approvals: list, show, approve, reject.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
     /// Check connectivity to a deployment target.
     Connectivity {
         #[arg(long)]
@@ -247,6 +250,36 @@ pub enum OrchCmd {
     HealthCheck {
         #[arg(long)]
         env: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCmd {
+    /// Approvals of your tenant, oldest first (pending ones unless --state says otherwise).
+    List {
+        /// pending, approved, rejected, expired, cancelled or all.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        /// Only this run's.
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// One approval: what it is bound to, who decided what, how it ended.
+    Show { id: String },
+    /// Approve (needs orchestrator:approve; not the run's starter): the step goes on once enough
+    /// approvers have.
+    Approve {
+        id: String,
+        /// Why (ledgered with the decision).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Reject: the step fails with the reason (retry or skip it as any failed step).
+    Reject {
+        id: String,
+        /// Why (required; ledgered, and the step's error).
+        #[arg(long)]
+        reason: String,
     },
 }
 

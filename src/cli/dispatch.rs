@@ -142,6 +142,7 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
         OrchCmd::Run(r) => runs::run(g, r).await,
         OrchCmd::Dag(d) => runs::dag(g, d).await,
         OrchCmd::Schedule(s) => runs::schedule(g, s).await,
+        OrchCmd::Approvals(a) => runs::approvals(g, a).await,
         OrchCmd::Queue(q) => queue::queue(g, q).await,
         OrchCmd::Dlq(d) => queue::dlq(g, d).await,
         OrchCmd::Agent(AgentCmd::Status { env: Some(env) }) => crate::cli::release::agents(g, &env).await,
@@ -175,7 +176,7 @@ async fn status(g: &Global) -> Result<(), CliError> {
 }
 
 fn status_text(v: &dto::Status) -> String {
-    format!(
+    let mut out = format!(
         "stella {} ({})\nappliance:   {}\nuptime:      {}s (since {})\nstore:       {} ({} bytes, schema {})\nledger:      height {} head {}\nwriter:      {} commands in {} commits, backlog {}\nqueue depth: {}\nlisteners:   {}\n",
         v.version,
         if v.dev { "dev" } else { "production" },
@@ -192,7 +193,11 @@ fn status_text(v: &dto::Status) -> String {
         v.writer.backlog,
         v.queue_depth,
         v.listeners.join(", "),
-    )
+    );
+    for w in &v.waiting_approval {
+        out.push_str(&format!("waiting:     {w}\n"));
+    }
+    out
 }
 
 /// Asks the daemon; if none answers on the socket, verifies the stopped store read-only.

@@ -43,6 +43,9 @@ pub(crate) fn run_text(v: &dto::Run, verbose: bool) -> String {
         v.created_at,
         v.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default()
     );
+    for w in &v.waiting_on {
+        out.push_str(&format!("waiting on {w}\n"));
+    }
     out.push_str(&format!(
         "inputs: {} (sha256 {})\n",
         serde_json::to_string(&v.inputs).unwrap_or_default(),
@@ -145,7 +148,26 @@ pub async fn run(g: &Global, cmd: RunCmd) -> Result<(), CliError> {
         RunCmd::Status { run } => client.get(&format!("{P}/runs/{run}")).await?.ok()?.typed()?,
         RunCmd::Trace { run, verbose } => {
             let (raw, v) = client.get(&format!("{P}/runs/{run}")).await?.ok()?.typed::<dto::Run>()?;
-            output::show(g.format, &raw, &v, |v| run_text(v, verbose));
+            let (raw_a, a) =
+                client.get(&format!("{P}/approvals?state=all&run={run}")).await?.ok()?.typed::<dto::ApprovalList>()?;
+            let mut raw = raw;
+            raw["approvals"] = raw_a["approvals"].clone();
+            output::show(g.format, &raw, &v, |v| {
+                let mut out = run_text(v, verbose);
+                if !a.approvals.is_empty() {
+                    out.push_str("\napprovals:\n");
+                    for x in &a.approvals {
+                        out.push_str(&format!(
+                            "{} {} step {}: {}\n",
+                            x.id,
+                            x.state,
+                            x.step,
+                            x.resolution.as_deref().unwrap_or("waiting for a decision")
+                        ));
+                    }
+                }
+                out
+            });
             return Ok(());
         }
         RunCmd::Retry { run, step } => {
@@ -167,6 +189,90 @@ pub async fn run(g: &Global, cmd: RunCmd) -> Result<(), CliError> {
         RunCmd::Stream { run, dag, after, until_done } => return stream(g, run, dag, after, until_done).await,
     };
     output::show(g.format, &raw, &v, |v| run_text(v, false));
+    Ok(())
+}
+
+fn approval_text(a: &dto::Approval) -> String {
+    let mut out =
+        format!("{} {} — step {} of run {} (DAG {} v{})\n", a.id, a.state, a.step, a.run_id, a.dag, a.dag_version);
+    out.push_str(&format!(
+        "approvals: {} of {} (self-approval {}); requested by {} at {}\n",
+        a.approvals,
+        a.approvers,
+        if a.self_approval { "allowed" } else { "not allowed" },
+        a.requested_by,
+        a.requested_at
+    ));
+    out.push_str(&format!("inputs sha256: {}\n", a.inputs_hash));
+    if let (Some(d), Some(t)) = (&a.deadline, &a.on_timeout) {
+        out.push_str(&format!("times out: {d} (then {t})\n"));
+    }
+    if let Some(r) = &a.resolution {
+        out.push_str(&format!(
+            "resolution: {r}{}\n",
+            a.resolved_at.as_deref().map(|t| format!(" at {t}")).unwrap_or_default()
+        ));
+    }
+    if !a.decisions.is_empty() {
+        let rows: Vec<Vec<String>> = a
+            .decisions
+            .iter()
+            .map(|d| vec![d.at.clone(), d.actor.clone(), d.decision.clone(), opt(&d.reason)])
+            .collect();
+        out.push_str(&table(&["AT", "ACTOR", "DECISION", "REASON"], &rows));
+    }
+    if a.state == "pending" {
+        out.push_str(&format!(
+            "decide: stella orch approvals approve {} --reason …  |  reject {} --reason …\n",
+            a.id, a.id
+        ));
+    }
+    out
+}
+
+fn approvals_text(v: &dto::ApprovalList) -> String {
+    if v.approvals.is_empty() {
+        return "no approvals\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = v
+        .approvals
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.clone(),
+                a.state.clone(),
+                a.step_record_id.clone(),
+                format!("{}/{}", a.approvals, a.approvers),
+                a.requested_by.clone(),
+                a.requested_at.clone(),
+                opt(&a.deadline),
+            ]
+        })
+        .collect();
+    table(&["APPROVAL", "STATE", "STEP", "APPROVALS", "REQUESTED BY", "REQUESTED", "TIMES OUT"], &rows)
+}
+
+pub async fn approvals(g: &Global, cmd: ApprovalsCmd) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    let (raw, v): (Value, dto::Approval) = match cmd {
+        ApprovalsCmd::List { state, run } => {
+            let mut path = format!("{P}/approvals?state={state}");
+            if let Some(r) = run {
+                path.push_str(&format!("&run={r}"));
+            }
+            let (raw, v) = client.get(&path).await?.ok()?.typed::<dto::ApprovalList>()?;
+            output::show(g.format, &raw, &v, approvals_text);
+            return Ok(());
+        }
+        ApprovalsCmd::Show { id } => client.get(&format!("{P}/approvals/{id}")).await?.ok()?.typed()?,
+        ApprovalsCmd::Approve { id, reason } => {
+            client.post(&format!("{P}/approvals/{id}/approve"), &json!({ "reason": reason })).await?.ok()?.typed()?
+        }
+        ApprovalsCmd::Reject { id, reason } => {
+            client.post(&format!("{P}/approvals/{id}/reject"), &json!({ "reason": reason })).await?.ok()?.typed()?
+        }
+    };
+    output::show(g.format, &raw, &v, approval_text);
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! the kernel and other domains' public items only.
 
 pub mod appliance;
+pub mod approvals;
 pub mod bundles;
 pub mod live;
 pub mod locks;

@@ -1,6 +1,7 @@
 //! Run traces, built from the ledger as it is exported: one trace per run (its id is the one
 //! the run's plugins receive in `traceparent`), a span for the run, one per step and one per
-//! attempt (worker, plugin and its pinned digest, outcome). A span belongs to the pack whose
+//! attempt (worker, plugin and its pinned digest, outcome), and one per checkpoint's wait for
+//! its approval (the approval id, each decision with actor and reason). A span belongs to the pack whose
 //! window holds its end; spans still open at the window's end go in a later pack. A span that
 //! began before the window takes its start from the run and step records.
 
@@ -56,6 +57,14 @@ pub struct TraceData<'a> {
     error_code: Option<Cow<'a, str>>,
     #[serde(borrow)]
     error: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    approval_id: Cow<'a, str>,
+    #[serde(borrow)]
+    actor: Cow<'a, str>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    on_timeout: Option<Cow<'a, str>>,
     /// A job's payload is a tenant's data of any shape: kept raw, read leniently.
     #[serde(borrow)]
     payload: Option<&'a serde_json::value::RawValue>,
@@ -79,7 +88,7 @@ pub struct TracePayload<'a> {
 
 /// Entry kinds the traces are built from; the export parses only these further.
 pub fn relevant(kind: &str) -> bool {
-    kind.starts_with("run.") || kind.starts_with("step.") || kind == "job.enqueued"
+    kind.starts_with("run.") || kind.starts_with("step.") || kind.starts_with("approval.") || kind == "job.enqueued"
 }
 
 struct Attempt {
@@ -99,6 +108,10 @@ pub struct Builder {
     attempts: HashMap<String, Attempt>,
     /// Job id → (plugin, pinned digest) from `job.enqueued`.
     jobs: HashMap<String, (String, Option<String>)>,
+    /// Step key → (approval id, checkpoint time) while a checkpoint waits.
+    checkpoints: HashMap<String, (String, i64)>,
+    /// Approval id → its decisions so far, in words.
+    decisions: HashMap<String, Vec<String>>,
 }
 
 impl Builder {
@@ -111,6 +124,8 @@ impl Builder {
             queued: HashMap::new(),
             attempts: HashMap::new(),
             jobs: HashMap::new(),
+            checkpoints: HashMap::new(),
+            decisions: HashMap::new(),
         }
     }
 
@@ -155,8 +170,22 @@ impl Builder {
                 };
                 self.attempts.insert(key, attempt);
             }
-            "step.succeeded" | "step.failed" | "step.retrying" | "step.interrupted" | "step.cancelled"
-            | "step.skipped" => self.attempt_ended(e, &run, &step, &key),
+            "step.succeeded"
+            | "step.failed"
+            | "step.retrying"
+            | "step.interrupted"
+            | "step.cancelled"
+            | "step.skipped"
+            | "step.checkpoint_pending" => self.attempt_ended(e, &run, &step, &key),
+            "approval.approved" | "approval.rejected" => {
+                let verb = e.kind.trim_start_matches("approval.");
+                let why = d.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                self.decisions.entry(d.approval_id.to_string()).or_default().push(format!("{} {verb}{why}", d.actor));
+            }
+            "approval.expired" => {
+                let then = d.on_timeout.as_deref().unwrap_or("reject");
+                self.decisions.entry(d.approval_id.to_string()).or_default().push(format!("timed out: {then}"));
+            }
             "run.succeeded" | "run.failed" | "run.cancelled" => {
                 let record = self.run(&run);
                 let status = e.kind.trim_start_matches("run.");
@@ -192,7 +221,7 @@ impl Builder {
     fn attempt_ended(&mut self, e: &TraceEntry, run: &str, step: &str, key: &str) {
         let d = &e.data;
         let error = match e.kind.as_ref() {
-            "step.succeeded" | "step.skipped" => None,
+            "step.succeeded" | "step.skipped" | "step.checkpoint_pending" => None,
             "step.cancelled" => Some("cancelled".to_owned()),
             _ => Some(format!(
                 "{}: {}",
@@ -213,8 +242,44 @@ impl Builder {
                 job: r.job.clone()?,
             })
         });
+        // A step ending after its checkpoint ends the wait, not an attempt (that ended at the
+        // checkpoint): a success carries the approval, a refusal its code.
+        let after_checkpoint = self.checkpoints.remove(key).or_else(|| {
+            let by_code = matches!(d.error_code.as_deref(), Some("approval_rejected" | "approval_timed_out"));
+            (!d.approval_id.is_empty() || by_code).then(|| (d.approval_id.to_string(), e.time))
+        });
+        let open = if after_checkpoint.is_some() { None } else { open };
+        if let Some((approval, since)) = after_checkpoint {
+            let mut attributes = vec![
+                kv("stella.run.id", string(run)),
+                kv("stella.step", string(step)),
+                kv("stella.outcome", string(e.kind.trim_start_matches("step."))),
+            ];
+            if !approval.is_empty() {
+                attributes.push(kv("stella.approval.id", string(&approval)));
+                if let Some(ds) = self.decisions.remove(&approval) {
+                    attributes.push(kv("stella.approval.decisions", string(&ds.join("; "))));
+                }
+            }
+            let span = SpanParts {
+                trace_id: otlp::trace_id(run),
+                span_id: otlp::approval_span_id(if approval.is_empty() { key } else { &approval }),
+                parent: Some(otlp::step_span_id(run, step)),
+                name: "approval",
+                start_ms: since,
+                end_ms: e.time,
+                attributes,
+                error: error.clone(),
+            };
+            self.push(run, span.build());
+        }
+        if e.kind == "step.checkpoint_pending" {
+            self.checkpoints.insert(key.to_owned(), (d.approval_id.to_string(), e.time));
+        }
         if let Some(a) = open.filter(|_| e.kind != "step.skipped") {
             let again = matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted");
+            let outcome =
+                if e.kind == "step.checkpoint_pending" { "succeeded" } else { e.kind.trim_start_matches("step.") };
             let known = if again { self.jobs.get(&a.job).cloned() } else { self.jobs.remove(&a.job) };
             let (plugin, digest) = known.unwrap_or_else(|| {
                 let plugin = lookup(self).map(|r| r.plugin).unwrap_or_default();
@@ -228,7 +293,7 @@ impl Builder {
                 kv("stella.attempt", int(i64::from(a.attempt))),
                 kv("stella.worker", string(&a.worker)),
                 kv("stella.plugin", string(&plugin)),
-                kv("stella.outcome", string(e.kind.trim_start_matches("step."))),
+                kv("stella.outcome", string(outcome)),
             ];
             if let Some(digest) = digest {
                 attributes.push(kv("stella.plugin.digest", string(&digest)));
@@ -245,7 +310,7 @@ impl Builder {
             };
             self.push(run, span.build());
         }
-        if !matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted") {
+        if !matches!(e.kind.as_ref(), "step.retrying" | "step.interrupted" | "step.checkpoint_pending") {
             let start = self.queued.remove(key).or_else(|| lookup(self).and_then(|r| r.queued_ms)).unwrap_or(e.time);
             let span = SpanParts {
                 trace_id: otlp::trace_id(run),

@@ -119,6 +119,10 @@ pub enum CommandError {
     /// The request itself is wrong (HTTP 422); `field` names what, when one field is at fault.
     #[error("{detail}")]
     Invalid { code: &'static str, field: Option<&'static str>, detail: String },
+    /// The actor may not do this to this object (HTTP 403), under a stable code: an approval
+    /// by the one who asked for it.
+    #[error("{detail}")]
+    Forbidden { code: &'static str, detail: String },
     /// Backpressure: try again after this many seconds.
     #[error("{detail}")]
     Busy { detail: String, retry_after_s: u64 },
@@ -148,7 +152,9 @@ impl CommandError {
     pub fn code(&self) -> &'static str {
         match self {
             CommandError::NotFound { .. } => "not_found",
-            CommandError::Conflict { code, .. } | CommandError::Invalid { code, .. } => code,
+            CommandError::Conflict { code, .. }
+            | CommandError::Invalid { code, .. }
+            | CommandError::Forbidden { code, .. } => code,
             CommandError::Busy { .. } => "busy",
             CommandError::Storage(_) => "storage",
             CommandError::WriterGone => "writer_gone",

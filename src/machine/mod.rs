@@ -9,6 +9,7 @@ mod tests;
 pub mod timers;
 
 use crate::domain::appliance::{ApplianceCommand, ApplianceEvent};
+use crate::domain::approvals::{ApprovalCommand, ApprovalEvent};
 use crate::domain::bundles::BundleEvent;
 use crate::domain::bundles::plan::BundleCommand;
 use crate::domain::live::{Effects, LiveWrite};
@@ -17,7 +18,7 @@ use crate::domain::queue::QueueCommand;
 use crate::domain::release::{ReleaseCommand, ReleaseEvent};
 use crate::domain::runs::RunCommand;
 use crate::domain::tokens::{TokenCommand, TokenEvent};
-use crate::domain::{appliance, bundles, locks, queue, release, runs, tokens};
+use crate::domain::{appliance, approvals, bundles, locks, queue, release, runs, tokens};
 use crate::kernel::event::Event;
 use crate::kernel::ledger::Entry;
 use crate::kernel::store::{Store, StoreError};
@@ -36,6 +37,7 @@ pub enum Command {
     Lock(LockCommand),
     Bundle(BundleCommand),
     Release(ReleaseCommand),
+    Approval(ApprovalCommand),
     /// Fire every deadline that is due: promote delayed jobs, expire leases and locks, end
     /// budgets, fire cron triggers. Sent by the timer task; tests send it on virtual time.
     Tick,
@@ -71,6 +73,7 @@ pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[
     release::tables::ARTIFACTS,
     release::tables::DEPLOYMENTS,
     release::tables::DEPLOYMENT_RUNS,
+    approvals::tables::APPROVALS,
 ];
 
 impl Machine for Stella {
@@ -136,6 +139,13 @@ impl Machine for Stella {
                 bundles::plan::plan(b, txn)
             }
             Command::Release(r) => release::plan(r, txn, ctx),
+            Command::Approval(a) => {
+                let (mut drafts, resolution) = approvals::plan::plan(a, txn, ctx)?;
+                if let Some(res) = resolution {
+                    drafts.extend(decided(txn, ctx, &res)?);
+                }
+                Ok(drafts.into())
+            }
             Command::Tick => timers::tick(txn, ctx),
         }?;
         // A deployment follows its run: whatever moved the run (a step's outcome, a lease
@@ -161,6 +171,9 @@ impl Machine for Stella {
         if let Some(event) = ReleaseEvent::of(entry) {
             return release::apply::apply(tx, entry, event.map_err(bad)?);
         }
+        if let Some(event) = ApprovalEvent::of(entry) {
+            return approvals::apply::apply(tx, entry, event.map_err(bad)?);
+        }
         let applied = queue::apply::apply(tx, entry)? || runs::apply::apply(tx, entry)?;
         if !applied {
             return Err(ApplyError::entry(entry, format!("unknown entry kind {:?}", entry.kind)));
@@ -179,6 +192,20 @@ impl Machine for Stella {
     fn apply_live(txn: &WriteTransaction, live: &[LiveWrite], now: i64) -> Result<(), redb::Error> {
         crate::domain::live::apply(txn, live, now)
     }
+}
+
+/// What a settled approval does to its run, in the same command (a decision or a timeout): the
+/// engine's entries, and the locks of jobs a cancel ends.
+pub(crate) fn decided(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    res: &approvals::Resolution,
+) -> Result<Vec<crate::kernel::ledger::Draft>, CommandError> {
+    let mut drafts = runs::plan::on_approval(txn, ctx, res)?;
+    if res.outcome == approvals::Outcome::CancelRun {
+        locks::release_cancelled(txn, ctx, &mut drafts)?;
+    }
+    Ok(drafts)
 }
 
 /// The writer of stella's store, and its handle.

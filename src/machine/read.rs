@@ -2,6 +2,7 @@
 //! kernel) and every domain's, in one place.
 
 pub use crate::domain::appliance::tables::{appliance_id, last_export, runtime_config, secret, secret_values};
+pub use crate::domain::approvals::tables::{approval, approvals};
 pub use crate::domain::bundles::tables::{bundles, installed_plugins, plugins};
 pub use crate::domain::locks::tables::{locks, resource_version};
 pub use crate::domain::queue::tables::{

@@ -41,6 +41,8 @@ pub enum Due<'a> {
     Cron { dag: &'a str, index: u64 },
     /// A lock's TTL lapses.
     Lock { resource: &'a str, token: u64 },
+    /// A checkpoint's approval times out.
+    Approval { id: &'a str },
 }
 
 impl<'a> Due<'a> {
@@ -53,6 +55,7 @@ impl<'a> Due<'a> {
             ["budget", job_type, tenant] => Due::Budget { job_type, tenant },
             ["cron", dag, index] => Due::Cron { dag, index: index.parse().ok()? },
             ["lock", resource, token] => Due::Lock { resource, token: token.parse().ok()? },
+            ["approval", id] => Due::Approval { id },
             _ => return None,
         })
     }
@@ -65,6 +68,7 @@ impl<'a> Due<'a> {
             Due::Budget { job_type, tenant } => timer_key::budget(job_type, tenant),
             Due::Cron { dag, index } => crate::domain::runs::cron_key(dag, *index),
             Due::Lock { resource, token } => crate::domain::locks::timer_key_lock(resource, *token),
+            Due::Approval { id } => crate::domain::approvals::timer_key(id),
         }
     }
 }
@@ -175,6 +179,20 @@ pub fn tick(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, Comman
                     None => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
                 }
             }
+            Some(Due::Approval { id }) => match crate::domain::approvals::plan::expire(txn, id, due_ms)? {
+                Some((drafts, res)) => {
+                    effects.drafts.extend(drafts);
+                    match crate::machine::decided(txn, ctx, &res) {
+                        Ok(d) => effects.drafts.extend(d),
+                        // The step moved on without it (a bug's state): the approval still ends.
+                        Err(CommandError::Conflict { code: "approval_stale", detail }) => {
+                            tracing::warn!(approval = id, %detail, "an expired approval's step no longer waits for it")
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                None => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
+            },
             None => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
         }
     }

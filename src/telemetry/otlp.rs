@@ -95,6 +95,11 @@ pub fn attempt_span_id(job: &str, attempt: u32) -> String {
     digest_hex(&["attempt", job, &attempt.to_string()], 8)
 }
 
+/// The span of a checkpoint's wait for its approval, from the checkpoint to the decision.
+pub fn approval_span_id(approval: &str) -> String {
+    digest_hex(&["approval", approval], 8)
+}
+
 /// The W3C `traceparent` handed to a plugin for an attempt.
 pub fn traceparent(run: &str, job: &str, attempt: u32) -> String {
     format!("00-{}-{}-01", trace_id(run), attempt_span_id(job, attempt))

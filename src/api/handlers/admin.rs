@@ -6,6 +6,7 @@ use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::Scope;
 use crate::clock::rfc3339;
+use crate::domain::approvals::tables::ApprovalState;
 use crate::kernel::store::SCHEMA_VERSION;
 use crate::kernel::verify;
 use crate::machine::read;
@@ -63,8 +64,25 @@ fn queue_depth(state: &AppState) -> u64 {
 }
 
 pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::Status>> {
-    auth.require(Scope::Read)?;
+    let p = auth.require(Scope::Read)?;
     let txn = state.store.read()?;
+    let mut pending = read::approvals(&txn, p.tenant.as_deref(), Some(ApprovalState::Pending), 100)?;
+    pending.sort_by_key(|a| (a.requested_ms, a.id.len(), a.id.clone()));
+    let waiting_approval = pending
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{}: approval {} ({} of {}), requested {} by {}",
+                a.run,
+                a.step,
+                a.id,
+                a.approvals(),
+                a.approvers,
+                rfc3339(a.requested_ms),
+                a.requested_by
+            )
+        })
+        .collect();
     let (height, head_hash) = read::ledger_head(&txn)?;
     let stats = state.writer.stats();
     Ok(Json(dto::Status {
@@ -88,6 +106,7 @@ pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult
         queue_depth: queue_depth(&state),
         listeners: state.listeners.clone(),
         quarantined_bundles: quarantined(&state),
+        waiting_approval,
     }))
 }
 

@@ -1,12 +1,12 @@
 //! Route handlers, one file per resource.
 
 pub mod admin;
+pub mod approvals;
 pub mod bundles;
 pub mod config;
 pub mod dags;
 pub mod exports;
 pub mod locks;
-pub mod pending;
 pub mod queue;
 pub mod release;
 pub mod runs;

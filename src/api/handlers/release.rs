@@ -616,18 +616,30 @@ pub async fn doctor(
     QueryArgs(q): QueryArgs<DoctorQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     site(&state, &auth, Scope::Read)?;
+    use crate::app::doctor::CHECKPOINTS;
     use crate::app::release::ROLLBACK_HEALTH;
-    if let Some(id) = q.check.as_deref().filter(|c| *c != ROLLBACK_HEALTH) {
-        return Err(Problem::not_implemented(&format!("doctor check {id} (only {ROLLBACK_HEALTH} exists so far)")));
+    let known = [ROLLBACK_HEALTH, CHECKPOINTS];
+    if let Some(id) = q.check.as_deref().filter(|c| !known.contains(c)) {
+        return Err(Problem::not_implemented(&format!("doctor check {id} (only {} exist so far)", known.join(", "))));
     }
-    let (st, now) = (state.clone(), state.clock.now_ms());
+    let checks: Vec<&'static str> = known.into_iter().filter(|c| q.check.as_deref().is_none_or(|q| q == *c)).collect();
+    let (st, now, run) = (state.clone(), state.clock.now_ms(), checks.clone());
     let findings = tokio::task::spawn_blocking(move || {
-        crate::app::release::rollback_health(&st.store, &st.config, &st.lib, &st.trust_dir, now)
+        let mut out = Vec::new();
+        for check in run {
+            out.extend(match check {
+                ROLLBACK_HEALTH => {
+                    crate::app::release::rollback_health(&st.store, &st.config, &st.lib, &st.trust_dir, now)?
+                }
+                _ => crate::app::doctor::checkpoints(&st.store)?,
+            });
+        }
+        Ok::<_, crate::kernel::store::StoreError>(out)
     })
     .await
     .map_err(|e| Problem::internal(e.to_string()))??;
     let worst = ["error", "warn", "ok"].into_iter().find(|l| findings.iter().any(|f| f.level == *l)).unwrap_or("ok");
-    Ok(Json(serde_json::json!({ "worst": worst, "checks": [ROLLBACK_HEALTH], "findings": findings })))
+    Ok(Json(serde_json::json!({ "worst": worst, "checks": checks, "findings": findings })))
 }
 
 /// `orch agent status --env E`: the workers that could run the environment's deployments

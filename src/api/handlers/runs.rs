@@ -13,6 +13,7 @@ use crate::domain::runs::Recovery;
 use crate::domain::runs::RunCommand;
 use crate::domain::runs::spec;
 use crate::domain::runs::tables::RunRecord;
+use crate::domain::runs::tables::RunStatus;
 use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::tables::StepState;
 use crate::machine::Command;
@@ -75,7 +76,7 @@ pub async fn list(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<J
             id: r.id.clone(),
             dag: r.dag.clone(),
             version: r.version,
-            status: state_name(r.status),
+            status: run_status(r),
             created_at: rfc3339(r.created_ms),
             finished_at: r.finished_ms.map(rfc3339),
             steps: r.steps,
@@ -154,25 +155,41 @@ pub fn run_dto(state: &AppState, tenant: Option<&str>, id: &str) -> ApiResult<dt
                 error_code: s.error_code.clone(),
                 error: s.error.clone(),
                 wait_reason: wait_reason(&txn, state, &run, s, needs.get(s.name.as_str()), &by_name)?,
+                approval_id: s.approval.clone(),
                 outputs: s.outputs.clone(),
                 history: s.history.iter().map(dto::StepAttempt::from_record).collect(),
             })
         })
         .collect::<ApiResult<Vec<_>>>()?;
+    let waiting_on = dto_steps
+        .iter()
+        .filter(|s| s.state == "checkpoint_pending")
+        .map(|s| format!("step {}: {}", s.name, s.wait_reason.as_deref().unwrap_or("waiting for approval")))
+        .collect();
     Ok(dto::Run {
         id: run.id.clone(),
         tenant: run.tenant.clone(),
         dag: run.dag.clone(),
         version: run.version,
-        status: state_name(run.status),
+        status: run_status(&run),
         inputs: run.inputs.clone(),
         inputs_hash: run.inputs_hash.clone(),
         run_token: run.run_token.clone(),
         created_at: rfc3339(run.created_ms),
         created_by: run.created_by.clone(),
         finished_at: run.finished_ms.map(rfc3339),
+        waiting_on,
         steps: dto_steps,
     })
+}
+
+/// A run's status as the API shows it: `waiting_approval` for a running run whose only
+/// unfinished work is checkpoints waiting for approval (stored as `running`).
+pub fn run_status(run: &RunRecord) -> String {
+    if run.status == RunStatus::Running && run.checkpoints > 0 && run.active == 0 {
+        return "waiting_approval".to_owned();
+    }
+    state_name(run.status)
 }
 
 /// Each step's needs, from the run's pinned DAG version.
@@ -241,6 +258,23 @@ fn wait_reason(
                 JobState::Leased => "starting".into(),
                 _ => return Ok(None),
             }))
+        }
+        StepState::CheckpointPending => {
+            let Some(a) = step.approval.as_ref().map(|id| read::approval(txn, id)).transpose()?.flatten() else {
+                return Ok(Some("checkpoint pending, but its approval is missing (run stella doctor)".into()));
+            };
+            let until = match (a.deadline_ms, a.on_timeout) {
+                (Some(at), Some(t)) => format!("; times out {} ({})", rfc3339(at), t.as_str()),
+                _ => String::new(),
+            };
+            Ok(Some(format!(
+                "waiting for approval {} ({} of {} approvals; requested by {}{until}): stella orch approvals approve {}",
+                a.id,
+                a.approvals(),
+                a.approvers,
+                a.requested_by,
+                a.id
+            )))
         }
         _ => {
             let _ = (state, run);

@@ -1,14 +1,17 @@
-//! `GET /runs/stream`: run and step events as Server-Sent Events, or as WebSocket text
+//! `GET /runs/stream`: run, step and approval events as Server-Sent Events, or as WebSocket text
 //! messages (one ledger entry JSON each) when the request asks to upgrade. Every event carries its
 //! ledger sequence as its id; a reconnect with `Last-Event-ID` (or `?after=`) first replays the
 //! ledger after that sequence, then follows live, with nothing missed and nothing twice. A
 //! consumer that falls further behind than the event buffer gets a `lagged` event naming the
-//! sequence to resume from, and is disconnected. Filters: `run`, `dag`, `tenant`.
+//! sequence to resume from, and is disconnected. Filters: `run`, `dag`, `tenant`. Event names
+//! are the entries' kinds, or with `names=orchestration` (the default on the runbook's path
+//! `/api/orchestrations/stream`) the runbook's `orchestration.step.succeeded`.
 
 use crate::api::extract::{Auth, QueryArgs};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
+use crate::domain::approvals::ApprovalEvent;
 use crate::domain::runs::RunEvent;
 use crate::kernel::event::Event as _;
 use crate::kernel::ledger::Entry;
@@ -41,17 +44,24 @@ pub struct StreamQuery {
     dag: Option<String>,
     tenant: Option<String>,
     after: Option<u64>,
+    /// Event names: `ledger` (the entry's kind, `step.succeeded`) or `orchestration` (the
+    /// runbook's, `orchestration.step.succeeded`). Default: `ledger`, but `orchestration` on
+    /// the runbook's path `/api/orchestrations/stream`.
+    names: Option<String>,
 }
 
 struct Filter {
     q: StreamQuery,
+    /// Event names prefixed with `orchestration.`.
+    prefixed: bool,
     principal: Principal,
     dag_of: HashMap<String, String>,
 }
 
 impl Filter {
     fn keep(&mut self, state: &AppState, e: &Entry) -> bool {
-        if !RunEvent::is_kind(&e.kind) || !self.principal.sees(&e.tenant) {
+        let run_entry = RunEvent::is_kind(&e.kind) || ApprovalEvent::is_kind(&e.kind);
+        if !run_entry || !self.principal.sees(&e.tenant) {
             return false;
         }
         if self.q.tenant.as_ref().is_some_and(|t| *t != e.tenant) {
@@ -85,8 +95,9 @@ struct Item {
     data: String,
 }
 
-fn item(e: &Entry) -> Item {
-    Item { id: Some(e.seq), kind: e.kind.clone(), data: String::from_utf8_lossy(&e.to_json()).into_owned() }
+fn item(e: &Entry, prefixed: bool) -> Item {
+    let kind = if prefixed { format!("orchestration.{}", e.kind) } else { e.kind.clone() };
+    Item { id: Some(e.seq), kind, data: String::from_utf8_lossy(&e.to_json()).into_owned() }
 }
 
 fn sse(i: Item) -> Event {
@@ -105,6 +116,14 @@ pub async fn stream(
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
     let principal = auth.require(Scope::Read)?.clone();
+    let prefixed = match q.names.as_deref() {
+        None => req.uri().path().starts_with(crate::api::RUNBOOK_PREFIX),
+        Some("ledger") => false,
+        Some("orchestration") => true,
+        Some(other) => {
+            return Err(Problem::invalid("names", format!("names={other:?}: expected ledger or orchestration")));
+        }
+    };
     // Following a run or DAG that does not exist would wait forever: say so at once.
     {
         let txn = state.store.read()?;
@@ -128,7 +147,7 @@ pub async fn stream(
     let live = state.writer.subscribe();
     let after = last.unwrap_or_else(|| state.writer.stats().head_seq());
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let filter = Filter { q, principal, dag_of: HashMap::new() };
+    let filter = Filter { q, prefixed, principal, dag_of: HashMap::new() };
     let upgrade = headers
         .get(axum::http::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -181,7 +200,7 @@ async fn produce(
         let Ok(page) = state.store.read().and_then(|t| read::ledger_after(&t, after, REPLAY_PAGE)) else { return };
         for e in &page {
             after = e.seq;
-            if filter.keep(&state, e) && !send(&tx, item(e)).await {
+            if filter.keep(&state, e) && !send(&tx, item(e, filter.prefixed)).await {
                 return;
             }
         }
@@ -194,7 +213,7 @@ async fn produce(
             Ok(e) if e.seq <= after => continue,
             Ok(e) => {
                 after = e.seq;
-                if filter.keep(&state, &e) && !send(&tx, item(&e)).await {
+                if filter.keep(&state, &e) && !send(&tx, item(&e, filter.prefixed)).await {
                     return;
                 }
             }

@@ -195,6 +195,7 @@ crate::events! {
         StepStarted(StepStarted) = "step.started",
         StepRetrying(StepError) = "step.retrying",
         StepInterrupted(StepError) = "step.interrupted",
+        StepCheckpoint(StepCheckpoint) = "step.checkpoint_pending",
         StepSucceeded(StepSucceeded) = "step.succeeded",
         StepFailed(StepFailed) = "step.failed",
         StepSkipped(StepSkipped) = "step.skipped",
@@ -214,6 +215,7 @@ impl RunEvent {
             RunEvent::StepQueued(e) => &e.run_id,
             RunEvent::StepStarted(e) => &e.run_id,
             RunEvent::StepRetrying(e) | RunEvent::StepInterrupted(e) => &e.run_id,
+            RunEvent::StepCheckpoint(e) => &e.run_id,
             RunEvent::StepSucceeded(e) => &e.run_id,
             RunEvent::StepFailed(e) => &e.run_id,
             RunEvent::StepSkipped(e) => &e.run_id,
@@ -233,6 +235,7 @@ impl RunEvent {
             RunEvent::StepQueued(e) => &e.step,
             RunEvent::StepStarted(e) => &e.step,
             RunEvent::StepRetrying(e) | RunEvent::StepInterrupted(e) => &e.step,
+            RunEvent::StepCheckpoint(e) => &e.step,
             RunEvent::StepSucceeded(e) => &e.step,
             RunEvent::StepFailed(e) => &e.step,
             RunEvent::StepSkipped(e) => &e.step,
@@ -372,6 +375,21 @@ pub struct StepSucceeded {
     /// The steps whose needs this success meets.
     #[serde(default)]
     pub dependants: Vec<String>,
+    #[serde(default)]
+    pub outputs: Value,
+    /// The approval that let a checkpoint go on (the continue carries its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+}
+
+/// A step with `checkpoint_after` succeeded: it waits for approval `approvalId`, its
+/// dependants not yet released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepCheckpoint {
+    pub run_id: String,
+    pub step: String,
+    pub approval_id: String,
     #[serde(default)]
     pub outputs: Value,
 }

@@ -4,6 +4,7 @@
 //! working copy with the projection's own [`super::transition::evolve`].
 
 use super::planner::{End, Planner, compiled};
+use crate::domain::approvals::{Outcome as ApprovalOutcome, Resolution};
 use crate::domain::bundles::tables::PLUGINS;
 use crate::domain::live::Effects;
 use crate::domain::queue::tables::JobRecord;
@@ -64,7 +65,7 @@ pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Resu
             if p.run.status.terminal() {
                 return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
             }
-            p.cancel_all(false)?;
+            p.cancel_all(false, None)?;
             Ok(p.done(ctx).into())
         }
         RunCommand::Recover { tenant, run, action, step } => {
@@ -357,7 +358,7 @@ fn recover(
         ));
     }
     if action == Recovery::Abort {
-        p.cancel_all(true)?;
+        p.cancel_all(true, None)?;
         return Ok(p.done(ctx).into());
     }
     let target = match step {
@@ -564,6 +565,13 @@ pub fn on_outcome(
         .ok_or_else(|| CommandError::Storage(format!("step {step} is not in its DAG")))?;
     let run_id = p.run.id.clone();
     match outcome {
+        Outcome::Succeeded { outputs } if p.dag.steps[idx].checkpoint.is_some() => {
+            let inputs_hash = hex::encode(Sha256::digest(
+                serde_json_canonicalizer::to_vec(&job.payload["inputs"])
+                    .map_err(|e| CommandError::Storage(e.to_string()))?,
+            ));
+            p.checkpoint(ctx, idx, outputs, inputs_hash)?
+        }
         Outcome::Succeeded { outputs } => p.ended(ctx, idx, End::Succeeded(outputs))?,
         Outcome::Retrying { error, code } => {
             let again = StepError { run_id, step, error: Some(error), error_code: Some(code) };
@@ -573,6 +581,49 @@ pub fn on_outcome(
         Outcome::Interrupted { error } => {
             let again = StepError { run_id, step, error: Some(error), error_code: Some("interrupted".to_owned()) };
             p.emit(RunEvent::StepInterrupted(again))?
+        }
+    }
+    p.settle()?;
+    Ok(p.done(ctx))
+}
+
+/// An approval was decided (or timed out) in this command: its checkpoint goes on, fails, or
+/// its run is cancelled. Refused if the step no longer waits for that very approval or the
+/// run is no longer the DAG version it was bound to.
+pub fn on_approval(txn: &WriteTransaction, ctx: &mut PlanCtx, res: &Resolution) -> Result<Vec<Draft>, CommandError> {
+    let a = &res.approval;
+    let mut p = Planner::load(txn, ctx, None, &a.run)?;
+    let rec = p.step(&a.step)?.clone();
+    if rec.state != StepState::CheckpointPending
+        || rec.approval.as_deref() != Some(a.id.as_str())
+        || p.run.dag != a.dag
+        || p.run.version != a.dag_version
+    {
+        p.done(ctx);
+        return Err(CommandError::conflict(
+            "approval_stale",
+            format!(
+                "step {}/{} no longer waits for approval {} (it is {})",
+                a.run,
+                a.step,
+                a.id,
+                status_name(rec.state)
+            ),
+        ));
+    }
+    let idx = p
+        .dag
+        .step(&a.step)
+        .map(|(i, _)| i)
+        .ok_or_else(|| CommandError::Storage(format!("step {} is not in its DAG", a.step)))?;
+    match &res.outcome {
+        ApprovalOutcome::Approved { .. } => p.ended(ctx, idx, End::Approved(a.id.clone()))?,
+        ApprovalOutcome::Rejected { code, error } => {
+            p.ended(ctx, idx, End::Failed { error: error.clone(), code: (*code).to_owned() })?
+        }
+        ApprovalOutcome::CancelRun => {
+            p.cancel_all(false, Some(&a.id))?;
+            return Ok(p.done(ctx));
         }
     }
     p.settle()?;

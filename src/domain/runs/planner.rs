@@ -4,6 +4,7 @@
 //! a `maxParallelSteps` slot, and the run settles), and the copy is kept in the command's
 //! scratch so that a second hook on the same run in one command plans on what the first left.
 
+use crate::domain::approvals::{self, ApprovalRequested, tables::ApprovalState};
 use crate::domain::queue::apply::EnqueuedJob;
 use crate::domain::queue::job_id;
 use crate::domain::queue::tables::JOBS;
@@ -23,8 +24,8 @@ use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::tables::StepState;
 use crate::domain::runs::transition::{self, RunState};
 use crate::domain::runs::{
-    RunCancelled, RunCreated, RunEvent, RunRef, StepFailed, StepQueued, StepRef, StepSkipped, StepSucceeded,
-    StepWaiting,
+    RunCancelled, RunCreated, RunEvent, RunRef, StepCheckpoint, StepFailed, StepQueued, StepRef, StepSkipped,
+    StepSucceeded, StepWaiting,
 };
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
@@ -54,7 +55,12 @@ struct Work {
 /// How a step's last attempt ended it.
 pub(super) enum End {
     Succeeded(Value),
-    Failed { error: String, code: String },
+    /// A checkpoint's approval let it go on: its outputs are those it stopped with.
+    Approved(String),
+    Failed {
+        error: String,
+        code: String,
+    },
     Skipped,
 }
 
@@ -312,8 +318,20 @@ impl<'t> Planner<'t> {
         let released: Vec<usize> = if matches!(end, End::Failed { .. }) { vec![] } else { s.dependants.clone() };
         let dependants: Vec<String> = released.iter().map(|d| dag.steps[*d].name.clone()).collect();
         let (run_id, step) = (self.run.id.clone(), s.name.clone());
-        self.emit(match end {
-            End::Succeeded(outputs) => RunEvent::StepSucceeded(StepSucceeded { run_id, step, dependants, outputs }),
+        let event = match end {
+            End::Succeeded(outputs) => {
+                RunEvent::StepSucceeded(StepSucceeded { run_id, step, dependants, outputs, approval_id: None })
+            }
+            End::Approved(approval) => {
+                let outputs = self.step(&step)?.outputs.clone();
+                RunEvent::StepSucceeded(StepSucceeded {
+                    run_id,
+                    step,
+                    dependants,
+                    outputs,
+                    approval_id: Some(approval),
+                })
+            }
             End::Failed { error, code } => RunEvent::StepFailed(StepFailed {
                 run_id,
                 step,
@@ -322,13 +340,51 @@ impl<'t> Planner<'t> {
                 error_code: Some(code),
             }),
             End::Skipped => RunEvent::StepSkipped(StepSkipped { run_id, step, dependants }),
-        })?;
+        };
+        self.emit(event)?;
         for d in released {
             let rec = self.step(&dag.steps[d].name)?;
             if rec.pending_needs == 0 && rec.state == StepState::Pending && rec.wait.is_none() {
                 self.runnable(ctx, d)?;
             }
         }
+        self.fill_slots(ctx)
+    }
+
+    /// A step with `checkpoint_after` succeeded with `outputs`: it asks for approval and waits,
+    /// its slot freed for the next waiting step.
+    pub(super) fn checkpoint(
+        &mut self,
+        ctx: &mut PlanCtx,
+        idx: usize,
+        outputs: Value,
+        inputs_hash: String,
+    ) -> Result<(), CommandError> {
+        let s = &self.dag.steps[idx];
+        let cp =
+            s.checkpoint.clone().ok_or_else(|| CommandError::Storage(format!("step {} has no checkpoint", s.name)))?;
+        let step = s.name.clone();
+        let approval_id = approvals::plan::take_seq(self.txn, ctx)?;
+        let request = ApprovalRequested {
+            approval_id: approval_id.clone(),
+            run_id: self.run.id.clone(),
+            step: step.clone(),
+            inputs_hash,
+            dag: self.run.dag.clone(),
+            dag_version: self.run.version,
+            approvers: cp.approvers,
+            self_approval: cp.self_approval,
+            requested_by: self.run.created_by.clone(),
+            deadline_ms: cp.timeout_ms.map(|t| self.now.saturating_add(t as i64)),
+            on_timeout: cp.on_timeout,
+        };
+        self.drafts.push(approvals::plan::request(&self.run.tenant, request));
+        self.emit(RunEvent::StepCheckpoint(StepCheckpoint {
+            run_id: self.run.id.clone(),
+            step,
+            approval_id,
+            outputs,
+        }))?;
         self.fill_slots(ctx)
     }
 
@@ -348,7 +404,10 @@ impl<'t> Planner<'t> {
     /// Ends the run when nothing more can happen: succeeded if every step finished well,
     /// failed if a failed step blocks the rest.
     pub(super) fn settle(&mut self) -> Result<(), CommandError> {
-        if !matches!(self.run.status, RunStatus::Running | RunStatus::Planning) || self.run.active > 0 {
+        if !matches!(self.run.status, RunStatus::Running | RunStatus::Planning)
+            || self.run.active > 0
+            || self.run.checkpoints > 0
+        {
             return Ok(());
         }
         if self.waiting.as_ref().is_some_and(|w| !w.is_empty()) {
@@ -364,9 +423,10 @@ impl<'t> Planner<'t> {
         }
     }
 
-    /// Cancels every unfinished step (and the job of a queued or running one), then the run.
+    /// Cancels every unfinished step (and the job of a queued or running one, and the approval
+    /// a checkpoint waits for — but `decided`, which this command settles), then the run.
     /// Failed steps stay failed.
-    pub(super) fn cancel_all(&mut self, aborted: bool) -> Result<(), CommandError> {
+    pub(super) fn cancel_all(&mut self, aborted: bool, decided: Option<&str>) -> Result<(), CommandError> {
         for name in self.dag.clone().steps.iter().map(|s| &s.name) {
             let rec = self.step(name)?.clone();
             if rec.state == StepState::Failed {
@@ -374,6 +434,13 @@ impl<'t> Planner<'t> {
             }
             if rec.state.terminal() {
                 continue;
+            }
+            if let Some(id) =
+                rec.approval.as_deref().filter(|id| rec.state == StepState::CheckpointPending && Some(*id) != decided)
+                && let Some(a) = approvals::plan::find(self.txn, id)?.filter(|a| a.state == ApprovalState::Pending)
+            {
+                let why = format!("run {} was {}", self.run.id, if aborted { "aborted" } else { "cancelled" });
+                self.drafts.push(approvals::plan::cancel(&a, &why));
             }
             if let Some(job) = rec.job.as_ref().filter(|_| matches!(rec.state, StepState::Queued | StepState::Running))
             {

@@ -58,9 +58,13 @@ pub struct StepSpec {
     pub timeout: Option<String>,
     #[serde(default)]
     pub priority: Option<u16>,
-    /// Human approval after the step: in the model, not available yet.
+    /// Human approval after the step: once it succeeds it waits in `checkpoint_pending` for
+    /// an approval (DESIGN.md §10), configured by [`StepSpec::approval`].
     #[serde(default)]
     pub checkpoint_after: Option<bool>,
+    /// Who approves a checkpoint and what its timeout does (only with `checkpoint_after`).
+    #[serde(default)]
+    pub approval: Option<ApprovalSpec>,
     /// Sub-orchestration: in the model, not available yet.
     #[serde(default)]
     pub orchestration: Option<String>,
@@ -79,6 +83,21 @@ pub struct StepSpec {
     /// name one (`release::plan::guard_agent_steps`).
     #[serde(default)]
     pub agent: Option<String>,
+}
+
+/// `[steps.<name>.approval]`: approvers needed, whether the run's starter may be one, and
+/// what a timeout does. A timeout and its `on_timeout` come together or not at all.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSpec {
+    #[serde(default)]
+    pub approvers: Option<u32>,
+    #[serde(default)]
+    pub self_approval: Option<bool>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub on_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -122,6 +141,23 @@ pub struct CompiledStep {
     pub locks: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// `checkpoint_after = true`: the approval the step waits for once it succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// Approvers a checkpoint needs at most.
+pub const APPROVERS_MAX: u32 = 10;
+
+/// A compiled checkpoint: how many distinct approvers, whether the run's starter counts, and
+/// the timeout with what it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    pub approvers: u32,
+    pub self_approval: bool,
+    pub timeout_ms: Option<u64>,
+    pub on_timeout: Option<crate::domain::approvals::OnTimeout>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -254,11 +290,7 @@ fn compile_step(
     if !valid_name(name) {
         return Err(SpecError::at(&place, "name must be 1-64 of a-z, 0-9, '-', '_'".to_owned()));
     }
-    for (field, set) in [
-        ("checkpoint_after", s.checkpoint_after.is_some()),
-        ("orchestration", s.orchestration.is_some()),
-        ("cache_ttl", s.cache_ttl.is_some()),
-    ] {
+    for (field, set) in [("orchestration", s.orchestration.is_some()), ("cache_ttl", s.cache_ttl.is_some())] {
         if set {
             return Err(SpecError::at(&place, format!("{field} is not available yet")));
         }
@@ -318,7 +350,57 @@ fn compile_step(
         secrets: s.secrets.clone(),
         locks: s.locks.clone(),
         agent: s.agent.clone(),
+        checkpoint: checkpoint(&place, s)?,
     })
+}
+
+fn checkpoint(place: &str, s: &StepSpec) -> Result<Option<Checkpoint>, SpecError> {
+    let a = s.approval.clone().unwrap_or(ApprovalSpec {
+        approvers: None,
+        self_approval: None,
+        timeout: None,
+        on_timeout: None,
+    });
+    if s.checkpoint_after != Some(true) {
+        if s.approval.is_some() {
+            return Err(SpecError::at(place, "approval is set but checkpoint_after is not true".to_owned()));
+        }
+        return Ok(None);
+    }
+    let approvers = a.approvers.unwrap_or(1);
+    if !(1..=APPROVERS_MAX).contains(&approvers) {
+        return Err(SpecError::at(&format!("{place}: approval.approvers"), format!("must be 1 to {APPROVERS_MAX}")));
+    }
+    let on_timeout = a
+        .on_timeout
+        .as_deref()
+        .map(|t| {
+            crate::domain::approvals::OnTimeout::parse(t).ok_or_else(|| {
+                SpecError::at(
+                    &format!("{place}: approval.on_timeout"),
+                    format!("{t:?} is not one of reject, approve, cancel"),
+                )
+            })
+        })
+        .transpose()?;
+    let timeout_ms = match &a.timeout {
+        None => None,
+        Some(_) => Some(ms(&format!("{place}: approval.timeout"), &a.timeout, 0)?),
+    };
+    match (timeout_ms, on_timeout) {
+        (Some(0), _) => Err(SpecError::at(&format!("{place}: approval.timeout"), "must be longer than 0".to_owned())),
+        (Some(_), None) => Err(SpecError::at(
+            &format!("{place}: approval.on_timeout"),
+            "a timeout needs an explicit on_timeout (reject, approve or cancel)".to_owned(),
+        )),
+        (None, Some(_)) => Err(SpecError::at(
+            &format!("{place}: approval.timeout"),
+            "on_timeout is set but there is no timeout".to_owned(),
+        )),
+        _ => {
+            Ok(Some(Checkpoint { approvers, self_approval: a.self_approval.unwrap_or(false), timeout_ms, on_timeout }))
+        }
+    }
 }
 
 /// `${inputs.x}` must name a declared input; `${steps.s.outputs.k}` a step this one needs.
@@ -484,9 +566,25 @@ needs = ["b", "c"]
             ),
             (DIAMOND.replace("${inputs.target}", "${inputs.nope}"), "step a: input env: reference ${inputs.nope}"),
             (DIAMOND.replace("maxParallelSteps = 2", "maxParallelSteps = 0"), "maxParallelSteps: must be at least 1"),
+            (DIAMOND.replace("retries = 2", "orchestration = \"child\""), "step c: orchestration is not available yet"),
             (
-                DIAMOND.replace("retries = 2", "checkpoint_after = true"),
-                "step c: checkpoint_after is not available yet",
+                DIAMOND.replace("retries = 2", "approval = { approvers = 2 }"),
+                "step c: approval is set but checkpoint_after is not true",
+            ),
+            (
+                DIAMOND.replace("retries = 2", "checkpoint_after = true\napproval = { timeout = \"1h\" }"),
+                "step c: approval.on_timeout: a timeout needs an explicit on_timeout",
+            ),
+            (
+                DIAMOND.replace(
+                    "retries = 2",
+                    "checkpoint_after = true\napproval = { timeout = \"1h\", on_timeout = \"ignore\" }",
+                ),
+                "step c: approval.on_timeout: \"ignore\" is not one of reject, approve, cancel",
+            ),
+            (
+                DIAMOND.replace("retries = 2", "checkpoint_after = true\napproval = { approvers = 0 }"),
+                "step c: approval.approvers: must be 1 to 10",
             ),
         ];
         for (text, expected) in cases {
@@ -497,5 +595,28 @@ needs = ["b", "c"]
             .unwrap_err()
             .to_string();
         assert!(cyc.contains("b -> d -> b") || cyc.contains("d -> b -> d"), "{cyc}");
+    }
+
+    #[test]
+    fn a_checkpoint_compiles_with_its_approval() {
+        let text = DIAMOND.replace(
+            "retries = 2",
+            "checkpoint_after = true\napproval = { approvers = 2, timeout = \"30m\", on_timeout = \"cancel\" }",
+        );
+        let c = compile(&text, &[]).unwrap();
+        let cp = c.step("c").unwrap().1.checkpoint.clone().unwrap();
+        assert_eq!(
+            cp,
+            Checkpoint {
+                approvers: 2,
+                self_approval: false,
+                timeout_ms: Some(1_800_000),
+                on_timeout: Some(crate::domain::approvals::OnTimeout::Cancel)
+            }
+        );
+        let plain = compile(&DIAMOND.replace("retries = 2", "checkpoint_after = true"), &[]).unwrap();
+        let cp = plain.step("c").unwrap().1.checkpoint.clone().unwrap();
+        assert_eq!((cp.approvers, cp.timeout_ms, cp.on_timeout), (1, None, None));
+        assert!(compile(DIAMOND, &[]).unwrap().steps.iter().all(|s| s.checkpoint.is_none()));
     }
 }

@@ -61,6 +61,8 @@ pub enum StepState {
     Pending,
     Queued,
     Running,
+    /// Succeeded, and waiting for its approval (`checkpoint_after`): holds no slot.
+    CheckpointPending,
     Succeeded,
     Failed,
     Skipped,
@@ -96,6 +98,13 @@ pub struct RunRecord {
     pub steps: u32,
     pub terminal: u32,
     pub failed: u32,
+    /// Steps in `checkpoint_pending`: the run does not settle while one waits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub checkpoints: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +133,9 @@ pub struct StepRecord {
     /// Its latest attempts (at most [`StepRecord::HISTORY_MAX`]), oldest first: how each ended.
     #[serde(default)]
     pub history: Vec<AttemptRecord>,
+    /// The latest approval its checkpoint asked for (`checkpoint_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// One attempt of a step, as the trace shows it.
@@ -162,6 +174,7 @@ impl StepRecord {
             wait: None,
             wait_key: None,
             history: vec![],
+            approval: None,
         }
     }
 

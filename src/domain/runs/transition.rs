@@ -42,6 +42,7 @@ pub fn created(e: &RunCreated, tenant: &str, time: i64, actor: &str) -> (RunReco
         steps: e.steps.len() as u32,
         terminal: 0,
         failed: 0,
+        checkpoints: 0,
     };
     let steps = e
         .steps
@@ -116,8 +117,26 @@ pub fn evolve<S: RunState>(state: &mut S, event: &RunEvent, time: i64) -> Result
             rec.error.clone_from(&e.error);
             rec.error_code.clone_from(&e.error_code);
         }
+        RunEvent::StepCheckpoint(e) => {
+            let rec = state.step(&e.step)?;
+            if !matches!(rec.state, StepState::Queued | StepState::Running) {
+                return Err(state.refuse(format!("step {} reaches its checkpoint but is not running", e.step)));
+            }
+            rec.end_attempt("succeeded", time, None, None);
+            rec.error = None;
+            rec.error_code = None;
+            rec.outputs = e.outputs.clone();
+            rec.state = StepState::CheckpointPending;
+            rec.approval = Some(e.approval_id.clone());
+            let run = state.run();
+            take_one(&mut run.active, || format!("run {} active steps", run.id));
+            run.checkpoints += 1;
+        }
         RunEvent::StepSucceeded(e) => {
             let rec = state.step(&e.step)?;
+            if rec.state == StepState::CheckpointPending && rec.approval != e.approval_id {
+                return Err(state.refuse(format!("step {} goes on without its approval", e.step)));
+            }
             rec.end_attempt("succeeded", time, None, None);
             // An earlier attempt's error is history (the trace keeps it), not the step's state.
             rec.error = None;
@@ -171,11 +190,15 @@ impl RunEvent {
 fn finish<S: RunState>(state: &mut S, name: &str, to: StepState, time: i64) -> Result<(), S::Error> {
     let rec = state.step(name)?;
     let was_active = matches!(rec.state, StepState::Queued | StepState::Running);
+    let was_checkpoint = rec.state == StepState::CheckpointPending;
     rec.state = to;
     rec.finished_ms = Some(time);
     let run = state.run();
     if was_active {
         take_one(&mut run.active, || format!("run {} active steps", run.id));
+    }
+    if was_checkpoint {
+        take_one(&mut run.checkpoints, || format!("run {} checkpoints", run.id));
     }
     run.terminal += 1;
     Ok(())
