@@ -244,7 +244,11 @@ impl Builder {
         });
         // A step ending after its checkpoint ends the wait, not an attempt (that ended at the
         // checkpoint): a success carries the approval, a refusal its code.
-        let after_checkpoint = self.checkpoints.remove(key).or_else(|| {
+        let checkpoint = e.kind == "step.checkpoint_pending";
+        let after_checkpoint = self.checkpoints.remove(key).filter(|_| !checkpoint).or_else(|| {
+            if checkpoint {
+                return None;
+            }
             let by_code = matches!(d.error_code.as_deref(), Some("approval_rejected" | "approval_timed_out"));
             (!d.approval_id.is_empty() || by_code).then(|| (d.approval_id.to_string(), e.time))
         });
@@ -273,7 +277,7 @@ impl Builder {
             };
             self.push(run, span.build());
         }
-        if e.kind == "step.checkpoint_pending" {
+        if checkpoint {
             self.checkpoints.insert(key.to_owned(), (d.approval_id.to_string(), e.time));
         }
         if let Some(a) = open.filter(|_| e.kind != "step.skipped") {

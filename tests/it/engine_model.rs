@@ -37,13 +37,13 @@ plugin = "noop"
 needs = ["b", "c"]
 "#;
 
-fn register(d: &Direct, spec: &str) {
+pub(crate) fn register(d: &Direct, spec: &str) {
     let name = spec.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"').to_owned();
     stella::domain::runs::spec::compile(spec, &[]).unwrap();
     d.submit(Command::Run(RunCommand::RegisterDag { name, spec: spec.into(), unsigned: true })).unwrap();
 }
 
-fn start(d: &Direct, dag: &str, inputs: Value, token: Option<&str>) -> Result<String, CommandError> {
+pub(crate) fn start(d: &Direct, dag: &str, inputs: Value, token: Option<&str>) -> Result<String, CommandError> {
     let c = d.submit(Command::Run(RunCommand::Start {
         tenant: "default".into(),
         dag: dag.into(),
@@ -54,7 +54,7 @@ fn start(d: &Direct, dag: &str, inputs: Value, token: Option<&str>) -> Result<St
 }
 
 /// Leases every ready job of the builtin types: (job, token, step, inputs).
-fn lease(d: &Direct) -> Vec<(String, u64, String, Value)> {
+pub(crate) fn lease(d: &Direct) -> Vec<(String, u64, String, Value)> {
     let c = d
         .submit(Command::Queue(QueueCommand::Lease {
             tenant: None,
@@ -85,12 +85,17 @@ fn lease(d: &Direct) -> Vec<(String, u64, String, Value)> {
         .collect()
 }
 
-fn job_inputs(d: &Direct, job: &str) -> Value {
+pub(crate) fn job_inputs(d: &Direct, job: &str) -> Value {
     let txn = d.store().read().unwrap();
     stella::machine::read::job(&txn, job).unwrap().unwrap().payload["inputs"].clone()
 }
 
-fn complete(d: &Direct, job: &str, token: u64, outputs: Value) -> Result<stella::kernel::Committed, CommandError> {
+pub(crate) fn complete(
+    d: &Direct,
+    job: &str,
+    token: u64,
+    outputs: Value,
+) -> Result<stella::kernel::Committed, CommandError> {
     d.submit(Command::Queue(QueueCommand::Complete {
         tenant: None,
         job: job.into(),
@@ -99,7 +104,7 @@ fn complete(d: &Direct, job: &str, token: u64, outputs: Value) -> Result<stella:
     }))
 }
 
-fn fail(d: &Direct, job: &str, token: u64) {
+pub(crate) fn fail(d: &Direct, job: &str, token: u64) {
     d.submit(Command::Queue(QueueCommand::Fail {
         tenant: None,
         job: job.into(),
@@ -111,18 +116,18 @@ fn fail(d: &Direct, job: &str, token: u64) {
     .unwrap();
 }
 
-fn run(d: &Direct, id: &str) -> RunRecord {
+pub(crate) fn run(d: &Direct, id: &str) -> RunRecord {
     let txn = d.store().read().unwrap();
     RunRecord::from_json_bytes(txn.open_table(RUNS).unwrap().get(id).unwrap().unwrap().value()).unwrap()
 }
 
-fn step(d: &Direct, id: &str, name: &str) -> StepRecord {
+pub(crate) fn step(d: &Direct, id: &str, name: &str) -> StepRecord {
     let txn = d.store().read().unwrap();
     let key = format!("{id}/{name}");
     StepRecord::from_json_bytes(txn.open_table(STEPS).unwrap().get(key.as_str()).unwrap().unwrap().value()).unwrap()
 }
 
-fn verify(d: &Direct) {
+pub(crate) fn verify(d: &Direct) {
     let txn = d.store().read().unwrap();
     let report = stella::machine::verify(&txn).unwrap();
     assert!(report.ok, "{:?}", report.problem);

@@ -5,6 +5,7 @@
 mod agents;
 mod api_auth;
 mod api_hostile;
+mod approvals;
 mod bundles;
 mod cli;
 mod drills;
