@@ -3,7 +3,10 @@
 //! in the benchmark) for a 10-step diamond and a 1,000-wide fan-out/fan-in, against the same
 //! number of plain queue jobs through the same worker loop, in the same run.
 //!
-//! `cargo bench --bench dag`
+//! The approval round trip (decided → next step leased) against a run's start → first step
+//! leased, both on the in-process executor.
+//!
+//! `cargo bench --bench dag` (`-- approvals`: that alone)
 
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -278,7 +281,92 @@ fn plugin_spawn(n: usize) {
     );
 }
 
+/// Approval round trip on the in-process executor (runbook 004 §2): a checkpoint's approval
+/// decided → the next step leased (its `step.started` committed), p50/p99 over `n` runs, against
+/// a run started → its first step leased through the same executor, in the same process.
+fn approval_round_trip(n: usize) {
+    use stella::domain::approvals::ApprovalCommand;
+    let (d, h, store) = writer(7);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (mut gated, mut plain) = rt.block_on(async {
+        let specs = [
+            ("gated", "name = \"gated\"\n[steps.a]\nplugin = \"noop\"\ncheckpoint_after = true\n[steps.b]\nplugin = \"noop\"\nneeds = [\"a\"]\n"),
+            ("plain", "name = \"plain\"\n[steps.a]\nplugin = \"noop\"\n[steps.b]\nplugin = \"noop\"\nneeds = [\"a\"]\n"),
+        ];
+        for (name, spec) in specs {
+            let register = RunCommand::RegisterDag { name: name.into(), spec: spec.into(), unsigned: true };
+            h.submit(actor(), Command::Run(register)).await.unwrap();
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let opts = stella::exec::worker::ExecOptions {
+            worker: "local-bench".into(),
+            slots: 8,
+            lease_ttl_ms: 60_000,
+            lib: d.path().join("lib"),
+        };
+        let exec = tokio::spawn(stella::exec::worker::run(h.clone(), store.clone(), opts, stopped));
+        let mut events = h.subscribe();
+        let mut wait = async |run: &str, kind: &str, step: Option<&str>| loop {
+            let e = events.recv().await.unwrap();
+            if e.kind == kind
+                && e.subjects.first().map(String::as_str) == Some(run)
+                && step.is_none_or(|s| e.data["step"] == s)
+            {
+                return e;
+            }
+        };
+        let (mut gated, mut plain) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            let start = |dag: &str| {
+                Command::Run(RunCommand::Start {
+                    tenant: "default".into(),
+                    dag: dag.into(),
+                    inputs: Default::default(),
+                    run_token: None,
+                })
+            };
+            let t = Instant::now();
+            let c = h.submit(actor(), start("plain")).await.unwrap();
+            let run = c.note.unwrap()["runId"].as_str().unwrap().to_owned();
+            wait(&run, "step.started", Some("a")).await;
+            plain.push(t.elapsed());
+            wait(&run, "run.succeeded", None).await;
+
+            let c = h.submit(actor(), start("gated")).await.unwrap();
+            let run = c.note.unwrap()["runId"].as_str().unwrap().to_owned();
+            let requested = wait(&run, "approval.requested", None).await;
+            let id = requested.data["approvalId"].as_str().unwrap().to_owned();
+            let t = Instant::now();
+            let decide =
+                ApprovalCommand::Decide { tenant: None, id, actor: "approver".into(), approve: true, reason: None };
+            h.submit(actor(), Command::Approval(decide)).await.unwrap();
+            wait(&run, "step.started", Some("b")).await;
+            gated.push(t.elapsed());
+            wait(&run, "run.succeeded", None).await;
+        }
+        let _ = stop.send(true);
+        exec.await.unwrap();
+        (gated, plain)
+    });
+    let q = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
+    };
+    println!(
+        "approval decided → next step leased: p50 {:.2} ms p99 {:.2} ms; baseline run started → first step leased: p50 {:.2} ms p99 {:.2} ms ({n} runs each)",
+        q(&mut gated, 0.5),
+        q(&mut gated, 0.99),
+        q(&mut plain, 0.5),
+        q(&mut plain, 0.99)
+    );
+}
+
 fn main() {
+    // `cargo bench --bench dag -- approvals`: the approval round trip alone.
+    if std::env::args().skip(1).any(|a| a == "approvals") {
+        approval_round_trip(300);
+        return;
+    }
     // `cargo bench --bench dag -- verify`: db verify alone, of the 1,000-wide fan-out ×5 ledger.
     if std::env::args().skip(1).any(|a| a == "verify") {
         let (_, store, _dir) = dag(1002, 5);
@@ -329,6 +417,7 @@ fn main() {
             db_verify(&store);
         }
     }
+    approval_round_trip(300);
     let width = 1_000;
     for plugin in ["noop", "sample-plugin"] {
         let f = executor_fan(width, plugin);
