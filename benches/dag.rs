@@ -133,6 +133,38 @@ struct Fan {
     busy: f64,
 }
 
+/// Seals `bundles/sample-plugin` under `lib` and registers it (dev mode, unsigned).
+async fn sample_plugin(h: &WriterHandle, lib: &std::path::Path) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/sample-plugin");
+    let checked = stella::plugins::check(&dir).unwrap();
+    stella::plugins::seal(lib, &checked).unwrap();
+    let register = RunCommand::RegisterPlugin {
+        name: checked.manifest.name.clone(),
+        digest: checked.digest.clone(),
+        entrypoint: checked.manifest.entrypoint.clone(),
+        kinds: checked.manifest.kinds(),
+        unsigned: true,
+    };
+    h.submit(actor(), Command::Run(register)).await.unwrap();
+}
+
+/// The daemon's in-process executor on `h` with `slots`, until `stop` says so.
+fn executor(
+    h: &WriterHandle,
+    store: &stella::kernel::store::Store,
+    slots: usize,
+    lib: &std::path::Path,
+) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let opts = stella::exec::worker::ExecOptions {
+        worker: "local-bench".into(),
+        slots,
+        lease_ttl_ms: 60_000,
+        lib: lib.to_owned(),
+    };
+    (stop, tokio::spawn(stella::exec::worker::run(h.clone(), store.clone(), opts, stopped)))
+}
+
 /// Root → `width` steps of `plugin` (the built-in `noop`, or the sample plugin, a real process
 /// per step) → join, run by the daemon's own in-process executor with its default slots (what an
 /// operator's run goes through): wall time to `run.succeeded`, the writer's commits (of which
@@ -144,30 +176,13 @@ fn executor_fan(width: usize, plugin: &str) -> Fan {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         if plugin != "noop" {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/sample-plugin");
-            let checked = stella::plugins::check(&dir).unwrap();
-            stella::plugins::seal(&lib, &checked).unwrap();
-            let register = RunCommand::RegisterPlugin {
-                name: checked.manifest.name.clone(),
-                digest: checked.digest.clone(),
-                entrypoint: checked.manifest.entrypoint.clone(),
-                kinds: checked.manifest.kinds(),
-                unsigned: true,
-            };
-            h.submit(actor(), Command::Run(register)).await.unwrap();
+            sample_plugin(&h, &lib).await;
         }
         let spec = diamond(width + 2).replace("\"noop\"", &format!("\"{plugin}\""));
         h.submit(actor(), Command::Run(RunCommand::RegisterDag { name: "d".into(), spec, unsigned: true }))
             .await
             .unwrap();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let opts = stella::exec::worker::ExecOptions {
-            worker: "local-bench".into(),
-            slots,
-            lease_ttl_ms: 60_000,
-            lib: lib.clone(),
-        };
-        let exec = tokio::spawn(stella::exec::worker::run(h.clone(), store.clone(), opts, stopped));
+        let (stop, exec) = executor(&h, &store, slots, &lib);
         let mut events = h.subscribe();
         let (commits, durable) = (h.stats().commits(), h.stats().durable_commits());
         let started = Instant::now();
@@ -202,14 +217,7 @@ fn unserved_enqueues(n: usize) -> (u64, u64) {
     let (d, h, store) = writer(6);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let opts = stella::exec::worker::ExecOptions {
-            worker: "local-bench".into(),
-            slots: 8,
-            lease_ttl_ms: 60_000,
-            lib: d.path().join("lib"),
-        };
-        let exec = tokio::spawn(stella::exec::worker::run(h.clone(), store.clone(), opts, stopped));
+        let (stop, exec) = executor(&h, &store, 8, &d.path().join("lib"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (commits, durable) = (h.stats().commits(), h.stats().durable_commits());
         for i in 0..n {
@@ -297,14 +305,7 @@ fn approval_round_trip(n: usize) {
             let register = RunCommand::RegisterDag { name: name.into(), spec: spec.into(), unsigned: true };
             h.submit(actor(), Command::Run(register)).await.unwrap();
         }
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let opts = stella::exec::worker::ExecOptions {
-            worker: "local-bench".into(),
-            slots: 8,
-            lease_ttl_ms: 60_000,
-            lib: d.path().join("lib"),
-        };
-        let exec = tokio::spawn(stella::exec::worker::run(h.clone(), store.clone(), opts, stopped));
+        let (stop, exec) = executor(&h, &store, 8, &d.path().join("lib"));
         let mut events = h.subscribe();
         let mut wait = async |run: &str, kind: &str, step: Option<&str>| loop {
             let e = events.recv().await.unwrap();
@@ -361,7 +362,73 @@ fn approval_round_trip(n: usize) {
     );
 }
 
+/// A 100-step DAG of sample-plugin steps (a chain of 10 levels of 10), every step cached: the
+/// first run computes every step, the rerun (same inputs) completes from the cache. Wall time
+/// of each and the plugin attempts each made (`step.started` entries), in the same process.
+fn cached_rerun() {
+    let (d, h, store) = writer(8);
+    let lib = d.path().join("lib");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        sample_plugin(&h, &lib).await;
+        let mut spec = String::from("name = \"c\"\n[execution.caching]\nttl = \"1h\"\n");
+        for level in 0..10 {
+            for i in 0..10 {
+                spec.push_str(&format!("[steps.s{level}-{i}]\nplugin = \"sample-plugin\"\ninputs = {{ level = {level}, i = {i} }}\n"));
+                if level > 0 {
+                    spec.push_str(&format!("needs = [\"s{}-{i}\"]\n", level - 1));
+                }
+            }
+        }
+        h.submit(actor(), Command::Run(RunCommand::RegisterDag { name: "c".into(), spec, unsigned: true }))
+            .await
+            .unwrap();
+        let (stop, exec) = executor(&h, &store, stella::config::Config::default().exec.slots, &lib);
+        let mut events = h.subscribe();
+        let mut walls = Vec::new();
+        for _ in 0..2 {
+            let started = Instant::now();
+            let start = RunCommand::Start {
+                tenant: "default".into(),
+                dag: "c".into(),
+                inputs: Default::default(),
+                run_token: None,
+            };
+            let c = h.submit(actor(), Command::Run(start)).await.unwrap();
+            let mut attempts = c.entries.iter().filter(|e| e.kind == "step.started").count();
+            if !c.entries.iter().any(|e| e.kind == "run.succeeded") {
+                loop {
+                    let e = events.recv().await.unwrap();
+                    attempts += usize::from(e.kind == "step.started");
+                    if e.kind == "run.succeeded" {
+                        break;
+                    }
+                }
+            }
+            walls.push((started.elapsed(), attempts));
+        }
+        let _ = stop.send(true);
+        exec.await.unwrap();
+        let (first, rerun) = (walls[0], walls[1]);
+        println!(
+            "100 cached sample-plugin steps: first run {:.1} ms ({} plugin attempts), cached rerun {:.2} ms ({} plugin attempts): {:.0}x faster",
+            first.0.as_secs_f64() * 1e3,
+            first.1,
+            rerun.0.as_secs_f64() * 1e3,
+            rerun.1,
+            first.0.as_secs_f64() / rerun.0.as_secs_f64()
+        );
+    });
+}
+
 fn main() {
+    // `cargo bench --bench dag -- cache`: a 100-step cached DAG, computed then rerun.
+    if std::env::args().skip(1).any(|a| a == "cache") {
+        for _ in 0..2 {
+            cached_rerun();
+        }
+        return;
+    }
     // `cargo bench --bench dag -- approvals`: the approval round trip alone.
     if std::env::args().skip(1).any(|a| a == "approvals") {
         approval_round_trip(300);
@@ -418,6 +485,7 @@ fn main() {
         }
     }
     approval_round_trip(300);
+    cached_rerun();
     let width = 1_000;
     for plugin in ["noop", "sample-plugin"] {
         let f = executor_fan(width, plugin);

@@ -651,6 +651,10 @@ pub struct Run {
     /// approval): a run that waits for a person says so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_on: Vec<String>,
+    /// `concurrency.maxParallelSteps` (null: unbounded) and `caching` (the cached steps and
+    /// their TTLs), from the run's DAG version.
+    #[serde(default)]
+    pub execution: serde_json::Value,
     pub steps: Vec<RunStep>,
 }
 
@@ -678,6 +682,9 @@ pub struct RunStep {
     /// The latest approval its checkpoint asked for (`checkpoint_after`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
+    /// `cache`: the step's latest cache lookup (hit, key, ageMs and hits of a hit, ttlMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<serde_json::Value>,
     pub outputs: serde_json::Value,
     /// Its latest attempts, oldest first, each with how it ended.
     #[serde(default)]

@@ -49,7 +49,9 @@ async fn catch_panics(
 
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::put;
-    use handlers::{admin, approvals, bundles, config, dags, exports, locks, queue, release, runs, stream, tokens};
+    use handlers::{
+        admin, approvals, bundles, cache, config, dags, exports, locks, queue, release, runs, stream, tokens,
+    };
     let api = Router::new()
         .route("/admin/health", get(admin::health))
         .route("/admin/db/verify", get(admin::db_verify))
@@ -103,6 +105,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/approvals", get(approvals::list))
         .route("/approvals/{id}", get(approvals::show))
         .route("/approvals/{id}/{action}", post(approvals::decide))
+        .route("/cache", get(cache::list))
+        .route("/cache/explain", get(cache::explain))
+        .route("/cache/purge", post(cache::purge))
         .route("/environments", get(release::environments).post(release::declare))
         .route("/environments/{env}", get(release::environment))
         .route("/environments/{env}/probe", post(release::probe))

@@ -219,6 +219,9 @@ pub enum OrchCmd {
     /// Checkpoint approvals: list, show, approve, reject.
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+    /// The step result cache: entries, why a step missed, purge.
+    #[command(subcommand)]
+    Cache(CacheCmd),
     /// Check connectivity to a deployment target.
     Connectivity {
         #[arg(long)]
@@ -250,6 +253,22 @@ pub enum OrchCmd {
     HealthCheck {
         #[arg(long)]
         env: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCmd {
+    /// Entries of your tenant, oldest first: DAG, step, age, hits, expiry.
+    List {
+        #[arg(long)]
+        dag: Option<String>,
+    },
+    /// A step's fingerprint part by part against the nearest entry: which part changed.
+    Explain { run: String, step: String },
+    /// Drop entries (all of your tenant's, or one DAG's).
+    Purge {
+        #[arg(long)]
+        dag: Option<String>,
     },
 }
 

@@ -143,6 +143,7 @@ async fn orch(g: &Global, cmd: OrchCmd) -> Result<(), CliError> {
         OrchCmd::Dag(d) => runs::dag(g, d).await,
         OrchCmd::Schedule(s) => runs::schedule(g, s).await,
         OrchCmd::Approvals(a) => runs::approvals(g, a).await,
+        OrchCmd::Cache(c) => runs::cache(g, c).await,
         OrchCmd::Queue(q) => queue::queue(g, q).await,
         OrchCmd::Dlq(d) => queue::dlq(g, d).await,
         OrchCmd::Agent(AgentCmd::Status { env: Some(env) }) => crate::cli::release::agents(g, &env).await,

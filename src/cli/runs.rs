@@ -276,6 +276,65 @@ pub async fn approvals(g: &Global, cmd: ApprovalsCmd) -> Result<(), CliError> {
     Ok(())
 }
 
+pub async fn cache(g: &Global, cmd: CacheCmd) -> Result<(), CliError> {
+    let client = target::client(g)?;
+    match cmd {
+        CacheCmd::List { dag } => {
+            let path = format!("{P}/cache{}", dag.map(|d| format!("?dag={d}")).unwrap_or_default());
+            let raw = client.get(&path).await?.ok()?.json()?;
+            output::print(g.format, &raw, |v| {
+                let rows: Vec<Vec<String>> = v["entries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        vec![
+                            s(&e["key"]).chars().take(12).collect(),
+                            s(&e["dag"]),
+                            s(&e["step"]),
+                            s(&e["run"]),
+                            format!("{}s", e["ageMs"].as_i64().unwrap_or(0) / 1000),
+                            s(&e["hits"]),
+                            if e["expired"] == true {
+                                format!("expired {}", s(&e["expiresAt"]))
+                            } else {
+                                s(&e["expiresAt"])
+                            },
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "{}hits {} misses {}\n",
+                    table(&["KEY", "DAG", "STEP", "FROM RUN", "AGE", "HITS", "EXPIRES"], &rows),
+                    s(&v["hits"]),
+                    s(&v["misses"])
+                )
+            });
+        }
+        CacheCmd::Explain { run, step } => {
+            let raw = client.get(&format!("{P}/cache/explain?run={run}&step={step}")).await?.ok()?.json()?;
+            output::print(g.format, &raw, |v| {
+                let mut out = format!("{run}/{step}: {}\n", s(&v["explanation"]));
+                let rows: Vec<Vec<String>> = v["differs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| vec![s(&d["part"]), s(&d["this"]), s(&d["nearest"])])
+                    .collect();
+                if !rows.is_empty() {
+                    out.push_str(&table(&["PART", "THIS STEP", "NEAREST ENTRY"], &rows));
+                }
+                out
+            });
+        }
+        CacheCmd::Purge { dag } => {
+            let raw = client.post(&format!("{P}/cache/purge"), &json!({ "dag": dag })).await?.ok()?.json()?;
+            output::print(g.format, &raw, |v| format!("purged {} entries\n", s(&v["purged"])));
+        }
+    }
+    Ok(())
+}
+
 /// Prints events as they come: `--format json` one entry per line, text one line per event.
 async fn stream(
     g: &Global,

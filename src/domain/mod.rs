@@ -6,6 +6,7 @@
 pub mod appliance;
 pub mod approvals;
 pub mod bundles;
+pub mod cache;
 pub mod live;
 pub mod locks;
 pub mod queue;

@@ -249,8 +249,14 @@ impl Builder {
             if checkpoint {
                 return None;
             }
-            let by_code = matches!(d.error_code.as_deref(), Some("approval_rejected" | "approval_timed_out"));
-            (!d.approval_id.is_empty() || by_code).then(|| (d.approval_id.to_string(), e.time))
+            // Its checkpoint was before the window: the step record names the approval.
+            let ends_wait = matches!(e.kind.as_ref(), "step.succeeded" | "step.failed" | "step.cancelled");
+            let approval = match d.approval_id.is_empty() {
+                false => Some(d.approval_id.to_string()),
+                true if ends_wait => lookup(self).and_then(|r| r.approval),
+                true => None,
+            };
+            approval.map(|a| (a, e.time))
         });
         let open = if after_checkpoint.is_some() { None } else { open };
         if let Some((approval, since)) = after_checkpoint {

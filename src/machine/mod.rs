@@ -12,13 +12,14 @@ use crate::domain::appliance::{ApplianceCommand, ApplianceEvent};
 use crate::domain::approvals::{ApprovalCommand, ApprovalEvent};
 use crate::domain::bundles::BundleEvent;
 use crate::domain::bundles::plan::BundleCommand;
+use crate::domain::cache::{CacheCommand, CacheEvent};
 use crate::domain::live::{Effects, LiveWrite};
 use crate::domain::locks::{LockCommand, LockEvent};
 use crate::domain::queue::QueueCommand;
 use crate::domain::release::{ReleaseCommand, ReleaseEvent};
 use crate::domain::runs::RunCommand;
 use crate::domain::tokens::{TokenCommand, TokenEvent};
-use crate::domain::{appliance, approvals, bundles, locks, queue, release, runs, tokens};
+use crate::domain::{appliance, approvals, bundles, cache, locks, queue, release, runs, tokens};
 use crate::kernel::event::Event;
 use crate::kernel::ledger::Entry;
 use crate::kernel::store::{Store, StoreError};
@@ -38,6 +39,7 @@ pub enum Command {
     Bundle(BundleCommand),
     Release(ReleaseCommand),
     Approval(ApprovalCommand),
+    Cache(CacheCommand),
     /// Fire every deadline that is due: promote delayed jobs, expire leases and locks, end
     /// budgets, fire cron triggers. Sent by the timer task; tests send it on virtual time.
     Tick,
@@ -74,6 +76,8 @@ pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[
     release::tables::DEPLOYMENTS,
     release::tables::DEPLOYMENT_RUNS,
     approvals::tables::APPROVALS,
+    cache::tables::CACHE,
+    cache::tables::CACHE_ORDER,
 ];
 
 impl Machine for Stella {
@@ -146,6 +150,7 @@ impl Machine for Stella {
                 }
                 Ok(drafts.into())
             }
+            Command::Cache(c) => cache::plan::plan(c, txn, ctx).map(Effects::from),
             Command::Tick => timers::tick(txn, ctx),
         }?;
         // A deployment follows its run: whatever moved the run (a step's outcome, a lease
@@ -173,6 +178,9 @@ impl Machine for Stella {
         }
         if let Some(event) = ApprovalEvent::of(entry) {
             return approvals::apply::apply(tx, entry, event.map_err(bad)?);
+        }
+        if let Some(event) = CacheEvent::of(entry) {
+            return cache::apply::apply(tx, entry, event.map_err(bad)?);
         }
         let applied = queue::apply::apply(tx, entry)? || runs::apply::apply(tx, entry)?;
         if !applied {

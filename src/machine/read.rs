@@ -4,6 +4,7 @@
 pub use crate::domain::appliance::tables::{appliance_id, last_export, runtime_config, secret, secret_values};
 pub use crate::domain::approvals::tables::{approval, approvals};
 pub use crate::domain::bundles::tables::{bundles, installed_plugins, plugins};
+pub use crate::domain::cache::tables::{entries as cache_entries, entry as cache_entry};
 pub use crate::domain::locks::tables::{locks, resource_version};
 pub use crate::domain::queue::tables::{
     dlq, job, leases_by_worker, lock_waiting_jobs, oldest_ready_ms, queues, tenant_queue_counts, workers,

@@ -133,7 +133,13 @@ pub fn tick(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, Comman
     // Locks already moved by an earlier timer of this tick: a second move would be planned
     // against a state the first has changed.
     let mut touched = HashSet::new();
-    for (due_ms, key) in due {
+    for (planned, (due_ms, key)) in due.into_iter().enumerate() {
+        // An approval's timeout may cancel its run (jobs, locks, other approvals): it is
+        // planned in a tick of its own, so no other timer of the tick plans on what it changes.
+        let approval = matches!(Due::parse(&key), Some(Due::Approval { .. }));
+        if approval && planned > 0 {
+            break;
+        }
         match Due::parse(&key) {
             Some(Due::Ready { job }) => match visible_job(txn, None, job) {
                 Ok(j) if j.state == JobState::Delayed => ready.push((j.tenant.clone(), j.id.clone())),
@@ -194,6 +200,9 @@ pub fn tick(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, Comman
                 None => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
             },
             None => effects.live.push(LiveWrite::DropTimer { due_ms, key }),
+        }
+        if approval {
+            break;
         }
     }
     ready.sort();

@@ -92,6 +92,18 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
         "Failed attempts scheduled for another attempt",
         counter(stored("retries")),
     );
+    reg.register(
+        "orchestrator_cache_hits",
+        "Cached steps completed from a cache entry without running",
+        counter(stored("cache:hits")),
+    );
+    reg.register(
+        "orchestrator_cache_misses",
+        "Cached steps whose lookup found no live entry (they ran)",
+        counter(stored("cache:misses")),
+    );
+    reg.register("orchestrator_cache_entries", "Entries in the step result cache", gauge(stored("cache_entries")));
+    reg.register("orchestrator_cache_bytes", "Bytes of outputs in the step result cache", gauge(stored("cache_bytes")));
     let runs = Family::<Labels, Counter>::default();
     for status in ["succeeded", "failed", "cancelled"] {
         runs.get_or_create(&vec![("status".to_owned(), status.to_owned())]).inc_by(stored(&format!("runs:{status}")));

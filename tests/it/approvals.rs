@@ -3,7 +3,7 @@
 //! on virtual time, cancel, and over the API the tenant's list, the scopes and the runbook's
 //! paths. Every scenario ends with the replay agreeing (`db verify`).
 
-use crate::engine_model::{complete, lease, register, run, start, step, verify};
+use crate::engine_model::{complete, fail_as, lease, register, run, start, step, verify};
 use crate::support::*;
 use serde_json::{Value, json};
 use stella::client::Client;
@@ -87,6 +87,15 @@ fn a_rejection_fails_the_step_with_its_reason_and_a_retry_asks_again() {
     let rec = step(&d, &id, "review");
     assert_eq!((rec.state, rec.error_code.as_deref()), (StepState::Failed, Some("approval_rejected")));
     assert!(rec.error.unwrap().contains("rejected by alice: wrong artifact"));
+    // Skipping would pass over the rejection: refused.
+    let skip = d.submit(Command::Run(RunCommand::Recover {
+        tenant: None,
+        run: id.clone(),
+        action: Recovery::Skip,
+        step: None,
+    }));
+    assert!(matches!(skip, Err(CommandError::Conflict { code: "approval_not_skippable", .. })), "{skip:?}");
+    assert_eq!(step(&d, &id, "review").outputs, Value::Null, "rejected outputs are not passed on");
     // Retry runs the step again, and its checkpoint asks for a new approval.
     d.submit(Command::Run(RunCommand::Recover { tenant: None, run: id.clone(), action: Recovery::Retry, step: None }))
         .unwrap();
@@ -132,6 +141,33 @@ fn a_timeout_does_what_on_timeout_says() {
     }
 }
 
+/// Two checkpoints of one run time out together and the first cancels the run: each timeout
+/// is planned in a tick of its own, so the second finds its approval already cancelled.
+#[test]
+fn two_timeouts_of_one_run_due_together_cancel_it_once() {
+    let d = Direct::new();
+    let both = "approval = { timeout = \"5m\", on_timeout = \"cancel\" }";
+    register(
+        &d,
+        &format!(
+            "name = \"twin\"\n[steps.x]\nplugin = \"noop\"\ncheckpoint_after = true\n{both}\n[steps.y]\nplugin = \"noop\"\ncheckpoint_after = true\n{both}\n"
+        ),
+    );
+    let id = start(&d, "twin", json!({}), None).unwrap();
+    for (job, token, _, _) in lease(&d) {
+        complete(&d, &job, token, json!({})).unwrap();
+    }
+    assert_eq!(run(&d, &id).checkpoints, 2);
+    d.clock.advance_ms(6 * 60_000);
+    let first = d.submit(Command::Tick).unwrap();
+    let kinds: Vec<&str> = first.entries.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "approval.expired").count(), 1, "{kinds:?}");
+    assert!(kinds.contains(&"approval.cancelled") && kinds.contains(&"run.cancelled"), "{kinds:?}");
+    assert!(d.submit(Command::Tick).unwrap().entries.is_empty(), "the other timeout's approval is closed");
+    assert_eq!(run(&d, &id).status, RunStatus::Cancelled);
+    verify(&d);
+}
+
 #[test]
 fn cancelling_the_run_cancels_its_pending_approval() {
     let d = Direct::new();
@@ -163,15 +199,7 @@ fn a_failed_branch_waits_for_the_checkpoint_and_the_state_survives_a_reopen() {
         if s == "gate" {
             complete(&d, &job, token, json!({})).unwrap();
         } else {
-            d.submit(Command::Queue(stella::domain::queue::QueueCommand::Fail {
-                tenant: None,
-                job,
-                token,
-                error: "boom".into(),
-                error_code: Some("exit_status".into()),
-                retryable: false,
-            }))
-            .unwrap();
+            fail_as(&d, &job, token, false);
         }
     }
     assert_eq!(run(&d, &id).status, RunStatus::Running, "the checkpoint holds the run open");

@@ -105,13 +105,18 @@ pub(crate) fn complete(
 }
 
 pub(crate) fn fail(d: &Direct, job: &str, token: u64) {
+    fail_as(d, job, token, true);
+}
+
+/// Fails the attempt, `retryable` or for good (the step fails without retries).
+pub(crate) fn fail_as(d: &Direct, job: &str, token: u64, retryable: bool) {
     d.submit(Command::Queue(QueueCommand::Fail {
         tenant: None,
         job: job.into(),
         token,
         error: "exit status 3".into(),
         error_code: Some("exit_status".into()),
-        retryable: true,
+        retryable,
     }))
     .unwrap();
 }

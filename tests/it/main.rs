@@ -7,6 +7,7 @@ mod api_auth;
 mod api_hostile;
 mod approvals;
 mod bundles;
+mod cache;
 mod cli;
 mod drills;
 mod engine_model;

@@ -66,8 +66,9 @@ fn queue_depth(state: &AppState) -> u64 {
 pub async fn status(State(state): State<Arc<AppState>>, auth: Auth) -> ApiResult<Json<dto::Status>> {
     let p = auth.require(Scope::Read)?;
     let txn = state.store.read()?;
-    let mut pending = read::approvals(&txn, p.tenant.as_deref(), Some(ApprovalState::Pending), 100)?;
+    let mut pending = read::approvals(&txn, p.tenant.as_deref(), Some(ApprovalState::Pending), usize::MAX)?;
     pending.sort_by_key(|a| (a.requested_ms, a.id.len(), a.id.clone()));
+    pending.truncate(100);
     let waiting_approval = pending
         .iter()
         .map(|a| {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod bundles;
+pub mod cache;
 pub mod config;
 pub mod dags;
 pub mod exports;

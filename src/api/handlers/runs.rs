@@ -134,7 +134,7 @@ pub fn run_dto(state: &AppState, tenant: Option<&str>, id: &str) -> ApiResult<dt
         .ok_or_else(|| Problem::not_found(format!("run {id}")))?;
     let mut steps = read::steps(&txn, id)?;
     steps.sort_by_key(|s| s.index);
-    let needs = needs_of(&txn, &run)?;
+    let (needs, execution) = needs_of(&txn, &run)?;
     let by_name: HashMap<&str, &StepRecord> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
     let dto_steps = steps
         .iter()
@@ -156,6 +156,7 @@ pub fn run_dto(state: &AppState, tenant: Option<&str>, id: &str) -> ApiResult<dt
                 error: s.error.clone(),
                 wait_reason: wait_reason(&txn, state, &run, s, needs.get(s.name.as_str()), &by_name)?,
                 approval_id: s.approval.clone(),
+                runtime: s.cache.as_ref().map(|c| serde_json::json!({ "cache": c })),
                 outputs: s.outputs.clone(),
                 history: s.history.iter().map(dto::StepAttempt::from_record).collect(),
             })
@@ -179,6 +180,7 @@ pub fn run_dto(state: &AppState, tenant: Option<&str>, id: &str) -> ApiResult<dt
         created_by: run.created_by.clone(),
         finished_at: run.finished_ms.map(rfc3339),
         waiting_on,
+        execution,
         steps: dto_steps,
     })
 }
@@ -192,12 +194,26 @@ pub fn run_status(run: &RunRecord) -> String {
     state_name(run.status)
 }
 
-/// Each step's needs, from the run's pinned DAG version.
-fn needs_of(txn: &ReadTransaction, run: &RunRecord) -> ApiResult<HashMap<String, Vec<String>>> {
+/// Each step's needs, from the run's pinned DAG version, and the run's `execution` metadata
+/// (runbook 004: `execution.concurrency.maxParallelSteps`, `execution.caching`).
+fn needs_of(txn: &ReadTransaction, run: &RunRecord) -> ApiResult<(HashMap<String, Vec<String>>, serde_json::Value)> {
     let text = read::dag_spec(txn, &run.dag, run.version)?
         .ok_or_else(|| Problem::internal(format!("spec of {}@{} is missing", run.dag, run.version)))?;
     let c = spec::compile_registered(&text).map_err(Problem::internal)?;
-    Ok(c.steps.iter().map(|s| (s.name.clone(), s.needs.iter().map(|n| c.steps[*n].name.clone()).collect())).collect())
+    let needs =
+        c.steps.iter().map(|s| (s.name.clone(), s.needs.iter().map(|n| c.steps[*n].name.clone()).collect())).collect();
+    let cached: serde_json::Map<String, serde_json::Value> = c
+        .steps
+        .iter()
+        .filter(|s| s.checkpoint.is_none())
+        .filter_map(|s| s.cache_ttl_ms.map(|t| (s.name.clone(), serde_json::json!({ "ttlMs": t }))))
+        .collect();
+    let max = (c.max_parallel != u32::MAX).then_some(c.max_parallel);
+    let execution = serde_json::json!({
+        "concurrency": { "maxParallelSteps": max },
+        "caching": { "enabled": !cached.is_empty(), "steps": cached },
+    });
+    Ok((needs, execution))
 }
 
 /// Why a step that is not running waits: its needs, a concurrency limit, a paused type, a rate

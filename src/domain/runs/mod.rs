@@ -341,6 +341,9 @@ pub struct StepQueued {
     pub run_id: String,
     pub step: String,
     pub job_id: String,
+    /// A cached step's lookup that missed: it runs, and its outputs are stored under the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::domain::cache::StepCache>,
 }
 
 /// A worker took the step's job (attempt `attempt` of that job).
@@ -380,6 +383,9 @@ pub struct StepSucceeded {
     /// The approval that let a checkpoint go on (the continue carries its id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
+    /// A cache hit: the step did not run; its outputs are the entry's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::domain::cache::StepCache>,
 }
 
 /// A step with `checkpoint_after` succeeded: it waits for approval `approvalId`, its

@@ -6,6 +6,7 @@
 use super::planner::{End, Planner, compiled};
 use crate::domain::approvals::{Outcome as ApprovalOutcome, Resolution};
 use crate::domain::bundles::tables::PLUGINS;
+use crate::domain::cache;
 use crate::domain::live::Effects;
 use crate::domain::queue::tables::JobRecord;
 use crate::domain::runs::run_id;
@@ -258,6 +259,8 @@ pub(crate) fn start(
             p.runnable(ctx, i)?;
         }
     }
+    // Every step may have come from the cache: the run can end in its start.
+    p.settle()?;
     Ok(Effects { drafts: p.done(ctx), live: vec![], note: Some(json!({ "runId": id })) })
 }
 
@@ -386,6 +389,16 @@ fn recover(
     };
     let idx =
         p.dag.step(&target).map(|(i, _)| i).ok_or_else(|| CommandError::NotFound { what: format!("step {target}") })?;
+    let code = p.step(&target)?.error_code.clone();
+    if action == Recovery::Skip && matches!(code.as_deref(), Some("approval_rejected" | "approval_timed_out")) {
+        return Err(CommandError::conflict(
+            "approval_not_skippable",
+            format!(
+                "step {target} of {run} failed its approval ({}): skipping would pass over it; retry the step (a new approval) or abort the run",
+                code.unwrap_or_default()
+            ),
+        ));
+    }
     let resumed = RunResumed {
         run_id: run.to_owned(),
         action: if action == Recovery::Retry { "retry" } else { "skip" }.to_owned(),
@@ -572,7 +585,27 @@ pub fn on_outcome(
             ));
             p.checkpoint(ctx, idx, outputs, inputs_hash)?
         }
-        Outcome::Succeeded { outputs } => p.ended(ctx, idx, End::Succeeded(outputs))?,
+        Outcome::Succeeded { outputs } => {
+            // A cached step's lookup missed when it was queued: its outputs are stored now.
+            let miss = p.step(&step)?.cache.clone().filter(|c| !c.hit);
+            let parts = miss.as_ref().map(|_| p.fingerprint(idx, &job.payload["inputs"]));
+            p.ended(ctx, idx, End::Succeeded(outputs.clone()))?;
+            if let (Some(c), Some(parts)) = (miss, parts)
+                && cache::key(&parts) == c.key
+            {
+                let stored = cache::CacheStored {
+                    key: c.key,
+                    dag: p.run.dag.clone(),
+                    step: step.clone(),
+                    run_id: run_id.clone(),
+                    parts,
+                    outputs,
+                    expires_ms: ctx.now.saturating_add(c.ttl_ms as i64),
+                };
+                let tenant = p.run.tenant.clone();
+                p.drafts.extend(cache::plan::store(txn, ctx, &tenant, stored)?);
+            }
+        }
         Outcome::Retrying { error, code } => {
             let again = StepError { run_id, step, error: Some(error), error_code: Some(code) };
             p.emit(RunEvent::StepRetrying(again))?

@@ -5,6 +5,7 @@
 //! scratch so that a second hook on the same run in one command plans on what the first left.
 
 use crate::domain::approvals::{self, ApprovalRequested, tables::ApprovalState};
+use crate::domain::cache;
 use crate::domain::queue::apply::EnqueuedJob;
 use crate::domain::queue::job_id;
 use crate::domain::queue::tables::JOBS;
@@ -57,6 +58,8 @@ pub(super) enum End {
     Succeeded(Value),
     /// A checkpoint's approval let it go on: its outputs are those it stopped with.
     Approved(String),
+    /// A cache hit: the entry's outputs, without running.
+    Cached(Value, cache::StepCache),
     Failed {
         error: String,
         code: String,
@@ -73,6 +76,8 @@ pub(super) struct Planner<'t> {
     pub(super) steps: HashMap<String, StepRecord>,
     pub(super) drafts: Vec<Draft>,
     pub(super) waiting: Option<VecDeque<String>>,
+    /// Set while a manual retry queues a step: it runs again, whatever the cache holds.
+    pub(super) bypass_cache: bool,
 }
 
 impl<'t> Planner<'t> {
@@ -99,7 +104,16 @@ impl<'t> Planner<'t> {
                 return Ok(None);
             }
             let Work { dag, run, steps, waiting } = working.0.remove(id).expect("present");
-            return Ok(Some(Planner { txn, now: ctx.now, dag, run, steps, drafts: vec![], waiting }));
+            return Ok(Some(Planner {
+                txn,
+                now: ctx.now,
+                dag,
+                run,
+                steps,
+                drafts: vec![],
+                waiting,
+                bypass_cache: false,
+            }));
         }
         let Some(run) = rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(storage)?, "runs", id)
             .map_err(storage)?
@@ -108,7 +122,16 @@ impl<'t> Planner<'t> {
             return Ok(None);
         };
         let dag = compiled(txn, ctx, &run.dag, run.version)?;
-        Ok(Some(Planner { txn, now: ctx.now, dag, run, steps: HashMap::new(), drafts: vec![], waiting: None }))
+        Ok(Some(Planner {
+            txn,
+            now: ctx.now,
+            dag,
+            run,
+            steps: HashMap::new(),
+            drafts: vec![],
+            waiting: None,
+            bypass_cache: false,
+        }))
     }
 
     /// The step `name` of the run, `None` if it has none.
@@ -136,7 +159,16 @@ impl<'t> Planner<'t> {
         let (run, steps) = transition::created(&created, tenant, ctx.now, "");
         let steps = steps.into_iter().map(|s| (s.name.clone(), s)).collect();
         let draft = RunEvent::Created(created).draft(tenant, vec![run.id.clone(), run.dag.clone()]);
-        Planner { txn, now: ctx.now, dag, run, steps, drafts: vec![draft], waiting: Some(VecDeque::new()) }
+        Planner {
+            txn,
+            now: ctx.now,
+            dag,
+            run,
+            steps,
+            drafts: vec![draft],
+            waiting: Some(VecDeque::new()),
+            bypass_cache: false,
+        }
     }
 
     /// Done with this run for now: its drafts; its working copy stays for the rest of the
@@ -193,9 +225,45 @@ impl<'t> Planner<'t> {
         self.emit(RunEvent::StepWaiting(waiting))
     }
 
+    /// The fingerprint's parts of step `idx` run with `inputs` (resolved).
+    pub(super) fn fingerprint(&self, idx: usize, inputs: &Value) -> cache::Parts {
+        let s = &self.dag.steps[idx];
+        let digest = self.run.plugins.get(&s.plugin).map(String::as_str);
+        let step = cache::Step {
+            tenant: &self.run.tenant,
+            dag: &self.run.dag,
+            version: self.run.version,
+            plugin: &s.plugin,
+            digest,
+            kind: s.kind.as_deref(),
+            secrets: &s.secrets,
+        };
+        cache::parts(&step, inputs)
+    }
+
     pub(super) fn enqueue(&mut self, ctx: &mut PlanCtx, idx: usize) -> Result<(), CommandError> {
         let s = self.dag.steps[idx].clone();
         let inputs = self.resolve(&s.inputs)?;
+        // A cached step (never a checkpoint's: an approval is not a result) is looked up first;
+        // a live entry completes it without running it. A manual retry runs it again.
+        let mut cached = None;
+        if let Some(ttl_ms) = s.cache_ttl_ms.filter(|_| s.checkpoint.is_none() && !self.bypass_cache) {
+            let key = cache::key(&self.fingerprint(idx, &inputs));
+            let at = cache::CacheHit { key: key.clone(), run_id: self.run.id.clone(), step: s.name.clone() };
+            if let Some(entry) = cache::plan::lookup(self.txn, ctx, &key)? {
+                self.drafts.push(cache::plan::looked_up(&self.run.tenant, true, at));
+                let meta = cache::StepCache {
+                    hit: true,
+                    key,
+                    age_ms: Some(self.now - entry.stored_ms),
+                    hits: Some(entry.hits + 1),
+                    ttl_ms,
+                };
+                return self.ended(ctx, idx, End::Cached(entry.outputs, meta));
+            }
+            self.drafts.push(cache::plan::looked_up(&self.run.tenant, false, at));
+            cached = Some(cache::StepCache { hit: false, key, age_ms: None, hits: None, ttl_ms });
+        }
         let mut locks = Vec::with_capacity(s.locks.len());
         for l in &s.locks {
             let name = self.interpolate(l)?;
@@ -221,14 +289,17 @@ impl<'t> Planner<'t> {
         }
         let job_id = job.id.clone();
         self.drafts.push(QueueEvent::Enqueued(job).draft(&self.run.tenant, vec![job_id.clone()]));
-        self.emit(RunEvent::StepQueued(StepQueued { run_id: self.run.id.clone(), step: s.name, job_id }))
+        self.emit(RunEvent::StepQueued(StepQueued { run_id: self.run.id.clone(), step: s.name, job_id, cache: cached }))
     }
 
     /// Queues a failed step again (a new job); its dead job, if in the dead-letter queue, leaves it.
     pub(super) fn retry_step(&mut self, ctx: &mut PlanCtx, idx: usize, action: &str) -> Result<(), CommandError> {
         let name = self.dag.steps[idx].name.clone();
         let dead = self.dead_job(&name)?;
-        self.enqueue(ctx, idx)?;
+        self.bypass_cache = true;
+        let queued = self.enqueue(ctx, idx);
+        self.bypass_cache = false;
+        queued?;
         if let Some(dead) = dead {
             let new = self.step(&name)?.job.clone();
             self.push_resolved(&name, &dead, action, new.as_deref());
@@ -319,9 +390,22 @@ impl<'t> Planner<'t> {
         let dependants: Vec<String> = released.iter().map(|d| dag.steps[*d].name.clone()).collect();
         let (run_id, step) = (self.run.id.clone(), s.name.clone());
         let event = match end {
-            End::Succeeded(outputs) => {
-                RunEvent::StepSucceeded(StepSucceeded { run_id, step, dependants, outputs, approval_id: None })
-            }
+            End::Succeeded(outputs) => RunEvent::StepSucceeded(StepSucceeded {
+                run_id,
+                step,
+                dependants,
+                outputs,
+                approval_id: None,
+                cache: None,
+            }),
+            End::Cached(outputs, meta) => RunEvent::StepSucceeded(StepSucceeded {
+                run_id,
+                step,
+                dependants,
+                outputs,
+                approval_id: None,
+                cache: Some(meta),
+            }),
             End::Approved(approval) => {
                 let outputs = self.step(&step)?.outputs.clone();
                 RunEvent::StepSucceeded(StepSucceeded {
@@ -330,6 +414,7 @@ impl<'t> Planner<'t> {
                     dependants,
                     outputs,
                     approval_id: Some(approval),
+                    cache: None,
                 })
             }
             End::Failed { error, code } => RunEvent::StepFailed(StepFailed {

@@ -28,7 +28,30 @@ pub struct DagSpec {
     pub steps: BTreeMap<String, StepSpec>,
     #[serde(default)]
     pub cron: Vec<CronSpec>,
+    /// `[execution.caching]`: cache every step (`enabled = true`, `ttl = "1h"`).
+    #[serde(default)]
+    pub execution: Option<ExecutionSpec>,
 }
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionSpec {
+    #[serde(default)]
+    pub caching: Option<CacheSpec>,
+}
+
+/// A cache setting: on (`enabled`, default true) with how long an entry lives (`ttl`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// A cache entry's life when `ttl` is not given.
+pub const CACHE_TTL_DEFAULT_MS: u64 = 3_600_000;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,9 +91,10 @@ pub struct StepSpec {
     /// Sub-orchestration: in the model, not available yet.
     #[serde(default)]
     pub orchestration: Option<String>,
-    /// Result caching: in the model, not available yet.
+    /// Result caching: `cache = { ttl = "1h" }` (or `{ enabled = false }` to opt out of the
+    /// DAG's `[execution.caching]`).
     #[serde(default)]
-    pub cache_ttl: Option<String>,
+    pub cache: Option<CacheSpec>,
     /// Names of secrets (`stella secrets set NAME`) the plugin receives by reference.
     #[serde(default)]
     pub secrets: Vec<String>,
@@ -141,6 +165,9 @@ pub struct CompiledStep {
     pub locks: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Cached results live this long (`cache`, or the DAG's `[execution.caching]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_ms: Option<u64>,
     /// `checkpoint_after = true`: the approval the step waits for once it succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
@@ -290,7 +317,7 @@ fn compile_step(
     if !valid_name(name) {
         return Err(SpecError::at(&place, "name must be 1-64 of a-z, 0-9, '-', '_'".to_owned()));
     }
-    for (field, set) in [("orchestration", s.orchestration.is_some()), ("cache_ttl", s.cache_ttl.is_some())] {
+    for (field, set) in [("orchestration", s.orchestration.is_some())] {
         if set {
             return Err(SpecError::at(&place, format!("{field} is not available yet")));
         }
@@ -351,7 +378,26 @@ fn compile_step(
         locks: s.locks.clone(),
         agent: s.agent.clone(),
         checkpoint: checkpoint(&place, s)?,
+        cache_ttl_ms: cache_ttl(spec, &place, s)?,
     })
+}
+
+/// The step's cache TTL: its own `cache`, else the DAG's `[execution.caching]`; none if off.
+fn cache_ttl(spec: &DagSpec, place: &str, s: &StepSpec) -> Result<Option<u64>, SpecError> {
+    let dag = spec.execution.as_ref().and_then(|e| e.caching.as_ref());
+    let (setting, at) = match (&s.cache, dag) {
+        (Some(c), _) => (c, format!("{place}: cache.ttl")),
+        (None, Some(c)) => (c, "execution.caching.ttl".to_owned()),
+        (None, None) => return Ok(None),
+    };
+    if setting.enabled == Some(false) {
+        return Ok(None);
+    }
+    let ttl = ms(&at, &setting.ttl, CACHE_TTL_DEFAULT_MS)?;
+    if ttl == 0 {
+        return Err(SpecError::at(&at, "must be longer than 0 (or enabled = false)".to_owned()));
+    }
+    Ok(Some(ttl))
 }
 
 fn checkpoint(place: &str, s: &StepSpec) -> Result<Option<Checkpoint>, SpecError> {
@@ -567,6 +613,7 @@ needs = ["b", "c"]
             (DIAMOND.replace("${inputs.target}", "${inputs.nope}"), "step a: input env: reference ${inputs.nope}"),
             (DIAMOND.replace("maxParallelSteps = 2", "maxParallelSteps = 0"), "maxParallelSteps: must be at least 1"),
             (DIAMOND.replace("retries = 2", "orchestration = \"child\""), "step c: orchestration is not available yet"),
+            (DIAMOND.replace("retries = 2", "cache = { ttl = \"never\" }"), "step c: cache.ttl: invalid duration"),
             (
                 DIAMOND.replace("retries = 2", "approval = { approvers = 2 }"),
                 "step c: approval is set but checkpoint_after is not true",
@@ -595,6 +642,20 @@ needs = ["b", "c"]
             .unwrap_err()
             .to_string();
         assert!(cyc.contains("b -> d -> b") || cyc.contains("d -> b -> d"), "{cyc}");
+    }
+
+    #[test]
+    fn caching_is_per_step_or_per_dag_and_a_step_may_opt_out() {
+        let c = compile(&DIAMOND.replace("retries = 2", "cache = { ttl = \"30m\" }"), &[]).unwrap();
+        assert_eq!(c.step("c").unwrap().1.cache_ttl_ms, Some(1_800_000));
+        assert_eq!(c.step("d").unwrap().1.cache_ttl_ms, None);
+        let all = format!(
+            "{}\n[execution.caching]\nenabled = true\n",
+            DIAMOND.replace("retries = 2", "cache = { enabled = false }")
+        );
+        let c = compile(&all, &[]).unwrap();
+        assert_eq!(c.step("d").unwrap().1.cache_ttl_ms, Some(CACHE_TTL_DEFAULT_MS));
+        assert_eq!(c.step("c").unwrap().1.cache_ttl_ms, None, "opted out");
     }
 
     #[test]

@@ -136,6 +136,9 @@ pub struct StepRecord {
     /// The latest approval its checkpoint asked for (`checkpoint_after`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// Its latest cache lookup (`cache`): hit or miss, key, a hit's entry age and hit count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::domain::cache::StepCache>,
 }
 
 /// One attempt of a step, as the trace shows it.
@@ -175,6 +178,7 @@ impl StepRecord {
             wait_key: None,
             history: vec![],
             approval: None,
+            cache: None,
         }
     }
 

@@ -80,6 +80,9 @@ pub fn evolve<S: RunState>(state: &mut S, event: &RunEvent, time: i64) -> Result
             rec.job = Some(e.job_id.clone());
             rec.queued_ms = Some(time);
             rec.finished_ms = None;
+            rec.cache.clone_from(&e.cache);
+            // A new attempt: its checkpoint, if it has one, asks anew.
+            rec.approval = None;
             let run = state.run();
             if was_failed {
                 take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
@@ -133,7 +136,13 @@ pub fn evolve<S: RunState>(state: &mut S, event: &RunEvent, time: i64) -> Result
             run.checkpoints += 1;
         }
         RunEvent::StepSucceeded(e) => {
+            // A cache hit may take a step waiting for a slot.
+            state.unwait(&e.step)?;
             let rec = state.step(&e.step)?;
+            if e.cache.is_some() {
+                rec.cache.clone_from(&e.cache);
+                rec.wait = None;
+            }
             if rec.state == StepState::CheckpointPending && rec.approval != e.approval_id {
                 return Err(state.refuse(format!("step {} goes on without its approval", e.step)));
             }
@@ -147,6 +156,10 @@ pub fn evolve<S: RunState>(state: &mut S, event: &RunEvent, time: i64) -> Result
         }
         RunEvent::StepFailed(e) => {
             let rec = state.step(&e.step)?;
+            if rec.state == StepState::CheckpointPending {
+                // Rejected outputs are not passed on.
+                rec.outputs = serde_json::Value::Null;
+            }
             rec.end_attempt("failed", time, e.error.as_deref(), e.error_code.as_deref());
             rec.error.clone_from(&e.error);
             rec.error_code.clone_from(&e.error_code);
