@@ -95,6 +95,17 @@ fn a_manual_retry_runs_the_step_again_and_purge_empties_the_cache() {
     }))
     .unwrap();
     assert_eq!(lease(&d).len(), 1, "the retried step runs, whatever the cache holds");
+    // A second retry while the first one's step runs: 409 naming it (runbook 004 §7).
+    let again = d.submit(Command::Run(RunCommand::Recover {
+        tenant: None,
+        run: first.clone(),
+        action: Recovery::Retry,
+        step: None,
+    }));
+    let Err(stella::kernel::CommandError::Conflict { code: "run_not_failed", detail }) = again else {
+        panic!("{again:?}")
+    };
+    assert!(detail.contains("in flight: a (running)"), "{detail}");
     let purged = d.submit(Command::Cache(CacheCommand::Purge { tenant: None, dag: Some("cached".into()) })).unwrap();
     assert_eq!(purged.entries[0].data["keys"].as_array().unwrap().len(), 2);
     start(&d, "cached", json!({}), None).unwrap();

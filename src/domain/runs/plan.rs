@@ -355,9 +355,19 @@ fn recover(
     let mut p = Planner::load(txn, ctx, tenant, run)?;
     if p.run.status != RunStatus::Failed {
         let status = serde_json::to_value(p.run.status).expect("status").as_str().unwrap_or("?").to_owned();
+        // Name what is in flight (an earlier retry's step, most often): wait for it.
+        let mut busy = Vec::new();
+        for name in p.dag.clone().steps.iter().map(|s| &s.name) {
+            let rec = p.step(name)?;
+            if matches!(rec.state, StepState::Queued | StepState::Running | StepState::CheckpointPending) {
+                busy.push(format!("{name} ({})", status_name(rec.state)));
+            }
+        }
+        let in_flight = if busy.is_empty() { String::new() } else { format!("; in flight: {}", busy.join(", ")) };
+        p.done(ctx);
         return Err(CommandError::conflict(
             "run_not_failed",
-            format!("run {run} is {status}: retry, skip and abort apply to a failed run"),
+            format!("run {run} is {status}{in_flight}: retry, skip and abort apply to a failed run"),
         ));
     }
     if action == Recovery::Abort {
