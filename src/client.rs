@@ -162,6 +162,11 @@ impl Client {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        exchange(self.connect().await?, req).await
+    }
+
+    /// A connection to the daemon: its Unix socket, or TLS to its HTTPS listener.
+    async fn connect(&self) -> Result<Box<dyn Io>, CliError> {
         match &self.transport {
             Transport::Unix(socket) => {
                 let stream = tokio::time::timeout(
@@ -171,7 +176,7 @@ impl Client {
                 .await
                 .map_err(|_| CliError::Unreachable(format!("connect to {} timed out", socket.display())))?
                 .map_err(|e| CliError::Unreachable(format!("{}: {e}", socket.display())))?;
-                exchange(stream, req).await
+                Ok(Box::new(stream))
             }
             Transport::Https { authority, host, tls, url } => {
                 let connect = async {
@@ -184,11 +189,15 @@ impl Client {
                     .await
                     .map_err(|_| CliError::Unreachable(format!("connect to {url} timed out")))?
                     .map_err(|e| CliError::Unreachable(format!("{url}: {e}")))?;
-                exchange(stream, req).await
+                Ok(Box::new(stream))
             }
         }
     }
 }
+
+/// A byte stream to the daemon, whichever transport carries it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Client {
     /// A GET whose body is consumed as it arrives (Server-Sent Events): `on_chunk` gets each
@@ -211,12 +220,7 @@ impl Client {
             req = req.header("authorization", format!("Bearer {token}"));
         }
         let req = req.body(Full::new(Bytes::new())).map_err(|e| CliError::Invalid(format!("request {path}: {e}")))?;
-        let Transport::Unix(socket) = &self.transport else {
-            return Err(CliError::NotAvailable("streaming over --server (use the socket)".into()));
-        };
-        let stream = tokio::net::UnixStream::connect(crate::config::socket_arg(socket))
-            .await
-            .map_err(|e| CliError::Unreachable(format!("{}: {e}", socket.display())))?;
+        let stream = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| CliError::Unreachable(format!("http handshake: {e}")))?;

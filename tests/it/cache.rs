@@ -151,7 +151,8 @@ async fn a_cached_rerun_spawns_no_plugin_and_explain_names_the_changed_input() {
     let (_, acme) = create_token(&c, "acme", &["orchestrator:operate"], None).await;
     let ac = app.https_client(Some(&acme));
     let theirs = api_post(&ac, "/runs", json!({ "dag": "cached" })).await["id"].as_str().unwrap().to_owned();
-    assert_eq!(wait_end(&c, &theirs).await["status"], "succeeded");
+    // Followed over HTTPS with the tenant's own token, as a remote operator does.
+    assert_eq!(wait_end(&ac, &theirs).await["status"], "succeeded");
     assert_eq!(spawns(), 3, "a tenant never hits another tenant's entry");
     let listed: Value = ac.get(&format!("{API}/cache")).await.unwrap().json().unwrap();
     assert!(listed["entries"].as_array().unwrap().iter().all(|e| e["tenant"] == "acme"), "{listed}");
