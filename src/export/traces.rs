@@ -232,33 +232,36 @@ impl Builder {
         // The step record only for what began before the window.
         let mut record: Option<Option<StepRecord>> = None;
         let mut lookup = |b: &Self| record.get_or_insert_with(|| b.step(run, step)).clone();
-        let open = self.attempts.remove(key).or_else(|| {
-            // Started before the window: the step record has the last attempt's start.
-            let r = lookup(self)?;
-            Some(Attempt {
-                start: r.started_ms?,
-                attempt: r.attempts,
-                worker: r.worker.clone().unwrap_or_default(),
-                job: r.job.clone()?,
-            })
-        });
         // A step ending after its checkpoint ends the wait, not an attempt (that ended at the
         // checkpoint): a success carries the approval, a refusal its code.
         let checkpoint = e.kind == "step.checkpoint_pending";
-        let after_checkpoint = self.checkpoints.remove(key).filter(|_| !checkpoint).or_else(|| {
-            if checkpoint {
-                return None;
-            }
-            // Its checkpoint was before the window: the step record names the approval.
-            let ends_wait = matches!(e.kind.as_ref(), "step.succeeded" | "step.failed" | "step.cancelled");
-            let approval = match d.approval_id.is_empty() {
-                false => Some(d.approval_id.to_string()),
-                true if ends_wait => lookup(self).and_then(|r| r.approval),
-                true => None,
-            };
-            approval.map(|a| (a, e.time))
-        });
-        let open = if after_checkpoint.is_some() { None } else { open };
+        let after_checkpoint = if checkpoint {
+            None
+        } else {
+            self.checkpoints.remove(key).or_else(|| {
+                // Its checkpoint was before the window: the step record names the approval.
+                let ends_wait = matches!(e.kind.as_ref(), "step.succeeded" | "step.failed" | "step.cancelled");
+                let approval = match d.approval_id.is_empty() {
+                    false => Some(d.approval_id.to_string()),
+                    true if ends_wait => lookup(self).and_then(|r| r.approval),
+                    true => None,
+                };
+                approval.map(|a| (a, e.time))
+            })
+        };
+        let open = match after_checkpoint {
+            Some(_) => None,
+            None => self.attempts.remove(key).or_else(|| {
+                // Started before the window: the step record has the last attempt's start.
+                let r = lookup(self)?;
+                Some(Attempt {
+                    start: r.started_ms?,
+                    attempt: r.attempts,
+                    worker: r.worker.clone().unwrap_or_default(),
+                    job: r.job.clone()?,
+                })
+            }),
+        };
         if let Some((approval, since)) = after_checkpoint {
             let mut attributes = vec![
                 kv("stella.run.id", string(run)),

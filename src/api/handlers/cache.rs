@@ -43,9 +43,8 @@ pub async fn list(
     let mut entries = read::cache_entries(&txn, p.tenant.as_deref(), q.dag.as_deref())?;
     entries.sort_by_key(|e| (e.stored_ms, e.key.clone()));
     let now = state.clock.now_ms();
-    let metric = |name| {
-        txn.open_table(crate::kernel::counters::COUNTERS).ok().and_then(|t| crate::kernel::counters::get(&t, name).ok())
-    };
+    let counters = txn.open_table(crate::kernel::counters::COUNTERS).ok();
+    let metric = |name| counters.as_ref().and_then(|t| crate::kernel::counters::get(t, name).ok());
     Ok(Json(json!({
         "entries": entries.iter().map(|e| entry_json(e, now)).collect::<Vec<_>>(),
         "hits": metric("cache:hits"), "misses": metric("cache:misses"),
