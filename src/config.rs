@@ -118,6 +118,24 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub agents: AgentsConfig,
     pub telemetry: TelemetryConfig,
+    pub orchestrations: OrchestrationsConfig,
+}
+
+/// Sub-orchestrations (a step that starts a child run); `stella orch config set
+/// orchestrations.*` overrides them at run time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestrationsConfig {
+    /// Child runs nest this deep at most (1: a top-level run's children, no grandchildren).
+    pub max_depth: u32,
+    /// Child runs of one run in flight at once at most (its fan-out).
+    pub max_children: u32,
+}
+
+impl Default for OrchestrationsConfig {
+    fn default() -> Self {
+        Self { max_depth: 4, max_children: 16 }
+    }
 }
 
 /// Remote deploy agents (`stella agent run`).
@@ -406,6 +424,8 @@ impl Config {
             ("queue.long_poll_max_ms", q.long_poll_max_ms),
             ("agents.down_after_ms", self.agents.down_after_ms),
             ("locks.timeout_ms", self.locks.timeout_ms),
+            ("orchestrations.max_depth", u64::from(self.orchestrations.max_depth)),
+            ("orchestrations.max_children", u64::from(self.orchestrations.max_children)),
             ("telemetry.log_max_files", self.telemetry.log_max_files as u64),
             ("telemetry.metrics_snapshot_interval_ms", self.telemetry.metrics_snapshot_interval_ms),
             ("telemetry.metrics_retention_ms", self.telemetry.metrics_retention_ms),

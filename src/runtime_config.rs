@@ -19,6 +19,8 @@ pub const KEYS: &[&str] = &[
     "queue.max_depth",
     "queue.long_poll_max",
     "registry.min_versions",
+    "orchestrations.max_depth",
+    "orchestrations.max_children",
 ];
 
 /// Retries of a gate at most.
@@ -61,6 +63,8 @@ fn kind_of(key: &str) -> Result<Kind, ConfigError> {
         "queue.max_attempts" => Kind::Count { min: 1, max: u64::from(MAX_ATTEMPTS_MAX) },
         "queue.max_depth" => Kind::Count { min: 1, max: 100_000_000 },
         "registry.min_versions" => Kind::Count { min: 1, max: 10_000 },
+        "orchestrations.max_depth" => Kind::Count { min: 1, max: 32 },
+        "orchestrations.max_children" => Kind::Count { min: 1, max: 10_000 },
         _ => match gate_key(key) {
             Some("timeout") => Kind::Duration,
             Some("retries") => Kind::Count { min: 0, max: u64::from(GATE_RETRIES_MAX) },
@@ -117,6 +121,8 @@ pub fn file_default(config: &Config, key: &str) -> Option<String> {
         "queue.max_depth" => Some(config.queue.max_depth.to_string()),
         "queue.long_poll_max" => ms(config.queue.long_poll_max_ms),
         "registry.min_versions" => Some(config.registry.min_versions.to_string()),
+        "orchestrations.max_depth" => Some(config.orchestrations.max_depth.to_string()),
+        "orchestrations.max_children" => Some(config.orchestrations.max_children.to_string()),
         _ => None,
     }
 }

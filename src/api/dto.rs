@@ -647,8 +647,11 @@ pub struct Run {
     pub created_at: String,
     pub created_by: String,
     pub finished_at: Option<String>,
+    /// A child run: the parent run and sub-orchestration step that started it, and its depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<serde_json::Value>,
     /// What the run waits on besides its running steps, one line each (a checkpoint's
-    /// approval): a run that waits for a person says so.
+    /// approval, a child run): a run that waits for a person or a child says so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_on: Vec<String>,
     /// `concurrency.maxParallelSteps` (null: unbounded) and `caching` (the cached steps and

@@ -161,6 +161,12 @@ impl Builder {
             "step.queued" => {
                 self.queued.insert(key, e.time);
             }
+            // A sub-orchestration step's attempt is its child run (a trace of its own).
+            "step.child_started" => {
+                self.queued.insert(key.clone(), e.time);
+                let attempt = Attempt { start: e.time, attempt: 1, worker: "child run".to_owned(), job: String::new() };
+                self.attempts.insert(key, attempt);
+            }
             "step.started" => {
                 let attempt = Attempt {
                     start: e.time,

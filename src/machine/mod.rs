@@ -118,7 +118,8 @@ impl Machine for Stella {
                     }
                     runs::RunCommand::RegisterDag { name, spec, .. } => {
                         release::plan::guard_owned(txn, name)?;
-                        release::plan::guard_agent_steps(name, spec)?
+                        release::plan::guard_agent_steps(name, spec)?;
+                        release::plan::guard_children(txn, spec)?
                     }
                     runs::RunCommand::DagVersion { name, .. } => release::plan::guard_owned(txn, name)?,
                     _ => {}
@@ -138,6 +139,7 @@ impl Machine for Stella {
                     for (name, spec) in dags {
                         release::plan::guard_owned(txn, name)?;
                         release::plan::guard_agent_steps(name, spec)?;
+                        release::plan::guard_children(txn, spec)?;
                     }
                 }
                 bundles::plan::plan(b, txn)
@@ -153,6 +155,9 @@ impl Machine for Stella {
             Command::Cache(c) => cache::plan::plan(c, txn, ctx).map(Effects::from),
             Command::Tick => timers::tick(txn, ctx),
         }?;
+        // A child run that ended ends its parent's step in this transaction.
+        let children = runs::plan::follow_children(txn, ctx)?;
+        effects.drafts.extend(children);
         // A deployment follows its run: whatever moved the run (a step's outcome, a lease
         // expiry, a cancel) moves the deployment in the same transaction.
         release::follow(txn, &mut effects.drafts)?;

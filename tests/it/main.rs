@@ -26,6 +26,7 @@ mod restart;
 mod runs_api;
 mod store_schema;
 mod store_tamper;
+mod suborch;
 mod support;
 mod systemd_unit;
 mod telemetry;

@@ -156,17 +156,23 @@ pub fn run_dto(state: &AppState, tenant: Option<&str>, id: &str) -> ApiResult<dt
                 error: s.error.clone(),
                 wait_reason: wait_reason(&txn, state, &run, s, needs.get(s.name.as_str()), &by_name)?,
                 approval_id: s.approval.clone(),
-                runtime: s.cache.as_ref().map(|c| serde_json::json!({ "cache": c })),
+                runtime: runtime(&txn, s)?,
                 outputs: s.outputs.clone(),
                 history: s.history.iter().map(dto::StepAttempt::from_record).collect(),
             })
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    let waiting_on = dto_steps
+    let mut waiting_on: Vec<String> = dto_steps
         .iter()
         .filter(|s| s.state == "checkpoint_pending")
         .map(|s| format!("step {}: {}", s.name, s.wait_reason.as_deref().unwrap_or("waiting for approval")))
         .collect();
+    for s in steps.iter().filter(|s| s.state == StepState::Running) {
+        if let Some(child) = &s.child {
+            let status = read::run(&txn, child)?.map_or_else(|| "missing".to_owned(), |c| run_status(&c));
+            waiting_on.push(format!("step {}: child run {child} is {status} (stella orch run show {child})", s.name));
+        }
+    }
     Ok(dto::Run {
         id: run.id.clone(),
         tenant: run.tenant.clone(),
@@ -179,10 +185,34 @@ pub fn run_dto(state: &AppState, tenant: Option<&str>, id: &str) -> ApiResult<dt
         created_at: rfc3339(run.created_ms),
         created_by: run.created_by.clone(),
         finished_at: run.finished_ms.map(rfc3339),
+        parent: run.parent.as_ref().map(|p| serde_json::json!({ "runId": p.run_id, "step": p.step, "depth": p.depth })),
         waiting_on,
         execution,
         steps: dto_steps,
     })
+}
+
+/// A step's `runtime` metadata (runbook 004): its latest cache lookup (`cache`) and, for a
+/// sub-orchestration step, its latest child run (`subOrchestration.childRunId`, its DAG and
+/// status).
+fn runtime(txn: &ReadTransaction, s: &StepRecord) -> ApiResult<Option<serde_json::Value>> {
+    let mut out = serde_json::Map::new();
+    if let Some(c) = &s.cache {
+        out.insert("cache".into(), serde_json::json!(c));
+    }
+    if let Some(child) = &s.child {
+        let rec = read::run(txn, child)?;
+        out.insert(
+            "subOrchestration".into(),
+            serde_json::json!({
+                "childRunId": child,
+                "dag": rec.as_ref().map(|r| r.dag.clone()),
+                "version": rec.as_ref().map(|r| r.version),
+                "status": rec.as_ref().map(run_status),
+            }),
+        );
+    }
+    Ok((!out.is_empty()).then_some(serde_json::Value::Object(out)))
 }
 
 /// A run's status as the API shows it: `waiting_approval` for a running run whose only

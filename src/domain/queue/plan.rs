@@ -367,7 +367,7 @@ pub fn runtime_ms(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<u6
         .ok_or_else(|| CommandError::Storage(format!("runtime config {key} has no duration value")))
 }
 
-fn runtime_u64(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<u64, CommandError> {
+pub fn runtime_u64(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<u64, CommandError> {
     runtime_value(txn, ctx, key)?
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| CommandError::Storage(format!("runtime config {key} has no number value")))

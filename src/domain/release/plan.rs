@@ -148,6 +148,16 @@ pub fn guard_agent_steps(name: &str, spec: &str) -> Result<(), CommandError> {
     }
 }
 
+/// Refuses a DAG whose sub-orchestration starts an environment's deployment or probe DAG: those
+/// run only as a deployment or a check.
+pub fn guard_children(txn: &WriteTransaction, spec: &str) -> Result<(), CommandError> {
+    let Ok(c) = crate::domain::runs::spec::compile_registered(spec) else { return Ok(()) };
+    for child in c.children() {
+        guard_start(txn, child)?;
+    }
+    Ok(())
+}
+
 /// Refuses to register, disable, enable or roll back a DAG an environment owns (its
 /// deployment or probe DAG): only its release bundle changes it.
 pub fn guard_owned(txn: &WriteTransaction, dag: &str) -> Result<(), CommandError> {

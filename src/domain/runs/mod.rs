@@ -196,6 +196,7 @@ crate::events! {
         StepRetrying(StepError) = "step.retrying",
         StepInterrupted(StepError) = "step.interrupted",
         StepCheckpoint(StepCheckpoint) = "step.checkpoint_pending",
+        StepChild(StepChild) = "step.child_started",
         StepSucceeded(StepSucceeded) = "step.succeeded",
         StepFailed(StepFailed) = "step.failed",
         StepSkipped(StepSkipped) = "step.skipped",
@@ -216,6 +217,7 @@ impl RunEvent {
             RunEvent::StepStarted(e) => &e.run_id,
             RunEvent::StepRetrying(e) | RunEvent::StepInterrupted(e) => &e.run_id,
             RunEvent::StepCheckpoint(e) => &e.run_id,
+            RunEvent::StepChild(e) => &e.run_id,
             RunEvent::StepSucceeded(e) => &e.run_id,
             RunEvent::StepFailed(e) => &e.run_id,
             RunEvent::StepSkipped(e) => &e.run_id,
@@ -236,6 +238,7 @@ impl RunEvent {
             RunEvent::StepStarted(e) => &e.step,
             RunEvent::StepRetrying(e) | RunEvent::StepInterrupted(e) => &e.step,
             RunEvent::StepCheckpoint(e) => &e.step,
+            RunEvent::StepChild(e) => &e.step,
             RunEvent::StepSucceeded(e) => &e.step,
             RunEvent::StepFailed(e) => &e.step,
             RunEvent::StepSkipped(e) => &e.step,
@@ -280,6 +283,25 @@ pub struct RunCreated {
     pub steps: Vec<CreatedStep>,
     #[serde(default)]
     pub plugins: std::collections::BTreeMap<String, String>,
+    /// A child run: the parent run's step that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+}
+
+/// The parent of a child run: its run and sub-orchestration step, how deep the child is (1
+/// for a child of a top-level run), who started the top-level run (the child's starter, for
+/// its approvals' requester rule), and the DAGs above it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentLink {
+    pub run_id: String,
+    pub step: String,
+    pub depth: u32,
+    pub started_by: String,
+    /// The DAGs of the runs above the child, top-level first (its parent's last): what a
+    /// cycle check reads.
+    #[serde(default)]
+    pub lineage: Vec<String>,
 }
 
 /// A step of a new run: its plugin and how many steps it needs.
@@ -398,6 +420,18 @@ pub struct StepCheckpoint {
     pub approval_id: String,
     #[serde(default)]
     pub outputs: Value,
+}
+
+/// A sub-orchestration step started its child run `childRunId` (of DAG `dag` at `version`);
+/// it ends as the child ends, in the child's last transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepChild {
+    pub run_id: String,
+    pub step: String,
+    pub child_run_id: String,
+    pub dag: String,
+    pub version: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -66,7 +66,7 @@ pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Resu
             if p.run.status.terminal() {
                 return Ok(Effects { note: Some(json!({ "unchanged": true })), ..Effects::default() });
             }
-            p.cancel_all(false, None)?;
+            p.cancel_all(ctx, false, None)?;
             Ok(p.done(ctx).into())
         }
         RunCommand::Recover { tenant, run, action, step } => {
@@ -129,9 +129,10 @@ pub(crate) fn register(
     // makes a version pinned to the new ones). Dev registrations follow the installed plugins
     // at each run's start.
     let mut pins = std::collections::BTreeMap::new();
+    let c = spec::compile_registered(text).map_err(|e| CommandError::invalid("spec", e.to_string()))?;
+    refuse_cycle(txn, name, &c)?;
     if !unsigned {
-        let c = spec::compile_registered(text).map_err(|e| CommandError::invalid("spec", e.to_string()))?;
-        for s in c.steps.iter().filter(|s| !spec::BUILTINS.contains(&s.plugin.as_str())) {
+        for s in c.steps.iter().filter(|s| s.runs_plugin()) {
             let digest = plugin_digest(txn, &s.plugin)?.ok_or_else(|| {
                 CommandError::conflict(
                     "plugin_not_installed",
@@ -158,6 +159,40 @@ pub(crate) fn register(
         plugins: pins,
     });
     Ok(vec![event.draft("", vec![name.to_owned()])].into())
+}
+
+/// Refuses a version of `name` whose sub-orchestrations lead back to `name` through the
+/// active versions of the DAGs they start (a cycle formed later, by a rollback, is refused
+/// when a run reaches it: `orchestration.cycle`).
+fn refuse_cycle(txn: &WriteTransaction, name: &str, c: &Compiled) -> Result<(), CommandError> {
+    let mut stack: Vec<Vec<String>> = c.children().into_iter().map(|d| vec![name.to_owned(), d.to_owned()]).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(path) = stack.pop() {
+        let at = path.last().expect("a path has a DAG").clone();
+        if at == name {
+            return Err(CommandError::Invalid {
+                code: "dag_cycle",
+                field: Some("spec"),
+                detail: format!("DAG {name}: its sub-orchestrations form a cycle: {}", path.join(" -> ")),
+            });
+        }
+        if !seen.insert(at.clone()) || path.len() > 64 {
+            continue;
+        }
+        let Some(rec) = dag_record(txn, &at)? else { continue };
+        let text = {
+            let t = txn.open_table(crate::domain::runs::tables::DAG_SPECS).map_err(storage)?;
+            let v = t.get(format!("{at}@{}", rec.active).as_str()).map_err(storage)?;
+            v.map(|v| String::from_utf8_lossy(v.value()).into_owned())
+        };
+        let Some(child) = text.and_then(|t| spec::compile_registered(&t).ok()) else { continue };
+        for next in child.children() {
+            let mut p = path.clone();
+            p.push(next.to_owned());
+            stack.push(p);
+        }
+    }
+    Ok(())
 }
 
 fn dag_version(
@@ -209,12 +244,50 @@ pub(crate) fn start(
     given: &Map<String, Value>,
     run_token: Option<&str>,
 ) -> Result<Effects, CommandError> {
+    start_run(txn, ctx, tenant, dag, None, given, run_token, None)
+}
+
+/// A child run of `parent`'s step: DAG `dag` at `version` (or its active one). Returns its
+/// id, its version and its drafts (a child may end in its start, as a fully cached run does).
+pub(super) fn start_child(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    tenant: &str,
+    dag: &str,
+    version: Option<u32>,
+    inputs: &Map<String, Value>,
+    parent: super::ParentLink,
+) -> Result<(String, u32, Vec<Draft>), CommandError> {
+    let e = start_run(txn, ctx, tenant, dag, version, inputs, None, Some(parent))?;
+    let note = e.note.unwrap_or_default();
+    let id = note["runId"].as_str().unwrap_or_default().to_owned();
+    Ok((id, note["version"].as_u64().unwrap_or_default() as u32, e.drafts))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_run(
+    txn: &WriteTransaction,
+    ctx: &mut PlanCtx,
+    tenant: &str,
+    dag: &str,
+    version: Option<u32>,
+    given: &Map<String, Value>,
+    run_token: Option<&str>,
+    parent: Option<super::ParentLink>,
+) -> Result<Effects, CommandError> {
     let rec = dag_record(txn, dag)?.ok_or_else(|| CommandError::NotFound { what: format!("DAG {dag}") })?;
-    let active = rec
-        .versions
-        .iter()
-        .find(|v| v.version == rec.active)
-        .ok_or_else(|| CommandError::Storage(format!("DAG {dag} has no active version")))?;
+    let active = match version {
+        Some(v) => rec
+            .versions
+            .iter()
+            .find(|x| x.version == v)
+            .ok_or_else(|| CommandError::NotFound { what: format!("DAG {dag} version {v}") })?,
+        None => rec
+            .versions
+            .iter()
+            .find(|v| v.version == rec.active)
+            .ok_or_else(|| CommandError::Storage(format!("DAG {dag} has no active version")))?,
+    };
     if active.disabled {
         return Err(CommandError::conflict(
             "dag_version_disabled",
@@ -252,7 +325,9 @@ pub(crate) fn start(
         run_token: run_token.map(str::to_owned),
         steps,
         plugins,
+        parent,
     };
+    let version = created.version;
     let mut p = Planner::fresh(txn, ctx, c.clone(), created, tenant);
     for (i, s) in c.steps.iter().enumerate() {
         if s.needs.is_empty() {
@@ -261,7 +336,7 @@ pub(crate) fn start(
     }
     // Every step may have come from the cache: the run can end in its start.
     p.settle()?;
-    Ok(Effects { drafts: p.done(ctx), live: vec![], note: Some(json!({ "runId": id })) })
+    Ok(Effects { drafts: p.done(ctx), live: vec![], note: Some(json!({ "runId": id, "version": version })) })
 }
 
 /// The run `token` already started in `tenant`, if it did with the same inputs; a conflict if it
@@ -297,7 +372,7 @@ fn pinned_plugins(
     version: &crate::domain::runs::tables::DagVersion,
 ) -> Result<std::collections::BTreeMap<String, String>, CommandError> {
     let mut plugins = std::collections::BTreeMap::new();
-    for s in c.steps.iter().filter(|s| !spec::BUILTINS.contains(&s.plugin.as_str())) {
+    for s in c.steps.iter().filter(|s| s.runs_plugin()) {
         if let Some(pinned) = version.plugins.get(&s.plugin) {
             plugins.insert(s.plugin.clone(), pinned.clone());
             continue;
@@ -353,6 +428,16 @@ fn recover(
     step: Option<&str>,
 ) -> Result<Effects, CommandError> {
     let mut p = Planner::load(txn, ctx, tenant, run)?;
+    if let Some(parent) = p.run.parent.clone().filter(|_| action != Recovery::Abort) {
+        p.done(ctx);
+        return Err(CommandError::conflict(
+            "child_run",
+            format!(
+                "run {run} is the child run of {}'s step {}: recover it through its parent (stella orch run retry {} --step {}, or skip)",
+                parent.run_id, parent.step, parent.run_id, parent.step
+            ),
+        ));
+    }
     if p.run.status != RunStatus::Failed {
         let status = serde_json::to_value(p.run.status).expect("status").as_str().unwrap_or("?").to_owned();
         // Name what is in flight (an earlier retry's step, most often): wait for it.
@@ -371,7 +456,7 @@ fn recover(
         ));
     }
     if action == Recovery::Abort {
-        p.cancel_all(true, None)?;
+        p.cancel_all(ctx, true, None)?;
         return Ok(p.done(ctx).into());
     }
     let target = match step {
@@ -416,6 +501,9 @@ fn recover(
         steps: None,
     };
     p.emit(RunEvent::Resumed(resumed))?;
+    // A failed child run is settled through its parent: the retry starts a new child, the
+    // skip goes on without it; either way the old one is aborted.
+    p.abort_child(ctx, &target)?;
     match action {
         Recovery::Retry => p.retry_step(ctx, idx, "retry")?,
         Recovery::Skip => {
@@ -463,7 +551,12 @@ pub fn replay_dead_steps(
         let mut steps = Vec::new();
         for (j, step) in jobs {
             let rec = p.step(&step)?.clone();
-            let why = if p.run.status != RunStatus::Failed {
+            let why = if let Some(parent) = &p.run.parent {
+                Some(format!(
+                    "its run {run} is a child of {}: retry {}'s step {} instead",
+                    parent.run_id, parent.run_id, parent.step
+                ))
+            } else if p.run.status != RunStatus::Failed {
                 Some(format!("its run {run} is {}", status_name(p.run.status)))
             } else if rec.state != StepState::Failed {
                 Some(format!("step {run}/{step} has moved on (it is {})", status_name(rec.state)))
@@ -665,7 +758,7 @@ pub fn on_approval(txn: &WriteTransaction, ctx: &mut PlanCtx, res: &Resolution) 
             p.ended(ctx, idx, End::Failed { error: error.clone(), code: (*code).to_owned() })?
         }
         ApprovalOutcome::CancelRun => {
-            p.cancel_all(false, Some(&a.id))?;
+            p.cancel_all(ctx, false, Some(&a.id))?;
             return Ok(p.done(ctx));
         }
     }
@@ -687,4 +780,43 @@ fn step_of<'t>(
         return Ok(None);
     }
     Ok(Some((p, step.to_owned())))
+}
+
+/// The parents of the child runs this command ended: each parent's step ends as its child did
+/// (succeeded with the child's outputs, or failed with `orchestration.child.failed` naming the
+/// child's root-cause step), in this same transaction, so that no child ends while its
+/// parent's step still runs. A parent that ends in turn settles its own parent.
+pub fn follow_children(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Vec<Draft>, CommandError> {
+    let mut drafts = Vec::new();
+    while let Some(child) = super::planner::next_child_end(ctx) {
+        let mut c = Planner::load(txn, ctx, None, &child)?;
+        let Some(link) = c.run.parent.clone() else {
+            c.done(ctx);
+            continue;
+        };
+        let end = c.child_end()?;
+        let inputs_hash = c.run.inputs_hash.clone();
+        c.done(ctx);
+        let mut p = Planner::load(txn, ctx, None, &link.run_id)?;
+        let rec = p.step(&link.step)?;
+        // A parent that moved on (cancelled, or its step retried with a new child) ignores it.
+        if rec.state != StepState::Running || rec.child.as_deref() != Some(child.as_str()) || p.run.status.terminal() {
+            p.done(ctx);
+            continue;
+        }
+        let idx = p
+            .dag
+            .step(&link.step)
+            .map(|(i, _)| i)
+            .ok_or_else(|| CommandError::Storage(format!("step {} is not in its DAG", link.step)))?;
+        match end {
+            End::Succeeded(outputs) if p.dag.steps[idx].checkpoint.is_some() => {
+                p.checkpoint(ctx, idx, outputs, inputs_hash)?
+            }
+            end => p.ended(ctx, idx, end)?,
+        }
+        p.settle()?;
+        drafts.extend(p.done(ctx));
+    }
+    Ok(drafts)
 }

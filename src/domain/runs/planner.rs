@@ -25,8 +25,8 @@ use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::tables::StepState;
 use crate::domain::runs::transition::{self, RunState};
 use crate::domain::runs::{
-    RunCancelled, RunCreated, RunEvent, RunRef, StepCheckpoint, StepFailed, StepQueued, StepRef, StepSkipped,
-    StepSucceeded, StepWaiting,
+    RunCancelled, RunCreated, RunEvent, RunRef, StepCheckpoint, StepChild, StepFailed, StepQueued, StepRef,
+    StepSkipped, StepSucceeded, StepWaiting,
 };
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
@@ -51,6 +51,16 @@ struct Work {
     run: RunRecord,
     steps: HashMap<String, StepRecord>,
     waiting: Option<VecDeque<String>>,
+}
+
+/// The child runs this command ended, in order: their parents' steps end in the same command
+/// (`plan::follow_children`).
+#[derive(Default)]
+pub(super) struct ChildEnds(VecDeque<String>);
+
+/// The next child run this command ended whose parent has not been told.
+pub(super) fn next_child_end(ctx: &mut PlanCtx) -> Option<String> {
+    ctx.scratch.get::<ChildEnds>().0.pop_front()
 }
 
 /// How a step's last attempt ended it.
@@ -78,6 +88,8 @@ pub(super) struct Planner<'t> {
     pub(super) waiting: Option<VecDeque<String>>,
     /// Set while a manual retry queues a step: it runs again, whatever the cache holds.
     pub(super) bypass_cache: bool,
+    /// A child run that ended in this plan: its parent is told once the plan is done.
+    ended_child: bool,
 }
 
 impl<'t> Planner<'t> {
@@ -113,6 +125,7 @@ impl<'t> Planner<'t> {
                 drafts: vec![],
                 waiting,
                 bypass_cache: false,
+                ended_child: false,
             }));
         }
         let Some(run) = rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(storage)?, "runs", id)
@@ -131,6 +144,7 @@ impl<'t> Planner<'t> {
             drafts: vec![],
             waiting: None,
             bypass_cache: false,
+            ended_child: false,
         }))
     }
 
@@ -168,19 +182,26 @@ impl<'t> Planner<'t> {
             drafts: vec![draft],
             waiting: Some(VecDeque::new()),
             bypass_cache: false,
+            ended_child: false,
         }
     }
 
     /// Done with this run for now: its drafts; its working copy stays for the rest of the
     /// command.
     pub(super) fn done(self, ctx: &mut PlanCtx) -> Vec<Draft> {
-        let Planner { dag, run, steps, waiting, drafts, .. } = self;
+        let Planner { dag, run, steps, waiting, drafts, ended_child, .. } = self;
+        if ended_child {
+            ctx.scratch.get::<ChildEnds>().0.push_back(run.id.clone());
+        }
         ctx.scratch.get::<Working>().0.insert(run.id.clone(), Work { dag, run, steps, waiting });
         drafts
     }
 
     /// Records `event` and applies it to the working copy, as the projection will.
     pub(super) fn emit(&mut self, event: RunEvent) -> Result<(), CommandError> {
+        if event.run_end().is_some() && self.run.parent.is_some() {
+            self.ended_child = true;
+        }
         transition::evolve(self, &event, self.now)?;
         self.drafts.push(event.draft(&self.run.tenant, event.subjects()));
         Ok(())
@@ -244,6 +265,9 @@ impl<'t> Planner<'t> {
     pub(super) fn enqueue(&mut self, ctx: &mut PlanCtx, idx: usize) -> Result<(), CommandError> {
         let s = self.dag.steps[idx].clone();
         let inputs = self.resolve(&s.inputs)?;
+        if let Some(o) = &s.orchestration {
+            return self.start_child(ctx, idx, o, inputs);
+        }
         // A cached step (never a checkpoint's: an approval is not a result) is looked up first;
         // a live entry completes it without running it. A manual retry runs it again.
         let mut cached = None;
@@ -290,6 +314,143 @@ impl<'t> Planner<'t> {
         let job_id = job.id.clone();
         self.drafts.push(QueueEvent::Enqueued(job).draft(&self.run.tenant, vec![job_id.clone()]));
         self.emit(RunEvent::StepQueued(StepQueued { run_id: self.run.id.clone(), step: s.name, job_id, cache: cached }))
+    }
+
+    /// A sub-orchestration step's turn: it starts its child run with `inputs`, or fails with
+    /// the reason the child cannot start (an unknown or disabled DAG, a cycle, a bound).
+    fn start_child(
+        &mut self,
+        ctx: &mut PlanCtx,
+        idx: usize,
+        o: &spec::SubOrchestration,
+        inputs: Value,
+    ) -> Result<(), CommandError> {
+        let name = self.dag.steps[idx].name.clone();
+        let fail = |code: &str, error: String| End::Failed { error, code: code.to_owned() };
+        let limit = |ctx: &PlanCtx, key: &str| crate::domain::queue::plan::runtime_u64(self.txn, ctx, key);
+        let (max_depth, max_children) =
+            (limit(ctx, "orchestrations.max_depth")?, limit(ctx, "orchestrations.max_children")?);
+        let depth = self.run.parent.as_ref().map_or(0, |p| p.depth) + 1;
+        if u64::from(depth) > max_depth {
+            let error = format!(
+                "a child run of DAG {} here would be {depth} deep; orchestrations.max_depth is {max_depth} (stella orch config set orchestrations.max_depth N)",
+                o.dag
+            );
+            return self.ended(ctx, idx, fail("orchestration.depth_exceeded", error));
+        }
+        let mut chain = self.ancestors();
+        if chain.contains(&o.dag) {
+            chain.push(o.dag.clone());
+            let error = format!("DAG cycle: {} (a run cannot start its own ancestor's DAG)", chain.join(" -> "));
+            return self.ended(ctx, idx, fail("orchestration.cycle", error));
+        }
+        let mut in_flight = 0u64;
+        for other in self.dag.clone().steps.iter().filter(|t| t.orchestration.is_some() && t.name != name) {
+            if self.step(&other.name)?.state == StepState::Running {
+                in_flight += 1;
+            }
+        }
+        if in_flight >= max_children {
+            let error = format!(
+                "run {} already has {in_flight} child runs in flight; orchestrations.max_children is {max_children} (lower maxParallelSteps, or stella orch config set orchestrations.max_children N)",
+                self.run.id
+            );
+            return self.ended(ctx, idx, fail("orchestration.fanout_exceeded", error));
+        }
+        let link = crate::domain::runs::ParentLink {
+            run_id: self.run.id.clone(),
+            step: name.clone(),
+            depth,
+            started_by: self.run.created_by.clone(),
+            lineage: self.ancestors(),
+        };
+        let given = inputs.as_object().cloned().unwrap_or_default();
+        let tenant = self.run.tenant.clone();
+        match super::plan::start_child(self.txn, ctx, &tenant, &o.dag, o.version, &given, link) {
+            Ok((child, version, drafts)) => {
+                self.drafts.extend(drafts);
+                let started = StepChild {
+                    run_id: self.run.id.clone(),
+                    step: name,
+                    child_run_id: child,
+                    dag: o.dag.clone(),
+                    version,
+                };
+                self.emit(RunEvent::StepChild(started))
+            }
+            Err(CommandError::NotFound { what }) => {
+                let error = format!("child {what} is not registered (stella orch dag list)");
+                self.ended(ctx, idx, fail("orchestration.child.not_found", error))
+            }
+            Err(CommandError::Conflict { code: "dag_version_disabled", detail }) => {
+                let error = format!("child {detail}: enable it (stella orch dag enable {}) and retry", o.dag);
+                self.ended(ctx, idx, fail("orchestration.child.disabled", error))
+            }
+            Err(e @ (CommandError::Conflict { .. } | CommandError::Invalid { .. })) => {
+                let error = format!("child run of DAG {} cannot start: {e} ({})", o.dag, e.code());
+                self.ended(ctx, idx, fail("orchestration.child.refused", error))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The DAGs of this run and the runs above it, top-level run first.
+    fn ancestors(&self) -> Vec<String> {
+        let mut chain = self.run.parent.as_ref().map(|p| p.lineage.clone()).unwrap_or_default();
+        chain.push(self.run.dag.clone());
+        chain
+    }
+
+    /// How this (ended) child run ends its parent's step: succeeded with the outputs of its
+    /// last steps (those nothing needs, merged in order) and its id as `childRunId`; failed
+    /// naming its root-cause step and error; cancelled.
+    pub(super) fn child_end(&mut self) -> Result<End, CommandError> {
+        let (id, dag, version) = (self.run.id.clone(), self.run.dag.clone(), self.run.version);
+        Ok(match self.run.status {
+            RunStatus::Succeeded => {
+                let mut outputs = Map::new();
+                for s in self.dag.clone().steps.iter().filter(|s| s.dependants.is_empty()) {
+                    if let Value::Object(o) = &self.step(&s.name)?.outputs {
+                        outputs.extend(o.clone());
+                    }
+                }
+                outputs.insert("childRunId".into(), json!(id));
+                End::Succeeded(Value::Object(outputs))
+            }
+            RunStatus::Failed => {
+                let cause = match self.last_failed()? {
+                    Some(step) => {
+                        let rec = self.step(&step)?;
+                        format!(
+                            "at step {step}: {} ({})",
+                            rec.error.clone().unwrap_or_default(),
+                            rec.error_code.clone().unwrap_or_default()
+                        )
+                    }
+                    None => "without a failed step".to_owned(),
+                };
+                End::Failed {
+                    error: format!("child run {id} (DAG {dag}@{version}) failed {cause}"),
+                    code: "orchestration.child.failed".to_owned(),
+                }
+            }
+            _ => End::Failed {
+                error: format!("child run {id} (DAG {dag}@{version}) was cancelled"),
+                code: "orchestration.child.cancelled".to_owned(),
+            },
+        })
+    }
+
+    /// The failed child run of step `name`, if it has one, is aborted (its parent's step is
+    /// retried with a new child, skipped, or its run aborted).
+    pub(super) fn abort_child(&mut self, ctx: &mut PlanCtx, name: &str) -> Result<(), CommandError> {
+        let Some(child) = self.step(name)?.child.clone() else { return Ok(()) };
+        let mut c = Planner::load(self.txn, ctx, None, &child)?;
+        if c.run.status == RunStatus::Failed {
+            c.cancel_all(ctx, true, None)?;
+        }
+        self.drafts.extend(c.done(ctx));
+        Ok(())
     }
 
     /// Queues a failed step again (a new job); its dead job, if in the dead-letter queue, leaves it.
@@ -511,14 +672,28 @@ impl<'t> Planner<'t> {
     /// Cancels every unfinished step (and the job of a queued or running one, and the approval
     /// a checkpoint waits for — but `decided`, which this command settles), then the run.
     /// Failed steps stay failed.
-    pub(super) fn cancel_all(&mut self, aborted: bool, decided: Option<&str>) -> Result<(), CommandError> {
+    pub(super) fn cancel_all(
+        &mut self,
+        ctx: &mut PlanCtx,
+        aborted: bool,
+        decided: Option<&str>,
+    ) -> Result<(), CommandError> {
         for name in self.dag.clone().steps.iter().map(|s| &s.name) {
             let rec = self.step(name)?.clone();
             if rec.state == StepState::Failed {
                 self.resolve_dead(name, if aborted { "abort" } else { "cancel" }, None)?;
+                self.abort_child(ctx, name)?;
             }
             if rec.state.terminal() {
                 continue;
+            }
+            // A child run in flight is cancelled with its parent (and its own children).
+            if let Some(child) = rec.child.as_ref().filter(|_| rec.state == StepState::Running) {
+                let mut c = Planner::load(self.txn, ctx, None, child)?;
+                if !c.run.status.terminal() {
+                    c.cancel_all(ctx, aborted, None)?;
+                }
+                self.drafts.extend(c.done(ctx));
             }
             if let Some(id) =
                 rec.approval.as_deref().filter(|id| rec.state == StepState::CheckpointPending && Some(*id) != decided)

@@ -65,6 +65,8 @@ pub struct InputSpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
+    /// The plugin (or built-in) that runs the step; empty for a sub-orchestration step.
+    #[serde(default)]
     pub plugin: String,
     /// Which of the plugin's step kinds to run (needed when it declares several).
     #[serde(default)]
@@ -88,9 +90,11 @@ pub struct StepSpec {
     /// Who approves a checkpoint and what its timeout does (only with `checkpoint_after`).
     #[serde(default)]
     pub approval: Option<ApprovalSpec>,
-    /// Sub-orchestration: in the model, not available yet.
+    /// Sub-orchestration: the step starts a child run of this DAG (`"child"`, or
+    /// `{ dag = "child", version = 2 }` to pin a version) with the step's `inputs` as the
+    /// child's inputs, and ends as the child ends.
     #[serde(default)]
-    pub orchestration: Option<String>,
+    pub orchestration: Option<OrchestrationSpec>,
     /// Result caching: `cache = { ttl = "1h" }` (or `{ enabled = false }` to opt out of the
     /// DAG's `[execution.caching]`).
     #[serde(default)]
@@ -107,6 +111,18 @@ pub struct StepSpec {
     /// name one (`release::plan::guard_agent_steps`).
     #[serde(default)]
     pub agent: Option<String>,
+}
+
+/// A sub-orchestration's DAG: its name, or a table with the name and a pinned version.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum OrchestrationSpec {
+    Name(String),
+    Pinned {
+        dag: String,
+        #[serde(default)]
+        version: Option<u32>,
+    },
 }
 
 /// `[steps.<name>.approval]`: approvers needed, whether the run's starter may be one, and
@@ -171,6 +187,37 @@ pub struct CompiledStep {
     /// `checkpoint_after = true`: the approval the step waits for once it succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
+    /// A sub-orchestration step: the DAG (and version) of the child run it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orchestration: Option<SubOrchestration>,
+}
+
+impl CompiledStep {
+    /// Whether the step runs an installed plugin (not a built-in, not a child run): the plugins
+    /// a run pins.
+    pub fn runs_plugin(&self) -> bool {
+        self.orchestration.is_none() && !BUILTINS.contains(&self.plugin.as_str())
+    }
+}
+
+/// The child run a sub-orchestration step starts: DAG `dag`, at `version` or its active one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubOrchestration {
+    pub dag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+impl Compiled {
+    /// The DAGs this one's sub-orchestration steps start, each once.
+    pub fn children(&self) -> Vec<&str> {
+        let mut out: Vec<&str> =
+            self.steps.iter().filter_map(|s| s.orchestration.as_ref()).map(|o| o.dag.as_str()).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
 
 /// Approvers a checkpoint needs at most.
@@ -317,16 +364,15 @@ fn compile_step(
     if !valid_name(name) {
         return Err(SpecError::at(&place, "name must be 1-64 of a-z, 0-9, '-', '_'".to_owned()));
     }
-    for (field, set) in [("orchestration", s.orchestration.is_some())] {
-        if set {
-            return Err(SpecError::at(&place, format!("{field} is not available yet")));
-        }
+    let orchestration = sub_orchestration(spec, &place, s)?;
+    if orchestration.is_none() && s.plugin.is_empty() {
+        return Err(SpecError::at(&place, "needs a plugin (or an orchestration to start a child run)".to_owned()));
     }
     let builtin = BUILTINS.contains(&s.plugin.as_str());
     if builtin && s.kind.is_some() {
         return Err(SpecError::at(&place, format!("kind is for plugins; the built-in {:?} has none", s.plugin)));
     }
-    if let Some(plugins) = plugins.filter(|_| !builtin) {
+    if let Some(plugins) = plugins.filter(|_| !builtin && orchestration.is_none()) {
         let Some((_, kinds)) = plugins.iter().find(|(n, _)| *n == s.plugin) else {
             let mut known: Vec<&str> = BUILTINS.to_vec();
             known.extend(plugins.iter().map(|(n, _)| n.as_str()));
@@ -378,8 +424,49 @@ fn compile_step(
         locks: s.locks.clone(),
         agent: s.agent.clone(),
         checkpoint: checkpoint(&place, s)?,
-        cache_ttl_ms: cache_ttl(spec, &place, s)?,
+        cache_ttl_ms: if orchestration.is_some() { None } else { cache_ttl(spec, &place, s)? },
+        orchestration,
     })
+}
+
+/// A sub-orchestration step's child DAG. The fields of a job (plugin, kind, retries, backoff,
+/// timeout, priority, secrets, locks, agent, cache) are not for it: the child's steps have
+/// their own.
+fn sub_orchestration(spec: &DagSpec, place: &str, s: &StepSpec) -> Result<Option<SubOrchestration>, SpecError> {
+    let Some(o) = &s.orchestration else { return Ok(None) };
+    let (dag, version) = match o {
+        OrchestrationSpec::Name(d) => (d.clone(), None),
+        OrchestrationSpec::Pinned { dag, version } => (dag.clone(), *version),
+    };
+    let at = format!("{place}: orchestration");
+    if !valid_name(&dag) {
+        return Err(SpecError::at(&at, format!("DAG name {dag:?} must be 1-64 of a-z, 0-9, '-', '_'")));
+    }
+    if dag == spec.name {
+        return Err(SpecError::at(&at, format!("DAG {dag} cannot start itself (cycle: {dag} -> {dag})")));
+    }
+    if version == Some(0) {
+        return Err(SpecError::at(&at, "version must be 1 or more".to_owned()));
+    }
+    let job_fields = [
+        ("plugin", !s.plugin.is_empty()),
+        ("kind", s.kind.is_some()),
+        ("retries", s.retries > 0),
+        ("backoff", s.backoff.is_some()),
+        ("timeout", s.timeout.is_some()),
+        ("priority", s.priority.is_some()),
+        ("secrets", !s.secrets.is_empty()),
+        ("locks", !s.locks.is_empty()),
+        ("agent", s.agent.is_some()),
+        ("cache", s.cache.is_some()),
+    ];
+    if let Some((field, _)) = job_fields.iter().find(|(_, set)| *set) {
+        return Err(SpecError::at(
+            place,
+            format!("{field} is not for a sub-orchestration step (the child DAG's steps set their own)"),
+        ));
+    }
+    Ok(Some(SubOrchestration { dag, version }))
 }
 
 /// The step's cache TTL: its own `cache`, else the DAG's `[execution.caching]`; none if off.
@@ -612,7 +699,14 @@ needs = ["b", "c"]
             ),
             (DIAMOND.replace("${inputs.target}", "${inputs.nope}"), "step a: input env: reference ${inputs.nope}"),
             (DIAMOND.replace("maxParallelSteps = 2", "maxParallelSteps = 0"), "maxParallelSteps: must be at least 1"),
-            (DIAMOND.replace("retries = 2", "orchestration = \"child\""), "step c: orchestration is not available yet"),
+            (
+                DIAMOND.replace("retries = 2", "orchestration = \"child\""),
+                "step c: plugin is not for a sub-orchestration step",
+            ),
+            (
+                DIAMOND.replace("plugin = \"noop\"\n", "orchestration = \"diamond\"\n"),
+                "orchestration: DAG diamond cannot start itself",
+            ),
             (DIAMOND.replace("retries = 2", "cache = { ttl = \"never\" }"), "step c: cache.ttl: invalid duration"),
             (
                 DIAMOND.replace("retries = 2", "approval = { approvers = 2 }"),

@@ -101,6 +101,9 @@ pub struct RunRecord {
     /// Steps in `checkpoint_pending`: the run does not settle while one waits.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub checkpoints: u32,
+    /// A child run: the parent run's step that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::domain::runs::ParentLink>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -139,6 +142,9 @@ pub struct StepRecord {
     /// Its latest cache lookup (`cache`): hit or miss, key, a hit's entry age and hit count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::domain::cache::StepCache>,
+    /// A sub-orchestration step's latest child run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
 }
 
 /// One attempt of a step, as the trace shows it.
@@ -179,6 +185,7 @@ impl StepRecord {
             history: vec![],
             approval: None,
             cache: None,
+            child: None,
         }
     }
 

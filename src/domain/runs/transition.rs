@@ -36,13 +36,15 @@ pub fn created(e: &RunCreated, tenant: &str, time: i64, actor: &str) -> (RunReco
         plugins: e.plugins.clone(),
         status: RunStatus::Planning,
         created_ms: time,
-        created_by: actor.to_owned(),
+        // A child run is its top-level run's starter's: the requester rule of its approvals.
+        created_by: e.parent.as_ref().map_or(actor, |p| p.started_by.as_str()).to_owned(),
         finished_ms: None,
         active: 0,
         steps: e.steps.len() as u32,
         terminal: 0,
         failed: 0,
         checkpoints: 0,
+        parent: e.parent.clone(),
     };
     let steps = e
         .steps
@@ -72,26 +74,31 @@ pub fn evolve<S: RunState>(state: &mut S, event: &RunEvent, time: i64) -> Result
             state.wait(&e.step)?;
         }
         RunEvent::StepQueued(e) => {
-            state.unwait(&e.step)?;
-            let rec = state.step(&e.step)?;
-            let was_failed = rec.state == StepState::Failed;
-            rec.state = StepState::Queued;
-            rec.wait = None;
+            let rec = take_up(state, &e.step, StepState::Queued, time)?;
             rec.job = Some(e.job_id.clone());
-            rec.queued_ms = Some(time);
-            rec.finished_ms = None;
             rec.cache.clone_from(&e.cache);
-            // A new attempt: its checkpoint, if it has one, asks anew.
-            rec.approval = None;
-            let run = state.run();
-            if was_failed {
-                take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
-                take_one(&mut run.failed, || format!("run {} failed steps", run.id));
+        }
+        RunEvent::StepChild(e) => {
+            // The child run is the step's attempt: it runs (holding a slot) until the child ends.
+            let rec = take_up(state, &e.step, StepState::Running, time)?;
+            rec.job = None;
+            rec.cache = None;
+            rec.child = Some(e.child_run_id.clone());
+            rec.worker = Some(format!("child {}", e.child_run_id));
+            rec.attempts += 1;
+            rec.started_ms = Some(time);
+            if rec.history.len() >= StepRecord::HISTORY_MAX {
+                rec.history.remove(0);
             }
-            run.active += 1;
-            if run.status == RunStatus::Planning {
-                run.status = RunStatus::Running;
-            }
+            rec.history.push(AttemptRecord {
+                attempt: rec.attempts,
+                worker: format!("child {}", e.child_run_id),
+                started_ms: time,
+                finished_ms: None,
+                outcome: None,
+                error_code: None,
+                error: None,
+            });
         }
         RunEvent::StepStarted(e) => {
             let rec = state.step(&e.step)?;
@@ -155,7 +162,12 @@ pub fn evolve<S: RunState>(state: &mut S, event: &RunEvent, time: i64) -> Result
             release(state, &e.dependants)?;
         }
         RunEvent::StepFailed(e) => {
+            // A step may fail before it is queued (a child run that cannot start), while it
+            // waits for a slot, or on a retry of a failed step.
+            state.unwait(&e.step)?;
             let rec = state.step(&e.step)?;
+            let was_failed = rec.state == StepState::Failed;
+            rec.wait = None;
             if rec.state == StepState::CheckpointPending {
                 // Rejected outputs are not passed on.
                 rec.outputs = serde_json::Value::Null;
@@ -163,8 +175,12 @@ pub fn evolve<S: RunState>(state: &mut S, event: &RunEvent, time: i64) -> Result
             rec.end_attempt("failed", time, e.error.as_deref(), e.error_code.as_deref());
             rec.error.clone_from(&e.error);
             rec.error_code.clone_from(&e.error_code);
-            finish(state, &e.step, StepState::Failed, time)?;
-            state.run().failed += 1;
+            if was_failed {
+                rec.finished_ms = Some(time);
+            } else {
+                finish(state, &e.step, StepState::Failed, time)?;
+                state.run().failed += 1;
+            }
         }
         RunEvent::StepSkipped(e) => {
             let rec = state.step(&e.step)?;
@@ -197,6 +213,36 @@ impl RunEvent {
         use crate::kernel::event::Event;
         self.kind().trim_start_matches("step.")
     }
+}
+
+/// A step's new attempt: it leaves the slot queue and takes a slot (`to`: queued, or running
+/// for a child run); a failed step being retried no longer counts as finished.
+fn take_up<'s, S: RunState>(
+    state: &'s mut S,
+    name: &str,
+    to: StepState,
+    time: i64,
+) -> Result<&'s mut StepRecord, S::Error> {
+    state.unwait(name)?;
+    let rec = state.step(name)?;
+    let was_failed = rec.state == StepState::Failed;
+    let run = state.run();
+    if was_failed {
+        take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
+        take_one(&mut run.failed, || format!("run {} failed steps", run.id));
+    }
+    run.active += 1;
+    if run.status == RunStatus::Planning {
+        run.status = RunStatus::Running;
+    }
+    let rec = state.step(name)?;
+    rec.state = to;
+    rec.wait = None;
+    rec.queued_ms = Some(time);
+    rec.finished_ms = None;
+    // A new attempt: its checkpoint, if it has one, asks anew.
+    rec.approval = None;
+    Ok(rec)
 }
 
 /// A step reached a final `state`: it no longer holds a slot, and the run counts it finished.
