@@ -43,8 +43,27 @@ pub(crate) fn run_text(v: &dto::Run, verbose: bool) -> String {
         v.created_at,
         v.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default()
     );
+    if let Some(p) = &v.parent {
+        let field = |k: &str| field_text(p, k);
+        out.push_str(&format!("child run of {}, step {} (depth {})\n", field("runId"), field("step"), field("depth")));
+    }
     for w in &v.waiting_on {
         out.push_str(&format!("waiting on {w}\n"));
+    }
+    for st in v.steps.iter().filter(|st| st.state != "running") {
+        let Some(child) = st.runtime.as_ref().and_then(|r| r.get("subOrchestration")) else { continue };
+        let field = |k: &str| field_text(child, k);
+        out.push_str(&format!(
+            "step {}: child run {} (DAG {} v{}) {}\n",
+            st.name,
+            field("childRunId"),
+            field("dag"),
+            field("version"),
+            field("status")
+        ));
+    }
+    for st in v.steps.iter().filter(|st| st.state == "failed" && !verbose) {
+        out.push_str(&format!("step {} failed: {} ({})\n", st.name, opt(&st.error), opt(&st.error_code)));
     }
     out.push_str(&format!(
         "inputs: {} (sha256 {})\n",
@@ -79,6 +98,11 @@ pub(crate) fn run_text(v: &dto::Run, verbose: bool) -> String {
         out.push_str(&attempts_text(v));
     }
     out
+}
+
+/// A JSON object's field as text: a string as is, anything else as JSON, absent as empty.
+fn field_text(v: &Value, key: &str) -> String {
+    v.get(key).map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned)).unwrap_or_default()
 }
 
 /// Each step's latest attempts, as a table after a blank line and `attempts:`; empty if none.

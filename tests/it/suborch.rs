@@ -298,6 +298,11 @@ async fn after_kill_9_past_a_childs_end_the_parent_goes_on_and_the_store_verifie
     let alias: Value = c.get(&format!("/api/orchestrations/{id}")).await.unwrap().json().unwrap();
     let sub = alias["steps"].as_array().unwrap().iter().find(|s| s["name"] == "sub").unwrap().clone();
     assert_eq!(sub["runtime"]["subOrchestration"]["childRunId"], child.as_str());
+    // So does the operator's status: the parent names its child, the child its parent.
+    let parent_text = stdout(&app.stella(&["orch", "run", "status", &id]));
+    assert!(parent_text.contains(&format!("step sub: child run {child} (DAG child v1) succeeded")), "{parent_text}");
+    let child_text = stdout(&app.stella(&["orch", "run", "status", &child]));
+    assert!(child_text.contains(&format!("child run of {id}, step sub (depth 1)")), "{child_text}");
     let v = app.stella(&["orch", "db", "verify"]);
     assert!(v.status.success(), "db verify after kill -9: {}{}", stdout(&v), stderr(&v));
 }
