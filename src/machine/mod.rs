@@ -78,6 +78,7 @@ pub const PROJECTIONS: &[TableDefinition<&str, &[u8]>] = &[
     approvals::tables::APPROVALS,
     cache::tables::CACHE,
     cache::tables::CACHE_ORDER,
+    cache::tables::CACHE_FLIGHTS,
 ];
 
 impl Machine for Stella {
@@ -155,9 +156,17 @@ impl Machine for Stella {
             Command::Cache(c) => cache::plan::plan(c, txn, ctx).map(Effects::from),
             Command::Tick => timers::tick(txn, ctx),
         }?;
-        // A child run that ended ends its parent's step in this transaction.
-        let children = runs::plan::follow_children(txn, ctx)?;
-        effects.drafts.extend(children);
+        // A child run that ended ends its parent's step, and a cached step's flight that ended
+        // wakes the steps waiting for its key, in this transaction (each may lead to the other).
+        loop {
+            let children = runs::plan::follow_children(txn, ctx)?;
+            let woken = runs::plan::follow_cache(txn, ctx)?;
+            if children.is_empty() && woken.is_empty() {
+                break;
+            }
+            effects.drafts.extend(children);
+            effects.drafts.extend(woken);
+        }
         // A deployment follows its run: whatever moved the run (a step's outcome, a lease
         // expiry, a cancel) moves the deployment in the same transaction.
         release::follow(txn, &mut effects.drafts)?;

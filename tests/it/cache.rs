@@ -1,6 +1,7 @@
 //! Step result caching (runbook 004 §5): a hit completes the step without spawning its plugin;
 //! a changed input misses and `orch cache explain` names it; an expired entry misses (virtual
-//! time); a retry runs again; entries are the tenant's own; purge.
+//! time); a retry runs again; entries are the tenant's own; purge; one computation per key at a
+//! time (a second run with the same key waits for the first).
 
 use crate::engine_model::{complete, fail_as, lease, register, run, start, step, verify};
 use crate::support::*;
@@ -113,6 +114,82 @@ fn a_manual_retry_runs_the_step_again_and_purge_empties_the_cache() {
     verify(&d);
 }
 
+/// Two runs that miss one key together compute it once: the second run's step waits, holding
+/// its slot, and hits the entry in the commit that stores it; its own next step then waits for
+/// the first run's. `db verify` replays the flights.
+#[test]
+fn two_runs_with_one_key_compute_it_once_and_the_second_hits_in_the_same_commit() {
+    let d = Direct::new();
+    register(&d, CACHED);
+    let first = start(&d, "cached", json!({}), None).unwrap();
+    let second = start(&d, "cached", json!({}), None).unwrap();
+    let waiter = step(&d, &second, "a");
+    assert_eq!((waiter.state, waiter.job.as_ref()), (StepState::Queued, None), "{waiter:?}");
+    let why = waiter.wait.clone().unwrap();
+    assert!(why.contains(&format!("waiting for {first}/a to compute its cached result")), "{why}");
+    assert_eq!(waiter.cache.unwrap().waiting_for.as_deref(), Some(format!("{first}/a").as_str()));
+    assert_eq!(run(&d, &second).active, 1, "a waiter holds its slot");
+    let jobs = lease(&d);
+    assert_eq!(jobs.len(), 1, "only the first run's a runs: {jobs:?}");
+    let (job, token, _, _) = jobs.into_iter().next().unwrap();
+    let c = complete(&d, &job, token, json!({ "n": 5 })).unwrap();
+    let done: Vec<(String, String)> = c
+        .entries
+        .iter()
+        .filter(|e| e.kind.starts_with("cache.") || e.kind == "step.succeeded")
+        .map(|e| (e.kind.clone(), e.subjects.join(" ")))
+        .collect();
+    assert!(
+        done.iter().any(|(k, s)| k == "cache.hit" && s.starts_with(&format!("{second} a"))),
+        "the waiter hits in the storing commit: {done:?}"
+    );
+    let a2 = step(&d, &second, "a");
+    assert_eq!((a2.state, a2.outputs.clone()), (StepState::Succeeded, json!({ "n": 5 })));
+    assert!(a2.cache.unwrap().hit);
+    // b: the first run computes it, the second waits again.
+    assert_eq!(step(&d, &second, "b").cache.unwrap().waiting_for, Some(format!("{first}/b")));
+    assert_eq!(drain(&d, 6), 1, "b is computed once too");
+    for id in [&first, &second] {
+        assert_eq!(run(&d, id).status, RunStatus::Succeeded, "{id}");
+        assert_eq!(step(&d, id, "b").outputs, json!({ "n": 6 }));
+    }
+    assert_eq!(run(&d, &second).active, 0);
+    verify(&d);
+}
+
+/// A computation that fails or is cancelled stores nothing: its key is released and the step
+/// waiting for it computes it itself (no waiter is left behind).
+#[test]
+fn a_failed_or_cancelled_computation_hands_the_key_to_a_waiter() {
+    let d = Direct::new();
+    register(&d, CACHED);
+    let first = start(&d, "cached", json!({}), None).unwrap();
+    let second = start(&d, "cached", json!({}), None).unwrap();
+    let third = start(&d, "cached", json!({}), None).unwrap();
+    let (job, token, _, _) = lease(&d).remove(0);
+    fail_as(&d, &job, token, false);
+    assert_eq!(run(&d, &first).status, RunStatus::Failed);
+    // The second run computes a now; the third waits for it.
+    assert_eq!(step(&d, &second, "a").cache.unwrap().waiting_for, None);
+    assert_eq!(step(&d, &third, "a").cache.unwrap().waiting_for, Some(format!("{second}/a")));
+    assert_eq!(lease(&d).len(), 1, "one computation of a at a time");
+    d.submit(Command::Run(RunCommand::Cancel { tenant: None, run: second.clone() })).unwrap();
+    // Cancelled: the third run computes it.
+    let a3 = step(&d, &third, "a");
+    assert_eq!((a3.state, a3.cache.unwrap().waiting_for), (StepState::Queued, None));
+    assert_eq!(drain(&d, 3), 2, "the third run computes a and b");
+    assert_eq!(run(&d, &third).status, RunStatus::Succeeded);
+    // A cancelled waiter is passed over when the key is freed.
+    let fourth = start(&d, "cached", json!({ "v": "9" }), None).unwrap();
+    let fifth = start(&d, "cached", json!({ "v": "9" }), None).unwrap();
+    d.submit(Command::Run(RunCommand::Cancel { tenant: None, run: fifth.clone() })).unwrap();
+    assert_eq!(drain(&d, 4), 2);
+    assert_eq!(run(&d, &fourth).status, RunStatus::Succeeded);
+    assert_eq!(run(&d, &fifth).status, RunStatus::Cancelled);
+    assert_eq!(run(&d, &fifth).active, 0);
+    verify(&d);
+}
+
 /// Over the API with a real plugin process: the rerun spawns nothing (the plugin counts its
 /// runs in a file), `explain` names the changed input, and another tenant neither sees the
 /// entries nor hits them.
@@ -158,6 +235,42 @@ async fn a_cached_rerun_spawns_no_plugin_and_explain_names_the_changed_input() {
     assert!(listed["entries"].as_array().unwrap().iter().all(|e| e["tenant"] == "acme"), "{listed}");
     let purge = app.stella(&["orch", "cache", "purge", "--dag", "cached"]);
     assert!(stdout(&purge).contains("purged"), "{}", stdout(&purge));
+    let v = app.stella(&["orch", "db", "verify"]);
+    assert!(v.status.success(), "{}", stdout(&v));
+}
+
+/// Over the API, with a real plugin process that blocks until it is let go: a second run with
+/// the same key says what it waits for (`runtime.cache.waitingFor`, `orch run status`), and once
+/// the first computation ends both runs succeed with one plugin process spawned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_over_the_api_spawn_one_plugin_process_per_key() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let (counter, go) = (app.root().join("spawns"), app.root().join("go"));
+    let script = format!(
+        "echo x >> {}\nwhile [ ! -e {} ]; do sleep 0.02; done\necho '{{\"event\":\"result\",\"outputs\":{{\"n\":1}}}}'",
+        counter.display(),
+        go.display()
+    );
+    script_plugin_with(&app, &c, "slow", "", &script).await;
+    let spec = CACHED.replace("plugin = \"noop\"\ninputs = { v", "plugin = \"slow\"\ninputs = { v");
+    api_post(&c, "/dags", json!({ "spec": spec })).await;
+    let spawns = || std::fs::read_to_string(&counter).map_or(0, |t| t.lines().count());
+    let first = api_post(&c, "/runs", json!({ "dag": "cached" })).await["id"].as_str().unwrap().to_owned();
+    let second = api_post(&c, "/runs", json!({ "dag": "cached" })).await;
+    let a = second["steps"].as_array().unwrap().iter().find(|s| s["name"] == "a").unwrap().clone();
+    assert_eq!(a["runtime"]["cache"]["waitingFor"], format!("{first}/a"), "{a}");
+    assert!(a["waitReason"].as_str().unwrap().contains(&format!("waiting for {first}/a")), "{a}");
+    let second = second["id"].as_str().unwrap().to_owned();
+    let status = stdout(&app.stella(&["orch", "run", "status", &second]));
+    assert!(status.contains(&format!("waiting for {first}/a to compute its cached result")), "{status}");
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(wait_end(&c, &first).await["status"], "succeeded");
+    let end = wait_end(&c, &second).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    let a = end["steps"].as_array().unwrap().iter().find(|s| s["name"] == "a").unwrap().clone();
+    assert_eq!((a["runtime"]["cache"]["hit"].as_bool(), a["outputs"]["n"].as_i64()), (Some(true), Some(1)), "{a}");
+    assert_eq!(spawns(), 1, "one plugin process for the two runs' step a");
     let v = app.stella(&["orch", "db", "verify"]);
     assert!(v.status.success(), "{}", stdout(&v));
 }

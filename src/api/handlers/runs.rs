@@ -281,7 +281,8 @@ fn wait_reason(
         }
         StepState::Queued => {
             let Some(job) = step.job.as_ref().map(|j| read::job(txn, j)).transpose()?.flatten() else {
-                return Ok(Some("queued".into()));
+                // A cached step waiting for the step that computes its key says which.
+                return Ok(Some(step.wait.clone().unwrap_or_else(|| "queued".into())));
             };
             let queue =
                 read::queues(txn)?.into_iter().find(|(t, _)| *t == job.job_type).map(|(_, q)| q).unwrap_or_default();

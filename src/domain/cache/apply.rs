@@ -1,8 +1,9 @@
-//! The projection of cache entries: the entries, their storing order, and the counters (hits,
-//! misses, entries, bytes).
+//! The projection of cache entries: the entries, their storing order, the flights of keys being
+//! computed with their waiters, and the counters (hits, misses, entries, bytes).
 
 use crate::domain::cache::CacheEvent;
-use crate::domain::cache::tables::{CACHE, CACHE_ORDER, CacheEntry};
+use crate::domain::cache::CacheHit;
+use crate::domain::cache::tables::{CACHE, CACHE_FLIGHTS, CACHE_ORDER, CacheEntry, Flight};
 use crate::kernel::counters::COUNTERS;
 use crate::kernel::ledger::Entry;
 use crate::kernel::{ApplyError, Tx, counters};
@@ -25,9 +26,22 @@ fn remove(tx: &Tx, key: &str) -> Result<bool, ApplyError> {
     Ok(true)
 }
 
+fn holder(at: &CacheHit) -> String {
+    format!("{}/{}", at.run_id, at.step)
+}
+
+/// The flight of `at.key` ends if `at` holds it.
+fn land(tx: &Tx, at: &CacheHit) -> Result<(), ApplyError> {
+    if tx.get::<Flight>(CACHE_FLIGHTS, &at.key)?.is_some_and(|f| f.holder == holder(at)) {
+        tx.remove(CACHE_FLIGHTS, &at.key)?;
+    }
+    Ok(())
+}
+
 pub fn apply(tx: &Tx, entry: &Entry, event: CacheEvent) -> Result<(), ApplyError> {
     match event {
         CacheEvent::Stored(e) => {
+            land(tx, &CacheHit { key: e.key.clone(), run_id: e.run_id.clone(), step: e.step.clone() })?;
             remove(tx, &e.key)?;
             let bytes = serde_json::to_vec(&e.outputs).map_or(0, |v| v.len() as u64);
             let rec = CacheEntry {
@@ -57,7 +71,19 @@ pub fn apply(tx: &Tx, entry: &Entry, event: CacheEvent) -> Result<(), ApplyError
             counters::increment(tx, "cache:hits")?;
             tx.put(CACHE, &e.key, rec)
         }
-        CacheEvent::Missed(_) => counters::increment(tx, "cache:misses"),
+        CacheEvent::Missed(e) => {
+            tx.put(CACHE_FLIGHTS, &e.key, Flight { holder: holder(&e), waiters: vec![] })?;
+            counters::increment(tx, "cache:misses")
+        }
+        CacheEvent::Waiting(e) => {
+            let Some(mut f) = tx.take::<Flight>(CACHE_FLIGHTS, &e.key)? else { return Ok(()) };
+            let me = holder(&e);
+            if f.holder != me && !f.waiters.contains(&me) {
+                f.waiters.push(me);
+            }
+            tx.put(CACHE_FLIGHTS, &e.key, f)
+        }
+        CacheEvent::Released(e) => land(tx, &e),
         CacheEvent::Evicted(e) => {
             for key in &e.keys {
                 if !remove(tx, key)? {

@@ -5,6 +5,12 @@
 //! version, the names of its secrets (never their values) and each resolved input (upstream
 //! outputs included) as RFC 8785 canonical JSON, so `orch cache explain` can name the part that
 //! differs from the nearest entry. Entries are bounded by count and bytes, oldest evicted first.
+//!
+//! One computation per key at a time: the step whose lookup missed holds the key's flight
+//! (`cache.missed`) until it stores its outputs (`cache.stored`) or ends without them
+//! (`cache.released`); a step that looks the key up meanwhile waits (`cache.waiting`), holding
+//! its slot, and is woken in the commit that ends the flight: it then hits the new entry, or
+//! computes the key itself if none was stored.
 
 pub mod apply;
 pub mod plan;
@@ -38,6 +44,11 @@ crate::events! {
         Hit(CacheHit) = "cache.hit",
         Missed(CacheHit) = "cache.missed",
         Evicted(CacheEvicted) = "cache.evicted",
+        /// A step whose key another step is computing waits for it.
+        Waiting(CacheHit) = "cache.waiting",
+        /// A step that missed ended without storing (it failed, was cancelled, or its outputs
+        /// are too large): its key is free again and its waiters look it up anew.
+        Released(CacheHit) = "cache.released",
     }
 }
 
@@ -124,4 +135,7 @@ pub struct StepCache {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hits: Option<u64>,
     pub ttl_ms: u64,
+    /// While the step waits for another step computing its key: that step (`run/step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
 /// Projection: `<stored ms, 20 digits>|<key>` → key, oldest first (what eviction takes).
 pub const CACHE_ORDER: TableDefinition<&str, &[u8]> = TableDefinition::new("cache_order");
+/// Projection: the key a missed step is computing → its [`Flight`].
+pub const CACHE_FLIGHTS: TableDefinition<&str, &[u8]> = TableDefinition::new("cache_flights");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +32,16 @@ pub struct CacheEntry {
 }
 
 impl Record for CacheEntry {}
+
+/// A key being computed: the step whose lookup missed (`run/step`) and the steps waiting for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flight {
+    pub holder: String,
+    pub waiters: Vec<String>,
+}
+
+impl Record for Flight {}
 
 impl CacheEntry {
     pub fn order_key(&self) -> String {

@@ -192,6 +192,7 @@ crate::events! {
         Resumed(RunResumed) = "run.resumed",
         StepWaiting(StepWaiting) = "step.waiting",
         StepQueued(StepQueued) = "step.queued",
+        StepCacheWaiting(StepCacheWaiting) = "step.cache_waiting",
         StepStarted(StepStarted) = "step.started",
         StepRetrying(StepError) = "step.retrying",
         StepInterrupted(StepError) = "step.interrupted",
@@ -214,6 +215,7 @@ impl RunEvent {
             RunEvent::Resumed(e) => &e.run_id,
             RunEvent::StepWaiting(e) => &e.run_id,
             RunEvent::StepQueued(e) => &e.run_id,
+            RunEvent::StepCacheWaiting(e) => &e.run_id,
             RunEvent::StepStarted(e) => &e.run_id,
             RunEvent::StepRetrying(e) | RunEvent::StepInterrupted(e) => &e.run_id,
             RunEvent::StepCheckpoint(e) => &e.run_id,
@@ -235,6 +237,7 @@ impl RunEvent {
             | RunEvent::Resumed(_) => return None,
             RunEvent::StepWaiting(e) => &e.step,
             RunEvent::StepQueued(e) => &e.step,
+            RunEvent::StepCacheWaiting(e) => &e.step,
             RunEvent::StepStarted(e) => &e.step,
             RunEvent::StepRetrying(e) | RunEvent::StepInterrupted(e) => &e.step,
             RunEvent::StepCheckpoint(e) => &e.step,
@@ -355,6 +358,19 @@ pub struct StepWaiting {
     pub run_id: String,
     pub step: String,
     pub reason: String,
+}
+
+/// A cached step whose key another step is computing waits for it (holding its slot), rather
+/// than compute it twice; the end of that computation wakes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepCacheWaiting {
+    pub run_id: String,
+    pub step: String,
+    pub key: String,
+    pub ttl_ms: u64,
+    /// The step computing the key (`run/step`).
+    pub waiting_for: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

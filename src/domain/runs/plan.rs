@@ -689,10 +689,10 @@ pub fn on_outcome(
             p.checkpoint(ctx, idx, outputs, inputs_hash)?
         }
         Outcome::Succeeded { outputs } => {
-            // A cached step's lookup missed when it was queued: its outputs are stored now.
-            let miss = p.step(&step)?.cache.clone().filter(|c| !c.hit);
+            // A cached step's lookup missed when it was queued: its outputs are stored now,
+            // before its end (which would otherwise release its key unstored).
+            let miss = p.step(&step)?.cache.clone().filter(|c| !c.hit && c.waiting_for.is_none());
             let parts = miss.as_ref().map(|_| p.fingerprint(idx, &job.payload["inputs"]));
-            p.ended(ctx, idx, End::Succeeded(outputs.clone()))?;
             if let (Some(c), Some(parts)) = (miss, parts)
                 && cache::key(&parts) == c.key
             {
@@ -702,12 +702,14 @@ pub fn on_outcome(
                     step: step.clone(),
                     run_id: run_id.clone(),
                     parts,
-                    outputs,
+                    outputs: outputs.clone(),
                     expires_ms: ctx.now.saturating_add(c.ttl_ms as i64),
                 };
                 let tenant = p.run.tenant.clone();
-                p.drafts.extend(cache::plan::store(txn, ctx, &tenant, stored)?);
+                let drafts = cache::plan::store(txn, ctx, &tenant, stored)?;
+                p.drafts.extend(drafts);
             }
+            p.ended(ctx, idx, End::Succeeded(outputs))?;
         }
         Outcome::Retrying { error, code } => {
             let again = StepError { run_id, step, error: Some(error), error_code: Some(code) };
@@ -817,6 +819,37 @@ pub fn follow_children(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Vec<
         }
         p.settle()?;
         drafts.extend(p.done(ctx));
+    }
+    Ok(drafts)
+}
+
+/// Wakes the steps waiting for the keys whose flights this command ended (stored, or released
+/// by a step that failed or was cancelled): each looks its key up again, and hits the entry
+/// just stored, computes the key itself, or waits for the waiter that now computes it. A
+/// waiter that moved on (its run cancelled) is passed over.
+pub fn follow_cache(txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Vec<Draft>, CommandError> {
+    let mut drafts = Vec::new();
+    while let Some((key, waiters)) = cache::plan::next_wake(ctx) {
+        for waiter in waiters {
+            let Some((run, step)) = waiter.split_once('/') else { continue };
+            let Some(mut p) = Planner::find(txn, ctx, None, run)? else { continue };
+            let rec = p.find_step(step)?.cloned();
+            let waits = rec.is_some_and(|r| {
+                r.state == StepState::Queued
+                    && r.job.is_none()
+                    && r.cache.is_some_and(|c| c.key == key && c.waiting_for.is_some())
+            });
+            if waits && !p.run.status.terminal() {
+                let idx = p
+                    .dag
+                    .step(step)
+                    .map(|(i, _)| i)
+                    .ok_or_else(|| CommandError::Storage(format!("step {step} is not in its DAG")))?;
+                p.enqueue(ctx, idx)?;
+                p.settle()?;
+            }
+            drafts.extend(p.done(ctx));
+        }
     }
     Ok(drafts)
 }

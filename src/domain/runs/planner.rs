@@ -25,8 +25,8 @@ use crate::domain::runs::tables::StepRecord;
 use crate::domain::runs::tables::StepState;
 use crate::domain::runs::transition::{self, RunState};
 use crate::domain::runs::{
-    RunCancelled, RunCreated, RunEvent, RunRef, StepCheckpoint, StepChild, StepFailed, StepQueued, StepRef,
-    StepSkipped, StepSucceeded, StepWaiting,
+    RunCancelled, RunCreated, RunEvent, RunRef, StepCacheWaiting, StepCheckpoint, StepChild, StepFailed, StepQueued,
+    StepRef, StepSkipped, StepSucceeded, StepWaiting,
 };
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
@@ -207,6 +207,20 @@ impl<'t> Planner<'t> {
         Ok(())
     }
 
+    /// Step `name` is ending: if it computes a cache key it did not store (it failed, or is
+    /// cancelled), the key is released and the steps waiting for it are woken.
+    fn release_key(&mut self, ctx: &mut PlanCtx, name: &str) -> Result<(), CommandError> {
+        let rec = self.step(name)?;
+        let Some(c) = rec.cache.as_ref().filter(|c| !c.hit && c.waiting_for.is_none()) else { return Ok(()) };
+        if !matches!(rec.state, StepState::Queued | StepState::Running) {
+            return Ok(());
+        }
+        let at = cache::CacheHit { key: c.key.clone(), run_id: self.run.id.clone(), step: name.to_owned() };
+        let tenant = self.run.tenant.clone();
+        self.drafts.extend(cache::plan::end(self.txn, ctx, &tenant, &at, false)?);
+        Ok(())
+    }
+
     pub(super) fn last_failed(&mut self) -> Result<Option<String>, CommandError> {
         let mut best: Option<(i64, String)> = None;
         for name in self.dag.clone().steps.iter().map(|s| &s.name) {
@@ -282,11 +296,19 @@ impl<'t> Planner<'t> {
                     age_ms: Some(self.now - entry.stored_ms),
                     hits: Some(entry.hits + 1),
                     ttl_ms,
+                    waiting_for: None,
                 };
                 return self.ended(ctx, idx, End::Cached(entry.outputs, meta));
             }
-            self.drafts.push(cache::plan::looked_up(&self.run.tenant, false, at));
-            cached = Some(cache::StepCache { hit: false, key, age_ms: None, hits: None, ttl_ms });
+            // One computation per key: while another step computes it, this one waits.
+            if let Some((computing, draft)) = cache::plan::wait(self.txn, ctx, &self.run.tenant, &at)? {
+                self.drafts.push(draft);
+                let waiting =
+                    StepCacheWaiting { run_id: self.run.id.clone(), step: s.name, key, ttl_ms, waiting_for: computing };
+                return self.emit(RunEvent::StepCacheWaiting(waiting));
+            }
+            self.drafts.push(cache::plan::begin(self.txn, ctx, &self.run.tenant, at)?);
+            cached = Some(cache::StepCache { hit: false, key, age_ms: None, hits: None, ttl_ms, waiting_for: None });
         }
         let mut locks = Vec::with_capacity(s.locks.len());
         for l in &s.locks {
@@ -547,6 +569,7 @@ impl<'t> Planner<'t> {
     pub(super) fn ended(&mut self, ctx: &mut PlanCtx, idx: usize, end: End) -> Result<(), CommandError> {
         let dag = self.dag.clone();
         let s = &dag.steps[idx];
+        self.release_key(ctx, &s.name)?;
         let released: Vec<usize> = if matches!(end, End::Failed { .. }) { vec![] } else { s.dependants.clone() };
         let dependants: Vec<String> = released.iter().map(|d| dag.steps[*d].name.clone()).collect();
         let (run_id, step) = (self.run.id.clone(), s.name.clone());
@@ -712,6 +735,7 @@ impl<'t> Planner<'t> {
                     self.drafts.push(event.draft(&self.run.tenant, vec![job.clone(), self.run.id.clone()]));
                 }
             }
+            self.release_key(ctx, name)?;
             self.emit(RunEvent::StepCancelled(StepRef { run_id: self.run.id.clone(), step: name.clone() }))?;
         }
         self.emit(RunEvent::Cancelled(RunCancelled { run_id: self.run.id.clone(), aborted }))

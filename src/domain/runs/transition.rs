@@ -78,6 +78,24 @@ pub fn evolve<S: RunState>(state: &mut S, event: &RunEvent, time: i64) -> Result
             rec.job = Some(e.job_id.clone());
             rec.cache.clone_from(&e.cache);
         }
+        RunEvent::StepCacheWaiting(e) => {
+            // It holds its slot while it waits, as a queued step does, but has no job.
+            let rec = take_up(state, &e.step, StepState::Queued, time)?;
+            rec.job = None;
+            let short: String = e.key.chars().take(12).collect();
+            rec.wait = Some(format!(
+                "waiting for {} to compute its cached result (key {short}…), not computing it twice",
+                e.waiting_for
+            ));
+            rec.cache = Some(crate::domain::cache::StepCache {
+                hit: false,
+                key: e.key.clone(),
+                age_ms: None,
+                hits: None,
+                ttl_ms: e.ttl_ms,
+                waiting_for: Some(e.waiting_for.clone()),
+            });
+        }
         RunEvent::StepChild(e) => {
             // The child run is the step's attempt: it runs (holding a slot) until the child ends.
             let rec = take_up(state, &e.step, StepState::Running, time)?;
@@ -226,12 +244,16 @@ fn take_up<'s, S: RunState>(
     state.unwait(name)?;
     let rec = state.step(name)?;
     let was_failed = rec.state == StepState::Failed;
+    // A step that waited for its cache key already holds its slot.
+    let holds_slot = matches!(rec.state, StepState::Queued | StepState::Running);
     let run = state.run();
     if was_failed {
         take_one(&mut run.terminal, || format!("run {} finished steps", run.id));
         take_one(&mut run.failed, || format!("run {} failed steps", run.id));
     }
-    run.active += 1;
+    if !holds_slot {
+        run.active += 1;
+    }
     if run.status == RunStatus::Planning {
         run.status = RunStatus::Running;
     }
