@@ -247,12 +247,7 @@ async fn concurrent_runs_over_the_api_spawn_one_plugin_process_per_key() {
     let app = TestAppliance::start();
     let c = app.socket_client();
     let (counter, go) = (app.root().join("spawns"), app.root().join("go"));
-    let script = format!(
-        "echo x >> {}\nwhile [ ! -e {} ]; do sleep 0.02; done\necho '{{\"event\":\"result\",\"outputs\":{{\"n\":1}}}}'",
-        counter.display(),
-        go.display()
-    );
-    script_plugin_with(&app, &c, "slow", "", &script).await;
+    script_plugin_with(&app, &c, "slow", "", &gated_script(&counter, &go, r#"{"n":1}"#)).await;
     let spec = CACHED.replace("plugin = \"noop\"\ninputs = { v", "plugin = \"slow\"\ninputs = { v");
     api_post(&c, "/dags", json!({ "spec": spec })).await;
     let spawns = || std::fs::read_to_string(&counter).map_or(0, |t| t.lines().count());

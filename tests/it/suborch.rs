@@ -260,12 +260,7 @@ async fn after_kill_9_past_a_childs_end_the_parent_goes_on_and_the_store_verifie
     let mut app = TestAppliance::start();
     let c = app.socket_client();
     let (started, go) = (app.root().join("after-started"), app.root().join("go"));
-    let script = format!(
-        "touch {}\nwhile [ ! -e {} ]; do sleep 0.05; done\necho '{{\"event\":\"result\",\"outputs\":{{}}}}'",
-        started.display(),
-        go.display()
-    );
-    script_plugin_with(&app, &c, "gate", "", &script).await;
+    script_plugin_with(&app, &c, "gate", "", &gated_script(&started, &go, "{}")).await;
     api_post(&c, "/dags", json!({ "spec": CHILD })).await;
     api_post(
         &c,

@@ -344,6 +344,16 @@ pub fn build_bundle(root: &Path, dir: &str, kind: &str, name: &str, version: &st
     )
 }
 
+/// A plugin script that appends a line to `mark` when it starts, waits until the file `go`
+/// exists, then succeeds with `outputs` (a JSON object): a step to hold in flight.
+pub fn gated_script(mark: &std::path::Path, go: &std::path::Path, outputs: &str) -> String {
+    format!(
+        "echo x >> {}\nwhile [ ! -e {} ]; do sleep 0.02; done\necho '{{\"event\":\"result\",\"outputs\":{outputs}}}'",
+        mark.display(),
+        go.display()
+    )
+}
+
 /// Writes a dev plugin directory whose entrypoint is the shell `script` (and more
 /// `plugin.toml` lines) and registers it (dev mode, unsigned).
 pub async fn script_plugin_with(app: &TestAppliance, c: &Client, name: &str, toml: &str, script: &str) {
