@@ -1,11 +1,13 @@
 //! Planning the appliance's own commands.
 
-use super::tables::APPLIANCE;
+use super::tables::{APPLIANCE, RUNTIME_CONFIG};
 use super::{ApplianceCommand, ApplianceEvent, ConfigSet, Initialized, SecretSet, Started};
 use crate::domain::live::{Effects, LiveWrite};
+use crate::kernel::PlanCtx;
 use crate::kernel::event::Event;
 use crate::kernel::store::SCHEMA_VERSION;
 use crate::kernel::{CommandError, storage};
+use crate::runtime_config;
 use redb::{ReadableTable, WriteTransaction};
 
 pub fn plan(cmd: &ApplianceCommand, txn: &WriteTransaction) -> Result<Effects, CommandError> {
@@ -47,4 +49,25 @@ pub fn plan(cmd: &ApplianceCommand, txn: &WriteTransaction) -> Result<Effects, C
             vec![event.draft("", vec![key.clone()])].into()
         }
     })
+}
+
+/// The effective runtime value of `key`: set by an operator, else the file's default.
+pub fn runtime_value(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<Option<String>, CommandError> {
+    let table = txn.open_table(RUNTIME_CONFIG).map_err(storage)?;
+    let set = table.get(key).map_err(storage)?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
+    Ok(set.or_else(|| runtime_config::file_default(ctx.defaults, key)))
+}
+
+/// The effective runtime value of `key` as a duration in milliseconds.
+pub fn runtime_ms(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<u64, CommandError> {
+    runtime_value(txn, ctx, key)?
+        .and_then(|v| runtime_config::as_ms(&v))
+        .ok_or_else(|| CommandError::Storage(format!("runtime config {key} has no duration value")))
+}
+
+/// The effective runtime value of `key` as a count.
+pub fn runtime_u64(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<u64, CommandError> {
+    runtime_value(txn, ctx, key)?
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| CommandError::Storage(format!("runtime config {key} has no number value")))
 }

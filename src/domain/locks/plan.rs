@@ -3,13 +3,13 @@
 
 use super::{ForceTarget, Grant, LOCK_SCAN_MAX, LOCK_TTL_MAX_MS, LockCommand, WAITERS_MAX, in_env, valid_resource};
 use super::{LockEvent, LockExpired, LockForceReleased, LockHeld, LockReleased, LockWaiting, ResourceUpdated};
+use crate::domain::appliance::plan::{runtime_ms, runtime_value};
 use crate::domain::live::Effects;
 use crate::domain::locks::tables::LOCK_IDS;
 use crate::domain::locks::tables::LOCKS;
 use crate::domain::locks::tables::LockRecord;
 use crate::domain::locks::tables::RESOURCES;
-use crate::domain::queue::plan::runtime_value;
-use crate::domain::queue::plan::{Fence, runtime_ms};
+use crate::domain::queue::plan::Fence;
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
 use crate::kernel::counters::COUNTERS;

@@ -2,7 +2,7 @@
 //! carry every fact the projection needs. Time is the batch's `ctx.now`; jitter comes from the
 //! seeded `ctx.rng`; rate buckets live in `ctx.buckets`. Nothing here writes.
 
-use crate::domain::appliance::tables::RUNTIME_CONFIG;
+use crate::domain::appliance::plan::{runtime_ms, runtime_u64};
 use crate::domain::bundles::tables::PLUGINS;
 use crate::domain::live::Effects;
 use crate::domain::live::LiveWrite;
@@ -32,7 +32,6 @@ use crate::kernel::due::DUE;
 use crate::kernel::event::Event;
 use crate::kernel::storage;
 use crate::kernel::store::rw;
-use crate::runtime_config;
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -352,25 +351,6 @@ pub fn visible_job(txn: &WriteTransaction, tenant: Option<&str>, id: &str) -> Re
         .map_err(storage)?
         .filter(|j| tenant.is_none_or(|t| t == j.tenant))
         .ok_or_else(|| CommandError::NotFound { what: format!("job {id}") })
-}
-
-/// The effective runtime value of `key`: set by an operator, else the file's default.
-pub fn runtime_value(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<Option<String>, CommandError> {
-    let table = txn.open_table(RUNTIME_CONFIG).map_err(storage)?;
-    let set = table.get(key).map_err(storage)?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
-    Ok(set.or_else(|| runtime_config::file_default(ctx.defaults, key)))
-}
-
-pub fn runtime_ms(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<u64, CommandError> {
-    runtime_value(txn, ctx, key)?
-        .and_then(|v| runtime_config::as_ms(&v))
-        .ok_or_else(|| CommandError::Storage(format!("runtime config {key} has no duration value")))
-}
-
-pub fn runtime_u64(txn: &WriteTransaction, ctx: &PlanCtx, key: &str) -> Result<u64, CommandError> {
-    runtime_value(txn, ctx, key)?
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| CommandError::Storage(format!("runtime config {key} has no number value")))
 }
 
 /// The shared fencing-token counter for leases and locks, advanced locally while planning.

@@ -344,7 +344,7 @@ fn artifact_record(txn: &WriteTransaction, key: &str) -> Result<ArtifactRecord, 
 
 /// The registry's retention verdicts over the state in `txn`.
 pub fn verdicts(txn: &WriteTransaction, ctx: &PlanCtx) -> Result<Vec<super::retention::Verdict>, CommandError> {
-    let min = crate::domain::queue::plan::runtime_value(txn, ctx, "registry.min_versions")?
+    let min = crate::domain::appliance::plan::runtime_value(txn, ctx, "registry.min_versions")?
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(5);
     let mut envs = Vec::new();

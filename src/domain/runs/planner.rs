@@ -349,7 +349,7 @@ impl<'t> Planner<'t> {
     ) -> Result<(), CommandError> {
         let name = self.dag.steps[idx].name.clone();
         let fail = |code: &str, error: String| End::Failed { error, code: code.to_owned() };
-        let limit = |ctx: &PlanCtx, key: &str| crate::domain::queue::plan::runtime_u64(self.txn, ctx, key);
+        let limit = |ctx: &PlanCtx, key: &str| crate::domain::appliance::plan::runtime_u64(self.txn, ctx, key);
         let (max_depth, max_children) =
             (limit(ctx, "orchestrations.max_depth")?, limit(ctx, "orchestrations.max_children")?);
         let depth = self.run.parent.as_ref().map_or(0, |p| p.depth) + 1;
