@@ -386,7 +386,8 @@ fn cached_rerun() {
         let (stop, exec) = executor(&h, &store, stella::config::Config::default().exec.slots, &lib);
         let mut events = h.subscribe();
         let mut walls = Vec::new();
-        for _ in 0..2 {
+        // The first run computes, then five reruns hit: the rerun figure is their median.
+        for _ in 0..6 {
             let started = Instant::now();
             let start = RunCommand::Start {
                 tenant: "default".into(),
@@ -409,9 +410,12 @@ fn cached_rerun() {
         }
         let _ = stop.send(true);
         exec.await.unwrap();
-        let (first, rerun) = (walls[0], walls[1]);
+        let first = walls[0];
+        let mut reruns = walls[1..].to_vec();
+        reruns.sort();
+        let rerun = reruns[reruns.len() / 2];
         println!(
-            "100 cached sample-plugin steps: first run {:.1} ms ({} plugin attempts), cached rerun {:.2} ms ({} plugin attempts): {:.0}x faster",
+            "100 cached sample-plugin steps: first run {:.1} ms ({} plugin attempts), cached rerun (median of 5) {:.2} ms ({} plugin attempts): {:.0}x faster",
             first.0.as_secs_f64() * 1e3,
             first.1,
             rerun.0.as_secs_f64() * 1e3,

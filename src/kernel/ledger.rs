@@ -39,15 +39,17 @@ pub struct Entry {
 
 /// The hashed part of an entry: every field but `hash`, in canonical form.
 #[derive(Serialize)]
+/// Its fields are declared in their canonical (sorted) order, so serde_json writes the
+/// canonical form directly when the data is plain ([`crate::kernel::canonical`]).
 struct Hashed<'a> {
-    seq: u64,
-    time: i64,
-    tenant: &'a str,
     actor: &'a str,
-    kind: &'a str,
-    subjects: &'a [String],
     data: &'a serde_json::Value,
+    kind: &'a str,
     prev: &'a str,
+    seq: u64,
+    subjects: &'a [String],
+    tenant: &'a str,
+    time: i64,
 }
 
 impl Entry {
@@ -121,7 +123,9 @@ impl Entry {
             data: &self.data,
             prev: &self.prev,
         };
-        serde_json_canonicalizer::to_vec(&hashed).expect("ledger entries are plain JSON and always canonicalize")
+        // seq and time are far below 2^53 (a millisecond clock; one entry per sequence number).
+        let direct = crate::kernel::canonical::plain(&self.data) && self.time >= 0 && self.seq < 1 << 53;
+        crate::kernel::canonical::to_vec_sorted(&hashed, direct)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -548,6 +552,22 @@ mod tests {
         ) {
             let naive = b.get(i..).and_then(|t| t.iter().position(|c| matches!(c, b'"' | b'\\')).map(|p| i + p));
             proptest::prop_assert_eq!(quote_or_backslash(&b, i), naive);
+        }
+    }
+
+    #[test]
+    fn the_hashed_bytes_are_the_reference_canonical_form() {
+        for data in [json!({"n": 1, "s": "é\n", "a": [true, null]}), json!({"f": 0.25, "é": 1, "big": u64::MAX})] {
+            let e = Entry::seal(
+                Draft { tenant: "t".into(), kind: "test.entry", subjects: vec!["x".into()], data },
+                7,
+                1001,
+                "a",
+                GENESIS_PREV,
+            );
+            let reference = json!({"seq": e.seq, "time": e.time, "tenant": e.tenant, "actor": e.actor, "kind": e.kind,
+                "subjects": e.subjects, "data": e.data, "prev": e.prev});
+            assert_eq!(e.hashed_canonical(), serde_json_canonicalizer::to_vec(&reference).unwrap());
         }
     }
 

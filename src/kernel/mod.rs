@@ -3,6 +3,7 @@
 //! and `db verify`, which replays the ledger through [`Machine::apply`]. It imports nothing of
 //! the machine, the domains, the API, the CLI or the executor.
 
+pub mod canonical;
 pub mod counters;
 pub mod due;
 pub mod event;

@@ -85,14 +85,15 @@ pub struct CacheEvicted {
 /// The fingerprint of `parts`: sha256 of their canonical JSON, hex.
 pub fn key(parts: &Parts) -> String {
     use sha2::{Digest, Sha256};
-    let bytes = serde_json_canonicalizer::to_vec(parts).expect("a map of strings serializes");
+    let ascii = parts.keys().all(|k| k.is_ascii());
+    let bytes = crate::kernel::canonical::to_vec_sorted(parts, ascii);
     hex::encode(Sha256::digest(bytes))
 }
 
 /// sha256 of a value's canonical JSON, hex.
 pub fn value_digest(v: &serde_json::Value) -> String {
     use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(serde_json_canonicalizer::to_vec(v).unwrap_or_default()))
+    hex::encode(Sha256::digest(crate::kernel::canonical::to_vec(v)))
 }
 
 /// What a cached step is, besides its inputs: a step of `tenant`'s run of `dag@version` that
