@@ -165,6 +165,37 @@ fn executor(
     (stop, tokio::spawn(stella::exec::worker::run(h.clone(), store.clone(), opts, stopped)))
 }
 
+/// Waits on `events` for `run` to succeed and returns the `step.started` entries seen on the
+/// way. A run that fails or is cancelled ends the benchmark with its steps' errors: waiting for a
+/// success that cannot come would hang it silently.
+async fn until_succeeded(
+    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<stella::kernel::ledger::Entry>>,
+    store: &stella::kernel::store::Store,
+    run: &str,
+) -> usize {
+    let mut started = 0;
+    loop {
+        let e = events.recv().await.unwrap();
+        if e.subjects.first().map(String::as_str) != Some(run) {
+            continue;
+        }
+        match e.kind.as_str() {
+            "step.started" => started += 1,
+            "run.succeeded" => return started,
+            "run.failed" | "run.cancelled" => {
+                let txn = store.read().unwrap();
+                let failed: Vec<_> = stella::machine::read::steps(&txn, run)
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|s| Some(format!("{}: [{}] {}", s.name, s.error_code?, s.error.unwrap_or_default())))
+                    .collect();
+                panic!("{run} ended with {}: {failed:?}", e.kind);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Root → `width` steps of `plugin` (the built-in `noop`, or the sample plugin, a real process
 /// per step) → join, run by the daemon's own in-process executor with its default slots (what an
 /// operator's run goes through): wall time to `run.succeeded`, the writer's commits (of which
@@ -193,12 +224,7 @@ fn executor_fan(width: usize, plugin: &str) -> Fan {
             run_token: None,
         };
         h.submit(actor(), Command::Run(start)).await.unwrap();
-        loop {
-            let e = events.recv().await.unwrap();
-            if e.kind == "run.succeeded" {
-                break;
-            }
-        }
+        until_succeeded(&mut events, &store, "run-1").await;
         let wall = started.elapsed();
         let taken = (h.stats().commits() - commits, h.stats().durable_commits() - durable);
         let _ = stop.send(true);
@@ -396,15 +422,10 @@ fn cached_rerun() {
                 run_token: None,
             };
             let c = h.submit(actor(), Command::Run(start)).await.unwrap();
+            let run = c.entries[0].subjects[0].clone();
             let mut attempts = c.entries.iter().filter(|e| e.kind == "step.started").count();
             if !c.entries.iter().any(|e| e.kind == "run.succeeded") {
-                loop {
-                    let e = events.recv().await.unwrap();
-                    attempts += usize::from(e.kind == "step.started");
-                    if e.kind == "run.succeeded" {
-                        break;
-                    }
-                }
+                attempts += until_succeeded(&mut events, &store, &run).await;
             }
             walls.push((started.elapsed(), attempts));
         }

@@ -123,9 +123,7 @@ impl Events {
 }
 
 pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = ()>) -> Option<StepResult> {
-    // Private to the daemon's user: a plugin may write a secret there.
-    use std::os::unix::fs::DirBuilderExt;
-    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&inv.workdir) {
+    if let Err(e) = create_workdir(&inv.workdir) {
         return Some(StepResult::Failed {
             code: "workdir".into(),
             error: format!("create {}: {e}", inv.workdir.display()),
@@ -174,6 +172,22 @@ pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = (
     let (work_root, workdir) = (inv.work_root.clone(), inv.workdir.clone());
     let _ = tokio::task::spawn_blocking(move || tidy_workdirs(&work_root, &workdir, succeeded)).await;
     result
+}
+
+/// Creates an attempt's working directory, private to the daemon's user (a plugin may write a
+/// secret there). A sibling attempt of the same run that just succeeded removes the run and step
+/// directories above its own once they are empty ([`tidy_workdirs`]), and may do so between the
+/// creation of a parent and of its child here: that `NotFound` is retried, since each retry that
+/// loses means a sibling finished, and a sibling's tidy never removes a non-empty directory.
+fn create_workdir(workdir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut tries = 0;
+    loop {
+        match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(workdir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 64 => tries += 1,
+            done => return done,
+        }
+    }
 }
 
 /// Ends the attempt's processes when [`run`] is dropped before it could.
@@ -563,4 +577,31 @@ fn request_and_env(
         env.push((format!("STELLA_INPUT_{key}"), value));
     }
     (request, env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two attempts of one run on two threads, each creating its working directory and then
+    /// tidying it as a success (which removes the emptied step and run directories above it):
+    /// the creation never fails because the other removed a parent midway.
+    #[test]
+    fn a_sibling_tidying_its_parents_never_fails_a_workdir_creation() {
+        let root = tempfile::tempdir().unwrap();
+        let work_root = root.path().join("work");
+        std::thread::scope(|s| {
+            for step in ["a", "b"] {
+                let work_root = &work_root;
+                s.spawn(move || {
+                    for i in 0..3000 {
+                        let workdir = work_root.join("run-1").join(step).join(format!("job-{i}-1"));
+                        create_workdir(&workdir).unwrap_or_else(|e| panic!("{}: {e}", workdir.display()));
+                        tidy_workdirs(work_root, &workdir, true);
+                    }
+                });
+            }
+        });
+        assert!(!work_root.join("run-1").exists(), "the emptied run directory was removed");
+    }
 }
