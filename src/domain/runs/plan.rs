@@ -3,41 +3,29 @@
 //! run's entries are emitted through its `Planner` (`planner.rs`), which applies each to its
 //! working copy with the projection's own [`super::transition::evolve`].
 
-use super::planner::{End, Planner, compiled};
+use super::planner::{End, Planner, dag_record, plugin_digest};
 use crate::domain::approvals::{Outcome as ApprovalOutcome, Resolution};
-use crate::domain::bundles::tables::PLUGINS;
 use crate::domain::cache;
 use crate::domain::live::Effects;
 use crate::domain::queue::tables::JobRecord;
-use crate::domain::runs::run_id;
 use crate::domain::runs::spec::{self, Compiled};
-use crate::domain::runs::tables::DAGS;
-use crate::domain::runs::tables::DagRecord;
-use crate::domain::runs::tables::RUN_TOKENS;
-use crate::domain::runs::tables::RUNS;
-use crate::domain::runs::tables::RunRecord;
 use crate::domain::runs::tables::RunStatus;
 use crate::domain::runs::tables::SCHEDULES;
 use crate::domain::runs::tables::StepState;
 use crate::domain::runs::transition::RunState;
 use crate::domain::runs::{
-    ClearedSchedule, CreatedStep, DagAction, DagEvent, DagRegistered, DagRolledBack, DagVersionRef, NextRunSeq,
-    Outcome, PluginRegistered, Recovery, RunCommand, RunCreated, RunEvent, RunResumed, ScheduleAction, ScheduleEvent,
-    ScheduleFired, ScheduleRef, SchedulesCleared, StepError, StepStarted,
+    ClearedSchedule, DagAction, DagEvent, DagRegistered, DagRolledBack, DagVersionRef, Outcome, PluginRegistered,
+    Recovery, RunCommand, RunEvent, RunResumed, ScheduleAction, ScheduleEvent, ScheduleFired, ScheduleRef,
+    SchedulesCleared, StepError, StepStarted,
 };
 use crate::kernel::CommandError;
 use crate::kernel::PlanCtx;
-use crate::kernel::counters::COUNTERS;
 use crate::kernel::event::Event;
 use crate::kernel::ledger::Draft;
 use crate::kernel::storage;
-use crate::kernel::store::rw;
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-
-/// Inputs of one run, serialized, at most.
-const INPUTS_BYTES_MAX: usize = 256 * 1024;
 
 pub fn plan(cmd: &RunCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> Result<Effects, CommandError> {
     match cmd {
@@ -102,18 +90,6 @@ impl RunStatus {
     pub fn terminal(self) -> bool {
         matches!(self, RunStatus::Succeeded | RunStatus::Cancelled)
     }
-}
-
-/// The sealed digest of an installed plugin.
-fn plugin_digest(txn: &WriteTransaction, name: &str) -> Result<Option<String>, CommandError> {
-    let t = txn.open_table(PLUGINS).map_err(storage)?;
-    let v = t.get(name).map_err(storage)?;
-    Ok(v.and_then(|v| serde_json::from_slice::<Value>(v.value()).ok())
-        .and_then(|p| p["digest"].as_str().map(str::to_owned)))
-}
-
-fn dag_record(txn: &WriteTransaction, name: &str) -> Result<Option<DagRecord>, CommandError> {
-    rw::get::<DagRecord>(&txn.open_table(DAGS).map_err(storage)?, "dags", name).map_err(storage)
 }
 
 pub(crate) fn register(
@@ -232,10 +208,6 @@ fn dag_version(
     }
 }
 
-fn next_counter(txn: &WriteTransaction, name: &str) -> Result<u64, CommandError> {
-    Ok(rw::counter(&txn.open_table(COUNTERS).map_err(storage)?, name).map_err(storage)? + 1)
-}
-
 pub(crate) fn start(
     txn: &WriteTransaction,
     ctx: &mut PlanCtx,
@@ -244,179 +216,7 @@ pub(crate) fn start(
     given: &Map<String, Value>,
     run_token: Option<&str>,
 ) -> Result<Effects, CommandError> {
-    start_run(txn, ctx, tenant, dag, None, given, run_token, None)
-}
-
-/// A child run of `parent`'s step: DAG `dag` at `version` (or its active one). Returns its
-/// id, its version and its drafts (a child may end in its start, as a fully cached run does).
-pub(super) fn start_child(
-    txn: &WriteTransaction,
-    ctx: &mut PlanCtx,
-    tenant: &str,
-    dag: &str,
-    version: Option<u32>,
-    inputs: &Map<String, Value>,
-    parent: super::ParentLink,
-) -> Result<(String, u32, Vec<Draft>), CommandError> {
-    let e = start_run(txn, ctx, tenant, dag, version, inputs, None, Some(parent))?;
-    let note = e.note.unwrap_or_default();
-    let id = note["runId"].as_str().unwrap_or_default().to_owned();
-    Ok((id, note["version"].as_u64().unwrap_or_default() as u32, e.drafts))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn start_run(
-    txn: &WriteTransaction,
-    ctx: &mut PlanCtx,
-    tenant: &str,
-    dag: &str,
-    version: Option<u32>,
-    given: &Map<String, Value>,
-    run_token: Option<&str>,
-    parent: Option<super::ParentLink>,
-) -> Result<Effects, CommandError> {
-    let rec = dag_record(txn, dag)?.ok_or_else(|| CommandError::NotFound { what: format!("DAG {dag}") })?;
-    let active = match version {
-        Some(v) => rec
-            .versions
-            .iter()
-            .find(|x| x.version == v)
-            .ok_or_else(|| CommandError::NotFound { what: format!("DAG {dag} version {v}") })?,
-        None => rec
-            .versions
-            .iter()
-            .find(|v| v.version == rec.active)
-            .ok_or_else(|| CommandError::Storage(format!("DAG {dag} has no active version")))?,
-    };
-    if active.disabled {
-        return Err(CommandError::conflict(
-            "dag_version_disabled",
-            format!("DAG {dag} version {} is disabled", active.version),
-        ));
-    }
-    let c = compiled(txn, ctx, dag, active.version)?;
-    let inputs = merged_inputs(&c, given)?;
-    let inputs_hash = hex::encode(Sha256::digest(
-        serde_json_canonicalizer::to_vec(&inputs)
-            .map_err(|e| CommandError::invalid("inputs", format!("inputs: {e}")))?,
-    ));
-    if let Some(id) = run_token.map(|t| existing_run(txn, tenant, t, &inputs_hash)).transpose()?.flatten() {
-        return Ok(Effects { note: Some(json!({ "existing": id })), ..Effects::default() });
-    }
-    let plugins = pinned_plugins(txn, dag, &c, active)?;
-    let seq = match ctx.scratch.get::<NextRunSeq>().0 {
-        Some(n) => n,
-        None => next_counter(txn, "run_seq")?,
-    };
-    ctx.scratch.get::<NextRunSeq>().0 = Some(seq + 1);
-    let id = run_id(seq);
-    let steps = c
-        .steps
-        .iter()
-        .map(|s| CreatedStep { name: s.name.clone(), plugin: s.plugin.clone(), needs: s.needs.len() as u32 })
-        .collect();
-    let created = RunCreated {
-        run_id: id.clone(),
-        dag: dag.to_owned(),
-        version: active.version,
-        spec_sha256: active.sha256.clone(),
-        inputs,
-        inputs_hash,
-        run_token: run_token.map(str::to_owned),
-        steps,
-        plugins,
-        parent,
-    };
-    let version = created.version;
-    let mut p = Planner::fresh(txn, ctx, c.clone(), created, tenant);
-    for (i, s) in c.steps.iter().enumerate() {
-        if s.needs.is_empty() {
-            p.runnable(ctx, i)?;
-        }
-    }
-    // Every step may have come from the cache: the run can end in its start.
-    p.settle()?;
-    Ok(Effects { drafts: p.done(ctx), live: vec![], note: Some(json!({ "runId": id, "version": version })) })
-}
-
-/// The run `token` already started in `tenant`, if it did with the same inputs; a conflict if it
-/// did with others.
-fn existing_run(
-    txn: &WriteTransaction,
-    tenant: &str,
-    token: &str,
-    inputs_hash: &str,
-) -> Result<Option<String>, CommandError> {
-    let existing = {
-        let t = txn.open_table(RUN_TOKENS).map_err(storage)?;
-        t.get(format!("{tenant}/{token}").as_str())
-            .map_err(storage)?
-            .map(|v| String::from_utf8_lossy(v.value()).into_owned())
-    };
-    let Some(id) = existing else { return Ok(None) };
-    match rw::get::<RunRecord>(&txn.open_table(RUNS).map_err(storage)?, "runs", &id).map_err(storage)? {
-        Some(r) if r.inputs_hash == inputs_hash => Ok(Some(id)),
-        _ => Err(CommandError::conflict(
-            "run_token_reused",
-            format!("runToken {token:?} already started {id} with different inputs"),
-        )),
-    }
-}
-
-/// The plugin digests a new run of `c` runs with: the version's pins (a signed DAG) or what is
-/// installed now (a dev registration). Refused if a plugin is missing or its bundle quarantined.
-fn pinned_plugins(
-    txn: &WriteTransaction,
-    dag: &str,
-    c: &Compiled,
-    version: &crate::domain::runs::tables::DagVersion,
-) -> Result<std::collections::BTreeMap<String, String>, CommandError> {
-    let mut plugins = std::collections::BTreeMap::new();
-    for s in c.steps.iter().filter(|s| s.runs_plugin()) {
-        if let Some(pinned) = version.plugins.get(&s.plugin) {
-            plugins.insert(s.plugin.clone(), pinned.clone());
-            continue;
-        }
-        let digest = plugin_digest(txn, &s.plugin)?.ok_or_else(|| {
-            CommandError::conflict(
-                "plugin_not_installed",
-                format!("step {} needs plugin {:?}, which is not installed", s.name, s.plugin),
-            )
-        })?;
-        plugins.insert(s.plugin.clone(), digest);
-    }
-    let pinned: Vec<(String, String)> = plugins.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    if let Some(reason) = crate::domain::bundles::tables::quarantine_reason(txn, dag, &pinned)? {
-        return Err(CommandError::conflict("bundle_quarantined", format!("DAG {dag} cannot start: {reason}")));
-    }
-    Ok(plugins)
-}
-
-fn merged_inputs(c: &Compiled, given: &Map<String, Value>) -> Result<Value, CommandError> {
-    if let Some(unknown) = given.keys().find(|k| !c.inputs.contains_key(*k)) {
-        let declared: Vec<&str> = c.inputs.keys().map(String::as_str).collect();
-        let known = if declared.is_empty() {
-            "it declares no inputs".to_owned()
-        } else {
-            format!("declared: {}", declared.join(", "))
-        };
-        return Err(CommandError::invalid("inputs", format!("input {unknown:?} is not declared by the DAG ({known})")));
-    }
-    let mut out = Map::new();
-    for (k, default) in &c.inputs {
-        match given.get(k).cloned().or_else(|| default.clone()) {
-            Some(v) => {
-                out.insert(k.clone(), v);
-            }
-            None => {
-                return Err(CommandError::invalid("inputs", format!("input {k:?} is required (it has no default)")));
-            }
-        }
-    }
-    if serde_json::to_vec(&out).map_or(0, |v| v.len()) > INPUTS_BYTES_MAX {
-        return Err(CommandError::invalid("inputs", format!("inputs are larger than {INPUTS_BYTES_MAX} bytes")));
-    }
-    Ok(Value::Object(out))
+    super::planner::start_run(txn, ctx, tenant, dag, None, given, run_token, None)
 }
 
 fn recover(
@@ -682,10 +482,7 @@ pub fn on_outcome(
     let run_id = p.run.id.clone();
     match outcome {
         Outcome::Succeeded { outputs } if p.dag.steps[idx].checkpoint.is_some() => {
-            let inputs_hash = hex::encode(Sha256::digest(
-                serde_json_canonicalizer::to_vec(&job.payload["inputs"])
-                    .map_err(|e| CommandError::Storage(e.to_string()))?,
-            ));
+            let inputs_hash = hex::encode(Sha256::digest(crate::kernel::canonical::to_vec(&job.payload["inputs"])));
             p.checkpoint(ctx, idx, outputs, inputs_hash)?
         }
         Outcome::Succeeded { outputs } => {
