@@ -4,6 +4,7 @@
 //! `verify_strict` (no malleable or small-order signatures), then asks the trust store whether
 //! the key may sign in that namespace at that time.
 
+pub use crate::trust::store::Signer;
 use crate::trust::store::{TrustError, TrustStore};
 use ssh_key::{HashAlg, LineEnding, PrivateKey, SshSig};
 
@@ -44,13 +45,6 @@ pub enum SigError {
 /// The namespace a signature claims, if it parses (to choose what to verify it as).
 pub fn claimed_namespace(armored: &str) -> Option<String> {
     SshSig::from_pem(armored).ok().map(|s| s.namespace().to_owned())
-}
-
-/// Who signed, once verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Signer {
-    pub principal: String,
-    pub fingerprint: String,
 }
 
 /// Signs `msg` in `ns`; returns the armored signature (`-----BEGIN SSH SIGNATURE-----`).

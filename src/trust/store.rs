@@ -2,9 +2,15 @@
 //! options `namespaces="…"`, `valid-after=…`, `valid-before=…`) and a revocation list of key
 //! fingerprints, one per line. Both are plain files that `ssh-keygen -Y verify -f` reads too.
 
-use crate::trust::sig::Signer;
 use ssh_key::{HashAlg, PublicKey};
 use std::path::Path;
+
+/// Who signed, once a signature verified and the store authorized its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    pub principal: String,
+    pub fingerprint: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
