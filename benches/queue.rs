@@ -557,6 +557,16 @@ fn main() {
     if parts.iter().any(|a| a == "pair") {
         return pairs();
     }
+    if parts.iter().any(|a| a == "flat") {
+        // The flat-out pairs alone, leasing one at a time, twice.
+        for _ in 0..2 {
+            let mut sqlite = sqlite_pair(scale(10_000), None);
+            let base = Some((sqlite.enqueue.rate(), sqlite.processed_per_s));
+            print_pair("1 producer + 1 consumer: SQLite WAL FULL", &mut sqlite, None);
+            print_pair("1 producer + 1 consumer: stella API, max 1", &mut api_pair(scale(10_000), 1, None), base);
+        }
+        return;
+    }
     if parts.iter().any(|a| a == "e2e") {
         // Jobs end to end through the API alone, twice.
         for _ in 0..2 {

@@ -47,8 +47,22 @@ fn actor(worker: &str) -> Actor {
 
 pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop: watch::Receiver<bool>) {
     let (done_tx, mut done_rx) = mpsc::channel::<()>(opts.slots.max(1));
-    let mut events = writer.subscribe();
-    let mut types = kinds(&store, &[]);
+    // The writer hands this loop only the entries that may have made work of its types ready
+    // (and a plugin installed): the others, most of a busy appliance's, wake nothing.
+    let served = std::sync::Arc::new(std::sync::RwLock::new(Vec::<String>::new()));
+    let mut events = {
+        let served = served.clone();
+        writer.subscribe_where(move |e| {
+            e.kind == "plugin.registered"
+                || wakes(e, |t| served.read().unwrap_or_else(|p| p.into_inner()).iter().any(|k| k == t))
+        })
+    };
+    let reload = |before: &[String]| {
+        let types = kinds(&store, before);
+        served.write().unwrap_or_else(|p| p.into_inner()).clone_from(&types);
+        types
+    };
+    let mut types = reload(&[]);
     let mut free = opts.slots;
     let mut ready = true;
     loop {
@@ -62,8 +76,8 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
         loop {
             match events.try_recv() {
                 // Missed entries may have installed a plugin.
-                Ok(e) if e.kind == "plugin.registered" => types = kinds(&store, &types),
-                Err(TryRecvError::Lagged(_)) => types = kinds(&store, &types),
+                Ok(e) if e.kind == "plugin.registered" => types = reload(&types),
+                Err(TryRecvError::Lagged(_)) => types = reload(&types),
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -123,7 +137,7 @@ pub async fn run(writer: WriterHandle, store: Store, opts: ExecOptions, mut stop
             }
             w = wake(&mut events, &types) => {
                 if w == Wake::Plugins {
-                    types = kinds(&store, &types);
+                    types = reload(&types);
                 }
                 ready = true;
             }
@@ -207,10 +221,17 @@ impl Attempt {
     async fn run(self, slot: Slot) {
         let Some(job) = self.store.read().ok().and_then(|t| read::job(&t, &self.job).ok().flatten()) else { return };
         let timeout = Duration::from_millis(job.payload["timeoutMs"].as_u64().unwrap_or(300_000));
-        let mut events = self.writer.subscribe();
+        let builtin = crate::domain::runs::spec::BUILTINS.contains(&job.job_type.as_str());
+        let this_cancelled = |job: String| move |e: &crate::kernel::ledger::Entry| cancels(e, &job);
+        // Only this job's cancel (a plugin's is watched by its supervision, a built-in's here).
+        let mut events = if builtin {
+            self.writer.subscribe_where(this_cancelled(self.job.clone()))
+        } else {
+            tokio::sync::broadcast::channel(1).1
+        };
         let beat = Duration::from_millis((self.opts.lease_ttl_ms / 3).max(1));
         let cancelled = {
-            let mut events = self.writer.subscribe();
+            let mut events = self.writer.subscribe_where(this_cancelled(self.job.clone()));
             let (job_id, token, store) = (self.job.clone(), self.token, self.store.clone());
             async move {
                 loop {
@@ -235,7 +256,6 @@ impl Attempt {
         tokio::pin!(work);
         // A plugin enforces its own timeout and cancel (it must stop its whole process group);
         // here they apply to the built-in kinds only.
-        let builtin = crate::domain::runs::spec::BUILTINS.contains(&job.job_type.as_str());
         let deadline = tokio::time::sleep(if builtin { timeout } else { Duration::MAX / 4 });
         tokio::pin!(deadline);
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
@@ -301,5 +321,7 @@ fn still_leased(store: &Store, job: &str, token: u64) -> bool {
 
 /// Whether `entry` cancels the job `job` (its run was cancelled or aborted).
 fn cancels(entry: &crate::kernel::ledger::Entry, job: &str) -> bool {
-    matches!(QueueEvent::of(entry), Some(Ok(QueueEvent::Cancelled(c))) if c.job_id == job)
+    // The kind first: this runs on the writer's thread for every entry, for every attempt.
+    entry.kind == "job.cancelled"
+        && matches!(QueueEvent::of(entry), Some(Ok(QueueEvent::Cancelled(c))) if c.job_id == job)
 }

@@ -4,7 +4,7 @@
 
 use crate::kernel::plan::ApplyError;
 use crate::kernel::tx::Tx;
-use redb::TableDefinition;
+use redb::{ReadableTable, TableDefinition};
 
 /// Projection index: (due ms, timer key) → 0.
 pub const DUE: TableDefinition<(u64, &str), u8> = TableDefinition::new("due");
@@ -22,4 +22,9 @@ pub fn disarm(tx: &Tx, due_ms: i64, key: &str) -> Result<(), ApplyError> {
 /// Arms (`insert`) or disarms timer `key` at `due_ms`.
 pub fn set(tx: &Tx, due_ms: i64, key: &str, insert: bool) -> Result<(), ApplyError> {
     if insert { arm(tx, due_ms, key) } else { disarm(tx, due_ms, key) }
+}
+
+/// The earliest armed deadline of `table` (the due index, in a read or a write transaction).
+pub fn earliest(table: &impl ReadableTable<(u64, &'static str), u8>) -> Result<Option<u64>, redb::StorageError> {
+    Ok(table.first()?.map(|(k, _)| k.value().0))
 }

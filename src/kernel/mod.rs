@@ -10,6 +10,7 @@ pub mod event;
 pub mod invariant;
 pub mod ledger;
 pub mod plan;
+pub mod publish;
 pub mod rng;
 pub mod store;
 pub mod tx;

@@ -13,6 +13,7 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::kernel::ledger::Entry;
 use crate::kernel::plan::{Actor, CommandError, Committed, Derived, Machine, PlanCtx};
+use crate::kernel::publish::{DueWatch, Publisher};
 use crate::kernel::rng::SplitMix64;
 use crate::kernel::store::{LEDGER, Store, StoreError, read};
 use crate::kernel::wal::{self, RecordBuf, Wal};
@@ -68,12 +69,12 @@ impl WriterStats {
 pub struct WriterHandle<M: Machine> {
     tx: mpsc::Sender<Envelope<M>>,
     stats: Arc<WriterStats>,
-    events: broadcast::Sender<Arc<Entry>>,
+    publish: Arc<Publisher>,
 }
 
 impl<M: Machine> Clone for WriterHandle<M> {
     fn clone(&self) -> Self {
-        WriterHandle { tx: self.tx.clone(), stats: self.stats.clone(), events: self.events.clone() }
+        WriterHandle { tx: self.tx.clone(), stats: self.stats.clone(), publish: self.publish.clone() }
     }
 }
 
@@ -94,7 +95,21 @@ impl<M: Machine> WriterHandle<M> {
     /// Committed entries from now on; a subscriber that falls `event_buffer` behind is told it
     /// lagged (tokio's `RecvError::Lagged`) and must resume from the ledger.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Entry>> {
-        self.events.subscribe()
+        self.publish.subscribe()
+    }
+
+    /// The committed entries `wants` takes (run on the writer's thread: keep it cheap), with
+    /// the same lag rule: a task that waits for a few kinds is not woken for every entry.
+    pub fn subscribe_where(
+        &self,
+        wants: impl Fn(&Entry) -> bool + Send + std::marker::Sync + 'static,
+    ) -> broadcast::Receiver<Arc<Entry>> {
+        self.publish.subscribe_where(wants)
+    }
+
+    /// Where the timer task learns that an earlier deadline was armed.
+    pub fn due(&self) -> &DueWatch {
+        self.publish.due()
     }
 
     pub fn stats(&self) -> &WriterStats {
@@ -114,7 +129,7 @@ pub struct Writer<M: Machine> {
     clock: SharedClock,
     batch_max: usize,
     stats: Arc<WriterStats>,
-    events: broadcast::Sender<Arc<Entry>>,
+    publish: Arc<Publisher>,
     head: (u64, String),
     /// The time of the newest entry: entry times never go backwards, even if the clock does,
     /// so a time window of the ledger is one contiguous range of sequences.
@@ -196,18 +211,18 @@ pub fn channel<M: Machine>(
     let head = read::ledger_head(&store.read()?)?;
     let last_time = read::ledger_after(&store.read()?, head.0.saturating_sub(1), 1)?.first().map_or(0, |e| e.time);
     let (tx, rx) = mpsc::channel(opts.queue);
-    let (events, _) = broadcast::channel(opts.event_buffer);
+    let publish = Arc::new(Publisher::new(opts.event_buffer));
     let stats = Arc::new(WriterStats::default());
     stats.head_seq.store(head.0, Ordering::Release);
     stats.alive.store(true, Ordering::Release);
-    let handle = WriterHandle { tx, stats: stats.clone(), events: events.clone() };
+    let handle = WriterHandle { tx, stats: stats.clone(), publish: publish.clone() };
     let writer = Writer {
         store,
         rx,
         clock,
         batch_max: opts.batch_max,
         stats,
-        events,
+        publish,
         head,
         last_time,
         pending_head: None,
@@ -418,6 +433,12 @@ impl<M: Machine> Writer<M> {
             Ok(head) => self.head = head,
             Err(_) => return false,
         }
+        // The replay may have armed deadlines the timer task has not seen.
+        let earliest =
+            self.store.read().ok().and_then(|t| {
+                crate::kernel::due::earliest(&t.open_table(crate::kernel::due::DUE).ok()?).ok().flatten()
+            });
+        self.publish.due().committed(earliest);
         self.store.set_fault(None);
         tracing::info!("the store takes writes again");
         true
@@ -465,17 +486,21 @@ impl<M: Machine> Writer<M> {
                     wal::start_epoch(&txn, self.wal.epoch() + 1).map_err(|e| e.to_string())?;
                 }
             }
+            let earliest =
+                crate::kernel::due::earliest(&txn.open_table(crate::kernel::due::DUE).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
             txn.commit().map_err(|e| e.to_string())?;
             match sync {
                 Sync::Logged => self.wal.committed(),
                 Sync::Checkpoint => self.wal.checkpointed(self.wal.epoch() + 1),
                 Sync::Lazy => {}
             }
-            Ok((results, sync))
+            Ok((results, sync, earliest))
         });
         let n = batch.len() as u64;
         match outcome {
-            Ok((results, sync)) => {
+            Ok((results, sync, earliest)) => {
+                self.publish.due().committed(earliest);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats.durable_commits.fetch_add(u64::from(sync != Sync::Lazy), Ordering::Relaxed);
                 self.stats.checkpoints.fetch_add(u64::from(sync == Sync::Checkpoint), Ordering::Relaxed);
@@ -609,17 +634,17 @@ impl<M: Machine> Writer<M> {
         if let Some(head) = self.pending_head.take() {
             self.head = head;
         }
-        let mut published = 0u64;
+        let done: Vec<_> = done.collect();
+        let entries: Vec<Arc<Entry>> = done
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flat_map(|c| c.entries.iter().map(|e| Arc::new(e.clone())))
+            .collect();
+        self.publish.entries(&entries);
         for (env, result) in done {
-            if let Ok(committed) = &result {
-                for entry in &committed.entries {
-                    let _ = self.events.send(Arc::new(entry.clone()));
-                    published += 1;
-                }
-            }
             let _ = env.reply.send(result);
         }
-        self.stats.entries.fetch_add(published, Ordering::Relaxed);
+        self.stats.entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.stats.head_seq.store(self.head.0, Ordering::Release);
     }
 }

@@ -22,7 +22,6 @@ use redb::ReadableTable;
 use redb::WriteTransaction;
 use std::collections::HashSet;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 /// Timers one tick fires at most.
@@ -87,9 +86,10 @@ fn earliest(store: &Store) -> Option<(i64, String)> {
 }
 
 pub async fn run(store: Store, writer: WriterHandle, clock: SharedClock, mut stop: watch::Receiver<bool>) {
-    let mut events = writer.subscribe();
+    let due = writer.due();
     let mut last_fired: Option<(i64, String)> = None;
     loop {
+        due.reading();
         let next = earliest(&store);
         let now = clock.now_ms();
         if let Some(due) = next.as_ref().filter(|(at, _)| *at <= now) {
@@ -104,10 +104,12 @@ pub async fn run(store: Store, writer: WriterHandle, clock: SharedClock, mut sto
             }
             continue;
         }
-        let wait = next.map(|(at, _)| Duration::from_millis((at - now).max(0) as u64));
+        let wait = next.as_ref().map(|(at, _)| Duration::from_millis((at - now).max(0) as u64));
+        // Woken early only by a commit that armed an earlier deadline (not by every entry).
+        due.sleeping_toward(next.map(|(at, _)| at.max(0) as u64));
         tokio::select! {
             _ = async { match wait { Some(w) => tokio::time::sleep(w).await, None => std::future::pending().await } } => {}
-            ev = events.recv() => if let Err(RecvError::Closed) = ev { return },
+            _ = due.earlier() => {}
             _ = stop.changed() => return,
         }
     }

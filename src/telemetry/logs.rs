@@ -177,7 +177,7 @@ pub async fn run_events(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut events = writer.subscribe();
+    let mut events = writer.subscribe_where(|e| e.kind.starts_with("run.") || e.kind.starts_with("step."));
     let mut dags: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     loop {
         let entry = tokio::select! {

@@ -165,7 +165,9 @@ pub async fn lease(
         req.wait.as_deref().map(|w| ms("wait", w)).transpose()?.unwrap_or(0).min(state.config.queue.long_poll_max_ms),
     );
     let deadline = tokio::time::Instant::now() + wait;
-    let mut events = state.writer.subscribe();
+    // Woken only by entries that may have made work of these types ready.
+    let types = req.types.clone();
+    let mut events = state.writer.subscribe_where(move |e| wakes(e, |t| types.iter().any(|k| k == t)));
     loop {
         let command = Command::Queue(QueueCommand::Lease {
             tenant: tenant.clone(),
@@ -182,17 +184,8 @@ pub async fn lease(
             return Ok(Json(leased(&state, &c)?));
         }
         // Wait for a committed event that may have made work available, or the deadline.
-        let woke = tokio::time::timeout_at(deadline, async {
-            loop {
-                match events.recv().await {
-                    Ok(e) if wakes(&e, |t| req.types.iter().any(|k| k == t)) => return,
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        })
-        .await;
+        // (Lagged or closed: try again too.)
+        let woke = tokio::time::timeout_at(deadline, events.recv()).await;
         if woke.is_err() {
             return Ok(Json(dto::LeaseResponse { leases: vec![] }));
         }
