@@ -145,6 +145,7 @@ fn pairs() {
     print_pair("1 producer + 1 consumer: SQLite WAL FULL", &mut sqlite, None);
     print_pair("1 producer + 1 consumer: stella API, max 1", &mut api_pair(scale(10_000), 1, None), base);
     print_pair("1 producer + 1 consumer: stella API, max 64", &mut api_pair(scale(10_000), 64, None), base);
+    print_pair("1 producer + 1 consumer: stella, max 1, next", &mut api_pair_with(scale(10_000), 1, None, true), base);
     // Flat out, the consumer falls behind and enqueue → start is time in the queue; paced at
     // 300 jobs/s (below both consumers' rate) it is the wake-up and lease path.
     let n = scale(10_000).min(1_500);
@@ -177,6 +178,13 @@ fn print_pair(what: &str, p: &mut Pair, base: Option<(f64, f64)>) {
 /// One producer enqueues `n` jobs over its keep-alive connection while one consumer, on its
 /// own, leases (up to `max` at a time, long-polling) and completes each with its fencing token.
 fn api_pair(n: usize, max: u32, pace: Option<f64>) -> Pair {
+    api_pair_with(n, max, pace, false)
+}
+
+/// [`api_pair`]; with `next`, the consumer's last completion of a lease asks for the next one
+/// (`"next"` on `POST /leases/{job}/complete`: one request and one commit), long-polling only
+/// when that found nothing.
+fn api_pair_with(n: usize, max: u32, pace: Option<f64>, next: bool) -> Pair {
     use std::collections::HashMap;
     let (_d, socket, mut child) = daemon("warn");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -208,13 +216,19 @@ fn api_pair(n: usize, max: u32, pace: Option<f64>) -> Pair {
                 let mut c = Conn::unix(&socket).await;
                 let mut starts = Vec::with_capacity(n);
                 let mut done = 0;
+                let want = serde_json::json!({ "worker": "bench-1", "types": ["bench.work"], "max": max });
+                let mut carried: Vec<serde_json::Value> = Vec::new();
                 while done < n {
-                    let body =
-                        serde_json::json!({ "worker": "bench-1", "types": ["bench.work"], "max": max, "wait": "1s" });
-                    let (status, leased) = c.post("/api/v1/orchestrator/leases", &body).await;
-                    assert_eq!(status, 200);
+                    let leases = if carried.is_empty() {
+                        let mut body = want.clone();
+                        body["wait"] = "1s".into();
+                        let (status, leased) = c.post("/api/v1/orchestrator/leases", &body).await;
+                        assert_eq!(status, 200);
+                        leased["leases"].as_array().cloned().unwrap_or_default()
+                    } else {
+                        std::mem::take(&mut carried)
+                    };
                     let now = Instant::now();
-                    let leases = leased["leases"].as_array().cloned().unwrap_or_default();
                     for l in &leases {
                         let id = l["jobId"].as_str().unwrap();
                         // The producer notes the ack after the response: a lease can come first.
@@ -222,10 +236,16 @@ fn api_pair(n: usize, max: u32, pace: Option<f64>) -> Pair {
                             starts.push(now.saturating_duration_since(*t));
                         }
                     }
-                    for l in leases {
+                    let last = leases.len().saturating_sub(1);
+                    for (i, l) in leases.into_iter().enumerate() {
                         let path = format!("/api/v1/orchestrator/leases/{}/complete", l["jobId"].as_str().unwrap());
-                        let (status, _) = c.post(&path, &serde_json::json!({ "token": l["token"] })).await;
+                        let mut body = serde_json::json!({ "token": l["token"] });
+                        if next && i == last && done + 1 < n {
+                            body["next"] = want.clone();
+                        }
+                        let (status, settled) = c.post(&path, &body).await;
                         assert_eq!(status, 200);
+                        carried = settled["next"]["leases"].as_array().cloned().unwrap_or_default();
                         done += 1;
                     }
                 }
@@ -564,6 +584,8 @@ fn main() {
             let base = Some((sqlite.enqueue.rate(), sqlite.processed_per_s));
             print_pair("1 producer + 1 consumer: SQLite WAL FULL", &mut sqlite, None);
             print_pair("1 producer + 1 consumer: stella API, max 1", &mut api_pair(scale(10_000), 1, None), base);
+            let mut chained = api_pair_with(scale(10_000), 1, None, true);
+            print_pair("1 producer + 1 consumer: stella, max 1, next", &mut chained, base);
         }
         return;
     }

@@ -352,6 +352,19 @@ pub struct LeaseAction {
     pub error_code: Option<String>,
     /// For `fail`: whether another attempt may follow (default true).
     pub retryable: Option<bool>,
+    /// For `complete` and `fail`: lease the next job(s) in the same commit, once this one is
+    /// settled (a lease request without `wait`).
+    pub next: Option<LeaseRequest>,
+}
+
+/// The answer to a lease action: the job, and the next lease when one was asked for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Settled {
+    #[serde(flatten)]
+    pub job: Job,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<LeaseResponse>,
 }
 
 /// `POST /leases/complete`: one leased job's completion, with its fencing token.

@@ -26,6 +26,13 @@ struct Envelope<M: Machine> {
     actor: Actor,
     command: M::Command,
     reply: oneshot::Sender<Result<Committed, CommandError>>,
+    /// A command planned right after this one, in the same batch, only if this one passed.
+    then: Option<Then<M>>,
+}
+
+struct Then<M: Machine> {
+    command: M::Command,
+    reply: oneshot::Sender<Result<Committed, CommandError>>,
 }
 
 /// Counters the status endpoint, the tests and the benchmarks read.
@@ -88,8 +95,26 @@ impl<M: Machine> WriterHandle<M> {
     /// Sends one command and waits for its durable outcome.
     pub async fn submit(&self, actor: Actor, command: M::Command) -> Result<Committed, CommandError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Envelope { actor, command, reply }).await.map_err(|_| CommandError::WriterGone)?;
+        self.tx.send(Envelope { actor, command, reply, then: None }).await.map_err(|_| CommandError::WriterGone)?;
         rx.await.map_err(|_| CommandError::WriterGone)?
+    }
+
+    /// Sends `first` and, to be planned right after it in the same batch (one sync for both)
+    /// and only if it passed, `then`. The outcome of `first`, and of `then` once `first`
+    /// passed: a worker completes a job and leases its next in one round trip and one commit,
+    /// and never holds a lease taken beside a completion that was refused.
+    pub async fn submit_then(
+        &self,
+        actor: Actor,
+        first: M::Command,
+        then: M::Command,
+    ) -> Result<(Committed, Result<Committed, CommandError>), CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let (then_reply, then_rx) = oneshot::channel();
+        let then = Some(Then { command: then, reply: then_reply });
+        self.tx.send(Envelope { actor, command: first, reply, then }).await.map_err(|_| CommandError::WriterGone)?;
+        let first = rx.await.map_err(|_| CommandError::WriterGone)??;
+        Ok((first, then_rx.await.map_err(|_| CommandError::WriterGone)?))
     }
 
     /// Committed entries from now on; a subscriber that falls `event_buffer` behind is told it
@@ -533,55 +558,40 @@ impl<M: Machine> Writer<M> {
         }
     }
 
-    /// Plans every command and appends the entries of those that pass. An `Err` here is a
-    /// storage failure or a projection bug: the whole transaction is dropped.
+    /// Plans every command and appends the entries of those that pass (and of a command's
+    /// `then`, planned right after it once it passed). An `Err` here is a storage failure or a
+    /// projection bug: the whole transaction is dropped.
+    #[allow(clippy::type_complexity)]
     fn apply_batch(
         &mut self,
         txn: &WriteTransaction,
         batch: &[Envelope<M>],
-    ) -> Result<(Vec<Result<Committed, CommandError>>, Sync), String> {
+    ) -> Result<(Vec<(Result<Committed, CommandError>, Option<Result<Committed, CommandError>>)>, Sync), String> {
         let now = self.clock.now_ms().max(self.last_time);
         self.last_time = now;
-        let (mut seq, mut prev) = self.head.clone();
+        let mut head = self.head.clone();
         let mut results = Vec::with_capacity(batch.len());
         let mut live_durable = false;
         self.record.clear();
         let mut ledger = txn.open_table(LEDGER).map_err(|e| e.to_string())?;
         for env in batch {
-            let mut ctx = PlanCtx {
-                now,
-                rng: &mut self.rng,
-                defaults: &self.defaults,
-                derived: &mut self.derived,
-                scratch: Derived::default(),
+            let first = self.plan_one(txn, &mut ledger, &env.actor, &env.command, now, &mut head, &mut live_durable)?;
+            let then = match (&first, &env.then) {
+                (Ok(_), Some(then)) => Some(self.plan_one(
+                    txn,
+                    &mut ledger,
+                    &env.actor,
+                    &then.command,
+                    now,
+                    &mut head,
+                    &mut live_durable,
+                )?),
+                _ => None,
             };
-            let effects = match M::plan(&env.command, txn, &mut ctx) {
-                Ok(effects) => effects,
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
-            };
-            let mut entries = Vec::with_capacity(effects.drafts.len());
-            // The command's entries share the tables the projection opens; closed before the
-            // next plan reads them.
-            let tx = crate::kernel::tx::Tx::store(txn);
-            for draft in effects.drafts {
-                seq += 1;
-                let (entry, stored) = Entry::seal_stored(draft, seq, now, &env.actor.name, &prev);
-                ledger.insert(seq, stored.as_slice()).map_err(|e| e.to_string())?;
-                self.record.push(seq, &stored);
-                M::apply(&tx, &entry).map_err(|e| e.to_string())?;
-                prev.clone_from(&entry.hash);
-                entries.push(entry);
-            }
-            drop(tx);
-            live_durable |= effects.live.iter().any(M::live_is_durable);
-            M::apply_live(txn, &effects.live, now).map_err(|e| e.to_string())?;
-            results.push(Ok(Committed { entries, note: effects.note }));
+            results.push((first, then));
         }
         drop(ledger);
-        self.pending_head = Some((seq, prev));
+        self.pending_head = Some(head);
         // A lease extended is not in the ledger, so not in the log: its batch is a checkpoint.
         let sync = if live_durable || (!self.record.is_empty() && self.wal.checkpoint_due(&self.record)) {
             Sync::Checkpoint
@@ -591,6 +601,50 @@ impl<M: Machine> Writer<M> {
             Sync::Logged
         };
         Ok((results, sync))
+    }
+
+    /// Plans one command against the batch so far and, if it passes, appends its entries after
+    /// `head` and applies them (and its liveness writes) to the transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_one(
+        &mut self,
+        txn: &WriteTransaction,
+        ledger: &mut redb::Table<u64, &[u8]>,
+        actor: &Actor,
+        command: &M::Command,
+        now: i64,
+        head: &mut (u64, String),
+        live_durable: &mut bool,
+    ) -> Result<Result<Committed, CommandError>, String> {
+        let mut ctx = PlanCtx {
+            now,
+            rng: &mut self.rng,
+            defaults: &self.defaults,
+            derived: &mut self.derived,
+            scratch: Derived::default(),
+        };
+        let effects = match M::plan(command, txn, &mut ctx) {
+            Ok(effects) => effects,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (seq, prev) = head;
+        let mut entries = Vec::with_capacity(effects.drafts.len());
+        // The command's entries share the tables the projection opens; closed before the
+        // next plan reads them.
+        let tx = crate::kernel::tx::Tx::store(txn);
+        for draft in effects.drafts {
+            *seq += 1;
+            let (entry, stored) = Entry::seal_stored(draft, *seq, now, &actor.name, prev);
+            ledger.insert(*seq, stored.as_slice()).map_err(|e| e.to_string())?;
+            self.record.push(*seq, &stored);
+            M::apply(&tx, &entry).map_err(|e| e.to_string())?;
+            prev.clone_from(&entry.hash);
+            entries.push(entry);
+        }
+        drop(tx);
+        *live_durable |= effects.live.iter().any(M::live_is_durable);
+        M::apply_live(txn, &effects.live, now).map_err(|e| e.to_string())?;
+        Ok(Ok(Committed { entries, note: effects.note }))
     }
 
     /// After a batch failed: its log record, if it was appended, is zeroed so that no replay
@@ -630,19 +684,29 @@ fn reason_is_io(reason: &str) -> bool {
 }
 
 impl<M: Machine> Writer<M> {
-    fn answer(&mut self, done: impl Iterator<Item = (Envelope<M>, Result<Committed, CommandError>)>) {
+    #[allow(clippy::type_complexity)]
+    fn answer(
+        &mut self,
+        done: impl Iterator<
+            Item = (Envelope<M>, (Result<Committed, CommandError>, Option<Result<Committed, CommandError>>)),
+        >,
+    ) {
         if let Some(head) = self.pending_head.take() {
             self.head = head;
         }
         let done: Vec<_> = done.collect();
         let entries: Vec<Arc<Entry>> = done
             .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
+            .flat_map(|(_, (first, then))| [Some(first), then.as_ref()])
+            .filter_map(|r| r?.as_ref().ok())
             .flat_map(|c| c.entries.iter().map(|e| Arc::new(e.clone())))
             .collect();
         self.publish.entries(&entries);
-        for (env, result) in done {
-            let _ = env.reply.send(result);
+        for (env, (first, then)) in done {
+            let _ = env.reply.send(first);
+            if let (Some(t), Some(result)) = (env.then, then) {
+                let _ = t.reply.send(result);
+            }
         }
         self.stats.entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.stats.head_seq.store(self.head.0, Ordering::Release);

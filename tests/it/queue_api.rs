@@ -402,6 +402,64 @@ async fn many_leased_jobs_complete_in_one_request_each_on_its_own_token() {
     }
 }
 
+/// A worker completes a job and leases its next in one request: both in one commit (adjacent
+/// entries of one time), the next only if the completion passed — a stale token leases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_leases_the_next_job_in_the_same_commit_only_if_it_passed() {
+    let app = TestAppliance::start();
+    let c = app.socket_client();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(api_post(&c, "/jobs", json!({ "type": "next.done", "payload": { "n": n } })).await["id"].clone());
+    }
+    let want = json!({ "worker": "w-next", "types": ["next.done"], "max": 1 });
+    let a = api_post(&c, "/leases", want.clone()).await["leases"][0].clone();
+    let path = |l: &Value| format!("{API}/leases/{}/complete", l["jobId"].as_str().unwrap());
+    let r = c.post(&path(&a), &json!({ "token": a["token"], "result": { "ok": 1 }, "next": want })).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let settled = r.json().unwrap();
+    assert_eq!((settled["id"].as_str(), settled["state"].as_str()), (a["jobId"].as_str(), Some("succeeded")));
+    let b = settled["next"]["leases"][0].clone();
+    assert_eq!(settled["next"]["leases"].as_array().unwrap().len(), 1, "{settled}");
+    assert_ne!(b["jobId"], a["jobId"]);
+    assert_eq!(api_get(&c, &format!("/jobs/{}", b["jobId"].as_str().unwrap())).await["state"], "leased");
+    let entries = ledger(&c).await;
+    let at = |kind: &str, job: &Value| {
+        entries
+            .iter()
+            .find(|e| e["kind"] == kind && e["subjects"][0] == *job)
+            .unwrap_or_else(|| panic!("{kind}"))
+            .clone()
+    };
+    let (done, granted) = (at("job.succeeded", &a["jobId"]), at("lease.granted", &b["jobId"]));
+    assert_eq!(granted["seq"].as_u64(), done["seq"].as_u64().map(|s| s + 1), "the lease right after: {granted}");
+    assert_eq!(granted["time"], done["time"], "one batch, one time");
+
+    // A stale token: refused, and the third job stays ready.
+    let stale = json!({ "token": b["token"].as_u64().unwrap() + 5, "next": want });
+    let r = c.post(&path(&b), &stale).await.unwrap();
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    let third = api_get(&c, &format!("/jobs/{}", ids[2].as_str().unwrap())).await;
+    assert_eq!(third["state"], "ready", "nothing was leased: {third}");
+
+    for (action, body, field) in [
+        ("heartbeat", json!({ "token": b["token"], "next": want }), "next"),
+        (
+            "complete",
+            json!({ "token": b["token"], "next": { "worker": "w-next", "types": ["next.done"], "wait": "1s" } }),
+            "next.wait",
+        ),
+        ("complete", json!({ "token": b["token"], "next": { "worker": "w-next", "types": [] } }), "types"),
+    ] {
+        let url = format!("{API}/leases/{}/{action}", b["jobId"].as_str().unwrap());
+        let r = c.post(&url, &body).await.unwrap();
+        assert_eq!(r.status, 422, "{body}: {:?}", r.json());
+        assert_eq!(r.json().unwrap()["field"].as_str(), Some(field), "{body}");
+    }
+    assert_eq!(api_get(&c, &format!("/jobs/{}", b["jobId"].as_str().unwrap())).await["state"], "leased");
+    assert!(app.stella(&["orch", "db", "verify"]).status.success());
+}
+
 /// An idempotency key whose job was purged from the dead-letter queue names nothing any more:
 /// enqueued again, it makes a new job (it answered 404 for the purged one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,18 @@ pub async fn submit(state: &AppState, p: &Principal, command: Command) -> ApiRes
     Ok(state.writer.submit(actor(p), command).await?)
 }
 
+/// [`submit`] of `first`, then of `then` in the same commit once `first` passed; the outcome
+/// of each.
+pub async fn submit_then(
+    state: &AppState,
+    p: &Principal,
+    first: Command,
+    then: Command,
+) -> ApiResult<(Committed, ApiResult<Committed>)> {
+    let (first, then) = state.writer.submit_then(actor(p), first, then).await?;
+    Ok((first, then.map_err(Into::into)))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvQuery {

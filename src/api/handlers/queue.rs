@@ -4,7 +4,7 @@
 
 use crate::api::dto;
 use crate::api::extract::{Auth, JsonBody, QueryArgs};
-use crate::api::handlers::{EnvQuery, acting_tenant, ms, submit};
+use crate::api::handlers::{EnvQuery, acting_tenant, ms, submit, submit_then};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
 use crate::auth::{Principal, Scope};
@@ -131,6 +131,27 @@ pub async fn lease(
     JsonBody(req): JsonBody<dto::LeaseRequest>,
 ) -> ApiResult<Json<dto::LeaseResponse>> {
     let p = auth.require_either(Scope::Operate, Scope::Agent)?;
+    let (command, wait) = lease_command(&state, p, &req)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    // Woken only by entries that may have made work of these types ready.
+    let types = req.types.clone();
+    let mut events = state.writer.subscribe_where(move |e| wakes(e, |t| types.iter().any(|k| k == t)));
+    loop {
+        let c = submit(&state, p, command.clone()).await?;
+        if !c.entries.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(leased(&state, &c)?));
+        }
+        // Wait for a committed event that may have made work available, or the deadline
+        // (lagged or closed: try again too).
+        let woke = tokio::time::timeout_at(deadline, events.recv()).await;
+        if woke.is_err() {
+            return Ok(Json(dto::LeaseResponse { leases: vec![] }));
+        }
+    }
+}
+
+/// The lease command of a request, checked, and how long it may wait for work.
+fn lease_command(state: &AppState, p: &Principal, req: &dto::LeaseRequest) -> ApiResult<(Command, Duration)> {
     let tenant = match &req.agent {
         None if p.has(Scope::Operate) => p.tenant.clone(),
         None => {
@@ -140,7 +161,7 @@ pub async fn lease(
                 "a token of scope orchestrator:agent leases only as a deploy agent (\"agent\": its version, \"env\": its environment)",
             ));
         }
-        Some(version) => Some(agent_tenant(&state, p, &req, version)?),
+        Some(version) => Some(agent_tenant(state, p, req, version)?),
     };
     if req.types.is_empty() || req.types.iter().any(|t| !valid_type(t)) {
         return Err(Problem::invalid("types", "name at least one job type (1-64 of a-z, 0-9, '.', '-', '_')"));
@@ -164,32 +185,17 @@ pub async fn lease(
     let wait = Duration::from_millis(
         req.wait.as_deref().map(|w| ms("wait", w)).transpose()?.unwrap_or(0).min(state.config.queue.long_poll_max_ms),
     );
-    let deadline = tokio::time::Instant::now() + wait;
-    // Woken only by entries that may have made work of these types ready.
-    let types = req.types.clone();
-    let mut events = state.writer.subscribe_where(move |e| wakes(e, |t| types.iter().any(|k| k == t)));
-    loop {
-        let command = Command::Queue(QueueCommand::Lease {
-            tenant: tenant.clone(),
-            worker: req.worker.clone(),
-            worker_tenant: tenant.clone().unwrap_or_default(),
-            types: req.types.clone(),
-            max,
-            ttl_ms,
-            env: req.env.clone(),
-            agent: req.agent.clone(),
-        });
-        let c = submit(&state, p, command).await?;
-        if !c.entries.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(leased(&state, &c)?));
-        }
-        // Wait for a committed event that may have made work available, or the deadline.
-        // (Lagged or closed: try again too.)
-        let woke = tokio::time::timeout_at(deadline, events.recv()).await;
-        if woke.is_err() {
-            return Ok(Json(dto::LeaseResponse { leases: vec![] }));
-        }
-    }
+    let command = Command::Queue(QueueCommand::Lease {
+        worker_tenant: tenant.clone().unwrap_or_default(),
+        tenant,
+        worker: req.worker.clone(),
+        types: req.types.clone(),
+        max,
+        ttl_ms,
+        env: req.env.clone(),
+        agent: req.agent.clone(),
+    });
+    Ok((command, wait))
 }
 
 /// The tenant a deploy agent's lease takes jobs of (the site's), once it has shown it may
@@ -256,7 +262,7 @@ pub async fn lease_action(
     auth: Auth,
     Path((job, action)): Path<(String, String)>,
     JsonBody(req): JsonBody<dto::LeaseAction>,
-) -> ApiResult<Json<dto::Job>> {
+) -> ApiResult<Json<dto::Settled>> {
     let p = auth.require_either(Scope::Operate, Scope::Agent)?;
     if !p.has(Scope::Operate) {
         // A deploy agent's token settles only jobs bound to a deploy agent (its fencing token
@@ -290,8 +296,24 @@ pub async fn lease_action(
         },
         other => return Err(Problem::not_found(format!("lease action {other:?} (heartbeat, complete, fail)"))),
     };
-    submit(&state, p, Command::Queue(command)).await?;
-    Ok(Json(job_dto(&state, p, &job)?))
+    let Some(next) = req.next else {
+        submit(&state, p, Command::Queue(command)).await?;
+        return Ok(Json(dto::Settled { job: job_dto(&state, p, &job)?, next: None }));
+    };
+    // The next lease, planned right after this one in the same commit, and only if it passed.
+    if action == "heartbeat" {
+        return Err(Problem::invalid("next", "a next lease comes with a complete or a fail, not a heartbeat"));
+    }
+    if next.wait.is_some() {
+        return Err(Problem::invalid(
+            "next.wait",
+            "a lease taken with a completion does not wait: long-poll with POST /leases",
+        ));
+    }
+    let (lease, _) = lease_command(&state, p, &next)?;
+    let (_, leased_next) = submit_then(&state, p, Command::Queue(command), lease).await?;
+    let next = leased(&state, &leased_next?)?;
+    Ok(Json(dto::Settled { job: job_dto(&state, p, &job)?, next: Some(next) }))
 }
 
 /// Completions in one `POST /leases/complete`, like the jobs of one `POST /jobs`.
