@@ -66,7 +66,11 @@ impl Publisher {
         let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
         taps.retain(|t| t.tx.receiver_count() > 0);
         for t in taps.iter() {
-            for e in entries.iter().filter(|e| (t.wants)(e)) {
+            // A predicate that panics delivers the entry (its subscriber filters it again): the
+            // batch is committed, and no tap may miss it or fail the callers' answers.
+            let wants =
+                |e: &Entry| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (t.wants)(e))).unwrap_or(true);
+            for e in entries.iter().filter(|e| wants(e)) {
                 let _ = t.tx.send(e.clone());
             }
         }
@@ -140,6 +144,11 @@ mod tests {
         p.entries(&[entry(4, "run.succeeded")]);
         assert!(p.taps.lock().unwrap().is_empty(), "a dropped tap is removed");
         assert_eq!(kinds(&mut all), ["run.succeeded"]);
+        let mut broken = p.subscribe_where(|e| if e.seq == 5 { panic!("a broken predicate") } else { false });
+        let mut after = p.subscribe_where(|_| true);
+        p.entries(&[entry(5, "job.enqueued"), entry(6, "job.enqueued")]);
+        assert_eq!(kinds(&mut broken), ["job.enqueued"], "a panicking predicate delivers the entry");
+        assert_eq!(kinds(&mut after).len(), 2, "and the taps after it miss nothing");
     }
 
     #[tokio::test]

@@ -312,7 +312,15 @@ pub async fn lease_action(
     }
     let (lease, _) = lease_command(&state, p, &next)?;
     let (_, leased_next) = submit_then(&state, p, Command::Queue(command), lease).await?;
-    let next = leased(&state, &leased_next?)?;
+    // The completion is committed: a next lease that could not be planned leases nothing and
+    // must not turn the answer into an error (a retry of the completion would be refused).
+    let next = match leased_next {
+        Ok(c) => leased(&state, &c)?,
+        Err(problem) => {
+            tracing::warn!(job = %job, code = problem.body().code, detail = problem.detail(), "the next lease after a completion was refused; nothing was leased");
+            dto::LeaseResponse { leases: vec![] }
+        }
+    };
     Ok(Json(dto::Settled { job: job_dto(&state, p, &job)?, next: Some(next) }))
 }
 
