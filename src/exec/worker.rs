@@ -219,21 +219,27 @@ impl Attempt {
     }
 
     async fn run(self, slot: Slot) {
+        // The watch for this job's cancel first, then the job: a cancel committed after the
+        // grant is either in what the read sees or delivered to the watch, never missed.
+        let watch = {
+            let job = self.job.clone();
+            self.writer.subscribe_where(move |e| cancels(e, &job))
+        };
         let Some(job) = self.store.read().ok().and_then(|t| read::job(&t, &self.job).ok().flatten()) else { return };
+        if !leased_under(&job, self.token) {
+            tracing::info!(job = %self.job, "job no longer leased to this attempt (cancelled or taken over); not started");
+            return;
+        }
         let timeout = Duration::from_millis(job.payload["timeoutMs"].as_u64().unwrap_or(300_000));
         let builtin = crate::domain::runs::spec::BUILTINS.contains(&job.job_type.as_str());
-        let this_cancelled = |job: String| move |e: &crate::kernel::ledger::Entry| cancels(e, &job);
-        // Only this job's cancel (a plugin's is watched by its supervision, a built-in's here).
-        let mut events = if builtin {
-            self.writer.subscribe_where(this_cancelled(self.job.clone()))
-        } else {
-            tokio::sync::broadcast::channel(1).1
-        };
+        // A built-in's cancel is watched here, a plugin's by its supervision.
+        let (mut events, plugin_watch) =
+            if builtin { (watch, None) } else { (tokio::sync::broadcast::channel(1).1, Some(watch)) };
         let beat = Duration::from_millis((self.opts.lease_ttl_ms / 3).max(1));
         let cancelled = {
-            let mut events = self.writer.subscribe_where(this_cancelled(self.job.clone()));
             let (job_id, token, store) = (self.job.clone(), self.token, self.store.clone());
             async move {
+                let Some(mut events) = plugin_watch else { return std::future::pending().await };
                 loop {
                     match events.recv().await {
                         Ok(e) if cancels(&e, &job_id) => return,
@@ -316,7 +322,11 @@ impl Attempt {
 /// Whether the job is still leased under `token` (not cancelled, expired or taken over).
 fn still_leased(store: &Store, job: &str, token: u64) -> bool {
     let Ok(Some(j)) = store.read().and_then(|t| read::job(&t, job)) else { return true };
-    j.state == crate::domain::queue::tables::JobState::Leased && j.lease.is_some_and(|l| l.token == token)
+    leased_under(&j, token)
+}
+
+fn leased_under(job: &crate::domain::queue::tables::JobRecord, token: u64) -> bool {
+    job.state == crate::domain::queue::tables::JobState::Leased && job.lease.as_ref().is_some_and(|l| l.token == token)
 }
 
 /// Whether `entry` cancels the job `job` (its run was cancelled or aborted).
