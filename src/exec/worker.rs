@@ -231,7 +231,7 @@ impl Attempt {
             return;
         }
         let timeout = Duration::from_millis(job.payload["timeoutMs"].as_u64().unwrap_or(300_000));
-        let builtin = crate::domain::runs::spec::BUILTINS.contains(&job.job_type.as_str());
+        let builtin = builtin_kind(&job.job_type);
         // A built-in's cancel is watched here, a plugin's by its supervision.
         let (mut events, plugin_watch) =
             if builtin { (watch, None) } else { (tokio::sync::broadcast::channel(1).1, Some(watch)) };
@@ -250,15 +250,14 @@ impl Attempt {
                 }
             }
         };
-        let work: std::pin::Pin<Box<dyn std::future::Future<Output = Option<StepResult>> + Send>> =
-            if builtin_kind(&job.job_type) {
-                Box::pin(async { Some(builtin::run(&job.job_type, &job.payload["inputs"]).await) })
-            } else {
-                match self.invocation(&job) {
-                    Ok(inv) => Box::pin(plugin::run(inv, cancelled)),
-                    Err((code, e)) => Box::pin(async move { Some(StepResult::Failed { code: code.into(), error: e }) }),
-                }
-            };
+        let work: std::pin::Pin<Box<dyn std::future::Future<Output = Option<StepResult>> + Send>> = if builtin {
+            Box::pin(async { Some(builtin::run(&job.job_type, &job.payload["inputs"]).await) })
+        } else {
+            match self.invocation(&job) {
+                Ok(inv) => Box::pin(plugin::run(inv, cancelled)),
+                Err((code, e)) => Box::pin(async move { Some(StepResult::Failed { code: code.into(), error: e }) }),
+            }
+        };
         tokio::pin!(work);
         // A plugin enforces its own timeout and cancel (it must stop its whole process group);
         // here they apply to the built-in kinds only.

@@ -24,7 +24,18 @@ pub fn set(tx: &Tx, due_ms: i64, key: &str, insert: bool) -> Result<(), ApplyErr
     if insert { arm(tx, due_ms, key) } else { disarm(tx, due_ms, key) }
 }
 
-/// The earliest armed deadline of `table` (the due index, in a read or a write transaction).
-pub fn earliest(table: &impl ReadableTable<(u64, &'static str), u8>) -> Result<Option<u64>, redb::StorageError> {
-    Ok(table.first()?.map(|(k, _)| k.value().0))
+/// The earliest armed timer of `table` (the due index, in a read or a write transaction):
+/// its due ms and key.
+pub fn earliest(
+    table: &impl ReadableTable<(u64, &'static str), u8>,
+) -> Result<Option<(u64, String)>, redb::StorageError> {
+    Ok(table.first()?.map(|(k, _)| {
+        let (due, key) = k.value();
+        (due, key.to_owned())
+    }))
+}
+
+/// [`earliest`] of what `store` has committed; `None` also when it cannot be read.
+pub fn earliest_committed(store: &crate::kernel::store::Store) -> Option<(u64, String)> {
+    earliest(&store.read().ok()?.open_table(DUE).ok()?).ok().flatten()
 }

@@ -459,10 +459,7 @@ impl<M: Machine> Writer<M> {
             Err(_) => return false,
         }
         // The replay may have armed deadlines the timer task has not seen.
-        let earliest =
-            self.store.read().ok().and_then(|t| {
-                crate::kernel::due::earliest(&t.open_table(crate::kernel::due::DUE).ok()?).ok().flatten()
-            });
+        let earliest = crate::kernel::due::earliest_committed(&self.store).map(|(due, _)| due);
         self.publish.due().committed(earliest);
         self.store.set_fault(None);
         tracing::info!("the store takes writes again");
@@ -513,7 +510,8 @@ impl<M: Machine> Writer<M> {
             }
             let earliest =
                 crate::kernel::due::earliest(&txn.open_table(crate::kernel::due::DUE).map_err(|e| e.to_string())?)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?
+                    .map(|(due, _)| due);
             txn.commit().map_err(|e| e.to_string())?;
             match sync {
                 Sync::Logged => self.wal.committed(),

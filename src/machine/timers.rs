@@ -78,11 +78,7 @@ const STUCK_BACKOFF: Duration = Duration::from_millis(250);
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
 fn earliest(store: &Store) -> Option<(i64, String)> {
-    let txn = store.read().ok()?;
-    let table = txn.open_table(DUE).ok()?;
-    let (k, _) = table.first().ok()??;
-    let (due, key) = k.value();
-    Some((due as i64, key.to_owned()))
+    crate::kernel::due::earliest_committed(store).map(|(due, key)| (due as i64, key))
 }
 
 pub async fn run(store: Store, writer: WriterHandle, clock: SharedClock, mut stop: watch::Receiver<bool>) {
