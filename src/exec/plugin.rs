@@ -177,14 +177,22 @@ pub async fn run(inv: Invocation, cancelled: impl std::future::Future<Output = (
 /// Creates an attempt's working directory, private to the daemon's user (a plugin may write a
 /// secret there). A sibling attempt of the same run that just succeeded removes the run and step
 /// directories above its own once they are empty ([`tidy_workdirs`]), and may do so between the
-/// creation of a parent and of its child here: that `NotFound` is retried, since each retry that
+/// creation of a parent and of its child here: that `NotFound` (or the `AlreadyExists` of a parent
+/// that vanished right after) is retried, since each retry that
 /// loses means a sibling finished, and a sibling's tidy never removes a non-empty directory.
 fn create_workdir(workdir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let mut tries = 0;
     loop {
         match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(workdir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 64 => tries += 1,
+            // A parent made by a sibling can vanish between its `mkdir` answering "exists" and
+            // the `is_dir` that std checks next: that is the same lost race.
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists)
+                    && tries < 64 =>
+            {
+                tries += 1
+            }
             done => return done,
         }
     }
