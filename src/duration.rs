@@ -41,3 +41,31 @@ mod tests {
         }
     }
 }
+
+/// A duration for people, in its largest unit and the next (`4m 12s`, `2h 5m`, `3d 1h`, `850ms`).
+pub fn human(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    for (i, (size, unit)) in UNITS.iter().enumerate() {
+        if ms >= *size {
+            let whole = ms / size;
+            let rest = match UNITS.get(i + 1) {
+                Some((next, u)) if (ms % size) / next > 0 => format!(" {}{u}", (ms % size) / next),
+                _ => String::new(),
+            };
+            return format!("{whole}{unit}{rest}");
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod human_tests {
+    #[test]
+    fn durations_read_in_their_largest_unit() {
+        for (ms, want) in
+            [(850, "850ms"), (1_000, "1s"), (252_000, "4m 12s"), (7_500_000, "2h 5m"), (90_000_000, "1d 1h")]
+        {
+            assert_eq!(super::human(ms), want);
+        }
+    }
+}

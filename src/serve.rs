@@ -517,6 +517,15 @@ const SAMPLES: &[(&str, Kind, Option<&str>, &[SampleFile])] = &[
         ],
     ),
     (
+        "security-scan",
+        Kind::Plugin,
+        None,
+        &[
+            ("plugin.toml", include_str!("../bundles/security-scan/plugin.toml"), 0o644),
+            ("run.sh", include_str!("../bundles/security-scan/run.sh"), 0o755),
+        ],
+    ),
+    (
         "sample-pipeline",
         Kind::Dag,
         None,

@@ -854,6 +854,9 @@ pub struct Dag {
     pub name: String,
     pub active: u32,
     pub versions: Vec<DagVersionDto>,
+    /// The active version's spec (TOML), when asked for (`?spec=true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -884,6 +887,7 @@ impl Dag {
                     disabled: v.disabled,
                 })
                 .collect(),
+            spec: None,
         }
     }
 }
@@ -974,6 +978,89 @@ pub struct DeployRequest {
     pub force: bool,
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// `POST /promotions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PromotionStart {
+    /// `name@version`.
+    pub artifact: String,
+    /// The environment it is promoted into.
+    pub to: String,
+    /// Promote although the artifact has not succeeded where `to` promotes from (admin).
+    #[serde(default)]
+    pub force_path: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /promotions/{id}/abort`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PromotionAbort {
+    pub reason: String,
+}
+
+/// A promotion (DESIGN.md §9): an artifact moving into an environment through its gates, then
+/// deployed by its agent and checked; a run of the environment's promotion DAG.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    pub id: String,
+    pub artifact: String,
+    pub from: Option<String>,
+    pub env: String,
+    /// `in_progress`, `success` or `failed`.
+    pub status: String,
+    pub deployment: String,
+    pub run_id: String,
+    pub requested_by: String,
+    pub created_at: String,
+    /// The last change of its state (a step or gate moved, the deployment moved).
+    pub updated_at: String,
+    /// Since that change, at the time of asking.
+    pub age_ms: i64,
+    pub ended_at: Option<String>,
+    /// The step or gate it is at (none once it ended).
+    pub current_step: Option<String>,
+    /// Why it waits, one line (none once it ended).
+    pub wait_reason: Option<String>,
+    pub error: Option<String>,
+    pub failed_step: Option<String>,
+    pub reason: Option<String>,
+    /// What it was forced through (a lock, the promotion path), ledgered.
+    #[serde(default)]
+    pub forced: Vec<String>,
+    pub gates: Vec<PromotionGate>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotionGate {
+    pub name: String,
+    /// `approval`, `wait` or `plugin`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `pending` (not its turn), `waiting`, `running`, `passed`, `failed`, `skipped`,
+    /// `cancelled`.
+    pub state: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// When it entered that state.
+    pub since: Option<String>,
+    /// What it waits on, one line.
+    pub waiting_on: Option<String>,
+    pub error: Option<String>,
+    /// The approval of an approval gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotionList {
+    pub promotions: Vec<Promotion>,
 }
 
 /// `POST /rollbacks`.

@@ -50,7 +50,8 @@ async fn catch_panics(
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::put;
     use handlers::{
-        admin, approvals, bundles, cache, config, dags, exports, locks, queue, release, runs, stream, tokens,
+        admin, approvals, bundles, cache, config, dags, exports, locks, promotions, queue, release, runs, stream,
+        tokens,
     };
     let api = Router::new()
         .route("/admin/health", get(admin::health))
@@ -125,6 +126,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/deployments/{id}", get(release::deployment))
         .route("/deployments/{id}/repair", post(release::repair))
         .route("/rollbacks", post(release::rollback))
+        .route("/promotions", get(promotions::list).post(promotions::start))
+        .route("/promotions/latest", get(promotions::latest))
+        .route("/promotions/{id}", get(promotions::show))
+        .route("/promotions/{id}/abort", post(promotions::abort))
         .route("/metrics", get(admin::metrics));
     let runbook = Router::new()
         .route("/stream", get(stream::stream))

@@ -161,6 +161,15 @@ pub struct Lkg {
     pub restorable: Option<String>,
 }
 
+/// What a deployment may break through, each ledgered with the actor: the environment's lock
+/// held by a stuck holder; a promotion's path (the artifact not yet successful where the
+/// environment promotes from).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forcing {
+    pub lock: bool,
+    pub path: bool,
+}
+
 impl Releases<'_> {
     /// Refuses (`agent_unavailable`, with the command that tells why) when no agent would take
     /// the environment's runs now.
@@ -180,14 +189,14 @@ impl Releases<'_> {
             .ok_or_else(|| CommandError::NotFound { what: format!("environment {name}") }.into())
     }
 
-    /// A deployment of `artifact` to `env` (`direct`, `rollback` or `reset`): the artifact
-    /// checked on disk, then the command. Answers the deployment as recorded.
+    /// A deployment of `artifact` to `env` (`direct`, `rollback`, `reset` or `promotion`): the
+    /// artifact checked on disk, then the command. Answers the deployment as recorded.
     pub async fn deploy(
         &self,
         env: &str,
         artifact: &str,
         kind: DeploymentKind,
-        force: bool,
+        force: Forcing,
         reason: Option<String>,
     ) -> Result<DeploymentRecord, ReleaseError> {
         let e = self.env(env)?;
@@ -224,7 +233,8 @@ impl Releases<'_> {
             artifact: artifact.to_owned(),
             digest: a.digest.clone(),
             kind,
-            force,
+            force: force.lock,
+            force_path: force.path,
             target: target_of(self.lib, &e),
             // A remote agent fetches the artifact by its digest into its own cache.
             source: if remote(&e) { String::new() } else { artifact_dir(self.lib, &a.digest).display().to_string() },
@@ -318,7 +328,7 @@ impl Releases<'_> {
             });
         }
         drop(txn);
-        self.deploy(env, &target, DeploymentKind::Rollback, false, reason).await
+        self.deploy(env, &target, DeploymentKind::Rollback, Forcing::default(), reason).await
     }
 }
 
@@ -622,7 +632,7 @@ impl Releases<'_> {
                 fix: Some(format!("stella deploy --env {env} --artifact NAME@VERSION")),
             });
         };
-        self.deploy(env, &current.artifact, DeploymentKind::Reset, false, reason).await
+        self.deploy(env, &current.artifact, DeploymentKind::Reset, Forcing::default(), reason).await
     }
 }
 

@@ -559,8 +559,14 @@ pub enum AgentCmd {
 pub enum DagCmd {
     /// DAGs and their active versions.
     List,
-    /// One DAG's versions.
-    Show { dag: String },
+    /// One DAG's versions (and with `--spec` its active version's spec: a release's generated
+    /// deployment and promotion DAGs too).
+    Show {
+        dag: String,
+        /// Print the active version's spec (TOML).
+        #[arg(long)]
+        spec: bool,
+    },
     /// Disable a version (default: the active one); runs cannot start on it.
     #[command(disable_version_flag = true)]
     Disable {
@@ -629,26 +635,74 @@ pub enum DbCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum PromotionCmd {
-    Status,
+    /// Promote an artifact into an environment through its gates (it must have succeeded in
+    /// the environment that one promotes from).
+    Start {
+        /// The artifact, `NAME@VERSION`.
+        artifact: String,
+        /// The environment to promote into.
+        #[arg(long)]
+        to: String,
+        /// Promote although the artifact has not succeeded where the environment promotes from
+        /// (needs orchestrator:admin; ledgered).
+        #[arg(long)]
+        force_path: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// A promotion (default: the unfinished one, else the latest): its current step, last
+    /// update and age, error, and why it waits.
+    Status {
+        /// A promotion id (`prom-N`).
+        id: Option<String>,
+    },
+    /// Every step and gate attempt of a promotion (default: the latest) with times and agent.
     Trace {
+        /// A promotion id (`prom-N`).
+        id: Option<String>,
+        /// Each attempt's outcome and error, and each step's outputs.
         #[arg(long)]
         verbose: bool,
     },
-    Gates,
+    /// Each gate of a promotion (default: the latest): state, attempts, time in state, what it
+    /// waits on.
+    Gates {
+        /// A promotion id (`prom-N`).
+        id: Option<String>,
+    },
+    /// Act on a promotion's gate.
     #[command(subcommand)]
     Gate(GateCmd),
+    /// Promotions, newest first.
     List {
+        /// `in_progress`, `success` or `failed`.
         #[arg(long)]
         status: Option<String>,
+        /// Only those whose state has not changed for this long (`5m`).
         #[arg(long)]
         older_than: Option<String>,
+        /// Only those into this environment.
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// End an unfinished promotion as failed: its run is cancelled, its locks released.
+    Abort {
+        /// A promotion id (`prom-N`).
+        id: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum GateCmd {
+    /// Ask to skip a gate of a promotion (opens an approval a second actor must give).
     Skip {
+        /// The gate (default: the one the promotion waits at).
         gate: Option<String>,
+        /// A promotion id (default: the unfinished one).
+        #[arg(long)]
+        promotion: Option<String>,
         #[arg(long)]
         reason: String,
     },

@@ -119,7 +119,7 @@ async fn client_command(g: &Global, cmd: Top) -> Result<(), CliError> {
         Top::Orch(o) => orch(g, o).await,
         Top::Deploy(a) => crate::cli::release::deploy(g, a).await,
         Top::Rollback(r) => crate::cli::release::rollback(g, r).await,
-        Top::Promotion(_) => na("promotions through gates (issue: promotions)"),
+        Top::Promotion(p) => crate::cli::promotion::run(g, p).await,
         Top::Registry(r) => crate::cli::release::registry(g, r).await,
         Top::Doctor(a) => crate::cli::release::doctor(g, a.check).await,
         Top::Export(a) => crate::cli::export::export(g, a).await,

@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod export;
 pub mod keys;
 pub mod output;
+pub mod promotion;
 pub mod queue;
 pub mod release;
 pub mod runs;

@@ -20,7 +20,7 @@ fn encode(v: &str) -> String {
         .collect()
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
     let q: Vec<String> = pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v)))).collect();
     if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
 }

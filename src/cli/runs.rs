@@ -448,7 +448,8 @@ fn dag_text(v: &dto::Dag) -> String {
             ]
         })
         .collect();
-    format!("DAG {}\n{}", v.name, table(&["VERSION", "ACTIVE", "STATE", "SOURCE", "REGISTERED", "SHA256"], &rows))
+    let spec = v.spec.as_deref().map(|s| format!("\nversion {} spec:\n{s}", v.active)).unwrap_or_default();
+    format!("DAG {}\n{}{spec}", v.name, table(&["VERSION", "ACTIVE", "STATE", "SOURCE", "REGISTERED", "SHA256"], &rows))
 }
 
 pub async fn dag(g: &Global, cmd: DagCmd) -> Result<(), CliError> {
@@ -459,7 +460,9 @@ pub async fn dag(g: &Global, cmd: DagCmd) -> Result<(), CliError> {
             output::show(g.format, &raw, &v, dags_text);
             return Ok(());
         }
-        DagCmd::Show { dag } => client.get(&format!("{P}/dags/{dag}")).await?.ok()?.typed()?,
+        DagCmd::Show { dag, spec } => {
+            client.get(&format!("{P}/dags/{dag}{}", if spec { "?spec=true" } else { "" })).await?.ok()?.typed()?
+        }
         DagCmd::Disable { dag, version } => {
             client.post(&format!("{P}/dags/{dag}/disable"), &json!({ "version": version })).await?.ok()?.typed()?
         }

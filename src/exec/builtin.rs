@@ -28,6 +28,8 @@ pub async fn run(kind: &str, inputs: &Value) -> StepResult {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             StepResult::Outputs(json!({ "sleptMs": ms }))
         }
+        // Queued no earlier than its time (the planner set the job's not-before): done.
+        "wait" => StepResult::Outputs(json!({ "waited": true })),
         "fail" => StepResult::Failed {
             code: "step_failed".into(),
             error: inputs["message"].as_str().unwrap_or("the fail step kind always fails").to_owned(),

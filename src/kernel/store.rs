@@ -35,8 +35,11 @@ pub enum StoreError {
          upgrade stella, the file was not changed"
     )]
     NewerSchema { path: PathBuf, found: u64, supported: u64 },
-    #[error("open store {path}: it is in use by another process (is the daemon running? ask it with the API instead)")]
-    Locked { path: PathBuf },
+    #[error(
+        "open store {path}: it is in use by another process{} (is the daemon running? ask it with the API instead)",
+        holders_text(holders)
+    )]
+    Locked { path: PathBuf, holders: Vec<String> },
     #[error("open store {path}: no store there")]
     Missing { path: PathBuf },
     #[error(
@@ -142,12 +145,34 @@ impl Store {
 
     /// Opens with a page cache of at most `cache_bytes` (redb's default is 1 GiB).
     pub fn open_with_cache<M: Machine>(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        if path.exists() {
-            refuse_newer_schema(path)?;
-        } else if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| redb_err(path)(redb::Error::Io(e)))?;
-        }
-        let db = open_database(path, cache_bytes)?;
+        Self::open_waiting::<M>(path, cache_bytes, std::time::Duration::ZERO)
+    }
+
+    /// [`Self::open_with_cache`], trying a store another process holds again for up to `wait`:
+    /// a process that had it open and is ending (a daemon killed just now, whose restart races
+    /// its exit) lets go within moments.
+    pub fn open_waiting<M: Machine>(
+        path: &Path,
+        cache_bytes: usize,
+        wait: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        let db = loop {
+            let opened = if path.exists() {
+                refuse_newer_schema(path).and_then(|()| open_database(path, cache_bytes))
+            } else {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| redb_err(path)(redb::Error::Io(e)))?;
+                }
+                open_database(path, cache_bytes)
+            };
+            match opened {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let shared = Shared {
             db: std::sync::RwLock::new(Some(Arc::new(db))),
             cache_bytes,
@@ -276,7 +301,7 @@ fn refuse_newer_schema(path: &Path) -> Result<(), StoreError> {
     let ro = match ReadOnlyDatabase::open(path) {
         Ok(ro) => ro,
         Err(DatabaseError::DatabaseAlreadyOpen) => {
-            return Err(StoreError::Locked { path: path.to_owned() });
+            return Err(locked(path));
         }
         Err(_) => return Ok(()),
     };
@@ -333,9 +358,43 @@ fn rebuild_projections<M: Machine>(txn: &redb::WriteTransaction, path: &Path) ->
     Ok(())
 }
 
+/// The error for a store another process holds, naming the processes that have it open.
+fn locked(path: &Path) -> StoreError {
+    StoreError::Locked { path: path.to_owned(), holders: holders(path) }
+}
+
+fn holders_text(holders: &[String]) -> String {
+    if holders.is_empty() { String::new() } else { format!(" ({})", holders.join(", ")) }
+}
+
+/// The processes (other than this one) with the file at `path` open, as `pid N (name)`, read
+/// from `/proc`: what holds a store's lock (redb's locks are open-file-description locks,
+/// which `/proc/locks` lists without a pid).
+fn holders(path: &Path) -> Vec<String> {
+    let Ok(target) = path.canonicalize() else { return Vec::new() };
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for proc in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = proc.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let open = std::fs::read_dir(proc.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == target));
+        if open && out.len() < 8 {
+            let name = std::fs::read_to_string(proc.path().join("comm")).unwrap_or_default();
+            out.push(format!("pid {pid} ({})", name.trim()));
+        }
+    }
+    out
+}
+
 fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
-        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_owned() },
+        DatabaseError::DatabaseAlreadyOpen => locked(path),
         other => redb_err(path)(other.into()),
     })
 }
@@ -346,7 +405,7 @@ pub fn open_read_only(path: &Path) -> Result<ReadOnlyDatabase, StoreError> {
         return Err(StoreError::Missing { path: path.to_owned() });
     }
     let ro = ReadOnlyDatabase::open(path).map_err(|e| match e {
-        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_owned() },
+        DatabaseError::DatabaseAlreadyOpen => locked(path),
         DatabaseError::RepairAborted => StoreError::NeedsRepair { path: path.to_owned() },
         other => redb_err(path)(other.into()),
     })?;

@@ -285,10 +285,10 @@ fn prepare(path: &Path) -> std::io::Result<File> {
 }
 
 /// Opens the store at `path` (creating it if absent) with a page cache of at most
-/// `cache_bytes`, and replays its log into it: what the store holds is then everything that
-/// was acknowledged.
-pub fn open<M: Machine>(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
-    let store = Store::open_with_cache::<M>(path, cache_bytes)?;
+/// `cache_bytes` (waiting up to `wait` for another process to let go of it), and replays its
+/// log into it: what the store holds is then everything that was acknowledged.
+pub fn open<M: Machine>(path: &Path, cache_bytes: usize, wait: std::time::Duration) -> Result<Store, StoreError> {
+    let store = Store::open_waiting::<M>(path, cache_bytes, wait)?;
     replay::<M>(&*store.db()?, path)?;
     Ok(store)
 }

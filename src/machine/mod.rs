@@ -245,12 +245,13 @@ pub fn channel(
 
 /// Opens (creating if absent) stella's store at `path`.
 pub fn open_store(path: &Path) -> Result<Store, StoreError> {
-    crate::kernel::wal::open::<Stella>(path, crate::kernel::store::CACHE_BYTES_DEFAULT)
+    crate::kernel::wal::open::<Stella>(path, crate::kernel::store::CACHE_BYTES_DEFAULT, std::time::Duration::ZERO)
 }
 
 /// [`open_store`] with a page cache of at most `cache_bytes`.
 pub fn open_store_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
-    crate::kernel::wal::open::<Stella>(path, cache_bytes)
+    // The daemon's start: a killed predecessor may still be letting go of the store.
+    crate::kernel::wal::open::<Stella>(path, cache_bytes, std::time::Duration::from_secs(3))
 }
 
 /// `db verify`: the chain, then a replay of the whole ledger through this machine compared

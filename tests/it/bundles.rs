@@ -858,6 +858,7 @@ async fn serve_dev_imports_the_samples_as_signed_bundles() {
             ("sample-pipeline".into(), "dag".into(), "dev".into()),
             ("sample-plugin".into(), "plugin".into(), "dev".into()),
             ("sample-release".into(), "release".into(), "dev".into()),
+            ("security-scan".into(), "plugin".into(), "dev".into()),
         ]
     );
     let plugins = api_get(&c, "/plugins").await;
@@ -868,12 +869,12 @@ async fn serve_dev_imports_the_samples_as_signed_bundles() {
         let count = |kind: &str| ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == kind).count();
         (count("bundle.imported"), count("artifact.imported"), count("release.declared"))
     };
-    // Two plugins, the DAG, the release; the artifact web in three versions.
-    assert_eq!(imported(&api_get(&c, "/ledger?limit=1000").await), (4, 3, 1));
+    // Three plugins, the DAG, the release; the artifact web in three versions.
+    assert_eq!(imported(&api_get(&c, "/ledger?limit=1000").await), (5, 3, 1));
     app.terminate();
     app.launch();
     let c = app.socket_client();
-    assert_eq!(imported(&api_get(&c, "/ledger?limit=1000").await), (4, 3, 1), "nothing imported twice");
+    assert_eq!(imported(&api_get(&c, "/ledger?limit=1000").await), (5, 3, 1), "nothing imported twice");
     let verify = app.stella(&["bundle", "verify", "--installed"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
 }

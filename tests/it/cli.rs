@@ -6,9 +6,11 @@ use crate::support::*;
 #[test]
 fn runbook_commands_not_built_yet_say_so_with_exit_3() {
     let app = TestAppliance::start();
-    for args in
-        [&["orch", "repair"][..], &["promotion", "status"], &["doctor", "--check", "check.orchestrator.job-health"]]
-    {
+    for args in [
+        &["orch", "repair"][..],
+        &["promotion", "gate", "skip", "--reason", "External service timeout"],
+        &["doctor", "--check", "check.orchestrator.job-health"],
+    ] {
         let out = app.stella(args);
         assert_eq!(out.status.code(), Some(3), "stella {args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("not available yet:"), "stella {args:?}: {}", stderr(&out));

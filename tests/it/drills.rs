@@ -141,6 +141,14 @@ async fn verify_of_a_crashed_store_says_it_needs_repair_and_repair_does_it_offli
     assert!(stdout(&repair).starts_with("ok: "), "{}", stdout(&repair));
     let verify = app.stella(&["orch", "db", "verify", "--offline"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
+
+    // While a daemon has it open, a repair is refused naming the process that holds it.
+    app.launch();
+    let pid = app.pid();
+    let refused = app.stella(&["orch", "db", "repair"]);
+    assert!(!refused.status.success(), "{}", stdout(&refused));
+    let err = stderr(&refused);
+    assert!(err.contains("in use by another process") && err.contains(&format!("pid {pid} (stella)")), "{err}");
 }
 
 /// Leases one `noop` job as an outside worker and fails it for good (no retries left).

@@ -19,6 +19,7 @@ mod layers;
 mod openapi;
 mod otlp_golden;
 mod plugins;
+mod promotions;
 mod queue_api;
 mod queue_model;
 mod releases;

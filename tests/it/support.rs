@@ -272,6 +272,11 @@ impl TestAppliance {
         child.wait().unwrap()
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("daemon running");
         kill_daemon(&mut child, self.grouped);

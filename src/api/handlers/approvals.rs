@@ -44,7 +44,7 @@ pub async fn list(
         })?),
     };
     let txn = state.store.read()?;
-    let mut approvals = read::approvals(&txn, p.tenant.as_deref(), wanted, APPROVAL_LIST_MAX)?;
+    let mut approvals = read::approvals(&txn, seen(&state, p).as_deref(), wanted, APPROVAL_LIST_MAX)?;
     approvals.retain(|a| q.run.as_deref().is_none_or(|r| r == a.run));
     approvals.sort_by_key(|a| (a.requested_ms, a.id.len(), a.id.clone()));
     Ok(Json(dto::ApprovalList { approvals: approvals.iter().map(dto::Approval::from_record).collect() }))
@@ -56,7 +56,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<dto::Approval>> {
     let p = auth.require(Scope::Read)?;
-    Ok(Json(approval_dto(&state, p.tenant.as_deref(), &id)?))
+    Ok(Json(approval_dto(&state, seen(&state, p).as_deref(), &id)?))
 }
 
 /// `POST /approvals/{id}/approve` or `/reject`.
@@ -78,10 +78,17 @@ pub async fn decide(
         serde_json::from_slice(&body).map_err(|e| Problem::invalid("reason", format!("bad decision body: {e}")))?
     };
     let reason = req.reason;
+    let tenant = seen(&state, p);
     let command =
-        ApprovalCommand::Decide { tenant: p.tenant.clone(), id: id.clone(), actor: p.actor.clone(), approve, reason };
+        ApprovalCommand::Decide { tenant: tenant.clone(), id: id.clone(), actor: p.actor.clone(), approve, reason };
     submit(&state, p, Command::Approval(command)).await?;
-    Ok(Json(approval_dto(&state, p.tenant.as_deref(), &id)?))
+    Ok(Json(approval_dto(&state, tenant.as_deref(), &id)?))
+}
+
+/// The tenant whose approvals `p` sees: its own, or every one's (the site's too: a promotion's
+/// approval gate) for a principal that sees every tenant.
+fn seen(state: &AppState, p: &crate::auth::Principal) -> Option<String> {
+    if state.sees_all_tenants(p) { None } else { p.tenant.clone() }
 }
 
 fn approval_dto(state: &AppState, tenant: Option<&str>, id: &str) -> ApiResult<dto::Approval> {

@@ -33,13 +33,25 @@ fn dag(state: &AppState, name: &str) -> ApiResult<dto::Dag> {
         .ok_or_else(|| Problem::not_found(format!("DAG {name}")))
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    #[serde(default)]
+    pub spec: bool,
+}
+
 pub async fn show(
     State(state): State<Arc<AppState>>,
     auth: Auth,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ShowQuery>,
 ) -> ApiResult<Json<dto::Dag>> {
     auth.require(Scope::Read)?;
-    Ok(Json(dag(&state, &name)?))
+    let mut d = dag(&state, &name)?;
+    if q.spec {
+        d.spec = crate::domain::runs::tables::dag_spec(&state.store.read()?, &name, d.active)?;
+    }
+    Ok(Json(d))
 }
 
 pub async fn register(

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dags;
 pub mod exports;
 pub mod locks;
+pub mod promotions;
 pub mod queue;
 pub mod release;
 pub mod runs;

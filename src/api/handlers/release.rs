@@ -18,7 +18,7 @@ use std::sync::Arc;
 const LIST_MAX: usize = 1_000;
 
 /// The site's release objects are for principals that see every tenant.
-fn site(state: &AppState, auth: &Auth, scope: Scope) -> Result<Principal, Problem> {
+pub(super) fn site(state: &AppState, auth: &Auth, scope: Scope) -> Result<Principal, Problem> {
     site_principal(state, auth.require(scope)?)
 }
 
@@ -34,7 +34,7 @@ fn site_principal(state: &AppState, p: &Principal) -> Result<Principal, Problem>
     Ok(p.clone())
 }
 
-fn releases<'a>(state: &'a AppState, p: &Principal) -> Result<Releases<'a>, Problem> {
+pub(super) fn releases<'a>(state: &'a AppState, p: &Principal) -> Result<Releases<'a>, Problem> {
     let _ = crate::api::handlers::acting_tenant(state, p, None)?;
     Ok(Releases {
         store: &state.store,
@@ -129,8 +129,15 @@ pub async fn deploy(
     if crate::domain::release::split_artifact(&req.artifact).is_none() {
         return Err(Problem::invalid("artifact", format!("artifact {:?}: expected NAME@VERSION", req.artifact)));
     }
-    let d =
-        releases(&state, &p)?.deploy(&req.env, &req.artifact, DeploymentKind::Direct, req.force, req.reason).await?;
+    let d = releases(&state, &p)?
+        .deploy(
+            &req.env,
+            &req.artifact,
+            DeploymentKind::Direct,
+            crate::app::release::Forcing { lock: req.force, path: false },
+            req.reason,
+        )
+        .await?;
     Ok(Json(dto::Deployment::from_record(&d)))
 }
 

@@ -295,6 +295,9 @@ fn wait_reason(
                 .filter_map(|l| crate::domain::locks::holder(&locks, l).map(|h| format!("lock {l} held by {h}")))
                 .collect();
             Ok(Some(match job.state {
+                JobState::Delayed if job.job_type == "wait" && job.attempt == 0 => {
+                    format!("waiting until {} (a wait step)", rfc3339(job.not_before_ms))
+                }
                 JobState::Delayed => format!("retry backoff until {}", rfc3339(job.not_before_ms)),
                 JobState::Ready if queue.paused => format!("job type {} is paused", job.job_type),
                 JobState::Ready if !held.is_empty() => format!("waiting for {}", held.join(", ")),

@@ -94,12 +94,15 @@ pub fn apply(tx: &Tx, entry: &Entry, event: ReleaseEvent) -> Result<(), ApplyErr
                 failed_step: None,
                 reason: c.reason,
                 forced: c.forced,
-                promotion: None,
+                promotion: c.promotion.clone(),
                 seq: entry.seq,
             };
             tx.put(DEPLOYMENTS, &c.id, rec)?;
             tx.put_bytes(DEPLOYMENT_RUNS, &c.run_id, c.id.as_bytes())?;
             counters::increment(tx, "deployments")?;
+            if c.promotion.is_some() {
+                counters::increment(tx, "promotions")?;
+            }
             update_env(tx, entry, &c.env, |e| e.in_flight = Some(c.id.clone()))?;
         }
         ReleaseEvent::DeploymentStarted(s) => {
@@ -125,6 +128,16 @@ pub fn apply(tx: &Tx, entry: &Entry, event: ReleaseEvent) -> Result<(), ApplyErr
                     d.error = Some(format!("repaired: {}", r.reason));
                 }
                 d.reason = Some(r.reason.clone());
+            })?;
+            counted(tx, &d)?;
+            update_env(tx, entry, &d.env, |e| settled(e, &d))?;
+        }
+        ReleaseEvent::PromotionAborted(a) => {
+            let d = update(tx, entry, &a.id, |d| {
+                d.status = DeploymentStatus::Failed;
+                d.ended_ms = Some(entry.time);
+                d.error = Some(format!("aborted by {}: {}", entry.actor, a.reason));
+                d.reason = Some(a.reason.clone());
             })?;
             counted(tx, &d)?;
             update_env(tx, entry, &d.env, |e| settled(e, &d))?;

@@ -30,6 +30,9 @@ pub enum ReleaseCommand {
     Deploy(DeployRequest),
     /// Ask the environment's agent how its target is: a run of its probe DAG.
     Probe(ProbeRequest),
+    /// `promotion abort`: end an unfinished promotion as failed with the operator's reason (its
+    /// run cancelled, its locks released, in the same transaction).
+    Abort { promotion: String, reason: String },
     /// `orch repair --deployment`: settle an unfinished deployment (its run, if still going,
     /// is cancelled in the same transaction).
     Settle { id: String, succeeded: bool, reason: String },
@@ -65,6 +68,9 @@ pub struct DeployRequest {
     pub kind: DeploymentKind,
     /// Break the environment's lock (held by a stuck holder); ledgered with the actor.
     pub force: bool,
+    /// A promotion of an artifact not yet deployed successfully where the environment promotes
+    /// from (an admin's choice, ledgered in the deployment's `forced`).
+    pub force_path: bool,
     /// The agent's target, resolved on this host.
     pub target: String,
     /// The artifact's files, resolved on this host.
@@ -142,6 +148,7 @@ crate::events! {
         DeploymentRepaired(DeploymentRepaired) = "deployment.repaired",
         ArtifactDeleted(ArtifactDeleted) = "artifact.deleted",
         ArtifactRestored(ArtifactRestored) = "artifact.restored",
+        PromotionAborted(PromotionAborted) = "promotion.aborted",
     }
 }
 
@@ -190,9 +197,28 @@ pub struct DeploymentCreated {
     pub run_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The locks `--force` broke for it, as `lock-id (owner, token N)`.
+    /// The locks `--force` broke for it, as `lock-id (owner, token N)`, and a promotion path
+    /// `--force-path` skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forced: Vec<String>,
+    /// The promotion (`prom-N`) it is, for a deployment of kind promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<String>,
+}
+
+/// An operator ended an unfinished promotion (`promotion abort`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotionAborted {
+    pub promotion: String,
+    /// Its deployment.
+    pub id: String,
+    pub reason: String,
+}
+
+/// `prom-N`.
+pub fn promotion_id(n: u64) -> String {
+    format!("prom-{n}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

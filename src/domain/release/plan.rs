@@ -39,6 +39,7 @@ pub fn plan(cmd: &ReleaseCommand, txn: &WriteTransaction, ctx: &mut PlanCtx) -> 
         ReleaseCommand::Deploy(req) => deploy(txn, ctx, req),
         ReleaseCommand::Probe(p) => probe(txn, ctx, p),
         ReleaseCommand::Settle { id, succeeded, reason } => settle(txn, ctx, id, *succeeded, reason),
+        ReleaseCommand::Abort { promotion, reason } => abort(txn, ctx, promotion, reason),
         ReleaseCommand::DeleteArtifact { key, reason } => delete_artifact(txn, ctx, key, reason),
         ReleaseCommand::RestoreArtifact(r) => {
             let a = artifact_record(txn, &r.artifact)?;
@@ -94,16 +95,21 @@ fn deployment(txn: &WriteTransaction, id: &str) -> Result<Option<DeploymentRecor
     rw::get::<DeploymentRecord>(&table, "deployments", id).map_err(storage)
 }
 
+/// The environment a generated DAG's name says it belongs to (`deploy-`, `promote-`, `probe-`).
+fn owner_env(dag: &str) -> Option<&str> {
+    ["deploy-", "promote-", "probe-"].into_iter().find_map(|p| dag.strip_prefix(p))
+}
+
 /// Refuses a run of an environment's deployment DAG started by hand: it runs only as a
 /// deployment, which records it.
 pub fn guard_start(txn: &WriteTransaction, dag: &str) -> Result<(), CommandError> {
-    let Some(env) = dag.strip_prefix("deploy-").or_else(|| dag.strip_prefix("probe-")) else { return Ok(()) };
+    let Some(env) = owner_env(dag) else { return Ok(()) };
     let table = txn.open_table(ENVIRONMENTS).map_err(storage)?;
     if rw::get::<EnvRecord>(&table, "environments", env).map_err(storage)?.is_some_and(|e| e.env.owns_dag(dag)) {
         return Err(CommandError::conflict(
             "deployment_dag",
             format!(
-                "DAG {dag} runs only as a deployment (stella deploy --env {env} --artifact NAME@VERSION) or a check (stella orch health-check --env {env})"
+                "DAG {dag} runs only as a deployment (stella deploy --env {env} --artifact NAME@VERSION), a promotion (stella promotion start NAME@VERSION --to {env}) or a check (stella orch health-check --env {env})"
             ),
         ));
     }
@@ -161,7 +167,7 @@ pub fn guard_children(txn: &WriteTransaction, spec: &str) -> Result<(), CommandE
 /// Refuses to register, disable, enable or roll back a DAG an environment owns (its
 /// deployment or probe DAG): only its release bundle changes it.
 pub fn guard_owned(txn: &WriteTransaction, dag: &str) -> Result<(), CommandError> {
-    let Some(env) = dag.strip_prefix("deploy-").or_else(|| dag.strip_prefix("probe-")) else { return Ok(()) };
+    let Some(env) = owner_env(dag) else { return Ok(()) };
     let table = txn.open_table(ENVIRONMENTS).map_err(storage)?;
     if let Some(e) = rw::get::<EnvRecord>(&table, "environments", env).map_err(storage)?.filter(|e| e.env.owns_dag(dag))
     {
@@ -245,6 +251,16 @@ fn deploy(txn: &WriteTransaction, ctx: &mut PlanCtx, req: &DeployRequest) -> Res
     if let Some(id) = &env.in_flight
         && let Some(d) = deployment(txn, id)?.filter(|d| !d.status.terminal())
     {
+        if let Some(p) = &d.promotion {
+            return Err(CommandError::conflict(
+                "promotion_in_progress",
+                format!(
+                    "environment {name} has promotion {p} of {} in progress since {} (deployment {id}): wait for it (stella promotion status {p}), or abort it: stella promotion abort {p} --reason TEXT",
+                    d.artifact,
+                    crate::clock::rfc3339(d.created_ms)
+                ),
+            ));
+        }
         return Err(CommandError::conflict(
             "deployment_in_progress",
             format!(
@@ -256,9 +272,15 @@ fn deploy(txn: &WriteTransaction, ctx: &mut PlanCtx, req: &DeployRequest) -> Res
             ),
         ));
     }
+    // A promotion comes from the environment before: the artifact succeeded there (a wait
+    // gate soaks from then), unless an admin forces the path.
+    let promotion = match req.kind {
+        super::DeploymentKind::Promotion => Some(promotion_path(txn, ctx, &env, req)?),
+        _ => None,
+    };
     let resource = format!("env:{name}");
     let mut drafts = Vec::new();
-    let mut forced = Vec::new();
+    let mut forced: Vec<String> = promotion.iter().filter_map(|p| p.forced.clone()).collect();
     if let Some(lock) = crate::domain::locks::plan::by_resource(txn, &resource)?
         && let Some(h) = &lock.holder
     {
@@ -310,8 +332,20 @@ fn deploy(txn: &WriteTransaction, ctx: &mut PlanCtx, req: &DeployRequest) -> Res
         "kind": req.kind.as_str(),
         "baseline": env.env.baseline.to_string(),
     });
-    let serde_json::Value::Object(inputs) = inputs else { unreachable!("an object") };
-    let run = crate::domain::runs::plan::start(txn, ctx, &req.tenant, &env.env.dag, &inputs, None)?;
+    let serde_json::Value::Object(mut inputs) = inputs else { unreachable!("an object") };
+    let (dag, promotion_id) = match &promotion {
+        Some(p) => {
+            inputs.insert("from".into(), json!(p.from));
+            inputs.insert("from_succeeded_ms".into(), json!(p.from_succeeded_ms));
+            let n = {
+                let table = txn.open_table(COUNTERS).map_err(storage)?;
+                rw::counter(&table, "promotions").map_err(storage)? + 1
+            };
+            (spec::promote_name(name), Some(super::promotion_id(n)))
+        }
+        None => (env.env.dag.clone(), None),
+    };
+    let run = crate::domain::runs::plan::start(txn, ctx, &req.tenant, &dag, &inputs, None)?;
     let run_id = run
         .drafts
         .iter()
@@ -329,10 +363,110 @@ fn deploy(txn: &WriteTransaction, ctx: &mut PlanCtx, req: &DeployRequest) -> Res
         run_id: run_id.clone(),
         reason: req.reason.clone(),
         forced,
+        promotion: promotion_id.clone(),
     });
-    drafts.push(created.draft("", vec![id.clone(), name.clone(), req.artifact.clone(), run_id]));
+    let mut subjects = vec![id.clone(), name.clone(), req.artifact.clone(), run_id];
+    subjects.extend(promotion_id.clone());
+    drafts.push(created.draft("", subjects));
     drafts.extend(run.drafts);
-    Ok(Effects { drafts, live: run.live, note: Some(json!({ "deployment": id })) })
+    Ok(Effects { drafts, live: run.live, note: Some(json!({ "deployment": id, "promotion": promotion_id })) })
+}
+
+/// Where a promotion comes from: the environment before, when the artifact succeeded there.
+struct Path {
+    from: String,
+    from_succeeded_ms: i64,
+    /// What `--force-path` skipped, ledgered with the deployment.
+    forced: Option<String>,
+}
+
+/// Checks a promotion's path: the target has an environment it promotes from, and the
+/// artifact's latest success there (or `--force-path`, which an admin alone may give).
+fn promotion_path(
+    txn: &WriteTransaction,
+    ctx: &PlanCtx,
+    env: &EnvRecord,
+    req: &DeployRequest,
+) -> Result<Path, CommandError> {
+    let name = &req.env;
+    let Some(from) = env.env.promotes_from.clone() else {
+        return Err(CommandError::conflict(
+            "not_promoted_into",
+            format!(
+                "nothing promotes into environment {name} (it has no promotesFrom): deploy to it directly: stella deploy --env {name} --artifact {}",
+                req.artifact
+            ),
+        ));
+    };
+    let dags = txn.open_table(crate::domain::runs::tables::DAGS).map_err(storage)?;
+    if dags.get(spec::promote_name(name).as_str()).map_err(storage)?.is_none() {
+        return Err(CommandError::conflict(
+            "promotion_dag_missing",
+            format!(
+                "environment {name} has no promotion DAG {}: its release was declared by an older stella; import the release bundle again",
+                spec::promote_name(name)
+            ),
+        ));
+    }
+    let source = env_record(txn, &from)?;
+    let mut success = None;
+    for id in source.successes.iter().rev() {
+        if let Some(d) = deployment(txn, id)?.filter(|d| d.artifact == req.artifact) {
+            success = Some(d);
+            break;
+        }
+    }
+    match success {
+        Some(d) => Ok(Path { from, from_succeeded_ms: d.ended_ms.unwrap_or(d.created_ms), forced: None }),
+        None if req.force_path => Ok(Path {
+            forced: Some(format!("promotion path: {} was not deployed successfully to {from}", req.artifact)),
+            from,
+            from_succeeded_ms: ctx.now,
+        }),
+        None => Err(CommandError::conflict(
+            "promotion_path",
+            format!(
+                "artifact {a} has not been deployed successfully to {from}, which {name} promotes from: promote it there first (stella promotion start {a} --to {from}), or, as an admin, skip the path with --force-path",
+                a = req.artifact
+            ),
+        )),
+    }
+}
+
+/// `promotion abort`: the promotion's deployment fails with the reason; its run is cancelled
+/// and its locks released in the same transaction.
+fn abort(txn: &WriteTransaction, ctx: &mut PlanCtx, promotion: &str, reason: &str) -> Result<Effects, CommandError> {
+    let d = promotion_deployment(txn, promotion)?
+        .ok_or_else(|| CommandError::NotFound { what: format!("promotion {promotion}") })?;
+    if d.status.terminal() {
+        return Err(CommandError::conflict(
+            "promotion_settled",
+            format!("promotion {promotion} ended already ({}): nothing to abort", d.status.as_str()),
+        ));
+    }
+    let event = ReleaseEvent::PromotionAborted(super::PromotionAborted {
+        promotion: promotion.to_owned(),
+        id: d.id.clone(),
+        reason: reason.to_owned(),
+    });
+    let mut drafts = vec![event.draft("", vec![promotion.to_owned(), d.id.clone(), d.env.clone()])];
+    let cancel = crate::domain::runs::RunCommand::Cancel { tenant: None, run: d.run_id.clone() };
+    drafts.extend(crate::domain::runs::plan::plan(&cancel, txn, ctx)?.drafts);
+    crate::domain::locks::release_cancelled(txn, ctx, &mut drafts)?;
+    Ok(Effects { drafts, note: Some(json!({ "promotion": promotion, "deployment": d.id })), ..Effects::default() })
+}
+
+/// The deployment of promotion `id` (`prom-N`): the newest deployments are looked at first.
+fn promotion_deployment(txn: &WriteTransaction, id: &str) -> Result<Option<DeploymentRecord>, CommandError> {
+    let table = txn.open_table(DEPLOYMENTS).map_err(storage)?;
+    for row in table.iter().map_err(storage)? {
+        let (_, v) = row.map_err(storage)?;
+        let d = <DeploymentRecord as crate::kernel::store::Record>::from_json_bytes(v.value()).map_err(storage)?;
+        if d.promotion.as_deref() == Some(id) {
+            return Ok(Some(d));
+        }
+    }
+    Ok(None)
 }
 
 fn artifact_record(txn: &WriteTransaction, key: &str) -> Result<ArtifactRecord, CommandError> {
@@ -423,6 +557,7 @@ pub fn follow(txn: &WriteTransaction, drafts: &mut Vec<Draft>) -> Result<(), Com
         .iter()
         .filter_map(|d| match ReleaseEvent::parse(d.kind, &d.data) {
             Some(Ok(ReleaseEvent::DeploymentRepaired(r))) => Some(r.id),
+            Some(Ok(ReleaseEvent::PromotionAborted(a))) => Some(a.id),
             _ => None,
         })
         .collect();

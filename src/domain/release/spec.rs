@@ -86,10 +86,132 @@ pub struct Environment {
 }
 
 impl Environment {
-    /// Whether `dag` is one of the environment's generated DAGs (deployment or probe).
+    /// Whether `dag` is one of the environment's generated DAGs (deployment, promotion or
+    /// probe).
     pub fn owns_dag(&self, dag: &str) -> bool {
-        dag == self.dag || dag == probe_name(&self.name)
+        dag == self.dag || dag == probe_name(&self.name) || dag == promote_name(&self.name)
     }
+
+    /// Its gates, typed (each was validated when the release was parsed).
+    pub fn typed_gates(&self) -> Vec<Gate> {
+        self.gates.iter().enumerate().filter_map(|(i, g)| gate(&self.name, i, g).ok()).collect()
+    }
+}
+
+/// A gate a promotion into an environment passes, in the order declared (DESIGN.md §9).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    pub name: String,
+    pub kind: GateKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateKind {
+    /// `approvers` distinct actors with `orchestrator:approve`, never the promotion's requester;
+    /// an optional timeout with what it does.
+    Approval { approvers: u32, timeout: Option<String>, on_timeout: Option<String> },
+    /// Soak: the promotion waits until `duration` after the artifact's success in the
+    /// environment it is promoted from.
+    Wait { duration_ms: u64, duration: String },
+    /// A site gate: a signed plugin of kind `gate` run by the environment's agent, with the
+    /// gate's `config`; `gates.<name>.timeout` and `gates.<name>.retries` override these.
+    Plugin { plugin: String, timeout: String, retries: u32, config: serde_json::Value },
+}
+
+impl GateKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GateKind::Approval { .. } => "approval",
+            GateKind::Wait { .. } => "wait",
+            GateKind::Plugin { .. } => "plugin",
+        }
+    }
+}
+
+/// A site gate's attempt timeout unless its declaration or `gates.<name>.timeout` says.
+pub const GATE_TIMEOUT_DEFAULT: &str = "5m";
+/// Retries of a site gate at most.
+const GATE_RETRIES_MAX: u32 = 100;
+
+/// Parses gate `i` of environment `env` (a table of `release.toml`), naming what is wrong.
+fn gate(env: &str, i: usize, v: &serde_json::Value) -> Result<Gate, String> {
+    let at = format!("{FILE}: environment {env}: gate {i}");
+    let Some(name) = v["name"].as_str().filter(|n| valid_env(n)) else {
+        return Err(format!("{at}: needs a name of 1-48 of a-z, 0-9, '-', '_'"));
+    };
+    let at = format!("{FILE}: environment {env}: gate {name}");
+    if matches!(name, "deploy" | "health") {
+        return Err(format!("{at}: \"deploy\" and \"health\" name the promotion's own steps; choose another name"));
+    }
+    let Some(fields) = v.as_object() else { return Err(format!("{at}: must be a table")) };
+    let allowed: &[&str] = match v["type"].as_str() {
+        Some("approval") => &["name", "type", "approvers", "timeout", "on_timeout"],
+        Some("wait") => &["name", "type", "duration"],
+        Some("plugin") => &["name", "type", "plugin", "timeout", "retries", "config"],
+        Some("window") => {
+            return Err(format!(
+                "{at}: gate type \"window\" is not available yet; declare the environment's freeze windows with [[environments.{env}.freeze]]"
+            ));
+        }
+        Some(other) => return Err(format!("{at}: type {other:?} is not one of approval, wait, plugin")),
+        None => return Err(format!("{at}: needs a type (approval, wait or plugin)")),
+    };
+    if let Some(k) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!("{at}: unknown field {k:?} (expected one of {})", allowed.join(", ")));
+    }
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match &v[k] {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::String(s) => Ok(Some(s.clone())),
+            _ => Err(format!("{at}: {k} must be a string")),
+        }
+    };
+    let duration = |k: &str, s: &str| -> Result<u64, String> {
+        crate::duration::parse(s).map(|d| d.as_millis() as u64).map_err(|x| format!("{at}: {k} {s:?}: {x}"))
+    };
+    let count = |k: &str, default: u64, range: std::ops::RangeInclusive<u64>| -> Result<u64, String> {
+        match &v[k] {
+            serde_json::Value::Null => Ok(default),
+            n => n
+                .as_u64()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| format!("{at}: {k} must be a whole number from {} to {}", range.start(), range.end())),
+        }
+    };
+    let kind = match v["type"].as_str() {
+        Some("approval") => {
+            let (timeout, on_timeout) = (text("timeout")?, text("on_timeout")?);
+            if let Some(t) = &timeout {
+                duration("timeout", t)?;
+            }
+            if timeout.is_some() != on_timeout.is_some() {
+                return Err(format!("{at}: timeout and on_timeout (reject, approve or cancel) come together"));
+            }
+            GateKind::Approval { approvers: count("approvers", 1, 1..=16)? as u32, timeout, on_timeout }
+        }
+        Some("wait") => {
+            let Some(d) = text("duration")? else { return Err(format!("{at}: a wait gate needs a duration")) };
+            GateKind::Wait { duration_ms: duration("duration", &d)?, duration: d }
+        }
+        _ => {
+            let Some(plugin) = text("plugin")? else {
+                return Err(format!("{at}: a plugin gate names its plugin (a signed plugin with kind \"gate\")"));
+            };
+            let timeout = text("timeout")?.unwrap_or_else(|| GATE_TIMEOUT_DEFAULT.to_owned());
+            duration("timeout", &timeout)?;
+            let config = v.get("config").cloned().unwrap_or(serde_json::json!({}));
+            if !config.is_object() {
+                return Err(format!("{at}: config must be a table"));
+            }
+            GateKind::Plugin {
+                plugin,
+                timeout,
+                retries: count("retries", 0, 0..=GATE_RETRIES_MAX as u64)? as u32,
+                config,
+            }
+        }
+    };
+    Ok(Gate { name: name.to_owned(), kind })
 }
 
 /// A freeze window: no deployment starts in `[from_ms, until_ms)`.
@@ -121,6 +243,15 @@ pub fn dag_name(env: &str) -> String {
 pub fn probe_name(env: &str) -> String {
     format!("probe-{env}")
 }
+
+/// The promotion DAG of environment `env` (one that something promotes into it from).
+pub fn promote_name(env: &str) -> String {
+    format!("promote-{env}")
+}
+
+/// The inputs of a promotion DAG beyond a deployment's: where the artifact comes from, and
+/// when it succeeded there (a wait gate soaks from then).
+const PROMOTION_INPUTS: [&str; 2] = ["from", "from_succeeded_ms"];
 
 /// The checks a probe runs, by the plugin kind that answers each.
 pub const PROBES: [&str; 4] = ["health", "connectivity", "credentials", "observe"];
@@ -222,8 +353,14 @@ pub fn parse(text: &str) -> Result<Release, String> {
         let mut gates = Vec::new();
         for (i, g) in e.gates.iter().enumerate() {
             let v = serde_json::to_value(g).map_err(|x| format!("{at}: gate {i}: {x}"))?;
-            if !v["name"].as_str().is_some_and(valid_env) {
-                return Err(format!("{at}: gate {i}: needs a name of 1-48 of a-z, 0-9, '-', '_'"));
+            let name = gate(name, i, &v)?.name;
+            if gates.iter().any(|g: &serde_json::Value| g["name"] == name.as_str()) {
+                return Err(format!("{at}: two gates are named {name}"));
+            }
+            if e.promotes_from.is_none() {
+                return Err(format!(
+                    "{at}: gate {name}: only an environment with promotesFrom has gates (they guard a promotion into it)"
+                ));
             }
             gates.push(v);
         }
@@ -277,8 +414,86 @@ pub fn parse(text: &str) -> Result<Release, String> {
             ));
         }
     }
-    let dags = file.environments.iter().map(|(name, e)| (dag_name(name), dag_spec(name, e))).collect();
+    let mut dags: Vec<(String, String)> =
+        file.environments.iter().map(|(name, e)| (dag_name(name), dag_spec(name, e))).collect();
+    for env in envs.iter().filter(|e| e.promotes_from.is_some()) {
+        let e = &file.environments[&env.name];
+        dags.push((promote_name(&env.name), promotion_spec(env, e)));
+    }
     Ok(Release { description: file.description, environments: envs, dags })
+}
+
+/// The promotion DAG of one environment: its gates in order, then `deploy` (holding the lock
+/// `env:<name>`) and `health`, as its deployment DAG has them. Each gate is one step named
+/// after it: an approval a `noop` checkpoint no requester may approve, a wait the built-in
+/// `wait` from the artifact's success where it comes from, a site gate its plugin's `gate`
+/// kind with the gate's config.
+fn promotion_spec(env: &Environment, e: &EnvFile) -> String {
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let name = &env.name;
+    let mut s = format!(
+        "# Generated from the release bundle: every promotion into environment {name} runs it.\n\
+         name = {dag}\n\
+         description = {desc}\n\n",
+        dag = q(&promote_name(name)),
+        desc = q(&format!(
+            "promote an artifact from {} to {name}: its gates, then deploy through the agent and check health",
+            env.promotes_from.as_deref().unwrap_or_default()
+        )),
+    );
+    for input in INPUTS.iter().chain(&PROMOTION_INPUTS) {
+        s.push_str(&format!("[inputs.{input}]\n"));
+    }
+    let mut before: Option<String> = None;
+    let needs = |before: &Option<String>| match before {
+        Some(b) => format!("needs = [{}]\n", q(b)),
+        None => String::new(),
+    };
+    for g in env.typed_gates() {
+        s.push_str(&format!("\n[steps.{}]\n{}", q(&g.name), needs(&before)));
+        match &g.kind {
+            GateKind::Approval { approvers, timeout, on_timeout } => {
+                s.push_str("plugin = \"noop\"\ncheckpoint_after = true\n");
+                s.push_str(&format!("approval = {{ approvers = {approvers}, self_approval = false"));
+                if let (Some(t), Some(o)) = (timeout, on_timeout) {
+                    s.push_str(&format!(", timeout = {}, on_timeout = {}", q(t), q(o)));
+                }
+                s.push_str(" }\n");
+            }
+            GateKind::Wait { duration_ms, .. } => s.push_str(&format!(
+                "plugin = \"wait\"\ninputs = {{ since = \"${{inputs.from_succeeded_ms}}\", ms = {duration_ms} }}\n"
+            )),
+            GateKind::Plugin { plugin, timeout, retries, config } => {
+                let config = q(&config.to_string());
+                s.push_str(&format!(
+                    "plugin = {p}\nkind = \"gate\"\ninputs = {{ gate = {g}, config = {config}, from = \"${{inputs.from}}\", {rest}\ntimeout = {t}\nretries = {retries}\nbackoff = \"2s\"\n{agent}",
+                    p = q(plugin),
+                    g = q(&g.name),
+                    rest = &step_inputs()[2..],
+                    t = q(timeout),
+                    agent = agent_line(&env.agent),
+                ));
+            }
+        }
+        before = Some(g.name.clone());
+    }
+    s.push_str(&format!(
+        "\n[steps.deploy]\n{needs}plugin = {p}\nkind = \"deploy\"\ninputs = {inputs}\nlocks = [{lock}]\ntimeout = {t}\n{agent}",
+        needs = needs(&before),
+        p = q(&e.plugin),
+        inputs = step_inputs(),
+        lock = q(&format!("env:{name}")),
+        t = q(e.deploy_timeout.as_deref().unwrap_or("10m")),
+        agent = agent_line(&env.agent),
+    ));
+    s.push_str(&format!(
+        "\n[steps.health]\nplugin = {p}\nkind = \"health\"\nneeds = [\"deploy\"]\ninputs = {inputs}\nretries = 2\nbackoff = \"1s\"\ntimeout = {t}\n{agent}",
+        p = q(&e.plugin),
+        inputs = step_inputs(),
+        t = q(e.health_timeout.as_deref().unwrap_or("2m")),
+        agent = agent_line(&env.agent),
+    ));
+    s
 }
 
 /// The deployment DAG of one environment: `deploy` (holding the lock `env:<name>` while it
@@ -323,11 +538,19 @@ mod tests {
         let r = parse(SAMPLE).unwrap();
         let names: Vec<_> = r.environments.iter().map(|e| (e.name.as_str(), e.order)).collect();
         assert_eq!(names, [("dev", 1), ("staging", 2), ("prod", 3)]);
-        for (dag, spec) in &r.dags {
+        let steps = |name: &str| {
+            let (_, spec) = r.dags.iter().find(|(d, _)| d == name).unwrap();
             let c = crate::domain::runs::spec::compile_registered(spec).unwrap();
-            assert_eq!(&c.name, dag);
-            assert_eq!(c.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["deploy", "health"]);
+            assert_eq!(c.name, name);
+            c.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>()
+        };
+        for env in ["dev", "staging", "prod"] {
+            assert_eq!(steps(&dag_name(env)), ["deploy", "health"]);
         }
+        // Nothing promotes into dev; staging's scan and prod's approval and soak come first.
+        assert!(!r.dags.iter().any(|(d, _)| d == "promote-dev"));
+        assert_eq!(steps("promote-staging"), ["security-scan", "deploy", "health"]);
+        assert_eq!(steps("promote-prod"), ["approval", "soak", "deploy", "health"]);
     }
 
     #[test]
@@ -356,6 +579,30 @@ mod tests {
                 "both name agent \"x\"",
             ),
             ("[environments.a]\nplugin = \"p\"\ntarget = \"targets/a\"\nagent = \"local-7\"\n", "not starting with"),
+            (
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/a\"\ngates = [{ name = \"g\", type = \"wait\", duration = \"1m\" }]\n",
+                "only an environment with promotesFrom has gates",
+            ),
+            (
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/a\"\n[environments.b]\npromotesFrom = \"a\"\nplugin = \"p\"\ntarget = \"targets/b\"\ngates = [{ name = \"g\", type = \"wait\" }]\n",
+                "gate g: a wait gate needs a duration",
+            ),
+            (
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/a\"\n[environments.b]\npromotesFrom = \"a\"\nplugin = \"p\"\ntarget = \"targets/b\"\ngates = [{ name = \"g\", type = \"approval\", approvers = 0 }]\n",
+                "approvers must be a whole number from 1 to 16",
+            ),
+            (
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/a\"\n[environments.b]\npromotesFrom = \"a\"\nplugin = \"p\"\ntarget = \"targets/b\"\ngates = [{ name = \"g\", type = \"plugin\", plugin = \"s\", retries = 3, colour = 1 }]\n",
+                "unknown field \"colour\"",
+            ),
+            (
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/a\"\n[environments.b]\npromotesFrom = \"a\"\nplugin = \"p\"\ntarget = \"targets/b\"\ngates = [{ name = \"deploy\", type = \"approval\" }]\n",
+                "name the promotion's own steps",
+            ),
+            (
+                "[environments.a]\nplugin = \"p\"\ntarget = \"targets/a\"\n[environments.b]\npromotesFrom = \"a\"\nplugin = \"p\"\ntarget = \"targets/b\"\ngates = [{ name = \"w\", type = \"window\" }]\n",
+                "not available yet",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err();

@@ -323,6 +323,13 @@ impl<'t> Planner<'t> {
             let name = self.interpolate(l)?;
             locks.push(name.as_str().map(str::to_owned).unwrap_or_else(|| name.to_string()));
         }
+        let not_before_ms = match s.plugin.as_str() {
+            "wait" => match wait_until(&inputs, self.now) {
+                Ok(at) => at,
+                Err(error) => return self.ended(ctx, idx, End::Failed { error, code: "invalid_input".to_owned() }),
+            },
+            _ => self.now,
+        };
         let seq = crate::domain::queue::take_job_seq(self.txn, ctx)?;
         let mut job = EnqueuedJob {
             id: job_id(seq),
@@ -332,7 +339,7 @@ impl<'t> Planner<'t> {
             payload: json!({ "run": self.run.id, "step": s.name, "plugin": s.plugin, "kind": s.kind, "pluginDigest": self.run.plugins.get(&s.plugin),
                              "inputs": inputs, "timeoutMs": s.timeout_ms, "secrets": s.secrets, "locks": locks }),
             max_attempts: s.retries + 1,
-            not_before_ms: self.now,
+            not_before_ms,
             idempotency_key: None,
             replay_of: None,
             backoff_ms: Some(s.backoff_ms),
@@ -1003,4 +1010,29 @@ fn merged_inputs(c: &Compiled, given: &Map<String, Value>) -> Result<Value, Comm
         return Err(CommandError::invalid("inputs", format!("inputs are larger than {INPUTS_BYTES_MAX} bytes")));
     }
     Ok(Value::Object(out))
+}
+
+/// Waits this long at most (the queue's longest delay).
+const WAIT_MAX_MS: u64 = 30 * 86_400_000;
+
+/// When a built-in `wait` step with `inputs` (`since`: epoch ms, default `now`; `ms`) queued at
+/// `now` may start: never before `now`.
+fn wait_until(inputs: &Value, now: i64) -> Result<i64, String> {
+    let number = |k: &str| -> Result<Option<u64>, String> {
+        match &inputs[k] {
+            Value::Null => Ok(None),
+            Value::String(s) if s.is_empty() => Ok(None),
+            v => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .map(Some)
+                .ok_or_else(|| format!("wait: input {k} must be a whole number of milliseconds, not {v}")),
+        }
+    };
+    let ms = number("ms")?.unwrap_or(0);
+    if ms > WAIT_MAX_MS {
+        return Err(format!("wait: ms {ms} is longer than {WAIT_MAX_MS} (30 days)"));
+    }
+    let since = number("since")?.map_or(now, |s| s as i64);
+    Ok(since.saturating_add(ms as i64).max(now))
 }

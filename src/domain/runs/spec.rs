@@ -11,7 +11,10 @@ pub const STEPS_MAX: usize = 10_000;
 /// A spec's TOML text at most.
 pub const SPEC_BYTES_MAX: usize = 1024 * 1024;
 /// Step kinds built into the appliance (for tests and demos).
-pub const BUILTINS: &[&str] = &["noop", "sleep", "fail"];
+/// `wait` is queued to start no earlier than its inputs `since` (epoch ms; default: when its
+/// turn comes) plus `ms`: the wait is durable (the queue's due index), takes no executor slot,
+/// and a restart does not begin it again.
+pub const BUILTINS: &[&str] = &["noop", "sleep", "fail", "wait"];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -691,7 +694,7 @@ needs = ["b", "c"]
             (DIAMOND.replace("needs = [\"b\", \"c\"]", "needs = [\"b\", \"x\"]"), "step d: needs unknown step \"x\""),
             (
                 DIAMOND.replace("plugin = \"sleep\"", "plugin = \"slep\""),
-                "step b: unknown plugin \"slep\" (known: noop, sleep, fail)",
+                "step b: unknown plugin \"slep\" (known: noop, sleep, fail, wait)",
             ),
             (
                 DIAMOND.replace("backoff = \"500ms\"", "backoff = \"soon\""),
