@@ -21,7 +21,11 @@ pub const KEYS: &[&str] = &[
     "registry.min_versions",
     "orchestrations.max_depth",
     "orchestrations.max_children",
+    "promotions.stuck_after",
 ];
+
+/// A promotion whose state has not changed for this long is stuck (`promotions.stuck_after`).
+pub const PROMOTION_STUCK_AFTER: &str = "10m";
 
 /// Retries of a gate at most.
 const GATE_RETRIES_MAX: u32 = 100;
@@ -56,9 +60,12 @@ impl ConfigError {
 
 fn kind_of(key: &str) -> Result<Kind, ConfigError> {
     let kind = match key {
-        "locks.timeout" | "queue.lease_ttl" | "queue.backoff_base" | "queue.backoff_max" | "queue.long_poll_max" => {
-            Kind::Duration
-        }
+        "locks.timeout"
+        | "queue.lease_ttl"
+        | "queue.backoff_base"
+        | "queue.backoff_max"
+        | "queue.long_poll_max"
+        | "promotions.stuck_after" => Kind::Duration,
         "locks.mode" => Kind::LockMode,
         "queue.max_attempts" => Kind::Count { min: 1, max: u64::from(MAX_ATTEMPTS_MAX) },
         "queue.max_depth" => Kind::Count { min: 1, max: 100_000_000 },
@@ -123,6 +130,7 @@ pub fn file_default(config: &Config, key: &str) -> Option<String> {
         "registry.min_versions" => Some(config.registry.min_versions.to_string()),
         "orchestrations.max_depth" => Some(config.orchestrations.max_depth.to_string()),
         "orchestrations.max_children" => Some(config.orchestrations.max_children.to_string()),
+        "promotions.stuck_after" => Some(PROMOTION_STUCK_AFTER.to_owned()),
         _ => None,
     }
 }

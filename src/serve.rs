@@ -372,6 +372,7 @@ impl Background {
             tokio::spawn(crate::telemetry::metrics::snapshot_loop(
                 store.clone(),
                 writer.clone(),
+                (config.clone(), state.clock.clone()),
                 config.telemetry.metrics_snapshot_interval_ms,
                 config.telemetry.metrics_retention_ms,
                 stop.subscribe(),

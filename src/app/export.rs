@@ -23,6 +23,8 @@ pub struct Exporter<'a> {
     /// The rolling log files the pack reads.
     pub log_dir: &'a Path,
     pub metrics_retention_ms: u64,
+    /// The runtime keys' file defaults, for the metrics snapshot.
+    pub config: &'a crate::config::Config,
     pub actor: Actor,
 }
 
@@ -43,7 +45,8 @@ pub async fn export(
     request: export::Request,
     progress: Arc<Progress>,
 ) -> Result<Value, ExportError> {
-    crate::telemetry::metrics::snapshot(ctx.store, ctx.writer, ctx.metrics_retention_ms)
+    let scrape = crate::telemetry::metrics::Scrape { config: ctx.config, now_ms: ctx.clock.now_ms() };
+    crate::telemetry::metrics::snapshot(ctx.store, ctx.writer, &scrape, ctx.metrics_retention_ms)
         .await
         .map_err(ExportError::Internal)?;
     let key = crate::trust::keys::read_private(&crate::config::appliance_key_in(ctx.lib))

@@ -63,7 +63,15 @@ fn gauge(value: u64) -> Gauge {
     g
 }
 
-pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError> {
+/// What a scrape reads besides the store and the writer: the runtime keys' file defaults
+/// (`promotions.stuck_after`) and the time.
+pub struct Scrape<'a> {
+    pub config: &'a crate::config::Config,
+    pub now_ms: i64,
+}
+
+pub fn render(store: &Store, writer: &WriterHandle, scrape: &Scrape<'_>) -> Result<String, StoreError> {
+    let Scrape { config, now_ms } = *scrape;
     let txn = store.read()?;
     let mut reg = Registry::default();
     let depth = Family::<Labels, Gauge>::default();
@@ -139,6 +147,7 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
     // Deployments by environment, kind and final status; rollbacks are those of kind rollback.
     let deployments = Family::<Labels, Counter>::default();
     let rollbacks = Family::<Labels, Counter>::default();
+    let promotions = Family::<Labels, Counter>::default();
     for row in counters
         .range("deployments_total|".."deployments_total}")
         .map_err(|e| StoreError::Redb { path: store.path().to_owned(), source: e.into() })?
@@ -149,19 +158,47 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
         let n = <[u8; 8]>::try_from(v.value()).map(u64::from_be_bytes).unwrap_or(0);
         let label = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         deployments.get_or_create(&vec![label("env", env), label("kind", kind), label("status", status)]).inc_by(n);
-        if *kind == "rollback" {
-            rollbacks.get_or_create(&vec![label("env", env), label("status", status)]).inc_by(n);
-        }
+        match *kind {
+            "rollback" => rollbacks.get_or_create(&vec![label("env", env), label("status", status)]).inc_by(n),
+            "promotion" => promotions.get_or_create(&vec![label("env", env), label("status", status)]).inc_by(n),
+            _ => 0,
+        };
     }
     reg.register("orchestrator_deployments", "Deployments that ended, by environment, kind and status", deployments);
     let current = Family::<Labels, Gauge>::default();
     let txn = store.read()?;
     let envs = crate::domain::release::tables::environments(&txn)?;
     // Every environment has both rollback series from the start, so `increase()` sees the first.
+    // So are promotions into an environment something promotes into, and its stuck gauge.
+    let stuck = Family::<Labels, Gauge>::default();
     for e in envs.iter().filter(|e| e.declared_by.is_some()) {
         for status in ["success", "failed"] {
             let labels = vec![("env".to_owned(), e.env.name.clone()), ("status".to_owned(), status.to_owned())];
             rollbacks.get_or_create(&labels).inc_by(0);
+            if e.env.promotes_from.is_some() {
+                promotions.get_or_create(&labels).inc_by(0);
+            }
+        }
+        if e.env.promotes_from.is_some() {
+            stuck.get_or_create(&vec![("env".to_owned(), e.env.name.clone())]).set(0);
+        }
+    }
+    // In flight: a promotion whose state has not changed for `promotions.stuck_after` is stuck.
+    let stuck_after = crate::domain::appliance::tables::runtime_value(&txn, config, "promotions.stuck_after")?
+        .and_then(|v| crate::runtime_config::as_ms(&v))
+        .unwrap_or(600_000) as i64;
+    for e in envs.iter().filter(|e| e.env.promotes_from.is_some()) {
+        let Some(d) = e
+            .in_flight
+            .as_deref()
+            .map(|id| crate::domain::release::tables::deployment(&txn, id))
+            .transpose()?
+            .flatten()
+        else {
+            continue;
+        };
+        if d.promotion.is_some() && now_ms - crate::domain::release::tables::last_change_ms(&txn, &d)? >= stuck_after {
+            stuck.get_or_create(&vec![("env".to_owned(), e.env.name.clone())]).inc();
         }
     }
     for e in envs {
@@ -173,6 +210,12 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
         }
     }
     reg.register("orchestrator_rollbacks", "Rollbacks that ended, by environment and status", rollbacks);
+    reg.register("orchestrator_promotions", "Promotions that ended, by environment and status", promotions);
+    reg.register(
+        "orchestrator_promotion_stuck",
+        "Promotions in flight whose state has not changed for promotions.stuck_after, by environment",
+        stuck,
+    );
     reg.register(
         "orchestrator_deployment_info",
         "1 for the artifact each environment runs now (its last successful deployment)",
@@ -207,8 +250,8 @@ pub fn render(store: &Store, writer: &WriterHandle) -> Result<String, StoreError
 
 /// Stores the current `/metrics` text as a snapshot (unledgered), dropping those older than
 /// `retain_ms`.
-pub async fn snapshot(store: &Store, writer: &WriterHandle, retain_ms: u64) -> Result<(), String> {
-    let text = render(store, writer).map_err(|e| e.to_string())?;
+pub async fn snapshot(store: &Store, writer: &WriterHandle, scrape: &Scrape<'_>, retain_ms: u64) -> Result<(), String> {
+    let text = render(store, writer, scrape).map_err(|e| e.to_string())?;
     let command = crate::machine::Command::Appliance(crate::domain::appliance::ApplianceCommand::SnapshotMetrics {
         text,
         retain_ms: i64::try_from(retain_ms).unwrap_or(i64::MAX),
@@ -220,6 +263,7 @@ pub async fn snapshot(store: &Store, writer: &WriterHandle, retain_ms: u64) -> R
 pub async fn snapshot_loop(
     store: Store,
     writer: WriterHandle,
+    (config, clock): (crate::config::Config, crate::clock::SharedClock),
     interval_ms: u64,
     retain_ms: u64,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -228,7 +272,8 @@ pub async fn snapshot_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = snapshot(&store, &writer, retain_ms).await {
+                let scrape = Scrape { config: &config, now_ms: clock.now_ms() };
+                if let Err(e) = snapshot(&store, &writer, &scrape, retain_ms).await {
                     tracing::warn!(error = %e, "metric snapshot failed");
                 }
             }

@@ -106,6 +106,17 @@ async fn a_promotion_passes_its_gates_in_order_and_only_a_second_actor_approves_
     assert!(msg.contains(&format!("promotion {id}")) && msg.contains("in progress"), "{msg}");
     let listed = cli(&app, &["promotion", "list", "--status", "in_progress", "--env", "prod"]);
     assert_eq!(listed["promotions"].as_array().unwrap().len(), 1, "{listed}");
+    // Stuck: its state has not changed for promotions.stuck_after (10m by default).
+    let metrics = || async { String::from_utf8(client.get("/metrics").await.unwrap().body.to_vec()).unwrap() };
+    let m = metrics().await;
+    assert!(m.contains("orchestrator_promotion_stuck{env=\"prod\"} 0"), "{m}");
+    assert!(m.contains("orchestrator_promotions_total{env=\"staging\",status=\"success\"} 1"), "{m}");
+    let young = cli(&app, &["promotion", "list", "--status", "in_progress", "--older-than", "10m"]);
+    assert!(young["promotions"].as_array().unwrap().is_empty(), "{young}");
+    cli(&app, &["orch", "config", "set", "promotions.stuck_after", "1ms"]);
+    let m = metrics().await;
+    assert!(m.contains("orchestrator_promotion_stuck{env=\"prod\"} 1"), "{m}");
+    assert!(m.contains("orchestrator_promotion_stuck{env=\"staging\"} 0"), "{m}");
 
     let (_, second) = create_token(&client, "default", &["orchestrator:read", "orchestrator:approve"], None).await;
     cli(&app, &["--token", &second, "orch", "approvals", "approve", &approval, "--reason", "change 42 reviewed"]);
@@ -125,6 +136,9 @@ async fn a_promotion_passes_its_gates_in_order_and_only_a_second_actor_approves_
     assert_eq!(installed_version(&app, "prod").as_deref(), Some("1.4.1"));
     let quiet = cli(&app, &["promotion", "list", "--status", "in_progress"]);
     assert!(quiet["promotions"].as_array().unwrap().is_empty(), "{quiet}");
+    let m = metrics().await;
+    assert!(m.contains("orchestrator_promotion_stuck{env=\"prod\"} 0"), "{m}");
+    assert!(m.contains("orchestrator_promotions_total{env=\"prod\",status=\"success\"} 1"), "{m}");
     let trace = cli(&app, &["promotion", "trace", &id, "--verbose"]);
     assert_eq!(trace["run"]["steps"].as_array().unwrap().len(), 4, "{trace}");
     verified(&app);
@@ -149,6 +163,13 @@ async fn a_failing_gate_fails_the_promotion_with_its_error_and_nothing_is_deploy
     assert_eq!(installed_version(&app, "staging"), None, "nothing was deployed");
     let failed = cli(&app, &["promotion", "list", "--status", "failed"]);
     assert_eq!(failed["promotions"][0]["id"], p["id"], "{failed}");
+
+    // `gates.<name>.retries` set at runtime takes effect for the gate's next start.
+    cli(&app, &["orch", "config", "set", "gates.security-scan.retries", "0"]);
+    let once = promoted(&app, "web@1.4.2", "staging").await;
+    let scan = gate(&once, "security-scan");
+    assert_eq!((scan["attempts"].as_u64(), scan["maxAttempts"].as_u64()), (Some(1), Some(1)), "{scan}");
+    assert_eq!(once["status"], "failed", "{once}");
 
     // Fixed, the next promotion goes through: the environment was freed.
     std::fs::remove_file(target(&app, "staging").join(".scan-fail")).unwrap();

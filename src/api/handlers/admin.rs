@@ -172,7 +172,8 @@ pub async fn metrics(
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     let p = auth.require(Scope::Read)?;
-    let mut body = crate::telemetry::metrics::render(&state.store, &state.writer)?;
+    let scrape = crate::telemetry::metrics::Scrape { config: &state.config, now_ms: state.clock.now_ms() };
+    let mut body = crate::telemetry::metrics::render(&state.store, &state.writer, &scrape)?;
     if !state.sees_all_tenants(p) {
         // On a multi-tenant appliance a token sees no job type names: per-type series are
         // summed over types.

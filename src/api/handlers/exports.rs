@@ -94,6 +94,7 @@ pub async fn create(
         lib: &state.lib,
         log_dir: &state.log_dir,
         metrics_retention_ms: state.config.telemetry.metrics_retention_ms,
+        config: &state.config,
         actor: crate::api::handlers::actor(p),
     };
     let manifest = crate::app::export::export(&exporter, request, progress).await?;

@@ -151,14 +151,8 @@ pub fn promotion(state: &AppState, d: &DeploymentRecord) -> ApiResult<dto::Promo
     let env = t::environment(&txn, &d.env)?;
     let gates: Vec<Gate> = env.as_ref().map(|e| e.env.typed_gates()).unwrap_or_default();
     let from = run.inputs["from"].as_str().map(str::to_owned);
-    drop(txn);
-    let time = |s: &Option<String>| s.as_deref().and_then(|t| crate::clock::parse_time(t).ok());
-    let mut updated = [Some(d.created_ms), d.started_ms, d.ended_ms].into_iter().flatten().max().unwrap_or(0);
-    for s in &run.steps {
-        for t in [time(&s.queued_at), time(&s.started_at), time(&s.finished_at)].into_iter().flatten() {
-            updated = updated.max(t);
-        }
-    }
+    let jobs = |id: &str| crate::machine::read::job(&txn, id).ok().flatten();
+    let updated = t::last_change_ms(&txn, d)?;
     let ended = d.status.terminal();
     let current = (!ended)
         .then(|| run.steps.iter().find(|s| !matches!(s.state.as_str(), "succeeded" | "skipped" | "pending")))
@@ -174,7 +168,8 @@ pub fn promotion(state: &AppState, d: &DeploymentRecord) -> ApiResult<dto::Promo
         });
         let attempts = match gates.iter().find(|g| g.name == s.name) {
             Some(Gate { kind: GateKind::Plugin { retries, .. }, .. }) => {
-                format!(" attempt {}/{}", s.attempts.max(1), retries + 1)
+                let max = s.job_id.as_deref().and_then(jobs).map_or(retries + 1, |j| j.max_attempts);
+                format!(" attempt {}/{max}", s.attempts.max(1))
             }
             _ => String::new(),
         };
@@ -192,8 +187,11 @@ pub fn promotion(state: &AppState, d: &DeploymentRecord) -> ApiResult<dto::Promo
                 Some("succeeded") => "passed",
                 Some(other) => other,
             };
-            let max_attempts = match &g.kind {
-                GateKind::Plugin { retries, .. } => retries + 1,
+            // The job's own bound once it is queued (runtime `gates.<name>.retries` may have
+            // changed the declaration's).
+            let max_attempts = match (&g.kind, step.and_then(|s| s.job_id.as_deref())) {
+                (_, Some(job)) if let Some(j) = jobs(job) => j.max_attempts,
+                (GateKind::Plugin { retries, .. }, _) => retries + 1,
                 _ => 1,
             };
             let since = step.and_then(|s| s.finished_at.clone().or(s.started_at.clone()).or(s.queued_at.clone()));

@@ -65,3 +65,14 @@ fn open_secret(name: &str, stored: &[u8]) -> Result<String, StoreError> {
     let key = crate::secrets::key().ok_or_else(|| corrupt("secrets", name, "no secrets key is loaded to open it"))?;
     key.open(name, stored).map_err(|e| corrupt("secrets", name, e))
 }
+
+/// The effective value of runtime key `key` in `txn`: as set, else the file's default.
+pub fn runtime_value(
+    txn: &ReadTransaction,
+    config: &crate::config::Config,
+    key: &str,
+) -> Result<Option<String>, StoreError> {
+    let table = txn.open_table(RUNTIME_CONFIG).map_err(rerr)?;
+    let set = table.get(key).map_err(rerr)?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
+    Ok(set.or_else(|| crate::runtime_config::file_default(config, key)))
+}

@@ -133,3 +133,13 @@ pub fn deployments(txn: &ReadTransaction, env: Option<&str>) -> Result<Vec<Deplo
     out.sort_by_key(|d| std::cmp::Reverse(deployment_number(&d.id)));
     Ok(out)
 }
+
+/// When deployment `d`'s state last changed: its own moves, and each step of its run being
+/// queued, started or finished (a promotion's gates are its run's steps).
+pub fn last_change_ms(txn: &ReadTransaction, d: &DeploymentRecord) -> Result<i64, StoreError> {
+    let mut at = [Some(d.created_ms), d.started_ms, d.ended_ms].into_iter().flatten().max().unwrap_or(0);
+    for s in crate::domain::runs::tables::steps(txn, &d.run_id)? {
+        at = [Some(at), s.queued_ms, s.started_ms, s.finished_ms].into_iter().flatten().max().unwrap_or(at);
+    }
+    Ok(at)
+}

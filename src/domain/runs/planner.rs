@@ -330,6 +330,20 @@ impl<'t> Planner<'t> {
             },
             _ => self.now,
         };
+        // A promotion's site gate: `gates.<name>.timeout` and `.retries`, set at runtime,
+        // override its declaration from its next start on.
+        let (mut timeout_ms, mut max_attempts) = (s.timeout_ms, s.retries + 1);
+        if self.run.dag.starts_with("promote-") && s.kind.as_deref() == Some("gate") {
+            let set = |field: &str| {
+                crate::domain::appliance::plan::runtime_value(self.txn, ctx, &format!("gates.{}.{field}", s.name))
+            };
+            if let Some(ms) = set("timeout")?.and_then(|v| crate::runtime_config::as_ms(&v)) {
+                timeout_ms = ms;
+            }
+            if let Some(r) = set("retries")?.and_then(|v| v.parse::<u32>().ok()) {
+                max_attempts = r + 1;
+            }
+        }
         let seq = crate::domain::queue::take_job_seq(self.txn, ctx)?;
         let mut job = EnqueuedJob {
             id: job_id(seq),
@@ -337,8 +351,8 @@ impl<'t> Planner<'t> {
             job_type: s.plugin.clone(),
             priority: s.priority,
             payload: json!({ "run": self.run.id, "step": s.name, "plugin": s.plugin, "kind": s.kind, "pluginDigest": self.run.plugins.get(&s.plugin),
-                             "inputs": inputs, "timeoutMs": s.timeout_ms, "secrets": s.secrets, "locks": locks }),
-            max_attempts: s.retries + 1,
+                             "inputs": inputs, "timeoutMs": timeout_ms, "secrets": s.secrets, "locks": locks }),
+            max_attempts,
             not_before_ms,
             idempotency_key: None,
             replay_of: None,
