@@ -9,7 +9,7 @@ fn runbook_commands_not_built_yet_say_so_with_exit_3() {
     for args in [
         &["orch", "repair"][..],
         &["promotion", "gate", "skip", "--reason", "External service timeout"],
-        &["doctor", "--check", "check.orchestrator.job-health"],
+        &["doctor", "--check", "check.orchestrator.queue-depth"],
     ] {
         let out = app.stella(args);
         assert_eq!(out.status.code(), Some(3), "stella {args:?}: {}", stderr(&out));

@@ -113,10 +113,21 @@ async fn a_promotion_passes_its_gates_in_order_and_only_a_second_actor_approves_
     assert!(m.contains("orchestrator_promotions_total{env=\"staging\",status=\"success\"} 1"), "{m}");
     let young = cli(&app, &["promotion", "list", "--status", "in_progress", "--older-than", "10m"]);
     assert!(young["promotions"].as_array().unwrap().is_empty(), "{young}");
+    let healthy = cli(&app, &["doctor", "--check", "check.orchestrator.job-health"]);
+    assert_eq!(healthy["worst"], "ok", "{healthy}");
     cli(&app, &["orch", "config", "set", "promotions.stuck_after", "1ms"]);
     let m = metrics().await;
     assert!(m.contains("orchestrator_promotion_stuck{env=\"prod\"} 1"), "{m}");
     assert!(m.contains("orchestrator_promotion_stuck{env=\"staging\"} 0"), "{m}");
+    let doctor = app.stella(&["doctor", "--check", "check.orchestrator.job-health"]);
+    assert!(!doctor.status.success(), "a stuck promotion is an error");
+    let text = stdout(&doctor);
+    assert!(text.starts_with(&format!("ERROR [check.orchestrator.job-health] (promotion {id}) promotion {id} of web@1.4.1 into prod has not changed for")), "{text}");
+    assert!(
+        text.contains("gate approval: waiting for approval")
+            && text.contains(&format!("fix: stella orch approvals approve {approval}")),
+        "{text}"
+    );
 
     let (_, second) = create_token(&client, "default", &["orchestrator:read", "orchestrator:approve"], None).await;
     cli(&app, &["--token", &second, "orch", "approvals", "approve", &approval, "--reason", "change 42 reviewed"]);

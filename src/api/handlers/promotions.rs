@@ -232,3 +232,70 @@ pub fn promotion(state: &AppState, d: &DeploymentRecord) -> ApiResult<dto::Promo
         gates,
     })
 }
+
+/// The id of the job-health check (runbook 000).
+pub const JOB_HEALTH: &str = "check.orchestrator.job-health";
+
+/// `check.orchestrator.job-health`: each promotion in flight whose state has not changed for
+/// `promotions.stuck_after` is an error naming where it waits and the runbook's fix; one `ok`
+/// otherwise.
+pub fn job_health(state: &AppState) -> ApiResult<Vec<crate::app::release::Finding>> {
+    use crate::app::release::Finding;
+    let txn = state.store.read()?;
+    let stuck_after = crate::domain::appliance::tables::runtime_value(&txn, &state.config, "promotions.stuck_after")?
+        .and_then(|v| crate::runtime_config::as_ms(&v))
+        .unwrap_or(600_000) as i64;
+    let in_flight: Vec<DeploymentRecord> =
+        t::deployments(&txn, None)?.into_iter().filter(|d| d.promotion.is_some() && !d.status.terminal()).collect();
+    drop(txn);
+    let mut out = Vec::new();
+    for d in &in_flight {
+        let p = promotion(state, d)?;
+        if p.age_ms < stuck_after {
+            continue;
+        }
+        let waits = p.wait_reason.clone().unwrap_or_else(|| "its run makes no progress".to_owned());
+        let gate = p.current_step.as_deref().and_then(|s| p.gates.iter().find(|g| g.name == s));
+        let fix = match gate {
+            Some(g) if g.approval_id.is_some() => format!(
+                "stella orch approvals approve {} --reason TEXT (by someone other than {})",
+                g.approval_id.as_deref().unwrap_or_default(),
+                p.requested_by
+            ),
+            _ if waits.contains("lock ") => {
+                format!(
+                    "stella orch locks list --env {e}; if the holder is gone: stella orch locks release --env {e} --force --reason TEXT",
+                    e = p.env
+                )
+            }
+            _ => format!(
+                "stella promotion gates {id}; stella promotion trace {id} --verbose; or end it: stella promotion abort {id} --reason TEXT",
+                id = p.id
+            ),
+        };
+        out.push(Finding {
+            check: JOB_HEALTH,
+            level: "error",
+            subject: format!("promotion {}", p.id),
+            message: format!(
+                "promotion {} of {} into {} has not changed for {} (promotions.stuck_after is {}): {waits}",
+                p.id,
+                p.artifact,
+                p.env,
+                crate::duration::human(p.age_ms as u64),
+                crate::duration::human(stuck_after as u64)
+            ),
+            fix: Some(fix),
+        });
+    }
+    if out.is_empty() {
+        out.push(Finding {
+            check: JOB_HEALTH,
+            level: "ok",
+            subject: "promotions".into(),
+            message: format!("no promotion is stuck ({} in flight)", in_flight.len()),
+            fix: None,
+        });
+    }
+    Ok(out)
+}
