@@ -3,25 +3,9 @@
 //! `promotion status|gates|list|trace|abort` telling where it is and why it waits, through the
 //! CLI with `--format json`.
 
+use crate::releases::{cli, refused};
 use crate::support::*;
 use serde_json::Value;
-
-fn json(out: &std::process::Output) -> Value {
-    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
-}
-
-fn cli(app: &TestAppliance, args: &[&str]) -> Value {
-    let mut all = vec!["--format", "json"];
-    all.extend_from_slice(args);
-    json(&app.stella(&all))
-}
-
-fn refused(app: &TestAppliance, args: &[&str]) -> (Option<i32>, String) {
-    let out = app.stella(args);
-    assert!(!out.status.success(), "stella {args:?} should be refused: {}", stdout(&out));
-    (out.status.code(), stderr(&out))
-}
 
 fn target(app: &TestAppliance, env: &str) -> std::path::PathBuf {
     app.layout().targets().join(env)

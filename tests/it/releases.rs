@@ -5,19 +5,19 @@
 use crate::support::*;
 use serde_json::Value;
 
-fn json(out: &std::process::Output) -> Value {
+pub(crate) fn json(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "exit {:?}: {}", out.status.code(), stderr(out));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
-fn cli(app: &TestAppliance, args: &[&str]) -> Value {
+pub(crate) fn cli(app: &TestAppliance, args: &[&str]) -> Value {
     let mut all = vec!["--format", "json"];
     all.extend_from_slice(args);
     json(&app.stella(&all))
 }
 
 /// A refused command: its exit code and message.
-fn refused(app: &TestAppliance, args: &[&str]) -> (Option<i32>, String) {
+pub(crate) fn refused(app: &TestAppliance, args: &[&str]) -> (Option<i32>, String) {
     let out = app.stella(args);
     assert!(!out.status.success(), "stella {args:?} should be refused: {}", stdout(&out));
     assert!(stdout(&out).is_empty(), "no output for a refusal: {}", stdout(&out));
