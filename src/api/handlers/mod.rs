@@ -88,3 +88,40 @@ pub async fn route_not_found(uri: Uri) -> Problem {
 pub async fn method_not_allowed(uri: Uri) -> Problem {
     Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("method not allowed on {}", uri.path()))
 }
+
+// What the release handlers share: the site's objects and the release use cases.
+
+/// The site's release objects are for principals that see every tenant.
+pub fn site(
+    state: &AppState,
+    auth: &crate::api::extract::Auth,
+    scope: crate::auth::Scope,
+) -> Result<Principal, Problem> {
+    site_principal(state, auth.require(scope)?)
+}
+
+pub fn site_principal(state: &AppState, p: &Principal) -> Result<Principal, Problem> {
+    // A deploy agent's token belongs to the site.
+    if !state.sees_all_tenants(p) && p.tenant.as_deref() != Some(crate::auth::SITE_TENANT) {
+        return Err(Problem::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "environments, artifacts and deployments belong to the site: a token of one tenant cannot see or change them",
+        ));
+    }
+    Ok(p.clone())
+}
+
+pub fn releases<'a>(state: &'a AppState, p: &Principal) -> Result<crate::app::release::Releases<'a>, Problem> {
+    let _ = crate::api::handlers::acting_tenant(state, p, None)?;
+    Ok(crate::app::release::Releases {
+        store: &state.store,
+        writer: &state.writer,
+        lib: &state.lib,
+        trust_dir: &state.trust_dir,
+        now_ms: state.clock.now_ms(),
+        actor: crate::api::handlers::actor(p),
+        tenant: crate::domain::release::SITE_TENANT.to_owned(),
+        config: &state.config,
+    })
+}

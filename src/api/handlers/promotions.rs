@@ -3,8 +3,8 @@
 //! deployment of kind `promotion`: its run is the environment's promotion DAG, whose steps
 //! are the gates, then `deploy` and `health`.
 
-use super::release::{releases, site};
 use super::runs::run_dto;
+use super::{releases, site};
 use crate::api::dto;
 use crate::api::extract::{Auth, JsonBody};
 use crate::api::problem::{ApiResult, Problem};

@@ -2,12 +2,13 @@
 //! deployments, rollbacks. Environments and artifacts belong to the site, not to a tenant: a
 //! token of one tenant on an appliance with several is refused.
 
+use super::{releases, site, site_principal};
 use crate::api::dto;
 use crate::api::extract::{Auth, JsonBody, QueryArgs};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::state::AppState;
-use crate::app::release::{Releases, check_artifact, last_known_good};
-use crate::auth::{Principal, Scope};
+use crate::app::release::{check_artifact, last_known_good};
+use crate::auth::Scope;
 use crate::domain::release::tables::{self as t, DeploymentRecord, EnvRecord};
 use crate::domain::release::{DeploymentKind, DeploymentStatus};
 use axum::Json;
@@ -16,37 +17,6 @@ use std::sync::Arc;
 
 /// Deployments answered by one listing at most.
 const LIST_MAX: usize = 1_000;
-
-/// The site's release objects are for principals that see every tenant.
-pub(super) fn site(state: &AppState, auth: &Auth, scope: Scope) -> Result<Principal, Problem> {
-    site_principal(state, auth.require(scope)?)
-}
-
-fn site_principal(state: &AppState, p: &Principal) -> Result<Principal, Problem> {
-    // A deploy agent's token belongs to the site.
-    if !state.sees_all_tenants(p) && p.tenant.as_deref() != Some(crate::auth::SITE_TENANT) {
-        return Err(Problem::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "forbidden",
-            "environments, artifacts and deployments belong to the site: a token of one tenant cannot see or change them",
-        ));
-    }
-    Ok(p.clone())
-}
-
-pub(super) fn releases<'a>(state: &'a AppState, p: &Principal) -> Result<Releases<'a>, Problem> {
-    let _ = crate::api::handlers::acting_tenant(state, p, None)?;
-    Ok(Releases {
-        store: &state.store,
-        writer: &state.writer,
-        lib: &state.lib,
-        trust_dir: &state.trust_dir,
-        now_ms: state.clock.now_ms(),
-        actor: crate::api::handlers::actor(p),
-        tenant: crate::domain::release::SITE_TENANT.to_owned(),
-        config: &state.config,
-    })
-}
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
